@@ -1,0 +1,189 @@
+"""The extractor stage: run request in, raw batches out (plus run.started, batch.extracted, run.extracted)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from faststream import Context
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsRouter, PullSub
+from faststream.nats.message import NatsBatchMessage
+
+from jetl import subjects
+from jetl.bus import raw_decoder
+from jetl._internal.stage import settle
+from jetl.events import BatchExtracted, BatchRejected, RunExtracted, RunFailed, RunStarted
+from jetl.logging import bound_contextvars, get_logger
+from jetl.messages import Batch, DeadLetter, RunRequest
+from jetl.protocols import Chunk, ExtractContext, Record
+from jetl.registry import get_pipeline
+from jetl.service import ServiceContext
+from jetl.state import get_cursor
+from jetl.subjects import Kind
+from jetl_extractor.settings import ExtractorSettings
+
+log = get_logger("jetl.extractor")
+IN_PROGRESS_EVERY_S = 10.0
+
+
+class Extraction:
+    """One run's extraction: re-chunks extractor output into pipeline-sized batches and publishes them."""
+
+    def __init__(self, ctx: ServiceContext, req: RunRequest, msg: Any, concurrency: int) -> None:
+        self.ctx, self.req, self.msg = ctx, req, msg
+        self.pipeline = get_pipeline(req.pipeline)
+        self.seq = 0
+        self.records = 0
+        self.rejected = 0
+        self.sem = asyncio.Semaphore(concurrency)
+        self.pending: set[asyncio.Task[None]] = set()
+        self.last_progress = time.monotonic()
+        self.buf: list[Record] = []
+        self.origins: list[str] = []
+        self.bad: list[tuple[str, str]] = []
+
+    def _event_base(self) -> dict[str, Any]:
+        return {"pipeline": self.req.pipeline, "run_id": self.req.run_id, "service": "extractor",
+                "instance": self.ctx.instance, "code_hash": self.pipeline.code_hash}
+
+    async def run(self) -> None:
+        p, req = self.pipeline, self.req
+        await self.ctx.bus.event(RunStarted(**self._event_base()))
+        cursor = await get_cursor(self.ctx.kv, p.name) if self.ctx.kv is not None else None
+        ectx = ExtractContext(pipeline=p.name, run_id=req.run_id, data_interval_start=req.data_interval_start,
+                              data_interval_end=req.data_interval_end, cursor=cursor, params=req.params,
+                              force=req.force)
+        for extractor in p.extractors:
+            async for chunk in extractor.extract(ectx):
+                await self._add(chunk)
+        await self._flush(final=True)
+        await self._drain()
+        merged: dict[str, Any] = {}
+        for extractor in p.extractors:
+            c = extractor.next_cursor()
+            if c:
+                merged.update(c)
+        await self.ctx.bus.event(RunExtracted(**self._event_base(), batches=self.seq, records=self.records,
+                                              rejected=self.rejected, cursor=merged or None))
+        log.info("run extracted", batches=self.seq, records=self.records, rejected=self.rejected)
+
+    async def _add(self, chunk: Chunk) -> None:
+        origins = chunk.origins if chunk.origins is not None else [""] * len(chunk.records)
+        self.buf.extend(chunk.records)
+        self.origins.extend(origins)
+        self.bad.extend(chunk.rejected)
+        size = self.pipeline.batch_size
+        while len(self.buf) >= size:
+            await self._flush(final=False)
+        if time.monotonic() - self.last_progress > IN_PROGRESS_EVERY_S:
+            self.last_progress = time.monotonic()
+            await self.msg.in_progress()
+
+    async def _flush(self, *, final: bool) -> None:
+        size = self.pipeline.batch_size
+        if not self.buf and not self.bad:
+            return
+        take = len(self.buf) if final else size
+        records, self.buf = self.buf[:take], self.buf[take:]
+        origins, self.origins = self.origins[:take], self.origins[take:]
+        bad, self.bad = self.bad, []
+        seq = self.seq
+        self.seq += 1
+        self.records += len(records)
+        self.rejected += len(bad)
+        await self.sem.acquire()
+        task = asyncio.create_task(self._publish(seq, records, origins, bad))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+        if final and self.buf:
+            await self._flush(final=True)
+
+    async def _publish(self, seq: int, records: list[Record], origins: list[str],
+                       bad: list[tuple[str, str]]) -> None:
+        try:
+            p = self.pipeline
+            batch = Batch(pipeline=p.name, run_id=self.req.run_id, seq=seq, schema_name=p.schema.__name__,
+                          schema_hash=p.schema_hash, count=len(records),
+                          origins=origins if any(origins) else None)
+            if bad:  # unreadable input: dead-letter it with file and line, before the batch is announced
+                await self.ctx.bus.dead_letter(DeadLetter(
+                    pipeline=p.name, run_id=self.req.run_id, batch_id=batch.batch_id, stage="extract",
+                    reason=f"{len(bad)} unreadable record(s); first: {bad[0][0]}: {bad[0][1]}",
+                    error_type="MalformedInput",
+                    records=[{"index": None, "origin": o, "field": None, "message": m, "record": None}
+                             for o, m in bad]))
+                await self.ctx.bus.event(BatchRejected(**self._event_base(), batch_id=batch.batch_id, seq=seq,
+                                                       stage="extract", records=len(bad), reason=bad[0][1]))
+            await self.ctx.bus.raw_batch(batch, records)
+            await self.ctx.bus.event(BatchExtracted(**self._event_base(), batch_id=batch.batch_id, seq=seq,
+                                                    records=len(records), rejected=len(bad)))
+            self.ctx.count("batches_extracted")
+            self.ctx.count("records_extracted", len(records))
+        finally:
+            self.sem.release()
+
+    async def _drain(self) -> None:
+        if self.pending:
+            results = await asyncio.gather(*self.pending, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+
+
+async def _already_completed(ctx: ServiceContext, req: RunRequest) -> bool:
+    if ctx.kv is None or req.force:
+        return False
+    from jetl.state import get_run
+
+    state = await get_run(ctx.kv, req.pipeline, req.run_id)
+    return state is not None and state.status == "completed"
+
+
+def make_router(ctx: ServiceContext) -> NatsRouter:
+    """The extractor's one subscriber: the shared durable pull consumer on JETL_RUNS."""
+    settings = ctx.settings if isinstance(ctx.settings, ExtractorSettings) else ExtractorSettings()
+    router = NatsRouter()
+
+    @router.subscriber(
+        subjects.pattern(Kind.RUN),
+        stream=JStream(subjects.stream_name(Kind.RUN), declare=False),
+        durable="extractor",
+        pull_sub=PullSub(batch_size=settings.fetch_batch, timeout=settings.fetch_timeout, batch=True),
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_decoder,
+    )
+    async def on_run_requests(
+        body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]
+    ) -> None:
+        for raw in message.raw_message:
+            await handle_run_request(ctx, raw, settings.publish_concurrency)
+
+    return router
+
+
+async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8) -> None:
+    """Extract one run; settle its request message by the error taxonomy."""
+    try:
+        req = RunRequest.model_validate_json(raw.data)
+    except Exception as exc:
+        log.error("unreadable run request", error=str(exc))
+        await raw.term()
+        return
+    with bound_contextvars(pipeline=req.pipeline, run_id=req.run_id):
+        error: BaseException | None = None
+        try:
+            if await _already_completed(ctx, req):
+                log.info("run already completed; request ignored (use --force to run it again)")
+            else:
+                await Extraction(ctx, req, raw, concurrency).run()
+        except Exception as exc:
+            error = exc
+
+        async def fail(exc: BaseException) -> None:
+            await ctx.bus.event(RunFailed(pipeline=req.pipeline, run_id=req.run_id, service="extractor",
+                                          instance=ctx.instance, error=f"{type(exc).__name__}: {exc}",
+                                          stage="extract"))
+
+        await settle(raw, error, fail)

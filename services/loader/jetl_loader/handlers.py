@@ -1,0 +1,106 @@
+"""The loader stage: clean batch in, validated against the schema, written idempotently, batch.loaded out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from faststream import Context
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsRouter, PullSub
+from faststream.nats.message import NatsBatchMessage
+
+from jetl import subjects
+from jetl.bus import raw_decoder
+from jetl._internal.stage import settle
+from jetl.errors import SchemaMismatch
+from jetl.events import BatchLoaded, BatchRejected
+from jetl.logging import bound_contextvars, get_logger
+from jetl.messages import Batch, DeadLetter, decode_batch, decode_records
+from jetl.pipeline import Pipeline
+from jetl.protocols import LoadContext
+from jetl.registry import get_pipeline
+from jetl.service import ServiceContext
+from jetl.subjects import Kind
+from jetl_loader.settings import LoaderSettings
+
+log = get_logger("jetl.loader")
+
+
+def open_loaders(ctx: ServiceContext) -> None:
+    """Bind every pipeline's loader to the configured destination (ClickHouse DSN, credentials)."""
+    for p in ctx.pipelines.values():
+        opener = getattr(p.loader, "open", None)
+        if callable(opener):
+            opener(ctx.settings.clickhouse_dsn, ctx.settings.clickhouse)
+
+
+def write(pipeline: Pipeline, batch: Batch, body: bytes) -> int:
+    """Validate the batch against the schema (whole batch at once), then write it with its batch id."""
+    models = pipeline.adapter.validate_json(body)
+    records = [m.model_dump() for m in models]
+    lctx = LoadContext(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id, schema=pipeline.schema)
+    return pipeline.loader.load(records, lctx)
+
+
+async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
+    """Load one clean batch and settle its message."""
+    try:
+        batch, body = decode_batch(raw.data)
+    except Exception as exc:
+        log.error("unreadable clean batch", error=str(exc))
+        await raw.term()
+        return
+    with bound_contextvars(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id):
+        error: BaseException | None = None
+        base: dict[str, Any] = {"pipeline": batch.pipeline, "run_id": batch.run_id, "batch_id": batch.batch_id,
+                                "seq": batch.seq, "service": "loader", "instance": ctx.instance}
+        pipeline: Pipeline | None = None
+        try:
+            pipeline = get_pipeline(batch.pipeline)
+            base["code_hash"] = pipeline.code_hash
+            if batch.schema_hash != pipeline.schema_hash:
+                raise SchemaMismatch(f"pipeline {batch.pipeline!r}: batch {batch.batch_id} has schema "
+                                     f"{batch.schema_hash}, the pipeline declares {pipeline.schema_hash}")
+            n = await asyncio.to_thread(write, pipeline, batch, body)
+            await ctx.bus.event(BatchLoaded(**base, records=n, destination=pipeline.loader.describe()))
+            ctx.count("batches_loaded")
+            ctx.count("records_loaded", n)
+        except Exception as exc:
+            error = exc
+
+        async def dead_letter(exc: BaseException) -> None:
+            try:
+                records = [{"index": i, "origin": None, "field": None, "message": None, "record": r}
+                           for i, r in enumerate(decode_records(body))]
+            except Exception:
+                records = []
+            await ctx.bus.dead_letter(DeadLetter(pipeline=batch.pipeline, run_id=batch.run_id,
+                                                 batch_id=batch.batch_id, stage="load", scope="batch",
+                                                 reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
+                                                 error_type=type(exc).__name__, records=records))
+            await ctx.bus.event(BatchRejected(**base, stage="load", records=batch.count, reason=str(exc),
+                                              scope="batch"))
+
+        await settle(raw, error, dead_letter)
+
+
+def make_router(ctx: ServiceContext) -> NatsRouter:
+    """The loader's one subscriber: the shared durable pull consumer on JETL_CLEAN."""
+    settings = ctx.settings if isinstance(ctx.settings, LoaderSettings) else LoaderSettings()
+    open_loaders(ctx)
+    router = NatsRouter()
+
+    @router.subscriber(
+        subjects.pattern(Kind.CLEAN),
+        stream=JStream(subjects.stream_name(Kind.CLEAN), declare=False),
+        durable="loader",
+        pull_sub=PullSub(batch_size=settings.fetch_batch, timeout=settings.fetch_timeout, batch=True),
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_decoder,
+    )
+    async def on_clean_batches(body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]) -> None:
+        for raw in message.raw_message:
+            await handle_clean_batch(ctx, raw)
+
+    return router

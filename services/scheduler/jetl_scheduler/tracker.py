@@ -1,0 +1,45 @@
+"""The run tracker: folds JETL_EVENTS into the state bucket and declares a run complete when it settles.
+
+Completion is derived, never asserted: a run completes when the extractor said how many batches it made and each
+of them reached the destination or the DLQ. Only then does the extractor cursor advance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jetl.events import RunCompleted, parse_event
+from jetl.logging import get_logger
+from jetl.service import ServiceContext
+from jetl.state import apply, put_cursor
+
+log = get_logger("jetl.tracker")
+
+
+async def track(ctx: ServiceContext, raw: Any) -> None:
+    """Fold one event; complete its run when the ledger is settled."""
+    if ctx.kv is None:
+        await raw.nak(delay=1)
+        return
+    try:
+        ev = parse_event(raw.data)
+    except Exception as exc:
+        log.error("unreadable event", error=str(exc))
+        await raw.term()
+        return
+    try:
+        state = await apply(ctx.kv, ev)
+        if state.settled and state.status not in ("completed", "failed"):
+            c = state.counts()
+            await ctx.bus.event(RunCompleted(pipeline=state.pipeline, run_id=state.run_id, service="scheduler",
+                                             instance=ctx.instance, code_hash=state.code_hash,
+                                             extracted=c["extracted"], loaded=c["loaded"], rejected=c["rejected"],
+                                             filtered=c["filtered"]))
+            log.info("run completed", pipeline=state.pipeline, run_id=state.run_id, **c)
+        if isinstance(ev, RunCompleted) and state.cursor is not None:
+            await put_cursor(ctx.kv, state.pipeline, state.cursor)
+    except Exception as exc:
+        log.warning("tracker failed to fold an event; will retry", error=str(exc))
+        await raw.nak(delay=0.5)
+        return
+    await raw.ack()

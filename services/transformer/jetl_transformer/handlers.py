@@ -1,0 +1,152 @@
+"""The transformer stage: raw batch in, transformers in order, schema validation over the whole batch, clean out.
+
+Records that fail a transformer or the schema go to the DLQ with pipeline, origin (file:line), field and reason;
+the rest of the batch goes on. A batch that cannot be transformed at all is dead-lettered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from faststream import Context
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsRouter, PullSub
+from faststream.nats.message import NatsBatchMessage
+from pydantic import ValidationError
+
+from jetl import subjects
+from jetl.bus import raw_decoder
+from jetl._internal.stage import settle
+from jetl.errors import RecordError, RecordIssue, SchemaMismatch
+from jetl.events import BatchRejected, BatchTransformed
+from jetl.logging import bound_contextvars, get_logger
+from jetl.messages import Batch, DeadLetter, decode_batch, decode_records
+from jetl.pipeline import Pipeline
+from jetl.registry import get_pipeline
+from jetl.service import ServiceContext
+from jetl.subjects import Kind
+from jetl.transformers._base import issues_from_validation
+from jetl_transformer.settings import TransformerSettings
+
+log = get_logger("jetl.transformer")
+
+
+def run_transformers(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple[bytes, int, list[RecordIssue]]:
+    """Apply the pipeline's transformers then validate against its schema; (clean JSON, count, issues)."""
+    issues: list[RecordIssue] = []
+    aligned = True  # while True, record i is still input record i (so its origin is known)
+    out = records
+    for t in pipeline.transformers:
+        n_before = len(out)
+        try:
+            out = t.transform(out)
+        except RecordError as exc:
+            for i in exc.issues:
+                if not aligned:
+                    i.index = -1
+                issues.append(i)
+            out = list(exc.survivors or [])
+            aligned = False
+            continue
+        if len(out) != n_before:
+            aligned = False
+    try:
+        models = pipeline.adapter.validate_python(out)
+    except ValidationError as exc:
+        bad = issues_from_validation(exc, out)
+        for i in bad.values():
+            if not aligned:
+                i.index = -1
+            issues.append(i)
+        models = pipeline.adapter.validate_python([r for i, r in enumerate(out) if i not in bad])
+    return pipeline.adapter.dump_json(models), len(models), issues
+
+
+async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
+    """Transform one raw batch and settle its message."""
+    batch: Batch | None = None
+    try:
+        batch, body = decode_batch(raw.data)
+    except Exception as exc:
+        log.error("unreadable raw batch", error=str(exc))
+        await raw.term()
+        return
+    with bound_contextvars(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id):
+        error: BaseException | None = None
+        base: dict[str, Any] = {"pipeline": batch.pipeline, "run_id": batch.run_id, "batch_id": batch.batch_id,
+                                "seq": batch.seq, "service": "transformer", "instance": ctx.instance}
+        try:
+            pipeline = get_pipeline(batch.pipeline)
+            base["code_hash"] = pipeline.code_hash
+            if batch.schema_hash != pipeline.schema_hash and not pipeline.transformers:
+                raise SchemaMismatch(f"batch {batch.batch_id} was extracted under schema {batch.schema_hash}, "
+                                     f"pipeline now declares {pipeline.schema_hash}")
+            records = decode_records(body)
+            clean, n_out, issues = await asyncio.to_thread(run_transformers, pipeline, records)
+            for i in issues:
+                if i.index >= 0:
+                    i.origin = batch.origin(i.index)
+            if issues:
+                await ctx.bus.dead_letter(DeadLetter(
+                    pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id, stage="transform",
+                    reason=issues[0].describe(batch.pipeline) + (f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""),
+                    error_type="RecordError",
+                    records=[{"index": i.index if i.index >= 0 else None, "origin": i.origin, "field": i.field,
+                              "message": i.message, "record": i.record} for i in issues]))
+                await ctx.bus.event(BatchRejected(**base, stage="transform", records=len(issues),
+                                                  reason=issues[0].describe(batch.pipeline)))
+                for i in issues[:5]:
+                    log.warning("record rejected", reason=i.describe(batch.pipeline))
+            out = batch.model_copy(update={"count": n_out, "origins": None, "schema_hash": pipeline.schema_hash,
+                                           "schema_name": pipeline.schema.__name__})
+            await ctx.bus.clean_batch(out, clean)
+            filtered = len(records) - n_out - len(issues)
+            await ctx.bus.event(BatchTransformed(**base, records_in=len(records), records_out=n_out,
+                                                 rejected=len(issues), filtered=filtered))
+            ctx.count("batches_transformed")
+            ctx.count("records_rejected", len(issues))
+        except Exception as exc:
+            error = exc
+
+        async def dead_letter(exc: BaseException) -> None:
+            assert batch is not None
+            await ctx.bus.dead_letter(DeadLetter(pipeline=batch.pipeline, run_id=batch.run_id,
+                                                 batch_id=batch.batch_id, stage="transform",
+                                                 reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
+                                                 error_type=type(exc).__name__, scope="batch",
+                                                 records=_as_dead_records(body)))
+            await ctx.bus.event(BatchRejected(**base, stage="transform", records=batch.count, reason=str(exc),
+                                              scope="batch"))
+
+        await settle(raw, error, dead_letter)
+
+
+def _as_dead_records(body: bytes) -> list[dict[str, Any]]:
+    """The batch's records for the DLQ (so a redrive can resend them), or its raw text if unreadable."""
+    try:
+        return [{"index": i, "origin": None, "field": None, "message": None, "record": r}
+                for i, r in enumerate(decode_records(body))]
+    except Exception:
+        return [{"index": None, "origin": None, "field": None, "message": "unreadable batch",
+                 "record": body.decode(errors="replace")}]
+
+
+def make_router(ctx: ServiceContext) -> NatsRouter:
+    """The transformer's one subscriber: the shared durable pull consumer on JETL_RAW."""
+    settings = ctx.settings if isinstance(ctx.settings, TransformerSettings) else TransformerSettings()
+    router = NatsRouter()
+
+    @router.subscriber(
+        subjects.pattern(Kind.RAW),
+        stream=JStream(subjects.stream_name(Kind.RAW), declare=False),
+        durable="transformer",
+        pull_sub=PullSub(batch_size=settings.fetch_batch, timeout=settings.fetch_timeout, batch=True),
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_decoder,
+    )
+    async def on_raw_batches(body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]) -> None:
+        for raw in message.raw_message:
+            await handle_raw_batch(ctx, raw)
+
+    return router

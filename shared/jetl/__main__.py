@@ -1,0 +1,5 @@
+"""`python -m jetl ...` is the `jetl` command."""
+
+from jetl.cli import main
+
+main()

@@ -1,0 +1,131 @@
+"""`jetl demo`: sample data, the embedded stack, one run of `demo_orders`, and a summary read back."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.progress import BarColumn, Progress, TextColumn
+
+from jetl.embedded import Stack
+from jetl.settings import JetlSettings, NatsSettings
+
+PIPELINE = "demo_orders"
+COUNTRIES = ["DE", "FR", "NL", "US", "GB", "SE", "ES", "IT", "PL", "JP"]
+
+
+def write_sample(path: Path, n: int, seed: int = 7) -> int:
+    """Write `n` sample orders as JSONL, a handful deliberately bad; returns how many lines are bad."""
+    rnd = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    bad = 0
+    with open(path, "wb") as fh:
+        for i in range(1, n + 1):
+            rec: dict[str, Any] = {
+                "order_id": i,
+                "customer": f"c{rnd.randint(1, 500):04d}",
+                "country": rnd.choice(COUNTRIES),
+                "amount": round(rnd.uniform(1, 500), 2),
+                "ordered_at": (start + timedelta(minutes=i)).isoformat(),
+                "status": "test" if i % 97 == 0 else "paid",
+            }
+            if i % 401 == 0:
+                rec["amount"] = "twelve euros"  # wrong type
+                bad += 1
+            elif i % 577 == 0:
+                del rec["customer"]  # missing field
+                bad += 1
+            elif i % 733 == 0:
+                fh.write(b'{"order_id": ' + str(i).encode() + b', "customer": \n')  # malformed JSON
+                bad += 1
+                continue
+            fh.write(orjson.dumps(rec) + b"\n")
+    return bad
+
+
+async def watch_stack(stack: Stack) -> None:
+    """Raise as soon as a service process dies (with the tail of its log), instead of waiting out a timeout."""
+    while True:
+        stack.check()
+        await asyncio.sleep(0.5)
+
+
+async def with_watchdog(stack: Stack, coro: Any) -> Any:
+    """Await `coro`, failing fast if the stack dies meanwhile."""
+    watchdog = asyncio.create_task(watch_stack(stack))
+    work = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({watchdog, work}, return_when=asyncio.FIRST_COMPLETED)
+    watchdog.cancel()
+    if work not in done:
+        work.cancel()
+        watchdog.result()
+    return work.result()
+
+
+async def _run(url: str, timeout: float, progress: bool) -> tuple[Any, list[Any]]:
+    from jetl.client import JetlClient
+
+    s = JetlSettings(nats=NatsSettings(url=url))
+    async with JetlClient(s) as jc:
+        req = await jc.request_run(PIPELINE)
+        if progress:
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                          transient=True) as bar:
+                task = bar.add_task(f"run {req.run_id}", total=None, info="")
+
+                def on_event(ev: Any, st: Any) -> None:
+                    total = st.expected_batches
+                    done = sum(1 for b in st.batches.values() if b.outcome != "pending")
+                    bar.update(task, total=total, completed=done,
+                               info=f"{ev.type}  extracted={st.extracted} loaded={st.loaded} rejected={st.rejected}")
+
+                state = await jc.wait(PIPELINE, req.run_id, timeout=timeout, on_event=on_event)
+        else:
+            state = await jc.wait(PIPELINE, req.run_id, timeout=timeout)
+        dls = await jc.dead_letters(PIPELINE)
+    return state, dls
+
+
+def run_demo(data_dir: Path, pipelines_dir: Path, records: int, *, progress: bool = True,
+             timeout: float = 300.0) -> dict[str, Any]:
+    """Run the demo and return its summary."""
+    write_sample(data_dir / "input" / "orders.jsonl", records)
+    stack = Stack(data_dir=data_dir, pipelines_dir=pipelines_dir)
+    try:
+        stack.start()
+        state, dls = asyncio.run(with_watchdog(stack, _run(stack.nats_url or "", timeout, progress)))
+        stack.check()
+    finally:
+        stack.stop()
+    if state.status != "completed":
+        from jetl.errors import JetlError
+
+        raise JetlError(f"demo run {state.run_id} ended {state.status}: {state.error}")
+    # The loader process has exited, so this process may open the chdb folder now.
+    from jetl.loaders.clickhouse import close_clients, get_client
+
+    client = get_client(f"chdb://{(data_dir / 'chdb').resolve()}")
+    try:
+        rows = int(client.command("SELECT count() FROM demo_orders"))
+        sample = client.query("SELECT * FROM demo_orders ORDER BY order_id LIMIT 5")
+        sample_rows = [dict(zip(sample.column_names, r, strict=True)) for r in sample.result_rows]
+    finally:
+        close_clients()
+    rejections = [f"{r.get('origin') or dl.batch_id}: {r.get('field') or ''} {r.get('message')}".strip()
+                  for dl in dls for r in dl.records]
+    return {
+        "pipeline": PIPELINE,
+        "run_id": state.run_id,
+        "status": state.status,
+        "counts": state.counts(),
+        "reconciles": state.reconciles,
+        "clickhouse_rows": rows,
+        "dead_letters": sum(len(dl.records) for dl in dls),
+        "rejections": rejections,
+        "sample_rows": sample_rows,
+    }

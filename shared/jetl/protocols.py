@@ -1,0 +1,81 @@
+"""The three plugin contracts. Built-in connectors implement them; so can yours (see `jetl.testing`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+Record = dict[str, Any]
+
+
+@dataclass
+class Chunk:
+    """A bounded slice of extracted records, with where each came from when known."""
+
+    records: list[Record]
+    origins: list[str] | None = None
+    position: dict[str, Any] | None = None
+    """Where the extractor stands after this chunk (file and line, page, high-water mark)."""
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    """Input the extractor could not read at all: (origin, reason). Goes to the DLQ, never dropped."""
+
+
+@dataclass
+class ExtractContext:
+    """What an extractor knows about the run it serves."""
+
+    pipeline: str
+    run_id: str
+    data_interval_start: datetime | None = None
+    data_interval_end: datetime | None = None
+    cursor: dict[str, Any] | None = None
+    """The state the last completed run left (high-water mark, files already loaded)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    force: bool = False
+
+
+@dataclass
+class LoadContext:
+    """What a loader knows about the batch it writes."""
+
+    pipeline: str
+    run_id: str
+    batch_id: str
+    schema: type[Any] | None = None
+
+
+@runtime_checkable
+class Extractor(Protocol):
+    """Streams records from a source in bounded chunks."""
+
+    def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
+        """Yield chunks; never hold the whole source in memory."""
+        ...
+
+    def next_cursor(self) -> dict[str, Any] | None:
+        """The incremental state reached by the last `extract`, or None if the extractor is not incremental."""
+        ...
+
+
+@runtime_checkable
+class Transformer(Protocol):
+    """Batch in, batch out."""
+
+    def transform(self, records: list[Record]) -> list[Record]:
+        """Return the transformed records (fewer to filter, more to fan out)."""
+        ...
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """Writes a batch idempotently: writing the same batch_id twice leaves one copy."""
+
+    def load(self, records: list[Record], ctx: LoadContext) -> int:
+        """Write the records; return how many were written."""
+        ...
+
+    def describe(self) -> str:
+        """Where this loader writes, for logs and events."""
+        ...

@@ -1,0 +1,149 @@
+"""Pipeline discovery: every `*_pipeline.py` in the pipelines folder, imported once at start-up, loudly.
+
+A module that fails to import, lacks `register_pipelines()`, or registers a name already taken stops
+start-up with a DiscoveryError naming the file (and line, where there is one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+
+from jetl.errors import DiscoveryError, JetlError
+from jetl.pipeline import Pipeline
+
+_REGISTRY: dict[str, Pipeline] = {}
+_LOADED_FROM: Path | None = None
+
+
+def _where(exc: BaseException, path: Path) -> str:
+    """`file:line` of the deepest frame inside `path`, for the error message."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename).resolve() == path.resolve():
+            line = frame.lineno
+    if line is None and isinstance(exc, SyntaxError) and exc.lineno:
+        line = exc.lineno
+    return f"{path}:{line}" if line else str(path)
+
+
+def _import(path: Path) -> ModuleType:
+    name = f"jetl_pipelines.{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise DiscoveryError(f"{path}: cannot be imported as a module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise DiscoveryError(f"{_where(exc, path)}: pipeline module failed to import: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_module(path: Path) -> list[Pipeline]:
+    """Import one pipeline module and return the pipelines its `register_pipelines()` gives."""
+    module = _import(path)
+    register = getattr(module, "register_pipelines", None)
+    if not callable(register):
+        raise DiscoveryError(f"{path}: defines no register_pipelines() function")
+    try:
+        result = register()
+    except JetlError as exc:
+        raise DiscoveryError(f"{_where(exc, path)}: {exc}") from exc
+    except Exception as exc:
+        raise DiscoveryError(f"{_where(exc, path)}: register_pipelines() raised "
+                             f"{type(exc).__name__}: {exc}") from exc
+    pipelines = [result] if isinstance(result, Pipeline) else list(result or [])
+    code_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    for p in pipelines:
+        if not isinstance(p, Pipeline):
+            raise DiscoveryError(f"{path}: register_pipelines() returned {p!r}, not a Pipeline")
+        p.source_file = str(path)
+        p.code_hash = code_hash
+    return pipelines
+
+
+def pipeline_files(folder: Path) -> list[Path]:
+    """The pipeline modules in `folder`, in name order."""
+    return sorted(folder.glob("*_pipeline.py"))
+
+
+def register(pipelines: Iterable[Pipeline]) -> None:
+    """Add pipelines to the registry; a name that is taken stops with both files named."""
+    for p in pipelines:
+        if p.name in _REGISTRY:
+            other = _REGISTRY[p.name].source_file or "<code>"
+            raise DiscoveryError(f"{p.source_file or '<code>'}: pipeline name {p.name!r} is already registered by {other}")
+        _REGISTRY[p.name] = p
+
+
+def discover(folder: Path | str, *, skip_broken: bool = False) -> dict[str, Pipeline]:
+    """Import every pipeline module in `folder` into the registry; returns the registry.
+
+    With `skip_broken`, a broken module is reported in the returned errors instead of stopping the rest
+    (the scheduler uses that when it reloads at run time).
+    """
+    global _LOADED_FROM
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DiscoveryError(f"pipelines folder {folder} does not exist (set JETL_PIPELINES_DIR)")
+    for path in pipeline_files(folder):
+        try:
+            register(load_module(path))
+        except DiscoveryError:
+            if not skip_broken:
+                raise
+    _LOADED_FROM = folder
+    return _REGISTRY
+
+
+def discover_report(folder: Path | str) -> tuple[dict[str, Pipeline], dict[str, str]]:
+    """Like discover, but never raises for one module: returns (pipelines, {file: error})."""
+    folder = Path(folder)
+    found: dict[str, Pipeline] = {}
+    errors: dict[str, str] = {}
+    for path in pipeline_files(folder):
+        try:
+            for p in load_module(path):
+                if p.name in found:
+                    raise DiscoveryError(f"{path}: pipeline name {p.name!r} is already registered by "
+                                         f"{found[p.name].source_file}")
+                found[p.name] = p
+        except DiscoveryError as exc:
+            errors[str(path)] = str(exc)
+    return found, errors
+
+
+def get_pipeline_registry() -> dict[str, Pipeline]:
+    """All registered pipelines by name, discovering the configured folder on first use."""
+    if _LOADED_FROM is None and not _REGISTRY:
+        from jetl.settings import JetlSettings
+
+        discover(JetlSettings().pipelines_dir)
+    return _REGISTRY
+
+
+def get_pipeline(name: str) -> Pipeline:
+    """One pipeline by name, or a ConfigError listing the known names."""
+    reg = get_pipeline_registry()
+    if name not in reg:
+        from jetl.errors import ConfigError
+
+        known = ", ".join(sorted(reg)) or "none"
+        raise ConfigError(f"no pipeline named {name!r} (known: {known})")
+    return reg[name]
+
+
+def clear_registry() -> None:
+    """Forget every registered pipeline (tests use this between cases)."""
+    global _LOADED_FROM
+    _REGISTRY.clear()
+    _LOADED_FROM = None

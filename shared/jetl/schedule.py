@@ -1,0 +1,76 @@
+"""Schedules are data: a cron expression with a time zone and a catch-up policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from jetl.errors import ConfigError
+
+CatchUp = Literal["none", "latest", "all"]
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A cron schedule: `Cron("0 * * * *", tz="Europe/Berlin", catch_up="latest")`."""
+
+    expression: str
+    tz: str = "UTC"
+    catch_up: CatchUp = "latest"
+    max_active_runs: int = 1
+    paused: bool = False
+
+    def __post_init__(self) -> None:
+        if not croniter.is_valid(self.expression):
+            raise ConfigError(f"invalid cron expression {self.expression!r}")
+        try:
+            ZoneInfo(self.tz)
+        except Exception as exc:
+            raise ConfigError(f"unknown time zone {self.tz!r}") from exc
+        if self.max_active_runs < 1:
+            raise ConfigError("max_active_runs must be at least 1")
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The schedule's time zone."""
+        return ZoneInfo(self.tz)
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first slot strictly after `moment`."""
+        it = croniter(self.expression, moment.astimezone(self.zone))
+        nxt: datetime = it.get_next(datetime)
+        return nxt.astimezone(UTC)
+
+    def prev_at_or_before(self, moment: datetime) -> datetime:
+        """The latest slot at or before `moment`."""
+        local = moment.astimezone(self.zone)
+        it = croniter(self.expression, local)
+        if croniter.match(self.expression, local):
+            return local.astimezone(UTC).replace(second=0, microsecond=0)
+        prev: datetime = it.get_prev(datetime)
+        return prev.astimezone(UTC)
+
+    def intervals(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+        """The data intervals [slot, next slot) that start in [start, end)."""
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=UTC)
+        if end.tzinfo is None:
+            end = end.replace(tzinfo=UTC)
+        slot = self.prev_at_or_before(start)
+        if slot < start:
+            slot = self.next_after(slot)
+        while slot < end:
+            nxt = self.next_after(slot)
+            yield slot, nxt
+            slot = nxt
+
+
+def run_id_for(pipeline: str, interval_start: datetime, prefix: str = "") -> str:
+    """Deterministic run id for a scheduled slot, e.g. `daily_sales-20261125T0000Z`."""
+    stamp = interval_start.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
+    return f"{prefix}{pipeline}-{stamp}"

@@ -1,0 +1,109 @@
+"""Settings: pydantic-settings, env prefix `JETL_`, nested with `__` (e.g. `JETL_NATS__URL`).
+
+Each service subclasses `JetlSettings` once (`jetl_loader.settings.LoaderSettings`, ...). Library code takes
+settings objects as arguments; it never reads `os.environ` itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TlsSettings(BaseModel):
+    """TLS for a client connection."""
+
+    ca_file: Path | None = None
+    """CA bundle that signs the server certificate."""
+    cert_file: Path | None = None
+    """Client certificate, for mutual TLS."""
+    key_file: Path | None = None
+    """Client private key, for mutual TLS."""
+    hostname: str | None = None
+    """Server name to verify, when it differs from the URL's host."""
+
+
+class NatsSettings(BaseModel):
+    """How to reach NATS JetStream."""
+
+    url: str = "nats://127.0.0.1:4222"
+    """One or more server URLs, comma-separated."""
+    user: str | None = None
+    """User name, with `password`."""
+    password: SecretStr | None = None
+    """Password for `user`."""
+    token: SecretStr | None = None
+    """Auth token."""
+    nkey_seed_file: Path | None = None
+    """NKey seed file."""
+    creds_file: Path | None = None
+    """JWT credentials file."""
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    """TLS options; any file set here turns TLS on."""
+    connect_timeout: float = 5.0
+    """Seconds to wait for a connection."""
+    stream_replicas: int = 1
+    """Replicas of each stream (3 on a cluster)."""
+
+    @property
+    def servers(self) -> list[str]:
+        """The URL list."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+class ClickHouseSettings(BaseModel):
+    """How the ClickHouse loader reaches its server; `chdb:///path` runs the in-process engine."""
+
+    dsn: str = ""
+    """`chdb:///path` or `http(s)://host:port/db`; empty means chdb in the data folder."""
+    user: str | None = None
+    """User name for a server."""
+    password: SecretStr | None = None
+    """Password for a server."""
+    database: str = "default"
+    """Database that tables are created in."""
+    secure: bool = False
+    """HTTPS to the server."""
+
+
+class JetlSettings(BaseSettings):
+    """Settings every jetl process shares."""
+
+    model_config = SettingsConfigDict(env_prefix="JETL_", env_nested_delimiter="__", extra="ignore")
+
+    pipelines_dir: Path = Path("pipelines")
+    """Folder searched for `*_pipeline.py` modules."""
+    data_dir: Path = Path(".jetl")
+    """Local state: embedded NATS store, chdb folder, file loader output, the run-state store."""
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    """The message bus."""
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    """The ClickHouse destination."""
+    state_url: str = ""
+    """SQLAlchemy URL of the run-state projection store; empty means SQLite in the data folder."""
+    log_level: str = "INFO"
+    """Log level."""
+    log_format: Literal["console", "json"] = "console"
+    """`json` in production, `console` for people."""
+    ship_logs: bool = True
+    """Also publish log lines to JETL_LOGS so `jetl logs RUN` can pull one run's lines across services."""
+    instance: str = ""
+    """Name of this process in events and logs; host:pid when empty."""
+
+    @property
+    def chdb_path(self) -> Path:
+        """The chdb folder of the embedded default."""
+        return (self.data_dir / "chdb").resolve()
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        """The ClickHouse DSN in force."""
+        return self.clickhouse.dsn or f"chdb://{self.chdb_path}"
+
+    @property
+    def state_dsn(self) -> str:
+        """The projection store URL in force."""
+        return self.state_url or f"sqlite:///{(self.data_dir / 'state.db').resolve()}"

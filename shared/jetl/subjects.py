@@ -1,0 +1,141 @@
+"""The one place that knows NATS subject and stream names.
+
+Every subject jetl publishes or subscribes to is built here; no other module spells a subject string.
+
+| stream      | subjects                      | retention  |
+|-------------|-------------------------------|------------|
+| JETL_RUNS   | jetl.run.<pipeline>           | work queue |
+| JETL_RAW    | jetl.raw.<pipeline>.<run>     | limits     |
+| JETL_CLEAN  | jetl.clean.<pipeline>.<run>   | limits     |
+| JETL_EVENTS | jetl.events.<pipeline>.<run>  | limits     |
+| JETL_DLQ    | jetl.dlq.<pipeline>.<stage>   | limits     |
+| JETL_LOGS   | jetl.logs.<pipeline>.<run>    | limits     |
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from jetl.errors import ConfigError
+
+PREFIX = "jetl"
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+Stage = Literal["extract", "transform", "load"]
+
+
+class Kind(StrEnum):
+    """The kinds of traffic; each has one stream."""
+
+    RUN = "run"
+    RAW = "raw"
+    CLEAN = "clean"
+    EVENTS = "events"
+    DLQ = "dlq"
+    LOGS = "logs"
+
+
+class Retention(StrEnum):
+    """Stream retention policy, as JetStream names it."""
+
+    LIMITS = "limits"
+    WORK_QUEUE = "workqueue"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What `jetl deploy` declares for one stream."""
+
+    name: str
+    kind: Kind
+    retention: Retention
+    max_age_days: float
+    duplicate_window_s: float
+
+    @property
+    def subjects(self) -> list[str]:
+        """The subject filter that the stream captures."""
+        return [f"{PREFIX}.{self.kind.value}.>"]
+
+
+STREAMS: dict[Kind, StreamSpec] = {
+    Kind.RUN: StreamSpec("JETL_RUNS", Kind.RUN, Retention.WORK_QUEUE, 7, 24 * 3600),
+    Kind.RAW: StreamSpec("JETL_RAW", Kind.RAW, Retention.LIMITS, 7, 3600),
+    Kind.CLEAN: StreamSpec("JETL_CLEAN", Kind.CLEAN, Retention.LIMITS, 2, 3600),
+    Kind.EVENTS: StreamSpec("JETL_EVENTS", Kind.EVENTS, Retention.LIMITS, 365, 3600),
+    Kind.DLQ: StreamSpec("JETL_DLQ", Kind.DLQ, Retention.LIMITS, 30, 3600),
+    Kind.LOGS: StreamSpec("JETL_LOGS", Kind.LOGS, Retention.LIMITS, 14, 120),
+}
+
+# The durable consumer each service binds to; N replicas of a service share it.
+CONSUMERS: dict[str, Kind] = {
+    "extractor": Kind.RUN,
+    "transformer": Kind.RAW,
+    "loader": Kind.CLEAN,
+    "tracker": Kind.EVENTS,
+}
+
+
+def check_token(value: str, what: str = "name") -> str:
+    """Return `value` if it is a valid subject token (no dots, spaces, `*` or `>`), else raise ConfigError."""
+    if not _TOKEN.match(value):
+        raise ConfigError(f"{what} {value!r} is not a valid subject token: use letters, digits, '_' and '-' only")
+    return value
+
+
+def stream_name(kind: Kind) -> str:
+    """The stream that holds `kind` traffic."""
+    return STREAMS[kind].name
+
+
+def run_request(pipeline: str) -> str:
+    """Subject of run requests for a pipeline."""
+    return f"{PREFIX}.run.{check_token(pipeline, 'pipeline')}"
+
+
+def raw(pipeline: str, run_id: str) -> str:
+    """Subject of a run's extracted batches."""
+    return f"{PREFIX}.raw.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
+
+
+def clean(pipeline: str, run_id: str) -> str:
+    """Subject of a run's transformed batches."""
+    return f"{PREFIX}.clean.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
+
+
+def events(pipeline: str, run_id: str) -> str:
+    """Subject of a run's lifecycle events."""
+    return f"{PREFIX}.events.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
+
+
+def dlq(pipeline: str, stage: Stage) -> str:
+    """Subject of a pipeline's dead letters from one stage."""
+    return f"{PREFIX}.dlq.{check_token(pipeline, 'pipeline')}.{stage}"
+
+
+def logs(pipeline: str, run_id: str) -> str:
+    """Subject of one run's shipped log lines."""
+    return f"{PREFIX}.logs.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
+
+
+def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) -> str:
+    """A wildcard filter over `kind` subjects, narrowed to a pipeline and run when given."""
+    parts = [PREFIX, kind.value]
+    if pipeline is None:
+        return ".".join([*parts, ">"])
+    parts.append(check_token(pipeline, "pipeline"))
+    if kind is Kind.RUN:
+        return ".".join(parts)
+    parts.append(check_token(run_id, "run id") if run_id is not None else "*")
+    return ".".join(parts)
+
+
+def parse(subject: str) -> tuple[Kind, str, str | None]:
+    """Split a jetl subject into (kind, pipeline, run id or stage)."""
+    parts = subject.split(".")
+    if len(parts) < 3 or parts[0] != PREFIX:
+        raise ValueError(f"not a jetl subject: {subject!r}")
+    return Kind(parts[1]), parts[2], parts[3] if len(parts) > 3 else None

@@ -1,0 +1,83 @@
+"""Column transformer: rename, select, drop, constants, computed columns, defaults and nested flatten."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from jetl.errors import ConfigError, RecordError, RecordIssue
+from jetl.protocols import Record
+
+
+def _flatten(record: Mapping[str, Any], sep: str, prefix: str = "") -> Record:
+    out: Record = {}
+    for k, v in record.items():
+        key = f"{prefix}{sep}{k}" if prefix else k
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, sep, key))
+        else:
+            out[key] = v
+    return out
+
+
+class ColumnTransformer:
+    """Reshape records column-wise. Steps run in this order: flatten, rename, defaults, add, compute, select, drop."""
+
+    def __init__(
+        self,
+        *,
+        rename: Mapping[str, str] | None = None,
+        select: Sequence[str] | None = None,
+        drop: Sequence[str] | None = None,
+        add: Mapping[str, Any] | None = None,
+        compute: Mapping[str, Callable[[Record], Any]] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        flatten: bool | str = False,
+    ) -> None:
+        self.rename = dict(rename or {})
+        self.select = list(select) if select is not None else None
+        self.drop = set(drop or ())
+        self.add = dict(add or {})
+        self.compute = dict(compute or {})
+        self.defaults = dict(defaults or {})
+        self.flatten_sep = "_" if flatten is True else (flatten or None)
+        for name, fn in self.compute.items():
+            if not callable(fn):
+                raise ConfigError(f"ColumnTransformer: compute[{name!r}] is not callable")
+        if self.select is not None and self.drop & set(self.select):
+            raise ConfigError(f"ColumnTransformer: columns both selected and dropped: {sorted(self.drop & set(self.select))}")
+
+    def __repr__(self) -> str:
+        return "ColumnTransformer()"
+
+    def transform(self, records: list[Record]) -> list[Record]:
+        """The reshaped records; a computed column that raises rejects its record."""
+        out: list[Record] = []
+        issues: list[RecordIssue] = []
+        rename, defaults, add, compute = self.rename, self.defaults, self.add, self.compute
+        select, drop, sep = self.select, self.drop, self.flatten_sep
+        for i, rec in enumerate(records):
+            r = _flatten(rec, sep) if sep else dict(rec)
+            if rename:
+                r = {rename.get(k, k): v for k, v in r.items()}
+            for k, v in defaults.items():
+                if r.get(k) is None:
+                    r[k] = v
+            if add:
+                r.update(add)
+            if compute:
+                try:
+                    for k, fn in compute.items():
+                        r[k] = fn(r)
+                except Exception as exc:
+                    issues.append(RecordIssue(i, k, f"compute raised {type(exc).__name__}: {exc}", record=rec))
+                    continue
+            if select is not None:
+                r = {k: r.get(k) for k in select}
+            if drop:
+                for k in drop:
+                    r.pop(k, None)
+            out.append(r)
+        if issues:
+            raise RecordError("", issues, survivors=out)
+        return out

@@ -1,0 +1,42 @@
+"""Type transformer: casts and validates records into a pydantic model, batch-wide, rejecting bad records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from jetl.errors import ConfigError, RecordError
+from jetl.protocols import Record
+from jetl.transformers._base import issues_from_validation
+
+
+class TypeTransformer:
+    """Validate every record into `model` (one TypeAdapter call over the whole batch); failures go to the DLQ."""
+
+    def __init__(self, model: type[BaseModel], *, by_alias: bool = False) -> None:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise ConfigError(f"TypeTransformer needs a pydantic model class, got {model!r}")
+        self.model = model
+        self.by_alias = by_alias
+        self._adapter: TypeAdapter[list[Any]] = TypeAdapter(list[model])  # type: ignore[valid-type]
+
+    def __repr__(self) -> str:
+        return f"TypeTransformer({self.model.__name__})"
+
+    def output_schema(self) -> type[BaseModel]:
+        """The schema of what this transformer emits."""
+        return self.model
+
+    def _dump(self, models: list[Any]) -> list[Record]:
+        return [m.model_dump(by_alias=self.by_alias) for m in models]
+
+    def transform(self, records: list[Record]) -> list[Record]:
+        """Validated, typed records; raises RecordError carrying the survivors when some fail."""
+        try:
+            return self._dump(self._adapter.validate_python(records))
+        except ValidationError as exc:
+            bad = issues_from_validation(exc, records)
+        good = [r for i, r in enumerate(records) if i not in bad]
+        survivors = self._dump(self._adapter.validate_python(good))
+        raise RecordError("", list(bad.values()), survivors=survivors)
