@@ -1,0 +1,5 @@
+"""Testing helpers for jetl and for pipeline authors: real servers for fixtures, and contract suites.
+
+- `jetl.testing.servers`: NATS and PostgreSQL for tests (containers when Docker answers, else local binaries).
+- `jetl.testing.contracts`: one abstract suite per plugin protocol; subclass it for your own connector.
+"""
