@@ -10,6 +10,7 @@ Every subject jetl publishes or subscribes to is built here; no other module spe
 | JETL_EVENTS | jetl.events.<pipeline>.<run>  | limits     |
 | JETL_DLQ    | jetl.dlq.<pipeline>.<stage>   | limits     |
 | JETL_LOGS   | jetl.logs.<pipeline>.<run>    | limits     |
+| (none)      | jetl.ctl.<service>.<verb>     | request/reply to a running service |
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ def dlq(pipeline: str, stage: Stage) -> str:
 def logs(pipeline: str, run_id: str) -> str:
     """Subject of one run's shipped log lines."""
     return f"{PREFIX}.logs.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
+
+
+def control(service: str, verb: str) -> str:
+    """Core-NATS request/reply subject a service answers (no stream): e.g. the loader's destination queries."""
+    return f"{PREFIX}.ctl.{check_token(service, 'service')}.{check_token(verb, 'verb')}"
 
 
 def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jetl.cli._app import app, main
 from jetl.cli import (  # noqa: F401  - importing registers the commands
+    commands_events,
     commands_ops,
     commands_run,
     commands_stack,
