@@ -21,6 +21,8 @@ from jetl.registry import clear_registry, discover, get_pipeline, get_pipeline_r
 from jetl.schedule import Cron
 from jetl.settings import JetlSettings
 from jetl.transformers.column import ColumnTransformer
+from jetl.transformers.dedupe import DedupeTransformer
+from jetl.transformers.filter import FilterTransformer
 from jetl.transformers.lambda_ import LambdaTransformer
 from jetl.transformers.type_ import TypeTransformer
 
@@ -35,12 +37,14 @@ __all__ = [
     "ConsoleLoader",
     "Cron",
     "DeadLetter",
+    "DedupeTransformer",
     "DestinationUnavailable",
     "DiscoveryError",
     "ExtractContext",
     "Extractor",
     "FileExtractor",
     "FileLoader",
+    "FilterTransformer",
     "JetlError",
     "JetlSettings",
     "LambdaTransformer",

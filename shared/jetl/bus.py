@@ -222,33 +222,48 @@ class Bus:
 
     async def run_request(self, req: RunRequest) -> None:
         """Queue a run request for the extractor."""
-        await self._publish(req.model_dump_json().encode(), subjects.run_request(req.pipeline),
-                            f"run/{req.run_id}", Kind.RUN)
+        await self._publish(
+            req.model_dump_json().encode(), subjects.run_request(req.pipeline), f"run/{req.run_id}", Kind.RUN
+        )
 
     async def request(self, req: RunRequest, code_hash: str = "", service: str = "cli") -> None:
         """Log run.requested, then queue the request; both dedup on the run id."""
         from jetl.events import RunRequested
 
-        await self.event(RunRequested(pipeline=req.pipeline, run_id=req.run_id, trigger=req.trigger,
-                                      data_interval_start=req.data_interval_start,
-                                      data_interval_end=req.data_interval_end, parent_run_id=req.parent_run_id,
-                                      service=service, code_hash=code_hash))
+        await self.event(
+            RunRequested(
+                pipeline=req.pipeline,
+                run_id=req.run_id,
+                trigger=req.trigger,
+                data_interval_start=req.data_interval_start,
+                data_interval_end=req.data_interval_end,
+                parent_run_id=req.parent_run_id,
+                service=service,
+                code_hash=code_hash,
+            )
+        )
         await self.run_request(req)
 
     async def raw_batch(self, batch: Batch, records: list[Any] | bytes) -> None:
         """Publish an extracted batch."""
-        await self._publish(encode_batch(batch, records), subjects.raw(batch.pipeline, batch.run_id),
-                            batch.batch_id, Kind.RAW)
+        await self._publish(
+            encode_batch(batch, records), subjects.raw(batch.pipeline, batch.run_id), batch.batch_id, Kind.RAW
+        )
 
     async def clean_batch(self, batch: Batch, records: list[Any] | bytes) -> None:
         """Publish a transformed batch."""
-        await self._publish(encode_batch(batch, records), subjects.clean(batch.pipeline, batch.run_id),
-                            batch.batch_id, Kind.CLEAN)
+        await self._publish(
+            encode_batch(batch, records),
+            subjects.clean(batch.pipeline, batch.run_id),
+            batch.batch_id,
+            Kind.CLEAN,
+        )
 
     async def event(self, ev: _Event) -> None:
         """Append a lifecycle event to the log."""
-        await self._publish(ev.model_dump_json().encode(), subjects.events(ev.pipeline, ev.run_id),
-                            ev.msg_id(), Kind.EVENTS)
+        await self._publish(
+            ev.model_dump_json().encode(), subjects.events(ev.pipeline, ev.run_id), ev.msg_id(), Kind.EVENTS
+        )
 
     async def dead_letter(self, dl: DeadLetter) -> None:
         """Keep rejected records with the reason."""

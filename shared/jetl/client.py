@@ -79,18 +79,28 @@ class JetlClient:
         code_hash: str = "",
     ) -> RunRequest:
         """Queue one run (run.requested is logged first)."""
-        req = RunRequest(pipeline=pipeline, run_id=run_id or manual_run_id(pipeline), trigger=trigger,
-                         data_interval_start=data_interval_start, data_interval_end=data_interval_end,
-                         parent_run_id=parent_run_id, params=params or {}, force=force)
+        req = RunRequest(
+            pipeline=pipeline,
+            run_id=run_id or manual_run_id(pipeline),
+            trigger=trigger,
+            data_interval_start=data_interval_start,
+            data_interval_end=data_interval_end,
+            parent_run_id=parent_run_id,
+            params=params or {},
+            force=force,
+        )
         await self.bus.request(req, code_hash=code_hash)
         return req
 
     async def follow(self, pipeline: str, run_id: str | None = None) -> AsyncIterator[Event]:
         """Every event of a run (or of a pipeline's runs), from the beginning of the log, then live."""
         js = self.conn.jetstream()
-        sub = await js.subscribe(subjects.pattern(Kind.EVENTS, pipeline, run_id), ordered_consumer=True,
-                                 stream=subjects.stream_name(Kind.EVENTS),
-                                 config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        sub = await js.subscribe(
+            subjects.pattern(Kind.EVENTS, pipeline, run_id),
+            ordered_consumer=True,
+            stream=subjects.stream_name(Kind.EVENTS),
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
         try:
             while True:
                 try:
@@ -126,8 +136,10 @@ class JetlClient:
             return await asyncio.wait_for(_consume(), timeout)
         except TimeoutError as exc:
             got = state.counts() if state else "no events"
-            raise TransientError(f"run {run_id} did not finish within {timeout:.0f}s (so far: {got}); "
-                                 "are the services up? (`jetl up`, `jetl health`)") from exc
+            raise TransientError(
+                f"run {run_id} did not finish within {timeout:.0f}s (so far: {got}); "
+                "are the services up? (`jetl up`, `jetl health`)"
+            ) from exc
 
     async def run_state(self, pipeline: str, run_id: str) -> RunState | None:
         """The folded state of one run, from the log itself."""

@@ -17,6 +17,7 @@ from typing import IO
 
 from jetl.errors import ConfigError, JetlError, TransientError
 
+
 class ServiceDied(JetlError):
     """A service process of the stack exited."""
 
@@ -80,12 +81,13 @@ class NatsServer:
         conf.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {self.max_payload_mb * 1024 * 1024}\n"
-            f"jetstream {{\n  store_dir: \"{self.store_dir / 'js'}\"\n}}\n"
+            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n}}\n'
         )
         self.log_path = self.store_dir / "nats-server.log"
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
+        )
         _wait_port(self.port, timeout, self.proc)
         return self
 
@@ -123,8 +125,13 @@ class ServiceProcess:
         """Spawn the process."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "jetl", "serve", self.name, *self.extra_args],
-                                     env=self.env, stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jetl", "serve", self.name, *self.extra_args],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         return self
 
     def alive(self) -> bool:
@@ -145,15 +152,19 @@ class ServiceProcess:
         self.proc = None
 
 
-def service_env(nats_url: str, data_dir: Path, pipelines_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+def service_env(
+    nats_url: str, data_dir: Path, pipelines_dir: Path, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment a child service gets: the parent's, plus where NATS, data and pipelines are."""
     env = dict(os.environ)
-    env.update({
-        "JETL_NATS__URL": nats_url,
-        "JETL_DATA_DIR": str(data_dir.resolve()),
-        "JETL_PIPELINES_DIR": str(pipelines_dir.resolve()),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "JETL_NATS__URL": nats_url,
+            "JETL_DATA_DIR": str(data_dir.resolve()),
+            "JETL_PIPELINES_DIR": str(pipelines_dir.resolve()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra or {})
     return env
 

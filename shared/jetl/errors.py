@@ -96,8 +96,16 @@ def classify(exc: BaseException) -> Disposition:
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError, socket.gaierror)):
         return "transient"
     name = type(exc).__module__ + "." + type(exc).__name__
-    transient_markers = ("httpx.ConnectError", "httpx.ReadTimeout", "httpx.ConnectTimeout", "httpx.RemoteProtocol",
-                         "OperationalError", "nats.errors.Timeout", "nats.errors.NoServers", "NoRespondersError")
+    transient_markers = (
+        "httpx.ConnectError",
+        "httpx.ReadTimeout",
+        "httpx.ConnectTimeout",
+        "httpx.RemoteProtocol",
+        "OperationalError",
+        "nats.errors.Timeout",
+        "nats.errors.NoServers",
+        "NoRespondersError",
+    )
     if any(m in name for m in transient_markers):
         return "transient"
     return "terminal"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -19,12 +21,10 @@ def add_sink(sink: Any) -> None:
     _SINKS.append(sink)
 
 
-def _ship(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _ship(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for sink in _SINKS:
-        try:
+        with contextlib.suppress(Exception):  # a log sink must never break the caller
             sink(dict(event_dict))
-        except Exception:  # a log sink must never break the caller
-            pass
     return event_dict
 
 

@@ -23,6 +23,33 @@ def schema_hash(model: type[BaseModel]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def output_fields(transformers: Sequence[Transformer]) -> frozenset[str] | None:
+    """The field names the transformer chain emits, when every step can tell (output_fields/output_schema)."""
+    fields: frozenset[str] | None = None
+    for t in transformers:
+        derive = getattr(t, "output_fields", None)
+        schema = getattr(t, "output_schema", None)
+        if callable(derive):
+            fields = derive(fields)
+        elif callable(schema) and isinstance(model := schema(), type) and issubclass(model, BaseModel):
+            fields = frozenset(model.model_fields)
+        else:
+            fields = None  # an opaque step (a lambda): what comes out cannot be known before a run
+    return fields
+
+
+def required_inputs(model: type[BaseModel]) -> dict[str, frozenset[str]]:
+    """Per required field of `model`, the input keys that can fill it (its name and/or its alias)."""
+    by_name = bool(model.model_config.get("populate_by_name") or model.model_config.get("validate_by_name"))
+    out: dict[str, frozenset[str]] = {}
+    for name, f in model.model_fields.items():
+        if not f.is_required() or not isinstance(f.validation_alias, str | None):
+            continue  # optional, or AliasChoices/AliasPath: a flat field name cannot be checked against those
+        alias = f.validation_alias if isinstance(f.validation_alias, str) else f.alias
+        out[name] = frozenset({alias, name} if alias and by_name else {alias or name})
+    return out
+
+
 @dataclass
 class Pipeline:
     """One pipeline. Build it in `register_pipelines()` of a `pipelines/<name>_pipeline.py` module."""
@@ -60,6 +87,19 @@ class Pipeline:
         check = getattr(self.loader, "check_schema", None)
         if callable(check):
             check(self.schema)
+        self._check_output_fields()
+
+    def _check_output_fields(self) -> None:
+        """Fail at start-up when the transformers' last known output lacks a field the schema requires."""
+        fields = output_fields(self.transformers)
+        if fields is None:
+            return
+        missing = sorted(n for n, keys in required_inputs(self.schema).items() if not keys & fields)
+        if missing:
+            raise ConfigError(
+                f"pipeline {self.name!r}: the transformers never produce the field(s) {missing} "
+                f"that schema {self.schema.__name__} requires (they produce {sorted(fields)})"
+            )
 
     @cached_property
     def schema_hash(self) -> str:

@@ -93,8 +93,13 @@ class RunState(BaseModel):
 
     def counts(self) -> dict[str, int]:
         """The ledger totals."""
-        return {"extracted": self.extracted, "loaded": self.loaded, "rejected": self.rejected,
-                "filtered": self.filtered, "batches": len(self.batches)}
+        return {
+            "extracted": self.extracted,
+            "loaded": self.loaded,
+            "rejected": self.rejected,
+            "filtered": self.filtered,
+            "batches": len(self.batches),
+        }
 
 
 def _batch(state: RunState, batch_id: str, seq: int) -> BatchState:

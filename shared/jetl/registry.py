@@ -43,8 +43,9 @@ def _import(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(name, None)
-        raise DiscoveryError(f"{_where(exc, path)}: pipeline module failed to import: "
-                             f"{type(exc).__name__}: {exc}") from exc
+        raise DiscoveryError(
+            f"{_where(exc, path)}: pipeline module failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
     return module
 
 
@@ -59,8 +60,7 @@ def load_module(path: Path) -> list[Pipeline]:
     except JetlError as exc:
         raise DiscoveryError(f"{_where(exc, path)}: {exc}") from exc
     except Exception as exc:
-        raise DiscoveryError(f"{_where(exc, path)}: register_pipelines() raised "
-                             f"{type(exc).__name__}: {exc}") from exc
+        raise DiscoveryError(f"{_where(exc, path)}: register_pipelines() raised {type(exc).__name__}: {exc}") from exc
     pipelines = [result] if isinstance(result, Pipeline) else list(result or [])
     code_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     for p in pipelines:
@@ -81,7 +81,9 @@ def register(pipelines: Iterable[Pipeline]) -> None:
     for p in pipelines:
         if p.name in _REGISTRY:
             other = _REGISTRY[p.name].source_file or "<code>"
-            raise DiscoveryError(f"{p.source_file or '<code>'}: pipeline name {p.name!r} is already registered by {other}")
+            raise DiscoveryError(
+                f"{p.source_file or '<code>'}: pipeline name {p.name!r} is already registered by {other}"
+            )
         _REGISTRY[p.name] = p
 
 
@@ -114,8 +116,9 @@ def discover_report(folder: Path | str) -> tuple[dict[str, Pipeline], dict[str, 
         try:
             for p in load_module(path):
                 if p.name in found:
-                    raise DiscoveryError(f"{path}: pipeline name {p.name!r} is already registered by "
-                                         f"{found[p.name].source_file}")
+                    raise DiscoveryError(
+                        f"{path}: pipeline name {p.name!r} is already registered by {found[p.name].source_file}"
+                    )
                 found[p.name] = p
         except DiscoveryError as exc:
             errors[str(path)] = str(exc)

@@ -59,8 +59,13 @@ RouterFactory = Callable[[ServiceContext], NatsRouter]
 def make_context(name: str, settings: JetlSettings, broker: NatsBroker | None = None) -> ServiceContext:
     """A service context around a (new) broker."""
     broker = broker or make_broker(settings.nats)
-    return ServiceContext(name=name, settings=settings, broker=broker, bus=Bus(broker),
-                          instance=settings.instance or instance_id())
+    return ServiceContext(
+        name=name,
+        settings=settings,
+        broker=broker,
+        bus=Bus(broker),
+        instance=settings.instance or instance_id(),
+    )
 
 
 def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) -> FastStream:
@@ -128,8 +133,15 @@ async def _heartbeat(ctx: ServiceContext) -> None:
     """Tell `jetl health` this instance is alive, with its counters."""
     while True:
         if ctx.kv is not None:
-            body = orjson.dumps({"service": ctx.name, "instance": ctx.instance, "at": time.time(),
-                                 "started_at": ctx.started_at, "stats": ctx.stats})
+            body = orjson.dumps(
+                {
+                    "service": ctx.name,
+                    "instance": ctx.instance,
+                    "at": time.time(),
+                    "started_at": ctx.started_at,
+                    "stats": ctx.stats,
+                }
+            )
             key = f"svc.{ctx.name}.{ctx.instance.replace(':', '_').replace('.', '_')}"
             with contextlib.suppress(Exception):
                 await ctx.kv.put(key, body)

@@ -105,8 +105,12 @@ async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]
             entry = await kv.get(k)
             if entry.value:
                 out.append(RunState.model_validate_json(entry.value))
-    out.sort(key=lambda s: (s.requested_at or s.started_at or s.finished_at).timestamp()
-             if (s.requested_at or s.started_at or s.finished_at) else 0, reverse=True)
+
+    def when(st: RunState) -> float:
+        moment = st.requested_at or st.started_at or st.finished_at
+        return moment.timestamp() if moment else 0.0
+
+    out.sort(key=when, reverse=True)
     return out
 
 

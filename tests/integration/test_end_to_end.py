@@ -17,7 +17,7 @@ from jetl.testing.servers import NatsHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PIPELINE = '''
+PIPELINE = """
 from datetime import datetime
 from typing import Any
 from pydantic import BaseModel, Field
@@ -49,7 +49,7 @@ def register_pipelines():
         Pipeline(name="items_files", extractors=[FileExtractor("INPUT/*.jsonl")], transformers=steps,
                  loader=FileLoader("OUTPUT"), schema=Item, batch_size=50),
     ]
-'''
+"""
 
 
 def write_inputs(folder: Path) -> None:
@@ -70,11 +70,15 @@ def write_inputs(folder: Path) -> None:
 
 
 def test_four_processes_load_rows_and_dead_letter_bad_records(tmp_path: Path, nats: NatsHandle) -> None:
-    inputs, output, pipelines, data = tmp_path / "in", tmp_path / "out", tmp_path / "pipelines", tmp_path / "data"
+    inputs, output, pipelines, data = (
+        tmp_path / "in",
+        tmp_path / "out",
+        tmp_path / "pipelines",
+        tmp_path / "data",
+    )
     write_inputs(inputs)
     pipelines.mkdir()
-    (pipelines / "items_pipeline.py").write_text(
-        PIPELINE.replace("INPUT", str(inputs)).replace("OUTPUT", str(output)))
+    (pipelines / "items_pipeline.py").write_text(PIPELINE.replace("INPUT", str(inputs)).replace("OUTPUT", str(output)))
 
     async def run_both() -> tuple[object, object, list[object]]:
         async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:

@@ -11,8 +11,15 @@ import pytest
 from faststream.nats import TestNatsBroker
 from pydantic import BaseModel
 
-from jetl import ColumnTransformer, ConsoleLoader, FileExtractor, LambdaTransformer, Pipeline, TypeTransformer
-from jetl import subjects
+from jetl import (
+    ColumnTransformer,
+    ConsoleLoader,
+    FileExtractor,
+    LambdaTransformer,
+    Pipeline,
+    TypeTransformer,
+    subjects,
+)
 from jetl.messages import Batch, decode_batch, encode_batch
 from jetl.registry import register
 from jetl.service import make_context
@@ -40,9 +47,17 @@ def keep_odd(r: dict[str, Any]) -> dict[str, Any] | None:
 
 @pytest.fixture
 def pipeline(tmp_path: Any) -> Pipeline:
-    p = Pipeline(name="unit", extractors=[FileExtractor(tmp_path / "x.jsonl")],
-                 transformers=[TypeTransformer(Raw), LambdaTransformer(keep_odd), ColumnTransformer(rename={"name": "title"})],
-                 loader=ConsoleLoader(), schema=Out)
+    p = Pipeline(
+        name="unit",
+        extractors=[FileExtractor(tmp_path / "x.jsonl")],
+        transformers=[
+            TypeTransformer(Raw),
+            LambdaTransformer(keep_odd),
+            ColumnTransformer(rename={"name": "title"}),
+        ],
+        loader=ConsoleLoader(),
+        schema=Out,
+    )
     register([p])
     return p
 
@@ -55,8 +70,15 @@ async def test_raw_batch_becomes_clean_batch_with_rejects_dead_lettered(pipeline
 
     records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(1, 7)]
     records[1]["at"] = "not a date"  # id 2: rejected with its field
-    batch = Batch(pipeline="unit", run_id="r1", seq=0, schema_name="Out", schema_hash=pipeline.schema_hash,
-                  count=6, origins=[f"in.jsonl:{i}" for i in range(1, 7)])
+    batch = Batch(
+        pipeline="unit",
+        run_id="r1",
+        seq=0,
+        schema_name="Out",
+        schema_hash=pipeline.schema_hash,
+        count=6,
+        origins=[f"in.jsonl:{i}" for i in range(1, 7)],
+    )
     async with TestNatsBroker(ctx.broker) as br:
         await br.publish(encode_batch(batch, records), subjects.raw("unit", "r1"), stream="JETL_RAW")
 

@@ -6,14 +6,13 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from faststream import Context
-from faststream import AckPolicy
+from faststream import AckPolicy, Context
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.message import NatsBatchMessage
 
 from jetl import subjects
-from jetl.bus import raw_decoder
 from jetl._internal.stage import settle
+from jetl.bus import raw_decoder
 from jetl.events import BatchExtracted, BatchRejected, RunExtracted, RunFailed, RunStarted
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import Batch, DeadLetter, RunRequest
@@ -45,16 +44,27 @@ class Extraction:
         self.bad: list[tuple[str, str]] = []
 
     def _event_base(self) -> dict[str, Any]:
-        return {"pipeline": self.req.pipeline, "run_id": self.req.run_id, "service": "extractor",
-                "instance": self.ctx.instance, "code_hash": self.pipeline.code_hash}
+        return {
+            "pipeline": self.req.pipeline,
+            "run_id": self.req.run_id,
+            "service": "extractor",
+            "instance": self.ctx.instance,
+            "code_hash": self.pipeline.code_hash,
+        }
 
     async def run(self) -> None:
         p, req = self.pipeline, self.req
         await self.ctx.bus.event(RunStarted(**self._event_base()))
         cursor = await get_cursor(self.ctx.kv, p.name) if self.ctx.kv is not None else None
-        ectx = ExtractContext(pipeline=p.name, run_id=req.run_id, data_interval_start=req.data_interval_start,
-                              data_interval_end=req.data_interval_end, cursor=cursor, params=req.params,
-                              force=req.force)
+        ectx = ExtractContext(
+            pipeline=p.name,
+            run_id=req.run_id,
+            data_interval_start=req.data_interval_start,
+            data_interval_end=req.data_interval_end,
+            cursor=cursor,
+            params=req.params,
+            force=req.force,
+        )
         for extractor in p.extractors:
             async for chunk in extractor.extract(ectx):
                 await self._add(chunk)
@@ -65,8 +75,15 @@ class Extraction:
             c = extractor.next_cursor()
             if c:
                 merged.update(c)
-        await self.ctx.bus.event(RunExtracted(**self._event_base(), batches=self.seq, records=self.records,
-                                              rejected=self.rejected, cursor=merged or None))
+        await self.ctx.bus.event(
+            RunExtracted(
+                **self._event_base(),
+                batches=self.seq,
+                records=self.records,
+                rejected=self.rejected,
+                cursor=merged or None,
+            )
+        )
         log.info("run extracted", batches=self.seq, records=self.records, rejected=self.rejected)
 
     async def _add(self, chunk: Chunk) -> None:
@@ -100,25 +117,52 @@ class Extraction:
         if final and self.buf:
             await self._flush(final=True)
 
-    async def _publish(self, seq: int, records: list[Record], origins: list[str],
-                       bad: list[tuple[str, str]]) -> None:
+    async def _publish(self, seq: int, records: list[Record], origins: list[str], bad: list[tuple[str, str]]) -> None:
         try:
             p = self.pipeline
-            batch = Batch(pipeline=p.name, run_id=self.req.run_id, seq=seq, schema_name=p.schema.__name__,
-                          schema_hash=p.schema_hash, count=len(records),
-                          origins=origins if any(origins) else None)
+            batch = Batch(
+                pipeline=p.name,
+                run_id=self.req.run_id,
+                seq=seq,
+                schema_name=p.schema.__name__,
+                schema_hash=p.schema_hash,
+                count=len(records),
+                origins=origins if any(origins) else None,
+            )
             if bad:  # unreadable input: dead-letter it with file and line, before the batch is announced
-                await self.ctx.bus.dead_letter(DeadLetter(
-                    pipeline=p.name, run_id=self.req.run_id, batch_id=batch.batch_id, stage="extract",
-                    reason=f"{len(bad)} unreadable record(s); first: {bad[0][0]}: {bad[0][1]}",
-                    error_type="MalformedInput",
-                    records=[{"index": None, "origin": o, "field": None, "message": m, "record": None}
-                             for o, m in bad]))
-                await self.ctx.bus.event(BatchRejected(**self._event_base(), batch_id=batch.batch_id, seq=seq,
-                                                       stage="extract", records=len(bad), reason=bad[0][1]))
+                await self.ctx.bus.dead_letter(
+                    DeadLetter(
+                        pipeline=p.name,
+                        run_id=self.req.run_id,
+                        batch_id=batch.batch_id,
+                        stage="extract",
+                        reason=f"{len(bad)} unreadable record(s); first: {bad[0][0]}: {bad[0][1]}",
+                        error_type="MalformedInput",
+                        records=[
+                            {"index": None, "origin": o, "field": None, "message": m, "record": None} for o, m in bad
+                        ],
+                    )
+                )
+                await self.ctx.bus.event(
+                    BatchRejected(
+                        **self._event_base(),
+                        batch_id=batch.batch_id,
+                        seq=seq,
+                        stage="extract",
+                        records=len(bad),
+                        reason=bad[0][1],
+                    )
+                )
             await self.ctx.bus.raw_batch(batch, records)
-            await self.ctx.bus.event(BatchExtracted(**self._event_base(), batch_id=batch.batch_id, seq=seq,
-                                                    records=len(records), rejected=len(bad)))
+            await self.ctx.bus.event(
+                BatchExtracted(
+                    **self._event_base(),
+                    batch_id=batch.batch_id,
+                    seq=seq,
+                    records=len(records),
+                    rejected=len(bad),
+                )
+            )
             self.ctx.count("batches_extracted")
             self.ctx.count("records_extracted", len(records))
         finally:
@@ -154,9 +198,7 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_decoder,
     )
-    async def on_run_requests(
-        body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]
-    ) -> None:
+    async def on_run_requests(body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]) -> None:
         for raw in message.raw_message:
             await handle_run_request(ctx, raw, settings.publish_concurrency)
 
@@ -182,8 +224,15 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
             error = exc
 
         async def fail(exc: BaseException) -> None:
-            await ctx.bus.event(RunFailed(pipeline=req.pipeline, run_id=req.run_id, service="extractor",
-                                          instance=ctx.instance, error=f"{type(exc).__name__}: {exc}",
-                                          stage="extract"))
+            await ctx.bus.event(
+                RunFailed(
+                    pipeline=req.pipeline,
+                    run_id=req.run_id,
+                    service="extractor",
+                    instance=ctx.instance,
+                    error=f"{type(exc).__name__}: {exc}",
+                    stage="extract",
+                )
+            )
 
         await settle(raw, error, fail)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from faststream import Context
-from faststream import AckPolicy
+from faststream import AckPolicy, Context
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.message import NatsBatchMessage
 
 from jetl import subjects
-from jetl.bus import raw_decoder
 from jetl._internal.stage import settle
+from jetl.bus import raw_decoder
 from jetl.errors import SchemaMismatch
 from jetl.events import BatchLoaded, BatchRejected
 from jetl.logging import bound_contextvars, get_logger
@@ -53,15 +52,23 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
         return
     with bound_contextvars(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id):
         error: BaseException | None = None
-        base: dict[str, Any] = {"pipeline": batch.pipeline, "run_id": batch.run_id, "batch_id": batch.batch_id,
-                                "seq": batch.seq, "service": "loader", "instance": ctx.instance}
+        base: dict[str, Any] = {
+            "pipeline": batch.pipeline,
+            "run_id": batch.run_id,
+            "batch_id": batch.batch_id,
+            "seq": batch.seq,
+            "service": "loader",
+            "instance": ctx.instance,
+        }
         pipeline: Pipeline | None = None
         try:
             pipeline = get_pipeline(batch.pipeline)
             base["code_hash"] = pipeline.code_hash
             if batch.schema_hash != pipeline.schema_hash:
-                raise SchemaMismatch(f"pipeline {batch.pipeline!r}: batch {batch.batch_id} has schema "
-                                     f"{batch.schema_hash}, the pipeline declares {pipeline.schema_hash}")
+                raise SchemaMismatch(
+                    f"pipeline {batch.pipeline!r}: batch {batch.batch_id} has schema "
+                    f"{batch.schema_hash}, the pipeline declares {pipeline.schema_hash}"
+                )
             n = await asyncio.to_thread(write, pipeline, batch, body)
             await ctx.bus.event(BatchLoaded(**base, records=n, destination=pipeline.loader.describe()))
             ctx.count("batches_loaded")
@@ -71,16 +78,27 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
 
         async def dead_letter(exc: BaseException) -> None:
             try:
-                records = [{"index": i, "origin": None, "field": None, "message": None, "record": r}
-                           for i, r in enumerate(decode_records(body))]
+                records = [
+                    {"index": i, "origin": None, "field": None, "message": None, "record": r}
+                    for i, r in enumerate(decode_records(body))
+                ]
             except Exception:
                 records = []
-            await ctx.bus.dead_letter(DeadLetter(pipeline=batch.pipeline, run_id=batch.run_id,
-                                                 batch_id=batch.batch_id, stage="load", scope="batch",
-                                                 reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
-                                                 error_type=type(exc).__name__, records=records))
-            await ctx.bus.event(BatchRejected(**base, stage="load", records=batch.count, reason=str(exc),
-                                              scope="batch"))
+            await ctx.bus.dead_letter(
+                DeadLetter(
+                    pipeline=batch.pipeline,
+                    run_id=batch.run_id,
+                    batch_id=batch.batch_id,
+                    stage="load",
+                    scope="batch",
+                    reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
+                    error_type=type(exc).__name__,
+                    records=records,
+                )
+            )
+            await ctx.bus.event(
+                BatchRejected(**base, stage="load", records=batch.count, reason=str(exc), scope="batch")
+            )
 
         await settle(raw, error, dead_letter)
 

@@ -77,9 +77,17 @@ async def tick(ctx: ServiceContext, now: datetime | None = None) -> list[str]:
             due = due[:room] if room < len(due) else due
         for start, end in due:
             run_id = run_id_for(p.name, start)
-            await ctx.bus.request(RunRequest(pipeline=p.name, run_id=run_id, trigger="schedule",
-                                             data_interval_start=start, data_interval_end=end),
-                                  code_hash=p.code_hash, service="scheduler")
+            await ctx.bus.request(
+                RunRequest(
+                    pipeline=p.name,
+                    run_id=run_id,
+                    trigger="schedule",
+                    data_interval_start=start,
+                    data_interval_end=end,
+                ),
+                code_hash=p.code_hash,
+                service="scheduler",
+            )
             requested.append(run_id)
             log.info("scheduled run requested", pipeline=p.name, run_id=run_id, interval_start=start.isoformat())
         if due and ctx.kv is not None:

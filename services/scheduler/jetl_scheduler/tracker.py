@@ -31,10 +31,19 @@ async def track(ctx: ServiceContext, raw: Any) -> None:
         state = await apply(ctx.kv, ev)
         if state.settled and state.status not in ("completed", "failed"):
             c = state.counts()
-            await ctx.bus.event(RunCompleted(pipeline=state.pipeline, run_id=state.run_id, service="scheduler",
-                                             instance=ctx.instance, code_hash=state.code_hash,
-                                             extracted=c["extracted"], loaded=c["loaded"], rejected=c["rejected"],
-                                             filtered=c["filtered"]))
+            await ctx.bus.event(
+                RunCompleted(
+                    pipeline=state.pipeline,
+                    run_id=state.run_id,
+                    service="scheduler",
+                    instance=ctx.instance,
+                    code_hash=state.code_hash,
+                    extracted=c["extracted"],
+                    loaded=c["loaded"],
+                    rejected=c["rejected"],
+                    filtered=c["filtered"],
+                )
+            )
             log.info("run completed", pipeline=state.pipeline, run_id=state.run_id, **c)
         if isinstance(ev, RunCompleted) and state.cursor is not None:
             await put_cursor(ctx.kv, state.pipeline, state.cursor)

@@ -43,8 +43,9 @@ class PipelineWatcher:
                 for p in pipelines:
                     owner = registry.get(p.name)
                     if owner is not None and owner.source_file != str(path):
-                        raise DiscoveryError(f"{path}: pipeline name {p.name!r} is already registered by "
-                                             f"{owner.source_file}")
+                        raise DiscoveryError(
+                            f"{path}: pipeline name {p.name!r} is already registered by {owner.source_file}"
+                        )
             except DiscoveryError as exc:
                 self.errors[str(path)] = str(exc)
                 log.error("pipeline module skipped", file=str(path), error=str(exc))

@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from faststream import Context
-from faststream import AckPolicy
+from faststream import AckPolicy, Context
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.message import NatsBatchMessage
 from pydantic import ValidationError
 
 from jetl import subjects
-from jetl.bus import raw_decoder
 from jetl._internal.stage import settle
+from jetl.bus import raw_decoder
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
@@ -74,36 +73,78 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
         return
     with bound_contextvars(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id):
         error: BaseException | None = None
-        base: dict[str, Any] = {"pipeline": batch.pipeline, "run_id": batch.run_id, "batch_id": batch.batch_id,
-                                "seq": batch.seq, "service": "transformer", "instance": ctx.instance}
+        base: dict[str, Any] = {
+            "pipeline": batch.pipeline,
+            "run_id": batch.run_id,
+            "batch_id": batch.batch_id,
+            "seq": batch.seq,
+            "service": "transformer",
+            "instance": ctx.instance,
+        }
         try:
             pipeline = get_pipeline(batch.pipeline)
             base["code_hash"] = pipeline.code_hash
             if batch.schema_hash != pipeline.schema_hash and not pipeline.transformers:
-                raise SchemaMismatch(f"batch {batch.batch_id} was extracted under schema {batch.schema_hash}, "
-                                     f"pipeline now declares {pipeline.schema_hash}")
+                raise SchemaMismatch(
+                    f"batch {batch.batch_id} was extracted under schema {batch.schema_hash}, "
+                    f"pipeline now declares {pipeline.schema_hash}"
+                )
             records = decode_records(body)
             clean, n_out, issues = await asyncio.to_thread(run_transformers, pipeline, records)
             for i in issues:
                 if i.index >= 0:
                     i.origin = batch.origin(i.index)
             if issues:
-                await ctx.bus.dead_letter(DeadLetter(
-                    pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id, stage="transform",
-                    reason=issues[0].describe(batch.pipeline) + (f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""),
-                    error_type="RecordError",
-                    records=[{"index": i.index if i.index >= 0 else None, "origin": i.origin, "field": i.field,
-                              "message": i.message, "record": i.record} for i in issues]))
-                await ctx.bus.event(BatchRejected(**base, stage="transform", records=len(issues),
-                                                  reason=issues[0].describe(batch.pipeline)))
+                await ctx.bus.dead_letter(
+                    DeadLetter(
+                        pipeline=batch.pipeline,
+                        run_id=batch.run_id,
+                        batch_id=batch.batch_id,
+                        stage="transform",
+                        reason=issues[0].describe(batch.pipeline)
+                        + (f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""),
+                        error_type="RecordError",
+                        records=[
+                            {
+                                "index": i.index if i.index >= 0 else None,
+                                "origin": i.origin,
+                                "field": i.field,
+                                "message": i.message,
+                                "record": i.record,
+                            }
+                            for i in issues
+                        ],
+                    )
+                )
+                await ctx.bus.event(
+                    BatchRejected(
+                        **base,
+                        stage="transform",
+                        records=len(issues),
+                        reason=issues[0].describe(batch.pipeline),
+                    )
+                )
                 for i in issues[:5]:
                     log.warning("record rejected", reason=i.describe(batch.pipeline))
-            out = batch.model_copy(update={"count": n_out, "origins": None, "schema_hash": pipeline.schema_hash,
-                                           "schema_name": pipeline.schema.__name__})
+            out = batch.model_copy(
+                update={
+                    "count": n_out,
+                    "origins": None,
+                    "schema_hash": pipeline.schema_hash,
+                    "schema_name": pipeline.schema.__name__,
+                }
+            )
             await ctx.bus.clean_batch(out, clean)
             filtered = len(records) - n_out - len(issues)
-            await ctx.bus.event(BatchTransformed(**base, records_in=len(records), records_out=n_out,
-                                                 rejected=len(issues), filtered=filtered))
+            await ctx.bus.event(
+                BatchTransformed(
+                    **base,
+                    records_in=len(records),
+                    records_out=n_out,
+                    rejected=len(issues),
+                    filtered=filtered,
+                )
+            )
             ctx.count("batches_transformed")
             ctx.count("records_rejected", len(issues))
         except Exception as exc:
@@ -111,13 +152,21 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
 
         async def dead_letter(exc: BaseException) -> None:
             assert batch is not None
-            await ctx.bus.dead_letter(DeadLetter(pipeline=batch.pipeline, run_id=batch.run_id,
-                                                 batch_id=batch.batch_id, stage="transform",
-                                                 reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
-                                                 error_type=type(exc).__name__, scope="batch",
-                                                 records=_as_dead_records(body)))
-            await ctx.bus.event(BatchRejected(**base, stage="transform", records=batch.count, reason=str(exc),
-                                              scope="batch"))
+            await ctx.bus.dead_letter(
+                DeadLetter(
+                    pipeline=batch.pipeline,
+                    run_id=batch.run_id,
+                    batch_id=batch.batch_id,
+                    stage="transform",
+                    reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
+                    error_type=type(exc).__name__,
+                    scope="batch",
+                    records=_as_dead_records(body),
+                )
+            )
+            await ctx.bus.event(
+                BatchRejected(**base, stage="transform", records=batch.count, reason=str(exc), scope="batch")
+            )
 
         await settle(raw, error, dead_letter)
 
@@ -125,11 +174,20 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
 def _as_dead_records(body: bytes) -> list[dict[str, Any]]:
     """The batch's records for the DLQ (so a redrive can resend them), or its raw text if unreadable."""
     try:
-        return [{"index": i, "origin": None, "field": None, "message": None, "record": r}
-                for i, r in enumerate(decode_records(body))]
+        return [
+            {"index": i, "origin": None, "field": None, "message": None, "record": r}
+            for i, r in enumerate(decode_records(body))
+        ]
     except Exception:
-        return [{"index": None, "origin": None, "field": None, "message": "unreadable batch",
-                 "record": body.decode(errors="replace")}]
+        return [
+            {
+                "index": None,
+                "origin": None,
+                "field": None,
+                "message": "unreadable batch",
+                "record": body.decode(errors="replace"),
+            }
+        ]
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:

@@ -74,15 +74,23 @@ async def _run(url: str, timeout: float, progress: bool) -> tuple[Any, list[Any]
     async with JetlClient(s) as jc:
         req = await jc.request_run(PIPELINE)
         if progress:
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                          transient=True) as bar:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                transient=True,
+            ) as bar:
                 task = bar.add_task(f"run {req.run_id}", total=None, info="")
 
                 def on_event(ev: Any, st: Any) -> None:
                     total = st.expected_batches
                     done = sum(1 for b in st.batches.values() if b.outcome != "pending")
-                    bar.update(task, total=total, completed=done,
-                               info=f"{ev.type}  extracted={st.extracted} loaded={st.loaded} rejected={st.rejected}")
+                    bar.update(
+                        task,
+                        total=total,
+                        completed=done,
+                        info=f"{ev.type}  extracted={st.extracted} loaded={st.loaded} rejected={st.rejected}",
+                    )
 
                 state = await jc.wait(PIPELINE, req.run_id, timeout=timeout, on_event=on_event)
         else:
@@ -91,8 +99,9 @@ async def _run(url: str, timeout: float, progress: bool) -> tuple[Any, list[Any]
     return state, dls
 
 
-def run_demo(data_dir: Path, pipelines_dir: Path, records: int, *, progress: bool = True,
-             timeout: float = 300.0) -> dict[str, Any]:
+def run_demo(
+    data_dir: Path, pipelines_dir: Path, records: int, *, progress: bool = True, timeout: float = 300.0
+) -> dict[str, Any]:
     """Run the demo and return its summary."""
     write_sample(data_dir / "input" / "orders.jsonl", records)
     stack = Stack(data_dir=data_dir, pipelines_dir=pipelines_dir)
@@ -116,8 +125,11 @@ def run_demo(data_dir: Path, pipelines_dir: Path, records: int, *, progress: boo
         sample_rows = [dict(zip(sample.column_names, r, strict=True)) for r in sample.result_rows]
     finally:
         close_clients()
-    rejections = [f"{r.get('origin') or dl.batch_id}: {r.get('field') or ''} {r.get('message')}".strip()
-                  for dl in dls for r in dl.records]
+    rejections = [
+        f"{r.get('origin') or dl.batch_id}: {r.get('field') or ''} {r.get('message')}".strip()
+        for dl in dls
+        for r in dl.records
+    ]
     return {
         "pipeline": PIPELINE,
         "run_id": state.run_id,

@@ -48,8 +48,12 @@ async def settle(
     try:
         await dead_letter(exc)
     except Exception as dl_exc:
-        log.error("could not dead-letter; retrying the message", error=str(dl_exc), original=str(exc),
-                  exc_info=dl_exc)
+        log.error(
+            "could not dead-letter; retrying the message",
+            error=str(dl_exc),
+            original=str(exc),
+            exc_info=dl_exc,
+        )
         await msg.nak(delay=backoff(attempt))
         return "nak"
     log.error("dead-lettered", error=str(exc), error_type=type(exc).__name__, attempt=attempt)

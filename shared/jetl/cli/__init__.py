@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from jetl.cli._app import app, main
 from jetl.cli import (  # noqa: F401  - importing registers the commands
     commands_events,
     commands_ops,
     commands_run,
     commands_stack,
 )
+from jetl.cli._app import app, main
 
 __all__ = ["app", "main"]

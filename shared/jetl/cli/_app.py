@@ -66,10 +66,15 @@ def fail(exc: BaseException) -> None:
     text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, JetlError) else str(exc)
     if isinstance(exc, ConfigError):
         code, hint = EXIT_USAGE, "check the pipeline module or setting it names (jetl validate)"
-    elif isinstance(exc, TransientError) or "nats" in type(exc).__module__:
-        code, hint = EXIT_UNAVAILABLE, "is NATS running? `jetl up` starts one; JETL_NATS__URL points elsewhere"
-    elif isinstance(exc, (ConnectionError, OSError, TimeoutError)):
-        code, hint = EXIT_UNAVAILABLE, "is NATS running? `jetl up` starts one; JETL_NATS__URL points elsewhere"
+    elif (
+        isinstance(exc, TransientError)
+        or "nats" in type(exc).__module__
+        or isinstance(exc, (ConnectionError, OSError, TimeoutError))
+    ):
+        code, hint = (
+            EXIT_UNAVAILABLE,
+            "is NATS running? `jetl up` starts one; JETL_NATS__URL points elsewhere",
+        )
     err_console.print(f"[red]error:[/red] {text}", highlight=False)
     if hint:
         err_console.print(f"[dim]hint: {hint}[/dim]", highlight=False)

@@ -18,17 +18,27 @@ def counts_table(state: RunState, title: str | None = None) -> Table:
     for col in ("extracted", "loaded", "rejected", "filtered", "batches", "reconciles"):
         t.add_column(col, justify="right")
     c = state.counts()
-    t.add_row(*(str(c[k]) for k in ("extracted", "loaded", "rejected", "filtered", "batches")),
-              "yes" if state.reconciles else "NO")
+    t.add_row(
+        *(str(c[k]) for k in ("extracted", "loaded", "rejected", "filtered", "batches")),
+        "yes" if state.reconciles else "NO",
+    )
     return t
 
 
 def state_json(state: RunState) -> dict[str, Any]:
     """A run's state for `--json` output."""
-    return {"pipeline": state.pipeline, "run_id": state.run_id, "status": state.status, **state.counts(),
-            "reconciles": state.reconciles, "error": state.error, "trigger": state.trigger,
-            "parent_run_id": state.parent_run_id,
-            "started_at": state.started_at, "finished_at": state.finished_at}
+    return {
+        "pipeline": state.pipeline,
+        "run_id": state.run_id,
+        "status": state.status,
+        **state.counts(),
+        "reconciles": state.reconciles,
+        "error": state.error,
+        "trigger": state.trigger,
+        "parent_run_id": state.parent_run_id,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+    }
 
 
 @app.command()
@@ -53,14 +63,23 @@ def run(
                 return None
             if json_out or not console.is_terminal:
                 return await jc.wait(pipeline, req.run_id, timeout=timeout)
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                          transient=True, console=console) as bar:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                transient=True,
+                console=console,
+            ) as bar:
                 task = bar.add_task(f"run {req.run_id}", total=None, info="")
 
                 def on_event(ev: Any, st: RunState) -> None:
                     done = sum(1 for b in st.batches.values() if b.outcome != "pending")
-                    bar.update(task, total=st.expected_batches, completed=done,
-                               info=f"extracted={st.extracted} loaded={st.loaded} rejected={st.rejected}")
+                    bar.update(
+                        task,
+                        total=st.expected_batches,
+                        completed=done,
+                        info=f"extracted={st.extracted} loaded={st.loaded} rejected={st.rejected}",
+                    )
 
                 return await jc.wait(pipeline, req.run_id, timeout=timeout, on_event=on_event)
 

@@ -114,8 +114,10 @@ def demo(
     t.add_row("dead letters", str(summary["dead_letters"]))
     console.print(t)
     reconciles = summary["reconciles"]
-    console.print(f"ledger: extracted = loaded + rejected + filtered: "
-                  f"{'[green]reconciles[/green]' if reconciles else '[red]does not reconcile[/red]'}")
+    console.print(
+        f"ledger: extracted = loaded + rejected + filtered: "
+        f"{'[green]reconciles[/green]' if reconciles else '[red]does not reconcile[/red]'}"
+    )
     if summary["rejections"]:
         console.print("[bold]rejected (first few, from the DLQ):[/bold]")
         for line in summary["rejections"][:6]:

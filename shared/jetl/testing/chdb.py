@@ -18,8 +18,13 @@ print(json.dumps({"columns": list(r.column_names), "rows": [list(x) for x in r.r
 
 def query(path: Path | str, sql: str, timeout: float = 120) -> list[dict[str, Any]]:
     """Rows of `sql` against the chdb folder at `path`, as dicts (values JSON-converted)."""
-    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(Path(path).resolve()), sql], capture_output=True,
-                         text=True, timeout=timeout, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(Path(path).resolve()), sql],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"chdb query failed: {out.stderr[-2000:]}")
     data = json.loads(out.stdout.strip().splitlines()[-1])

@@ -28,6 +28,9 @@ def capture(broker: NatsBroker, kinds: Iterable[Kind]) -> dict[Kind, list[bytes]
 
     for kind in kinds:
         captured[kind] = []
-        broker.subscriber(subjects.pattern(kind), stream=JStream(subjects.stream_name(kind), declare=False),
-                          decoder=raw_decoder)(make_sink(kind))
+        broker.subscriber(
+            subjects.pattern(kind),
+            stream=JStream(subjects.stream_name(kind), declare=False),
+            decoder=raw_decoder,
+        )(make_sink(kind))
     return captured
