@@ -9,7 +9,9 @@ from pydantic import ValidationError
 from jetl.errors import RecordIssue
 
 
-def issues_from_validation(exc: ValidationError, records: list[Any], *, batch: bool = True) -> dict[int, RecordIssue]:
+def issues_from_validation(
+    exc: ValidationError, records: list[Any], *, batch: bool = True
+) -> dict[int, RecordIssue]:
     """Per record index, the first field error of a batch-wide (`list[Model]`) validation error."""
     out: dict[int, RecordIssue] = {}
     for err in exc.errors(include_url=False):
@@ -24,6 +26,7 @@ def issues_from_validation(exc: ValidationError, records: list[Any], *, batch: b
             continue
         field = ".".join(str(p) for p in rest) or "<record>"
         record = records[index] if 0 <= index < len(records) else None
-        out[index] = RecordIssue(index=index, field=field, message=err.get("msg", "invalid"),
-                                 input=err.get("input"), record=record)
+        out[index] = RecordIssue(
+            index=index, field=field, message=err.get("msg", "invalid"), input=err.get("input"), record=record
+        )
     return out

@@ -21,7 +21,7 @@ def _flatten(record: Mapping[str, Any], sep: str, prefix: str = "") -> Record:
 
 
 class ColumnTransformer:
-    """Reshape records column-wise. Steps run in this order: flatten, rename, defaults, add, compute, select, drop."""
+    """Reshape records column-wise: flatten, rename, defaults, add, compute, select, drop (in this order)."""
 
     def __init__(
         self,
@@ -45,10 +45,21 @@ class ColumnTransformer:
             if not callable(fn):
                 raise ConfigError(f"ColumnTransformer: compute[{name!r}] is not callable")
         if self.select is not None and self.drop & set(self.select):
-            raise ConfigError(f"ColumnTransformer: columns both selected and dropped: {sorted(self.drop & set(self.select))}")
+            both = sorted(self.drop & set(self.select))
+            raise ConfigError(f"ColumnTransformer: columns both selected and dropped: {both}")
 
     def __repr__(self) -> str:
         return "ColumnTransformer()"
+
+    def output_fields(self, input_fields: frozenset[str] | None) -> frozenset[str] | None:
+        """The field names this emits given the input's, or None when they cannot be known before a run."""
+        if self.select is not None:
+            return frozenset(self.select) - self.drop
+        if input_fields is None or self.flatten_sep:
+            return None  # flattening depends on the values (which fields are nested), not on the names
+        fields = {self.rename.get(k, k) for k in input_fields}
+        fields |= set(self.defaults) | set(self.add) | set(self.compute)
+        return frozenset(fields - self.drop)
 
     def transform(self, records: list[Record]) -> list[Record]:
         """The reshaped records; a computed column that raises rejects its record."""
@@ -70,7 +81,9 @@ class ColumnTransformer:
                     for k, fn in compute.items():
                         r[k] = fn(r)
                 except Exception as exc:
-                    issues.append(RecordIssue(i, k, f"compute raised {type(exc).__name__}: {exc}", record=rec))
+                    issues.append(
+                        RecordIssue(i, k, f"compute raised {type(exc).__name__}: {exc}", record=rec)
+                    )
                     continue
             if select is not None:
                 r = {k: r.get(k) for k in select}

@@ -10,7 +10,7 @@ from typing import Any
 from jetl.errors import ConfigError, RecordError, RecordIssue
 from jetl.protocols import Record
 
-RecordFn = Callable[[Record], Record | list[Record] | None | Awaitable[Record | list[Record] | None]]
+RecordFn = Callable[[Record], Record | list[Record] | Awaitable[Record | list[Record] | None] | None]
 
 
 class LambdaTransformer:
@@ -54,8 +54,11 @@ class LambdaTransformer:
         issues: list[RecordIssue] = []
         for i, res in enumerate(results):
             if isinstance(res, Exception):
-                issues.append(RecordIssue(i, "<record>", f"{self.name} raised {type(res).__name__}: {res}",
-                                          record=records[i]))
+                issues.append(
+                    RecordIssue(
+                        i, "<record>", f"{self.name} raised {type(res).__name__}: {res}", record=records[i]
+                    )
+                )
             elif res is None:
                 continue
             elif isinstance(res, list):
@@ -63,8 +66,15 @@ class LambdaTransformer:
             elif isinstance(res, dict):
                 out.append(res)
             else:
-                issues.append(RecordIssue(i, "<record>", f"{self.name} returned {type(res).__name__}, "
-                                          "expected a dict, a list of dicts or None", record=records[i]))
+                issues.append(
+                    RecordIssue(
+                        i,
+                        "<record>",
+                        f"{self.name} returned {type(res).__name__}, "
+                        "expected a dict, a list of dicts or None",
+                        record=records[i],
+                    )
+                )
         if issues:
             raise RecordError("", issues, survivors=out)
         return out

@@ -12,7 +12,7 @@ from jetl.transformers._base import issues_from_validation
 
 
 class TypeTransformer:
-    """Validate every record into `model` (one TypeAdapter call over the whole batch); failures go to the DLQ."""
+    """Validate every record into `model` (one TypeAdapter call over the batch); failures go to the DLQ."""
 
     def __init__(self, model: type[BaseModel], *, by_alias: bool = False) -> None:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
@@ -27,6 +27,12 @@ class TypeTransformer:
     def output_schema(self) -> type[BaseModel]:
         """The schema of what this transformer emits."""
         return self.model
+
+    def output_fields(self, input_fields: frozenset[str] | None) -> frozenset[str]:
+        """The model's field names (their aliases with `by_alias`), whatever came in."""
+        if self.by_alias:
+            return frozenset(f.alias or name for name, f in self.model.model_fields.items())
+        return frozenset(self.model.model_fields)
 
     def _dump(self, models: list[Any]) -> list[Record]:
         return [m.model_dump(by_alias=self.by_alias) for m in models]
