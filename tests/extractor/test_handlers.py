@@ -1,0 +1,62 @@
+"""The extractor stage in memory: a run request in, bounded raw batches, DLQ'd malformed lines and events out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from faststream.nats import TestNatsBroker
+from pydantic import BaseModel
+
+from jetl import ConsoleLoader, FileExtractor, Pipeline, subjects
+from jetl.messages import RunRequest, decode_batch, decode_records
+from jetl.registry import register
+from jetl.service import make_context
+from jetl.settings import JetlSettings
+from jetl.subjects import Kind
+from jetl.testing.memory import capture
+from jetl_extractor.handlers import make_router
+
+
+class Row(BaseModel):
+    id: int
+
+
+async def test_run_request_is_extracted_into_bounded_batches(tmp_path: Path) -> None:
+    src = tmp_path / "rows.jsonl"
+    lines = [orjson.dumps({"id": i}).decode() for i in range(25)]
+    lines[10] = '{"id": '  # malformed, line 11
+    src.write_text("\n".join(lines) + "\n")
+    register(
+        [
+            Pipeline(
+                name="mem",
+                extractors=[FileExtractor(src, chunk_size=7)],
+                loader=ConsoleLoader(),
+                schema=Row,
+                batch_size=10,
+            )
+        ]
+    )
+    ctx = make_context("extractor", JetlSettings())
+    ctx.broker.include_router(make_router(ctx))
+    got = capture(ctx.broker, [Kind.RAW, Kind.EVENTS, Kind.DLQ])
+    async with TestNatsBroker(ctx.broker) as br:
+        req = RunRequest(pipeline="mem", run_id="mem-r1")
+        await br.publish(req.model_dump_json().encode(), subjects.run_request("mem"), stream="JETL_RUNS")
+
+    batches = sorted((decode_batch(b) for b in got[Kind.RAW]), key=lambda x: x[0].seq)  # published concurrently
+    sizes = [b.count for b, _ in batches]
+    assert sizes == [10, 10, 4]  # re-chunked to the pipeline's batch size, whatever the extractor's chunks
+    assert [b.batch_id for b, _ in batches] == ["mem-r1/000000", "mem-r1/000001", "mem-r1/000002"]
+    ids = [r["id"] for _, body in batches for r in decode_records(body)]
+    assert ids == [i for i in range(25) if i != 10]
+    assert batches[1][0].origin(0) == f"{src}:12"
+
+    dead = [orjson.loads(b) for b in got[Kind.DLQ]]
+    assert [r["origin"] for d in dead for r in d["records"]] == [f"{src}:11"]
+    types = [orjson.loads(e)["type"] for e in got[Kind.EVENTS]]
+    assert types[0] == "run.started" and types[-1] == "run.extracted"
+    done = orjson.loads(got[Kind.EVENTS][-1])
+    assert done["batches"] == 3 and done["records"] == 24 and done["rejected"] == 1
+    assert done["cursor"]["files"]  # the file is remembered once the run completes

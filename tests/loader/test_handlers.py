@@ -1,0 +1,50 @@
+"""The loader stage in memory: a clean batch in, part file written once, batch.loaded out; a batch under another
+schema is dead-lettered whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from faststream.nats import TestNatsBroker
+from pydantic import BaseModel
+
+from jetl import FileExtractor, FileLoader, Pipeline, subjects
+from jetl.messages import Batch, encode_batch
+from jetl.registry import register
+from jetl.service import make_context
+from jetl.settings import JetlSettings
+from jetl.subjects import Kind
+from jetl.testing.memory import capture
+from jetl_loader.handlers import make_router
+
+
+class Row(BaseModel):
+    id: int
+    name: str
+
+
+async def test_clean_batch_is_written_idempotently(tmp_path: Path) -> None:
+    p = Pipeline(
+        name="ld", extractors=[FileExtractor(tmp_path / "*.jsonl")], loader=FileLoader(tmp_path / "out"), schema=Row
+    )
+    register([p])
+    ctx = make_context("loader", JetlSettings())
+    ctx.broker.include_router(make_router(ctx))
+    got = capture(ctx.broker, [Kind.EVENTS, Kind.DLQ])
+    good = Batch(pipeline="ld", run_id="r1", seq=0, schema_name="Row", schema_hash=p.schema_hash, count=2)
+    drifted = Batch(pipeline="ld", run_id="r1", seq=1, schema_name="Row", schema_hash="other", count=1)
+    rows = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    async with TestNatsBroker(ctx.broker) as br:
+        for _ in range(2):  # a redelivery writes the same part file again, not a second copy
+            await br.publish(encode_batch(good, rows), subjects.clean("ld", "r1"), stream="JETL_CLEAN")
+        await br.publish(encode_batch(drifted, rows[:1]), subjects.clean("ld", "r1"), stream="JETL_CLEAN")
+
+    parts = sorted((tmp_path / "out").rglob("*.jsonl"))
+    assert [p.name for p in parts] == ["000000.jsonl"]
+    assert [orjson.loads(line) for line in parts[0].read_text().splitlines()] == rows
+    events = [orjson.loads(e) for e in got[Kind.EVENTS]]
+    assert [e["type"] for e in events] == ["batch.loaded", "batch.loaded", "batch.rejected"]
+    assert events[-1]["scope"] == "batch" and "schema" in events[-1]["reason"]
+    dead = orjson.loads(got[Kind.DLQ][0])
+    assert dead["stage"] == "load" and dead["records"][0]["record"] == rows[0]
