@@ -11,7 +11,7 @@ from jetl.errors import (
     TransientError,
 )
 from jetl.extractors.file import FileExtractor
-from jetl.loaders.clickhouse import ClickHouseLoader, LowCardinality
+from jetl.loaders.clickhouse import ClickHouseLoader, LowCardinality, Timezone
 from jetl.loaders.console import ConsoleLoader
 from jetl.loaders.file import FileLoader
 from jetl.messages import Batch, DeadLetter, RunRequest
@@ -56,6 +56,7 @@ __all__ = [
     "RecordIssue",
     "RunRequest",
     "TerminalError",
+    "Timezone",
     "Transformer",
     "TransientError",
     "TypeTransformer",

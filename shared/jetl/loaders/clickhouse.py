@@ -1,90 +1,251 @@
 """ClickHouse loader (clickhouse-connect): `chdb:///path` in-process, or an HTTP(S) server URL.
 
-The table is created from the record model. Every insert carries `insert_deduplication_token = batch_id` on a
-table created with a deduplication window, so a redelivered or replayed batch is not loaded twice.
+The table is created from the record model (see `ch_type` for the mapping). Every insert carries
+`insert_deduplication_token = batch_id` on a table created with a deduplication window, so a redelivered or replayed
+batch is not loaded twice. `mode="merge"` makes a ReplacingMergeTree keyed on `order_by` (newest `version_column`
+wins), so re-loading a changed row leaves one row once merged (`SELECT ... FINAL`).
+
+chdb limitation: the embedded engine can open one folder per process at a time. A second, different `chdb://` DSN
+in the same process fails (`EmbeddedServer already initialized with path ...`) until `close_clients()` has closed
+the first; this module keeps one client per DSN in `_CLIENTS` for that reason. Tests that use chdb share one folder
+per test module (unique table names per test) and call `close_clients()` when done; another process reads the
+folder with `jetl.testing.chdb.query`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import types
 import typing
-from datetime import date, datetime
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Literal
 from uuid import UUID
 
+import pydantic
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable, TerminalError
+from jetl.messages import dumps
 from jetl.protocols import LoadContext, Record
 from jetl.settings import ClickHouseSettings
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PARTITION = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\(\s*)?[A-Za-z_][A-Za-z0-9_]*(?:\s*\))?$")
 DEDUP_WINDOW = 10_000
+
+Convert = Callable[[Any], Any]
+_DATETIMES = (datetime, pydantic.AwareDatetime, pydantic.NaiveDatetime, pydantic.PastDatetime, pydantic.FutureDatetime)
+_DATES = (date, pydantic.PastDate, pydantic.FutureDate)
 
 
 class LowCardinality:
     """Marker: `Annotated[str, LowCardinality()]` makes the column LowCardinality(String)."""
 
 
+@dataclass(frozen=True)
+class Timezone:
+    """Marker: `Annotated[datetime, Timezone("Europe/Berlin")]` makes the column DateTime64(6, 'Europe/Berlin')."""
+
+    name: str
+    precision: int = 6
+
+    def __post_init__(self) -> None:
+        try:
+            zoneinfo.ZoneInfo(self.name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"Timezone: unknown time zone {self.name!r}") from exc
+        if not 0 <= self.precision <= 9:
+            raise ConfigError(f"Timezone: precision must be 0..9, got {self.precision}")
+
+
 def quote(ident: str) -> str:
     """Validate and back-quote an identifier."""
-    if not _IDENT.match(ident):
+    if not isinstance(ident, str) or not _IDENT.match(ident):
         raise ConfigError(f"invalid ClickHouse identifier {ident!r}")
     return f"`{ident}`"
 
 
-def ch_type(annotation: Any, metadata: list[Any] | None = None) -> str:
-    """The ClickHouse type for a Python annotation."""
-    metadata = list(metadata or [])
+def _literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _flat_metadata(metadata: list[Any]) -> list[Any]:
+    """Constraints may sit in a FieldInfo nested in `Annotated` (e.g. `Annotated[Decimal, Field(...)] | None`)."""
+    out: list[Any] = []
+    for m in metadata:
+        if isinstance(m, FieldInfo):
+            out.extend(_flat_metadata(list(m.metadata)))
+        elif m is not None:
+            out.append(m)
+    return out
+
+
+def _meta(metadata: list[Any], attr: str) -> Any:
+    return next((getattr(m, attr) for m in metadata if getattr(m, attr, None) is not None), None)
+
+
+def _text(v: Any) -> Any:
+    """Values of a String column: text as it is, structures as JSON text, anything else as str()."""
+    if v is None or isinstance(v, str | bytes):
+        return v
+    if isinstance(v, dict | list | tuple | set | frozenset | BaseModel | bool | int | float | Decimal):
+        return dumps(v).decode()
+    return str(v)
+
+
+def _nullable(conv: Convert | None) -> Convert | None:
+    if conv is None:
+        return None
+    return lambda v: None if v is None else conv(v)
+
+
+def _utc_if_naive(v: Any) -> Any:
+    if isinstance(v, datetime) and v.tzinfo is None:
+        return v.replace(tzinfo=UTC)  # naive datetimes are UTC in jetl, whatever the process's local zone
+    return v
+
+
+def _enum(cls: type[Enum]) -> tuple[str, Convert]:
+    members = list(cls)
+    if not members:
+        raise ConfigError(f"enum {cls.__name__} has no members")
+    labels = {m: (m.value if isinstance(m.value, str) else m.name) for m in members}
+    width = 8 if len(members) <= 127 else 16
+    body = ", ".join(f"{_literal(labels[m])} = {i}" for i, m in enumerate(members, start=1))
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, cls):
+            return labels[v]
+        try:
+            return labels[cls(v)]
+        except ValueError:
+            return labels[cls[v]]  # by name; a KeyError here is a record that never matched the enum
+
+    return f"Enum{width}({body})", conv
+
+
+def ch_column(annotation: Any, metadata: list[Any] | None = None) -> tuple[str, Convert | None]:
+    """The ClickHouse type for a Python annotation, and how to convert a value for it (None: as it is).
+
+    | Python (pydantic) | ClickHouse |
+    |---|---|
+    | `X \\| None` | `Nullable(X)`, `LowCardinality(Nullable(String))`; arrays/maps never Nullable (None: empty) |
+    | `Annotated[str, LowCardinality()]` | `LowCardinality(String)` |
+    | `datetime` / `Annotated[datetime, Timezone("Europe/Berlin")]` | `DateTime64(6, 'UTC')` / `(6, 'Europe/Berlin')` |
+    | `Decimal` with `max_digits`/`decimal_places` | `Decimal(p, s)` (default 38, 9) |
+    | `list[X]`, `set[X]`, `tuple[X, ...]` / `tuple[X, Y]` / `dict[str, X]` | `Array(X)` / `Tuple` / `Map(String, X)` |
+    | `bool`, `int`, `float`, `str`, `date`, `UUID` | `Bool`, `Int64`, `Float64`, `String`, `Date32`, `UUID` |
+    | an `Enum` | `Enum8('label' = 1, ...)` (labels: string values, else member names) |
+    | `Literal[...]` of str / int | `LowCardinality(String)` / `Int64` |
+    | nested models, `dict`, `Any`, the rest | `String` holding JSON text |
+    """
+    metadata = _flat_metadata(list(metadata or []))
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         base, *extra = typing.get_args(annotation)
-        return ch_type(base, metadata + extra)
+        return ch_column(base, metadata + list(extra))
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(annotation)) == 2:
-            inner = ch_type(args[0], metadata)
+        all_args = typing.get_args(annotation)
+        args = [a for a in all_args if a is not type(None)]
+        if len(args) == 1 and len(all_args) == 2:
+            inner, conv = ch_column(args[0], metadata)
+            if inner.startswith(("Array(", "Map(")):
+                empty: Any = [] if inner.startswith("Array(") else {}
+                return inner, (lambda v: empty if v is None else (conv(v) if conv else v))
+            if inner.startswith("Tuple("):
+                return "Nullable(String)", _text
+            if inner.startswith("Nullable("):
+                return inner, conv
             if inner.startswith("LowCardinality("):
-                return f"LowCardinality(Nullable({inner[15:-1]}))"
-            return f"Nullable({inner})"
-        return "String"
-    if origin in (list, tuple, set, frozenset):
-        args = typing.get_args(annotation)
-        return f"Array({ch_type(args[0]) if args else 'String'})"
+                return f"LowCardinality(Nullable({inner[15:-1]}))", _nullable(conv)
+            return f"Nullable({inner})", _nullable(conv)
+        return "Nullable(String)", _text  # a union of several types: JSON text
+    if origin in (list, set, frozenset) or (origin is tuple and typing.get_args(annotation)[1:] == (Ellipsis,)):
+        elem = typing.get_args(annotation)
+        inner, conv = ch_column(elem[0]) if elem else ("String", _text)
+        if conv is None:
+            return f"Array({inner})", (list if origin in (set, frozenset) else None)
+        return f"Array({inner})", (lambda v, c=conv: [c(x) for x in v])
+    if origin is tuple:
+        parts = [ch_column(a) for a in typing.get_args(annotation)]
+        convs = [c for _, c in parts]
+
+        def tup(v: Any) -> Any:
+            return tuple(c(x) if c else x for c, x in zip(convs, v, strict=True))
+
+        return f"Tuple({', '.join(t for t, _ in parts)})", (tup if any(convs) else tuple)
+    if origin is dict:
+        key, value = typing.get_args(annotation) or (Any, Any)
+        if key is str:
+            inner, conv = ch_column(value)
+            if conv is None:
+                return f"Map(String, {inner})", None
+            return f"Map(String, {inner})", (lambda v, c=conv: {k: c(x) for k, x in v.items()})
+        return "String", _text
     if origin is Literal:
-        return "LowCardinality(String)"
+        values = typing.get_args(annotation)
+        if all(isinstance(v, bool) for v in values):
+            return "Bool", None
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return "Int64", None
+        if all(isinstance(v, str) for v in values):
+            return "LowCardinality(String)", None
+        return "String", _text
     low = any(isinstance(m, LowCardinality) or m is LowCardinality for m in metadata)
     if annotation is bool:
-        return "Bool"
+        return "Bool", None
     if annotation is int:
-        return "Int64"
+        return "Int64", None
     if annotation is float:
-        return "Float64"
-    if annotation is str:
-        return "LowCardinality(String)" if low else "String"
-    if annotation is datetime:
-        return "DateTime64(6, 'UTC')"
-    if annotation is date:
-        return "Date32"
+        return "Float64", None
+    if annotation in (str, bytes):
+        return ("LowCardinality(String)" if low else "String"), None
+    if annotation in _DATETIMES:
+        tz = next((m for m in metadata if isinstance(m, Timezone)), None) or Timezone("UTC")
+        return f"DateTime64({tz.precision}, {_literal(tz.name)})", _utc_if_naive
+    if annotation in _DATES:
+        return "Date32", None
+    if annotation is time:
+        return "String", lambda v: v.isoformat() if isinstance(v, time) else v
+    if annotation is timedelta:
+        return "Float64", lambda v: v.total_seconds() if isinstance(v, timedelta) else v
     if annotation is Decimal:
-        digits = next((getattr(m, "max_digits", None) for m in metadata if getattr(m, "max_digits", None)), 38)
-        places = next((getattr(m, "decimal_places", None) for m in metadata
-                       if getattr(m, "decimal_places", None) is not None), 9)
-        return f"Decimal({digits}, {places})"
-    if annotation is UUID:
-        return "UUID"
+        digits = _meta(metadata, "max_digits") or 38
+        places = _meta(metadata, "decimal_places")
+        places = min(9, digits) if places is None else places
+        if not 1 <= digits <= 76 or not 0 <= places <= digits:
+            raise ConfigError(f"Decimal({digits}, {places}) is out of ClickHouse's range (precision 1..76)")
+        return f"Decimal({digits}, {places})", None
+    if annotation is UUID or (isinstance(annotation, type) and issubclass(annotation, UUID)):
+        return "UUID", lambda v: v if isinstance(v, UUID) else UUID(str(v))
     if isinstance(annotation, type) and issubclass(annotation, Enum):
-        return "LowCardinality(String)"
-    return "String"  # dicts, nested models: stored as JSON text
+        return _enum(annotation)
+    if annotation is Any or annotation is object:
+        return "Nullable(String)", _text
+    return "String", _text  # dicts, nested models: stored as JSON text
+
+
+def ch_type(annotation: Any, metadata: list[Any] | None = None) -> str:
+    """The ClickHouse type for a Python annotation (see `ch_column`)."""
+    return ch_column(annotation, metadata)[0]
 
 
 def columns_for(model: type[BaseModel]) -> list[tuple[str, str]]:
     """(name, ClickHouse type) per model field."""
     return [(name, ch_type(f.annotation, list(f.metadata))) for name, f in model.model_fields.items()]
+
+
+def converters_for(model: type[BaseModel]) -> list[tuple[str, Convert | None]]:
+    """(name, value converter or None) per model field, in column order."""
+    return [(name, ch_column(f.annotation, list(f.metadata))[1]) for name, f in model.model_fields.items()]
 
 
 _CLIENTS: dict[str, Any] = {}
@@ -115,15 +276,16 @@ def close_clients() -> None:
     """Close every cached client (a process that is done with chdb frees its folder)."""
     with _LOCK:
         for c in _CLIENTS.values():
-            try:
+            with contextlib.suppress(Exception):
                 c.close()
-            except Exception:
-                pass
         _CLIENTS.clear()
 
 
 class ClickHouseLoader:
-    """Insert batches into `table`, created from the pipeline's model; `mode="merge"` dedups by key."""
+    """Insert batches into `table`, created from the pipeline's model; `mode="merge"` keeps one row per key.
+
+    `partition_by` is a column or one function of a column (`toYYYYMM(ordered_at)`).
+    """
 
     def __init__(
         self,
@@ -137,8 +299,18 @@ class ClickHouseLoader:
         partition_by: str | None = None,
     ) -> None:
         quote(table)
+        if database is not None:
+            quote(database)
+        for col in [*(order_by or []), *([version_column] if version_column else [])]:
+            quote(col)
+        if mode not in ("append", "merge"):
+            raise ConfigError(f"ClickHouseLoader: mode must be 'append' or 'merge', got {mode!r}")
         if mode == "merge" and not order_by:
             raise ConfigError("ClickHouseLoader: mode='merge' needs order_by (the key rows are merged on)")
+        if version_column and mode != "merge":
+            raise ConfigError("ClickHouseLoader: version_column only applies to mode='merge'")
+        if partition_by is not None and not _PARTITION.match(partition_by):
+            raise ConfigError(f"ClickHouseLoader: partition_by must be a column or f(column), got {partition_by!r}")
         self.table = table
         self.dsn = dsn
         self.database = database
@@ -149,6 +321,7 @@ class ClickHouseLoader:
         self.settings = ClickHouseSettings()
         self._ready: set[str] = set()
         self._model: type[BaseModel] | None = None
+        self._converters: dict[type[BaseModel], list[tuple[str, Convert | None]]] = {}
 
     def __repr__(self) -> str:
         return f"ClickHouseLoader({self.table!r})"
@@ -162,11 +335,16 @@ class ClickHouseLoader:
             self.database = self.database or settings.database
 
     def check_schema(self, model: type[BaseModel]) -> None:
-        """Fail at start-up when the key columns are not in the model."""
-        names = set(model.model_fields)
-        for col in [*self.order_by, *( [self.version_column] if self.version_column else [])]:
-            if col not in names:
+        """Fail at start-up when a key column is missing or nullable, or a field has no usable type."""
+        try:
+            types_ = dict(columns_for(model))
+        except ConfigError as exc:
+            raise ConfigError(f"ClickHouseLoader({self.table}): {model.__name__}: {exc}") from exc
+        for col in [*self.order_by, *([self.version_column] if self.version_column else [])]:
+            if col not in types_:
                 raise ConfigError(f"ClickHouseLoader({self.table}): column {col!r} is not a field of {model.__name__}")
+            if "Nullable(" in types_[col]:
+                raise ConfigError(f"ClickHouseLoader({self.table}): key column {col!r} may not be optional")
         self._model = model
 
     @property
@@ -189,13 +367,14 @@ class ClickHouseLoader:
         cols = ",\n  ".join(f"{quote(n)} {t}" for n, t in columns_for(model))
         name = self.qualified if table is None else quote(table)
         order = ", ".join(quote(c) for c in self.order_by) or "tuple()"
+        engine = "MergeTree"
         if self.mode == "merge":
-            engine = f"ReplacingMergeTree({quote(self.version_column)})" if self.version_column else "ReplacingMergeTree"
-        else:
-            engine = "MergeTree"
+            engine = f"ReplacingMergeTree({quote(self.version_column) if self.version_column else ''})"
         part = f"\nPARTITION BY {self.partition_by}" if self.partition_by else ""
-        return (f"CREATE TABLE IF NOT EXISTS {name} (\n  {cols}\n) ENGINE = {engine}{part}\nORDER BY ({order})\n"
-                f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}")
+        return (
+            f"CREATE TABLE IF NOT EXISTS {name} (\n  {cols}\n) ENGINE = {engine}{part}\nORDER BY ({order})\n"
+            f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
+        )
 
     def ensure_table(self, model: type[BaseModel]) -> None:
         """Create the database and table if missing (idempotent)."""
@@ -211,27 +390,48 @@ class ClickHouseLoader:
             raise _wrap(exc, f"creating {key}") from exc
         self._ready.add(key)
 
+    def columns(self, records: list[Record], model: type[BaseModel]) -> tuple[list[str], list[list[Any]]]:
+        """Column names and column-oriented values, converted for their ClickHouse types."""
+        specs = self._converters.get(model)
+        if specs is None:
+            specs = self._converters[model] = converters_for(model)
+        names = [n for n, _ in specs]
+        try:
+            columns = [[conv(r.get(n)) for r in records] if conv else [r.get(n) for r in records] for n, conv in specs]
+        except Exception as exc:  # a value the column type cannot hold: bad data, retrying will not help
+            raise TerminalError(
+                f"ClickHouseLoader({self.table}): cannot convert a value: {type(exc).__name__}: {exc}"
+            ) from exc
+        return names, columns
+
     def load(self, records: list[Record], ctx: LoadContext) -> int:
         """Column-oriented insert with the batch id as the dedup token."""
+        # Measured (100k rows, 6 columns incl. Decimal and DateTime64, chdb): column-oriented ~270k rows/s, Arrow
+        # (Table.from_pylist + insert_arrow) ~410k rows/s. The loader stage's validate_json + model_dump runs at
+        # ~78k rows/s, so Arrow would gain ~8% end to end for a second type mapping to keep right: kept columns.
         model = ctx.schema or self._model
         if model is None:
             raise ConfigError(f"ClickHouseLoader({self.table}): no schema bound")
         self.ensure_table(model)
         if not records:
             return 0
-        names = list(model.model_fields)
-        columns = [[r.get(n) for r in records] for n in names]
+        names, columns = self.columns(records, model)
         try:
-            self.client().insert(self.qualified, columns, column_names=names, column_oriented=True,
-                                 settings={"insert_deduplication_token": ctx.batch_id})
+            self.client().insert(
+                self.qualified,
+                columns,
+                column_names=names,
+                column_oriented=True,
+                settings={"insert_deduplication_token": ctx.batch_id},
+            )
         except Exception as exc:
             raise _wrap(exc, f"inserting batch {ctx.batch_id} into {self.qualified}") from exc
         return len(records)
 
-    def count(self) -> int:
-        """Rows in the table (0 when it does not exist yet)."""
+    def count(self, *, final: bool = False) -> int:
+        """Rows in the table (0 when it does not exist yet); `final` counts rows as merged (one per key)."""
         try:
-            return int(self.client().command(f"SELECT count() FROM {self.qualified}"))
+            return int(self.client().command(f"SELECT count() FROM {self.qualified}{' FINAL' if final else ''}"))
         except Exception as exc:
             if "UNKNOWN_TABLE" in str(exc) or "doesn't exist" in str(exc):
                 return 0
@@ -240,8 +440,20 @@ class ClickHouseLoader:
 
 def _wrap(exc: Exception, doing: str) -> Exception:
     text = str(exc)
-    terminal_markers = ("TYPE_MISMATCH", "CANNOT_PARSE", "ILLEGAL_TYPE", "UNKNOWN_IDENTIFIER", "SYNTAX_ERROR",
-                        "NO_SUCH_COLUMN", "Code: 53", "Code: 27", "Code: 62", "Code: 47", "TypeError", "ValueError")
+    terminal_markers = (
+        "TYPE_MISMATCH",
+        "CANNOT_PARSE",
+        "ILLEGAL_TYPE",
+        "UNKNOWN_IDENTIFIER",
+        "SYNTAX_ERROR",
+        "NO_SUCH_COLUMN",
+        "Code: 53",
+        "Code: 27",
+        "Code: 62",
+        "Code: 47",
+        "TypeError",
+        "ValueError",
+    )
     if isinstance(exc, (TypeError, ValueError)) or any(m in text for m in terminal_markers):
         return TerminalError(f"ClickHouse rejected {doing}: {text[:500]}")
     return DestinationUnavailable(f"ClickHouse failed {doing}: {text[:500]}")
