@@ -113,15 +113,15 @@ def stream_config(kind: Kind, replicas: int = 1) -> StreamConfig:
     )
 
 
-def consumer_config(service: str) -> ConsumerConfig:
-    """The durable pull consumer that all replicas of `service` share."""
+def consumer_config(service: str, ack_wait: float = ACK_WAIT_S) -> ConsumerConfig:
+    """The durable pull consumer that all replicas of `service` share (`ack_wait`: NatsSettings.ack_wait)."""
     kind = CONSUMERS[service]
     return ConsumerConfig(
         durable_name=service,
         filter_subject=subjects.pattern(kind),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=ACK_WAIT_S,
+        ack_wait=ack_wait,
         max_deliver=MAX_DELIVER,
         max_ack_pending=MAX_ACK_PENDING,
     )
@@ -175,7 +175,7 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
             await js.update_stream(wanted)
         changes.append(Change("stream", wanted.name, "updated", "; ".join(diffs)))
     for service, kind in CONSUMERS.items():
-        wanted_c = consumer_config(service)
+        wanted_c = consumer_config(service, s.ack_wait)
         stream = STREAMS[kind].name
         try:
             cinfo = await js.consumer_info(stream, service)

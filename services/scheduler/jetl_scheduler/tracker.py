@@ -1,7 +1,10 @@
 """The run tracker: folds JETL_EVENTS into the state bucket and declares a run complete when it settles.
 
 Completion is derived, never asserted: a run completes when the extractor said how many batches it made and each
-of them reached the destination or the DLQ. Only then does the extractor cursor advance.
+of them reached the destination or the DLQ. Only then does the extractor cursor advance, and it advances before
+run.completed is published: whoever sees run.completed and asks for the next run gets the new cursor (the other
+order let a next run re-extract what the last one loaded). A crash between the two re-derives run.completed when
+the event is redelivered; the cursor write is idempotent.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ async def track(ctx: ServiceContext, raw: Any) -> None:
         state = await apply(ctx.kv, ev)
         if state.settled and state.status not in ("completed", "failed"):
             c = state.counts()
+            await put_cursor(ctx.kv, state.pipeline, state.cursor)
             await ctx.bus.event(
                 RunCompleted(
                     pipeline=state.pipeline,
@@ -45,8 +49,6 @@ async def track(ctx: ServiceContext, raw: Any) -> None:
                 )
             )
             log.info("run completed", pipeline=state.pipeline, run_id=state.run_id, **c)
-        if isinstance(ev, RunCompleted) and state.cursor is not None:
-            await put_cursor(ctx.kv, state.pipeline, state.cursor)
     except Exception as exc:
         log.warning("tracker failed to fold an event; will retry", error=str(exc))
         await raw.nak(delay=0.5)
