@@ -1,63 +1,273 @@
-"""File loader: JSONL part files named by batch id, written atomically (temp file + rename)."""
+"""File loader: JSONL, CSV or Parquet part files named by batch id, written atomically (temp file + rename).
+
+Layout: `<root>/<pipeline>/[<field>=<value>/]<run_id>/<seq>.<ext>`. A batch always lands in the same part file(s),
+so a redelivered batch replaces its parts instead of adding copies. With `partition_by`, each record goes to the
+folder of its field's value (Hive style, readable by `pyarrow.dataset(..., partitioning="hive")`, DuckDB, Spark);
+the value is percent-encoded, so a hostile value (`../../etc`) stays one folder name inside the root. Parquet parts
+leave the partition column out (it is in the folder name; Arrow refuses a column that is in both); JSONL and CSV
+parts keep it, for readers that know nothing of partitions.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import threading
+import types
+import typing
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import quote, unquote
+from uuid import UUID
+
+import orjson
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable
 from jetl.messages import dumps
 from jetl.protocols import LoadContext, Record
 
+Format = Literal["jsonl", "csv", "parquet"]
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+_FORMATS = ("jsonl", "csv", "parquet")
+
+
+def _text(v: Any) -> Any:
+    """A value for a text cell: scalars as text, structures as JSON text."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, Enum):
+        return _text(v.value)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, datetime | date | time):
+        return v.isoformat()
+    if isinstance(v, int | float | Decimal | UUID):
+        return str(v)
+    return dumps(v).decode()
+
+
+def partition_dir(field: str, value: Any) -> str:
+    """`field=value`, the value percent-encoded into one safe folder name (None: Hive's default partition)."""
+    text = NULL_PARTITION if value is None else _text(value)
+    return f"{field}={quote(text, safe='')}"
+
+
+def _arrow_field(annotation: Any, metadata: list[Any]) -> tuple[Any, Callable[[Any], Any] | None]:
+    """The Arrow type for a model field and a value converter (None: as it is); unknown types become JSON text."""
+    import pyarrow as pa
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *extra = typing.get_args(annotation)
+        return _arrow_field(base, metadata + list(extra))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _arrow_field(args[0], metadata) if len(args) == 1 else (pa.string(), _text)
+    if origin in (list, set, frozenset):
+        elem = typing.get_args(annotation)
+        inner, conv = _arrow_field(elem[0], []) if elem else (pa.string(), _text)
+        if conv is None:
+            return pa.list_(inner), (None if origin is list else list)
+        return pa.list_(inner), lambda v, c=conv: None if v is None else [c(x) for x in v]
+    if origin is Literal:
+        values = typing.get_args(annotation)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return pa.int64(), None
+        return pa.string(), _text
+    scalar = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string(), bytes: pa.binary()}
+    if annotation in scalar:
+        return scalar[annotation], None
+    if isinstance(annotation, type) and issubclass(annotation, datetime):
+        return pa.timestamp("us", tz="UTC"), None  # Arrow stores aware values as UTC and takes naive ones as UTC
+    if isinstance(annotation, type) and issubclass(annotation, date):
+        return pa.date32(), None
+    if annotation is Decimal:
+        flat = [x for m in metadata for x in ([*m.metadata] if isinstance(m, FieldInfo) else [m])]
+        digits = next((m.max_digits for m in flat if getattr(m, "max_digits", None)), 38)
+        places = next((m.decimal_places for m in flat if getattr(m, "decimal_places", None) is not None), 9)
+        if digits <= 38 and places <= digits:
+            return pa.decimal128(digits, places), None
+        return pa.string(), _text
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        if all(isinstance(m.value, int) and not isinstance(m.value, bool) for m in annotation):
+            return pa.int64(), lambda v: v.value if isinstance(v, Enum) else v
+        return pa.string(), _text
+    return pa.string(), _text  # UUID, nested models, dicts, Any: text (JSON for structures)
+
 
 class FileLoader:
-    """Writes each batch to `<root>/<pipeline>/<run_id>/<seq>.jsonl`; rewriting a batch replaces its part file."""
+    """Writes each batch as part files under `root` in `format`, optionally partitioned by a field's value."""
 
-    def __init__(self, root: str | os.PathLike[str], *, format: str = "jsonl") -> None:
-        if format != "jsonl":
-            raise ConfigError(f"FileLoader: unsupported format {format!r}")
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        format: Format = "jsonl",
+        partition_by: str | None = None,
+        parquet_compression: str = "zstd",
+    ) -> None:
+        if format not in _FORMATS:
+            raise ConfigError(f"FileLoader: unsupported format {format!r}; use one of {list(_FORMATS)}")
+        if partition_by is not None and (not partition_by or not partition_by.isidentifier()):
+            raise ConfigError(f"FileLoader: partition_by must be a field name, got {partition_by!r}")
         self.root = Path(root)
-        self.format = format
+        self.format: Format = format
+        self.partition_by = partition_by
+        self.parquet_compression = parquet_compression
 
     def __repr__(self) -> str:
-        return f"FileLoader({str(self.root)!r})"
+        return f"FileLoader({str(self.root)!r}, format={self.format!r})"
 
     def describe(self) -> str:
         """Where the parts go."""
         return f"file://{self.root.resolve()}"
 
-    def part_path(self, ctx: LoadContext) -> Path:
-        """The part file of one batch, confined to the root."""
+    def check_schema(self, model: type[BaseModel]) -> None:
+        """Fail at start-up when the partition field is not in the model."""
+        if self.partition_by and self.partition_by not in model.model_fields:
+            raise ConfigError(f"FileLoader: partition_by {self.partition_by!r} is not a field of {model.__name__}")
+
+    def part_path(self, ctx: LoadContext, partition: str | None = None) -> Path:
+        """The part file of one batch (in one partition folder), confined to the root."""
         run, _, seq = ctx.batch_id.rpartition("/")
-        path = (self.root / ctx.pipeline / run / f"{seq}.{self.format}").resolve()
+        base = self.root / ctx.pipeline
+        if partition is not None:
+            base = base / partition
+        path = (base / run / f"{seq}.{self.format}").resolve()
         if not path.is_relative_to(self.root.resolve()):
             raise ConfigError(f"FileLoader: {path} is outside {self.root}")
         return path
 
     def load(self, records: list[Record], ctx: LoadContext) -> int:
-        """Write the part atomically; the same batch id always lands in the same file."""
-        path = self.part_path(ctx)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        """Write the part(s) atomically; the same batch id always lands in the same file(s)."""
+        if not records:
+            return 0
+        if self.partition_by is None:
+            self._write(self.part_path(ctx), records, ctx.schema)
+            return len(records)
+        groups: dict[str, list[Record]] = {}
+        for r in records:
+            groups.setdefault(partition_dir(self.partition_by, r.get(self.partition_by)), []).append(r)
+        paths = {part: self.part_path(ctx, part) for part in groups}  # check every path before writing any
+        drop = self.partition_by if self.format == "parquet" else None
+        for part, rows in groups.items():
+            self._write(paths[part], rows, ctx.schema, drop)
+        return len(records)
+
+    def _write(
+        self, path: Path, records: list[Record], schema: type[BaseModel] | None, drop: str | None = None
+    ) -> None:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
-                for r in records:
-                    fh.write(dumps(r))
-                    fh.write(b"\n")
+                if self.format == "jsonl":
+                    for r in records:
+                        fh.write(dumps(r))
+                        fh.write(b"\n")
+                elif self.format == "csv":
+                    self._write_csv(fh, records, schema)
+                else:
+                    self._write_parquet(fh, records, schema, drop)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+            _fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise DestinationUnavailable(f"cannot write {path}: {exc}") from exc
-        return len(records)
+
+    @staticmethod
+    def _columns(records: list[Record], schema: type[BaseModel] | None) -> list[str]:
+        if schema is not None:
+            return list(schema.model_fields)
+        return list(dict.fromkeys(k for r in records for k in r))
+
+    def _write_csv(self, fh: Any, records: list[Record], schema: type[BaseModel] | None) -> None:
+        cols = self._columns(records, schema)
+        text = io.TextIOWrapper(fh, encoding="utf-8", newline="", write_through=True)
+        writer = csv.writer(text)
+        writer.writerow(cols)
+        writer.writerows([_text(r.get(c)) for c in cols] for r in records)
+        text.flush()
+        text.detach()  # leave `fh` open for the fsync
+
+    def _write_parquet(self, fh: Any, records: list[Record], schema: type[BaseModel] | None, drop: str | None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if schema is None:
+            table = pa.Table.from_pylist([{k: _plain(v) for k, v in r.items() if k != drop} for r in records])
+        else:
+            fields = {
+                n: _arrow_field(f.annotation, list(f.metadata)) for n, f in schema.model_fields.items() if n != drop
+            }
+            arrays = {
+                n: pa.array([conv(r.get(n)) if conv else r.get(n) for r in records], type=t)
+                for n, (t, conv) in fields.items()
+            }
+            table = pa.Table.from_pydict(arrays)
+        pq.write_table(table, fh, compression=self.parquet_compression)
 
     def read_all(self, pipeline: str) -> list[dict[str, Any]]:
-        """Every record written for a pipeline (tests and the demo read back with this)."""
-        import orjson
-
+        """Every record written for a pipeline, part by part (tests and the demo read back with this)."""
         out: list[dict[str, Any]] = []
-        for part in sorted((self.root / pipeline).glob("*/*.jsonl")):
-            out.extend(orjson.loads(line) for line in part.read_bytes().splitlines() if line)
+        for part in sorted((self.root / pipeline).rglob(f"*.{self.format}")):
+            if part.name.startswith("."):
+                continue
+            if self.format == "jsonl":
+                out.extend(orjson.loads(line) for line in part.read_bytes().splitlines() if line)
+            elif self.format == "csv":
+                with open(part, newline="", encoding="utf-8") as fh:
+                    out.extend(csv.DictReader(fh))
+            else:
+                import pyarrow.parquet as pq
+
+                rows = pq.read_table(part).to_pylist()
+                if self.partition_by:  # put back the partition column, as text, from the folder name
+                    value = _partition_value(part.relative_to(self.root / pipeline).parts[0], self.partition_by)
+                    rows = [{**r, self.partition_by: value} for r in rows]
+                out.extend(rows)
         return out
+
+
+def _partition_value(folder: str, field: str) -> str | None:
+    """The value a `field=value` folder name stands for."""
+    name, _, value = folder.partition("=")
+    if name != field:
+        raise ConfigError(f"FileLoader: {folder!r} is not a {field!r} partition folder")
+    return None if value == NULL_PARTITION else unquote(value)
+
+
+def _plain(v: Any) -> Any:
+    """Values Arrow cannot infer, made plain (when no schema is known)."""
+    if isinstance(v, Enum):
+        return v.value
+    if isinstance(v, UUID):
+        return str(v)
+    if isinstance(v, set | frozenset):
+        return sorted(v)
+    if isinstance(v, datetime) and v.tzinfo is None:
+        return v.replace(tzinfo=UTC)
+    return v
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
