@@ -1,0 +1,309 @@
+"""Contract suites: one abstract pytest suite per plugin protocol; subclass one for your connector.
+
+A suite is a plain class whose name does not start with `Test`, so pytest collects only your subclass. Provide the
+fixtures it asks for (`extractor`, `transformer` and `records`, `loader` and `records`, ...) and the suite checks the
+behaviour the services rely on. The tests are synchronous (async extractors run on `asyncio.run`), so they work
+with or without pytest-asyncio::
+
+    from jetl.testing.contracts import LoaderContract
+
+    class TestMyLoader(LoaderContract):
+        @pytest.fixture
+        def loader(self, tmp_path):
+            return MyLoader(tmp_path)
+
+        @pytest.fixture
+        def records(self):
+            return [{"id": 1}, {"id": 2}]
+
+        def count_rows(self, loader, ctx):
+            return loader.count(ctx.pipeline)
+
+A fake passes the same suite as the real thing; that is what makes it a fair stand-in in other tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+
+import pytest
+from pydantic import BaseModel
+
+from jetl.errors import RecordError
+from jetl.messages import batch_id, dumps
+from jetl.protocols import Chunk, ExtractContext, Extractor, LoadContext, Loader, Record, Transformer
+
+__all__ = ["ExtractorContract", "LoaderContract", "TransformerContract"]
+
+
+def extract_all(extractor: Extractor, ctx: ExtractContext) -> list[Chunk]:
+    """Run `extractor.extract(ctx)` to the end on a private event loop and return its chunks."""
+
+    async def collect() -> list[Chunk]:
+        return [chunk async for chunk in extractor.extract(ctx)]
+
+    return asyncio.run(collect())
+
+
+class ExtractorContract:
+    """What every Extractor must do: bounded Chunk objects, aligned origins, a JSON-serialisable cursor.
+
+    Fixtures to provide: `extractor` (reading a small sample source). Optional: `context` (an ExtractContext),
+    `expected_records` (how many records the sample holds; None skips the count), `malformed_extractor` (one over
+    input with at least one unreadable item; the default skips that test). Class attributes: `max_chunk_size`
+    (the bound every chunk must respect) and `rerun_is_empty` (False for extractors whose cursor is inclusive).
+    """
+
+    max_chunk_size: int = 10_000
+    rerun_is_empty: bool = True
+
+    @pytest.fixture
+    def extractor(self) -> Extractor:
+        """The extractor under test, over a small sample source."""
+        raise NotImplementedError("provide an `extractor` fixture")
+
+    @pytest.fixture
+    def context(self) -> ExtractContext:
+        """The run the extractor serves."""
+        return ExtractContext(pipeline="contract", run_id="contract-run")
+
+    @pytest.fixture
+    def expected_records(self) -> int | None:
+        """How many records the sample source holds (None: not checked)."""
+        return None
+
+    @pytest.fixture
+    def malformed_extractor(self) -> Extractor | None:
+        """An extractor over input with unreadable items (None: the test is skipped)."""
+        return None
+
+    def test_implements_the_protocol(self, extractor: Extractor) -> None:
+        """It is an Extractor (extract and next_cursor)."""
+        assert isinstance(extractor, Extractor)
+
+    def test_yields_bounded_chunks_of_records(self, extractor: Extractor, context: ExtractContext) -> None:
+        """Every item is a Chunk of at most `max_chunk_size` dict records, origins aligned with the records."""
+        chunks = extract_all(extractor, context)
+        assert chunks, "the sample source yielded no chunk at all"
+        for chunk in chunks:
+            assert isinstance(chunk, Chunk), f"extract yielded {type(chunk).__name__}, not a Chunk"
+            assert isinstance(chunk.records, list)
+            assert len(chunk.records) <= self.max_chunk_size, f"a chunk of {len(chunk.records)} records"
+            assert all(isinstance(r, dict) for r in chunk.records), "records must be dicts"
+            if chunk.origins is not None:
+                assert len(chunk.origins) == len(chunk.records), "one origin per record"
+                assert all(isinstance(o, str) and o for o in chunk.origins)
+            for item in chunk.rejected:
+                assert isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item)
+            if chunk.position is not None:
+                json.dumps(chunk.position)
+
+    def test_records_survive_the_wire(self, extractor: Extractor, context: ExtractContext) -> None:
+        """Records encode as JSON (they travel as a JSON array in a NATS message)."""
+        for chunk in extract_all(extractor, context):
+            dumps(chunk.records)
+
+    def test_extracts_the_whole_sample(
+        self, extractor: Extractor, context: ExtractContext, expected_records: int | None
+    ) -> None:
+        """All the sample's records come out, none twice."""
+        if expected_records is None:
+            pytest.skip("no expected_records given")
+        assert sum(len(c.records) for c in extract_all(extractor, context)) == expected_records
+
+    def test_next_cursor_is_json_and_resumes(self, extractor: Extractor, context: ExtractContext) -> None:
+        """next_cursor() after a run is None or JSON-serialisable; fed back, it yields nothing already seen."""
+        first = sum(len(c.records) for c in extract_all(extractor, context))
+        cursor = extractor.next_cursor()
+        if cursor is None:
+            return
+        assert isinstance(cursor, dict)
+        stored = json.loads(json.dumps(cursor))  # the scheduler keeps it as JSON: it must round-trip
+        again = ExtractContext(
+            pipeline=context.pipeline,
+            run_id=context.run_id + "-2",
+            cursor=stored,
+            params=dict(context.params),
+            data_interval_start=context.data_interval_start,
+            data_interval_end=context.data_interval_end,
+        )
+        second = sum(len(c.records) for c in extract_all(extractor, again))
+        if self.rerun_is_empty:
+            assert second == 0, f"re-running from the cursor yielded {second} records again"
+        else:
+            assert second <= first
+
+    def test_malformed_input_is_rejected_not_raised(self, malformed_extractor: Extractor | None) -> None:
+        """Unreadable input shows up in Chunk.rejected with an origin and a reason; the run goes on."""
+        if malformed_extractor is None:
+            pytest.skip("no malformed_extractor given")
+        chunks = extract_all(malformed_extractor, ExtractContext(pipeline="contract", run_id="contract-bad"))
+        rejected = [r for c in chunks for r in c.rejected]
+        assert rejected, "nothing was rejected"
+        assert all(origin and reason for origin, reason in rejected)
+
+
+class TransformerContract:
+    """What every Transformer must do: a list of dicts out, single records rejected via RecordError(survivors=...).
+
+    Fixtures to provide: `transformer`, `records` (a valid sample input). Optional: `bad_records` (input with at
+    least one record the transformer must reject; None skips that test).
+    """
+
+    @pytest.fixture
+    def transformer(self) -> Transformer:
+        """The transformer under test."""
+        raise NotImplementedError("provide a `transformer` fixture")
+
+    @pytest.fixture
+    def records(self) -> list[Record]:
+        """A valid sample input."""
+        raise NotImplementedError("provide a `records` fixture")
+
+    @pytest.fixture
+    def bad_records(self) -> list[Record] | None:
+        """Input with at least one record to reject (None: the test is skipped)."""
+        return None
+
+    def test_implements_the_protocol(self, transformer: Transformer) -> None:
+        """It is a Transformer."""
+        assert isinstance(transformer, Transformer)
+
+    def test_returns_a_list_of_dicts(self, transformer: Transformer, records: list[Record]) -> None:
+        """transform() returns a list of dict records."""
+        out = transformer.transform(copy.deepcopy(records))
+        assert isinstance(out, list)
+        assert all(isinstance(r, dict) for r in out)
+
+    def test_does_not_mutate_its_input(self, transformer: Transformer, records: list[Record]) -> None:
+        """The input batch is left as it was (the stage may dead-letter it as received)."""
+        given = copy.deepcopy(records)
+        transformer.transform(given)
+        assert given == records
+
+    def test_is_deterministic(self, transformer: Transformer, records: list[Record]) -> None:
+        """The same input gives the same output (replay relies on it)."""
+        assert transformer.transform(copy.deepcopy(records)) == transformer.transform(copy.deepcopy(records))
+
+    def test_empty_batch(self, transformer: Transformer) -> None:
+        """An empty batch gives an empty batch."""
+        assert transformer.transform([]) == []
+
+    def test_rejects_records_with_survivors(
+        self, transformer: Transformer, records: list[Record], bad_records: list[Record] | None
+    ) -> None:
+        """Bad records raise RecordError naming each by input index; the survivors are the good records' output."""
+        if bad_records is None:
+            pytest.skip("no bad_records given")
+        with pytest.raises(RecordError) as info:
+            transformer.transform(copy.deepcopy(bad_records))
+        err = info.value
+        assert err.issues, "a RecordError must say which records failed"
+        assert all(0 <= i.index < len(bad_records) for i in err.issues), "issue indices point into the input"
+        assert all(i.message for i in err.issues)
+        assert err.survivors is not None, "RecordError must carry the survivors (the rest of the batch goes on)"
+        assert all(isinstance(r, dict) for r in err.survivors)
+        good = [r for i, r in enumerate(bad_records) if i not in {x.index for x in err.issues}]
+        assert err.survivors == transformer.transform(copy.deepcopy(good))
+
+    def test_declared_output_fields_are_what_comes_out(self, transformer: Transformer, records: list[Record]) -> None:
+        """If the transformer declares its output fields, every record it emits has exactly those."""
+        derive = getattr(transformer, "output_fields", None)
+        schema = getattr(transformer, "output_schema", None)
+        keys = {frozenset(r) for r in records}
+        given = next(iter(keys)) if len(keys) == 1 else None
+        if callable(derive):
+            declared = derive(given)
+        elif callable(schema) and isinstance(model := schema(), type) and issubclass(model, BaseModel):
+            declared = frozenset(model.model_fields)
+        else:
+            pytest.skip("the transformer declares no output fields")
+        if declared is None:
+            pytest.skip("output fields cannot be known for this input")
+        for r in transformer.transform(copy.deepcopy(records)):
+            assert frozenset(r) == declared
+
+
+class LoaderContract:
+    """What every Loader must do: idempotent per batch id, count what it wrote, describe where.
+
+    Fixtures to provide: `loader`, `records` (a sample batch). Optional: `schema` (the pipeline's record model,
+    passed in the LoadContext). Method to provide: `count_rows(loader, ctx)`, the rows the destination holds for
+    `ctx.pipeline`.
+    """
+
+    @pytest.fixture
+    def loader(self) -> Loader:
+        """The loader under test, writing somewhere a test can count."""
+        raise NotImplementedError("provide a `loader` fixture")
+
+    @pytest.fixture
+    def records(self) -> list[Record]:
+        """A sample batch (at least one record)."""
+        raise NotImplementedError("provide a `records` fixture")
+
+    @pytest.fixture
+    def schema(self) -> type[BaseModel] | None:
+        """The pipeline's record model, given to the loader in the LoadContext."""
+        return None
+
+    def count_rows(self, loader: Loader, ctx: LoadContext) -> int:
+        """How many rows the destination holds for `ctx.pipeline`."""
+        raise NotImplementedError("provide count_rows(loader, ctx)")
+
+    @staticmethod
+    def context(schema: type[BaseModel] | None, seq: int = 1, run_id: str = "contract-run") -> LoadContext:
+        """The LoadContext of batch `seq` of a run."""
+        return LoadContext(pipeline="contract", run_id=run_id, batch_id=batch_id(run_id, seq), schema=schema)
+
+    def _prepare(self, loader: Loader, schema: type[BaseModel] | None) -> None:
+        check = getattr(loader, "check_schema", None)
+        if schema is not None and callable(check):
+            check(schema)  # what Pipeline does at start-up
+
+    def test_implements_the_protocol(self, loader: Loader) -> None:
+        """It is a Loader."""
+        assert isinstance(loader, Loader)
+
+    def test_describe_is_not_empty(self, loader: Loader) -> None:
+        """describe() names the destination, for logs and events."""
+        text = loader.describe()
+        assert isinstance(text, str) and text.strip()
+
+    def test_load_returns_the_count(
+        self, loader: Loader, records: list[Record], schema: type[BaseModel] | None
+    ) -> None:
+        """load() returns how many records it wrote, and they are there."""
+        assert records, "the contract needs a non-empty sample batch"
+        self._prepare(loader, schema)
+        ctx = self.context(schema)
+        assert loader.load(copy.deepcopy(records), ctx) == len(records)
+        assert self.count_rows(loader, ctx) == len(records)
+
+    def test_same_batch_id_twice_leaves_one_copy(
+        self, loader: Loader, records: list[Record], schema: type[BaseModel] | None
+    ) -> None:
+        """Loading a batch again (a redelivery) leaves one copy."""
+        self._prepare(loader, schema)
+        ctx = self.context(schema)
+        loader.load(copy.deepcopy(records), ctx)
+        loader.load(copy.deepcopy(records), ctx)
+        assert self.count_rows(loader, ctx) == len(records)
+
+    def test_other_batches_add_rows(
+        self, loader: Loader, records: list[Record], schema: type[BaseModel] | None
+    ) -> None:
+        """A different batch id is a different batch, even with the same records."""
+        self._prepare(loader, schema)
+        loader.load(copy.deepcopy(records), self.context(schema, 1))
+        loader.load(copy.deepcopy(records), self.context(schema, 2))
+        assert self.count_rows(loader, self.context(schema)) == 2 * len(records)
+
+    def test_empty_batch(self, loader: Loader, schema: type[BaseModel] | None) -> None:
+        """An empty batch writes nothing and returns 0."""
+        self._prepare(loader, schema)
+        ctx = self.context(schema, 3)
+        assert loader.load([], ctx) == 0
+        assert self.count_rows(loader, ctx) == 0
