@@ -238,6 +238,8 @@ class Bus:
                 data_interval_start=req.data_interval_start,
                 data_interval_end=req.data_interval_end,
                 parent_run_id=req.parent_run_id,
+                shadow=req.shadow,
+                redrive=req.redrive,
                 service=service,
                 code_hash=code_hash,
             )

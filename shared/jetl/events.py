@@ -46,6 +46,10 @@ class RunRequested(_Event):
     data_interval_start: datetime | None = None
     data_interval_end: datetime | None = None
     parent_run_id: str | None = None
+    shadow: bool = False
+    """A replay loading into the destination's shadow (`jetl replay --diff`), not the real destination."""
+    redrive: list[int] = Field(default_factory=list)
+    """A redrive: the JETL_DLQ sequences it sends back through (so a later redrive does not send them again)."""
 
 
 class RunStarted(_Event):

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 
+from jetl.errors import ConfigError
 from jetl.subjects import Stage, check_token
 
 Encoding = Literal["json"]
@@ -53,10 +54,22 @@ class RunRequest(BaseModel):
     parent_run_id: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     force: bool = False
+    replay_of: str | None = None
+    """Replay: re-publish that run's raw batches (kept on JETL_RAW) under this run id instead of extracting."""
+    shadow: bool = False
+    """Load into the destination's shadow (a side table or folder per run), never the real one (`replay --diff`)."""
+    redrive: list[int] = Field(default_factory=list)
+    """Redrive: the JETL_DLQ stream sequences whose records this run sends back through, instead of extracting."""
 
     def model_post_init(self, __context: Any) -> None:
         check_token(self.pipeline, "pipeline")
         check_token(self.run_id, "run id")
+        if self.replay_of is not None:
+            check_token(self.replay_of, "replayed run id")
+        if self.replay_of is not None and self.redrive:
+            raise ConfigError("a run replays a run or redrives dead letters, not both")
+        if self.shadow and self.replay_of is None:
+            raise ConfigError("shadow loading is for replays (it is diffed against the replayed run)")
 
 
 class Batch(BaseModel):
@@ -73,6 +86,10 @@ class Batch(BaseModel):
     source_position: dict[str, Any] | None = None
     origins: list[str] | None = None
     """Per record, where it came from (`file:line`), when the extractor knows."""
+    shadow: bool = False
+    """Load into the destination's shadow for this run (a replay with --diff), never the real destination."""
+    supersedes: str | None = None
+    """A replayed batch: the parent run's batch it replaces in the destination (whose rows the loader removes)."""
 
     @property
     def batch_id(self) -> str:

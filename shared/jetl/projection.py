@@ -56,6 +56,10 @@ class RunState(BaseModel):
     error: str | None = None
     batches: dict[str, BatchState] = Field(default_factory=dict)
     events: int = 0
+    shadow: bool = False
+    """A replay into the destination's shadow: its rows are not in the real destination."""
+    redrive: list[int] = Field(default_factory=list)
+    """The JETL_DLQ sequences this run redrives."""
 
     @property
     def extracted(self) -> int:
@@ -123,6 +127,8 @@ def fold(state: RunState | None, ev: Event) -> RunState:
             state.data_interval_start = ev.data_interval_start
             state.data_interval_end = ev.data_interval_end
             state.requested_at = ev.at
+            state.shadow = ev.shadow
+            state.redrive = list(ev.redrive)
         case RunStarted():
             if state.status == "requested":
                 state.status = "running"

@@ -79,3 +79,45 @@ class Loader(Protocol):
     def describe(self) -> str:
         """Where this loader writes, for logs and events."""
         ...
+
+
+@dataclass
+class Diff:
+    """How the rows a replay wrote to its shadow differ from the rows its parent run loaded, matched by key."""
+
+    key: list[str]
+    """The columns rows are matched on (empty: whole rows are compared, so nothing is ever "changed")."""
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    samples: dict[str, list[Any]] = field(default_factory=dict)
+    """A few keys per kind ("added", "removed", "changed"), for people to look at."""
+
+
+@runtime_checkable
+class LineageLoader(Protocol):
+    """A loader that knows which batch wrote each row: the destination side of replay, diff and the ledger.
+
+    Optional: the loader service uses it when a pipeline's loader has it (ClickHouseLoader, FileLoader).
+    """
+
+    def rows_by_run(self, pipeline: str) -> dict[str, int]:
+        """Rows in the destination per run id that wrote them ("" for rows written without lineage)."""
+        ...
+
+    def remove_batch(self, pipeline: str, batch_id: str) -> None:
+        """Delete the rows one batch wrote (a replayed batch supersedes its parent's); idempotent."""
+        ...
+
+    def shadow(self, run_id: str) -> Loader:
+        """This loader, writing to a side table or folder of `run_id` instead of the real destination."""
+        ...
+
+    def diff(self, pipeline: str, parent_run_id: str, shadow_run_id: str, sample: int = 10) -> Diff:
+        """The shadow of `shadow_run_id` against the rows `parent_run_id` left in the real destination."""
+        ...
+
+    def drop_shadow(self, pipeline: str, run_id: str) -> None:
+        """Remove a run's shadow (idempotent)."""
+        ...

@@ -121,7 +121,7 @@ def run_demo(
     client = get_client(f"chdb://{(data_dir / 'chdb').resolve()}")
     try:
         rows = int(client.command("SELECT count() FROM demo_orders"))
-        sample = client.query("SELECT * FROM demo_orders ORDER BY order_id LIMIT 5")
+        sample = client.query("SELECT * EXCEPT (_jetl_batch_id) FROM demo_orders ORDER BY order_id LIMIT 5")
         sample_rows = [dict(zip(sample.column_names, r, strict=True)) for r in sample.result_rows]
     finally:
         close_clients()

@@ -10,11 +10,16 @@ in the same process fails (`EmbeddedServer already initialized with path ...`) u
 the first; this module keeps one client per DSN in `_CLIENTS` for that reason. Tests that use chdb share one folder
 per test module (unique table names per test) and call `close_clients()` when done; another process reads the
 folder with `jetl.testing.chdb.query`.
+
+Lineage: every table has one more column, `_jetl_batch_id` (the batch that wrote the row, `<run_id>/<seq>`), like
+dlt's `_dlt_load_id`. It is what lets a replay replace exactly its parent's batches (`remove_batch`), a `--diff`
+compare a shadow table with exactly the rows the parent run loaded, and `jetl counts` check the destination per run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 import threading
 import types
@@ -34,12 +39,14 @@ from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable, TerminalError
 from jetl.messages import dumps
-from jetl.protocols import LoadContext, Record
+from jetl.protocols import Diff, LoadContext, Loader, Record
 from jetl.settings import ClickHouseSettings
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PARTITION = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\(\s*)?[A-Za-z_][A-Za-z0-9_]*(?:\s*\))?$")
 DEDUP_WINDOW = 10_000
+LINEAGE = "_jetl_batch_id"
+"""The column that names the batch each row came from."""
 
 Convert = Callable[[Any], Any]
 _DATETIMES = (datetime, pydantic.AwareDatetime, pydantic.NaiveDatetime, pydantic.PastDatetime, pydantic.FutureDatetime)
@@ -371,6 +378,7 @@ class ClickHouseLoader:
         if self.mode == "merge":
             engine = f"ReplacingMergeTree({quote(self.version_column) if self.version_column else ''})"
         part = f"\nPARTITION BY {self.partition_by}" if self.partition_by else ""
+        cols += f",\n  {quote(LINEAGE)} String DEFAULT ''"
         return (
             f"CREATE TABLE IF NOT EXISTS {name} (\n  {cols}\n) ENGINE = {engine}{part}\nORDER BY ({order})\n"
             f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
@@ -386,6 +394,8 @@ class ClickHouseLoader:
             if self.database:
                 c.command(f"CREATE DATABASE IF NOT EXISTS {quote(self.database)}")
             c.command(self.ddl(model))
+            # a table created before the lineage column existed gets it (its old rows read as "")
+            c.command(f"ALTER TABLE {key} ADD COLUMN IF NOT EXISTS {quote(LINEAGE)} String DEFAULT ''")
         except Exception as exc:
             raise _wrap(exc, f"creating {key}") from exc
         self._ready.add(key)
@@ -416,6 +426,7 @@ class ClickHouseLoader:
         if not records:
             return 0
         names, columns = self.columns(records, model)
+        names, columns = [*names, LINEAGE], [*columns, [ctx.batch_id] * len(records)]
         try:
             self.client().insert(
                 self.qualified,
@@ -436,6 +447,95 @@ class ClickHouseLoader:
             if "UNKNOWN_TABLE" in str(exc) or "doesn't exist" in str(exc):
                 return 0
             raise _wrap(exc, f"counting {self.qualified}") from exc
+
+    # Lineage: what replay, diff and the ledger need from the destination (jetl.protocols.LineageLoader).
+
+    def rows_by_run(self, pipeline: str) -> dict[str, int]:
+        """Rows per run id that wrote them ("" for rows loaded before the lineage column existed)."""
+        sql = f"SELECT splitByChar('/', {quote(LINEAGE)})[1] AS run, count() AS n FROM {self.qualified} GROUP BY run"
+        try:
+            return {str(run): int(n) for run, n in self.client().query(sql).result_rows}
+        except Exception as exc:
+            if _missing_table(exc):
+                return {}
+            raise _wrap(exc, f"counting {self.qualified} by run") from exc
+
+    def remove_batch(self, pipeline: str, batch_id: str) -> None:
+        """Delete the rows one batch wrote (a lightweight DELETE; deleting nothing is fine)."""
+        try:
+            self.client().command(f"DELETE FROM {self.qualified} WHERE {quote(LINEAGE)} = {_literal(batch_id)}")
+        except Exception as exc:
+            if _missing_table(exc):
+                return
+            raise _wrap(exc, f"removing batch {batch_id} from {self.qualified}") from exc
+
+    def shadow_table(self, run_id: str) -> str:
+        """The side table a shadow run writes to: `<table>__shadow_<run id>`."""
+        return f"{self.table}__shadow_{re.sub(r'[^A-Za-z0-9_]', '_', run_id)}"
+
+    def shadow(self, run_id: str) -> Loader:
+        """The same loader writing to this run's shadow table (created like the real one)."""
+        twin = copy.copy(self)
+        twin.table = self.shadow_table(run_id)
+        twin._ready = set()
+        return twin
+
+    def drop_shadow(self, pipeline: str, run_id: str) -> None:
+        """Drop a run's shadow table."""
+        twin = self.shadow(run_id)
+        assert isinstance(twin, ClickHouseLoader)
+        try:
+            self.client().command(f"DROP TABLE IF EXISTS {twin.qualified}")
+        except Exception as exc:
+            raise _wrap(exc, f"dropping {twin.qualified}") from exc
+
+    def diff(self, pipeline: str, parent_run_id: str, shadow_run_id: str, sample: int = 10) -> Diff:
+        """The shadow of `shadow_run_id` against the rows `parent_run_id` has in the real table, by `order_by`.
+
+        Rows are compared by a hash of every model column; with no `order_by`, whole rows are matched (as a
+        multiset), so a change shows as one row removed and one added.
+        """
+        if self._model is None:
+            raise ConfigError(f"ClickHouseLoader({self.table}): no schema bound")
+        twin = self.shadow(shadow_run_id)
+        assert isinstance(twin, ClickHouseLoader)
+        cols = ", ".join(quote(n) for n in self._model.model_fields)
+        parent = f"startsWith({quote(LINEAGE)}, {_literal(parent_run_id + '/')})"
+        key = [quote(k) for k in self.order_by]
+        if key:
+            keys = ", ".join(key)
+            shown = key[0] if len(key) == 1 else f"tuple({keys})"
+            sql = (
+                f"SELECT multiIf(p._has = 0, 'added', s._has = 0, 'removed', p._h != s._h, 'changed', 'unchanged')"
+                f" AS kind, count() AS n, groupArray({int(sample)})({shown}) AS keys FROM"
+                f" (SELECT {keys}, cityHash64({cols}) AS _h, 1 AS _has FROM {self.qualified} WHERE {parent}) AS p"
+                f" FULL OUTER JOIN (SELECT {keys}, cityHash64({cols}) AS _h, 1 AS _has FROM {twin.qualified}) AS s"
+                f" USING ({keys}) GROUP BY kind"
+            )
+        else:
+            sql = (
+                "SELECT sum(greatest(s._n, p._n) - p._n), sum(greatest(s._n, p._n) - s._n), sum(least(s._n, p._n))"
+                f" FROM (SELECT cityHash64({cols}) AS _h, count() AS _n FROM {self.qualified} WHERE {parent}"
+                f" GROUP BY _h) AS p FULL OUTER JOIN (SELECT cityHash64({cols}) AS _h, count() AS _n"
+                f" FROM {twin.qualified} GROUP BY _h) AS s USING (_h)"
+            )
+        try:
+            rows = self.client().query(sql).result_rows
+        except Exception as exc:
+            raise _wrap(exc, f"diffing {twin.qualified} against run {parent_run_id}") from exc
+        if not key:
+            added, removed, unchanged = (int(x or 0) for x in rows[0])
+            rows = [("added", added, []), ("removed", removed, []), ("unchanged", unchanged, [])]
+        out = Diff(key=list(self.order_by))
+        for kind, n, keys in rows:
+            setattr(out, str(kind), int(n))
+            if kind != "unchanged" and keys:
+                out.samples[str(kind)] = [list(k) if isinstance(k, tuple) else k for k in keys]
+        return out
+
+
+def _missing_table(exc: Exception) -> bool:
+    return "UNKNOWN_TABLE" in str(exc) or "doesn't exist" in str(exc)
 
 
 def _wrap(exc: Exception, doing: str) -> Exception:
