@@ -6,16 +6,23 @@ folder of its field's value (Hive style, readable by `pyarrow.dataset(..., parti
 the value is percent-encoded, so a hostile value (`../../etc`) stays one folder name inside the root. Parquet parts
 leave the partition column out (it is in the folder name; Arrow refuses a column that is in both); JSONL and CSV
 parts keep it, for readers that know nothing of partitions.
+
+Lineage is the layout itself: a part's folder is the run that wrote it and its name the batch, so a replayed batch
+removes exactly its parent's part (`remove_batch`), and a replay being diffed writes under `<root>/.shadow/<run>/`
+(no pipeline name starts with a dot) until `drop_shadow`.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import os
+import shutil
 import threading
 import types
 import typing
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -31,7 +38,7 @@ from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable
 from jetl.messages import dumps
-from jetl.protocols import LoadContext, Record
+from jetl.protocols import Diff, LoadContext, Loader, Record
 
 Format = Literal["jsonl", "csv", "parquet"]
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -219,23 +226,94 @@ class FileLoader:
     def read_all(self, pipeline: str) -> list[dict[str, Any]]:
         """Every record written for a pipeline, part by part (tests and the demo read back with this)."""
         out: list[dict[str, Any]] = []
-        for part in sorted((self.root / pipeline).rglob(f"*.{self.format}")):
-            if part.name.startswith("."):
-                continue
-            if self.format == "jsonl":
-                out.extend(orjson.loads(line) for line in part.read_bytes().splitlines() if line)
-            elif self.format == "csv":
-                with open(part, newline="", encoding="utf-8") as fh:
-                    out.extend(csv.DictReader(fh))
-            else:
-                import pyarrow.parquet as pq
-
-                rows = pq.read_table(part).to_pylist()
-                if self.partition_by:  # put back the partition column, as text, from the folder name
-                    value = _partition_value(part.relative_to(self.root / pipeline).parts[0], self.partition_by)
-                    rows = [{**r, self.partition_by: value} for r in rows]
-                out.extend(rows)
+        for part in self._parts(pipeline):
+            out.extend(self._read_part(part, pipeline))
         return out
+
+    def _parts(self, pipeline: str, run_id: str | None = None) -> list[Path]:
+        """A pipeline's part files (of one run), in order; the folder a part sits in is the run that wrote it."""
+        found = sorted((self.root / pipeline).rglob(f"*.{self.format}"))
+        return [p for p in found if not p.name.startswith(".") and run_id in (None, p.parent.name)]
+
+    def _read_part(self, part: Path, pipeline: str) -> list[dict[str, Any]]:
+        if self.format == "jsonl":
+            return [orjson.loads(line) for line in part.read_bytes().splitlines() if line]
+        if self.format == "csv":
+            with open(part, newline="", encoding="utf-8") as fh:
+                return list(csv.DictReader(fh))
+        import pyarrow.parquet as pq
+
+        rows: list[dict[str, Any]] = pq.read_table(part).to_pylist()
+        if self.partition_by:  # put back the partition column, as text, from the folder name
+            value = _partition_value(part.relative_to(self.root / pipeline).parts[0], self.partition_by)
+            rows = [{**r, self.partition_by: value} for r in rows]
+        return rows
+
+    def _count_part(self, part: Path) -> int:
+        if self.format == "jsonl":
+            return sum(1 for line in part.read_bytes().splitlines() if line.strip())
+        if self.format == "csv":
+            with open(part, newline="", encoding="utf-8") as fh:
+                return max(0, sum(1 for _ in csv.reader(fh)) - 1)
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(part).metadata.num_rows)
+
+    # Lineage: what replay, diff and the ledger need from the destination (jetl.protocols.LineageLoader).
+
+    def rows_by_run(self, pipeline: str) -> dict[str, int]:
+        """Rows per run id, counted from the part files (lines, CSV rows or Parquet row counts)."""
+        out: dict[str, int] = {}
+        for part in self._parts(pipeline):
+            out[part.parent.name] = out.get(part.parent.name, 0) + self._count_part(part)
+        return out
+
+    def remove_batch(self, pipeline: str, batch_id: str) -> None:
+        """Delete one batch's part file(s), in every partition folder."""
+        run, _, seq = batch_id.rpartition("/")
+        for part in self._parts(pipeline, run):
+            if part.stem == seq:
+                try:
+                    part.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise DestinationUnavailable(f"cannot remove {part}: {exc}") from exc
+                _fsync_dir(part.parent)
+
+    def shadow(self, run_id: str) -> Loader:
+        """The same loader writing under `<root>/.shadow/<run_id>/`."""
+        twin = copy.copy(self)
+        twin.root = self.root / ".shadow" / run_id
+        return twin
+
+    def drop_shadow(self, pipeline: str, run_id: str) -> None:
+        """Delete a run's shadow folder."""
+        shutil.rmtree(self.root / ".shadow" / run_id, ignore_errors=True)
+
+    def diff(self, pipeline: str, parent_run_id: str, shadow_run_id: str, sample: int = 10) -> Diff:
+        """The shadow's records against the parent run's parts, matched as whole records (files have no key)."""
+        twin = self.shadow(shadow_run_id)
+        assert isinstance(twin, FileLoader)
+
+        def bag(loader: FileLoader, run_id: str) -> Counter[bytes]:
+            return Counter(
+                orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+                for part in loader._parts(pipeline, run_id)
+                for r in loader._read_part(part, pipeline)
+            )
+
+        old, new = bag(self, parent_run_id), bag(twin, shadow_run_id)
+        added, removed = new - old, old - new
+        return Diff(
+            key=[],
+            added=added.total(),
+            removed=removed.total(),
+            unchanged=(old & new).total(),
+            samples={
+                kind: [orjson.loads(r) for r in list(c)[:sample]]
+                for kind, c in (("added", added), ("removed", removed))
+                if c
+            },
+        )
 
 
 def _partition_value(folder: str, field: str) -> str | None:
