@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -40,10 +40,35 @@ class Cron:
         """The schedule's time zone."""
         return ZoneInfo(self.tz)
 
+    @property
+    def _fixed_hours(self) -> bool:
+        """True unless the hour field is a wildcard (`*`, `*/2`): decides what a repeated DST hour does."""
+        fields = self.expression.split()
+        if self.expression.startswith("@"):
+            return self.expression.strip() != "@hourly"
+        return len(fields) > 1 and not fields[1].startswith("*")
+
+    def _repeated(self, slot: datetime) -> bool:
+        """`slot` is the second pass of a wall-clock time (the hour a DST fall-back repeats) on a fixed-hour cron.
+
+        Like Vixie cron, a job at a fixed hour (`30 2 * * *`) runs once when 02:30 happens twice; a job with a
+        wildcard hour runs in both passes, because each is a real hour of data.
+        """
+        if not self._fixed_hours:
+            return False
+        zone, utc = self.zone, slot.astimezone(UTC)  # arithmetic in UTC: aware local times subtract as wall time
+        local = utc.astimezone(zone).replace(tzinfo=None)
+        for back in (timedelta(minutes=30), timedelta(hours=1), timedelta(hours=2)):
+            if (utc - back).astimezone(zone).replace(tzinfo=None) == local:
+                return True
+        return False
+
     def next_after(self, moment: datetime) -> datetime:
         """The first slot strictly after `moment`."""
         it = croniter(self.expression, moment.astimezone(self.zone))
         nxt: datetime = it.get_next(datetime)
+        while self._repeated(nxt):
+            nxt = it.get_next(datetime)
         return nxt.astimezone(UTC)
 
     def prev_at_or_before(self, moment: datetime) -> datetime:
@@ -51,9 +76,22 @@ class Cron:
         local = moment.astimezone(self.zone)
         it = croniter(self.expression, local)
         if croniter.match(self.expression, local):
-            return local.astimezone(UTC).replace(second=0, microsecond=0)
+            slot = local.astimezone(UTC).replace(second=0, microsecond=0)
+            if not self._repeated(slot):
+                return slot
         prev: datetime = it.get_prev(datetime)
+        while self._repeated(prev):
+            prev = it.get_prev(datetime)
         return prev.astimezone(UTC)
+
+    def period(self, moment: datetime) -> timedelta:
+        """The length of the slot that `moment` falls in (an hour for `0 * * * *`, 23 h on a DST day)."""
+        start = self.prev_at_or_before(moment)
+        return self.next_after(start) - start
+
+    def is_stale(self, last_success: datetime, now: datetime, factor: float = 2.0) -> bool:
+        """No success for more than `factor` slot lengths: the data is older than its schedule promises."""
+        return now - last_success > self.period(now) * factor
 
     def intervals(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
         """The data intervals [slot, next slot) that start in [start, end)."""
