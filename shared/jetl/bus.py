@@ -172,7 +172,11 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
             changes.append(Change("stream", wanted.name, "differs", "; ".join(diffs) + " (cannot be changed in place)"))
             continue
         if not dry_run:
-            await js.update_stream(wanted)
+            try:
+                await js.update_stream(wanted)
+            except Exception as exc:  # the server refused (e.g. replicas on a single node): report, never hide
+                changes.append(Change("stream", wanted.name, "differs", f"{'; '.join(diffs)} (update refused: {exc})"))
+                continue
         changes.append(Change("stream", wanted.name, "updated", "; ".join(diffs)))
     for service, kind in CONSUMERS.items():
         wanted_c = consumer_config(service, s.ack_wait)
@@ -189,9 +193,51 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
             changes.append(Change("consumer", f"{stream}/{service}", "unchanged"))
             continue
         if not dry_run:
-            await js.add_consumer(stream, wanted_c)  # add with the same durable name updates it
+            try:
+                await js.add_consumer(stream, wanted_c)  # add with the same durable name updates it
+            except Exception as exc:  # some fields (ack policy) cannot change on a live consumer
+                detail = f"{'; '.join(diffs)} (update refused: {exc})"
+                changes.append(Change("consumer", f"{stream}/{service}", "differs", detail))
+                continue
         changes.append(Change("consumer", f"{stream}/{service}", "updated", "; ".join(diffs)))
+    changes.append(await _declare_kv(js, s, dry_run=dry_run))
     return changes
+
+
+_COMPARED_KV = ("max_msgs_per_subject", "storage", "num_replicas")
+
+
+async def _declare_kv(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
+    """The run-state KV bucket: created if missing, its history, storage and replicas kept as declared."""
+    from jetl.state import BUCKET, kv_config
+
+    wanted = kv_config(s.stream_replicas)
+    stream = f"KV_{BUCKET}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        if not dry_run:
+            await js.create_key_value(wanted)
+        return Change("kv", BUCKET, "created")
+    current = {
+        "max_msgs_per_subject": info.config.max_msgs_per_subject,
+        "storage": info.config.storage,
+        "num_replicas": info.config.num_replicas,
+    }
+    target = {"max_msgs_per_subject": wanted.history, "storage": wanted.storage, "num_replicas": wanted.replicas}
+    diffs = [f"{k}: {current[k]} -> {target[k]}" for k in _COMPARED_KV if current[k] != target[k]]
+    if not diffs:
+        return Change("kv", BUCKET, "unchanged")
+    if any(d.startswith("storage") for d in diffs):
+        return Change("kv", BUCKET, "differs", "; ".join(diffs) + " (cannot be changed in place)")
+    if not dry_run:
+        config = info.config
+        config.max_msgs_per_subject, config.num_replicas = wanted.history, wanted.replicas
+        try:
+            await js.update_stream(config)
+        except Exception as exc:
+            return Change("kv", BUCKET, "differs", f"{'; '.join(diffs)} (update refused: {exc})")
+    return Change("kv", BUCKET, "updated", "; ".join(diffs))
 
 
 async def wait_for_nats(s: NatsSettings, timeout: float = 15.0) -> None:
@@ -217,17 +263,19 @@ class Bus:
     def __init__(self, broker: NatsBroker) -> None:
         self.broker = broker
 
-    async def _publish(self, body: bytes, subject: str, msg_id: str, kind: Kind) -> None:
-        await self.broker.publish(body, subject, headers={MSG_ID: msg_id}, stream=STREAMS[kind].name)
+    async def _publish(self, body: bytes, subject: str, msg_id: str, kind: Kind) -> bool:
+        """Publish and wait for the stream's ack; True when the stream dropped it as a duplicate of `msg_id`."""
+        ack = await self.broker.publish(body, subject, headers={MSG_ID: msg_id}, stream=STREAMS[kind].name)
+        return bool(getattr(ack, "duplicate", False))
 
-    async def run_request(self, req: RunRequest) -> None:
-        """Queue a run request for the extractor."""
-        await self._publish(
+    async def run_request(self, req: RunRequest) -> bool:
+        """Queue a run request for the extractor; True when this run id was already queued (deduplicated)."""
+        return await self._publish(
             req.model_dump_json().encode(), subjects.run_request(req.pipeline), f"run/{req.run_id}", Kind.RUN
         )
 
-    async def request(self, req: RunRequest, code_hash: str = "", service: str = "cli") -> None:
-        """Log run.requested, then queue the request; both dedup on the run id."""
+    async def request(self, req: RunRequest, code_hash: str = "", service: str = "cli") -> bool:
+        """Log run.requested, then queue the request; both dedup on the run id (True: it was already queued)."""
         from jetl.events import RunRequested
 
         await self.event(
@@ -244,7 +292,7 @@ class Bus:
                 code_hash=code_hash,
             )
         )
-        await self.run_request(req)
+        return await self.run_request(req)
 
     async def raw_batch(self, batch: Batch, records: list[Any] | bytes) -> None:
         """Publish an extracted batch."""

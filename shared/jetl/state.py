@@ -2,11 +2,25 @@
 
 Keys: `run.<pipeline>.<run_id>` -> RunState JSON; `cursor.<pipeline>` -> the cursor of the latest completed run.
 The tracker (in the scheduler service) is the writer; it updates with compare-and-set so replicas can share it.
+
+Operational keys in the same bucket (all rebuildable or harmless to lose):
+
+| key                        | written by                  | value                                              |
+|----------------------------|-----------------------------|----------------------------------------------------|
+| `sched.<pipeline>`         | scheduler (cron tick)       | end of the last slot requested (ISO time)          |
+| `pause.<pipeline>`         | `jetl pause` / `jetl resume`| `true` / `false`: overrides `Cron(paused=...)`     |
+| `active.<pipeline>`        | scheduler (tick, tracker)   | {run_id: requested_at} of runs not yet finished    |
+| `ok.<pipeline>`            | tracker                     | RunMark of the latest completed run                |
+| `failed.<pipeline>`        | tracker                     | RunMark of the latest failed run                   |
+| `svc.<service>.<instance>` | every service, every 5 s    | heartbeat: instance, time, counters                |
+| `alert.<pipeline>.<kind>`  | scheduler (alerts)          | the episode last alerted, so replicas alert once   |
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -14,12 +28,18 @@ from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
+from pydantic import BaseModel
 
 from jetl.events import Event, parse_event
 from jetl.projection import RunState, fold
 from jetl.subjects import Kind, check_token, pattern, stream_name
 
 BUCKET = "JETL_STATE"
+
+
+def kv_config(replicas: int = 1) -> KeyValueConfig:
+    """The declared configuration of the state bucket (`jetl deploy` keeps it so)."""
+    return KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=replicas)
 
 
 async def bucket(nc: Client, *, create: bool = True) -> KeyValue:
@@ -30,7 +50,7 @@ async def bucket(nc: Client, *, create: bool = True) -> KeyValue:
     except (BucketNotFoundError, NotFoundError):
         if not create:
             raise
-        return await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE))
+        return await js.create_key_value(kv_config())
 
 
 def run_key(pipeline: str, run_id: str) -> str:
@@ -90,6 +110,179 @@ async def put_cursor(kv: KeyValue, pipeline: str, cursor: dict[str, Any] | None)
     """Advance a pipeline's cursor (only ever called for a completed run)."""
     if cursor is not None:
         await kv.put(cursor_key(pipeline), orjson.dumps(cursor))
+
+
+def slot_key(pipeline: str) -> str:
+    """KV key of the end of the last schedule slot requested for a pipeline."""
+    return f"sched.{check_token(pipeline)}"
+
+
+def pause_key(pipeline: str) -> str:
+    """KV key set by `jetl pause` / `jetl resume`."""
+    return f"pause.{check_token(pipeline)}"
+
+
+def active_key(pipeline: str) -> str:
+    """KV key of a pipeline's unfinished runs (one key, so counting them is one read)."""
+    return f"active.{check_token(pipeline)}"
+
+
+def last_ok_key(pipeline: str) -> str:
+    """KV key of a pipeline's latest completed run."""
+    return f"ok.{check_token(pipeline)}"
+
+
+def last_failed_key(pipeline: str) -> str:
+    """KV key of a pipeline's latest failed run."""
+    return f"failed.{check_token(pipeline)}"
+
+
+def alert_key(pipeline: str, kind: str) -> str:
+    """KV key of the last alert of a kind (`failed`, `stale`) sent for a pipeline."""
+    return f"alert.{check_token(pipeline)}.{check_token(kind)}"
+
+
+HEARTBEAT_PREFIX = "svc"
+
+
+def heartbeat_key(service: str, instance: str) -> str:
+    """KV key of one service instance's heartbeat (the instance name made a key token)."""
+    token = "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)
+    return f"{HEARTBEAT_PREFIX}.{check_token(service)}.{token}"
+
+
+class RunMark(BaseModel):
+    """The latest completed (or failed) run of a pipeline, as `jetl health` judges freshness by it."""
+
+    run_id: str
+    at: datetime
+    """When the run finished."""
+    trigger: str = ""
+    data_interval_end: datetime | None = None
+    error: str | None = None
+
+
+async def get_json(kv: KeyValue, key: str) -> Any:
+    """A key's JSON value, or None when it is missing or deleted."""
+    try:
+        entry = await kv.get(key)
+    except (KeyNotFoundError, NotFoundError):
+        return None
+    return orjson.loads(entry.value) if entry.value else None
+
+
+async def update_json(kv: KeyValue, key: str, change: Callable[[Any], Any]) -> Any:
+    """Read-modify-write one JSON key with compare-and-set; `change(old)` returns the new value (None: leave it)."""
+    for _ in range(50):
+        try:
+            entry = await kv.get(key)
+            old, revision = (orjson.loads(entry.value) if entry.value else None), entry.revision
+        except (KeyNotFoundError, NotFoundError):
+            old, revision = None, None
+        new = change(old)
+        if new is None or new == old:
+            return old
+        try:
+            if revision is None:
+                await kv.create(key, orjson.dumps(new))
+            else:
+                await kv.update(key, orjson.dumps(new), last=revision)
+            return new
+        except Exception as exc:
+            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
+                raise
+    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+
+
+async def get_paused(kv: KeyValue, pipeline: str) -> bool | None:
+    """The pause flag `jetl pause`/`jetl resume` left, or None when the code's setting stands."""
+    value = await get_json(kv, pause_key(pipeline))
+    return None if value is None else bool(value)
+
+
+async def set_paused(kv: KeyValue, pipeline: str, paused: bool) -> None:
+    """Pause or resume a pipeline's schedule (overrides `Cron(paused=...)`)."""
+    await kv.put(pause_key(pipeline), orjson.dumps(paused))
+
+
+async def active_runs(kv: KeyValue, pipeline: str) -> dict[str, str]:
+    """{run_id: requested_at} of a pipeline's runs that have not finished (as far as the index knows)."""
+    value = await get_json(kv, active_key(pipeline))
+    return dict(value) if isinstance(value, dict) else {}
+
+
+async def add_active(kv: KeyValue, pipeline: str, run_id: str, requested_at: datetime) -> None:
+    """Index a run as unfinished."""
+
+    def change(old: Any) -> Any:
+        cur = dict(old or {})
+        if run_id in cur:
+            return None
+        cur[run_id] = requested_at.isoformat()
+        return cur
+
+    await update_json(kv, active_key(pipeline), change)
+
+
+async def remove_active(kv: KeyValue, pipeline: str, run_ids: Iterable[str]) -> None:
+    """Drop finished runs from the unfinished index."""
+    gone = set(run_ids)
+
+    def change(old: Any) -> Any:
+        cur = dict(old or {})
+        if not gone & set(cur):
+            return None
+        return {k: v for k, v in cur.items() if k not in gone}
+
+    await update_json(kv, active_key(pipeline), change)
+
+
+async def mark_finished(kv: KeyValue, state: RunState) -> None:
+    """Record a finished run: `ok.`/`failed.` keep the latest one (never move backwards), `active.` forgets it."""
+    if state.status not in ("completed", "failed"):
+        return
+    mark = RunMark(
+        run_id=state.run_id,
+        at=state.finished_at or datetime.now(UTC),
+        trigger=state.trigger,
+        data_interval_end=state.data_interval_end,
+        error=state.error,
+    )
+    key = last_ok_key(state.pipeline) if state.status == "completed" else last_failed_key(state.pipeline)
+
+    def newer(old: Any) -> Any:
+        if old is not None and RunMark.model_validate(old).at >= mark.at:
+            return None
+        return mark.model_dump(mode="json")
+
+    await update_json(kv, key, newer)
+    await remove_active(kv, state.pipeline, [state.run_id])
+
+
+async def get_mark(kv: KeyValue, key: str) -> RunMark | None:
+    """A RunMark key (`ok.<pipeline>` or `failed.<pipeline>`), or None."""
+    value = await get_json(kv, key)
+    return RunMark.model_validate(value) if value else None
+
+
+async def watch_values(kv: KeyValue, keys: str) -> dict[str, bytes]:
+    """The current values of every key matching a filter (`svc.>`), read with a server-side filtered watch."""
+    out: dict[str, bytes] = {}
+    watcher = await kv.watch(keys, ignore_deletes=True)
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=2.0)  # type: ignore[no-untyped-call]
+            except Exception:
+                break
+            if entry is None:
+                break
+            if entry.value:
+                out[entry.key] = entry.value
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return out
 
 
 async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]:

@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 
 from faststream import FastStream
 
 from jetl.logging import get_logger
 from jetl.service import ServiceContext, build_app
-from jetl_scheduler.cron import tick
+from jetl_scheduler.alerts import Alerter
+from jetl_scheduler.cron import is_paused, make_clock, tick
 from jetl_scheduler.handlers import make_router
 from jetl_scheduler.settings import SchedulerSettings
+from jetl_scheduler.tracker import use_alerter
 from jetl_scheduler.watch import PipelineWatcher
 
 log = get_logger("jetl.scheduler")
+STALE_CHECK_EVERY_S = 30.0
 
 
-async def _cron_loop(ctx: ServiceContext, settings: SchedulerSettings) -> None:
+async def _cron_loop(ctx: ServiceContext, settings: SchedulerSettings, alerter: Alerter) -> None:
     watcher = PipelineWatcher(settings.pipelines_dir) if settings.watch_pipelines else None
+    clock = make_clock(settings.clock_epoch, settings.clock_speed)
+    grace = timedelta(seconds=settings.catch_up_grace_seconds)
+    next_stale_check = 0.0
+    loop = asyncio.get_running_loop()
     while True:
-        if watcher is not None:
-            watcher.poll()
         try:
-            await tick(ctx)
+            if watcher is not None:
+                watcher.poll()  # a new pipeline is scheduled on this very tick
+            now = clock()
+            await tick(ctx, now, grace=grace, limit=settings.max_slots_per_tick)
+            if alerter.enabled and ctx.kv is not None and loop.time() >= next_stale_check:
+                next_stale_check = loop.time() + STALE_CHECK_EVERY_S
+                active = [p for p in ctx.pipelines.values() if p.schedule is not None and not await is_paused(ctx, p)]
+                await alerter.check_stale(ctx.kv, active, now)
         except Exception as exc:  # one bad tick must not stop scheduling; it is logged and retried
             log.error("scheduler tick failed", error=f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(settings.tick_seconds)
@@ -35,11 +48,13 @@ def create_app(settings: SchedulerSettings | None = None) -> FastStream:
     app = build_app("scheduler", settings, make_router)
     ctx: ServiceContext = app.context.get("jetl_service")
     tasks: list[asyncio.Task[None]] = []
+    alerter = Alerter(settings)
+    use_alerter(alerter)
 
     @app.after_startup
     async def _start_cron() -> None:
         if settings.cron_enabled:
-            tasks.append(asyncio.create_task(_cron_loop(ctx, settings)))
+            tasks.append(asyncio.create_task(_cron_loop(ctx, settings, alerter)))
 
     @app.on_shutdown
     async def _stop_cron() -> None:
@@ -47,5 +62,6 @@ def create_app(settings: SchedulerSettings | None = None) -> FastStream:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await alerter.drain()
 
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from jetl.settings import JetlSettings
 
 
@@ -16,5 +18,19 @@ class SchedulerSettings(JetlSettings):
     """Events pulled per fetch by the run tracker."""
     fetch_timeout: float = 0.2
     """Seconds a tracker pull waits to fill a fetch."""
-    watch_pipelines: bool = True
-    """Reload pipeline modules that change on disk without a restart."""
+    catch_up_grace_seconds: float = 300.0
+    """With `catch_up="none"`, a slot that ended longer ago than this is skipped, not run late."""
+    max_slots_per_tick: int = 100
+    """Most slots one tick requests per pipeline (a long `catch_up="all"` backlog drains over several ticks)."""
+    clock_epoch: float = 0.0
+    """Test clock: the Unix time at which the scheduler's clock starts to run `clock_speed` times faster."""
+    clock_speed: float = 1.0
+    """Test clock: how many scheduler seconds pass per real second after `clock_epoch` (1: the real clock)."""
+    alert_webhook_url: SecretStr | None = None
+    """POST a JSON alert here when a run fails or a pipeline goes stale (Slack-style `text` included)."""
+    alert_retries: int = 3
+    """Attempts per alert (network errors and 5xx/429 are retried with backoff)."""
+    alert_timeout_seconds: float = 5.0
+    """Timeout of one alert POST."""
+    stale_factor: float = 2.0
+    """A scheduled pipeline is stale when its last success is older than this many schedule periods."""

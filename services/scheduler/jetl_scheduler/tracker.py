@@ -11,12 +11,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from jetl.events import RunCompleted, parse_event
+from jetl.events import Event, RunCompleted, RunFailed, RunRequested, parse_event
 from jetl.logging import get_logger
+from jetl.projection import RunState
 from jetl.service import ServiceContext
-from jetl.state import apply, put_cursor
+from jetl.state import add_active, apply, mark_finished, put_cursor
+from jetl_scheduler.alerts import Alerter
 
 log = get_logger("jetl.tracker")
+_alerter: Alerter | None = None
+
+
+def use_alerter(alerter: Alerter | None) -> None:
+    """Alert through `alerter` when a run fails (the scheduler app sets it from its settings)."""
+    global _alerter
+    _alerter = alerter
+
+
+async def record_outcome(ctx: ServiceContext, ev: Event, state: RunState) -> None:
+    """Keep the keys the scheduler and `jetl health` read (unfinished runs, latest success and failure); alert."""
+    assert ctx.kv is not None
+    if isinstance(ev, RunRequested) and state.status in ("requested", "running"):
+        await add_active(ctx.kv, state.pipeline, state.run_id, ev.at)
+    elif isinstance(ev, (RunCompleted, RunFailed)):
+        await mark_finished(ctx.kv, state)
+        if isinstance(ev, RunFailed) and _alerter is not None:
+            _alerter.run_failed(ctx.kv, state.pipeline, state.run_id, ev.error, ev.stage)
 
 
 async def track(ctx: ServiceContext, raw: Any) -> None:
@@ -32,6 +52,7 @@ async def track(ctx: ServiceContext, raw: Any) -> None:
         return
     try:
         state = await apply(ctx.kv, ev)
+        await record_outcome(ctx, ev, state)
         if state.settled and state.status not in ("completed", "failed"):
             c = state.counts()
             await put_cursor(ctx.kv, state.pipeline, state.cursor)
