@@ -2,6 +2,10 @@
 
 A module that fails to import, lacks `register_pipelines()`, or registers a name already taken stops
 start-up with a DiscoveryError naming the file (and line, where there is one).
+
+At run time (`reload_changed`, polled by every service, and tried by `get_pipeline` for an unknown name) a new or
+changed module is (re)loaded without a restart; one that breaks is reported and skipped, and the pipelines it
+registered before keep running.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import hashlib
 import importlib.util
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +23,10 @@ from jetl.pipeline import Pipeline
 
 _REGISTRY: dict[str, Pipeline] = {}
 _LOADED_FROM: Path | None = None
+_DIGESTS: dict[Path, str] = {}
+"""Content hash of each module as last loaded (or tried), so a reload only touches what changed."""
+_RELOAD_ERRORS: dict[str, str] = {}
+_LISTENERS: list[Callable[[list[Pipeline]], None]] = []
 
 
 def _where(exc: BaseException, path: Path) -> str:
@@ -98,13 +106,77 @@ def discover(folder: Path | str, *, skip_broken: bool = False) -> dict[str, Pipe
     if not folder.is_dir():
         raise DiscoveryError(f"pipelines folder {folder} does not exist (set JETL_PIPELINES_DIR)")
     for path in pipeline_files(folder):
+        _DIGESTS[path.resolve()] = _digest(path)
         try:
             register(load_module(path))
-        except DiscoveryError:
+        except DiscoveryError as exc:
             if not skip_broken:
                 raise
+            _RELOAD_ERRORS[str(path)] = str(exc)
     _LOADED_FROM = folder
     return _REGISTRY
+
+
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    except OSError:
+        return ""
+
+
+def on_reload(listener: Callable[[list[Pipeline]], None]) -> None:
+    """Call `listener(pipelines)` whenever a module is (re)loaded at run time (the loader binds destinations)."""
+    _LISTENERS.append(listener)
+
+
+def reload_errors() -> dict[str, str]:
+    """{file: error} of modules that failed their latest (re)load and were skipped."""
+    return dict(_RELOAD_ERRORS)
+
+
+def reload_changed(folder: Path | str | None = None) -> list[str]:
+    """(Re)load the modules in `folder` (default: the one discovered) that are new or changed since last seen.
+
+    Returns the names of the pipelines (re)registered. A module that fails is logged and kept in
+    `reload_errors()`; what it registered before stays. A deleted module's pipelines also stay until a restart,
+    so an editor's delete-and-rename save never strands batches in flight.
+    """
+    base = Path(folder) if folder is not None else _LOADED_FROM
+    if base is None or not base.is_dir():
+        return []
+    from jetl.logging import get_logger
+
+    log = get_logger("jetl.registry")
+    changed: list[str] = []
+    for path in pipeline_files(base):
+        key, digest = path.resolve(), _digest(path)
+        if _DIGESTS.get(key) == digest:
+            continue
+        _DIGESTS[key] = digest
+        try:
+            pipelines = load_module(path)
+            names: set[str] = set()
+            for p in pipelines:
+                owner = _REGISTRY.get(p.name)
+                if p.name in names or (owner is not None and Path(owner.source_file).resolve() != key):
+                    other = owner.source_file if owner is not None and p.name not in names else str(path)
+                    raise DiscoveryError(f"{path}: pipeline name {p.name!r} is already registered by {other}")
+                names.add(p.name)
+        except DiscoveryError as exc:
+            _RELOAD_ERRORS[str(path)] = str(exc)
+            log.error("pipeline module skipped", file=str(path), error=str(exc))
+            continue
+        _RELOAD_ERRORS.pop(str(path), None)
+        for p in pipelines:
+            _REGISTRY[p.name] = p
+        for listener in _LISTENERS:
+            try:
+                listener(pipelines)
+            except Exception as exc:  # a listener's failure must not undo the reload; it is reported
+                log.error("pipeline reload listener failed", file=str(path), error=f"{type(exc).__name__}: {exc}")
+        changed.extend(p.name for p in pipelines)
+        log.info("pipeline module loaded", file=str(path), pipelines=[p.name for p in pipelines])
+    return changed
 
 
 def discover_report(folder: Path | str) -> tuple[dict[str, Pipeline], dict[str, str]]:
@@ -138,6 +210,8 @@ def get_pipeline(name: str) -> Pipeline:
     """One pipeline by name, or a ConfigError listing the known names."""
     reg = get_pipeline_registry()
     if name not in reg:
+        reload_changed()  # a module added since the last poll: a run request may arrive before the watcher sees it
+    if name not in reg:
         from jetl.errors import ConfigError
 
         known = ", ".join(sorted(reg)) or "none"
@@ -150,3 +224,6 @@ def clear_registry() -> None:
     global _LOADED_FROM
     _REGISTRY.clear()
     _LOADED_FROM = None
+    _DIGESTS.clear()
+    _RELOAD_ERRORS.clear()
+    _LISTENERS.clear()

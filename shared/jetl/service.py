@@ -3,6 +3,11 @@
 A service module supplies a name, its settings object and a router factory; `build_app` does the rest:
 pipelines are discovered before the broker connects (a broken module stops start-up), streams and consumers are
 declared idempotently, and one middleware binds log context around every message.
+
+While it runs, every service also: polls the pipelines folder and loads new or changed modules (a broken one is
+logged and skipped), writes a heartbeat with its counters and consumer lag, answers `jetl health` on its control
+subject (`jetl.ctl.<service>.health`, with the checks the service registered), and, with `JETL_METRICS_PORT`, serves
+Prometheus metrics (see jetl.metrics).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,15 +24,20 @@ from faststream import FastStream
 from faststream.nats import NatsBroker, NatsRouter
 from nats.js.kv import KeyValue
 
-from jetl import subjects
+from jetl import metrics, subjects
 from jetl.bus import Bus, declare, make_broker, wait_for_nats
 from jetl.events import instance_id
 from jetl.logging import add_sink, configure_logging, get_logger
 from jetl.pipeline import Pipeline
-from jetl.registry import discover, get_pipeline_registry
+from jetl.registry import discover, get_pipeline_registry, reload_changed
 from jetl.settings import JetlSettings
+from jetl.state import heartbeat_key
+from jetl.subjects import CONSUMERS, STREAMS
 
 HEARTBEAT_S = 5.0
+
+HealthCheck = Callable[[], Awaitable[str]]
+"""A service's own health check for `jetl health`: returns a detail line, raises when unhealthy."""
 
 
 @dataclass
@@ -42,15 +52,24 @@ class ServiceContext:
     instance: str = field(default_factory=instance_id)
     started_at: float = field(default_factory=time.time)
     stats: dict[str, int] = field(default_factory=dict)
+    health_checks: dict[str, HealthCheck] = field(default_factory=dict)
+    """Checks this service answers `jetl health` with (the loader's: destination reachable)."""
 
     @property
     def pipelines(self) -> dict[str, Pipeline]:
         """The registry."""
         return get_pipeline_registry()
 
+    @property
+    def consumer(self) -> str | None:
+        """The durable consumer this service binds to (the scheduler's tracker), if any."""
+        durable = "tracker" if self.name == "scheduler" else self.name
+        return durable if durable in CONSUMERS else None
+
     def count(self, key: str, n: int = 1) -> None:
-        """Bump a metric counter."""
+        """Bump a metric counter (in the heartbeat, and as `jetl_<key>_total` when metrics are on)."""
         self.stats[key] = self.stats.get(key, 0) + n
+        metrics.count(key, n)
 
 
 RouterFactory = Callable[[ServiceContext], NatsRouter]
@@ -73,13 +92,20 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
     configure_logging(name, settings.log_level, settings.log_format)
     log = get_logger(f"jetl.{name}")
     discover(settings.pipelines_dir)  # loud: a broken module stops start-up here, naming its file and line
-    ctx = make_context(name, settings)
+    broker = None
+    if settings.metrics_port:
+        broker = make_broker(settings.nats, middlewares=[metrics.middleware(name)])
+    ctx = make_context(name, settings, broker)
     ctx.broker.include_router(router_factory(ctx))
     app = FastStream(ctx.broker, logger=None)
     tasks: list[asyncio.Task[None]] = []
+    control: list[Any] = []
 
     @app.on_startup
     async def _prepare() -> None:
+        if settings.metrics_port:
+            port = metrics.enable(name, settings.metrics_port, settings.metrics_host)
+            log.info("metrics served", url=f"http://{settings.metrics_host}:{port}/metrics")
         await wait_for_nats(settings.nats)
         from jetl.bus import connect
 
@@ -98,12 +124,21 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
         if settings.ship_logs:
             add_sink(_log_shipper(nc))
         tasks.append(asyncio.create_task(_heartbeat(ctx)))
+        if settings.watch_pipelines and settings.watch_seconds > 0:
+            tasks.append(asyncio.create_task(_watch_pipelines(settings.pipelines_dir, settings.watch_seconds)))
+        control.append(await nc.subscribe(subjects.control(name, "health"), queue=name, cb=_health_responder(ctx)))
         log.info("service started", instance=ctx.instance, pipelines=sorted(ctx.pipelines))
 
     @app.on_shutdown
     async def _stop() -> None:
         for t in tasks:
             t.cancel()
+        for sub in control:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if ctx.kv is not None:  # a clean stop leaves no heartbeat behind for `jetl health` to call missing
+            with contextlib.suppress(Exception):
+                await ctx.kv.delete(heartbeat_key(ctx.name, ctx.instance))
         log.info("service stopping", instance=ctx.instance)
 
     app.context.set_global("jetl_service", ctx)
@@ -130,9 +165,10 @@ def _log_shipper(nc: Any) -> Callable[[dict[str, Any]], None]:
 
 
 async def _heartbeat(ctx: ServiceContext) -> None:
-    """Tell `jetl health` this instance is alive, with its counters."""
+    """Tell `jetl health` this instance is alive, with its counters and its consumer's lag."""
     while True:
         if ctx.kv is not None:
+            lag = await _consumer_lag(ctx)
             body = orjson.dumps(
                 {
                     "service": ctx.name,
@@ -140,9 +176,51 @@ async def _heartbeat(ctx: ServiceContext) -> None:
                     "at": time.time(),
                     "started_at": ctx.started_at,
                     "stats": ctx.stats,
+                    "lag": lag,
                 }
             )
-            key = f"svc.{ctx.name}.{ctx.instance.replace(':', '_').replace('.', '_')}"
             with contextlib.suppress(Exception):
-                await ctx.kv.put(key, body)
+                await ctx.kv.put(heartbeat_key(ctx.name, ctx.instance), body)
         await asyncio.sleep(HEARTBEAT_S)
+
+
+async def _consumer_lag(ctx: ServiceContext) -> dict[str, int] | None:
+    """num_pending / num_ack_pending of this service's durable (also exported as metrics)."""
+    durable = ctx.consumer
+    if durable is None:
+        return None
+    try:
+        info = await ctx.broker.connection.jetstream().consumer_info(STREAMS[CONSUMERS[durable]].name, durable)
+    except Exception:
+        return None
+    metrics.lag(durable, info.num_pending or 0, info.num_ack_pending or 0)
+    return {"pending": info.num_pending or 0, "ack_pending": info.num_ack_pending or 0}
+
+
+async def _watch_pipelines(folder: Any, every: float) -> None:
+    """Load new or changed pipeline modules without a restart (a broken one is logged and skipped)."""
+    log = get_logger("jetl.registry")
+    while True:
+        await asyncio.sleep(every)
+        try:
+            reload_changed(folder)
+        except Exception as exc:  # the watcher must outlive a bad poll (a folder briefly unreadable)
+            log.error("pipeline watch failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _health_responder(ctx: ServiceContext) -> Callable[[Any], Awaitable[None]]:
+    """Answer `jetl health` with this instance's registered checks: {"checks": {name: {"ok", "detail"}}}."""
+
+    async def respond(msg: Any) -> None:
+        results: dict[str, dict[str, Any]] = {}
+        for check_name, check in ctx.health_checks.items():
+            try:
+                detail = await asyncio.wait_for(check(), timeout=5.0)
+                results[check_name] = {"ok": True, "detail": detail}
+            except Exception as exc:
+                results[check_name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+        body = {"service": ctx.name, "instance": ctx.instance, "checks": results, "pipelines": sorted(ctx.pipelines)}
+        with contextlib.suppress(Exception):
+            await msg.respond(orjson.dumps(body))
+
+    return respond

@@ -95,6 +95,14 @@ class JetlSettings(BaseSettings):
     """Also publish log lines to JETL_LOGS so `jetl logs RUN` can pull one run's lines across services."""
     instance: str = ""
     """Name of this process in events and logs; host:pid when empty."""
+    watch_pipelines: bool = True
+    """Load new or changed pipeline modules while running, without a restart."""
+    watch_seconds: float = 2.0
+    """How often the pipelines folder is checked for new or changed modules."""
+    metrics_port: int = 0
+    """Serve Prometheus metrics on this port at /metrics (0: off); one port per process."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics server binds."""
 
     @property
     def chdb_path(self) -> Path:

@@ -128,9 +128,14 @@ def control(service: str, verb: str) -> str:
 
 
 def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) -> str:
-    """A wildcard filter over `kind` subjects, narrowed to a pipeline and run when given."""
+    """A wildcard filter over `kind` subjects, narrowed to a pipeline and run when given.
+
+    A run id without a pipeline matches that run under any pipeline (`jetl.logs.*.<run>`).
+    """
     parts = [PREFIX, kind.value]
     if pipeline is None:
+        if run_id is not None and kind is not Kind.RUN:
+            return ".".join([*parts, "*", check_token(run_id, "run id")])
         return ".".join([*parts, ">"])
     parts.append(check_token(pipeline, "pipeline"))
     if kind is Kind.RUN:

@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from faststream import FastStream
 
-from jetl.service import build_app
-from jetl_loader.handlers import make_router
+from jetl.registry import on_reload
+from jetl.service import ServiceContext, build_app
+from jetl_loader.handlers import make_router, open_loaders
 from jetl_loader.settings import LoaderSettings
+
+
+def check_destinations(ctx: ServiceContext) -> str:
+    """Reach every destination the pipelines write to: `SELECT 1` on each ClickHouse, a writable folder for files.
+
+    Runs in the loader because the loader owns the connection (a chdb folder opens in one process at a time).
+    """
+    seen: list[str] = []
+    for p in ctx.pipelines.values():
+        where = p.loader.describe()
+        if where in seen:
+            continue
+        client = getattr(p.loader, "client", None)
+        root = getattr(p.loader, "root", None)
+        if callable(client) and getattr(p.loader, "dsn", None):
+            client().command("SELECT 1")
+        elif isinstance(root, Path):
+            probe = root if root.exists() else root.parent
+            if not probe.is_dir():
+                raise OSError(f"{where}: neither the folder nor its parent exists")
+        seen.append(where)
+    return f"{len(seen)} destination(s) reachable" if seen else "no destinations (no pipelines)"
 
 
 def create_app(settings: LoaderSettings | None = None) -> FastStream:
     """Build the loader app."""
-    return build_app("loader", settings or LoaderSettings(), make_router)
+    app = build_app("loader", settings or LoaderSettings(), make_router)
+    ctx: ServiceContext = app.context.get("jetl_service")
+    on_reload(lambda _pipelines: open_loaders(ctx))  # a pipeline added at run time gets its destination too
+
+    async def destination() -> str:
+        return await asyncio.to_thread(check_destinations, ctx)
+
+    ctx.health_checks["destination"] = destination
+    return app

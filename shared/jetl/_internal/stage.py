@@ -6,6 +6,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+from jetl import metrics
 from jetl.bus import MAX_DELIVER
 from jetl.errors import classify
 from jetl.logging import get_logger
@@ -38,9 +39,12 @@ async def settle(
     """
     if exc is None:
         await msg.ack()
+        metrics.settled("ack")
         return "ack"
     attempt = delivery_count(msg)
-    if classify(exc) == "transient" and attempt < MAX_DELIVER:
+    disposition = classify(exc)
+    if disposition == "transient" and attempt < MAX_DELIVER:
+        metrics.settled("nak", disposition)
         delay = backoff(attempt)
         log.warning("transient failure, will retry", error=str(exc), attempt=attempt, retry_in_s=round(delay, 2))
         await msg.nak(delay=delay)
@@ -55,7 +59,9 @@ async def settle(
             exc_info=dl_exc,
         )
         await msg.nak(delay=backoff(attempt))
+        metrics.settled("nak", disposition)
         return "nak"
+    metrics.settled("term", disposition)
     log.error("dead-lettered", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
     await msg.term()
     return "term"
