@@ -21,6 +21,8 @@ from jetl.protocols import LoadContext
 from jetl.registry import get_pipeline
 from jetl.service import ServiceContext
 from jetl.subjects import Kind
+from jetl_loader import lineage
+from jetl_loader.control import make_control_router
 from jetl_loader.settings import LoaderSettings
 
 log = get_logger("jetl.loader")
@@ -39,7 +41,9 @@ def write(pipeline: Pipeline, batch: Batch, body: bytes) -> int:
     models = pipeline.adapter.validate_json(body)
     records = [m.model_dump() for m in models]
     lctx = LoadContext(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id, schema=pipeline.schema)
-    return pipeline.loader.load(records, lctx)
+    n = lineage.destination(pipeline, batch).load(records, lctx)
+    lineage.supersede(pipeline, batch)  # a replayed batch replaces its parent's, once it is itself written
+    return n
 
 
 async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
@@ -108,6 +112,7 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
     settings = ctx.settings if isinstance(ctx.settings, LoaderSettings) else LoaderSettings()
     open_loaders(ctx)
     router = NatsRouter()
+    router.include_router(make_control_router(ctx))  # count and diff: questions only the destination's owner answers
 
     @router.subscriber(
         subjects.pattern(Kind.CLEAN),

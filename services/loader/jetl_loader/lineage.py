@@ -1,0 +1,47 @@
+"""Where a clean batch goes besides the plain case: a replay's shadow, or over the parent batch it supersedes.
+
+- `shadow` batches (a `jetl replay --diff`) are written to the loader's shadow for their run (a side table or
+  folder), never the real destination.
+- A replayed batch without --diff `supersedes` its parent's batch: it is written first, then the parent batch's rows
+  are removed. Both steps are idempotent (dedup token / part file name; deleting what is gone is a no-op), so a crash
+  between them is repaired by the redelivery: never a gap, never a duplicate once the batch is acked. This is the
+  same for append and merge tables: a replay replaces its parent batch by batch, including rows the new code no
+  longer produces. A loader without lineage (the console) just writes; nothing it printed can be taken back.
+"""
+
+from __future__ import annotations
+
+from jetl.errors import ConfigError
+from jetl.messages import Batch
+from jetl.pipeline import Pipeline
+from jetl.protocols import LineageLoader, Loader
+
+_SHADOWS: dict[tuple[int, str], Loader] = {}
+
+
+def lineage(pipeline: Pipeline) -> LineageLoader:
+    """The pipeline's loader as a LineageLoader, or a ConfigError naming what it cannot do."""
+    if not isinstance(pipeline.loader, LineageLoader):
+        raise ConfigError(
+            f"pipeline {pipeline.name!r}: {pipeline.loader!r} keeps no lineage, so it cannot load a shadow "
+            "(replay --diff) or count rows by run"
+        )
+    return pipeline.loader
+
+
+def destination(pipeline: Pipeline, batch: Batch) -> Loader:
+    """The loader this batch is written with: the real one, or its shadow for the batch's run."""
+    if not batch.shadow:
+        return pipeline.loader
+    key = (id(pipeline.loader), batch.run_id)
+    if key not in _SHADOWS:
+        if len(_SHADOWS) > 256:  # one entry per replay run being diffed; old ones are not needed again
+            _SHADOWS.clear()
+        _SHADOWS[key] = lineage(pipeline).shadow(batch.run_id)
+    return _SHADOWS[key]
+
+
+def supersede(pipeline: Pipeline, batch: Batch) -> None:
+    """After a replayed batch is written to the real destination, remove the parent batch it replaces."""
+    if batch.supersedes and not batch.shadow and isinstance(pipeline.loader, LineageLoader):
+        pipeline.loader.remove_batch(batch.pipeline, batch.supersedes)

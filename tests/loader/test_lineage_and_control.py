@@ -1,0 +1,68 @@
+"""The loader stage in memory: a replayed batch replaces its parent's part, a shadow batch stays out of the real
+destination, and the control verbs (count, diff) answer over request/reply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from faststream.nats import TestNatsBroker
+from pydantic import BaseModel
+
+from jetl import ConsoleLoader, FileExtractor, FileLoader, Pipeline, subjects
+from jetl.messages import Batch, encode_batch
+from jetl.registry import register
+from jetl.service import make_context
+from jetl.settings import JetlSettings
+from jetl_loader.handlers import make_router
+
+
+class Row(BaseModel):
+    id: int
+    name: str
+
+
+def batch(p: Pipeline, run: str, seq: int, n: int, **kw: object) -> Batch:
+    return Batch(pipeline=p.name, run_id=run, seq=seq, schema_name="Row", schema_hash=p.schema_hash, count=n, **kw)  # type: ignore[arg-type]
+
+
+async def test_replay_supersedes_shadow_stays_aside_and_control_answers(tmp_path: Path) -> None:
+    out = FileLoader(tmp_path / "out")
+    p = Pipeline(name="ld", extractors=[FileExtractor(tmp_path / "*.jsonl")], loader=out, schema=Row)
+    c = Pipeline(name="cons", extractors=[FileExtractor(tmp_path / "*.jsonl")], loader=ConsoleLoader(), schema=Row)
+    register([p, c])
+    ctx = make_context("loader", JetlSettings())
+    ctx.broker.include_router(make_router(ctx))
+    rows = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    async with TestNatsBroker(ctx.broker) as br:
+
+        async def clean(b: Batch, records: list[dict[str, object]]) -> None:
+            await br.publish(encode_batch(b, records), subjects.clean(b.pipeline, b.run_id), stream="JETL_CLEAN")
+
+        async def ask(verb: str, **body: object) -> dict[str, object]:
+            reply = await br.request(orjson.dumps(body), subjects.control("loader", verb))
+            return orjson.loads(reply.body)  # type: ignore[no-any-return]
+
+        await clean(batch(p, "r1", 0, 2), rows)
+        await clean(batch(p, "r1", 1, 1), rows[:1])
+        await clean(batch(p, "r1-rp", 0, 2, shadow=True, supersedes="r1/000000"), [{"id": 1, "name": "A"}, rows[1]])
+        assert out.rows_by_run("ld") == {"r1": 3}  # the shadow batch is not in the real destination
+
+        got = await ask("diff", pipeline="ld", run_id="r1-rp", parent_run_id="r1")
+        assert got["ok"] is True
+        d = got["result"]
+        assert (d["added"], d["removed"], d["unchanged"]) == (1, 2, 1)  # type: ignore[index]
+        assert not (tmp_path / "out" / ".shadow" / "r1-rp").exists()  # dropped after the diff
+
+        for _ in range(2):  # a redelivered replay batch: same result
+            await clean(batch(p, "r2", 0, 2, supersedes="r1/000000"), [{"id": 1, "name": "A"}, rows[1]])
+        assert out.rows_by_run("ld") == {"r1": 1, "r2": 2}
+
+        assert (await ask("count", pipeline="ld"))["result"] == {
+            "destination": out.describe(),
+            "total": 3,
+            "by_run": {"r1": 1, "r2": 2},
+        }
+        assert (await ask("count", pipeline="cons"))["result"]["total"] is None  # type: ignore[index]
+        missing = await ask("count", pipeline="nope")
+        assert missing["ok"] is False and missing["disposition"] == "terminal" and "nope" in str(missing["error"])
