@@ -181,7 +181,7 @@ def test_round_trip_of_every_type(dsn: str, table: str) -> None:
     assert loader.load(records, ctx(Everything)) == 2
     described = loader.client().query(f"DESCRIBE TABLE {loader.qualified}").result_rows
     lineage = [("_jetl_batch_id", "String")]  # every table also records the batch each row came from
-    assert [(r[0], r[1]) for r in described] == [(n, t.replace("\\'", "\\'")) for n, t in EXPECTED] + lineage
+    assert [(r[0], r[1]) for r in described] == EXPECTED + lineage
     got = loader.client().query(f"SELECT * FROM {loader.qualified} ORDER BY id").named_results()
     first = next(iter(got))
     assert first["at_berlin"] == datetime(2026, 11, 26, 13, 0, tzinfo=ZoneInfo("Europe/Berlin"))

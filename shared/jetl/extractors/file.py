@@ -70,9 +70,7 @@ def _format_of(path: Path, fmt: Format) -> Literal["jsonl", "csv", "parquet"]:
         return "csv"
     if stem.endswith(_PARQUET_SUFFIXES):
         return "parquet"
-    raise ConfigError(
-        f"{path}: cannot tell the format from the name; pass format='jsonl', 'csv' or 'parquet'"
-    )
+    raise ConfigError(f"{path}: cannot tell the format from the name; pass format='jsonl', 'csv' or 'parquet'")
 
 
 class FileExtractor:
@@ -134,9 +132,7 @@ class FileExtractor:
 
     async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
         """Yield the records of every file not yet loaded, chunk by chunk."""
-        done: set[str] = (
-            set((ctx.cursor or {}).get("files", [])) if self.skip_loaded and not ctx.force else set()
-        )
+        done: set[str] = set((ctx.cursor or {}).get("files", [])) if self.skip_loaded and not ctx.force else set()
         files = self.files()
         if not files:
             raise TransientError(f"no files match {self.path!r}")
@@ -147,9 +143,7 @@ class FileExtractor:
                 continue
             fmt = _format_of(path, self.format)
             if fmt == "parquet" and _compression_of(path, self.compression) != "none":
-                raise ConfigError(
-                    f"{path}: Parquet compresses inside the file; a .gz/.zst wrapper is not supported"
-                )
+                raise ConfigError(f"{path}: Parquet compresses inside the file; a .gz/.zst wrapper is not supported")
             reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
             for chunk in reader(path):
                 yield chunk
@@ -177,11 +171,7 @@ class FileExtractor:
             with contextlib.suppress(orjson.JSONDecodeError):
                 parsed = orjson.loads(b"[" + b",".join(lines) + b"]")
             # The fast path only holds when every line is exactly one object (`1, 2` on one line parses too).
-            if (
-                isinstance(parsed, list)
-                and len(parsed) == len(lines)
-                and all(isinstance(v, dict) for v in parsed)
-            ):
+            if isinstance(parsed, list) and len(parsed) == len(lines) and all(isinstance(v, dict) for v in parsed):
                 records.extend(parsed)
                 origins.extend(f"{path}:{n}" for n in numbers)
             else:
@@ -192,17 +182,13 @@ class FileExtractor:
                         rejected.append((f"{path}:{n}", f"malformed JSON: {exc}"))
                         continue
                     if not isinstance(value, dict):
-                        rejected.append(
-                            (f"{path}:{n}", f"expected a JSON object, got {type(value).__name__}")
-                        )
+                        rejected.append((f"{path}:{n}", f"expected a JSON object, got {type(value).__name__}"))
                         continue
                     records.append(value)
                     origins.append(f"{path}:{n}")
             if self.columns is not None:
                 records[:] = [self._select(r) for r in records]
-            chunk = Chunk(
-                list(records), list(origins), {"file": str(path), "line": numbers[-1]}, list(rejected)
-            )
+            chunk = Chunk(list(records), list(origins), {"file": str(path), "line": numbers[-1]}, list(rejected))
             for buffer in (records, origins, rejected, lines, numbers):
                 buffer.clear()
             return chunk
@@ -223,9 +209,7 @@ class FileExtractor:
             except _read_errors() as exc:
                 if lines:
                     yield flush()
-                reason = (
-                    f"cannot read past this line (corrupt or truncated file): {type(exc).__name__}: {exc}"
-                )
+                reason = f"cannot read past this line (corrupt or truncated file): {type(exc).__name__}: {exc}"
                 yield Chunk([], [], {"file": str(path), "line": n}, [(f"{path}:{n + 1}", reason)])
                 return
         if lines:
@@ -256,9 +240,7 @@ class FileExtractor:
             try:
                 header = next(reader, None)
             except (csv.Error, UnicodeDecodeError, *_read_errors()) as exc:  # type: ignore[misc]
-                yield Chunk(
-                    [], [], {"file": str(path), "line": 1}, [(f"{path}:1", f"unreadable header: {exc}")]
-                )
+                yield Chunk([], [], {"file": str(path), "line": 1}, [(f"{path}:1", f"unreadable header: {exc}")])
                 return
             if header is None:
                 return
@@ -317,16 +299,12 @@ class FileExtractor:
         try:
             pf = pq.ParquetFile(path)
         except (pa.ArrowException, OSError, ValueError) as exc:
-            yield Chunk(
-                [], [], {"file": str(path), "row": 0}, [(str(path), f"unreadable Parquet file: {exc}")]
-            )
+            yield Chunk([], [], {"file": str(path), "row": 0}, [(str(path), f"unreadable Parquet file: {exc}")])
             return
         with pf:
             missing = [c for c in (self.columns or []) if c not in pf.schema_arrow.names]
             if missing:
-                raise ConfigError(
-                    f"{path}: columns {missing} are not in the Parquet schema {pf.schema_arrow.names}"
-                )
+                raise ConfigError(f"{path}: columns {missing} are not in the Parquet schema {pf.schema_arrow.names}")
             row = 0
             try:
                 for batch in pf.iter_batches(batch_size=self.chunk_size, columns=self.columns):

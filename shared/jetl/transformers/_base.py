@@ -9,9 +9,7 @@ from pydantic import ValidationError
 from jetl.errors import RecordIssue
 
 
-def issues_from_validation(
-    exc: ValidationError, records: list[Any], *, batch: bool = True
-) -> dict[int, RecordIssue]:
+def issues_from_validation(exc: ValidationError, records: list[Any], *, batch: bool = True) -> dict[int, RecordIssue]:
     """Per record index, the first field error of a batch-wide (`list[Model]`) validation error."""
     out: dict[int, RecordIssue] = {}
     for err in exc.errors(include_url=False):

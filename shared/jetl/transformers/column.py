@@ -81,9 +81,7 @@ class ColumnTransformer:
                     for k, fn in compute.items():
                         r[k] = fn(r)
                 except Exception as exc:
-                    issues.append(
-                        RecordIssue(i, k, f"compute raised {type(exc).__name__}: {exc}", record=rec)
-                    )
+                    issues.append(RecordIssue(i, k, f"compute raised {type(exc).__name__}: {exc}", record=rec))
                     continue
             if select is not None:
                 r = {k: r.get(k) for k in select}

@@ -33,9 +33,7 @@ class FilterTransformer:
             try:
                 keep = self.predicate(rec)
             except Exception as exc:
-                issues.append(
-                    RecordIssue(i, "<record>", f"{self.name} raised {type(exc).__name__}: {exc}", record=rec)
-                )
+                issues.append(RecordIssue(i, "<record>", f"{self.name} raised {type(exc).__name__}: {exc}", record=rec))
                 continue
             if keep:
                 out.append(rec)

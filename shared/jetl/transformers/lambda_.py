@@ -55,9 +55,7 @@ class LambdaTransformer:
         for i, res in enumerate(results):
             if isinstance(res, Exception):
                 issues.append(
-                    RecordIssue(
-                        i, "<record>", f"{self.name} raised {type(res).__name__}: {res}", record=records[i]
-                    )
+                    RecordIssue(i, "<record>", f"{self.name} raised {type(res).__name__}: {res}", record=records[i])
                 )
             elif res is None:
                 continue
@@ -70,8 +68,7 @@ class LambdaTransformer:
                     RecordIssue(
                         i,
                         "<record>",
-                        f"{self.name} returned {type(res).__name__}, "
-                        "expected a dict, a list of dicts or None",
+                        f"{self.name} returned {type(res).__name__}, expected a dict, a list of dicts or None",
                         record=records[i],
                     )
                 )
