@@ -1,0 +1,847 @@
+"""HTTP extractor: JSON APIs over httpx; paginated, authenticated, rate-limited, retried, incremental.
+
+Errors at this edge, mapped onto jetl's taxonomy (`jetl.errors`):
+
+    httpx.TimeoutException, NetworkError,           retried with exponential backoff and jitter, honouring
+    RemoteProtocolError, ProxyError; HTTP 408,      Retry-After; after `max_retries` retries -> TransientError
+    429 and 5xx                                     (naming method, url and status)
+    Retry-After longer than `max_retry_after`       -> TransientError at once: the bus waits, not this task
+    any other 4xx, a 3xx left after redirects       -> TerminalError (method, url, status, start of the body)
+    a body that is not JSON, or no list of records  -> TerminalError (url and page number)
+    a pagination loop (the same next token twice)   -> TerminalError
+    bad constructor arguments                       -> ConfigError, raised at construction
+
+Credentials are `SecretStr`s: they never appear in a repr, a log line, an origin or an error message, and they
+are sent only to the origin (scheme, host, port) of the configured `url`, never to another host a next link
+points at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import math
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import httpx
+import orjson
+from pydantic import SecretStr
+
+from jetl.errors import ConfigError, TerminalError, TransientError
+from jetl.logging import get_logger
+from jetl.protocols import Chunk, ExtractContext, Record
+
+__all__ = [
+    "ApiKeyAuth",
+    "Auth",
+    "BasicAuth",
+    "BearerAuth",
+    "CursorPagination",
+    "HttpExtractor",
+    "Incremental",
+    "LinkHeaderPagination",
+    "NextUrlPagination",
+    "OffsetPagination",
+    "Page",
+    "PageNumberPagination",
+    "Paginator",
+]
+
+Method = Literal["GET", "POST"]
+ParamValue = str | int | float | bool
+_MISSING: Any = object()
+_SNIPPET = 200
+_log = get_logger("jetl.extractors.http")
+
+
+# --- JSON paths ---------------------------------------------------------------------------------
+
+
+def _parse_path(path: str, what: str) -> tuple[str, ...]:
+    parts = tuple(path.split("."))
+    if not path or not all(parts):
+        raise ConfigError(f"HttpExtractor: {what} {path!r} is not a dotted path like 'data.items'")
+    return parts
+
+
+def _lookup(value: Any, parts: tuple[str, ...]) -> Any:
+    """Follow a dotted path through dicts and lists (integer parts); `_MISSING` when it leads nowhere."""
+    for part in parts:
+        if isinstance(value, dict):
+            value = value.get(part, _MISSING)
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+        if value is _MISSING:
+            return _MISSING
+    return value
+
+
+# --- auth ---------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Auth(Protocol):
+    """Credentials added to every request sent to the configured origin."""
+
+    def headers(self) -> dict[str, str]:
+        """Headers that carry the credentials."""
+        ...
+
+    def query(self) -> dict[str, str]:
+        """Query parameters that carry the credentials (redacted from origins, logs and errors)."""
+        ...
+
+
+def _secret(value: SecretStr | str, what: str) -> SecretStr:
+    secret = value if isinstance(value, SecretStr) else SecretStr(value)
+    if not secret.get_secret_value():
+        raise ConfigError(f"HttpExtractor: {what} is empty")
+    return secret
+
+
+@dataclass(frozen=True)
+class BearerAuth:
+    """`Authorization: Bearer <token>`."""
+
+    token: SecretStr | str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "token", _secret(self.token, "bearer token"))
+
+    def headers(self) -> dict[str, str]:
+        """The Authorization header."""
+        return {"Authorization": f"Bearer {_reveal(self.token)}"}
+
+    def query(self) -> dict[str, str]:
+        """No query parameters."""
+        return {}
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    """HTTP basic auth: `Authorization: Basic base64(username:password)`."""
+
+    username: str
+    password: SecretStr | str
+
+    def __post_init__(self) -> None:
+        if not self.username or ":" in self.username:
+            raise ConfigError("HttpExtractor: basic auth needs a username without ':'")
+        object.__setattr__(self, "password", _secret(self.password, "basic auth password"))
+
+    def headers(self) -> dict[str, str]:
+        """The Authorization header."""
+        pair = f"{self.username}:{_reveal(self.password)}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+
+    def query(self) -> dict[str, str]:
+        """No query parameters."""
+        return {}
+
+
+@dataclass(frozen=True)
+class ApiKeyAuth:
+    """An API key sent as a header (`X-Api-Key: ...`) or a query parameter (`?api_key=...`)."""
+
+    name: str
+    value: SecretStr | str
+    location: Literal["header", "query"] = "header"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("HttpExtractor: the API key needs a header or parameter name")
+        if self.location not in ("header", "query"):
+            raise ConfigError(f"HttpExtractor: API key location must be 'header' or 'query', not {self.location!r}")
+        object.__setattr__(self, "value", _secret(self.value, f"API key {self.name!r}"))
+
+    def headers(self) -> dict[str, str]:
+        """The key's header, when it goes in a header."""
+        return {self.name: _reveal(self.value)} if self.location == "header" else {}
+
+    def query(self) -> dict[str, str]:
+        """The key's parameter, when it goes in the query string."""
+        return {self.name: _reveal(self.value)} if self.location == "query" else {}
+
+
+def _reveal(value: SecretStr | str) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+# --- pagination ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """One fetched page, as a paginator sees it when it decides on the next request."""
+
+    number: int
+    """1 for the first page of the run."""
+    url: str
+    """The URL requested, without `params`."""
+    params: dict[str, Any]
+    """The query parameters sent (credentials excluded)."""
+    response: httpx.Response
+    body: Any
+    """The decoded JSON body."""
+    count: int
+    """How many items the page held at `records_path`."""
+
+
+@runtime_checkable
+class Paginator(Protocol):
+    """Decides the requests of a run: stateless, so one extractor can serve many runs."""
+
+    def first(self) -> dict[str, ParamValue]:
+        """Query parameters of the first request."""
+        ...
+
+    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
+        """URL and complete query parameters of the next request, or None after the last page."""
+        ...
+
+    def param_names(self) -> set[str]:
+        """Query parameters this paginator owns (they may not also be set in `params`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PageNumberPagination:
+    """`?page=1`, `?page=2`, ... until a page holds no records."""
+
+    param: str = "page"
+    start: int = 1
+    size_param: str | None = None
+    """Parameter for the page size, sent with `size` on every request."""
+    size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.param:
+            raise ConfigError("HttpExtractor: PageNumberPagination needs a parameter name")
+        if (self.size_param is None) != (self.size is None):
+            raise ConfigError("HttpExtractor: PageNumberPagination needs both size_param and size, or neither")
+        if self.size is not None and self.size < 1:
+            raise ConfigError("HttpExtractor: PageNumberPagination size must be at least 1")
+
+    def first(self) -> dict[str, ParamValue]:
+        """The start page (and size)."""
+        params: dict[str, ParamValue] = {self.param: self.start}
+        if self.size_param is not None and self.size is not None:
+            params[self.size_param] = self.size
+        return params
+
+    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
+        """The following page number; None after an empty page."""
+        if page.count == 0:
+            return None
+        return page.url, {**page.params, self.param: int(page.params[self.param]) + 1}
+
+    def param_names(self) -> set[str]:
+        """Page and size parameters."""
+        return {self.param} | ({self.size_param} if self.size_param else set())
+
+
+@dataclass(frozen=True)
+class OffsetPagination:
+    """`?offset=0&limit=100`, then offset advanced by the records received, until a page holds none."""
+
+    limit: int = 100
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ConfigError("HttpExtractor: OffsetPagination limit must be at least 1")
+        if not self.offset_param or not self.limit_param or self.offset_param == self.limit_param:
+            raise ConfigError("HttpExtractor: OffsetPagination needs two distinct parameter names")
+        if self.start < 0:
+            raise ConfigError("HttpExtractor: OffsetPagination start must not be negative")
+
+    def first(self) -> dict[str, ParamValue]:
+        """Start offset and limit."""
+        return {self.offset_param: self.start, self.limit_param: self.limit}
+
+    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
+        """Offset advanced by what this page held (a server may cap the limit); None after an empty page."""
+        if page.count == 0:
+            return None
+        return page.url, {**page.params, self.offset_param: int(page.params[self.offset_param]) + page.count}
+
+    def param_names(self) -> set[str]:
+        """Offset and limit parameters."""
+        return {self.offset_param, self.limit_param}
+
+
+@dataclass(frozen=True)
+class CursorPagination:
+    """A next-page token found at `path` in the body, sent back as `param`; stops when the token is absent."""
+
+    path: str = "next_cursor"
+    param: str = "cursor"
+
+    def __post_init__(self) -> None:
+        _parse_path(self.path, "cursor path")
+        if not self.param:
+            raise ConfigError("HttpExtractor: CursorPagination needs a parameter name")
+
+    def first(self) -> dict[str, ParamValue]:
+        """No token on the first request."""
+        return {}
+
+    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
+        """The token from the body; None when it is missing, null or empty."""
+        token = _lookup(page.body, _parse_path(self.path, "cursor path"))
+        if token is _MISSING or token is None or token == "":
+            return None
+        if not isinstance(token, (str, int, float)) or isinstance(token, bool):
+            raise TerminalError(f"{page.url} page {page.number}: next token at {self.path!r} is not a string")
+        if page.params.get(self.param) == token:
+            raise TerminalError(f"{page.url} page {page.number}: the API returned the same next token twice")
+        return page.url, {**page.params, self.param: token}
+
+    def param_names(self) -> set[str]:
+        """The token parameter."""
+        return {self.param}
+
+
+def _follow(page: Page, link: str, where: str) -> tuple[str, dict[str, Any]]:
+    try:
+        target = page.response.request.url.join(link)
+    except httpx.InvalidURL as exc:
+        raise TerminalError(f"{page.url} page {page.number}: {where} is not a URL: {exc}") from exc
+    if target.scheme not in ("http", "https"):
+        raise TerminalError(f"{page.url} page {page.number}: {where} is not an http(s) URL")
+    if target == page.response.request.url:
+        raise TerminalError(f"{page.url} page {page.number}: {where} points at the page itself")
+    return str(target), {}
+
+
+@dataclass(frozen=True)
+class LinkHeaderPagination:
+    """Follows the `Link: <...>; rel="next"` response header (RFC 8288), as GitHub's API does."""
+
+    rel: str = "next"
+
+    def first(self) -> dict[str, ParamValue]:
+        """No parameters of its own."""
+        return {}
+
+    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
+        """The linked URL, complete with its own query; None when there is no such link."""
+        link = page.response.links.get(self.rel, {}).get("url")
+        return None if not link else _follow(page, link, f"the rel={self.rel!r} link")
+
+    def param_names(self) -> set[str]:
+        """None."""
+        return set()
+
+
+@dataclass(frozen=True)
+class NextUrlPagination:
+    """Follows a next-page URL found at `path` in the body (`{"next": "https://..."}`, Django REST style)."""
+
+    path: str = "next"
+
+    def __post_init__(self) -> None:
+        _parse_path(self.path, "next URL path")
+
+    def first(self) -> dict[str, ParamValue]:
+        """No parameters of its own."""
+        return {}
+
+    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
+        """The URL from the body; None when it is missing, null or empty."""
+        link = _lookup(page.body, _parse_path(self.path, "next URL path"))
+        if link is _MISSING or link is None or link == "":
+            return None
+        if not isinstance(link, str):
+            raise TerminalError(f"{page.url} page {page.number}: next URL at {self.path!r} is not a string")
+        return _follow(page, link, f"the next URL at {self.path!r}")
+
+    def param_names(self) -> set[str]:
+        """None."""
+        return set()
+
+
+@dataclass(frozen=True)
+class _NoPagination:
+    def first(self) -> dict[str, ParamValue]:
+        return {}
+
+    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
+        return None
+
+    def param_names(self) -> set[str]:
+        return set()
+
+
+# --- incremental --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Incremental:
+    """Send the high-water mark of the last completed run as `param`; track the max of `field` seen.
+
+    The value sent is exactly the max seen, so an API whose filter is inclusive (`>=`) returns the boundary
+    record again: that is at-least-once, never a gap. `initial` is sent on the very first run (nothing when
+    None).
+    """
+
+    param: str
+    field: str
+    """Dotted path of the record field that orders changes (ISO-8601 timestamps or numbers)."""
+    initial: str | int | float | datetime | date | None = None
+
+    def __post_init__(self) -> None:
+        if not self.param:
+            raise ConfigError("HttpExtractor: Incremental needs a parameter name")
+        _parse_path(self.field, "incremental field")
+        if isinstance(self.initial, bool) or not isinstance(self.initial, (str, int, float, date, type(None))):
+            raise ConfigError(
+                f"HttpExtractor: Incremental initial must be a string, number or datetime: {self.initial!r}"
+            )
+        if isinstance(self.initial, date):  # datetime included: the cursor is JSON, so keep its ISO form
+            object.__setattr__(self, "initial", self.initial.isoformat())
+
+
+def _order_key(value: Any) -> tuple[str, Any]:
+    """What a high-water value sorts by: numbers, ISO-8601 strings as instants, other strings as text."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean cannot be a high-water mark")
+    if isinstance(value, (int, float)):
+        return "number", value
+    if isinstance(value, str):
+        try:
+            instant = datetime.fromisoformat(value)
+        except ValueError:
+            return "text", value
+        return "instant", instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+    raise TypeError(f"a {type(value).__name__} cannot be a high-water mark")
+
+
+# --- the extractor ------------------------------------------------------------------------------
+
+
+class _Pacer:
+    """Spaces request starts at least `1 / per_second` apart, across every run this extractor serves."""
+
+    def __init__(self, per_second: float | None) -> None:
+        self.interval = 1.0 / per_second if per_second else 0.0
+        self.next_at = 0.0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        slot = max(now, self.next_at)
+        self.next_at = slot + self.interval  # reserve the slot before sleeping, so concurrent runs queue up
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class _Borrowed(httpx.AsyncBaseTransport):
+    """A caller's transport: used by every run's client, closed by none of them (the caller owns it)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        return None
+
+
+_RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 429) or 500 <= status <= 599
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds (fractions accepted) or an HTTP date."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _param(value: Any) -> ParamValue:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+class HttpExtractor:
+    """Pages through a JSON API and yields its records in chunks of at most `chunk_size`.
+
+    Example:
+        HttpExtractor(
+            "https://api.example.com/v1/orders",
+            records_path="data.items",
+            paginate=PageNumberPagination(size_param="per_page", size=100),
+            auth=BearerAuth(settings.api_token),
+            incremental=Incremental(param="updated_since", field="updated_at"),
+        )
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        method: Method = "GET",
+        params: Mapping[str, ParamValue] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        records_path: str | None = None,
+        paginate: Paginator | None = None,
+        auth: Auth | None = None,
+        incremental: Incremental | None = None,
+        interval_start_param: str | None = None,
+        interval_end_param: str | None = None,
+        timeout: float | httpx.Timeout = 30.0,
+        verify: bool | str | ssl.SSLContext = True,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        max_retry_after: float = 120.0,
+        requests_per_second: float | None = None,
+        max_pages: int | None = None,
+        chunk_size: int = 5000,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        try:
+            base = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ConfigError(f"HttpExtractor: {url!r} is not a URL: {exc}") from exc
+        if base.scheme not in ("http", "https") or not base.host:
+            raise ConfigError(f"HttpExtractor: {url!r} is not an absolute http(s) URL")
+        if base.userinfo:
+            raise ConfigError("HttpExtractor: put credentials in auth=..., not in the URL (they would be logged)")
+        upper = method.upper() if isinstance(method, str) else method
+        if upper != "GET" and upper != "POST":
+            raise ConfigError(f"HttpExtractor: method must be GET or POST, not {method!r}")
+        if json is not None and upper != "POST":
+            raise ConfigError("HttpExtractor: a json body needs method='POST'")
+        if paginate is not None and not isinstance(paginate, Paginator):
+            raise ConfigError(f"HttpExtractor: paginate={paginate!r} is not a Paginator")
+        if auth is not None and not isinstance(auth, Auth):
+            raise ConfigError(f"HttpExtractor: auth={auth!r} is not an Auth (BearerAuth, BasicAuth, ApiKeyAuth)")
+        if incremental is not None and not isinstance(incremental, Incremental):
+            raise ConfigError(f"HttpExtractor: incremental={incremental!r} is not an Incremental")
+        for name, number, low in (
+            ("chunk_size", chunk_size, 1),
+            ("max_retries", max_retries, 0),
+            ("max_pages", 1 if max_pages is None else max_pages, 1),
+        ):
+            if isinstance(number, bool) or not isinstance(number, int) or number < low:
+                raise ConfigError(f"HttpExtractor: {name} must be an integer of at least {low}, not {number!r}")
+        for name, seconds in (
+            ("backoff", backoff),
+            ("max_backoff", max_backoff),
+            ("max_retry_after", max_retry_after),
+        ):
+            if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+                raise ConfigError(f"HttpExtractor: {name} must be a number of seconds >= 0, not {seconds!r}")
+        if requests_per_second is not None and not (
+            isinstance(requests_per_second, (int, float)) and 0 < requests_per_second < math.inf
+        ):
+            raise ConfigError(f"HttpExtractor: requests_per_second must be > 0, not {requests_per_second!r}")
+        if not isinstance(timeout, httpx.Timeout) and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ConfigError(f"HttpExtractor: timeout must be a number of seconds > 0, not {timeout!r}")
+
+        self.url = str(base.copy_with(query=None, fragment=None))  # its query moves into self.params
+        self.method: Method = "GET" if upper == "GET" else "POST"
+        self.params: dict[str, ParamValue] = {**dict(base.params), **dict(params or {})}
+        self.json = json
+        self.headers = dict(headers or {})
+        self.records_path = records_path
+        self._records_parts = () if records_path is None else _parse_path(records_path, "records_path")
+        self.paginate: Paginator = paginate or _NoPagination()
+        self.auth = auth
+        self.incremental = incremental
+        self._field_parts = () if incremental is None else _parse_path(incremental.field, "incremental field")
+        self.interval_params = {"start": interval_start_param, "end": interval_end_param}
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.max_retry_after = float(max_retry_after)
+        self.max_pages = max_pages
+        self.chunk_size = chunk_size
+        self._verify = self._tls(verify)
+        self._transport = None if transport is None else _Borrowed(transport)
+        self._pacer = _Pacer(requests_per_second)
+        self._origin = (base.scheme, base.host, base.port)
+        self._secret_params = set(auth.query()) if auth else set()
+        self._cursor: dict[str, Any] | None = None
+        self._check_names()
+
+    @staticmethod
+    def _tls(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+        """One TLS context for every run: building one costs tens of milliseconds (it loads the CA bundle)."""
+        if isinstance(verify, ssl.SSLContext) or verify is False:
+            return verify
+        if verify is True:
+            return httpx.create_ssl_context()
+        if isinstance(verify, str):
+            try:
+                return ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"HttpExtractor: cannot load the CA bundle {verify!r}: {exc}") from exc
+        raise ConfigError(f"HttpExtractor: verify must be True, False, a CA bundle path or an SSLContext: {verify!r}")
+
+    def _check_names(self) -> None:
+        """Every query parameter and credential header has one owner."""
+        owners: dict[str, str] = {}
+
+        def claim(names: set[str] | list[str], owner: str) -> None:
+            for name in names:
+                if name in owners:
+                    raise ConfigError(f"HttpExtractor: parameter {name!r} is set by both {owners[name]} and {owner}")
+                owners[name] = owner
+
+        claim(list(self.params), "params")
+        claim(self.paginate.param_names(), type(self.paginate).__name__)
+        if self.incremental is not None:
+            claim([self.incremental.param], "incremental")
+        claim([p for p in self.interval_params.values() if p], "the interval parameters")
+        if self.auth is not None:
+            claim(sorted(self._secret_params), "auth")
+            taken = {h.lower() for h in self.headers}
+            clash = [h for h in self.auth.headers() if h.lower() in taken]
+            if clash:
+                raise ConfigError(f"HttpExtractor: header {clash[0]!r} is set by both headers and auth")
+        if self.interval_params["start"] and self.interval_params["start"] == self.interval_params["end"]:
+            raise ConfigError("HttpExtractor: interval_start_param and interval_end_param must differ")
+
+    def __repr__(self) -> str:
+        paging = "" if isinstance(self.paginate, _NoPagination) else f", paginate={self.paginate!r}"
+        auth = "" if self.auth is None else f", auth={type(self.auth).__name__}(...)"
+        return f"HttpExtractor({self.method} {self.url!r}{paging}{auth})"
+
+    def next_cursor(self) -> dict[str, Any] | None:
+        """`{"field": ..., "value": max seen}` after an incremental run (the start value if nothing new)."""
+        return None if self._cursor is None else dict(self._cursor)
+
+    # -- a run ------------------------------------------------------------------------------------
+
+    async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
+        """Request page after page and yield chunks of at most `chunk_size` records, with their origins."""
+        start = self._start_value(ctx)
+        if self.incremental is not None:
+            self._cursor = {"field": self.incremental.field, "value": start}
+        params = self._first_params(ctx, start)
+        records: list[Record] = []
+        origins: list[str] = []
+        rejected: list[tuple[str, str]] = []
+        high: Any = start
+        high_key = self._key(start, "the start value") if start is not None else None
+        async with httpx.AsyncClient(
+            timeout=self.timeout,
+            headers=self.headers,
+            follow_redirects=True,
+            verify=self._verify,
+            transport=self._transport,
+        ) as client:
+            url, page_params, number = self.url, params, 0
+            while True:
+                number += 1
+                response = await self._send(client, url, page_params, number)
+                shown = self._shown(response.request.url)
+                body = self._decode(response, shown, number)
+                items = self._items(body, shown, number)
+                for index, item in enumerate(items):
+                    origin = f"{self.method} {shown}#{index}"
+                    if not isinstance(item, dict):
+                        rejected.append((origin, f"expected a JSON object, got {type(item).__name__}"))
+                    else:
+                        records.append(item)
+                        origins.append(origin)
+                        if self.incremental is not None:
+                            value = _lookup(item, self._field_parts)
+                            if value is not _MISSING and value is not None:
+                                key = self._key(value, origin)
+                                if high_key is None or self._newer(key, high_key, origin):
+                                    high, high_key = value, key
+                                    self._cursor = {"field": self.incremental.field, "value": high}
+                    if len(records) + len(rejected) >= self.chunk_size:
+                        yield self._chunk(records, origins, rejected, number, shown, index + 1, high)
+                        records, origins, rejected = [], [], []
+                if self.max_pages is not None and number >= self.max_pages:
+                    break
+                page = Page(number, url, page_params, response, body, len(items))
+                following = self.paginate.next(page)
+                if following is None:
+                    break
+                url, page_params = following
+            if records or rejected:
+                yield self._chunk(records, origins, rejected, number, shown, len(items), high)
+
+    def _chunk(
+        self,
+        records: list[Record],
+        origins: list[str],
+        rejected: list[tuple[str, str]],
+        page: int,
+        url: str,
+        index: int,
+        high: Any,
+    ) -> Chunk:
+        position: dict[str, Any] = {"page": page, "url": url, "index": index}
+        if self.incremental is not None:
+            position["high_water"] = high
+        return Chunk(records=records, origins=origins, position=position, rejected=rejected)
+
+    def _start_value(self, ctx: ExtractContext) -> Any:
+        if self.incremental is None:
+            return None
+        cursor = ctx.cursor
+        if not cursor:
+            return self.incremental.initial
+        if not isinstance(cursor, dict) or "value" not in cursor:
+            raise ConfigError(f"{self!r}: the stored cursor {cursor!r} has no 'value'")
+        if cursor.get("field", self.incremental.field) != self.incremental.field:
+            raise ConfigError(
+                f"{self!r}: the stored cursor tracks field {cursor.get('field')!r}, but the extractor now "
+                f"tracks {self.incremental.field!r}; reset the pipeline's cursor to start over"
+            )
+        return cursor["value"]
+
+    def _first_params(self, ctx: ExtractContext, start: Any) -> dict[str, Any]:
+        params: dict[str, Any] = dict(self.params)
+        if self.incremental is not None and start is not None:
+            params[self.incremental.param] = _param(start)
+        for end, value in (("start", ctx.data_interval_start), ("end", ctx.data_interval_end)):
+            name = self.interval_params[end]
+            if name and value is not None:
+                params[name] = _param(value)
+        params.update(self.paginate.first())
+        return params
+
+    def _key(self, value: Any, where: str) -> tuple[str, Any]:
+        try:
+            return _order_key(value)
+        except TypeError as exc:
+            assert self.incremental is not None
+            raise TerminalError(f"{where}: incremental field {self.incremental.field!r}: {exc}") from exc
+
+    def _newer(self, key: tuple[str, Any], than: tuple[str, Any], where: str) -> bool:
+        if key[0] != than[0]:
+            assert self.incremental is not None
+            raise TerminalError(
+                f"{where}: incremental field {self.incremental.field!r} mixes a {key[0]} with a {than[0]}; "
+                "high-water marks must all be timestamps, numbers or text"
+            )
+        return bool(key[1] > than[1])
+
+    # -- one request ------------------------------------------------------------------------------
+
+    def _shown(self, url: httpx.URL) -> str:
+        """The URL as it may appear in logs, origins and errors: credentials in the query removed."""
+        for name in self._secret_params:
+            url = url.copy_remove_param(name)
+        return str(url)
+
+    async def _send(self, client: httpx.AsyncClient, url: str, params: dict[str, Any], page: int) -> httpx.Response:
+        target = httpx.URL(url)
+        same_origin = (target.scheme, target.host, target.port) == self._origin
+        headers = self.auth.headers() if self.auth is not None and same_origin else None
+        query = {**params, **self.auth.query()} if self.auth is not None and same_origin else params
+        # Merge into the URL ourselves: httpx 0.28 drops a URL's own query (a next link's) when given params=.
+        full = target.copy_merge_params(query) if query else target
+        where = f"{self.method} {self._shown(full)} (page {page})"
+        attempt = 0
+        while True:
+            await self._pacer.wait()
+            retry_after: float | None = None
+            try:
+                response = await client.request(self.method, full, json=self.json, headers=headers)
+            except _RETRYABLE_ERRORS as exc:
+                failure = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                if attempt >= self.max_retries:
+                    raise TransientError(f"{where}: {failure}, still failing after {attempt + 1} attempts") from exc
+            except httpx.HTTPError as exc:
+                # redirect loops, undecodable content: the same request would fail the same way
+                raise TerminalError(f"{where}: {type(exc).__name__}: {exc}") from exc
+            else:
+                status = response.status_code
+                if response.is_success:
+                    return response
+                failure = f"HTTP {status} {response.reason_phrase}"
+                if not _retryable(status):
+                    raise TerminalError(f"{where}: {failure}: {response.text[:_SNIPPET].strip()!r}")
+                if attempt >= self.max_retries:
+                    raise TransientError(f"{where}: {failure}, still failing after {attempt + 1} attempts")
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+                if retry_after is not None and retry_after > self.max_retry_after:
+                    raise TransientError(
+                        f"{where}: {failure} with Retry-After {retry_after:.0f}s, "
+                        f"longer than max_retry_after={self.max_retry_after:g}s"
+                    )
+            delay = self._delay(attempt, retry_after)
+            _log.warning(
+                "http request failed; retrying",
+                request=where,
+                failure=failure,
+                attempt=attempt + 1,
+                delay=round(delay, 3),
+            )
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter (half fixed, half random), never shorter than the server asked."""
+        ceiling = min(self.max_backoff, self.backoff * 2**attempt)
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        return float(max(delay, retry_after or 0.0))
+
+    def _decode(self, response: httpx.Response, shown: str, page: int) -> Any:
+        if response.status_code == 204:
+            return None
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            snippet = response.text[:_SNIPPET].strip()
+            raise TerminalError(
+                f"{self.method} {shown} (page {page}): the body is not JSON ({exc}): {snippet!r}"
+            ) from exc
+
+    def _items(self, body: Any, shown: str, page: int) -> list[Any]:
+        """The list at `records_path`; a later page without it is the end (some APIs omit it when empty)."""
+        items = _lookup(body, self._records_parts) if body is not None else None
+        if items is _MISSING:
+            if page > 1:
+                return []
+            raise TerminalError(
+                f"{self.method} {shown} (page {page}): the body has no {self.records_path!r}; "
+                f"top-level keys: {sorted(body)[:10] if isinstance(body, dict) else type(body).__name__}"
+            )
+        if items is None:
+            return []
+        if not isinstance(items, list):
+            what = repr(self.records_path) if self.records_path else "the body"
+            raise TerminalError(f"{self.method} {shown} (page {page}): {what} is a {type(items).__name__}, not a list")
+        return items
