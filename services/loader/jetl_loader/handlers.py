@@ -10,6 +10,7 @@ from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.message import NatsBatchMessage
 
 from jetl import subjects
+from jetl._internal.records import records_adapter
 from jetl._internal.stage import settle
 from jetl.bus import raw_decoder
 from jetl.errors import SchemaMismatch
@@ -38,8 +39,7 @@ def open_loaders(ctx: ServiceContext) -> None:
 
 def write(pipeline: Pipeline, batch: Batch, body: bytes) -> int:
     """Validate the batch against the schema (whole batch at once), then write it with its batch id."""
-    models = pipeline.adapter.validate_json(body)
-    records = [m.model_dump() for m in models]
+    records = records_adapter(pipeline.schema).validate_json(body)  # model_dump()'s dicts, no model objects
     lctx = LoadContext(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id, schema=pipeline.schema)
     n = lineage.destination(pipeline, batch).load(records, lctx)
     lineage.supersede(pipeline, batch)  # a replayed batch replaces its parent's, once it is itself written

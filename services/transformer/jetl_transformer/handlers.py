@@ -15,12 +15,13 @@ from faststream.nats.message import NatsBatchMessage
 from pydantic import ValidationError
 
 from jetl import subjects
+from jetl._internal.records import records_adapter
 from jetl._internal.stage import settle
 from jetl.bus import raw_decoder
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch, DeadLetter, decode_batch, decode_records
+from jetl.messages import Batch, DeadLetter, decode_batch, decode_records, dumps
 from jetl.pipeline import Pipeline
 from jetl.registry import get_pipeline
 from jetl.service import ServiceContext
@@ -50,16 +51,25 @@ def run_transformers(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple
             continue
         if len(out) != n_before:
             aligned = False
+    # A schema of plain fields validates straight to dicts and orjson encodes them: 2.8 + 1.9 us a record for
+    # models + dump_json -> 1.0 + 0.5 (jetl._internal.records); any other schema keeps pydantic's own path.
+    fast = records_adapter(pipeline.schema)
+    validate = fast.validate_python if fast.fast else pipeline.adapter.validate_python
     try:
-        models = pipeline.adapter.validate_python(out)
+        valid = validate(out)
     except ValidationError as exc:
         bad = issues_from_validation(exc, out)
         for i in bad.values():
             if not aligned:
                 i.index = -1
             issues.append(i)
-        models = pipeline.adapter.validate_python([r for i, r in enumerate(out) if i not in bad])
-    return pipeline.adapter.dump_json(models), len(models), issues
+        valid = validate([r for i, r in enumerate(out) if i not in bad])
+    if not fast.fast:
+        return pipeline.adapter.dump_json(valid), len(valid), issues
+    try:
+        return dumps(valid), len(valid), issues
+    except TypeError:  # what orjson cannot encode (an int beyond 64 bits), pydantic can
+        return pipeline.adapter.dump_json(pipeline.adapter.validate_python(valid)), len(valid), issues
 
 
 async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
