@@ -10,7 +10,9 @@ from jetl.errors import (
     TerminalError,
     TransientError,
 )
+from jetl.extractors.database import DatabaseExtractor
 from jetl.extractors.file import FileExtractor
+from jetl.extractors.http import HttpExtractor
 from jetl.loaders.clickhouse import ClickHouseLoader, LowCardinality, Timezone
 from jetl.loaders.console import ConsoleLoader
 from jetl.loaders.file import FileLoader
@@ -36,6 +38,7 @@ __all__ = [
     "ConfigError",
     "ConsoleLoader",
     "Cron",
+    "DatabaseExtractor",
     "DeadLetter",
     "DedupeTransformer",
     "DestinationUnavailable",
@@ -45,6 +48,7 @@ __all__ = [
     "FileExtractor",
     "FileLoader",
     "FilterTransformer",
+    "HttpExtractor",
     "JetlError",
     "JetlSettings",
     "LambdaTransformer",

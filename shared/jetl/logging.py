@@ -46,6 +46,9 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "console") -
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # httpx logs full URLs at INFO, query-string API keys included: keep it quiet.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     clear_contextvars()
     bind_contextvars(service=service)
 
