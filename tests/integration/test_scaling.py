@@ -1,0 +1,71 @@
+"""Horizontal scaling: two transformer processes bind the same durable pull consumer and share the batches; every
+row still lands exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from jetl.client import JetlClient
+from jetl.embedded import ServiceProcess, Stack, service_env
+from jetl.events import BatchTransformed
+from jetl.settings import JetlSettings, NatsSettings
+from jetl.testing import chdb
+from jetl.testing.servers import NatsHandle
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PIPELINE = """
+import time
+from pydantic import BaseModel
+from jetl import ClickHouseLoader, FileExtractor, LambdaTransformer, Pipeline
+
+class Row(BaseModel):
+    id: int
+
+def slow(r):
+    time.sleep(0.002)  # enough work per batch that one transformer cannot take them all
+    return r
+
+def register_pipelines():
+    return [Pipeline(name="wide", extractors=[FileExtractor("INPUT")], transformers=[LambdaTransformer(slow)],
+                     loader=ClickHouseLoader("wide", order_by=["id"]), schema=Row, batch_size=50)]
+"""
+
+
+def test_two_transformers_share_one_durable_consumer(tmp_path: Path, nats: NatsHandle) -> None:
+    src, pipelines, data = tmp_path / "rows.jsonl", tmp_path / "pipelines", tmp_path / "data"
+    src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(2000)))
+    pipelines.mkdir()
+    (pipelines / "wide_pipeline.py").write_text(PIPELINE.replace("INPUT", str(src)))
+
+    async def run() -> tuple[object, list[BatchTransformed]]:
+        async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
+            req = await jc.request_run("wide")
+            events: list[BatchTransformed] = []
+            state = await jc.wait(
+                "wide",
+                req.run_id,
+                timeout=180,
+                on_event=lambda ev, _: events.append(ev) if isinstance(ev, BatchTransformed) else None,
+            )
+            return state, events
+
+    env = service_env(nats.url, data, pipelines)
+    second = ServiceProcess("transformer", env, data / "logs" / "transformer-2.log")
+    with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url):
+        second.start()
+        try:
+            state, transformed = asyncio.run(run())
+        finally:
+            second.stop()
+
+    assert state.status == "completed" and state.loaded == 2000  # type: ignore[attr-defined]
+    assert len(transformed) == 40
+    instances = {ev.instance for ev in transformed}
+    assert len(instances) == 2, f"one transformer did all the work: {instances}"
+    rows = chdb.query(data / "chdb", "SELECT count() AS n, uniqExact(id) AS u FROM wide")
+    assert rows[0] == {"n": 2000, "u": 2000}
