@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,6 +238,38 @@ async def _declare_kv(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
         except Exception as exc:
             return Change("kv", BUCKET, "differs", f"{'; '.join(diffs)} (update refused: {exc})")
     return Change("kv", BUCKET, "updated", "; ".join(diffs))
+
+
+async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 5.0) -> AsyncIterator[Any]:
+    """Every message `kind`'s stream keeps under `subject` (a filter), oldest first, then stop.
+
+    An ordered consumer: nothing durable is left behind. This is how the log is read back (replay reads JETL_RAW,
+    redrive and `jetl dlq` read JETL_DLQ).
+    """
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(STREAMS[kind].name, subjects_filter=subject)
+    except NotFoundError:
+        return
+    if not info.state.subjects:
+        return
+    sub = await js.subscribe(
+        subject,
+        ordered_consumer=True,
+        stream=STREAMS[kind].name,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except TimeoutError:
+                return
+            yield msg
+            if msg.metadata.num_pending == 0:
+                return
+    finally:
+        await sub.unsubscribe()
 
 
 async def wait_for_nats(s: NatsSettings, timeout: float = 15.0) -> None:

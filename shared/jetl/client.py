@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,11 +21,13 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from jetl import subjects
-from jetl.bus import Bus, connect, make_broker
-from jetl.errors import TransientError
+from jetl.bus import Bus, connect, make_broker, read_stream
+from jetl.errors import ConfigError, TerminalError, TransientError
 from jetl.events import Event, RunCompleted, RunFailed, parse_event
 from jetl.messages import DeadLetter, RunRequest, Trigger
 from jetl.projection import RunState, fold
+from jetl.protocols import Diff
+from jetl.schedule import Slot
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 
@@ -77,8 +80,11 @@ class JetlClient:
         params: dict[str, Any] | None = None,
         force: bool = False,
         code_hash: str = "",
+        replay_of: str | None = None,
+        shadow: bool = False,
+        redrive: list[int] | None = None,
     ) -> RunRequest:
-        """Queue one run (run.requested is logged first)."""
+        """Queue one run (run.requested is logged first); `replay_of` / `redrive` make it a replay or a redrive."""
         req = RunRequest(
             pipeline=pipeline,
             run_id=run_id or manual_run_id(pipeline),
@@ -88,6 +94,9 @@ class JetlClient:
             parent_run_id=parent_run_id,
             params=params or {},
             force=force,
+            replay_of=replay_of,
+            shadow=shadow,
+            redrive=redrive or [],
         )
         await self.bus.request(req, code_hash=code_hash)
         return req
@@ -174,3 +183,189 @@ class JetlClient:
         finally:
             await sub.unsubscribe()
         return out
+
+    # The event log as a ledger: folded run states, one run's timeline, the destination's own count (asked of the
+    # loader, the only process that may open it), and the runs that read the log back: replay, redrive, backfill.
+
+    async def runs(self, pipeline: str | None = None) -> list[RunState]:
+        """Run states as the tracker folded them into the state bucket, newest first."""
+        from jetl.state import bucket, list_runs
+
+        return await list_runs(await bucket(self.conn), pipeline)
+
+    async def events(self, run_id: str, pipeline: str | None = None) -> list[Event]:
+        """One run's events, in log order (a run id alone finds it under any pipeline)."""
+        subject = subjects.pattern(Kind.EVENTS, pipeline, run_id)
+        return [parse_event(m.data) async for m in read_stream(self.conn, Kind.EVENTS, subject)]
+
+    async def dead_letter_log(self, pipeline: str | None = None) -> list[tuple[int, DeadLetter]]:
+        """Dead letters with their JETL_DLQ sequence (what a redrive names them by), oldest first."""
+        subject = subjects.pattern(Kind.DLQ, pipeline)
+        return [
+            (m.metadata.sequence.stream, DeadLetter.model_validate_json(m.data))
+            async for m in read_stream(self.conn, Kind.DLQ, subject)
+        ]
+
+    async def ask_loader(self, verb: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
+        """Request/reply to the loader service; its error comes back as a TransientError or TerminalError."""
+        import orjson
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeout
+
+        try:
+            msg = await self.conn.request(subjects.control("loader", verb), orjson.dumps(body), timeout=timeout)
+        except NoRespondersError as exc:
+            raise TransientError("no loader answered: is the loader service running? (`jetl up`)") from exc
+        except (NatsTimeout, TimeoutError) as exc:
+            raise TransientError(f"the loader did not answer {verb!r} within {timeout:.0f}s") from exc
+        reply = orjson.loads(msg.data)
+        if reply.get("ok"):
+            return reply["result"]
+        error = TransientError if reply.get("disposition") == "transient" else TerminalError
+        raise error(f"loader could not {verb}: {reply.get('error')}")
+
+    async def destination_count(self, pipeline: str) -> DestinationCount:
+        """Rows in the pipeline's destination, counted by the loader (per run where the loader keeps lineage)."""
+        return DestinationCount(pipeline=pipeline, **await self.ask_loader("count", {"pipeline": pipeline}))
+
+    async def diff(self, pipeline: str, run_id: str, parent_run_id: str, *, drop: bool = True) -> Diff:
+        """A shadow replay's rows against its parent's (the loader drops the shadow afterwards unless `drop=False`)."""
+        body = {"pipeline": pipeline, "run_id": run_id, "parent_run_id": parent_run_id, "drop": drop}
+        return Diff(**await self.ask_loader("diff", body))
+
+    async def replay(
+        self,
+        pipeline: str,
+        parent_run_id: str,
+        *,
+        shadow: bool = False,
+        code_hash: str = "",
+        timeout: float = 600.0,
+        on_event: Callable[[Event, RunState], None] | None = None,
+    ) -> RunState:
+        """Send a run's raw batches through the current transformers and loader again, as a new run; wait for it.
+
+        Without `shadow`, each replayed batch replaces its parent batch in the destination; with it, the rows go to a
+        side table or folder, for `diff`. The parent must have finished extracting (its batch count is known).
+        """
+        parent = next((r for r in await self.runs(pipeline) if r.run_id == parent_run_id), None)
+        if parent is None:
+            raise ConfigError(f"no run {parent_run_id!r} of pipeline {pipeline!r} (see `jetl status {pipeline}`)")
+        if parent.expected_batches is None:
+            raise ConfigError(f"run {parent_run_id!r} never finished extracting ({parent.status}): nothing to replay")
+        run_id = f"{pipeline}-rp{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}{secrets.token_hex(2)}"
+        await self.request_run(
+            pipeline,
+            run_id=run_id,
+            trigger="replay",
+            parent_run_id=parent_run_id,
+            replay_of=parent_run_id,
+            shadow=shadow,
+            code_hash=code_hash,
+        )
+        return await self.wait(pipeline, run_id, timeout=timeout, on_event=on_event)
+
+    async def redrive(
+        self,
+        pipeline: str,
+        *,
+        run_id: str | None = None,
+        code_hash: str = "",
+        timeout: float = 600.0,
+        on_event: Callable[[Event, RunState], None] | None = None,
+    ) -> RunState | None:
+        """Send dead letters (of one run, or all) back through as a `redrive` run; None when there is nothing to send.
+
+        Dead letters another redrive already took are left out, so redriving twice loads nothing twice. The run id
+        is derived from the dead letters it takes: two people redriving at once make one run.
+        """
+        runs = await self.runs(pipeline)
+        seqs = redrivable(await self.dead_letter_log(pipeline), runs, run_id=run_id)
+        if not seqs:
+            return None
+        rid = redrive_run_id(pipeline, seqs, runs)
+        await self.request_run(pipeline, run_id=rid, trigger="redrive", redrive=seqs, code_hash=code_hash)
+        return await self.wait(pipeline, rid, timeout=timeout, on_event=on_event)
+
+    async def backfill(
+        self,
+        pipeline: str,
+        slots: list[Slot],
+        *,
+        max_parallel: int = 4,
+        code_hash: str = "",
+        timeout: float = 3600.0,
+        on_update: Callable[[Slot, RunState | None, str], None] | None = None,
+    ) -> dict[str, tuple[str, RunState | None]]:
+        """One run per slot, at most `max_parallel` at a time; {run id: (outcome, state)}.
+
+        Outcomes: `completed` / `failed` (ran now), `skipped` (it had completed before: nothing is loaded twice),
+        `failed earlier` (not retried: its run id is taken). Each slot's run id is the one the scheduler gives it.
+        """
+        known = {r.run_id: r for r in await self.runs(pipeline)}
+        gate = asyncio.Semaphore(max(1, max_parallel))
+        out: dict[str, tuple[str, RunState | None]] = {}
+
+        def tell(slot: Slot, state: RunState | None, outcome: str) -> None:
+            if on_update is not None:
+                on_update(slot, state, outcome)
+
+        async def one(slot: Slot) -> None:
+            before = known.get(slot.run_id)
+            if before is not None and before.status in ("completed", "failed"):
+                outcome = "skipped" if before.status == "completed" else "failed earlier"
+                out[slot.run_id] = (outcome, before)
+                tell(slot, before, outcome)
+                return
+            async with gate:
+                await self.request_run(
+                    pipeline,
+                    run_id=slot.run_id,
+                    trigger="backfill",
+                    code_hash=code_hash,
+                    data_interval_start=slot.start,
+                    data_interval_end=slot.end,
+                )
+                state = await self.wait(
+                    pipeline, slot.run_id, timeout=timeout, on_event=lambda ev, st: tell(slot, st, "running")
+                )
+            out[slot.run_id] = (state.status, state)
+            tell(slot, state, state.status)
+
+        await asyncio.gather(*(one(s) for s in slots))
+        return out
+
+
+@dataclass
+class DestinationCount:
+    """Rows in a pipeline's destination, as its loader counted them."""
+
+    pipeline: str
+    destination: str
+    total: int | None
+    """None: the loader cannot count (the console)."""
+    by_run: dict[str, int] | None = None
+    """Rows per run id, where the loader keeps lineage."""
+    exact: bool = True
+    """False for tables that merge rows by key (a key's older rows vanish as parts merge)."""
+
+
+def redrivable(letters: list[tuple[int, DeadLetter]], runs: list[RunState], *, run_id: str | None = None) -> list[int]:
+    """The JETL_DLQ sequences a redrive should take: not extract-stage (no record to send), not taken by another
+    redrive that has not failed, and of `run_id` when given."""
+    taken = {s for r in runs if r.redrive and r.status != "failed" for s in r.redrive}
+    return [
+        seq
+        for seq, dl in letters
+        if dl.stage != "extract" and seq not in taken and (run_id is None or dl.run_id == run_id)
+    ]
+
+
+def redrive_run_id(pipeline: str, seqs: list[int], runs: list[RunState]) -> str:
+    """`<pipeline>-rd<hash>`, from the dead letters taken and how often that same set failed before (so a failed
+    redrive can be tried again, while two concurrent identical redrives are one run)."""
+    import hashlib
+
+    failed = sum(1 for r in runs if r.status == "failed" and sorted(r.redrive) == sorted(seqs))
+    digest = hashlib.sha256(f"{','.join(map(str, sorted(seqs)))}#{failed}".encode()).hexdigest()[:12]
+    return f"{pipeline}-rd{digest}"

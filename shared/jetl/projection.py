@@ -167,3 +167,21 @@ def fold(state: RunState | None, ev: Event) -> RunState:
             state.error = ev.error
             state.finished_at = ev.at
     return state
+
+
+def expected_rows(runs: list[RunState]) -> dict[str, int]:
+    """Per run, the rows it should still have in the real destination, by the ledger alone.
+
+    A run's loaded batches count, except shadow runs (their rows went to a side table) and batches a replay has
+    superseded: batch k of a replay that reached the destination replaced batch k of its parent.
+    """
+    superseded: dict[str, set[int]] = {}
+    for r in runs:
+        if r.trigger == "replay" and r.parent_run_id and not r.shadow:
+            done = {b.seq for b in r.batches.values() if b.outcome == "loaded"}
+            superseded.setdefault(r.parent_run_id, set()).update(done)
+    out: dict[str, int] = {}
+    for r in runs:
+        gone = superseded.get(r.run_id, set())
+        out[r.run_id] = 0 if r.shadow else sum(b.loaded for b in r.batches.values() if b.seq not in gone)
+    return out

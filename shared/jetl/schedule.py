@@ -112,3 +112,18 @@ def run_id_for(pipeline: str, interval_start: datetime, prefix: str = "") -> str
     """Deterministic run id for a scheduled slot, e.g. `daily_sales-20261125T0000Z`."""
     stamp = interval_start.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
     return f"{prefix}{pipeline}-{stamp}"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One data interval [start, end) of a schedule, and the run id that loads it."""
+
+    run_id: str
+    start: datetime
+    end: datetime
+
+
+def backfill_slots(pipeline: str, cron: Cron, start: datetime, end: datetime) -> list[Slot]:
+    """The schedule's intervals that start in [start, end), each under the run id the scheduler gives that slot,
+    so a backfill and the schedule (or two backfills) never load an interval twice."""
+    return [Slot(run_id_for(pipeline, s), s, e) for s, e in cron.intervals(start, end)]

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from jetl.events import Event, parse_event
 from jetl.projection import RunState, fold
-from jetl.subjects import Kind, check_token, pattern, stream_name
+from jetl.subjects import Kind, check_token, pattern
 
 BUCKET = "JETL_STATE"
 
@@ -310,45 +310,58 @@ async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]
 async def read_events(
     nc: Client, pipeline: str | None = None, run_id: str | None = None, *, timeout: float = 1.0
 ) -> AsyncIterator[Event]:
-    """Replay the event log (all of it, or one pipeline's or run's) in order, from the stream, without a durable."""
-    js = nc.jetstream()
-    subject = pattern(Kind.EVENTS, pipeline, run_id)
-    try:
-        info = await js.stream_info(stream_name(Kind.EVENTS), subjects_filter=subject)
-        last = info.state.last_seq
-    except NotFoundError:
-        return
-    if not info.state.messages:
-        return
-    sub = await js.subscribe(subject, ordered_consumer=True, stream=stream_name(Kind.EVENTS))
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=timeout)
-            except TimeoutError:
-                return
-            yield parse_event(msg.data)
-            if msg.metadata.sequence.stream >= last:
-                return
-    finally:
-        await sub.unsubscribe()
+    """Replay the event log (all of it, or one pipeline's or run's) in order, from the stream, without a durable.
+
+    It stops at the last event the filter matches (the consumer's pending count), not at the stream's end.
+    """
+    from jetl.bus import read_stream
+
+    async for msg in read_stream(nc, Kind.EVENTS, pattern(Kind.EVENTS, pipeline, run_id), timeout=timeout):
+        yield parse_event(msg.data)
+
+
+async def _refold(nc: Client, pipeline: str, run_id: str) -> RunState | None:
+    state: RunState | None = None
+    async for ev in read_events(nc, pipeline, run_id):
+        state = fold(state, ev)
+    return state
 
 
 async def rebuild(nc: Client, pipeline: str | None = None) -> int:
-    """Drop the folded states and fold the whole log again; returns the number of events read."""
+    """Fold the whole log again into the run states (and cursors); returns the number of events read.
+
+    Safe while the tracker runs: every write is a compare-and-set against the revision seen before the log was
+    read, so a state the tracker changed meanwhile is refolded from the log for that run and written again, never
+    overwritten with an older fold. States no event explains any more (their events expired) are deleted. Nothing
+    is deleted first, so the extractor never sees a completed run as missing and runs it again.
+    """
     kv = await bucket(nc)
+    prefix = f"run.{check_token(pipeline)}." if pipeline else "run."
+    revisions: dict[str, int] = {}
+    for k in await _keys(kv):
+        if k.startswith(prefix):
+            try:
+                revision = (await kv.get(k)).revision
+            except (KeyNotFoundError, NotFoundError):
+                continue
+            if revision is not None:
+                revisions[k] = revision
     states: dict[tuple[str, str], RunState] = {}
     n = 0
     async for ev in read_events(nc, pipeline):
         key = (ev.pipeline, ev.run_id)
         states[key] = fold(states.get(key), ev)
         n += 1
-    for k in await _keys(kv):
-        if k.startswith("run.") and (pipeline is None or k.startswith(f"run.{pipeline}.")):
-            await kv.delete(k)
-    latest_cursor: dict[str, RunState] = {}
     for (p, r), st in states.items():
-        await kv.put(run_key(p, r), st.model_dump_json().encode())
+        await _write_state(nc, kv, p, r, st, revisions.pop(run_key(p, r), None))
+    for k, rev in revisions.items():  # folded states whose events are gone from the log
+        try:
+            await kv.delete(k, last=rev)
+        except Exception as exc:  # the tracker wrote it meanwhile: an event explains it after all, keep it
+            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
+                raise
+    latest_cursor: dict[str, RunState] = {}
+    for (p, _r), st in states.items():
         if st.status == "completed" and st.cursor is not None:
             prev = latest_cursor.get(p)
             if prev is None or (st.finished_at and prev.finished_at and st.finished_at > prev.finished_at):
@@ -356,6 +369,31 @@ async def rebuild(nc: Client, pipeline: str | None = None) -> int:
     for p, st in latest_cursor.items():
         await put_cursor(kv, p, st.cursor)
     return n
+
+
+async def _write_state(
+    nc: Client, kv: KeyValue, pipeline: str, run_id: str, state: RunState | None, revision: int | None
+) -> None:
+    """Write one refolded state with compare-and-set; on a concurrent write, refold that run from the log again."""
+    key = run_key(pipeline, run_id)
+    for _ in range(20):
+        if state is None:
+            return
+        try:
+            if revision is None:
+                await kv.create(key, state.model_dump_json().encode())
+            else:
+                await kv.update(key, state.model_dump_json().encode(), last=revision)
+            return
+        except Exception as exc:
+            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
+                raise
+        try:
+            revision = (await kv.get(key)).revision
+        except (KeyNotFoundError, NotFoundError):
+            revision = None
+        state = await _refold(nc, pipeline, run_id)
+    raise RuntimeError(f"could not rebuild {key}: too many concurrent writers")
 
 
 async def _keys(kv: KeyValue) -> list[str]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from faststream import AckPolicy, Context
@@ -21,6 +23,7 @@ from jetl.registry import get_pipeline
 from jetl.service import ServiceContext
 from jetl.state import get_cursor
 from jetl.subjects import Kind
+from jetl_extractor.resend import Resend
 from jetl_extractor.settings import ExtractorSettings
 
 log = get_logger("jetl.extractor")
@@ -176,6 +179,27 @@ class Extraction:
                     raise r
 
 
+@contextlib.asynccontextmanager
+async def _keep_alive(raw: Any, ack_wait: float) -> AsyncIterator[None]:
+    """Tell JetStream the run request is still being worked on, well inside its ack wait, for as long as it is.
+
+    Without this, an extraction that outlives the ack wait (a slow source, or a short ack wait) is redelivered to
+    another replica while it is still running.
+    """
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(min(IN_PROGRESS_EVERY_S, ack_wait / 3))
+            with contextlib.suppress(Exception):
+                await raw.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 async def _already_completed(ctx: ServiceContext, req: RunRequest) -> bool:
     if ctx.kv is None or req.force:
         return False
@@ -219,7 +243,11 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
             if await _already_completed(ctx, req):
                 log.info("run already completed; request ignored (use --force to run it again)")
             else:
-                await Extraction(ctx, req, raw, concurrency).run()
+                async with _keep_alive(raw, ctx.settings.nats.ack_wait):
+                    if req.replay_of is not None or req.redrive:
+                        await Resend(ctx, req).run()  # batches from the log: a replay or a redrive
+                    else:
+                        await Extraction(ctx, req, raw, concurrency).run()
         except Exception as exc:
             error = exc
 

@@ -1,10 +1,8 @@
 """The loader's request/reply verbs: questions only the loader can answer, because only it holds the destination
 (a chdb folder opens in one process at a time).
 
-| subject                 | request                                              | result                          |
-|-------------------------|------------------------------------------------------|---------------------------------|
-| `jetl.ctl.loader.count` | {"pipeline"}                                         | {"destination", "total", "by_run"} |
-| `jetl.ctl.loader.diff`  | {"pipeline", "run_id", "parent_run_id", "drop", "sample"} | a `Diff` as a dict          |
+- `jetl.ctl.loader.count` {"pipeline"} -> {"destination", "total", "by_run", "exact"}
+- `jetl.ctl.loader.diff` {"pipeline", "run_id", "parent_run_id", "drop", "sample"} -> a `Diff` as a dict
 
 Every reply is `{"ok": true, "result": ...}` or `{"ok": false, "error", "disposition"}` (transient or terminal,
 classified by jetl.errors), so the CLI can tell "try again" from "this cannot work". Replicas answer in one queue
@@ -35,12 +33,13 @@ log = get_logger("jetl.loader")
 def count(pipeline_name: str) -> dict[str, Any]:
     """Rows in a pipeline's destination, per run when the loader keeps lineage (None where it cannot count)."""
     loader = get_pipeline(pipeline_name).loader
+    exact = getattr(loader, "mode", "append") != "merge"  # merge tables lose a key's older rows as parts merge
     if isinstance(loader, LineageLoader):
         by_run = loader.rows_by_run(pipeline_name)
-        return {"destination": loader.describe(), "total": sum(by_run.values()), "by_run": by_run}
+        return {"destination": loader.describe(), "total": sum(by_run.values()), "by_run": by_run, "exact": exact}
     counter = getattr(loader, "count", None)
     total = int(counter()) if callable(counter) else None
-    return {"destination": loader.describe(), "total": total, "by_run": None}
+    return {"destination": loader.describe(), "total": total, "by_run": None, "exact": exact}
 
 
 def diff(pipeline_name: str, run_id: str, parent_run_id: str, drop: bool = True, sample: int = 10) -> dict[str, Any]:

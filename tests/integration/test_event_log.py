@@ -1,0 +1,297 @@
+"""The event log end to end, four services as processes over a real nats-server, driven through the `jetl` CLI:
+incremental runs (the cursor advances only on completion), status and audit folded from the log, a rebuild of the
+folded state, a backfill that loads once however often it runs, a replay after a transformer change whose --diff
+reports exactly the changed rows, and dead letters redriven after a fix with a ledger that keeps reconciling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jetl.client import JetlClient
+from jetl.embedded import Stack
+from jetl.projection import RunState
+from jetl.settings import JetlSettings, NatsSettings
+from jetl.testing import chdb
+from jetl.testing.cli import CliResult, jetl
+from jetl.testing.servers import NatsHandle
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+class Env:
+    """A stack over the test's NATS, with the CLI and client pointed at it."""
+
+    def __init__(self, tmp: Path, nats: NatsHandle) -> None:
+        self.tmp, self.url = tmp, nats.url
+        self.pipelines, self.data, self.inputs, self.out = (tmp / n for n in ("pipelines", "data", "in", "out"))
+        for d in (self.pipelines, self.inputs):
+            d.mkdir()
+        self.stack: Stack | None = None
+
+    def pipeline(self, name: str, code: str) -> None:
+        text = code.replace("INPUT", str(self.inputs)).replace("OUTPUT", str(self.out))
+        (self.pipelines / f"{name}_pipeline.py").write_text(text)
+
+    def start(self) -> Stack:
+        self.stack = Stack(data_dir=self.data, pipelines_dir=self.pipelines, nats_url=self.url).start()
+        return self.stack
+
+    def cli(self, *args: str, ok: bool = True) -> CliResult:
+        result = jetl(*args, nats_url=self.url, pipelines_dir=self.pipelines, data_dir=self.data)
+        if ok:
+            assert result.code == 0, f"jetl {' '.join(args)} exited {result.code}: {result.stdout}{result.stderr}"
+        return result
+
+    def run(self, pipeline: str) -> RunState:
+        async def go() -> RunState:
+            async with JetlClient(JetlSettings(nats=NatsSettings(url=self.url))) as jc:
+                req = await jc.request_run(pipeline)
+                return await jc.wait(pipeline, req.run_id, timeout=120)
+
+        state = asyncio.run(go())
+        assert self.stack is not None
+        self.stack.check()
+        return state
+
+
+@pytest.fixture
+def env(tmp_path: Path, nats: NatsHandle) -> Iterator[Env]:
+    e = Env(tmp_path, nats)
+    yield e
+    if e.stack is not None:
+        e.stack.stop()
+
+
+def jsonl(path: Path, ids: range, **extra: Any) -> None:
+    path.write_text("".join(json.dumps({"id": i, "name": f"n{i}", **extra}) + "\n" for i in ids))
+
+
+FILES = """
+from pydantic import BaseModel
+from jetl import FileExtractor, FileLoader, Pipeline
+
+class Row(BaseModel):
+    id: int
+    name: str
+
+def register_pipelines():
+    return [Pipeline(name="files", extractors=[FileExtractor("INPUT/*.jsonl")], loader=FileLoader("OUTPUT"),
+                     schema=Row, batch_size=40)]
+"""
+
+
+def test_incremental_runs_with_status_audit_counts_and_rebuild(env: Env) -> None:
+    env.pipeline("files", FILES)
+    jsonl(env.inputs / "a.jsonl", range(300))
+    env.start()
+
+    first = env.run("files")
+    again = env.run("files")  # requested the moment the first completed: the cursor must already be there
+    jsonl(env.inputs / "b.jsonl", range(300, 420))
+    third = env.run("files")
+    assert (first.status, first.loaded) == ("completed", 300)
+    assert (again.status, again.extracted, again.loaded) == ("completed", 0, 0)  # nothing new, nothing loaded
+    assert (third.status, third.extracted, third.loaded) == ("completed", 120, 120)  # only the new file
+    ids = [json.loads(line)["id"] for p in sorted(env.out.rglob("*.jsonl")) for line in p.read_text().splitlines()]
+    assert sorted(ids) == list(range(420))
+
+    runs = env.cli("status", "files", "--json").json()
+    assert [r["run_id"] for r in runs] == [third.run_id, again.run_id, first.run_id]  # newest first
+    assert all(r["status"] == "completed" and r["reconciles"] for r in runs)
+
+    audit = env.cli("audit", first.run_id, "--json").json()
+    assert audit["run"]["loaded"] == 300 and len(audit["batches"]) == 8  # 300 records in batches of 40
+    steps = [s for b in audit["batches"] for stage in ("extracted", "transformed", "loaded") for s in b[stage]]
+    assert {s["service"] for s in steps} == {"extractor", "transformer", "loader"}
+    assert all(s["instance"] and s["code_hash"] == audit["code_hashes"][0] for s in steps)
+    assert [s["event"] for s in audit["steps"]] == ["run.requested", "run.started", "run.extracted", "run.completed"]
+
+    counts = env.cli("counts", "files", "--json").json()
+    assert counts["totals"]["in_destination"] == counts["totals"]["expected_in_destination"] == 420
+    assert counts["verdict"] == {
+        "reconciles": True,
+        "unreconciled_runs": [],
+        "destination_matches": True,
+        "mismatched_runs": [],
+    }
+
+    rebuilt = env.cli("status", "files", "--rebuild", "--json").json()
+    assert [(r["run_id"], r["status"], r["loaded"]) for r in rebuilt] == [
+        (r["run_id"], r["status"], r["loaded"]) for r in runs
+    ]
+
+
+HOURLY = """
+from datetime import timedelta
+from pydantic import BaseModel
+from jetl import Chunk, Cron, FileLoader, Pipeline
+
+class Reading(BaseModel):
+    id: int
+    hour: str
+
+class EveryTenMinutes:
+    '''One reading per ten minutes of the run's data interval: what a backfilled API extractor would fetch.'''
+
+    async def extract(self, ctx):
+        t = ctx.data_interval_start
+        rows = []
+        while t < ctx.data_interval_end:
+            rows.append({"id": int(t.timestamp()) // 600, "hour": t.strftime("%H")})
+            t += timedelta(minutes=10)
+        yield Chunk(rows)
+
+    def next_cursor(self):
+        return None
+
+def register_pipelines():
+    return [Pipeline(name="hourly", extractors=[EveryTenMinutes()], loader=FileLoader("OUTPUT"),
+                     schema=Reading, schedule=Cron("0 * * * *", paused=True), batch_size=4)]
+"""
+
+
+def test_a_repeated_backfill_loads_once(env: Env) -> None:
+    env.pipeline("hourly", HOURLY)
+    env.start()
+
+    plan = env.cli(
+        "backfill", "hourly", "--start", "2026-11-01T00:00", "--end", "2026-11-01T06:00", "--dry-run", "--json"
+    ).json()
+    assert [p["run_id"] for p in plan] == [f"hourly-20261101T{h:02d}00Z" for h in range(6)]
+
+    first = env.cli(
+        "backfill", "hourly", "--start", "2026-11-01", "--end", "2026-11-01T06:00", "--max-parallel", "2", "--json"
+    ).json()
+    assert [(r["outcome"], r["loaded"]) for r in first] == [("completed", 6)] * 6
+    again = env.cli("backfill", "hourly", "--start", "2026-11-01", "--end", "2026-11-01T06:00", "--json").json()
+    assert [r["outcome"] for r in again] == ["skipped"] * 6
+    wider = env.cli("backfill", "hourly", "--start", "2026-11-01T04:00", "--end", "2026-11-01T08:00", "--json").json()
+    assert [r["outcome"] for r in wider] == ["skipped", "skipped", "completed", "completed"]
+
+    rows = [json.loads(line) for p in env.out.rglob("*.jsonl") for line in p.read_text().splitlines()]
+    assert len(rows) == len({r["id"] for r in rows}) == 8 * 6  # eight hours, six readings each, each once
+    assert sorted({r["hour"] for r in rows}) == [f"{h:02d}" for h in range(8)]
+    states = {r["run_id"]: r for r in env.cli("status", "hourly", "--json").json()}
+    assert all(s["trigger"] == "backfill" for s in states.values()) and len(states) == 8
+    counts = env.cli("counts", "hourly", "--json").json()
+    assert counts["totals"]["in_destination"] == 48 and counts["verdict"]["destination_matches"]
+
+
+PRICES = """
+from pydantic import BaseModel
+from jetl import ClickHouseLoader, FileExtractor, LambdaTransformer, Pipeline
+
+class Item(BaseModel):
+    id: int
+    name: str
+    cents: int
+
+def step(r):
+    VERSION
+    return r
+
+def register_pipelines():
+    return [Pipeline(name="prices", extractors=[FileExtractor("INPUT/*.jsonl")], transformers=[LambdaTransformer(step)],
+                     loader=ClickHouseLoader("prices", order_by=["id"]), schema=Item, batch_size=50)]
+"""
+V1 = 'r["cents"] = r["price"] * 100\n    if r["id"] % 7 == 0:\n        return None'
+V2 = 'r["cents"] = r["price"] * 100 + (1 if r["id"] % 10 == 0 else 0)\n    if r["id"] % 11 == 0:\n        return None'
+
+
+def expected(version: int) -> dict[int, int]:
+    """id -> cents, as each transformer version loads them (v1 drops id%7, v2 drops id%11 and bumps id%10)."""
+    out = {}
+    for i in range(1, 401):
+        if (version == 1 and i % 7 == 0) or (version == 2 and i % 11 == 0):
+            continue
+        out[i] = i * 100 + (1 if version == 2 and i % 10 == 0 else 0)
+    return out
+
+
+def test_replay_after_a_transformer_change_diffs_exactly_the_changed_rows(env: Env) -> None:
+    env.pipeline("prices", PRICES.replace("VERSION", V1))
+    (env.inputs / "p.jsonl").write_text(
+        "".join(json.dumps({"id": i, "name": f"n{i}", "price": i}) + "\n" for i in range(1, 401))
+    )
+    stack = env.start()
+    parent = env.run("prices")
+    assert parent.status == "completed" and parent.loaded == len(expected(1))
+
+    env.pipeline("prices", PRICES.replace("VERSION", V2))  # the fix; the transformer restarts on the new code
+    stack.procs["transformer"].stop()
+    stack.procs["transformer"].start()
+
+    v1, v2 = expected(1), expected(2)
+    added, removed = sorted(v2.keys() - v1.keys()), sorted(v1.keys() - v2.keys())
+    changed = sorted(k for k in v1.keys() & v2.keys() if v1[k] != v2[k])
+    out = env.cli("replay", "prices", "--run", parent.run_id, "--diff", "--json").json()
+    assert out["status"] == "completed" and out["parent_run_id"] == parent.run_id
+    d = out["diff"]
+    assert (d["added"], d["removed"], d["changed"]) == (len(added), len(removed), len(changed))
+    assert d["unchanged"] == len(v1.keys() & v2.keys()) - len(changed)
+    assert set(d["samples"]["added"]) <= set(added) and set(d["samples"]["changed"]) <= set(changed)
+    assert set(d["samples"]["removed"]) <= set(removed)
+
+    real = env.cli("replay", "prices", "--run", parent.run_id, "--json").json()  # now for real
+    assert real["status"] == "completed"
+    stack.stop()  # chdb opens in one process at a time: read it once the loader is down
+    rows = chdb.query(env.data / "chdb", "SELECT id, cents, _jetl_batch_id AS b FROM prices ORDER BY id")
+    assert {r["id"]: r["cents"] for r in rows} == v2  # exactly the new code's output: no parent rows left
+    assert len(rows) == len(v2) and all(r["b"].startswith(real["run_id"] + "/") for r in rows)
+    tables = chdb.query(env.data / "chdb", "SELECT name FROM system.tables WHERE name LIKE 'prices%'")
+    assert [t["name"] for t in tables] == ["prices"]  # the --diff shadow is gone
+
+
+ORDERS = """
+from pydantic import BaseModel, Field
+from jetl import FileExtractor, FileLoader, Pipeline, TypeTransformer
+
+class Order(BaseModel):
+    id: int
+    amount: float = Field(ge=LIMIT)
+
+def register_pipelines():
+    return [Pipeline(name="orders", extractors=[FileExtractor("INPUT/*.jsonl")], transformers=[TypeTransformer(Order)],
+                     loader=FileLoader("OUTPUT"), schema=Order, batch_size=25)]
+"""
+
+
+def test_dead_letters_are_listed_redriven_once_and_the_ledger_reconciles(env: Env) -> None:
+    env.pipeline("orders", ORDERS.replace("LIMIT", "0"))
+    lines = [json.dumps({"id": i, "amount": -i if i % 9 == 0 else i}) for i in range(1, 101)]
+    lines.insert(40, '{"id": 999, "amount": ')  # unreadable: dead-lettered at extract, cannot be redriven
+    (env.inputs / "o.jsonl").write_text("\n".join(lines) + "\n")
+    negative = [i for i in range(1, 101) if i % 9 == 0]
+    stack = env.start()
+
+    run = env.run("orders")
+    assert (run.extracted, run.loaded, run.rejected) == (101, 100 - len(negative), len(negative) + 1)
+    assert run.reconciles
+    dead = env.cli("dlq", "list", "orders", "--json").json()
+    assert sorted(r["origin"] for r in dead if r["stage"] == "transform") == sorted(
+        f"{env.inputs / 'o.jsonl'}:{i if i <= 40 else i + 1}" for i in negative
+    )
+    assert {r["field"] for r in dead if r["stage"] == "transform"} == {"amount"}
+    assert [r["origin"] for r in dead if r["stage"] == "extract"] == [f"{env.inputs / 'o.jsonl'}:41"]
+
+    env.pipeline("orders", ORDERS.replace("LIMIT", "-1000"))  # the fix: negative amounts are refunds
+    stack.procs["transformer"].stop()
+    stack.procs["transformer"].start()
+    redrive = env.cli("dlq", "redrive", "orders", "--json").json()
+    assert redrive["status"] == "completed" and redrive["trigger"] == "redrive"
+    assert (redrive["extracted"], redrive["loaded"], redrive["rejected"]) == (len(negative), len(negative), 0)
+    assert env.cli("dlq", "redrive", "orders", "--json").json() is None  # nothing is sent twice
+
+    listed = env.cli("dlq", "list", "orders", "--json").json()
+    assert {r["redriven_by"] for r in listed if r["stage"] == "transform"} == {redrive["run_id"]}
+    counts = env.cli("counts", "orders", "--json").json()
+    assert counts["verdict"]["reconciles"] and counts["verdict"]["destination_matches"]
+    assert counts["totals"]["in_destination"] == 100
+    ids = [json.loads(line)["id"] for p in env.out.rglob("*.jsonl") for line in p.read_text().splitlines()]
+    assert sorted(ids) == list(range(1, 101))  # every good record once, the refunds included
