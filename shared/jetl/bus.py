@@ -278,7 +278,8 @@ async def wait_for_nats(s: NatsSettings, timeout: float = 15.0) -> None:
     last: Exception | None = None
     while asyncio.get_running_loop().time() < deadline:
         try:
-            nc = await connect(s, allow_reconnect=False, max_reconnect_attempts=0)
+            # max_reconnect_attempts=0 makes nats-py retry forever (the deadline here never came); 1 fails fast
+            nc = await connect(s, allow_reconnect=False, max_reconnect_attempts=1)
             await nc.close()
             return
         except Exception as exc:
