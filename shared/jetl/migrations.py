@@ -1,0 +1,230 @@
+"""Versioned SQL migrations for ClickHouse: `migrations/clickhouse/NNNN_name.sql`, applied in order, once each.
+
+Each applied migration is recorded in `<database>.jetl_migrations` (version, name, checksum, applied_at), so running
+`jetl migrate` again applies only what is new. A file whose content changed after it was applied is reported and
+stops the run: write a new migration instead of editing an old one.
+
+ClickHouse DDL is not transactional: a migration of several statements that fails half-way leaves the first ones
+applied and is not recorded, so the next run executes it again from the top. Write statements that can run twice
+(`CREATE TABLE IF NOT EXISTS`, `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`).
+
+chdb (the embedded default, `chdb://<folder>`): a folder can be opened by one process at a time, so migrate while the
+loader is stopped (`jetl deploy` before `jetl up`). Against a ClickHouse server it runs at any time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from jetl.errors import ConfigError, DestinationUnavailable, TerminalError
+
+TABLE = "jetl_migrations"
+_FILE = re.compile(r"^(\d{4,})_([A-Za-z0-9_\-]+)\.sql$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+State = Literal["applied", "pending", "changed", "missing"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One `NNNN_name.sql` file."""
+
+    version: int
+    name: str
+    path: Path
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """Hash of the file's content: an applied migration must never change."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """`0001_create_orders`."""
+        return self.path.stem
+
+    def statements(self) -> list[str]:
+        """The SQL statements of the file, in order."""
+        return split_sql(self.sql)
+
+
+@dataclass
+class MigrationStatus:
+    """Where one migration stands against the database."""
+
+    version: int
+    name: str
+    state: State
+    checksum: str = ""
+    applied_at: datetime | None = None
+    detail: str = ""
+
+
+def split_sql(text: str) -> list[str]:
+    """Split a script on `;` outside quotes, backticks and comments; comments are dropped, empty statements too."""
+    out: list[str] = []
+    buf: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "'\"`":
+            j = i + 1
+            while j < n and text[j] != c:
+                j += 2 if text[j] == "\\" else 1
+            buf.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("--", i) or c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+            buf.append(" ")
+        elif c == ";":
+            out.append("".join(buf).strip())
+            buf = []
+            i += 1
+        else:
+            buf.append(c)
+            i += 1
+    out.append("".join(buf).strip())
+    return [s for s in out if s]
+
+
+def discover_migrations(folder: Path | str) -> list[Migration]:
+    """Every migration in `folder`, by version; a misnamed `.sql` file or a repeated version is a ConfigError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"migrations folder {folder} does not exist")
+    found: dict[int, Migration] = {}
+    for path in sorted(folder.glob("*.sql")):
+        m = _FILE.match(path.name)
+        if m is None:
+            raise ConfigError(f"{path}: migration files are named NNNN_name.sql (e.g. 0001_create_orders.sql)")
+        version = int(m.group(1))
+        if version in found:
+            raise ConfigError(f"{path}: version {version} is also {found[version].path.name}")
+        migration = Migration(version, m.group(2), path, path.read_text())
+        if not migration.statements():
+            raise ConfigError(f"{path}: no SQL statements")
+        found[version] = migration
+    return [found[v] for v in sorted(found)]
+
+
+class Migrator:
+    """Applies migrations through a clickhouse-connect client and records them in `jetl_migrations`."""
+
+    def __init__(self, client: Any, database: str = "default") -> None:
+        if not _IDENT.match(database):
+            raise ConfigError(f"invalid ClickHouse database name {database!r}")
+        self.client = client
+        self.database = database
+
+    @property
+    def table(self) -> str:
+        """`db`.`jetl_migrations`."""
+        return f"`{self.database}`.`{TABLE}`"
+
+    def ensure_table(self) -> None:
+        """Create the database and the tracking table if missing."""
+        self._command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+        self._command(
+            f"CREATE TABLE IF NOT EXISTS {self.table} (version UInt32, name String, checksum String, "
+            "applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version"
+        )
+
+    def applied(self) -> dict[int, tuple[str, str, datetime]]:
+        """{version: (name, checksum, applied_at)} recorded so far (nothing when the table does not exist yet)."""
+        exists = self._query(
+            "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            {"db": self.database, "t": TABLE},
+        )
+        if not exists or not int(exists[0][0]):
+            return {}
+        rows = self._query(f"SELECT version, name, checksum, applied_at FROM {self.table} ORDER BY version")
+        return {int(v): (str(n), str(c), _aware(a)) for v, n, c, a in rows}
+
+    def status(self, migrations: list[Migration]) -> list[MigrationStatus]:
+        """Each migration's state: applied, pending, changed (edited after it was applied) or missing (no file)."""
+        done = self.applied()
+        out: list[MigrationStatus] = []
+        for m in migrations:
+            if m.version not in done:
+                out.append(MigrationStatus(m.version, m.name, "pending", m.checksum))
+                continue
+            _name, checksum, at = done[m.version]
+            if checksum != m.checksum:
+                detail = f"file changed after it was applied (checksum {checksum} -> {m.checksum})"
+                out.append(MigrationStatus(m.version, m.name, "changed", m.checksum, at, detail))
+            else:
+                out.append(MigrationStatus(m.version, m.name, "applied", checksum, at))
+        known = {m.version for m in migrations}
+        for version, (name, checksum, at) in done.items():
+            if version not in known:
+                out.append(MigrationStatus(version, name, "missing", checksum, at, "applied, but its file is gone"))
+        return sorted(out, key=lambda s: s.version)
+
+    def apply(
+        self,
+        migrations: list[Migration],
+        *,
+        dry_run: bool = False,
+        on_step: Callable[[Migration, int, int], None] | None = None,
+    ) -> list[Migration]:
+        """Apply the pending migrations in order; returns them. Refuses to run when an applied one changed."""
+        if not dry_run:
+            self.ensure_table()
+        states = self.status(migrations)
+        changed = [s for s in states if s.state == "changed"]
+        if changed:
+            first = changed[0]
+            raise TerminalError(
+                f"migration {first.version:04d}_{first.name}: {first.detail}; add a new migration instead of "
+                "editing an applied one"
+            )
+        pending_versions = {s.version for s in states if s.state == "pending"}
+        pending = [m for m in migrations if m.version in pending_versions]
+        if dry_run:
+            return pending
+        for m in pending:
+            statements = m.statements()
+            for i, sql in enumerate(statements, 1):
+                try:
+                    self.client.command(sql)
+                except Exception as exc:
+                    raise TerminalError(
+                        f"migration {m.label}: statement {i} of {len(statements)} failed: {str(exc)[:400]}"
+                    ) from exc
+                if on_step is not None:
+                    on_step(m, i, len(statements))
+            self.client.insert(
+                f"{self.database}.{TABLE}",
+                [[m.version, m.name, m.checksum, datetime.now(UTC)]],
+                column_names=["version", "name", "checksum", "applied_at"],
+            )
+        return pending
+
+    def _command(self, sql: str) -> None:
+        try:
+            self.client.command(sql)
+        except Exception as exc:
+            raise DestinationUnavailable(f"ClickHouse refused {sql.split('(')[0].strip()!r}: {exc}") from exc
+
+    def _query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        try:
+            return [tuple(r) for r in self.client.query(sql, parameters=params).result_rows]
+        except Exception as exc:
+            raise DestinationUnavailable(f"ClickHouse query failed: {exc}") from exc
+
+
+def _aware(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
