@@ -18,7 +18,6 @@ from jetl_scheduler.tracker import use_alerter
 from jetl_scheduler.watch import PipelineWatcher
 
 log = get_logger("jetl.scheduler")
-STALE_CHECK_EVERY_S = 30.0
 
 
 async def _cron_loop(ctx: ServiceContext, settings: SchedulerSettings, alerter: Alerter) -> None:
@@ -34,7 +33,7 @@ async def _cron_loop(ctx: ServiceContext, settings: SchedulerSettings, alerter: 
             now = clock()
             await tick(ctx, now, grace=grace, limit=settings.max_slots_per_tick)
             if alerter.enabled and ctx.kv is not None and loop.time() >= next_stale_check:
-                next_stale_check = loop.time() + STALE_CHECK_EVERY_S
+                next_stale_check = loop.time() + settings.stale_check_seconds
                 active = [p for p in ctx.pipelines.values() if p.schedule is not None and not await is_paused(ctx, p)]
                 await alerter.check_stale(ctx.kv, active, now)
         except Exception as exc:  # one bad tick must not stop scheduling; it is logged and retried

@@ -34,3 +34,5 @@ class SchedulerSettings(JetlSettings):
     """Timeout of one alert POST."""
     stale_factor: float = 2.0
     """A scheduled pipeline is stale when its last success is older than this many schedule periods."""
+    stale_check_seconds: float = 30.0
+    """How often pipelines are checked for staleness (only when a webhook is configured)."""
