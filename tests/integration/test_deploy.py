@@ -1,0 +1,96 @@
+"""`jetl deploy` against a real nats-server: idempotent, and a live config that drifted is updated or reported."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from nats.js.api import StorageType
+from typer.testing import CliRunner
+
+from jetl.bus import connect, stream_config
+from jetl.cli import app
+from jetl.settings import NatsSettings
+from jetl.subjects import Kind
+from jetl.testing.servers import NatsHandle
+
+pytestmark = pytest.mark.integration
+
+
+def deploy(*args: str) -> tuple[int, Any]:
+    result = CliRunner().invoke(app, ["deploy", "--no-migrate", *args])
+    try:
+        return result.exit_code, json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return result.exit_code, result.stdout
+
+
+def actions(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["name"]: (c["action"], c["detail"]) for c in report["changes"]}
+
+
+async def tamper(url: str) -> None:
+    """Drift three things by hand: a stream's max age, a consumer's max_ack_pending, the KV bucket's history."""
+    nc = await connect(NatsSettings(url=url))
+    js = nc.jetstream()
+    try:
+        dlq = stream_config(Kind.DLQ)
+        dlq.max_age = 86400.0
+        await js.update_stream(dlq)
+        info = await js.consumer_info("JETL_CLEAN", "loader")
+        cfg = info.config
+        cfg.max_ack_pending = 7
+        await js.add_consumer("JETL_CLEAN", cfg)
+        kv = (await js.stream_info("KV_JETL_STATE")).config
+        kv.max_msgs_per_subject = 5
+        await js.update_stream(kv)
+    finally:
+        await nc.close()
+
+
+async def recreate_in_memory(url: str) -> None:
+    """Replace JETL_CLEAN by a memory-backed stream: storage cannot be changed in place."""
+    nc = await connect(NatsSettings(url=url))
+    js = nc.jetstream()
+    try:
+        await js.delete_stream("JETL_CLEAN")
+        cfg = stream_config(Kind.CLEAN)
+        cfg.storage = StorageType.MEMORY
+        await js.add_stream(cfg)
+    finally:
+        await nc.close()
+
+
+def test_deploy_is_idempotent_and_never_ignores_drift(nats: NatsHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JETL_NATS__URL", nats.url)
+
+    code, report = deploy("--dry-run", "--json")
+    assert code == 0 and actions(report)["JETL_RUNS"][0] == "would create"
+    code, report = deploy("--json")
+    assert code == 0 and report["changed"] == 11 and report["differs"] == 0
+
+    code, out = deploy()
+    assert code == 0 and "nothing to change" in out
+
+    asyncio.run(tamper(nats.url))
+    code, report = deploy("--dry-run", "--json")
+    a = actions(report)
+    assert code == 0 and report["changed"] == 3
+    assert a["JETL_DLQ"][0] == "would update" and "max_age: 86400.0 -> 2592000" in a["JETL_DLQ"][1]
+    assert a["JETL_CLEAN/loader"][0] == "would update" and "max_ack_pending: 7 ->" in a["JETL_CLEAN/loader"][1]
+    assert a["JETL_STATE"][0] == "would update" and "max_msgs_per_subject: 5 -> 1" in a["JETL_STATE"][1]
+    code, report = deploy("--json")
+    assert code == 0 and {k for k, (act, _) in actions(report).items() if act == "updated"} == {
+        "JETL_DLQ",
+        "JETL_CLEAN/loader",
+        "JETL_STATE",
+    }
+    code, report = deploy("--json")
+    assert code == 0 and report["changed"] == 0
+
+    asyncio.run(recreate_in_memory(nats.url))
+    code, report = deploy("--json")
+    act, detail = actions(report)["JETL_CLEAN"]
+    assert code == 1 and act == "differs" and "storage" in detail and "cannot be changed in place" in detail
