@@ -249,49 +249,67 @@ def test_replay_after_a_transformer_change_diffs_exactly_the_changed_rows(env: E
 
 
 ORDERS = """
+from pathlib import Path
 from pydantic import BaseModel, Field
-from jetl import FileExtractor, FileLoader, Pipeline, TypeTransformer
+from jetl import FileExtractor, FileLoader, Pipeline, TerminalError, TypeTransformer
 
-class Order(BaseModel):
+class RawOrder(BaseModel):
     id: int
     amount: float = Field(ge=LIMIT)
 
+class Order(BaseModel):
+    id: int
+    amount: float
+
+class Picky(FileLoader):
+    # A destination that refuses whole batches holding a round id, until the ops fix (a flag file) is in.
+
+    def load(self, records, ctx):
+        if any(r["id"] % 50 == 0 for r in records) and not Path("FIXED").exists():
+            raise TerminalError("the destination refuses round ids")
+        return super().load(records, ctx)
+
 def register_pipelines():
-    return [Pipeline(name="orders", extractors=[FileExtractor("INPUT/*.jsonl")], transformers=[TypeTransformer(Order)],
-                     loader=FileLoader("OUTPUT"), schema=Order, batch_size=25)]
+    return [Pipeline(name="orders", extractors=[FileExtractor("INPUT/*.jsonl")],
+                     transformers=[TypeTransformer(RawOrder)], loader=Picky("OUTPUT"), schema=Order, batch_size=25)]
 """
 
 
 def test_dead_letters_are_listed_redriven_once_and_the_ledger_reconciles(env: Env) -> None:
-    env.pipeline("orders", ORDERS.replace("LIMIT", "0"))
+    fixed = env.tmp / "fixed"
+    env.pipeline("orders", ORDERS.replace("LIMIT", "0").replace("FIXED", str(fixed)))
     lines = [json.dumps({"id": i, "amount": -i if i % 9 == 0 else i}) for i in range(1, 101)]
     lines.insert(40, '{"id": 999, "amount": ')  # unreadable: dead-lettered at extract, cannot be redriven
     (env.inputs / "o.jsonl").write_text("\n".join(lines) + "\n")
-    negative = [i for i in range(1, 101) if i % 9 == 0]
+    negative = [i for i in range(1, 101) if i % 9 == 0]  # rejected by the transformer (amount >= 0)
+    refused = [i for i in (*range(26, 51), *range(76, 101)) if i not in negative]  # batches with ids 50 and 100
     stack = env.start()
 
     run = env.run("orders")
-    assert (run.extracted, run.loaded, run.rejected) == (101, 100 - len(negative), len(negative) + 1)
-    assert run.reconciles
+    assert (run.extracted, run.loaded) == (101, 100 - len(negative) - len(refused))
+    assert run.rejected == len(negative) + 1 + len(refused) and run.reconciles
     dead = env.cli("dlq", "list", "orders", "--json").json()
     assert sorted(r["origin"] for r in dead if r["stage"] == "transform") == sorted(
         f"{env.inputs / 'o.jsonl'}:{i if i <= 40 else i + 1}" for i in negative
     )
     assert {r["field"] for r in dead if r["stage"] == "transform"} == {"amount"}
     assert [r["origin"] for r in dead if r["stage"] == "extract"] == [f"{env.inputs / 'o.jsonl'}:41"]
+    assert sorted(r["record"]["id"] for r in dead if r["stage"] == "load") == refused
+    assert all("refuses round ids" in r["message"] for r in dead if r["stage"] == "load")
 
-    env.pipeline("orders", ORDERS.replace("LIMIT", "-1000"))  # the fix: negative amounts are refunds
+    env.pipeline("orders", ORDERS.replace("LIMIT", "-1000").replace("FIXED", str(fixed)))  # negatives are refunds
+    fixed.touch()  # and the destination takes round ids now
     stack.procs["transformer"].stop()
     stack.procs["transformer"].start()
     redrive = env.cli("dlq", "redrive", "orders", "--json").json()
     assert redrive["status"] == "completed" and redrive["trigger"] == "redrive"
-    assert (redrive["extracted"], redrive["loaded"], redrive["rejected"]) == (len(negative), len(negative), 0)
+    assert redrive["extracted"] == redrive["loaded"] == len(negative) + len(refused) and redrive["rejected"] == 0
     assert env.cli("dlq", "redrive", "orders", "--json").json() is None  # nothing is sent twice
 
     listed = env.cli("dlq", "list", "orders", "--json").json()
-    assert {r["redriven_by"] for r in listed if r["stage"] == "transform"} == {redrive["run_id"]}
+    assert {r["redriven_by"] for r in listed if r["stage"] != "extract"} == {redrive["run_id"]}
     counts = env.cli("counts", "orders", "--json").json()
     assert counts["verdict"]["reconciles"] and counts["verdict"]["destination_matches"]
     assert counts["totals"]["in_destination"] == 100
     ids = [json.loads(line)["id"] for p in env.out.rglob("*.jsonl") for line in p.read_text().splitlines()]
-    assert sorted(ids) == list(range(1, 101))  # every good record once, the refunds included
+    assert sorted(ids) == list(range(1, 101))  # every good record once, the refunds and the refused included
