@@ -53,6 +53,7 @@ async def test_post_gives_up_after_its_retries_and_never_retries_a_client_error(
 
 def test_no_webhook_means_no_alert() -> None:
     assert not Alerter(SchedulerSettings()).enabled
+    assert not Alerter(SchedulerSettings(alert_webhook_url="")).enabled  # type: ignore[arg-type]
 
 
 class Row(BaseModel):

@@ -86,12 +86,13 @@ class Alerter:
 
     @property
     def enabled(self) -> bool:
-        """A webhook is configured."""
-        return self.settings.alert_webhook_url is not None
+        """A webhook is configured (an empty value, as compose passes an unset variable, is none)."""
+        url = self.settings.alert_webhook_url
+        return url is not None and bool(url.get_secret_value().strip())
 
     async def send(self, kv: KeyValue | None, kind: str, pipeline: str, episode: str, body: dict[str, Any]) -> bool:
         """Claim the episode, then POST (True when this replica sent it)."""
-        if self.settings.alert_webhook_url is None:
+        if not self.enabled or self.settings.alert_webhook_url is None:
             return False
         if kv is not None and not await claim(kv, alert_key(pipeline, kind.replace(".", "_")), episode):
             return False
