@@ -316,8 +316,17 @@ def check_pipeline(p: Pipeline, s: JetlSettings) -> list[tuple[str, str, str]]:
             for t in p.transformers
             if not callable(getattr(t, "output_fields", None)) and not callable(getattr(t, "output_schema", None))
         ]
-        if p.transformers:
+        if opaque:
             out.append(("schema chain", "warn", f"not checkable before a run: opaque step(s) {', '.join(opaque)}"))
+        elif p.transformers:
+            out.append(
+                (
+                    "schema chain",
+                    "warn",
+                    "not checkable before a run: the source's fields are unknown "
+                    "(start the chain with a TypeTransformer to check it)",
+                )
+            )
         else:
             out.append(("schema chain", "ok", f"records validate straight into {p.schema.__name__}"))
     else:
@@ -366,8 +375,8 @@ def check_connector(kind: str, connector: Any, s: JetlSettings) -> tuple[str, st
                     return name, "warn", f"chdb folder {folder} cannot be created (no parent folder)"
             return name, "ok", f"table {connector.table} on {dsn.split('@')[-1]}"
         root = getattr(connector, "root", None)
-        if isinstance(root, Path) and not (root.exists() or root.parent.exists()):
-            return name, "warn", f"{root} does not exist yet (nor its parent)"
+        if isinstance(root, Path) and root.exists() and not root.is_dir():
+            return name, "error", f"{root} is a file, not a folder"
         return name, "ok", connector.describe() if callable(getattr(connector, "describe", None)) else "configured"
     except Exception as exc:
         return name, "error", f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,121 @@
+"""`jetl init`, `jetl list` and `jetl validate`: no server needed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from jetl.cli import app
+
+GOOD = """
+from pydantic import BaseModel
+from jetl import ColumnTransformer, ConsoleLoader, Cron, FileExtractor, LambdaTransformer, Pipeline, TypeTransformer
+
+class Raw(BaseModel):
+    id: int
+    name: str
+
+class Row(BaseModel):
+    id: int
+    title: str
+
+def register_pipelines():
+    return [
+        Pipeline(name="checked", extractors=[FileExtractor("INPUT/*.jsonl")], loader=ConsoleLoader(), schema=Row,
+                 transformers=[TypeTransformer(Raw), ColumnTransformer(rename={"name": "title"})],
+                 schedule=Cron("*/5 * * * *")),
+        Pipeline(name="opaque", extractors=[FileExtractor("/nonexistent/*.jsonl")], loader=ConsoleLoader(),
+                 schema=Row, transformers=[LambdaTransformer(lambda r: r)]),
+    ]
+"""
+
+
+def cli(*args: str) -> tuple[int, Any, str]:
+    result = CliRunner().invoke(app, list(args))
+    try:
+        return result.exit_code, json.loads(result.stdout), result.stderr
+    except json.JSONDecodeError:
+        return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / "a.jsonl").write_text('{"id": 1, "name": "x"}\n')
+    (tmp_path / "pipelines" / "good_pipeline.py").write_text(GOOD.replace("INPUT", str(tmp_path / "input")))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JETL_PIPELINES_DIR", str(tmp_path / "pipelines"))
+    monkeypatch.setenv("JETL_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+def test_list_shows_each_pipeline_with_its_schedule_and_steps(project: Path) -> None:
+    code, data, _ = cli("list", "--json")
+    assert code == 0 and data["errors"] == {}
+    by_name = {p["name"]: p for p in data["pipelines"]}
+    assert by_name["checked"]["schedule"] == "*/5 * * * *" and by_name["checked"]["catch_up"] == "latest"
+    assert by_name["checked"]["transformers"] == ["TypeTransformer", "ColumnTransformer"]
+    assert by_name["opaque"]["schedule"] is None and by_name["opaque"]["loader"] == "console"
+
+
+def test_validate_checks_schema_chain_schedule_and_connectors(project: Path) -> None:
+    code, data, _ = cli("validate", "--json")
+    assert code == 0 and data["errors"] == 0
+    checks = {(c["pipeline"], c["check"]): c for c in data["checks"]}
+    assert checks[("checked", "schema chain")]["result"] == "ok"
+    assert checks[("opaque", "schema chain")]["result"] == "warn"  # a lambda: cannot be checked before a run
+    assert (
+        checks[("checked", "schedule")]["result"] == "ok" and "next slot" in checks[("checked", "schedule")]["detail"]
+    )
+    assert checks[("checked", "extractor 1: FileExtractor")]["detail"].startswith("1 file(s) match")
+    assert checks[("opaque", "extractor 1: FileExtractor")]["result"] == "warn"
+    assert cli("validate", "--strict")[0] == 1  # warnings fail under --strict
+
+
+def test_a_broken_module_fails_validate_and_list_naming_file_and_line(project: Path) -> None:
+    (project / "pipelines" / "bad_pipeline.py").write_text("def register_pipelines():\n    return [1 / 0]\n")
+    code, data, _ = cli("validate", "--json")
+    assert code == 2 and data["errors"] == 1
+    (err,) = [c for c in data["checks"] if c["result"] == "error"]
+    assert "bad_pipeline.py:2" in err["detail"] and "ZeroDivisionError" in err["detail"]
+    code, data, _ = cli("list", "--json")
+    assert code == 2 and {p["name"] for p in data["pipelines"]} == {"checked", "opaque"}  # the others still list
+
+
+def test_init_scaffolds_a_pipeline_that_validates_and_whose_test_passes(
+    project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    code, out, _ = cli("init", "daily_sales", "--schedule", "0 6 * * *", "--tz", "Europe/Berlin")
+    assert code == 0, out
+    module = project / "pipelines" / "daily_sales_pipeline.py"
+    test = project / "tests" / "pipelines" / "test_daily_sales_pipeline.py"
+    assert module.exists() and test.exists()
+    code, data, _ = cli("validate", "--json")
+    assert code == 0
+    assert {
+        c["result"]
+        for c in data["checks"]
+        if c["pipeline"] == "daily_sales" and c["check"] != "extractor 1: FileExtractor"
+    } == {"ok"}
+    code, data, _ = cli("list", "--json")
+    (scaffolded,) = [p for p in data["pipelines"] if p["name"] == "daily_sales"]
+    assert scaffolded["paused_in_code"] is True and scaffolded["tz"] == "Europe/Berlin"
+
+    spec = importlib.util.spec_from_file_location("scaffolded_test", test)
+    assert spec and spec.loader
+    generated = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generated)
+    generated.test_daily_sales_extracts_transforms_and_loads(tmp_path_factory.mktemp("scaffold"), monkeypatch)
+
+    code, _, err = cli("init", "daily_sales")
+    assert code == 2 and "already exist" in err
+    code, _, err = cli("init", "Bad-Name")
+    assert code == 2 and "invalid pipeline name" in err
+    code, _, err = cli("init", "ok_name", "--schedule", "every hour")
+    assert code == 2 and "invalid cron expression" in err
