@@ -253,6 +253,19 @@ class JetlClient:
             raise ConfigError(f"no run {parent_run_id!r} of pipeline {pipeline!r} (see `jetl status {pipeline}`)")
         if parent.expected_batches is None:
             raise ConfigError(f"run {parent_run_id!r} never finished extracting ({parent.status}): nothing to replay")
+        if not shadow:
+            letters = await self.dead_letter_log(pipeline)
+            status = dead_letter_status(letters, await self.runs(pipeline))
+            redriven = sorted(
+                why
+                for seq, dl in letters
+                if dl.run_id == parent_run_id and (why := status[seq]) is not None and why.startswith("redriven")
+            )
+            if redriven:
+                raise ConfigError(
+                    f"run {parent_run_id!r} had dead letters {redriven[0]}: a replay would load those records a "
+                    "second time (a replay replaces the parent's batches, not the redrive's). --diff is fine."
+                )
         run_id = f"{pipeline}-rp{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}{secrets.token_hex(2)}"
         await self.request_run(
             pipeline,
@@ -350,15 +363,41 @@ class DestinationCount:
     """False for tables that merge rows by key (a key's older rows vanish as parts merge)."""
 
 
+def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunState]) -> dict[int, str | None]:
+    """Per JETL_DLQ sequence, why a redrive must not take it (None: it may).
+
+    - `unreadable`: extract-stage input that could not be read; there is no record to send.
+    - `redriven by <run>`: a redrive that has not failed took it already.
+    - `shadow <run>`: rejected by a replay into a shadow (a trial for --diff), not by a run that loads.
+    - `superseded by <run>`: a replay has processed that batch again (and dead-lettered what it rejects itself).
+    """
+    taken = {s: r.run_id for r in runs if r.redrive and r.status != "failed" for s in r.redrive}
+    shadows = {r.run_id for r in runs if r.shadow}
+    superseded: dict[str, str] = {}
+    for r in runs:
+        if r.trigger == "replay" and r.parent_run_id and not r.shadow:
+            for b in r.batches.values():
+                if b.outcome != "pending":
+                    superseded[f"{r.parent_run_id}/{b.seq:06d}"] = r.run_id
+    out: dict[int, str | None] = {}
+    for seq, dl in letters:
+        if dl.stage == "extract":
+            out[seq] = "unreadable"
+        elif seq in taken:
+            out[seq] = f"redriven by {taken[seq]}"
+        elif dl.run_id in shadows:
+            out[seq] = f"shadow {dl.run_id}"
+        elif dl.batch_id in superseded:
+            out[seq] = f"superseded by {superseded[dl.batch_id]}"
+        else:
+            out[seq] = None
+    return out
+
+
 def redrivable(letters: list[tuple[int, DeadLetter]], runs: list[RunState], *, run_id: str | None = None) -> list[int]:
-    """The JETL_DLQ sequences a redrive should take: not extract-stage (no record to send), not taken by another
-    redrive that has not failed, and of `run_id` when given."""
-    taken = {s for r in runs if r.redrive and r.status != "failed" for s in r.redrive}
-    return [
-        seq
-        for seq, dl in letters
-        if dl.stage != "extract" and seq not in taken and (run_id is None or dl.run_id == run_id)
-    ]
+    """The JETL_DLQ sequences a redrive should take (see `dead_letter_status`), of `run_id` when given."""
+    status = dead_letter_status(letters, runs)
+    return [seq for seq, dl in letters if status[seq] is None and (run_id is None or dl.run_id == run_id)]
 
 
 def redrive_run_id(pipeline: str, seqs: list[int], runs: list[RunState]) -> str:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jetl.client import redrivable, redrive_run_id
+from jetl.client import dead_letter_status, redrivable, redrive_run_id
 from jetl.errors import ConfigError
 from jetl.events import (
     BatchExtracted,
@@ -122,6 +122,15 @@ def test_a_redrive_takes_each_dead_letter_once() -> None:
     retried = fold_all([RunRequested(pipeline="p", run_id=first, trigger="redrive", redrive=[3, 7, 9])])
     retried = retried.model_copy(update={"status": "failed"})
     assert redrive_run_id("p", [3, 7, 9], [retried]) != first  # but a failed one can be tried again
+
+
+def test_dead_letters_of_a_shadow_trial_or_a_replaced_batch_are_not_redriven() -> None:
+    letters = [(1, dl("r1")), (2, dl("r1-trial")), (3, dl("r1-rp")), (4, dl("r2"))]
+    trial = fold_all(events("r1-trial", 1, {0: 9}, trigger="replay", parent_run_id="r1", shadow=True))
+    replay = fold_all(events("r1-rp", 1, {0: 9}, trigger="replay", parent_run_id="r1"))
+    status = dead_letter_status(letters, [trial, replay])
+    assert status == {1: "superseded by r1-rp", 2: "shadow r1-trial", 3: None, 4: None}
+    assert redrivable(letters, [trial, replay]) == [3, 4]  # the replay's own rejects stand for its parent's
 
 
 def test_run_request_refuses_contradictions() -> None:

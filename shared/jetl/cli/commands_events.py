@@ -645,6 +645,10 @@ def replay(
 # --- dead letters ---------------------------------------------------------------------------------------------------
 
 
+def _redriven_by(why: str | None) -> str | None:
+    return why.removeprefix("redriven by ") if why and why.startswith("redriven by ") else None
+
+
 @dlq_app.command("list")
 def dlq_list(
     pipeline: str = typer.Argument(..., help="Pipeline name."),
@@ -652,9 +656,11 @@ def dlq_list(
     limit: int = typer.Option(200, help="At most this many records."),
     json_out: bool = typer.Option(False, "--json", help="Print one object per rejected record."),
 ) -> None:
-    """List rejected records with their reasons, and whether a redrive has taken them.
+    """List rejected records with their reasons, and whether a redrive may take them.
 
-    One row per record: stage, origin (file:line), field and message.
+    One row per record: stage, origin (file:line), field and message, and a status: `redrivable`, or why not
+    (`redriven by RUN`, `superseded by RUN` when a replay processed the batch again, `shadow RUN` for a --diff
+    trial, `unreadable` for input that could not be read at all).
 
     Example: jetl dlq list orders --run orders-20261125T0000Z
     """
@@ -663,8 +669,10 @@ def dlq_list(
         async with _client() as jc:
             return await jc.dead_letter_log(pipeline), await jc.runs(pipeline)
 
+    from jetl.client import dead_letter_status
+
     letters, runs = run_async(_go())
-    taken = {s: r.run_id for r in runs if r.redrive and r.status != "failed" for s in r.redrive}
+    status = dead_letter_status(letters, runs)
     rows = [
         {
             "seq": seq,
@@ -679,7 +687,8 @@ def dlq_list(
             "field": rec.get("field"),
             "message": rec.get("message") or dl.reason,
             "record": rec.get("record"),
-            "redriven_by": taken.get(seq),
+            "status": status[seq] or "redrivable",
+            "redriven_by": _redriven_by(status[seq]),
         }
         for seq, dl in letters
         if run is None or dl.run_id == run
@@ -689,7 +698,7 @@ def dlq_list(
         _print_json(rows[:limit])
         return
     t = Table(title=f"dead letters of {pipeline}: {len(rows)} record(s)")
-    for col in ("#", "run", "stage", "origin", "field", "message", "redriven by"):
+    for col in ("dlq#", "run", "stage", "origin", "field", "message", "status"):
         t.add_column(col)
     for r in rows[:limit]:
         t.add_row(
@@ -699,7 +708,7 @@ def dlq_list(
             r["origin"] or "-",
             r["field"] or "-",
             str(r["message"])[:100],
-            r["redriven_by"] or "",
+            r["status"],
         )
     console.print(t if rows else "no dead letters")
 
