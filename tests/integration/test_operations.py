@@ -214,6 +214,10 @@ def test_operations_toolkit_against_a_running_deployment(
             assert any(x["event"] == "record rejected" for x in lines)
             code, _ = cli("logs", "no_such_run")
             assert code == 1
+            started = time.monotonic()
+            code, out = cli("logs", good.run_id, "--json", "--follow", "--for", "1")
+            assert code == 0 and time.monotonic() - started >= 1.0
+            assert len(out.splitlines()) == len(lines) if isinstance(out, str) else len(lines) == 1
 
             # Prometheus metrics from the loader
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()

@@ -32,7 +32,7 @@ def check_destinations(ctx: ServiceContext) -> str:
             if not probe.is_dir():
                 raise OSError(f"{where}: neither the folder nor its parent exists")
         seen.append(where)
-    return f"{len(seen)} destination(s) reachable" if seen else "no destinations (no pipelines)"
+    return f"reachable: {', '.join(seen)}" if seen else "no destinations (no pipelines)"
 
 
 def create_app(settings: LoaderSettings | None = None) -> FastStream:

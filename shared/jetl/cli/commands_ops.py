@@ -675,7 +675,8 @@ async def gather_health(
 
     nc = await nats_connection(s)
     try:
-        add("nats", s.nats.url, "ok", f"server {nc.connected_server_version}")
+        v = nc.connected_server_version
+        add("nats", s.nats.url, "ok", f"nats-server {v.major}.{v.minor}.{v.patch}, JetStream")
         js = nc.jetstream()
         for spec in STREAMS.values():
             try:
