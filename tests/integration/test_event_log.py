@@ -48,6 +48,20 @@ class Env:
             assert result.code == 0, f"jetl {' '.join(args)} exited {result.code}: {result.stdout}{result.stderr}"
         return result
 
+    def corrupt_state(self, pipeline: str, *, lost: str, wrong: str) -> None:
+        """Delete one run's folded state and overwrite another's with a wrong one."""
+
+        async def go() -> None:
+            from jetl.state import bucket, run_key
+
+            async with JetlClient(JetlSettings(nats=NatsSettings(url=self.url))) as jc:
+                kv = await bucket(jc.conn)
+                await kv.delete(run_key(pipeline, lost))
+                bogus = RunState(pipeline=pipeline, run_id=wrong, status="failed", error="bogus")
+                await kv.put(run_key(pipeline, wrong), bogus.model_dump_json().encode())
+
+        asyncio.run(go())
+
     def run(self, pipeline: str) -> RunState:
         async def go() -> RunState:
             async with JetlClient(JetlSettings(nats=NatsSettings(url=self.url))) as jc:
@@ -121,10 +135,11 @@ def test_incremental_runs_with_status_audit_counts_and_rebuild(env: Env) -> None
         "mismatched_runs": [],
     }
 
+    env.corrupt_state("files", lost=first.run_id, wrong=third.run_id)  # the folded state is only a projection
+    broken = env.cli("status", "files", "--json").json()
+    assert {r["run_id"]: r["status"] for r in broken} == {third.run_id: "failed", again.run_id: "completed"}
     rebuilt = env.cli("status", "files", "--rebuild", "--json").json()
-    assert [(r["run_id"], r["status"], r["loaded"]) for r in rebuilt] == [
-        (r["run_id"], r["status"], r["loaded"]) for r in runs
-    ]
+    assert rebuilt == runs  # folded again from JETL_EVENTS: nothing else was ever the truth
 
 
 HOURLY = """
@@ -237,6 +252,9 @@ def test_replay_after_a_transformer_change_diffs_exactly_the_changed_rows(env: E
     assert d["unchanged"] == len(v1.keys() & v2.keys()) - len(changed)
     assert set(d["samples"]["added"]) <= set(added) and set(d["samples"]["changed"]) <= set(changed)
     assert set(d["samples"]["removed"]) <= set(removed)
+    trial = env.cli("counts", "prices", "--json").json()  # the real table is untouched by the --diff
+    by_run = {r["run_id"]: r["in_destination"] for r in trial["runs"]}
+    assert by_run == {parent.run_id: len(v1), out["run_id"]: 0} and trial["verdict"]["destination_matches"]
 
     real = env.cli("replay", "prices", "--run", parent.run_id, "--json").json()  # now for real
     assert real["status"] == "completed"

@@ -16,7 +16,17 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from jetl.cli._app import EXIT_FAILED, EXIT_UNAVAILABLE, app, console, err_console, run_async, settings
+from jetl.cli._app import (
+    EXIT_FAILED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    app,
+    console,
+    err_console,
+    fail,
+    run_async,
+    settings,
+)
 from jetl.cli.commands_run import counts_table, state_json
 from jetl.errors import ConfigError, JetlError
 from jetl.events import Event
@@ -29,6 +39,15 @@ app.add_typer(dlq_app, name="dlq")
 
 def _print_json(data: Any) -> None:
     print(orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS).decode())
+
+
+@contextmanager
+def _checks() -> Iterator[None]:
+    """Argument and pipeline checks before anything runs: a JetlError is one line and its exit code, via fail()."""
+    try:
+        yield
+    except JetlError as exc:
+        fail(exc)
 
 
 def _client() -> Any:
@@ -257,7 +276,7 @@ def audit(
     events = run_async(_go())
     if not events:
         err_console.print(f"[red]error:[/red] no events for run {run_id!r} (see `jetl status`)")
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_USAGE)
     from jetl.projection import fold
 
     state: RunState | None = None
@@ -472,14 +491,15 @@ def backfill(
     """
     from jetl.schedule import Slot, backfill_slots
 
-    p = _pipeline(pipeline, required=True)
-    lo, hi = _when(start, "--start"), _when(end, "--end")
-    assert lo is not None and hi is not None
-    if p.schedule is None:
-        raise ConfigError(f"pipeline {pipeline!r} has no schedule: a backfill splits time by the schedule's intervals")
-    if hi <= lo:
-        raise ConfigError("--end must be after --start")
-    slots = backfill_slots(p.name, p.schedule, lo, hi)
+    with _checks():
+        p = _pipeline(pipeline, required=True)
+        lo, hi = _when(start, "--start"), _when(end, "--end")
+        assert lo is not None and hi is not None
+        if p.schedule is None:
+            raise ConfigError(f"pipeline {pipeline!r} has no schedule: a backfill splits time by its intervals")
+        if hi <= lo:
+            raise ConfigError("--end must be after --start")
+        slots = backfill_slots(p.name, p.schedule, lo, hi)
     if dry_run or not slots:
         if json_out:
             _print_json([{"run_id": s.run_id, "start": s.start, "end": s.end} for s in slots])
@@ -575,14 +595,14 @@ def replay(
 
     Example: jetl replay orders --run orders-20261125T0000Z --diff
     """
-    if not run and since is None and until is None:
-        raise ConfigError("name a run (--run RUN) or a time range (--since/--until)")
-    lo, hi = _when(since, "--since"), _when(until, "--until")
-    p = _pipeline(pipeline, required=False)
-    if diff and p is not None:
-        from jetl.protocols import LineageLoader
+    from jetl.protocols import LineageLoader
 
-        if not isinstance(p.loader, LineageLoader):
+    with _checks():
+        if not run and since is None and until is None:
+            raise ConfigError("name a run (--run RUN) or a time range (--since/--until)")
+        lo, hi = _when(since, "--since"), _when(until, "--until")
+        p = _pipeline(pipeline, required=False)
+        if diff and p is not None and not isinstance(p.loader, LineageLoader):
             raise ConfigError(f"pipeline {pipeline!r}: {p.loader!r} cannot load a shadow, so --diff is not possible")
 
     async def _go(update: Callable[..., None]) -> list[dict[str, Any]]:
