@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +246,9 @@ def test_replay_after_a_transformer_change_diffs_exactly_the_changed_rows(env: E
     v1, v2 = expected(1), expected(2)
     added, removed = sorted(v2.keys() - v1.keys()), sorted(v1.keys() - v2.keys())
     changed = sorted(k for k in v1.keys() & v2.keys() if v1[k] != v2[k])
-    out = env.cli("replay", "prices", "--run", parent.run_id, "--diff", "--json").json()
+    assert parent.requested_at is not None
+    since = (parent.requested_at - timedelta(seconds=1)).isoformat()  # the runs requested since: just the parent
+    [out] = env.cli("replay", "prices", "--since", since, "--diff", "--json").json()
     assert out["status"] == "completed" and out["parent_run_id"] == parent.run_id
     d = out["diff"]
     assert (d["added"], d["removed"], d["changed"]) == (len(added), len(removed), len(changed))
