@@ -612,7 +612,7 @@ def deploy(
                         "what": "migrations",
                         "name": str(migrations),
                         "action": "unchanged",
-                        "detail": "every migration is applied",
+                        "detail": "nothing pending" if any(migrations.glob("*.sql")) else "no .sql files yet",
                     }
                 )
         else:
