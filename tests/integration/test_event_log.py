@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
+from jetl import subjects
 from jetl.client import JetlClient
 from jetl.embedded import Stack
 from jetl.projection import RunState
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.subjects import Kind, stream_name
 from jetl.testing import chdb
 from jetl.testing.cli import CliResult, jetl
 from jetl.testing.servers import NatsHandle
@@ -60,6 +62,16 @@ class Env:
                 await kv.delete(run_key(pipeline, lost))
                 bogus = RunState(pipeline=pipeline, run_id=wrong, status="failed", error="bogus")
                 await kv.put(run_key(pipeline, wrong), bogus.model_dump_json().encode())
+
+        asyncio.run(go())
+
+    def purge_raw(self, pipeline: str, run_id: str, keep: int) -> None:
+        """Drop a run's raw batches from JETL_RAW but the last `keep`."""
+
+        async def go() -> None:
+            async with JetlClient(JetlSettings(nats=NatsSettings(url=self.url))) as jc:
+                js = jc.conn.jetstream()
+                await js.purge_stream(stream_name(Kind.RAW), subject=subjects.raw(pipeline, run_id), keep=keep)
 
         asyncio.run(go())
 
@@ -134,6 +146,7 @@ def test_incremental_runs_with_status_audit_counts_and_rebuild(env: Env) -> None
         "unreconciled_runs": [],
         "destination_matches": True,
         "mismatched_runs": [],
+        "stray_rows": {},
     }
 
     env.corrupt_state("files", lost=first.run_id, wrong=third.run_id)  # the folded state is only a projection
@@ -261,6 +274,10 @@ def test_replay_after_a_transformer_change_diffs_exactly_the_changed_rows(env: E
 
     real = env.cli("replay", "prices", "--run", parent.run_id, "--json").json()  # now for real
     assert real["status"] == "completed"
+
+    env.purge_raw("prices", real["run_id"], keep=2)  # as if its older raw batches had expired
+    gone = env.cli("replay", "prices", "--run", real["run_id"], "--json", ok=False)
+    assert gone.code == 1 and "keeps 2 of its 8 raw batches" in gone.json()["error"]  # refused, nothing resent
     stack.stop()  # chdb opens in one process at a time: read it once the loader is down
     rows = chdb.query(env.data / "chdb", "SELECT id, cents, _jetl_batch_id AS b FROM prices ORDER BY id")
     assert {r["id"]: r["cents"] for r in rows} == v2  # exactly the new code's output: no parent rows left

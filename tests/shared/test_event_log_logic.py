@@ -140,3 +140,23 @@ def test_run_request_refuses_contradictions() -> None:
         RunRequest(pipeline="p", run_id="r", replay_of="r0", redrive=[1])
     with pytest.raises(ConfigError):
         RunRequest(pipeline="p", run_id="r", replay_of="bad.id")
+
+
+def test_ledger_verdict_compares_finished_runs_with_the_destination() -> None:
+    from jetl.cli.commands_events import ledger_report, ledger_verdict
+    from jetl.client import DestinationCount
+
+    done = fold_all(events("r1", 2, {0: 10, 1: 8}))
+    done = fold(done, RunCompleted(pipeline="p", run_id="r1", extracted=20, loaded=18, rejected=0, filtered=2))
+    flying = fold_all(events("r2", 1, {0: 5})[:3])  # requested, started, extracted: not loaded yet
+
+    def verdict(by_run: dict[str, int] | None, total: int, exact: bool = True) -> dict[str, object]:
+        dest = DestinationCount(pipeline="p", destination="d", total=total, by_run=by_run, exact=exact)
+        return ledger_verdict(ledger_report([done, flying], by_run), dest)
+
+    assert verdict({"r1": 18, "r2": 3}, 21)["destination_matches"] is True  # r2 in flight: not judged yet
+    assert verdict({"r1": 17}, 17)["mismatched_runs"] == ["r1"]
+    assert verdict({"r1": 18, "": 4}, 22)["stray_rows"] == {"": 4}  # rows no run of the ledger wrote
+    assert verdict(None, 18)["destination_matches"] is None  # totals wait until nothing is in flight
+    assert verdict({"r1": 1}, 1, exact=False)["destination_matches"] is None  # merge tables are not compared
+    assert verdict({"r1": 18}, 18)["reconciles"] is True

@@ -82,8 +82,18 @@ class Resend:
                 f"cannot replay {parent!r}: the run state has no finished extraction for it "
                 "(is the run id right? `jetl status --rebuild` refolds the state from the log)"
             )
+        subject = subjects.raw(p.name, parent)
+        info = await self.ctx.broker.connection.jetstream().stream_info(
+            subjects.stream_name(Kind.RAW), subjects_filter=subject
+        )
+        kept = (info.state.subjects or {}).get(subject, 0)
+        if kept < state.expected_batches:  # refuse before publishing anything: a replay is whole or not at all
+            raise TerminalError(
+                f"cannot replay {parent!r}: JETL_RAW keeps {kept} of its {state.expected_batches} raw batches "
+                "(older ones expire with the stream's max age)"
+            )
         seen: set[int] = set()
-        async for msg in read_stream(self.ctx.broker.connection, Kind.RAW, subjects.raw(p.name, parent)):
+        async for msg in read_stream(self.ctx.broker.connection, Kind.RAW, subject):
             old, body = decode_batch(msg.data)
             if old.seq in seen:  # a forced re-run of the parent may have published a seq twice: the first stands
                 continue

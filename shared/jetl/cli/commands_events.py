@@ -358,6 +358,36 @@ def ledger_report(runs: list[RunState], by_run: dict[str, int] | None) -> list[d
     return out
 
 
+def ledger_verdict(rows: list[dict[str, Any]], dest: Any) -> dict[str, Any]:
+    """Does every finished run reconcile, and does the destination hold what the ledger says it should?
+
+    With rows per run (a loader that keeps lineage) each finished run is compared, and rows of runs the ledger does
+    not know (loaded before lineage, or runs whose events expired) are reported as stray; runs in flight are left
+    out. Without, the totals are compared once nothing is in flight. Merge tables are not compared (None): a key's
+    older rows vanish as parts merge.
+    """
+    settled = [r for r in rows if r["status"] in ("completed", "failed")]
+    unreconciled = [r["run_id"] for r in settled if not r["reconciles"]]
+    mismatched: list[str] = []
+    stray: dict[str, int] = {}
+    matches: bool | None = None
+    if dest is not None and dest.exact and dest.total is not None:
+        if dest.by_run is not None:
+            mismatched = [r["run_id"] for r in settled if r["in_destination"] != r["expected_in_destination"]]
+            known = {r["run_id"] for r in rows}
+            stray = {run: n for run, n in dest.by_run.items() if run not in known and n}
+            matches = not mismatched and not stray
+        elif len(settled) == len(rows):
+            matches = dest.total == sum(r["expected_in_destination"] for r in rows)
+    return {
+        "reconciles": not unreconciled,
+        "unreconciled_runs": unreconciled,
+        "destination_matches": matches,
+        "mismatched_runs": mismatched,
+        "stray_rows": stray,
+    }
+
+
 @app.command()
 def counts(
     pipeline: str = typer.Argument(..., help="Pipeline name."),
@@ -384,26 +414,14 @@ def counts(
 
     runs, dest, dest_error = run_async(_go())
     rows = ledger_report(runs, dest.by_run if dest else None)
-    settled = [r for r in rows if r["status"] in ("completed", "failed")]
-    unreconciled = [r["run_id"] for r in settled if not r["reconciles"]]
+    verdict = ledger_verdict(rows, dest)
+    mismatched = verdict["mismatched_runs"]
     expected_total = sum(r["expected_in_destination"] for r in rows)
-    exact = dest is not None and dest.exact and dest.total is not None
-    mismatched = [
-        r["run_id"]
-        for r in settled
-        if exact and r["in_destination"] is not None and r["in_destination"] != r["expected_in_destination"]
-    ]
     totals = {
         "runs": len(rows),
         **{k: sum(r[k] for r in rows) for k in ("extracted", "loaded", "rejected", "filtered")},
         "expected_in_destination": expected_total,
         "in_destination": dest.total if dest else None,
-    }
-    verdict = {
-        "reconciles": not unreconciled,
-        "unreconciled_runs": unreconciled,
-        "destination_matches": (totals["in_destination"] == expected_total and not mismatched) if exact else None,
-        "mismatched_runs": mismatched,
     }
     if json_out:
         _print_json(
@@ -450,7 +468,7 @@ def counts(
             "",
             f"{len(rows)} runs",
             *(str(totals[k]) for k in ("extracted", "loaded", "rejected", "filtered")),
-            "ok" if not unreconciled else "[red]NO[/red]",
+            "ok" if verdict["reconciles"] else "[red]NO[/red]",
             str(expected_total),
             "-" if totals["in_destination"] is None else str(totals["in_destination"]),
         )
@@ -463,7 +481,9 @@ def counts(
                 )
         else:
             err_console.print(f"[yellow]destination count unavailable:[/yellow] {dest_error}")
-    if unreconciled or mismatched or (exact and verdict["destination_matches"] is False):
+    if verdict["stray_rows"] and not json_out:
+        console.print(f"[red]rows of runs the ledger does not know:[/red] {verdict['stray_rows']}")
+    if not verdict["reconciles"] or verdict["destination_matches"] is False:
         raise typer.Exit(EXIT_FAILED)
     if dest is None:
         raise typer.Exit(EXIT_UNAVAILABLE)
