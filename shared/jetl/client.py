@@ -228,9 +228,12 @@ class JetlClient:
         """Rows in the pipeline's destination, counted by the loader (per run where the loader keeps lineage)."""
         return DestinationCount(pipeline=pipeline, **await self.ask_loader("count", {"pipeline": pipeline}))
 
-    async def diff(self, pipeline: str, run_id: str, parent_run_id: str, *, drop: bool = True) -> Diff:
-        """A shadow replay's rows against its parent's (the loader drops the shadow afterwards unless `drop=False`)."""
-        body = {"pipeline": pipeline, "run_id": run_id, "parent_run_id": parent_run_id, "drop": drop}
+    async def diff(
+        self, pipeline: str, run_id: str, parent_run_id: str, *, drop: bool = True, sample: int = 10
+    ) -> Diff:
+        """A shadow replay's rows against its parent's, with up to `sample` keys of each kind (the loader drops the
+        shadow afterwards unless `drop=False`)."""
+        body = {"pipeline": pipeline, "run_id": run_id, "parent_run_id": parent_run_id, "drop": drop, "sample": sample}
         return Diff(**await self.ask_loader("diff", body))
 
     async def replay(

@@ -602,6 +602,7 @@ def replay(
     until: str = typer.Option(None, "--until", help="... and before this (ISO)."),
     diff: bool = typer.Option(False, "--diff", help="Load into a shadow and report rows added/removed/changed."),
     keep_shadow: bool = typer.Option(False, "--keep-shadow", help="With --diff: keep the shadow table/folder."),
+    sample: int = typer.Option(10, "--sample", min=0, help="With --diff: how many keys to show per kind."),
     timeout: float = typer.Option(600, help="Seconds to wait for each replay."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -654,7 +655,9 @@ def replay(
                 )
                 row: dict[str, Any] = {"parent_run_id": parent, **state_json(state)}
                 if diff and state.status == "completed":
-                    row["diff"] = diff_json(await jc.diff(pipeline, state.run_id, parent, drop=not keep_shadow))
+                    row["diff"] = diff_json(
+                        await jc.diff(pipeline, state.run_id, parent, drop=not keep_shadow, sample=sample)
+                    )
                 out.append(row)
         return out
 
