@@ -1,5 +1,7 @@
 """jetl: pipelines as plain Python, four services over NATS JetStream, an event log that replays."""
 
+import typing as _typing
+
 from jetl.errors import (
     ConfigError,
     DestinationUnavailable,
@@ -10,23 +12,59 @@ from jetl.errors import (
     TerminalError,
     TransientError,
 )
-from jetl.extractors.database import DatabaseExtractor
-from jetl.extractors.file import FileExtractor
-from jetl.extractors.http import HttpExtractor
-from jetl.loaders.clickhouse import ClickHouseLoader, LowCardinality, Timezone
-from jetl.loaders.console import ConsoleLoader
-from jetl.loaders.file import FileLoader
 from jetl.messages import Batch, DeadLetter, RunRequest
 from jetl.pipeline import Pipeline
 from jetl.protocols import Chunk, ExtractContext, Extractor, LoadContext, Loader, Transformer
 from jetl.registry import clear_registry, discover, get_pipeline, get_pipeline_registry
 from jetl.schedule import Cron
 from jetl.settings import JetlSettings
-from jetl.transformers.column import ColumnTransformer
-from jetl.transformers.dedupe import DedupeTransformer
-from jetl.transformers.filter import FilterTransformer
-from jetl.transformers.lambda_ import LambdaTransformer
-from jetl.transformers.type_ import TypeTransformer
+
+# Connectors are imported on first use: sqlalchemy, httpx and clickhouse-connect cost ~2 s to import, and a
+# service or CLI command should pay only for the ones its pipelines use.
+_LAZY = {
+    "ClickHouseLoader": "jetl.loaders.clickhouse",
+    "ColumnTransformer": "jetl.transformers.column",
+    "ConsoleLoader": "jetl.loaders.console",
+    "DatabaseExtractor": "jetl.extractors.database",
+    "DedupeTransformer": "jetl.transformers.dedupe",
+    "FileExtractor": "jetl.extractors.file",
+    "FileLoader": "jetl.loaders.file",
+    "FilterTransformer": "jetl.transformers.filter",
+    "HttpExtractor": "jetl.extractors.http",
+    "LambdaTransformer": "jetl.transformers.lambda_",
+    "LowCardinality": "jetl.loaders.clickhouse",
+    "Timezone": "jetl.loaders.clickhouse",
+    "TypeTransformer": "jetl.transformers.type_",
+}
+
+if _typing.TYPE_CHECKING:
+    from jetl.extractors.database import DatabaseExtractor
+    from jetl.extractors.file import FileExtractor
+    from jetl.extractors.http import HttpExtractor
+    from jetl.loaders.clickhouse import ClickHouseLoader, LowCardinality, Timezone
+    from jetl.loaders.console import ConsoleLoader
+    from jetl.loaders.file import FileLoader
+    from jetl.transformers.column import ColumnTransformer
+    from jetl.transformers.dedupe import DedupeTransformer
+    from jetl.transformers.filter import FilterTransformer
+    from jetl.transformers.lambda_ import LambdaTransformer
+    from jetl.transformers.type_ import TypeTransformer
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jetl' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -8,10 +8,11 @@ import jetl
 
 
 def public_members() -> set[str]:
+    # dir() includes the connectors that are imported lazily, on first use
     return {
         name
-        for name, value in vars(jetl).items()
-        if (not name.startswith("_") or name == "__version__") and not isinstance(value, types.ModuleType)
+        for name in dir(jetl)
+        if (not name.startswith("_") or name == "__version__") and not isinstance(getattr(jetl, name), types.ModuleType)
     }
 
 

@@ -85,7 +85,9 @@ def main() -> None:
     """Entry point of the `jetl` script."""
     try:
         app()
-    except JetlError as exc:  # raised outside run_async (sync commands)
+    except (typer.Exit, SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # raised outside run_async (sync commands): one line, traceback with --debug
         try:
             fail(exc)
         except typer.Exit as e:
