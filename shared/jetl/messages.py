@@ -2,11 +2,14 @@
 
 A batch travels as one NATS message: the JSON envelope on the first line, then the records, encoded as a
 JSON array (`encoding="json"`). Splitting the envelope from the records keeps the records as bytes until a
-stage needs them, so a whole batch is validated in one `TypeAdapter.validate_json` call.
+stage needs them, so a whole batch is validated in one `TypeAdapter.validate_json` call. Clean batches bound for a
+loader that takes Arrow, of a schema of bare typed fields, travel as Arrow IPC instead (`encoding="arrow"`, see
+`jetl._internal.records`).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -16,7 +19,7 @@ from pydantic import BaseModel, Field
 from jetl.errors import ConfigError
 from jetl.subjects import Stage, check_token
 
-Encoding = Literal["json"]
+Encoding = Literal["json", "arrow"]
 Trigger = Literal["manual", "schedule", "backfill", "replay", "redrive"]
 
 
@@ -86,6 +89,8 @@ class Batch(BaseModel):
     source_position: dict[str, Any] | None = None
     origins: list[str] | None = None
     """Per record, where it came from (`file:line`), when the extractor knows."""
+    origin_runs: list[tuple[str, int, int]] | None = None
+    """`origins` as they travel when they compress: runs of (prefix, first number, count), i.e. prefix + number."""
     shadow: bool = False
     """Load into the destination's shadow for this run (a replay with --diff), never the real destination."""
     supersedes: str | None = None
@@ -100,6 +105,11 @@ class Batch(BaseModel):
         """Where record `index` of this batch came from."""
         if self.origins is not None and 0 <= index < len(self.origins):
             return self.origins[index]
+        if self.origin_runs is not None and index >= 0:
+            for prefix, first, count in self.origin_runs:
+                if index < count:
+                    return f"{prefix}{first + index}"
+                index -= count
         return None
 
 
@@ -108,9 +118,43 @@ def batch_id(run_id: str, seq: int) -> str:
     return f"{run_id}/{seq:06d}"
 
 
+_TRAILING_NUMBER = re.compile(r"(.*?)(0|[1-9][0-9]*)")
+
+
+def compact_origins(origins: list[str]) -> list[tuple[str, int, int]] | None:
+    """Origins that differ by a trailing counter (`f.jsonl:1`, `f.jsonl:2`, ...) as runs of (prefix, first, count);
+    None when they do not shrink to an eighth.
+
+    40k `file:line` origins are ~2.6 MB of envelope (a 40k-line batch of the benchmark is ~6 MB of records, the
+    embedded server's max_payload 8 MB); as runs, a few dozen bytes. Checking costs ~0.15 us an origin.
+    """
+    runs: list[tuple[str, int, int]] = []
+    limit = max(1, len(origins) // 8)
+    prefix, first, count = "", 0, 0
+    for origin in origins:
+        if count and origin == f"{prefix}{first + count}":
+            count += 1
+            continue
+        m = _TRAILING_NUMBER.fullmatch(origin)
+        if m is None:
+            return None
+        if count:
+            runs.append((prefix, first, count))
+            if len(runs) >= limit:
+                return None
+        prefix, first, count = m.group(1), int(m.group(2)), 1
+    if count:
+        runs.append((prefix, first, count))
+    return runs
+
+
 def encode_batch(batch: Batch, records: list[Any] | bytes) -> bytes:
     """One NATS payload: envelope line + records (already-encoded JSON array bytes are used as they are)."""
     body = records if isinstance(records, bytes) else dumps(records)
+    if batch.origins is not None and len(batch.origins) >= 16:
+        runs = compact_origins(batch.origins)
+        if runs is not None:
+            batch = batch.model_copy(update={"origins": None, "origin_runs": runs})
     return batch.model_dump_json().encode() + b"\n" + body
 
 
@@ -124,8 +168,13 @@ def decode_batch(payload: bytes) -> tuple[Batch, bytes]:
     return Batch.model_validate_json(head), body
 
 
-def decode_records(body: bytes) -> list[dict[str, Any]]:
+def decode_records(body: bytes, encoding: Encoding = "json") -> list[dict[str, Any]]:
     """The records of a batch as dicts."""
+    if encoding == "arrow":
+        from jetl._internal.records import from_ipc
+
+        rows: list[dict[str, Any]] = from_ipc(body).to_pylist()
+        return rows
     records: list[dict[str, Any]] = orjson.loads(body)
     return records
 

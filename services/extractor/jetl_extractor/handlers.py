@@ -13,6 +13,7 @@ from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.message import NatsBatchMessage
 
 from jetl import subjects
+from jetl._internal import heap
 from jetl._internal.stage import settle
 from jetl.bus import raw_decoder
 from jetl.events import BatchExtracted, BatchRejected, RunExtracted, RunFailed, RunStarted
@@ -212,6 +213,7 @@ async def _already_completed(ctx: ServiceContext, req: RunRequest) -> bool:
 def make_router(ctx: ServiceContext) -> NatsRouter:
     """The extractor's one subscriber: the shared durable pull consumer on JETL_RUNS."""
     settings = ctx.settings if isinstance(ctx.settings, ExtractorSettings) else ExtractorSettings()
+    heap.settle()  # start-up is done: freeze what it built, collect young objects less often (jetl._internal.heap)
     router = NatsRouter()
 
     @router.subscriber(

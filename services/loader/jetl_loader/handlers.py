@@ -10,7 +10,8 @@ from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.message import NatsBatchMessage
 
 from jetl import subjects
-from jetl._internal.records import records_adapter
+from jetl._internal import heap
+from jetl._internal.records import from_ipc, records_adapter
 from jetl._internal.stage import settle
 from jetl.bus import raw_decoder
 from jetl.errors import SchemaMismatch
@@ -39,9 +40,19 @@ def open_loaders(ctx: ServiceContext) -> None:
 
 def write(pipeline: Pipeline, batch: Batch, body: bytes) -> int:
     """Validate the batch against the schema (whole batch at once), then write it with its batch id."""
-    records = records_adapter(pipeline.schema).validate_json(body)  # model_dump()'s dicts, no model objects
+    adapter = records_adapter(pipeline.schema)
     lctx = LoadContext(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id, schema=pipeline.schema)
-    n = lineage.destination(pipeline, batch).load(records, lctx)
+    dest = lineage.destination(pipeline, batch)
+    load_arrow = getattr(dest, "load_arrow", None)
+    if batch.encoding == "arrow":
+        table = from_ipc(body)
+        if callable(load_arrow):  # typed columns: checking their types is validating them (jetl._internal.records)
+            adapter.check_arrow(table)
+            n: int = load_arrow(table, lctx)
+        else:
+            n = dest.load(adapter.validate_python(table.to_pylist()), lctx)
+    else:
+        n = dest.load(adapter.validate_json(body), lctx)  # model_dump()'s dicts, no model objects
     lineage.supersede(pipeline, batch)  # a replayed batch replaces its parent's, once it is itself written
     return n
 
@@ -84,7 +95,7 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
             try:
                 records = [
                     {"index": i, "origin": None, "field": None, "message": None, "record": r}
-                    for i, r in enumerate(decode_records(body))
+                    for i, r in enumerate(decode_records(body, batch.encoding))
                 ]
             except Exception:
                 records = []
@@ -110,6 +121,7 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
 def make_router(ctx: ServiceContext) -> NatsRouter:
     """The loader's one subscriber: the shared durable pull consumer on JETL_CLEAN."""
     settings = ctx.settings if isinstance(ctx.settings, LoaderSettings) else LoaderSettings()
+    heap.settle()  # start-up is done: freeze what it built, collect young objects less often (jetl._internal.heap)
     open_loaders(ctx)
     router = NatsRouter()
     router.include_router(make_control_router(ctx))  # count and diff: questions only the destination's owner answers

@@ -7,6 +7,7 @@ the rest of the batch goes on. A batch that cannot be transformed at all is dead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Annotated, Any
 
 from faststream import AckPolicy, Context
@@ -15,13 +16,14 @@ from faststream.nats.message import NatsBatchMessage
 from pydantic import ValidationError
 
 from jetl import subjects
-from jetl._internal.records import records_adapter
+from jetl._internal import heap
+from jetl._internal.records import records_adapter, to_ipc
 from jetl._internal.stage import settle
 from jetl.bus import raw_decoder
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch, DeadLetter, decode_batch, decode_records, dumps
+from jetl.messages import Batch, DeadLetter, Encoding, decode_batch, decode_records, dumps
 from jetl.pipeline import Pipeline
 from jetl.registry import get_pipeline
 from jetl.service import ServiceContext
@@ -32,8 +34,10 @@ from jetl_transformer.settings import TransformerSettings
 log = get_logger("jetl.transformer")
 
 
-def run_transformers(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple[bytes, int, list[RecordIssue]]:
-    """Apply the pipeline's transformers then validate against its schema; (clean JSON, count, issues)."""
+def run_transformers(
+    pipeline: Pipeline, records: list[dict[str, Any]]
+) -> tuple[bytes, Encoding, int, list[RecordIssue]]:
+    """Apply the pipeline's transformers then validate against its schema; (clean body, its encoding, count, issues)."""
     issues: list[RecordIssue] = []
     aligned = True  # while True, record i is still input record i (so its origin is known)
     out = records
@@ -51,9 +55,18 @@ def run_transformers(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple
             continue
         if len(out) != n_before:
             aligned = False
+    # A schema of bare typed fields, bound for a loader that takes Arrow, is validated column by column into Arrow
+    # IPC (1.2 us a record; the loader then skips 4-6 us of parsing, validating and converting: records.py).
+    fast = records_adapter(pipeline.schema)
+    arrow = fast.arrow_schema is not None and callable(getattr(pipeline.loader, "load_arrow", None))
+    if arrow:
+        try:
+            table = fast.arrow_table(out)
+            return to_ipc(table), "arrow", table.num_rows, issues
+        except (ValueError, TypeError, KeyError, OverflowError):
+            pass  # some record does not fit: validating row by row says which and why
     # A schema of plain fields validates straight to dicts and orjson encodes them: 2.8 + 1.9 us a record for
     # models + dump_json -> 1.0 + 0.5 (jetl._internal.records); any other schema keeps pydantic's own path.
-    fast = records_adapter(pipeline.schema)
     validate = fast.validate_python if fast.fast else pipeline.adapter.validate_python
     try:
         valid = validate(out)
@@ -64,12 +77,15 @@ def run_transformers(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple
                 i.index = -1
             issues.append(i)
         valid = validate([r for i, r in enumerate(out) if i not in bad])
+    if arrow:
+        with contextlib.suppress(ValueError, TypeError, KeyError, OverflowError):
+            return to_ipc(fast.arrow_table(valid, validated=True)), "arrow", len(valid), issues
     if not fast.fast:
-        return pipeline.adapter.dump_json(valid), len(valid), issues
+        return pipeline.adapter.dump_json(valid), "json", len(valid), issues
     try:
-        return dumps(valid), len(valid), issues
+        return dumps(valid), "json", len(valid), issues
     except TypeError:  # what orjson cannot encode (an int beyond 64 bits), pydantic can
-        return pipeline.adapter.dump_json(pipeline.adapter.validate_python(valid)), len(valid), issues
+        return pipeline.adapter.dump_json(pipeline.adapter.validate_python(valid)), "json", len(valid), issues
 
 
 async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
@@ -100,7 +116,7 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                     f"pipeline now declares {pipeline.schema_hash}"
                 )
             records = decode_records(body)
-            clean, n_out, issues = await asyncio.to_thread(run_transformers, pipeline, records)
+            clean, encoding, n_out, issues = await asyncio.to_thread(run_transformers, pipeline, records)
             for i in issues:
                 if i.index >= 0:
                     i.origin = batch.origin(i.index)
@@ -139,7 +155,9 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
             out = batch.model_copy(
                 update={
                     "count": n_out,
+                    "encoding": encoding,
                     "origins": None,
+                    "origin_runs": None,
                     "schema_hash": pipeline.schema_hash,
                     "schema_name": pipeline.schema.__name__,
                 }
@@ -203,6 +221,7 @@ def _as_dead_records(body: bytes) -> list[dict[str, Any]]:
 def make_router(ctx: ServiceContext) -> NatsRouter:
     """The transformer's one subscriber: the shared durable pull consumer on JETL_RAW."""
     settings = ctx.settings if isinstance(ctx.settings, TransformerSettings) else TransformerSettings()
+    heap.settle()  # start-up is done: freeze what it built, collect young objects less often (jetl._internal.heap)
     router = NatsRouter()
 
     @router.subscriber(

@@ -13,11 +13,21 @@ fields are plain data (numbers, strings, dates, decimals, UUIDs, enums, literals
 constraints, defaults and aliases), with no validators, serializers, computed fields, custom `__init__` or
 post-init hooks, nested models or `extra="allow"`. Anything else runs the model path. So does every batch the
 shortcut rejects: errors always come from the model itself, with its messages and locations.
+
+Clean batches of a model whose fields are bare `int`, `float`, `str`, `bool`, `date` or `datetime` (optional or not,
+without constraints) can travel as Arrow IPC (`Batch.encoding == "arrow"`, see `RecordsAdapter.arrow_table`): the
+loader then checks the table's schema instead of re-parsing and re-validating JSON, and inserts the columns as they
+are. For such a model the two checks are the same: a typed column cannot hold a value of another type.
+
+    measured per record (40k records of the benchmark's clean schema, CPU):
+    JSON out:   validate rows 0.91 + orjson 0.36 us    loader: validate_json 2.5-3.4 + Arrow arrays 1.6 us
+    Arrow out:  columns 0.35 + validate columns 0.17 + Arrow arrays 0.66 + IPC 0.01 us    loader: schema check
+    (125 bytes a record as JSON, 49 as Arrow IPC)
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
@@ -32,6 +42,31 @@ _PLAIN = {
 }
 # Keys of a schema node that hold nested schemas.
 _NESTED = ("schema", "items_schema", "keys_schema", "values_schema")
+
+
+# Arrow type per core-schema type of a bare field (a datetime is stored as UTC microseconds, naive ones read as UTC,
+# as the ClickHouse loader reads them), and the keys such a schema may have besides its type (no constraints).
+_ARROW = {"int": "int64", "float": "float64", "str": "string", "bool": "bool_", "date": "date32"}
+_BARE = {"type", "metadata", "ref", "microseconds_precision"}
+
+
+def _arrow_column(schema: dict[str, Any]) -> tuple[Any, bool] | None:
+    """(pyarrow type, nullable) of a bare field, or None."""
+    import pyarrow as pa
+
+    if schema.get("type") == "default":
+        schema = schema["schema"]
+    nullable = schema.get("type") == "nullable"
+    if nullable:
+        schema = schema["schema"]
+    kind = schema.get("type")
+    if set(schema) - _BARE or schema.get("microseconds_precision", "truncate") != "truncate":
+        return None
+    if kind == "datetime":
+        return pa.timestamp("us", tz="UTC"), nullable
+    if kind in _ARROW:
+        return getattr(pa, _ARROW[kind])(), nullable
+    return None
 
 
 def _plain(schema: Any) -> bool:
@@ -118,6 +153,91 @@ class RecordsAdapter:
             except ValueError:
                 pass
         return self._dump(self.adapter.validate_json(data))
+
+    @cached_property
+    def _arrow(self) -> tuple[Any, list[SchemaValidator], bool] | None:
+        if self._fast is None or self.by_alias:
+            return None
+        import pyarrow as pa
+
+        schema: Any = self.model.__pydantic_core_schema__
+        config = cs.CoreConfig(**(schema.get("config") or {}))  # type: ignore[typeddict-item]
+        inner = schema["schema"]
+        fields, validators = [], []
+        for name, f in inner["fields"].items():
+            column = _arrow_column(f["schema"])
+            if column is None or f.get("validation_alias") is not None:
+                return None
+            fields.append(pa.field(name, column[0], nullable=column[1]))
+            validators.append(SchemaValidator(cs.list_schema(f["schema"]), config))
+        # Validating column by column ignores keys the model does not name, as extra="ignore" (the default) does.
+        by_column = (inner.get("extra_behavior") or config.get("extra_fields_behavior") or "ignore") == "ignore"
+        return pa.schema(fields), validators, by_column
+
+    @property
+    def arrow_schema(self) -> Any | None:
+        """The Arrow schema this model's batches travel in, or None when they travel as JSON (module docstring)."""
+        return self._arrow[0] if self._arrow is not None else None
+
+    def arrow_table(self, records: list[dict[str, Any]], *, validated: bool = False) -> Any:
+        """The records as an Arrow table of `arrow_schema`, validated column by column unless already `validated`
+        (as `validate_python` returns them).
+
+        Raises ValueError, TypeError, KeyError or OverflowError when a record does not fit (a missing field, a value
+        of another type): validate row by row then, to learn which record and why.
+        """
+        import pyarrow as pa
+
+        if self._arrow is None:
+            raise TypeError(f"{self.model.__name__} has no Arrow schema")
+        schema, validators, by_column = self._arrow
+        if not validated and not by_column:
+            raise ValueError(f"{self.model.__name__} forbids extra fields: validate row by row")
+        arrays = []
+        for field, validator in zip(schema, validators, strict=True):
+            values = [r[field.name] for r in records]
+            if not validated:
+                values = validator.validate_python(values)
+            try:
+                array = pa.array(values, type=field.type)
+            except pa.ArrowException as exc:
+                raise ValueError(f"field {field.name!r}: {exc}") from exc
+            if array.null_count and not field.nullable:
+                raise ValueError(f"field {field.name!r}: null")
+            arrays.append(array)
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def check_arrow(self, table: Any) -> None:
+        """Raise TerminalError unless `table` has exactly this model's Arrow schema, with no null where the model
+        allows none (for a model with an Arrow schema, the same check as validating its rows)."""
+        from jetl.errors import TerminalError
+
+        schema = self.arrow_schema
+        if schema is None:
+            raise TerminalError(f"{self.model.__name__} does not travel as Arrow (a field is not a bare type)")
+        if not table.schema.equals(schema):
+            raise TerminalError(f"Arrow batch does not match {self.model.__name__}: {table.schema} != {schema}")
+        for field, column in zip(schema, table.columns, strict=True):
+            if column.null_count and not field.nullable:
+                raise TerminalError(f"{self.model.__name__}.{field.name}: {column.null_count} null(s)")
+
+
+def to_ipc(table: Any) -> bytes:
+    """An Arrow table as IPC stream bytes (uncompressed: 49 bytes a record of the benchmark, vs 125 as JSON)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+def from_ipc(data: bytes) -> Any:
+    """The Arrow table in IPC stream bytes."""
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 @lru_cache(maxsize=256)
