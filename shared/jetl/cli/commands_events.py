@@ -506,6 +506,8 @@ def backfill(
 
     Running the same backfill again loads nothing twice: completed run ids are skipped, and a request that is still
     queued is deduplicated by JetStream. Each run's extractors get the interval as data_interval_start/end.
+    Runs in parallel suit extractors that read by interval; one that keeps a cursor (files already loaded, a
+    high-water mark) needs --max-parallel 1, since runs in flight at once all start from the same cursor.
 
     Example: jetl backfill daily_sales --start 2026-11-01 --end 2026-11-08 --max-parallel 2
     """
