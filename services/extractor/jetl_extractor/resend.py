@@ -171,5 +171,5 @@ class Resend:
             async for msg in read_stream(self.ctx.broker.connection, Kind.RAW, subject):
                 batch, body = decode_batch(msg.data)
                 if batch.batch_id in batch_ids and batch.batch_id not in out:
-                    out[batch.batch_id] = dict(enumerate(decode_records(body)))
+                    out[batch.batch_id] = dict(enumerate(decode_records(body, batch.encoding)))
         return out
