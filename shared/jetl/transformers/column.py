@@ -51,6 +51,7 @@ class ColumnTransformer:
         if self.select is not None and self.drop & set(self.select):
             both = sorted(self.drop & set(self.select))
             raise ConfigError(f"ColumnTransformer: columns both selected and dropped: {both}")
+        self._compiled = self._compile()
 
     def __repr__(self) -> str:
         return "ColumnTransformer()"
@@ -65,10 +66,56 @@ class ColumnTransformer:
         fields |= set(self.defaults) | set(self.add) | set(self.compute)
         return frozenset(fields - self.drop)
 
+    def _compile(self) -> Callable[[list[Record], list[RecordIssue]], list[Record]] | None:
+        """`transform`'s loop written out for this configuration (the steps it has, its column names as literals):
+        1.8 -> 0.8 us a record on the benchmark's rename + compute + drop. None where it does not apply (flatten,
+        column names that are not strings): the generic loop below runs then."""
+        names = [*self.rename, *self.rename.values(), *self.defaults, *self.add, *self.compute, *self.drop,
+                 *(self.select or [])]
+        if self.flatten_sep or not all(isinstance(n, str) for n in names):
+            return None
+        ns: dict[str, Any] = {"RecordIssue": RecordIssue, "RENAME": self.rename, "TARGETS": self._targets,
+                              "ADD": self.add}
+        code = ["def transform(records, issues):", "    out = []", "    append = out.append",
+                "    for i, rec in enumerate(records):", "        r = dict(rec)"]
+        if self._in_place is not None and self.rename:
+            code.append("        if TARGETS.isdisjoint(r):")
+            code += [f"            if {old!r} in r: r[{new!r}] = r.pop({old!r})" for old, new in self._in_place]
+            code.append("        else:")
+            code.append("            r = {RENAME.get(k, k): v for k, v in r.items()}")
+        elif self.rename:
+            code.append("        r = {RENAME.get(k, k): v for k, v in r.items()}")
+        for j, (k, v) in enumerate(self.defaults.items()):
+            ns[f"D{j}"] = v
+            code.append(f"        if r.get({k!r}) is None: r[{k!r}] = D{j}")
+        if self.add:
+            code.append("        r.update(ADD)")
+        if self.compute:
+            code += ["        k = None", "        try:"]
+            for j, (k, compute) in enumerate(self.compute.items()):
+                ns[f"C{j}"] = compute
+                code.append(f"            k = {k!r}; r[{k!r}] = C{j}(r)")
+            code += ["        except Exception as exc:",
+                     "            issues.append(RecordIssue(i, k, f'compute raised {type(exc).__name__}: {exc}',"
+                     " record=rec))",
+                     "            continue"]
+        if self.select is not None:
+            code.append(f"        r = {{k: r.get(k) for k in {tuple(self.select)!r}}}")
+        code += [f"        r.pop({k!r}, None)" for k in sorted(self.drop)]
+        code += ["        append(r)", "    return out"]
+        exec(compile("\n".join(code), f"<ColumnTransformer {id(self):x}>", "exec"), ns)
+        compiled: Callable[[list[Record], list[RecordIssue]], list[Record]] = ns["transform"]
+        return compiled
+
     def transform(self, records: list[Record]) -> list[Record]:
         """The reshaped records; a computed column that raises rejects its record."""
         out: list[Record] = []
         issues: list[RecordIssue] = []
+        if self._compiled is not None:
+            out = self._compiled(records, issues)
+            if issues:
+                raise RecordError("", issues, survivors=out)
+            return out
         rename, defaults, add, compute = self.rename, self.defaults, self.add, self.compute
         select, drop, sep = self.select, self.drop, self.flatten_sep
         in_place, targets = self._in_place, self._targets
