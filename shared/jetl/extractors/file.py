@@ -204,6 +204,7 @@ class FileExtractor:
                 return Chunk([self._select(r) for r in parsed], origins, position, [])
             chunk = Chunk(parsed, origins, position, [])
             chunk.encoded = encoded  # type: ignore[attr-defined]
+            chunk.origin_runs = [(prefix, first, len(raws))]  # type: ignore[attr-defined]  # see Batch.origin_runs
             return chunk
         records: list[Record] = []
         origins = []

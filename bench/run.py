@@ -1,0 +1,255 @@
+"""Throughput benchmark: the reference job through the four jetl services, against the single-process ceiling.
+
+    uv run python bench/run.py [--records N] [--latency-runs 200]
+
+- jetl: the embedded stack (nats-server with JetStream, then extractor, transformer, loader and scheduler, each its
+  own OS process) runs the `bench_orders` pipeline (bench/pipelines/bench_pipeline.py): from the run request to
+  run.completed, i.e. the last batch committed to ClickHouse (chdb) and the ledger settled. Records per second,
+  wall time, each process's peak RSS (VmHWM) and the CPU each spent during the run.
+- direct: bench/direct.py, the same job as one plain script (same libraries), in a subprocess of its own.
+- latency: a 100-record run of the `bench_latency` pipeline through the same four services, p50 and p99.
+Every run is checked: count() and two checksums of `amount_cents` in ClickHouse (see bench/common.py).
+
+The last line is `ratio jetl/direct: X.XX` (records per second, jetl over direct).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from common import LATENCY_PIPELINE, LATENCY_RECORDS, PIPELINE, Expected, check, generate  # noqa: E402
+
+SERVICES = ("extractor", "transformer", "loader", "scheduler")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int, field: str) -> float:
+    """A `VmHWM`-style field of /proc/<pid>/status, in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except OSError:
+        return 0.0
+
+
+def run_direct(data: Path, records: int, variant: str) -> dict[str, Any]:
+    """bench/direct.py in a subprocess, on a fresh chdb folder."""
+    chdb = data / "direct-chdb"
+    shutil.rmtree(chdb, ignore_errors=True)
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "direct.py"), "--input", str(data / f"orders_{records}.jsonl"),
+         "--records", str(records), "--chdb", str(chdb), "--variant", variant],
+        check=True, capture_output=True, text=True,
+    )
+    shutil.rmtree(chdb, ignore_errors=True)
+    result: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def wait_ready(url: str, stack: Any, timeout: float = 60.0) -> None:
+    """Until every service answers its health request (its consumers are started by then)."""
+    from jetl import subjects
+    from jetl._internal.demo import watch_stack
+    from jetl.bus import connect
+    from jetl.settings import NatsSettings
+
+    watchdog = asyncio.create_task(watch_stack(stack))
+    nc = await connect(NatsSettings(url=url))
+    try:
+        deadline = time.monotonic() + timeout
+        pending = set(SERVICES)
+        while pending:
+            if watchdog.done():
+                watchdog.result()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"services not ready after {timeout:.0f}s: {sorted(pending)}")
+            for name in list(pending):
+                try:
+                    await nc.request(subjects.control(name, "health"), b"{}", timeout=0.5)
+                    pending.discard(name)
+                except Exception:
+                    await asyncio.sleep(0.1)
+    finally:
+        watchdog.cancel()
+        await nc.close()
+
+
+WARM_UP_RUNS = 3
+"""Latency-pipeline runs before anything is timed: each service's first batch pays one-time costs (imports such as
+pyarrow's of pandas, ~2 s; the chdb table; schema builds), as a long-running service pays them once."""
+
+
+async def run_jetl(url: str, stack: Any, latency_runs: int, profile: Path | None) -> dict[str, Any]:
+    """Warm-up runs, the latency runs, then the throughput run."""
+    from jetl._internal.demo import with_watchdog
+    from jetl.client import JetlClient
+    from jetl.settings import JetlSettings, NatsSettings
+
+    async def one(jc: Any, pipeline: str, timeout: float) -> Any:
+        req = await jc.request_run(pipeline, force=True)
+        return await jc.wait(pipeline, req.run_id, timeout=timeout)
+
+    async def body() -> dict[str, Any]:
+        async with JetlClient(JetlSettings(nats=NatsSettings(url=url))) as jc:
+            latencies: list[float] = []
+            for i in range(WARM_UP_RUNS + latency_runs):
+                t0 = time.perf_counter()
+                state = await one(jc, LATENCY_PIPELINE, 60)
+                if i >= WARM_UP_RUNS:
+                    latencies.append(time.perf_counter() - t0)
+                if state.status != "completed" or state.counts()["loaded"] != LATENCY_RECORDS:
+                    raise RuntimeError(f"latency run {state.run_id} ended {state.status}: {state.counts()}")
+            pids = {name: p.proc.pid for name, p in stack.procs.items() if p.proc is not None}
+            if stack.server is not None and stack.server.proc is not None:
+                pids["nats-server"] = stack.server.proc.pid
+            spies = []
+            if profile is not None:
+                import spy
+
+                spies = spy.start({k: v for k, v in pids.items() if k != "nats-server"}, profile)
+                await asyncio.sleep(1.0)  # py-spy attaches
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            t0 = time.perf_counter()
+            state = await one(jc, PIPELINE, 1800)
+            seconds = time.perf_counter() - t0
+            cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+            if spies:
+                spy.stop(spies)
+            rss = {name: proc_status(pid, "VmHWM") for name, pid in pids.items()}
+            return {"seconds": seconds, "state": state, "latencies": latencies, "cpu": cpu, "rss": rss}
+
+    result: dict[str, Any] = await with_watchdog(stack, body())
+    return result
+
+
+def bench_jetl(data: Path, records: int, latency_runs: int, expected: Expected, keep: bool,
+               transformers: int = 1, profile: Path | None = None) -> dict[str, Any]:
+    """Start the embedded stack on a fresh data folder, run, stop, then check the table."""
+    from jetl.embedded import ServiceProcess, Stack, service_env
+
+    run_dir = data / "stack"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "input").mkdir(parents=True)
+    (run_dir / "latency").mkdir(parents=True)
+    os.link(data / f"orders_{records}.jsonl", run_dir / "input" / "orders.jsonl")
+    generate(run_dir / "latency" / "orders.jsonl", LATENCY_RECORDS, seed=7)
+    stack = Stack(data_dir=run_dir, pipelines_dir=BENCH / "pipelines", extra_env={"JETL_LOG_LEVEL": "WARNING"})
+    try:
+        stack.start()
+        url = stack.nats_url or ""
+        for i in range(2, transformers + 1):  # more replicas of the transformer bind to the same durable consumer
+            env = service_env(url, run_dir, BENCH / "pipelines", stack.extra_env)
+            log = run_dir / "logs" / f"transformer{i}.log"
+            stack.procs[f"transformer{i}"] = ServiceProcess("transformer", env, log).start()
+        asyncio.run(wait_ready(url, stack))
+        result = asyncio.run(run_jetl(url, stack, latency_runs, profile))
+        stack.check()
+    finally:
+        stack.stop()
+    state = result["state"]
+    if state.status != "completed":
+        raise RuntimeError(f"run {state.run_id} ended {state.status}: {state.error}")
+    from jetl.loaders.clickhouse import close_clients, get_client
+
+    client = get_client(f"chdb://{(run_dir / 'chdb').resolve()}")
+    try:
+        result["check"] = check(client, expected)
+    finally:
+        close_clients()
+    result["counts"] = state.counts()
+    if not keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return result
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=1_000_000, help="records in the reference job")
+    ap.add_argument("--latency-runs", type=int, default=200, help="100-record runs timed for p50/p99")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure direct and jetl this many times each (alternating, a fresh stack each time) and "
+                         "keep the best of each: on a shared machine the best is the least disturbed")
+    ap.add_argument("--transformers", type=int, default=1,
+                    help="transformer replicas (the design's scaling model; the reference figure is 1)")
+    ap.add_argument("--profile", type=Path, help="py-spy every service during the throughput run, into this folder")
+    ap.add_argument("--direct-variant", default="arrow", choices=["arrow", "json", "rows", "noval"])
+    ap.add_argument("--data", type=Path, default=BENCH / ".data", help="where inputs and run folders go")
+    ap.add_argument("--keep", action="store_true", help="keep the stack's data folder (logs, chdb) after the run")
+    args = ap.parse_args()
+    if args.latency_runs < 1 or args.repeat < 1 or args.transformers < 1:
+        ap.error("--latency-runs, --repeat and --transformers must be at least 1")
+
+    args.data.mkdir(parents=True, exist_ok=True)
+    print(f"input: {args.records:,} records (generating unless cached in {args.data})", flush=True)
+    expected = generate(args.data / f"orders_{args.records}.jsonl", args.records)
+    gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    print(f"machine: {os.cpu_count()} CPUs, {gib:.0f} GiB, load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    directs, jetls = [], []
+    for i in range(args.repeat):
+        directs.append(run_direct(args.data, args.records, args.direct_variant))
+        jetls.append(bench_jetl(args.data, args.records, args.latency_runs if i == 0 else 1, expected, args.keep,
+                                args.transformers))
+        if args.repeat > 1:
+            print(f"  round {i + 1}: direct {directs[-1]['rows_per_s']:,.0f} records/s, "
+                  f"jetl {args.records / jetls[-1]['seconds']:,.0f} records/s", flush=True)
+    direct = max(directs, key=lambda d: d["rows_per_s"])
+    jetl = min(jetls, key=lambda j: j["seconds"])
+    latencies = jetls[0]["latencies"]
+
+    if args.profile is not None:  # a run of its own: sampling slows the services down
+        import spy
+
+        profiled = bench_jetl(args.data, args.records, 1, expected, False, args.transformers, args.profile)
+        summary = spy.summarise(args.profile)
+        (args.profile / "summary.txt").write_text(summary + "\n")
+        print(f"profile (py-spy at {spy.RATE} Hz, a separate run of {profiled['seconds']:.2f} s; "
+              f"stacks in {args.profile}):\n{summary}")
+    rate = args.records / jetl["seconds"]
+    shape = "4 services" if args.transformers == 1 else f"4 services, {args.transformers} transformer replicas"
+    print(f"jetl:    {args.records:,} records in {jetl['seconds']:.2f} s = {rate:,.0f} records/s "
+          f"({shape}, over nats-server; counts {jetl['counts']})")
+    print("  peak RSS MB: " + "  ".join(f"{k} {v:.0f}" for k, v in jetl["rss"].items()))
+    print("  CPU s during the run: " + "  ".join(f"{k} {v:.2f}" for k, v in jetl["cpu"].items()))
+    print(f"direct:  {direct['rows']:,} records in {direct['seconds']:.2f} s = {direct['rows_per_s']:,.0f} records/s "
+          f"(one process, variant {direct['variant']}); peak RSS MB {direct['peak_rss_mb']:.0f}; "
+          f"CPU s {direct['cpu_seconds']:.2f}")
+    lat = [x * 1000 for x in latencies]
+    print(f"latency: {LATENCY_RECORDS} records end to end (run request to run.completed), {len(lat)} runs: "
+          f"p50 {statistics.median(lat):.1f} ms, p99 {percentile(lat, 99):.1f} ms")
+    print(f"checks:  count and amount_cents checksums match ({jetl['check'][0]:,} rows)")
+    print(f"ratio jetl/direct: {rate / direct['rows_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
