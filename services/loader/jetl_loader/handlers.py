@@ -88,6 +88,7 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
             await ctx.bus.event(BatchLoaded(**base, records=n, destination=pipeline.loader.describe()))
             ctx.count("batches_loaded")
             ctx.count("records_loaded", n)
+            log.info("batch loaded", records=n, destination=pipeline.loader.describe())
         except Exception as exc:
             error = exc
 

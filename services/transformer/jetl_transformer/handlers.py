@@ -183,6 +183,7 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
             )
             ctx.count("batches_transformed")
             ctx.count("records_rejected", len(issues))
+            log.info("batch transformed", records_in=n_in, records_out=n_out, rejected=len(issues), filtered=filtered)
         except Exception as exc:
             error = exc
 
