@@ -328,6 +328,9 @@ class JetlClient:
 
         async def one(slot: Slot) -> None:
             before = known.get(slot.run_id)
+            if before is not None and before.status not in ("completed", "failed"):
+                # the projection trails the log by a fold: ask the log itself before requesting the run again
+                before = await self.run_state(pipeline, slot.run_id) or before
             if before is not None and before.status in ("completed", "failed"):
                 outcome = "skipped" if before.status == "completed" else "failed earlier"
                 out[slot.run_id] = (outcome, before)
