@@ -2,7 +2,8 @@
 
 `bench/run.py --profile DIR` starts `py-spy record` on every service for the throughput run and writes, per
 service, the collapsed stacks (`DIR/<service>.txt`, loadable in speedscope.app or flamegraph.pl) and a summary
-(`DIR/summary.txt`, also printed): how many seconds each service was on a CPU and in which of its functions.
+(`DIR/summary.txt`, also printed): per service, where its threads were when they held the GIL (its Python work;
+native code that releases the GIL, such as chdb's insert threads, is not in it), sampled without pausing it.
 
 py-spy is used from PATH, else through `uvx py-spy` (uv downloads it from PyPI once). It needs ptrace rights on
 the service processes (root, or kernel.yama.ptrace_scope=0).
@@ -42,8 +43,9 @@ def start(pids: dict[str, int], out: Path) -> list[subprocess.Popen[bytes]]:
     out.mkdir(parents=True, exist_ok=True)
     cmd = py_spy()
     return [
-        subprocess.Popen([*cmd, "record", "-p", str(pid), "-r", str(RATE), "-f", "raw", "--threads",
-                          "-o", str(out / f"{name}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen([*cmd, "record", "-p", str(pid), "-r", str(RATE), "-f", "raw", "--threads", "--gil",
+                          "--nonblocking", "-o", str(out / f"{name}.txt")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, pid in pids.items()
     ]
 
@@ -70,7 +72,7 @@ def _frame(frame: str) -> str:
 
 
 def summarise(folder: Path, top: int = 8) -> str:
-    """Per service: seconds on a CPU, and the functions (with what they call) that took most of it."""
+    """Per service: seconds of samples holding the GIL, and the functions (with what they call) that took most."""
     lines = []
     for path in sorted(folder.glob("*.txt")):
         if path.name == "summary.txt":
@@ -92,7 +94,7 @@ def summarise(folder: Path, top: int = 8) -> str:
                 inclusive[f] += count
         if not total:
             continue
-        lines.append(f"{path.stem}: {total / RATE:.1f} s on CPU (all threads)")
+        lines.append(f"{path.stem}: {total / RATE:.1f} s holding the GIL")
         lines.append("  in (with what it calls):")
         lines += [f"    {n / total:5.1%}  {f}" for f, n in inclusive.most_common(top)]
         lines.append("  itself:")
