@@ -135,6 +135,8 @@ class Extraction:
         runs: list[tuple[str, int, int]] | None = getattr(whole, "origin_runs", None)
         count, body = len(records), (records if encoded is None else encoded)
         del records  # with the batch already encoded, its dicts need not wait in memory for the publish (~30 MB)
+        if runs is not None:
+            origins = []  # nor its origin strings (~2.5 MB), which travel as runs
         try:
             p = self.pipeline
             batch = Batch(
