@@ -1,10 +1,11 @@
 """Each stage's own work on the reference job, without NATS: CPU microseconds per record, stage by stage.
 
-    uv run python bench/stages.py [--records 200000] [--gc on|off|freeze]
+    uv run python bench/stages.py [--records 300000] [--gc service|on|off]
 
 It calls the code the services run per batch (the file extractor and the raw-batch encoding; decoding and
 `run_transformers`; the loader's `write`), so it shows which stage limits the pipeline and what each step costs,
-free of the noise of the other processes. CPU time, not wall time: on a busy machine it still adds up.
+free of the noise of the other processes; then bench/direct.py's job on the same input, for scale. CPU time, not
+wall time: on a busy machine it still adds up.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from common import PIPELINE, generate  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--records", type=int, default=200_000)
-    ap.add_argument("--gc", choices=["on", "off", "freeze"], default="freeze")
+    ap.add_argument("--records", type=int, default=300_000)
+    ap.add_argument("--gc", choices=["on", "off", "service"], default="service",
+                    help="service: as the stage processes run (jetl._internal.heap.settle)")
     ap.add_argument("--data", type=Path, default=BENCH / ".data")
     args = ap.parse_args()
 
@@ -63,8 +65,10 @@ def main() -> None:
     gc.collect()
     if args.gc == "off":
         gc.disable()
-    elif args.gc == "freeze":
-        gc.freeze()
+    elif args.gc == "service":
+        from jetl._internal import heap
+
+        heap.settle()
 
     costs: dict[str, float] = {}
 
@@ -105,6 +109,13 @@ def main() -> None:
     del payloads
     for batch, clean in cleans:
         timed("load: validate + insert", write, pipeline, batch, clean)
+    import direct
+
+    client = pipeline.loader.client()  # type: ignore[attr-defined]
+    client.command(direct.ddl("direct_orders"))
+    t0 = time.process_time()
+    direct.run("arrow", work / "input" / "orders.jsonl", client, 30_000, table="direct_orders")
+    costs["direct: the whole job in one process"] = time.process_time() - t0
     n = args.records
     total: dict[str, float] = {}
     for name, seconds in costs.items():
