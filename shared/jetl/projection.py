@@ -31,6 +31,10 @@ class BatchState(BaseModel):
     extract_rejected: int = 0
     transformed: int = 0
     rejected: int = 0
+    """Records dead-lettered by the transformer (one by one, or the whole raw batch)."""
+    load_rejected: int = 0
+    """Records of the clean batch the destination refused. Kept apart from `rejected`: the loader's verdict may be
+    folded before the transformer's own event (it publishes the batch, then its event), and must not be lost."""
     filtered: int = 0
     loaded: int = 0
     outcome: Literal["pending", "loaded", "rejected"] = "pending"
@@ -74,7 +78,7 @@ class RunState(BaseModel):
     @property
     def rejected(self) -> int:
         """Records dead-lettered at any stage."""
-        return sum(b.extract_rejected + b.rejected for b in self.batches.values())
+        return sum(b.extract_rejected + b.rejected + b.load_rejected for b in self.batches.values())
 
     @property
     def filtered(self) -> int:
@@ -155,7 +159,7 @@ def fold(state: RunState | None, ev: Event) -> RunState:
                 # transform-stage record rejects are counted by batch.transformed
             elif b.outcome != "rejected":
                 if ev.stage == "load":  # the clean batch failed: transform-stage rejects stay counted
-                    b.rejected += ev.records
+                    b.load_rejected = ev.records
                 else:  # the whole raw batch failed to transform
                     b.rejected, b.filtered = ev.records, 0
                 b.outcome, b.rejected_stage = "rejected", ev.stage

@@ -25,8 +25,15 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
@@ -287,10 +294,7 @@ async def watch_values(kv: KeyValue, keys: str) -> dict[str, bytes]:
 
 async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]:
     """Every run state kept, newest first."""
-    try:
-        keys = await kv.keys()
-    except Exception:
-        return []
+    keys = await _keys(kv)
     prefix = f"run.{pipeline}." if pipeline else "run."
     out: list[RunState] = []
     for k in keys:
@@ -396,8 +400,15 @@ async def _write_state(
     raise RuntimeError(f"could not rebuild {key}: too many concurrent writers")
 
 
-async def _keys(kv: KeyValue) -> list[str]:
-    try:
-        return list(await kv.keys())
-    except Exception:
-        return []
+async def _keys(kv: KeyValue, attempts: int = 3) -> list[str]:
+    """Every key in the bucket. An empty bucket is []; a watcher that timed out (a busy server) is retried, and
+    then raised: an empty answer must mean no runs, never "could not tell"."""
+    for attempt in range(attempts):
+        try:
+            return list(await kv.keys())
+        except NoKeysError:
+            return []
+        except (TimeoutError, NatsTimeoutError):
+            if attempt == attempts - 1:
+                raise
+    return []

@@ -96,3 +96,18 @@ def test_settings_nest_with_double_underscore(monkeypatch: pytest.MonkeyPatch) -
     assert s.nats.servers == ["nats://a:1", "nats://b:2"]
     assert s.clickhouse_dsn == "https://ch:8443"
     assert "s3cret" not in repr(s) and "s3cret" not in s.model_dump_json()
+
+
+def test_a_load_rejection_folded_before_the_transformers_event_is_not_lost() -> None:
+    # The transformer publishes the clean batch, then its event; the loader may refuse the batch in between.
+    base = {"pipeline": "p", "run_id": "r"}
+    state = fold(None, BatchExtracted(**base, batch_id="r/000000", seq=0, records=10))
+    state = fold(state, RunExtracted(**base, batches=1, records=10))
+    state = fold(
+        state, BatchRejected(**base, batch_id="r/000000", seq=0, stage="load", records=7, reason="x", scope="batch")
+    )
+    state = fold(
+        state,
+        BatchTransformed(**base, batch_id="r/000000", seq=0, records_in=10, records_out=7, rejected=3, filtered=0),
+    )
+    assert state.counts()["rejected"] == 10 and state.reconciles and state.settled
