@@ -15,8 +15,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 COUNTRIES = ["DE", "FR", "NL", "US", "GB", "SE", "ES", "IT", "PL", "JP"]
-ZONES = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5)),
-         timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=9))]
+ZONES = [
+    UTC,
+    timezone(timedelta(hours=2)),
+    timezone(timedelta(hours=-5)),
+    timezone(timedelta(hours=5, minutes=30)),
+    timezone(timedelta(hours=9)),
+]
 SEED = 20261125
 TABLE = "bench_orders"
 PIPELINE = "bench_orders"
@@ -56,7 +61,8 @@ def generate(path: Path, n: int, seed: int = SEED) -> Expected:
         lines: list[str] = []
         for i in range(1, n + 1):
             ts = (start + timedelta(seconds=i * 7, microseconds=rnd.randrange(1_000_000))).astimezone(
-                ZONES[i % len(ZONES)])
+                ZONES[i % len(ZONES)]
+            )
             amount = round(rnd.uniform(0.01, 2000.0), 2)
             cents = amount_cents(amount)
             total += cents
@@ -64,7 +70,8 @@ def generate(path: Path, n: int, seed: int = SEED) -> Expected:
             lines.append(
                 f'{{"id":{i},"ts":"{ts.isoformat()}","user":"u{rnd.randrange(100_000):06d}",'
                 f'"amount":{amount!r},"country":"{COUNTRIES[rnd.randrange(10)]}",'
-                f'"payload":"{rnd.getrandbits(160):040x}"}}\n')
+                f'"payload":"{rnd.getrandbits(160):040x}"}}\n'
+            )
             if len(lines) >= 100_000:
                 fh.writelines(lines)
                 lines.clear()
@@ -76,9 +83,11 @@ def generate(path: Path, n: int, seed: int = SEED) -> Expected:
 
 def check(client: object, expected: Expected) -> tuple[int, int, int]:
     """Read back count and checksums; raise AssertionError when they differ from `expected`."""
-    row = client.query(f"SELECT count(), sum(amount_cents), "  # type: ignore[attr-defined]
-                       f"toUInt64(sum(toUInt128(id) * toUInt128(amount_cents)) % 2305843009213693952) "
-                       f"FROM {TABLE}").result_rows[0]
+    row = client.query(
+        f"SELECT count(), sum(amount_cents), "  # type: ignore[attr-defined]
+        f"toUInt64(sum(toUInt128(id) * toUInt128(amount_cents)) % 2305843009213693952) "
+        f"FROM {TABLE}"
+    ).result_rows[0]
     got = (int(row[0]), int(row[1]), int(row[2]))
     want = (expected.rows, expected.sum_cents, expected.weighted)
     if got != want:

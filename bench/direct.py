@@ -95,18 +95,37 @@ def run(variant: str, path: Path, client: Any, size: int, table: str = TABLE) ->
     if variant in ("arrow", "noval"):
         import pyarrow as pa
 
-        schema = pa.schema([("id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")), ("user_id", pa.string()),
-                            ("amount", pa.float64()), ("country", pa.string()), ("amount_cents", pa.int64())])
+        schema = pa.schema(
+            [
+                ("id", pa.int64()),
+                ("ts", pa.timestamp("us", tz="UTC")),
+                ("user_id", pa.string()),
+                ("amount", pa.float64()),
+                ("country", pa.string()),
+                ("amount_cents", pa.int64()),
+            ]
+        )
     for n, lines in enumerate(batches(path, size)):
         token = {"insert_deduplication_token": f"direct/{n:06d}"}
         if variant == "noval":
             import pyarrow.compute as pc
             import pyarrow.json as pj
 
-            t = pj.read_json(pa.BufferReader(b"".join(lines)), parse_options=pj.ParseOptions(
-                explicit_schema=pa.schema([("id", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")),
-                                           ("user", pa.string()), ("amount", pa.float64()),
-                                           ("country", pa.string()), ("payload", pa.string())])))
+            t = pj.read_json(
+                pa.BufferReader(b"".join(lines)),
+                parse_options=pj.ParseOptions(
+                    explicit_schema=pa.schema(
+                        [
+                            ("id", pa.int64()),
+                            ("ts", pa.timestamp("us", tz="UTC")),
+                            ("user", pa.string()),
+                            ("amount", pa.float64()),
+                            ("country", pa.string()),
+                            ("payload", pa.string()),
+                        ]
+                    )
+                ),
+            )
             cents = pc.cast(pc.round(pc.multiply(t["amount"], 100)), pa.int64())
             arrow = pa.table([t["id"], t["ts"], t["user"], t["amount"], t["country"], cents], schema=schema)
             client.insert_arrow(table, arrow, settings=token)
@@ -115,19 +134,40 @@ def run(variant: str, path: Path, client: Any, size: int, table: str = TABLE) ->
         rows = adapter.validate_json(b"[" + b",".join(lines) + b"]")
         rows_total += len(rows)
         if variant == "json":
-            out = [{"id": r["id"], "ts": r["ts"], "user_id": r["user"], "amount": r["amount"],
-                    "country": r["country"], "amount_cents": round(r["amount"] * 100)} for r in rows]
-            client.raw_insert(table, COLUMNS, insert_block=orjson.dumps(out), fmt="JSONEachRow",
-                              settings={**token, "date_time_input_format": "best_effort"})
+            out = [
+                {
+                    "id": r["id"],
+                    "ts": r["ts"],
+                    "user_id": r["user"],
+                    "amount": r["amount"],
+                    "country": r["country"],
+                    "amount_cents": round(r["amount"] * 100),
+                }
+                for r in rows
+            ]
+            client.raw_insert(
+                table,
+                COLUMNS,
+                insert_block=orjson.dumps(out),
+                fmt="JSONEachRow",
+                settings={**token, "date_time_input_format": "best_effort"},
+            )
             continue
         amounts = [r["amount"] for r in rows]
-        cols = [[r["id"] for r in rows], [r["ts"] for r in rows], [r["user"] for r in rows], amounts,
-                [r["country"] for r in rows], [round(a * 100) for a in amounts]]
+        cols = [
+            [r["id"] for r in rows],
+            [r["ts"] for r in rows],
+            [r["user"] for r in rows],
+            amounts,
+            [r["country"] for r in rows],
+            [round(a * 100) for a in amounts],
+        ]
         if variant == "rows":
             client.insert(table, cols, column_names=COLUMNS, column_oriented=True, settings=token)
         else:
-            arrow = pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, schema, strict=True)],
-                                         schema=schema)
+            arrow = pa.Table.from_arrays(
+                [pa.array(c, type=f.type) for c, f in zip(cols, schema, strict=True)], schema=schema
+            )
             client.insert_arrow(table, arrow, settings=token)
     return rows_total
 
@@ -157,9 +197,19 @@ def main() -> None:
     cpu = time.process_time() - c0
     got = check(client, expected) if expected else None
     client.close()
-    print(orjson.dumps({"variant": args.variant, "rows": rows, "seconds": seconds, "cpu_seconds": cpu,
-                        "rows_per_s": rows / seconds, "peak_rss_mb": peak_rss_mb(),
-                        "check": list(got) if got else None}).decode())
+    print(
+        orjson.dumps(
+            {
+                "variant": args.variant,
+                "rows": rows,
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "rows_per_s": rows / seconds,
+                "peak_rss_mb": peak_rss_mb(),
+                "check": list(got) if got else None,
+            }
+        ).decode()
+    )
 
 
 if __name__ == "__main__":

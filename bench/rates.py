@@ -61,10 +61,14 @@ def main() -> None:
     table = pa.table({k: [r[k] for r in valid] for k in ("id", "user", "amount", "country", "payload")})
     with tempfile.TemporaryDirectory() as tmp:
         client = clickhouse_connect.get_client(dsn=f"chdb://{tmp}")
-        client.command("CREATE TABLE t (id Int64, user String, amount Float64, country String, payload String) "
-                       "ENGINE = MergeTree ORDER BY id")
-        print(f"insert_arrow into chdb:      {best(lambda: client.insert_arrow('t', table), len(lines)):>12,.0f} "
-              "records/s")
+        client.command(
+            "CREATE TABLE t (id Int64, user String, amount Float64, country String, payload String) "
+            "ENGINE = MergeTree ORDER BY id"
+        )
+        print(
+            f"insert_arrow into chdb:      {best(lambda: client.insert_arrow('t', table), len(lines)):>12,.0f} "
+            "records/s"
+        )
         client.close()
 
 

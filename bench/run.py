@@ -61,9 +61,21 @@ def run_direct(data: Path, records: int, variant: str) -> dict[str, Any]:
     chdb = data / "direct-chdb"
     shutil.rmtree(chdb, ignore_errors=True)
     out = subprocess.run(
-        [sys.executable, str(BENCH / "direct.py"), "--input", str(data / f"orders_{records}.jsonl"),
-         "--records", str(records), "--chdb", str(chdb), "--variant", variant],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(BENCH / "direct.py"),
+            "--input",
+            str(data / f"orders_{records}.jsonl"),
+            "--records",
+            str(records),
+            "--chdb",
+            str(chdb),
+            "--variant",
+            variant,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     shutil.rmtree(chdb, ignore_errors=True)
     result: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
@@ -146,8 +158,15 @@ async def run_jetl(url: str, stack: Any, latency_runs: int, profile: Path | None
     return result
 
 
-def bench_jetl(data: Path, records: int, latency_runs: int, expected: Expected, keep: bool,
-               transformers: int = 1, profile: Path | None = None) -> dict[str, Any]:
+def bench_jetl(
+    data: Path,
+    records: int,
+    latency_runs: int,
+    expected: Expected,
+    keep: bool,
+    transformers: int = 1,
+    profile: Path | None = None,
+) -> dict[str, Any]:
     """Start the embedded stack on a fresh data folder, run, stop, then check the table."""
     from jetl.embedded import ServiceProcess, Stack, service_env
 
@@ -196,11 +215,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=1_000_000, help="records in the reference job")
     ap.add_argument("--latency-runs", type=int, default=200, help="100-record runs timed for p50/p99")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="measure direct and jetl this many times each (alternating, a fresh stack each time) and "
-                         "keep the best of each: on a shared machine the best is the least disturbed")
-    ap.add_argument("--transformers", type=int, default=1,
-                    help="transformer replicas (the design's scaling model; the reference figure is 1)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure direct and jetl this many times each (alternating, a fresh stack each time) and "
+        "keep the best of each: on a shared machine the best is the least disturbed",
+    )
+    ap.add_argument(
+        "--transformers",
+        type=int,
+        default=1,
+        help="transformer replicas (the design's scaling model; the reference figure is 1)",
+    )
     ap.add_argument("--profile", type=Path, help="py-spy every service during the throughput run, into this folder")
     ap.add_argument("--direct-variant", default="arrow", choices=["arrow", "json", "rows", "noval"])
     ap.add_argument("--data", type=Path, default=BENCH / ".data", help="where inputs and run folders go")
@@ -218,11 +245,17 @@ def main() -> None:
     directs, jetls = [], []
     for i in range(args.repeat):
         directs.append(run_direct(args.data, args.records, args.direct_variant))
-        jetls.append(bench_jetl(args.data, args.records, args.latency_runs if i == 0 else 1, expected, args.keep,
-                                args.transformers))
+        jetls.append(
+            bench_jetl(
+                args.data, args.records, args.latency_runs if i == 0 else 1, expected, args.keep, args.transformers
+            )
+        )
         if args.repeat > 1:
-            print(f"  round {i + 1}: direct {directs[-1]['rows_per_s']:,.0f} records/s, "
-                  f"jetl {args.records / jetls[-1]['seconds']:,.0f} records/s", flush=True)
+            print(
+                f"  round {i + 1}: direct {directs[-1]['rows_per_s']:,.0f} records/s, "
+                f"jetl {args.records / jetls[-1]['seconds']:,.0f} records/s",
+                flush=True,
+            )
     direct = max(directs, key=lambda d: d["rows_per_s"])
     jetl = min(jetls, key=lambda j: j["seconds"])
     latencies = jetls[0]["latencies"]
@@ -233,20 +266,28 @@ def main() -> None:
         profiled = bench_jetl(args.data, args.records, 1, expected, False, args.transformers, args.profile)
         summary = spy.summarise(args.profile)
         (args.profile / "summary.txt").write_text(summary + "\n")
-        print(f"profile (py-spy at {spy.RATE} Hz, a separate run of {profiled['seconds']:.2f} s; "
-              f"stacks in {args.profile}):\n{summary}")
+        print(
+            f"profile (py-spy at {spy.RATE} Hz, a separate run of {profiled['seconds']:.2f} s; "
+            f"stacks in {args.profile}):\n{summary}"
+        )
     rate = args.records / jetl["seconds"]
     shape = "4 services" if args.transformers == 1 else f"4 services, {args.transformers} transformer replicas"
-    print(f"jetl:    {args.records:,} records in {jetl['seconds']:.2f} s = {rate:,.0f} records/s "
-          f"({shape}, over nats-server; counts {jetl['counts']})")
+    print(
+        f"jetl:    {args.records:,} records in {jetl['seconds']:.2f} s = {rate:,.0f} records/s "
+        f"({shape}, over nats-server; counts {jetl['counts']})"
+    )
     print("  peak RSS MB: " + "  ".join(f"{k} {v:.0f}" for k, v in jetl["rss"].items()))
     print("  CPU s during the run: " + "  ".join(f"{k} {v:.2f}" for k, v in jetl["cpu"].items()))
-    print(f"direct:  {direct['rows']:,} records in {direct['seconds']:.2f} s = {direct['rows_per_s']:,.0f} records/s "
-          f"(one process, variant {direct['variant']}); peak RSS MB {direct['peak_rss_mb']:.0f}; "
-          f"CPU s {direct['cpu_seconds']:.2f}")
+    print(
+        f"direct:  {direct['rows']:,} records in {direct['seconds']:.2f} s = {direct['rows_per_s']:,.0f} records/s "
+        f"(one process, variant {direct['variant']}); peak RSS MB {direct['peak_rss_mb']:.0f}; "
+        f"CPU s {direct['cpu_seconds']:.2f}"
+    )
     lat = [x * 1000 for x in latencies]
-    print(f"latency: {LATENCY_RECORDS} records end to end (run request to run.completed), {len(lat)} runs: "
-          f"p50 {statistics.median(lat):.1f} ms, p99 {percentile(lat, 99):.1f} ms")
+    print(
+        f"latency: {LATENCY_RECORDS} records end to end (run request to run.completed), {len(lat)} runs: "
+        f"p50 {statistics.median(lat):.1f} ms, p99 {percentile(lat, 99):.1f} ms"
+    )
     print(f"checks:  count and amount_cents checksums match ({jetl['check'][0]:,} rows)")
     print(f"ratio jetl/direct: {rate / direct['rows_per_s']:.2f}")
 

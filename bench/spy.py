@@ -24,8 +24,16 @@ RATE = 100
 """Samples per second."""
 
 # Leaf frames of a thread that is waiting, not working: idle samples are left out of the summary.
-IDLE = ("select (selectors.py", "Condition.wait (threading.py", "_worker (concurrent/futures/thread.py:81)",
-        "Queue.get (queue.py", "sleep", "Event.wait", "_wait_for_tstate_lock", "EpollSelector.select")
+IDLE = (
+    "select (selectors.py",
+    "Condition.wait (threading.py",
+    "_worker (concurrent/futures/thread.py:81)",
+    "Queue.get (queue.py",
+    "sleep",
+    "Event.wait",
+    "_wait_for_tstate_lock",
+    "EpollSelector.select",
+)
 
 
 def py_spy() -> list[str]:
@@ -43,9 +51,25 @@ def start(pids: dict[str, int], out: Path) -> list[subprocess.Popen[bytes]]:
     out.mkdir(parents=True, exist_ok=True)
     cmd = py_spy()
     return [
-        subprocess.Popen([*cmd, "record", "-p", str(pid), "-r", str(RATE), "-f", "raw", "--threads", "--gil",
-                          "--nonblocking", "-o", str(out / f"{name}.txt")],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                *cmd,
+                "record",
+                "-p",
+                str(pid),
+                "-r",
+                str(RATE),
+                "-f",
+                "raw",
+                "--threads",
+                "--gil",
+                "--nonblocking",
+                "-o",
+                str(out / f"{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for name, pid in pids.items()
     ]
 

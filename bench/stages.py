@@ -29,8 +29,12 @@ from common import PIPELINE, generate  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=300_000)
-    ap.add_argument("--gc", choices=["on", "off", "service"], default="service",
-                    help="service: as the stage processes run (jetl._internal.heap.settle)")
+    ap.add_argument(
+        "--gc",
+        choices=["on", "off", "service"],
+        default="service",
+        help="service: as the stage processes run (jetl._internal.heap.settle)",
+    )
     ap.add_argument("--data", type=Path, default=BENCH / ".data")
     args = ap.parse_args()
 
@@ -55,8 +59,7 @@ def main() -> None:
     assert pipeline.name == PIPELINE
     pipeline.loader.open(f"chdb://{work / 'chdb'}")  # type: ignore[attr-defined]
     pipeline.loader.ensure_table(pipeline.schema)  # type: ignore[attr-defined]
-    write(pipeline, Batch(pipeline=PIPELINE, run_id="warm", seq=0, schema_name="Order", schema_hash="",
-                          count=0), b"[]")
+    write(pipeline, Batch(pipeline=PIPELINE, run_id="warm", seq=0, schema_name="Order", schema_hash="", count=0), b"[]")
     import datetime
 
     import pyarrow as pa
@@ -95,9 +98,19 @@ def main() -> None:
     payloads = []
     for seq, chunk in enumerate(chunks):
         runs = getattr(chunk, "origin_runs", None)
-        batch = timed("extract: envelope", lambda c=chunk, s=seq, r=runs: Batch(
-            pipeline=PIPELINE, run_id="r", seq=s, schema_name="RawOrder", schema_hash=pipeline.schema_hash,
-            count=len(c.records), origins=None if r else c.origins, origin_runs=r))
+        batch = timed(
+            "extract: envelope",
+            lambda c=chunk, s=seq, r=runs: Batch(
+                pipeline=PIPELINE,
+                run_id="r",
+                seq=s,
+                schema_name="RawOrder",
+                schema_hash=pipeline.schema_hash,
+                count=len(c.records),
+                origins=None if r else c.origins,
+                origin_runs=r,
+            ),
+        )
         body = getattr(chunk, "encoded", None) or chunk.records  # as the extractor service publishes it
         payloads.append(timed("extract: encode", encode_batch, batch, body))
     del chunks

@@ -66,8 +66,7 @@ def register_pipelines() -> list[Pipeline]:
             extractors=[FileExtractor(data_dir / "input" / "orders.jsonl", chunk_size=BATCH)],
             transformers=[
                 TypeTransformer(RawOrder),
-                ColumnTransformer(rename={"user": "user_id"}, compute={"amount_cents": amount_cents},
-                                  drop=["payload"]),
+                ColumnTransformer(rename={"user": "user_id"}, compute={"amount_cents": amount_cents}, drop=["payload"]),
             ],
             loader=ClickHouseLoader("bench_orders", order_by=["id"]),
             schema=Order,
@@ -79,8 +78,7 @@ def register_pipelines() -> list[Pipeline]:
             extractors=[FileExtractor(data_dir / "latency" / "orders.jsonl", chunk_size=BATCH)],
             transformers=[
                 TypeTransformer(RawOrder),
-                ColumnTransformer(rename={"user": "user_id"}, compute={"amount_cents": amount_cents},
-                                  drop=["payload"]),
+                ColumnTransformer(rename={"user": "user_id"}, compute={"amount_cents": amount_cents}, drop=["payload"]),
             ],
             loader=ClickHouseLoader("bench_latency", order_by=["id"]),
             schema=Order,

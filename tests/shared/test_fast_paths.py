@@ -79,9 +79,24 @@ class Hidden(BaseModel):
 
 
 CASES: list[tuple[type[BaseModel], list[Any]]] = [
-    (Plain, [{"W": " hi ", "at": "2026-01-01T00:00:00+02:00"},
-             {"W": "a", "x": "7", "y": 2, "kind": "b", "color": "blue", "price": "2.25", "at": 1700000000,
-              "day": "2026-01-02", "tags": ["t"], "ref": "12345678123456781234567812345678"}]),
+    (
+        Plain,
+        [
+            {"W": " hi ", "at": "2026-01-01T00:00:00+02:00"},
+            {
+                "W": "a",
+                "x": "7",
+                "y": 2,
+                "kind": "b",
+                "color": "blue",
+                "price": "2.25",
+                "at": 1700000000,
+                "day": "2026-01-02",
+                "tags": ["t"],
+                "ref": "12345678123456781234567812345678",
+            },
+        ],
+    ),
     (Plain, [{"W": "x", "at": "bad"}, {"w": "no alias", "at": "2026-01-01"}, {"W": "a", "y": -1, "at": "2026-01-01"}]),
     (Plain, [Plain(W="instance", at=datetime(2026, 1, 1, tzinfo=UTC))]),
     (Forbid, [{"x": 1}, {"x": 1, "y": 2}]),
@@ -142,10 +157,24 @@ class Row(BaseModel):
 
 def _rows() -> list[dict[str, Any]]:
     return [
-        {"id": 1, "at": datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=2))), "name": "a", "note": None,
-         "amount": 1.5, "ok": True, "day": date(2026, 1, 1)},
-        {"id": 2, "at": datetime(2026, 1, 1, 12), "name": "é", "note": "n", "amount": 2, "ok": False,
-         "day": date(2026, 1, 2)},
+        {
+            "id": 1,
+            "at": datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=2))),
+            "name": "a",
+            "note": None,
+            "amount": 1.5,
+            "ok": True,
+            "day": date(2026, 1, 1),
+        },
+        {
+            "id": 2,
+            "at": datetime(2026, 1, 1, 12),
+            "name": "é",
+            "note": "n",
+            "amount": 2,
+            "ok": False,
+            "day": date(2026, 1, 2),
+        },
     ]
 
 
@@ -222,8 +251,9 @@ def test_compiled_column_transformer_matches_the_generic_loop() -> None:
             drop=[k for k in rnd.sample(keys, rnd.randint(0, 2)) if not select or k not in select],
         )
         assert t._compiled is not None
-        records = [{k: rnd.choice([None, 1, "s"]) for k in rnd.sample([*keys, "x", "y"], rnd.randint(0, 6))}
-                   for _ in range(5)]
+        records = [
+            {k: rnd.choice([None, 1, "s"]) for k in rnd.sample([*keys, "x", "y"], rnd.randint(0, 6))} for _ in range(5)
+        ]
         compiled = run(t, records)
         t._compiled = None
         assert compiled == run(t, records)

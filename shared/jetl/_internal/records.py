@@ -37,8 +37,25 @@ from pydantic_core import core_schema as cs
 # Core-schema node types whose validation does not depend on the surrounding model, and whose validated values
 # `model_dump()` returns as they are (and orjson encodes the way pydantic's JSON serializer does).
 _PLAIN = {
-    "int", "float", "str", "bool", "datetime", "date", "time", "decimal", "uuid", "literal", "enum", "none",
-    "nullable", "default", "list", "dict", "tuple", "set", "frozenset",
+    "int",
+    "float",
+    "str",
+    "bool",
+    "datetime",
+    "date",
+    "time",
+    "decimal",
+    "uuid",
+    "literal",
+    "enum",
+    "none",
+    "nullable",
+    "default",
+    "list",
+    "dict",
+    "tuple",
+    "set",
+    "frozenset",
 }
 # Keys of a schema node that hold nested schemas.
 _NESTED = ("schema", "items_schema", "keys_schema", "values_schema")
@@ -94,9 +111,15 @@ def _fields_validator(model: type[BaseModel], by_alias: bool) -> SchemaValidator
     if inner.get("type") != "model-fields" or inner.get("computed_fields"):
         return None
     decorators = model.__pydantic_decorators__
-    if (decorators.validators or decorators.field_validators or decorators.root_validators
-            or decorators.field_serializers or decorators.model_serializers or decorators.model_validators
-            or decorators.computed_fields):
+    if (
+        decorators.validators
+        or decorators.field_validators
+        or decorators.root_validators
+        or decorators.field_serializers
+        or decorators.model_serializers
+        or decorators.model_validators
+        or decorators.computed_fields
+    ):
         return None
     config = dict(schema.get("config") or {})
     if config.get("extra_fields_behavior") == "allow" or inner.get("extra_behavior") == "allow":
@@ -109,15 +132,17 @@ def _fields_validator(model: type[BaseModel], by_alias: bool) -> SchemaValidator
             return None
         if not _plain(f["schema"]):
             return None
-        fields[name] = cs.typed_dict_field(f["schema"], required=f["schema"]["type"] != "default",
-                                           validation_alias=f.get("validation_alias"))
+        fields[name] = cs.typed_dict_field(
+            f["schema"], required=f["schema"]["type"] != "default", validation_alias=f.get("validation_alias")
+        )
     # pydantic caches every string it reads from JSON by default ("all"); batch values are mostly unique (ids,
     # payloads), so the cache costs more than it saves: validate_json of a 40k-record batch of the benchmark,
     # per record: "all" 4.0 us, "keys" 2.8 us (orjson + validate_python 4.4 us). Only speed and memory differ.
     config.setdefault("cache_strings", "keys")
     core_config = cs.CoreConfig(**config)  # type: ignore[typeddict-item]
-    td = cs.typed_dict_schema(fields, extra_behavior=inner.get("extra_behavior") or config.get("extra_fields_behavior"),
-                              config=core_config)
+    td = cs.typed_dict_schema(
+        fields, extra_behavior=inner.get("extra_behavior") or config.get("extra_fields_behavior"), config=core_config
+    )
     return SchemaValidator(cs.list_schema(td), core_config)
 
 

@@ -500,9 +500,7 @@ class ClickHouseLoader:
             names, columns = [*names, LINEAGE], [*columns, [ctx.batch_id] * len(records)]
         try:
             if table is not None:
-                self.client().insert_arrow(
-                    self.qualified, table, settings={"insert_deduplication_token": ctx.batch_id}
-                )
+                self.client().insert_arrow(self.qualified, table, settings={"insert_deduplication_token": ctx.batch_id})
             else:
                 self.client().insert(
                     self.qualified,
