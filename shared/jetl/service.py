@@ -17,15 +17,16 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from faststream import FastStream
-from faststream.nats import NatsBroker, NatsRouter
+from faststream import AckPolicy, Context, FastStream
+from faststream.nats import JStream, NatsBroker, NatsRouter, PullSub
+from faststream.nats.message import NatsBatchMessage
 from nats.js.kv import KeyValue
 
 from jetl import metrics, subjects
-from jetl.bus import Bus, declare, make_broker, wait_for_nats
+from jetl.bus import Bus, declare, make_broker, raw_decoder, wait_for_nats
 from jetl.events import instance_id
 from jetl.logging import add_sink, configure_logging, get_logger
 from jetl.pipeline import Pipeline
@@ -73,6 +74,36 @@ class ServiceContext:
 
 
 RouterFactory = Callable[[ServiceContext], NatsRouter]
+
+
+def stage_subscriber(
+    router: NatsRouter,
+    durable: str,
+    handle: Callable[[Any], Awaitable[None]],
+    *,
+    fetch_batch: int,
+    fetch_timeout: float,
+) -> None:
+    """Bind `handle` to the durable pull consumer `durable` (see `jetl.subjects.CONSUMERS`), in batch mode.
+
+    Every replica of a service binds the same durable and so shares its work. The ack policy is MANUAL: `handle`
+    gets one raw JetStream message at a time and settles it itself (`jetl._internal.stage.settle`), so the error
+    taxonomy, not FastStream's reject-on-error default, decides ack, nak or dead-letter. Bodies stay bytes.
+    """
+    kind = CONSUMERS[durable]
+
+    @router.subscriber(
+        subjects.pattern(kind),
+        stream=JStream(subjects.stream_name(kind), declare=False),
+        durable=durable,
+        pull_sub=PullSub(batch_size=fetch_batch, timeout=fetch_timeout, batch=True),
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_decoder,
+        title=f"{durable}:{kind.value}",
+    )
+    async def consume(body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]) -> None:
+        for raw in message.raw_message:
+            await handle(raw)
 
 
 def make_context(name: str, settings: JetlSettings, broker: NatsBroker | None = None) -> ServiceContext:

@@ -6,24 +6,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from faststream import AckPolicy, Context
-from faststream.nats import JStream, NatsRouter, PullSub
-from faststream.nats.message import NatsBatchMessage
+from faststream.nats import NatsRouter
 
-from jetl import subjects
 from jetl._internal import heap
 from jetl._internal.stage import settle
-from jetl.bus import raw_decoder
 from jetl.events import BatchExtracted, BatchRejected, RunExtracted, RunFailed, RunStarted
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import Batch, DeadLetter, RunRequest
 from jetl.protocols import Chunk, ExtractContext, Record
 from jetl.registry import get_pipeline
-from jetl.service import ServiceContext
+from jetl.service import ServiceContext, stage_subscriber
 from jetl.state import get_cursor
-from jetl.subjects import Kind
 from jetl_extractor.resend import Resend
 from jetl_extractor.settings import ExtractorSettings
 
@@ -232,17 +227,13 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
     heap.settle()  # start-up is done: freeze what it built, collect young objects less often (jetl._internal.heap)
     router = NatsRouter()
 
-    @router.subscriber(
-        subjects.pattern(Kind.RUN),
-        stream=JStream(subjects.stream_name(Kind.RUN), declare=False),
-        durable="extractor",
-        pull_sub=PullSub(batch_size=settings.fetch_batch, timeout=settings.fetch_timeout, batch=True),
-        ack_policy=AckPolicy.MANUAL,
-        decoder=raw_decoder,
+    stage_subscriber(
+        router,
+        "extractor",
+        lambda raw: handle_run_request(ctx, raw, settings.publish_concurrency),
+        fetch_batch=settings.fetch_batch,
+        fetch_timeout=settings.fetch_timeout,
     )
-    async def on_run_requests(body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]) -> None:
-        for raw in message.raw_message:
-            await handle_run_request(ctx, raw, settings.publish_concurrency)
 
     return router
 

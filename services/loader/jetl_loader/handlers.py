@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
-from faststream import AckPolicy, Context
-from faststream.nats import JStream, NatsRouter, PullSub
-from faststream.nats.message import NatsBatchMessage
+from faststream.nats import NatsRouter
 
-from jetl import subjects
 from jetl._internal import heap
 from jetl._internal.records import from_ipc, records_adapter
 from jetl._internal.stage import settle
-from jetl.bus import raw_decoder
 from jetl.errors import SchemaMismatch
 from jetl.events import BatchLoaded, BatchRejected
 from jetl.logging import bound_contextvars, get_logger
@@ -21,8 +17,7 @@ from jetl.messages import Batch, DeadLetter, decode_batch, decode_records
 from jetl.pipeline import Pipeline
 from jetl.protocols import LoadContext
 from jetl.registry import get_pipeline
-from jetl.service import ServiceContext
-from jetl.subjects import Kind
+from jetl.service import ServiceContext, stage_subscriber
 from jetl_loader import lineage
 from jetl_loader.control import make_control_router
 from jetl_loader.settings import LoaderSettings
@@ -127,16 +122,12 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
     router = NatsRouter()
     router.include_router(make_control_router(ctx))  # count and diff: questions only the destination's owner answers
 
-    @router.subscriber(
-        subjects.pattern(Kind.CLEAN),
-        stream=JStream(subjects.stream_name(Kind.CLEAN), declare=False),
-        durable="loader",
-        pull_sub=PullSub(batch_size=settings.fetch_batch, timeout=settings.fetch_timeout, batch=True),
-        ack_policy=AckPolicy.MANUAL,
-        decoder=raw_decoder,
+    stage_subscriber(
+        router,
+        "loader",
+        lambda raw: handle_clean_batch(ctx, raw),
+        fetch_batch=settings.fetch_batch,
+        fetch_timeout=settings.fetch_timeout,
     )
-    async def on_clean_batches(body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]) -> None:
-        for raw in message.raw_message:
-            await handle_clean_batch(ctx, raw)
 
     return router

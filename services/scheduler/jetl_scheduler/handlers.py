@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from faststream.nats import NatsRouter
 
-from faststream import AckPolicy, Context
-from faststream.nats import JStream, NatsRouter, PullSub
-from faststream.nats.message import NatsBatchMessage
-
-from jetl import subjects
-from jetl.bus import raw_decoder
-from jetl.service import ServiceContext
-from jetl.subjects import Kind
+from jetl.service import ServiceContext, stage_subscriber
 from jetl_scheduler.settings import SchedulerSettings
 from jetl_scheduler.tracker import track
 
@@ -21,16 +14,12 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
     settings = ctx.settings if isinstance(ctx.settings, SchedulerSettings) else SchedulerSettings()
     router = NatsRouter()
 
-    @router.subscriber(
-        subjects.pattern(Kind.EVENTS),
-        stream=JStream(subjects.stream_name(Kind.EVENTS), declare=False),
-        durable="tracker",
-        pull_sub=PullSub(batch_size=settings.fetch_batch, timeout=settings.fetch_timeout, batch=True),
-        ack_policy=AckPolicy.MANUAL,
-        decoder=raw_decoder,
+    stage_subscriber(
+        router,
+        "tracker",
+        lambda raw: track(ctx, raw),
+        fetch_batch=settings.fetch_batch,
+        fetch_timeout=settings.fetch_timeout,
     )
-    async def on_events(body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]) -> None:
-        for raw in message.raw_message:
-            await track(ctx, raw)
 
     return router

@@ -8,26 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated, Any
+from typing import Any
 
-from faststream import AckPolicy, Context
-from faststream.nats import JStream, NatsRouter, PullSub
-from faststream.nats.message import NatsBatchMessage
+from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
-from jetl import subjects
 from jetl._internal import heap
 from jetl._internal.records import records_adapter, to_ipc
 from jetl._internal.stage import settle
-from jetl.bus import raw_decoder
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import Batch, DeadLetter, Encoding, decode_batch, decode_records, dumps
 from jetl.pipeline import Pipeline
 from jetl.registry import get_pipeline
-from jetl.service import ServiceContext
-from jetl.subjects import Kind
+from jetl.service import ServiceContext, stage_subscriber
 from jetl.transformers._base import issues_from_validation
 from jetl_transformer.settings import TransformerSettings
 
@@ -233,16 +228,12 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
     heap.settle()  # start-up is done: freeze what it built, collect young objects less often (jetl._internal.heap)
     router = NatsRouter()
 
-    @router.subscriber(
-        subjects.pattern(Kind.RAW),
-        stream=JStream(subjects.stream_name(Kind.RAW), declare=False),
-        durable="transformer",
-        pull_sub=PullSub(batch_size=settings.fetch_batch, timeout=settings.fetch_timeout, batch=True),
-        ack_policy=AckPolicy.MANUAL,
-        decoder=raw_decoder,
+    stage_subscriber(
+        router,
+        "transformer",
+        lambda raw: handle_raw_batch(ctx, raw),
+        fetch_batch=settings.fetch_batch,
+        fetch_timeout=settings.fetch_timeout,
     )
-    async def on_raw_batches(body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]) -> None:
-        for raw in message.raw_message:
-            await handle_raw_batch(ctx, raw)
 
     return router
