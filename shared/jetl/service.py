@@ -67,6 +67,16 @@ class ServiceContext:
         durable = "tracker" if self.name == "scheduler" else self.name
         return durable if durable in CONSUMERS else None
 
+    def event_fields(self, pipeline: str, run_id: str, code_hash: str = "") -> dict[str, Any]:
+        """The fields every lifecycle event this service emits for a run carries."""
+        return {
+            "pipeline": pipeline,
+            "run_id": run_id,
+            "service": self.name,
+            "instance": self.instance,
+            "code_hash": code_hash,
+        }
+
     def count(self, key: str, n: int = 1) -> None:
         """Bump a metric counter (in the heartbeat, and as `jetl_<key>_total` when metrics are on)."""
         self.stats[key] = self.stats.get(key, 0) + n

@@ -46,13 +46,7 @@ class Extraction:
         compact origins, published as they are."""
 
     def _event_base(self) -> dict[str, Any]:
-        return {
-            "pipeline": self.req.pipeline,
-            "run_id": self.req.run_id,
-            "service": "extractor",
-            "instance": self.ctx.instance,
-            "code_hash": self.pipeline.code_hash,
-        }
+        return self.ctx.event_fields(self.req.pipeline, self.req.run_id, self.pipeline.code_hash)
 
     async def run(self) -> None:
         p, req = self.pipeline, self.req

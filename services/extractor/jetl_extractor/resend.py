@@ -43,13 +43,7 @@ class Resend:
         self.records = 0
 
     def _base(self) -> dict[str, Any]:
-        return {
-            "pipeline": self.req.pipeline,
-            "run_id": self.req.run_id,
-            "service": "extractor",
-            "instance": self.ctx.instance,
-            "code_hash": self.pipeline.code_hash,
-        }
+        return self.ctx.event_fields(self.req.pipeline, self.req.run_id, self.pipeline.code_hash)
 
     async def run(self) -> None:
         """Publish the run's batches and close its extraction."""
