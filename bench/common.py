@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+from typing_extensions import TypedDict
+
 COUNTRIES = ["DE", "FR", "NL", "US", "GB", "SE", "ES", "IT", "PL", "JP"]
 ZONES = [
     UTC,
@@ -93,3 +95,14 @@ def check(client: object, expected: Expected) -> tuple[int, int, int]:
     if got != want:
         raise AssertionError(f"table {TABLE}: got count/sum/weighted {got}, expected {want}")
     return got
+
+
+class RawOrder(TypedDict):
+    """One input line, as the direct script and the rate probes validate it."""
+
+    id: int
+    ts: datetime
+    user: str
+    amount: float
+    country: str
+    payload: str

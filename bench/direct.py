@@ -21,28 +21,14 @@ import gc
 import itertools
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 from pydantic import ConfigDict, TypeAdapter
-from typing_extensions import TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TABLE, check, generate
-
-
-class RawOrder(TypedDict):
-    """One input line."""
-
-    id: int
-    ts: datetime
-    user: str
-    amount: float
-    country: str
-    payload: str
-
+from common import TABLE, RawOrder, check, generate
 
 COLUMNS = ["id", "ts", "user_id", "amount", "country", "amount_cents"]
 

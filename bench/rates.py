@@ -11,27 +11,15 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import orjson
 from pydantic import ConfigDict, TypeAdapter
-from typing_extensions import TypedDict
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from common import RawOrder as Raw  # noqa: E402
 from common import generate  # noqa: E402
-
-
-class Raw(TypedDict):
-    """One line."""
-
-    id: int
-    ts: datetime
-    user: str
-    amount: float
-    country: str
-    payload: str
 
 
 def best(fn: object, n: int, reps: int = 5) -> float:

@@ -179,6 +179,21 @@ def decode_records(body: bytes, encoding: Encoding = "json") -> list[dict[str, A
     return records
 
 
+def dead_records(body: bytes, encoding: Encoding = "json") -> list[dict[str, Any]]:
+    """A whole batch's records in DeadLetter form, so a redrive can resend them; a JSON body that cannot be read
+    is kept as its text (nothing is lost), an unreadable Arrow body as nothing."""
+    try:
+        return [
+            {"index": i, "origin": None, "field": None, "message": None, "record": r}
+            for i, r in enumerate(decode_records(body, encoding))
+        ]
+    except Exception:
+        if encoding != "json":
+            return []
+        text = body.decode(errors="replace")
+        return [{"index": None, "origin": None, "field": None, "message": "unreadable batch", "record": text}]
+
+
 class DeadLetter(BaseModel):
     """Rejected records (or a whole batch) with the reason, as kept on JETL_DLQ."""
 

@@ -13,7 +13,7 @@ from jetl._internal.stage import settle
 from jetl.errors import SchemaMismatch
 from jetl.events import BatchLoaded, BatchRejected
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch, DeadLetter, decode_batch, decode_records
+from jetl.messages import Batch, DeadLetter, dead_records, decode_batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import LoadContext
 from jetl.registry import get_pipeline
@@ -88,13 +88,6 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
             error = exc
 
         async def dead_letter(exc: BaseException) -> None:
-            try:
-                records = [
-                    {"index": i, "origin": None, "field": None, "message": None, "record": r}
-                    for i, r in enumerate(decode_records(body, batch.encoding))
-                ]
-            except Exception:
-                records = []
             await ctx.bus.dead_letter(
                 DeadLetter(
                     pipeline=batch.pipeline,
@@ -104,7 +97,7 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
                     scope="batch",
                     reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
                     error_type=type(exc).__name__,
-                    records=records,
+                    records=dead_records(body, batch.encoding),
                 )
             )
             await ctx.bus.event(

@@ -19,7 +19,7 @@ from jetl._internal.stage import settle
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch, DeadLetter, Encoding, decode_batch, decode_records, dumps
+from jetl.messages import Batch, DeadLetter, Encoding, dead_records, decode_batch, decode_records, dumps
 from jetl.pipeline import Pipeline
 from jetl.registry import get_pipeline
 from jetl.service import ServiceContext, stage_subscriber
@@ -193,7 +193,7 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                     reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
                     error_type=type(exc).__name__,
                     scope="batch",
-                    records=_as_dead_records(body),
+                    records=dead_records(body),
                 )
             )
             await ctx.bus.event(
@@ -201,25 +201,6 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
             )
 
         await settle(raw, error, dead_letter)
-
-
-def _as_dead_records(body: bytes) -> list[dict[str, Any]]:
-    """The batch's records for the DLQ (so a redrive can resend them), or its raw text if unreadable."""
-    try:
-        return [
-            {"index": i, "origin": None, "field": None, "message": None, "record": r}
-            for i, r in enumerate(decode_records(body))
-        ]
-    except Exception:
-        return [
-            {
-                "index": None,
-                "origin": None,
-                "field": None,
-                "message": "unreadable batch",
-                "record": body.decode(errors="replace"),
-            }
-        ]
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:
