@@ -56,6 +56,18 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def cpu_wait_seconds(pid: int) -> float:
+    """Time the threads of a process spent runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat, second
+    field): what the stages lose to each other on a machine with fewer cores than busy processes."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def run_direct(data: Path, records: int, variant: str) -> dict[str, Any]:
     """bench/direct.py in a subprocess, on a fresh chdb folder."""
     chdb = data / "direct-chdb"
@@ -145,14 +157,23 @@ async def run_jetl(url: str, stack: Any, latency_runs: int, profile: Path | None
                 spies = spy.start({k: v for k, v in pids.items() if k != "nats-server"}, profile)
                 await asyncio.sleep(1.0)  # py-spy attaches
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            wait0 = {name: cpu_wait_seconds(pid) for name, pid in pids.items()}
             t0 = time.perf_counter()
             state = await one(jc, PIPELINE, 1800)
             seconds = time.perf_counter() - t0
             cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+            wait = {name: cpu_wait_seconds(pid) - wait0[name] for name, pid in pids.items()}
             if spies:
                 spy.stop(spies)
             rss = {name: proc_status(pid, "VmHWM") for name, pid in pids.items()}
-            return {"seconds": seconds, "state": state, "latencies": latencies, "cpu": cpu, "rss": rss}
+            return {
+                "seconds": seconds,
+                "state": state,
+                "latencies": latencies,
+                "cpu": cpu,
+                "cpu_wait": wait,
+                "rss": rss,
+            }
 
     result: dict[str, Any] = await with_watchdog(stack, body())
     return result
@@ -278,6 +299,7 @@ def main() -> None:
     )
     print("  peak RSS MB: " + "  ".join(f"{k} {v:.0f}" for k, v in jetl["rss"].items()))
     print("  CPU s during the run: " + "  ".join(f"{k} {v:.2f}" for k, v in jetl["cpu"].items()))
+    print("  s waiting for a CPU: " + "  ".join(f"{k} {v:.2f}" for k, v in jetl["cpu_wait"].items()))
     print(
         f"direct:  {direct['rows']:,} records in {direct['seconds']:.2f} s = {direct['rows_per_s']:,.0f} records/s "
         f"(one process, variant {direct['variant']}); peak RSS MB {direct['peak_rss_mb']:.0f}; "

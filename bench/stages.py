@@ -83,41 +83,41 @@ def main() -> None:
 
     async def extract() -> list[Any]:
         chunks = []
-        it = pipeline.extractors[0].extract(ExtractContext(pipeline=PIPELINE, run_id="r"))
+        it = pipeline.extractors[0].extract(ExtractContext(pipeline=PIPELINE, run_id="r", raw_json=True))
         while True:
             t0 = time.process_time()
             try:
                 chunk = await it.__anext__()
             except StopAsyncIteration:
                 break
-            costs["extract: read + parse"] = costs.get("extract: read + parse", 0.0) + time.process_time() - t0
+            costs["extract: read"] = costs.get("extract: read", 0.0) + time.process_time() - t0
             chunks.append(chunk)
         return chunks
 
     chunks = asyncio.run(extract())
     payloads = []
     for seq, chunk in enumerate(chunks):
-        runs = getattr(chunk, "origin_runs", None)
         batch = timed(
             "extract: envelope",
-            lambda c=chunk, s=seq, r=runs: Batch(
+            lambda c=chunk, s=seq: Batch(
                 pipeline=PIPELINE,
                 run_id="r",
                 seq=s,
                 schema_name="RawOrder",
                 schema_hash=pipeline.schema_hash,
-                count=len(c.records),
-                origins=None if r else c.origins,
-                origin_runs=r,
+                count=c.count,
+                origins=None if c.origin_runs else c.origins,
+                origin_runs=c.origin_runs,
             ),
         )
-        body = getattr(chunk, "encoded", None) or chunk.records  # as the extractor service publishes it
-        payloads.append(timed("extract: encode", encode_batch, batch, body))
+        payloads.append(timed("extract: encode", encode_batch, batch, chunk.items))  # as the extractor service does
     del chunks
     cleans = []
     for payload in payloads:
         batch, body = timed("transform: decode envelope", decode_batch, payload)
-        clean, encoding, *_ = timed("transform: transformers + schema + encode", run_transformers, pipeline, body)
+        clean, encoding, *_ = timed(
+            "transform: transformers + schema + encode", run_transformers, pipeline, body, batch.count
+        )
         cleans.append((batch.model_copy(update={"encoding": encoding, "schema_hash": pipeline.schema_hash}), clean))
     del payloads
     for batch, clean in cleans:

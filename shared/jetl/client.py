@@ -24,7 +24,7 @@ from jetl import subjects
 from jetl.bus import Bus, connect, make_broker, read_stream
 from jetl.errors import ConfigError, TerminalError, TransientError
 from jetl.events import Event, RunCompleted, RunFailed, parse_event
-from jetl.messages import DeadLetter, RunRequest, Trigger
+from jetl.messages import MALFORMED_INPUT, DeadLetter, RunRequest, Trigger
 from jetl.projection import RunState, fold
 from jetl.protocols import Diff
 from jetl.schedule import Slot
@@ -372,7 +372,7 @@ class DestinationCount:
 def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunState]) -> dict[int, str | None]:
     """Per JETL_DLQ sequence, why a redrive must not take it (None: it may).
 
-    - `unreadable`: extract-stage input that could not be read; there is no record to send.
+    - `unreadable`: input that could not be read as a record (a malformed line): there is no record to send.
     - `redriven by <run>`: a redrive that has not failed took it already.
     - `shadow <run>`: rejected by a replay into a shadow (a trial for --diff), not by a run that loads.
     - `superseded by <run>`: a replay has processed that batch again (and dead-lettered what it rejects itself).
@@ -387,7 +387,7 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
                     superseded[f"{r.parent_run_id}/{b.seq:06d}"] = r.run_id
     out: dict[int, str | None] = {}
     for seq, dl in letters:
-        if dl.stage == "extract":
+        if dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
             out[seq] = "unreadable"
         elif seq in taken:
             out[seq] = f"redriven by {taken[seq]}"

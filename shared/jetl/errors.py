@@ -63,11 +63,15 @@ class RecordIssue:
     origin: str | None = None
     input: Any = None
     record: Any = None
+    unreadable: bool = False
+    """The input is not a record at all (malformed JSON, or JSON that is not an object): only its source can mend
+    it, so a redrive does not take it."""
 
     def describe(self, pipeline: str) -> str:
         """A one-line message naming pipeline, origin (file:line), record and field."""
         where = f" at {self.origin}" if self.origin else ""
-        return f"pipeline {pipeline!r}: record {self.index}{where}: field {self.field!r}: {self.message}"
+        field = f"field {self.field!r}: " if self.field else ""
+        return f"pipeline {pipeline!r}: record {self.index}{where}: {field}{self.message}"
 
 
 @dataclass

@@ -9,14 +9,16 @@ loader that takes Arrow, of a schema of bare typed fields, travel as Arrow IPC i
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 from pydantic import BaseModel, Field
 
-from jetl.errors import ConfigError
+from jetl.errors import ConfigError, RecordIssue, TerminalError
 from jetl.subjects import Stage, check_token
 
 Encoding = Literal["json", "arrow"]
@@ -149,8 +151,9 @@ def compact_origins(origins: list[str]) -> list[tuple[str, int, int]] | None:
 
 
 def encode_batch(batch: Batch, records: list[Any] | bytes) -> bytes:
-    """One NATS payload: envelope line + records (already-encoded JSON array bytes are used as they are)."""
-    body = records if isinstance(records, bytes) else dumps(records)
+    """One NATS payload: envelope line + records (dicts or JSON texts, see `encode_records`; an already-encoded JSON
+    array is used as it is)."""
+    body = records if isinstance(records, bytes) else encode_records(records)
     if batch.origins is not None and len(batch.origins) >= 16:
         runs = compact_origins(batch.origins)
         if runs is not None:
@@ -162,10 +165,74 @@ def decode_batch(payload: bytes) -> tuple[Batch, bytes]:
     """Split a payload into its envelope and the still-encoded records."""
     head, sep, body = payload.partition(b"\n")
     if not sep:
-        from jetl.errors import TerminalError
-
         raise TerminalError("malformed batch message: no envelope line")
     return Batch.model_validate_json(head), body
+
+
+RAW_SEPARATOR = b"\n,"
+"""What joins a batch's JSON texts when it carries them unparsed (`Chunk.raw`, `encode_records`). A JSON text of one
+line holds no line break (inside a string it is escaped), so a body that does not read as a whole, because one
+text is malformed, still splits back into its texts (`read_records`)."""
+
+
+class Unread(NamedTuple):
+    """A JSON text of a batch that is not a record: where it stood, why, and what it held (the value, or the text
+    itself when it is not JSON)."""
+
+    position: int
+    reason: str
+    value: Any
+
+
+def encode_records(items: Sequence[Any]) -> bytes:
+    """A batch's JSON array, from records given as dicts or as JSON texts not yet parsed (`Chunk.raw`, bytes): the
+    texts go in as they are, joined by RAW_SEPARATOR; records without any text are encoded in one orjson call."""
+    if not any(type(x) is bytes for x in items):
+        return dumps(items if isinstance(items, list) else list(items))
+    return b"[" + RAW_SEPARATOR.join(x if type(x) is bytes else dumps(x) for x in items) + b"]"
+
+
+def read_records(body: bytes, count: int | None = None) -> tuple[list[dict[str, Any]], list[int] | None, list[Unread]]:
+    """The records of a JSON batch that holds `count` (None: whatever it holds), for a stage that parses what an
+    extractor passed on unparsed: (the records, the position each held in the batch when some were not records
+    (else None), and for each of those its position, why, and its text).
+
+    One orjson call when the body reads as `count` JSON objects. Otherwise, a JSON text at a time: a body that does
+    not read at all is split at RAW_SEPARATOR, and each text that is not one JSON object is set aside with the
+    reason. Raises TerminalError when the body does not even split into `count` texts.
+    """
+    parsed: Any = None
+    with contextlib.suppress(orjson.JSONDecodeError):
+        parsed = orjson.loads(body)
+    if isinstance(parsed, list) and (count is None or len(parsed) == count):
+        if all(type(r) is dict for r in parsed):
+            return parsed, None, []
+        values: list[tuple[Any, str | None]] = [(v, None) for v in parsed]
+    else:
+        texts = body.strip()
+        if texts[:1] != b"[" or texts[-1:] != b"]":
+            raise TerminalError("batch body is not a JSON array")
+        parts = texts[1:-1].split(RAW_SEPARATOR) if texts != b"[]" else []
+        if count is not None and len(parts) != count:
+            raise TerminalError(f"batch body does not read as {count} JSON records (it splits into {len(parts)} texts)")
+        values = []
+        for part in parts:
+            try:
+                values.append((orjson.loads(part), None))
+            except orjson.JSONDecodeError as exc:
+                values.append((part.strip().decode(errors="backslashreplace"), f"malformed JSON: {exc}"))
+    records: list[dict[str, Any]] = []
+    positions: list[int] = []
+    unread: list[Unread] = []
+    for i, (value, error) in enumerate(values):
+        if error is None and type(value) is dict:
+            records.append(value)
+            positions.append(i)
+        elif error is None:
+            unread.append(Unread(i, f"expected a JSON object, got {type(value).__name__}", value))
+        else:
+            unread.append(Unread(i, error, value))
+    return records, positions, unread
 
 
 def decode_records(body: bytes, encoding: Encoding = "json") -> list[dict[str, Any]]:
@@ -180,18 +247,31 @@ def decode_records(body: bytes, encoding: Encoding = "json") -> list[dict[str, A
 
 
 def dead_records(body: bytes, encoding: Encoding = "json") -> list[dict[str, Any]]:
-    """A whole batch's records in DeadLetter form, so a redrive can resend them; a JSON body that cannot be read
-    is kept as its text (nothing is lost), an unreadable Arrow body as nothing."""
+    """A whole batch's records in DeadLetter form, so a redrive can resend them; a JSON text that is not a record is
+    kept as it is, a JSON body that cannot be read at all as its text (nothing is lost), an unreadable Arrow body as
+    nothing."""
+    read: list[tuple[int, Any, str | None]]  # (index, record, why it is not one)
     try:
-        return [
-            {"index": i, "origin": None, "field": None, "message": None, "record": r}
-            for i, r in enumerate(decode_records(body, encoding))
-        ]
+        if encoding == "json":
+            records, positions, unread = read_records(body)
+            read = [(i, r, None) for i, r in zip(positions or range(len(records)), records, strict=True)]
+            read += [(u.position, u.value, u.reason) for u in unread]
+        else:
+            read = [(i, r, None) for i, r in enumerate(decode_records(body, encoding))]
     except Exception:
         if encoding != "json":
             return []
         text = body.decode(errors="replace")
         return [{"index": None, "origin": None, "field": None, "message": "unreadable batch", "record": text}]
+    return [
+        {"index": i, "origin": None, "field": None, "message": m, "record": r}
+        for i, r, m in sorted(read, key=lambda x: x[0])
+    ]
+
+
+MALFORMED_INPUT = "MalformedInput"
+"""`DeadLetter.error_type` of input that is not a record at all (a line that is not JSON, or not an object): only
+its source can mend it, so a redrive does not take it."""
 
 
 class DeadLetter(BaseModel):
@@ -209,7 +289,46 @@ class DeadLetter(BaseModel):
     scope: Literal["records", "batch"] = "records"
     """`records`: some records of the batch; `batch`: the whole batch could not pass the stage."""
 
+    @classmethod
+    def of_batch(cls, batch: Batch, body: bytes, stage: Stage, exc: BaseException) -> DeadLetter:
+        """The letter of a batch that could not pass `stage` at all: all of its records, and the error."""
+        return cls(
+            pipeline=batch.pipeline,
+            run_id=batch.run_id,
+            batch_id=batch.batch_id,
+            stage=stage,
+            reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
+            error_type=type(exc).__name__,
+            scope="batch",
+            records=dead_records(body, batch.encoding),
+        )
+
+    @classmethod
+    def of_issues(cls, batch: Batch, stage: Stage, issues: list[RecordIssue], error_type: str) -> DeadLetter:
+        """The letter of some records of a batch, each with its origin, field and why."""
+        more = f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""
+        return cls(
+            pipeline=batch.pipeline,
+            run_id=batch.run_id,
+            batch_id=batch.batch_id,
+            stage=stage,
+            reason=issues[0].describe(batch.pipeline) + more,
+            error_type=error_type,
+            records=[
+                {
+                    "index": i.index if i.index >= 0 else None,
+                    "origin": i.origin,
+                    "field": i.field or None,
+                    "message": i.message,
+                    "record": i.record,
+                }
+                for i in issues
+            ],
+        )
+
     @property
     def msg_id(self) -> str:
-        """Dedup id on JETL_DLQ: a redelivered input does not dead-letter twice."""
-        return f"{self.batch_id}/{self.stage}/{self.scope}"
+        """Dedup id on JETL_DLQ: a redelivered input does not dead-letter twice (a stage's unreadable input and its
+        invalid records are two letters of one batch)."""
+        unreadable = "/unreadable" if self.error_type == MALFORMED_INPUT else ""
+        return f"{self.batch_id}/{self.stage}/{self.scope}{unreadable}"

@@ -9,7 +9,7 @@ from faststream.nats import TestNatsBroker
 from pydantic import BaseModel
 
 from jetl import ConsoleLoader, FileExtractor, Pipeline, subjects
-from jetl.messages import RunRequest, decode_batch, decode_records
+from jetl.messages import RunRequest, decode_batch, read_records
 from jetl.registry import register
 from jetl.service import make_context
 from jetl.settings import JetlSettings
@@ -47,16 +47,20 @@ async def test_run_request_is_extracted_into_bounded_batches(tmp_path: Path) -> 
 
     batches = sorted((decode_batch(b) for b in got[Kind.RAW]), key=lambda x: x[0].seq)  # published concurrently
     sizes = [b.count for b, _ in batches]
-    assert sizes == [10, 10, 4]  # re-chunked to the pipeline's batch size, whatever the extractor's chunks
+    assert sizes == [10, 10, 5]  # re-chunked to the pipeline's batch size, whatever the extractor's chunks
     assert [b.batch_id for b, _ in batches] == ["mem-r1/000000", "mem-r1/000001", "mem-r1/000002"]
-    ids = [r["id"] for _, body in batches for r in decode_records(body)]
-    assert ids == [i for i in range(25) if i != 10]
-    assert batches[1][0].origin(0) == f"{src}:12"
+    # The lines travel unparsed: the malformed one too, for the transformer to reject with its file and line.
+    read = [read_records(body, b.count) for b, body in batches]
+    assert [r["id"] for records, _, _ in read for r in records] == [i for i in range(25) if i != 10]
+    unread = read[1][2]
+    assert [(u.position, u.value) for u in unread] == [(0, '{"id":')]
+    assert "malformed JSON" in unread[0].reason
+    assert batches[1][0].origin(unread[0].position) == f"{src}:11"
+    assert batches[2][0].origin(0) == f"{src}:21"
 
-    dead = [orjson.loads(b) for b in got[Kind.DLQ]]
-    assert [r["origin"] for d in dead for r in d["records"]] == [f"{src}:11"]
+    assert got[Kind.DLQ] == []  # nothing the extractor could not read
     types = [orjson.loads(e)["type"] for e in got[Kind.EVENTS]]
     assert types[0] == "run.started" and types[-1] == "run.extracted"
     done = orjson.loads(got[Kind.EVENTS][-1])
-    assert done["batches"] == 3 and done["records"] == 24 and done["rejected"] == 1
+    assert done["batches"] == 3 and done["records"] == 25 and done["rejected"] == 0
     assert done["cursor"]["files"]  # the file is remembered once the run completes

@@ -316,21 +316,28 @@ def test_dead_letters_are_listed_redriven_once_and_the_ledger_reconciles(env: En
     fixed = env.tmp / "fixed"
     env.pipeline("orders", ORDERS.replace("LIMIT", "0").replace("FIXED", str(fixed)))
     lines = [json.dumps({"id": i, "amount": -i if i % 9 == 0 else i}) for i in range(1, 101)]
-    lines.insert(40, '{"id": 999, "amount": ')  # unreadable: dead-lettered at extract, cannot be redriven
+    lines.insert(40, '{"id": 999, "amount": ')  # unreadable: dead-lettered by the transformer, cannot be redriven
     (env.inputs / "o.jsonl").write_text("\n".join(lines) + "\n")
     negative = [i for i in range(1, 101) if i % 9 == 0]  # rejected by the transformer (amount >= 0)
-    refused = [i for i in (*range(26, 51), *range(76, 101)) if i not in negative]  # batches with ids 50 and 100
+    # The extractor batches lines (25 a batch, the unreadable one too); the destination refuses the batches that
+    # hold id 50 (lines 51-75: ids 50-74) and id 100 (line 101)
+    refused = [i for i in (*range(50, 75), 100) if i not in negative]
     stack = env.start()
 
     run = env.run("orders")
     assert (run.extracted, run.loaded) == (101, 100 - len(negative) - len(refused))
     assert run.rejected == len(negative) + 1 + len(refused) and run.reconciles
     dead = env.cli("dlq", "list", "orders", "--json").json()
-    assert sorted(r["origin"] for r in dead if r["stage"] == "transform") == sorted(
+    invalid = [r for r in dead if r["stage"] == "transform" and r["status"] != "unreadable"]
+    assert sorted(r["origin"] for r in invalid) == sorted(
         f"{env.inputs / 'o.jsonl'}:{i if i <= 40 else i + 1}" for i in negative
     )
-    assert {r["field"] for r in dead if r["stage"] == "transform"} == {"amount"}
-    assert [r["origin"] for r in dead if r["stage"] == "extract"] == [f"{env.inputs / 'o.jsonl'}:41"]
+    assert {r["field"] for r in invalid} == {"amount"}
+    unreadable = [r for r in dead if r["status"] == "unreadable"]
+    assert [(r["stage"], r["origin"], r["field"]) for r in unreadable] == [
+        ("transform", f"{env.inputs / 'o.jsonl'}:41", None)
+    ]
+    assert unreadable[0]["record"] == '{"id": 999, "amount":' and "malformed JSON" in unreadable[0]["message"]
     assert sorted(r["record"]["id"] for r in dead if r["stage"] == "load") == refused
     assert all("refuses round ids" in r["message"] for r in dead if r["stage"] == "load")
 
@@ -344,7 +351,7 @@ def test_dead_letters_are_listed_redriven_once_and_the_ledger_reconciles(env: En
     assert env.cli("dlq", "redrive", "orders", "--json").json() is None  # nothing is sent twice
 
     listed = env.cli("dlq", "list", "orders", "--json").json()
-    assert {r["redriven_by"] for r in listed if r["stage"] != "extract"} == {redrive["run_id"]}
+    assert {r["redriven_by"] for r in listed if r["status"] != "unreadable"} == {redrive["run_id"]}
     counts = env.cli("counts", "orders", "--json").json()
     assert counts["verdict"]["reconciles"] and counts["verdict"]["destination_matches"]
     assert counts["totals"]["in_destination"] == 100

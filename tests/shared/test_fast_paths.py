@@ -255,5 +255,37 @@ def test_compiled_column_transformer_matches_the_generic_loop() -> None:
             {k: rnd.choice([None, 1, "s"]) for k in rnd.sample([*keys, "x", "y"], rnd.randint(0, 6))} for _ in range(5)
         ]
         compiled = run(t, records)
+        in_place = t.transform_in_place([dict(r) for r in records])  # the same, or None where a record fails
+        assert (["ok", [list(r.items()) for r in in_place]] if in_place is not None else "err") == (
+            list(compiled) if compiled[0] == "ok" else "err"
+        )
         t._compiled = None
         assert compiled == run(t, records)
+
+
+def test_json_texts_travel_unparsed_and_read_back_with_what_is_not_a_record() -> None:
+    """encode_records joins JSON texts as they are; read_records reads them in one call when they are all records,
+    else text by text; dead_records keeps every element of such a batch, the unreadable ones as they were."""
+    from jetl.errors import TerminalError
+    from jetl.messages import dead_records, encode_records, read_records
+
+    texts = [b'{"a": 1}\n', b'{"a": 2}\r\n', b'{"a": 3}']
+    body = encode_records([*texts, {"a": 4}])
+    assert read_records(body, 4) == ([{"a": 1}, {"a": 2}, {"a": 3}, {"a": 4}], None, [])
+    assert encode_records([{"a": 1}]) == b'[{"a":1}]'  # records alone: one orjson call, as before
+
+    bad = encode_records([b'{"a": 1}\n', b'{"a": "x\\n,"}\n', b"{oops\n", b'"s"\n', b'{"a": 5}'])
+    records, positions, unread = read_records(bad, 5)
+    assert records == [{"a": 1}, {"a": "x\n,"}, {"a": 5}] and positions == [0, 1, 4]
+    assert [(u.position, u.value) for u in unread] == [(2, "{oops"), (3, "s")]
+    assert "malformed JSON" in unread[0].reason and unread[1].reason == "expected a JSON object, got str"
+    with pytest.raises(TerminalError, match="does not read as 6 JSON records"):
+        read_records(bad, 6)
+    assert [(r["index"], r["record"], r["message"] is None) for r in dead_records(bad)] == [
+        (0, {"a": 1}, True),
+        (1, {"a": "x\n,"}, True),
+        (2, "{oops", False),
+        (3, "s", False),
+        (4, {"a": 5}, True),
+    ]
+    assert dead_records(b"garbage")[0]["record"] == "garbage"  # nothing is lost

@@ -112,6 +112,32 @@ async def test_jsonl_malformed_line_rejected_with_file_and_line(tmp_path: Path) 
     assert "expected a JSON object, got list" in bad[1][1]
 
 
+async def test_raw_json_passes_lines_unparsed_for_the_transformer_to_read(tmp_path: Path) -> None:
+    """With ExtractContext.raw_json (what the extractor service asks for) JSON lines are not parsed: each chunk
+    carries the lines themselves, numbered, and the same lines read back as the parsed records plus the rejects."""
+    from jetl.messages import encode_records, read_records
+
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": 1}\n\n{"id": 2\n[1, 2]\n  \r\n{"id": 3}, {"id": 4}\n{"id": 5}')
+    raw_ctx = ExtractContext(pipeline="files", run_id="r1", raw_json=True)
+    chunks = await collect(FileExtractor(path, chunk_size=100), raw_ctx)
+    (chunk,) = chunks
+    assert chunk.records == [] and chunk.raw is not None and chunk.count == 5  # no BOM, no blank lines
+    assert chunk.origin_list() == [f"{path}:{n}" for n in (1, 3, 4, 6, 7)]
+    got, positions, unread = read_records(encode_records(chunk.raw), chunk.count)
+    assert got == [{"id": 1}, {"id": 5}] and positions == [0, 4]
+    assert [(u.position, u.value) for u in unread] == [(1, '{"id": 2'), (2, [1, 2]), (3, '{"id": 3}, {"id": 4}')]
+
+    clean = tmp_path / "c.jsonl"
+    clean.write_bytes(jsonl(ROWS))
+    chunks = await collect(FileExtractor(clean, chunk_size=3), raw_ctx)
+    assert [c.count for c in chunks] == [3, 3, 1] and chunks[1].origin_runs == [(f"{clean}:", 4, 3)]
+    assert [r for c in chunks for r in read_records(encode_records(c.items), c.count)[0]] == ROWS
+    # selecting columns needs the records: those chunks are parsed as without raw_json
+    chunks = await collect(FileExtractor(clean, chunk_size=10, columns=["id"]), raw_ctx)
+    assert records(chunks) == [{"id": r["id"]} for r in ROWS] and chunks[0].raw is None
+
+
 async def test_truncated_gzip_rejects_the_rest_but_keeps_what_was_read(tmp_path: Path) -> None:
     blob = gzip.compress(jsonl([{"id": i, "pad": "x" * 50} for i in range(2000)]))
     path = tmp_path / "t.jsonl.gz"

@@ -20,13 +20,14 @@ from jetl import (
     TypeTransformer,
     subjects,
 )
-from jetl.messages import Batch, decode_batch, encode_batch
+from jetl.errors import TerminalError
+from jetl.messages import Batch, decode_batch, encode_batch, encode_records
 from jetl.registry import register
 from jetl.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
-from jetl_transformer.handlers import make_router
+from jetl_transformer.handlers import make_router, run_transformers
 
 
 class Raw(BaseModel):
@@ -100,3 +101,59 @@ async def test_raw_batch_becomes_clean_batch_with_rejects_dead_lettered(pipeline
     assert "batch.rejected" in types
     assert transformed[0]["records_in"] == 6 and transformed[0]["records_out"] == 3
     assert transformed[0]["rejected"] == 1 and transformed[0]["filtered"] == 2
+
+
+def test_unparsed_lines_are_read_with_the_batch_and_bad_ones_rejected_by_position() -> None:
+    """The extractor passes JSON lines on unparsed (Chunk.raw): a line that is not one JSON object is an issue of
+    its own at its position in the batch, and the records around it keep theirs."""
+    p = Pipeline(
+        name="lines",
+        extractors=[FileExtractor("x.jsonl")],
+        transformers=[TypeTransformer(Raw), ColumnTransformer(rename={"name": "title"})],
+        loader=ConsoleLoader(),
+        schema=Out,
+    )
+    texts = [orjson.dumps({"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"}) + b"\n" for i in range(6)]
+    texts[1] = b'{"id": 1, "name": \n'  # malformed
+    texts[3] = b"[1, 2]\n"  # JSON, but not an object
+    texts[4] = b'{"id": "four", "name": "n4", "at": "2026-11-25T00:00:00Z"}\n'  # an object that fails the type
+    body = encode_records(texts)
+    clean, encoding, n_in, n_out, issues = run_transformers(p, body, len(texts))
+    assert (n_in, n_out) == (6, 3)
+    assert [(i.index, i.field) for i in sorted(issues, key=lambda i: i.index)] == [(1, ""), (3, ""), (4, "id")]
+    by_index = {i.index: i for i in issues}
+    assert "malformed JSON" in by_index[1].message and by_index[1].record == '{"id": 1, "name":'
+    assert by_index[3].message == "expected a JSON object, got list" and by_index[3].record == "[1,2]"
+    rows = orjson.loads(clean) if encoding == "json" else None
+    assert rows is None or [r["id"] for r in rows] == [0, 2, 5]
+    # a body that does not even split into the records it announces is the batch's error, not a record's
+    with pytest.raises(TerminalError, match="does not read as 7 JSON records"):
+        run_transformers(p, body, 7)
+
+
+def test_a_record_failing_an_in_place_step_is_reported_as_it_came_in() -> None:
+    """Columns are changed in place on records fresh from JSON; when a computed column raises, the batch runs again
+    copying, so the dead letter holds the record as it arrived (not half renamed)."""
+
+    def ratio(r: dict[str, Any]) -> float:
+        return 1 / r["id"]
+
+    class Ratio(BaseModel):
+        id: int
+        title: str
+        at: datetime
+        ratio: float
+
+    p = Pipeline(
+        name="ratio",
+        extractors=[FileExtractor("x.jsonl")],
+        transformers=[TypeTransformer(Raw), ColumnTransformer(rename={"name": "title"}, compute={"ratio": ratio})],
+        loader=ConsoleLoader(),
+        schema=Ratio,
+    )
+    records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(3)]
+    _, _, n_in, n_out, issues = run_transformers(p, orjson.dumps(records), 3)
+    assert (n_in, n_out) == (3, 2)
+    (issue,) = issues
+    assert issue.index == 0 and issue.field == "ratio" and "ZeroDivisionError" in issue.message
+    assert set(issue.record) == {"id", "name", "at"}  # not renamed to title, no ratio column

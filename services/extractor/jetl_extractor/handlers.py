@@ -14,8 +14,8 @@ from jetl._internal import heap
 from jetl._internal.stage import settle
 from jetl.events import BatchExtracted, BatchRejected, RunExtracted, RunFailed, RunStarted
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch, DeadLetter, RunRequest
-from jetl.protocols import Chunk, ExtractContext, Record
+from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, RunRequest, encode_records
+from jetl.protocols import Chunk, ExtractContext
 from jetl.registry import get_pipeline
 from jetl.service import ServiceContext, stage_subscriber
 from jetl.state import get_cursor
@@ -38,12 +38,14 @@ class Extraction:
         self.sem = asyncio.Semaphore(concurrency)
         self.pending: set[asyncio.Task[None]] = set()
         self.last_progress = time.monotonic()
-        self.buf: list[Record] = []
+        self.buf: list[Any] = []
+        """Records, or their JSON texts (`Chunk.raw`), not yet published."""
         self.origins: list[str] = []
+        """The origin of each in `buf`, unless `whole` holds them."""
         self.bad: list[tuple[str, str]] = []
         self.whole: Chunk | None = None
-        """The chunk `buf` holds exactly, when it does: the file extractor attaches the JSON array it parsed and
-        compact origins, published as they are."""
+        """A chunk `buf` holds alone, as it came: published as one batch with its own origins (the file extractor
+        numbers its lines as runs, not as a string each) unless another chunk joins it first."""
 
     def _event_base(self) -> dict[str, Any]:
         return self.ctx.event_fields(self.req.pipeline, self.req.run_id, self.pipeline.code_hash)
@@ -60,6 +62,7 @@ class Extraction:
             cursor=cursor,
             params=req.params,
             force=req.force,
+            raw_json=True,  # JSON lines pass unparsed: the transformer parses them in the pass that validates them
         )
         for extractor in p.extractors:
             async for chunk in extractor.extract(ectx):
@@ -83,14 +86,15 @@ class Extraction:
         log.info("run extracted", batches=self.seq, records=self.records, rejected=self.rejected)
 
     async def _add(self, chunk: Chunk) -> None:
-        # Not encoding the records again saves 0.4 us a record (orjson.dumps of what was just parsed), not
-        # compacting their origins 0.2 us.
-        self.whole = chunk if not self.buf else None
-        origins = chunk.origins if chunk.origins is not None else [""] * len(chunk.records)
-        self.buf.extend(chunk.records)
-        self.origins.extend(origins)
-        self.bad.extend(chunk.rejected)
         size = self.pipeline.batch_size
+        if self.whole is not None:  # another chunk joins the one held whole: it needs its origins one by one
+            self.origins, self.whole = self.whole.origin_list(), None
+        if not self.buf and chunk.count <= size:
+            self.whole, self.buf = chunk, list(chunk.items)
+        else:
+            self.buf.extend(chunk.items)
+            self.origins.extend(chunk.origin_list())
+        self.bad.extend(chunk.rejected)
         while len(self.buf) >= size:
             await self._flush(final=False)
         if time.monotonic() - self.last_progress > IN_PROGRESS_EVERY_S:
@@ -102,30 +106,35 @@ class Extraction:
         if not self.buf and not self.bad:
             return
         take = len(self.buf) if final else size
-        whole, self.whole = (self.whole if take == len(self.buf) else None), None
-        records, self.buf = self.buf[:take], self.buf[take:]
-        origins, self.origins = self.origins[:take], self.origins[take:]
+        whole, self.whole = self.whole, None
+        items, self.buf = self.buf[:take], self.buf[take:]
+        if whole is not None:  # `_add` holds a chunk whole only when it fits one batch: it is all of `items`
+            origins, runs = whole.origins, whole.origin_runs
+        else:
+            origins, self.origins = self.origins[:take], self.origins[take:]
+            runs = None
         bad, self.bad = self.bad, []
         seq = self.seq
         self.seq += 1
-        self.records += len(records)
+        self.records += len(items)
         self.rejected += len(bad)
         await self.sem.acquire()
-        task = asyncio.create_task(self._publish(seq, records, origins, bad, whole))
+        task = asyncio.create_task(self._publish(seq, items, origins, runs, bad))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
         if final and self.buf:
             await self._flush(final=True)
 
     async def _publish(
-        self, seq: int, records: list[Record], origins: list[str], bad: list[tuple[str, str]], whole: Chunk | None
+        self,
+        seq: int,
+        items: list[Any],
+        origins: list[str] | None,
+        runs: list[tuple[str, int, int]] | None,
+        bad: list[tuple[str, str]],
     ) -> None:
-        encoded: bytes | None = getattr(whole, "encoded", None)
-        runs: list[tuple[str, int, int]] | None = getattr(whole, "origin_runs", None)
-        count, body = len(records), (records if encoded is None else encoded)
-        del records  # with the batch already encoded, its dicts need not wait in memory for the publish (~30 MB)
-        if runs is not None:
-            origins = []  # nor its origin strings (~2.5 MB), which travel as runs
+        count, body = len(items), encode_records(items)
+        del items  # encoded: the records (or texts) need not wait in memory for the publish (~30 MB a batch)
         try:
             p = self.pipeline
             batch = Batch(
@@ -135,7 +144,7 @@ class Extraction:
                 schema_name=p.schema.__name__,
                 schema_hash=p.schema_hash,
                 count=count,
-                origins=origins if any(origins) and runs is None else None,
+                origins=origins if origins and any(origins) and runs is None else None,
                 origin_runs=runs,
             )
             if bad:  # unreadable input: dead-letter it with file and line, before the batch is announced
@@ -146,7 +155,7 @@ class Extraction:
                         batch_id=batch.batch_id,
                         stage="extract",
                         reason=f"{len(bad)} unreadable record(s); first: {bad[0][0]}: {bad[0][1]}",
-                        error_type="MalformedInput",
+                        error_type=MALFORMED_INPUT,
                         records=[
                             {"index": None, "origin": o, "field": None, "message": m, "record": None} for o, m in bad
                         ],

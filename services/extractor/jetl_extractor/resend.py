@@ -24,7 +24,7 @@ from jetl.bus import read_stream
 from jetl.errors import TerminalError
 from jetl.events import BatchExtracted, RunExtracted, RunStarted
 from jetl.logging import get_logger
-from jetl.messages import Batch, DeadLetter, RunRequest, decode_batch, decode_records, utcnow
+from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, RunRequest, decode_batch, read_records, utcnow
 from jetl.registry import get_pipeline
 from jetl.service import ServiceContext
 from jetl.state import get_run
@@ -117,8 +117,8 @@ class Resend:
             dl = DeadLetter.model_validate_json(msg.data or b"null")
             if dl.pipeline != p.name:
                 raise TerminalError(f"dead letter #{seq} belongs to pipeline {dl.pipeline!r}, not {p.name!r}")
-            if dl.stage == "extract":
-                raise TerminalError(f"dead letter #{seq} is unreadable input (extract stage): it has no record")
+            if dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
+                raise TerminalError(f"dead letter #{seq} is unreadable input ({dl.stage} stage): it has no record")
             letters.append(dl)
         originals = await self._raw_inputs({dl.batch_id for dl in letters if dl.stage == "transform"})
         raw: list[tuple[Any, str | None]] = []
@@ -165,5 +165,7 @@ class Resend:
             async for msg in read_stream(self.ctx.broker.connection, Kind.RAW, subject):
                 batch, body = decode_batch(msg.data)
                 if batch.batch_id in batch_ids and batch.batch_id not in out:
-                    out[batch.batch_id] = dict(enumerate(decode_records(body, batch.encoding)))
+                    # a raw batch may hold lines that are not records (read_records sets them aside)
+                    records, positions, _ = read_records(body, batch.count)
+                    out[batch.batch_id] = dict(zip(positions or range(len(records)), records, strict=True))
         return out

@@ -13,7 +13,7 @@ from jetl._internal.stage import settle
 from jetl.errors import SchemaMismatch
 from jetl.events import BatchLoaded, BatchRejected
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch, DeadLetter, dead_records, decode_batch
+from jetl.messages import Batch, DeadLetter, decode_batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import LoadContext
 from jetl.registry import get_pipeline
@@ -88,18 +88,7 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
             error = exc
 
         async def dead_letter(exc: BaseException) -> None:
-            await ctx.bus.dead_letter(
-                DeadLetter(
-                    pipeline=batch.pipeline,
-                    run_id=batch.run_id,
-                    batch_id=batch.batch_id,
-                    stage="load",
-                    scope="batch",
-                    reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
-                    error_type=type(exc).__name__,
-                    records=dead_records(body, batch.encoding),
-                )
-            )
+            await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, "load", exc))
             await ctx.bus.event(
                 BatchRejected(**base, stage="load", records=batch.count, reason=str(exc), scope="batch")
             )

@@ -19,7 +19,7 @@ from jetl._internal.stage import settle
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch, DeadLetter, Encoding, dead_records, decode_batch, decode_records, dumps
+from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, Encoding, decode_batch, dumps, read_records
 from jetl.pipeline import Pipeline
 from jetl.registry import get_pipeline
 from jetl.service import ServiceContext, stage_subscriber
@@ -29,32 +29,54 @@ from jetl_transformer.settings import TransformerSettings
 log = get_logger("jetl.transformer")
 
 
-def run_transformers(pipeline: Pipeline, body: bytes) -> tuple[bytes, Encoding, int, int, list[RecordIssue]]:
-    """Apply the pipeline's transformers to a raw batch's records (a JSON array), then validate against the schema;
-    (clean body, its encoding, records in, records out, issues)."""
+def run_transformers(
+    pipeline: Pipeline, body: bytes, count: int | None = None, *, in_place: bool = True
+) -> tuple[bytes, Encoding, int, int, list[RecordIssue]]:
+    """Apply the pipeline's transformers to a raw batch's records (a JSON array of `count`), then validate against
+    the schema; (clean body, its encoding, records in, records out, issues).
+
+    A JSON text of the batch that is not one object (a malformed line the extractor passed on unparsed) is an issue
+    of its own, with its position in the batch. Records fresh from JSON belong to this call alone, so transformers
+    that can (`transform_in_place`) change them instead of copying them; when one of those says a record failed, the
+    batch runs again copying (`in_place=False`), so that every issue shows the record as it came in."""
     issues: list[RecordIssue] = []
-    aligned = True  # while True, record i is still input record i (so its origin is known)
+    positions: list[int] | None = None  # record i of the decoded batch was element positions[i] of the body
+    aligned = True  # while True, record i of `out` is still record i of the decoded batch (so its origin is known)
     transformers = list(pipeline.transformers)
     # A leading TypeTransformer validates the JSON itself, in one pydantic pass with no intermediate dicts (None when
     # a record fails: the records are parsed then, and it runs on them to say which and why).
     from_json = getattr(transformers[0], "transform_json", None) if transformers else None
     out: list[dict[str, Any]] | None = from_json(body) if callable(from_json) else None
-    if out is not None:
+    if out is not None and (count is None or len(out) == count):
         transformers = transformers[1:]
     else:
-        out = decode_records(body)
-    n_in = len(out)
+        out, positions, unread = read_records(body, count)
+        for u in unread:
+            value = u.value if isinstance(u.value, str) else dumps(u.value).decode()
+            issues.append(RecordIssue(u.position, "", u.reason, input=value, record=value, unreadable=True))
+    n_in = len(out) + len(issues)
+    owned = True  # `out` holds new dicts nothing else refers to
     for t in transformers:
         n_before = len(out)
+        change = getattr(t, "transform_in_place", None) if owned and in_place else None
         try:
-            out = t.transform(out)
+            if callable(change):
+                changed = change(out)
+                if changed is None:  # a record failed, and the records are half changed: again, copying
+                    return run_transformers(pipeline, body, count, in_place=False)
+                out = changed  # records the caller owns (the contract of transform_in_place)
+            else:
+                out = t.transform(out)
+                owned = False
         except RecordError as exc:
             for i in exc.issues:
                 if not aligned:
                     i.index = -1
+                elif positions is not None and 0 <= i.index < len(positions):
+                    i.index = positions[i.index]
                 issues.append(i)
             out = list(exc.survivors or [])
-            aligned = False
+            aligned = owned = False
             continue
         if len(out) != n_before:
             aligned = False
@@ -78,6 +100,8 @@ def run_transformers(pipeline: Pipeline, body: bytes) -> tuple[bytes, Encoding, 
         for i in bad.values():
             if not aligned:
                 i.index = -1
+            elif positions is not None and 0 <= i.index < len(positions):
+                i.index = positions[i.index]
             issues.append(i)
         valid = validate([r for i, r in enumerate(out) if i not in bad])
     if arrow:
@@ -119,32 +143,20 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                     f"batch {batch.batch_id} was extracted under schema {batch.schema_hash}, "
                     f"pipeline now declares {pipeline.schema_hash}"
                 )
-            clean, encoding, n_in, n_out, issues = await asyncio.to_thread(run_transformers, pipeline, body)
+            clean, encoding, n_in, n_out, issues = await asyncio.to_thread(
+                run_transformers, pipeline, body, batch.count
+            )
             for i in issues:
                 if i.index >= 0:
                     i.origin = batch.origin(i.index)
             if issues:
-                await ctx.bus.dead_letter(
-                    DeadLetter(
-                        pipeline=batch.pipeline,
-                        run_id=batch.run_id,
-                        batch_id=batch.batch_id,
-                        stage="transform",
-                        reason=issues[0].describe(batch.pipeline)
-                        + (f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""),
-                        error_type="RecordError",
-                        records=[
-                            {
-                                "index": i.index if i.index >= 0 else None,
-                                "origin": i.origin,
-                                "field": i.field,
-                                "message": i.message,
-                                "record": i.record,
-                            }
-                            for i in issues
-                        ],
-                    )
-                )
+                # Input that is not a record at all (a malformed line) is kept apart: no redrive can mend it.
+                for group, error_type in (
+                    ([i for i in issues if i.unreadable], MALFORMED_INPUT),
+                    ([i for i in issues if not i.unreadable], "RecordError"),
+                ):
+                    if group:
+                        await ctx.bus.dead_letter(DeadLetter.of_issues(batch, "transform", group, error_type))
                 await ctx.bus.event(
                     BatchRejected(
                         **base,
@@ -184,18 +196,7 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
 
         async def dead_letter(exc: BaseException) -> None:
             assert batch is not None
-            await ctx.bus.dead_letter(
-                DeadLetter(
-                    pipeline=batch.pipeline,
-                    run_id=batch.run_id,
-                    batch_id=batch.batch_id,
-                    stage="transform",
-                    reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {exc}",
-                    error_type=type(exc).__name__,
-                    scope="batch",
-                    records=dead_records(body),
-                )
-            )
+            await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, "transform", exc))
             await ctx.bus.event(
                 BatchRejected(**base, stage="transform", records=batch.count, reason=str(exc), scope="batch")
             )

@@ -146,8 +146,13 @@ class FileExtractor:
             fmt = _format_of(path, self.format)
             if fmt == "parquet" and _compression_of(path, self.compression) != "none":
                 raise ConfigError(f"{path}: Parquet compresses inside the file; a .gz/.zst wrapper is not supported")
-            reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
-            chunks = reader(path)
+            chunks = (
+                self._jsonl(path, ctx.raw_json)
+                if fmt == "jsonl"
+                else self._csv(path)
+                if fmt == "csv"
+                else self._parquet(path)
+            )
             # Read and parse in a worker thread: a 40k-line chunk is ~100 ms of CPU, and on the event loop it held
             # back the publishes of the chunks before it (the first batch of a 100k-line file went out after 0.5 s).
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
@@ -164,12 +169,9 @@ class FileExtractor:
             return record
         return {c: record.get(c) for c in self.columns}
 
-    def _jsonl(self, path: Path) -> Iterator[Chunk]:
-        # Fast path: a chunk of lines is joined into one JSON array, parsed by one orjson call, and the chunk keeps
-        # that array (`Chunk.encoded`) so the extractor publishes it as it is instead of encoding the records again.
-        # Measured per line on the benchmark file: read, strip and collect line by line 0.73 us -> islice 0.35 us;
-        # orjson.dumps of the parsed records 0.4 us saved. Blank lines, a BOM, malformed JSON or a line that is
-        # not exactly one object make the whole chunk take the line-by-line path, which says which line and why.
+    def _jsonl(self, path: Path, raw: bool = False) -> Iterator[Chunk]:
+        # Lines are read a chunk at a time (islice: 0.35 us a line, against 0.73 reading, stripping and collecting
+        # line by line). With `raw` (ExtractContext.raw_json) they are not parsed here at all: see `_jsonl_chunk`.
         prefix = f"{path}:"
         n = 0  # lines read so far
         with _open(path, self.compression) as fh:
@@ -182,7 +184,7 @@ class FileExtractor:
                     error = exc
                 first, n = n + 1, n + len(raws)
                 if raws:
-                    yield self._jsonl_chunk(path, prefix, raws, first)
+                    yield self._jsonl_chunk(prefix, raws, first, raw)
                 if error is not None:
                     reason = f"cannot read past this line (corrupt or truncated file): {type(error).__name__}: {error}"
                     yield Chunk([], [], {"file": str(path), "line": n}, [(f"{prefix}{n + 1}", reason)])
@@ -190,27 +192,41 @@ class FileExtractor:
                 if len(raws) < self.chunk_size:
                     return
 
-    def _jsonl_chunk(self, path: Path, prefix: str, raws: list[bytes], first: int) -> Chunk:
-        """The records of `raws` (lines `first`... of `path`), with their origins and the lines that failed."""
-        position = {"file": str(path), "line": first + len(raws) - 1}
-        encoded = b"[" + b",".join(raws) + b"]"
+    def _jsonl_chunk(self, prefix: str, raws: list[bytes], first: int, raw: bool = False) -> Chunk:
+        """The records of `raws` (lines `first`... of the file `prefix` names), with their origins and the lines
+        that failed; with `raw`, the lines themselves (`Chunk.raw`), for the transformer to parse."""
+        position = {"file": prefix[:-1], "line": first + len(raws) - 1}
+        bom = first == 1 and raws[0].startswith(b"\xef\xbb\xbf")
+        clean = not bom and not any(map(bytes.isspace, raws))  # no BOM, no blank line: every line is a JSON text
+        if raw and self.columns is None:
+            # Not parsed here: the transformer parses the batch in the same pydantic pass that validates it, and
+            # rejects a line that is not one JSON object, with its file and line. Per line on the benchmark file:
+            # 1.9 us of extractor CPU (orjson parse and origins) -> 0.4 us (reading).
+            if clean:
+                return Chunk([], None, position, raw=raws, origin_runs=[(prefix, first, len(raws))])
+            texts: list[bytes] = []
+            numbers: list[str] = []
+            for i, line in enumerate(raws, start=first):
+                text = line.removeprefix(b"\xef\xbb\xbf") if i == 1 else line
+                if text and not text.isspace():
+                    texts.append(text)
+                    numbers.append(f"{prefix}{i}")
+            return Chunk([], numbers, position, raw=texts)
         parsed: Any = None
-        with contextlib.suppress(orjson.JSONDecodeError):
-            parsed = orjson.loads(encoded)
+        if clean:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                parsed = orjson.loads(b"[" + b",".join(raws) + b"]")
         # The fast path only holds when every line is exactly one object (`1, 2` on one line parses too).
         if isinstance(parsed, list) and len(parsed) == len(raws) and all(type(v) is dict for v in parsed):
-            origins = [f"{prefix}{i}" for i in range(first, first + len(raws))]
             if self.columns is not None:
-                return Chunk([self._select(r) for r in parsed], origins, position, [])
-            chunk = Chunk(parsed, origins, position, [])
-            chunk.encoded = encoded  # type: ignore[attr-defined]
-            chunk.origin_runs = [(prefix, first, len(raws))]  # type: ignore[attr-defined]  # see Batch.origin_runs
-            return chunk
+                parsed = [self._select(r) for r in parsed]
+            origins = [f"{prefix}{i}" for i in range(first, first + len(raws))]
+            return Chunk(parsed, origins, position, [], origin_runs=[(prefix, first, len(raws))])
         records: list[Record] = []
         origins = []
         rejected: list[tuple[str, str]] = []
-        for i, raw in enumerate(raws, start=first):
-            line = raw.strip()
+        for i, read in enumerate(raws, start=first):
+            line = read.strip()
             if i == 1:
                 line = line.removeprefix(b"\xef\xbb\xbf").strip()
             if not line:

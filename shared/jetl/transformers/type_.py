@@ -45,6 +45,14 @@ class TypeTransformer:
         except ValueError:  # a ValidationError, or not JSON at all
             return None
 
+    def transform_in_place(self, records: list[Record]) -> list[Record] | None:
+        """As `transform` (validation builds new dicts, so nothing is changed); None when some record fails, so
+        that `transform` says which and why."""
+        try:
+            return self._records.validate_python(records)
+        except ValidationError:
+            return None
+
     def transform(self, records: list[Record]) -> list[Record]:
         """Validated, typed records; raises RecordError carrying the survivors when some fail."""
         try:
