@@ -38,6 +38,17 @@ def output_fields(transformers: Sequence[Transformer]) -> frozenset[str] | None:
     return fields
 
 
+def output_types(transformers: Sequence[Transformer]) -> dict[str, Any]:
+    """The fields the transformer chain emits already validated, with what their validation depended on
+    (`RecordsAdapter.field_types`): each step that can tell (`output_types`) says which of its input's validated
+    fields it hands on unchanged, under which names, and which it validates itself; any other step, none."""
+    types: dict[str, Any] = {}
+    for t in transformers:
+        derive = getattr(t, "output_types", None)
+        types = derive(types) if callable(derive) else {}
+    return types
+
+
 def required_inputs(model: type[BaseModel]) -> dict[str, frozenset[str]]:
     """Per required field of `model`, the input keys that can fill it (its name and/or its alias)."""
     by_name = bool(model.model_config.get("populate_by_name") or model.model_config.get("validate_by_name"))
@@ -105,6 +116,16 @@ class Pipeline:
     def schema_hash(self) -> str:
         """Hash of the record schema."""
         return schema_hash(self.schema)
+
+    @cached_property
+    def trusted_fields(self) -> frozenset[str]:
+        """Schema fields whose values the transformers validated under the same field type (`output_types`): the
+        transformer stage does not validate them against the schema again."""
+        from jetl._internal.records import records_adapter
+
+        chain = output_types(self.transformers)
+        own = records_adapter(self.schema).field_types
+        return frozenset(name for name, t in own.items() if chain.get(name) == t)
 
     @cached_property
     def adapter(self) -> TypeAdapter[list[Any]]:

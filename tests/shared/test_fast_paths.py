@@ -289,3 +289,67 @@ def test_json_texts_travel_unparsed_and_read_back_with_what_is_not_a_record() ->
         (4, {"a": 5}, True),
     ]
     assert dead_records(b"garbage")[0]["record"] == "garbage"  # nothing is lost
+
+
+def test_fields_validated_upstream_under_the_same_type_are_not_validated_again() -> None:
+    """output_types follows validated fields through the chain; the schema's fields whose type (core schema and
+    config) they already passed are trusted by the Arrow build, and nothing else is."""
+    from jetl import (
+        ColumnTransformer,
+        ConsoleLoader,
+        FileExtractor,
+        FilterTransformer,
+        LambdaTransformer,
+        Pipeline,
+    )
+    from jetl import TypeTransformer as TT
+
+    class In(BaseModel):
+        id: int
+        name: str
+        at: datetime
+        amount: float
+        extra: str
+
+    class Out(BaseModel):
+        id: int
+        title: str
+        at: datetime
+        amount: float
+        cents: int
+
+    class Lower(BaseModel):
+        model_config = ConfigDict(str_to_lower=True)
+        id: int
+        title: str
+
+    def pipeline(*transformers: Any, schema: type[BaseModel] = Out) -> Pipeline:
+        return Pipeline(
+            name="p",
+            extractors=[FileExtractor("x.jsonl")],
+            loader=ConsoleLoader(),
+            schema=schema,
+            transformers=list(transformers),
+        )
+
+    cols = ColumnTransformer(rename={"name": "title"}, compute={"cents": lambda r: 1}, drop=["extra"])
+    assert pipeline(TT(In), cols).trusted_fields == {"id", "title", "at", "amount"}  # cents is computed
+    assert pipeline(TT(In), FilterTransformer(lambda r: True), cols).trusted_fields == {"id", "title", "at", "amount"}
+    assert pipeline(TT(In), LambdaTransformer(lambda r: r), cols).trusted_fields == frozenset()  # opaque step
+    overwrite = ColumnTransformer(rename={"name": "title"}, compute={"cents": lambda r: 1, "amount": lambda r: 1})
+    assert pipeline(TT(In), overwrite).trusted_fields == {"id", "title", "at"}
+    swap = ColumnTransformer(rename={"name": "title", "title": "name"}, compute={"cents": lambda r: 1})
+    assert pipeline(TT(In), swap).trusted_fields == frozenset()  # renames into each other: not followed
+    assert pipeline(TT(In), cols, schema=Lower).trusted_fields == frozenset()  # another config: none
+    assert pipeline(TT(Lower), ColumnTransformer(select=["id", "title"]), schema=Lower).trusted_fields == {
+        "id",
+        "title",
+    }
+
+    # trusting changes nothing in what comes out
+    adapter = RecordsAdapter(Out)
+    rows = [{"id": 1, "title": "a", "at": datetime(2026, 1, 1, tzinfo=UTC), "amount": 1.5, "cents": 150}]
+    trusted = adapter.arrow_table(rows, trusted=frozenset({"id", "title", "at", "amount"}))
+    assert trusted.equals(adapter.arrow_table(rows))
+    with pytest.raises(ValueError, match="valid integer"):  # the untrusted column is still validated
+        adapter.arrow_table([{**rows[0], "cents": "x"}], trusted=frozenset({"id", "title", "at", "amount"}))

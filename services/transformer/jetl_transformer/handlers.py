@@ -86,7 +86,7 @@ def run_transformers(
     arrow = fast.arrow_schema is not None and callable(getattr(pipeline.loader, "load_arrow", None))
     if arrow:
         try:
-            table = fast.arrow_table(out)
+            table = fast.arrow_table(out, trusted=pipeline.trusted_fields)
             return to_ipc(table), "arrow", n_in, table.num_rows, issues
         except (ValueError, TypeError, KeyError, OverflowError):
             pass  # some record does not fit: validating row by row says which and why

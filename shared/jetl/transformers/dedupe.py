@@ -41,6 +41,10 @@ class DedupeTransformer:
         """Dedupe keeps the shape of its input."""
         return input_fields
 
+    def output_types(self, input_types: dict[str, Any]) -> dict[str, Any]:
+        """Dedupe hands its input's validated fields on as they are."""
+        return input_types
+
     def transform(self, records: list[Record]) -> list[Record]:
         """One record per key, in input order."""
         chosen: dict[tuple[Any, ...], int] = {}

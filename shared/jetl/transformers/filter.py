@@ -25,6 +25,10 @@ class FilterTransformer:
         """A filter keeps the shape of its input."""
         return input_fields
 
+    def output_types(self, input_types: dict[str, Any]) -> dict[str, Any]:
+        """A filter hands its input's validated fields on as they are."""
+        return input_types
+
     def transform(self, records: list[Record]) -> list[Record]:
         """The records the predicate keeps, in their order."""
         out: list[Record] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ValidationError
 
 from jetl._internal.records import records_adapter
@@ -33,6 +35,10 @@ class TypeTransformer:
         if self.by_alias:
             return frozenset(f.alias or name for name, f in self.model.model_fields.items())
         return frozenset(self.model.model_fields)
+
+    def output_types(self, input_types: dict[str, Any]) -> dict[str, Any]:
+        """Every field of the model comes out validated (see `jetl.pipeline.output_types`)."""
+        return dict(self._records.field_types)
 
     def transform_json(self, data: bytes) -> list[Record] | None:
         """As `transform`, straight from a batch's JSON array (the transformer stage's raw input); None when some
