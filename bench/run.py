@@ -274,7 +274,8 @@ def main() -> None:
         if args.repeat > 1:
             print(
                 f"  round {i + 1}: direct {directs[-1]['rows_per_s']:,.0f} records/s, "
-                f"jetl {args.records / jetls[-1]['seconds']:,.0f} records/s",
+                f"jetl {args.records / jetls[-1]['seconds']:,.0f} records/s, "
+                f"ratio {args.records / jetls[-1]['seconds'] / directs[-1]['rows_per_s']:.2f}",
                 flush=True,
             )
     direct = max(directs, key=lambda d: d["rows_per_s"])
