@@ -187,9 +187,12 @@ class Unread(NamedTuple):
 def encode_records(items: Sequence[Any]) -> bytes:
     """A batch's JSON array, from records given as dicts or as JSON texts not yet parsed (`Chunk.raw`, bytes): the
     texts go in as they are, joined by RAW_SEPARATOR; records without any text are encoded in one orjson call."""
-    if not any(type(x) is bytes for x in items):
+    try:  # all texts or all records: one C call either way (a mix raises TypeError in both)
+        if items and type(items[0]) is bytes:
+            return b"[" + RAW_SEPARATOR.join(items) + b"]"
         return dumps(items if isinstance(items, list) else list(items))
-    return b"[" + RAW_SEPARATOR.join(x if type(x) is bytes else dumps(x) for x in items) + b"]"
+    except TypeError:
+        return b"[" + RAW_SEPARATOR.join(x if type(x) is bytes else dumps(x) for x in items) + b"]"
 
 
 def read_records(body: bytes, count: int | None = None) -> tuple[list[dict[str, Any]], list[int] | None, list[Unread]]:

@@ -2,7 +2,8 @@
 
 JSONL and CSV are read line by line; Parquet by record batches (`ParquetFile.iter_batches`), so no file is
 ever held in memory whole. A malformed line is rejected with its file and line number (it goes to the DLQ),
-never a crash.
+never a crash. In the extractor service (`ExtractContext.raw_json`) JSONL lines are not parsed here at all: they
+travel as read, and the transformer rejects the malformed ones, by file and line, in the pass that validates.
 Files already loaded by a completed run are skipped unless the run is forced.
 """
 
