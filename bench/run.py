@@ -189,7 +189,7 @@ def bench_jetl(
     profile: Path | None = None,
 ) -> dict[str, Any]:
     """Start the embedded stack on a fresh data folder, run, stop, then check the table."""
-    from jetl.embedded import ServiceProcess, Stack, service_env
+    from jetl.embedded import Stack
 
     run_dir = data / "stack"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -197,14 +197,15 @@ def bench_jetl(
     (run_dir / "latency").mkdir(parents=True)
     os.link(data / f"orders_{records}.jsonl", run_dir / "input" / "orders.jsonl")
     generate(run_dir / "latency" / "orders.jsonl", LATENCY_RECORDS, seed=7)
-    stack = Stack(data_dir=run_dir, pipelines_dir=BENCH / "pipelines", extra_env={"JETL_LOG_LEVEL": "WARNING"})
+    stack = Stack(
+        data_dir=run_dir,
+        pipelines_dir=BENCH / "pipelines",
+        extra_env={"JETL_LOG_LEVEL": "WARNING"},
+        replicas={"transformer": transformers},  # replicas bind the same durable consumer (jetl up --scale)
+    )
     try:
         stack.start()
         url = stack.nats_url or ""
-        for i in range(2, transformers + 1):  # more replicas of the transformer bind to the same durable consumer
-            env = service_env(url, run_dir, BENCH / "pipelines", stack.extra_env)
-            log = run_dir / "logs" / f"transformer{i}.log"
-            stack.procs[f"transformer{i}"] = ServiceProcess("transformer", env, log).start()
         asyncio.run(wait_ready(url, stack))
         result = asyncio.run(run_jetl(url, stack, latency_runs, profile))
         stack.check()

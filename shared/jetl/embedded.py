@@ -178,17 +178,36 @@ class Stack:
     nats_url: str | None = None
     services: tuple[str, ...] = SERVICES
     extra_env: dict[str, str] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)
+    """Processes per service (1 unless given): `{"transformer": 2}` runs `transformer` and `transformer2`, bound to
+    the same durable consumer, so they share its work (`jetl up --scale transformer=2`)."""
     server: NatsServer | None = None
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name, n in self.replicas.items():
+            if name not in self.services:
+                raise ConfigError(f"cannot scale {name!r}: the services are {', '.join(self.services)}")
+            if n < 1:
+                raise ConfigError(f"{name}: at least 1 process, not {n}")
+        dsn = self.extra_env.get("JETL_CLICKHOUSE__DSN") or os.environ.get("JETL_CLICKHOUSE__DSN") or "chdb://"
+        if self.replicas.get("loader", 1) > 1 and dsn.startswith("chdb://"):
+            raise ConfigError(
+                "the embedded ClickHouse (chdb) opens in one process only: run one loader, or point "
+                "JETL_CLICKHOUSE__DSN at a ClickHouse server to scale loaders"
+            )
+
     def start(self) -> Stack:
-        """Start the embedded server (unless a URL is given) and every service."""
+        """Start the embedded server (unless a URL is given) and every service, as many processes of each as
+        `replicas` says."""
         if self.nats_url is None:
             self.server = NatsServer(self.data_dir / "nats").start()
             self.nats_url = self.server.url
         env = service_env(self.nats_url, self.data_dir, self.pipelines_dir, self.extra_env)
         for name in self.services:
-            self.procs[name] = ServiceProcess(name, env, self.data_dir / "logs" / f"{name}.log").start()
+            for i in range(1, self.replicas.get(name, 1) + 1):
+                key = name if i == 1 else f"{name}{i}"
+                self.procs[key] = ServiceProcess(name, env, self.data_dir / "logs" / f"{key}.log").start()
         return self
 
     def check(self) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jetl.client import JetlClient
-from jetl.embedded import ServiceProcess, Stack, service_env
+from jetl.embedded import Stack
 from jetl.events import BatchTransformed
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.testing import chdb
@@ -54,14 +54,9 @@ def test_two_transformers_share_one_durable_consumer(tmp_path: Path, nats: NatsH
             )
             return state, events
 
-    env = service_env(nats.url, data, pipelines)
-    second = ServiceProcess("transformer", env, data / "logs" / "transformer-2.log")
-    with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url):
-        second.start()
-        try:
-            state, transformed = asyncio.run(run())
-        finally:
-            second.stop()
+    with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, replicas={"transformer": 2}) as stack:
+        assert sorted(stack.procs) == ["extractor", "loader", "scheduler", "transformer", "transformer2"]
+        state, transformed = asyncio.run(run())
 
     assert state.status == "completed" and state.loaded == 2000  # type: ignore[attr-defined]
     assert len(transformed) == 40
@@ -69,3 +64,28 @@ def test_two_transformers_share_one_durable_consumer(tmp_path: Path, nats: NatsH
     assert len(instances) == 2, f"one transformer did all the work: {instances}"
     rows = chdb.query(data / "chdb", "SELECT count() AS n, uniqExact(id) AS u FROM wide")
     assert rows[0] == {"n": 2000, "u": 2000}
+
+
+def test_a_stack_scales_what_can_be_scaled_and_says_what_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jetl.errors import ConfigError
+    from jetl.testing.cli import CliResult, jetl
+
+    monkeypatch.delenv("JETL_CLICKHOUSE__DSN", raising=False)
+    with pytest.raises(ConfigError, match="cannot scale 'transform'"):
+        Stack(data_dir=tmp_path, pipelines_dir=tmp_path, replicas={"transform": 2})
+    with pytest.raises(ConfigError, match="at least 1"):
+        Stack(data_dir=tmp_path, pipelines_dir=tmp_path, replicas={"transformer": 0})
+    with pytest.raises(ConfigError, match="chdb"):  # one process may open a chdb folder
+        Stack(data_dir=tmp_path, pipelines_dir=tmp_path, replicas={"loader": 2})
+    server = {"JETL_CLICKHOUSE__DSN": "http://ch:8123"}
+    assert Stack(data_dir=tmp_path, pipelines_dir=tmp_path, replicas={"loader": 2}, extra_env=server).replicas
+
+    def up(*args: str) -> CliResult:
+        return jetl("up", *args, nats_url="nats://127.0.0.1:1", pipelines_dir=tmp_path, data_dir=tmp_path)
+
+    bad = up("--scale", "transformer")
+    assert bad.code == 2 and "expected SERVICE=N" in bad.stdout + bad.stderr
+    bad = up("--scale", "loader=2")
+    assert bad.code == 2 and "chdb" in bad.stdout + bad.stderr

@@ -44,14 +44,30 @@ def serve(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)
 def up(
     data_dir: Path = typer.Option(None, help="Where NATS, chdb and logs live (default: JETL_DATA_DIR or .jetl)."),
     nats_url: str = typer.Option(None, help="Use this NATS instead of starting the embedded one."),
+    scale: list[str] = typer.Option(
+        [], "--scale", help="SERVICE=N: run N processes of a service; they share its work (repeatable)."
+    ),
 ) -> None:
     """Start an embedded nats-server with JetStream and the four services, until Ctrl-C.
 
-    Example: jetl up   (then, in another shell: jetl run orders)
+    Scale the stage that limits throughput with --scale: its processes bind the same durable consumer.
+
+    Example: jetl up --scale transformer=2   (then, in another shell: jetl run orders)
     """
     s = settings()
-    stack = Stack(data_dir=(data_dir or s.data_dir).resolve(), pipelines_dir=s.pipelines_dir, nats_url=nats_url)
     try:
+        replicas: dict[str, int] = {}
+        for item in scale:
+            name, sep, count = item.partition("=")
+            if not sep or not count.strip().isdigit():
+                raise ConfigError(f"--scale {item!r}: expected SERVICE=N, e.g. transformer=2")
+            replicas[name.strip()] = int(count)
+        stack = Stack(
+            data_dir=(data_dir or s.data_dir).resolve(),
+            pipelines_dir=s.pipelines_dir,
+            nats_url=nats_url,
+            replicas=replicas,
+        )
         stack.start()
     except Exception as exc:
         fail(exc)
