@@ -180,7 +180,7 @@ def test_round_trip_of_every_type(dsn: str, table: str) -> None:
     records = [Everything.model_validate(row(i)).model_dump() for i in (1, 2)]
     assert loader.load(records, ctx(Everything)) == 2
     described = loader.client().query(f"DESCRIBE TABLE {loader.qualified}").result_rows
-    lineage = [("_jetl_batch_id", "String")]  # every table also records the batch each row came from
+    lineage = [("_jetl_batch_id", "LowCardinality(String)")]  # every table records the batch each row came from
     assert [(r[0], r[1]) for r in described] == EXPECTED + lineage
     got = loader.client().query(f"SELECT * FROM {loader.qualified} ORDER BY id").named_results()
     first = next(iter(got))
@@ -265,3 +265,23 @@ def test_database_is_created_and_describe_names_the_table(dsn: str, table: str) 
 def test_no_dsn_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no DSN"):
         ClickHouseLoader("t").load([{"id": 1, "version": 1, "name": "a"}], ctx(Item))
+
+
+def test_a_table_from_before_the_dictionary_lineage_column_still_takes_batches(dsn: str, table: str) -> None:
+    """Tables made by an earlier version have a String lineage column (new ones LowCardinality(String)): both take
+    the dictionary column the loader inserts, through either insert path."""
+    from jetl._internal.records import records_adapter
+
+    class Small(BaseModel):
+        id: int
+        name: str
+
+    loader = ClickHouseLoader(table, dsn=dsn, order_by=["id"])
+    loader.client().command(loader.ddl(Small).replace("LowCardinality(String)", "String"))
+    rows = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    assert loader.load(rows[:1], ctx(Small, seq=1)) == 1
+    assert loader.load_arrow(records_adapter(Small).arrow_table(rows[1:]), ctx(Small, seq=2)) == 1
+    described = dict(loader.client().query(f"DESCRIBE TABLE {loader.qualified}").result_rows[i][:2] for i in range(3))
+    assert described["_jetl_batch_id"] == "String"
+    got = loader.client().query(f"SELECT id, _jetl_batch_id FROM {loader.qualified} ORDER BY id").result_rows
+    assert got == [(1, batch_id("r1", 1)), (2, batch_id("r1", 2))]

@@ -47,6 +47,23 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PARTITION = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\(\s*)?[A-Za-z_][A-Za-z0-9_]*(?:\s*\))?$")
 DEDUP_WINDOW = 10_000
 LINEAGE = "_jetl_batch_id"
+LINEAGE_TYPE = "LowCardinality(String)"
+"""One value a batch: a dictionary of one string, in the table and in the inserted Arrow column. Inserting 300k rows
+into chdb, CPU: a plain String column of the batch id 0.20-0.23 s, this 0.15 s (the same as no lineage column);
+tables made by an earlier version keep their String column, which a dictionary column fills at 0.17 s."""
+
+
+def lineage_array(batch_id: str, n: int) -> Any:
+    """The lineage column of an `n`-row batch, as a dictionary array built from buffers: pa.array, pa.scalar and
+    pa.repeat import pandas, 50 MB of RSS that nothing else on the loader's path needs."""
+    import pyarrow as pa
+
+    value = batch_id.encode()
+    dictionary = pa.StringArray.from_buffers(1, pa.py_buffer(array("i", [0, len(value)])), pa.py_buffer(value))
+    indices = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(bytes(4 * n))])
+    return pa.DictionaryArray.from_arrays(indices, dictionary)
+
+
 """The column that names the batch each row came from."""
 
 Convert = Callable[[Any], Any]
@@ -403,7 +420,7 @@ class ClickHouseLoader:
         if self.mode == "merge":
             engine = f"ReplacingMergeTree({quote(self.version_column) if self.version_column else ''})"
         part = f"\nPARTITION BY {self.partition_by}" if self.partition_by else ""
-        cols += f",\n  {quote(LINEAGE)} String DEFAULT ''"
+        cols += f",\n  {quote(LINEAGE)} {LINEAGE_TYPE} DEFAULT ''"
         return (
             f"CREATE TABLE IF NOT EXISTS {name} (\n  {cols}\n) ENGINE = {engine}{part}\nORDER BY ({order})\n"
             f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
@@ -420,7 +437,7 @@ class ClickHouseLoader:
                 c.command(f"CREATE DATABASE IF NOT EXISTS {quote(self.database)}")
             c.command(self.ddl(model))
             # a table created before the lineage column existed gets it (its old rows read as "")
-            c.command(f"ALTER TABLE {key} ADD COLUMN IF NOT EXISTS {quote(LINEAGE)} String DEFAULT ''")
+            c.command(f"ALTER TABLE {key} ADD COLUMN IF NOT EXISTS {quote(LINEAGE)} {LINEAGE_TYPE} DEFAULT ''")
         except Exception as exc:
             raise _wrap(exc, f"creating {key}") from exc
         self._ready.add(key)
@@ -454,13 +471,12 @@ class ClickHouseLoader:
             arrays = [pa.array([r.get(n) for r in records], type=t) for n, t in zip(names, types_, strict=True)]
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
             return None  # a value Arrow does not take as it is: the column-oriented insert converts or rejects it
-        arrays.append(pa.array([batch_id] * len(records), type=pa.string()))
+        arrays.append(lineage_array(batch_id, len(records)))
         return pa.Table.from_arrays(arrays, names=[*names, LINEAGE])
 
     def load_arrow(self, table: Any, ctx: LoadContext) -> int:
         """Insert an Arrow table of the model's fields as it is (a clean batch that travelled as Arrow), with the
         lineage column added and the batch id as the dedup token."""
-        import pyarrow as pa
 
         model = ctx.schema or self._model
         if model is None:
@@ -468,15 +484,10 @@ class ClickHouseLoader:
         self.ensure_table(model)
         if not table.num_rows:
             return 0
-        # The lineage column from its buffers: pa.scalar/pa.repeat (like pa.array) import pandas, 50 MB of RSS that
-        # nothing else on this path needs (the loader then stays below the direct script's peak RSS).
-        n, value = table.num_rows, ctx.batch_id.encode()
-        offsets = array("i", range(0, (n + 1) * len(value), len(value)))
-        lineage = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(value * n))
         try:
             self.client().insert_arrow(
                 self.qualified,
-                table.append_column(LINEAGE, lineage),
+                table.append_column(LINEAGE, lineage_array(ctx.batch_id, table.num_rows)),
                 settings={"insert_deduplication_token": ctx.batch_id},
             )
         except Exception as exc:
