@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -311,12 +311,14 @@ class JetlClient:
         max_parallel: int = 4,
         code_hash: str = "",
         timeout: float = 3600.0,
+        retry_failed: bool = False,
         on_update: Callable[[Slot, RunState | None, str], None] | None = None,
     ) -> dict[str, tuple[str, RunState | None]]:
-        """One run per slot, at most `max_parallel` at a time; {run id: (outcome, state)}.
+        """One run per slot, at most `max_parallel` at a time; {slot's run id: (outcome, state)}.
 
         Outcomes: `completed` / `failed` (ran now), `skipped` (it had completed before: nothing is loaded twice),
-        `failed earlier` (not retried: its run id is taken). Each slot's run id is the one the scheduler gives it.
+        `failed earlier` (its last attempt failed; with `retry_failed` it runs again instead, as the next attempt
+        `<run id>-retry<n>`, see `retry_run_id`). Each slot's run id is the one the scheduler gives it.
         """
         known = {r.run_id: r for r in await self.runs(pipeline)}
         gate = asyncio.Semaphore(max(1, max_parallel))
@@ -327,32 +329,64 @@ class JetlClient:
                 on_update(slot, state, outcome)
 
         async def one(slot: Slot) -> None:
-            before = known.get(slot.run_id)
-            if before is not None and before.status not in ("completed", "failed"):
+            attempts = slot_attempts(slot.run_id, known.values())
+            latest = attempts[-1] if attempts else None
+            if latest is not None and latest.status not in ("completed", "failed"):
                 # the projection trails the log by a fold: ask the log itself before requesting the run again
-                before = await self.run_state(pipeline, slot.run_id) or before
-            if before is not None and before.status in ("completed", "failed"):
-                outcome = "skipped" if before.status == "completed" else "failed earlier"
-                out[slot.run_id] = (outcome, before)
-                tell(slot, before, outcome)
+                latest = await self.run_state(pipeline, latest.run_id) or latest
+                attempts[-1] = latest
+            done = next((a for a in attempts if a.status == "completed"), None)
+            if done is not None:
+                out[slot.run_id] = ("skipped", done)
+                tell(slot, done, "skipped")
                 return
+            run_id = latest.run_id if latest is not None else slot.run_id
+            if latest is not None and latest.status == "failed":
+                if not retry_failed:
+                    out[slot.run_id] = ("failed earlier", latest)
+                    tell(slot, latest, "failed earlier")
+                    return
+                run_id = retry_run_id(slot.run_id, attempts)
             async with gate:
                 await self.request_run(
                     pipeline,
-                    run_id=slot.run_id,
+                    run_id=run_id,
                     trigger="backfill",
                     code_hash=code_hash,
                     data_interval_start=slot.start,
                     data_interval_end=slot.end,
                 )
                 state = await self.wait(
-                    pipeline, slot.run_id, timeout=timeout, on_event=lambda ev, st: tell(slot, st, "running")
+                    pipeline, run_id, timeout=timeout, on_event=lambda ev, st: tell(slot, st, "running")
                 )
             out[slot.run_id] = (state.status, state)
             tell(slot, state, state.status)
 
         await asyncio.gather(*(one(s) for s in slots))
         return out
+
+
+RETRY = "-retry"
+
+
+def slot_attempts(run_id: str, runs: Iterable[RunState]) -> list[RunState]:
+    """The runs of one schedule slot, first attempt first: its own run id, then `<run id>-retry<n>` by n."""
+
+    def attempt(r: RunState) -> int | None:
+        if r.run_id == run_id:
+            return 0
+        n = r.run_id.removeprefix(run_id + RETRY)
+        return int(n) if r.run_id.startswith(run_id + RETRY) and n.isdigit() else None
+
+    numbered = [(n, r) for r in runs if (n := attempt(r)) is not None]
+    return [r for _, r in sorted(numbered, key=lambda x: x[0])]
+
+
+def retry_run_id(run_id: str, attempts: list[RunState]) -> str:
+    """The next attempt of a slot whose attempts all failed: `<run id>-retry<n>`, n counting the failures, so that
+    two people retrying at once make one run, and a retry that fails too is followed by the next."""
+    failed = sum(1 for a in attempts if a.status == "failed")
+    return f"{run_id}{RETRY}{failed}"
 
 
 @dataclass

@@ -212,6 +212,43 @@ def test_a_repeated_backfill_loads_once(env: Env) -> None:
     assert counts["totals"]["in_destination"] == 48 and counts["verdict"]["destination_matches"]
 
 
+def test_a_failed_interval_is_retried_under_its_next_attempt_only_when_asked(env: Env) -> None:
+    fixed = env.tmp / "source-fixed"
+    failing = HOURLY.replace(
+        "        rows = []\n",
+        "        rows = []\n"
+        "        from pathlib import Path\n"
+        "        from jetl import ConfigError\n"
+        f"        if t.hour == 3 and not Path({str(fixed)!r}).exists():\n"
+        "            raise ConfigError('the source has nothing for 03:00 yet')\n",
+    )
+    assert failing != HOURLY
+    env.pipeline("hourly", failing)
+    env.start()
+    window = ("--start", "2026-11-01", "--end", "2026-11-01T05:00")
+
+    first = env.cli("backfill", "hourly", *window, "--json", ok=False)
+    assert first.code == 1
+    assert [(r["run_id"], r["outcome"]) for r in first.json()][2:4] == [
+        ("hourly-20261101T0200Z", "completed"),
+        ("hourly-20261101T0300Z", "failed"),
+    ]
+    again = env.cli("backfill", "hourly", *window, "--json", ok=False).json()
+    assert [r["outcome"] for r in again] == ["skipped"] * 3 + ["failed earlier", "skipped"]
+    retried = env.cli("backfill", "hourly", *window, "--retry-failed", "--json", ok=False).json()
+    assert (retried[3]["run_id"], retried[3]["outcome"]) == ("hourly-20261101T0300Z-retry1", "failed")
+
+    fixed.touch()
+    retried = env.cli("backfill", "hourly", *window, "--retry-failed", "--json").json()
+    assert [(r["slot_run_id"], r["outcome"]) for r in retried][3] == ("hourly-20261101T0300Z", "completed")
+    assert retried[3]["run_id"] == "hourly-20261101T0300Z-retry2" and retried[3]["loaded"] == 6
+    assert [r["outcome"] for r in retried] == ["skipped"] * 3 + ["completed", "skipped"]
+    settled = env.cli("backfill", "hourly", *window, "--retry-failed", "--json").json()
+    assert [r["outcome"] for r in settled] == ["skipped"] * 5  # the retry that completed stands for its interval
+    rows = [json.loads(line) for p in env.out.rglob("*.jsonl") for line in p.read_text().splitlines()]
+    assert len(rows) == len({r["id"] for r in rows}) == 5 * 6
+
+
 PRICES = """
 from pydantic import BaseModel
 from jetl import ClickHouseLoader, FileExtractor, LambdaTransformer, Pipeline

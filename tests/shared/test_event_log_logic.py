@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jetl.client import dead_letter_status, redrivable, redrive_run_id
+from jetl.client import dead_letter_status, redrivable, redrive_run_id, retry_run_id, slot_attempts
 from jetl.errors import ConfigError
 from jetl.events import (
     BatchExtracted,
@@ -160,3 +160,23 @@ def test_ledger_verdict_compares_finished_runs_with_the_destination() -> None:
     assert verdict(None, 18)["destination_matches"] is None  # totals wait until nothing is in flight
     assert verdict({"r1": 1}, 1, exact=False)["destination_matches"] is None  # merge tables are not compared
     assert verdict({"r1": 18}, 18)["reconciles"] is True
+
+
+def test_a_slots_attempts_are_its_run_id_then_its_numbered_retries() -> None:
+    def run(run_id: str, status: str) -> RunState:
+        return RunState(pipeline="p", run_id=run_id, status=status)  # type: ignore[arg-type]
+
+    slot = "p-20261101T0300Z"
+    runs = [
+        run(f"{slot}-retry10", "running"),
+        run(f"{slot}-retry2", "failed"),
+        run("p-20261101T0400Z", "completed"),  # another slot
+        run(f"{slot}-retryx", "completed"),  # not a retry of it
+        run(slot, "failed"),
+        run(f"{slot}-retry1", "failed"),
+    ]
+    attempts = slot_attempts(slot, runs)
+    assert [a.run_id for a in attempts] == [slot, f"{slot}-retry1", f"{slot}-retry2", f"{slot}-retry10"]
+    assert retry_run_id(slot, attempts[:1]) == f"{slot}-retry1"
+    assert retry_run_id(slot, attempts[:3]) == f"{slot}-retry3"
+    assert slot_attempts("p-20261101T0500Z", runs) == []

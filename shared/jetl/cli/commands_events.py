@@ -500,16 +500,21 @@ def backfill(
     max_parallel: int = typer.Option(4, "--max-parallel", min=1, help="Runs in flight at once."),
     timeout: float = typer.Option(3600, help="Seconds to wait for each run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list the intervals and run ids."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Run the intervals whose last attempt failed again (as <run id>-retry<n>)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one line per interval as JSON."),
 ) -> None:
     """Run a pipeline once per schedule interval in [start, end), with the run ids the scheduler would use.
 
     Running the same backfill again loads nothing twice: completed run ids are skipped, and a request that is still
-    queued is deduplicated by JetStream. Each run's extractors get the interval as data_interval_start/end.
+    queued is deduplicated by JetStream. An interval whose run failed stays `failed earlier` until --retry-failed
+    runs it again, under the next attempt's run id (`<run id>-retry1`, then -retry2 if that fails too; two people
+    retrying at once make one run). Each run's extractors get the interval as data_interval_start/end.
     Runs in parallel suit extractors that read by interval; one that keeps a cursor (files already loaded, a
     high-water mark) needs --max-parallel 1, since runs in flight at once all start from the same cursor.
 
-    Example: jetl backfill daily_sales --start 2026-11-01 --end 2026-11-08 --max-parallel 2
+    Example: jetl backfill daily_sales --start 2026-11-01 --end 2026-11-08 --max-parallel 2 --retry-failed
     """
     from jetl.schedule import Slot, backfill_slots
 
@@ -545,7 +550,13 @@ def backfill(
 
         async with _client() as jc:
             result: dict[str, tuple[str, RunState | None]] = await jc.backfill(
-                p.name, slots, max_parallel=max_parallel, code_hash=p.code_hash, timeout=timeout, on_update=on_update
+                p.name,
+                slots,
+                max_parallel=max_parallel,
+                code_hash=p.code_hash,
+                timeout=timeout,
+                retry_failed=retry_failed,
+                on_update=on_update,
             )
             return result
 
@@ -556,7 +567,8 @@ def backfill(
         outcome, st = result[s.run_id]
         rows.append(
             {
-                "run_id": s.run_id,
+                "run_id": st.run_id if st is not None else s.run_id,  # the attempt that ran (or last failed)
+                "slot_run_id": s.run_id,
                 "start": s.start,
                 "end": s.end,
                 "outcome": outcome,
