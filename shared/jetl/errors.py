@@ -7,7 +7,8 @@
         ├── ConfigError         a pipeline or setting that cannot work; raised at start-up where possible
         │   └── DiscoveryError  a pipeline module that fails to import or registers a duplicate name
         ├── RecordError         one or more records failed validation; carries the per-record reasons
-        └── SchemaMismatch      a batch whose schema hash differs from the pipeline's
+        ├── SchemaMismatch      a batch whose schema hash differs from the pipeline's
+        └── OverlappingRun      a run that would start from a cursor an unfinished run is still moving
 
 `classify()` maps any exception (including driver errors) onto transient or terminal, so no handler has to
 guess and no unclassified exception drops or endlessly retries a message.
@@ -91,6 +92,11 @@ class RecordError(TerminalError):
 
 class SchemaMismatch(TerminalError):
     """A batch produced under another schema than the one the pipeline now declares."""
+
+
+class OverlappingRun(TerminalError):
+    """A run of a pipeline that keeps a cursor, requested while an earlier run of it had not finished: it would
+    start from the cursor that run is about to move, and load what that run loads a second time."""
 
 
 def classify(exc: BaseException) -> Disposition:

@@ -117,6 +117,12 @@ class Pipeline:
         """Hash of the record schema."""
         return schema_hash(self.schema)
 
+    @property
+    def keeps_cursor(self) -> bool:
+        """Whether an extractor starts each run from the cursor the last completed run left: then runs of this
+        pipeline never overlap (the scheduler starts one at a time, the extractor refuses one that would)."""
+        return any(getattr(e, "keeps_cursor", False) for e in self.extractors)
+
     @cached_property
     def trusted_fields(self) -> frozenset[str]:
         """Schema fields whose values the transformers validated under the same field type (`output_types`): the

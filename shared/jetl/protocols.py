@@ -87,6 +87,10 @@ class Extractor(Protocol):
         """The incremental state reached by the last `extract`, or None if the extractor is not incremental."""
         ...
 
+    # Optional: `keeps_cursor: bool`, True when each run starts from the cursor the last completed run left (files
+    # already loaded, a high-water mark). Runs of a pipeline with such an extractor never overlap
+    # (`Pipeline.keeps_cursor`): a second one would read what the first is still loading.
+
 
 @runtime_checkable
 class Transformer(Protocol):

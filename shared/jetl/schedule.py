@@ -23,6 +23,7 @@ class Cron:
     tz: str = "UTC"
     catch_up: CatchUp = "latest"
     max_active_runs: int = 1
+    """Unfinished runs at once (more slots wait); 1 whatever it says for a pipeline that keeps a cursor."""
     paused: bool = False
 
     def __post_init__(self) -> None:

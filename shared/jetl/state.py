@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -216,6 +216,27 @@ async def active_runs(kv: KeyValue, pipeline: str) -> dict[str, str]:
     """{run_id: requested_at} of a pipeline's runs that have not finished (as far as the index knows)."""
     value = await get_json(kv, active_key(pipeline))
     return dict(value) if isinstance(value, dict) else {}
+
+
+UNSTARTED_AFTER = timedelta(hours=1)
+"""An indexed run with no state this long after its request never reached the tracker: stop counting it active."""
+
+
+async def unfinished_runs(kv: KeyValue, pipeline: str, now: datetime) -> tuple[dict[str, str], list[str]]:
+    """({run_id: requested_at} of a pipeline's runs that have not finished, the runs the unfinished index still
+    lists that have finished or were lost before they started)."""
+    active = await active_runs(kv, pipeline)
+    running: dict[str, str] = {}
+    gone: list[str] = []
+    for run_id, requested in active.items():
+        state = await get_run(kv, pipeline, run_id)
+        done = state.status in ("completed", "failed") if state is not None else False
+        lost = state is None and now - datetime.fromisoformat(requested) > UNSTARTED_AFTER
+        if done or lost:
+            gone.append(run_id)
+        else:
+            running[run_id] = requested
+    return running, gone
 
 
 async def add_active(kv: KeyValue, pipeline: str, run_id: str, requested_at: datetime) -> None:

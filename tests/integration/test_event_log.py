@@ -156,6 +156,49 @@ def test_incremental_runs_with_status_audit_counts_and_rebuild(env: Env) -> None
     assert rebuilt == runs  # folded again from JETL_EVENTS: nothing else was ever the truth
 
 
+def test_a_run_that_would_overlap_an_unfinished_one_is_refused_and_nothing_loads_twice(env: Env) -> None:
+    """Runs of a pipeline with a cursor (here: files already loaded) start from what the last completed run left; a
+    second run requested while the first is still loading would read the same files, so the extractor refuses it,
+    naming the run it would overlap."""
+    slow = FILES.replace(
+        "from jetl import FileExtractor, FileLoader, Pipeline",
+        "import time\nfrom jetl import FileExtractor, FileLoader, LambdaTransformer, Pipeline",
+    ).replace(
+        "loader=FileLoader(",
+        "transformers=[LambdaTransformer(lambda r: time.sleep(0.01) or r)], loader=FileLoader(",
+    )
+    assert "LambdaTransformer(lambda" in slow
+    env.pipeline("files", slow)
+    jsonl(env.inputs / "a.jsonl", range(200))  # 5 batches of 40, 0.4 s of transforming each
+    env.start()
+
+    async def overlap() -> tuple[RunState, RunState]:
+        async with JetlClient(JetlSettings(nats=NatsSettings(url=env.url))) as jc:
+            first = await jc.request_run("files")
+            extracted = asyncio.Event()
+            waiting = asyncio.create_task(
+                jc.wait(
+                    "files",
+                    first.run_id,
+                    timeout=120,
+                    on_event=lambda ev, _: extracted.set() if ev.type == "run.extracted" else None,
+                )
+            )
+            await asyncio.wait_for(extracted.wait(), 60)
+            second = await jc.request_run("files")  # the first is still transforming and loading
+            refused = await jc.wait("files", second.run_id, timeout=60)
+            return await waiting, refused
+
+    first, refused = asyncio.run(overlap())
+    assert (first.status, first.loaded) == ("completed", 200)
+    assert refused.status == "failed" and refused.loaded == 0
+    assert "keeps a cursor" in (refused.error or "") and first.run_id in (refused.error or "")
+    after = env.run("files")  # once the first has finished, the next run starts from its cursor
+    assert (after.status, after.extracted) == ("completed", 0)
+    ids = [json.loads(line)["id"] for p in env.out.rglob("*.jsonl") for line in p.read_text().splitlines()]
+    assert sorted(ids) == list(range(200))  # each row once
+
+
 HOURLY = """
 from datetime import timedelta
 from pydantic import BaseModel

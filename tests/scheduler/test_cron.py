@@ -129,10 +129,10 @@ class Row(BaseModel):
     id: int
 
 
-def pipeline(name: str, cron: Cron | None) -> Pipeline:
-    return Pipeline(
-        name=name, extractors=[FileExtractor("/nonexistent/*.jsonl")], loader=ConsoleLoader(), schema=Row, schedule=cron
-    )
+def pipeline(name: str, cron: Cron | None, *, keeps_cursor: bool = False) -> Pipeline:
+    """A scheduled pipeline; its extractor reads by interval (no cursor) unless `keeps_cursor`."""
+    source = FileExtractor("/nonexistent/*.jsonl", skip_loaded=keeps_cursor)
+    return Pipeline(name=name, extractors=[source], loader=ConsoleLoader(), schema=Row, schedule=cron)
 
 
 @dataclass
@@ -232,6 +232,15 @@ async def test_max_active_runs_defers_slots_until_runs_finish(h: Harness) -> Non
     )
     await mark_finished(h.ctx.kv, state)  # type: ignore[arg-type]
     assert await tick(h.ctx, at(37)) == [run_id_for("one_at_a_time", at(10))]
+
+
+@pytest.mark.integration
+async def test_a_pipeline_that_keeps_a_cursor_runs_one_slot_at_a_time(h: Harness) -> None:
+    """Runs that start from the last completed run's cursor must not overlap, whatever max_active_runs says."""
+    register([pipeline("files", Cron("*/10 * * * *", catch_up="all", max_active_runs=5), keeps_cursor=True)])
+    await tick(h.ctx, at(0))
+    assert await tick(h.ctx, at(25)) == [run_id_for("files", at(0))]
+    assert await tick(h.ctx, at(26)) == []  # the next slot waits for it
 
 
 @pytest.mark.integration

@@ -6,19 +6,21 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from faststream.nats import NatsRouter
 
 from jetl._internal import heap
 from jetl._internal.stage import settle
+from jetl.errors import OverlappingRun
 from jetl.events import BatchExtracted, BatchRejected, RunExtracted, RunFailed, RunStarted
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, RunRequest, encode_records
+from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, RunRequest, encode_records, utcnow
 from jetl.protocols import Chunk, ExtractContext
 from jetl.registry import get_pipeline
 from jetl.service import ServiceContext, stage_subscriber
-from jetl.state import get_cursor
+from jetl.state import add_active, get_cursor, get_run, unfinished_runs
 from jetl_extractor.resend import Resend
 from jetl_extractor.settings import ExtractorSettings
 
@@ -215,11 +217,32 @@ async def _keep_alive(raw: Any, ack_wait: float) -> AsyncIterator[None]:
         task.cancel()
 
 
+async def _refuse_overlap(ctx: ServiceContext, req: RunRequest) -> None:
+    """Raise OverlappingRun when `req` would extract from the cursor an earlier, unfinished run of its pipeline is
+    about to move (the cursor advances only when a run completes, so both would load the same rows); otherwise
+    enter `req` in the unfinished index itself, so that the next run sees it even before the tracker folds its
+    run.requested (a stack that has just started)."""
+    if ctx.kv is None or req.replay_of is not None or req.redrive or not get_pipeline(req.pipeline).keeps_cursor:
+        return
+    running, _ = await unfinished_runs(ctx.kv, req.pipeline, utcnow())
+    for at, run_id in sorted((datetime.fromisoformat(at), r) for r, at in running.items() if r != req.run_id):
+        if at >= req.requested_at:
+            break
+        other = await get_run(ctx.kv, req.pipeline, run_id)
+        if other is not None and other.trigger in ("replay", "redrive"):
+            continue  # resends batches from the log: they neither read nor move the cursor
+        raise OverlappingRun(
+            f"pipeline {req.pipeline!r} keeps a cursor, and its run {run_id} (requested {at:%Y-%m-%d %H:%M:%S}) "
+            "has not finished: "
+            f"{req.run_id} would read what that run is still loading. Runs of it do not overlap: request it "
+            f"again once {run_id} has finished (jetl status {req.pipeline})"
+        )
+    await add_active(ctx.kv, req.pipeline, req.run_id, req.requested_at)
+
+
 async def _already_completed(ctx: ServiceContext, req: RunRequest) -> bool:
     if ctx.kv is None or req.force:
         return False
-    from jetl.state import get_run
-
     state = await get_run(ctx.kv, req.pipeline, req.run_id)
     return state is not None and state.status == "completed"
 
@@ -255,6 +278,7 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
             if await _already_completed(ctx, req):
                 log.info("run already completed; request ignored (use --force to run it again)")
             else:
+                await _refuse_overlap(ctx, req)
                 async with _keep_alive(raw, ctx.settings.nats.ack_wait):
                     if req.replay_of is not None or req.redrive:
                         await Resend(ctx, req).run()  # batches from the log: a replay or a redrive

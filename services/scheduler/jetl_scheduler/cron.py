@@ -32,14 +32,13 @@ from jetl.pipeline import Pipeline
 from jetl.schedule import Cron, run_id_for
 from jetl.service import ServiceContext
 from jetl.state import (
-    active_runs,
     add_active,
     get_json,
     get_paused,
-    get_run,
     pause_key,
     remove_active,
     slot_key,
+    unfinished_runs,
     update_json,
 )
 
@@ -48,8 +47,6 @@ __all__ = ["Clock", "due_slots", "is_paused", "make_clock", "pause_key", "read_m
 log = get_logger("jetl.scheduler")
 
 Clock = Callable[[], datetime]
-UNSTARTED_AFTER = timedelta(hours=1)
-"""An indexed run with no state this long after its request never reached the tracker: stop counting it active."""
 
 
 def make_clock(epoch: float = 0.0, speed: float = 1.0) -> Clock:
@@ -124,19 +121,14 @@ async def _advance(ctx: ServiceContext, pipeline: str, to: datetime) -> None:
 
 
 async def _room(ctx: ServiceContext, p: Pipeline, now: datetime) -> int:
-    """How many more runs may start under `max_active_runs`, after dropping finished runs from the index."""
+    """How many more runs may start under `max_active_runs` (one at a time for a pipeline that keeps a cursor, whose
+    runs must not overlap: `Pipeline.keeps_cursor`), after dropping finished runs from the index."""
     assert p.schedule is not None and ctx.kv is not None
-    active = await active_runs(ctx.kv, p.name)
-    finished = []
-    for run_id, requested in active.items():
-        state = await get_run(ctx.kv, p.name, run_id)
-        done = state.status in ("completed", "failed") if state is not None else False
-        lost = state is None and now - datetime.fromisoformat(requested) > UNSTARTED_AFTER
-        if done or lost:
-            finished.append(run_id)
+    running, finished = await unfinished_runs(ctx.kv, p.name, now)
     if finished:
         await remove_active(ctx.kv, p.name, finished)
-    return max(0, p.schedule.max_active_runs - (len(active) - len(finished)))
+    limit = 1 if p.keeps_cursor else p.schedule.max_active_runs
+    return max(0, limit - len(running))
 
 
 async def _tick_pipeline(ctx: ServiceContext, p: Pipeline, now: datetime, grace: timedelta, limit: int) -> list[str]:

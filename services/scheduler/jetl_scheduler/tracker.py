@@ -39,6 +39,22 @@ async def record_outcome(ctx: ServiceContext, ev: Event, state: RunState) -> Non
             _alerter.run_failed(ctx.kv, state.pipeline, state.run_id, ev.error, ev.stage)
 
 
+def completion(ctx: ServiceContext, state: RunState) -> RunCompleted:
+    """The run.completed event of a settled run."""
+    c = state.counts()
+    return RunCompleted(
+        pipeline=state.pipeline,
+        run_id=state.run_id,
+        service="scheduler",
+        instance=ctx.instance,
+        code_hash=state.code_hash,
+        extracted=c["extracted"],
+        loaded=c["loaded"],
+        rejected=c["rejected"],
+        filtered=c["filtered"],
+    )
+
+
 async def track(ctx: ServiceContext, raw: Any) -> None:
     """Fold one event; complete its run when the ledger is settled."""
     if ctx.kv is None:
@@ -56,20 +72,18 @@ async def track(ctx: ServiceContext, raw: Any) -> None:
         if state.settled and state.status not in ("completed", "failed"):
             c = state.counts()
             await put_cursor(ctx.kv, state.pipeline, state.cursor)
-            await ctx.bus.event(
-                RunCompleted(
-                    pipeline=state.pipeline,
-                    run_id=state.run_id,
-                    service="scheduler",
-                    instance=ctx.instance,
-                    code_hash=state.code_hash,
-                    extracted=c["extracted"],
-                    loaded=c["loaded"],
-                    rejected=c["rejected"],
-                    filtered=c["filtered"],
-                )
-            )
+            done = completion(ctx, state)
+            # The run's state says completed, and it leaves the unfinished index, before anyone hears of it: whoever
+            # sees run.completed and asks for the next run finds nothing in its way (the extractor refuses a run
+            # that would overlap an unfinished one of a pipeline that keeps a cursor).
+            state = await apply(ctx.kv, done)
+            await record_outcome(ctx, done, state)
+            await ctx.bus.event(done)
             log.info("run completed", pipeline=state.pipeline, run_id=state.run_id, **c)
+        elif state.settled and state.status == "completed" and not isinstance(ev, RunCompleted):
+            # a settling event delivered again: the last delivery may have stopped between folding the completion
+            # and announcing it, so announce it (deduplicated by its message id if it went out)
+            await ctx.bus.event(completion(ctx, state))
     except Exception as exc:
         log.warning("tracker failed to fold an event; will retry", error=str(exc))
         await raw.nak(delay=0.5)

@@ -511,8 +511,9 @@ def backfill(
     queued is deduplicated by JetStream. An interval whose run failed stays `failed earlier` until --retry-failed
     runs it again, under the next attempt's run id (`<run id>-retry1`, then -retry2 if that fails too; two people
     retrying at once make one run). Each run's extractors get the interval as data_interval_start/end.
-    Runs in parallel suit extractors that read by interval; one that keeps a cursor (files already loaded, a
-    high-water mark) needs --max-parallel 1, since runs in flight at once all start from the same cursor.
+    Runs in parallel suit extractors that read by interval; a pipeline that keeps a cursor (files already loaded,
+    a high-water mark) runs one interval at a time whatever --max-parallel says, since runs in flight at once would
+    all start from the same cursor.
 
     Example: jetl backfill daily_sales --start 2026-11-01 --end 2026-11-08 --max-parallel 2 --retry-failed
     """
@@ -527,6 +528,9 @@ def backfill(
         if hi <= lo:
             raise ConfigError("--end must be after --start")
         slots = backfill_slots(p.name, p.schedule, lo, hi)
+        if p.keeps_cursor and max_parallel > 1:  # its runs must not overlap: the extractor would refuse them
+            err_console.print(f"{pipeline} keeps a cursor: its runs go one at a time (--max-parallel 1)")
+            max_parallel = 1
     if dry_run or not slots:
         if json_out:
             _print_json([{"run_id": s.run_id, "start": s.start, "end": s.end} for s in slots])

@@ -285,6 +285,11 @@ class DatabaseExtractor:
     def __repr__(self) -> str:
         return f"DatabaseExtractor({self._where()})"
 
+    @property
+    def keeps_cursor(self) -> bool:
+        """Runs start from the high-water mark of `incremental_column` (see `jetl.protocols.Extractor`)."""
+        return self.incremental_column is not None
+
     def next_cursor(self) -> dict[str, Any] | None:
         """`{"column": ..., "value": max seen, "type": ...}` after an incremental run; JSON-serialisable."""
         return None if self._cursor is None else dict(self._cursor)

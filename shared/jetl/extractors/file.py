@@ -161,6 +161,11 @@ class FileExtractor:
             loaded.add(key)
         self._cursor = {"files": sorted(loaded)}
 
+    @property
+    def keeps_cursor(self) -> bool:
+        """Runs skip the files earlier runs loaded (see `jetl.protocols.Extractor`)."""
+        return self.skip_loaded
+
     def next_cursor(self) -> dict[str, Any] | None:
         """The files loaded so far (they are skipped next time)."""
         return self._cursor

@@ -642,6 +642,11 @@ class HttpExtractor:
         auth = "" if self.auth is None else f", auth={type(self.auth).__name__}(...)"
         return f"HttpExtractor({self.method} {self.url!r}{paging}{auth})"
 
+    @property
+    def keeps_cursor(self) -> bool:
+        """Runs start from the `incremental` field's high-water mark (see `jetl.protocols.Extractor`)."""
+        return self.incremental is not None
+
     def next_cursor(self) -> dict[str, Any] | None:
         """`{"field": ..., "value": max seen}` after an incremental run (the start value if nothing new)."""
         return None if self._cursor is None else dict(self._cursor)
