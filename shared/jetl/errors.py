@@ -117,5 +117,20 @@ def classify(exc: BaseException) -> Disposition:
         "NoRespondersError",
     )
     if any(m in name for m in transient_markers):
+        if "OperationalError" in name and any(m in str(exc).lower() for m in _SETUP_MARKERS):
+            return "terminal"  # a database that answers "no": retrying cannot change it
         return "transient"
     return "terminal"
+
+
+# Driver OperationalErrors are mostly the network or a busy server (worth a retry), but these say the setup is wrong.
+_SETUP_MARKERS = (
+    "authentication failed",
+    "password",
+    "does not exist",
+    "no such table",
+    "no such column",
+    "permission denied",
+    "access denied",
+    "syntax error",
+)

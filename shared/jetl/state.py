@@ -393,7 +393,28 @@ async def rebuild(nc: Client, pipeline: str | None = None) -> int:
                 latest_cursor[p] = st
     for p, st in latest_cursor.items():
         await put_cursor(kv, p, st.cursor)
+    await _rebuild_indexes(kv, states)
     return n
+
+
+async def _rebuild_indexes(kv: KeyValue, states: dict[tuple[str, str], RunState]) -> None:
+    """The keys the scheduler and `jetl health` read, from the refolded states: each pipeline's latest success and
+    failure (a mark never moves backwards), and its unfinished runs."""
+    oldest = datetime.min.replace(tzinfo=UTC)
+    latest: dict[tuple[str, str], RunState] = {}
+    finished: dict[str, list[str]] = {}
+    for (p, r), st in states.items():
+        if st.status in ("completed", "failed"):
+            finished.setdefault(p, []).append(r)
+            prev = latest.get((p, st.status))
+            if prev is None or (st.finished_at or oldest) > (prev.finished_at or oldest):
+                latest[(p, st.status)] = st
+        elif st.requested_at is not None:
+            await add_active(kv, p, r, st.requested_at)
+    for st in latest.values():
+        await mark_finished(kv, st)
+    for p, runs in finished.items():
+        await remove_active(kv, p, runs)
 
 
 async def _write_state(

@@ -55,15 +55,28 @@ class Env:
         """Delete one run's folded state and overwrite another's with a wrong one."""
 
         async def go() -> None:
-            from jetl.state import bucket, run_key
+            from jetl.state import bucket, last_ok_key, run_key
 
             async with JetlClient(JetlSettings(nats=NatsSettings(url=self.url))) as jc:
                 kv = await bucket(jc.conn)
+                await kv.delete(last_ok_key(pipeline))  # and the latest success `jetl health` reads
                 await kv.delete(run_key(pipeline, lost))
                 bogus = RunState(pipeline=pipeline, run_id=wrong, status="failed", error="bogus")
                 await kv.put(run_key(pipeline, wrong), bogus.model_dump_json().encode())
 
         asyncio.run(go())
+
+    def latest_success(self, pipeline: str) -> str | None:
+        """The run id of the pipeline's latest success, as the state bucket keeps it."""
+
+        async def go() -> str | None:
+            from jetl.state import bucket, get_mark, last_ok_key
+
+            async with JetlClient(JetlSettings(nats=NatsSettings(url=self.url))) as jc:
+                mark = await get_mark(await bucket(jc.conn), last_ok_key(pipeline))
+                return mark.run_id if mark is not None else None
+
+        return asyncio.run(go())
 
     def purge_raw(self, pipeline: str, run_id: str, keep: int) -> None:
         """Drop a run's raw batches from JETL_RAW but the last `keep`."""
@@ -154,6 +167,7 @@ def test_incremental_runs_with_status_audit_counts_and_rebuild(env: Env) -> None
     assert {r["run_id"]: r["status"] for r in broken} == {third.run_id: "failed", again.run_id: "completed"}
     rebuilt = env.cli("status", "files", "--rebuild", "--json").json()
     assert rebuilt == runs  # folded again from JETL_EVENTS: nothing else was ever the truth
+    assert env.latest_success("files") == third.run_id  # and the keys derived from them
 
 
 def test_a_run_that_would_overlap_an_unfinished_one_is_refused_and_nothing_loads_twice(env: Env) -> None:

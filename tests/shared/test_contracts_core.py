@@ -38,6 +38,21 @@ def test_classification_decides_retry_or_dead_letter() -> None:
     assert classify(KeyError("unknown bug")) == "terminal"  # never retried forever, never dropped: DLQ
 
 
+def test_a_database_that_answers_no_is_not_retried() -> None:
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    def operational(message: str) -> sqlalchemy.exc.OperationalError:
+        return sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(message))
+
+    assert classify(operational("connection to server at 127.0.0.1 failed: Connection refused")) == "transient"
+    assert classify(sqlite3.OperationalError("database is locked")) == "transient"
+    assert classify(operational('FATAL:  password authentication failed for user "etl"')) == "terminal"
+    assert classify(operational('FATAL:  database "shop" does not exist')) == "terminal"
+    assert classify(sqlite3.OperationalError("no such table: orders")) == "terminal"
+
+
 def test_batch_envelope_round_trip_and_deterministic_id() -> None:
     b = Batch(pipeline="p", run_id="r1", seq=7, schema_name="S", schema_hash="h", count=2, origins=["f:1", "f:2"])
     assert b.batch_id == batch_id("r1", 7) == "r1/000007"
