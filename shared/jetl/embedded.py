@@ -190,7 +190,9 @@ class Stack:
                 raise ConfigError(f"cannot scale {name!r}: the services are {', '.join(self.services)}")
             if n < 1:
                 raise ConfigError(f"{name}: at least 1 process, not {n}")
-        dsn = self.extra_env.get("JETL_CLICKHOUSE__DSN") or os.environ.get("JETL_CLICKHOUSE__DSN") or "chdb://"
+        from jetl.settings import JetlSettings
+
+        dsn = self.extra_env.get("JETL_CLICKHOUSE__DSN") or JetlSettings().clickhouse.dsn or "chdb://"
         if self.replicas.get("loader", 1) > 1 and dsn.startswith("chdb://"):
             raise ConfigError(
                 "the embedded ClickHouse (chdb) opens in one process only: run one loader, or point "
