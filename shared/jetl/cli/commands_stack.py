@@ -45,7 +45,10 @@ def up(
     data_dir: Path = typer.Option(None, help="Where NATS, chdb and logs live (default: JETL_DATA_DIR or .jetl)."),
     nats_url: str = typer.Option(None, help="Use this NATS instead of starting the embedded one."),
     scale: list[str] = typer.Option(
-        [], "--scale", help="SERVICE=N: run N processes of a service; they share its work (repeatable)."
+        [],
+        "--scale",
+        metavar="SERVICE=N",
+        help="Run N processes of a service; they share its work (repeatable).",
     ),
 ) -> None:
     """Start an embedded nats-server with JetStream and the four services, until Ctrl-C.
