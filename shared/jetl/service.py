@@ -29,6 +29,7 @@ from jetl import metrics, subjects
 from jetl.bus import Bus, declare, make_broker, raw_decoder, wait_for_nats
 from jetl.events import instance_id
 from jetl.logging import add_sink, configure_logging, get_logger
+from jetl.messages import Batch
 from jetl.pipeline import Pipeline
 from jetl.registry import discover, get_pipeline_registry, reload_changed
 from jetl.settings import JetlSettings
@@ -75,6 +76,14 @@ class ServiceContext:
             "service": self.name,
             "instance": self.instance,
             "code_hash": code_hash,
+        }
+
+    def batch_event_fields(self, batch: Batch, code_hash: str = "") -> dict[str, Any]:
+        """`event_fields` for an event about one batch (its id and sequence too)."""
+        return {
+            **self.event_fields(batch.pipeline, batch.run_id, code_hash),
+            "batch_id": batch.batch_id,
+            "seq": batch.seq,
         }
 
     def count(self, key: str, n: int = 1) -> None:

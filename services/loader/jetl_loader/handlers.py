@@ -9,11 +9,11 @@ from faststream.nats import NatsRouter
 
 from jetl._internal import heap
 from jetl._internal.records import from_ipc, records_adapter
-from jetl._internal.stage import settle
+from jetl._internal.stage import open_batch, settle
 from jetl.errors import SchemaMismatch
 from jetl.events import BatchLoaded, BatchRejected
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch, DeadLetter, decode_batch
+from jetl.messages import Batch, DeadLetter
 from jetl.pipeline import Pipeline
 from jetl.protocols import LoadContext
 from jetl.registry import get_pipeline
@@ -54,22 +54,13 @@ def write(pipeline: Pipeline, batch: Batch, body: bytes) -> int:
 
 async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
     """Load one clean batch and settle its message."""
-    try:
-        batch, body = decode_batch(raw.data)
-    except Exception as exc:
-        log.error("unreadable clean batch", error=str(exc))
-        await raw.term()
+    opened = await open_batch(raw, "clean batch")
+    if opened is None:
         return
+    batch, body = opened
     with bound_contextvars(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id):
         error: BaseException | None = None
-        base: dict[str, Any] = {
-            "pipeline": batch.pipeline,
-            "run_id": batch.run_id,
-            "batch_id": batch.batch_id,
-            "seq": batch.seq,
-            "service": "loader",
-            "instance": ctx.instance,
-        }
+        base = ctx.batch_event_fields(batch)
         pipeline: Pipeline | None = None
         try:
             pipeline = get_pipeline(batch.pipeline)

@@ -15,11 +15,11 @@ from pydantic import ValidationError
 
 from jetl._internal import heap
 from jetl._internal.records import records_adapter, to_ipc
-from jetl._internal.stage import settle
+from jetl._internal.stage import open_batch, settle
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, Encoding, decode_batch, dumps, read_records
+from jetl.messages import MALFORMED_INPUT, DeadLetter, Encoding, dumps, read_records
 from jetl.pipeline import Pipeline
 from jetl.registry import get_pipeline
 from jetl.service import ServiceContext, stage_subscriber
@@ -118,23 +118,13 @@ def run_transformers(
 
 async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
     """Transform one raw batch and settle its message."""
-    batch: Batch | None = None
-    try:
-        batch, body = decode_batch(raw.data)
-    except Exception as exc:
-        log.error("unreadable raw batch", error=str(exc))
-        await raw.term()
+    opened = await open_batch(raw, "raw batch")
+    if opened is None:
         return
+    batch, body = opened
     with bound_contextvars(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id):
         error: BaseException | None = None
-        base: dict[str, Any] = {
-            "pipeline": batch.pipeline,
-            "run_id": batch.run_id,
-            "batch_id": batch.batch_id,
-            "seq": batch.seq,
-            "service": "transformer",
-            "instance": ctx.instance,
-        }
+        base = ctx.batch_event_fields(batch)
         try:
             pipeline = get_pipeline(batch.pipeline)
             base["code_hash"] = pipeline.code_hash
@@ -195,7 +185,6 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
             error = exc
 
         async def dead_letter(exc: BaseException) -> None:
-            assert batch is not None
             await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, "transform", exc))
             await ctx.bus.event(
                 BatchRejected(**base, stage="transform", records=batch.count, reason=str(exc), scope="batch")

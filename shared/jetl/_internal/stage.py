@@ -10,9 +10,21 @@ from jetl import metrics
 from jetl.bus import MAX_DELIVER
 from jetl.errors import classify
 from jetl.logging import get_logger
+from jetl.messages import Batch, decode_batch
 
 Outcome = Literal["ack", "nak", "term"]
 log = get_logger("jetl.stage")
+
+
+async def open_batch(msg: Any, what: str) -> tuple[Batch, bytes] | None:
+    """A batch message's envelope and body; None (the message is term'ed, with a log line) when it cannot be read:
+    no redelivery can mend it."""
+    try:
+        return decode_batch(msg.data)
+    except Exception as exc:
+        log.error(f"unreadable {what}", error=str(exc))
+        await msg.term()
+        return None
 
 
 def delivery_count(msg: Any) -> int:
