@@ -9,11 +9,11 @@ from faststream.nats import NatsRouter
 
 from jetl._internal import heap
 from jetl._internal.records import from_ipc, records_adapter
-from jetl._internal.stage import open_batch, settle
+from jetl._internal.stage import open_batch, reject_batch, settle
 from jetl.errors import SchemaMismatch
-from jetl.events import BatchLoaded, BatchRejected
+from jetl.events import BatchLoaded
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch, DeadLetter
+from jetl.messages import Batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import LoadContext
 from jetl.registry import get_pipeline
@@ -78,13 +78,7 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
         except Exception as exc:
             error = exc
 
-        async def dead_letter(exc: BaseException) -> None:
-            await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, "load", exc))
-            await ctx.bus.event(
-                BatchRejected(**base, stage="load", records=batch.count, reason=str(exc), scope="batch")
-            )
-
-        await settle(raw, error, dead_letter)
+        await settle(raw, error, lambda exc: reject_batch(ctx, batch, body, "load", exc, base))
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from jetl._internal import heap
 from jetl._internal.records import records_adapter, to_ipc
-from jetl._internal.stage import open_batch, settle
+from jetl._internal.stage import open_batch, reject_batch, settle
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
@@ -184,13 +184,7 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
         except Exception as exc:
             error = exc
 
-        async def dead_letter(exc: BaseException) -> None:
-            await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, "transform", exc))
-            await ctx.bus.event(
-                BatchRejected(**base, stage="transform", records=batch.count, reason=str(exc), scope="batch")
-            )
-
-        await settle(raw, error, dead_letter)
+        await settle(raw, error, lambda exc: reject_batch(ctx, batch, body, "transform", exc, base))
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from jetl import metrics
 from jetl.bus import MAX_DELIVER
 from jetl.errors import classify
+from jetl.events import BatchRejected
 from jetl.logging import get_logger
-from jetl.messages import Batch, decode_batch
+from jetl.messages import Batch, DeadLetter, decode_batch
+from jetl.subjects import Stage
+
+if TYPE_CHECKING:
+    from jetl.service import ServiceContext
 
 Outcome = Literal["ack", "nak", "term"]
 log = get_logger("jetl.stage")
@@ -25,6 +30,15 @@ async def open_batch(msg: Any, what: str) -> tuple[Batch, bytes] | None:
         log.error(f"unreadable {what}", error=str(exc))
         await msg.term()
         return None
+
+
+async def reject_batch(
+    ctx: ServiceContext, batch: Batch, body: bytes, stage: Stage, exc: BaseException, fields: dict[str, Any]
+) -> None:
+    """Dead-letter a whole batch that could not pass `stage` (all of its records, and the error), then log
+    batch.rejected with the event `fields` of the stage."""
+    await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, stage, exc))
+    await ctx.bus.event(BatchRejected(**fields, stage=stage, records=batch.count, reason=str(exc), scope="batch"))
 
 
 def delivery_count(msg: Any) -> int:
