@@ -203,6 +203,19 @@ def test_{name}_extracts_transforms_and_loads(tmp_path: Path, monkeypatch: pytes
 '''
 
 
+_COLOUR = {"ok": "green", "warn": "yellow", "error": "red", "fail": "red"}
+
+
+def _print_checks(title: str, rows: list[dict[str, Any]], columns: tuple[str, ...], status: str) -> None:
+    """A table of check rows (validate, health), the `status` column coloured by its value."""
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*(f"[{_COLOUR[r[c]]}]{r[c]}[/]" if c == status else str(r[c]) for c in columns))
+    console.print(t)
+
+
 @app.command()
 def init(
     name: str = typer.Argument(..., help="Pipeline name: lower-case letters, digits and '_' (e.g. daily_sales)."),
@@ -411,13 +424,8 @@ def validate(
             {"ok": n_err == 0 and (n_warn == 0 or not strict), "errors": n_err, "warnings": n_warn, "checks": rows}
         )
     else:
-        t = Table(title=f"jetl validate: {len(found)} pipeline(s), {n_err} error(s), {n_warn} warning(s)")
-        for col in ("pipeline", "check", "result", "detail"):
-            t.add_column(col, overflow="fold")
-        style = {"ok": "green", "warn": "yellow", "error": "red"}
-        for r in rows:
-            t.add_row(r["pipeline"], r["check"], f"[{style[r['result']]}]{r['result']}[/]", r["detail"])
-        console.print(t)
+        title = f"jetl validate: {len(found)} pipeline(s), {n_err} error(s), {n_warn} warning(s)"
+        _print_checks(title, rows, ("pipeline", "check", "result", "detail"), "result")
     if n_err:
         raise typer.Exit(EXIT_USAGE)
     if n_warn and strict:
@@ -811,13 +819,8 @@ def health(
     if json_out:
         emit_json({"healthy": healthy, "checks": rows})
     else:
-        t = Table(title=f"jetl health: {'[green]healthy[/green]' if healthy else '[red]UNHEALTHY[/red]'}")
-        for col in ("check", "name", "status", "detail"):
-            t.add_column(col, overflow="fold")
-        colour = {"ok": "green", "warn": "yellow", "fail": "red"}
-        for r in rows:
-            t.add_row(r["check"], r["name"], f"[{colour[r['status']]}]{r['status']}[/]", r["detail"])
-        console.print(t)
+        title = f"jetl health: {'[green]healthy[/green]' if healthy else '[red]UNHEALTHY[/red]'}"
+        _print_checks(title, rows, ("check", "name", "status", "detail"), "status")
     if not healthy:
         raise typer.Exit(EXIT_FAILED)
 
