@@ -785,8 +785,8 @@ def dlq_redrive(
 
     Records the transformer rejected go back through the current transformers (from their raw input); batches the
     loader rejected go straight to the loader. Dead letters a redrive already took are never sent twice; unreadable
-    input (a malformed line: status `unreadable`) is not sent, since only its source can mend it. Records rejected again become new dead letters, and every run's
-    ledger still reconciles.
+    input (a malformed line: status `unreadable`) is not sent, since only its source can mend it. Records
+    rejected again become new dead letters, and every run's ledger still reconciles.
 
     Example: jetl dlq redrive orders
     """
