@@ -97,19 +97,24 @@ def run_request(pipeline: str) -> str:
     return f"{PREFIX}.run.{check_token(pipeline, 'pipeline')}"
 
 
+def _per_run(kind: str, pipeline: str, run_id: str) -> str:
+    """`jetl.<kind>.<pipeline>.<run id>`, both tokens checked."""
+    return f"{PREFIX}.{kind}.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
+
+
 def raw(pipeline: str, run_id: str) -> str:
     """Subject of a run's extracted batches."""
-    return f"{PREFIX}.raw.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
+    return _per_run("raw", pipeline, run_id)
 
 
 def clean(pipeline: str, run_id: str) -> str:
     """Subject of a run's transformed batches."""
-    return f"{PREFIX}.clean.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
+    return _per_run("clean", pipeline, run_id)
 
 
 def events(pipeline: str, run_id: str) -> str:
     """Subject of a run's lifecycle events."""
-    return f"{PREFIX}.events.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
+    return _per_run("events", pipeline, run_id)
 
 
 def dlq(pipeline: str, stage: Stage) -> str:
@@ -119,7 +124,7 @@ def dlq(pipeline: str, stage: Stage) -> str:
 
 def logs(pipeline: str, run_id: str) -> str:
     """Subject of one run's shipped log lines."""
-    return f"{PREFIX}.logs.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
+    return _per_run("logs", pipeline, run_id)
 
 
 def control(service: str, verb: str) -> str:
