@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from jetl.errors import ConfigError, JetlError, TransientError
 from jetl.settings import JetlSettings
+
+if TYPE_CHECKING:
+    from jetl.events import Event
+    from jetl.projection import RunState
 
 T = TypeVar("T")
 
@@ -92,3 +98,37 @@ def main() -> None:
             fail(exc)
         except typer.Exit as e:
             sys.exit(e.exit_code)
+
+
+@contextmanager
+def progress(show: bool, what: str, total: int | None, *, out: Console | None = None) -> Iterator[Callable[..., None]]:
+    """A transient progress bar on a terminal, a no-op updater otherwise: update(completed=, total=, advance=,
+    description=, info=)."""
+    out = out or console
+    if not show or not out.is_terminal:
+        yield lambda **_: None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, transient=True, console=out) as bar:
+        task = bar.add_task(what, total=total, info="")
+        yield lambda **kw: bar.update(task, **kw)
+
+
+def follow(update: Callable[..., None]) -> Callable[[Event, RunState], None]:
+    """An on_event callback that moves a `progress` bar by the run's settled batches."""
+
+    def on_event(ev: Event, st: RunState) -> None:
+        done = sum(1 for b in st.batches.values() if b.outcome != "pending")
+        update(
+            total=st.expected_batches,
+            completed=done,
+            info=f"extracted={st.extracted} loaded={st.loaded} rejected={st.rejected}",
+        )
+
+    return on_event

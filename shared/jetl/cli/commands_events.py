@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from jetl.cli._app import (
@@ -24,6 +23,8 @@ from jetl.cli._app import (
     console,
     err_console,
     fail,
+    follow,
+    progress,
     run_async,
     settings,
 )
@@ -88,38 +89,6 @@ def _duration(st: RunState) -> str:
         return "-"
     end = st.finished_at or datetime.now(UTC)
     return f"{(end - st.started_at).total_seconds():.1f}s"
-
-
-@contextmanager
-def _progress(show: bool, what: str, total: int | None) -> Iterator[Callable[..., None]]:
-    """A progress bar on a terminal (a no-op updater otherwise): update(completed=, total=, info=)."""
-    if not show or not console.is_terminal:
-        yield lambda **_: None
-        return
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
-    with Progress(*columns, transient=True, console=console) as bar:
-        task = bar.add_task(what, total=total, info="")
-        yield lambda **kw: bar.update(task, **kw)
-
-
-def _follow(update: Callable[..., None]) -> Callable[[Event, RunState], None]:
-    """An on_event callback that moves a bar by the run's settled batches."""
-
-    def on_event(ev: Event, st: RunState) -> None:
-        done = sum(1 for b in st.batches.values() if b.outcome != "pending")
-        update(
-            total=st.expected_batches,
-            completed=done,
-            info=f"extracted={st.extracted} loaded={st.loaded} rejected={st.rejected}",
-        )
-
-    return on_event
 
 
 # --- status ---------------------------------------------------------------------------------------------------------
@@ -564,7 +533,7 @@ def backfill(
             )
             return result
 
-    with _progress(not json_out, f"backfill {pipeline}", len(slots)) as update:
+    with progress(not json_out, f"backfill {pipeline}", len(slots)) as update:
         result = run_async(_go(update))
     rows: list[dict[str, Any]] = []
     for s in slots:
@@ -669,7 +638,7 @@ def replay(
                     shadow=diff,
                     timeout=timeout,
                     code_hash=p.code_hash if p else "",
-                    on_event=_follow(update),
+                    on_event=follow(update),
                 )
                 row: dict[str, Any] = {"parent_run_id": parent, **state_json(state)}
                 if diff and state.status == "completed":
@@ -679,7 +648,7 @@ def replay(
                 out.append(row)
         return out
 
-    with _progress(not json_out, f"replay {pipeline}", None) as update:
+    with progress(not json_out, f"replay {pipeline}", None) as update:
         rows = run_async(_go(update))
     if json_out:
         _print_json(rows if len(rows) > 1 or not run or len(run) > 1 else rows[0])
@@ -795,11 +764,11 @@ def dlq_redrive(
     async def _go(update: Callable[..., None]) -> RunState | None:
         async with _client() as jc:
             state: RunState | None = await jc.redrive(
-                pipeline, run_id=run, timeout=timeout, code_hash=p.code_hash if p else "", on_event=_follow(update)
+                pipeline, run_id=run, timeout=timeout, code_hash=p.code_hash if p else "", on_event=follow(update)
             )
             return state
 
-    with _progress(not json_out, f"redrive {pipeline}", None) as update:
+    with progress(not json_out, f"redrive {pipeline}", None) as update:
         state = run_async(_go(update))
     if state is None:
         if json_out:

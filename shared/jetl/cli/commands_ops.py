@@ -16,7 +16,6 @@ from typing import Any, NoReturn
 
 import orjson
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from jetl import subjects
@@ -27,6 +26,7 @@ from jetl.cli._app import (
     app,
     console,
     err_console,
+    progress,
     run_async,
     settings,
 )
@@ -472,21 +472,13 @@ def run_migrations(s: JetlSettings, folder: Path, dsn: str | None, dry_run: bool
     migrations = _migrations(folder)
     with clickhouse_client(s, dsn) as client:
         migrator = Migrator(client, s.clickhouse.database)
-        if dry_run or quiet or not console.is_terminal:
-            done = migrator.apply(migrations, dry_run=dry_run)
-        else:
-            total = sum(len(m.statements()) for m in migrations)
-            with Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("migrating", total=total)
-                done = migrator.apply(
-                    migrations, on_step=lambda m, i, n: bar.update(task, advance=1, description=f"{m.label} ({i}/{n})")
-                )
+        total = sum(len(m.statements()) for m in migrations)
+        with progress(not (dry_run or quiet), "migrating", total) as update:
+            done = migrator.apply(
+                migrations,
+                dry_run=dry_run,
+                on_step=lambda m, i, n: update(advance=1, description=f"{m.label} ({i}/{n})"),
+            )
     return [
         {
             "version": m.version,
@@ -926,26 +918,18 @@ def logs(
         else:
             console.print(format_log_line(line), highlight=False, markup=False, soft_wrap=True)
 
-    if json_out or not err_console.is_terminal:
-        n = run_async(read_logs(s, run_id, pipeline, follow=follow, follow_seconds=follow_seconds, on_line=show))
-    else:
-        with Progress(
-            TextColumn("reading {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(run_id, total=None)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            n = run_async(
-                read_logs(
-                    s, run_id, pipeline, follow=follow, follow_seconds=follow_seconds, on_line=show, progress=progress
-                )
+    with progress(not json_out, f"reading {run_id}", None, out=err_console) as update:
+        n = run_async(
+            read_logs(
+                s,
+                run_id,
+                pipeline,
+                follow=follow,
+                follow_seconds=follow_seconds,
+                on_line=show,
+                progress=lambda done, total: update(completed=done, total=total),
             )
+        )
     if n == 0:
         die(
             f"no log lines kept for run {run_id!r}",

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from jetl.cli._app import EXIT_FAILED, app, console, run_async, settings
+from jetl.cli._app import EXIT_FAILED, app, console, follow, progress, run_async, settings
 from jetl.projection import RunState
 
 
@@ -61,27 +60,8 @@ def run(
             req = await jc.request_run(pipeline, run_id=run_id, force=force)
             if not wait:
                 return None
-            if json_out or not console.is_terminal:
-                return await jc.wait(pipeline, req.run_id, timeout=timeout)
-            with Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.fields[info]}"),
-                transient=True,
-                console=console,
-            ) as bar:
-                task = bar.add_task(f"run {req.run_id}", total=None, info="")
-
-                def on_event(ev: Any, st: RunState) -> None:
-                    done = sum(1 for b in st.batches.values() if b.outcome != "pending")
-                    bar.update(
-                        task,
-                        total=st.expected_batches,
-                        completed=done,
-                        info=f"extracted={st.extracted} loaded={st.loaded} rejected={st.rejected}",
-                    )
-
-                return await jc.wait(pipeline, req.run_id, timeout=timeout, on_event=on_event)
+            with progress(not json_out, f"run {req.run_id}", None) as update:
+                return await jc.wait(pipeline, req.run_id, timeout=timeout, on_event=follow(update))
 
     state = run_async(_go())
     if state is None:
