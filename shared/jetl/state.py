@@ -222,20 +222,23 @@ UNSTARTED_AFTER = timedelta(hours=1)
 """An indexed run with no state this long after its request never reached the tracker: stop counting it active."""
 
 
-async def unfinished_runs(kv: KeyValue, pipeline: str, now: datetime) -> tuple[dict[str, str], list[str]]:
-    """({run_id: requested_at} of a pipeline's runs that have not finished, the runs the unfinished index still
-    lists that have finished or were lost before they started)."""
+async def unfinished_runs(
+    kv: KeyValue, pipeline: str, now: datetime
+) -> tuple[dict[str, tuple[datetime, RunState | None]], list[str]]:
+    """({run_id: (requested_at, its state if the tracker has folded any)} of a pipeline's runs that have not
+    finished, the runs the unfinished index still lists that have finished or were lost before they started)."""
     active = await active_runs(kv, pipeline)
-    running: dict[str, str] = {}
+    running: dict[str, tuple[datetime, RunState | None]] = {}
     gone: list[str] = []
     for run_id, requested in active.items():
+        at = datetime.fromisoformat(requested)
         state = await get_run(kv, pipeline, run_id)
         done = state.status in ("completed", "failed") if state is not None else False
-        lost = state is None and now - datetime.fromisoformat(requested) > UNSTARTED_AFTER
+        lost = state is None and now - at > UNSTARTED_AFTER
         if done or lost:
             gone.append(run_id)
         else:
-            running[run_id] = requested
+            running[run_id] = (at, state)
     return running, gone
 
 

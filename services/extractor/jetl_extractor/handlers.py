@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 from faststream.nats import NatsRouter
@@ -225,10 +224,11 @@ async def _refuse_overlap(ctx: ServiceContext, req: RunRequest) -> None:
     if ctx.kv is None or req.replay_of is not None or req.redrive or not get_pipeline(req.pipeline).keeps_cursor:
         return
     running, _ = await unfinished_runs(ctx.kv, req.pipeline, utcnow())
-    for at, run_id in sorted((datetime.fromisoformat(at), r) for r, at in running.items() if r != req.run_id):
+    for run_id, (at, other) in sorted(running.items(), key=lambda item: item[1][0]):
+        if run_id == req.run_id:
+            continue
         if at >= req.requested_at:
             break
-        other = await get_run(ctx.kv, req.pipeline, run_id)
         if other is not None and other.trigger in ("replay", "redrive"):
             continue  # resends batches from the log: they neither read nor move the cursor
         raise OverlappingRun(
