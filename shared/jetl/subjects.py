@@ -155,3 +155,40 @@ def parse(subject: str) -> tuple[Kind, str, str | None]:
     if len(parts) < 3 or parts[0] != PREFIX:
         raise ValueError(f"not a jetl subject: {subject!r}")
     return Kind(parts[1]), parts[2], parts[3] if len(parts) > 3 else None
+
+
+def control_pattern(service: str) -> str:
+    """Every control verb of one service (`jetl.ctl.<service>.>`): what that service may answer."""
+    return f"{PREFIX}.ctl.{check_token(service, 'service')}.>"
+
+
+# JetStream's own subjects, for the per-service permissions (`jetl.access`): a service reads streams and the state
+# bucket, and pulls from and acks its own durable consumer; stream and durable administration are not listed.
+ALL = ">"
+INBOX = "_INBOX.>"
+STATE_BUCKET = "JETL_STATE"
+_JS = "$JS.API"
+
+
+def kv_access(bucket: str) -> list[str]:
+    """What reading and writing the keys of one KV bucket publishes to."""
+    return [f"$KV.{bucket}.>", f"{_JS}.DIRECT.GET.KV_{bucket}.>", f"{_JS}.DIRECT.GET.KV_{bucket}"]
+
+
+def js_read_access() -> list[str]:
+    """What reading stream info and reading streams back through ephemeral (ordered) consumers publishes to."""
+    return [
+        f"{_JS}.INFO",
+        f"{_JS}.STREAM.INFO.*",
+        f"{_JS}.STREAM.NAMES",
+        f"{_JS}.STREAM.MSG.GET.*",
+        f"{_JS}.CONSUMER.INFO.*.*",
+        f"{_JS}.CONSUMER.CREATE.*",  # ephemeral consumers only: a durable's create subject has more tokens
+        "$JS.FC.>",  # flow-control replies of ordered consumers
+    ]
+
+
+def js_consume_access(kind: Kind, durable: str) -> list[str]:
+    """What pulling from and acking one durable consumer publishes to."""
+    stream = stream_name(kind)
+    return [f"{_JS}.CONSUMER.MSG.NEXT.{stream}.{durable}", f"$JS.ACK.{stream}.{durable}.>"]

@@ -1,0 +1,81 @@
+"""The stack context: how a shell finds the stack that `jetl up` started, as kubectl and docker find theirs.
+
+`jetl up` writes `<data folder>/context.json` (owner-only): the NATS URL and the operator's credentials. A command
+finds it, in this order: `--context PATH` (the file, or a data folder holding it); `JETL_CONTEXT`; the data folder
+that `JETL_DATA_DIR` names; `.jetl/` in the current folder or the nearest parent that has one. Environment variables
+override what it says: with `JETL_NATS__URL` set, the context's NATS part is not used at all, so its credentials
+never go to another server. Services never read it: each gets its own user from the process that starts it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, SecretStr
+
+from jetl.access import write_private
+from jetl.errors import ConfigError
+
+CONTEXT_FILE = "context.json"
+DEFAULT_DIR = ".jetl"
+
+
+class StackContext(BaseModel):
+    """What a command needs to reach a stack."""
+
+    nats_url: str
+    """Where the stack's NATS listens (a comma-separated seed list for a cluster)."""
+    user: str = "operator"
+    """The CLI's NATS user."""
+    password: SecretStr | None = None
+    """Its password."""
+    data_dir: Path
+    """The stack's data folder."""
+
+    def settings_values(self) -> dict[str, object]:
+        """The settings this context supplies (under every environment variable)."""
+        nats: dict[str, object] = {"url": self.nats_url, "user": self.user}
+        if self.password is not None:
+            nats["password"] = self.password.get_secret_value()
+        return {"nats": nats, "data_dir": str(self.data_dir)}
+
+    def save(self) -> Path:
+        """Write it to its data folder, owner-only."""
+        path = self.data_dir / CONTEXT_FILE
+        data = self.model_dump(mode="json")
+        data["password"] = self.password.get_secret_value() if self.password is not None else None
+        write_private(path, json.dumps(data, indent=2))
+        return path
+
+
+def context_path(location: Path) -> Path:
+    """The context file a `--context` value names: the file itself, or a data folder holding one."""
+    return location / CONTEXT_FILE if location.is_dir() else location
+
+
+def find_context(explicit: Path | None, data_dir: Path | None, start: Path | None = None) -> Path | None:
+    """The context file in force: `explicit` (`--context`/`JETL_CONTEXT`), else the one in `data_dir` (set by
+    `JETL_DATA_DIR`), else `.jetl/context.json` in `start` (the current folder) or its nearest parent."""
+    if explicit is not None:
+        path = context_path(explicit)
+        if not path.exists():
+            raise ConfigError(f"no stack context at {path}: `jetl up` writes one to its data folder")
+        return path
+    if data_dir is not None:
+        path = data_dir / CONTEXT_FILE
+        return path if path.exists() else None
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        path = folder / DEFAULT_DIR / CONTEXT_FILE
+        if path.exists():
+            return path
+    return None
+
+
+def read_context(path: Path) -> StackContext:
+    """Read a context file, with an error naming it when it is not one."""
+    try:
+        return StackContext.model_validate_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"the stack context {path} cannot be read: {type(exc).__name__}") from exc

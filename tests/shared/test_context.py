@@ -1,0 +1,43 @@
+"""The stack context file: found from any folder below the stack's, owner-only, env overrides it."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from jetl.context import StackContext, find_context, read_context
+from jetl.errors import ConfigError
+
+
+def test_a_context_is_written_owner_only_and_found_from_a_subfolder(tmp_path: Path) -> None:
+    data = tmp_path / ".jetl"
+    path = StackContext(nats_url="nats://127.0.0.1:4999", password=SecretStr("pw"), data_dir=data).save()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    assert find_context(None, None, start=deep) == path
+    ctx = read_context(path)
+    assert ctx.nats_url == "nats://127.0.0.1:4999" and ctx.password is not None
+    assert ctx.password.get_secret_value() == "pw"
+    assert "pw" not in repr(ctx)
+
+
+def test_the_data_folder_and_an_explicit_context_take_precedence(tmp_path: Path) -> None:
+    one = StackContext(nats_url="nats://127.0.0.1:1", data_dir=tmp_path / "one").save()
+    two = StackContext(nats_url="nats://127.0.0.1:2", data_dir=tmp_path / "two").save()
+    assert find_context(None, tmp_path / "two", start=tmp_path / "one") == two
+    assert find_context(tmp_path / "one", tmp_path / "two") == one
+    assert find_context(one, None) == one
+    assert find_context(None, tmp_path / "none") is None
+    with pytest.raises(ConfigError, match="no stack context"):
+        find_context(tmp_path / "missing.json", None)
+
+
+def test_a_file_that_is_not_a_context_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "context.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match=str(bad)):
+        read_context(bad)
