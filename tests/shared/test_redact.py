@@ -1,0 +1,33 @@
+"""One redaction rule for every URL and DSN that jetl shows."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+
+from jetl.redact import redact_text, redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://default:s3cret@ch.example:8443/db", "https://default:***@ch.example:8443/db"),
+        ("postgresql+psycopg://app:p%40ss@db:5432/x", "postgresql+psycopg://app:***@db:5432/x"),
+        ("nats://operator:pw@127.0.0.1:4222", "nats://operator:***@127.0.0.1:4222"),
+        ("https://ch.example:8443/?password=s3cret&database=x", "https://ch.example:8443/?password=***&database=x"),
+        ("chdb:///data/chdb", "chdb:///data/chdb"),
+        ("https://user@host/db", "https://user@host/db"),
+        ("https://u:s3cret@host:notaport/db", "https://***"),
+        ("", ""),
+    ],
+)
+def test_urls_are_shown_without_their_secrets(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert redact_url(SecretStr(url)) == shown
+
+
+def test_error_text_that_quotes_a_url_or_a_secret_is_masked() -> None:
+    text = "cannot connect to https://default:s3cret@ch:8443?token=abc (login as default with hunter2)"
+    out = redact_text(text, SecretStr("hunter2"), None)
+    assert "s3cret" not in out and "abc" not in out and "hunter2" not in out
+    assert "https://default:***@ch:8443?token=***" in out
