@@ -143,7 +143,7 @@ def test_run_request_refuses_contradictions() -> None:
 
 
 def test_ledger_verdict_compares_finished_runs_with_the_destination() -> None:
-    from jetl.cli.commands_events import ledger_report, ledger_verdict
+    from jetl.ledger import ledger_report, ledger_verdict
     from jetl.client import DestinationCount
 
     done = fold_all(events("r1", 2, {0: 10, 1: 8}))
