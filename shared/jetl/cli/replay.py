@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import typer
@@ -12,19 +13,6 @@ from jetl.cli._output import EXIT_FAILED, console, failing, print_json
 from jetl.cli.runs import state_json
 from jetl.errors import ConfigError
 from jetl.projection import RunState
-from jetl.protocols import Diff
-
-
-def diff_json(d: Diff) -> dict[str, Any]:
-    """A diff for --json output."""
-    return {
-        "key": d.key,
-        "added": d.added,
-        "removed": d.removed,
-        "changed": d.changed,
-        "unchanged": d.unchanged,
-        "samples": d.samples,
-    }
 
 
 @app.command()
@@ -88,7 +76,7 @@ def replay(
                 )
                 row: dict[str, Any] = {"parent_run_id": parent, **state_json(state)}
                 if diff and state.status == "completed":
-                    row["diff"] = diff_json(
+                    row["diff"] = asdict(
                         await jc.diff(pipeline, state.run_id, parent, drop=not keep_shadow, sample=sample)
                     )
                 out.append(row)
