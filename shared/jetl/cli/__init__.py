@@ -1,13 +1,17 @@
-"""The `jetl` command: one typer app; each command group lives in its own module here."""
+"""The `jetl` command: one typer app; each command group lives in its own module here.
+
+The CLI is presentation: what a command knows (health, the ledger, schedules, checks, logs) lives in the library
+(jetl.health, jetl.ledger, jetl.schedule_state, jetl.checks, jetl.logs), where a dashboard can call it too.
+"""
 
 from __future__ import annotations
 
-from jetl.cli import (  # noqa: F401  - importing registers the commands
-    commands_events,
-    commands_ops,
-    commands_run,
-    commands_stack,
-)
+# Importing a module registers its commands; `jetl --help` lists them in this order.
+# isort: off
+from jetl.cli import runs, ledger, backfill, replay, dlq  # noqa: F401
+from jetl.cli import scaffold, pipelines, deploy, health, logs, schedule, stack  # noqa: F401
+
+# isort: on
 from jetl.cli._app import app, main
 
 __all__ = ["app", "main"]

@@ -1,4 +1,4 @@
-"""The typer app, shared options and the one error handler (one clear line plus a hint; tracebacks with --debug)."""
+"""The typer app, its settings and the context commands share: pipelines in force, the client, run_async, progress."""
 
 from __future__ import annotations
 
@@ -6,17 +6,22 @@ import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jetl.errors import ConfigError, JetlError, TransientError
+from jetl.cli._output import EXIT_USAGE, console, debug, die, err_console, fail
+from jetl.errors import ConfigError, JetlError
 from jetl.settings import JetlSettings
 
 if TYPE_CHECKING:
+    from jetl.client import JetlClient
     from jetl.events import Event
+    from jetl.pipeline import Pipeline
     from jetl.projection import RunState
 
 T = TypeVar("T")
@@ -28,21 +33,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-# Exit codes scripts can rely on.
-EXIT_OK = 0
-EXIT_FAILED = 1  # the thing ran and failed (a run failed, health is bad)
-EXIT_USAGE = 2  # bad arguments or configuration
-EXIT_UNAVAILABLE = 3  # NATS or a destination could not be reached
-
-_state: dict[str, Any] = {"debug": False}
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
-    _state["debug"] = debug
+def _root(debug_: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    debug["on"] = debug_
 
 
 def settings() -> JetlSettings:
@@ -61,30 +56,6 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(130) from None
     except Exception as exc:
         fail(exc)
-        raise  # unreachable
-
-
-def fail(exc: BaseException) -> None:
-    """Print an error as one line with a hint, and exit with the matching code."""
-    if _state["debug"]:
-        raise exc
-    code, hint = EXIT_FAILED, ""
-    text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, JetlError) else str(exc)
-    if isinstance(exc, ConfigError):
-        code, hint = EXIT_USAGE, "check the pipeline module or setting it names (jetl validate)"
-    elif (
-        isinstance(exc, TransientError)
-        or "nats" in type(exc).__module__
-        or isinstance(exc, (ConnectionError, OSError, TimeoutError))
-    ):
-        code, hint = (
-            EXIT_UNAVAILABLE,
-            "is NATS running? `jetl up` starts one; JETL_NATS__URL points elsewhere",
-        )
-    err_console.print(f"[red]error:[/red] {text}", highlight=False)
-    if hint:
-        err_console.print(f"[dim]hint: {hint}[/dim]", highlight=False)
-    raise typer.Exit(code)
 
 
 def main() -> None:
@@ -132,3 +103,57 @@ def follow(update: Callable[..., None]) -> Callable[[Event, RunState], None]:
         )
 
     return on_event
+
+
+def client() -> JetlClient:
+    """A JetlClient on the settings in force (imported late: most commands never talk to NATS)."""
+    from jetl.client import JetlClient
+
+    return JetlClient(settings())
+
+
+def load_pipelines(s: JetlSettings) -> tuple[dict[str, Pipeline], dict[str, str]]:
+    """Every pipeline in the configured folder, and {file: error} for the modules that are broken."""
+    from jetl.registry import discover_report
+
+    folder = Path(s.pipelines_dir)
+    if not folder.is_dir():
+        die(
+            f"pipelines folder {folder} does not exist",
+            "run from the project root or set JETL_PIPELINES_DIR",
+            EXIT_USAGE,
+        )
+    return discover_report(folder)
+
+
+def one_pipeline(s: JetlSettings, name: str) -> Pipeline:
+    """A pipeline by name, or exit 2 naming the known ones."""
+    found, errors = load_pipelines(s)
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none"
+        broken = f"; {len(errors)} module(s) failed to load (jetl validate)" if errors else ""
+        die(f"no pipeline named {name!r} (known: {known}){broken}", "see `jetl list`", EXIT_USAGE)
+    return found[name]
+
+
+def registered_pipeline(name: str, *, required: bool) -> Any:
+    """The pipeline from the local pipelines folder (schedule, code hash); None when optional and not found."""
+    from jetl.registry import get_pipeline
+
+    try:
+        return get_pipeline(name)
+    except JetlError:
+        if required:
+            raise
+        return None
+
+
+def when(text: str | None, what: str) -> datetime | None:
+    """An ISO date or time option; naive means UTC."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {text!r} is not an ISO date or time (e.g. 2026-11-01 or 2026-11-01T06:00)") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

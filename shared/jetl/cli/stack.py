@@ -13,7 +13,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from jetl.cli._app import app, console, err_console, fail, settings
+from jetl.cli._app import app, settings
+from jetl.cli._output import console, err_console, fail
 from jetl.embedded import SERVICES, Stack
 from jetl.errors import ConfigError
 

@@ -1,0 +1,92 @@
+"""What can be told about a pipeline without running it: its schema chain, its schedule and its connectors.
+
+`jetl validate` prints these checks; a dashboard can show the same list.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jetl.pipeline import Pipeline
+from jetl.settings import JetlSettings
+
+
+def check_pipeline(p: Pipeline, s: JetlSettings) -> list[tuple[str, str, str]]:
+    """(check, ok|warn|error, detail) for one imported pipeline: schema chain, schedule, connectors."""
+    from jetl.pipeline import output_fields, required_inputs
+    from jetl.schedule import run_id_for
+
+    out: list[tuple[str, str, str]] = []
+    fields = output_fields(p.transformers)
+    if fields is None:
+        opaque = [
+            type(t).__name__
+            for t in p.transformers
+            if not callable(getattr(t, "output_fields", None)) and not callable(getattr(t, "output_schema", None))
+        ]
+        if opaque:
+            out.append(("schema chain", "warn", f"not checkable before a run: opaque step(s) {', '.join(opaque)}"))
+        elif p.transformers:
+            out.append(
+                (
+                    "schema chain",
+                    "warn",
+                    "not checkable before a run: the source's fields are unknown "
+                    "(start the chain with a TypeTransformer to check it)",
+                )
+            )
+        else:
+            out.append(("schema chain", "ok", f"records validate straight into {p.schema.__name__}"))
+    else:
+        needed = sorted(required_inputs(p.schema))
+        out.append(
+            ("schema chain", "ok", f"transformers produce every required field of {p.schema.__name__} ({len(needed)})")
+        )
+    if p.schedule is None:
+        out.append(("schedule", "ok", "none (runs on request, backfill or replay only)"))
+    else:
+        try:
+            nxt = p.schedule.next_after(datetime.now(UTC))
+            run_id_for(p.name, nxt)
+            out.append(
+                ("schedule", "ok", f"{p.schedule.expression} ({p.schedule.tz}); next slot {nxt:%Y-%m-%d %H:%M}Z")
+            )
+        except Exception as exc:
+            out.append(("schedule", "error", f"{type(exc).__name__}: {exc}"))
+    for i, connector in enumerate([*p.extractors, p.loader]):
+        kind = "loader" if i == len(p.extractors) else f"extractor {i + 1}"
+        out.append(check_connector(kind, connector, s))
+    return out
+
+
+def check_connector(kind: str, connector: Any, s: JetlSettings) -> tuple[str, str, str]:
+    """A connector's own `check()` when it has one, else what can be told without connecting."""
+    name = f"{kind}: {type(connector).__name__}"
+    check = getattr(connector, "check", None)
+    try:
+        if callable(check):
+            detail = check()
+            return name, "ok", str(detail or "configured")
+        files = getattr(connector, "files", None)
+        if callable(files):
+            n = len(files())
+            return (
+                (name, "ok", f"{n} file(s) match {getattr(connector, 'path', '')}")
+                if n
+                else (name, "warn", f"no file matches {getattr(connector, 'path', '')} yet")
+            )
+        if hasattr(connector, "dsn") and hasattr(connector, "table"):
+            dsn = connector.dsn or s.clickhouse_dsn
+            if dsn.startswith("chdb://"):
+                folder = Path(dsn.removeprefix("chdb://"))
+                if not (folder.exists() or folder.parent.exists() or folder.parent.parent.exists()):
+                    return name, "warn", f"chdb folder {folder} cannot be created (no parent folder)"
+            return name, "ok", f"table {connector.table} on {dsn.split('@')[-1]}"
+        root = getattr(connector, "root", None)
+        if isinstance(root, Path) and root.exists() and not root.is_dir():
+            return name, "error", f"{root} is a file, not a folder"
+        return name, "ok", connector.describe() if callable(getattr(connector, "describe", None)) else "configured"
+    except Exception as exc:
+        return name, "error", f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,128 @@
+"""`jetl dlq list` and `jetl dlq redrive`: dead-lettered records with their reasons; send them back after a fix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from jetl.cli._app import app, client, follow, progress, registered_pipeline, run_async
+from jetl.cli._output import EXIT_FAILED, console, print_json
+from jetl.cli.runs import counts_table, state_json
+from jetl.projection import RunState
+
+dlq_app = typer.Typer(help="Dead letters: list rejected records with their reasons, redrive them after a fix.")
+app.add_typer(dlq_app, name="dlq")
+
+
+def _redriven_by(why: str | None) -> str | None:
+    return why.removeprefix("redriven by ") if why and why.startswith("redriven by ") else None
+
+
+@dlq_app.command("list")
+def dlq_list(
+    pipeline: str = typer.Argument(..., help="Pipeline name."),
+    run: str = typer.Option(None, "--run", help="Only this run's dead letters."),
+    limit: int = typer.Option(200, help="At most this many records."),
+    json_out: bool = typer.Option(False, "--json", help="Print one object per rejected record."),
+) -> None:
+    """List rejected records with their reasons, and whether a redrive may take them.
+
+    One row per record: stage, origin (file:line), field and message, and a status: `redrivable`, or why not
+    (`redriven by RUN`, `superseded by RUN` when a replay processed the batch again, `shadow RUN` for a --diff
+    trial, `unreadable` for input that could not be read at all).
+
+    Example: jetl dlq list orders --run orders-20261125T0000Z
+    """
+
+    async def _go() -> tuple[list[Any], list[RunState]]:
+        async with client() as jc:
+            return await jc.dead_letter_log(pipeline), await jc.runs(pipeline)
+
+    from jetl.client import dead_letter_status
+
+    letters, runs = run_async(_go())
+    status = dead_letter_status(letters, runs)
+    rows = [
+        {
+            "seq": seq,
+            "run_id": dl.run_id,
+            "batch_id": dl.batch_id,
+            "stage": dl.stage,
+            "scope": dl.scope,
+            "error_type": dl.error_type,
+            "reason": dl.reason,
+            "index": rec.get("index"),
+            "origin": rec.get("origin"),
+            "field": rec.get("field"),
+            "message": rec.get("message") or dl.reason,
+            "record": rec.get("record"),
+            "status": status[seq] or "redrivable",
+            "redriven_by": _redriven_by(status[seq]),
+        }
+        for seq, dl in letters
+        if run is None or dl.run_id == run
+        for rec in (dl.records or [{}])
+    ]
+    if json_out:
+        print_json(rows[:limit])
+        return
+    t = Table(title=f"dead letters of {pipeline}: {len(rows)} record(s)")
+    for col in ("dlq#", "run", "stage", "origin", "field", "message", "status"):
+        t.add_column(col)
+    for r in rows[:limit]:
+        t.add_row(
+            str(r["seq"]),
+            r["run_id"],
+            f"{r['stage']}/{r['scope']}",
+            r["origin"] or "-",
+            r["field"] or "-",
+            str(r["message"])[:100],
+            r["status"],
+        )
+    console.print(t if rows else "no dead letters")
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    pipeline: str = typer.Argument(..., help="Pipeline name."),
+    run: str = typer.Option(None, "--run", help="Only this run's dead letters."),
+    timeout: float = typer.Option(600, help="Seconds to wait for the redrive run."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Send dead-lettered records back through (after a fix) as a new run with trigger `redrive`.
+
+    Records the transformer rejected go back through the current transformers (from their raw input); batches the
+    loader rejected go straight to the loader. Dead letters a redrive already took are never sent twice; unreadable
+    input (a malformed line: status `unreadable`) is not sent, since only its source can mend it. Records
+    rejected again become new dead letters, and every run's ledger still reconciles.
+
+    Example: jetl dlq redrive orders
+    """
+    p = registered_pipeline(pipeline, required=False)
+
+    async def _go(update: Callable[..., None]) -> RunState | None:
+        async with client() as jc:
+            state: RunState | None = await jc.redrive(
+                pipeline, run_id=run, timeout=timeout, code_hash=p.code_hash if p else "", on_event=follow(update)
+            )
+            return state
+
+    with progress(not json_out, f"redrive {pipeline}", None) as update:
+        state = run_async(_go(update))
+    if state is None:
+        if json_out:
+            print_json(None)
+        else:
+            console.print("nothing to redrive")
+        return
+    if json_out:
+        print_json(state_json(state) | {"dead_letters": state.redrive})
+    else:
+        console.print(
+            counts_table(state, title=f"redrive {state.run_id} of {len(state.redrive)} dead letter(s): {state.status}")
+        )
+    if state.status != "completed":
+        raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,250 @@
+"""`jetl run`, `status` and `audit`: request a run and follow it; list runs; one run's timeline.
+
+Everything shown is folded from JETL_EVENTS (the run state is a projection, never a second truth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from jetl.cli._app import app, client, follow, progress, run_async
+from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_json, stamp
+from jetl.events import Event
+from jetl.ledger import audit_rows
+from jetl.projection import RunState
+
+
+def counts_table(state: RunState, title: str | None = None) -> Table:
+    """Per-stage counts of a run, and whether the ledger reconciles."""
+    t = Table(title=title or f"{state.pipeline} {state.run_id}: {state.status}")
+    for col in ("extracted", "loaded", "rejected", "filtered", "batches", "reconciles"):
+        t.add_column(col, justify="right")
+    c = state.counts()
+    t.add_row(
+        *(str(c[k]) for k in ("extracted", "loaded", "rejected", "filtered", "batches")),
+        "yes" if state.reconciles else "NO",
+    )
+    return t
+
+
+def state_json(state: RunState) -> dict[str, Any]:
+    """A run's state for `--json` output."""
+    return {
+        "pipeline": state.pipeline,
+        "run_id": state.run_id,
+        "status": state.status,
+        **state.counts(),
+        "reconciles": state.reconciles,
+        "error": state.error,
+        "trigger": state.trigger,
+        "parent_run_id": state.parent_run_id,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+    }
+
+
+@app.command()
+def run(
+    pipeline: str = typer.Argument(..., help="Pipeline name (see `jetl list`)."),
+    run_id: str = typer.Option(None, help="Run id (default: a fresh manual id)."),
+    wait: bool = typer.Option(True, help="Wait for the run to finish."),
+    timeout: float = typer.Option(600, help="Seconds to wait."),
+    force: bool = typer.Option(False, help="Run even if this run id already completed, and reload seen files."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Request one run of a pipeline, wait for it, and print counts per stage.
+
+    Example: jetl run orders --json
+    """
+
+    async def _go() -> RunState | None:
+        async with client() as jc:
+            req = await jc.request_run(pipeline, run_id=run_id, force=force)
+            if not wait:
+                return None
+            with progress(not json_out, f"run {req.run_id}", None) as update:
+                return await jc.wait(pipeline, req.run_id, timeout=timeout, on_event=follow(update))
+
+    state = run_async(_go())
+    if state is None:
+        console.print("requested")
+        return
+    if json_out:
+        print_json(state_json(state))
+    else:
+        console.print(counts_table(state))
+        if state.error:
+            console.print(f"[red]{state.error}[/red]")
+    if state.status != "completed":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _duration(st: RunState) -> str:
+    if st.started_at is None:
+        return "-"
+    end = st.finished_at or datetime.now(UTC)
+    return f"{(end - st.started_at).total_seconds():.1f}s"
+
+
+def _notes(st: RunState) -> str:
+    notes = []
+    if st.parent_run_id:
+        notes.append(f"of {st.parent_run_id}")
+    if st.shadow:
+        notes.append("shadow")
+    if st.redrive:
+        notes.append(f"{len(st.redrive)} dead letter(s)")
+    if st.error:
+        notes.append(st.error[:60])
+    return ", ".join(notes)
+
+
+@app.command()
+def status(
+    pipeline: str = typer.Argument(None, help="Only this pipeline's runs."),
+    limit: int = typer.Option(20, help="How many runs, newest first."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="First refold every run state from the event log."),
+    json_out: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
+) -> None:
+    """List recent runs: status, timings and the ledger, folded from the event log.
+
+    --rebuild drops the folded states and folds JETL_EVENTS again (safe while services run).
+
+    Example: jetl status orders --limit 5
+    """
+
+    async def _go() -> tuple[int | None, list[RunState]]:
+        async with client() as jc:
+            n = None
+            if rebuild:
+                from jetl.state import rebuild as refold
+
+                n = await refold(jc.conn, pipeline)
+            return n, (await jc.runs(pipeline))[:limit]
+
+    refolded, runs = run_async(_go())
+    if json_out:
+        print_json([state_json(r) | {"requested_at": r.requested_at, "shadow": r.shadow} for r in runs])
+        return
+    if refolded is not None:
+        console.print(f"rebuilt the run state from {refolded} event(s)")
+    t = Table(title=f"runs of {pipeline}" if pipeline else "runs")
+    for col in (
+        "run",
+        "trigger",
+        "status",
+        "requested",
+        "took",
+        "extracted",
+        "loaded",
+        "rejected",
+        "filtered",
+        "ledger",
+        "notes",
+    ):
+        t.add_column(col, justify="right" if col in ("extracted", "loaded", "rejected", "filtered") else "left")
+    colors = {"completed": "green", "failed": "red", "running": "yellow", "requested": "dim"}
+    for r in runs:
+        c = r.counts()
+        t.add_row(
+            r.run_id if pipeline else f"{r.pipeline}/{r.run_id}",
+            r.trigger,
+            f"[{colors[r.status]}]{r.status}[/]",
+            stamp(r.requested_at),
+            _duration(r),
+            *(str(c[k]) for k in ("extracted", "loaded", "rejected", "filtered")),
+            "ok" if r.reconciles else "[red]NO[/red]",
+            _notes(r),
+        )
+    console.print(t if runs else "no runs yet")
+
+
+def _step_text(steps: list[dict[str, Any]] | None, fmt: Callable[[dict[str, Any]], str]) -> str:
+    if not steps:
+        return "[dim]-[/dim]"
+    s = steps[-1]
+    return f"{fmt(s['detail'])}  [dim]+{s['offset_s']:.2f}s {s['instance']} {s['code_hash'] or '?'}[/dim]"
+
+
+@app.command()
+def audit(
+    run_id: str = typer.Argument(..., help="The run id (see `jetl status`)."),
+    pipeline: str = typer.Option(None, help="The run's pipeline (found from the log when omitted)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the timeline as JSON."),
+) -> None:
+    """Print one run's timeline from the event log, batch by batch, with instance and code hash at each step.
+
+    Run-level steps first, then one row per batch (extracted, transformed, loaded or rejected), each step with
+    the service instance that did it and the pipeline code hash it ran; then the run's ledger.
+
+    Example: jetl audit orders-20261125T0000Z
+    """
+
+    async def _go() -> list[Event]:
+        async with client() as jc:
+            events: list[Event] = await jc.events(run_id, pipeline)
+            return events
+
+    events = run_async(_go())
+    if not events:
+        err_console.print(f"[red]error:[/red] no events for run {run_id!r} (see `jetl status`)")
+        raise typer.Exit(EXIT_USAGE)
+    from jetl.projection import fold
+
+    state: RunState | None = None
+    for ev in events:
+        state = fold(state, ev)
+    assert state is not None
+    run_steps, batches = audit_rows(events)
+    hashes = sorted({ev.code_hash for ev in events if ev.code_hash})
+    if json_out:
+        print_json({"run": state_json(state), "code_hashes": hashes, "steps": run_steps, "batches": batches})
+        return
+    console.print(
+        f"[bold]{state.pipeline} {state.run_id}[/bold]: {state.status}, trigger {state.trigger}"
+        + (f", parent {state.parent_run_id}" if state.parent_run_id else "")
+        + (
+            f", interval {stamp(state.data_interval_start)} .. {stamp(state.data_interval_end)}"
+            if state.data_interval_start
+            else ""
+        )
+    )
+    t = Table(title="run")
+    for col in ("+s", "event", "detail", "service@instance", "code"):
+        t.add_column(col)
+    for s in run_steps:
+        detail = " ".join(f"{k}={v}" for k, v in s["detail"].items())
+        t.add_row(f"{s['offset_s']:.2f}", s["event"], detail, f"{s['service']}@{s['instance']}", s["code_hash"])
+    console.print(t)
+    b = Table(title=f"batches ({len(batches)})")
+    for col in ("batch", "extracted", "transformed", "loaded / rejected"):
+        b.add_column(col)
+    for row in batches:
+        end = row.get("loaded") or row.get("rejected")
+        b.add_row(
+            row["batch_id"],
+            _step_text(row.get("extracted"), lambda d: f"{d.get('records')}"),
+            _step_text(
+                row.get("transformed"),
+                lambda d: (
+                    f"{d.get('records_in')}->{d.get('records_out')} rej={d.get('rejected')} filt={d.get('filtered')}"
+                ),
+            ),
+            _step_text(
+                end,
+                lambda d: (
+                    f"loaded {d.get('records')}"
+                    if "stage" not in d
+                    else f"[red]{d.get('stage')} {d.get('scope')}: {d.get('records')}[/red]"
+                ),
+            ),
+        )
+    console.print(b)
+    if len(hashes) > 1:
+        console.print(f"[yellow]the pipeline code changed during this run: {', '.join(hashes)}[/yellow]")
+    console.print(counts_table(state, title="ledger"))

@@ -1,0 +1,169 @@
+"""The health of a deployment as data: NATS, streams, consumers and their lag, service heartbeats, the destination
+(asked of a running loader) and each scheduled pipeline's freshness against its schedule.
+
+`jetl health` prints these checks; a dashboard can show the same list.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel
+
+from jetl import subjects
+from jetl._internal.connect import nats_connection
+from jetl.pipeline import Pipeline
+from jetl.settings import JetlSettings
+
+SERVICE_NAMES = ("extractor", "transformer", "loader", "scheduler")
+"""The services a deployment runs, by default all expected up."""
+
+
+class HealthCheck(BaseModel):
+    """One check of the deployment: `fail` makes it unhealthy, `warn` does not."""
+
+    check: str
+    """What kind of thing was checked: nats, stream, consumer, kv, service, destination, pipeline(s)."""
+    name: str
+    """Which one (a stream name, a service, a pipeline)."""
+    status: Literal["ok", "warn", "fail"]
+    """The verdict."""
+    detail: str
+    """What was seen, for a human."""
+
+
+def healthy(checks: list[HealthCheck]) -> bool:
+    """No check failed."""
+    return not any(c.status == "fail" for c in checks)
+
+
+async def gather_health(
+    s: JetlSettings,
+    *,
+    services: list[str],
+    heartbeat_timeout: float,
+    max_lag: int | None,
+    stale_factor: float,
+    pipelines: dict[str, Pipeline] | None,
+    timeout: float,
+) -> list[HealthCheck]:
+    """Every health check, in a stable order (raises TransientError when NATS cannot be reached)."""
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.errors import NotFoundError
+
+    from jetl.state import (
+        BUCKET,
+        HEARTBEAT_PREFIX,
+        get_mark,
+        get_paused,
+        last_failed_key,
+        last_ok_key,
+        watch_values,
+    )
+    from jetl.subjects import CONSUMERS, STREAMS
+
+    rows: list[HealthCheck] = []
+
+    def add(check: str, name: str, status: Literal["ok", "warn", "fail"], detail: str) -> None:
+        rows.append(HealthCheck(check=check, name=name, status=status, detail=detail))
+
+    nc = await nats_connection(s)
+    try:
+        v = nc.connected_server_version
+        add("nats", s.nats.url, "ok", f"nats-server {v.major}.{v.minor}.{v.patch}, JetStream")
+        js = nc.jetstream()
+        for spec in STREAMS.values():
+            try:
+                info = await js.stream_info(spec.name)
+                add("stream", spec.name, "ok", f"{info.state.messages} message(s), {info.state.bytes} bytes")
+            except NotFoundError:
+                add("stream", spec.name, "fail", "missing (run `jetl deploy`)")
+        for durable, kind in CONSUMERS.items():
+            stream = STREAMS[kind].name
+            try:
+                ci = await js.consumer_info(stream, durable)
+                pending, acking = ci.num_pending or 0, ci.num_ack_pending or 0
+                status: Literal["ok", "fail"] = "fail" if max_lag is not None and pending > max_lag else "ok"
+                add("consumer", f"{stream}/{durable}", status, f"lag {pending} pending, {acking} awaiting ack")
+            except NotFoundError:
+                add("consumer", f"{stream}/{durable}", "fail", "missing (run `jetl deploy`)")
+        try:
+            kv = await js.key_value(BUCKET)
+            add("kv", BUCKET, "ok", "present")
+        except Exception:
+            add("kv", BUCKET, "fail", "missing (run `jetl deploy`)")
+            kv = None
+        now = time.time()
+        beats: dict[str, list[dict[str, Any]]] = {}
+        if kv is not None:
+            for raw in (await watch_values(kv, f"{HEARTBEAT_PREFIX}.>")).values():
+                with_data = orjson.loads(raw)
+                beats.setdefault(with_data.get("service", "?"), []).append(with_data)
+        for name in services:
+            seen = beats.get(name, [])
+            fresh = [b for b in seen if now - float(b.get("at", 0)) <= heartbeat_timeout]
+            if fresh:
+                add(
+                    "service",
+                    name,
+                    "ok",
+                    f"{len(fresh)} instance(s): {', '.join(sorted(b['instance'] for b in fresh))}",
+                )
+            elif seen:
+                last = max(float(b.get("at", 0)) for b in seen)
+                add("service", name, "fail", f"not seen for {now - last:.0f}s (heartbeat every 5s)")
+            else:
+                add("service", name, "fail", "never seen (is it running? `jetl serve " + name + "`)")
+        try:
+            reply = await nc.request(subjects.control("loader", "health"), b"", timeout=timeout)
+            checks = orjson.loads(reply.data).get("checks", {})
+            dest = checks.get("destination", {"ok": False, "detail": "the loader has no destination check"})
+            add("destination", "loader", "ok" if dest["ok"] else "fail", dest["detail"])
+        except (TimeoutError, NoRespondersError, NatsTimeout):
+            add("destination", "loader", "fail", "no loader answered (the loader checks the destination)")
+        if pipelines is None:
+            add("pipelines", "-", "warn", f"pipelines folder {s.pipelines_dir} not found: freshness not checked")
+        else:
+            now_dt = datetime.now(UTC)
+            for p in sorted(pipelines.values(), key=lambda p: p.name):
+                if p.schedule is None or kv is None:
+                    continue
+                paused = await get_paused(kv, p.name)
+                if paused if paused is not None else p.schedule.paused:
+                    add("pipeline", p.name, "ok", "paused")
+                    continue
+                ok = await get_mark(kv, last_ok_key(p.name))
+                failed = await get_mark(kv, last_failed_key(p.name))
+                if ok is not None:
+                    age = now_dt - ok.at
+                    if p.schedule.is_stale(ok.at, now_dt, stale_factor):
+                        add(
+                            "pipeline",
+                            p.name,
+                            "fail",
+                            f"stale: last success {ok.run_id} {_ago(age.total_seconds())} "
+                            f"ago, schedule {p.schedule.expression}",
+                        )
+                    else:
+                        add("pipeline", p.name, "ok", f"last success {ok.run_id} {_ago(age.total_seconds())} ago")
+                elif failed is not None:
+                    add("pipeline", p.name, "fail", f"never succeeded; last failure {failed.run_id}: {failed.error}")
+                else:
+                    add("pipeline", p.name, "warn", "no run yet")
+    finally:
+        await nc.close()
+    return rows
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
