@@ -26,15 +26,16 @@ from faststream.nats.message import NatsBatchMessage
 from nats.js.kv import KeyValue
 
 from jetl import metrics, subjects
-from jetl.bus import Bus, declare, make_broker, raw_decoder, wait_for_nats
+from jetl.bus import Bus, connect, make_broker, raw_decoder, wait_for_nats
 from jetl.events import instance_id
 from jetl.logging import add_sink, configure_logging, get_logger
 from jetl.messages import Batch
 from jetl.pipeline import Pipeline
 from jetl.registry import discover, get_pipeline_registry, reload_changed
 from jetl.settings import JetlSettings
-from jetl.state import heartbeat_key
+from jetl.state import bucket, heartbeat_key
 from jetl.subjects import CONSUMERS, STREAMS
+from jetl.topology import declare
 
 HEARTBEAT_S = 5.0
 
@@ -157,8 +158,6 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
             port = metrics.enable(name, settings.metrics_port, settings.metrics_host)
             log.info("metrics served", url=f"http://{settings.metrics_host}:{port}/metrics")
         await wait_for_nats(settings.nats)
-        from jetl.bus import connect
-
         nc = await connect(settings.nats)
         try:
             await declare(nc, settings.nats)
@@ -167,8 +166,6 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
 
     @app.after_startup
     async def _connected() -> None:
-        from jetl.state import bucket
-
         nc = ctx.broker.connection
         ctx.kv = await bucket(nc)
         if settings.ship_logs:

@@ -7,12 +7,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from jetl import metrics
-from jetl.bus import MAX_DELIVER
 from jetl.errors import classify
 from jetl.events import BatchRejected
 from jetl.logging import get_logger
 from jetl.messages import Batch, DeadLetter, decode_batch
 from jetl.subjects import Stage
+from jetl.topology import MAX_DELIVER
 
 if TYPE_CHECKING:
     from jetl.service import ServiceContext

@@ -125,7 +125,7 @@ def status(
         async with _client() as jc:
             n = None
             if rebuild:
-                from jetl.state import rebuild as refold
+                from jetl.eventlog import rebuild as refold
 
                 n = await refold(jc.conn, pipeline)
             return n, (await jc.runs(pipeline))[:limit]

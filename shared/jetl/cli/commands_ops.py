@@ -574,7 +574,7 @@ def deploy(
 
     Example: jetl deploy --dry-run && jetl deploy
     """
-    from jetl.bus import declare
+    from jetl.topology import declare
 
     s = settings()
 
@@ -658,7 +658,6 @@ async def gather_health(
     from nats.js.errors import NotFoundError
 
     from jetl.state import (
-        BUCKET,
         HEARTBEAT_PREFIX,
         get_mark,
         get_paused,
@@ -667,6 +666,7 @@ async def gather_health(
         watch_values,
     )
     from jetl.subjects import CONSUMERS, STREAMS
+    from jetl.topology import BUCKET
 
     rows: list[dict[str, Any]] = []
 
