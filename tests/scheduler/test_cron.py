@@ -18,8 +18,8 @@ from pydantic import BaseModel
 from jetl import ConsoleLoader, Cron, FileExtractor, Pipeline
 from jetl.bus import connect
 from jetl.registry import register
+from jetl.runtime.service import ServiceContext, make_context
 from jetl.schedule import run_id_for
-from jetl.service import ServiceContext, make_context
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import active_runs, bucket, set_paused
 from jetl.subjects import Kind, stream_name

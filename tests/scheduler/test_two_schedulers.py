@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from jetl.bus import connect
-from jetl.embedded import ServiceProcess, Stack, service_env
 from jetl.eventlog import read_events
 from jetl.events import RunCompleted, RunRequested, RunStarted
+from jetl.runtime.embedded import ServiceProcess, Stack, service_env
 from jetl.settings import NatsSettings
 from jetl.state import bucket, set_paused
 from jetl.subjects import Kind, stream_name

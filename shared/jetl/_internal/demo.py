@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from rich.progress import BarColumn, Progress, TextColumn
 
-from jetl.embedded import Stack
+from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 
 PIPELINE = "demo_orders"

@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 
 from jetl.cli._app import app, console, err_console, fail, settings
-from jetl.embedded import SERVICES, Stack
 from jetl.errors import ConfigError
+from jetl.runtime.embedded import SERVICES, Stack
 
 
 def service_factory(name: str) -> Any:

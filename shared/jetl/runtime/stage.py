@@ -15,7 +15,7 @@ from jetl.subjects import Stage
 from jetl.topology import MAX_DELIVER
 
 if TYPE_CHECKING:
-    from jetl.service import ServiceContext
+    from jetl.runtime.service import ServiceContext
 
 Outcome = Literal["ack", "nak", "term"]
 log = get_logger("jetl.stage")
