@@ -33,7 +33,7 @@ def main() -> None:
         "--gc",
         choices=["on", "off", "service"],
         default="service",
-        help="service: as the stage processes run (jetl.runtime.heap.settle)",
+        help="service: as the stage processes run (jetl.runtime.heap.freeze_heap)",
     )
     ap.add_argument("--data", type=Path, default=BENCH / ".data")
     args = ap.parse_args()
@@ -71,7 +71,7 @@ def main() -> None:
     elif args.gc == "service":
         from jetl.runtime import heap
 
-        heap.settle()
+        heap.freeze_heap()
 
     costs: dict[str, float] = {}
 

@@ -95,24 +95,16 @@ def register(pipelines: Iterable[Pipeline]) -> None:
         _REGISTRY[p.name] = p
 
 
-def discover(folder: Path | str, *, skip_broken: bool = False) -> dict[str, Pipeline]:
-    """Import every pipeline module in `folder` into the registry; returns the registry.
-
-    With `skip_broken`, a broken module is reported in the returned errors instead of stopping the rest
-    (the scheduler uses that when it reloads at run time).
-    """
+def discover(folder: Path | str) -> dict[str, Pipeline]:
+    """Import every pipeline module in `folder` into the registry; returns the registry. A broken module stops it
+    with a DiscoveryError naming the file (run-time reloads skip one instead: `reload_changed`)."""
     global _LOADED_FROM
     folder = Path(folder)
     if not folder.is_dir():
         raise DiscoveryError(f"pipelines folder {folder} does not exist (set JETL_PIPELINES_DIR)")
     for path in pipeline_files(folder):
         _DIGESTS[path.resolve()] = _digest(path)
-        try:
-            register(load_module(path))
-        except DiscoveryError as exc:
-            if not skip_broken:
-                raise
-            _RELOAD_ERRORS[str(path)] = str(exc)
+        register(load_module(path))
     _LOADED_FROM = folder
     return _REGISTRY
 

@@ -17,7 +17,7 @@ from jetl.protocols import LoadContext
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
-from jetl.runtime.stage import open_batch, reject_batch, settle
+from jetl.runtime.stage import decide_ack, open_batch, reject_batch
 from jetl_loader import lineage
 from jetl_loader.control import make_control_router
 from jetl_loader.settings import LoaderSettings
@@ -53,7 +53,7 @@ def write(pipeline: Pipeline, batch: Batch, body: bytes, shadows: lineage.Shadow
 
 
 async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Shadows) -> None:
-    """Load one clean batch and settle its message."""
+    """Load one clean batch and decide its message's ack."""
     opened = await open_batch(raw, "clean batch")
     if opened is None:
         return
@@ -78,13 +78,13 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
         except Exception as exc:
             error = exc
 
-        await settle(raw, error, lambda exc: reject_batch(ctx, batch, body, "load", exc, base))
+        await decide_ack(raw, error, lambda exc: reject_batch(ctx, batch, body, "load", exc, base))
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:
     """The loader's one subscriber: the shared durable pull consumer on JETL_CLEAN."""
     settings = ctx.settings if isinstance(ctx.settings, LoaderSettings) else LoaderSettings()
-    heap.settle()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
+    heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
     open_loaders(ctx)
     router = NatsRouter()
     shadows = lineage.Shadows()

@@ -107,7 +107,7 @@ def stage_subscriber(
     """Bind `handle` to the durable pull consumer `durable` (see `jetl.subjects.CONSUMERS`), in batch mode.
 
     Every replica of a service binds the same durable and so shares its work. The ack policy is MANUAL: `handle`
-    gets one raw JetStream message at a time and settles it itself (`jetl.runtime.stage.settle`), so the error
+    gets one raw JetStream message at a time and decides its ack itself (`jetl.runtime.stage.decide_ack`), so the error
     taxonomy, not FastStream's reject-on-error default, decides ack, nak or dead-letter. Bodies stay bytes.
     """
     kind = CONSUMERS[durable]

@@ -1,4 +1,4 @@
-"""How a stage settles each input message: the error taxonomy decides ack, nak (with backoff) or dead-letter."""
+"""How a stage decides each input message's ack: the error taxonomy decides ack, nak (with backoff) or dead-letter."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     return float(random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1))))
 
 
-async def settle(
+async def decide_ack(
     msg: Any,
     exc: BaseException | None,
     dead_letter: Callable[[BaseException], Awaitable[None]],
@@ -65,12 +65,12 @@ async def settle(
     """
     if exc is None:
         await msg.ack()
-        metrics.settled("ack")
+        metrics.ack_decided("ack")
         return "ack"
     attempt = delivery_count(msg)
     disposition = classify(exc)
     if disposition == "transient" and attempt < MAX_DELIVER:
-        metrics.settled("nak", disposition)
+        metrics.ack_decided("nak", disposition)
         delay = backoff(attempt)
         log.warning("transient failure, will retry", error=str(exc), attempt=attempt, retry_in_s=round(delay, 2))
         await msg.nak(delay=delay)
@@ -85,9 +85,9 @@ async def settle(
             exc_info=dl_exc,
         )
         await msg.nak(delay=backoff(attempt))
-        metrics.settled("nak", disposition)
+        metrics.ack_decided("nak", disposition)
         return "nak"
-    metrics.settled("term", disposition)
+    metrics.ack_decided("term", disposition)
     log.error("dead-lettered", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
     await msg.term()
     return "term"
