@@ -12,6 +12,7 @@ import orjson
 
 from jetl.cli._app import follow
 from jetl.cli._app import progress as progress_bar
+from jetl.errors import JetlError
 from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 
@@ -93,8 +94,6 @@ def run_demo(
     finally:
         stack.stop()
     if state.status != "completed":
-        from jetl.errors import JetlError
-
         raise JetlError(f"demo run {state.run_id} ended {state.status}: {state.error}")
     # The loader process has exited, so this process may open the chdb folder now.
     from jetl.loaders.clickhouse import close_clients, get_client

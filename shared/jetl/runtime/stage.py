@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from jetl import metrics
 from jetl.errors import classify
 from jetl.events import BatchRejected
 from jetl.logging import get_logger
 from jetl.messages import Batch, DeadLetter, decode_batch
+from jetl.runtime.service import ServiceContext
 from jetl.subjects import Stage
 from jetl.topology import MAX_DELIVER
-
-if TYPE_CHECKING:
-    from jetl.runtime.service import ServiceContext
 
 Outcome = Literal["ack", "nak", "term"]
 log = get_logger("jetl.stage")
