@@ -189,7 +189,7 @@ def bench_jetl(
     profile: Path | None = None,
 ) -> dict[str, Any]:
     """Start the embedded stack on a fresh data folder, run, stop, then check the table."""
-    from jetl.embedded import Stack
+    from jetl.runtime.embedded import Stack
 
     run_dir = data / "stack"
     shutil.rmtree(run_dir, ignore_errors=True)

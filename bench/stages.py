@@ -33,7 +33,7 @@ def main() -> None:
         "--gc",
         choices=["on", "off", "service"],
         default="service",
-        help="service: as the stage processes run (jetl._internal.heap.settle)",
+        help="service: as the stage processes run (jetl.runtime.heap.freeze_heap)",
     )
     ap.add_argument("--data", type=Path, default=BENCH / ".data")
     args = ap.parse_args()
@@ -69,9 +69,9 @@ def main() -> None:
     if args.gc == "off":
         gc.disable()
     elif args.gc == "service":
-        from jetl._internal import heap
+        from jetl.runtime import heap
 
-        heap.settle()
+        heap.freeze_heap()
 
     costs: dict[str, float] = {}
 

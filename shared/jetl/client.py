@@ -21,15 +21,18 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from jetl import subjects
-from jetl.bus import Bus, connect, make_broker, read_stream
+from jetl.bus import Bus, connect, make_broker
 from jetl.errors import ConfigError, TerminalError, TransientError
+from jetl.eventlog import read_events, read_stream
 from jetl.events import Event, RunCompleted, RunFailed, parse_event
 from jetl.messages import MALFORMED_INPUT, DeadLetter, RunRequest, Trigger
 from jetl.projection import RunState, fold
 from jetl.protocols import Diff
 from jetl.schedule import Slot
 from jetl.settings import JetlSettings
+from jetl.state import bucket, list_runs
 from jetl.subjects import Kind
+from jetl.topology import declare
 
 
 def manual_run_id(pipeline: str) -> str:
@@ -52,8 +55,6 @@ class JetlClient:
         except Exception as exc:
             raise TransientError(f"cannot reach NATS at {self.settings.nats.url}: {type(exc).__name__} {exc}") from exc
         await self.broker.connect()
-        from jetl.bus import declare
-
         await declare(self.nc, self.settings.nats)
         return self
 
@@ -152,8 +153,6 @@ class JetlClient:
 
     async def run_state(self, pipeline: str, run_id: str) -> RunState | None:
         """The folded state of one run, from the log itself."""
-        from jetl.state import read_events
-
         state: RunState | None = None
         async for ev in read_events(self.conn, pipeline, run_id):
             state = fold(state, ev)
@@ -189,8 +188,6 @@ class JetlClient:
 
     async def runs(self, pipeline: str | None = None) -> list[RunState]:
         """Run states as the tracker folded them into the state bucket, newest first."""
-        from jetl.state import bucket, list_runs
-
         return await list_runs(await bucket(self.conn), pipeline)
 
     async def events(self, run_id: str, pipeline: str | None = None) -> list[Event]:

@@ -17,6 +17,9 @@ from jetl import subjects
 from jetl._internal.connect import nats_connection
 from jetl.pipeline import Pipeline
 from jetl.settings import JetlSettings
+from jetl.state import HEARTBEAT_PREFIX, get_mark, get_paused, last_failed_key, last_ok_key, watch_values
+from jetl.subjects import CONSUMERS, STREAMS
+from jetl.topology import BUCKET
 
 SERVICE_NAMES = ("extractor", "transformer", "loader", "scheduler")
 """The services a deployment runs, by default all expected up."""
@@ -54,17 +57,6 @@ async def gather_health(
     from nats.errors import NoRespondersError
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.errors import NotFoundError
-
-    from jetl.state import (
-        BUCKET,
-        HEARTBEAT_PREFIX,
-        get_mark,
-        get_paused,
-        last_failed_key,
-        last_ok_key,
-        watch_values,
-    )
-    from jetl.subjects import CONSUMERS, STREAMS
 
     rows: list[HealthCheck] = []
 

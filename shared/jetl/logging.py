@@ -21,6 +21,12 @@ def add_sink(sink: Any) -> None:
     _SINKS.append(sink)
 
 
+def remove_sink(sink: Any) -> None:
+    """Stop handing events to `sink` (a service that stops takes its log shipper with it)."""
+    with contextlib.suppress(ValueError):
+        _SINKS.remove(sink)
+
+
 def _ship(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for sink in _SINKS:
         with contextlib.suppress(Exception):  # a log sink must never break the caller

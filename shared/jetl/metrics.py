@@ -13,6 +13,9 @@ Off unless `JETL_METRICS_PORT` is set (then one HTTP server per process). What i
 | `jetl_alerts_total`                      | counter   | kind, result           | scheduler: webhook alerts       |
 | `faststream_*`                           | various   | app_name, handler, ... | FastStream's middleware         |
 
+`jetl_messages_settled_total` counts ack decisions (`jetl.runtime.stage.decide_ack`); it keeps the name it was
+published under, so dashboards built on it keep working. In the code, "settled" is a run's ledger only.
+
 `ServiceContext.count` counters are batches and records per stage (`jetl_records_loaded_total`, ...); FastStream's
 middleware adds messages received, processing duration, exceptions and publishes.
 
@@ -34,8 +37,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 _COUNTERS: dict[str, Counter] = {}
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
-SETTLED = Counter(
-    "jetl_messages_settled", "Input messages settled, by outcome", ["service", "outcome"], registry=REGISTRY
+ACK_DECISIONS = Counter(
+    "jetl_messages_settled", "Ack decisions on input messages, by outcome", ["service", "outcome"], registry=REGISTRY
 )
 ERRORS = Counter(
     "jetl_errors", "Failures while handling a message, by disposition", ["service", "disposition"], registry=REGISTRY
@@ -99,11 +102,11 @@ def count(key: str, n: int = 1) -> None:
     counter.labels(service=_state["service"]).inc(n)
 
 
-def settled(outcome: str, disposition: str | None = None) -> None:
-    """Count one settled input message (and the failure behind a nak or term)."""
+def ack_decided(outcome: str, disposition: str | None = None) -> None:
+    """Count one input message's ack decision (and the failure behind a nak or term)."""
     if not _state["enabled"]:
         return
-    SETTLED.labels(service=_state["service"], outcome=outcome).inc()
+    ACK_DECISIONS.labels(service=_state["service"], outcome=outcome).inc()
     if disposition is not None:
         ERRORS.labels(service=_state["service"], disposition=disposition).inc()
 

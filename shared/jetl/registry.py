@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 
-from jetl.errors import DiscoveryError, JetlError
+from jetl.errors import ConfigError, DiscoveryError, JetlError
+from jetl.logging import get_logger
 from jetl.pipeline import Pipeline
+from jetl.settings import JetlSettings
 
 _REGISTRY: dict[str, Pipeline] = {}
 _LOADED_FROM: Path | None = None
@@ -95,24 +97,16 @@ def register(pipelines: Iterable[Pipeline]) -> None:
         _REGISTRY[p.name] = p
 
 
-def discover(folder: Path | str, *, skip_broken: bool = False) -> dict[str, Pipeline]:
-    """Import every pipeline module in `folder` into the registry; returns the registry.
-
-    With `skip_broken`, a broken module is reported in the returned errors instead of stopping the rest
-    (the scheduler uses that when it reloads at run time).
-    """
+def discover(folder: Path | str) -> dict[str, Pipeline]:
+    """Import every pipeline module in `folder` into the registry; returns the registry. A broken module stops it
+    with a DiscoveryError naming the file (run-time reloads skip one instead: `reload_changed`)."""
     global _LOADED_FROM
     folder = Path(folder)
     if not folder.is_dir():
         raise DiscoveryError(f"pipelines folder {folder} does not exist (set JETL_PIPELINES_DIR)")
     for path in pipeline_files(folder):
         _DIGESTS[path.resolve()] = _digest(path)
-        try:
-            register(load_module(path))
-        except DiscoveryError as exc:
-            if not skip_broken:
-                raise
-            _RELOAD_ERRORS[str(path)] = str(exc)
+        register(load_module(path))
     _LOADED_FROM = folder
     return _REGISTRY
 
@@ -144,8 +138,6 @@ def reload_changed(folder: Path | str | None = None) -> list[str]:
     base = Path(folder) if folder is not None else _LOADED_FROM
     if base is None or not base.is_dir():
         return []
-    from jetl.logging import get_logger
-
     log = get_logger("jetl.registry")
     changed: list[str] = []
     for path in pipeline_files(base):
@@ -200,8 +192,6 @@ def discover_report(folder: Path | str) -> tuple[dict[str, Pipeline], dict[str, 
 def get_pipeline_registry() -> dict[str, Pipeline]:
     """All registered pipelines by name, discovering the configured folder on first use."""
     if _LOADED_FROM is None and not _REGISTRY:
-        from jetl.settings import JetlSettings
-
         discover(JetlSettings().pipelines_dir)
     return _REGISTRY
 
@@ -212,8 +202,6 @@ def get_pipeline(name: str) -> Pipeline:
     if name not in reg:
         reload_changed()  # a module added since the last poll: a run request may arrive before the watcher sees it
     if name not in reg:
-        from jetl.errors import ConfigError
-
         known = ", ".join(sorted(reg)) or "none"
         raise ConfigError(f"no pipeline named {name!r} (known: {known})")
     return reg[name]

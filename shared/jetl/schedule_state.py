@@ -13,11 +13,11 @@ from jetl._internal.connect import nats_connection
 from jetl.errors import ConfigError, JetlError
 from jetl.pipeline import Pipeline
 from jetl.settings import JetlSettings
+from jetl.state import bucket, get_json, get_paused, set_paused, slot_key, update_json
 
 
 async def schedule_rows(s: JetlSettings, pipelines: list[Pipeline], n_next: int) -> tuple[list[dict[str, Any]], str]:
     """Per scheduled pipeline: schedule, pause state, last requested slot and the next runs."""
-    from jetl.state import bucket, get_json, get_paused, slot_key
 
     now = datetime.now(UTC)
     note = ""
@@ -63,7 +63,6 @@ async def schedule_rows(s: JetlSettings, pipelines: list[Pipeline], n_next: int)
 
 async def pause(s: JetlSettings, name: str) -> None:
     """Stop scheduling a pipeline: every scheduler replica honours the flag at once."""
-    from jetl.state import bucket, set_paused
 
     nc = await nats_connection(s)
     try:
@@ -75,7 +74,6 @@ async def pause(s: JetlSettings, name: str) -> None:
 async def resume(s: JetlSettings, p: Pipeline, *, from_now: bool) -> int:
     """Schedule a paused pipeline again (from now on, skipping the missed slots, with `from_now`); returns how many
     missed slots its catch-up policy will request (counted up to 10,000)."""
-    from jetl.state import bucket, get_json, set_paused, slot_key, update_json
 
     cron = p.schedule
     if cron is None:

@@ -14,19 +14,21 @@ Operational keys in the same bucket (all rebuildable or harmless to lose):
 | `failed.<pipeline>`        | tracker                     | RunMark of the latest failed run                   |
 | `svc.<service>.<instance>` | every service, every 5 s    | heartbeat: instance, time, counters                |
 | `alert.<pipeline>.<kind>`  | scheduler (alerts)          | the episode last alerted, so replicas alert once   |
+
+The `alert.` key has one user, so it is built beside it (`jetl_scheduler.alerts.alert_key`); `sched.` and `pause.`
+stay here because the CLI's `jetl schedule`, `jetl pause` and `jetl resume` read and write them too.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
@@ -37,16 +39,10 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-from jetl.events import Event, parse_event
+from jetl.events import Event
 from jetl.projection import RunState, fold
-from jetl.subjects import Kind, check_token, pattern
-
-BUCKET = "JETL_STATE"
-
-
-def kv_config(replicas: int = 1) -> KeyValueConfig:
-    """The declared configuration of the state bucket (`jetl deploy` keeps it so)."""
-    return KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=replicas)
+from jetl.subjects import check_token
+from jetl.topology import BUCKET, kv_config
 
 
 async def bucket(nc: Client, *, create: bool = True) -> KeyValue:
@@ -142,11 +138,6 @@ def last_ok_key(pipeline: str) -> str:
 def last_failed_key(pipeline: str) -> str:
     """KV key of a pipeline's latest failed run."""
     return f"failed.{check_token(pipeline)}"
-
-
-def alert_key(pipeline: str, kind: str) -> str:
-    """KV key of the last alert of a kind (`failed`, `stale`) sent for a pipeline."""
-    return f"alert.{check_token(pipeline)}.{check_token(kind)}"
 
 
 HEARTBEAT_PREFIX = "svc"
@@ -318,7 +309,7 @@ async def watch_values(kv: KeyValue, keys: str) -> dict[str, bytes]:
 
 async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]:
     """Every run state kept, newest first."""
-    keys = await _keys(kv)
+    keys = await bucket_keys(kv)
     prefix = f"run.{pipeline}." if pipeline else "run."
     out: list[RunState] = []
     for k in keys:
@@ -335,117 +326,7 @@ async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]
     return out
 
 
-async def read_events(
-    nc: Client, pipeline: str | None = None, run_id: str | None = None, *, timeout: float = 1.0
-) -> AsyncIterator[Event]:
-    """Replay the event log (all of it, or one pipeline's or run's) in order, from the stream, without a durable.
-
-    It stops at the last event the filter matches (the consumer's pending count), not at the stream's end.
-    """
-    from jetl.bus import read_stream
-
-    async for msg in read_stream(nc, Kind.EVENTS, pattern(Kind.EVENTS, pipeline, run_id), timeout=timeout):
-        yield parse_event(msg.data)
-
-
-async def _refold(nc: Client, pipeline: str, run_id: str) -> RunState | None:
-    state: RunState | None = None
-    async for ev in read_events(nc, pipeline, run_id):
-        state = fold(state, ev)
-    return state
-
-
-async def rebuild(nc: Client, pipeline: str | None = None) -> int:
-    """Fold the whole log again into the run states (and cursors); returns the number of events read.
-
-    Safe while the tracker runs: every write is a compare-and-set against the revision seen before the log was
-    read, so a state the tracker changed meanwhile is refolded from the log for that run and written again, never
-    overwritten with an older fold. States no event explains any more (their events expired) are deleted. Nothing
-    is deleted first, so the extractor never sees a completed run as missing and runs it again.
-    """
-    kv = await bucket(nc)
-    prefix = f"run.{check_token(pipeline)}." if pipeline else "run."
-    revisions: dict[str, int] = {}
-    for k in await _keys(kv):
-        if k.startswith(prefix):
-            try:
-                revision = (await kv.get(k)).revision
-            except (KeyNotFoundError, NotFoundError):
-                continue
-            if revision is not None:
-                revisions[k] = revision
-    states: dict[tuple[str, str], RunState] = {}
-    n = 0
-    async for ev in read_events(nc, pipeline):
-        key = (ev.pipeline, ev.run_id)
-        states[key] = fold(states.get(key), ev)
-        n += 1
-    for (p, r), st in states.items():
-        await _write_state(nc, kv, p, r, st, revisions.pop(run_key(p, r), None))
-    for k, rev in revisions.items():  # folded states whose events are gone from the log
-        try:
-            await kv.delete(k, last=rev)
-        except Exception as exc:  # the tracker wrote it meanwhile: an event explains it after all, keep it
-            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
-                raise
-    latest_cursor: dict[str, RunState] = {}
-    for (p, _r), st in states.items():
-        if st.status == "completed" and st.cursor is not None:
-            prev = latest_cursor.get(p)
-            if prev is None or (st.finished_at and prev.finished_at and st.finished_at > prev.finished_at):
-                latest_cursor[p] = st
-    for p, st in latest_cursor.items():
-        await put_cursor(kv, p, st.cursor)
-    await _rebuild_indexes(kv, states)
-    return n
-
-
-async def _rebuild_indexes(kv: KeyValue, states: dict[tuple[str, str], RunState]) -> None:
-    """The keys the scheduler and `jetl health` read, from the refolded states: each pipeline's latest success and
-    failure (a mark never moves backwards), and its unfinished runs."""
-    oldest = datetime.min.replace(tzinfo=UTC)
-    latest: dict[tuple[str, str], RunState] = {}
-    finished: dict[str, list[str]] = {}
-    for (p, r), st in states.items():
-        if st.status in ("completed", "failed"):
-            finished.setdefault(p, []).append(r)
-            prev = latest.get((p, st.status))
-            if prev is None or (st.finished_at or oldest) > (prev.finished_at or oldest):
-                latest[(p, st.status)] = st
-        elif st.requested_at is not None:
-            await add_active(kv, p, r, st.requested_at)
-    for st in latest.values():
-        await mark_finished(kv, st)
-    for p, runs in finished.items():
-        await remove_active(kv, p, runs)
-
-
-async def _write_state(
-    nc: Client, kv: KeyValue, pipeline: str, run_id: str, state: RunState | None, revision: int | None
-) -> None:
-    """Write one refolded state with compare-and-set; on a concurrent write, refold that run from the log again."""
-    key = run_key(pipeline, run_id)
-    for _ in range(20):
-        if state is None:
-            return
-        try:
-            if revision is None:
-                await kv.create(key, state.model_dump_json().encode())
-            else:
-                await kv.update(key, state.model_dump_json().encode(), last=revision)
-            return
-        except Exception as exc:
-            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
-                raise
-        try:
-            revision = (await kv.get(key)).revision
-        except (KeyNotFoundError, NotFoundError):
-            revision = None
-        state = await _refold(nc, pipeline, run_id)
-    raise RuntimeError(f"could not rebuild {key}: too many concurrent writers")
-
-
-async def _keys(kv: KeyValue, attempts: int = 3) -> list[str]:
+async def bucket_keys(kv: KeyValue, attempts: int = 3) -> list[str]:
     """Every key in the bucket. An empty bucket is []; a watcher that timed out (a busy server) is retried, and
     then raised: an empty answer must mean no runs, never "could not tell"."""
     for attempt in range(attempts):

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from jetl import ConsoleLoader, FileExtractor, Pipeline, subjects
 from jetl.messages import RunRequest, decode_batch, read_records
 from jetl.registry import register
-from jetl.service import make_context
+from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture

@@ -10,11 +10,12 @@ import pytest
 from nats.js.api import StorageType
 from typer.testing import CliRunner
 
-from jetl.bus import connect, stream_config
+from jetl.bus import connect
 from jetl.cli import app
 from jetl.settings import NatsSettings
 from jetl.subjects import Kind
 from jetl.testing.servers import NatsHandle
+from jetl.topology import stream_config
 
 pytestmark = pytest.mark.integration
 

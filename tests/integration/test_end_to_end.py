@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jetl.client import JetlClient
-from jetl.embedded import Stack
+from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.testing import chdb
 from jetl.testing.servers import NatsHandle

@@ -16,8 +16,8 @@ import pytest
 
 from jetl import subjects
 from jetl.client import JetlClient
-from jetl.embedded import Stack
 from jetl.projection import RunState
+from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.subjects import Kind, stream_name
 from jetl.testing import chdb

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from jetl.bus import connect
 from jetl.cli import app
 from jetl.client import JetlClient
-from jetl.embedded import ServiceProcess, Stack, free_port, service_env
+from jetl.runtime.embedded import ServiceProcess, Stack, free_port, service_env
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import RunMark, bucket, last_ok_key
 from jetl.testing.servers import NatsHandle

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from jetl.client import JetlClient
-from jetl.embedded import Stack
 from jetl.events import BatchTransformed
+from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.testing import chdb
 from jetl.testing.servers import NatsHandle

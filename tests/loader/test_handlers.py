@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from jetl import FileExtractor, FileLoader, Pipeline, subjects
 from jetl.messages import Batch, encode_batch
 from jetl.registry import register
-from jetl.service import make_context
+from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture

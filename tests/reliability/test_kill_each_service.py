@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from jetl.client import JetlClient
-from jetl.embedded import Stack
 from jetl.events import RunCompleted, RunFailed
 from jetl.projection import RunState, fold
+from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.testing import chdb
 from jetl.testing.servers import NatsHandle

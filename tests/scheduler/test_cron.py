@@ -16,14 +16,15 @@ import pytest
 from pydantic import BaseModel
 
 from jetl import ConsoleLoader, Cron, FileExtractor, Pipeline
-from jetl.bus import connect, declare
+from jetl.bus import connect
 from jetl.registry import register
+from jetl.runtime.service import ServiceContext, make_context
 from jetl.schedule import run_id_for
-from jetl.service import ServiceContext, make_context
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import active_runs, bucket, set_paused
 from jetl.subjects import Kind, stream_name
 from jetl.testing.servers import NatsHandle
+from jetl.topology import declare
 from jetl_scheduler.cron import due_slots, make_clock, read_marker, tick
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from jetl.bus import connect
-from jetl.embedded import ServiceProcess, Stack, service_env
+from jetl.eventlog import read_events
 from jetl.events import RunCompleted, RunRequested, RunStarted
+from jetl.runtime.embedded import ServiceProcess, Stack, service_env
 from jetl.settings import NatsSettings
-from jetl.state import bucket, read_events, set_paused
+from jetl.state import bucket, set_paused
 from jetl.subjects import Kind, stream_name
 from jetl.testing.servers import NatsHandle
 

@@ -23,7 +23,7 @@ from jetl import (
 from jetl.errors import TerminalError
 from jetl.messages import Batch, decode_batch, encode_batch, encode_records
 from jetl.registry import register
-from jetl.service import make_context
+from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture

@@ -10,15 +10,15 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
-from jetl._internal import heap
-from jetl._internal.stage import settle
 from jetl.errors import OverlappingRun
 from jetl.events import BatchExtracted, BatchRejected, RunExtracted, RunFailed, RunStarted
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, RunRequest, encode_records, utcnow
 from jetl.protocols import Chunk, ExtractContext
 from jetl.registry import get_pipeline
-from jetl.service import ServiceContext, stage_subscriber
+from jetl.runtime import heap
+from jetl.runtime.service import ServiceContext, stage_subscriber
+from jetl.runtime.stage import decide_ack
 from jetl.state import add_active, get_cursor, get_run, unfinished_runs
 from jetl_extractor.resend import Resend
 from jetl_extractor.settings import ExtractorSettings
@@ -250,7 +250,7 @@ async def _already_completed(ctx: ServiceContext, req: RunRequest) -> bool:
 def make_router(ctx: ServiceContext) -> NatsRouter:
     """The extractor's one subscriber: the shared durable pull consumer on JETL_RUNS."""
     settings = ctx.settings if isinstance(ctx.settings, ExtractorSettings) else ExtractorSettings()
-    heap.settle()  # start-up is done: freeze what it built, collect young objects less often (jetl._internal.heap)
+    heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
     router = NatsRouter()
 
     stage_subscriber(
@@ -265,7 +265,7 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
 
 
 async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8) -> None:
-    """Extract one run; settle its request message by the error taxonomy."""
+    """Extract one run; decide its request message's ack by the error taxonomy."""
     try:
         req = RunRequest.model_validate_json(raw.data)
     except Exception as exc:
@@ -299,4 +299,4 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
                 )
             )
 
-        await settle(raw, error, fail)
+        await decide_ack(raw, error, fail)

@@ -20,13 +20,13 @@ from __future__ import annotations
 from typing import Any
 
 from jetl import subjects
-from jetl.bus import read_stream
 from jetl.errors import TerminalError
+from jetl.eventlog import read_stream
 from jetl.events import BatchExtracted, RunExtracted, RunStarted
 from jetl.logging import get_logger
 from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, RunRequest, decode_batch, read_records, utcnow
 from jetl.registry import get_pipeline
-from jetl.service import ServiceContext
+from jetl.runtime.service import ServiceContext
 from jetl.state import get_run
 from jetl.subjects import Kind
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from faststream import FastStream
 
 from jetl.registry import on_reload
-from jetl.service import ServiceContext, build_app
+from jetl.runtime.service import ServiceContext, build_app
 from jetl_loader.handlers import make_router, open_loaders
 from jetl_loader.settings import LoaderSettings
 

@@ -24,7 +24,7 @@ from jetl.errors import classify
 from jetl.logging import get_logger
 from jetl.protocols import LineageLoader
 from jetl.registry import get_pipeline
-from jetl.service import ServiceContext
+from jetl.runtime.service import ServiceContext
 from jetl_loader.lineage import lineage
 
 log = get_logger("jetl.loader")

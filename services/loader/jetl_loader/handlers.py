@@ -7,9 +7,7 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
-from jetl._internal import heap
 from jetl._internal.records import from_ipc, records_adapter
-from jetl._internal.stage import open_batch, reject_batch, settle
 from jetl.errors import SchemaMismatch
 from jetl.events import BatchLoaded
 from jetl.logging import bound_contextvars, get_logger
@@ -17,7 +15,9 @@ from jetl.messages import Batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import LoadContext
 from jetl.registry import get_pipeline
-from jetl.service import ServiceContext, stage_subscriber
+from jetl.runtime import heap
+from jetl.runtime.service import ServiceContext, stage_subscriber
+from jetl.runtime.stage import decide_ack, open_batch, reject_batch
 from jetl_loader import lineage
 from jetl_loader.control import make_control_router
 from jetl_loader.settings import LoaderSettings
@@ -33,11 +33,11 @@ def open_loaders(ctx: ServiceContext) -> None:
             opener(ctx.settings.clickhouse_dsn, ctx.settings.clickhouse)
 
 
-def write(pipeline: Pipeline, batch: Batch, body: bytes) -> int:
+def write(pipeline: Pipeline, batch: Batch, body: bytes, shadows: lineage.Shadows) -> int:
     """Validate the batch against the schema (whole batch at once), then write it with its batch id."""
     adapter = records_adapter(pipeline.schema)
     lctx = LoadContext(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id, schema=pipeline.schema)
-    dest = lineage.destination(pipeline, batch)
+    dest = shadows.destination(pipeline, batch)
     load_arrow = getattr(dest, "load_arrow", None)
     if batch.encoding == "arrow":
         table = from_ipc(body)
@@ -52,8 +52,8 @@ def write(pipeline: Pipeline, batch: Batch, body: bytes) -> int:
     return n
 
 
-async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
-    """Load one clean batch and settle its message."""
+async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Shadows) -> None:
+    """Load one clean batch and decide its message's ack."""
     opened = await open_batch(raw, "clean batch")
     if opened is None:
         return
@@ -70,7 +70,7 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
                     f"pipeline {batch.pipeline!r}: batch {batch.batch_id} has schema "
                     f"{batch.schema_hash}, the pipeline declares {pipeline.schema_hash}"
                 )
-            n = await asyncio.to_thread(write, pipeline, batch, body)
+            n = await asyncio.to_thread(write, pipeline, batch, body, shadows)
             await ctx.bus.event(BatchLoaded(**base, records=n, destination=pipeline.loader.describe()))
             ctx.count("batches_loaded")
             ctx.count("records_loaded", n)
@@ -78,21 +78,22 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any) -> None:
         except Exception as exc:
             error = exc
 
-        await settle(raw, error, lambda exc: reject_batch(ctx, batch, body, "load", exc, base))
+        await decide_ack(raw, error, lambda exc: reject_batch(ctx, batch, body, "load", exc, base))
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:
     """The loader's one subscriber: the shared durable pull consumer on JETL_CLEAN."""
     settings = ctx.settings if isinstance(ctx.settings, LoaderSettings) else LoaderSettings()
-    heap.settle()  # start-up is done: freeze what it built, collect young objects less often (jetl._internal.heap)
+    heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
     open_loaders(ctx)
     router = NatsRouter()
+    shadows = lineage.Shadows()
     router.include_router(make_control_router(ctx))  # count and diff: questions only the destination's owner answers
 
     stage_subscriber(
         router,
         "loader",
-        lambda raw: handle_clean_batch(ctx, raw),
+        lambda raw: handle_clean_batch(ctx, raw, shadows),
         fetch_batch=settings.fetch_batch,
         fetch_timeout=settings.fetch_timeout,
     )

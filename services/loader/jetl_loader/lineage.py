@@ -16,8 +16,6 @@ from jetl.messages import Batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import LineageLoader, Loader
 
-_SHADOWS: dict[tuple[int, str], Loader] = {}
-
 
 def lineage(pipeline: Pipeline) -> LineageLoader:
     """The pipeline's loader as a LineageLoader, or a ConfigError naming what it cannot do."""
@@ -29,16 +27,26 @@ def lineage(pipeline: Pipeline) -> LineageLoader:
     return pipeline.loader
 
 
-def destination(pipeline: Pipeline, batch: Batch) -> Loader:
-    """The loader this batch is written with: the real one, or its shadow for the batch's run."""
-    if not batch.shadow:
-        return pipeline.loader
-    key = (id(pipeline.loader), batch.run_id)
-    if key not in _SHADOWS:
-        if len(_SHADOWS) > 256:  # one entry per replay run being diffed; old ones are not needed again
-            _SHADOWS.clear()
-        _SHADOWS[key] = lineage(pipeline).shadow(batch.run_id)
-    return _SHADOWS[key]
+class Shadows:
+    """The shadow loaders of the replay runs being diffed, one per (loader, run); one per loader service, made by
+    its router factory, so they live as long as the service that writes to them."""
+
+    LIMIT = 256
+    """One entry per replay run being diffed; past this many, old ones are not needed again."""
+
+    def __init__(self) -> None:
+        self._by_run: dict[tuple[int, str], Loader] = {}
+
+    def destination(self, pipeline: Pipeline, batch: Batch) -> Loader:
+        """The loader this batch is written with: the real one, or its shadow for the batch's run."""
+        if not batch.shadow:
+            return pipeline.loader
+        key = (id(pipeline.loader), batch.run_id)
+        if key not in self._by_run:
+            if len(self._by_run) > self.LIMIT:
+                self._by_run.clear()
+            self._by_run[key] = lineage(pipeline).shadow(batch.run_id)
+        return self._by_run[key]
 
 
 def supersede(pipeline: Pipeline, batch: Batch) -> None:

@@ -21,11 +21,17 @@ from nats.js.kv import KeyValue
 from jetl import metrics
 from jetl.logging import get_logger
 from jetl.pipeline import Pipeline
-from jetl.state import alert_key, get_mark, last_ok_key
+from jetl.state import get_mark, last_ok_key
+from jetl.subjects import check_token
 from jetl_scheduler.settings import SchedulerSettings
 
 log = get_logger("jetl.alerts")
 RETRY_BASE_S = 0.5
+
+
+def alert_key(pipeline: str, kind: str) -> str:
+    """KV key of the last alert of a kind (`failed`, `stale`) sent for a pipeline."""
+    return f"alert.{check_token(pipeline)}.{check_token(kind)}"
 
 
 async def post(

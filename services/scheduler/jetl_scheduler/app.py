@@ -9,12 +9,11 @@ from datetime import timedelta
 from faststream import FastStream
 
 from jetl.logging import get_logger
-from jetl.service import ServiceContext, build_app
+from jetl.runtime.service import ServiceContext, build_app
 from jetl_scheduler.alerts import Alerter
 from jetl_scheduler.cron import is_paused, make_clock, tick
 from jetl_scheduler.handlers import make_router
 from jetl_scheduler.settings import SchedulerSettings
-from jetl_scheduler.tracker import use_alerter
 from jetl_scheduler.watch import PipelineWatcher
 
 log = get_logger("jetl.scheduler")
@@ -44,11 +43,10 @@ async def _cron_loop(ctx: ServiceContext, settings: SchedulerSettings, alerter: 
 def create_app(settings: SchedulerSettings | None = None) -> FastStream:
     """Build the scheduler app."""
     settings = settings or SchedulerSettings()
-    app = build_app("scheduler", settings, make_router)
+    alerter = Alerter(settings)  # one per app: the tracker alerts through it, the cron loop too, shutdown drains it
+    app = build_app("scheduler", settings, lambda ctx: make_router(ctx, alerter))
     ctx: ServiceContext = app.context.get("jetl_service")
     tasks: list[asyncio.Task[None]] = []
-    alerter = Alerter(settings)
-    use_alerter(alerter)
 
     @app.after_startup
     async def _start_cron() -> None:

@@ -29,8 +29,8 @@ from jetl import metrics
 from jetl.logging import get_logger
 from jetl.messages import RunRequest
 from jetl.pipeline import Pipeline
+from jetl.runtime.service import ServiceContext
 from jetl.schedule import Cron, run_id_for
-from jetl.service import ServiceContext
 from jetl.state import (
     add_active,
     get_json,

@@ -14,29 +14,23 @@ from typing import Any
 from jetl.events import Event, RunCompleted, RunFailed, RunRequested, parse_event
 from jetl.logging import get_logger
 from jetl.projection import RunState
-from jetl.service import ServiceContext
+from jetl.runtime.service import ServiceContext
 from jetl.state import add_active, apply, mark_finished, put_cursor
 from jetl_scheduler.alerts import Alerter
 
 log = get_logger("jetl.tracker")
-_alerter: Alerter | None = None
 
 
-def use_alerter(alerter: Alerter | None) -> None:
-    """Alert through `alerter` when a run fails (the scheduler app sets it from its settings)."""
-    global _alerter
-    _alerter = alerter
-
-
-async def record_outcome(ctx: ServiceContext, ev: Event, state: RunState) -> None:
-    """Keep the keys the scheduler and `jetl health` read (unfinished runs, latest success and failure); alert."""
+async def record_outcome(ctx: ServiceContext, ev: Event, state: RunState, alerter: Alerter | None = None) -> None:
+    """Keep the keys the scheduler and `jetl health` read (unfinished runs, latest success and failure); alert
+    through `alerter` (the scheduler app's, made from its settings) when a run fails."""
     assert ctx.kv is not None
     if isinstance(ev, RunRequested) and state.status in ("requested", "running"):
         await add_active(ctx.kv, state.pipeline, state.run_id, ev.at)
     elif isinstance(ev, (RunCompleted, RunFailed)):
         await mark_finished(ctx.kv, state)
-        if isinstance(ev, RunFailed) and _alerter is not None:
-            _alerter.run_failed(ctx.kv, state.pipeline, state.run_id, ev.error, ev.stage)
+        if isinstance(ev, RunFailed) and alerter is not None:
+            alerter.run_failed(ctx.kv, state.pipeline, state.run_id, ev.error, ev.stage)
 
 
 def completion(ctx: ServiceContext, state: RunState) -> RunCompleted:
@@ -55,8 +49,8 @@ def completion(ctx: ServiceContext, state: RunState) -> RunCompleted:
     )
 
 
-async def track(ctx: ServiceContext, raw: Any) -> None:
-    """Fold one event; complete its run when the ledger is settled."""
+async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -> None:
+    """Fold one event; complete its run when the ledger is settled (alerting through `alerter` on a failure)."""
     if ctx.kv is None:
         await raw.nak(delay=1)
         return
@@ -68,7 +62,7 @@ async def track(ctx: ServiceContext, raw: Any) -> None:
         return
     try:
         state = await apply(ctx.kv, ev)
-        await record_outcome(ctx, ev, state)
+        await record_outcome(ctx, ev, state, alerter)
         if state.settled and state.status not in ("completed", "failed"):
             c = state.counts()
             await put_cursor(ctx.kv, state.pipeline, state.cursor)
@@ -77,7 +71,7 @@ async def track(ctx: ServiceContext, raw: Any) -> None:
             # sees run.completed and asks for the next run finds nothing in its way (the extractor refuses a run
             # that would overlap an unfinished one of a pipeline that keeps a cursor).
             state = await apply(ctx.kv, done)
-            await record_outcome(ctx, done, state)
+            await record_outcome(ctx, done, state, alerter)
             await ctx.bus.event(done)
             log.info("run completed", pipeline=state.pipeline, run_id=state.run_id, **c)
         elif state.settled and state.status == "completed" and not isinstance(ev, RunCompleted):

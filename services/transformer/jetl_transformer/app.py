@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faststream import FastStream
 
-from jetl.service import build_app
+from jetl.runtime.service import build_app
 from jetl_transformer.handlers import make_router
 from jetl_transformer.settings import TransformerSettings
 

@@ -13,16 +13,16 @@ from typing import Any
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
-from jetl._internal import heap
 from jetl._internal.records import records_adapter, to_ipc
-from jetl._internal.stage import open_batch, reject_batch, settle
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import MALFORMED_INPUT, DeadLetter, Encoding, dumps, read_records
 from jetl.pipeline import Pipeline
 from jetl.registry import get_pipeline
-from jetl.service import ServiceContext, stage_subscriber
+from jetl.runtime import heap
+from jetl.runtime.service import ServiceContext, stage_subscriber
+from jetl.runtime.stage import decide_ack, open_batch, reject_batch
 from jetl.transformers._base import issues_from_validation
 from jetl_transformer.settings import TransformerSettings
 
@@ -117,7 +117,7 @@ def run_transformers(
 
 
 async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
-    """Transform one raw batch and settle its message."""
+    """Transform one raw batch and decide its message's ack."""
     opened = await open_batch(raw, "raw batch")
     if opened is None:
         return
@@ -184,13 +184,13 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
         except Exception as exc:
             error = exc
 
-        await settle(raw, error, lambda exc: reject_batch(ctx, batch, body, "transform", exc, base))
+        await decide_ack(raw, error, lambda exc: reject_batch(ctx, batch, body, "transform", exc, base))
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:
     """The transformer's one subscriber: the shared durable pull consumer on JETL_RAW."""
     settings = ctx.settings if isinstance(ctx.settings, TransformerSettings) else TransformerSettings()
-    heap.settle()  # start-up is done: freeze what it built, collect young objects less often (jetl._internal.heap)
+    heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
     router = NatsRouter()
 
     stage_subscriber(

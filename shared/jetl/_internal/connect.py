@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from jetl.bus import connect
 from jetl.errors import TransientError
 from jetl.settings import JetlSettings
 
 
 async def nats_connection(s: JetlSettings) -> Any:
     """A nats-py connection that fails fast (no reconnect loop) with one clear error."""
-    from jetl.bus import connect
 
     async def quiet(exc: Exception) -> None:  # nats-py prints a traceback per failed attempt otherwise
         return None

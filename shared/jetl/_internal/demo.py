@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.progress import BarColumn, Progress, TextColumn
 
-from jetl.embedded import Stack
+from jetl.cli._app import follow
+from jetl.cli._app import progress as progress_bar
+from jetl.errors import JetlError
+from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 
 PIPELINE = "demo_orders"
@@ -73,28 +75,8 @@ async def _run(url: str, timeout: float, progress: bool) -> tuple[Any, list[Any]
     s = JetlSettings(nats=NatsSettings(url=url))
     async with JetlClient(s) as jc:
         req = await jc.request_run(PIPELINE)
-        if progress:
-            with Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.fields[info]}"),
-                transient=True,
-            ) as bar:
-                task = bar.add_task(f"run {req.run_id}", total=None, info="")
-
-                def on_event(ev: Any, st: Any) -> None:
-                    total = st.expected_batches
-                    done = sum(1 for b in st.batches.values() if b.outcome != "pending")
-                    bar.update(
-                        task,
-                        total=total,
-                        completed=done,
-                        info=f"{ev.type}  extracted={st.extracted} loaded={st.loaded} rejected={st.rejected}",
-                    )
-
-                state = await jc.wait(PIPELINE, req.run_id, timeout=timeout, on_event=on_event)
-        else:
-            state = await jc.wait(PIPELINE, req.run_id, timeout=timeout)
+        with progress_bar(progress, f"run {req.run_id}", None) as update:
+            state = await jc.wait(PIPELINE, req.run_id, timeout=timeout, on_event=follow(update))
         dls = await jc.dead_letters(PIPELINE)
     return state, dls
 
@@ -112,8 +94,6 @@ def run_demo(
     finally:
         stack.stop()
     if state.status != "completed":
-        from jetl.errors import JetlError
-
         raise JetlError(f"demo run {state.run_id} ended {state.status}: {state.error}")
     # The loader process has exited, so this process may open the chdb folder now.
     from jetl.loaders.clickhouse import close_clients, get_client

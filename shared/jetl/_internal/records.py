@@ -35,6 +35,8 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic_core import SchemaValidator
 from pydantic_core import core_schema as cs
 
+from jetl.errors import TerminalError
+
 # Core-schema node types whose validation does not depend on the surrounding model, and whose validated values
 # `model_dump()` returns as they are (and orjson encodes the way pydantic's JSON serializer does).
 _PLAIN = {
@@ -254,8 +256,6 @@ class RecordsAdapter:
     def check_arrow(self, table: Any) -> None:
         """Raise TerminalError unless `table` has exactly this model's Arrow schema, with no null where the model
         allows none (for a model with an Arrow schema, the same check as validating its rows)."""
-        from jetl.errors import TerminalError
-
         schema = self.arrow_schema
         if schema is None:
             raise TerminalError(f"{self.model.__name__} does not travel as Arrow (a field is not a bare type)")

@@ -160,7 +160,7 @@ def deploy(
 
     Example: jetl deploy --dry-run && jetl deploy
     """
-    from jetl.bus import declare
+    from jetl.topology import declare
 
     s = settings()
 

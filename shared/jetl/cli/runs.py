@@ -122,7 +122,7 @@ def status(
         async with client() as jc:
             n = None
             if rebuild:
-                from jetl.state import rebuild as refold
+                from jetl.eventlog import rebuild as refold
 
                 n = await refold(jc.conn, pipeline)
             return n, (await jc.runs(pipeline))[:limit]

@@ -15,8 +15,8 @@ from rich.table import Table
 
 from jetl.cli._app import app, settings
 from jetl.cli._output import console, err_console, fail
-from jetl.embedded import SERVICES, Stack
 from jetl.errors import ConfigError
+from jetl.runtime.embedded import SERVICES, Stack
 
 
 def service_factory(name: str) -> Any:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jetl.embedded import NatsServer
+from jetl.runtime.embedded import NatsServer
 
 
 def in_ci() -> bool:

@@ -1,21 +1,19 @@
-"""How a stage settles each input message: the error taxonomy decides ack, nak (with backoff) or dead-letter."""
+"""How a stage decides each input message's ack: the error taxonomy decides ack, nak (with backoff) or dead-letter."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from jetl import metrics
-from jetl.bus import MAX_DELIVER
 from jetl.errors import classify
 from jetl.events import BatchRejected
 from jetl.logging import get_logger
 from jetl.messages import Batch, DeadLetter, decode_batch
+from jetl.runtime.service import ServiceContext
 from jetl.subjects import Stage
-
-if TYPE_CHECKING:
-    from jetl.service import ServiceContext
+from jetl.topology import MAX_DELIVER
 
 Outcome = Literal["ack", "nak", "term"]
 log = get_logger("jetl.stage")
@@ -54,7 +52,7 @@ def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     return float(random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1))))
 
 
-async def settle(
+async def decide_ack(
     msg: Any,
     exc: BaseException | None,
     dead_letter: Callable[[BaseException], Awaitable[None]],
@@ -65,12 +63,12 @@ async def settle(
     """
     if exc is None:
         await msg.ack()
-        metrics.settled("ack")
+        metrics.ack_decided("ack")
         return "ack"
     attempt = delivery_count(msg)
     disposition = classify(exc)
     if disposition == "transient" and attempt < MAX_DELIVER:
-        metrics.settled("nak", disposition)
+        metrics.ack_decided("nak", disposition)
         delay = backoff(attempt)
         log.warning("transient failure, will retry", error=str(exc), attempt=attempt, retry_in_s=round(delay, 2))
         await msg.nak(delay=delay)
@@ -85,9 +83,9 @@ async def settle(
             exc_info=dl_exc,
         )
         await msg.nak(delay=backoff(attempt))
-        metrics.settled("nak", disposition)
+        metrics.ack_decided("nak", disposition)
         return "nak"
-    metrics.settled("term", disposition)
+    metrics.ack_decided("term", disposition)
     log.error("dead-lettered", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
     await msg.term()
     return "term"

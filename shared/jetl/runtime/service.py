@@ -26,15 +26,16 @@ from faststream.nats.message import NatsBatchMessage
 from nats.js.kv import KeyValue
 
 from jetl import metrics, subjects
-from jetl.bus import Bus, declare, make_broker, raw_decoder, wait_for_nats
+from jetl.bus import Bus, connect, make_broker, raw_decoder, wait_for_nats
 from jetl.events import instance_id
-from jetl.logging import add_sink, configure_logging, get_logger
+from jetl.logging import add_sink, configure_logging, get_logger, remove_sink
 from jetl.messages import Batch
 from jetl.pipeline import Pipeline
 from jetl.registry import discover, get_pipeline_registry, reload_changed
 from jetl.settings import JetlSettings
-from jetl.state import heartbeat_key
+from jetl.state import bucket, heartbeat_key
 from jetl.subjects import CONSUMERS, STREAMS
+from jetl.topology import declare
 
 HEARTBEAT_S = 5.0
 
@@ -106,7 +107,7 @@ def stage_subscriber(
     """Bind `handle` to the durable pull consumer `durable` (see `jetl.subjects.CONSUMERS`), in batch mode.
 
     Every replica of a service binds the same durable and so shares its work. The ack policy is MANUAL: `handle`
-    gets one raw JetStream message at a time and settles it itself (`jetl._internal.stage.settle`), so the error
+    gets one raw JetStream message at a time and decides its ack itself (`jetl.runtime.stage.decide_ack`), so the error
     taxonomy, not FastStream's reject-on-error default, decides ack, nak or dead-letter. Bodies stay bytes.
     """
     kind = CONSUMERS[durable]
@@ -150,6 +151,7 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
     app = FastStream(ctx.broker, logger=None)
     tasks: list[asyncio.Task[None]] = []
     control: list[Any] = []
+    sinks: list[Callable[[dict[str, Any]], None]] = []  # this app's log shipper: removed when it stops
 
     @app.on_startup
     async def _prepare() -> None:
@@ -157,8 +159,6 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
             port = metrics.enable(name, settings.metrics_port, settings.metrics_host)
             log.info("metrics served", url=f"http://{settings.metrics_host}:{port}/metrics")
         await wait_for_nats(settings.nats)
-        from jetl.bus import connect
-
         nc = await connect(settings.nats)
         try:
             await declare(nc, settings.nats)
@@ -167,12 +167,11 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
 
     @app.after_startup
     async def _connected() -> None:
-        from jetl.state import bucket
-
         nc = ctx.broker.connection
         ctx.kv = await bucket(nc)
         if settings.ship_logs:
-            add_sink(_log_shipper(nc))
+            sinks.append(_log_shipper(nc))
+            add_sink(sinks[-1])
         tasks.append(asyncio.create_task(_heartbeat(ctx)))
         if settings.watch_pipelines and settings.watch_seconds > 0:
             tasks.append(asyncio.create_task(_watch_pipelines(settings.pipelines_dir, settings.watch_seconds)))
@@ -183,6 +182,8 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
     async def _stop() -> None:
         for t in tasks:
             t.cancel()
+        for sink in sinks:
+            remove_sink(sink)
         for sub in control:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

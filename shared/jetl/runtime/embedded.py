@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from jetl.errors import ConfigError, JetlError, TransientError
+from jetl.settings import JetlSettings
 
 
 class ServiceDied(JetlError):
@@ -190,8 +191,6 @@ class Stack:
                 raise ConfigError(f"cannot scale {name!r}: the services are {', '.join(self.services)}")
             if n < 1:
                 raise ConfigError(f"{name}: at least 1 process, not {n}")
-        from jetl.settings import JetlSettings
-
         dsn = self.extra_env.get("JETL_CLICKHOUSE__DSN") or JetlSettings().clickhouse.dsn or "chdb://"
         if self.replicas.get("loader", 1) > 1 and dsn.startswith("chdb://"):
             raise ConfigError(

@@ -18,7 +18,7 @@ YOUNG = 50_000
 _done = False
 
 
-def settle() -> None:
+def freeze_heap() -> None:
     """Collect once, freeze the survivors (modules, pipelines, schemas) and raise the thresholds; idempotent."""
     global _done
     if _done:

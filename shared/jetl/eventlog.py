@@ -1,0 +1,161 @@
+"""The event log read back: any stream's messages under a subject filter, the lifecycle events in order, and the
+run states (with cursors and the scheduler's indexes) rebuilt from them (`jetl status --rebuild`).
+
+Every read is an ordered consumer: nothing durable is left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from jetl.events import Event, parse_event
+from jetl.projection import RunState, fold
+from jetl.state import add_active, bucket, bucket_keys, mark_finished, put_cursor, remove_active, run_key
+from jetl.subjects import STREAMS, Kind, check_token, pattern
+
+
+async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 5.0) -> AsyncIterator[Any]:
+    """Every message `kind`'s stream keeps under `subject` (a filter), oldest first, then stop.
+
+    An ordered consumer: nothing durable is left behind. This is how the log is read back (replay reads JETL_RAW,
+    redrive and `jetl dlq` read JETL_DLQ).
+    """
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(STREAMS[kind].name, subjects_filter=subject)
+    except NotFoundError:
+        return
+    if not info.state.subjects:
+        return
+    sub = await js.subscribe(
+        subject,
+        ordered_consumer=True,
+        stream=STREAMS[kind].name,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except TimeoutError:
+                return
+            yield msg
+            if msg.metadata.num_pending == 0:
+                return
+    finally:
+        await sub.unsubscribe()
+
+
+async def read_events(
+    nc: Client, pipeline: str | None = None, run_id: str | None = None, *, timeout: float = 1.0
+) -> AsyncIterator[Event]:
+    """Replay the event log (all of it, or one pipeline's or run's) in order, from the stream, without a durable.
+
+    It stops at the last event the filter matches (the consumer's pending count), not at the stream's end.
+    """
+    async for msg in read_stream(nc, Kind.EVENTS, pattern(Kind.EVENTS, pipeline, run_id), timeout=timeout):
+        yield parse_event(msg.data)
+
+
+async def _refold(nc: Client, pipeline: str, run_id: str) -> RunState | None:
+    state: RunState | None = None
+    async for ev in read_events(nc, pipeline, run_id):
+        state = fold(state, ev)
+    return state
+
+
+async def rebuild(nc: Client, pipeline: str | None = None) -> int:
+    """Fold the whole log again into the run states (and cursors); returns the number of events read.
+
+    Safe while the tracker runs: every write is a compare-and-set against the revision seen before the log was
+    read, so a state the tracker changed meanwhile is refolded from the log for that run and written again, never
+    overwritten with an older fold. States no event explains any more (their events expired) are deleted. Nothing
+    is deleted first, so the extractor never sees a completed run as missing and runs it again.
+    """
+    kv = await bucket(nc)
+    prefix = f"run.{check_token(pipeline)}." if pipeline else "run."
+    revisions: dict[str, int] = {}
+    for k in await bucket_keys(kv):
+        if k.startswith(prefix):
+            try:
+                revision = (await kv.get(k)).revision
+            except (KeyNotFoundError, NotFoundError):
+                continue
+            if revision is not None:
+                revisions[k] = revision
+    states: dict[tuple[str, str], RunState] = {}
+    n = 0
+    async for ev in read_events(nc, pipeline):
+        key = (ev.pipeline, ev.run_id)
+        states[key] = fold(states.get(key), ev)
+        n += 1
+    for (p, r), st in states.items():
+        await _write_state(nc, kv, p, r, st, revisions.pop(run_key(p, r), None))
+    for k, rev in revisions.items():  # folded states whose events are gone from the log
+        try:
+            await kv.delete(k, last=rev)
+        except Exception as exc:  # the tracker wrote it meanwhile: an event explains it after all, keep it
+            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
+                raise
+    latest_cursor: dict[str, RunState] = {}
+    for (p, _r), st in states.items():
+        if st.status == "completed" and st.cursor is not None:
+            prev = latest_cursor.get(p)
+            if prev is None or (st.finished_at and prev.finished_at and st.finished_at > prev.finished_at):
+                latest_cursor[p] = st
+    for p, st in latest_cursor.items():
+        await put_cursor(kv, p, st.cursor)
+    await _rebuild_indexes(kv, states)
+    return n
+
+
+async def _rebuild_indexes(kv: KeyValue, states: dict[tuple[str, str], RunState]) -> None:
+    """The keys the scheduler and `jetl health` read, from the refolded states: each pipeline's latest success and
+    failure (a mark never moves backwards), and its unfinished runs."""
+    oldest = datetime.min.replace(tzinfo=UTC)
+    latest: dict[tuple[str, str], RunState] = {}
+    finished: dict[str, list[str]] = {}
+    for (p, r), st in states.items():
+        if st.status in ("completed", "failed"):
+            finished.setdefault(p, []).append(r)
+            prev = latest.get((p, st.status))
+            if prev is None or (st.finished_at or oldest) > (prev.finished_at or oldest):
+                latest[(p, st.status)] = st
+        elif st.requested_at is not None:
+            await add_active(kv, p, r, st.requested_at)
+    for st in latest.values():
+        await mark_finished(kv, st)
+    for p, runs in finished.items():
+        await remove_active(kv, p, runs)
+
+
+async def _write_state(
+    nc: Client, kv: KeyValue, pipeline: str, run_id: str, state: RunState | None, revision: int | None
+) -> None:
+    """Write one refolded state with compare-and-set; on a concurrent write, refold that run from the log again."""
+    key = run_key(pipeline, run_id)
+    for _ in range(20):
+        if state is None:
+            return
+        try:
+            if revision is None:
+                await kv.create(key, state.model_dump_json().encode())
+            else:
+                await kv.update(key, state.model_dump_json().encode(), last=revision)
+            return
+        except Exception as exc:
+            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
+                raise
+        try:
+            revision = (await kv.get(key)).revision
+        except (KeyNotFoundError, NotFoundError):
+            revision = None
+        state = await _refold(nc, pipeline, run_id)
+    raise RuntimeError(f"could not rebuild {key}: too many concurrent writers")

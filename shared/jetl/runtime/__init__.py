@@ -1,0 +1,11 @@
+"""The service runtime, apart from the library: what runs a stage process, not what a pipeline or the CLI uses.
+
+- `service`: the FastStream app every service is built on (`build_app`), its `ServiceContext`, heartbeats, log
+  shipping, the pipeline watcher and the health responder.
+- `stage`: how a stage decides each input message's ack (ack, nak with backoff, or dead-letter then term).
+- `heap`: the garbage-collector settings of a stage process (`freeze_heap`).
+- `embedded`: the embedded stack (`jetl up`, `jetl demo`): a nats-server child and the services as processes.
+
+Services import from here; the library (contracts, connectors, bus, event log, CLI logic) never does, except the
+CLI's stack commands, which start the embedded stack.
+"""

@@ -1,0 +1,178 @@
+"""The topology jetl declares on NATS: its streams, the durable consumers, the run-state KV bucket, and `declare`,
+which creates or updates them idempotently (`jetl deploy`, `jetl up`, every service's start-up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from jetl import subjects
+from jetl.settings import NatsSettings
+from jetl.subjects import CONSUMERS, STREAMS, Kind, Retention
+
+# Consumer tuning: a stage must ack within ACK_WAIT or call in_progress(); after MAX_DELIVER tries a message
+# is dead-lettered by the stage itself (see jetl.runtime.stage).
+ACK_WAIT_S = 60.0
+MAX_DELIVER = 5
+MAX_ACK_PENDING = 256
+
+
+def stream_config(kind: Kind, replicas: int = 1) -> StreamConfig:
+    """The declared configuration of one stream."""
+    spec = STREAMS[kind]
+    return StreamConfig(
+        name=spec.name,
+        subjects=spec.subjects,
+        retention=RetentionPolicy.WORK_QUEUE if spec.retention is Retention.WORK_QUEUE else RetentionPolicy.LIMITS,
+        max_age=spec.max_age_days * 86400,
+        duplicate_window=spec.duplicate_window_s,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+    )
+
+
+def consumer_config(service: str, ack_wait: float = ACK_WAIT_S) -> ConsumerConfig:
+    """The durable pull consumer that all replicas of `service` share (`ack_wait`: NatsSettings.ack_wait)."""
+    kind = CONSUMERS[service]
+    return ConsumerConfig(
+        durable_name=service,
+        filter_subject=subjects.pattern(kind),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait,
+        max_deliver=MAX_DELIVER,
+        max_ack_pending=MAX_ACK_PENDING,
+    )
+
+
+@dataclass
+class Change:
+    """One thing `declare()` did or would do."""
+
+    what: str
+    name: str
+    action: str  # created | updated | unchanged | differs
+    detail: str = ""
+
+
+_COMPARED = ("subjects", "retention", "max_age", "duplicate_window", "num_replicas", "storage")
+_COMPARED_CONSUMER = ("filter_subject", "ack_policy", "ack_wait", "max_deliver", "max_ack_pending")
+
+
+def _diff(current: Any, wanted: Any, fields: Iterable[str]) -> list[str]:
+    out = []
+    for f in fields:
+        a, b = getattr(current, f, None), getattr(wanted, f, None)
+        if a != b:
+            out.append(f"{f}: {a} -> {b}")
+    return out
+
+
+async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list[Change]:
+    """Create or update every stream and consumer; idempotent. Returns what changed (or would)."""
+    js = nc.jetstream()
+    changes: list[Change] = []
+    for kind in STREAMS:
+        wanted = stream_config(kind, s.stream_replicas)
+        assert wanted.name is not None
+        try:
+            info = await js.stream_info(wanted.name)
+        except NotFoundError:
+            if not dry_run:
+                await js.add_stream(wanted)
+            changes.append(Change("stream", wanted.name, "created"))
+            continue
+        diffs = _diff(info.config, wanted, _COMPARED)
+        if not diffs:
+            changes.append(Change("stream", wanted.name, "unchanged"))
+            continue
+        if any(d.startswith(("retention", "storage")) for d in diffs):
+            changes.append(Change("stream", wanted.name, "differs", "; ".join(diffs) + " (cannot be changed in place)"))
+            continue
+        if not dry_run:
+            try:
+                await js.update_stream(wanted)
+            except Exception as exc:  # the server refused (e.g. replicas on a single node): report, never hide
+                changes.append(Change("stream", wanted.name, "differs", f"{'; '.join(diffs)} (update refused: {exc})"))
+                continue
+        changes.append(Change("stream", wanted.name, "updated", "; ".join(diffs)))
+    for service, kind in CONSUMERS.items():
+        wanted_c = consumer_config(service, s.ack_wait)
+        stream = STREAMS[kind].name
+        try:
+            cinfo = await js.consumer_info(stream, service)
+        except NotFoundError:
+            if not dry_run:
+                await js.add_consumer(stream, wanted_c)
+            changes.append(Change("consumer", f"{stream}/{service}", "created"))
+            continue
+        diffs = _diff(cinfo.config, wanted_c, _COMPARED_CONSUMER)
+        if not diffs:
+            changes.append(Change("consumer", f"{stream}/{service}", "unchanged"))
+            continue
+        if not dry_run:
+            try:
+                await js.add_consumer(stream, wanted_c)  # add with the same durable name updates it
+            except Exception as exc:  # some fields (ack policy) cannot change on a live consumer
+                detail = f"{'; '.join(diffs)} (update refused: {exc})"
+                changes.append(Change("consumer", f"{stream}/{service}", "differs", detail))
+                continue
+        changes.append(Change("consumer", f"{stream}/{service}", "updated", "; ".join(diffs)))
+    changes.append(await _declare_kv(js, s, dry_run=dry_run))
+    return changes
+
+
+_COMPARED_KV = ("max_msgs_per_subject", "storage", "num_replicas")
+
+
+async def _declare_kv(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
+    """The run-state KV bucket: created if missing, its history, storage and replicas kept as declared."""
+    wanted = kv_config(s.stream_replicas)
+    stream = f"KV_{BUCKET}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        if not dry_run:
+            await js.create_key_value(wanted)
+        return Change("kv", BUCKET, "created")
+    current = {
+        "max_msgs_per_subject": info.config.max_msgs_per_subject,
+        "storage": info.config.storage,
+        "num_replicas": info.config.num_replicas,
+    }
+    target = {"max_msgs_per_subject": wanted.history, "storage": wanted.storage, "num_replicas": wanted.replicas}
+    diffs = [f"{k}: {current[k]} -> {target[k]}" for k in _COMPARED_KV if current[k] != target[k]]
+    if not diffs:
+        return Change("kv", BUCKET, "unchanged")
+    if any(d.startswith("storage") for d in diffs):
+        return Change("kv", BUCKET, "differs", "; ".join(diffs) + " (cannot be changed in place)")
+    if not dry_run:
+        config = info.config
+        config.max_msgs_per_subject, config.num_replicas = wanted.history, wanted.replicas
+        try:
+            await js.update_stream(config)
+        except Exception as exc:
+            return Change("kv", BUCKET, "differs", f"{'; '.join(diffs)} (update refused: {exc})")
+    return Change("kv", BUCKET, "updated", "; ".join(diffs))
+
+
+BUCKET = "JETL_STATE"
+
+
+def kv_config(replicas: int = 1) -> KeyValueConfig:
+    """The declared configuration of the state bucket (`jetl deploy` keeps it so)."""
+    return KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=replicas)
