@@ -10,7 +10,8 @@ redelivered or replayed batch is not loaded twice. `mode="merge"` makes a Replac
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -20,8 +21,11 @@ from jetl.loaders.clickhouse.client import _missing_table, _wrap, get_client
 from jetl.loaders.clickhouse.lineage import LINEAGE_COLUMN
 from jetl.loaders.clickhouse.sql import PARTITION, create_table, quote
 from jetl.loaders.clickhouse.types import Convert, arrow_types_for, columns_for, converters_for
-from jetl.protocols import Diff, LoadContext, Loader, Record
+from jetl.protocols import Check, Diff, LoadContext, Loader, Record
 from jetl.settings import ClickHouseSettings
+
+if TYPE_CHECKING:
+    from jetl.settings import JetlSettings
 
 
 class ClickHouseLoader:
@@ -77,6 +81,16 @@ class ClickHouseLoader:
         if settings is not None:
             self.settings = settings
             self.database = self.database or settings.database
+
+    def check(self, settings: JetlSettings) -> Check:
+        """The table and where it lives (its own DSN, else the configured one); warn when a chdb folder cannot be
+        created. It does not connect."""
+        dsn = self.dsn or settings.clickhouse_dsn
+        if dsn.startswith("chdb://"):
+            folder = Path(dsn.removeprefix("chdb://"))
+            if not (folder.exists() or folder.parent.exists() or folder.parent.parent.exists()):
+                return Check("warn", f"chdb folder {folder} cannot be created (no parent folder)")
+        return Check("ok", f"table {self.table} on {dsn.split('@')[-1]}")
 
     def check_schema(self, model: type[BaseModel]) -> None:
         """Fail at start-up when a key column is missing or nullable, or a field has no usable type."""
