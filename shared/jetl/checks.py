@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from jetl.pipeline import Pipeline
@@ -62,31 +61,10 @@ def check_pipeline(p: Pipeline, s: JetlSettings) -> list[tuple[str, str, str]]:
 
 
 def check_connector(kind: str, connector: Any, s: JetlSettings) -> tuple[str, str, str]:
-    """A connector's own `check()` when it has one, else what can be told without connecting."""
+    """The connector's own `check()` (`jetl.protocols.Check`), as a (name, status, detail) row."""
     name = f"{kind}: {type(connector).__name__}"
-    check = getattr(connector, "check", None)
     try:
-        if callable(check):
-            detail = check()
-            return name, "ok", str(detail or "configured")
-        files = getattr(connector, "files", None)
-        if callable(files):
-            n = len(files())
-            return (
-                (name, "ok", f"{n} file(s) match {getattr(connector, 'path', '')}")
-                if n
-                else (name, "warn", f"no file matches {getattr(connector, 'path', '')} yet")
-            )
-        if hasattr(connector, "dsn") and hasattr(connector, "table"):
-            dsn = connector.dsn or s.clickhouse_dsn
-            if dsn.startswith("chdb://"):
-                folder = Path(dsn.removeprefix("chdb://"))
-                if not (folder.exists() or folder.parent.exists() or folder.parent.parent.exists()):
-                    return name, "warn", f"chdb folder {folder} cannot be created (no parent folder)"
-            return name, "ok", f"table {connector.table} on {dsn.split('@')[-1]}"
-        root = getattr(connector, "root", None)
-        if isinstance(root, Path) and root.exists() and not root.is_dir():
-            return name, "error", f"{root} is a file, not a folder"
-        return name, "ok", connector.describe() if callable(getattr(connector, "describe", None)) else "configured"
+        status, detail = connector.check(s)
     except Exception as exc:
         return name, "error", f"{type(exc).__name__}: {exc}"
+    return name, status, detail

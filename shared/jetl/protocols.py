@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from jetl.settings import JetlSettings
 
 Record = dict[str, Any]
 
@@ -75,6 +78,15 @@ class LoadContext:
     schema: type[Any] | None = None
 
 
+class Check(NamedTuple):
+    """A connector's verdict on its own configuration, told without reading or writing any data (`jetl validate`)."""
+
+    status: Literal["ok", "warn", "error"]
+    """ok: ready to run; warn: it may run but something looks off (no input file yet); error: it cannot run."""
+    detail: str
+    """What was found, for people: the files matched, the table and server, the folder at fault."""
+
+
 @runtime_checkable
 class Extractor(Protocol):
     """Streams records from a source in bounded chunks."""
@@ -85,6 +97,10 @@ class Extractor(Protocol):
 
     def next_cursor(self) -> dict[str, Any] | None:
         """The incremental state reached by the last `extract`, or None if the extractor is not incremental."""
+        ...
+
+    def check(self, settings: JetlSettings) -> Check:
+        """Whether its configuration can work (paths, URLs, credentials present), without extracting anything."""
         ...
 
     # Optional: `keeps_cursor: bool`, True when each run starts from the cursor the last completed run left (files
@@ -111,6 +127,11 @@ class Loader(Protocol):
 
     def describe(self) -> str:
         """Where this loader writes, for logs and events."""
+        ...
+
+    def check(self, settings: JetlSettings) -> Check:
+        """Whether its destination can work as configured (`settings` gives defaults such as the ClickHouse DSN),
+        without writing anything."""
         ...
 
 

@@ -217,6 +217,7 @@ HOURLY = """
 from datetime import timedelta
 from pydantic import BaseModel
 from jetl import Chunk, Cron, FileLoader, Pipeline
+from jetl.protocols import Check
 
 class Reading(BaseModel):
     id: int
@@ -235,6 +236,9 @@ class EveryTenMinutes:
 
     def next_cursor(self):
         return None
+
+    def check(self, settings):
+        return Check("ok", "configured")
 
 def register_pipelines():
     return [Pipeline(name="hourly", extractors=[EveryTenMinutes()], loader=FileLoader("OUTPUT"),

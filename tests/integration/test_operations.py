@@ -36,7 +36,7 @@ PIPELINES = """
 from collections.abc import AsyncIterator
 from pydantic import BaseModel
 from jetl import ConfigError, Cron, FileExtractor, FileLoader, Pipeline, TypeTransformer
-from jetl.protocols import Chunk, ExtractContext
+from jetl.protocols import Check, Chunk, ExtractContext
 
 class Row(BaseModel):
     id: int
@@ -49,6 +49,9 @@ class Broken:
 
     def next_cursor(self):
         return None
+
+    def check(self, settings):
+        return Check("ok", "configured")
 
 def register_pipelines():
     return [

@@ -55,6 +55,9 @@ class Paced:
     def next_cursor(self):
         return self.inner.next_cursor()
 
+    def check(self, settings):
+        return self.inner.check(settings)
+
 class Slow:
     def transform(self, records):
         time.sleep(PACE)

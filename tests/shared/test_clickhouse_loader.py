@@ -23,6 +23,8 @@ from jetl import ClickHouseLoader, LoadContext, LowCardinality, Timezone
 from jetl.errors import ConfigError, TerminalError
 from jetl.loaders.clickhouse import close_clients, columns_for
 from jetl.messages import batch_id
+from jetl.protocols import Check
+from jetl.settings import JetlSettings
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +287,12 @@ def test_a_table_from_before_the_dictionary_lineage_column_still_takes_batches(d
     assert described["_jetl_batch_id"] == "String"
     got = loader.client().query(f"SELECT id, _jetl_batch_id FROM {loader.qualified} ORDER BY id").result_rows
     assert got == [(1, batch_id("r1", 1)), (2, batch_id("r1", 2))]
+
+
+def test_check_names_the_table_and_server_without_credentials(tmp_path: Path) -> None:
+    loader = ClickHouseLoader("orders", dsn="https://jetl:secret@ch.example.com:8443/analytics")
+    assert loader.check(JetlSettings()) == Check("ok", "table orders on ch.example.com:8443/analytics")
+    nowhere = tmp_path / "no" / "such" / "place" / "ch"
+    assert ClickHouseLoader("orders", dsn=f"chdb://{nowhere}").check(JetlSettings()) == Check(
+        "warn", f"chdb folder {nowhere} cannot be created (no parent folder)"
+    )

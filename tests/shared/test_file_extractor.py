@@ -15,7 +15,8 @@ import zstandard
 
 from jetl import ExtractContext, FileExtractor
 from jetl.errors import ConfigError, TransientError
-from jetl.protocols import Chunk
+from jetl.protocols import Check, Chunk
+from jetl.settings import JetlSettings
 
 
 def ctx(cursor: dict[str, Any] | None = None, force: bool = False) -> ExtractContext:
@@ -210,3 +211,12 @@ def test_bad_options_fail_at_construction() -> None:
         FileExtractor("x", chunk_size=0)
     with pytest.raises(ConfigError):
         FileExtractor("x", csv_types={"a": "int"})  # type: ignore[dict-item]
+
+
+def test_check_counts_matching_files_and_warns_when_there_are_none(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"id": 1}\n')
+    (tmp_path / "b.jsonl").write_text('{"id": 2}\n')
+    pattern = str(tmp_path / "*.jsonl")
+    assert FileExtractor(pattern).check(JetlSettings()) == Check("ok", f"2 file(s) match {pattern}")
+    missing = str(tmp_path / "*.csv")
+    assert FileExtractor(missing).check(JetlSettings()) == Check("warn", f"no file matches {missing} yet")

@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field
 from jetl import FileLoader, LoadContext
 from jetl.errors import ConfigError
 from jetl.messages import batch_id
+from jetl.protocols import Check
+from jetl.settings import JetlSettings
 
 
 class Color(StrEnum):
@@ -187,3 +189,11 @@ def test_bad_options_fail_at_start_up() -> None:
         FileLoader("x", partition_by="../day")
     with pytest.raises(ConfigError, match="not a field of Sale"):
         FileLoader("x", partition_by="region").check_schema(Sale)
+
+
+def test_check_fails_when_the_root_is_a_file(tmp_path: Path) -> None:
+    assert FileLoader(tmp_path / "out").check(JetlSettings()) == Check("ok", f"file://{(tmp_path / 'out').resolve()}")
+    (tmp_path / "taken").write_text("not a folder")
+    assert FileLoader(tmp_path / "taken").check(JetlSettings()) == Check(
+        "error", f"{tmp_path / 'taken'} is a file, not a folder"
+    )

@@ -33,8 +33,8 @@ from jetl.extractors.http import (
     NextUrlPagination,
     OffsetPagination,
     PageNumberPagination,
-    _retry_after,
 )
+from jetl.extractors.http.retry import _retry_after
 from jetl.messages import dumps
 from jetl.protocols import Chunk, ExtractContext, Extractor
 from jetl.testing.contracts import ExtractorContract

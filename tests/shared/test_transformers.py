@@ -19,7 +19,7 @@ from jetl import (
     TypeTransformer,
 )
 from jetl.errors import ConfigError, RecordError
-from jetl.protocols import Chunk, Record, Transformer
+from jetl.protocols import Check, Chunk, Record, Transformer
 
 
 def run(transformers: list[Any], records: list[Record]) -> tuple[list[Record], list[str]]:
@@ -219,6 +219,9 @@ class _Ex:
 
     def next_cursor(self) -> dict[str, Any] | None:
         return None
+
+    def check(self, settings: Any) -> Check:
+        return Check("ok", "configured")
 
 
 def make(transformers: list[Any], schema: type[BaseModel] = Out) -> Pipeline:

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic import SecretStr
@@ -35,7 +35,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, Result, Row
 
 from jetl.errors import ConfigError, JetlError, TerminalError, TransientError
-from jetl.protocols import Chunk, ExtractContext, Record
+from jetl.protocols import Check, Chunk, ExtractContext, Record
+
+if TYPE_CHECKING:
+    from jetl.settings import JetlSettings
 
 __all__ = ["DatabaseExtractor"]
 
@@ -293,6 +296,10 @@ class DatabaseExtractor:
     def next_cursor(self) -> dict[str, Any] | None:
         """`{"column": ..., "value": max seen, "type": ...}` after an incremental run; JSON-serialisable."""
         return None if self._cursor is None else dict(self._cursor)
+
+    def check(self, settings: JetlSettings) -> Check:
+        """ok once constructed: the URL, table or query and options were checked then; it does not connect."""
+        return Check("ok", "configured")
 
     def dispose(self) -> None:
         """Close the engine's pooled connections (at shutdown)."""

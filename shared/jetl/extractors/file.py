@@ -20,12 +20,15 @@ import os
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from jetl.errors import ConfigError, TransientError
-from jetl.protocols import Chunk, ExtractContext, Record
+from jetl.protocols import Check, Chunk, ExtractContext, Record
+
+if TYPE_CHECKING:
+    from jetl.settings import JetlSettings
 
 Format = Literal["jsonl", "csv", "parquet", "auto"]
 Compression = Literal["auto", "gzip", "zstd", "none"]
@@ -127,6 +130,13 @@ class FileExtractor:
         if p.is_dir():
             return sorted(x for x in p.iterdir() if x.is_file() and not x.name.startswith("."))
         return sorted(Path(x) for x in glob.glob(self.path, recursive=True) if Path(x).is_file())
+
+    def check(self, settings: JetlSettings) -> Check:
+        """ok when a file matches `path`; warn when none does yet (they may arrive before the first run)."""
+        n = len(self.files())
+        if n:
+            return Check("ok", f"{n} file(s) match {self.path}")
+        return Check("warn", f"no file matches {self.path} yet")
 
     @staticmethod
     def _key(path: Path) -> str:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 from rich.console import Console
 from rich.table import Table
 
 from jetl.errors import ConfigError
 from jetl.messages import dumps
-from jetl.protocols import LoadContext, Record
+from jetl.protocols import Check, LoadContext, Record
+
+if TYPE_CHECKING:
+    from jetl.settings import JetlSettings
 
 Style = Literal["table", "jsonl", "auto"]
 
@@ -47,6 +50,10 @@ class ConsoleLoader:
     def describe(self) -> str:
         """Where output goes."""
         return "console"
+
+    def check(self, settings: JetlSettings) -> Check:
+        """Always ok: the console is always there."""
+        return Check("ok", self.describe())
 
     def _out(self) -> IO[str]:
         return self.file if self.file is not None else sys.stdout  # looked up per call: tests swap sys.stdout

@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, unquote
 from uuid import UUID
 
@@ -38,7 +38,10 @@ from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable
 from jetl.messages import dumps
-from jetl.protocols import Diff, LoadContext, Loader, Record
+from jetl.protocols import Check, Diff, LoadContext, Loader, Record
+
+if TYPE_CHECKING:
+    from jetl.settings import JetlSettings
 
 Format = Literal["jsonl", "csv", "parquet"]
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -135,6 +138,12 @@ class FileLoader:
     def describe(self) -> str:
         """Where the parts go."""
         return f"file://{self.root.resolve()}"
+
+    def check(self, settings: JetlSettings) -> Check:
+        """error when `root` is a file; ok otherwise (a missing folder is created by the first batch)."""
+        if self.root.exists() and not self.root.is_dir():
+            return Check("error", f"{self.root} is a file, not a folder")
+        return Check("ok", self.describe())
 
     def check_schema(self, model: type[BaseModel]) -> None:
         """Fail at start-up when the partition field is not in the model."""

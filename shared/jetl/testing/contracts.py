@@ -33,9 +33,27 @@ from pydantic import BaseModel
 
 from jetl.errors import RecordError
 from jetl.messages import batch_id, dumps
-from jetl.protocols import Chunk, ExtractContext, Extractor, LoadContext, Loader, Record, Transformer
+from jetl.protocols import Check, Chunk, ExtractContext, Extractor, LoadContext, Loader, Record, Transformer
+from jetl.settings import JetlSettings
 
 __all__ = ["ExtractorContract", "LoaderContract", "TransformerContract"]
+
+
+class _Checked:
+    """What both connector suites share: the settings `check()` is given, and what a good answer is."""
+
+    @pytest.fixture
+    def settings(self) -> JetlSettings:
+        """The settings a connector's `check()` is given (override the fixture to set a DSN or a data folder)."""
+        return JetlSettings()
+
+    @staticmethod
+    def assert_checks_ok(connector: Extractor | Loader, settings: JetlSettings) -> None:
+        """`connector.check(settings)` is a Check of status "ok" with a detail for people."""
+        result = connector.check(settings)
+        assert isinstance(result, Check), f"check() returned {type(result).__name__}, not a jetl.protocols.Check"
+        assert result.status == "ok", f"the sample connector checks {result.status}: {result.detail}"
+        assert isinstance(result.detail, str) and result.detail.strip(), "check() must say what it found"
 
 
 def extract_all(extractor: Extractor, ctx: ExtractContext) -> list[Chunk]:
@@ -47,12 +65,13 @@ def extract_all(extractor: Extractor, ctx: ExtractContext) -> list[Chunk]:
     return asyncio.run(collect())
 
 
-class ExtractorContract:
-    """What every Extractor must do: bounded Chunk objects, aligned origins, a JSON-serialisable cursor.
+class ExtractorContract(_Checked):
+    """What every Extractor must do: bounded Chunk objects, aligned origins, a JSON-serialisable cursor, a check().
 
     Fixtures to provide: `extractor` (reading a small sample source). Optional: `context` (an ExtractContext),
     `expected_records` (how many records the sample holds; None skips the count), `malformed_extractor` (one over
-    input with at least one unreadable item; the default skips that test). Class attributes: `max_chunk_size`
+    input with at least one unreadable item; the default skips that test), `settings` (what `check()` is given).
+    Class attributes: `max_chunk_size`
     (the bound every chunk must respect) and `rerun_is_empty` (False for extractors whose cursor is inclusive).
     """
 
@@ -82,6 +101,10 @@ class ExtractorContract:
     def test_implements_the_protocol(self, extractor: Extractor) -> None:
         """It is an Extractor (extract and next_cursor)."""
         assert isinstance(extractor, Extractor)
+
+    def test_check_is_ok_for_the_sample(self, extractor: Extractor, settings: JetlSettings) -> None:
+        """check() on a well-configured extractor answers ok, with a detail, without extracting anything."""
+        self.assert_checks_ok(extractor, settings)
 
     def test_yields_bounded_chunks_of_records(self, extractor: Extractor, context: ExtractContext) -> None:
         """Every item is a Chunk of at most `max_chunk_size` dict records, origins aligned with the records."""
@@ -226,12 +249,12 @@ class TransformerContract:
             assert frozenset(r) == declared
 
 
-class LoaderContract:
-    """What every Loader must do: idempotent per batch id, count what it wrote, describe where.
+class LoaderContract(_Checked):
+    """What every Loader must do: idempotent per batch id, count what it wrote, describe where, check itself.
 
     Fixtures to provide: `loader`, `records` (a sample batch). Optional: `schema` (the pipeline's record model,
-    passed in the LoadContext). Method to provide: `count_rows(loader, ctx)`, the rows the destination holds for
-    `ctx.pipeline`.
+    passed in the LoadContext), `settings` (what `check()` is given). Method to provide: `count_rows(loader, ctx)`,
+    the rows the destination holds for `ctx.pipeline`.
     """
 
     @pytest.fixture
@@ -266,6 +289,11 @@ class LoaderContract:
     def test_implements_the_protocol(self, loader: Loader) -> None:
         """It is a Loader."""
         assert isinstance(loader, Loader)
+
+    def test_check_is_ok_for_the_sample(self, loader: Loader, settings: JetlSettings) -> None:
+        """check() on a well-configured loader answers ok, with a detail, without writing anything."""
+        self.assert_checks_ok(loader, settings)
+        assert self.count_rows(loader, self.context(None)) == 0
 
     def test_describe_is_not_empty(self, loader: Loader) -> None:
         """describe() names the destination, for logs and events."""

@@ -1,451 +1,36 @@
-"""HTTP extractor: JSON APIs over httpx; paginated, authenticated, rate-limited, retried, incremental.
+"""`HttpExtractor`: one run pages through a JSON API, turning each page into records, origins and a cursor.
 
-Errors at this edge, mapped onto jetl's taxonomy (`jetl.errors`):
-
-    httpx.TimeoutException, NetworkError,           retried with exponential backoff and jitter, honouring
-    RemoteProtocolError, ProxyError; HTTP 408,      Retry-After; after `max_retries` retries -> TransientError
-    429 and 5xx                                     (naming method, url and status)
-    Retry-After longer than `max_retry_after`       -> TransientError at once: the bus waits, not this task
-    any other 4xx, a 3xx left after redirects       -> TerminalError (method, url, status, start of the body)
-    a body that is not JSON, or no list of records  -> TerminalError (url and page number)
-    a pagination loop (the same next token twice)   -> TerminalError
-    bad constructor arguments                       -> ConfigError, raised at construction
-
-Credentials are `SecretStr`s: they never appear in a repr, a log line, an origin or an error message, and they
-are sent only to the origin (scheme, host, port) of the configured `url`, never to another host a next link
-points at.
+It owns the request loop: auth applied per origin, pagination (`paginate`), the incremental high-water mark
+(`incremental`), retries and pacing (`retry`), and decoding the body into records. Errors it raises are listed in
+the package docstring (`jetl.extractors.http`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import email.utils
 import math
-import random
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import orjson
-from pydantic import SecretStr
 
 from jetl.errors import ConfigError, TerminalError, TransientError
+from jetl.extractors.http.auth import Auth
+from jetl.extractors.http.incremental import Incremental, _order_key, _param
+from jetl.extractors.http.paginate import Page, Paginator, ParamValue, _NoPagination
+from jetl.extractors.http.paths import _MISSING, _lookup, _parse_path
+from jetl.extractors.http.retry import _RETRYABLE_ERRORS, _delay, _Pacer, _retry_after, _retryable
 from jetl.logging import get_logger
-from jetl.protocols import Chunk, ExtractContext, Record
+from jetl.protocols import Check, Chunk, ExtractContext, Record
 
-__all__ = [
-    "ApiKeyAuth",
-    "Auth",
-    "BasicAuth",
-    "BearerAuth",
-    "CursorPagination",
-    "HttpExtractor",
-    "Incremental",
-    "LinkHeaderPagination",
-    "NextUrlPagination",
-    "OffsetPagination",
-    "Page",
-    "PageNumberPagination",
-    "Paginator",
-]
+if TYPE_CHECKING:
+    from jetl.settings import JetlSettings
 
 Method = Literal["GET", "POST"]
-ParamValue = str | int | float | bool
-_MISSING: Any = object()
 _SNIPPET = 200
 _log = get_logger("jetl.extractors.http")
-
-
-# --- JSON paths ---------------------------------------------------------------------------------
-
-
-def _parse_path(path: str, what: str) -> tuple[str, ...]:
-    parts = tuple(path.split("."))
-    if not path or not all(parts):
-        raise ConfigError(f"HttpExtractor: {what} {path!r} is not a dotted path like 'data.items'")
-    return parts
-
-
-def _lookup(value: Any, parts: tuple[str, ...]) -> Any:
-    """Follow a dotted path through dicts and lists (integer parts); `_MISSING` when it leads nowhere."""
-    for part in parts:
-        if isinstance(value, dict):
-            value = value.get(part, _MISSING)
-        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return _MISSING
-        if value is _MISSING:
-            return _MISSING
-    return value
-
-
-# --- auth ---------------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class Auth(Protocol):
-    """Credentials added to every request sent to the configured origin."""
-
-    def headers(self) -> dict[str, str]:
-        """Headers that carry the credentials."""
-        ...
-
-    def query(self) -> dict[str, str]:
-        """Query parameters that carry the credentials (redacted from origins, logs and errors)."""
-        ...
-
-
-def _secret(value: SecretStr | str, what: str) -> SecretStr:
-    secret = value if isinstance(value, SecretStr) else SecretStr(value)
-    if not secret.get_secret_value():
-        raise ConfigError(f"HttpExtractor: {what} is empty")
-    return secret
-
-
-@dataclass(frozen=True)
-class BearerAuth:
-    """`Authorization: Bearer <token>`."""
-
-    token: SecretStr | str
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "token", _secret(self.token, "bearer token"))
-
-    def headers(self) -> dict[str, str]:
-        """The Authorization header."""
-        return {"Authorization": f"Bearer {_reveal(self.token)}"}
-
-    def query(self) -> dict[str, str]:
-        """No query parameters."""
-        return {}
-
-
-@dataclass(frozen=True)
-class BasicAuth:
-    """HTTP basic auth: `Authorization: Basic base64(username:password)`."""
-
-    username: str
-    password: SecretStr | str
-
-    def __post_init__(self) -> None:
-        if not self.username or ":" in self.username:
-            raise ConfigError("HttpExtractor: basic auth needs a username without ':'")
-        object.__setattr__(self, "password", _secret(self.password, "basic auth password"))
-
-    def headers(self) -> dict[str, str]:
-        """The Authorization header."""
-        pair = f"{self.username}:{_reveal(self.password)}".encode()
-        return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
-
-    def query(self) -> dict[str, str]:
-        """No query parameters."""
-        return {}
-
-
-@dataclass(frozen=True)
-class ApiKeyAuth:
-    """An API key sent as a header (`X-Api-Key: ...`) or a query parameter (`?api_key=...`)."""
-
-    name: str
-    value: SecretStr | str
-    location: Literal["header", "query"] = "header"
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ConfigError("HttpExtractor: the API key needs a header or parameter name")
-        if self.location not in ("header", "query"):
-            raise ConfigError(f"HttpExtractor: API key location must be 'header' or 'query', not {self.location!r}")
-        object.__setattr__(self, "value", _secret(self.value, f"API key {self.name!r}"))
-
-    def headers(self) -> dict[str, str]:
-        """The key's header, when it goes in a header."""
-        return {self.name: _reveal(self.value)} if self.location == "header" else {}
-
-    def query(self) -> dict[str, str]:
-        """The key's parameter, when it goes in the query string."""
-        return {self.name: _reveal(self.value)} if self.location == "query" else {}
-
-
-def _reveal(value: SecretStr | str) -> str:
-    return value.get_secret_value() if isinstance(value, SecretStr) else value
-
-
-# --- pagination ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Page:
-    """One fetched page, as a paginator sees it when it decides on the next request."""
-
-    number: int
-    """1 for the first page of the run."""
-    url: str
-    """The URL requested, without `params`."""
-    params: dict[str, Any]
-    """The query parameters sent (credentials excluded)."""
-    response: httpx.Response
-    body: Any
-    """The decoded JSON body."""
-    count: int
-    """How many items the page held at `records_path`."""
-
-
-@runtime_checkable
-class Paginator(Protocol):
-    """Decides the requests of a run: stateless, so one extractor can serve many runs."""
-
-    def first(self) -> dict[str, ParamValue]:
-        """Query parameters of the first request."""
-        ...
-
-    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
-        """URL and complete query parameters of the next request, or None after the last page."""
-        ...
-
-    def param_names(self) -> set[str]:
-        """Query parameters this paginator owns (they may not also be set in `params`)."""
-        ...
-
-
-@dataclass(frozen=True)
-class PageNumberPagination:
-    """`?page=1`, `?page=2`, ... until a page holds no records."""
-
-    param: str = "page"
-    start: int = 1
-    size_param: str | None = None
-    """Parameter for the page size, sent with `size` on every request."""
-    size: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.param:
-            raise ConfigError("HttpExtractor: PageNumberPagination needs a parameter name")
-        if (self.size_param is None) != (self.size is None):
-            raise ConfigError("HttpExtractor: PageNumberPagination needs both size_param and size, or neither")
-        if self.size is not None and self.size < 1:
-            raise ConfigError("HttpExtractor: PageNumberPagination size must be at least 1")
-
-    def first(self) -> dict[str, ParamValue]:
-        """The start page (and size)."""
-        params: dict[str, ParamValue] = {self.param: self.start}
-        if self.size_param is not None and self.size is not None:
-            params[self.size_param] = self.size
-        return params
-
-    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
-        """The following page number; None after an empty page."""
-        if page.count == 0:
-            return None
-        return page.url, {**page.params, self.param: int(page.params[self.param]) + 1}
-
-    def param_names(self) -> set[str]:
-        """Page and size parameters."""
-        return {self.param} | ({self.size_param} if self.size_param else set())
-
-
-@dataclass(frozen=True)
-class OffsetPagination:
-    """`?offset=0&limit=100`, then offset advanced by the records received, until a page holds none."""
-
-    limit: int = 100
-    offset_param: str = "offset"
-    limit_param: str = "limit"
-    start: int = 0
-
-    def __post_init__(self) -> None:
-        if self.limit < 1:
-            raise ConfigError("HttpExtractor: OffsetPagination limit must be at least 1")
-        if not self.offset_param or not self.limit_param or self.offset_param == self.limit_param:
-            raise ConfigError("HttpExtractor: OffsetPagination needs two distinct parameter names")
-        if self.start < 0:
-            raise ConfigError("HttpExtractor: OffsetPagination start must not be negative")
-
-    def first(self) -> dict[str, ParamValue]:
-        """Start offset and limit."""
-        return {self.offset_param: self.start, self.limit_param: self.limit}
-
-    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
-        """Offset advanced by what this page held (a server may cap the limit); None after an empty page."""
-        if page.count == 0:
-            return None
-        return page.url, {**page.params, self.offset_param: int(page.params[self.offset_param]) + page.count}
-
-    def param_names(self) -> set[str]:
-        """Offset and limit parameters."""
-        return {self.offset_param, self.limit_param}
-
-
-@dataclass(frozen=True)
-class CursorPagination:
-    """A next-page token found at `path` in the body, sent back as `param`; stops when the token is absent."""
-
-    path: str = "next_cursor"
-    param: str = "cursor"
-
-    def __post_init__(self) -> None:
-        _parse_path(self.path, "cursor path")
-        if not self.param:
-            raise ConfigError("HttpExtractor: CursorPagination needs a parameter name")
-
-    def first(self) -> dict[str, ParamValue]:
-        """No token on the first request."""
-        return {}
-
-    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
-        """The token from the body; None when it is missing, null or empty."""
-        token = _lookup(page.body, _parse_path(self.path, "cursor path"))
-        if token is _MISSING or token is None or token == "":
-            return None
-        if not isinstance(token, (str, int, float)) or isinstance(token, bool):
-            raise TerminalError(f"{page.url} page {page.number}: next token at {self.path!r} is not a string")
-        if page.params.get(self.param) == token:
-            raise TerminalError(f"{page.url} page {page.number}: the API returned the same next token twice")
-        return page.url, {**page.params, self.param: token}
-
-    def param_names(self) -> set[str]:
-        """The token parameter."""
-        return {self.param}
-
-
-def _follow(page: Page, link: str, where: str) -> tuple[str, dict[str, Any]]:
-    try:
-        target = page.response.request.url.join(link)
-    except httpx.InvalidURL as exc:
-        raise TerminalError(f"{page.url} page {page.number}: {where} is not a URL: {exc}") from exc
-    if target.scheme not in ("http", "https"):
-        raise TerminalError(f"{page.url} page {page.number}: {where} is not an http(s) URL")
-    if target == page.response.request.url:
-        raise TerminalError(f"{page.url} page {page.number}: {where} points at the page itself")
-    return str(target), {}
-
-
-@dataclass(frozen=True)
-class LinkHeaderPagination:
-    """Follows the `Link: <...>; rel="next"` response header (RFC 8288), as GitHub's API does."""
-
-    rel: str = "next"
-
-    def first(self) -> dict[str, ParamValue]:
-        """No parameters of its own."""
-        return {}
-
-    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
-        """The linked URL, complete with its own query; None when there is no such link."""
-        link = page.response.links.get(self.rel, {}).get("url")
-        return None if not link else _follow(page, link, f"the rel={self.rel!r} link")
-
-    def param_names(self) -> set[str]:
-        """None."""
-        return set()
-
-
-@dataclass(frozen=True)
-class NextUrlPagination:
-    """Follows a next-page URL found at `path` in the body (`{"next": "https://..."}`, Django REST style)."""
-
-    path: str = "next"
-
-    def __post_init__(self) -> None:
-        _parse_path(self.path, "next URL path")
-
-    def first(self) -> dict[str, ParamValue]:
-        """No parameters of its own."""
-        return {}
-
-    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
-        """The URL from the body; None when it is missing, null or empty."""
-        link = _lookup(page.body, _parse_path(self.path, "next URL path"))
-        if link is _MISSING or link is None or link == "":
-            return None
-        if not isinstance(link, str):
-            raise TerminalError(f"{page.url} page {page.number}: next URL at {self.path!r} is not a string")
-        return _follow(page, link, f"the next URL at {self.path!r}")
-
-    def param_names(self) -> set[str]:
-        """None."""
-        return set()
-
-
-@dataclass(frozen=True)
-class _NoPagination:
-    def first(self) -> dict[str, ParamValue]:
-        return {}
-
-    def next(self, page: Page) -> tuple[str, dict[str, Any]] | None:
-        return None
-
-    def param_names(self) -> set[str]:
-        return set()
-
-
-# --- incremental --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Incremental:
-    """Send the high-water mark of the last completed run as `param`; track the max of `field` seen.
-
-    The value sent is exactly the max seen, so an API whose filter is inclusive (`>=`) returns the boundary
-    record again: that is at-least-once, never a gap. `initial` is sent on the very first run (nothing when
-    None).
-    """
-
-    param: str
-    field: str
-    """Dotted path of the record field that orders changes (ISO-8601 timestamps or numbers)."""
-    initial: str | int | float | datetime | date | None = None
-
-    def __post_init__(self) -> None:
-        if not self.param:
-            raise ConfigError("HttpExtractor: Incremental needs a parameter name")
-        _parse_path(self.field, "incremental field")
-        if isinstance(self.initial, bool) or not isinstance(self.initial, (str, int, float, date, type(None))):
-            raise ConfigError(
-                f"HttpExtractor: Incremental initial must be a string, number or datetime: {self.initial!r}"
-            )
-        if isinstance(self.initial, date):  # datetime included: the cursor is JSON, so keep its ISO form
-            object.__setattr__(self, "initial", self.initial.isoformat())
-
-
-def _order_key(value: Any) -> tuple[str, Any]:
-    """What a high-water value sorts by: numbers, ISO-8601 strings as instants, other strings as text."""
-    if isinstance(value, bool):
-        raise TypeError("a boolean cannot be a high-water mark")
-    if isinstance(value, (int, float)):
-        return "number", value
-    if isinstance(value, str):
-        try:
-            instant = datetime.fromisoformat(value)
-        except ValueError:
-            return "text", value
-        return "instant", instant if instant.tzinfo else instant.replace(tzinfo=UTC)
-    raise TypeError(f"a {type(value).__name__} cannot be a high-water mark")
-
-
-# --- the extractor ------------------------------------------------------------------------------
-
-
-class _Pacer:
-    """Spaces request starts at least `1 / per_second` apart, across every run this extractor serves."""
-
-    def __init__(self, per_second: float | None) -> None:
-        self.interval = 1.0 / per_second if per_second else 0.0
-        self.next_at = 0.0
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        now = time.monotonic()
-        slot = max(now, self.next_at)
-        self.next_at = slot + self.interval  # reserve the slot before sleeping, so concurrent runs queue up
-        if slot > now:
-            await asyncio.sleep(slot - now)
 
 
 class _Borrowed(httpx.AsyncBaseTransport):
@@ -459,39 +44,6 @@ class _Borrowed(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         return None
-
-
-_RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
-
-
-def _retryable(status: int) -> bool:
-    return status in (408, 429) or 500 <= status <= 599
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds (fractions accepted) or an HTTP date."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        when = when if when.tzinfo else when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    if math.isnan(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def _param(value: Any) -> ParamValue:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
 
 
 class HttpExtractor:
@@ -646,6 +198,10 @@ class HttpExtractor:
     def keeps_cursor(self) -> bool:
         """Runs start from the `incremental` field's high-water mark (see `jetl.protocols.Extractor`)."""
         return self.incremental is not None
+
+    def check(self, settings: JetlSettings) -> Check:
+        """ok once constructed: URL, auth, pagination and limits were checked then; it sends no request."""
+        return Check("ok", "configured")
 
     def next_cursor(self) -> dict[str, Any] | None:
         """`{"field": ..., "value": max seen}` after an incremental run (the start value if nothing new)."""
@@ -806,7 +362,7 @@ class HttpExtractor:
                         f"{where}: {failure} with Retry-After {retry_after:.0f}s, "
                         f"longer than max_retry_after={self.max_retry_after:g}s"
                     )
-            delay = self._delay(attempt, retry_after)
+            delay = _delay(attempt, self.backoff, self.max_backoff, retry_after)
             _log.warning(
                 "http request failed; retrying",
                 request=where,
@@ -816,12 +372,6 @@ class HttpExtractor:
             )
             await asyncio.sleep(delay)
             attempt += 1
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter (half fixed, half random), never shorter than the server asked."""
-        ceiling = min(self.max_backoff, self.backoff * 2**attempt)
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-        return float(max(delay, retry_after or 0.0))
 
     def _decode(self, response: httpx.Response, shown: str, page: int) -> Any:
         if response.status_code == 204:
