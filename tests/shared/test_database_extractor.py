@@ -234,7 +234,9 @@ async def test_query_binds_the_data_interval(db: Db) -> None:
 
 async def test_trailing_semicolon_is_accepted(db: Db) -> None:
     db.insert(range(1, 4))
-    extractor = DatabaseExtractor(db.url, query=f"SELECT id FROM {db.name} ORDER BY id;\n", incremental_column="id")
+    extractor = DatabaseExtractor(
+        db.url, query=f"SELECT id FROM {db.name} ORDER BY id;\n", incremental_column="id", tie_breaker="id"
+    )
     assert ids(await collect(extractor)) == [1, 2, 3]
 
 
@@ -287,7 +289,9 @@ async def test_incremental_table_second_run_reads_only_new_rows(db: Db, column: 
 async def test_incremental_query_is_wrapped_as_a_subquery(db: Db) -> None:
     db.insert(range(1, 10))
     query = f"SELECT id, customer, updated_at FROM {db.name} WHERE customer <> :skip"
-    extractor = DatabaseExtractor(db.url, query=query, params={"skip": "c0"}, incremental_column="updated_at")
+    extractor = DatabaseExtractor(
+        db.url, query=query, params={"skip": "c0"}, incremental_column="updated_at", tie_breaker="id"
+    )
 
     assert ids(await collect(extractor, run(1))) == [1, 2, 4, 5, 7, 8]
     cursor = extractor.next_cursor()

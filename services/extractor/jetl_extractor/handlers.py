@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from faststream.nats import NatsRouter
@@ -14,7 +15,7 @@ from jetl.errors import OverlappingRun
 from jetl.events import BatchExtracted, BatchRejected, RunExtracted, RunFailed, RunStarted
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, RunRequest, encode_records, utcnow
-from jetl.protocols import Chunk, ExtractContext
+from jetl.protocols import Chunk, ExtractContext, Extractor
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
@@ -25,6 +26,26 @@ from jetl_extractor.settings import ExtractorSettings
 
 log = get_logger("jetl.extractor")
 IN_PROGRESS_EVERY_S = 10.0
+EACH = "extractors"
+"""The key under which a pipeline of several extractors keeps each one's cursor, by its index."""
+
+
+def cursor_of(stored: dict[str, Any] | None, index: int) -> dict[str, Any] | None:
+    """Extractor `index`'s part of a pipeline's stored cursor. A cursor stored in the single form (one
+    extractor, or before each had its own) goes to every extractor, as it always did."""
+    if stored is not None and isinstance(stored.get(EACH), dict):
+        part: dict[str, Any] | None = stored[EACH].get(str(index))
+        return part
+    return stored
+
+
+def joined_cursor(extractors: Sequence[Extractor]) -> dict[str, Any] | None:
+    """The pipeline's cursor after a run: the single extractor's own, or each one's under its index, so one
+    extractor's position never overwrites another's."""
+    if len(extractors) == 1:
+        return extractors[0].next_cursor() or None
+    each = {str(i): c for i, e in enumerate(extractors) if (c := e.next_cursor())}
+    return {EACH: each} if each else None
 
 
 class Extraction:
@@ -65,23 +86,18 @@ class Extraction:
             force=req.force,
             raw_json=True,  # JSON lines pass unparsed: the transformer parses them in the pass that validates them
         )
-        for extractor in p.extractors:
-            async for chunk in extractor.extract(ectx):
+        for index, extractor in enumerate(p.extractors):
+            async for chunk in extractor.extract(replace(ectx, cursor=cursor_of(cursor, index))):
                 await self._add(chunk)
         await self._flush(final=True)
         await self._drain()
-        merged: dict[str, Any] = {}
-        for extractor in p.extractors:
-            c = extractor.next_cursor()
-            if c:
-                merged.update(c)
         await self.ctx.bus.event(
             RunExtracted(
                 **self._event_base(),
                 batches=self.seq,
                 records=self.records,
                 rejected=self.rejected,
-                cursor=merged or None,
+                cursor=joined_cursor(p.extractors),
             )
         )
         log.info("run extracted", batches=self.seq, records=self.records, rejected=self.rejected)

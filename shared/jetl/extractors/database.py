@@ -24,7 +24,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -45,6 +45,8 @@ __all__ = ["DatabaseExtractor"]
 _T = TypeVar("_T")
 INTERVAL_PARAMS = ("data_interval_start", "data_interval_end")
 _HIGH_WATER = "jetl_high_water"
+_HIGH_KEY = "jetl_high_key"
+_POSITION = ("jetl_position_value", "jetl_position_key")  # trailing columns a run reads its position from
 _SUBQUERY = "jetl_source"
 _SQLITE_STATEMENT_ERRORS = (
     "no such table",
@@ -121,14 +123,58 @@ def _load(value: Any, tag: str | None) -> Any:
         raise ConfigError(f"the stored cursor value {value!r} is not a valid {tag}: {exc}") from exc
 
 
-def _bind_type(value: Any) -> sa.types.TypeEngine[Any] | None:
-    """The SQL type to bind a high-water value with in a text query, where no column type is known."""
+def _bind_type(value: Any, column: sa.ColumnElement[Any]) -> sa.types.TypeEngine[Any] | None:
+    """The SQL type to bind a position value with: the column's, or one from the value in a text query."""
+    if not isinstance(column.type, sa.types.NullType):
+        return column.type
     if isinstance(value, datetime):
         return sa.DateTime(timezone=value.tzinfo is not None)
     if isinstance(value, date):
         return sa.Date()
     if isinstance(value, Decimal):
         return sa.Numeric()
+    return None
+
+
+@dataclass(frozen=True)
+class _Position:
+    """A row's place in the cursor order: the cursor column's value, then the tie-breaker's (None when the
+    column is unique on its own). `legacy` marks a start from `initial=` or from a cursor stored before
+    tie-breakers: it is compared as `col > value` through the column's type, as those cursors were made."""
+
+    value: Any
+    key: Any = None
+    legacy: bool = False
+    stored: Any = None
+    """The value as the cursor stored it (JSON): the exact source text for a SQLite date/time column."""
+
+    def ahead_of(self, other: _Position | None) -> bool:
+        """Strictly after `other` (the database already said so; this guards the cursor against moving back)."""
+        if other is None or other.value is None:
+            return True
+        try:
+            if self.value != other.value:
+                return bool(self.value > other.value)
+            return other.key is not None and self.key is not None and bool(self.key > other.key)
+        except TypeError:  # a legacy typed mark against source text: the database's order decides
+            return True
+
+
+def _compared(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
+    """The column as the source compares it. SQLite keeps dates and times as text and compares the text, while
+    SQLAlchemy would parse it and bind a mark rendered in its own format ('2025-01-04 11:20:00.000000' sorts
+    below '2025-01-04T09:00:00'): read and bind the text itself."""
+    if dialect == "sqlite" and isinstance(column.type, (sa.Date, sa.DateTime, sa.Time)):
+        return sa.type_coerce(column, sa.String())
+    return column
+
+
+def _text_tag(column: sa.ColumnElement[Any], dialect: str) -> str | None:
+    """The type tag a SQLite date/time column's text keeps in the cursor, so the cursor still says what it is."""
+    if dialect == "sqlite" and isinstance(column.type, sa.DateTime):
+        return "datetime"
+    if dialect == "sqlite" and isinstance(column.type, sa.Date):
+        return "date"
     return None
 
 
@@ -156,13 +202,17 @@ def _statement_problem(exc: sa_exc.DBAPIError) -> bool:
 class _Stream:
     """One run's open connection and result; touched only on the run's worker thread."""
 
-    connection: Connection
-    result: Result[Any]
-    keys: list[str]
-    partitions: Any
-    origin_keys: list[int] | None
-    high_index: int | None
-    high: Any
+    position: _Position | None
+    """The start, then the last row read: where the next run starts."""
+    key_column: str | None = None
+    """The tie-breaker the position uses (the cursor column itself when that is unique)."""
+    value_tag: str | None = None
+    """The cursor's type tag when the value travels as source text (SQLite dates), else taken from the value."""
+    connection: Connection = field(init=False)
+    result: Result[Any] = field(init=False)
+    keys: list[str] = field(init=False)
+    partitions: Any = field(init=False)
+    origin_keys: list[int] | None = field(init=False)
     rows: int = 0
 
 
@@ -171,9 +221,17 @@ class DatabaseExtractor:
 
     `query` takes bound parameters only (`:name`), from `params` plus `:data_interval_start` and
     `:data_interval_end` (the run's data interval). With `incremental_column`, each run reads only rows
-    whose column is greater than the high-water mark the last completed run reached (`WHERE col > :hwm
-    ORDER BY col`; a query is wrapped as a subquery for this). Rows committed later with a value at or below
-    the mark (long transactions, clock skew) are not seen: use a column the database assigns at commit.
+    strictly after the position the last completed run reached: the column's value plus a tie-breaker, so
+    rows sharing a value are neither read twice nor skipped (`WHERE col > :v OR (col = :v AND key > :k)
+    ORDER BY col, key`; a query is wrapped as a subquery for this). The tie-breaker is `tie_breaker=`, a
+    column unique in the source, or else the table's single-column primary key; a query, or a table without
+    one, must declare it, or the run fails with a ConfigError. `tie_breaker` may name the incremental column
+    itself when that is unique on its own (an id, say): then the position is its value alone.
+
+    Values are compared as the source stores and compares them: a text column's exact text, a timestamp with
+    its time zone, SQLite dates and times as the text SQLite holds. Rows committed later with a position at
+    or below the mark (long transactions, clock skew) are not seen: use a column the database assigns at
+    commit.
 
     Example:
         DatabaseExtractor("postgresql+psycopg://etl@db/shop", table="orders", incremental_column="updated_at")
@@ -189,6 +247,7 @@ class DatabaseExtractor:
         params: Mapping[str, Any] | None = None,
         columns: Sequence[str] | None = None,
         incremental_column: str | None = None,
+        tie_breaker: str | None = None,
         initial: Any = None,
         chunk_size: int = 5000,
         password: SecretStr | str | None = None,
@@ -211,17 +270,20 @@ class DatabaseExtractor:
         self.params = dict(params or {})
         self.columns = list(columns) if columns is not None else None
         self.incremental_column = incremental_column
+        self.tie_breaker = tie_breaker
         self.chunk_size = chunk_size
         self.query: str | None = None
         self._text: sa.TextClause | None = None
         self._interval_names: list[str] = []
 
-        reserved = set(INTERVAL_PARAMS) | {_HIGH_WATER}
+        reserved = set(INTERVAL_PARAMS) | {_HIGH_WATER, _HIGH_KEY}
         taken = sorted(reserved & set(self.params))
         if taken:
             raise ConfigError(f"{self._where()}: params may not set {taken[0]!r}; jetl binds it")
         if incremental_column is not None and not incremental_column:
             raise ConfigError(f"{self._where()}: incremental_column is empty")
+        if tie_breaker is not None and (not tie_breaker or incremental_column is None):
+            raise ConfigError(f"{self._where()}: tie_breaker= needs incremental_column= and a column name")
         if table is not None:
             if not table:
                 raise ConfigError("DatabaseExtractor: table is empty")
@@ -241,6 +303,11 @@ class DatabaseExtractor:
             if self.columns is not None or schema is not None:
                 raise ConfigError(f"{self._where()}: columns= and schema= are for table=; select them in the query")
             self._text, self._interval_names = self._compile_query(self.query)
+            if incremental_column is not None and tie_breaker is None:
+                raise ConfigError(
+                    f"{self._where()}: an incremental query needs tie_breaker=, a column unique among its rows "
+                    f"(or {incremental_column!r} itself if it is unique), so rows sharing a value are read once"
+                )
         self._initial = self._check_initial(initial)
         self._cursor: dict[str, Any] | None = None
 
@@ -254,8 +321,9 @@ class DatabaseExtractor:
     def _compile_query(self, query: str) -> tuple[sa.TextClause, list[str]]:
         """The query as a text clause, interval parameters typed; every other parameter must be supplied."""
         names = set(sa.text(query).compile().params)
-        if _HIGH_WATER in names:
-            raise ConfigError(f"{self._where()}: the query may not use :{_HIGH_WATER}; jetl binds it")
+        for name in (_HIGH_WATER, _HIGH_KEY):
+            if name in names:
+                raise ConfigError(f"{self._where()}: the query may not use :{name}; jetl binds it")
         missing = sorted(names - set(self.params) - set(INTERVAL_PARAMS))
         if missing:
             raise ConfigError(f"{self._where()}: no value for bound parameter(s) {', '.join(':' + m for m in missing)}")
@@ -294,7 +362,8 @@ class DatabaseExtractor:
         return self.incremental_column is not None
 
     def next_cursor(self) -> dict[str, Any] | None:
-        """`{"column": ..., "value": max seen, "type": ...}` after an incremental run; JSON-serialisable."""
+        """After an incremental run, the position reached, JSON-serialisable: `{"column", "value", "type",
+        "key_column", "key", "key_type"}` (no key when the column is unique on its own)."""
         return None if self._cursor is None else dict(self._cursor)
 
     def check(self, settings: JetlSettings) -> Check:
@@ -309,9 +378,9 @@ class DatabaseExtractor:
 
     async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
         """Run the table scan or query and yield its rows in chunks of at most `chunk_size`."""
-        start = self._start_value(ctx)
+        start = self._start_position(ctx)
         if self.incremental_column is not None:
-            self._cursor = self._cursor_of(start)
+            self._cursor = dict(ctx.cursor) if ctx.cursor else self._cursor_of(start, None, None)
         binds = {**self.params}
         for name in self._interval_names:
             value = ctx.data_interval_start if name == "data_interval_start" else ctx.data_interval_end
@@ -321,13 +390,13 @@ class DatabaseExtractor:
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jetl-db")
         stream: _Stream | None = None
         try:
-            stream = await self._call(worker, self._open, start, binds)
+            stream = await self._call(worker, self._open, start, binds, ctx.pipeline)
             while True:
                 chunk = await self._call(worker, self._next_chunk, stream)
                 if chunk is None:
                     break
-                if self.incremental_column is not None:
-                    self._cursor = self._cursor_of(stream.high)
+                if stream.position is not start:  # moved past the start: the cursor is the last row read
+                    self._cursor = self._cursor_of(stream.position, stream.key_column, stream.value_tag)
                     assert chunk.position is not None
                     chunk.position["high_water"] = self._cursor["value"]
                 yield chunk
@@ -336,12 +405,13 @@ class DatabaseExtractor:
                 await asyncio.shield(self._call(worker, self._close, stream))
             worker.shutdown(wait=False)
 
-    def _start_value(self, ctx: ExtractContext) -> Any:
+    def _start_position(self, ctx: ExtractContext) -> _Position | None:
+        """Where this run starts: the stored cursor's position, else `initial=`, else the beginning (None)."""
         if self.incremental_column is None:
             return None
         cursor = ctx.cursor
         if not cursor:
-            return self._initial
+            return None if self._initial is None else _Position(self._initial, legacy=True)
         if not isinstance(cursor, dict) or "value" not in cursor:
             raise ConfigError(f"{self._where()}: the stored cursor {cursor!r} has no 'value'")
         if cursor.get("column", self.incremental_column) != self.incremental_column:
@@ -350,18 +420,29 @@ class DatabaseExtractor:
                 f"extractor now tracks {self.incremental_column!r}; reset the pipeline's cursor to start over"
             )
         try:
-            return _load(cursor["value"], cursor.get("type"))
+            value = _load(cursor["value"], cursor.get("type"))
+            key = _load(cursor.get("key"), cursor.get("key_type"))
         except ConfigError as exc:
             raise ConfigError(f"{self._where()}: {exc}") from exc
-
-    def _cursor_of(self, value: Any) -> dict[str, Any]:
         if value is None:
-            return {"column": self.incremental_column, "value": None, "type": None}
+            return None
+        legacy = "key_column" not in cursor  # stored before tie-breakers: every row at its value was read
+        return _Position(value, key, legacy=legacy, stored=cursor["value"])
+
+    def _cursor_of(self, position: _Position | None, key_column: str | None, tag: str | None) -> dict[str, Any]:
+        column = self.incremental_column
+        if position is None:
+            return {"column": column, "value": None, "type": None}
         try:
-            dumped, tag = _dump(value)
+            value, value_tag = _dump(position.value)
+            cursor = {"column": column, "value": value, "type": tag or value_tag}
+            if key_column is not None:
+                cursor["key_column"] = key_column
+                if position.key is not None:
+                    cursor["key"], cursor["key_type"] = _dump(position.key)
         except TypeError as exc:
-            raise TerminalError(f"{self._where()}: column {self.incremental_column!r}: {exc}") from exc
-        return {"column": self.incremental_column, "value": dumped, "type": tag}
+            raise TerminalError(f"{self._where()}: column {column!r} or {key_column!r}: {exc}") from exc
+        return cursor
 
     async def _call(self, worker: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
         """Run `fn` on the run's worker thread with this task's context (log bindings); translate errors."""
@@ -391,63 +472,115 @@ class DatabaseExtractor:
 
     # -- on the worker thread ---------------------------------------------------------------------
 
-    def _open(self, start: Any, binds: dict[str, Any]) -> _Stream:
+    def _open(self, start: _Position | None, binds: dict[str, Any], pipeline: str) -> _Stream:
         connection = self.engine.connect()
         try:
-            statement, origin_columns = self._statement(connection, start, binds)
+            statement, origin_columns, stream = self._statement(connection, start, binds, pipeline)
             result = connection.execution_options(stream_results=True, yield_per=self.chunk_size).execute(
                 statement, binds
             )
             keys = list(map(str, result.keys()))  # exact str: reflected names are quoted_name, orjson wants str
+            if self.incremental_column is not None:  # the trailing position columns are not the rows' own
+                keys = keys[: -(1 if stream.key_column == self.incremental_column else 2)]
             twice = sorted({k for k in keys if keys.count(k) > 1})
             if twice:
                 result.close()
                 raise ConfigError(f"{self._where()}: the query returns column {twice[0]!r} twice; alias one of them")
-            high_index = None
-            if self.incremental_column is not None:
-                if self.incremental_column not in keys:
-                    result.close()
-                    raise ConfigError(
-                        f"{self._where()}: incremental column {self.incremental_column!r} is not among the "
-                        f"columns returned ({', '.join(keys)})"
-                    )
-                high_index = keys.index(self.incremental_column)
             origin_keys = None
             if origin_columns and all(c in keys for c in origin_columns):
                 origin_keys = [keys.index(c) for c in origin_columns]
-            partitions = result.partitions(self.chunk_size)
-            return _Stream(connection, result, keys, partitions, origin_keys, high_index, start)
+            stream.connection, stream.result, stream.keys, stream.origin_keys = connection, result, keys, origin_keys
+            stream.partitions = result.partitions(self.chunk_size)
+            return stream
         except BaseException:
             connection.close()
             raise
 
-    def _statement(self, connection: Connection, start: Any, binds: dict[str, Any]) -> tuple[Any, list[str]]:
-        """The SELECT to run, and the primary-key columns that name a row in its origin (tables only)."""
+    def _statement(
+        self, connection: Connection, start: _Position | None, binds: dict[str, Any], pipeline: str
+    ) -> tuple[Any, list[str], _Stream]:
+        """The SELECT to run, the primary-key columns that name a row in its origin (tables only), and the
+        run's stream, not yet opened, with its start position and tie-breaker."""
         column = self.incremental_column
+        stream = _Stream(start)
         if self._text is not None:
             if column is None:
-                return self._text, []
-            source = self._text.columns(sa.column(column)).subquery(_SUBQUERY)
-            statement: sa.Select[Any] = sa.select(sa.literal_column("*")).select_from(source)
-            if start is not None:
-                binds[_HIGH_WATER] = start
-                bound = sa.bindparam(_HIGH_WATER, type_=_bind_type(start))
-                statement = statement.where(source.c[column] > bound)
-            return statement.order_by(source.c[column]), []
+                return self._text, [], stream
+            key = self.tie_breaker
+            assert key is not None  # checked at construction
+            wanted: list[sa.ColumnClause[Any]] = [sa.column(column)] + ([sa.column(key)] if key != column else [])
+            source = self._text.columns(*wanted).subquery(_SUBQUERY)
+            statement = self._after(
+                sa.select(sa.literal_column("*")), source.c[column], source.c[key], key, stream, binds
+            )
+            return statement.select_from(source), [], stream
 
         assert self.table is not None
         table = sa.Table(self.table, sa.MetaData(), schema=self.schema, autoload_with=connection)
         known = list(table.c.keys())
-        wanted = self.columns if self.columns is not None else known
-        unknown = [c for c in [*wanted, *([column] if column else [])] if c not in known]
+        wanted_names = self.columns if self.columns is not None else known
+        named = [*wanted_names, *([column] if column else []), *([self.tie_breaker] if self.tie_breaker else [])]
+        unknown = [c for c in named if c not in known]
         if unknown:
             raise ConfigError(f"{self._where()}: no column {unknown[0]!r}; the table has {', '.join(known)}")
-        statement = sa.select(*(table.c[c] for c in wanted))
+        primary = [c.name for c in table.primary_key.columns]
+        statement = sa.select(*(table.c[c] for c in wanted_names))
         if column is not None:
-            if start is not None:
-                statement = statement.where(table.c[column] > start)
-            statement = statement.order_by(table.c[column])
-        return statement, [c.name for c in table.primary_key.columns]
+            key = self.tie_breaker or (primary[0] if len(primary) == 1 else None)
+            if key is None:
+                raise ConfigError(
+                    f"pipeline {pipeline!r}: {self._where()}: the table has no single-column primary key to order "
+                    f"rows sharing a {column!r} value; declare tie_breaker=, a unique column (or {column!r} "
+                    "itself if it is unique)"
+                )
+            dialect = connection.dialect.name
+            if start is not None and not start.legacy and _compared(table.c[column], dialect) is not table.c[column]:
+                start = stream.position = replace(start, value=str(start.stored))  # the source's own text
+            stream.value_tag = _text_tag(table.c[column], dialect)
+            statement = self._after(
+                statement,
+                _compared(table.c[column], dialect),
+                _compared(table.c[key], dialect),
+                key,
+                stream,
+                binds,
+                legacy=table.c[column],
+            )
+        return statement, primary, stream
+
+    def _after(
+        self,
+        statement: sa.Select[Any],
+        value: sa.ColumnElement[Any],
+        key: sa.ColumnElement[Any],
+        key_column: str,
+        stream: _Stream,
+        binds: dict[str, Any],
+        legacy: sa.ColumnElement[Any] | None = None,
+    ) -> sa.Select[Any]:
+        """`statement` limited to rows after the stream's start, in cursor order, with the position columns."""
+        unique = key_column == self.incremental_column
+        stream.key_column = key_column
+        statement = statement.add_columns(value.label(_POSITION[0]))
+        if not unique:
+            statement = statement.add_columns(key.label(_POSITION[1]))
+        start = stream.position
+        if start is not None:
+            binds[_HIGH_WATER] = start.value
+            after: sa.ColumnElement[bool]
+            if start.legacy:  # as the cursor was made: through the column's type, every row at the value read
+                compared = value if legacy is None else legacy
+                after = compared > sa.bindparam(_HIGH_WATER, type_=_bind_type(start.value, compared))
+            else:
+                high = sa.bindparam(_HIGH_WATER, type_=_bind_type(start.value, value))
+                after = value > high
+                if not unique and start.key is not None:
+                    binds[_HIGH_KEY] = start.key
+                    after = sa.or_(
+                        after, sa.and_(value == high, key > sa.bindparam(_HIGH_KEY, type_=_bind_type(start.key, key)))
+                    )
+            statement = statement.where(after)
+        return statement.order_by(value, *([] if unique else [key]))
 
     def _next_chunk(self, stream: _Stream) -> Chunk | None:
         """Fetch the next partition and turn it into JSON-friendly records with origins; None at the end."""
@@ -455,7 +588,8 @@ class DatabaseExtractor:
         if rows is None:
             return None
         keys = stream.keys
-        records: list[Record] = [{k: _plain(v) for k, v in zip(keys, row, strict=True)} for row in rows]
+        n = len(keys)
+        records: list[Record] = [{k: _plain(v) for k, v in zip(keys, row[:n], strict=True)} for row in rows]
         first = stream.rows + 1
         stream.rows += len(rows)
         if self.table is None:
@@ -465,19 +599,15 @@ class DatabaseExtractor:
             origins = [f"table {self._name()} " + ",".join(f"{keys[i]}={row[i]}" for i in picks) for row in rows]
         else:
             origins = [f"table {self._name()} row {first + i}" for i in range(len(rows))]
-        if stream.high_index is not None:
-            index, high = stream.high_index, stream.high
-            for row in rows:
-                value = row[index]
-                try:
-                    if value is not None and (high is None or value > high):
-                        high = value
-                except TypeError as exc:
-                    raise TerminalError(
-                        f"{self._where()}: column {self.incremental_column!r} mixes "
-                        f"{type(value).__name__} and {type(high).__name__} values"
-                    ) from exc
-            stream.high = high
+        if self.incremental_column is not None:
+            unique = stream.key_column == self.incremental_column
+            for row in reversed(rows):  # rows come in cursor order: the last with a position is the furthest
+                value, key = row[n], None if unique else row[n + 1]
+                if value is not None and (unique or key is not None):
+                    reached = _Position(value, key)
+                    if reached.ahead_of(stream.position):
+                        stream.position = reached
+                    break
         return Chunk(records=records, origins=origins, position={"rows": stream.rows})
 
     def _close(self, stream: _Stream) -> None:
