@@ -21,19 +21,17 @@ stay here because the CLI's `jetl schedule`, `jetl pause` and `jetl resume` read
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from nats.aio.client import Client
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import (
     BucketNotFoundError,
+    KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
     NotFoundError,
 )
 from nats.js.kv import KeyValue
@@ -288,22 +286,12 @@ async def get_mark(kv: KeyValue, key: str) -> RunMark | None:
 
 
 async def watch_values(kv: KeyValue, keys: str) -> dict[str, bytes]:
-    """The current values of every key matching a filter (`svc.>`), read with a server-side filtered watch."""
+    """The current values of every key matching a filter (`svc.>`)."""
     out: dict[str, bytes] = {}
-    watcher = await kv.watch(keys, ignore_deletes=True)
-    try:
-        while True:
-            try:
-                entry = await watcher.updates(timeout=2.0)  # type: ignore[no-untyped-call]
-            except Exception:
-                break
-            if entry is None:
-                break
-            if entry.value:
-                out[entry.key] = entry.value
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    for key in await bucket_keys(kv, keys):
+        entry = await _entry(kv, key)
+        if entry is not None and entry.value:
+            out[key] = entry.value
     return out
 
 
@@ -314,8 +302,8 @@ async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]
     out: list[RunState] = []
     for k in keys:
         if k.startswith(prefix):
-            entry = await kv.get(k)
-            if entry.value:
+            entry = await _entry(kv, k)
+            if entry is not None and entry.value:
                 out.append(RunState.model_validate_json(entry.value))
 
     def when(st: RunState) -> float:
@@ -326,15 +314,25 @@ async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]
     return out
 
 
-async def bucket_keys(kv: KeyValue, attempts: int = 3) -> list[str]:
-    """Every key in the bucket. An empty bucket is []; a watcher that timed out (a busy server) is retried, and
-    then raised: an empty answer must mean no runs, never "could not tell"."""
-    for attempt in range(attempts):
-        try:
-            return list(await kv.keys())
-        except NoKeysError:
-            return []
-        except (TimeoutError, NatsTimeoutError):
-            if attempt == attempts - 1:
-                raise
-    return []
+async def bucket_keys(kv: KeyValue, keys: str = ">") -> list[str]:
+    """Every key in the bucket that matches `keys` (deleted keys may be among them: read them with `_entry`).
+
+    Read from the bucket stream's subject counts in one request, not with nats-py's `kv.keys()`: its watcher can
+    report "no keys" when the server delivers the entries before the consumer info it compares them with (seen
+    under load as `jetl counts` finding no runs beside a full bucket).
+    """
+    # nats-py keeps the bucket's stream and subject prefix on the KeyValue object and offers no public accessor
+    js, stream, prefix = kv._js, kv._stream, kv._pre
+    try:
+        info = await js.stream_info(stream, subjects_filter=f"{prefix}{keys}")
+    except NotFoundError:
+        return []
+    return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
+
+
+async def _entry(kv: KeyValue, key: str) -> Any:
+    """The entry of `key`, or None when it was deleted or purged."""
+    try:
+        return await kv.get(key)
+    except (KeyNotFoundError, KeyDeletedError, NotFoundError):
+        return None

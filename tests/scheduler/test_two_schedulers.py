@@ -61,6 +61,7 @@ def test_two_scheduler_replicas_give_one_run_per_slot(tmp_path: Path, nats: Nats
         try:
             wait_started(schedulers)
             time.sleep(7)  # about seven slots of the sped-up per-minute cron, both replicas ticking
+            wait_both_ticked(data, timeout=30)  # on a busy host one replica may win the first slots' races
             assert all(s.alive() for s in schedulers), "a scheduler died"
             asyncio.run(pause(nats.url))  # no more slots; the replicas' trackers finish the runs in flight
             events = asyncio.run(settle_and_read(nats.url))
@@ -108,6 +109,16 @@ def wait_started(procs: list[ServiceProcess], timeout: float = 60.0) -> None:
         assert all(p.alive() for p in procs), "a scheduler died during start-up"
         time.sleep(0.1)
     raise AssertionError("schedulers did not start")
+
+
+def wait_both_ticked(data: Path, timeout: float) -> None:
+    """Until each replica has requested a slot or found it requested (or the timeout; the test then says so)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = [(data / "logs" / f"scheduler-{x}.log").read_text() for x in ("a", "b")]
+        if all("scheduled run requested" in t or "already requested" in t for t in logs):
+            return
+        time.sleep(0.5)
 
 
 async def pause(url: str) -> None:

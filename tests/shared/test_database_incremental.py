@@ -27,7 +27,7 @@ from jetl.extractors.database import DatabaseExtractor
 from jetl.messages import RunRequest
 from jetl.protocols import ExtractContext
 from jetl.registry import register
-from jetl.service import make_context
+from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
