@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+import jetl.loaders.clickhouse.lineage as lineage
 from jetl.errors import ConfigError, TerminalError
-from jetl.loaders.clickhouse import lineage
 from jetl.loaders.clickhouse.client import _missing_table, _wrap, get_client
 from jetl.loaders.clickhouse.lineage import LINEAGE_COLUMN
 from jetl.loaders.clickhouse.sql import PARTITION, create_table, quote
