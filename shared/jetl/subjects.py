@@ -147,11 +147,3 @@ def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) 
         return ".".join(parts)
     parts.append(check_token(run_id, "run id") if run_id is not None else "*")
     return ".".join(parts)
-
-
-def parse(subject: str) -> tuple[Kind, str, str | None]:
-    """Split a jetl subject into (kind, pipeline, run id or stage)."""
-    parts = subject.split(".")
-    if len(parts) < 3 or parts[0] != PREFIX:
-        raise ValueError(f"not a jetl subject: {subject!r}")
-    return Kind(parts[1]), parts[2], parts[3] if len(parts) > 3 else None
