@@ -1,7 +1,9 @@
 """Settings: pydantic-settings, env prefix `JETL_`, nested with `__` (e.g. `JETL_NATS__URL`).
 
 Each service subclasses `JetlSettings` once (`jetl_loader.settings.LoaderSettings`, ...). Library code takes
-settings objects as arguments; it never reads `os.environ` itself.
+settings objects as arguments and reads configuration only through them, never from `os.environ`. Two places touch
+the environment without reading settings from it: `jetl.embedded.service_env` copies it into the child services it
+starts, and the test helpers in `jetl.testing.servers` read `CI` and `JETL_TEST_*` to pick their servers.
 """
 
 from __future__ import annotations
@@ -80,13 +82,11 @@ class JetlSettings(BaseSettings):
     pipelines_dir: Path = Path("pipelines")
     """Folder searched for `*_pipeline.py` modules."""
     data_dir: Path = Path(".jetl")
-    """Local state: embedded NATS store, chdb folder, file loader output, the run-state store."""
+    """Local state: embedded NATS store, chdb folder, file loader output, logs."""
     nats: NatsSettings = Field(default_factory=NatsSettings)
     """The message bus."""
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     """The ClickHouse destination."""
-    state_url: str = ""
-    """SQLAlchemy URL of the run-state projection store; empty means SQLite in the data folder."""
     log_level: str = "INFO"
     """Log level."""
     log_format: Literal["console", "json"] = "console"
@@ -113,8 +113,3 @@ class JetlSettings(BaseSettings):
     def clickhouse_dsn(self) -> str:
         """The ClickHouse DSN in force."""
         return self.clickhouse.dsn or f"chdb://{self.chdb_path}"
-
-    @property
-    def state_dsn(self) -> str:
-        """The projection store URL in force."""
-        return self.state_url or f"sqlite:///{(self.data_dir / 'state.db').resolve()}"

@@ -149,14 +149,6 @@ def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) 
     return ".".join(parts)
 
 
-def parse(subject: str) -> tuple[Kind, str, str | None]:
-    """Split a jetl subject into (kind, pipeline, run id or stage)."""
-    parts = subject.split(".")
-    if len(parts) < 3 or parts[0] != PREFIX:
-        raise ValueError(f"not a jetl subject: {subject!r}")
-    return Kind(parts[1]), parts[2], parts[3] if len(parts) > 3 else None
-
-
 def control_pattern(service: str) -> str:
     """Every control verb of one service (`jetl.ctl.<service>.>`): what that service may answer."""
     return f"{PREFIX}.ctl.{check_token(service, 'service')}.>"

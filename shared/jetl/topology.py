@@ -170,7 +170,7 @@ async def _declare_kv(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
     return Change("kv", BUCKET, "updated", "; ".join(diffs))
 
 
-BUCKET = "JETL_STATE"
+BUCKET = subjects.STATE_BUCKET
 
 
 def kv_config(replicas: int = 1) -> KeyValueConfig:

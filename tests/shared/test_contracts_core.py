@@ -22,7 +22,6 @@ def test_subjects_are_built_from_tokens() -> None:
     assert subjects.dlq("orders", "transform") == "jetl.dlq.orders.transform"
     assert subjects.pattern(Kind.EVENTS, "orders") == "jetl.events.orders.*"
     assert subjects.pattern(Kind.RUN) == "jetl.run.>"
-    assert subjects.parse("jetl.clean.orders.r1") == (Kind.CLEAN, "orders", "r1")
     for bad in ("a.b", "a b", "a*", "a>", ""):
         with pytest.raises(ConfigError):
             subjects.raw(bad, "r1")
