@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -225,6 +225,10 @@ class JetlClient:
         """Rows in the pipeline's destination, counted by the loader (per run where the loader keeps lineage)."""
         return DestinationCount(pipeline=pipeline, **await self.ask_loader("count", {"pipeline": pipeline}))
 
+    async def destination_max(self, pipeline: str, column: str) -> Any:
+        """The largest value of `column` in the pipeline's destination, read by the loader (None when empty)."""
+        return (await self.ask_loader("max", {"pipeline": pipeline, "column": column}))["value"]
+
     async def diff(
         self, pipeline: str, run_id: str, parent_run_id: str, *, drop: bool = True, sample: int = 10
     ) -> Diff:
@@ -398,6 +402,10 @@ class DestinationCount:
     """Rows per run id, where the loader keeps lineage."""
     exact: bool = True
     """False for tables that merge rows by key (a key's older rows vanish as parts merge)."""
+    key: list[str] = field(default_factory=list)
+    """The pipeline's primary key (empty: append mode)."""
+    keys: int | None = None
+    """Distinct primary keys in the destination (None without a key)."""
 
 
 def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunState]) -> dict[int, str | None]:

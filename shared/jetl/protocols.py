@@ -106,6 +106,8 @@ class Extractor(Protocol):
     # Optional: `keeps_cursor: bool`, True when each run starts from the cursor the last completed run left (files
     # already loaded, a high-water mark). Runs of a pipeline with such an extractor never overlap
     # (`Pipeline.keeps_cursor`): a second one would read what the first is still loading.
+    # Optional, for `jetl cursor set` (`jetl.cursors`): `cursor_field: str | None`, the record field the cursor
+    # follows, and `cursor_at(value) -> dict`, the cursor of a position strictly after `value`.
 
 
 @runtime_checkable
@@ -147,6 +149,26 @@ class Diff:
     unchanged: int = 0
     samples: dict[str, list[Any]] = field(default_factory=dict)
     """A few keys per kind ("added", "removed", "changed"), for people to look at."""
+
+
+@runtime_checkable
+class KeyedLoader(Protocol):
+    """A loader that keeps one row per primary key (`Pipeline(primary_key=...)`): loading a row again replaces it.
+
+    Optional: ClickHouseLoader merges by key (ReplacingMergeTree), FileLoader merges on read.
+    """
+
+    def merge_on(self, key: list[str]) -> None:
+        """Keep one row per `key` from now on: the row loaded last wins. Called once, at pipeline start-up."""
+        ...
+
+    def distinct_keys(self, pipeline: str) -> int:
+        """How many distinct keys the destination holds (its row count once merged)."""
+        ...
+
+    def max_value(self, pipeline: str, column: str) -> Any:
+        """The largest value of `column` in the destination (None when empty): what a cursor is seeded from."""
+        ...
 
 
 @runtime_checkable
