@@ -19,6 +19,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
 
 from jetl import subjects
 from jetl.bus import Bus, connect, make_broker
@@ -224,6 +225,10 @@ class JetlClient:
     async def destination_count(self, pipeline: str) -> DestinationCount:
         """Rows in the pipeline's destination, counted by the loader (per run where the loader keeps lineage)."""
         return DestinationCount(pipeline=pipeline, **await self.ask_loader("count", {"pipeline": pipeline}))
+
+    async def kv(self) -> KeyValue:
+        """The state bucket (run states, cursors)."""
+        return await bucket(self.conn)
 
     async def destination_max(self, pipeline: str, column: str) -> Any:
         """The largest value of `column` in the pipeline's destination, read by the loader (None when empty)."""
