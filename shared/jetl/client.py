@@ -230,9 +230,12 @@ class JetlClient:
         """The state bucket (run states, cursors)."""
         return await bucket(self.conn)
 
-    async def destination_max(self, pipeline: str, column: str) -> Any:
-        """The largest value of `column` in the pipeline's destination, read by the loader (None when empty)."""
-        return (await self.ask_loader("max", {"pipeline": pipeline, "column": column}))["value"]
+    async def destination_max(self, pipeline: str, column: str, tie_breaker: str | None = None) -> list[Any] | None:
+        """The last row of the pipeline's destination in (`column`, `tie_breaker`) order, as [value, key], read by
+        the loader (None when empty)."""
+        body = {"pipeline": pipeline, "column": column, "tie_breaker": tie_breaker}
+        position: list[Any] | None = (await self.ask_loader("max", body))["position"]
+        return position
 
     async def diff(
         self, pipeline: str, run_id: str, parent_run_id: str, *, drop: bool = True, sample: int = 10

@@ -161,14 +161,22 @@ async def show_cursor(jc: JetlClient, pipeline: str) -> dict[str, Any] | None:
 
 
 async def set_cursor(
-    jc: JetlClient, p: Pipeline, value: Any, *, by: str, reason: str, extractor: int | None = None
+    jc: JetlClient,
+    p: Pipeline,
+    value: Any,
+    *,
+    by: str,
+    reason: str,
+    extractor: int | None = None,
+    key: Any = None,
 ) -> CursorChanged:
-    """Seed extractor `extractor`'s cursor so its next run reads only what comes strictly after `value`."""
+    """Seed extractor `extractor`'s cursor so its next run reads only what comes strictly after `value` (and
+    `key`, the tie-breaker's value: None takes every row at `value` as read)."""
     index = pick_extractor(p, extractor)
     make = getattr(p.extractors[index], "cursor_at", None)
     if not callable(make):
         raise ConfigError(f"pipeline {p.name!r}: extractor {index} cannot be given a cursor value")
-    part = make(value)
+    part = make(value, key)
     stored = await get_cursor(await jc.kv(), p.name)
     return await _change(jc, p, "set", with_part(p, stored, index, part), by, reason)
 
@@ -176,13 +184,17 @@ async def set_cursor(
 async def set_from_destination(
     jc: JetlClient, p: Pipeline, *, by: str, reason: str, extractor: int | None = None
 ) -> CursorChanged:
-    """Seed the cursor from the destination: the largest value of the cursor field the loader finds there."""
+    """Seed the cursor from the destination: the last row there in (cursor field, tie-breaker) order, as the loader
+    finds it. Without a declared tie-breaker every row at the largest value counts as loaded."""
     index = pick_extractor(p, extractor)
     name = cursor_field(p, index)
-    value = await jc.destination_max(p.name, name)
-    if value is None:
+    tie = getattr(p.extractors[index], "cursor_tie_breaker", None)
+    tie = tie if isinstance(tie, str) and tie in p.schema.model_fields else None
+    position = await jc.destination_max(p.name, name, tie)
+    if position is None:
         raise ConfigError(f"pipeline {p.name!r}: the destination holds no {name!r} value to seed the cursor from")
-    return await set_cursor(jc, p, value, by=by, reason=reason, extractor=index)
+    value, key = position
+    return await set_cursor(jc, p, value, by=by, reason=reason, extractor=index, key=key)
 
 
 async def reset_cursor(

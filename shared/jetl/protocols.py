@@ -106,8 +106,9 @@ class Extractor(Protocol):
     # Optional: `keeps_cursor: bool`, True when each run starts from the cursor the last completed run left (files
     # already loaded, a high-water mark). Runs of a pipeline with such an extractor never overlap
     # (`Pipeline.keeps_cursor`): a second one would read what the first is still loading.
-    # Optional, for `jetl cursor set` (`jetl.cursors`): `cursor_field: str | None`, the record field the cursor
-    # follows, and `cursor_at(value) -> dict`, the cursor of a position strictly after `value`.
+    # Optional, for `jetl cursor set` (`jetl.cursors`): `cursor_field` and `cursor_tie_breaker` (str | None), the
+    # record fields the cursor follows, and `cursor_at(value, key=None) -> dict`, the cursor of the position
+    # strictly after (value, key).
 
 
 @runtime_checkable
@@ -166,8 +167,9 @@ class KeyedLoader(Protocol):
         """How many distinct keys the destination holds (its row count once merged)."""
         ...
 
-    def max_value(self, pipeline: str, column: str) -> Any:
-        """The largest value of `column` in the destination (None when empty): what a cursor is seeded from."""
+    def max_position(self, pipeline: str, column: str, tie_breaker: str | None) -> tuple[Any, Any] | None:
+        """The last row in (`column`, `tie_breaker`) order in the destination, as (value, tie-breaker value or
+        None); None when it holds no row with a value: what a cursor is seeded from."""
         ...
 
 

@@ -2,7 +2,8 @@
 (a chdb folder opens in one process at a time).
 
 - `jetl.ctl.loader.count` {"pipeline"} -> {"destination", "total", "by_run", "exact", "key", "keys"}
-- `jetl.ctl.loader.max` {"pipeline", "column"} -> {"value"}: the column's largest value (seeds a cursor)
+- `jetl.ctl.loader.max` {"pipeline", "column", "tie_breaker"} -> {"position"}: the last row's [value, key] in that
+  order, or None (seeds a cursor)
 - `jetl.ctl.loader.diff` {"pipeline", "run_id", "parent_run_id", "drop", "sample"} -> a `Diff` as a dict
 
 Every reply is `{"ok": true, "result": ...}` or `{"ok": false, "error", "disposition"}` (transient or terminal,
@@ -49,14 +50,16 @@ def count(pipeline_name: str) -> dict[str, Any]:
     return {"destination": loader.describe(), "total": total, "by_run": None, "exact": exact, **keyed}
 
 
-def max_value(pipeline_name: str, column: str) -> dict[str, Any]:
-    """The largest value of a schema field in the pipeline's destination (None when it holds no rows)."""
+def max_position(pipeline_name: str, column: str, tie_breaker: str | None) -> dict[str, Any]:
+    """The last row of the pipeline's destination in (column, tie_breaker) order (None when it holds no rows)."""
     p = get_pipeline(pipeline_name)
-    if column not in p.schema.model_fields:
-        raise ConfigError(f"pipeline {pipeline_name!r}: {column!r} is not a field of {p.schema.__name__}")
+    for name in (column, tie_breaker):
+        if name is not None and name not in p.schema.model_fields:
+            raise ConfigError(f"pipeline {pipeline_name!r}: {name!r} is not a field of {p.schema.__name__}")
     if not isinstance(p.loader, KeyedLoader):
         raise ConfigError(f"pipeline {pipeline_name!r}: {p.loader!r} cannot read values back from its destination")
-    return {"value": p.loader.max_value(pipeline_name, column)}
+    position = p.loader.max_position(pipeline_name, column, tie_breaker)
+    return {"position": None if position is None else list(position)}
 
 
 def diff(pipeline_name: str, run_id: str, parent_run_id: str, drop: bool = True, sample: int = 10) -> dict[str, Any]:
@@ -87,7 +90,7 @@ def make_control_router(ctx: ServiceContext) -> NatsRouter:
     router = NatsRouter()
     verbs: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
         "count": lambda b: count(b["pipeline"]),
-        "max": lambda b: max_value(b["pipeline"], b["column"]),
+        "max": lambda b: max_position(b["pipeline"], b["column"], b.get("tie_breaker")),
         "diff": lambda b: diff(
             b["pipeline"], b["run_id"], b["parent_run_id"], bool(b.get("drop", True)), int(b.get("sample", 10))
         ),

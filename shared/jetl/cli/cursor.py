@@ -63,6 +63,7 @@ def set_(
     from_destination: bool = typer.Option(
         False, "--from-destination", help="Use the largest value of the cursor field in the destination."
     ),
+    key: str = typer.Option(None, "--key", help="The tie-breaker's value at VALUE: rows after it are read too."),
     reason: str = _REASON,
     by: str = _BY,
     extractor: int = _EXTRACTOR,
@@ -82,8 +83,9 @@ def set_(
         async with client() as jc:
             if from_destination:
                 return await cursors.set_from_destination(jc, p, by=by, reason=reason, extractor=extractor)
+            typed_key = None if key is None else cursors.parse_value(key)
             return await cursors.set_cursor(
-                jc, p, cursors.parse_value(value), by=by, reason=reason, extractor=extractor
+                jc, p, cursors.parse_value(value), by=by, reason=reason, extractor=extractor, key=typed_key
             )
 
     _report(run_async(_go()), json_out)

@@ -269,10 +269,22 @@ class FileLoader:
         }
         return len(seen)
 
-    def max_value(self, pipeline: str, column: str) -> Any:
-        """The largest `column` value among the pipeline's rows (None when none has one): seeds a cursor."""
-        values = [v for row in self.read_all(pipeline) if (v := row.get(column)) is not None]
-        return max(values) if values else None
+    def max_position(self, pipeline: str, column: str, tie_breaker: str | None) -> tuple[Any, Any] | None:
+        """The last row in (`column`, `tie_breaker`) order among the pipeline's rows (None when none has a value),
+        read part by part: seeds a cursor. Values compare as the parts hold them (ISO text sorts as time)."""
+        best: tuple[Any, Any] | None = None
+        for part in self._parts(pipeline):
+            for row in self._read_part(part, pipeline):
+                value = row.get(column)
+                if value is None:
+                    continue
+                here = (value, row.get(tie_breaker) if tie_breaker else None)
+                if best is None or (here[0], here[1] if here[1] is not None else "") > (
+                    best[0],
+                    best[1] if best[1] is not None else "",
+                ):
+                    best = here
+        return best
 
     def _parts(self, pipeline: str, run_id: str | None = None) -> list[Path]:
         """A pipeline's part files (of one run), in order; the folder a part sits in is the run that wrote it."""

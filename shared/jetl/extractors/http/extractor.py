@@ -210,12 +210,15 @@ class HttpExtractor:
         `{"tie_breaker", "key"}` when a tie-breaker is declared."""
         return None if self._cursor is None else dict(self._cursor)
 
-    def cursor_at(self, value: Any) -> dict[str, Any]:
-        """The cursor an operator seeds (`jetl cursor set`): the next run keeps records strictly after `value`."""
+    def cursor_at(self, value: Any, key: Any = None) -> dict[str, Any]:
+        """The cursor an operator seeds (`jetl cursor set`): the next run keeps records strictly after `value`
+        (and `key`, the tie-breaker's value; None: after every record at `value`)."""
         if self.incremental is None:
             raise ConfigError(f"{self!r} is not incremental: it keeps no cursor")
         try:
-            return self.incremental.cursor_at(value)
+            if key is not None:
+                _order_key(key)
+            return self.incremental.cursor_at(value, key if self.incremental.tie_breaker else None)
         except TypeError as exc:
             raise ConfigError(f"{self!r}: {value!r} cannot be a cursor value: {exc}") from exc
 
@@ -223,6 +226,11 @@ class HttpExtractor:
     def cursor_field(self) -> str | None:
         """The record field the cursor follows (what `jetl cursor set --from-destination` takes the max of)."""
         return None if self.incremental is None else self.incremental.field
+
+    @property
+    def cursor_tie_breaker(self) -> str | None:
+        """The record field that orders records sharing a cursor value (None when not declared)."""
+        return None if self.incremental is None else self.incremental.tie_breaker
 
     # -- a run ------------------------------------------------------------------------------------
 

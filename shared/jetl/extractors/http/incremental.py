@@ -57,6 +57,8 @@ class Incremental:
 
     def cursor_at(self, value: Any, key: Any = None) -> dict[str, Any]:
         """The stored cursor of a position: strictly after `value` (and `key`; None: every record at `value`)."""
+        if isinstance(value, datetime) and value.tzinfo is None:  # as `_order_key` reads naive text: UTC
+            value = value.replace(tzinfo=UTC)
         if isinstance(value, (datetime, date)):
             value = value.isoformat()
         _order_key(value)  # refuse a value that cannot be a position (a boolean, a list)

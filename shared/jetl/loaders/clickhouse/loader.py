@@ -99,20 +99,28 @@ class ClickHouseLoader:
         if not self.order_by:
             return self.count()
         keys = ", ".join(quote(c) for c in self.order_by)
-        return int(self._scalar(f"SELECT uniqExact({keys}) FROM {self.qualified}", "counting keys of", 0))
+        row = self._row(f"SELECT uniqExact({keys}) FROM {self.qualified}", "counting keys of")
+        return 0 if row is None else int(row[0])
 
-    def max_value(self, pipeline: str, column: str) -> Any:
-        """The largest `column` value in the table (None when empty or missing): seeds a cursor."""
-        return self._scalar(f"SELECT maxOrNull({quote(column)}) FROM {self.qualified}", f"reading max({column}) of")
+    def max_position(self, pipeline: str, column: str, tie_breaker: str | None) -> tuple[Any, Any] | None:
+        """The last row in (`column`, `tie_breaker`) order (None when the table is empty or missing): seeds a
+        cursor."""
+        cols = [quote(column), *([quote(tie_breaker)] if tie_breaker else [])]
+        sql = (
+            f"SELECT {', '.join(cols)} FROM {self.qualified} WHERE {cols[0]} IS NOT NULL"
+            f" ORDER BY {' DESC, '.join(cols)} DESC LIMIT 1"
+        )
+        row = self._row(sql, f"reading the last {column} of")
+        return None if row is None else (row[0], row[1] if tie_breaker else None)
 
-    def _scalar(self, sql: str, doing: str, missing: Any = None) -> Any:
+    def _row(self, sql: str, doing: str) -> Any:
         try:
             rows = self.client().query(sql).result_rows
         except Exception as exc:
             if _missing_table(exc):
-                return missing
+                return None
             raise _wrap(exc, f"{doing} {self.qualified}") from exc
-        return rows[0][0] if rows else missing
+        return rows[0] if rows else None
 
     def check(self, settings: JetlSettings) -> Check:
         """The table and where it lives (its own DSN, else the configured one); warn when a chdb folder cannot be
