@@ -185,10 +185,13 @@ async def set_from_destination(
     jc: JetlClient, p: Pipeline, *, by: str, reason: str, extractor: int | None = None
 ) -> CursorChanged:
     """Seed the cursor from the destination: the last row there in (cursor field, tie-breaker) order, as the loader
-    finds it. Without a declared tie-breaker every row at the largest value counts as loaded."""
+    finds it. The tie-breaker is the extractor's, else the pipeline's single-field primary key; with neither, every
+    row at the largest value counts as loaded."""
     index = pick_extractor(p, extractor)
     name = cursor_field(p, index)
     tie = getattr(p.extractors[index], "cursor_tie_breaker", None)
+    if tie is None and len(p.primary_key) == 1:
+        tie = p.primary_key[0]
     tie = tie if isinstance(tie, str) and tie in p.schema.model_fields else None
     position = await jc.destination_max(p.name, name, tie)
     if position is None:

@@ -378,7 +378,8 @@ class DatabaseExtractor:
 
     def cursor_at(self, value: Any, key: Any = None) -> dict[str, Any]:
         """The cursor an operator seeds (`jetl cursor set`): the next run reads rows strictly after `value` (and
-        `key`, the declared tie-breaker's value; None: after every row at `value`). Timestamps are kept as ISO
+        `key`, the tie-breaker's value, or the primary key's when none is declared; None: after every row at
+        `value`). Timestamps are kept as ISO
         text, which the source casts or compares as it stores them (SQLite's text)."""
         if self.incremental_column is None:
             raise ConfigError(f"{self._where()}: not incremental, it keeps no cursor")
@@ -387,7 +388,7 @@ class DatabaseExtractor:
         try:
             stored, tag = _dump(value)
             cursor = {"column": self.incremental_column, "value": stored, "type": tag, "key_column": self.tie_breaker}
-            if key is not None and self.tie_breaker is not None:
+            if key is not None:  # the declared tie-breaker's value, or the table's primary key's
                 cursor["key"], cursor["key_type"] = _dump(key)
         except TypeError as exc:
             raise ConfigError(f"{self._where()}: {value!r} / {key!r} cannot be a cursor position: {exc}") from exc
