@@ -15,7 +15,8 @@ import pytest
 
 from jetl import logging as jlog
 from jetl.registry import clear_registry
-from jetl.testing.servers import NatsHandle, nats_server, postgres_url
+from jetl.testing import servers
+from jetl.testing.servers import ClusterHandle, NatsHandle, nats_server, postgres_url
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +36,13 @@ def _isolate(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def nats(tmp_path: Path) -> Iterator[NatsHandle]:
     """A fresh NATS with JetStream for one test (a test may stop and start it)."""
     with nats_server(tmp_path / "nats") as handle:
+        yield handle
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[ClusterHandle]:
+    """A fresh three-node JetStream cluster on loopback for one test (a test may kill and restart its nodes)."""
+    with servers.nats_cluster(tmp_path / "nats-cluster") as handle:
         yield handle
 
 

@@ -73,6 +73,18 @@ _COMPARED = ("subjects", "retention", "max_age", "duplicate_window", "num_replic
 _COMPARED_CONSUMER = ("filter_subject", "ack_policy", "ack_wait", "max_deliver", "max_ack_pending")
 
 
+_KEEP_REPLICAS = (
+    " (kept: a process configured with fewer replicas never shrinks a clustered stream; set"
+    " JETL_NATS__STREAM_REPLICAS to the cluster's value)"
+)
+
+
+def _fewer_replicas(current: int | None, wanted: int | None) -> bool:
+    """Declaring fewer replicas than a stream has: a client that forgot JETL_NATS__STREAM_REPLICAS=3 on a cluster,
+    not a decision to give up redundancy, so it is reported as drift and left alone."""
+    return (wanted or 1) < (current or 1)
+
+
 def _diff(current: Any, wanted: Any, fields: Iterable[str]) -> list[str]:
     out = []
     for f in fields:
@@ -102,6 +114,9 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
             continue
         if any(d.startswith(("retention", "storage")) for d in diffs):
             changes.append(Change("stream", wanted.name, "differs", "; ".join(diffs) + " (cannot be changed in place)"))
+            continue
+        if _fewer_replicas(info.config.num_replicas, wanted.num_replicas):
+            changes.append(Change("stream", wanted.name, "differs", "; ".join(diffs) + _KEEP_REPLICAS))
             continue
         if not dry_run:
             try:
@@ -160,6 +175,8 @@ async def _declare_kv(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
         return Change("kv", BUCKET, "unchanged")
     if any(d.startswith("storage") for d in diffs):
         return Change("kv", BUCKET, "differs", "; ".join(diffs) + " (cannot be changed in place)")
+    if _fewer_replicas(info.config.num_replicas, wanted.replicas):
+        return Change("kv", BUCKET, "differs", "; ".join(diffs) + _KEEP_REPLICAS)
     if not dry_run:
         config = info.config
         config.max_msgs_per_subject, config.num_replicas = wanted.history, wanted.replicas

@@ -45,6 +45,12 @@ def serve(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)
 def up(
     data_dir: Path = typer.Option(None, help="Where NATS, chdb and logs live (default: JETL_DATA_DIR or .jetl)."),
     nats_url: str = typer.Option(None, help="Use this NATS instead of starting the embedded one."),
+    nats_cluster: int = typer.Option(
+        0,
+        "--nats-cluster",
+        metavar="N",
+        help="Start N nats-server nodes on loopback as one JetStream cluster (streams at N replicas) instead of one.",
+    ),
     scale: list[str] = typer.Option(
         [],
         "--scale",
@@ -57,6 +63,7 @@ def up(
     Scale the stage that limits throughput with --scale: its processes bind the same durable consumer.
 
     Example: jetl up --scale transformer=2   (then, in another shell: jetl run orders)
+    Example: jetl up --nats-cluster 3   (three nodes; a node may die and the runs go on: docs/cluster.md)
     """
     s = settings()
     try:
@@ -71,11 +78,18 @@ def up(
             pipelines_dir=s.pipelines_dir,
             nats_url=nats_url,
             replicas=replicas,
+            nats_cluster=nats_cluster,
         )
         stack.start()
     except Exception as exc:
         fail(exc)
     console.print(f"NATS: [bold]{stack.nats_url}[/bold]  (export JETL_NATS__URL={stack.nats_url})")
+    if stack.cluster is not None:
+        replicas_env = stack.extra_env["JETL_NATS__STREAM_REPLICAS"]
+        console.print(
+            f"NATS cluster: {len(stack.cluster.nodes)} nodes, streams at {replicas_env} replicas "
+            f"(export JETL_NATS__STREAM_REPLICAS={replicas_env}); node logs in {stack.cluster.store_dir}"
+        )
     console.print(f"services: {', '.join(stack.procs)}; logs in {stack.data_dir / 'logs'}; Ctrl-C stops")
     stop = False
 

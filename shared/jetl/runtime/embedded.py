@@ -13,10 +13,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from jetl.errors import ConfigError, JetlError, TransientError
 from jetl.settings import JetlSettings
+
+if TYPE_CHECKING:  # the cluster module builds on this one
+    from jetl.runtime.cluster import NatsCluster
 
 
 class ServiceDied(JetlError):
@@ -182,10 +185,18 @@ class Stack:
     replicas: dict[str, int] = field(default_factory=dict)
     """Processes per service (1 unless given): `{"transformer": 2}` runs `transformer` and `transformer2`, bound to
     the same durable consumer, so they share its work (`jetl up --scale transformer=2`)."""
+    nats_cluster: int = 0
+    """Nodes of a local NATS cluster to start instead of one server (`jetl up --nats-cluster 3`); streams and the
+    state bucket then get that many replicas (at most 5)."""
     server: NatsServer | None = None
+    cluster: NatsCluster | None = None
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.nats_cluster and self.nats_url:
+            raise ConfigError("a NATS cluster is started only when no NATS URL is given: drop one of the two")
+        if self.nats_cluster < 0:
+            raise ConfigError(f"a NATS cluster needs at least one node, not {self.nats_cluster}")
         for name, n in self.replicas.items():
             if name not in self.services:
                 raise ConfigError(f"cannot scale {name!r}: the services are {', '.join(self.services)}")
@@ -201,6 +212,12 @@ class Stack:
     def start(self) -> Stack:
         """Start the embedded server (unless a URL is given) and every service, as many processes of each as
         `replicas` says."""
+        if self.nats_url is None and self.nats_cluster:
+            from jetl.runtime.cluster import NatsCluster
+
+            self.cluster = NatsCluster(self.data_dir / "nats-cluster", size=self.nats_cluster).start()
+            self.nats_url = self.cluster.url
+            self.extra_env.setdefault("JETL_NATS__STREAM_REPLICAS", str(min(self.nats_cluster, 5)))
         if self.nats_url is None:
             self.server = NatsServer(self.data_dir / "nats").start()
             self.nats_url = self.server.url
@@ -224,6 +241,8 @@ class Stack:
             p.stop()
         if self.server is not None:
             self.server.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     def __enter__(self) -> Stack:
         return self.start()
