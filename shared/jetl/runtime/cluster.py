@@ -115,6 +115,14 @@ class ClusterNode:
                 self.proc.wait()
         self.proc = None
 
+    def healthy(self, timeout: float = 2.0) -> bool:
+        """`/healthz` answers ok: the node is up and its JetStream assets have caught up with their leaders."""
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.monitor_port}/healthz", timeout=timeout) as resp:
+                return bool(resp.status == 200)
+        except OSError:  # HTTPError (503 while catching up) included
+            return False
+
     def jsz(self, query: str = "", timeout: float = 2.0) -> dict[str, Any]:
         """The node's JetStream monitoring report (`/jsz`)."""
         url = f"http://{self.host}:{self.monitor_port}/jsz{'?' + query if query else ''}"
@@ -176,7 +184,7 @@ class NatsCluster:
         return self
 
     def start_node(self, i: int, timeout: float = 60.0) -> None:
-        """Restart node `i` on its ports and store, and wait until it sees the meta leader again."""
+        """Restart node `i` on its ports and store, and wait until it sees the meta leader again and has caught up."""
         self.nodes[i].start(self.name, self._routes(i), self.max_payload_mb)
         self.wait_ready(timeout, only=[i])
 
@@ -198,7 +206,8 @@ class NatsCluster:
         return str(leader) if leader else None
 
     def wait_ready(self, timeout: float = 60.0, only: list[int] | None = None) -> None:
-        """Wait until the nodes (or `only` these) name the same meta leader: JetStream can place streams."""
+        """Wait until the nodes (or `only` these) name the same meta leader and report healthy (their streams
+        caught up): JetStream can place streams, and a client connected to any of them is served."""
         deadline = time.monotonic() + timeout
         wanted = only if only is not None else list(range(self.size))
         seen: dict[int, str | None] = {}
@@ -206,7 +215,7 @@ class NatsCluster:
             seen = {i: self.meta_leader(i) for i in wanted}
             others = {self.meta_leader(j) for j in range(self.size) if j not in wanted and self.nodes[j].alive()}
             names = set(seen.values()) | (others - {None})
-            if None not in names and len(names) == 1:
+            if None not in names and len(names) == 1 and all(self.nodes[i].healthy() for i in wanted):
                 return
             time.sleep(0.25)
         logs = "; ".join(f"{n.name}: {n.log_path}" for n in self.nodes)

@@ -1,0 +1,292 @@
+"""jetl on a real three-node NATS JetStream cluster, under the faults a cluster exists to survive.
+
+The four services run as processes against the cluster's seed list, with every jetl stream and the state bucket at
+three replicas. In the middle of a run (judged from the run's state in KV) one fault is injected:
+- a node is SIGKILLed, and started again once the run has moved on without it;
+- the node leading JETL_RAW is SIGKILLed: a new leader must be elected and the run go on;
+- a node is cut off from the network (a network namespace) while its process keeps running, then healed.
+
+Each run must end completed, with exactly the source rows in ClickHouse (chdb), every id once, and `jetl counts`
+saying the ledger reconciles and the destination matches it. Inputs are small and the pipeline paced, so a run
+lasts a few seconds and the fault lands while some but not all batches are through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jetl.bus import connect
+from jetl.client import JetlClient
+from jetl.projection import RunState
+from jetl.runtime.embedded import Stack
+from jetl.settings import JetlSettings, NatsSettings
+from jetl.state import bucket, get_run
+from jetl.subjects import STATE_BUCKET, STREAMS
+from jetl.testing import chdb
+from jetl.testing.cli import jetl
+from jetl.testing.servers import ClusterHandle, partitioned_nats_cluster
+from jetl.topology import declare
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROWS = 1200
+BATCH = 25  # 48 batches a run
+TOTAL = ROWS // BATCH
+REPLICAS = "3"
+QUERY = "SELECT count() AS n, uniqExact(id) AS u, min(id) AS lo, max(id) AS hi FROM clustered"
+ENV = {"JETL_NATS__ACK_WAIT": "5", "JETL_NATS__STREAM_REPLICAS": REPLICAS}
+
+PIPELINE = """
+import asyncio
+import time
+from pydantic import BaseModel
+from jetl import ClickHouseLoader, FileExtractor, Pipeline
+
+PACE = 0.03
+
+class Row(BaseModel):
+    id: int
+    name: str
+
+class Paced:
+    '''A FileExtractor that takes its time, so the fault lands while the run is still moving.'''
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def extract(self, ctx):
+        async for chunk in self.inner.extract(ctx):
+            await asyncio.sleep(PACE)
+            yield chunk
+
+    def next_cursor(self):
+        return self.inner.next_cursor()
+
+    def check(self, settings):
+        return self.inner.check(settings)
+
+class Slow:
+    def transform(self, records):
+        time.sleep(PACE)
+        return records
+
+class SlowClickHouse(ClickHouseLoader):
+    def load(self, records, ctx):
+        n = super().load(records, ctx)
+        time.sleep(PACE)
+        return n
+
+def register_pipelines():
+    return [Pipeline(name="clustered", extractors=[Paced(FileExtractor("INPUT/*.jsonl", chunk_size=BATCH))],
+                     transformers=[Slow()], loader=SlowClickHouse("clustered", order_by=["id"]), schema=Row,
+                     batch_size=BATCH)]
+"""
+
+
+@dataclass
+class Fault:
+    """What to break in the middle of the run, and how to mend it."""
+
+    inject: Callable[[], None]
+    heal: Callable[[], None]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """How the run went: its final state, and seconds from the fault until batches were loaded again."""
+
+    state: RunState
+    recovery_s: float | None
+    replicas: dict[str, int]
+
+
+def batches(st: RunState, what: str) -> int:
+    """How many of the run's batches are transformed or loaded."""
+    if what == "transformed":
+        return sum(1 for b in st.batches.values() if b.transformed)
+    return sum(1 for b in st.batches.values() if b.outcome == "loaded")
+
+
+def _progress(st: RunState) -> tuple[int, int]:
+    return batches(st, "transformed"), batches(st, "loaded")
+
+
+def mid_run(st: RunState) -> bool:
+    """Some but not all of the run's batches are through: a fault now hits work in flight in every stage."""
+    return 2 <= batches(st, "loaded") < TOTAL - 12
+
+
+async def drive(settings: JetlSettings, fault: Fault, timeout: float = 180.0) -> Outcome:
+    """Request a run, inject the fault mid-run, heal it once batches load again (or after 10 s), and poll the
+    run's state until it settles. The poller's own connection reconnects to another node of the seed list."""
+    async with JetlClient(settings) as jc:
+        run_id = (await jc.request_run("clustered")).run_id
+        js = jc.conn.jetstream()
+        replicas = {n: (await js.stream_info(n)).config.num_replicas for n in [s.name for s in STREAMS.values()]}
+        replicas[STATE_BUCKET] = (await js.stream_info(f"KV_{STATE_BUCKET}")).config.num_replicas
+    nc = await connect(settings.nats, reconnect_time_wait=0.5, max_reconnect_attempts=-1)
+    try:
+        kv = await bucket(nc, create=False)
+        injected_at: float | None = None
+        loaded_then = 0
+        recovery: float | None = None
+        healed = False
+        deadline = time.monotonic() + timeout
+        st: RunState | None = None
+        started = time.monotonic()
+        trace: list[tuple[float, str, int, int]] = []  # what the poller saw, for the failure message
+        while time.monotonic() < deadline:
+            try:
+                st = await asyncio.wait_for(get_run(kv, "clustered", run_id), 3) or st
+            except Exception:  # this node is the one down or cut off: ask again, through whichever node answers
+                await asyncio.sleep(0.2)
+                continue
+            now = time.monotonic()
+            if st is not None and (not trace or trace[-1][1:] != (st.status, *_progress(st))):
+                trace.append((round(now - started, 1), st.status, *_progress(st)))
+            if st is not None and injected_at is None and mid_run(st):
+                loaded_then = batches(st, "loaded")
+                fault.inject()
+                injected_at = time.monotonic()
+            elif (
+                injected_at is not None
+                and recovery is None
+                and st is not None
+                and (batches(st, "loaded") > loaded_then or st.status == "completed")
+            ):
+                recovery = now - injected_at
+            if injected_at is not None and not healed and (recovery is not None or now - injected_at > 10):
+                fault.heal()
+                healed = True
+            if st is not None and st.status in ("completed", "failed"):
+                if injected_at is not None and not healed:
+                    fault.heal()
+                break
+            await asyncio.sleep(0.2)
+        assert st is not None, "the run never showed up in the state bucket"
+        assert injected_at is not None, f"the run ended before the fault could be injected: {trace}"
+        assert st.status in ("completed", "failed"), f"the run did not settle in {timeout}s: {trace}"
+        return Outcome(st, recovery, replicas)
+    finally:
+        await nc.close()
+
+
+def run_through(tmp_path: Path, url: str, fault: Fault, request: pytest.FixtureRequest) -> Outcome:
+    """One run of the paced pipeline through the services on the cluster at `url`, with `fault` mid-run; asserts
+    the outcome a user checks: completed, exact rows once each, and a ledger that reconciles with the destination."""
+    inputs, pipelines, data = tmp_path / "in", tmp_path / "pipelines", tmp_path / "data"
+    inputs.mkdir()
+    pipelines.mkdir()
+    (pipelines / "clustered_pipeline.py").write_text(
+        PIPELINE.replace("INPUT", str(inputs)).replace("BATCH", str(BATCH))
+    )
+    (inputs / "rows.jsonl").write_text("".join(json.dumps({"id": i, "name": f"r{i}"}) + "\n" for i in range(ROWS)))
+    settings = JetlSettings(nats=NatsSettings(url=url, stream_replicas=3, ack_wait=5.0))
+    with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=url, extra_env=dict(ENV)) as stack:
+        outcome = asyncio.run(drive(settings, fault))
+        stack.check()
+        counts = jetl("counts", "clustered", "--json", nats_url=url, pipelines_dir=pipelines, env=ENV)
+    st = outcome.state
+    exact = st.status == "completed" and (st.extracted, st.loaded, st.rejected) == (ROWS, ROWS, 0)
+    rows = chdb.query(
+        data / "chdb", "SELECT count() AS n, uniqExact(id) AS u, min(id) AS lo, max(id) AS hi FROM clustered"
+    )
+    exact = exact and rows == [{"n": ROWS, "u": ROWS, "lo": 0, "hi": ROWS - 1}]
+    report_to_fault_matrix(request, exact, outcome.recovery_s)
+    print(f"{request.node.name}: loading resumed {outcome.recovery_s} s after the fault")  # shown with -s
+
+    assert st.status == "completed", f"{st.status}: {st.error}"
+    assert (st.extracted, st.loaded, st.rejected) == (ROWS, ROWS, 0), st.counts()
+    assert st.reconciles
+    assert rows == [{"n": ROWS, "u": ROWS, "lo": 0, "hi": ROWS - 1}], rows
+    assert counts.code == 0, counts.stdout + counts.stderr
+    verdict = counts.json()["verdict"]
+    assert verdict["reconciles"] is True and verdict["destination_matches"] is True, verdict
+    assert set(outcome.replicas.values()) == {3}, outcome.replicas
+    return outcome
+
+
+def report_to_fault_matrix(request: pytest.FixtureRequest, exact: bool, recovery_s: float | None) -> None:
+    """HOOK (issue 12, part 7): count this run and its fault in the session's fault-matrix line, when the collector
+    of tests/reliability/conftest.py (`fault_matrix`: record_kill(), record_run(exact, recovery_s)) is there."""
+    try:
+        matrix = request.getfixturevalue("fault_matrix")
+    except pytest.FixtureLookupError:
+        return
+    matrix.record_kill()
+    matrix.record_run(exact, recovery_s or 0.0)
+
+
+def test_a_killed_node_restarts_and_the_run_completes_exactly(
+    tmp_path: Path, nats_cluster: ClusterHandle, request: pytest.FixtureRequest
+) -> None:
+    victim = 1
+
+    def heal() -> None:
+        assert nats_cluster.nodes[victim].proc is None  # still down when the run had moved on without it
+        nats_cluster.start(victim)
+
+    outcome = run_through(tmp_path, nats_cluster.url, Fault(lambda: nats_cluster.kill(victim), heal), request)
+    assert outcome.recovery_s is not None, "no batch was loaded after the node died"
+    assert nats_cluster.nodes[victim].alive()
+
+
+def test_killing_the_raw_stream_leader_elects_another_and_the_run_completes_exactly(
+    tmp_path: Path, nats_cluster: ClusterHandle, request: pytest.FixtureRequest
+) -> None:
+    fault = Fault(inject=lambda: None, heal=lambda: None)
+
+    def inject() -> None:
+        leader = nats_cluster.leader("JETL_RAW")
+        nats_cluster.kill(leader)
+        fault.notes["killed"] = leader
+        fault.notes["elected"] = nats_cluster.leader("JETL_RAW", not_=leader)  # waits for the election
+
+    fault.inject = inject
+    fault.heal = lambda: nats_cluster.start(fault.notes["killed"])
+    run_through(tmp_path, nats_cluster.url, fault, request)
+    assert fault.notes["elected"] != fault.notes["killed"]
+
+
+def test_a_node_cut_off_by_a_network_namespace_heals_and_the_run_completes_exactly(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    with partitioned_nats_cluster(tmp_path / "nats-cluster") as cluster:
+        cut: list[int] = []
+
+        def heal() -> None:
+            cluster.heal()
+            cluster.cluster.wait_ready(60)  # the cut node is back in the meta group
+
+        run_through(tmp_path, cluster.url, Fault(lambda: cut.append(cluster.cut()), heal), request)
+        assert cut == [2]
+
+
+def test_streams_and_bucket_are_declared_at_three_replicas_and_never_shrunk_by_a_forgetful_client(
+    nats_cluster: ClusterHandle,
+) -> None:
+    async def go() -> tuple[list[Any], list[Any], dict[str, int]]:
+        nc = await connect(NatsSettings(url=nats_cluster.url))
+        try:
+            first = await declare(nc, NatsSettings(url=nats_cluster.url, stream_replicas=3))
+            again = await declare(nc, NatsSettings(url=nats_cluster.url))  # JETL_NATS__STREAM_REPLICAS forgotten
+            js = nc.jetstream()
+            names = [s.name for s in STREAMS.values()] + [f"KV_{STATE_BUCKET}"]
+            return first, again, {n: (await js.stream_info(n)).config.num_replicas for n in names}
+        finally:
+            await nc.close()
+
+    first, again, replicas = asyncio.run(go())
+    assert {c.action for c in first if c.what in ("stream", "kv")} == {"created"}
+    assert set(replicas.values()) == {3}, replicas
+    shrunk = [c for c in again if c.what in ("stream", "kv")]
+    assert {c.action for c in shrunk} == {"differs"} and all("num_replicas: 3 -> 1" in c.detail for c in shrunk)
