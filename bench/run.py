@@ -99,10 +99,9 @@ async def wait_ready(url: str, stack: Any, timeout: float = 60.0) -> None:
     from jetl import subjects
     from jetl._internal.demo import watch_stack
     from jetl.bus import connect
-    from jetl.settings import NatsSettings
 
     watchdog = asyncio.create_task(watch_stack(stack))
-    nc = await connect(NatsSettings(url=url))
+    nc = await connect(stack.operator)  # the embedded server admits its users only
     try:
         deadline = time.monotonic() + timeout
         pending = set(SERVICES)
@@ -131,14 +130,14 @@ async def run_jetl(url: str, stack: Any, latency_runs: int, profile: Path | None
     """Warm-up runs, the latency runs, then the throughput run."""
     from jetl._internal.demo import with_watchdog
     from jetl.client import JetlClient
-    from jetl.settings import JetlSettings, NatsSettings
+    from jetl.settings import JetlSettings
 
     async def one(jc: Any, pipeline: str, timeout: float) -> Any:
         req = await jc.request_run(pipeline, force=True)
         return await jc.wait(pipeline, req.run_id, timeout=timeout)
 
     async def body() -> dict[str, Any]:
-        async with JetlClient(JetlSettings(nats=NatsSettings(url=url))) as jc:
+        async with JetlClient(JetlSettings(nats=stack.operator)) as jc:
             latencies: list[float] = []
             for i in range(WARM_UP_RUNS + latency_runs):
                 t0 = time.perf_counter()

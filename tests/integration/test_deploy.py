@@ -64,8 +64,8 @@ async def recreate_in_memory(url: str) -> None:
         await nc.close()
 
 
-def test_deploy_is_idempotent_and_never_ignores_drift(nats: NatsHandle, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JETL_NATS__URL", nats.url)
+def test_deploy_is_idempotent_and_never_ignores_drift(bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
 
     code, report = deploy("--dry-run", "--json")
     assert code == 0 and actions(report)["JETL_RUNS"][0] == "would create"
@@ -75,7 +75,7 @@ def test_deploy_is_idempotent_and_never_ignores_drift(nats: NatsHandle, monkeypa
     code, out = deploy()
     assert code == 0 and "nothing to change" in out
 
-    asyncio.run(tamper(nats.url))
+    asyncio.run(tamper(bare_nats.url))
     code, report = deploy("--dry-run", "--json")
     a = actions(report)
     assert code == 0 and report["changed"] == 3
@@ -91,7 +91,7 @@ def test_deploy_is_idempotent_and_never_ignores_drift(nats: NatsHandle, monkeypa
     code, report = deploy("--json")
     assert code == 0 and report["changed"] == 0
 
-    asyncio.run(recreate_in_memory(nats.url))
+    asyncio.run(recreate_in_memory(bare_nats.url))
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_CLEAN"]
     assert code == 1 and act == "differs" and "storage" in detail and "cannot be changed in place" in detail

@@ -14,7 +14,7 @@ from jetl.cli._app import follow
 from jetl.cli._app import progress as progress_bar
 from jetl.errors import JetlError
 from jetl.runtime.embedded import Stack
-from jetl.settings import JetlSettings, NatsSettings
+from jetl.settings import JetlSettings
 
 PIPELINE = "demo_orders"
 COUNTRIES = ["DE", "FR", "NL", "US", "GB", "SE", "ES", "IT", "PL", "JP"]
@@ -69,10 +69,9 @@ async def with_watchdog(stack: Stack, coro: Any) -> Any:
     return work.result()
 
 
-async def _run(url: str, timeout: float, progress: bool) -> tuple[Any, list[Any]]:
+async def _run(s: JetlSettings, timeout: float, progress: bool) -> tuple[Any, list[Any]]:
     from jetl.client import JetlClient
 
-    s = JetlSettings(nats=NatsSettings(url=url))
     async with JetlClient(s) as jc:
         req = await jc.request_run(PIPELINE)
         with progress_bar(progress, f"run {req.run_id}", None) as update:
@@ -89,7 +88,7 @@ def run_demo(
     stack = Stack(data_dir=data_dir, pipelines_dir=pipelines_dir)
     try:
         stack.start()
-        state, dls = asyncio.run(with_watchdog(stack, _run(stack.nats_url or "", timeout, progress)))
+        state, dls = asyncio.run(with_watchdog(stack, _run(stack.client_settings(), timeout, progress)))
         stack.check()
     finally:
         stack.stop()
