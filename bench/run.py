@@ -32,7 +32,6 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from common import LATENCY_PIPELINE, LATENCY_RECORDS, PIPELINE, Expected, check, generate  # noqa: E402
 
-SERVICES = ("extractor", "transformer", "loader", "scheduler")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -92,33 +91,6 @@ def run_direct(data: Path, records: int, variant: str) -> dict[str, Any]:
     shutil.rmtree(chdb, ignore_errors=True)
     result: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
     return result
-
-
-async def wait_ready(url: str, stack: Any, timeout: float = 60.0) -> None:
-    """Until every service answers its health request (its consumers are started by then)."""
-    from jetl import subjects
-    from jetl._internal.demo import watch_stack
-    from jetl.bus import connect
-
-    watchdog = asyncio.create_task(watch_stack(stack))
-    nc = await connect(stack.operator)  # the embedded server admits its users only
-    try:
-        deadline = time.monotonic() + timeout
-        pending = set(SERVICES)
-        while pending:
-            if watchdog.done():
-                watchdog.result()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"services not ready after {timeout:.0f}s: {sorted(pending)}")
-            for name in list(pending):
-                try:
-                    await nc.request(subjects.control(name, "health"), b"{}", timeout=0.5)
-                    pending.discard(name)
-                except Exception:
-                    await asyncio.sleep(0.1)
-    finally:
-        watchdog.cancel()
-        await nc.close()
 
 
 WARM_UP_RUNS = 3
@@ -188,6 +160,7 @@ def bench_jetl(
     profile: Path | None = None,
 ) -> dict[str, Any]:
     """Start the embedded stack on a fresh data folder, run, stop, then check the table."""
+    from jetl._internal.demo import wait_ready
     from jetl.runtime.embedded import Stack
 
     run_dir = data / "stack"
@@ -205,7 +178,7 @@ def bench_jetl(
     try:
         stack.start()
         url = stack.nats_url or ""
-        asyncio.run(wait_ready(url, stack))
+        asyncio.run(wait_ready(stack))
         result = asyncio.run(run_jetl(url, stack, latency_runs, profile))
         stack.check()
     finally:

@@ -57,6 +57,33 @@ async def watch_stack(stack: Stack) -> None:
         await asyncio.sleep(0.5)
 
 
+async def wait_ready(stack: Stack, timeout: float = 60.0) -> None:
+    """Until every service of the stack answers its health request (its consumers are started by then); raises as
+    soon as one dies."""
+    from jetl import subjects
+    from jetl.bus import connect
+
+    watchdog = asyncio.create_task(watch_stack(stack))
+    nc = await connect(stack.operator)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        pending = set(stack.services)
+        while pending:
+            if watchdog.done():
+                watchdog.result()
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"services not ready after {timeout:.0f}s: {sorted(pending)}")
+            for name in list(pending):
+                try:
+                    await nc.request(subjects.control(name, "health"), b"{}", timeout=0.5)
+                    pending.discard(name)
+                except Exception:
+                    await asyncio.sleep(0.1)
+    finally:
+        watchdog.cancel()
+        await nc.close()
+
+
 async def with_watchdog(stack: Stack, coro: Any) -> Any:
     """Await `coro`, failing fast if the stack dies meanwhile."""
     watchdog = asyncio.create_task(watch_stack(stack))
