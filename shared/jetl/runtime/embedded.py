@@ -257,7 +257,11 @@ class Stack:
             self.credentials = Credentials.load_or_create(self.data_dir / "nats" / USERS_FILE)
             self.server = NatsServer(self.data_dir / "nats", authorization=self.credentials.server_config()).start()
             self.nats_url = self.server.url
-        self.deployed = self.deploy()
+        try:
+            self.deployed = self.deploy()
+        except BaseException:
+            self.stop()  # leave no server behind a failed start
+            raise
         base = service_env(self.nats_url, self.data_dir, self.pipelines_dir, self.extra_env)
         for name in self.services:
             env = {**base, **self.user_env(name)}
