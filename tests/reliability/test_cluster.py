@@ -135,7 +135,7 @@ async def drive(settings: JetlSettings, fault: Fault, timeout: float = 180.0) ->
         replicas[STATE_BUCKET] = (await js.stream_info(f"KV_{STATE_BUCKET}")).config.num_replicas
     nc = await connect(settings.nats, reconnect_time_wait=0.5, max_reconnect_attempts=-1)
     try:
-        kv = await bucket(nc, create=False)
+        kv = await bucket(nc)
         injected_at: float | None = None
         loaded_then = 0
         recovery: float | None = None
@@ -277,7 +277,7 @@ def test_streams_and_bucket_are_declared_at_three_replicas_and_never_shrunk_by_a
     async def go() -> tuple[list[Any], list[Any], dict[str, int]]:
         nc = await connect(NatsSettings(url=nats_cluster.url))
         try:
-            first = await declare(nc, NatsSettings(url=nats_cluster.url, stream_replicas=3))
+            first = await declare(nc, NatsSettings(url=nats_cluster.url, stream_replicas=3))  # as the fixture did
             again = await declare(nc, NatsSettings(url=nats_cluster.url))  # JETL_NATS__STREAM_REPLICAS forgotten
             js = nc.jetstream()
             names = [s.name for s in STREAMS.values()] + [f"KV_{STATE_BUCKET}"]
@@ -286,7 +286,7 @@ def test_streams_and_bucket_are_declared_at_three_replicas_and_never_shrunk_by_a
             await nc.close()
 
     first, again, replicas = asyncio.run(go())
-    assert {c.action for c in first if c.what in ("stream", "kv")} == {"created"}
+    assert {c.action for c in first if c.what in ("stream", "kv")} == {"unchanged"}
     assert set(replicas.values()) == {3}, replicas
     shrunk = [c for c in again if c.what in ("stream", "kv")]
     assert {c.action for c in shrunk} == {"differs"} and all("num_replicas: 3 -> 1" in c.detail for c in shrunk)

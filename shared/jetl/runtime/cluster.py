@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from jetl.access import write_private
 from jetl.errors import ConfigError, TransientError
 from jetl.runtime.embedded import free_port, nats_server_binary
 
@@ -73,8 +74,8 @@ class ClusterNode:
         self.cluster_port = self.cluster_port or free_port()
         self.monitor_port = self.monitor_port or free_port()
 
-    def config(self, cluster_name: str, routes: list[str], max_payload_mb: int) -> str:
-        """The node's nats.conf."""
+    def config(self, cluster_name: str, routes: list[str], max_payload_mb: int, authorization: str = "") -> str:
+        """The node's nats.conf (with the cluster's `authorization {}` block, when it has one)."""
         route_list = ", ".join(f'"{r}"' for r in routes)
         return (
             f'server_name: "{self.name}"\n'
@@ -84,14 +85,16 @@ class ClusterNode:
             f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n}}\n'
             # no_advertise: clients keep to the seed list they were given instead of addresses gossiped by peers
             f'cluster {{\n  name: "{cluster_name}"\n  listen: {self.host}:{self.cluster_port}\n'
-            f"  no_advertise: true\n  routes: [{route_list}]\n}}\n"
+            f"  no_advertise: true\n  routes: [{route_list}]\n}}\n" + authorization
         )
 
-    def start(self, cluster_name: str, routes: list[str], max_payload_mb: int, timeout: float = 15.0) -> None:
+    def start(
+        self, cluster_name: str, routes: list[str], max_payload_mb: int, authorization: str = "", timeout: float = 15.0
+    ) -> None:
         """Start (or restart) the process and wait until it accepts clients."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats.conf"
-        conf.write_text(self.config(cluster_name, routes, max_payload_mb))
+        write_private(conf, self.config(cluster_name, routes, max_payload_mb, authorization))  # may hold passwords
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [*self.prefix, nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
@@ -148,6 +151,8 @@ class NatsCluster:
     prefixes: list[list[str]] = field(default_factory=list)
     """A command prefix per node (empty unless given)."""
     max_payload_mb: int = 8
+    authorization: str = ""
+    """Every node's `authorization {}` block (`jetl.access.Credentials.server_config()`); empty: open (tests)."""
     nodes: list[ClusterNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -176,7 +181,7 @@ class NatsCluster:
             n.allocate()
         try:
             for i, n in enumerate(self.nodes):
-                n.start(self.name, self._routes(i), self.max_payload_mb)
+                n.start(self.name, self._routes(i), self.max_payload_mb, self.authorization)
             self.wait_ready(timeout)
         except Exception:
             self.stop()
@@ -185,7 +190,7 @@ class NatsCluster:
 
     def start_node(self, i: int, timeout: float = 60.0) -> None:
         """Restart node `i` on its ports and store, and wait until it sees the meta leader again and has caught up."""
-        self.nodes[i].start(self.name, self._routes(i), self.max_payload_mb)
+        self.nodes[i].start(self.name, self._routes(i), self.max_payload_mb, self.authorization)
         self.wait_ready(timeout, only=[i])
 
     def kill(self, i: int) -> None:
