@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
 from jetl.bus import connect
 from jetl.client import JetlClient
 from jetl.projection import RunState
-from jetl.runtime.embedded import Stack
+from jetl.runtime.embedded import USERS_FILE, Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import bucket, get_run
 from jetl.subjects import STATE_BUCKET, STREAMS
@@ -290,3 +296,52 @@ def test_streams_and_bucket_are_declared_at_three_replicas_and_never_shrunk_by_a
     assert set(replicas.values()) == {3}, replicas
     shrunk = [c for c in again if c.what in ("stream", "kv")]
     assert {c.action for c in shrunk} == {"differs"} and all("num_replicas: 3 -> 1" in c.detail for c in shrunk)
+
+
+def test_jetl_up_nats_cluster_runs_three_authenticated_nodes_with_everything_at_three_replicas(tmp_path: Path) -> None:
+    """`jetl up --nats-cluster 3` as a user runs it: three nodes, each refusing anonymous clients, with every stream
+    and the state bucket deployed at three replicas, and the four services started."""
+    (tmp_path / "pipelines").mkdir()
+    env = {**os.environ, "JETL_PIPELINES_DIR": str(tmp_path / "pipelines"), "PYTHONUNBUFFERED": "1", "COLUMNS": "500"}
+    env.pop("JETL_NATS__URL", None)
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jetl", "up", "--nats-cluster", "3", "--data-dir", str(data)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = ""
+        while "services:" not in seen:
+            line = proc.stdout.readline()
+            assert line, f"jetl up exited ({proc.poll()}) before starting its services:\n{seen}"
+            seen += line
+        seeds = re.findall(r"nats://127\.0\.0\.1:\d+", seen.split("(export", 1)[0])
+        assert len(seeds) == 3, seen
+        assert "JETL_NATS__STREAM_REPLICAS=3" in seen
+        users = json.loads((data / "nats" / USERS_FILE).read_text())
+
+        async def look() -> dict[str, int]:
+            for url in seeds:
+                with pytest.raises(Exception, match=r"(?i)authorization violation"):
+                    await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+            nc = await connect(NatsSettings(url=",".join(seeds), user="operator", password=users["operator"]))
+            try:
+                js = nc.jetstream()
+                names = [s.name for s in STREAMS.values()] + [f"KV_{STATE_BUCKET}"]
+                return {n: (await js.stream_info(n)).config.num_replicas for n in names}
+            finally:
+                await nc.close()
+
+        assert set(asyncio.run(look()).values()) == {3}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
