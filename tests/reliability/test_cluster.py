@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +33,8 @@ from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import bucket, get_run
 from jetl.subjects import STATE_BUCKET, STREAMS
 from jetl.testing import chdb
-from jetl.testing.cli import jetl
+from jetl.testing.cli import jetl, jetl_up
+from jetl.testing.paced import write_paced_pipeline
 from jetl.testing.servers import ClusterHandle, partitioned_nats_cluster
 from jetl.topology import declare
 
@@ -49,52 +46,6 @@ TOTAL = ROWS // BATCH
 REPLICAS = "3"
 QUERY = "SELECT count() AS n, uniqExact(id) AS u, min(id) AS lo, max(id) AS hi FROM clustered"
 ENV = {"JETL_NATS__ACK_WAIT": "5", "JETL_NATS__STREAM_REPLICAS": REPLICAS}
-
-PIPELINE = """
-import asyncio
-import time
-from pydantic import BaseModel
-from jetl import ClickHouseLoader, FileExtractor, Pipeline
-
-PACE = 0.03
-
-class Row(BaseModel):
-    id: int
-    name: str
-
-class Paced:
-    '''A FileExtractor that takes its time, so the fault lands while the run is still moving.'''
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    async def extract(self, ctx):
-        async for chunk in self.inner.extract(ctx):
-            await asyncio.sleep(PACE)
-            yield chunk
-
-    def next_cursor(self):
-        return self.inner.next_cursor()
-
-    def check(self, settings):
-        return self.inner.check(settings)
-
-class Slow:
-    def transform(self, records):
-        time.sleep(PACE)
-        return records
-
-class SlowClickHouse(ClickHouseLoader):
-    def load(self, records, ctx):
-        n = super().load(records, ctx)
-        time.sleep(PACE)
-        return n
-
-def register_pipelines():
-    return [Pipeline(name="clustered", extractors=[Paced(FileExtractor("INPUT/*.jsonl", chunk_size=BATCH))],
-                     transformers=[Slow()], loader=SlowClickHouse("clustered", order_by=["id"]), schema=Row,
-                     batch_size=BATCH)]
-"""
 
 
 @dataclass
@@ -192,9 +143,7 @@ def run_through(tmp_path: Path, url: str, fault: Fault, request: pytest.FixtureR
     inputs, pipelines, data = tmp_path / "in", tmp_path / "pipelines", tmp_path / "data"
     inputs.mkdir()
     pipelines.mkdir()
-    (pipelines / "clustered_pipeline.py").write_text(
-        PIPELINE.replace("INPUT", str(inputs)).replace("BATCH", str(BATCH))
-    )
+    write_paced_pipeline(pipelines, "clustered", inputs, BATCH)
     (inputs / "rows.jsonl").write_text("".join(json.dumps({"id": i, "name": f"r{i}"}) + "\n" for i in range(ROWS)))
     settings = JetlSettings(nats=NatsSettings(url=url, stream_replicas=3, ack_wait=5.0))
     with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=url, extra_env=dict(ENV)) as stack:
@@ -302,24 +251,8 @@ def test_jetl_up_nats_cluster_runs_three_authenticated_nodes_with_everything_at_
     """`jetl up --nats-cluster 3` as a user runs it: three nodes, each refusing anonymous clients, with every stream
     and the state bucket deployed at three replicas, and the four services started."""
     (tmp_path / "pipelines").mkdir()
-    env = {**os.environ, "JETL_PIPELINES_DIR": str(tmp_path / "pipelines"), "PYTHONUNBUFFERED": "1", "COLUMNS": "500"}
-    env.pop("JETL_NATS__URL", None)
     data = tmp_path / "data"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jetl", "up", "--nats-cluster", "3", "--data-dir", str(data)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        seen = ""
-        while "services:" not in seen:
-            line = proc.stdout.readline()
-            assert line, f"jetl up exited ({proc.poll()}) before starting its services:\n{seen}"
-            seen += line
+    with jetl_up("--nats-cluster", "3", data_dir=data, pipelines_dir=tmp_path / "pipelines", until="services:") as seen:
         seeds = re.findall(r"nats://127\.0\.0\.1:\d+", seen.split("(export", 1)[0])
         assert len(seeds) == 3, seen
         assert "JETL_NATS__STREAM_REPLICAS=3" in seen
@@ -338,10 +271,3 @@ def test_jetl_up_nats_cluster_runs_three_authenticated_nodes_with_everything_at_
                 await nc.close()
 
         assert set(asyncio.run(look()).values()) == {3}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

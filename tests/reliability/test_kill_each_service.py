@@ -21,6 +21,7 @@ from jetl.projection import RunState, fold
 from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.testing import chdb
+from jetl.testing.paced import write_paced_pipeline
 from jetl.testing.servers import NatsHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,52 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ACK_WAIT = "5"
 PER_ROUND = 1500
 BATCH = 25  # 60 batches a run
-
-PIPELINE = """
-import asyncio
-import time
-from pydantic import BaseModel
-from jetl import ClickHouseLoader, FileExtractor, Pipeline
-
-PACE = 0.03
-
-class Row(BaseModel):
-    id: int
-    name: str
-
-class Paced:
-    '''A FileExtractor that takes its time, so a run is still extracting when the extractor is killed.'''
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    async def extract(self, ctx):
-        async for chunk in self.inner.extract(ctx):
-            await asyncio.sleep(PACE)
-            yield chunk
-
-    def next_cursor(self):
-        return self.inner.next_cursor()
-
-    def check(self, settings):
-        return self.inner.check(settings)
-
-class Slow:
-    def transform(self, records):
-        time.sleep(PACE)
-        return records
-
-class SlowClickHouse(ClickHouseLoader):
-    def load(self, records, ctx):
-        n = super().load(records, ctx)
-        time.sleep(PACE)  # after the insert: a kill here leaves rows written but the batch unacked
-        return n
-
-def register_pipelines():
-    return [Pipeline(name="crash", extractors=[Paced(FileExtractor("INPUT/*.jsonl", chunk_size=BATCH))],
-                     transformers=[Slow()], loader=SlowClickHouse("crash", order_by=["id"]), schema=Row,
-                     batch_size=BATCH)]
-"""
 
 
 def kill_point(service: str, st: RunState, events: list[str]) -> bool:
@@ -120,7 +75,7 @@ def test_sigkill_each_service_mid_run_loses_and_duplicates_nothing(tmp_path: Pat
     inputs, pipelines, data = tmp_path / "in", tmp_path / "pipelines", tmp_path / "data"
     inputs.mkdir()
     pipelines.mkdir()
-    (pipelines / "crash_pipeline.py").write_text(PIPELINE.replace("INPUT", str(inputs)).replace("BATCH", str(BATCH)))
+    write_paced_pipeline(pipelines, "crash", inputs, BATCH)
     settings = JetlSettings(nats=NatsSettings(url=nats.url, ack_wait=float(ACK_WAIT)))
     services = ("extractor", "transformer", "loader", "scheduler")
     runs: dict[str, RunState] = {}

