@@ -79,6 +79,30 @@ class RunExtracted(_Event):
     """The incremental state to carry into the next run, once this one completes."""
 
 
+class RunPartitioned(_Event):
+    """The extractor that took the run split its input into `partitions` partitions, for replicas to share; the run
+    is extracted once each has its partition.extracted (no run.extracted follows)."""
+
+    type: Literal["run.partitioned"] = "run.partitioned"
+    partitions: int
+    cursor: dict[str, Any] | None = None
+    """The incremental state to carry into the next run once this one completes: fixed when planning, since the
+    run completes only when every partition did (an extractor that cannot say it then is not partitioned)."""
+
+
+class PartitionExtracted(_Event):
+    """One partition of a partitioned run is extracted: it has exactly `batches` batches."""
+
+    type: Literal["partition.extracted"] = "partition.extracted"
+    partition: str
+    batches: int
+    records: int
+    rejected: int = 0
+
+    def msg_id(self) -> str:
+        return f"{self.run_id}/{self.partition}/{self.type}"
+
+
 class BatchTransformed(_BatchEvent):
     """A clean batch is durably on JETL_CLEAN."""
 
@@ -155,6 +179,8 @@ Event = Annotated[
     | RunStarted
     | BatchExtracted
     | RunExtracted
+    | RunPartitioned
+    | PartitionExtracted
     | BatchTransformed
     | BatchLoaded
     | BatchRejected
