@@ -133,6 +133,8 @@ def split_batch_id(batch_id: str) -> tuple[str, str]:
     """(run id, the rest as one file-name-safe token): `r/000003` -> (r, 000003), `r/p0001/000003` -> (r,
     p0001-000003). Run ids and partitions are subject tokens, so the first `/` ends the run id."""
     run, _, rest = batch_id.partition("/")
+    for token in (run, *rest.split("/")):
+        check_token(token, f"batch id {batch_id!r} part")  # never a path: `..` or `/` would leave a folder
     return run, rest.replace("/", "-")
 
 

@@ -89,7 +89,8 @@ def _open_range(path: Path, start: int, end: int) -> IO[bytes]:
 
 def _aligned(path: Path, offsets: list[int]) -> list[tuple[int, int]]:
     """Each offset but the first (a line start already: 0, or a CSV's header end) moved past the first newline at or
-    after it, with the line number that starts there: one pass over the file, counting newlines (`bytes.count`, about 0.3 s a GB)."""
+    after it, with the line number that starts there: one pass over the file, counting newlines (`bytes.count`,
+    about 0.3 s a GB)."""
     with open(path, "rb") as fh:
         starts = []
         for k, b in enumerate(offsets):
