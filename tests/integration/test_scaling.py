@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,27 +37,29 @@ def register_pipelines():
 """
 
 
+async def run_collecting(nats: NatsHandle, pipeline: str, kind: type[Any]) -> tuple[Any, list[Any]]:
+    """Run `pipeline` to its end; its state and its events of `kind`."""
+    async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
+        req = await jc.request_run(pipeline)
+        events: list[Any] = []
+        state = await jc.wait(
+            pipeline,
+            req.run_id,
+            timeout=180,
+            on_event=lambda ev, _: events.append(ev) if isinstance(ev, kind) else None,
+        )
+        return state, events
+
+
 def test_two_transformers_share_one_durable_consumer(tmp_path: Path, nats: NatsHandle) -> None:
     src, pipelines, data = tmp_path / "rows.jsonl", tmp_path / "pipelines", tmp_path / "data"
     src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(2000)))
     pipelines.mkdir()
     (pipelines / "wide_pipeline.py").write_text(PIPELINE.replace("INPUT", str(src)))
 
-    async def run() -> tuple[object, list[BatchTransformed]]:
-        async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
-            req = await jc.request_run("wide")
-            events: list[BatchTransformed] = []
-            state = await jc.wait(
-                "wide",
-                req.run_id,
-                timeout=180,
-                on_event=lambda ev, _: events.append(ev) if isinstance(ev, BatchTransformed) else None,
-            )
-            return state, events
-
     with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, replicas={"transformer": 2}) as stack:
         assert sorted(stack.procs) == ["extractor", "loader", "scheduler", "transformer", "transformer2"]
-        state, transformed = asyncio.run(run())
+        state, transformed = asyncio.run(run_collecting(nats, "wide", BatchTransformed))
 
     assert state.status == "completed" and state.loaded == 2000  # type: ignore[attr-defined]
     assert len(transformed) == 40
@@ -138,21 +141,9 @@ def test_two_extractors_split_one_large_file_by_byte_ranges(tmp_path: Path, nats
     pipelines.mkdir()
     (pipelines / "split_pipeline.py").write_text(PARTITIONED.replace("INPUT", str(src)))
 
-    async def run() -> tuple[object, list[BatchExtracted]]:
-        async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
-            req = await jc.request_run("split")
-            events: list[BatchExtracted] = []
-            state = await jc.wait(
-                "split",
-                req.run_id,
-                timeout=180,
-                on_event=lambda ev, _: events.append(ev) if isinstance(ev, BatchExtracted) else None,
-            )
-            return state, events
-
     with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, replicas={"extractor": 2}) as stack:
         assert sorted(stack.procs) == ["extractor", "extractor2", "loader", "scheduler", "transformer"]
-        state, extracted = asyncio.run(run())
+        state, extracted = asyncio.run(run_collecting(nats, "split", BatchExtracted))
 
     assert state.status == "completed" and state.loaded == 3000 and state.reconciles  # type: ignore[attr-defined]
     partitions = {ev.batch_id.split("/")[1] for ev in extracted}
