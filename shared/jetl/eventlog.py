@@ -6,6 +6,7 @@ Every read is an ordered consumer: nothing durable is left behind.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jetl.events import Event, parse_event
+from jetl.events import Event, is_run_event, parse_event
 from jetl.projection import RunState, fold
 from jetl.state import add_active, bucket, bucket_keys, mark_finished, put_cursor, remove_active, run_key
 from jetl.subjects import STREAMS, Kind, check_token, pattern
@@ -93,6 +94,8 @@ async def rebuild(nc: Client, pipeline: str | None = None) -> int:
     states: dict[tuple[str, str], RunState] = {}
     n = 0
     async for ev in read_events(nc, pipeline):
+        if not is_run_event(ev):
+            continue
         key = (ev.pipeline, ev.run_id)
         states[key] = fold(states.get(key), ev)
         n += 1
@@ -159,3 +162,51 @@ async def _write_state(
             revision = None
         state = await _refold(nc, pipeline, run_id)
     raise RuntimeError(f"could not rebuild {key}: too many concurrent writers")
+
+
+async def read_from(
+    nc: Client, stream: str, subject: str, start_seq: int, limit: int, *, until_seq: int | None = None
+) -> list[Any]:
+    """Up to `limit` messages of `stream` under `subject`, from sequence `start_seq` on (and not past `until_seq`).
+
+    One page of a long stream without reading the rest of it: an ephemeral pull consumer starts at the sequence,
+    and its pending count says how many messages there are to fetch, so an empty page costs no wait.
+    """
+    from nats.js.api import AckPolicy
+
+    js = nc.jetstream()
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(1, start_seq),
+        filter_subject=subject,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,  # removed below; this only covers a reader that died midway
+        mem_storage=True,
+        num_replicas=1,
+    )
+    try:
+        info = await js.add_consumer(stream, config)
+    except NotFoundError:
+        return []
+    out: list[Any] = []
+    try:
+        want = min(limit, info.num_pending or 0)
+        if want <= 0:
+            return out
+        psub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
+        try:
+            while len(out) < want:
+                try:
+                    msgs = await psub.fetch(min(want - len(out), 256), timeout=5.0)
+                except TimeoutError:
+                    break
+                for m in msgs:
+                    if until_seq is not None and m.metadata.sequence.stream > until_seq:
+                        return out
+                    out.append(m)
+        finally:
+            await psub.unsubscribe()
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, info.name)
+    return out
