@@ -45,7 +45,7 @@ def check_bind(host: str, token: str | None) -> None:
 
 def csrf_token(request: Request) -> str:
     """The CSRF value of this browser (the cookie's, or a new one the response will set)."""
-    value = request.cookies.get(CSRF_COOKIE) or request.state.__dict__.get("new_csrf")
+    value = request.cookies.get(CSRF_COOKIE) or getattr(request.state, "new_csrf", None)
     if not value:
         value = request.state.new_csrf = secrets.token_urlsafe(24)
     return str(value)
@@ -98,7 +98,7 @@ def access_middleware(
             if why is not None:
                 return PlainTextResponse(why, status_code=403)
         resp = await call_next(request)
-        new = request.state.__dict__.get("new_csrf")
+        new = getattr(request.state, "new_csrf", None)
         if new:
             resp.set_cookie(CSRF_COOKIE, new, samesite="strict", httponly=True)
         return resp
