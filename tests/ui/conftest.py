@@ -13,14 +13,14 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jetl.runtime.embedded import Stack, free_port, service_env
-from jetl.testing.servers import NatsHandle
+from jetl.testing.servers import nats_server
 
 CHROMIUM = Path(os.environ.get("JETL_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -34,8 +34,13 @@ CHROMIUM_ARGS = [
 ]
 
 PIPELINE = """
+import time
 from pydantic import BaseModel
-from jetl import Cron, FileExtractor, FileLoader, Pipeline, TypeTransformer
+from jetl import Cron, FileExtractor, FileLoader, LambdaTransformer, Pipeline, TypeTransformer
+
+def slow(record):
+    time.sleep(0.002)  # so a run takes seconds and a page can watch its counts rise
+    return record
 
 class Order(BaseModel):
     id: int
@@ -48,7 +53,7 @@ def register_pipelines():
             name="shop",
             extractors=[FileExtractor("INPUT/*.jsonl", chunk_size=CHUNK)],
             batch_size=CHUNK,
-            transformers=[TypeTransformer(Order)],
+            transformers=[LambdaTransformer(slow), TypeTransformer(Order)],
             loader=FileLoader("OUTPUT"),
             schema=Order,
             schedule=Cron("0 3 * * *"),
@@ -81,9 +86,7 @@ class Dash:
     env: dict[str, str]
     data: Path
     pipelines: Path
-    shots: Path
     proc: subprocess.Popen[bytes]
-    console_errors: list[str] = field(default_factory=list)
 
     def jetl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the `jetl` CLI against the same stack."""
@@ -106,19 +109,19 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) ->
     raise AssertionError(f"the dashboard did not answer at {url} within {timeout:.0f}s")
 
 
-@pytest.fixture
-def dash(nats: NatsHandle, tmp_path: Path) -> Iterator[Dash]:
-    """A running stack with the `shop` pipeline, and `jetl ui` serving it on a free loopback port."""
+@pytest.fixture(scope="module")
+def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
+    """A running stack with the `shop` pipeline, and `jetl ui` serving it on a free loopback port (one per module:
+    the stack is four processes)."""
+    tmp_path = tmp_path_factory.mktemp("ui")
     data, pipelines = tmp_path / "data", tmp_path / "pipelines"
     pipelines.mkdir()
     write_orders(data / "input")
     code = PIPELINE.replace("INPUT", str(data / "input")).replace("OUTPUT", str(data / "out")).replace("CHUNK", "100")
     (pipelines / "shop_pipeline.py").write_text(code)
-    env = service_env(nats.url, data, pipelines)
     port = free_port()
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    with Stack(data, pipelines, nats_url=nats.url):
+    with nats_server(tmp_path / "nats") as nats, Stack(data, pipelines, nats_url=nats.url):
+        env = service_env(nats.url, data, pipelines)
         proc = subprocess.Popen(
             [sys.executable, "-m", "jetl", "ui", "--port", str(port)],
             env=env,
@@ -128,7 +131,7 @@ def dash(nats: NatsHandle, tmp_path: Path) -> Iterator[Dash]:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_http(url + "/static/app.css", proc)
-            yield Dash(url=url, env=env, data=data, pipelines=pipelines, shots=shots, proc=proc)
+            yield Dash(url=url, env=env, data=data, pipelines=pipelines, proc=proc)
         finally:
             proc.terminate()
             try:
@@ -158,21 +161,24 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, dash: Dash) -> Iterator[Any]:
-    """A fresh page whose console errors and failed requests are collected in `dash.console_errors`."""
+    """A fresh page; console errors, page errors and failed requests fail the test when it ends."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = ctx.new_page()
-    pg.on("console", lambda m: dash.console_errors.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: dash.console_errors.append(str(e)))
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    pg.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}") if "/live/" not in r.url else None)
     pg.set_default_timeout(30_000)
     try:
         yield pg
     finally:
         ctx.close()
+    assert not errors, f"the browser reported errors: {errors}"
 
 
-def shot(page: Any, dash: Dash, name: str) -> Path:
-    """Save a screenshot of the page with the test's output, and print where."""
-    path = dash.shots / f"{name}.png"
+def shot(page: Any, tmp_path: Path, name: str) -> Path:
+    """Save a screenshot of the page under the test's own folder, and print where."""
+    path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
     return path

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from jetl.cli._app import app, settings
-from jetl.cli._output import console, failing
+from jetl.cli._output import EXIT_USAGE, console, die, failing
+from jetl.errors import ConfigError
 
 
 @app.command()
@@ -28,14 +29,17 @@ def ui(
     from jetl.ui.security import check_bind
 
     s = settings()
-    with failing():
-        if host is not None:
-            s.ui.host = host
-        if port is not None:
-            s.ui.port = port
-        if token:
-            s.ui.token = SecretStr(token)
+    if host is not None:
+        s.ui.host = host
+    if port is not None:
+        s.ui.port = port
+    if token:
+        s.ui.token = SecretStr(token)
+    try:
         check_bind(s.ui.host, s.ui.token.get_secret_value() if s.ui.token else None)
+    except ConfigError as exc:
+        die(str(exc), "people then open it once with ?token=...", EXIT_USAGE)
+    with failing():
         import uvicorn
 
         from jetl.ui import create_app

@@ -60,6 +60,7 @@ def actor(request: Request) -> str:
 async def check_csrf(request: Request) -> str | None:
     """Why a POST is refused (None: it may go on)."""
     cookie = request.cookies.get(CSRF_COOKIE, "")
+    await request.body()  # read whole first: the middleware hands a read body on to the endpoint, a read stream not
     form = await request.form()
     sent = str(form.get(CSRF_FIELD, ""))
     if not cookie or not sent or not secrets.compare_digest(cookie, sent):
