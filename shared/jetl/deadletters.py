@@ -68,14 +68,19 @@ async def letter_page(
 
 async def letters_at(nc: Client, seqs: Iterable[int]) -> list[tuple[int, DeadLetter]]:
     """The dead letters at these JETL_DLQ sequences (one direct read each; missing ones are left out)."""
+    import asyncio
+
     js = nc.jetstream()
-    out: list[tuple[int, DeadLetter]] = []
-    for seq in sorted(set(seqs)):
+
+    async def one(seq: int) -> tuple[int, DeadLetter] | None:
         with contextlib.suppress(NotFoundError):
             msg = await js.get_msg(subjects.stream_name(Kind.DLQ), seq=seq)
             if msg.data:
-                out.append((seq, DeadLetter.model_validate_json(msg.data)))
-    return out
+                return seq, DeadLetter.model_validate_json(msg.data)
+        return None
+
+    found = await asyncio.gather(*(one(q) for q in sorted(set(seqs))))  # in flight together, in order
+    return [x for x in found if x is not None]
 
 
 @dataclass

@@ -371,6 +371,7 @@ async def recent_runs(
     out: list[tuple[int, RunState]] = []
     window, scanned = max(4 * limit, 256), 0
     while hi >= first and len(out) < limit and scanned < max_scan:
+        window = min(window, max_scan - scanned)
         lo = max(first, hi - window + 1)
         msgs = await read_from(nc, stream, subject, lo, window, until_seq=hi)
         scanned += len(msgs)

@@ -147,7 +147,10 @@ async def runs(request: Request) -> Response:
     pipeline = request.query_params.get("pipeline") or None
     status = request.query_params.get("status") or None
     before = int(request.query_params["before"]) if request.query_params.get("before", "").isdigit() else None
-    page, next_before = await recent_runs(d.nc, d.bucket, pipeline, limit=PAGE, before=before, status=status)
+    # a rare status is looked for among at most 2,000 states per page; "older runs" goes on from there
+    page, next_before = await recent_runs(
+        d.nc, d.bucket, pipeline, limit=PAGE, before=before, status=status, max_scan=2_000
+    )
     found, _ = d.pipelines()
     return render(
         request,
