@@ -222,7 +222,6 @@ async def run_page(request: Request) -> Response:
     why = dead_letter_status(page, related)
     rows = [row for seq, dl in page for row in letter_rows(seq, dl, why[seq])]
     children = [r for r in related if r.parent_run_id == run_id or (set(r.redrive) & set(seqs))]
-    cursor_from = next((getattr(e, "cursor_from", None) for e in events if getattr(e, "cursor_from", None)), None)
     report = ledger_report([st], None)[0]
     return render(
         request,
@@ -234,7 +233,7 @@ async def run_page(request: Request) -> Response:
         letters=rows,
         letters_total=len(seqs),
         children=children,
-        cursor_from=cursor_from,
+        cursor_from=st.start_cursor,
         duration=duration(st),
     )
 
