@@ -29,7 +29,7 @@ from jetl.state import bucket, run_key
 from jetl.subjects import dlq
 from jetl.testing.servers import nats_server
 from jetl.topology import declare
-from jetl.ui import create_app
+from jetl.ui.app import create_app
 
 PIPELINE = """
 from pydantic import BaseModel

@@ -223,3 +223,45 @@ async def read_from(
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, info.name)
     return out
+
+
+async def recent_runs(
+    nc: Client,
+    kv: KeyValue,
+    pipeline: str | None = None,
+    *,
+    limit: int = 50,
+    before: int | None = None,
+    status: str | None = None,
+    max_scan: int = 20_000,
+) -> tuple[list[tuple[int, RunState]], int | None]:
+    """One page of run states, most recently changed first, and the `before` of the next page (None: no more).
+
+    A bounded listing for a dashboard over thousands of runs: the bucket's stream keeps one message per key (its
+    latest revision), so reading it backwards from its last sequence, in growing windows, meets the runs that
+    changed last first. At most `max_scan` states are read for one page however rare `status` is. Each run is
+    returned with the stream sequence of its state, which `before` pages by.
+    """
+    js, stream, prefix = kv._js, kv._stream, kv._pre
+    info = await js.stream_info(stream)
+    first = info.state.first_seq or 1
+    hi = min(before - 1, info.state.last_seq) if before else info.state.last_seq
+    subject = f"{prefix}run.{check_token(pipeline)}.>" if pipeline else f"{prefix}run.>"
+    wanted = f'"status":"{status}"'.encode() if status else None
+    out: list[tuple[int, RunState]] = []
+    window, scanned = max(4 * limit, 256), 0
+    while hi >= first and len(out) < limit and scanned < max_scan:
+        window = min(window, max_scan - scanned)
+        lo = max(first, hi - window + 1)
+        msgs = await read_from(nc, stream, subject, lo, window, until_seq=hi)
+        scanned += len(msgs)
+        for m in reversed(msgs):
+            # deleted keys leave an empty marker; the status is checked on the raw JSON before parsing a state
+            if m.data and (wanted is None or wanted in m.data):
+                out.append((m.metadata.sequence.stream, RunState.model_validate_json(m.data)))
+                if len(out) == limit:
+                    break
+        hi, window = lo - 1, window * 2
+    more = len(out) == limit or (hi >= first and scanned >= max_scan)
+    next_before = (out[-1][0] if out and len(out) == limit else hi + 1) if more else None
+    return out, next_before

@@ -42,7 +42,7 @@ def ui(
     with failing():
         import uvicorn
 
-        from jetl.ui import create_app
+        from jetl.ui.app import create_app
 
         web = create_app(s)
     console.print(f"jetl dashboard on http://{s.ui.host}:{s.ui.port}  (NATS {s.nats.url}; Ctrl-C stops)")

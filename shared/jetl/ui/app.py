@@ -16,8 +16,10 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+import jetl.ui.actions as actions
+import jetl.ui.live as live
+import jetl.ui.pages as pages
 from jetl.settings import JetlSettings
-from jetl.ui import actions, live, pages
 from jetl.ui.security import access_middleware
 from jetl.ui.state import Dashboard
 
