@@ -120,8 +120,13 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
     code = PIPELINE.replace("INPUT", str(data / "input")).replace("OUTPUT", str(data / "out")).replace("CHUNK", "100")
     (pipelines / "shop_pipeline.py").write_text(code)
     port = free_port()
-    with nats_server(tmp_path / "nats") as nats, Stack(data, pipelines, nats_url=nats.url):
-        env = service_env(nats.url, data, pipelines)
+    with nats_server(tmp_path / "nats") as nats, Stack(data, pipelines, nats_url=nats.url) as stack:
+        # the dashboard and the CLI reach the stack as its operator (no user on a bare test server)
+        op = stack.operator
+        creds = {"JETL_NATS__USER": op.user} if op.user else {}
+        if op.password is not None:
+            creds["JETL_NATS__PASSWORD"] = op.password.get_secret_value()
+        env = service_env(nats.url, data, pipelines, creds)
         proc = subprocess.Popen(
             [sys.executable, "-m", "jetl", "ui", "--port", str(port)],
             env=env,

@@ -39,7 +39,7 @@ class Dashboard:
     async def start(self) -> None:
         """Connect, and start following JETL_DLQ for the summary."""
         await self.client.__aenter__()
-        self.kv = await bucket(self.client.conn, create=False)
+        self.kv = await bucket(self.client.conn)
         self._task = asyncio.create_task(self._follow_letters())
 
     async def stop(self) -> None:
