@@ -174,6 +174,35 @@ class CursorChanged(_Event):
     """Why (`--reason`, required)."""
 
 
+OPS_RUN = "ops"
+"""The run-id token of events that belong to no run (someone paused a pipeline): `jetl.events.<pipeline>.ops`."""
+
+
+class OperatorAction(_Event):
+    """Someone changed something by hand (the dashboard's buttons): who did what to which pipeline.
+
+    It belongs to no run (its run_id is `OPS_RUN`), so nothing folds it into a run state; the run it made, if any,
+    is `target_run_id`, and that run's own events follow as usual.
+    """
+
+    type: Literal["operator.action"] = "operator.action"
+    run_id: str = OPS_RUN
+    action: Literal["pause", "resume", "run", "backfill", "redrive"]
+    by: str
+    """Who: `ui:<os user of the server>@<client address>`."""
+    target_run_id: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+    def msg_id(self) -> str:
+        # every action is its own event: two people pausing twice are four events
+        return f"{self.pipeline}/{self.type}/{self.action}/{self.at.isoformat()}/{self.instance}"
+
+
+def is_run_event(ev: _Event) -> bool:
+    """An event of a run, to fold into its state (an operator action or a cursor change is not)."""
+    return not isinstance(ev, (OperatorAction, CursorChanged))
+
+
 Event = Annotated[
     RunRequested
     | RunStarted
@@ -186,7 +215,8 @@ Event = Annotated[
     | BatchRejected
     | RunCompleted
     | RunFailed
-    | CursorChanged,
+    | CursorChanged
+    | OperatorAction,
     Field(discriminator="type"),
 ]
 
