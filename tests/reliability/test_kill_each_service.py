@@ -110,20 +110,6 @@ def test_sigkill_each_service_mid_run_loses_and_duplicates_nothing(tmp_path: Pat
     assert rows == [{"n": 4 * PER_ROUND, "u": 4 * PER_ROUND, "lo": 0, "hi": 4 * PER_ROUND - 1}]
 
 
-PARTITIONED = PIPELINE.replace(
-    """    def next_cursor(self):""",
-    """    def partitions(self, ctx):
-        return self.inner.partitions(ctx)
-
-    async def extract_partition(self, ctx, partition):
-        async for chunk in self.inner.extract_partition(ctx, partition):
-            await asyncio.sleep(PACE)
-            yield chunk
-
-    def next_cursor(self):""",
-).replace("chunk_size=BATCH)", "chunk_size=BATCH, partition_bytes=PART)")
-
-
 def test_sigkill_an_extractor_mid_partition_re_extracts_it_with_the_same_batch_ids(
     tmp_path: Path, nats: NatsHandle
 ) -> None:
@@ -135,8 +121,7 @@ def test_sigkill_an_extractor_mid_partition_re_extracts_it_with_the_same_batch_i
     (inputs / "big.jsonl").write_text(
         "".join(json.dumps({"id": i, "name": f"r{i}"}) + "\n" for i in range(PER_ROUND))
     )  # ~39 kB: 6 or 7 byte ranges
-    pipeline = PARTITIONED.replace("INPUT", str(inputs)).replace("BATCH", str(BATCH)).replace("PART", "6500")
-    (pipelines / "crash_pipeline.py").write_text(pipeline)
+    write_paced_pipeline(pipelines, "crash", inputs, BATCH, partition_bytes=6500)
     settings = JetlSettings(nats=NatsSettings(url=nats.url, ack_wait=float(ACK_WAIT)))
 
     async def run(stack: Stack) -> tuple[RunState, dict[str, set[str]], str, dict[str, int] | None]:

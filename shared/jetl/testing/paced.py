@@ -29,7 +29,7 @@ class Paced:
             await asyncio.sleep(PACE)
             yield chunk
 
-    def next_cursor(self):
+{partition_methods}    def next_cursor(self):
         return self.inner.next_cursor()
 
     def check(self, settings):
@@ -47,15 +47,38 @@ class SlowClickHouse(ClickHouseLoader):
         return n
 
 def register_pipelines():
-    return [Pipeline(name="{name}", extractors=[Paced(FileExtractor("{inputs}/*.jsonl", chunk_size={batch}))],
+    extractor = Paced(FileExtractor("{inputs}/*.jsonl", chunk_size={batch}{partition_arg}))
+    return [Pipeline(name="{name}", extractors=[extractor],
                      transformers=[Slow()], loader=SlowClickHouse("{name}", order_by=["id"]), schema=Row,
                      batch_size={batch})]
 """
 
+_PARTITION_METHODS = """    def partitions(self, ctx):
+        return self.inner.partitions(ctx)
 
-def write_paced_pipeline(pipelines_dir: Path, name: str, inputs: Path, batch: int, pace: float = 0.03) -> Path:
+    async def extract_partition(self, ctx, partition):
+        async for chunk in self.inner.extract_partition(ctx, partition):
+            await asyncio.sleep(PACE)
+            yield chunk
+
+"""
+
+
+def write_paced_pipeline(
+    pipelines_dir: Path, name: str, inputs: Path, batch: int, pace: float = 0.03, partition_bytes: int | None = None
+) -> Path:
     """Write `<name>_pipeline.py`: `{"id": int, "name": str}` lines from `inputs/*.jsonl` into the ClickHouse table
-    `name` (ordered by id), in batches of `batch`, each stage sleeping `pace` seconds per batch."""
+    `name` (ordered by id), in batches of `batch`, each stage sleeping `pace` seconds per batch. With
+    `partition_bytes`, files are split into byte ranges that extractor replicas share."""
     path = pipelines_dir / f"{name}_pipeline.py"
-    path.write_text(_SOURCE.format(name=name, inputs=inputs, batch=batch, pace=pace))
+    path.write_text(
+        _SOURCE.format(
+            name=name,
+            inputs=inputs,
+            batch=batch,
+            pace=pace,
+            partition_methods=_PARTITION_METHODS if partition_bytes else "",
+            partition_arg=f", partition_bytes={partition_bytes}" if partition_bytes else "",
+        )
+    )
     return path
