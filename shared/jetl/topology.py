@@ -203,6 +203,8 @@ def kv_config(replicas: int = 1) -> KeyValueConfig:
 
 DEPLOYMENT_CHECK_S = 1.5
 """Seconds the deployment check may take: a server that does not answer JetStream requests in time has none."""
+DEPLOYMENT_SLOW_S = 10.0
+"""Seconds a second check may take after the first timed out (a clustered stream electing its leader)."""
 
 
 def server_url(nc: Client, fallback: str = "") -> str:
@@ -217,12 +219,20 @@ async def require_deployment(nc: Client, url: str = "") -> None:
     Reads stream info only (a service user may), with a short timeout: a server without JetStream, or without jetl's
     streams, is told apart from a working deployment within `DEPLOYMENT_CHECK_S` per stream.
     """
-    js = nc.jetstream(timeout=DEPLOYMENT_CHECK_S)
     names = [spec.name for spec in STREAMS.values()] + [f"KV_{BUCKET}"]
-    try:
-        await asyncio.gather(*(js.stream_info(name) for name in names))
-    except Exception as exc:  # not found, no JetStream (no responders, timeout): either way, nothing of jetl's here
-        raise NoDeployment(server_url(nc, url)) from exc
+    last: Exception | None = None
+    # A timeout is asked again, patiently: on a cluster a stream between leaders (a node just died or came back)
+    # answers late; a server without JetStream or without jetl's streams answers "no responders" or "not found" at once.
+    for timeout in (DEPLOYMENT_CHECK_S, DEPLOYMENT_SLOW_S):
+        js = nc.jetstream(timeout=timeout)
+        try:
+            await asyncio.gather(*(js.stream_info(name) for name in names))
+            return
+        except TimeoutError as exc:
+            last = exc
+        except Exception as exc:  # not found, no JetStream (no responders): either way, nothing of jetl's here
+            raise NoDeployment(server_url(nc, url)) from exc
+    raise NoDeployment(server_url(nc, url)) from last
 
 
 async def wait_for_deployment(nc: Client, url: str = "", timeout: float = 120.0, every: float = 1.0) -> None:

