@@ -49,9 +49,10 @@ class NatsSettings(BaseModel):
     """Seconds to wait for a connection."""
     stream_replicas: int = 1
     """Replicas of each stream (3 on a cluster)."""
-    ack_wait: float = 60.0
-    """Seconds a stage may hold a message unacked before JetStream redelivers it (a crashed worker's messages
-    come back after this). Set the same value for every process: whoever declares the consumers last wins."""
+    ack_wait: float = 10.0
+    """Seconds a stage may hold a message without an ack or an in_progress() beat before JetStream redelivers it:
+    a crashed worker's messages come back after this; live workers beat every third of it. Set the same value for
+    every process: whoever declares the consumers last wins."""
 
     @property
     def servers(self) -> list[str]:

@@ -25,8 +25,11 @@ from jetl.settings import NatsSettings
 from jetl.subjects import CONSUMERS, STREAMS, Kind, Retention
 
 # Consumer tuning: a stage must ack within ACK_WAIT or call in_progress(); after MAX_DELIVER tries a message
-# is dead-lettered by the stage itself (see jetl.runtime.stage).
-ACK_WAIT_S = 60.0
+# is dead-lettered by the stage itself (see jetl.runtime.stage). The ack wait is short because it is how long a
+# crashed worker's messages wait before JetStream hands them to a live one (a SIGKILLed loader stalled runs for the
+# ack wait, 60 s, before it was cut to 10 s); live workers beat in_progress() every third of it
+# (jetl.runtime.service.keep_alive), so a long batch is never redelivered while its worker lives.
+ACK_WAIT_S = 10.0
 MAX_DELIVER = 5
 MAX_ACK_PENDING = 256
 
