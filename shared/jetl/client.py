@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from jetl import subjects
-from jetl.bus import Bus, connect, make_broker
-from jetl.errors import ConfigError, TerminalError, TransientError
-from jetl.eventlog import read_events, read_stream
+from jetl._internal.connect import nats_connection, riding_connection
+from jetl.bus import Bus, make_broker
+from jetl.errors import ConfigError, TerminalError, TransientError, WaitTimedOut, classify
+from jetl.eventlog import read_events, read_stream, tail
 from jetl.events import Event, RunCompleted, RunFailed, parse_event
 from jetl.messages import MALFORMED_INPUT, DeadLetter, RunRequest, Trigger
 from jetl.projection import RunState, fold
@@ -50,10 +51,8 @@ class JetlClient:
         self.bus = Bus(self.broker)
 
     async def __aenter__(self) -> JetlClient:
-        try:
-            self.nc = await connect(self.settings.nats, allow_reconnect=False, max_reconnect_attempts=1)
-        except Exception as exc:
-            raise TransientError(f"cannot reach NATS at {self.settings.nats.url}: {type(exc).__name__} {exc}") from exc
+        # fails fast when NATS is down; once connected, rides through a NATS restart (follow resumes, see `follow`)
+        self.nc = await riding_connection(self.settings)
         await self.broker.connect()
         await declare(self.nc, self.settings.nats)
         return self
@@ -85,7 +84,11 @@ class JetlClient:
         shadow: bool = False,
         redrive: list[int] | None = None,
     ) -> RunRequest:
-        """Queue one run (run.requested is logged first); `replay_of` / `redrive` make it a replay or a redrive."""
+        """Queue one run (run.requested is logged first); `replay_of` / `redrive` make it a replay or a redrive.
+
+        While NATS is away (a restart) the request is sent again for up to REQUEST_RETRY_S: both of its messages
+        deduplicate on the run id, so a request that did land is not queued twice.
+        """
         req = RunRequest(
             pipeline=pipeline,
             run_id=run_id or manual_run_id(pipeline),
@@ -99,27 +102,23 @@ class JetlClient:
             shadow=shadow,
             redrive=redrive or [],
         )
-        await self.bus.request(req, code_hash=code_hash)
-        return req
+        deadline = time.monotonic() + REQUEST_RETRY_S
+        while True:
+            try:
+                await self.bus.request(req, code_hash=code_hash)
+                return req
+            except Exception as exc:
+                if classify(exc) != "transient" or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def follow(self, pipeline: str, run_id: str | None = None) -> AsyncIterator[Event]:
-        """Every event of a run (or of a pipeline's runs), from the beginning of the log, then live."""
-        js = self.conn.jetstream()
-        sub = await js.subscribe(
-            subjects.pattern(Kind.EVENTS, pipeline, run_id),
-            ordered_consumer=True,
-            stream=subjects.stream_name(Kind.EVENTS),
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=3600)
-                except TimeoutError:
-                    continue
-                yield parse_event(msg.data)
-        finally:
-            await sub.unsubscribe()
+        """Every event of a run (or of a pipeline's runs), from the beginning of the log, then live.
+
+        It rides through a NATS restart, resuming after the last event it yielded (`jetl.eventlog.tail`).
+        """
+        async for msg in tail(self.conn, Kind.EVENTS, subjects.pattern(Kind.EVENTS, pipeline, run_id)):
+            yield parse_event(msg.data)
 
     async def wait(
         self,
@@ -129,13 +128,18 @@ class JetlClient:
         timeout: float = 600.0,
         on_event: Callable[[Event, RunState], None] | None = None,
     ) -> RunState:
-        """Fold a run's events until it completes or fails; returns its state."""
+        """Fold a run's events until it completes or fails; returns its state.
+
+        It rides through a NATS restart. On `timeout` it raises WaitTimedOut saying what it waited for, the last
+        event it saw, and whether NATS answers (only then is NATS to blame).
+        """
         state: RunState | None = None
+        last: tuple[Event, float] | None = None
 
         async def _consume() -> RunState:
-            nonlocal state
+            nonlocal state, last
             async for ev in self.follow(pipeline, run_id):
-                state = fold(state, ev)
+                state, last = fold(state, ev), (ev, time.monotonic())
                 if on_event is not None:
                     on_event(ev, state)
                 if isinstance(ev, (RunCompleted, RunFailed)):
@@ -145,11 +149,22 @@ class JetlClient:
         try:
             return await asyncio.wait_for(_consume(), timeout)
         except TimeoutError as exc:
-            got = state.counts() if state else "no events"
-            raise TransientError(
-                f"run {run_id} did not finish within {timeout:.0f}s (so far: {got}); "
-                "are the services up? (`jetl up`, `jetl health`)"
+            nats_up = await self.nats_answers()
+            raise WaitTimedOut(
+                wait_message(pipeline, run_id, timeout, state, last, None if nats_up else self.settings.nats.url),
+                nats_up=nats_up,
             ) from exc
+
+    async def nats_answers(self) -> bool:
+        """Whether NATS answers right now (this connection is up, or a fresh one gets through)."""
+        if self.nc is not None and self.nc.is_connected:
+            return True
+        try:
+            nc = await nats_connection(self.settings)
+        except TransientError:
+            return False
+        await nc.close()
+        return True
 
     async def run_state(self, pipeline: str, run_id: str) -> RunState | None:
         """The folded state of one run, from the log itself."""
@@ -361,6 +376,33 @@ class JetlClient:
 
         await asyncio.gather(*(one(s) for s in slots))
         return out
+
+
+REQUEST_RETRY_S = 60.0
+"""How long `request_run` keeps sending a run request while NATS is away."""
+
+
+def wait_message(
+    pipeline: str,
+    run_id: str,
+    timeout: float,
+    state: RunState | None,
+    last: tuple[Event, float] | None,
+    nats_down: str | None,
+) -> str:
+    """What a wait that gave up says: what it waited for, the last event it saw (and when), and NATS when it is
+    down (`nats_down`: its URL)."""
+    if state is None or last is None:
+        seen = f"no event of run {run_id} in {timeout:.0f} s (was it requested? `jetl status {pipeline}`)"
+    else:
+        settled = sum(1 for b in state.batches.values() if b.outcome != "pending")
+        expected = "?" if state.expected_batches is None else str(state.expected_batches)
+        ago = time.monotonic() - last[1]
+        seen = (
+            f"run {run_id} did not finish within {timeout:.0f} s; last seen: {last[0].type} {settled}/{expected} "
+            f"batches settled, {ago:.0f} s ago ({state.status}; {state.counts()})"
+        )
+    return seen if nats_down is None else f"{seen}; NATS at {nats_down} does not answer"
 
 
 RETRY = "-retry"
