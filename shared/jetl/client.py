@@ -10,6 +10,8 @@ The CLI is a thin layer over this; tests and notebooks can use it directly:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -47,7 +49,9 @@ class JetlClient:
     def __init__(self, settings: JetlSettings | None = None) -> None:
         self.settings = settings or JetlSettings()
         self.nc: Client | None = None
-        self.broker = make_broker(self.settings.nats)
+        # the broker's own log lines (a NATS restart: "Connection broken ...") go to stderr through the logging
+        # module, never to stdout, where `--json` output is
+        self.broker = make_broker(self.settings.nats, logger=logging.getLogger("jetl.client"))
         self.bus = Bus(self.broker)
 
     async def __aenter__(self) -> JetlClient:
@@ -58,9 +62,12 @@ class JetlClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.broker.stop()
+        # closing while NATS is away raises (ConnectionReconnectingError): it must not hide the error being raised
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
         if self.nc is not None:
-            await self.nc.close()
+            with contextlib.suppress(Exception):
+                await self.nc.close()
 
     @property
     def conn(self) -> Client:
@@ -400,7 +407,8 @@ def wait_message(
         ago = time.monotonic() - last[1]
         seen = (
             f"run {run_id} did not finish within {timeout:.0f} s; last seen: {last[0].type} {settled}/{expected} "
-            f"batches settled, {ago:.0f} s ago ({state.status}; {state.counts()})"
+            f"batches settled, {ago:.0f} s ago (status {state.status}, {state.extracted} extracted, {state.loaded} "
+            "loaded)"
         )
     return seen if nats_down is None else f"{seen}; NATS at {nats_down} does not answer"
 
