@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from jetl import subjects
 from jetl.bus import connect
 from jetl.client import JetlClient
 from jetl.events import RunCompleted, RunFailed
@@ -132,3 +133,40 @@ def test_a_wait_that_gives_up_while_nats_is_down_says_so(tmp_path: Path, nats: N
 async def _requested(url: str, run_id: str) -> bool:
     async with JetlClient(JetlSettings(nats=NatsSettings(url=url))) as jc:
         return bool(await jc.events(run_id, "crash"))
+
+
+async def _ship(url: str, run_id: str, *events: str) -> None:
+    """Log lines of `run_id`, shipped as the services ship theirs."""
+    nc = await connect(NatsSettings(url=url))
+    try:
+        js = nc.jetstream()
+        for e in events:
+            line = {"timestamp": f"2026-11-28T10:00:0{e[-1]}Z", "service": "loader", "level": "info", "event": e}
+            body = json.dumps(line | {"run_id": run_id}).encode()
+            for attempt in range(40):  # just after a restart JetStream may not answer yet
+                try:
+                    await js.publish(subjects.logs("crash", run_id), body, headers={"Nats-Msg-Id": e})
+                    break
+                except Exception:
+                    if attempt == 39:
+                        raise
+                    await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
+def test_logs_follow_rides_through_a_nats_restart(tmp_path: Path, nats: NatsHandle) -> None:
+    asyncio.run(_deploy(nats.url))
+    asyncio.run(_ship(nats.url, "crash-logs1", "line1", "line2"))
+    cli = jetl_cli(nats.url, tmp_path, "logs", "crash-logs1", "--json", "--follow", "--for", "12")
+    assert cli.stdout is not None
+    printed = [cli.stdout.readline(), cli.stdout.readline()]  # the kept lines: now it follows
+    asyncio.run(_ship(nats.url, "crash-logs1", "line3"))
+    nats.stop(kill=True)
+    time.sleep(2)
+    nats.start()
+    asyncio.run(_ship(nats.url, "crash-logs1", "line4", "line5"))
+    out, err = cli.communicate(timeout=90)
+    assert cli.returncode == 0, err
+    lines = printed + out.splitlines()
+    assert [json.loads(x)["event"] for x in lines] == ["line1", "line2", "line3", "line4", "line5"]

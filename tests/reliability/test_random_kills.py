@@ -20,8 +20,8 @@ from jetl.projection import RunState
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = int(os.environ.get("JETL_TEST_KILL_SEED", "1212"))
-RUNS = 4
-KILLS_PER_RUN = 5
+RUNS = 3
+KILLS_PER_RUN = 7
 ROWS = 500  # 20 batches of 25: a run is about 3 * 20 + 4 events
 SERVICES = ("extractor", "transformer", "loader", "scheduler")
 
