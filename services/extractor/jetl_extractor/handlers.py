@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -203,27 +201,6 @@ class Extraction:
                     raise r
 
 
-@contextlib.asynccontextmanager
-async def _keep_alive(raw: Any, ack_wait: float) -> AsyncIterator[None]:
-    """Tell JetStream the run request is still being worked on, well inside its ack wait, for as long as it is.
-
-    Without this, an extraction that outlives the ack wait (a slow source, or a short ack wait) is redelivered to
-    another replica while it is still running.
-    """
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(min(IN_PROGRESS_EVERY_S, ack_wait / 3))
-            with contextlib.suppress(Exception):
-                await raw.in_progress()
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-
-
 async def _refuse_overlap(ctx: ServiceContext, req: RunRequest) -> None:
     """Raise OverlappingRun when `req` would extract from the cursor an earlier, unfinished run of its pipeline is
     about to move (the cursor advances only when a run completes, so both would load the same rows); otherwise
@@ -287,11 +264,12 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
                 log.info("run already completed; request ignored (use --force to run it again)")
             else:
                 await _refuse_overlap(ctx, req)
-                async with _keep_alive(raw, ctx.settings.nats.ack_wait):
-                    if req.replay_of is not None or req.redrive:
-                        await Resend(ctx, req).run()  # batches from the log: a replay or a redrive
-                    else:
-                        await Extraction(ctx, req, raw, concurrency).run()
+                # the run request is kept alive while this runs by the stage's in_progress() beats
+                # (jetl.runtime.service.keep_alive)
+                if req.replay_of is not None or req.redrive:
+                    await Resend(ctx, req).run()  # batches from the log: a replay or a redrive
+                else:
+                    await Extraction(ctx, req, raw, concurrency).run()
         except Exception as exc:
             error = exc
 
