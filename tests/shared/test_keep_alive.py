@@ -17,23 +17,25 @@ from jetl.testing.servers import NatsHandle
 class FakeMsg:
     """Counts the beats it gets."""
 
-    def __init__(self) -> None:
+    def __init__(self, is_acked: bool = False) -> None:
         self.beats = 0
+        self.is_acked = is_acked
 
     async def in_progress(self) -> None:
         self.beats += 1
 
 
 async def test_unsettled_messages_are_beaten_and_settled_ones_are_not() -> None:
-    msgs = [FakeMsg(), FakeMsg(), FakeMsg()]
+    msgs = [FakeMsg(), FakeMsg(), FakeMsg(), FakeMsg(is_acked=True)]
     done = 0
     async with keep_alive(msgs, 1.5, lambda: done):  # a beat every 0.5 s
-        await asyncio.sleep(0.8)  # the first message in hand, the other two waiting their turn: all beaten
+        await asyncio.sleep(0.8)  # the first message in hand, the next two waiting their turn: all beaten
         done = 1
         before = msgs[0].beats
         await asyncio.sleep(0.8)
     assert before >= 1 and msgs[0].beats == before  # settled: no more beats
     assert msgs[1].beats >= 2 and msgs[2].beats >= 2
+    assert msgs[3].beats == 0  # acked or nak'ed already: a beat would only push its retry back
     stopped = [m.beats for m in msgs]
     await asyncio.sleep(0.7)
     assert [m.beats for m in msgs] == stopped  # the beat task ends with the block

@@ -109,6 +109,8 @@ async def keep_alive(msgs: Sequence[Any], ack_wait: float, settled: Callable[[],
         while True:
             await asyncio.sleep(max(0.5, ack_wait / 3))
             for msg in msgs[settled() :]:
+                if getattr(msg, "is_acked", False):  # settled (a nak'ed one too): a beat would push its retry back
+                    continue
                 with contextlib.suppress(Exception):  # a lost beat costs one redelivery, never the work in hand
                     await msg.in_progress()
 
