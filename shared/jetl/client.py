@@ -38,6 +38,9 @@ from jetl.state import bucket, list_runs
 from jetl.subjects import Kind
 from jetl.topology import declare
 
+REQUEST_RETRY_S = 60.0
+"""How long `request_run` keeps sending a run request while NATS is away."""
+
 
 def manual_run_id(pipeline: str) -> str:
     """A fresh run id for a manual run: `<pipeline>-m<UTC stamp><random>`."""
@@ -63,12 +66,23 @@ class JetlClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        # closing while NATS is away raises (ConnectionReconnectingError): it must not hide the error being raised
+        # Stopping the broker while NATS is away raises (ConnectionReconnectingError, from a drain) and leaves its
+        # connection reconnecting, a task that keeps asyncio.run from returning: close every connection outright,
+        # and never let closing hide the error being raised.
+        conns: list[Any] = [self.nc]
+        with contextlib.suppress(Exception):
+            conns.append(self.broker.connection)
         with contextlib.suppress(Exception):
             await self.broker.stop()
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.close()
+        for nc in conns:
+            if nc is not None and not nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+            # nats-py's reconnect loop can lose the cancel close() sends it (asyncio.wait_for on Python 3.11) and
+            # retry on, keeping asyncio.run from returning: cancel it once more
+            task = getattr(nc, "_reconnection_task", None)
+            if task is not None and not task.done():
+                task.cancel()
 
     @property
     def conn(self) -> Client:
@@ -91,10 +105,11 @@ class JetlClient:
         replay_of: str | None = None,
         shadow: bool = False,
         redrive: list[int] | None = None,
+        retry_s: float = REQUEST_RETRY_S,
     ) -> RunRequest:
         """Queue one run (run.requested is logged first); `replay_of` / `redrive` make it a replay or a redrive.
 
-        While NATS is away (a restart) the request is sent again for up to REQUEST_RETRY_S: both of its messages
+        While NATS is away (a restart) the request is sent again for up to `retry_s` seconds: both of its messages
         deduplicate on the run id, so a request that did land is not queued twice.
         """
         req = RunRequest(
@@ -110,7 +125,7 @@ class JetlClient:
             shadow=shadow,
             redrive=redrive or [],
         )
-        deadline = time.monotonic() + REQUEST_RETRY_S
+        deadline = time.monotonic() + retry_s
         while True:
             try:
                 await self.bus.request(req, code_hash=code_hash)
@@ -395,10 +410,6 @@ class JetlClient:
 
         await asyncio.gather(*(one(s) for s in slots))
         return out
-
-
-REQUEST_RETRY_S = 60.0
-"""How long `request_run` keeps sending a run request while NATS is away."""
 
 
 def wait_message(

@@ -24,6 +24,7 @@ from jetl.client import JetlClient
 from jetl.events import RunCompleted, RunFailed
 from jetl.projection import RunState, fold
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.subjects import Kind
 from jetl.testing.servers import NatsHandle
 from jetl.topology import declare
 
@@ -115,7 +116,7 @@ def test_a_wait_that_gives_up_says_what_it_waited_for_and_nats_is_not_blamed(tmp
 
 def test_a_wait_that_gives_up_while_nats_is_down_says_so(tmp_path: Path, nats: NatsHandle) -> None:
     asyncio.run(_deploy(nats.url))
-    cli = jetl_cli(nats.url, tmp_path, "run", "crash", "--run-id", "crash-down1", "--timeout", "6")
+    cli = jetl_cli(nats.url, tmp_path, "run", "crash", "--run-id", "crash-down1", "--timeout", "20")
     deadline = time.monotonic() + 30
     while not asyncio.run(_requested(nats.url, "crash-down1")):  # then the command is waiting on the run
         assert time.monotonic() < deadline, "jetl run never requested its run"
@@ -126,13 +127,16 @@ def test_a_wait_that_gives_up_while_nats_is_down_says_so(tmp_path: Path, nats: N
     finally:
         nats.start()
     assert cli.returncode == 3, err
-    assert "crash-down1 did not finish within 6 s" in err and "does not answer" in err, err
+    assert "crash-down1 did not finish within 20 s" in err and "does not answer" in err, err
     assert "is NATS running?" in err, err
 
 
 async def _requested(url: str, run_id: str) -> bool:
+    """run.requested is in the log and the request is queued: `jetl run` has only its wait left."""
     async with JetlClient(JetlSettings(nats=NatsSettings(url=url))) as jc:
-        return bool(await jc.events(run_id, "crash"))
+        subject = subjects.run_request("crash")  # nothing else requests runs here: one message is this run's
+        info = await jc.conn.jetstream().stream_info(subjects.stream_name(Kind.RUN), subjects_filter=subject)
+        return bool(await jc.events(run_id, "crash")) and bool((info.state.subjects or {}).get(subject))
 
 
 async def _ship(url: str, run_id: str, *events: str) -> None:

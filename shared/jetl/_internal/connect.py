@@ -26,7 +26,7 @@ async def nats_connection(s: JetlSettings) -> Any:
 
 async def riding_connection(s: JetlSettings) -> Any:
     """A nats-py connection for a command that follows the log (`jetl run`, `logs --follow`): it fails fast when NATS
-    cannot be reached at all, and once connected it reconnects for as long as it takes (a NATS restart mid-run).
+    cannot be reached at all, and once connected it reconnects for up to two minutes (a NATS restart mid-run).
 
     Readers notice a reconnect by `nc.stats["reconnects"]` and resume from the last sequence they saw
     (`jetl.eventlog.tail`).
@@ -37,5 +37,6 @@ async def riding_connection(s: JetlSettings) -> Any:
     async def quiet(exc: Exception) -> None:  # a restart would print a traceback per reconnect attempt
         return None
 
-    # max_reconnect_attempts=-1: reconnect for ever; the caller's own timeout decides how long to wait
-    return await connect(s.nats, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=quiet)
+    # 240 attempts 0.5 s apart: NATS may be away two minutes (a restart takes seconds); not for ever, so a
+    # reconnect loop that outlives its connection (see JetlClient.__aexit__) ends on its own
+    return await connect(s.nats, max_reconnect_attempts=240, reconnect_time_wait=0.5, error_cb=quiet)

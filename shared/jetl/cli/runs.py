@@ -67,7 +67,8 @@ def run(
 
     async def _go() -> RunState | None:
         async with client() as jc:
-            req = await jc.request_run(pipeline, run_id=run_id, force=force)
+            # while NATS is away the request is resent, for no longer than the command waits
+            req = await jc.request_run(pipeline, run_id=run_id, force=force, retry_s=min(timeout, 60.0))
             if not wait:
                 return None
             with progress(not json_out, f"run {req.run_id}", None) as update:
