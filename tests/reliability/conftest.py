@@ -159,6 +159,9 @@ class RunResult:
 class CrashLab:
     """The `crash` pipeline (paced, ClickHouse via chdb) in a temporary folder, over one NATS."""
 
+    PIPELINE_TEMPLATE = PIPELINE
+    """The pipeline module's text, INPUT and BATCH still to fill in (for variants of it)."""
+
     def __init__(self, root: Path, nats: NatsHandle) -> None:
         self.inputs, self.pipelines, self.data = root / "in", root / "pipelines", root / "data"
         self.inputs.mkdir()
