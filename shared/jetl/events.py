@@ -127,6 +127,16 @@ class RunFailed(_Event):
     stage: str = ""
 
 
+class RunCancelled(_Event):
+    """Someone ended the run by hand (`jetl runs cancel`): it counts as failed, and no longer holds back later runs
+    of its pipeline (the overlap guard of a pipeline that keeps a cursor)."""
+
+    type: Literal["run.cancelled"] = "run.cancelled"
+    reason: str
+    by: str = ""
+    """Who cancelled it (the CLI user), as they gave it."""
+
+
 Event = Annotated[
     RunRequested
     | RunStarted
@@ -136,7 +146,8 @@ Event = Annotated[
     | BatchLoaded
     | BatchRejected
     | RunCompleted
-    | RunFailed,
+    | RunFailed
+    | RunCancelled,
     Field(discriminator="type"),
 ]
 
