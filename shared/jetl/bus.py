@@ -187,10 +187,10 @@ class Bus:
     async def dead_letter(self, dl: DeadLetter) -> None:
         """Keep rejected records with the reason; a letter too large for a message keeps its records by reference
         (`DeadLetter.body_ref`), so an oversized batch is dead-lettered, never lost."""
-        body = dl.model_dump_json().encode()
+        body = dl.to_json()
         if len(body) > self.max_payload - PAYLOAD_HEADROOM:
             ref = await self.keep(dl.msg_id, body)
-            body = dl.model_copy(update={"records": [], "body_ref": ref}).model_dump_json().encode()
+            body = dl.model_copy(update={"records": [], "body_ref": ref}).to_json()
         await self._publish(body, subjects.dlq(dl.pipeline, dl.stage), dl.msg_id, Kind.DLQ)
 
     async def fetch(self, ref: str) -> bytes:

@@ -313,6 +313,18 @@ MALFORMED_INPUT = "MalformedInput"
 its source can mend it, so a redrive does not take it."""
 
 
+def _as_text(value: Any) -> Any:
+    """A value as its JSON text (the stdlib encoder goes deeper than pydantic's), or its repr past even that."""
+    import json
+
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    try:
+        return json.dumps(value, default=str)
+    except (ValueError, RecursionError, TypeError):
+        return repr(value)
+
+
 class DeadLetter(BaseModel):
     """Rejected records (or a whole batch) with the reason, as kept on JETL_DLQ."""
 
@@ -367,6 +379,15 @@ class DeadLetter(BaseModel):
                 for i in issues
             ],
         )
+
+    def to_json(self) -> bytes:
+        """The letter as JSON. A record nested deeper than pydantic serializes (a fuzzed line of `[[[...]]]`, which
+        orjson still parsed) travels as its JSON text instead, so the letter is published, never lost."""
+        try:
+            return self.model_dump_json().encode()
+        except (ValueError, RecursionError):  # pydantic's serialization error is a ValueError
+            records = [{k: _as_text(v) if k in ("record", "input") else v for k, v in r.items()} for r in self.records]
+            return self.model_copy(update={"records": records}).model_dump_json().encode()
 
     @property
     def msg_id(self) -> str:

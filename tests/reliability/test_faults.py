@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -373,8 +373,23 @@ KINDS = st.sampled_from(["good", "good", "good", "utf8", "non_object", "nan", "d
 LINES = st.lists(st.tuples(KINDS, st.sampled_from([10_000, 200_000, MAX_PAYLOAD + 1000])), min_size=1, max_size=60)
 
 
-@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+EVERY_KIND = [
+    ("good", 0),
+    ("utf8", 0),
+    *[("non_object", 0)] * 5,
+    ("nan", 0),
+    ("nan", 0),
+    *[("deep", 0)] * 3,
+    ("huge", 200_000),
+    ("huge", MAX_PAYLOAD + 1000),
+    ("dup", 0),
+    ("good", 0),
+]
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(lines=LINES)
+@example(lines=EVERY_KIND)
 def test_fuzzed_input_lines_load_exactly_or_are_dead_lettered_with_file_and_line(env: Env, lines: Any) -> None:
     made = [_line(kind, next(ids), size) for kind, size in lines]
     path = env.write("fuzz", [line for line, _ in made])
