@@ -63,6 +63,9 @@ class RunState(BaseModel):
     cancelled: bool = False
     """Ended by `jetl runs cancel` (its status is `failed`, its error the reason)."""
     cursor: dict[str, Any] | None = None
+    """The cursor the run moves to once it completes (from run.extracted)."""
+    start_cursor: dict[str, Any] | None = None
+    """The cursor the run started from (from run.started)."""
     code_hash: str = ""
     error: str | None = None
     batches: dict[str, BatchState] = Field(default_factory=dict)
@@ -154,6 +157,7 @@ def fold(state: RunState | None, ev: Event) -> RunState:
             if state.status == "requested":
                 state.status = "running"
             state.started_at = state.started_at or ev.at
+            state.start_cursor = ev.cursor
         case BatchExtracted():
             b = _batch(state, ev.batch_id, ev.seq)
             b.extracted, b.extract_rejected = ev.records, ev.rejected
@@ -184,6 +188,8 @@ def fold(state: RunState | None, ev: Event) -> RunState:
         case RunCompleted():
             state.status = "completed"
             state.finished_at = ev.at
+            if ev.cursor is not None:
+                state.cursor = ev.cursor
         case RunFailed():
             if not state.cancelled:  # the reason a person gave stands over what failed after it
                 state.status = "failed"
