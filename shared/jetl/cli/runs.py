@@ -282,7 +282,7 @@ def runs_cancel(
 
         async with client() as jc:
             state = await jc.cancel(run_id, reason, pipeline, by)
-            kv = await bucket(jc.conn, create=False)
+            kv = await bucket(jc.conn)
             deadline = asyncio.get_running_loop().time() + wait
             while True:  # the overlap guard reads the folded state: done once the tracker has folded it
                 folded = await get_run(kv, state.pipeline, run_id)
