@@ -28,8 +28,8 @@ from jetl._internal.connect import nats_connection, riding_connection
 from jetl.bus import Bus, make_broker
 from jetl.errors import ConfigError, TerminalError, TransientError, WaitTimedOut, classify
 from jetl.eventlog import read_events, read_stream, tail
-from jetl.events import Event, OperatorAction, RunCompleted, RunFailed, parse_event
-from jetl.messages import MALFORMED_INPUT, DeadLetter, RunRequest, Trigger
+from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, parse_event
+from jetl.messages import MALFORMED_INPUT, OVERSIZED_RECORD, DeadLetter, RunRequest, Trigger
 from jetl.projection import RunState, fold
 from jetl.protocols import Diff
 from jetl.schedule import Slot
@@ -170,7 +170,7 @@ class JetlClient:
                 state, last = fold(state, ev), (ev, time.monotonic())
                 if on_event is not None:
                     on_event(ev, state)
-                if isinstance(ev, (RunCompleted, RunFailed)):
+                if isinstance(ev, (RunCompleted, RunFailed, RunCancelled)):
                     return state
             raise AssertionError("unreachable")
 
@@ -237,6 +237,28 @@ class JetlClient:
         """One run's events, in log order (a run id alone finds it under any pipeline)."""
         subject = subjects.pattern(Kind.EVENTS, pipeline, run_id)
         return [parse_event(m.data) async for m in read_stream(self.conn, Kind.EVENTS, subject)]
+
+    async def cancel(self, run_id: str, reason: str, pipeline: str | None = None, by: str = "") -> RunState:
+        """End an unfinished run by an event (run.cancelled): the tracker folds it as failed, which lets later runs
+        of its pipeline past the overlap guard. Raises ConfigError for a run the log does not know, or one that
+        completed."""
+        if not reason.strip():
+            raise ConfigError("a cancellation needs a reason (--reason)")
+        events = await self.events(run_id, pipeline)
+        if not events:
+            raise ConfigError(f"no events for run {run_id!r}: nothing to cancel (see `jetl status`)")
+        state: RunState | None = None
+        for ev in events:
+            state = fold(state, ev)
+        assert state is not None
+        if state.status == "completed":
+            raise ConfigError(f"run {run_id} of {state.pipeline} completed: there is nothing to cancel")
+        await self.bus.event(
+            RunCancelled(
+                pipeline=state.pipeline, run_id=run_id, service="cli", code_hash=state.code_hash, reason=reason, by=by
+            )
+        )
+        return state
 
     async def dead_letter_log(self, pipeline: str | None = None) -> list[tuple[int, DeadLetter]]:
         """Dead letters with their JETL_DLQ sequence (what a redrive names them by), oldest first."""
@@ -525,6 +547,7 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
     """Per JETL_DLQ sequence, why a redrive must not take it (None: it may).
 
     - `unreadable`: input that could not be read as a record (a malformed line): there is no record to send.
+    - `too large`: a record over the server's max_payload (kept by reference): no batch can carry it.
     - `redriven by <run>`: a redrive that has not failed took it already.
     - `shadow <run>`: rejected by a replay into a shadow (a trial for --diff), not by a run that loads.
     - `superseded by <run>`: a replay has processed that batch again (and dead-lettered what it rejects itself).
@@ -539,7 +562,9 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
                     superseded[f"{r.parent_run_id}/{b.seq:06d}"] = r.run_id
     out: dict[int, str | None] = {}
     for seq, dl in letters:
-        if dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
+        if dl.error_type == OVERSIZED_RECORD:
+            out[seq] = "too large"
+        elif dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
             out[seq] = "unreadable"
         elif seq in taken:
             out[seq] = f"redriven by {taken[seq]}"

@@ -155,6 +155,16 @@ class RunFailed(_Event):
     stage: str = ""
 
 
+class RunCancelled(_Event):
+    """Someone ended the run by hand (`jetl runs cancel`): it counts as failed, and no longer holds back later runs
+    of its pipeline (the overlap guard of a pipeline that keeps a cursor)."""
+
+    type: Literal["run.cancelled"] = "run.cancelled"
+    reason: str
+    by: str = ""
+    """Who cancelled it (the CLI user), as they gave it."""
+
+
 class CursorChanged(_Event):
     """An operator set or reset a pipeline's cursor (`jetl cursor`): the one change of a cursor that is not a run.
 
@@ -215,6 +225,7 @@ Event = Annotated[
     | BatchRejected
     | RunCompleted
     | RunFailed
+    | RunCancelled
     | CursorChanged
     | OperatorAction,
     Field(discriminator="type"),

@@ -322,9 +322,57 @@ def dead_records(body: bytes, encoding: Encoding = "json") -> list[dict[str, Any
     ]
 
 
+PAYLOAD_HEADROOM = 4096
+"""Bytes of a message kept free under `max_payload` for what is not the records: the envelope line (ids, schema
+hash; origins are counted on their own), and the headers."""
+
+OVERSIZED_RECORD = "OversizedRecord"
+"""`DeadLetter.error_type` of a record larger than a message may be: its body is kept by reference (`ref`)."""
+
+
+def item_size(item: Any) -> int:
+    """Bytes one record takes in a batch body: a JSON text as it is, a record as orjson encodes it."""
+    return len(item) if type(item) is bytes else len(dumps(item))
+
+
+def fit_payload(sizes: Sequence[int], budget: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """Cut records of the given encoded sizes into runs whose bodies fit `budget` bytes: ([(start, stop), ...] in
+    order, the indexes of records too large to travel in any batch). Separators are counted as RAW_SEPARATOR's."""
+    runs: list[tuple[int, int]] = []
+    oversized: list[int] = []
+    start, used = 0, 2  # the brackets of the JSON array
+    for i, size in enumerate(sizes):
+        cost = size + len(RAW_SEPARATOR)
+        if size + 2 > budget:
+            if start < i:
+                runs.append((start, i))
+            oversized.append(i)
+            start, used = i + 1, 2
+            continue
+        if used + cost > budget and start < i:
+            runs.append((start, i))
+            start, used = i, 2
+        used += cost
+    if start < len(sizes):
+        runs.append((start, len(sizes)))
+    return runs, oversized
+
+
 MALFORMED_INPUT = "MalformedInput"
 """`DeadLetter.error_type` of input that is not a record at all (a line that is not JSON, or not an object): only
 its source can mend it, so a redrive does not take it."""
+
+
+def _as_text(value: Any) -> Any:
+    """A value as its JSON text (the stdlib encoder goes deeper than pydantic's), or its repr past even that."""
+    import json
+
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    try:
+        return json.dumps(value, default=str)
+    except (ValueError, RecursionError, TypeError):
+        return repr(value)
 
 
 class DeadLetter(BaseModel):
@@ -341,6 +389,9 @@ class DeadLetter(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     scope: Literal["records", "batch"] = "records"
     """`records`: some records of the batch; `batch`: the whole batch could not pass the stage."""
+    body_ref: str | None = None
+    """`<bucket>/<object>`: the letter was too large for a message, so its records are kept in that object-store
+    object (the letter as JSON) and `records` here is empty. A record too large on its own carries `ref` instead."""
 
     @classmethod
     def of_batch(cls, batch: Batch, body: bytes, stage: Stage, exc: BaseException) -> DeadLetter:
@@ -378,6 +429,15 @@ class DeadLetter(BaseModel):
                 for i in issues
             ],
         )
+
+    def to_json(self) -> bytes:
+        """The letter as JSON. A record nested deeper than pydantic serializes (a fuzzed line of `[[[...]]]`, which
+        orjson still parsed) travels as its JSON text instead, so the letter is published, never lost."""
+        try:
+            return self.model_dump_json().encode()
+        except (ValueError, RecursionError):  # pydantic's serialization error is a ValueError
+            records = [{k: _as_text(v) if k in ("record", "input") else v for k, v in r.items()} for r in self.records]
+            return self.model_copy(update={"records": records}).model_dump_json().encode()
 
     @property
     def msg_id(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jetl.events import CursorChanged, Event, RunCompleted, RunFailed, RunRequested, parse_event
+from jetl.events import CursorChanged, Event, RunCancelled, RunCompleted, RunFailed, RunRequested, parse_event
 from jetl.logging import get_logger
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
@@ -27,7 +27,7 @@ async def record_outcome(ctx: ServiceContext, ev: Event, state: RunState, alerte
     assert ctx.kv is not None
     if isinstance(ev, RunRequested) and state.status in ("requested", "running"):
         await add_active(ctx.kv, state.pipeline, state.run_id, ev.at)
-    elif isinstance(ev, (RunCompleted, RunFailed)):
+    elif isinstance(ev, (RunCompleted, RunFailed, RunCancelled)):  # cancelled: the overlap guard lets go of it
         await mark_finished(ctx.kv, state)
         if isinstance(ev, RunFailed) and alerter is not None:
             alerter.run_failed(ctx.kv, state.pipeline, state.run_id, ev.error, ev.stage)

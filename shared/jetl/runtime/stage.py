@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from jetl import metrics
 from jetl.errors import classify
-from jetl.events import BatchRejected
+from jetl.events import BatchRejected, RunFailed
 from jetl.logging import get_logger
 from jetl.messages import Batch, DeadLetter, decode_batch
 from jetl.runtime.service import ServiceContext
@@ -34,9 +34,26 @@ async def reject_batch(
     ctx: ServiceContext, batch: Batch, body: bytes, stage: Stage, exc: BaseException, fields: dict[str, Any]
 ) -> None:
     """Dead-letter a whole batch that could not pass `stage` (all of its records, and the error), then log
-    batch.rejected with the event `fields` of the stage."""
+    batch.rejected with the event `fields` of the stage.
+
+    A transient error gets here only when the batch has reached MAX_DELIVER: as when JetStream gives up on a message
+    no stage acked (`jetl_scheduler.watchdog`), the run fails, naming the batch and the stage; the batch is in the
+    DLQ either way, for a redrive once the cause is mended."""
     await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, stage, exc))
     await ctx.bus.event(BatchRejected(**fields, stage=stage, records=batch.count, reason=str(exc), scope="batch"))
+    if classify(exc) == "transient":
+        await ctx.bus.event(
+            RunFailed(
+                **{k: fields[k] for k in ("pipeline", "run_id", "service", "instance", "code_hash") if k in fields},
+                error=gave_up(batch.batch_id, stage, f"{type(exc).__name__}: {exc}"),
+                stage=stage,
+            )
+        )
+
+
+def gave_up(batch_id: str, stage: Stage, why: str) -> str:
+    """The run.failed error of a batch that reached max_deliver at `stage`."""
+    return f"batch {batch_id} reached max_deliver ({MAX_DELIVER} deliveries) at stage {stage}: {why}"
 
 
 def delivery_count(msg: Any) -> int:
@@ -86,6 +103,6 @@ async def decide_ack(
         metrics.ack_decided("nak", disposition)
         return "nak"
     metrics.ack_decided("term", disposition)
-    log.error("dead-lettered", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
+    log.error("gave up on the message", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
     await msg.term()
     return "term"
