@@ -291,7 +291,8 @@ def test_a_table_from_before_the_dictionary_lineage_column_still_takes_batches(d
 
 def test_check_names_the_table_and_server_without_credentials(tmp_path: Path) -> None:
     loader = ClickHouseLoader("orders", dsn="https://jetl:secret@ch.example.com:8443/analytics")
-    assert loader.check(JetlSettings()) == Check("ok", "table orders on ch.example.com:8443/analytics")
+    assert loader.check(JetlSettings()) == Check("ok", "table orders on https://jetl:***@ch.example.com:8443/analytics")
+    assert loader.describe() == "clickhouse:https://jetl:***@ch.example.com:8443/analytics#orders"
     nowhere = tmp_path / "no" / "such" / "place" / "ch"
     assert ClickHouseLoader("orders", dsn=f"chdb://{nowhere}").check(JetlSettings()) == Check(
         "warn", f"chdb folder {nowhere} cannot be created (no parent folder)"

@@ -70,6 +70,7 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
                     f"pipeline {batch.pipeline!r}: batch {batch.batch_id} has schema "
                     f"{batch.schema_hash}, the pipeline declares {pipeline.schema_hash}"
                 )
+            await lineage.check_supersedes(ctx.kv, batch)  # before anything is written: a forgery deletes nothing
             n = await asyncio.to_thread(write, pipeline, batch, body, shadows)
             await ctx.bus.event(BatchLoaded(**base, records=n, destination=pipeline.loader.describe()))
             ctx.count("batches_loaded")

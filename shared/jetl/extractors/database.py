@@ -36,6 +36,7 @@ from sqlalchemy.engine import URL, Connection, Engine, Result, Row
 
 from jetl.errors import ConfigError, JetlError, TerminalError, TransientError
 from jetl.protocols import Check, Chunk, ExtractContext, Record
+from jetl.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
     from jetl.settings import JetlSettings
@@ -259,8 +260,9 @@ class DatabaseExtractor:
             raise ConfigError(f"DatabaseExtractor: chunk_size must be an integer of at least 1, not {chunk_size!r}")
         try:
             parsed = sa.make_url(url)
-        except sa_exc.ArgumentError as exc:
-            raise ConfigError(f"DatabaseExtractor: {url!r} is not a SQLAlchemy URL") from exc
+        except sa_exc.ArgumentError:
+            # the text may hold a password: shown redacted, and the driver's error (which quotes it) not chained
+            raise ConfigError(f"DatabaseExtractor: {redact_url(str(url))!r} is not a SQLAlchemy URL") from None
         if password is not None:
             secret = password.get_secret_value() if isinstance(password, SecretStr) else password
             parsed = parsed.set(password=secret)
@@ -454,6 +456,12 @@ class DatabaseExtractor:
             raise self._translate(exc) from exc
 
     def _translate(self, exc: sa_exc.SQLAlchemyError) -> JetlError:
+        """The driver's error in jetl's terms; its text goes through `redact_text` (a driver may quote the URL or
+        the password)."""
+        error = self._classify(exc)
+        return type(error)(redact_text(str(error), self.url.password))
+
+    def _classify(self, exc: sa_exc.SQLAlchemyError) -> JetlError:
         where = self._where()
         if isinstance(exc, sa_exc.NoSuchTableError):
             return ConfigError(f"{where}: no such table {str(exc)!r} (or no permission to see it)")
