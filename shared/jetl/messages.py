@@ -84,14 +84,14 @@ class RunRequest(BaseModel):
     requested_at: datetime = Field(default_factory=utcnow)
     data_interval_start: datetime | None = None
     data_interval_end: datetime | None = None
-    parent_run_id: str | None = None
+    parent_run_id: Token | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     force: bool = False
-    replay_of: str | None = None
+    replay_of: Token | None = None
     """Replay: re-publish that run's raw batches (kept on JETL_RAW) under this run id instead of extracting."""
     shadow: bool = False
     """Load into the destination's shadow (a side table or folder per run), never the real one (`replay --diff`)."""
-    redrive: list[int] = Field(default_factory=list)
+    redrive: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
     """Redrive: the JETL_DLQ stream sequences whose records this run sends back through, instead of extracting."""
 
     def model_post_init(self, __context: Any) -> None:
