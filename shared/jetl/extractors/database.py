@@ -260,9 +260,10 @@ class DatabaseExtractor:
             raise ConfigError(f"DatabaseExtractor: chunk_size must be an integer of at least 1, not {chunk_size!r}")
         try:
             parsed = sa.make_url(url)
-        except sa_exc.ArgumentError:
+        except (sa_exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
             # the text may hold a password: shown redacted, and the driver's error (which quotes it) not chained
-            raise ConfigError(f"DatabaseExtractor: {redact_url(str(url))!r} is not a SQLAlchemy URL") from None
+            shown = redact_url(str(url)) if "://" in str(url) else "***"  # without a scheme, nothing says which part
+            raise ConfigError(f"DatabaseExtractor: {shown!r} is not a SQLAlchemy URL (dialect://...)") from None
         if password is not None:
             secret = password.get_secret_value() if isinstance(password, SecretStr) else password
             parsed = parsed.set(password=secret)
@@ -318,7 +319,9 @@ class DatabaseExtractor:
         try:
             self.engine: Engine = sa.create_engine(self.url, **options)
         except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError, TypeError) as exc:
-            raise ConfigError(f"{self._where()}: cannot make an engine: {exc}") from exc
+            raise ConfigError(
+                f"{self._where()}: cannot make an engine: {redact_text(str(exc), self.url.password)}"
+            ) from exc
 
     def _compile_query(self, query: str) -> tuple[sa.TextClause, list[str]]:
         """The query as a text clause, interval parameters typed; every other parameter must be supplied."""
