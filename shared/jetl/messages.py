@@ -84,10 +84,10 @@ class RunRequest(BaseModel):
     requested_at: datetime = Field(default_factory=utcnow)
     data_interval_start: datetime | None = None
     data_interval_end: datetime | None = None
-    parent_run_id: Token | None = None
+    parent_run_id: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     force: bool = False
-    replay_of: Token | None = None
+    replay_of: str | None = None
     """Replay: re-publish that run's raw batches (kept on JETL_RAW) under this run id instead of extracting."""
     shadow: bool = False
     """Load into the destination's shadow (a side table or folder per run), never the real one (`replay --diff`)."""
@@ -99,6 +99,8 @@ class RunRequest(BaseModel):
         check_token(self.run_id, "run id")
         if self.replay_of is not None:
             check_token(self.replay_of, "replayed run id")
+        if self.parent_run_id is not None:
+            check_token(self.parent_run_id, "parent run id")
         if self.replay_of is not None and self.redrive:
             raise ConfigError("a run replays a run or redrives dead letters, not both")
         if self.shadow and self.replay_of is None:

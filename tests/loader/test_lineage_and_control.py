@@ -107,3 +107,17 @@ async def test_replay_supersedes_shadow_stays_aside_and_control_answers(tmp_path
         assert (await ask("count", pipeline="cons"))["result"]["total"] is None  # type: ignore[index]
         missing = await ask("count", pipeline="nope")
         assert missing["ok"] is False and missing["disposition"] == "terminal" and "nope" in str(missing["error"])
+
+
+async def test_an_envelope_that_does_not_match_its_subject_is_not_loaded(tmp_path: Path) -> None:
+    out = FileLoader(tmp_path / "out")
+    p = Pipeline(name="ld", extractors=[FileExtractor(tmp_path / "*.jsonl")], loader=out, schema=Row)
+    register([p])
+    ctx = make_context("loader", JetlSettings())
+    ctx.broker.include_router(make_router(ctx))
+    async with TestNatsBroker(ctx.broker) as br:
+        body = encode_batch(batch(p, "r9", 0, 1), [{"id": 1, "name": "a"}])
+        await br.publish(body, subjects.clean("ld", "r8"), stream="JETL_CLEAN")  # the run of another subject
+        assert out.rows_by_run("ld") == {}
+        await br.publish(body, subjects.clean("ld", "r9"), stream="JETL_CLEAN")
+        assert out.rows_by_run("ld") == {"r9": 1}
