@@ -37,21 +37,20 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
+from jetl.errors import NoDeployment
 from jetl.events import Event
 from jetl.projection import RunState, fold
 from jetl.subjects import check_token
-from jetl.topology import BUCKET, kv_config
+from jetl.topology import BUCKET, server_url
 
 
-async def bucket(nc: Client, *, create: bool = True) -> KeyValue:
-    """The state bucket, created if missing."""
+async def bucket(nc: Client) -> KeyValue:
+    """The state bucket; NoDeployment when the server has none (only `jetl deploy` / `jetl up` create it)."""
     js = nc.jetstream()
     try:
         return await js.key_value(BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        if not create:
-            raise
-        return await js.create_key_value(kv_config())
+    except (BucketNotFoundError, NotFoundError) as exc:
+        raise NoDeployment(server_url(nc)) from exc
 
 
 def run_key(pipeline: str, run_id: str) -> str:
@@ -98,10 +97,10 @@ async def apply(kv: KeyValue, ev: Event) -> RunState:
 
 
 async def get_cursor(kv: KeyValue, pipeline: str) -> dict[str, Any] | None:
-    """The cursor the latest completed run left."""
+    """The cursor the latest completed run (or an operator, `jetl cursor`) left; None when there is none."""
     try:
         entry = await kv.get(cursor_key(pipeline))
-    except (KeyNotFoundError, NotFoundError):
+    except (KeyNotFoundError, KeyDeletedError, NotFoundError):
         return None
     value: dict[str, Any] | None = orjson.loads(entry.value) if entry.value else None
     return value
@@ -111,6 +110,11 @@ async def put_cursor(kv: KeyValue, pipeline: str, cursor: dict[str, Any] | None)
     """Advance a pipeline's cursor (only ever called for a completed run)."""
     if cursor is not None:
         await kv.put(cursor_key(pipeline), orjson.dumps(cursor))
+
+
+async def delete_cursor(kv: KeyValue, pipeline: str) -> None:
+    """Forget a pipeline's cursor (`jetl cursor reset`): its next run starts from the beginning."""
+    await kv.delete(cursor_key(pipeline))  # a delete marker: deleting a missing key is fine
 
 
 def slot_key(pipeline: str) -> str:

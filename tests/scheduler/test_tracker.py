@@ -49,6 +49,9 @@ def test_a_cursor_never_moves_back() -> None:
     assert _behind(old, {"field": "updated_at", "value": "2026-11-25T09:00:00+00:00"})
     assert not _behind(old, {"field": "updated_at", "value": "2026-11-25T11:00:00Z"})
     assert _behind({"value": 10}, {"value": 9}) and not _behind({"value": 10}, {"value": 10})
-    assert _behind({"0": {"value": 5}, "1": {"value": "b"}}, {"0": {"value": 6}, "1": {"value": "a"}})
+    assert _behind(
+        {"extractors": {"0": {"value": 5}, "1": {"value": 2}}}, {"extractors": {"0": {"value": 6}, "1": {"value": 1}}}
+    )
+    assert not _behind({"value": "9.5", "type": "decimal"}, {"value": "10.1", "type": "decimal"})  # text: not judged
     assert not _behind({"files": ["a"]}, {"files": []})  # positions that do not compare are not judged
     assert not _behind({"value": 1}, {"value": "2026-01-01"})  # nor are values of different kinds

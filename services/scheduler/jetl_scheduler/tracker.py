@@ -18,7 +18,7 @@ from typing import Any
 
 from nats.js.kv import KeyValue
 
-from jetl.events import Event, RunCompleted, RunFailed, RunRequested, parse_event
+from jetl.events import CursorChanged, Event, RunCompleted, RunFailed, RunRequested, parse_event
 from jetl.extractors.http.incremental import _order_key
 from jetl.logging import get_logger
 from jetl.projection import RunState
@@ -59,11 +59,14 @@ def _behind(old: Any, new: Any) -> bool:
         return False
     if "value" not in old or "value" not in new:
         return any(_behind(old[k], new[k]) for k in old.keys() & new.keys())
+    if old.get("type") != new.get("type"):
+        return False
     try:
         was, now = _order_key(old["value"]), _order_key(new["value"])
     except TypeError:
         return False
-    return was[0] == now[0] and bool(now[1] < was[1])
+    # text is not judged: a number or a decimal stored as text does not sort as text
+    return was[0] == now[0] != "text" and bool(now[1] < was[1])
 
 
 async def advance_cursor(kv: KeyValue, state: RunState) -> None:
@@ -90,6 +93,7 @@ def completion(ctx: ServiceContext, state: RunState) -> RunCompleted:
         loaded=c["loaded"],
         rejected=c["rejected"],
         filtered=c["filtered"],
+        cursor=state.cursor,
     )
 
 
@@ -103,6 +107,9 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
     except Exception as exc:
         log.error("unreadable event", error=str(exc))
         await raw.term()
+        return
+    if isinstance(ev, CursorChanged):  # an operator's change, already in the store (jetl.cursors): no run to fold
+        await raw.ack()
         return
     try:
         state = await apply(ctx.kv, ev)
@@ -124,7 +131,14 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
             state = await apply(ctx.kv, done)
             await record_outcome(ctx, done, state, alerter)
             await ctx.bus.event(done)
-            log.info("run completed", pipeline=state.pipeline, run_id=state.run_id, **c)
+            log.info(
+                "run completed",
+                pipeline=state.pipeline,
+                run_id=state.run_id,
+                cursor_from=state.start_cursor,
+                cursor_to=state.cursor,
+                **c,
+            )
         elif state.settled and state.status == "completed" and not isinstance(ev, RunCompleted):
             # a settling event delivered again: the last delivery may have stopped between folding the completion
             # and announcing it, so announce it (deduplicated by its message id if it went out)
