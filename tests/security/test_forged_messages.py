@@ -196,7 +196,7 @@ def test_a_forged_run_extracted_with_no_batches_settles_nothing(running: Running
     async def attempt() -> tuple[Any, Any, Any]:
         nc = await nats_py.connect(running.url)
         try:
-            kv = await bucket(nc, create=False)
+            kv = await bucket(nc)
             cursor = await get_cursor(kv, "files")
             forged = RunExtracted(pipeline="files", run_id="files-forged", batches=0, records=0, cursor={"files": []})
             await nc.jetstream().publish(subjects.events("files", "files-forged"), forged.model_dump_json().encode())
@@ -223,7 +223,7 @@ def test_a_forged_run_failed_sends_no_alert(running: Running) -> None:
     async def folded() -> Any:
         nc = await nats_py.connect(running.url)
         try:
-            return await get_run(await bucket(nc, create=False), "files", "files-never")
+            return await get_run(await bucket(nc), "files", "files-never")
         finally:
             await nc.close()
 
