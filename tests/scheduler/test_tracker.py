@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+from functools import reduce
+from typing import Any
+
 from jetl.events import BatchExtracted, BatchLoaded, RunExtracted, RunRequested, RunStarted
 from jetl.projection import RunState, fold
 from jetl_scheduler.tracker import _behind, untrusted
 
 
-def state_of(*events: object) -> RunState:
-    state = None
-    for ev in events:
-        state = fold(state, ev)  # type: ignore[arg-type]
-    assert state is not None
-    return state
+def state_of(*events: Any) -> RunState:
+    return reduce(fold, events, None)  # type: ignore[arg-type,return-value]
 
 
 def test_a_run_never_requested_or_never_started_is_not_trusted_to_settle() -> None:
