@@ -34,10 +34,13 @@ def test_error_text_that_quotes_a_url_or_a_secret_is_masked() -> None:
 
 
 def test_log_lines_mask_url_passwords_as_a_last_line_of_defence(capsys: pytest.CaptureFixture[str]) -> None:
+    import structlog
+
     from jetl.logging import add_sink, configure_logging, get_logger, remove_sink
 
     shipped: list[dict[str, object]] = []
     add_sink(shipped.append)
+    saved = structlog.get_config()  # configure_logging binds the captured stderr: later tests must not print to it
     try:
         configure_logging("test", fmt="json")
         try:
@@ -48,6 +51,7 @@ def test_log_lines_mask_url_passwords_as_a_last_line_of_defence(capsys: pytest.C
             )
     finally:
         remove_sink(shipped.append)
+        structlog.configure(**saved)
     printed = capsys.readouterr().err
     assert "hunter2" not in printed and "hunter2" not in repr(shipped)
     assert "postgresql://app:***@db/x" in printed and "https://default:***@ch:8443/db" in printed
