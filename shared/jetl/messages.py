@@ -22,7 +22,7 @@ from jetl.errors import ConfigError, RecordIssue, TerminalError
 from jetl.subjects import Stage, check_token
 
 Encoding = Literal["json", "arrow"]
-_BATCH_ID = re.compile(r"^[A-Za-z0-9_\-]+/[0-9]+$")
+_BATCH_ID = re.compile(r"^[A-Za-z0-9_\-]+/(?:[A-Za-z0-9_\-]+/)?[0-9]+$")
 
 
 def _token(value: str) -> str:
@@ -33,9 +33,10 @@ def _token(value: str) -> str:
 
 
 def check_batch_id(value: str) -> str:
-    """Return `value` if it is a batch id (`<run id token>/<digits>`, never a path), else raise ConfigError."""
+    """Return `value` if it is a batch id (`<run id>/[<partition>/]<digits>`, tokens, never a path), else raise
+    ConfigError."""
     if not _BATCH_ID.match(value):
-        raise ConfigError(f"batch id {value!r} is not '<run id>/<sequence number>'")
+        raise ConfigError(f"batch id {value!r} is not '<run id>/[<partition>/]<sequence number>'")
     return value
 
 
@@ -49,7 +50,7 @@ def _batch_id(value: str) -> str:
 Token = Annotated[str, AfterValidator(_token)]
 """A pipeline name or run id as received: a subject token (letters, digits, `_`, `-`), so never a path."""
 BatchId = Annotated[str, AfterValidator(_batch_id)]
-"""A batch id as received: `<run id>/<sequence number>`."""
+"""A batch id as received: `<run id>/[<partition>/]<sequence number>`."""
 Trigger = Literal["manual", "schedule", "backfill", "replay", "redrive"]
 
 

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from jetl.errors import TerminalError
+from jetl.errors import ConfigError, TerminalError
 from jetl.events import parse_event
 from jetl.messages import Batch, decode_batch, encode_batch
 
@@ -20,6 +20,8 @@ def payload(**fields: object) -> bytes:
 def test_a_well_formed_envelope_reads_back() -> None:
     batch, body = decode_batch(encode_batch(Batch(**GOOD, supersedes="p-0/000003"), []))  # type: ignore[arg-type]
     assert batch.batch_id == "p-1/000000" and batch.supersedes == "p-0/000003" and body == b"[]"
+    parted, _ = decode_batch(payload(partition="p0001", supersedes="p-0/p0001/000003"))
+    assert parted.batch_id == "p-1/p0001/000000" and parted.supersedes == "p-0/p0001/000003"
 
 
 @pytest.mark.parametrize(
@@ -34,10 +36,12 @@ def test_a_well_formed_envelope_reads_back() -> None:
         {"supersedes": "../x/000001"},
         {"supersedes": "p-0"},
         {"supersedes": "p-0/000001/../../y"},
+        {"supersedes": "p-0/../000001"},
+        {"partition": ".."},
     ],
 )
 def test_an_envelope_with_ids_that_are_not_tokens_is_refused(fields: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises((ValidationError, ConfigError)):
         decode_batch(payload(**fields))
 
 

@@ -74,7 +74,7 @@ async def check_supersedes(kv: KeyValue | None, batch: Batch) -> None:
         raise TransientError(f"{where}: its run {batch.run_id!r} is not in the run state yet")
     if state.trigger != "replay" or not state.parent_run_id:
         raise TerminalError(f"{where}: supersedes {batch.supersedes!r}, but run {batch.run_id!r} is not a replay")
-    parent = batch.supersedes.rpartition("/")[0]
+    parent = batch.supersedes.partition("/")[0]  # run ids are tokens: the first `/` ends it
     if parent != state.parent_run_id:
         raise TerminalError(
             f"{where}: supersedes {batch.supersedes!r}, which is not a batch of its parent run {state.parent_run_id!r}"
