@@ -13,15 +13,44 @@ import contextlib
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from jetl.errors import ConfigError, RecordIssue, TerminalError
 from jetl.subjects import Stage, check_token
 
 Encoding = Literal["json", "arrow"]
+_BATCH_ID = re.compile(r"^[A-Za-z0-9_\-]+/(?:[A-Za-z0-9_\-]+/)?[0-9]+$")
+
+
+def _token(value: str) -> str:
+    try:
+        return check_token(value, "id")
+    except ConfigError as exc:  # a ValueError inside a model: pydantic reports it against the field
+        raise ValueError(str(exc)) from None
+
+
+def check_batch_id(value: str) -> str:
+    """Return `value` if it is a batch id (`<run id>/[<partition>/]<digits>`, tokens, never a path), else raise
+    ConfigError."""
+    if not _BATCH_ID.match(value):
+        raise ConfigError(f"batch id {value!r} is not '<run id>/[<partition>/]<sequence number>'")
+    return value
+
+
+def _batch_id(value: str) -> str:
+    try:
+        return check_batch_id(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Token = Annotated[str, AfterValidator(_token)]
+"""A pipeline name or run id as received: a subject token (letters, digits, `_`, `-`), so never a path."""
+BatchId = Annotated[str, AfterValidator(_batch_id)]
+"""A batch id as received: `<run id>/[<partition>/]<sequence number>`."""
 Trigger = Literal["manual", "schedule", "backfill", "replay", "redrive"]
 
 
@@ -63,7 +92,7 @@ class RunRequest(BaseModel):
     """Replay: re-publish that run's raw batches (kept on JETL_RAW) under this run id instead of extracting."""
     shadow: bool = False
     """Load into the destination's shadow (a side table or folder per run), never the real one (`replay --diff`)."""
-    redrive: list[int] = Field(default_factory=list)
+    redrive: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
     """Redrive: the JETL_DLQ stream sequences whose records this run sends back through, instead of extracting."""
 
     def model_post_init(self, __context: Any) -> None:
@@ -71,6 +100,8 @@ class RunRequest(BaseModel):
         check_token(self.run_id, "run id")
         if self.replay_of is not None:
             check_token(self.replay_of, "replayed run id")
+        if self.parent_run_id is not None:
+            check_token(self.parent_run_id, "parent run id")
         if self.replay_of is not None and self.redrive:
             raise ConfigError("a run replays a run or redrives dead letters, not both")
         if self.shadow and self.replay_of is None:
@@ -78,11 +109,14 @@ class RunRequest(BaseModel):
 
 
 class Batch(BaseModel):
-    """Envelope of one batch of records: who made it, from where, under which schema."""
+    """Envelope of one batch of records: who made it, from where, under which schema.
 
-    pipeline: str
-    run_id: str
-    seq: int
+    Its ids are checked on receipt (`decode_batch`): they name subjects, folders and tables downstream.
+    """
+
+    pipeline: Token
+    run_id: Token
+    seq: int = Field(ge=0)
     schema_name: str
     schema_hash: str
     count: int
@@ -95,7 +129,7 @@ class Batch(BaseModel):
     """`origins` as they travel when they compress: runs of (prefix, first number, count), i.e. prefix + number."""
     shadow: bool = False
     """Load into the destination's shadow for this run (a replay with --diff), never the real destination."""
-    supersedes: str | None = None
+    supersedes: BatchId | None = None
     """A replayed batch: the parent run's batch it replaces in the destination (whose rows the loader removes)."""
     partition: str | None = None
     """The partition of the run that made it (a subject token), when the run's extraction was partitioned; `seq`
@@ -378,8 +412,8 @@ def _as_text(value: Any) -> Any:
 class DeadLetter(BaseModel):
     """Rejected records (or a whole batch) with the reason, as kept on JETL_DLQ."""
 
-    pipeline: str
-    run_id: str
+    pipeline: Token
+    run_id: Token
     batch_id: str
     stage: Stage
     reason: str

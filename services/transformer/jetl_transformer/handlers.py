@@ -23,6 +23,7 @@ from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
 from jetl.runtime.stage import decide_ack, open_batch, reject_batch
+from jetl.subjects import Kind
 from jetl.transformers._base import issues_from_validation
 from jetl_transformer.settings import TransformerSettings
 
@@ -118,7 +119,7 @@ def run_transformers(
 
 async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
     """Transform one raw batch and decide its message's ack."""
-    opened = await open_batch(raw, "raw batch")
+    opened = await open_batch(raw, "raw batch", Kind.RAW)
     if opened is None:
         return
     batch, body = opened

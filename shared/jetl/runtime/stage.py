@@ -7,23 +7,28 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from jetl import metrics
-from jetl.errors import classify
+from jetl.errors import TerminalError, classify
 from jetl.events import BatchRejected, RunFailed
 from jetl.logging import get_logger
 from jetl.messages import Batch, DeadLetter, decode_batch
 from jetl.runtime.service import ServiceContext
-from jetl.subjects import Stage
+from jetl.subjects import Kind, Stage, pattern
 from jetl.topology import MAX_DELIVER
 
 Outcome = Literal["ack", "nak", "term"]
 log = get_logger("jetl.stage")
 
 
-async def open_batch(msg: Any, what: str) -> tuple[Batch, bytes] | None:
-    """A batch message's envelope and body; None (the message is term'ed, with a log line) when it cannot be read:
-    no redelivery can mend it."""
+async def open_batch(msg: Any, what: str, kind: Kind | None = None) -> tuple[Batch, bytes] | None:
+    """A batch message's envelope and body; None (the message is term'ed, with a log line) when it cannot be read,
+    or when its envelope names another pipeline or run than the `kind` subject it came on (the subject is what NATS
+    permissions judge): no redelivery can mend it."""
     try:
-        return decode_batch(msg.data)
+        batch, body = decode_batch(msg.data)
+        subject = getattr(msg, "subject", None)
+        if kind is not None and isinstance(subject, str) and subject != pattern(kind, batch.pipeline, batch.run_id):
+            raise TerminalError(f"its envelope names pipeline {batch.pipeline!r} run {batch.run_id!r}, not {subject}")
+        return batch, body
     except Exception as exc:
         log.error(f"unreadable {what}", error=str(exc))
         await msg.term()
