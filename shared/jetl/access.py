@@ -101,15 +101,7 @@ class Credentials(BaseModel):
     def server_config(self) -> str:
         """The `authorization` block of nats-server's config: every user with its permissions, and no anonymous
         access (a client without credentials is refused, on loopback too)."""
-        users = [
-            {
-                "user": role,
-                "password": self.passwords[role].get_secret_value(),
-                "permissions": permissions(role).as_config(),
-            }
-            for role in ROLES
-        ]
-        return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+        return authorization({role: json.dumps(pw.get_secret_value()) for role, pw in self.passwords.items()})
 
     def save(self, path: Path) -> None:
         """Write them owner-only (0600), atomically."""
@@ -127,6 +119,22 @@ class Credentials(BaseModel):
         creds = cls.generate()
         creds.save(path)
         return creds
+
+
+def authorization(passwords: dict[str, str]) -> str:
+    """nats-server's `authorization` block for every role, each password given as config text: a quoted string,
+    or a `$VARIABLE` that nats-server reads from its environment (compose/nats.conf)."""
+    marks = {role: f"@@{role}@@" for role in ROLES}
+    users = [{"user": r, "password": marks[r], "permissions": permissions(r).as_config()} for r in ROLES]
+    text = "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+    for role, mark in marks.items():
+        text = text.replace(json.dumps(mark), passwords[role])
+    return text
+
+
+def compose_authorization() -> str:
+    """The block compose/nats.conf carries: passwords from `$JETL_NATS_<ROLE>_PASSWORD`."""
+    return authorization({role: f"$JETL_NATS_{role.upper()}_PASSWORD" for role in ROLES})
 
 
 def write_private(path: Path, text: str) -> None:
