@@ -31,20 +31,20 @@ from jetl.projection import RunState
 from jetl.runtime.embedded import USERS_FILE, Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import bucket, get_run
-from jetl.subjects import STATE_BUCKET, STREAMS
+from jetl.subjects import DLQ_BODIES_BUCKET, STATE_BUCKET, STREAMS
 from jetl.testing import chdb
 from jetl.testing.cli import jetl, jetl_up
-from jetl.testing.paced import write_paced_pipeline
 from jetl.testing.servers import ClusterHandle, partitioned_nats_cluster
 from jetl.topology import declare
 
+from .conftest import BATCH, PIPELINE  # the crash lab's paced pipeline, `crash`
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROWS = 1200
-BATCH = 25  # 48 batches a run
+ROWS = 1200  # 48 batches a run
 TOTAL = ROWS // BATCH
 REPLICAS = "3"
-QUERY = "SELECT count() AS n, uniqExact(id) AS u, min(id) AS lo, max(id) AS hi FROM clustered"
+QUERY = "SELECT count() AS n, uniqExact(id) AS u, min(id) AS lo, max(id) AS hi FROM crash"
 ENV = {"JETL_NATS__ACK_WAIT": "5", "JETL_NATS__STREAM_REPLICAS": REPLICAS}
 
 
@@ -86,10 +86,11 @@ async def drive(settings: JetlSettings, fault: Fault, timeout: float = 180.0) ->
     """Request a run, inject the fault mid-run, heal it once batches load again (or after 10 s), and poll the
     run's state until it settles. The poller's own connection reconnects to another node of the seed list."""
     async with JetlClient(settings) as jc:
-        run_id = (await jc.request_run("clustered")).run_id
+        run_id = (await jc.request_run("crash")).run_id
         js = jc.conn.jetstream()
         replicas = {n: (await js.stream_info(n)).config.num_replicas for n in [s.name for s in STREAMS.values()]}
-        replicas[STATE_BUCKET] = (await js.stream_info(f"KV_{STATE_BUCKET}")).config.num_replicas
+        for bucket_stream in (f"KV_{STATE_BUCKET}", f"OBJ_{DLQ_BODIES_BUCKET}"):
+            replicas[bucket_stream] = (await js.stream_info(bucket_stream)).config.num_replicas
     nc = await connect(settings.nats, reconnect_time_wait=0.5, max_reconnect_attempts=-1)
     try:
         kv = await bucket(nc)
@@ -103,7 +104,7 @@ async def drive(settings: JetlSettings, fault: Fault, timeout: float = 180.0) ->
         trace: list[tuple[float, str, int, int]] = []  # what the poller saw, for the failure message
         while time.monotonic() < deadline:
             try:
-                st = await asyncio.wait_for(get_run(kv, "clustered", run_id), 3) or st
+                st = await asyncio.wait_for(get_run(kv, "crash", run_id), 3) or st
             except Exception:  # this node is the one down or cut off: ask again, through whichever node answers
                 await asyncio.sleep(0.2)
                 continue
@@ -143,18 +144,16 @@ def run_through(tmp_path: Path, url: str, fault: Fault, request: pytest.FixtureR
     inputs, pipelines, data = tmp_path / "in", tmp_path / "pipelines", tmp_path / "data"
     inputs.mkdir()
     pipelines.mkdir()
-    write_paced_pipeline(pipelines, "clustered", inputs, BATCH)
+    (pipelines / "crash_pipeline.py").write_text(PIPELINE.replace("INPUT", str(inputs)).replace("BATCH", str(BATCH)))
     (inputs / "rows.jsonl").write_text("".join(json.dumps({"id": i, "name": f"r{i}"}) + "\n" for i in range(ROWS)))
     settings = JetlSettings(nats=NatsSettings(url=url, stream_replicas=3, ack_wait=5.0))
     with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=url, extra_env=dict(ENV)) as stack:
         outcome = asyncio.run(drive(settings, fault))
         stack.check()
-        counts = jetl("counts", "clustered", "--json", nats_url=url, pipelines_dir=pipelines, env=ENV)
+        counts = jetl("counts", "crash", "--json", nats_url=url, pipelines_dir=pipelines, env=ENV)
     st = outcome.state
     exact = st.status == "completed" and (st.extracted, st.loaded, st.rejected) == (ROWS, ROWS, 0)
-    rows = chdb.query(
-        data / "chdb", "SELECT count() AS n, uniqExact(id) AS u, min(id) AS lo, max(id) AS hi FROM clustered"
-    )
+    rows = chdb.query(data / "chdb", QUERY)
     exact = exact and rows == [{"n": ROWS, "u": ROWS, "lo": 0, "hi": ROWS - 1}]
     report_to_fault_matrix(request, exact, outcome.recovery_s)
     print(f"{request.node.name}: loading resumed {outcome.recovery_s} s after the fault")  # shown with -s
@@ -171,14 +170,11 @@ def run_through(tmp_path: Path, url: str, fault: Fault, request: pytest.FixtureR
 
 
 def report_to_fault_matrix(request: pytest.FixtureRequest, exact: bool, recovery_s: float | None) -> None:
-    """HOOK (issue 12, part 7): count this run and its fault in the session's fault-matrix line, when the collector
-    of tests/reliability/conftest.py (`fault_matrix`: record_kill(), record_run(exact, recovery_s)) is there."""
-    try:
-        matrix = request.getfixturevalue("fault_matrix")
-    except pytest.FixtureLookupError:
-        return
+    """Count this run and its fault (a node killed or cut off) in the session's fault-matrix line; the recovery is
+    the time from the fault until batches were loaded again."""
+    matrix = request.getfixturevalue("fault_matrix")
     matrix.record_kill()
-    matrix.record_run(exact, recovery_s or 0.0)
+    matrix.record_run(exact, recovery_s)
 
 
 def test_a_killed_node_restarts_and_the_run_completes_exactly(
@@ -235,15 +231,15 @@ def test_streams_and_bucket_are_declared_at_three_replicas_and_never_shrunk_by_a
             first = await declare(nc, NatsSettings(url=nats_cluster.url, stream_replicas=3))  # as the fixture did
             again = await declare(nc, NatsSettings(url=nats_cluster.url))  # JETL_NATS__STREAM_REPLICAS forgotten
             js = nc.jetstream()
-            names = [s.name for s in STREAMS.values()] + [f"KV_{STATE_BUCKET}"]
+            names = [s.name for s in STREAMS.values()] + [f"KV_{STATE_BUCKET}", f"OBJ_{DLQ_BODIES_BUCKET}"]
             return first, again, {n: (await js.stream_info(n)).config.num_replicas for n in names}
         finally:
             await nc.close()
 
     first, again, replicas = asyncio.run(go())
-    assert {c.action for c in first if c.what in ("stream", "kv")} == {"unchanged"}
+    assert {c.action for c in first if c.what in ("stream", "kv", "object store")} == {"unchanged"}
     assert set(replicas.values()) == {3}, replicas
-    shrunk = [c for c in again if c.what in ("stream", "kv")]
+    shrunk = [c for c in again if c.what in ("stream", "kv", "object store")]
     assert {c.action for c in shrunk} == {"differs"} and all("num_replicas: 3 -> 1" in c.detail for c in shrunk)
 
 
@@ -265,7 +261,7 @@ def test_jetl_up_nats_cluster_runs_three_authenticated_nodes_with_everything_at_
             nc = await connect(NatsSettings(url=",".join(seeds), user="operator", password=users["operator"]))
             try:
                 js = nc.jetstream()
-                names = [s.name for s in STREAMS.values()] + [f"KV_{STATE_BUCKET}"]
+                names = [s.name for s in STREAMS.values()] + [f"KV_{STATE_BUCKET}", f"OBJ_{DLQ_BODIES_BUCKET}"]
                 return {n: (await js.stream_info(n)).config.num_replicas for n in names}
             finally:
                 await nc.close()

@@ -2,6 +2,5 @@
 
 - `jetl.testing.servers`: NATS (one server or a cluster) and PostgreSQL for tests (containers when Docker answers,
   else local binaries).
-- `jetl.testing.paced`: a slow pipeline, so a fault injected mid-run lands with batches in flight.
 - `jetl.testing.contracts`: one abstract suite per plugin protocol; subclass it for your own connector.
 """
