@@ -53,7 +53,8 @@ def dlq_list(
             "stage": dl.stage,
             "scope": dl.scope,
             "error_type": dl.error_type,
-            "reason": dl.reason,
+            # each record's own reason: the letter's reason describes its first record only ("... (+1 more)")
+            "reason": rec.get("message") or dl.reason,
             "index": rec.get("index"),
             "origin": rec.get("origin"),
             "field": rec.get("field"),

@@ -13,10 +13,13 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from jetl.access import Credentials
 from jetl.cli._app import app, settings
 from jetl.cli._output import console, err_console, fail
+from jetl.context import CONTEXT_FILE, StackContext, read_context
 from jetl.errors import ConfigError
-from jetl.runtime.embedded import SERVICES, Stack
+from jetl.redact import redact_url
+from jetl.runtime.embedded import SERVICES, Stack, Supervisor, stable_port
 
 
 def service_factory(name: str) -> Any:
@@ -60,6 +63,7 @@ def up(
     """
     s = settings()
     try:
+        data = (data_dir or s.data_dir).resolve()
         replicas: dict[str, int] = {}
         for item in scale:
             name, sep, count = item.partition("=")
@@ -67,16 +71,57 @@ def up(
                 raise ConfigError(f"--scale {item!r}: expected SERVICE=N, e.g. transformer=2")
             replicas[name.strip()] = int(count)
         stack = Stack(
-            data_dir=(data_dir or s.data_dir).resolve(),
+            data_dir=data,
             pipelines_dir=s.pipelines_dir,
             nats_url=nats_url,
             replicas=replicas,
+            nats_port=0 if nats_url else stable_port(_previous_port(data)),
         )
         stack.start()
+        assert stack.nats_url is not None
+        context = write_context(stack)
     except Exception as exc:
         fail(exc)
-    console.print(f"NATS: [bold]{stack.nats_url}[/bold]  (export JETL_NATS__URL={stack.nats_url})")
+    console.print(f"NATS: [bold]{redact_url(stack.nats_url)}[/bold]; stack context: {context}")
+    console.print(
+        f"in another shell, from {data.parent} or any folder below it, commands find this stack by themselves "
+        f"(`jetl run <pipeline>`); from elsewhere: `jetl --context {data} run <pipeline>` or JETL_CONTEXT={data}",
+        highlight=False,
+    )
     console.print(f"services: {', '.join(stack.procs)}; logs in {stack.data_dir / 'logs'}; Ctrl-C stops")
+    supervise(stack)
+    console.print("stopped")
+
+
+def _previous_port(data: Path) -> int | None:
+    """The NATS port of the context the last `jetl up` in `data` wrote, if there is a readable one."""
+    path = data / CONTEXT_FILE
+    try:
+        return read_context(path).port if path.exists() else None
+    except ConfigError:
+        return None
+
+
+def write_context(stack: Stack) -> Path:
+    """Write the stack context of a started stack: its NATS URL and the operator's credentials, when the stack
+    generated them (`jetl.access.Credentials` in `<data>/nats/users.json`)."""
+    assert stack.nats_url is not None
+    password = None
+    users = stack.data_dir / "nats" / "users.json"
+    if users.exists():
+        password = Credentials.load_or_create(users).password("operator")
+    ctx = StackContext(
+        nats_url=stack.nats_url,
+        password=password,
+        data_dir=stack.data_dir,
+        pipelines_dir=stack.pipelines_dir.resolve(),
+    )
+    return ctx.save()
+
+
+def supervise(stack: Stack) -> None:
+    """Run until Ctrl-C or SIGTERM, restarting services that die (`Supervisor`); stop the stack either way."""
+    supervisor = Supervisor(stack)
     stop = False
 
     def _sig(*_: Any) -> None:
@@ -87,13 +132,18 @@ def up(
     signal.signal(signal.SIGTERM, _sig)
     try:
         while not stop:
-            stack.check()
+            for r in supervisor.poll():
+                err_console.print(
+                    f"[red]service {r.name} exited with code {r.exit_code}[/red]; restarting it in {r.delay:.1f}s "
+                    f"(restart {r.restarts}). The end of its log from this start:",
+                    highlight=False,
+                )
+                err_console.print(r.log_tail or "(nothing)", markup=False, highlight=False)
             time.sleep(0.5)
     except Exception as exc:
         stack.stop()
         fail(exc)
     stack.stop()
-    console.print("stopped")
 
 
 @app.command()

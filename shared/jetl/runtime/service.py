@@ -1,7 +1,8 @@
 """What every service shares: the FastStream app, start-up checks, the bus, log shipping and heartbeats.
 
 A service module supplies a name, its settings object and a router factory; `build_app` does the rest:
-pipelines are discovered before the broker connects (a broken module stops start-up), streams and consumers are
+pipelines are discovered before the broker connects (a broken module is logged and skipped, as at a reload, and
+reported in the heartbeat that `jetl health` reads; the rest run), streams and consumers are
 declared idempotently, and one middleware binds log context around every message.
 
 While it runs, every service also: polls the pipelines folder and loads new or changed modules (a broken one is
@@ -31,7 +32,7 @@ from jetl.events import instance_id
 from jetl.logging import add_sink, configure_logging, get_logger, remove_sink
 from jetl.messages import Batch
 from jetl.pipeline import Pipeline
-from jetl.registry import discover, get_pipeline_registry, reload_changed
+from jetl.registry import discover, get_pipeline_registry, reload_changed, reload_errors
 from jetl.settings import JetlSettings
 from jetl.state import bucket, heartbeat_key
 from jetl.subjects import CONSUMERS, STREAMS
@@ -142,7 +143,7 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
     """The FastStream app of one service."""
     configure_logging(name, settings.log_level, settings.log_format)
     log = get_logger(f"jetl.{name}")
-    discover(settings.pipelines_dir)  # loud: a broken module stops start-up here, naming its file and line
+    discover(settings.pipelines_dir, skip_broken=True)  # a broken module: logged with file and line, skipped
     broker = None
     if settings.metrics_port:
         broker = make_broker(settings.nats, middlewares=[metrics.middleware(name)])
@@ -228,6 +229,8 @@ async def _heartbeat(ctx: ServiceContext) -> None:
                     "started_at": ctx.started_at,
                     "stats": ctx.stats,
                     "lag": lag,
+                    "restarts": ctx.settings.restarts,
+                    "load_errors": reload_errors(),
                 }
             )
             with contextlib.suppress(Exception):
