@@ -37,8 +37,9 @@ class StackContext(BaseModel):
 
     def settings_values(self) -> dict[str, object]:
         """The settings this context supplies (under every environment variable)."""
-        nats: dict[str, object] = {"url": self.nats_url, "user": self.user}
-        if self.password is not None:
+        nats: dict[str, object] = {"url": self.nats_url}
+        if self.password is not None:  # a user without a password: a stack that generated no credentials
+            nats["user"] = self.user
             nats["password"] = self.password.get_secret_value()
         values: dict[str, object] = {"nats": nats, "data_dir": str(self.data_dir)}
         if self.pipelines_dir is not None:

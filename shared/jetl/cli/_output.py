@@ -64,8 +64,9 @@ class JetlConsole(Console):
             return
         for o in objects:
             if isinstance(o, Table):
-                for line in table_lines(o, vertical=self.is_terminal):
-                    self.out(line, highlight=False)  # plain text: no markup, no wrapping
+                # written as is: rich would expand the tabs and wrap the lines
+                self.file.write("".join(f"{line}\n" for line in table_lines(o, vertical=self.is_terminal)))
+                self.file.flush()
             else:
                 super().print(o, **kwargs)
 
