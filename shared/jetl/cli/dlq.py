@@ -11,6 +11,8 @@ from rich.table import Table
 from jetl.cli._app import app, client, follow, progress, registered_pipeline, run_async
 from jetl.cli._output import EXIT_FAILED, console, print_json
 from jetl.cli.runs import counts_table, state_json
+from jetl.errors import RecordIssue
+from jetl.messages import DeadLetter
 from jetl.projection import RunState
 
 dlq_app = typer.Typer(help="Dead letters: list rejected records with their reasons, redrive them after a fix.")
@@ -19,6 +21,15 @@ app.add_typer(dlq_app, name="dlq")
 
 def _redriven_by(why: str | None) -> str | None:
     return why.removeprefix("redriven by ") if why and why.startswith("redriven by ") else None
+
+
+def _reason(dl: DeadLetter, rec: dict[str, Any]) -> str:
+    """One dead record's reason, as the letter would give it were that record its first."""
+    if not rec.get("message"):
+        return dl.reason
+    if rec.get("index") is None:  # input that was never a record: where it was, and why
+        return f"pipeline {dl.pipeline!r}: {rec.get('origin') or dl.batch_id}: {rec['message']}"
+    return RecordIssue(rec["index"], rec.get("field") or "", rec["message"], rec.get("origin")).describe(dl.pipeline)
 
 
 @dlq_app.command("list")
@@ -53,8 +64,8 @@ def dlq_list(
             "stage": dl.stage,
             "scope": dl.scope,
             "error_type": dl.error_type,
-            # each record's own reason: the letter's reason describes its first record only ("... (+1 more)")
-            "reason": rec.get("message") or dl.reason,
+            # each record's own reason: the letter's describes its first record only ("... (+1 more)")
+            "reason": _reason(dl, rec),
             "index": rec.get("index"),
             "origin": rec.get("origin"),
             "field": rec.get("field"),
