@@ -57,6 +57,11 @@ def up(
 ) -> None:
     """Start an embedded nats-server with JetStream and the four services, until Ctrl-C.
 
+    Writes the stack context (<data>/context.json, owner-only), so commands in another shell, in this folder or
+    below it, find the stack with nothing exported; keeps the NATS port from start to start while it is free.
+    A service that dies is restarted with backoff (its exit code and the end of its log are printed); a crash loop
+    (5 crashes in 60 s) stops the stack with exit 1. A pipeline module that fails to load is skipped and reported.
+
     Scale the stage that limits throughput with --scale: its processes bind the same durable consumer.
 
     Example: jetl up --scale transformer=2   (then, in another shell: jetl run orders)
