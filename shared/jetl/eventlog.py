@@ -15,9 +15,18 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jetl.events import Event, parse_event
+from jetl.events import CursorChanged, Event, RunCompleted, parse_event
 from jetl.projection import RunState, fold
-from jetl.state import add_active, bucket, bucket_keys, mark_finished, put_cursor, remove_active, run_key
+from jetl.state import (
+    add_active,
+    bucket,
+    bucket_keys,
+    delete_cursor,
+    mark_finished,
+    put_cursor,
+    remove_active,
+    run_key,
+)
 from jetl.subjects import STREAMS, Kind, check_token, pattern
 
 
@@ -91,11 +100,18 @@ async def rebuild(nc: Client, pipeline: str | None = None) -> int:
             if revision is not None:
                 revisions[k] = revision
     states: dict[tuple[str, str], RunState] = {}
+    cursors: dict[str, dict[str, Any] | None] = {}
+    """Per pipeline, the cursor the latest change left, in log order: a completed run's, or an operator's."""
     n = 0
     async for ev in read_events(nc, pipeline):
+        n += 1
+        if isinstance(ev, CursorChanged):  # an operator's change names no run
+            cursors[ev.pipeline] = ev.cursor
+            continue
         key = (ev.pipeline, ev.run_id)
         states[key] = fold(states.get(key), ev)
-        n += 1
+        if isinstance(ev, RunCompleted) and states[key].cursor is not None:
+            cursors[ev.pipeline] = states[key].cursor
     for (p, r), st in states.items():
         await _write_state(nc, kv, p, r, st, revisions.pop(run_key(p, r), None))
     for k, rev in revisions.items():  # folded states whose events are gone from the log
@@ -104,14 +120,11 @@ async def rebuild(nc: Client, pipeline: str | None = None) -> int:
         except Exception as exc:  # the tracker wrote it meanwhile: an event explains it after all, keep it
             if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
                 raise
-    latest_cursor: dict[str, RunState] = {}
-    for (p, _r), st in states.items():
-        if st.status == "completed" and st.cursor is not None:
-            prev = latest_cursor.get(p)
-            if prev is None or (st.finished_at and prev.finished_at and st.finished_at > prev.finished_at):
-                latest_cursor[p] = st
-    for p, st in latest_cursor.items():
-        await put_cursor(kv, p, st.cursor)
+    for p, cursor in cursors.items():
+        if cursor is None:
+            await delete_cursor(kv, p)
+        else:
+            await put_cursor(kv, p, cursor)
     await _rebuild_indexes(kv, states)
     return n
 

@@ -56,6 +56,9 @@ class RunState(BaseModel):
     finished_at: datetime | None = None
     expected_batches: int | None = None
     cursor: dict[str, Any] | None = None
+    """The cursor the run moves to once it completes (from run.extracted)."""
+    start_cursor: dict[str, Any] | None = None
+    """The cursor the run started from (from run.started)."""
     code_hash: str = ""
     error: str | None = None
     batches: dict[str, BatchState] = Field(default_factory=dict)
@@ -137,6 +140,7 @@ def fold(state: RunState | None, ev: Event) -> RunState:
             if state.status == "requested":
                 state.status = "running"
             state.started_at = state.started_at or ev.at
+            state.start_cursor = ev.cursor
         case BatchExtracted():
             b = _batch(state, ev.batch_id, ev.seq)
             b.extracted, b.extract_rejected = ev.records, ev.rejected
@@ -166,6 +170,8 @@ def fold(state: RunState | None, ev: Event) -> RunState:
         case RunCompleted():
             state.status = "completed"
             state.finished_at = ev.at
+            if ev.cursor is not None:
+                state.cursor = ev.cursor
         case RunFailed():
             state.status = "failed"
             state.error = ev.error
