@@ -9,9 +9,10 @@ import orjson
 
 from jetl import subjects
 from jetl._internal.connect import nats_connection
-from jetl.errors import ConfigError
+from jetl.errors import NoDeployment
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
+from jetl.topology import server_url
 
 
 async def read_logs(
@@ -35,7 +36,7 @@ async def read_logs(
         try:
             info = await js.stream_info(subjects.stream_name(Kind.LOGS), subjects_filter=subject)
         except NotFoundError:
-            raise ConfigError("the JETL_LOGS stream does not exist (run `jetl deploy`)") from None
+            raise NoDeployment(server_url(nc, s.nats.url)) from None  # the wrong server: exit 3, as every command
         kept = sum((info.state.subjects or {}).values()) if info.state.subjects else 0
         sub = await js.subscribe(
             subject,

@@ -13,13 +13,12 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from jetl.access import Credentials
 from jetl.cli._app import app, settings
 from jetl.cli._output import console, err_console, fail
 from jetl.context import CONTEXT_FILE, StackContext, read_context
-from jetl.errors import ConfigError
+from jetl.errors import ConfigError, JetlError
 from jetl.redact import redact_url
-from jetl.runtime.embedded import SERVICES, Stack, Supervisor, stable_port
+from jetl.runtime.embedded import SERVICES, USERS_FILE, Stack, Supervisor, stable_port
 
 
 def service_factory(name: str) -> Any:
@@ -41,7 +40,10 @@ def serve(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)
         fs_app = factory()
     except Exception as exc:
         fail(exc)
-    asyncio.run(fs_app.run())
+    try:
+        asyncio.run(fs_app.run())
+    except JetlError as exc:  # e.g. no deployment after the wait: one line, not a traceback
+        fail(exc)
 
 
 @app.command()
@@ -88,6 +90,12 @@ def up(
     except Exception as exc:
         fail(exc)
     console.print(f"NATS: [bold]{redact_url(stack.nats_url)}[/bold]; stack context: {context}")
+    if stack.credentials is not None:
+        users = stack.data_dir / "nats" / USERS_FILE
+        console.print(f"NATS users: {users} (owner-only); the CLI connects as user [bold]operator[/bold]")
+    for change in stack.deployed:
+        if change.action == "differs":
+            err_console.print(f"[yellow]warning:[/yellow] {change.what} {change.name} differs: {change.detail}")
     console.print(
         f"in another shell, from {data.parent} or any folder below it, commands find this stack by themselves "
         f"(`jetl run <pipeline>`); from elsewhere: `jetl --context {data} run <pipeline>` or JETL_CONTEXT={data}",
@@ -109,12 +117,9 @@ def _previous_port(data: Path) -> int | None:
 
 def write_context(stack: Stack) -> Path:
     """Write the stack context of a started stack: its NATS URL and the operator's credentials, when the stack
-    generated them (`jetl.access.Credentials` in `<data>/nats/users.json`)."""
+    generated them (`Stack.credentials`, kept in `<data>/nats/users.json`)."""
     assert stack.nats_url is not None
-    password = None
-    users = stack.data_dir / "nats" / "users.json"
-    if users.exists():
-        password = Credentials.load_or_create(users).password("operator")
+    password = stack.credentials.password("operator") if stack.credentials is not None else None
     ctx = StackContext(
         nats_url=stack.nats_url,
         password=password,
