@@ -13,12 +13,15 @@ from jetl.events import (
     BatchRejected,
     BatchTransformed,
     Event,
+    PartitionExtracted,
     RunCompleted,
     RunExtracted,
     RunFailed,
+    RunPartitioned,
     RunRequested,
     RunStarted,
 )
+from jetl.messages import split_batch_id
 
 Status = Literal["requested", "running", "completed", "failed"]
 
@@ -67,6 +70,11 @@ class RunState(BaseModel):
     """A replay into the destination's shadow: its rows are not in the real destination."""
     redrive: list[int] = Field(default_factory=list)
     """The JETL_DLQ sequences this run redrives."""
+    partitions: int | None = None
+    """How many partitions a partitioned run's extraction has (from run.partitioned); None: not partitioned."""
+    partition_batches: dict[str, int] = Field(default_factory=dict)
+    """Per partition that reported (partition.extracted), its batch count: the run's expected batches are their
+    total once every partition has reported."""
 
     @property
     def extracted(self) -> int:
@@ -120,6 +128,12 @@ def _batch(state: RunState, batch_id: str, seq: int) -> BatchState:
     return b
 
 
+def _partitions_extracted(state: RunState) -> None:
+    """A partitioned run is extracted when every partition has reported (in whichever order the events fold)."""
+    if state.partitions is not None and len(state.partition_batches) >= state.partitions:
+        state.expected_batches = sum(state.partition_batches.values())
+
+
 def fold(state: RunState | None, ev: Event) -> RunState:
     """Apply one event. Idempotent per event: a redelivered event sets the same values again."""
     if state is None:
@@ -149,6 +163,15 @@ def fold(state: RunState | None, ev: Event) -> RunState:
             state.cursor = ev.cursor
             if state.status == "requested":
                 state.status = "running"
+        case RunPartitioned():
+            state.partitions = ev.partitions
+            state.cursor = ev.cursor
+            if state.status == "requested":
+                state.status = "running"
+            _partitions_extracted(state)
+        case PartitionExtracted():
+            state.partition_batches[ev.partition] = ev.batches
+            _partitions_extracted(state)
         case BatchTransformed():
             b = _batch(state, ev.batch_id, ev.seq)
             b.transformed, b.rejected, b.filtered = ev.records_out, ev.rejected, ev.filtered
@@ -185,13 +208,15 @@ def expected_rows(runs: list[RunState]) -> dict[str, int]:
     A run's loaded batches count, except shadow runs (their rows went to a side table) and batches a replay has
     superseded: batch k of a replay that reached the destination replaced batch k of its parent.
     """
-    superseded: dict[str, set[int]] = {}
+    superseded: dict[str, set[str]] = {}
     for r in runs:
         if r.trigger == "replay" and r.parent_run_id and not r.shadow:
-            done = {b.seq for b in r.batches.values() if b.outcome == "loaded"}
+            done = {split_batch_id(i)[1] for i, b in r.batches.items() if b.outcome == "loaded"}
             superseded.setdefault(r.parent_run_id, set()).update(done)
     out: dict[str, int] = {}
     for r in runs:
         gone = superseded.get(r.run_id, set())
-        out[r.run_id] = 0 if r.shadow else sum(b.loaded for b in r.batches.values() if b.seq not in gone)
+        out[r.run_id] = (
+            0 if r.shadow else sum(b.loaded for i, b in r.batches.items() if split_batch_id(i)[1] not in gone)
+        )
     return out

@@ -77,6 +77,17 @@ class ClickHouseSettings(BaseModel):
     """HTTPS to the server."""
 
 
+class UiSettings(BaseModel):
+    """The web dashboard (`jetl ui`)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; any other than a loopback one requires `token`."""
+    port: int = 8420
+    """Port to bind."""
+    token: SecretStr | None = None
+    """Access token people give once (`?token=`, then a cookie) or send as `Authorization: Bearer`."""
+
+
 class JetlSettings(BaseSettings):
     """Settings every jetl process shares."""
 
@@ -109,6 +120,8 @@ class JetlSettings(BaseSettings):
     restarts: int = 0
     """How many times a supervisor (`jetl up`) restarted this service after it died; its heartbeat carries it to
     `jetl health`."""
+    ui: UiSettings = Field(default_factory=UiSettings)
+    """The web dashboard."""
 
     @property
     def chdb_path(self) -> Path:

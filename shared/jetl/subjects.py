@@ -4,7 +4,7 @@ Every subject jetl publishes or subscribes to is built here; no other module spe
 
 | stream      | subjects                      | retention  |
 |-------------|-------------------------------|------------|
-| JETL_RUNS   | jetl.run.<pipeline>           | work queue |
+| JETL_RUNS   | jetl.run.<pipeline>           | work queue | (and jetl.run.<pipeline>.<run>.<partition>)
 | JETL_RAW    | jetl.raw.<pipeline>.<run>     | limits     |
 | JETL_CLEAN  | jetl.clean.<pipeline>.<run>   | limits     |
 | JETL_EVENTS | jetl.events.<pipeline>.<run>  | limits     |
@@ -95,6 +95,22 @@ def stream_name(kind: Kind) -> str:
 def run_request(pipeline: str) -> str:
     """Subject of run requests for a pipeline."""
     return f"{PREFIX}.run.{check_token(pipeline, 'pipeline')}"
+
+
+def run_partition(pipeline: str, run_id: str, partition: str) -> str:
+    """Subject of one partition of a run's extraction: any extractor replica takes it (same stream and durable as
+    run requests, which `jetl.run.>` covers; the extra tokens tell it apart from a run request)."""
+    return f"{_per_run('run', pipeline, run_id)}.{check_token(partition, 'partition')}"
+
+
+def partition_pattern() -> str:
+    """Every partition subject (`jetl.run.*.*.*`), and no run request: what an extractor may publish on JETL_RUNS."""
+    return f"{PREFIX}.{Kind.RUN.value}.*.*.*"
+
+
+def is_partition(subject: str) -> bool:
+    """Whether a JETL_RUNS subject is a partition work item rather than a run request."""
+    return subject.count(".") == 4
 
 
 def _per_run(kind: str, pipeline: str, run_id: str) -> str:

@@ -11,25 +11,10 @@ from rich.table import Table
 from jetl.cli._app import app, client, follow, progress, registered_pipeline, run_async
 from jetl.cli._output import EXIT_FAILED, console, print_json
 from jetl.cli.runs import counts_table, state_json
-from jetl.errors import RecordIssue
-from jetl.messages import DeadLetter
 from jetl.projection import RunState
 
 dlq_app = typer.Typer(help="Dead letters: list rejected records with their reasons, redrive them after a fix.")
 app.add_typer(dlq_app, name="dlq")
-
-
-def _redriven_by(why: str | None) -> str | None:
-    return why.removeprefix("redriven by ") if why and why.startswith("redriven by ") else None
-
-
-def _reason(dl: DeadLetter, rec: dict[str, Any]) -> str:
-    """One dead record's reason, as the letter would give it were that record its first."""
-    if not rec.get("message"):
-        return dl.reason
-    if rec.get("index") is None:  # input that was never a record: where it was, and why
-        return f"pipeline {dl.pipeline!r}: {rec.get('origin') or dl.batch_id}: {rec['message']}"
-    return RecordIssue(rec["index"], rec.get("field") or "", rec["message"], rec.get("origin")).describe(dl.pipeline)
 
 
 @dlq_app.command("list")
@@ -53,31 +38,11 @@ def dlq_list(
             return await jc.dead_letter_log(pipeline), await jc.runs(pipeline)
 
     from jetl.client import dead_letter_status
+    from jetl.deadletters import letter_rows
 
     letters, runs = run_async(_go())
     status = dead_letter_status(letters, runs)
-    rows = [
-        {
-            "seq": seq,
-            "run_id": dl.run_id,
-            "batch_id": dl.batch_id,
-            "stage": dl.stage,
-            "scope": dl.scope,
-            "error_type": dl.error_type,
-            # each record's own reason: the letter's describes its first record only ("... (+1 more)")
-            "reason": _reason(dl, rec),
-            "index": rec.get("index"),
-            "origin": rec.get("origin"),
-            "field": rec.get("field"),
-            "message": rec.get("message") or dl.reason,
-            "record": rec.get("record"),
-            "status": status[seq] or "redrivable",
-            "redriven_by": _redriven_by(status[seq]),
-        }
-        for seq, dl in letters
-        if run is None or dl.run_id == run
-        for rec in (dl.records or [{}])
-    ]
+    rows = [row for seq, dl in letters if run is None or dl.run_id == run for row in letter_rows(seq, dl, status[seq])]
     if json_out:
         print_json(rows[:limit])
         return
