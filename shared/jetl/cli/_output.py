@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from jetl.errors import ConfigError, JetlError, NoDeployment, TransientError
+from jetl.errors import ConfigError, JetlError, NoDeployment, TransientError, WaitTimedOut
 
 WIDE = 100
 """Terminals narrower than this get tables as one field a line."""
@@ -102,6 +102,8 @@ def fail(exc: BaseException) -> NoReturn:
         die(text, code=EXIT_UNAVAILABLE)
     if isinstance(exc, ConfigError):
         die(text, "check the pipeline module or setting it names (jetl validate)", EXIT_USAGE)
+    if isinstance(exc, WaitTimedOut) and exc.nats_up:  # NATS answers: blaming it would send people the wrong way
+        die(text, "NATS is up: are the services running? `jetl health`; `jetl logs RUN` shows what they did")
     if (
         isinstance(exc, TransientError)
         or "nats" in type(exc).__module__
