@@ -61,7 +61,7 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
         await raw.term()
         return
     try:
-        state = await apply(ctx.kv, ev)
+        state = await apply(ctx.kv, ev, ttl=ctx.settings.nats.run_state_ttl_days * 86400)
         await record_outcome(ctx, ev, state, alerter)
         if state.settled and state.status not in ("completed", "failed"):
             c = state.counts()
@@ -70,7 +70,7 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
             # The run's state says completed, and it leaves the unfinished index, before anyone hears of it: whoever
             # sees run.completed and asks for the next run finds nothing in its way (the extractor refuses a run
             # that would overlap an unfinished one of a pipeline that keeps a cursor).
-            state = await apply(ctx.kv, done)
+            state = await apply(ctx.kv, done, ttl=ctx.settings.nats.run_state_ttl_days * 86400)
             await record_outcome(ctx, done, state, alerter)
             await ctx.bus.event(done)
             log.info("run completed", pipeline=state.pipeline, run_id=state.run_id, **c)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from jetl.errors import ConfigError, JetlError, TransientError
-from jetl.settings import JetlSettings
+from jetl.settings import EmbeddedNatsSettings, JetlSettings
 
 
 class ServiceDied(JetlError):
@@ -65,6 +65,10 @@ class NatsServer:
     store_dir: Path
     port: int = 0
     max_payload_mb: int = 8
+    max_file_store_mb: int = EmbeddedNatsSettings().max_file_store_mb
+    """JetStream file store limit (MiB): the server refuses streams whose byte limits would not fit."""
+    max_memory_store_mb: int = EmbeddedNatsSettings().max_memory_store_mb
+    """JetStream memory store limit (MiB)."""
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -82,7 +86,9 @@ class NatsServer:
         conf.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {self.max_payload_mb * 1024 * 1024}\n"
-            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n}}\n'
+            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n'
+            f"  max_file_store: {self.max_file_store_mb * 1024 * 1024}\n"
+            f"  max_memory_store: {self.max_memory_store_mb * 1024 * 1024}\n}}\n"
         )
         self.log_path = self.store_dir / "nats-server.log"
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -202,7 +208,12 @@ class Stack:
         """Start the embedded server (unless a URL is given) and every service, as many processes of each as
         `replicas` says."""
         if self.nats_url is None:
-            self.server = NatsServer(self.data_dir / "nats").start()
+            limits = JetlSettings().embedded_nats
+            self.server = NatsServer(
+                self.data_dir / "nats",
+                max_file_store_mb=limits.max_file_store_mb,
+                max_memory_store_mb=limits.max_memory_store_mb,
+            ).start()
             self.nats_url = self.server.url
         env = service_env(self.nats_url, self.data_dir, self.pipelines_dir, self.extra_env)
         for name in self.services:
