@@ -6,7 +6,7 @@ Every read is an ordered consumer: nothing durable is left behind.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +32,7 @@ from jetl.state import (
 from jetl.subjects import STREAMS, Kind, check_token, pattern
 
 
-async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 5.0) -> AsyncIterator[Any]:
+async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 5.0) -> AsyncGenerator[Any, None]:
     """Every message `kind`'s stream keeps under `subject` (a filter), oldest first, then stop.
 
     An ordered consumer: nothing durable is left behind. This is how the log is read back (replay reads JETL_RAW,

@@ -255,6 +255,7 @@ def expected_rows(runs: list[RunState]) -> dict[str, int]:
 
     A run's loaded batches count, except shadow runs (their rows went to a side table) and batches a replay has
     superseded: batch k of a replay that reached the destination replaced batch k of its parent.
+    A run's own batches are needed only when a replay superseded some (`jetl.state.list_runs` loads them then).
     """
     superseded: dict[str, set[int]] = {}
     for r in runs:
@@ -264,5 +265,7 @@ def expected_rows(runs: list[RunState]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in runs:
         gone = superseded.get(r.run_id, set())
-        out[r.run_id] = 0 if r.shadow else sum(b.loaded for b in r.batches.values() if b.seq not in gone)
+        # the totals, less what a replay replaced: only runs a replay superseded need their batches
+        replaced = sum(b.loaded for b in r.batches.values() if b.seq in gone) if gone else 0
+        out[r.run_id] = 0 if r.shadow else r.loaded - replaced
     return out

@@ -165,6 +165,19 @@ def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) 
     return ".".join(parts)
 
 
+_PER_RUN = {Kind.RAW.value, Kind.CLEAN.value, Kind.EVENTS.value, Kind.LOGS.value}
+
+
+def metric_label(subject: str) -> str:
+    """A subject cut down to its kind and pipeline for a metric label (`jetl.raw.<pipeline>`): never a run id, so
+    the label set stays bounded. Run requests, dead letters and control subjects keep their tokens (pipeline and
+    stage, service and verb: bounded sets); NATS's own subjects (`_INBOX.<random>`, `$JS.API...`) keep their root."""
+    parts = subject.split(".")
+    if parts[0] != PREFIX or len(parts) < 3:
+        return parts[0]
+    return ".".join(parts[:3] if parts[1] in _PER_RUN else parts[:4])
+
+
 def control_pattern(service: str) -> str:
     """Every control verb of one service (`jetl.ctl.<service>.>`): what that service may answer."""
     return f"{PREFIX}.ctl.{check_token(service, 'service')}.>"
