@@ -106,12 +106,11 @@ async def _read(kv: KeyValue, key: str) -> tuple[bytes | None, int | None]:
     return entry.value, entry.revision
 
 
-async def _write(kv: KeyValue, key: str, data: bytes, revision: int | None, ttl: float | None) -> None:
-    """Create (revision None) or compare-and-set a key, with a per-key TTL when given."""
+async def _write(kv: KeyValue, key: str, data: bytes, revision: int | None, ttl: float | None) -> int:
+    """Create (revision None) or compare-and-set a key, with a per-key TTL when given; returns the new revision."""
     if revision is None:
-        await kv.create(key, data, msg_ttl=ttl)
-    else:
-        await kv.update(key, data, last=revision, msg_ttl=ttl)
+        return await kv.create(key, data, msg_ttl=ttl)
+    return await kv.update(key, data, last=revision, msg_ttl=ttl)
 
 
 async def get_batch(kv: KeyValue, pipeline: str, run_id: str, batch_id: str) -> BatchState | None:
@@ -120,18 +119,30 @@ async def get_batch(kv: KeyValue, pipeline: str, run_id: str, batch_id: str) -> 
     return BatchState.model_validate_json(value) if value else None
 
 
-async def put_batch(kv: KeyValue, key: str, batch: BatchState, ttl: float | None = RUN_TTL_S) -> None:
-    """Write a batch's ledger unless its key holds the same or a newer version (two replicas may race)."""
+_UNKNOWN = -1
+"""A revision not read yet."""
+
+
+async def put_batch(
+    kv: KeyValue, key: str, batch: BatchState, ttl: float | None = RUN_TTL_S, revision: int | None = _UNKNOWN
+) -> None:
+    """Write a batch's ledger unless its key holds the same or a newer version (two replicas may race).
+
+    `revision`: the key's revision as the caller read it (None: missing), which saves reading it again when no one
+    wrote it since.
+    """
     for _ in range(50):
-        value, revision = await _read(kv, key)
-        if value and BatchState.model_validate_json(value).v >= batch.v:
-            return
+        if revision == _UNKNOWN:
+            value, revision = await _read(kv, key)
+            if value and BatchState.model_validate_json(value).v >= batch.v:
+                return
         try:
             await _write(kv, key, batch.model_dump_json().encode(), revision, ttl)
             return
         except Exception as exc:
             if not _conflict(exc):
                 raise
+            revision = _UNKNOWN
     raise RuntimeError(f"could not update {key}: too many concurrent writers")
 
 
@@ -141,51 +152,58 @@ async def apply(kv: KeyValue, ev: Event, *, ttl: float | None = RUN_TTL_S) -> Ru
     A batch event changes two keys: its batch's ledger and the run's totals. The run key is written first, with the
     batch's new ledger in `pending`, then the batch key, then `pending` is cleared; a delivery that stopped between
     the writes leaves the batch in `pending`, and its redelivery (or the batch's next event) finishes the write
-    without counting again. A redelivered event changes nothing, so it writes nothing: each event costs one run
-    write of constant size, whatever the number of batches.
+    without counting again. A redelivered event changes nothing, so it writes nothing. Each event writes the run
+    key (constant size, whatever the number of batches) at most twice and its batch key once.
     """
     key = run_key(ev.pipeline, ev.run_id)
-    is_batch = isinstance(ev, BATCH_EVENTS)
-    bkey = batch_key(ev.pipeline, ev.run_id, ev.batch_id) if isinstance(ev, BATCH_EVENTS) else ""
+    if not isinstance(ev, BATCH_EVENTS):
+        for _ in range(50):
+            value, revision = await _read(kv, key)
+            folded = fold_run(RunState.model_validate_json(value) if value else None, ev)
+            try:
+                await _write(kv, key, folded.model_dump_json().encode(), revision, ttl)
+                return folded
+            except Exception as exc:
+                if not _conflict(exc):
+                    raise
+        raise RuntimeError(f"could not update {key}: too many concurrent writers")
+    bkey = batch_key(ev.pipeline, ev.run_id, ev.batch_id)
     for _ in range(50):
         value, revision = await _read(kv, key)
         state = RunState.model_validate_json(value) if value else None
-        if is_batch:
-            assert isinstance(ev, BATCH_EVENTS)
-            old = state.pending.get(bkey) if state is not None else None
-            if old is None:
-                old = await get_batch(kv, ev.pipeline, ev.run_id, ev.batch_id)
-            new = fold_batch(old, ev)
-            if old is not None and new.v == old.v:  # seen before: nothing to count
-                if state is not None and bkey in state.pending:
-                    return await _settle_pending(kv, key, bkey, state.pending[bkey], ttl)
-                return state if state is not None else fold_run(None, ev)
-            state = fold_run(state, ev)
-            state.tally.add(old, new)
-            state.pending[bkey] = new
-        else:
-            state = fold_run(state, ev)
+        old = state.pending.get(bkey) if state is not None else None
+        brev: int | None = _UNKNOWN  # the batch key's revision is read only when its value is
+        if old is None:
+            bvalue, brev = await _read(kv, bkey)
+            old = BatchState.model_validate_json(bvalue) if bvalue else None
+        new = fold_batch(old, ev)
+        if old is not None and new.v == old.v:  # seen before: nothing to count
+            if state is not None and bkey in state.pending:  # ...but its write was left half done
+                assert revision is not None
+                return await _settle_pending(kv, key, bkey, state, revision, brev, ttl)
+            return state if state is not None else fold_run(None, ev)
+        state = fold_run(state, ev)
+        state.tally.add(old, new)
+        state.pending[bkey] = new
         try:
-            await _write(kv, key, state.model_dump_json().encode(), revision, ttl)
+            revision = await _write(kv, key, state.model_dump_json().encode(), revision, ttl)
         except Exception as exc:
             if not _conflict(exc):
                 raise
             continue
-        if is_batch:
-            return await _settle_pending(kv, key, bkey, state.pending[bkey], ttl)
-        return state
+        return await _settle_pending(kv, key, bkey, state, revision, brev, ttl)
     raise RuntimeError(f"could not update {key}: too many concurrent writers")
 
 
-async def _settle_pending(kv: KeyValue, key: str, bkey: str, batch: BatchState, ttl: float | None) -> RunState:
-    """Write a counted batch's ledger to its key, then drop it from the run's `pending` (unless a later event of
-    the same batch has replaced it there meanwhile: that event's delivery writes it)."""
-    await put_batch(kv, bkey, batch, ttl)
+async def _settle_pending(
+    kv: KeyValue, key: str, bkey: str, state: RunState, revision: int, brev: int | None, ttl: float | None
+) -> RunState:
+    """Write a counted batch's ledger (`state.pending[bkey]`, `state` as of run-key `revision`) to its key, then drop
+    it from the run's `pending`, unless a later event of the same batch has replaced it there meanwhile (that
+    event's delivery writes it)."""
+    batch = state.pending[bkey]
+    await put_batch(kv, bkey, batch, ttl, brev)
     for _ in range(50):
-        value, revision = await _read(kv, key)
-        if not value:
-            raise RuntimeError(f"{key} vanished while its batch {bkey} was written")
-        state = RunState.model_validate_json(value)
         if state.pending.get(bkey) != batch:
             return state
         del state.pending[bkey]
@@ -195,6 +213,10 @@ async def _settle_pending(kv: KeyValue, key: str, bkey: str, batch: BatchState, 
         except Exception as exc:
             if not _conflict(exc):
                 raise
+        value, rev = await _read(kv, key)
+        if not value or rev is None:
+            raise RuntimeError(f"{key} vanished while its batch {bkey} was written")
+        state, revision = RunState.model_validate_json(value), rev
     raise RuntimeError(f"could not update {key}: too many concurrent writers")
 
 
