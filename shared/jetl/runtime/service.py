@@ -173,7 +173,7 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
             shipper = LogShipper(nc, dropped=lambda n: ctx.count("log_lines_dropped", n))
             tasks.append(shipper.start())
             sinks.append(shipper.offer)
-            add_sink(shipper.offer)
+            add_sink(sinks[-1])
         tasks.append(asyncio.create_task(_heartbeat(ctx)))
         if settings.watch_pipelines and settings.watch_seconds > 0:
             tasks.append(asyncio.create_task(_watch_pipelines(settings.pipelines_dir, settings.watch_seconds)))
