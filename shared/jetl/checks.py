@@ -54,6 +54,10 @@ def check_pipeline(p: Pipeline, s: JetlSettings) -> list[tuple[str, str, str]]:
             )
         except Exception as exc:
             out.append(("schedule", "error", f"{type(exc).__name__}: {exc}"))
+    if p.primary_key:
+        out.append(("delivery", "ok", f"merge by key {list(p.primary_key)}: a row loaded twice is one row"))
+    else:
+        out.append(("delivery", "ok", "append mode: a row extracted twice is loaded twice (declare primary_key=)"))
     for i, connector in enumerate([*p.extractors, p.loader]):
         kind = "loader" if i == len(p.extractors) else f"extractor {i + 1}"
         out.append(check_connector(kind, connector, s))

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 
 from jetl import subjects
 from jetl.bus import Bus, connect, make_broker
@@ -209,6 +210,17 @@ class JetlClient:
         """Rows in the pipeline's destination, counted by the loader (per run where the loader keeps lineage)."""
         return DestinationCount(pipeline=pipeline, **await self.ask_loader("count", {"pipeline": pipeline}))
 
+    async def kv(self) -> KeyValue:
+        """The state bucket (run states, cursors)."""
+        return await bucket(self.conn)
+
+    async def destination_max(self, pipeline: str, column: str, tie_breaker: str | None = None) -> list[Any] | None:
+        """The last row of the pipeline's destination in (`column`, `tie_breaker`) order, as [value, key], read by
+        the loader (None when empty)."""
+        body = {"pipeline": pipeline, "column": column, "tie_breaker": tie_breaker}
+        position: list[Any] | None = (await self.ask_loader("max", body))["position"]
+        return position
+
     async def diff(
         self, pipeline: str, run_id: str, parent_run_id: str, *, drop: bool = True, sample: int = 10
     ) -> Diff:
@@ -382,6 +394,10 @@ class DestinationCount:
     """Rows per run id, where the loader keeps lineage."""
     exact: bool = True
     """False for tables that merge rows by key (a key's older rows vanish as parts merge)."""
+    key: list[str] = field(default_factory=list)
+    """The pipeline's primary key (empty: append mode)."""
+    keys: int | None = None
+    """Distinct primary keys in the destination (None without a key)."""
 
 
 def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunState]) -> dict[int, str | None]:

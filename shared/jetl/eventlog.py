@@ -15,7 +15,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jetl.events import Event, parse_event
+from jetl.events import CursorChanged, Event, RunCompleted, parse_event
 from jetl.projection import RunState, fold
 from jetl.state import (
     RUN_TTL_S,
@@ -23,6 +23,7 @@ from jetl.state import (
     batch_key,
     bucket,
     bucket_keys,
+    delete_cursor,
     mark_finished,
     put_batch,
     put_cursor,
@@ -104,11 +105,18 @@ async def rebuild(nc: Client, pipeline: str | None = None, *, ttl: float | None 
             if revision is not None:
                 revisions[k] = revision
     states: dict[tuple[str, str], RunState] = {}
+    cursors: dict[str, dict[str, Any] | None] = {}
+    """Per pipeline, the cursor the latest change left, in log order: a completed run's, or an operator's."""
     n = 0
     async for ev in read_events(nc, pipeline):
+        n += 1
+        if isinstance(ev, CursorChanged):  # an operator's change names no run
+            cursors[ev.pipeline] = ev.cursor
+            continue
         key = (ev.pipeline, ev.run_id)
         states[key] = fold(states.get(key), ev)
-        n += 1
+        if isinstance(ev, RunCompleted) and states[key].cursor is not None:
+            cursors[ev.pipeline] = states[key].cursor
     for (p, r), st in states.items():
         for batch_id, b in st.batches.items():
             await put_batch(kv, batch_key(p, r, batch_id), b, ttl)
@@ -122,14 +130,11 @@ async def rebuild(nc: Client, pipeline: str | None = None, *, ttl: float | None 
             continue
         for bk in await bucket_keys(kv, "batch." + k.removeprefix("run.") + ".>"):
             await kv.delete(bk)
-    latest_cursor: dict[str, RunState] = {}
-    for (p, _r), st in states.items():
-        if st.status == "completed" and st.cursor is not None:
-            prev = latest_cursor.get(p)
-            if prev is None or (st.finished_at and prev.finished_at and st.finished_at > prev.finished_at):
-                latest_cursor[p] = st
-    for p, st in latest_cursor.items():
-        await put_cursor(kv, p, st.cursor)
+    for p, cursor in cursors.items():
+        if cursor is None:
+            await delete_cursor(kv, p)
+        else:
+            await put_cursor(kv, p, cursor)
     await _rebuild_indexes(kv, states)
     return n
 

@@ -56,6 +56,8 @@ class RunStarted(_Event):
     """The extractor took the run."""
 
     type: Literal["run.started"] = "run.started"
+    cursor: dict[str, Any] | None = None
+    """The cursor the run starts from (the one the last completed run, or an operator, left); None: from the start."""
 
 
 class BatchExtracted(_BatchEvent):
@@ -117,6 +119,8 @@ class RunCompleted(_Event):
     loaded: int
     rejected: int
     filtered: int
+    cursor: dict[str, Any] | None = None
+    """The cursor the pipeline moves to with this run (the next run starts from it); None: it keeps none."""
 
 
 class RunFailed(_Event):
@@ -125,6 +129,25 @@ class RunFailed(_Event):
     type: Literal["run.failed"] = "run.failed"
     error: str
     stage: str = ""
+
+
+class CursorChanged(_Event):
+    """An operator set or reset a pipeline's cursor (`jetl cursor`): the one change of a cursor that is not a run.
+
+    Its `run_id` names the change (`cursor-<UTC stamp>`), not a run: nothing folds it into run state; the cursor
+    store and `jetl status --rebuild` take it in log order with the cursors completed runs moved to.
+    """
+
+    type: Literal["cursor.changed"] = "cursor.changed"
+    action: Literal["set", "reset"]
+    cursor: dict[str, Any] | None
+    """The pipeline's whole cursor after the change (None: reset, the next run starts from the beginning)."""
+    previous: dict[str, Any] | None = None
+    """The cursor before the change."""
+    by: str
+    """Who changed it (`--by`, default the OS user)."""
+    reason: str
+    """Why (`--reason`, required)."""
 
 
 Event = Annotated[
@@ -136,7 +159,8 @@ Event = Annotated[
     | BatchLoaded
     | BatchRejected
     | RunCompleted
-    | RunFailed,
+    | RunFailed
+    | CursorChanged,
     Field(discriminator="type"),
 ]
 

@@ -42,6 +42,11 @@ def audit_rows(events: list[Event]) -> tuple[list[dict[str, Any]], list[dict[str
                     "filtered",
                     "error",
                     "parent_run_id",
+                    "cursor",
+                    "action",
+                    "previous",
+                    "by",
+                    "reason",
                 )
                 and v not in (None, "", [])
             }

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from jetl.errors import ConfigError
-from jetl.protocols import Extractor, Loader, Transformer
+from jetl.protocols import Extractor, KeyedLoader, Loader, Transformer
 from jetl.schedule import Cron
 from jetl.subjects import check_token
 
@@ -76,6 +76,9 @@ class Pipeline:
     source_file: str = ""
     code_hash: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    primary_key: Sequence[str] = ()
+    """Schema fields naming a row: with a key, loading a row again replaces it (the loader merges by key), so a row
+    extracted twice is one row in the destination. Without one, loads append: a row extracted twice is there twice."""
 
     def __post_init__(self) -> None:
         check_token(self.name, "pipeline name")
@@ -95,10 +98,30 @@ class Pipeline:
             raise ConfigError(f"pipeline {self.name!r}: schema must be a pydantic model class")
         if not 1 <= self.batch_size <= 1_000_000:
             raise ConfigError(f"pipeline {self.name!r}: batch_size must be between 1 and 1,000,000")
+        self._merge_by_key()
         check = getattr(self.loader, "check_schema", None)
         if callable(check):
             check(self.schema)
         self._check_output_fields()
+
+    def _merge_by_key(self) -> None:
+        """Tell the loader to keep one row per primary key; fail at start-up when it cannot."""
+        if isinstance(self.primary_key, str):
+            self.primary_key = [self.primary_key]
+        self.primary_key = list(self.primary_key)
+        if not self.primary_key:
+            return
+        unknown = [k for k in self.primary_key if k not in self.schema.model_fields]
+        if unknown:
+            raise ConfigError(
+                f"pipeline {self.name!r}: primary_key field {unknown[0]!r} is not a field of {self.schema.__name__}"
+            )
+        if not isinstance(self.loader, KeyedLoader):
+            raise ConfigError(
+                f"pipeline {self.name!r}: {self.loader!r} cannot keep one row per key; use a ClickHouseLoader or a "
+                "FileLoader, or declare no primary_key (append mode)"
+            )
+        self.loader.merge_on(list(self.primary_key))
 
     def _check_output_fields(self) -> None:
         """Fail at start-up when the transformers' last known output lacks a field the schema requires."""

@@ -91,6 +91,9 @@ class RunState(BaseModel):
     finished_at: datetime | None = None
     expected_batches: int | None = None
     cursor: dict[str, Any] | None = None
+    """The cursor the run moves to once it completes (from run.extracted)."""
+    start_cursor: dict[str, Any] | None = None
+    """The cursor the run started from (from run.started)."""
     code_hash: str = ""
     error: str | None = None
     tally: Tally = Field(default_factory=Tally)
@@ -223,6 +226,7 @@ def fold_run(state: RunState | None, ev: Event) -> RunState:
             if state.status == "requested":
                 state.status = "running"
             state.started_at = state.started_at or ev.at
+            state.start_cursor = ev.cursor
         case RunExtracted():
             state.expected_batches = ev.batches
             state.cursor = ev.cursor
@@ -231,6 +235,8 @@ def fold_run(state: RunState | None, ev: Event) -> RunState:
         case RunCompleted():
             state.status = "completed"
             state.finished_at = ev.at
+            if ev.cursor is not None:
+                state.cursor = ev.cursor
         case RunFailed():
             state.status = "failed"
             state.error = ev.error

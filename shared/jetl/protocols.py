@@ -106,6 +106,9 @@ class Extractor(Protocol):
     # Optional: `keeps_cursor: bool`, True when each run starts from the cursor the last completed run left (files
     # already loaded, a high-water mark). Runs of a pipeline with such an extractor never overlap
     # (`Pipeline.keeps_cursor`): a second one would read what the first is still loading.
+    # Optional, for `jetl cursor set` (`jetl.cursors`): `cursor_field` and `cursor_tie_breaker` (str | None), the
+    # record fields the cursor follows, and `cursor_at(value, key=None) -> dict`, the cursor of the position
+    # strictly after (value, key).
 
 
 @runtime_checkable
@@ -147,6 +150,27 @@ class Diff:
     unchanged: int = 0
     samples: dict[str, list[Any]] = field(default_factory=dict)
     """A few keys per kind ("added", "removed", "changed"), for people to look at."""
+
+
+@runtime_checkable
+class KeyedLoader(Protocol):
+    """A loader that keeps one row per primary key (`Pipeline(primary_key=...)`): loading a row again replaces it.
+
+    Optional: ClickHouseLoader merges by key (ReplacingMergeTree), FileLoader merges on read.
+    """
+
+    def merge_on(self, key: list[str]) -> None:
+        """Keep one row per `key` from now on: the row loaded last wins. Called once, at pipeline start-up."""
+        ...
+
+    def distinct_keys(self, pipeline: str) -> int:
+        """How many distinct keys the destination holds (its row count once merged)."""
+        ...
+
+    def max_position(self, pipeline: str, column: str, tie_breaker: str | None) -> tuple[Any, Any] | None:
+        """The last row in (`column`, `tie_breaker`) order in the destination, as (value, tie-breaker value or
+        None); None when it holds no row with a value: what a cursor is seeded from."""
+        ...
 
 
 @runtime_checkable

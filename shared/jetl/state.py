@@ -235,10 +235,10 @@ async def load_batches(kv: KeyValue, state: RunState) -> RunState:
 
 
 async def get_cursor(kv: KeyValue, pipeline: str) -> dict[str, Any] | None:
-    """The cursor the latest completed run left."""
+    """The cursor the latest completed run (or an operator, `jetl cursor`) left; None when there is none."""
     try:
         entry = await kv.get(cursor_key(pipeline))
-    except (KeyNotFoundError, NotFoundError):
+    except (KeyNotFoundError, KeyDeletedError, NotFoundError):
         return None
     value: dict[str, Any] | None = orjson.loads(entry.value) if entry.value else None
     return value
@@ -248,6 +248,11 @@ async def put_cursor(kv: KeyValue, pipeline: str, cursor: dict[str, Any] | None)
     """Advance a pipeline's cursor (only ever called for a completed run)."""
     if cursor is not None:
         await kv.put(cursor_key(pipeline), orjson.dumps(cursor))
+
+
+async def delete_cursor(kv: KeyValue, pipeline: str) -> None:
+    """Forget a pipeline's cursor (`jetl cursor reset`): its next run starts from the beginning."""
+    await kv.delete(cursor_key(pipeline))  # a delete marker: deleting a missing key is fine
 
 
 def slot_key(pipeline: str) -> str:

@@ -63,6 +63,8 @@ async def test_replay_supersedes_shadow_stays_aside_and_control_answers(tmp_path
             "total": 3,
             "by_run": {"r1": 1, "r2": 2},
             "exact": True,
+            "key": [],
+            "keys": None,
         }
         assert (await ask("count", pipeline="cons"))["result"]["total"] is None  # type: ignore[index]
         missing = await ask("count", pipeline="nope")

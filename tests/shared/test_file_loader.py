@@ -197,3 +197,45 @@ def test_check_fails_when_the_root_is_a_file(tmp_path: Path) -> None:
     assert FileLoader(tmp_path / "taken").check(JetlSettings()) == Check(
         "error", f"{tmp_path / 'taken'} is a file, not a folder"
     )
+
+
+def test_a_primary_key_merges_on_read_the_row_loaded_last_wins(tmp_path: Path) -> None:
+    from jetl import ConsoleLoader, Pipeline
+    from jetl.extractors.file import FileExtractor
+
+    class Keyed(BaseModel):
+        id: int
+        at: str
+        note: str
+
+    loader = FileLoader(tmp_path / "out")
+    Pipeline(
+        name="kp",
+        extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
+        loader=loader,
+        schema=Keyed,
+        primary_key=["id"],
+    )
+    assert loader.key == ["id"]
+    first = [{"id": i, "at": f"2025-01-0{i}", "note": "v0"} for i in (1, 2, 3)]
+    loader.load(first, LoadContext(pipeline="kp", run_id="r1", batch_id=batch_id("r1", 0)))
+    loader.load(
+        [{"id": 2, "at": "2025-01-05", "note": "v1"}],
+        LoadContext(pipeline="kp", run_id="r2", batch_id=batch_id("r2", 0)),
+    )
+    assert len(loader.read_all("kp")) == 4  # the parts stay as written: lineage and replay work as before
+    assert sorted((r["id"], r["note"]) for r in loader.read_merged("kp")) == [(1, "v0"), (2, "v1"), (3, "v0")]
+    assert loader.distinct_keys("kp") == 3
+    assert loader.max_position("kp", "at", "id") == ("2025-01-05", 2)
+    plain = FileLoader(tmp_path / "plain")
+    Pipeline(name="kp", extractors=[FileExtractor(str(tmp_path / "*.jsonl"))], loader=plain, schema=Keyed)
+    plain.load(first + first, LoadContext(pipeline="kp", run_id="r1", batch_id=batch_id("r1", 0)))
+    assert len(plain.read_merged("kp")) == 6 and plain.distinct_keys("kp") == 6  # append mode: every copy
+    with pytest.raises(ConfigError, match="cannot keep one row per key"):
+        Pipeline(
+            name="kp",
+            extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
+            loader=ConsoleLoader(),
+            schema=Keyed,
+            primary_key=["id"],
+        )

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 from faststream.nats import NatsRouter
 
+from jetl.cursors import cursor_of, joined_cursor
 from jetl.errors import OverlappingRun
 from jetl.events import BatchExtracted, BatchRejected, RunExtracted, RunFailed, RunStarted
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, RunRequest, encode_records, utcnow
-from jetl.protocols import Chunk, ExtractContext, Extractor
+from jetl.protocols import Chunk, ExtractContext
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
@@ -24,28 +25,10 @@ from jetl.state import add_active, get_cursor, get_run, unfinished_runs
 from jetl_extractor.resend import Resend
 from jetl_extractor.settings import ExtractorSettings
 
+__all__ = ["cursor_of", "handle_run_request", "joined_cursor", "make_router"]
+
 log = get_logger("jetl.extractor")
 IN_PROGRESS_EVERY_S = 10.0
-EACH = "extractors"
-"""The key under which a pipeline of several extractors keeps each one's cursor, by its index."""
-
-
-def cursor_of(stored: dict[str, Any] | None, index: int) -> dict[str, Any] | None:
-    """Extractor `index`'s part of a pipeline's stored cursor. A cursor stored in the single form (one
-    extractor, or before each had its own) goes to every extractor, as it always did."""
-    if stored is not None and isinstance(stored.get(EACH), dict):
-        part: dict[str, Any] | None = stored[EACH].get(str(index))
-        return part
-    return stored
-
-
-def joined_cursor(extractors: Sequence[Extractor]) -> dict[str, Any] | None:
-    """The pipeline's cursor after a run: the single extractor's own, or each one's under its index, so one
-    extractor's position never overwrites another's."""
-    if len(extractors) == 1:
-        return extractors[0].next_cursor() or None
-    each = {str(i): c for i, e in enumerate(extractors) if (c := e.next_cursor())}
-    return {EACH: each} if each else None
 
 
 class Extraction:
@@ -74,8 +57,10 @@ class Extraction:
 
     async def run(self) -> None:
         p, req = self.pipeline, self.req
-        await self.ctx.bus.event(RunStarted(**self._event_base()))
         cursor = await get_cursor(self.ctx.kv, p.name) if self.ctx.kv is not None else None
+        await self.ctx.bus.event(RunStarted(**self._event_base(), cursor=cursor))
+        if p.keeps_cursor:
+            log.info("run started", cursor_from=cursor)
         ectx = ExtractContext(
             pipeline=p.name,
             run_id=req.run_id,
@@ -91,16 +76,23 @@ class Extraction:
                 await self._add(chunk)
         await self._flush(final=True)
         await self._drain()
+        reached = joined_cursor(p.extractors)
         await self.ctx.bus.event(
             RunExtracted(
                 **self._event_base(),
                 batches=self.seq,
                 records=self.records,
                 rejected=self.rejected,
-                cursor=joined_cursor(p.extractors),
+                cursor=reached,
             )
         )
-        log.info("run extracted", batches=self.seq, records=self.records, rejected=self.rejected)
+        log.info(
+            "run extracted",
+            batches=self.seq,
+            records=self.records,
+            rejected=self.rejected,
+            **({"cursor_from": cursor, "cursor_to": reached} if p.keeps_cursor else {}),
+        )
 
     async def _add(self, chunk: Chunk) -> None:
         size = self.pipeline.batch_size

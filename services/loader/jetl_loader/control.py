@@ -1,7 +1,9 @@
 """The loader's request/reply verbs: questions only the loader can answer, because only it holds the destination
 (a chdb folder opens in one process at a time).
 
-- `jetl.ctl.loader.count` {"pipeline"} -> {"destination", "total", "by_run", "exact"}
+- `jetl.ctl.loader.count` {"pipeline"} -> {"destination", "total", "by_run", "exact", "key", "keys"}
+- `jetl.ctl.loader.max` {"pipeline", "column", "tie_breaker"} -> {"position"}: the last row's [value, key] in that
+  order, or None (seeds a cursor)
 - `jetl.ctl.loader.diff` {"pipeline", "run_id", "parent_run_id", "drop", "sample"} -> a `Diff` as a dict
 
 Every reply is `{"ok": true, "result": ...}` or `{"ok": false, "error", "disposition"}` (transient or terminal,
@@ -20,9 +22,9 @@ import orjson
 from faststream.nats import NatsRouter
 
 from jetl import subjects
-from jetl.errors import classify
+from jetl.errors import ConfigError, classify
 from jetl.logging import get_logger
-from jetl.protocols import LineageLoader
+from jetl.protocols import KeyedLoader, LineageLoader
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext
 from jetl_loader.lineage import lineage
@@ -31,15 +33,33 @@ log = get_logger("jetl.loader")
 
 
 def count(pipeline_name: str) -> dict[str, Any]:
-    """Rows in a pipeline's destination, per run when the loader keeps lineage (None where it cannot count)."""
-    loader = get_pipeline(pipeline_name).loader
-    exact = getattr(loader, "mode", "append") != "merge"  # merge tables lose a key's older rows as parts merge
+    """Rows in a pipeline's destination, per run when the loader keeps lineage (None where it cannot count), and its
+    distinct primary keys when the pipeline declares one."""
+    p = get_pipeline(pipeline_name)
+    loader = p.loader
+    exact = getattr(loader, "mode", "append") != "merge" and not p.primary_key  # a key's older rows merge away
+    keyed: dict[str, Any] = {"key": list(p.primary_key), "keys": None}
+    if p.primary_key and isinstance(loader, KeyedLoader):
+        keyed["keys"] = loader.distinct_keys(pipeline_name)
     if isinstance(loader, LineageLoader):
         by_run = loader.rows_by_run(pipeline_name)
-        return {"destination": loader.describe(), "total": sum(by_run.values()), "by_run": by_run, "exact": exact}
+        total: int | None = sum(by_run.values())
+        return {"destination": loader.describe(), "total": total, "by_run": by_run, "exact": exact, **keyed}
     counter = getattr(loader, "count", None)
     total = int(counter()) if callable(counter) else None
-    return {"destination": loader.describe(), "total": total, "by_run": None, "exact": exact}
+    return {"destination": loader.describe(), "total": total, "by_run": None, "exact": exact, **keyed}
+
+
+def max_position(pipeline_name: str, column: str, tie_breaker: str | None) -> dict[str, Any]:
+    """The last row of the pipeline's destination in (column, tie_breaker) order (None when it holds no rows)."""
+    p = get_pipeline(pipeline_name)
+    for name in (column, tie_breaker):
+        if name is not None and name not in p.schema.model_fields:
+            raise ConfigError(f"pipeline {pipeline_name!r}: {name!r} is not a field of {p.schema.__name__}")
+    if not isinstance(p.loader, KeyedLoader):
+        raise ConfigError(f"pipeline {pipeline_name!r}: {p.loader!r} cannot read values back from its destination")
+    position = p.loader.max_position(pipeline_name, column, tie_breaker)
+    return {"position": None if position is None else list(position)}
 
 
 def diff(pipeline_name: str, run_id: str, parent_run_id: str, drop: bool = True, sample: int = 10) -> dict[str, Any]:
@@ -70,6 +90,7 @@ def make_control_router(ctx: ServiceContext) -> NatsRouter:
     router = NatsRouter()
     verbs: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
         "count": lambda b: count(b["pipeline"]),
+        "max": lambda b: max_position(b["pipeline"], b["column"], b.get("tie_breaker")),
         "diff": lambda b: diff(
             b["pipeline"], b["run_id"], b["parent_run_id"], bool(b.get("drop", True)), int(b.get("sample", 10))
         ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jetl.events import Event, RunCompleted, RunFailed, RunRequested, parse_event
+from jetl.events import CursorChanged, Event, RunCompleted, RunFailed, RunRequested, parse_event
 from jetl.logging import get_logger
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
@@ -46,6 +46,7 @@ def completion(ctx: ServiceContext, state: RunState) -> RunCompleted:
         loaded=c["loaded"],
         rejected=c["rejected"],
         filtered=c["filtered"],
+        cursor=state.cursor,
     )
 
 
@@ -60,6 +61,9 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
         log.error("unreadable event", error=str(exc))
         await raw.term()
         return
+    if isinstance(ev, CursorChanged):  # an operator's change, already in the store (jetl.cursors): no run to fold
+        await raw.ack()
+        return
     try:
         state = await apply(ctx.kv, ev, ttl=ctx.settings.nats.run_state_ttl_days * 86400)
         await record_outcome(ctx, ev, state, alerter)
@@ -73,7 +77,14 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
             state = await apply(ctx.kv, done, ttl=ctx.settings.nats.run_state_ttl_days * 86400)
             await record_outcome(ctx, done, state, alerter)
             await ctx.bus.event(done)
-            log.info("run completed", pipeline=state.pipeline, run_id=state.run_id, **c)
+            log.info(
+                "run completed",
+                pipeline=state.pipeline,
+                run_id=state.run_id,
+                cursor_from=state.start_cursor,
+                cursor_to=state.cursor,
+                **c,
+            )
         elif state.settled and state.status == "completed" and not isinstance(ev, RunCompleted):
             # a settling event delivered again: the last delivery may have stopped between folding the completion
             # and announcing it, so announce it (deduplicated by its message id if it went out)

@@ -51,6 +51,8 @@ def counts(
                 "pipeline": pipeline,
                 "destination": dest.destination if dest else None,
                 "destination_error": dest_error,
+                "key": dest.key if dest else None,
+                "distinct_keys": dest.keys if dest else None,
                 "totals": totals,
                 "verdict": verdict,
                 "runs": rows[:limit],
@@ -97,6 +99,8 @@ def counts(
         console.print(t)
         if dest is not None:
             console.print(f"destination: {dest.destination}")
+            if dest.key:
+                console.print(f"rows: {dest.total}, distinct keys {dest.key}: {dest.keys}")
             if not dest.exact:
                 console.print(
                     "[dim]merge table: a key's older rows vanish as parts merge; counts are not compared[/dim]"

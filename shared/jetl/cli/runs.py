@@ -14,6 +14,7 @@ from rich.table import Table
 
 from jetl.cli._app import app, client, follow, progress, run_async
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_json, stamp
+from jetl.cursors import cursor_text
 from jetl.events import Event
 from jetl.ledger import audit_rows
 from jetl.projection import RunState
@@ -45,6 +46,8 @@ def state_json(state: RunState) -> dict[str, Any]:
         "parent_run_id": state.parent_run_id,
         "started_at": state.started_at,
         "finished_at": state.finished_at,
+        "cursor_from": state.start_cursor,
+        "cursor_to": state.cursor,
     }
 
 
@@ -99,6 +102,8 @@ def _notes(st: RunState) -> str:
         notes.append("shadow")
     if st.redrive:
         notes.append(f"{len(st.redrive)} dead letter(s)")
+    if st.start_cursor is not None or st.cursor is not None:
+        notes.append(f"cursor {cursor_text(st.start_cursor)} -> {cursor_text(st.cursor)}")
     if st.error:
         notes.append(st.error[:60])
     return ", ".join(notes)
@@ -218,7 +223,7 @@ def audit(
     for col in ("+s", "event", "detail", "service@instance", "code"):
         t.add_column(col)
     for s in run_steps:
-        detail = " ".join(f"{k}={v}" for k, v in s["detail"].items())
+        detail = " ".join(f"{k}={cursor_text(v) if k in ('cursor', 'previous') else v}" for k, v in s["detail"].items())
         t.add_row(f"{s['offset_s']:.2f}", s["event"], detail, f"{s['service']}@{s['instance']}", s["code_hash"])
     console.print(t)
     b = Table(title=f"batches ({len(batches)})")
@@ -248,3 +253,5 @@ def audit(
     if len(hashes) > 1:
         console.print(f"[yellow]the pipeline code changed during this run: {', '.join(hashes)}[/yellow]")
     console.print(counts_table(state, title="ledger"))
+    if state.start_cursor is not None or state.cursor is not None:
+        console.print(f"cursor: from {cursor_text(state.start_cursor)} to {cursor_text(state.cursor)}")

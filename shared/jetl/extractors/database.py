@@ -366,6 +366,35 @@ class DatabaseExtractor:
         "key_column", "key", "key_type"}` (no key when the column is unique on its own)."""
         return None if self._cursor is None else dict(self._cursor)
 
+    @property
+    def cursor_field(self) -> str | None:
+        """The column the cursor follows (what `jetl cursor set --from-destination` takes the max of)."""
+        return self.incremental_column
+
+    @property
+    def cursor_tie_breaker(self) -> str | None:
+        """The declared tie-breaker column (None: the table's primary key, known once connected, or none)."""
+        return self.tie_breaker
+
+    def cursor_at(self, value: Any, key: Any = None) -> dict[str, Any]:
+        """The cursor an operator seeds (`jetl cursor set`): the next run reads rows strictly after `value` (and
+        `key`, the tie-breaker's value, or the primary key's when none is declared; None: after every row at
+        `value`). Timestamps are kept as ISO
+        text, which the source casts or compares as it stores them (SQLite's text)."""
+        if self.incremental_column is None:
+            raise ConfigError(f"{self._where()}: not incremental, it keeps no cursor")
+        if isinstance(value, (datetime, date)):
+            value = value.isoformat()
+        try:
+            stored, tag = _dump(value)
+            cursor = {"column": self.incremental_column, "value": stored, "type": tag, "key_column": self.tie_breaker}
+            if key is not None:  # the declared tie-breaker's value, or the table's primary key's
+                cursor["key"], cursor["key_type"] = _dump(key)
+        except TypeError as exc:
+            raise ConfigError(f"{self._where()}: {value!r} / {key!r} cannot be a cursor position: {exc}") from exc
+        # key_column present without a key: a position after every row at `value` (not the legacy typed compare)
+        return cursor
+
     def check(self, settings: JetlSettings) -> Check:
         """ok once constructed: the URL, table or query and options were checked then; it does not connect."""
         return Check("ok", "configured")

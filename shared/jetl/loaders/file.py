@@ -131,6 +131,8 @@ class FileLoader:
         self.format: Format = format
         self.partition_by = partition_by
         self.parquet_compression = parquet_compression
+        self.key: list[str] = []
+        """The pipeline's primary key (`merge_on`): reads keep the row loaded last per key."""
 
     def __repr__(self) -> str:
         return f"FileLoader({str(self.root)!r}, format={self.format!r})"
@@ -232,12 +234,57 @@ class FileLoader:
             table = pa.Table.from_pydict(arrays)
         pq.write_table(table, fh, compression=self.parquet_compression)
 
+    def merge_on(self, key: list[str]) -> None:
+        """Merge on read by `key` (a pipeline's primary key): parts stay as written (a batch is still one part, so
+        replay and lineage work as before), and `read_merged` keeps the row loaded last per key."""
+        self.key = list(key)
+
     def read_all(self, pipeline: str) -> list[dict[str, Any]]:
         """Every record written for a pipeline, part by part (tests and the demo read back with this)."""
         out: list[dict[str, Any]] = []
         for part in self._parts(pipeline):
             out.extend(self._read_part(part, pipeline))
         return out
+
+    def read_merged(self, pipeline: str) -> list[dict[str, Any]]:
+        """The pipeline's rows as the destination means them: with a primary key, one per key, the one loaded last
+        (parts in the order they were written); without one, every row."""
+        if not self.key:
+            return self.read_all(pipeline)
+        latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+        parts = sorted(self._parts(pipeline), key=lambda p: (p.stat().st_mtime_ns, str(p)))
+        for part in parts:
+            for row in self._read_part(part, pipeline):
+                latest[tuple(_text(row.get(k)) for k in self.key)] = row
+        return list(latest.values())
+
+    def distinct_keys(self, pipeline: str) -> int:
+        """Distinct primary keys among the pipeline's rows (every row when there is no key)."""
+        if not self.key:
+            return sum(self.rows_by_run(pipeline).values())
+        seen = {
+            tuple(_text(r.get(k)) for k in self.key)
+            for p in self._parts(pipeline)
+            for r in self._read_part(p, pipeline)
+        }
+        return len(seen)
+
+    def max_position(self, pipeline: str, column: str, tie_breaker: str | None) -> tuple[Any, Any] | None:
+        """The last row in (`column`, `tie_breaker`) order among the pipeline's rows (None when none has a value),
+        read part by part: seeds a cursor. Values compare as the parts hold them (ISO text sorts as time)."""
+        best: tuple[Any, Any] | None = None
+        for part in self._parts(pipeline):
+            for row in self._read_part(part, pipeline):
+                value = row.get(column)
+                if value is None:
+                    continue
+                here = (value, row.get(tie_breaker) if tie_breaker else None)
+                if best is None or (here[0], here[1] if here[1] is not None else "") > (
+                    best[0],
+                    best[1] if best[1] is not None else "",
+                ):
+                    best = here
+        return best
 
     def _parts(self, pipeline: str, run_id: str | None = None) -> list[Path]:
         """A pipeline's part files (of one run), in order; the folder a part sits in is the run that wrote it."""

@@ -18,7 +18,7 @@ import orjson
 
 from jetl.errors import ConfigError, TerminalError, TransientError
 from jetl.extractors.http.auth import Auth
-from jetl.extractors.http.incremental import Incremental, _order_key, _param
+from jetl.extractors.http.incremental import Incremental, OrderKey, _order_key, _param
 from jetl.extractors.http.paginate import Page, Paginator, ParamValue, _NoPagination
 from jetl.extractors.http.paths import _MISSING, _lookup, _parse_path
 from jetl.extractors.http.retry import _RETRYABLE_ERRORS, _delay, _Pacer, _retry_after, _retryable
@@ -135,6 +135,8 @@ class HttpExtractor:
         self.auth = auth
         self.incremental = incremental
         self._field_parts = () if incremental is None else _parse_path(incremental.field, "incremental field")
+        tie = None if incremental is None else incremental.tie_breaker
+        self._key_parts = () if tie is None else _parse_path(tie, "incremental tie_breaker")
         self.interval_params = {"start": interval_start_param, "end": interval_end_param}
         self.timeout = timeout
         self.max_retries = max_retries
@@ -204,22 +206,50 @@ class HttpExtractor:
         return Check("ok", "configured")
 
     def next_cursor(self) -> dict[str, Any] | None:
-        """`{"field": ..., "value": max seen}` after an incremental run (the start value if nothing new)."""
+        """The position reached after an incremental run (the start if nothing new): `{"field", "value"}`, plus
+        `{"tie_breaker", "key"}` when a tie-breaker is declared."""
         return None if self._cursor is None else dict(self._cursor)
+
+    def cursor_at(self, value: Any, key: Any = None) -> dict[str, Any]:
+        """The cursor an operator seeds (`jetl cursor set`): the next run keeps records strictly after `value`
+        (and `key`, the tie-breaker's value; None: after every record at `value`)."""
+        if self.incremental is None:
+            raise ConfigError(f"{self!r} is not incremental: it keeps no cursor")
+        try:
+            if key is not None:
+                _order_key(key)
+            return self.incremental.cursor_at(value, key if self.incremental.tie_breaker else None)
+        except TypeError as exc:
+            raise ConfigError(f"{self!r}: {value!r} cannot be a cursor value: {exc}") from exc
+
+    @property
+    def cursor_field(self) -> str | None:
+        """The record field the cursor follows (what `jetl cursor set --from-destination` takes the max of)."""
+        return None if self.incremental is None else self.incremental.field
+
+    @property
+    def cursor_tie_breaker(self) -> str | None:
+        """The record field that orders records sharing a cursor value (None when not declared)."""
+        return None if self.incremental is None else self.incremental.tie_breaker
 
     # -- a run ------------------------------------------------------------------------------------
 
     async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
-        """Request page after page and yield chunks of at most `chunk_size` records, with their origins."""
-        start = self._start_value(ctx)
-        if self.incremental is not None:
-            self._cursor = {"field": self.incremental.field, "value": start}
-        params = self._first_params(ctx, start)
+        """Request page after page and yield chunks of at most `chunk_size` records, with their origins; an
+        incremental run keeps only the records after the stored position."""
+        inc = self.incremental
+        start, inclusive = self._start(ctx)
+        if inc is not None:
+            self._cursor = {"field": inc.field, "value": None} if start is None else inc.cursor_at(*start)
+        params = self._first_params(ctx, None if start is None else start[0])
         records: list[Record] = []
         origins: list[str] = []
         rejected: list[tuple[str, str]] = []
-        high: Any = start
-        high_key = self._key(start, "the start value") if start is not None else None
+        at: tuple[OrderKey, OrderKey | None] | None = None
+        if start is not None and start[0] is not None:
+            at = self._position(start[0], start[1], "the stored cursor")
+        high = at
+        skipped = 0
         async with httpx.AsyncClient(
             timeout=self.timeout,
             headers=self.headers,
@@ -238,18 +268,29 @@ class HttpExtractor:
                     origin = f"{self.method} {shown}#{index}"
                     if not isinstance(item, dict):
                         rejected.append((origin, f"expected a JSON object, got {type(item).__name__}"))
-                    else:
+                    elif inc is None:
                         records.append(item)
                         origins.append(origin)
-                        if self.incremental is not None:
-                            value = _lookup(item, self._field_parts)
-                            if value is not _MISSING and value is not None:
-                                key = self._key(value, origin)
-                                if high_key is None or self._newer(key, high_key, origin):
-                                    high, high_key = value, key
-                                    self._cursor = {"field": self.incremental.field, "value": high}
+                    else:
+                        value = _lookup(item, self._field_parts)
+                        key = _lookup(item, self._key_parts) if self._key_parts else None
+                        if value is _MISSING or value is None:  # no position: kept, and moves nothing
+                            records.append(item)
+                            origins.append(origin)
+                        elif key is _MISSING or (self._key_parts and key is None):
+                            rejected.append((origin, f"incremental tie_breaker {inc.tie_breaker!r} is missing"))
+                        else:
+                            here = self._position(value, key, origin)
+                            if at is not None and not self._after(here, at, inclusive, origin):
+                                skipped += 1  # at or before the position the last run reached: loaded then
+                                continue
+                            records.append(item)
+                            origins.append(origin)
+                            if high is None or self._after(here, high, False, origin):
+                                high = here
+                                self._cursor = inc.cursor_at(value, key)
                     if len(records) + len(rejected) >= self.chunk_size:
-                        yield self._chunk(records, origins, rejected, number, shown, index + 1, high)
+                        yield self._chunk(records, origins, rejected, number, shown, index + 1)
                         records, origins, rejected = [], [], []
                 if self.max_pages is not None and number >= self.max_pages:
                     break
@@ -259,7 +300,9 @@ class HttpExtractor:
                     break
                 url, page_params = following
             if records or rejected:
-                yield self._chunk(records, origins, rejected, number, shown, len(items), high)
+                yield self._chunk(records, origins, rejected, number, shown, len(items))
+        if skipped:
+            _log.info("records at or before the cursor skipped", skipped=skipped, cursor=self._cursor)
 
     def _chunk(
         self,
@@ -269,19 +312,21 @@ class HttpExtractor:
         page: int,
         url: str,
         index: int,
-        high: Any,
     ) -> Chunk:
         position: dict[str, Any] = {"page": page, "url": url, "index": index}
-        if self.incremental is not None:
-            position["high_water"] = high
+        if self._cursor is not None:
+            position["high_water"] = self._cursor.get("value")
         return Chunk(records=records, origins=origins, position=position, rejected=rejected)
 
-    def _start_value(self, ctx: ExtractContext) -> Any:
+    def _start(self, ctx: ExtractContext) -> tuple[tuple[Any, Any] | None, bool]:
+        """((value, key) the run starts after, whether records at it are kept): the stored cursor (kept: none),
+        else `initial` (kept: all of them), else nothing."""
         if self.incremental is None:
-            return None
+            return None, False
         cursor = ctx.cursor
         if not cursor:
-            return self.incremental.initial
+            initial = self.incremental.initial
+            return (None if initial is None else (initial, None)), True
         if not isinstance(cursor, dict) or "value" not in cursor:
             raise ConfigError(f"{self!r}: the stored cursor {cursor!r} has no 'value'")
         if cursor.get("field", self.incremental.field) != self.incremental.field:
@@ -289,7 +334,11 @@ class HttpExtractor:
                 f"{self!r}: the stored cursor tracks field {cursor.get('field')!r}, but the extractor now "
                 f"tracks {self.incremental.field!r}; reset the pipeline's cursor to start over"
             )
-        return cursor["value"]
+        if cursor["value"] is None:
+            return None, True
+        # a key stored for another tie-breaker (or before there was one) says nothing about this one's order
+        key = cursor.get("key") if cursor.get("tie_breaker") == self.incremental.tie_breaker else None
+        return (cursor["value"], key), False
 
     def _first_params(self, ctx: ExtractContext, start: Any) -> dict[str, Any]:
         params: dict[str, Any] = dict(self.params)
@@ -302,21 +351,39 @@ class HttpExtractor:
         params.update(self.paginate.first())
         return params
 
-    def _key(self, value: Any, where: str) -> tuple[str, Any]:
+    def _order(self, value: Any, what: str, where: str) -> OrderKey:
         try:
             return _order_key(value)
         except TypeError as exc:
-            assert self.incremental is not None
-            raise TerminalError(f"{where}: incremental field {self.incremental.field!r}: {exc}") from exc
+            raise TerminalError(f"{where}: incremental {what}: {exc}") from exc
 
-    def _newer(self, key: tuple[str, Any], than: tuple[str, Any], where: str) -> bool:
-        if key[0] != than[0]:
-            assert self.incremental is not None
-            raise TerminalError(
-                f"{where}: incremental field {self.incremental.field!r} mixes a {key[0]} with a {than[0]}; "
-                "high-water marks must all be timestamps, numbers or text"
-            )
-        return bool(key[1] > than[1])
+    def _position(self, value: Any, key: Any, where: str) -> tuple[OrderKey, OrderKey | None]:
+        """A record's place in cursor order: its field value, then its tie-breaker value, typed."""
+        assert self.incremental is not None
+        own = self._order(value, f"field {self.incremental.field!r}", where)
+        tie = None if key is None else self._order(key, f"tie_breaker {self.incremental.tie_breaker!r}", where)
+        return own, tie
+
+    def _after(
+        self,
+        here: tuple[OrderKey, OrderKey | None],
+        there: tuple[OrderKey, OrderKey | None],
+        inclusive: bool,
+        where: str,
+    ) -> bool:
+        """`here` strictly after `there` (or at its value, when `inclusive` and `there` has no key)."""
+        assert self.incremental is not None
+        for mine, theirs, what in ((here[0], there[0], "field"), (here[1], there[1], "tie_breaker")):
+            if theirs is None or mine is None:
+                return inclusive
+            if mine[0] != theirs[0]:
+                raise TerminalError(
+                    f"{where}: incremental {what} {getattr(self.incremental, what)!r} mixes a {mine[0]} with a "
+                    f"{theirs[0]}; cursor values must all be timestamps, numbers or text"
+                )
+            if mine[1] != theirs[1]:
+                return bool(mine[1] > theirs[1])
+        return False
 
     # -- one request ------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
-"""Incremental extraction: `Incremental` (send the last high-water mark, track the new one) and how values order.
+"""Incremental extraction: `Incremental` (send the last position's value, keep only records after it) and how
+values order.
 
-High-water values are numbers, ISO-8601 timestamps (compared as instants, naive ones read as UTC) or text; a run
-that mixes kinds fails rather than guess.
+A position is the cursor field's value plus, when declared, a tie-breaker field's value: `(updated_at, id)`. Values
+are compared typed: numbers as numbers, ISO-8601 timestamps as instants (naive ones read as UTC), other text as
+text; a run that mixes kinds fails rather than guess.
 """
 
 from __future__ import annotations
@@ -14,25 +16,38 @@ from jetl.errors import ConfigError
 from jetl.extractors.http.paginate import ParamValue
 from jetl.extractors.http.paths import _parse_path
 
+OrderKey = tuple[str, Any]
+"""A value as it sorts: (kind, comparable value); kinds are "number", "instant" and "text"."""
+
 
 @dataclass(frozen=True)
 class Incremental:
-    """Send the high-water mark of the last completed run as `param`; track the max of `field` seen.
+    """Send the cursor value of the last completed run as `param`; keep only records strictly after its position.
 
-    The value sent is exactly the max seen, so an API whose filter is inclusive (`>=`) returns the boundary
-    record again: that is at-least-once, never a gap. `initial` is sent on the very first run (nothing when
-    None).
+    The position is `(field, tie_breaker)`: the cursor field's value, then the tie-breaker's (a field unique among
+    the records, such as `id`). Most APIs filter inclusively (`updated_since` means `>=`), so the boundary records
+    come back; the extractor drops every record at or before the position, so none is taken twice, and with a
+    tie-breaker none is skipped when many records share one timestamp. Without `tie_breaker` every record at the
+    last value counts as read: declare one whenever values repeat. `initial` is sent on the very first run (nothing
+    when None), and records at it are kept.
+
+    Example:
+        Incremental(param="updated_since", field="updated_at", tie_breaker="id")
     """
 
     param: str
     field: str
     """Dotted path of the record field that orders changes (ISO-8601 timestamps or numbers)."""
     initial: str | int | float | datetime | date | None = None
+    tie_breaker: str | None = None
+    """Dotted path of a field unique among the records, ordering records that share a `field` value."""
 
     def __post_init__(self) -> None:
         if not self.param:
             raise ConfigError("HttpExtractor: Incremental needs a parameter name")
         _parse_path(self.field, "incremental field")
+        if self.tie_breaker is not None:
+            _parse_path(self.tie_breaker, "incremental tie_breaker")
         if isinstance(self.initial, bool) or not isinstance(self.initial, (str, int, float, date, type(None))):
             raise ConfigError(
                 f"HttpExtractor: Incremental initial must be a string, number or datetime: {self.initial!r}"
@@ -40,11 +55,24 @@ class Incremental:
         if isinstance(self.initial, date):  # datetime included: the cursor is JSON, so keep its ISO form
             object.__setattr__(self, "initial", self.initial.isoformat())
 
+    def cursor_at(self, value: Any, key: Any = None) -> dict[str, Any]:
+        """The stored cursor of a position: strictly after `value` (and `key`; None: every record at `value`)."""
+        if isinstance(value, datetime) and value.tzinfo is None:  # as `_order_key` reads naive text: UTC
+            value = value.replace(tzinfo=UTC)
+        if isinstance(value, (datetime, date)):
+            value = value.isoformat()
+        _order_key(value)  # refuse a value that cannot be a position (a boolean, a list)
+        cursor: dict[str, Any] = {"field": self.field, "value": value}
+        if self.tie_breaker is not None:
+            cursor["tie_breaker"] = self.tie_breaker
+            cursor["key"] = key
+        return cursor
 
-def _order_key(value: Any) -> tuple[str, Any]:
-    """What a high-water value sorts by: numbers, ISO-8601 strings as instants, other strings as text."""
+
+def _order_key(value: Any) -> OrderKey:
+    """What a cursor value sorts by: numbers, ISO-8601 strings as instants, other strings as text."""
     if isinstance(value, bool):
-        raise TypeError("a boolean cannot be a high-water mark")
+        raise TypeError("a boolean cannot be a cursor value")
     if isinstance(value, (int, float)):
         return "number", value
     if isinstance(value, str):
@@ -53,7 +81,7 @@ def _order_key(value: Any) -> tuple[str, Any]:
         except ValueError:
             return "text", value
         return "instant", instant if instant.tzinfo else instant.replace(tzinfo=UTC)
-    raise TypeError(f"a {type(value).__name__} cannot be a high-water mark")
+    raise TypeError(f"a {type(value).__name__} cannot be a cursor value")
 
 
 def _param(value: Any) -> ParamValue:

@@ -82,6 +82,46 @@ class ClickHouseLoader:
             self.settings = settings
             self.database = self.database or settings.database
 
+    def merge_on(self, key: list[str]) -> None:
+        """Keep one row per `key` (a pipeline's primary key): a ReplacingMergeTree ordered by it, where the row
+        inserted last wins (the insert order is the version, unless `version_column` names one)."""
+        for col in key:
+            quote(col)
+        if self.order_by and self.order_by != list(key):
+            raise ConfigError(
+                f"ClickHouseLoader({self.table}): order_by {self.order_by} differs from the pipeline's primary key "
+                f"{list(key)}; a merge table keeps one row per order_by, so leave order_by out or make them equal"
+            )
+        self.mode, self.order_by = "merge", list(key)
+
+    def distinct_keys(self, pipeline: str) -> int:
+        """Distinct `order_by` keys in the table (its row count once merged; 0 when it does not exist yet)."""
+        if not self.order_by:
+            return self.count()
+        keys = ", ".join(quote(c) for c in self.order_by)
+        row = self._row(f"SELECT uniqExact({keys}) FROM {self.qualified}", "counting keys of")
+        return 0 if row is None else int(row[0])
+
+    def max_position(self, pipeline: str, column: str, tie_breaker: str | None) -> tuple[Any, Any] | None:
+        """The last row in (`column`, `tie_breaker`) order (None when the table is empty or missing): seeds a
+        cursor."""
+        cols = [quote(column), *([quote(tie_breaker)] if tie_breaker else [])]
+        sql = (
+            f"SELECT {', '.join(cols)} FROM {self.qualified} WHERE {cols[0]} IS NOT NULL"
+            f" ORDER BY {' DESC, '.join(cols)} DESC LIMIT 1"
+        )
+        row = self._row(sql, f"reading the last {column} of")
+        return None if row is None else (row[0], row[1] if tie_breaker else None)
+
+    def _row(self, sql: str, doing: str) -> Any:
+        try:
+            rows = self.client().query(sql).result_rows
+        except Exception as exc:
+            if _missing_table(exc):
+                return None
+            raise _wrap(exc, f"{doing} {self.qualified}") from exc
+        return rows[0] if rows else None
+
     def check(self, settings: JetlSettings) -> Check:
         """The table and where it lives (its own DSN, else the configured one); warn when a chdb folder cannot be
         created. It does not connect."""
@@ -141,11 +181,27 @@ class ClickHouseLoader:
             if self.database:
                 c.command(f"CREATE DATABASE IF NOT EXISTS {quote(self.database)}")
             c.command(self.ddl(model))
+            self._check_engine(c)
             # a table created before the lineage column existed gets it (its old rows read as "")
             c.command(lineage.add_column(key))
         except Exception as exc:
             raise _wrap(exc, f"creating {key}") from exc
         self._ready.add(key)
+
+    def _check_engine(self, c: Any) -> None:
+        """A merge loader over a table made in append mode would append: refuse it rather than load duplicates."""
+        if self.mode != "merge":
+            return
+        database = f"'{self.database}'" if self.database else "currentDatabase()"
+        rows = c.query(f"SELECT engine FROM system.tables WHERE database = {database} AND name = '{self.table}'")
+        engine = str(rows.result_rows[0][0]) if rows.result_rows else ""
+        if engine and "Replacing" not in engine:
+            raise ConfigError(
+                f"ClickHouseLoader({self.table}): the table exists as {engine}, made before the pipeline declared a "
+                "primary key; it would keep every copy of a row. Rebuild it as a ReplacingMergeTree ordered by the key "
+                f"(CREATE TABLE ... AS ... ENGINE = ReplacingMergeTree ORDER BY ({', '.join(self.order_by)}), "
+                "INSERT ... SELECT, EXCHANGE TABLES)"
+            )
 
     def columns(self, records: list[Record], model: type[BaseModel]) -> tuple[list[str], list[list[Any]]]:
         """Column names and column-oriented values, converted for their ClickHouse types."""
