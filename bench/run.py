@@ -32,7 +32,6 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from common import LATENCY_PIPELINE, LATENCY_RECORDS, PIPELINE, Expected, check, generate  # noqa: E402
 
-SERVICES = ("extractor", "transformer", "loader", "scheduler")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -94,34 +93,6 @@ def run_direct(data: Path, records: int, variant: str) -> dict[str, Any]:
     return result
 
 
-async def wait_ready(url: str, stack: Any, timeout: float = 60.0) -> None:
-    """Until every service answers its health request (its consumers are started by then)."""
-    from jetl import subjects
-    from jetl._internal.demo import watch_stack
-    from jetl.bus import connect
-    from jetl.settings import NatsSettings
-
-    watchdog = asyncio.create_task(watch_stack(stack))
-    nc = await connect(NatsSettings(url=url))
-    try:
-        deadline = time.monotonic() + timeout
-        pending = set(SERVICES)
-        while pending:
-            if watchdog.done():
-                watchdog.result()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"services not ready after {timeout:.0f}s: {sorted(pending)}")
-            for name in list(pending):
-                try:
-                    await nc.request(subjects.control(name, "health"), b"{}", timeout=0.5)
-                    pending.discard(name)
-                except Exception:
-                    await asyncio.sleep(0.1)
-    finally:
-        watchdog.cancel()
-        await nc.close()
-
-
 WARM_UP_RUNS = 3
 """Latency-pipeline runs before anything is timed: each service's first batch pays one-time costs (imports such as
 pyarrow's of pandas, ~2 s; the chdb table; schema builds), as a long-running service pays them once."""
@@ -131,14 +102,14 @@ async def run_jetl(url: str, stack: Any, latency_runs: int, profile: Path | None
     """Warm-up runs, the latency runs, then the throughput run."""
     from jetl._internal.demo import with_watchdog
     from jetl.client import JetlClient
-    from jetl.settings import JetlSettings, NatsSettings
+    from jetl.settings import JetlSettings
 
     async def one(jc: Any, pipeline: str, timeout: float) -> Any:
         req = await jc.request_run(pipeline, force=True)
         return await jc.wait(pipeline, req.run_id, timeout=timeout)
 
     async def body() -> dict[str, Any]:
-        async with JetlClient(JetlSettings(nats=NatsSettings(url=url))) as jc:
+        async with JetlClient(JetlSettings(nats=stack.operator)) as jc:
             latencies: list[float] = []
             for i in range(WARM_UP_RUNS + latency_runs):
                 t0 = time.perf_counter()
@@ -189,6 +160,7 @@ def bench_jetl(
     profile: Path | None = None,
 ) -> dict[str, Any]:
     """Start the embedded stack on a fresh data folder, run, stop, then check the table."""
+    from jetl._internal.demo import wait_ready
     from jetl.runtime.embedded import Stack
 
     run_dir = data / "stack"
@@ -206,7 +178,7 @@ def bench_jetl(
     try:
         stack.start()
         url = stack.nats_url or ""
-        asyncio.run(wait_ready(url, stack))
+        asyncio.run(wait_ready(stack))
         result = asyncio.run(run_jetl(url, stack, latency_runs, profile))
         stack.check()
     finally:

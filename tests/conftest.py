@@ -15,7 +15,7 @@ import pytest
 
 from jetl import logging as jlog
 from jetl.registry import clear_registry
-from jetl.testing.servers import NatsHandle, nats_server, postgres_url
+from jetl.testing.servers import NatsHandle, deployed, nats_server, postgres_url
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,16 @@ def _isolate(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def nats(tmp_path: Path) -> Iterator[NatsHandle]:
-    """A fresh NATS with JetStream for one test (a test may stop and start it)."""
+    """A fresh NATS with JetStream and jetl deployed on it, as `jetl deploy` leaves it (a test may stop and start
+    it). Clients and services never declare the deployment themselves."""
+    with nats_server(tmp_path / "nats") as handle:
+        deployed(handle.url)
+        yield handle
+
+
+@pytest.fixture
+def bare_nats(tmp_path: Path) -> Iterator[NatsHandle]:
+    """A fresh NATS with JetStream and nothing of jetl's on it (what `jetl deploy` starts from)."""
     with nats_server(tmp_path / "nats") as handle:
         yield handle
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import nats
 from faststream.nats import NatsBroker
-from faststream.security import BaseSecurity
+from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 
 from jetl import subjects
@@ -75,8 +75,11 @@ def make_broker(s: NatsSettings, **extra: Any) -> NatsBroker:
     opts = connect_options(s)
     servers = opts.pop("servers")
     opts.pop("tls", None)
+    user, password = opts.pop("user", None), opts.pop("password", "")
     tls = _tls_context(s)
-    if tls is not None:
+    if user is not None:  # FastStream takes user/password (and TLS with them) as a security object only
+        extra.setdefault("security", SASLPlaintext(user, password, ssl_context=tls))
+    elif tls is not None:
         extra.setdefault("security", BaseSecurity(ssl_context=tls))
     extra.setdefault("log_level", logging.DEBUG)  # per-message "Received/Processed" lines only at debug
     opts.update(extra)

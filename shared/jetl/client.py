@@ -29,11 +29,12 @@ from jetl.events import Event, RunCompleted, RunFailed, parse_event
 from jetl.messages import MALFORMED_INPUT, DeadLetter, RunRequest, Trigger
 from jetl.projection import RunState, fold
 from jetl.protocols import Diff
+from jetl.redact import redact_url
 from jetl.schedule import Slot
 from jetl.settings import JetlSettings
 from jetl.state import bucket, list_runs
 from jetl.subjects import Kind
-from jetl.topology import declare
+from jetl.topology import require_deployment
 
 
 def manual_run_id(pipeline: str) -> str:
@@ -54,9 +55,16 @@ class JetlClient:
         try:
             self.nc = await connect(self.settings.nats, allow_reconnect=False, max_reconnect_attempts=1)
         except Exception as exc:
-            raise TransientError(f"cannot reach NATS at {self.settings.nats.url}: {type(exc).__name__} {exc}") from exc
-        await self.broker.connect()
-        await declare(self.nc, self.settings.nats)
+            raise TransientError(
+                f"cannot reach NATS at {redact_url(self.settings.nats.url)}: {type(exc).__name__} {exc}"
+            ) from exc
+        try:
+            # a client never declares: a server without jetl's streams is the wrong server, not a place to make them
+            await require_deployment(self.nc, self.settings.nats.url)
+            await self.broker.connect()
+        except BaseException:
+            await self.nc.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -5,7 +5,8 @@
     │   └── DestinationUnavailable
     └── TerminalError           dead-letter: record why, then term (bad data, bad config, bugs in a transform)
         ├── ConfigError         a pipeline or setting that cannot work; raised at start-up where possible
-        │   └── DiscoveryError  a pipeline module that fails to import or registers a duplicate name
+        │   ├── DiscoveryError  a pipeline module that fails to import or registers a duplicate name
+        │   └── NoDeployment    a NATS server without jetl's streams (only `jetl deploy` / `jetl up` create them)
         ├── RecordError         one or more records failed validation; carries the per-record reasons
         ├── SchemaMismatch      a batch whose schema hash differs from the pipeline's
         └── OverlappingRun      a run that would start from a cursor an unfinished run is still moving
@@ -20,6 +21,8 @@ import asyncio
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from jetl.redact import redact_url
 
 Disposition = Literal["transient", "terminal"]
 
@@ -52,6 +55,21 @@ class ConfigError(TerminalError):
 
 class DiscoveryError(ConfigError):
     """A pipeline module failed to import, or registered a name that is already taken."""
+
+
+class NoDeployment(ConfigError):
+    """The NATS server reached holds no jetl deployment (streams, consumers, state bucket).
+
+    Only `jetl deploy` and `jetl up` create them: any other command or a service meeting such a server is most
+    likely pointed at the wrong one, and creating streams there would hide that (and plant jetl on a stranger's
+    server). The CLI maps it to exit 3.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            f"this NATS at {redact_url(url)} has no jetl deployment; "
+            "run `jetl deploy` or point JETL_NATS__URL/--context at the right one"
+        )
 
 
 @dataclass

@@ -51,7 +51,9 @@ class NatsSettings(BaseModel):
     """Replicas of each stream (3 on a cluster)."""
     ack_wait: float = 60.0
     """Seconds a stage may hold a message unacked before JetStream redelivers it (a crashed worker's messages
-    come back after this). Set the same value for every process: whoever declares the consumers last wins."""
+    come back after this). A consumer setting: `jetl deploy` / `jetl up` apply it, so set it where they run."""
+    deployment_wait: float = 120.0
+    """Seconds a starting service waits for `jetl deploy` to have declared the streams before it gives up."""
     stream_max_bytes: dict[str, int] = Field(default_factory=dict)
     """Byte limit per stream kind (`raw`, `clean`, `events`, `dlq`, `logs`, `run`), overriding jetl.subjects.STREAMS."""
     state_max_bytes: int = 1024 * 1024 * 1024

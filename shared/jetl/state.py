@@ -41,25 +41,24 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
+from jetl.errors import NoDeployment
 from jetl.events import Event
 from jetl.projection import BATCH_EVENTS, BatchState, RunState, fold_batch, fold_run
 from jetl.settings import NatsSettings
 from jetl.subjects import check_token
-from jetl.topology import BUCKET, kv_config
+from jetl.topology import BUCKET, server_url
 
 RUN_TTL_S = NatsSettings().run_state_ttl_days * 86400
 """Seconds a run or batch key lives after its last write."""
 
 
-async def bucket(nc: Client, *, create: bool = True) -> KeyValue:
-    """The state bucket, created if missing."""
+async def bucket(nc: Client) -> KeyValue:
+    """The state bucket; NoDeployment when the server has none (only `jetl deploy` / `jetl up` create it)."""
     js = nc.jetstream()
     try:
         return await js.key_value(BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        if not create:
-            raise
-        return await js.create_key_value(kv_config())
+    except (BucketNotFoundError, NotFoundError) as exc:
+        raise NoDeployment(server_url(nc)) from exc
 
 
 def run_key(pipeline: str, run_id: str) -> str:

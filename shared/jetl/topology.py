@@ -1,9 +1,12 @@
 """The topology jetl declares on NATS: its streams, the durable consumers, the run-state KV bucket, and `declare`,
-which creates or updates them idempotently (`jetl deploy`, `jetl up`, every service's start-up).
+which creates or updates them idempotently. Only `jetl deploy` and `jetl up` declare (as the operator user: service
+users may not administer JetStream); everything else checks that the deployment exists (`require_deployment`), and a
+service waits for it (`wait_for_deployment`), so no command plants streams on a server it was wrongly pointed at.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,9 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from jetl import subjects
+from jetl.errors import NoDeployment
+from jetl.logging import get_logger
+from jetl.redact import redact_url
 from jetl.settings import NatsSettings
 from jetl.subjects import CONSUMERS, STREAMS, Discard, Kind, Retention
 
@@ -193,3 +199,49 @@ def kv_config(replicas: int = 1, max_bytes: int = STATE_MAX_BYTES) -> KeyValueCo
     """The declared configuration of the state bucket (`jetl deploy` keeps it so). No bucket-wide TTL: cursors must
     never expire, so run and batch keys carry their own (`jetl.state`, `NatsSettings.run_state_ttl_days`)."""
     return KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=replicas, max_bytes=max_bytes)
+
+
+DEPLOYMENT_CHECK_S = 1.5
+"""Seconds the deployment check may take: a server that does not answer JetStream requests in time has none."""
+
+
+def server_url(nc: Client, fallback: str = "") -> str:
+    """The URL of the server `nc` is connected to (for messages: pass it through `redact_url`)."""
+    url = nc.connected_url
+    return url.geturl() if url is not None else fallback
+
+
+async def require_deployment(nc: Client, url: str = "") -> None:
+    """Raise NoDeployment unless every jetl stream and the state bucket exist on the server `nc` is connected to.
+
+    Reads stream info only (a service user may), with a short timeout: a server without JetStream, or without jetl's
+    streams, is told apart from a working deployment within `DEPLOYMENT_CHECK_S` per stream.
+    """
+    js = nc.jetstream(timeout=DEPLOYMENT_CHECK_S)
+    names = [spec.name for spec in STREAMS.values()] + [f"KV_{BUCKET}"]
+    try:
+        await asyncio.gather(*(js.stream_info(name) for name in names))
+    except Exception as exc:  # not found, no JetStream (no responders, timeout): either way, nothing of jetl's here
+        raise NoDeployment(server_url(nc, url)) from exc
+
+
+async def wait_for_deployment(nc: Client, url: str = "", timeout: float = 120.0, every: float = 1.0) -> None:
+    """Wait until `jetl deploy` (or `jetl up`) has declared the deployment; NoDeployment after `timeout` seconds.
+
+    A service starts beside its deployment (compose runs `deploy` first, `jetl up` deploys before it starts the
+    services), so a short wait is normal and a long one means the service points at the wrong server.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    told = False
+    while True:
+        try:
+            await require_deployment(nc, url)
+            return
+        except NoDeployment:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            if not told:
+                shown = redact_url(server_url(nc, url))
+                get_logger("jetl.topology").info(f"waiting for jetl deployment at {shown}", timeout_s=timeout)
+                told = True
+            await asyncio.sleep(every)

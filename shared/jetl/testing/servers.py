@@ -5,6 +5,9 @@
 - PostgreSQL: a testcontainers `postgres:16`, else `JETL_TEST_POSTGRES_URL`, else 127.0.0.1:5432 (trust auth).
 
 Under `CI=true` a server that cannot be had fails the test run; it never skips.
+
+A fresh server has no jetl deployment, and only `jetl deploy` / `jetl up` make one: `deployed(url)` declares it, as
+`jetl deploy` does, for tests that start clients or services against a server of their own.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jetl.runtime.embedded import NatsServer
+from jetl.runtime.embedded import NatsServer, deploy
+from jetl.settings import NatsSettings
 
 
 def in_ci() -> bool:
@@ -91,6 +95,15 @@ def nats_server(store_dir: Path) -> Iterator[NatsHandle]:
         yield NatsHandle(url=server.url, _local=server)
     finally:
         server.stop()
+
+
+def deployed(url: str, **settings: Any) -> str:
+    """Declare jetl's streams, consumers and state bucket on the NATS at `url` (as `jetl deploy` does); returns `url`.
+
+    `settings` are further NatsSettings fields (a user and password, `ack_wait`).
+    """
+    deploy(NatsSettings(url=url, **settings))
+    return url
 
 
 def _reachable(host: str, port: int) -> bool:
