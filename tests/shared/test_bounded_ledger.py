@@ -192,7 +192,7 @@ async def test_the_real_bucket_expires_a_run_key_and_keeps_the_cursor(nats: Any)
     nc = await connect(NatsSettings(url=nats.url))
     try:
         await declare(nc, NatsSettings(url=nats.url))
-        kv = await bucket(nc, create=False)
+        kv = await bucket(nc)
         for ev in batch_events(0):
             await apply(kv, ev, ttl=1)
         await put_cursor(kv, P, {"value": 1})
