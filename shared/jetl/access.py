@@ -1,7 +1,8 @@
 """Who may do what on the bus: one NATS user per service and an operator user, with permissions generated from the
 subject builder, so they cannot drift from the subjects the services use.
 
-- `extractor` consumes run requests (its durable on JETL_RUNS) and publishes raw batches;
+- `extractor` consumes run requests (its durable on JETL_RUNS) and publishes raw batches, and the partitions of a run
+  it plans back onto JETL_RUNS (never a run request: `subjects.partition_pattern`);
 - `transformer` consumes raw batches and publishes clean batches;
 - `loader` consumes clean batches and answers the loader's control verbs;
 - `scheduler` publishes run requests and folds the event log (the `tracker` durable on JETL_EVENTS);
@@ -67,6 +68,7 @@ def permissions(role: Role) -> Permissions:
         subjects.pattern(Kind.EVENTS),
         subjects.pattern(Kind.LOGS),
         *(subjects.pattern(kind) for kind in _OUTPUTS[role]),
+        *([subjects.partition_pattern()] if role == "extractor" else []),
         *subjects.kv_access(subjects.STATE_BUCKET),
         *subjects.js_read_access(),
         subjects.INBOX,  # answering a control request (health, the loader's verbs)

@@ -137,6 +137,10 @@ class Bus:
         )
         return await self.run_request(req)
 
+    async def publish_work(self, body: bytes, subject: str, msg_id: str) -> bool:
+        """Publish a work item (a run's partition, `PartitionWork`) to JETL_RUNS; True when it was a duplicate."""
+        return await self._publish(body, subject, msg_id, Kind.RUN)
+
     async def raw_batch(self, batch: Batch, records: list[Any] | bytes) -> None:
         """Publish an extracted batch."""
         await self._publish(

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -25,14 +25,14 @@ from jetl import subjects
 from jetl.bus import Bus, connect, make_broker
 from jetl.errors import ConfigError, TerminalError, TransientError
 from jetl.eventlog import read_events, read_stream
-from jetl.events import Event, RunCompleted, RunFailed, parse_event
+from jetl.events import Event, OperatorAction, RunCompleted, RunFailed, parse_event
 from jetl.messages import MALFORMED_INPUT, DeadLetter, RunRequest, Trigger
 from jetl.projection import RunState, fold
 from jetl.protocols import Diff
 from jetl.redact import redact_url
 from jetl.schedule import Slot
 from jetl.settings import JetlSettings
-from jetl.state import bucket, list_runs
+from jetl.state import bucket, bucket_keys, get_run, list_runs
 from jetl.subjects import Kind
 from jetl.topology import require_deployment
 
@@ -270,7 +270,7 @@ class JetlClient:
                     f"run {parent_run_id!r} had dead letters {redriven[0]}: a replay would load those records a "
                     "second time (a replay replaces the parent's batches, not the redrive's). --diff is fine."
                 )
-        run_id = f"{pipeline}-rp{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}{secrets.token_hex(2)}"
+        run_id = f"{pipeline}{REPLAY_TAG}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}{secrets.token_hex(2)}"
         await self.request_run(
             pipeline,
             run_id=run_id,
@@ -282,6 +282,30 @@ class JetlClient:
         )
         return await self.wait(pipeline, run_id, timeout=timeout, on_event=on_event)
 
+    async def request_redrive(
+        self, pipeline: str, *, run_id: str | None = None, seqs: list[int] | None = None, code_hash: str = ""
+    ) -> RunRequest | None:
+        """Queue a `redrive` run of a pipeline's dead letters (of one run, or the JETL_DLQ sequences `seqs`, or all)
+        without waiting for it; None when there is nothing to send.
+
+        Dead letters another redrive already took are left out, so redriving twice loads nothing twice. The run id
+        is derived from the dead letters it takes: two people redriving at once make one run. A selection is read
+        letter by letter, not by reading the pipeline's whole dead-letter log.
+        """
+        from jetl.deadletters import letters_at
+
+        if seqs is not None:
+            runs = await status_runs(await bucket(self.conn), pipeline)
+            letters = [(q, dl) for q, dl in await letters_at(self.conn, seqs) if dl.pipeline == pipeline]
+        else:
+            runs = await self.runs(pipeline)
+            letters = await self.dead_letter_log(pipeline)
+        chosen = redrivable(letters, runs, run_id=run_id)
+        if not chosen:
+            return None
+        rid = redrive_run_id(pipeline, chosen, runs)
+        return await self.request_run(pipeline, run_id=rid, trigger="redrive", redrive=chosen, code_hash=code_hash)
+
     async def redrive(
         self,
         pipeline: str,
@@ -291,18 +315,33 @@ class JetlClient:
         timeout: float = 600.0,
         on_event: Callable[[Event, RunState], None] | None = None,
     ) -> RunState | None:
-        """Send dead letters (of one run, or all) back through as a `redrive` run; None when there is nothing to send.
-
-        Dead letters another redrive already took are left out, so redriving twice loads nothing twice. The run id
-        is derived from the dead letters it takes: two people redriving at once make one run.
-        """
-        runs = await self.runs(pipeline)
-        seqs = redrivable(await self.dead_letter_log(pipeline), runs, run_id=run_id)
-        if not seqs:
+        """Send dead letters (of one run, or all) back through as a `redrive` run and wait for it (see
+        `request_redrive`); None when there is nothing to send."""
+        req = await self.request_redrive(pipeline, run_id=run_id, code_hash=code_hash)
+        if req is None:
             return None
-        rid = redrive_run_id(pipeline, seqs, runs)
-        await self.request_run(pipeline, run_id=rid, trigger="redrive", redrive=seqs, code_hash=code_hash)
-        return await self.wait(pipeline, rid, timeout=timeout, on_event=on_event)
+        return await self.wait(pipeline, req.run_id, timeout=timeout, on_event=on_event)
+
+    async def record_action(
+        self,
+        pipeline: str,
+        action: Literal["pause", "resume", "run", "backfill", "redrive"],
+        by: str,
+        *,
+        target_run_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> OperatorAction:
+        """Write to the event log that `by` did `action` to a pipeline (and which run it made)."""
+        ev = OperatorAction(
+            pipeline=pipeline,
+            service="ui",
+            action=action,
+            by=by,
+            target_run_id=target_run_id,
+            detail=detail or {},
+        )
+        await self.bus.event(ev)
+        return ev
 
     async def backfill(
         self,
@@ -452,4 +491,23 @@ def redrive_run_id(pipeline: str, seqs: list[int], runs: list[RunState]) -> str:
 
     failed = sum(1 for r in runs if r.status == "failed" and sorted(r.redrive) == sorted(seqs))
     digest = hashlib.sha256(f"{','.join(map(str, sorted(seqs)))}#{failed}".encode()).hexdigest()[:12]
-    return f"{pipeline}-rd{digest}"
+    return f"{pipeline}{REDRIVE_TAG}{digest}"
+
+
+REDRIVE_TAG = "-rd"
+"""Run ids of redrives are `<pipeline>-rd<hash>` (`redrive_run_id`)."""
+REPLAY_TAG = "-rp"
+"""Run ids of replays are `<pipeline>-rp<stamp>` (`JetlClient.replay`)."""
+
+
+async def status_runs(kv: Any, pipeline: str | None = None) -> list[RunState]:
+    """The only runs `dead_letter_status` looks at: redrives and replays, found by their run ids, so judging a page
+    of dead letters reads a handful of run states, not every run kept."""
+    out: list[RunState] = []
+    for key in await bucket_keys(kv, f"run.{pipeline}.>" if pipeline else "run.>"):
+        _, pipe, run_id = key.split(".", 2)
+        if run_id.startswith((f"{pipe}{REDRIVE_TAG}", f"{pipe}{REPLAY_TAG}")):
+            state = await get_run(kv, pipe, run_id)
+            if state is not None:
+                out.append(state)
+    return out

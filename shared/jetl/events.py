@@ -79,6 +79,30 @@ class RunExtracted(_Event):
     """The incremental state to carry into the next run, once this one completes."""
 
 
+class RunPartitioned(_Event):
+    """The extractor that took the run split its input into `partitions` partitions, for replicas to share; the run
+    is extracted once each has its partition.extracted (no run.extracted follows)."""
+
+    type: Literal["run.partitioned"] = "run.partitioned"
+    partitions: int
+    cursor: dict[str, Any] | None = None
+    """The incremental state to carry into the next run once this one completes: fixed when planning, since the
+    run completes only when every partition did (an extractor that cannot say it then is not partitioned)."""
+
+
+class PartitionExtracted(_Event):
+    """One partition of a partitioned run is extracted: it has exactly `batches` batches."""
+
+    type: Literal["partition.extracted"] = "partition.extracted"
+    partition: str
+    batches: int
+    records: int
+    rejected: int = 0
+
+    def msg_id(self) -> str:
+        return f"{self.run_id}/{self.partition}/{self.type}"
+
+
 class BatchTransformed(_BatchEvent):
     """A clean batch is durably on JETL_CLEAN."""
 
@@ -150,17 +174,49 @@ class CursorChanged(_Event):
     """Why (`--reason`, required)."""
 
 
+OPS_RUN = "ops"
+"""The run-id token of events that belong to no run (someone paused a pipeline): `jetl.events.<pipeline>.ops`."""
+
+
+class OperatorAction(_Event):
+    """Someone changed something by hand (the dashboard's buttons): who did what to which pipeline.
+
+    It belongs to no run (its run_id is `OPS_RUN`), so nothing folds it into a run state; the run it made, if any,
+    is `target_run_id`, and that run's own events follow as usual.
+    """
+
+    type: Literal["operator.action"] = "operator.action"
+    run_id: str = OPS_RUN
+    action: Literal["pause", "resume", "run", "backfill", "redrive"]
+    by: str
+    """Who: `ui:<os user of the server>@<client address>`."""
+    target_run_id: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+    def msg_id(self) -> str:
+        # every action is its own event: two people pausing twice are four events
+        return f"{self.pipeline}/{self.type}/{self.action}/{self.at.isoformat()}/{self.instance}"
+
+
+def is_run_event(ev: _Event) -> bool:
+    """An event of a run, to fold into its state (an operator action or a cursor change is not)."""
+    return not isinstance(ev, (OperatorAction, CursorChanged))
+
+
 Event = Annotated[
     RunRequested
     | RunStarted
     | BatchExtracted
     | RunExtracted
+    | RunPartitioned
+    | PartitionExtracted
     | BatchTransformed
     | BatchLoaded
     | BatchRejected
     | RunCompleted
     | RunFailed
-    | CursorChanged,
+    | CursorChanged
+    | OperatorAction,
     Field(discriminator="type"),
 ]
 

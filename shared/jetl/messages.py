@@ -97,11 +97,18 @@ class Batch(BaseModel):
     """Load into the destination's shadow for this run (a replay with --diff), never the real destination."""
     supersedes: str | None = None
     """A replayed batch: the parent run's batch it replaces in the destination (whose rows the loader removes)."""
+    partition: str | None = None
+    """The partition of the run that made it (a subject token), when the run's extraction was partitioned; `seq`
+    then counts within that partition."""
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.partition is not None:
+            check_token(self.partition, "partition")
 
     @property
     def batch_id(self) -> str:
         """Deterministic: re-extracting after a crash yields the same ids, so publishes dedup."""
-        return batch_id(self.run_id, self.seq)
+        return batch_id(self.run_id, self.seq, self.partition)
 
     def origin(self, index: int) -> str | None:
         """Where record `index` of this batch came from."""
@@ -115,9 +122,52 @@ class Batch(BaseModel):
         return None
 
 
-def batch_id(run_id: str, seq: int) -> str:
-    """`<run_id>/<seq>`, zero-padded so ids sort in order."""
+def batch_id(run_id: str, seq: int, partition: str | None = None) -> str:
+    """`<run_id>/<seq>`, or `<run_id>/<partition>/<seq>` for a partitioned run; zero-padded so ids sort in order."""
+    if partition is not None:
+        return f"{run_id}/{partition}/{seq:06d}"
     return f"{run_id}/{seq:06d}"
+
+
+def split_batch_id(batch_id: str) -> tuple[str, str]:
+    """(run id, the rest as one file-name-safe token): `r/000003` -> (r, 000003), `r/p0001/000003` -> (r,
+    p0001-000003). Run ids and partitions are subject tokens, so the first `/` ends the run id."""
+    run, _, rest = batch_id.partition("/")
+    for token in (run, *rest.split("/")):
+        check_token(token, f"batch id {batch_id!r} part")  # never a path: `..` or `/` would leave a folder
+    return run, rest.replace("/", "-")
+
+
+class PartitionWork(BaseModel):
+    """One partition of a run's extraction, published by the extractor that planned the run to
+    `jetl.run.<pipeline>.<run>.<partition>`, for any extractor replica to take (the same durable as run requests).
+
+    Extracting it again (a crash, a redelivery) makes the same batches with the same ids: the planner fixed what the
+    partition covers (`spec`), and the cursor every partition starts from.
+    """
+
+    kind: Literal["partition"] = "partition"
+    request: RunRequest
+    partition: str
+    """The run's partition token (`p0000`, ...): in its subject and its batch ids."""
+    extractor: int
+    """Which of the pipeline's extractors reads it (its index)."""
+    spec: dict[str, Any] = Field(default_factory=dict)
+    """What the extractor's `partitions()` said this partition covers (a file, a byte range, a key range, ...)."""
+    partitions: int
+    """How many partitions the run has in all."""
+    cursor: dict[str, Any] | None = None
+    """The cursor the run started from (every partition reads from the same one)."""
+
+    def model_post_init(self, __context: Any) -> None:
+        check_token(self.partition, "partition")
+        if not self.extractor >= 0 or self.partitions < 1:
+            raise ConfigError("a partition names an extractor index >= 0 of a run of at least one partition")
+
+    @property
+    def msg_id(self) -> str:
+        """Dedup id on JETL_RUNS: a planner that plans again publishes no second copy."""
+        return f"partition/{self.request.run_id}/{self.partition}"
 
 
 _TRAILING_NUMBER = re.compile(r"(.*?)(0|[1-9][0-9]*)")

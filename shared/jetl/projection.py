@@ -13,12 +13,15 @@ from jetl.events import (
     BatchRejected,
     BatchTransformed,
     Event,
+    PartitionExtracted,
     RunCompleted,
     RunExtracted,
     RunFailed,
+    RunPartitioned,
     RunRequested,
     RunStarted,
 )
+from jetl.messages import split_batch_id
 
 Status = Literal["requested", "running", "completed", "failed"]
 
@@ -106,6 +109,11 @@ class RunState(BaseModel):
     """A replay into the destination's shadow: its rows are not in the real destination."""
     redrive: list[int] = Field(default_factory=list)
     """The JETL_DLQ sequences this run redrives."""
+    partitions: int | None = None
+    """How many partitions a partitioned run's extraction has (from run.partitioned); None: not partitioned."""
+    partition_batches: dict[str, int] = Field(default_factory=dict)
+    """Per partition that reported (partition.extracted), its batch count: the run's expected batches are their
+    total once every partition has reported."""
     _batches: dict[str, BatchState] = PrivateAttr(default_factory=dict)
 
     @property
@@ -206,6 +214,12 @@ def _ledger(b: BatchState) -> tuple[Any, ...]:
     )
 
 
+def _partitions_extracted(state: RunState) -> None:
+    """A partitioned run is extracted when every partition has reported (in whichever order the events fold)."""
+    if state.partitions is not None and len(state.partition_batches) >= state.partitions:
+        state.expected_batches = sum(state.partition_batches.values())
+
+
 def fold_run(state: RunState | None, ev: Event) -> RunState:
     """Apply the run-level part of one event (a batch event only counts as seen: its ledger is `fold_batch`'s)."""
     if state is None:
@@ -232,6 +246,15 @@ def fold_run(state: RunState | None, ev: Event) -> RunState:
             state.cursor = ev.cursor
             if state.status == "requested":
                 state.status = "running"
+        case RunPartitioned():
+            state.partitions = ev.partitions
+            state.cursor = ev.cursor
+            if state.status == "requested":
+                state.status = "running"
+            _partitions_extracted(state)
+        case PartitionExtracted():
+            state.partition_batches[ev.partition] = ev.batches
+            _partitions_extracted(state)
         case RunCompleted():
             state.status = "completed"
             state.finished_at = ev.at
@@ -263,15 +286,15 @@ def expected_rows(runs: list[RunState]) -> dict[str, int]:
     superseded: batch k of a replay that reached the destination replaced batch k of its parent.
     A run's own batches are needed only when a replay superseded some (`jetl.state.list_runs` loads them then).
     """
-    superseded: dict[str, set[int]] = {}
+    superseded: dict[str, set[str]] = {}
     for r in runs:
         if r.trigger == "replay" and r.parent_run_id and not r.shadow:
-            done = {b.seq for b in r.batches.values() if b.outcome == "loaded"}
+            done = {split_batch_id(i)[1] for i, b in r.batches.items() if b.outcome == "loaded"}
             superseded.setdefault(r.parent_run_id, set()).update(done)
     out: dict[str, int] = {}
     for r in runs:
         gone = superseded.get(r.run_id, set())
         # the totals, less what a replay replaced: only runs a replay superseded need their batches
-        replaced = sum(b.loaded for b in r.batches.values() if b.seq in gone) if gone else 0
+        replaced = sum(b.loaded for i, b in r.batches.items() if split_batch_id(i)[1] in gone) if gone else 0
         out[r.run_id] = 0 if r.shadow else r.loaded - replaced
     return out

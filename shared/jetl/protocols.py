@@ -78,6 +78,15 @@ class LoadContext:
     schema: type[Any] | None = None
 
 
+@dataclass(frozen=True)
+class Partition:
+    """One share of a run's input that any extractor replica can extract alone (`Extractor.partitions`)."""
+
+    spec: dict[str, Any]
+    """What the partition covers, as JSON (a file, a byte range, a key range, a date window): it travels to the
+    replica that extracts it, which hands it back to `extract_partition`."""
+
+
 class Check(NamedTuple):
     """A connector's verdict on its own configuration, told without reading or writing any data (`jetl validate`)."""
 
@@ -103,6 +112,12 @@ class Extractor(Protocol):
         """Whether its configuration can work (paths, URLs, credentials present), without extracting anything."""
         ...
 
+    # Optional, for partitioned extraction (replicas share one run): `partitions(ctx) -> list[Partition]`, the run's
+    # input split into shares (an empty list: nothing to read; one: not worth splitting), and
+    # `extract_partition(ctx, partition) -> AsyncIterator[Chunk]`, the records of one of them, the same every time.
+    # After `partitions`, `next_cursor()` is the cursor the run reaches once every partition is extracted; an
+    # extractor that cannot know it before extracting must not partition (raise ConfigError when asked to).
+    # Without these an extractor is one partition.
     # Optional: `keeps_cursor: bool`, True when each run starts from the cursor the last completed run left (files
     # already loaded, a high-water mark). Runs of a pipeline with such an extractor never overlap
     # (`Pipeline.keeps_cursor`): a second one would read what the first is still loading.

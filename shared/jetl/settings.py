@@ -95,6 +95,17 @@ class ClickHouseSettings(BaseModel):
     """HTTPS to the server."""
 
 
+class UiSettings(BaseModel):
+    """The web dashboard (`jetl ui`)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; any other than a loopback one requires `token`."""
+    port: int = 8420
+    """Port to bind."""
+    token: SecretStr | None = None
+    """Access token people give once (`?token=`, then a cookie) or send as `Authorization: Bearer`."""
+
+
 class JetlSettings(BaseSettings):
     """Settings every jetl process shares."""
 
@@ -126,6 +137,8 @@ class JetlSettings(BaseSettings):
     """Serve Prometheus metrics on this port at /metrics (0: off); one port per process."""
     metrics_host: str = "0.0.0.0"
     """Address the metrics server binds."""
+    ui: UiSettings = Field(default_factory=UiSettings)
+    """The web dashboard."""
 
     @property
     def chdb_path(self) -> Path:

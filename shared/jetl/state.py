@@ -42,8 +42,8 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from jetl.errors import NoDeployment
-from jetl.events import Event
-from jetl.projection import BATCH_EVENTS, BatchState, RunState, fold_batch, fold_run
+from jetl.events import Event, is_run_event
+from jetl.projection import BATCH_EVENTS, BatchState, RunState, fold, fold_batch, fold_run
 from jetl.settings import NatsSettings
 from jetl.subjects import check_token
 from jetl.topology import BUCKET, server_url
@@ -154,6 +154,8 @@ async def apply(kv: KeyValue, ev: Event, *, ttl: float | None = RUN_TTL_S) -> Ru
     without counting again. A redelivered event changes nothing, so it writes nothing. Each event writes the run
     key (constant size, whatever the number of batches) at most twice and its batch key once.
     """
+    if not is_run_event(ev):  # an operator action names no run: folded into a throwaway state, nothing written
+        return fold(None, ev)
     key = run_key(ev.pipeline, ev.run_id)
     if not isinstance(ev, BATCH_EVENTS):
         for _ in range(50):

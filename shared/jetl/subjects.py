@@ -4,7 +4,7 @@ Every subject jetl publishes or subscribes to is built here; no other module spe
 
 | stream      | subjects                      | retention  | full: discard |
 |-------------|-------------------------------|------------|---------------|
-| JETL_RUNS   | jetl.run.<pipeline>           | work queue | new           |
+| JETL_RUNS   | jetl.run.<pipeline>           | work queue | new           | (and jetl.run.<pipeline>.<run>.<partition>)
 | JETL_RAW    | jetl.raw.<pipeline>.<run>     | limits     | new           |
 | JETL_CLEAN  | jetl.clean.<pipeline>.<run>   | limits     | new           |
 | JETL_EVENTS | jetl.events.<pipeline>.<run>  | limits     | old           |
@@ -113,6 +113,22 @@ def run_request(pipeline: str) -> str:
     return f"{PREFIX}.run.{check_token(pipeline, 'pipeline')}"
 
 
+def run_partition(pipeline: str, run_id: str, partition: str) -> str:
+    """Subject of one partition of a run's extraction: any extractor replica takes it (same stream and durable as
+    run requests, which `jetl.run.>` covers; the extra tokens tell it apart from a run request)."""
+    return f"{_per_run('run', pipeline, run_id)}.{check_token(partition, 'partition')}"
+
+
+def partition_pattern() -> str:
+    """Every partition subject (`jetl.run.*.*.*`), and no run request: what an extractor may publish on JETL_RUNS."""
+    return f"{PREFIX}.{Kind.RUN.value}.*.*.*"
+
+
+def is_partition(subject: str) -> bool:
+    """Whether a JETL_RUNS subject is a partition work item rather than a run request."""
+    return subject.count(".") == 4
+
+
 def _per_run(kind: str, pipeline: str, run_id: str) -> str:
     """`jetl.<kind>.<pipeline>.<run id>`, both tokens checked."""
     return f"{PREFIX}.{kind}.{check_token(pipeline, 'pipeline')}.{check_token(run_id, 'run id')}"
@@ -165,13 +181,14 @@ def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) 
     return ".".join(parts)
 
 
-_PER_RUN = {Kind.RAW.value, Kind.CLEAN.value, Kind.EVENTS.value, Kind.LOGS.value}
+_PER_RUN = {Kind.RUN.value, Kind.RAW.value, Kind.CLEAN.value, Kind.EVENTS.value, Kind.LOGS.value}
 
 
 def metric_label(subject: str) -> str:
-    """A subject cut down to its kind and pipeline for a metric label (`jetl.raw.<pipeline>`): never a run id, so
-    the label set stays bounded. Run requests, dead letters and control subjects keep their tokens (pipeline and
-    stage, service and verb: bounded sets); NATS's own subjects (`_INBOX.<random>`, `$JS.API...`) keep their root."""
+    """A subject cut down to its kind and pipeline for a metric label (`jetl.raw.<pipeline>`): never a run id (nor a
+    partition's work item, `jetl.run.<pipeline>.<run>.<partition>`), so the label set stays bounded. Dead letters
+    and control subjects keep their tokens (pipeline and stage, service and verb: bounded sets); NATS's own
+    subjects (`_INBOX.<random>`, `$JS.API...`) keep their root."""
     parts = subject.split(".")
     if parts[0] != PREFIX or len(parts) < 3:
         return parts[0]

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from jetl.client import JetlClient
-from jetl.events import BatchTransformed
+from jetl.events import BatchExtracted, BatchTransformed
 from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.testing import chdb
@@ -36,27 +37,29 @@ def register_pipelines():
 """
 
 
+async def run_collecting(nats: NatsHandle, pipeline: str, kind: type[Any]) -> tuple[Any, list[Any]]:
+    """Run `pipeline` to its end; its state and its events of `kind`."""
+    async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
+        req = await jc.request_run(pipeline)
+        events: list[Any] = []
+        state = await jc.wait(
+            pipeline,
+            req.run_id,
+            timeout=180,
+            on_event=lambda ev, _: events.append(ev) if isinstance(ev, kind) else None,
+        )
+        return state, events
+
+
 def test_two_transformers_share_one_durable_consumer(tmp_path: Path, nats: NatsHandle) -> None:
     src, pipelines, data = tmp_path / "rows.jsonl", tmp_path / "pipelines", tmp_path / "data"
     src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(2000)))
     pipelines.mkdir()
     (pipelines / "wide_pipeline.py").write_text(PIPELINE.replace("INPUT", str(src)))
 
-    async def run() -> tuple[object, list[BatchTransformed]]:
-        async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
-            req = await jc.request_run("wide")
-            events: list[BatchTransformed] = []
-            state = await jc.wait(
-                "wide",
-                req.run_id,
-                timeout=180,
-                on_event=lambda ev, _: events.append(ev) if isinstance(ev, BatchTransformed) else None,
-            )
-            return state, events
-
     with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, replicas={"transformer": 2}) as stack:
         assert sorted(stack.procs) == ["extractor", "loader", "scheduler", "transformer", "transformer2"]
-        state, transformed = asyncio.run(run())
+        state, transformed = asyncio.run(run_collecting(nats, "wide", BatchTransformed))
 
     assert state.status == "completed" and state.loaded == 2000  # type: ignore[attr-defined]
     assert len(transformed) == 40
@@ -89,3 +92,65 @@ def test_a_stack_scales_what_can_be_scaled_and_says_what_cannot(
     assert bad.code == 2 and "expected SERVICE=N" in bad.stdout + bad.stderr
     bad = up("--scale", "loader=2")
     assert bad.code == 2 and "chdb" in bad.stdout + bad.stderr
+
+
+PARTITIONED = """
+import asyncio
+from pydantic import BaseModel
+from jetl import ClickHouseLoader, FileExtractor, Pipeline
+
+class Row(BaseModel):
+    id: int
+
+class Paced:
+    '''A FileExtractor that takes its time per chunk, so one replica cannot take every partition.'''
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def partitions(self, ctx):
+        return self.inner.partitions(ctx)
+
+    async def extract_partition(self, ctx, partition):
+        async for chunk in self.inner.extract_partition(ctx, partition):
+            await asyncio.sleep(0.05)
+            yield chunk
+
+    def extract(self, ctx):
+        return self.inner.extract(ctx)
+
+    def next_cursor(self):
+        return self.inner.next_cursor()
+
+    @property
+    def keeps_cursor(self):
+        return self.inner.keeps_cursor
+
+    def check(self, settings):
+        return self.inner.check(settings)
+
+def register_pipelines():
+    return [Pipeline(name="split", extractors=[Paced(FileExtractor("INPUT", chunk_size=100, partition_bytes=4000))],
+                     loader=ClickHouseLoader("split", order_by=["id"]), schema=Row, batch_size=100)]
+"""
+
+
+def test_two_extractors_split_one_large_file_by_byte_ranges(tmp_path: Path, nats: NatsHandle) -> None:
+    src, pipelines, data = tmp_path / "big.jsonl", tmp_path / "pipelines", tmp_path / "data"
+    src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(3000)))  # ~35 kB: 9 byte-range partitions
+    pipelines.mkdir()
+    (pipelines / "split_pipeline.py").write_text(PARTITIONED.replace("INPUT", str(src)))
+
+    with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, replicas={"extractor": 2}) as stack:
+        assert sorted(stack.procs) == ["extractor", "extractor2", "loader", "scheduler", "transformer"]
+        state, extracted = asyncio.run(run_collecting(nats, "split", BatchExtracted))
+
+    assert state.status == "completed" and state.loaded == 3000 and state.reconciles  # type: ignore[attr-defined]
+    partitions = {ev.batch_id.split("/")[1] for ev in extracted}
+    assert len(partitions) >= 8 and all(p.startswith("p") for p in partitions), partitions
+    by_instance: dict[str, set[str]] = {}
+    for ev in extracted:
+        by_instance.setdefault(ev.instance, set()).add(ev.batch_id.split("/")[1])
+    assert len(by_instance) == 2, f"one extractor did every partition: {by_instance}"
+    rows = chdb.query(data / "chdb", "SELECT count() AS n, uniqExact(id) AS u, min(id) AS lo, max(id) AS hi FROM split")
+    assert rows == [{"n": 3000, "u": 3000, "lo": 0, "hi": 2999}]

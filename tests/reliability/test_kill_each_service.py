@@ -153,3 +153,80 @@ def test_sigkill_each_service_mid_run_loses_and_duplicates_nothing(tmp_path: Pat
     assert len(instances["scheduler"]) == 1  # run.completed comes from the restarted tracker, once
     rows = chdb.query(data / "chdb", "SELECT count() AS n, uniqExact(id) AS u, min(id) AS lo, max(id) AS hi FROM crash")
     assert rows == [{"n": 4 * PER_ROUND, "u": 4 * PER_ROUND, "lo": 0, "hi": 4 * PER_ROUND - 1}]
+
+
+PARTITIONED = PIPELINE.replace(
+    """    def next_cursor(self):""",
+    """    def partitions(self, ctx):
+        return self.inner.partitions(ctx)
+
+    async def extract_partition(self, ctx, partition):
+        async for chunk in self.inner.extract_partition(ctx, partition):
+            await asyncio.sleep(PACE)
+            yield chunk
+
+    def next_cursor(self):""",
+).replace("chunk_size=BATCH)", "chunk_size=BATCH, partition_bytes=PART)")
+
+
+def test_sigkill_an_extractor_mid_partition_re_extracts_it_with_the_same_batch_ids(
+    tmp_path: Path, nats: NatsHandle
+) -> None:
+    """Two extractor replicas share one file's byte ranges; one is SIGKILLed while it is extracting a partition.
+    Its partition is redelivered and extracted again under the same batch ids: the rows are exact."""
+    inputs, pipelines, data = tmp_path / "in", tmp_path / "pipelines", tmp_path / "data"
+    inputs.mkdir()
+    pipelines.mkdir()
+    (inputs / "big.jsonl").write_text(
+        "".join(json.dumps({"id": i, "name": f"r{i}"}) + "\n" for i in range(PER_ROUND))
+    )  # ~39 kB: 6 or 7 byte ranges
+    pipeline = PARTITIONED.replace("INPUT", str(inputs)).replace("BATCH", str(BATCH)).replace("PART", "6500")
+    (pipelines / "crash_pipeline.py").write_text(pipeline)
+    settings = JetlSettings(nats=NatsSettings(url=nats.url, ack_wait=float(ACK_WAIT)))
+
+    async def run(stack: Stack) -> tuple[RunState, dict[str, set[str]], str, dict[str, int] | None]:
+        async with JetlClient(settings) as jc:
+            req = await jc.request_run("crash")
+            state: RunState | None = None
+            by_instance: dict[str, set[str]] = {}
+            victim = ""
+            async for ev in jc.follow("crash", req.run_id):
+                state = fold(state, ev)
+                if ev.type == "batch.extracted":
+                    by_instance.setdefault(ev.instance, set()).add(ev.batch_id)  # type: ignore[union-attr]
+                if not victim and ev.type == "batch.extracted" and len(by_instance.get(ev.instance, ())) >= 3:
+                    name = next(
+                        n
+                        for n in ("extractor", "extractor2")
+                        if f":{stack.procs[n].proc.pid}" in ev.instance  # type: ignore[union-attr]
+                    )
+                    victim = ev.instance
+                    stack.procs[name].stop(kill=True)  # mid-partition: it has published some of its batches
+                    stack.procs[name].start()
+                if isinstance(ev, RunCompleted | RunFailed):
+                    break
+            assert state is not None and victim
+            return state, by_instance, victim, (await jc.destination_count("crash")).by_run
+
+    with Stack(
+        data_dir=data,
+        pipelines_dir=pipelines,
+        nats_url=nats.url,
+        replicas={"extractor": 2},
+        extra_env={"JETL_NATS__ACK_WAIT": ACK_WAIT},
+    ) as stack:
+        st, by_instance, victim, by_run = asyncio.run(asyncio.wait_for(run(stack), 180))
+
+    assert st.status == "completed", st.error
+    assert st.partitions is not None and st.partitions >= 5 and len(st.partition_batches) == st.partitions
+    assert (st.extracted, st.loaded, st.rejected) == (PER_ROUND, PER_ROUND, 0), st.counts()
+    assert st.reconciles and by_run is not None and by_run[st.run_id] == PER_ROUND
+    # the killed partition: its first batches came from the victim, the rest from the replica that took it over
+    # (the batches it extracted again kept their ids, so JetStream dropped them and their events as duplicates)
+    parts = {i: {b.split("/")[1] for b in ids} for i, ids in by_instance.items()}
+    taken_over = {p for i, ps in parts.items() if i != victim for p in ps} & parts[victim]
+    assert taken_over, f"no partition was finished by another replica after the kill: {parts}"
+    # the same ids: a partition extracted twice counts once
+    assert len(st.batches) == sum(st.partition_batches.values()) == st.expected_batches
+    rows = chdb.query(data / "chdb", "SELECT count() AS n, uniqExact(id) AS u, min(id) AS lo, max(id) AS hi FROM crash")
+    assert rows == [{"n": PER_ROUND, "u": PER_ROUND, "lo": 0, "hi": PER_ROUND - 1}]

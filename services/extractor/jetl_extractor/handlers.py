@@ -1,4 +1,13 @@
-"""The extractor stage: run request in, raw batches out (plus run.started, batch.extracted, run.extracted)."""
+"""The extractor stage: run request in, raw batches out (plus run.started, batch.extracted, run.extracted).
+
+Partitioned extraction: the replica that takes a run request asks the pipeline's extractors for partitions
+(`Extractor.partitions`). When there are two or more, it logs run.partitioned (with the cursor the run reaches once
+all are extracted) and publishes one `PartitionWork` per partition to `jetl.run.<pipeline>.<run>.<partition>`, on
+the same work-queue stream and durable as run requests, then acks the request: any replica takes any partition.
+Each partition's batches are `<run>/<partition>/<seq>`, and its partition.extracted says how many; the tracker
+counts the run extracted once every partition has reported. A replica killed mid-partition leaves the work item
+unacked: it is redelivered and extracted again with the same batch ids, which JetStream drops as duplicates.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +20,21 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
+from jetl import subjects
 from jetl.cursors import cursor_of, joined_cursor
-from jetl.errors import OverlappingRun
-from jetl.events import BatchExtracted, BatchRejected, RunExtracted, RunFailed, RunStarted
+from jetl.errors import OverlappingRun, TerminalError
+from jetl.events import (
+    BatchExtracted,
+    BatchRejected,
+    PartitionExtracted,
+    RunExtracted,
+    RunFailed,
+    RunPartitioned,
+    RunStarted,
+)
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, RunRequest, encode_records, utcnow
-from jetl.protocols import Chunk, ExtractContext
+from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, PartitionWork, RunRequest, encode_records, utcnow
+from jetl.protocols import Chunk, ExtractContext, Partition
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
@@ -34,8 +52,11 @@ IN_PROGRESS_EVERY_S = 10.0
 class Extraction:
     """One run's extraction: re-chunks extractor output into pipeline-sized batches and publishes them."""
 
-    def __init__(self, ctx: ServiceContext, req: RunRequest, msg: Any, concurrency: int) -> None:
-        self.ctx, self.req, self.msg = ctx, req, msg
+    def __init__(
+        self, ctx: ServiceContext, req: RunRequest, msg: Any, concurrency: int, work: PartitionWork | None = None
+    ) -> None:
+        self.ctx, self.req, self.msg, self.work = ctx, req, msg, work
+        self.partition = work.partition if work is not None else None
         self.pipeline = get_pipeline(req.pipeline)
         self.seq = 0
         self.records = 0
@@ -56,11 +77,14 @@ class Extraction:
         return self.ctx.event_fields(self.req.pipeline, self.req.run_id, self.pipeline.code_hash)
 
     async def run(self) -> None:
-        p, req = self.pipeline, self.req
-        cursor = await get_cursor(self.ctx.kv, p.name) if self.ctx.kv is not None else None
-        await self.ctx.bus.event(RunStarted(**self._event_base(), cursor=cursor))
-        if p.keeps_cursor:
-            log.info("run started", cursor_from=cursor)
+        p, req, work = self.pipeline, self.req, self.work
+        if work is not None:
+            cursor = work.cursor
+        else:
+            cursor = await get_cursor(self.ctx.kv, p.name) if self.ctx.kv is not None else None
+            await self.ctx.bus.event(RunStarted(**self._event_base(), cursor=cursor))
+            if p.keeps_cursor:
+                log.info("run started", cursor_from=cursor)
         ectx = ExtractContext(
             pipeline=p.name,
             run_id=req.run_id,
@@ -71,6 +95,13 @@ class Extraction:
             force=req.force,
             raw_json=True,  # JSON lines pass unparsed: the transformer parses them in the pass that validates them
         )
+        if work is not None:
+            await self._extract_partition(ectx, work)
+            return
+        plan = await self._plan(ectx, cursor)
+        if len(plan) > 1:
+            await self._publish_plan(plan, cursor)
+            return
         for index, extractor in enumerate(p.extractors):
             async for chunk in extractor.extract(replace(ectx, cursor=cursor_of(cursor, index))):
                 await self._add(chunk)
@@ -93,6 +124,67 @@ class Extraction:
             rejected=self.rejected,
             **({"cursor_from": cursor, "cursor_to": reached} if p.keeps_cursor else {}),
         )
+
+    async def _plan(self, ectx: ExtractContext, cursor: dict[str, Any] | None) -> list[tuple[int, Partition | None]]:
+        """The run's partitions as (extractor index, partition; None: all of that extractor). Empty or one: the run
+        is extracted here, whole. An extractor that keeps a cursor but cannot plan partitions (so cannot say its
+        cursor before extracting) keeps the run whole: the cursor must move exactly once, when the run completes."""
+        plan: list[tuple[int, Partition | None]] = []
+        for index, extractor in enumerate(self.pipeline.extractors):
+            planner = getattr(extractor, "partitions", None)
+            if planner is None:
+                if getattr(extractor, "keeps_cursor", False):
+                    return []
+                plan.append((index, None))
+                continue
+            at = replace(ectx, cursor=cursor_of(cursor, index))
+            parts: list[Partition] = await asyncio.to_thread(planner, at)  # may scan a file for line numbers
+            plan.extend((index, part) for part in parts)
+        return plan
+
+    async def _publish_plan(self, plan: list[tuple[int, Partition | None]], cursor: dict[str, Any] | None) -> None:
+        p, req = self.pipeline, self.req
+        reached = joined_cursor(p.extractors)  # after `partitions`: the cursor once every partition is extracted
+        await self.ctx.bus.event(RunPartitioned(**self._event_base(), partitions=len(plan), cursor=reached))
+        for n, (index, part) in enumerate(plan):
+            work = PartitionWork(
+                request=req,
+                partition=f"p{n:04d}",
+                extractor=index,
+                spec=part.spec if part is not None else {},
+                partitions=len(plan),
+                cursor=cursor,
+            )
+            await self.ctx.bus.publish_work(
+                work.model_dump_json().encode(), subjects.run_partition(p.name, req.run_id, work.partition), work.msg_id
+            )
+        log.info("run partitioned", partitions=len(plan))
+
+    async def _extract_partition(self, ectx: ExtractContext, work: PartitionWork) -> None:
+        p = self.pipeline
+        if work.extractor >= len(p.extractors):
+            raise TerminalError(f"pipeline {p.name!r} has no extractor #{work.extractor} (partition {work.partition})")
+        extractor = p.extractors[work.extractor]
+        at = replace(ectx, cursor=cursor_of(work.cursor, work.extractor))
+        extract_partition = getattr(extractor, "extract_partition", None)
+        if extract_partition is not None and work.spec:
+            chunks = extract_partition(at, Partition(work.spec))
+        else:
+            chunks = extractor.extract(at)
+        async for chunk in chunks:
+            await self._add(chunk)
+        await self._flush(final=True)
+        await self._drain()
+        await self.ctx.bus.event(
+            PartitionExtracted(
+                **self._event_base(),
+                partition=work.partition,
+                batches=self.seq,
+                records=self.records,
+                rejected=self.rejected,
+            )
+        )
+        log.info("partition extracted", partition=work.partition, batches=self.seq, records=self.records)
 
     async def _add(self, chunk: Chunk) -> None:
         size = self.pipeline.batch_size
@@ -155,6 +247,7 @@ class Extraction:
                 count=count,
                 origins=origins if origins and any(origins) and runs is None else None,
                 origin_runs=runs,
+                partition=self.partition,
             )
             if bad:  # unreadable input: dead-letter it with file and line, before the batch is announced
                 await self.ctx.bus.dead_letter(
@@ -273,9 +366,17 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
 
 
 async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8) -> None:
-    """Extract one run; decide its request message's ack by the error taxonomy."""
+    """Extract one run, or one partition of one (told apart by subject, each read by its model); decide the
+    message's ack by the error taxonomy."""
+    work: PartitionWork | None = None
     try:
-        req = RunRequest.model_validate_json(raw.data)
+        if subjects.is_partition(raw.subject):
+            work = PartitionWork.model_validate_json(raw.data)
+            if raw.subject != subjects.run_partition(work.request.pipeline, work.request.run_id, work.partition):
+                raise ValueError(f"partition work on {raw.subject} names another run or partition")
+            req = work.request
+        else:
+            req = RunRequest.model_validate_json(raw.data)
     except Exception as exc:
         log.error("unreadable run request", error=str(exc))
         await raw.term()
@@ -283,7 +384,10 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
     with bound_contextvars(pipeline=req.pipeline, run_id=req.run_id):
         error: BaseException | None = None
         try:
-            if await _already_completed(ctx, req):
+            if work is not None:
+                async with _keep_alive(raw, ctx.settings.nats.ack_wait):
+                    await Extraction(ctx, req, raw, concurrency, work).run()
+            elif await _already_completed(ctx, req):
                 log.info("run already completed; request ignored (use --force to run it again)")
             else:
                 await _refuse_overlap(ctx, req)

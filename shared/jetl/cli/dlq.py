@@ -18,10 +18,6 @@ dlq_app = typer.Typer(help="Dead letters: list rejected records with their reaso
 app.add_typer(dlq_app, name="dlq")
 
 
-def _redriven_by(why: str | None) -> str | None:
-    return why.removeprefix("redriven by ") if why and why.startswith("redriven by ") else None
-
-
 @dlq_app.command("list")
 def dlq_list(
     pipeline: str = typer.Argument(..., help="Pipeline name."),
@@ -55,29 +51,11 @@ def dlq_list(
             return letters, await jc.runs(pipeline), False
 
     from jetl.client import dead_letter_status
+    from jetl.deadletters import letter_rows
 
     letters, runs, more = run_async(_go())
     status = dead_letter_status(letters, runs)
-    rows = [
-        {
-            "seq": seq,
-            "run_id": dl.run_id,
-            "batch_id": dl.batch_id,
-            "stage": dl.stage,
-            "scope": dl.scope,
-            "error_type": dl.error_type,
-            "reason": dl.reason,
-            "index": rec.get("index"),
-            "origin": rec.get("origin"),
-            "field": rec.get("field"),
-            "message": rec.get("message") or dl.reason,
-            "record": rec.get("record"),
-            "status": status[seq] or "redrivable",
-            "redriven_by": _redriven_by(status[seq]),
-        }
-        for seq, dl in letters
-        for rec in (dl.records or [{}])
-    ]
+    rows = [row for seq, dl in letters for row in letter_rows(seq, dl, status[seq])]
     more, rows = more or len(rows) > limit, rows[:limit]  # the last letter read may hold more records than fit
     if json_out:
         print_json(rows)

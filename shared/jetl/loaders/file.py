@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable
-from jetl.messages import dumps
+from jetl.messages import dumps, split_batch_id
 from jetl.protocols import Check, Diff, LoadContext, Loader, Record
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class FileLoader:
 
     def part_path(self, ctx: LoadContext, partition: str | None = None) -> Path:
         """The part file of one batch (in one partition folder), confined to the root."""
-        run, _, seq = ctx.batch_id.rpartition("/")
+        run, seq = split_batch_id(ctx.batch_id)
         base = self.root / ctx.pipeline
         if partition is not None:
             base = base / partition
@@ -326,7 +326,7 @@ class FileLoader:
 
     def remove_batch(self, pipeline: str, batch_id: str) -> None:
         """Delete one batch's part file(s), in every partition folder."""
-        run, _, seq = batch_id.rpartition("/")
+        run, seq = split_batch_id(batch_id)
         for part in self._parts(pipeline, run):
             if part.stem == seq:
                 try:

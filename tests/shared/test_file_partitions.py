@@ -1,0 +1,62 @@
+"""FileExtractor partitions: newline-aligned byte ranges put every line of a file in exactly one partition."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from jetl.extractors.file import FileExtractor
+from jetl.protocols import ExtractContext
+
+
+def _read_all(ex: FileExtractor, ctx: ExtractContext) -> tuple[int, list[str], list[str]]:
+    async def go() -> tuple[int, list[str], list[str]]:
+        parts = ex.partitions(ctx)
+        ids: list[str] = []
+        origins: list[str] = []
+        for part in parts:
+            async for chunk in ex.extract_partition(ctx, part):
+                ids.extend(str(r["id"]) for r in chunk.records)
+                origins.extend(chunk.origin_list())
+        return len(parts), ids, origins
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("size", [1, 7, 50, 333, 10_000])
+def test_jsonl_byte_ranges_hold_every_line_once_with_its_line_number(tmp_path: Path, size: int) -> None:
+    src = tmp_path / "f.jsonl"
+    src.write_text("".join(f'{{"id": {i}, "pad": "{"x" * (i % 13)}"}}\n' for i in range(500)))
+    ex = FileExtractor(src, partition_bytes=size)
+    n, ids, origins = _read_all(ex, ExtractContext(pipeline="p", run_id="r"))
+    assert ids == [str(i) for i in range(500)]
+    assert origins == [f"{src}:{i}" for i in range(1, 501)]
+    assert (n > 1) == (size < src.stat().st_size)
+    assert ex.next_cursor() == {"files": [FileExtractor._key(src)]}
+
+
+def test_csv_byte_ranges_keep_the_header_and_line_numbers(tmp_path: Path) -> None:
+    src = tmp_path / "f.csv"
+    src.write_text("id,name\n" + "".join(f"{i},n{i}\n" for i in range(300)))
+    n, ids, origins = _read_all(FileExtractor(src, partition_bytes=200), ExtractContext(pipeline="p", run_id="r"))
+    assert n > 5
+    assert ids == [str(i) for i in range(300)]
+    assert origins == [f"{src}:{i}" for i in range(2, 302)]
+
+
+def test_a_file_changed_after_planning_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "f.jsonl"
+    src.write_text('{"id": 1}\n' * 100)
+    ex = FileExtractor(src, partition_bytes=100)
+    ctx = ExtractContext(pipeline="p", run_id="r")
+    part = ex.partitions(ctx)[0]
+    src.write_text('{"id": 1}\n' * 101)
+
+    async def go() -> None:
+        async for _ in ex.extract_partition(ctx, part):
+            pass
+
+    with pytest.raises(Exception, match="changed since its run was planned"):
+        asyncio.run(go())
