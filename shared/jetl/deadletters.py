@@ -43,6 +43,7 @@ def letter_rows(seq: int, dl: DeadLetter, why: str | None) -> list[dict[str, Any
             "field": rec.get("field"),
             "message": rec.get("message") or dl.reason,
             "record": rec.get("record"),
+            "ref": rec.get("ref") or dl.body_ref,
             "status": why or "redrivable",
             "redriven_by": redriven_by(why),
         }

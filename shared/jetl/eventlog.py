@@ -1,11 +1,13 @@
 """The event log read back: any stream's messages under a subject filter, the lifecycle events in order, and the
 run states (with cursors and the scheduler's indexes) rebuilt from them (`jetl status --rebuild`).
 
-Every read is an ordered consumer: nothing durable is left behind.
+Every read is an ordered consumer: nothing durable is left behind. `tail` follows a stream live and rides through a
+NATS restart, resuming after the last sequence it saw.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
@@ -64,6 +66,53 @@ async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 
                 return
     finally:
         await sub.unsubscribe()
+
+
+async def tail(nc: Client, kind: Kind, subject: str, *, after: int = 0, idle: float = 1.0) -> AsyncGenerator[Any, None]:
+    """Every message `kind`'s stream keeps under `subject` with a stream sequence above `after`, then live ones,
+    for ever (the caller decides when to stop).
+
+    It rides through a NATS restart: on a reconnect (`nc` must be allowed to reconnect, see
+    `jetl._internal.connect.riding_connection`) it subscribes again from the last sequence it yielded + 1, and
+    while the server is away, or its JetStream is still recovering, it retries every `idle` seconds. A message is
+    never yielded twice: sequences at or below the last one yielded are skipped.
+    """
+    js = nc.jetstream()
+    last = after
+    while True:
+        if nc.is_closed:
+            raise ConnectionError("the NATS connection is closed")
+        reconnects = nc.stats["reconnects"]
+        start = (
+            ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+            if last == 0
+            else ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
+        )
+        try:
+            sub = await js.subscribe(subject, ordered_consumer=True, stream=STREAMS[kind].name, config=start)
+        except Exception:
+            if nc.is_closed:
+                raise
+            await asyncio.sleep(idle)  # disconnected, or JetStream not back yet after a restart
+            continue
+        try:
+            while nc.stats["reconnects"] == reconnects and not nc.is_closed:
+                try:
+                    msg = await sub.next_msg(timeout=idle)
+                except TimeoutError:
+                    continue
+                except Exception:
+                    if nc.is_closed:
+                        raise
+                    break  # the subscription broke with the connection: subscribe again from `last`
+                seq = msg.metadata.sequence.stream
+                if seq <= last:
+                    continue
+                last = seq
+                yield msg
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 async def read_events(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
-import time
 from typing import Any
 
 import orjson
 
 from jetl import subjects
-from jetl._internal.connect import nats_connection
+from jetl._internal.connect import nats_connection, riding_connection
 from jetl.errors import ConfigError
+from jetl.eventlog import tail
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 
@@ -35,7 +37,7 @@ async def read_logs(
     from nats.js.api import ConsumerConfig, DeliverPolicy
     from nats.js.errors import NotFoundError
 
-    nc = await nats_connection(s)
+    nc = await (riding_connection(s) if follow else nats_connection(s))  # a follower rides through a NATS restart
     try:
         js = nc.jetstream()
         subject = subjects.pattern(Kind.LOGS, pipeline, run_id)
@@ -54,6 +56,7 @@ async def read_logs(
         )
         window: list[tuple[str, int, dict[str, Any]]] = []
         count = read = 0
+        last = 0  # the last stream sequence read: following resumes after it
 
         def emit(line: dict[str, Any]) -> None:
             nonlocal count
@@ -66,6 +69,7 @@ async def read_logs(
                     msg = await sub.next_msg(timeout=2.0)
                 except Exception:
                     break
+                last = msg.metadata.sequence.stream
                 line = orjson.loads(msg.data)
                 heapq.heappush(window, (str(line.get("timestamp", "")), read, line))
                 read += 1
@@ -78,16 +82,19 @@ async def read_logs(
             while window:
                 emit(heapq.heappop(window)[2])
             if follow:
-                deadline = None if follow_seconds is None else time.monotonic() + follow_seconds
-                while deadline is None or time.monotonic() < deadline:
-                    wait = 1.0 if deadline is None else max(0.05, min(1.0, deadline - time.monotonic()))
-                    try:
-                        msg = await sub.next_msg(timeout=wait)
-                    except Exception:
-                        continue
-                    emit(orjson.loads(msg.data))
+                await sub.unsubscribe()
+                live = tail(nc, Kind.LOGS, subject, after=last, idle=0.5)
+                try:
+                    async with asyncio.timeout(follow_seconds):
+                        async for msg in live:
+                            emit(orjson.loads(msg.data))
+                except TimeoutError:
+                    pass  # --for ran out
+                finally:
+                    await live.aclose()
             return count
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):  # already unsubscribed when following
+                await sub.unsubscribe()
     finally:
         await nc.close()

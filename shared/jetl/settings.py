@@ -49,9 +49,10 @@ class NatsSettings(BaseModel):
     """Seconds to wait for a connection."""
     stream_replicas: int = 1
     """Replicas of each stream (3 on a cluster)."""
-    ack_wait: float = 60.0
-    """Seconds a stage may hold a message unacked before JetStream redelivers it (a crashed worker's messages
-    come back after this). A consumer setting: `jetl deploy` / `jetl up` apply it, so set it where they run."""
+    ack_wait: float = 10.0
+    """Seconds a stage may hold a message without an ack or an in_progress() beat before JetStream redelivers it:
+    a crashed worker's messages come back after this; live workers beat every third of it. A consumer setting:
+    `jetl deploy` / `jetl up` apply it, so set it where they run."""
     deployment_wait: float = 120.0
     """Seconds a starting service waits for `jetl deploy` to have declared the streams before it gives up."""
     stream_max_bytes: dict[str, int] = Field(default_factory=dict)

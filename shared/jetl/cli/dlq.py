@@ -29,7 +29,8 @@ def dlq_list(
 
     One row per record: stage, origin (file:line), field and message, and a status: `redrivable`, or why not
     (`redriven by RUN`, `superseded by RUN` when a replay processed the batch again, `shadow RUN` for a --diff
-    trial, `unreadable` for input that could not be read at all).
+    trial, `unreadable` for input that could not be read at all, `too large` for a record over NATS's max_payload).
+    A record or letter too large for a message is kept in the JETL_DLQ_BODIES object store: `ref` names it.
 
     Example: jetl dlq list orders --run orders-20261125T0000Z
     """
@@ -62,7 +63,7 @@ def dlq_list(
         return
     shown = f"the first {len(rows)} record(s); more are kept (--limit)" if more else f"{len(rows)} record(s)"
     t = Table(title=f"dead letters of {pipeline}: {shown}")
-    for col in ("dlq#", "run", "stage", "origin", "field", "message", "status"):
+    for col in ("dlq#", "run", "stage", "origin", "field", "message", "ref", "status"):
         t.add_column(col)
     for r in rows:
         t.add_row(
@@ -72,6 +73,7 @@ def dlq_list(
             r["origin"] or "-",
             r["field"] or "-",
             str(r["message"])[:100],
+            r["ref"] or "-",
             r["status"],
         )
     console.print(t if rows else "no dead letters")
