@@ -56,11 +56,30 @@ class NatsSettings(BaseModel):
     `jetl deploy` / `jetl up` apply it, so set it where they run."""
     deployment_wait: float = 120.0
     """Seconds a starting service waits for `jetl deploy` to have declared the streams before it gives up."""
+    stream_max_bytes: dict[str, int] = Field(default_factory=dict)
+    """Byte limit per stream kind (`raw`, `clean`, `events`, `dlq`, `logs`, `run`), overriding jetl.subjects.STREAMS."""
+    state_max_bytes: int = 1024 * 1024 * 1024
+    """Byte limit of the run-state KV bucket (full: writes are refused, never old state dropped)."""
+    run_state_ttl_days: float = 90.0
+    """Days a run's state and batch keys live after their last write (rebuildable from JETL_EVENTS); cursors,
+    pause flags and schedule marks never expire."""
+    heartbeat_ttl_s: float = 3600.0
+    """Seconds a service instance's heartbeat key outlives its last beat (a dead instance's key goes away)."""
 
     @property
     def servers(self) -> list[str]:
         """The URL list."""
         return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+class EmbeddedNatsSettings(BaseModel):
+    """The store limits of the nats-server that `jetl up` / `jetl demo` start."""
+
+    max_file_store_mb: int = 16 * 1024
+    """JetStream file store limit, MiB: at least the sum of the streams' and the state bucket's byte limits, which
+    JetStream reserves when they are declared."""
+    max_memory_store_mb: int = 256
+    """JetStream memory store limit, MiB (jetl keeps nothing in memory storage)."""
 
 
 class ClickHouseSettings(BaseModel):
@@ -100,6 +119,8 @@ class JetlSettings(BaseSettings):
     """Local state: embedded NATS store, chdb folder, file loader output, logs."""
     nats: NatsSettings = Field(default_factory=NatsSettings)
     """The message bus."""
+    embedded_nats: EmbeddedNatsSettings = Field(default_factory=EmbeddedNatsSettings)
+    """Store limits of the embedded nats-server (`jetl up`, `jetl demo`)."""
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     """The ClickHouse destination."""
     log_level: str = "INFO"

@@ -122,7 +122,7 @@ def follow(update: Callable[..., None]) -> Callable[[Event, RunState], None]:
     """An on_event callback that moves a `progress` bar by the run's settled batches."""
 
     def on_event(ev: Event, st: RunState) -> None:
-        done = sum(1 for b in st.batches.values() if b.outcome != "pending")
+        done = st.settled_batches
         update(
             total=st.expected_batches,
             completed=done,

@@ -26,7 +26,7 @@ from typing import IO, Any
 from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
 from jetl.errors import ConfigError, JetlError, TransientError
-from jetl.settings import JetlSettings, NatsSettings
+from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
 from jetl.topology import Change, declare
 
 
@@ -76,6 +76,10 @@ class NatsServer:
     store_dir: Path
     port: int = 0
     max_payload_mb: int = 8
+    max_file_store_mb: int = EmbeddedNatsSettings().max_file_store_mb
+    """JetStream file store limit (MiB): the server refuses streams whose byte limits would not fit."""
+    max_memory_store_mb: int = EmbeddedNatsSettings().max_memory_store_mb
+    """JetStream memory store limit (MiB)."""
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     authorization: str = ""
@@ -96,7 +100,9 @@ class NatsServer:
             conf,
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {self.max_payload_mb * 1024 * 1024}\n"
-            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n}}\n' + self.authorization,
+            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n'
+            f"  max_file_store: {self.max_file_store_mb * 1024 * 1024}\n"
+            f"  max_memory_store: {self.max_memory_store_mb * 1024 * 1024}\n}}\n" + self.authorization,
         )
         self.log_path = self.store_dir / "nats-server.log"
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -270,8 +276,13 @@ class Stack:
         service, as many processes of each as `replicas` says."""
         if self.nats_url is None:
             self.credentials = Credentials.load_or_create(self.data_dir / "nats" / USERS_FILE)
+            limits = JetlSettings().embedded_nats
             self.server = NatsServer(
-                self.data_dir / "nats", port=self.nats_port, authorization=self.credentials.server_config()
+                self.data_dir / "nats",
+                port=self.nats_port,
+                max_file_store_mb=limits.max_file_store_mb,
+                max_memory_store_mb=limits.max_memory_store_mb,
+                authorization=self.credentials.server_config(),
             ).start()
             self.nats_url = self.server.url
         try:
