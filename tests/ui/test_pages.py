@@ -1,0 +1,79 @@
+"""The dashboard's pages rendered through Starlette's test client, on a fake client and bucket: what a page shows for
+data the browser tests' stack cannot easily produce (a replay whose rows differ from its parent's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+import jetl.ui.pages as pages
+from jetl.projection import RunState
+from jetl.protocols import Diff
+from jetl.settings import JetlSettings
+from jetl.ui.app import create_app
+
+
+class FakeClient:
+    """Answers the loader's diff as a ClickHouse or file loader would after a shadow replay."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, str]] = []
+
+    async def diff(self, pipeline: str, run_id: str, parent_run_id: str, **_: Any) -> Diff:
+        self.asked.append((pipeline, run_id, parent_run_id))
+        return Diff(
+            key=["id"],
+            added=1,
+            removed=0,
+            changed=3,
+            unchanged=96,
+            samples={"added": [[101]], "changed": [[4], [5], [6]]},
+            columns={"amount": 3, "customer_tier": 1},
+        )
+
+
+class FakeDashboard:
+    """Just what the diff page reads: the state bucket (the module's readers are patched) and the client."""
+
+    def __init__(self) -> None:
+        self.client = FakeClient()
+        self.bucket = object()
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch) -> Any:
+    replay = RunState(pipeline="shop", run_id="shop-replay", parent_run_id="shop-first", shadow=True)
+
+    async def get_run(kv: Any, pipeline: str, run_id: str) -> RunState | None:
+        return replay if (pipeline, run_id) == ("shop", "shop-replay") else None
+
+    async def status_runs(kv: Any, pipeline: str | None = None) -> list[RunState]:
+        return [replay]
+
+    monkeypatch.setattr(pages, "get_run", get_run)
+    monkeypatch.setattr(pages, "status_runs", status_runs)
+    a = create_app(JetlSettings())
+    a.state.dashboard = FakeDashboard()  # no lifespan: the test client is not entered, nothing connects to NATS
+    return a
+
+
+def test_diff_page_shows_which_columns_changed_and_in_how_many_rows(app: Any) -> None:
+    http = TestClient(app)
+    r = http.get("/diff", params={"pipeline": "shop", "run": "shop-replay"})
+    assert r.status_code == 200, r.text[:500]
+    assert app.state.dashboard.client.asked == [("shop", "shop-replay", "shop-first")]
+    html = r.text
+    assert "shop-replay against shop-first" in html
+    assert "Columns that changed" in html
+    assert "<td>amount</td><td class=\"num\">3</td>" in html
+    assert "<td>customer_tier</td><td class=\"num\">1</td>" in html
+    assert "[101]" in html  # a sample of the added keys
+
+
+def test_diff_page_says_when_a_run_is_not_a_replay(app: Any) -> None:
+    r = TestClient(app).get("/diff", params={"pipeline": "shop", "run": "shop-other"})
+    assert r.status_code == 200
+    assert "is not a replay" in r.text
+    assert "Columns that changed" not in r.text
