@@ -67,8 +67,8 @@ def test_diff_page_shows_which_columns_changed_and_in_how_many_rows(app: Any) ->
     html = r.text
     assert "shop-replay against shop-first" in html
     assert "Columns that changed" in html
-    assert "<td>amount</td><td class=\"num\">3</td>" in html
-    assert "<td>customer_tier</td><td class=\"num\">1</td>" in html
+    assert '<td>amount</td><td class="num">3</td>' in html
+    assert '<td>customer_tier</td><td class="num">1</td>' in html
     assert "[101]" in html  # a sample of the added keys
 
 
@@ -77,3 +77,45 @@ def test_diff_page_says_when_a_run_is_not_a_replay(app: Any) -> None:
     assert r.status_code == 200
     assert "is not a replay" in r.text
     assert "Columns that changed" not in r.text
+
+
+@pytest.mark.integration
+async def test_run_index_pages_a_status_and_follows_a_run_that_changes(nats: Any) -> None:
+    from jetl.bus import connect
+    from jetl.settings import NatsSettings
+    from jetl.state import bucket, run_key
+    from jetl.ui.state import RunIndex, states_at
+
+    nc = await connect(NatsSettings(url=nats.url))
+    try:
+        kv = await bucket(nc)
+        for i in range(120):
+            p = ("a", "b")[i % 2]
+            st = RunState(pipeline=p, run_id=f"r{i:03d}", status="failed" if i % 10 == 0 else "completed")
+            await kv.put(run_key(p, st.run_id), st.model_dump_json().encode())
+        index = RunIndex()
+        assert await index.refresh(nc, kv, step=50) is False  # a step at a time
+        assert not index.complete
+        while not await index.refresh(nc, kv, step=50):
+            pass
+        assert index.complete
+        seqs, more = index.page(None, "failed", 5, None)
+        got = [st.run_id for _, st in await states_at(nc, kv, seqs)]
+        assert got == ["r110", "r100", "r090", "r080", "r070"] and more is not None  # latest first
+        seqs, more = index.page(None, "failed", 5, more)
+        assert [st.run_id for _, st in await states_at(nc, kv, seqs)] == ["r060", "r050", "r040", "r030", "r020"]
+        seqs, more = index.page(None, "failed", 5, more)
+        assert [st.run_id for _, st in await states_at(nc, kv, seqs)] == ["r010", "r000"] and more is None
+        assert index.page("b", "failed", 5, None) == ([], None)  # every failed run is of pipeline a
+
+        # a failed run that is retried and completes leaves the failed page; a deleted one is gone
+        await kv.put(
+            run_key("a", "r110"), RunState(pipeline="a", run_id="r110", status="completed").model_dump_json().encode()
+        )
+        await kv.delete(run_key("a", "r100"))
+        await index.refresh(nc, kv)
+        seqs, _ = index.page("a", "failed", 3, None)
+        assert [st.run_id for _, st in await states_at(nc, kv, seqs)] == ["r090", "r080", "r070"]
+        assert len(index.runs) == 119
+    finally:
+        await nc.close()

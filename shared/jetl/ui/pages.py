@@ -23,7 +23,7 @@ from jetl.projection import RunState
 from jetl.schedule_state import schedule_rows
 from jetl.state import get_run
 from jetl.ui.security import csrf_token
-from jetl.ui.state import Dashboard
+from jetl.ui.state import Dashboard, states_at
 
 PAGE = 50
 """Rows per page of runs and dead letters."""
@@ -148,10 +148,16 @@ async def runs(request: Request) -> Response:
     pipeline = request.query_params.get("pipeline") or None
     status = request.query_params.get("status") or None
     before = int(request.query_params["before"]) if request.query_params.get("before", "").isdigit() else None
-    # a rare status is looked for among at most 2,000 states per page; "older runs" goes on from there
-    page, next_before = await recent_runs(
-        d.nc, d.bucket, pipeline, limit=PAGE, before=before, status=status, max_scan=2_000
-    )
+    index = await d.refresh_runs() if status else None
+    if index is not None and status and index.complete:
+        # a status pages through the dashboard's index of runs: no scan however rare the status
+        seqs, next_before = index.page(pipeline, status, PAGE, before)
+        page = [(q, st) for q, st in await states_at(d.nc, d.bucket, seqs) if st.status == status]
+    else:
+        # until the index has caught up once, a status is looked for among at most 2,000 states per page
+        page, next_before = await recent_runs(
+            d.nc, d.bucket, pipeline, limit=PAGE, before=before, status=status, max_scan=2_000
+        )
     found, _ = d.pipelines()
     return render(
         request,
@@ -161,6 +167,7 @@ async def runs(request: Request) -> Response:
         pipeline=pipeline,
         status=status,
         pipelines=sorted(found),
+        indexing=index is not None and not index.complete,
     )
 
 
