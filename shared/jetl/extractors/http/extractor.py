@@ -1,8 +1,8 @@
 """`HttpExtractor`: one run pages through a JSON API, turning each page into records, origins and a cursor.
 
 It owns the request loop: auth applied per origin, pagination (`paginate`), the incremental high-water mark
-(`incremental`), redirects (`redirects`), retries and pacing (`retry`), and decoding the body into records. Errors it raises are listed in
-the package docstring (`jetl.extractors.http`).
+(`incremental`), redirects (`redirects`), retries and pacing (`retry`), and decoding the body into records. Errors
+it raises are listed in the package docstring (`jetl.extractors.http`).
 """
 
 from __future__ import annotations
