@@ -4,11 +4,10 @@ scheduler gives the slot; a slot whose attempts all failed runs again as `<run i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from datetime import datetime
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol, TypedDict
 
-from jetl.messages import RunRequest, Trigger
+from jetl.messages import RunRequest
 from jetl.projection import RunState
 from jetl.schedule import Slot
 
@@ -35,32 +34,36 @@ def retry_run_id(run_id: str, attempts: list[RunState]) -> str:
     return f"{run_id}{RETRY}{failed}"
 
 
+class BackfillOptions(TypedDict, total=False):
+    """How a backfill runs its slots (`run_slots`' keywords)."""
+
+    max_parallel: int
+    """Runs at a time (4)."""
+    code_hash: str
+    """The pipeline code's hash, stamped on each run."""
+    timeout: float
+    """Seconds to wait for each run (3600)."""
+    retry_failed: bool
+    """Run a slot whose attempts all failed again, as its next attempt."""
+    on_update: Callable[[Slot, RunState | None, str], None] | None
+    """Called with (slot, state, outcome) as each run moves."""
+
+
 class RunClient(Protocol):
-    """What a backfill needs of a connected client (`jetl.client.JetlClient`)."""
+    """What a backfill needs of a connected client (`jetl.client.JetlClient`): its run list, a run's state from the
+    log, and requesting a run and waiting for it."""
 
-    async def runs(self, pipeline: str | None = None) -> list[RunState]: ...
+    @property
+    def runs(self) -> Callable[..., Awaitable[list[RunState]]]: ...
 
-    async def run_state(self, pipeline: str, run_id: str) -> RunState | None: ...
+    @property
+    def run_state(self) -> Callable[[str, str], Awaitable[RunState | None]]: ...
 
-    async def request_run(
-        self,
-        pipeline: str,
-        *,
-        run_id: str | None = None,
-        trigger: Trigger = "manual",
-        data_interval_start: datetime | None = None,
-        data_interval_end: datetime | None = None,
-        code_hash: str = "",
-    ) -> RunRequest: ...
+    @property
+    def request_run(self) -> Callable[..., Awaitable[RunRequest]]: ...
 
-    async def wait(
-        self,
-        pipeline: str,
-        run_id: str,
-        *,
-        timeout: float = 600.0,
-        on_event: Callable[[Any, RunState], None] | None = None,
-    ) -> RunState: ...
+    @property
+    def wait(self) -> Callable[..., Awaitable[RunState]]: ...
 
 
 async def run_slots(

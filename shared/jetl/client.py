@@ -20,10 +20,11 @@ from typing import Any, Literal
 
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
+from typing_extensions import Unpack
 
 from jetl import subjects
 from jetl._internal.connect import nats_connection, riding_connection
-from jetl.backfill import run_slots
+from jetl.backfill import BackfillOptions, run_slots
 from jetl.bus import Bus, make_broker
 from jetl.deadletters import letters_at
 from jetl.destination import DestinationCount, ask_loader
@@ -380,32 +381,16 @@ class JetlClient:
         return ev
 
     async def backfill(
-        self,
-        pipeline: str,
-        slots: list[Slot],
-        *,
-        max_parallel: int = 4,
-        code_hash: str = "",
-        timeout: float = 3600.0,
-        retry_failed: bool = False,
-        on_update: Callable[[Slot, RunState | None, str], None] | None = None,
+        self, pipeline: str, slots: list[Slot], **options: Unpack[BackfillOptions]
     ) -> dict[str, tuple[str, RunState | None]]:
         """One run per slot, at most `max_parallel` at a time; {slot's run id: (outcome, state)}.
 
         Outcomes: `completed` / `failed` (ran now), `skipped` (it had completed before: nothing is loaded twice),
         `failed earlier` (its last attempt failed; with `retry_failed` it runs again instead, as the next attempt
-        `<run id>-retry<n>`, see `retry_run_id`). Each slot's run id is the one the scheduler gives it.
+        `<run id>-retry<n>`, see `retry_run_id`). Each slot's run id is the one the scheduler gives it. The options
+        are `jetl.backfill.BackfillOptions`.
         """
-        return await run_slots(
-            self,
-            pipeline,
-            slots,
-            max_parallel=max_parallel,
-            code_hash=code_hash,
-            timeout=timeout,
-            retry_failed=retry_failed,
-            on_update=on_update,
-        )
+        return await run_slots(self, pipeline, slots, **options)
 
 
 def wait_message(

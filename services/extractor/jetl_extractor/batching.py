@@ -5,26 +5,24 @@ connection's max_payload, cut again by bytes; a record too large for any message
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from jetl.messages import PAYLOAD_HEADROOM, compact_origins, encode_records, fit_payload, item_size
 from jetl.protocols import Chunk
 
-
-class Send(Protocol):
-    """Publish one batch: its encoded records, their origins (a string each, or runs of `file:line`), the
-    unreadable inputs and the oversized records that go with it."""
-
-    def __call__(
-        self,
-        body: bytes,
-        origins: list[str] | None,
-        runs: list[tuple[str, int, int]] | None,
-        bad: list[tuple[str, str]],
-        *,
-        count: int,
-        oversized: list[tuple[str, Any, int]] | None = None,
-    ) -> Awaitable[None]: ...
+Send = Callable[
+    [
+        bytes,
+        list[str] | None,
+        list[tuple[str, int, int]] | None,
+        list[tuple[str, str]],
+        int,
+        list[tuple[str, Any, int]],
+    ],
+    Awaitable[None],
+]
+"""Publish one batch: (encoded records, their origins a string each, or as runs of `file:line`, the unreadable
+inputs, the record count, the oversized records that go with it)."""
 
 
 class Batcher:
@@ -77,7 +75,7 @@ class Batcher:
         body = encode_records(items)
         if len(body) <= self._budget(origins if runs is None else None):
             del items  # encoded: the records (or texts) need not wait in memory for the publish (~30 MB a batch)
-            await self.send(body, origins, runs, bad, count=take)
+            await self.send(body, origins, runs, bad, take, [])
         else:  # more bytes than one message carries: cut it by bytes, and set aside records too large for any
             every = whole.origin_list() if whole is not None else (origins or [])
             await self._split(items, every, bad)
@@ -102,13 +100,9 @@ class Batcher:
         for n, (start, stop) in enumerate(cuts):
             part = items[start:stop]
             # the oversized records and the unreadable ones go with the first batch of the cut (one letter each)
+            first = n == 0
             await self.send(
-                encode_records(part),
-                origins[start:stop],
-                None,
-                bad if n == 0 else [],
-                count=len(part),
-                oversized=big if n == 0 else [],
+                encode_records(part), origins[start:stop], None, bad if first else [], len(part), big if first else []
             )
         if not cuts:  # every record was too large: an empty batch carries their letter and the run's count
-            await self.send(encode_records([]), [], None, bad, count=0, oversized=big)
+            await self.send(encode_records([]), [], None, bad, 0, big)

@@ -172,15 +172,14 @@ class Extraction:
         origins: list[str] | None,
         runs: list[tuple[str, int, int]] | None,
         bad: list[tuple[str, str]],
-        *,
         count: int,
-        oversized: list[tuple[str, Any, int]] | None = None,
+        oversized: list[tuple[str, Any, int]],
     ) -> None:
         """Take the next seq and publish one batch in the background, a bounded number at a time."""
         seq = self.seq
         self.seq += 1
         await self.sem.acquire()
-        task = asyncio.create_task(self._publish(seq, count, body, origins, runs, bad, oversized or []))
+        task = asyncio.create_task(self._publish(seq, count, body, origins, runs, bad, oversized))
         self.pending.add(task)
         task.add_done_callback(self._published)
 

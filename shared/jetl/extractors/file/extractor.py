@@ -139,12 +139,7 @@ class FileExtractor:
         fields hold line breaks must not be split by bytes: set `partition_bytes` above its size.)
         The cursor (`next_cursor`) is the one the run reaches once every partition is extracted: the files planned.
         """
-        cursor = (ctx.cursor or {}) if self.skip_loaded and not ctx.force else {}
-        done: set[str] = set(cursor.get("files", []))
-        watermark: int | None = cursor.get("watermark")
-        files = self.files()
-        if not files:
-            raise TransientError(f"no files match {self.path!r}")
+        done, watermark, files = self._listing(ctx)
         todo = [
             (path, key)
             for path in files
@@ -192,12 +187,7 @@ class FileExtractor:
 
     async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
         """Yield the records of every file not yet loaded, chunk by chunk."""
-        cursor = (ctx.cursor or {}) if self.skip_loaded and not ctx.force else {}
-        done: set[str] = set(cursor.get("files", []))
-        watermark: int | None = cursor.get("watermark")
-        files = self.files()
-        if not files:
-            raise TransientError(f"no files match {self.path!r}")
+        done, watermark, files = self._listing(ctx)
         loaded = set(done)
         for path in files:
             key = self._key(path)
@@ -207,6 +197,14 @@ class FileExtractor:
                 yield chunk
             loaded.add(key)
         self._cursor = self._bounded(loaded, watermark)
+
+    def _listing(self, ctx: ExtractContext) -> tuple[set[str], int | None, list[Path]]:
+        """The files the cursor counts as loaded, its watermark, and the matching files (TransientError: none)."""
+        cursor = (ctx.cursor or {}) if self.skip_loaded and not ctx.force else {}
+        files = self.files()
+        if not files:
+            raise TransientError(f"no files match {self.path!r}")
+        return set(cursor.get("files", [])), cursor.get("watermark"), files
 
     def _bounded(self, loaded: set[str], watermark: int | None) -> dict[str, Any]:
         return _bounded(loaded, watermark, self.cursor_grace_s, self.cursor_max_files)
