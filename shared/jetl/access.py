@@ -5,7 +5,8 @@ subject builder, so they cannot drift from the subjects the services use.
   it plans back onto JETL_RUNS (never a run request: `subjects.partition_pattern`);
 - `transformer` consumes raw batches and publishes clean batches;
 - `loader` consumes clean batches and answers the loader's control verbs;
-- `scheduler` publishes run requests and folds the event log (the `tracker` durable on JETL_EVENTS);
+- `scheduler` publishes run requests, folds the event log (the `tracker` durable on JETL_EVENTS) and hears
+  JetStream's max-deliveries advisories (a batch no stage could finish is dead-lettered, its run failed);
 - every service publishes lifecycle events and log lines, reads and writes the state bucket, reads streams back
   through ephemeral consumers, and answers its own `health` verb;
 - `operator` (the CLI, `jetl deploy`, the dashboard) may do anything, JetStream administration included.
@@ -38,7 +39,7 @@ _OUTPUTS: dict[str, tuple[Kind, ...]] = {
     "extractor": (Kind.RAW, Kind.DLQ),
     "transformer": (Kind.CLEAN, Kind.DLQ),
     "loader": (Kind.DLQ,),
-    "scheduler": (Kind.RUN,),
+    "scheduler": (Kind.RUN, Kind.DLQ),  # the watchdog dead-letters a batch that reached max_deliver
 }
 _DURABLES: dict[str, tuple[str, ...]] = {
     "extractor": ("extractor",),
@@ -73,9 +74,13 @@ def permissions(role: Role) -> Permissions:
         *subjects.js_read_access(),
         subjects.INBOX,  # answering a control request (health, the loader's verbs)
     ]
+    if Kind.DLQ in _OUTPUTS[role]:  # a dead letter too large for a message keeps its body in the object store
+        publish.extend(subjects.object_store_access(subjects.DLQ_BODIES_BUCKET))
     for durable in _DURABLES[role]:
         publish.extend(subjects.js_consume_access(CONSUMERS[durable], durable))
     subscribe = [subjects.INBOX, subjects.control_pattern(role)]
+    if role == "scheduler":  # a message that reached max_deliver fails its run (jetl_scheduler.watchdog)
+        subscribe.append(subjects.max_deliveries_advisory())
     return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))
 
 
@@ -96,15 +101,7 @@ class Credentials(BaseModel):
     def server_config(self) -> str:
         """The `authorization` block of nats-server's config: every user with its permissions, and no anonymous
         access (a client without credentials is refused, on loopback too)."""
-        users = [
-            {
-                "user": role,
-                "password": self.passwords[role].get_secret_value(),
-                "permissions": permissions(role).as_config(),
-            }
-            for role in ROLES
-        ]
-        return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+        return authorization({role: json.dumps(pw.get_secret_value()) for role, pw in self.passwords.items()})
 
     def save(self, path: Path) -> None:
         """Write them owner-only (0600), atomically."""
@@ -122,6 +119,22 @@ class Credentials(BaseModel):
         creds = cls.generate()
         creds.save(path)
         return creds
+
+
+def authorization(passwords: dict[str, str]) -> str:
+    """nats-server's `authorization` block for every role, each password given as config text: a quoted string,
+    or a `$VARIABLE` that nats-server reads from its environment (compose/nats.conf)."""
+    marks = {role: f"@@{role}@@" for role in ROLES}
+    users = [{"user": r, "password": marks[r], "permissions": permissions(r).as_config()} for r in ROLES]
+    text = "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+    for role, mark in marks.items():
+        text = text.replace(json.dumps(mark), passwords[role])
+    return text
+
+
+def compose_authorization() -> str:
+    """The block compose/nats.conf carries: passwords from `$JETL_NATS_<ROLE>_PASSWORD`."""
+    return authorization({role: f"$JETL_NATS_{role.upper()}_PASSWORD" for role in ROLES})
 
 
 def write_private(path: Path, text: str) -> None:

@@ -18,13 +18,15 @@ from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 
 from jetl import subjects
-from jetl.errors import TransientError
+from jetl.errors import TerminalError, TransientError
 from jetl.events import RunRequested, _Event
-from jetl.messages import Batch, DeadLetter, RunRequest, encode_batch
+from jetl.messages import PAYLOAD_HEADROOM, Batch, DeadLetter, RunRequest, encode_batch
 from jetl.settings import NatsSettings
 from jetl.subjects import STREAMS, Kind
 
 MSG_ID = "Nats-Msg-Id"
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+"""NATS's default `max_payload`, assumed until a connection says otherwise (its server INFO)."""
 
 
 def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
@@ -162,6 +164,47 @@ class Bus:
             ev.model_dump_json().encode(), subjects.events(ev.pipeline, ev.run_id), ev.msg_id(), Kind.EVENTS
         )
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes: `max_payload` of the connection's server INFO."""
+        try:
+            size = self.broker.connection.max_payload
+        except Exception:  # not connected (an in-memory test broker)
+            return DEFAULT_MAX_PAYLOAD
+        return size if isinstance(size, int) and size > 0 else DEFAULT_MAX_PAYLOAD
+
+    async def keep(self, name: str, data: bytes) -> str:
+        """Keep `data` in the dead-letter bodies bucket under `name` (once: a redelivered input finds it there), and
+        return its reference, `<bucket>/<name>`."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            store = await self.broker.connection.jetstream().object_store(subjects.DLQ_BODIES_BUCKET)
+            try:
+                await store.get_info(name)
+            except NotFoundError:
+                await store.put(name, data)
+        except Exception as exc:  # a full or missing bucket: the input is retried, never dropped
+            raise TransientError(
+                f"could not keep {len(data)} bytes as {name!r} in {subjects.DLQ_BODIES_BUCKET}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return f"{subjects.DLQ_BODIES_BUCKET}/{name}"
+
     async def dead_letter(self, dl: DeadLetter) -> None:
-        """Keep rejected records with the reason."""
-        await self._publish(dl.model_dump_json().encode(), subjects.dlq(dl.pipeline, dl.stage), dl.msg_id, Kind.DLQ)
+        """Keep rejected records with the reason; a letter too large for a message keeps its records by reference
+        (`DeadLetter.body_ref`), so an oversized batch is dead-lettered, never lost."""
+        body = dl.to_json()
+        if len(body) > self.max_payload - PAYLOAD_HEADROOM:
+            ref = await self.keep(dl.msg_id, body)
+            body = dl.model_copy(update={"records": [], "body_ref": ref}).to_json()
+        await self._publish(body, subjects.dlq(dl.pipeline, dl.stage), dl.msg_id, Kind.DLQ)
+
+    async def fetch(self, ref: str) -> bytes:
+        """The body a dead letter names by reference (`<bucket>/<name>`)."""
+        bucket, _, name = ref.partition("/")
+        if bucket != subjects.DLQ_BODIES_BUCKET or not name:
+            raise TerminalError(f"not a dead-letter body reference: {ref!r}")
+        store = await self.broker.connection.jetstream().object_store(bucket)
+        result = await store.get(name)
+        return bytes(result.data or b"")

@@ -10,31 +10,36 @@ The CLI is a thin layer over this; tests and notebooks can use it directly:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from nats.aio.client import Client
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from jetl import subjects
-from jetl.bus import Bus, connect, make_broker
-from jetl.errors import ConfigError, TerminalError, TransientError
-from jetl.eventlog import read_events, read_stream
-from jetl.events import Event, RunCompleted, RunFailed, parse_event
-from jetl.messages import MALFORMED_INPUT, DeadLetter, RunRequest, Trigger
+from jetl._internal.connect import nats_connection, riding_connection
+from jetl.bus import Bus, make_broker
+from jetl.errors import ConfigError, TerminalError, TransientError, WaitTimedOut, classify
+from jetl.eventlog import read_events, read_stream, tail
+from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, parse_event
+from jetl.messages import MALFORMED_INPUT, OVERSIZED_RECORD, DeadLetter, RunRequest, Trigger
 from jetl.projection import RunState, fold
 from jetl.protocols import Diff
-from jetl.redact import redact_url
 from jetl.schedule import Slot
 from jetl.settings import JetlSettings
-from jetl.state import bucket, list_runs
+from jetl.state import bucket, bucket_keys, get_run, list_runs
 from jetl.subjects import Kind
 from jetl.topology import require_deployment
+
+REQUEST_RETRY_S = 60.0
+"""How long `request_run` keeps sending a run request while NATS is away."""
 
 
 def manual_run_id(pipeline: str) -> str:
@@ -48,16 +53,14 @@ class JetlClient:
     def __init__(self, settings: JetlSettings | None = None) -> None:
         self.settings = settings or JetlSettings()
         self.nc: Client | None = None
-        self.broker = make_broker(self.settings.nats)
+        # the broker's own log lines (a NATS restart: "Connection broken ...") go to stderr through the logging
+        # module, never to stdout, where `--json` output is
+        self.broker = make_broker(self.settings.nats, logger=logging.getLogger("jetl.client"))
         self.bus = Bus(self.broker)
 
     async def __aenter__(self) -> JetlClient:
-        try:
-            self.nc = await connect(self.settings.nats, allow_reconnect=False, max_reconnect_attempts=1)
-        except Exception as exc:
-            raise TransientError(
-                f"cannot reach NATS at {redact_url(self.settings.nats.url)}: {type(exc).__name__} {exc}"
-            ) from exc
+        # fails fast when NATS is down; once connected, rides through a NATS restart (follow resumes, see `follow`)
+        self.nc = await riding_connection(self.settings)
         try:
             # a client never declares: a server without jetl's streams is the wrong server, not a place to make them
             await require_deployment(self.nc, self.settings.nats.url)
@@ -68,9 +71,23 @@ class JetlClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.broker.stop()
-        if self.nc is not None:
-            await self.nc.close()
+        # Stopping the broker while NATS is away raises (ConnectionReconnectingError, from a drain) and leaves its
+        # connection reconnecting, a task that keeps asyncio.run from returning: close every connection outright,
+        # and never let closing hide the error being raised.
+        conns: list[Any] = [self.nc]
+        with contextlib.suppress(Exception):
+            conns.append(self.broker.connection)
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+        for nc in conns:
+            if nc is not None and not nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+            # nats-py's reconnect loop can lose the cancel close() sends it (asyncio.wait_for on Python 3.11) and
+            # retry on, keeping asyncio.run from returning: cancel it once more
+            task = getattr(nc, "_reconnection_task", None)
+            if task is not None and not task.done():
+                task.cancel()
 
     @property
     def conn(self) -> Client:
@@ -93,8 +110,13 @@ class JetlClient:
         replay_of: str | None = None,
         shadow: bool = False,
         redrive: list[int] | None = None,
+        retry_s: float = REQUEST_RETRY_S,
     ) -> RunRequest:
-        """Queue one run (run.requested is logged first); `replay_of` / `redrive` make it a replay or a redrive."""
+        """Queue one run (run.requested is logged first); `replay_of` / `redrive` make it a replay or a redrive.
+
+        While NATS is away (a restart) the request is sent again for up to `retry_s` seconds: both of its messages
+        deduplicate on the run id, so a request that did land is not queued twice.
+        """
         req = RunRequest(
             pipeline=pipeline,
             run_id=run_id or manual_run_id(pipeline),
@@ -108,27 +130,23 @@ class JetlClient:
             shadow=shadow,
             redrive=redrive or [],
         )
-        await self.bus.request(req, code_hash=code_hash)
-        return req
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                await self.bus.request(req, code_hash=code_hash)
+                return req
+            except Exception as exc:
+                if classify(exc) != "transient" or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def follow(self, pipeline: str, run_id: str | None = None) -> AsyncIterator[Event]:
-        """Every event of a run (or of a pipeline's runs), from the beginning of the log, then live."""
-        js = self.conn.jetstream()
-        sub = await js.subscribe(
-            subjects.pattern(Kind.EVENTS, pipeline, run_id),
-            ordered_consumer=True,
-            stream=subjects.stream_name(Kind.EVENTS),
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=3600)
-                except TimeoutError:
-                    continue
-                yield parse_event(msg.data)
-        finally:
-            await sub.unsubscribe()
+        """Every event of a run (or of a pipeline's runs), from the beginning of the log, then live.
+
+        It rides through a NATS restart, resuming after the last event it yielded (`jetl.eventlog.tail`).
+        """
+        async for msg in tail(self.conn, Kind.EVENTS, subjects.pattern(Kind.EVENTS, pipeline, run_id)):
+            yield parse_event(msg.data)
 
     async def wait(
         self,
@@ -138,27 +156,43 @@ class JetlClient:
         timeout: float = 600.0,
         on_event: Callable[[Event, RunState], None] | None = None,
     ) -> RunState:
-        """Fold a run's events until it completes or fails; returns its state."""
+        """Fold a run's events until it completes or fails; returns its state.
+
+        It rides through a NATS restart. On `timeout` it raises WaitTimedOut saying what it waited for, the last
+        event it saw, and whether NATS answers (only then is NATS to blame).
+        """
         state: RunState | None = None
+        last: tuple[Event, float] | None = None
 
         async def _consume() -> RunState:
-            nonlocal state
+            nonlocal state, last
             async for ev in self.follow(pipeline, run_id):
-                state = fold(state, ev)
+                state, last = fold(state, ev), (ev, time.monotonic())
                 if on_event is not None:
                     on_event(ev, state)
-                if isinstance(ev, (RunCompleted, RunFailed)):
+                if isinstance(ev, (RunCompleted, RunFailed, RunCancelled)):
                     return state
             raise AssertionError("unreachable")
 
         try:
             return await asyncio.wait_for(_consume(), timeout)
         except TimeoutError as exc:
-            got = state.counts() if state else "no events"
-            raise TransientError(
-                f"run {run_id} did not finish within {timeout:.0f}s (so far: {got}); "
-                "are the services up? (`jetl up`, `jetl health`)"
+            nats_up = await self.nats_answers()
+            raise WaitTimedOut(
+                wait_message(pipeline, run_id, timeout, state, last, None if nats_up else self.settings.nats.url),
+                nats_up=nats_up,
             ) from exc
+
+    async def nats_answers(self) -> bool:
+        """Whether NATS answers right now (this connection is up, or a fresh one gets through)."""
+        if self.nc is not None and self.nc.is_connected:
+            return True
+        try:
+            nc = await nats_connection(self.settings)
+        except TransientError:
+            return False
+        await nc.close()
+        return True
 
     async def run_state(self, pipeline: str, run_id: str) -> RunState | None:
         """The folded state of one run, from the log itself."""
@@ -203,6 +237,28 @@ class JetlClient:
         """One run's events, in log order (a run id alone finds it under any pipeline)."""
         subject = subjects.pattern(Kind.EVENTS, pipeline, run_id)
         return [parse_event(m.data) async for m in read_stream(self.conn, Kind.EVENTS, subject)]
+
+    async def cancel(self, run_id: str, reason: str, pipeline: str | None = None, by: str = "") -> RunState:
+        """End an unfinished run by an event (run.cancelled): the tracker folds it as failed, which lets later runs
+        of its pipeline past the overlap guard. Raises ConfigError for a run the log does not know, or one that
+        completed."""
+        if not reason.strip():
+            raise ConfigError("a cancellation needs a reason (--reason)")
+        events = await self.events(run_id, pipeline)
+        if not events:
+            raise ConfigError(f"no events for run {run_id!r}: nothing to cancel (see `jetl status`)")
+        state: RunState | None = None
+        for ev in events:
+            state = fold(state, ev)
+        assert state is not None
+        if state.status == "completed":
+            raise ConfigError(f"run {run_id} of {state.pipeline} completed: there is nothing to cancel")
+        await self.bus.event(
+            RunCancelled(
+                pipeline=state.pipeline, run_id=run_id, service="cli", code_hash=state.code_hash, reason=reason, by=by
+            )
+        )
+        return state
 
     async def dead_letter_log(self, pipeline: str | None = None) -> list[tuple[int, DeadLetter]]:
         """Dead letters with their JETL_DLQ sequence (what a redrive names them by), oldest first."""
@@ -286,7 +342,7 @@ class JetlClient:
                     f"run {parent_run_id!r} had dead letters {redriven[0]}: a replay would load those records a "
                     "second time (a replay replaces the parent's batches, not the redrive's). --diff is fine."
                 )
-        run_id = f"{pipeline}-rp{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}{secrets.token_hex(2)}"
+        run_id = f"{pipeline}{REPLAY_TAG}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}{secrets.token_hex(2)}"
         await self.request_run(
             pipeline,
             run_id=run_id,
@@ -298,6 +354,30 @@ class JetlClient:
         )
         return await self.wait(pipeline, run_id, timeout=timeout, on_event=on_event)
 
+    async def request_redrive(
+        self, pipeline: str, *, run_id: str | None = None, seqs: list[int] | None = None, code_hash: str = ""
+    ) -> RunRequest | None:
+        """Queue a `redrive` run of a pipeline's dead letters (of one run, or the JETL_DLQ sequences `seqs`, or all)
+        without waiting for it; None when there is nothing to send.
+
+        Dead letters another redrive already took are left out, so redriving twice loads nothing twice. The run id
+        is derived from the dead letters it takes: two people redriving at once make one run. A selection is read
+        letter by letter, not by reading the pipeline's whole dead-letter log.
+        """
+        from jetl.deadletters import letters_at
+
+        if seqs is not None:
+            runs = await status_runs(await bucket(self.conn), pipeline)
+            letters = [(q, dl) for q, dl in await letters_at(self.conn, seqs) if dl.pipeline == pipeline]
+        else:
+            runs = await self.runs(pipeline)
+            letters = await self.dead_letter_log(pipeline)
+        chosen = redrivable(letters, runs, run_id=run_id)
+        if not chosen:
+            return None
+        rid = redrive_run_id(pipeline, chosen, runs)
+        return await self.request_run(pipeline, run_id=rid, trigger="redrive", redrive=chosen, code_hash=code_hash)
+
     async def redrive(
         self,
         pipeline: str,
@@ -307,18 +387,33 @@ class JetlClient:
         timeout: float = 600.0,
         on_event: Callable[[Event, RunState], None] | None = None,
     ) -> RunState | None:
-        """Send dead letters (of one run, or all) back through as a `redrive` run; None when there is nothing to send.
-
-        Dead letters another redrive already took are left out, so redriving twice loads nothing twice. The run id
-        is derived from the dead letters it takes: two people redriving at once make one run.
-        """
-        runs = await self.runs(pipeline)
-        seqs = redrivable(await self.dead_letter_log(pipeline), runs, run_id=run_id)
-        if not seqs:
+        """Send dead letters (of one run, or all) back through as a `redrive` run and wait for it (see
+        `request_redrive`); None when there is nothing to send."""
+        req = await self.request_redrive(pipeline, run_id=run_id, code_hash=code_hash)
+        if req is None:
             return None
-        rid = redrive_run_id(pipeline, seqs, runs)
-        await self.request_run(pipeline, run_id=rid, trigger="redrive", redrive=seqs, code_hash=code_hash)
-        return await self.wait(pipeline, rid, timeout=timeout, on_event=on_event)
+        return await self.wait(pipeline, req.run_id, timeout=timeout, on_event=on_event)
+
+    async def record_action(
+        self,
+        pipeline: str,
+        action: Literal["pause", "resume", "run", "backfill", "redrive"],
+        by: str,
+        *,
+        target_run_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> OperatorAction:
+        """Write to the event log that `by` did `action` to a pipeline (and which run it made)."""
+        ev = OperatorAction(
+            pipeline=pipeline,
+            service="ui",
+            action=action,
+            by=by,
+            target_run_id=target_run_id,
+            detail=detail or {},
+        )
+        await self.bus.event(ev)
+        return ev
 
     async def backfill(
         self,
@@ -383,6 +478,30 @@ class JetlClient:
         return out
 
 
+def wait_message(
+    pipeline: str,
+    run_id: str,
+    timeout: float,
+    state: RunState | None,
+    last: tuple[Event, float] | None,
+    nats_down: str | None,
+) -> str:
+    """What a wait that gave up says: what it waited for, the last event it saw (and when), and NATS when it is
+    down (`nats_down`: its URL)."""
+    if state is None or last is None:
+        seen = f"no event of run {run_id} in {timeout:.0f} s (was it requested? `jetl status {pipeline}`)"
+    else:
+        settled = sum(1 for b in state.batches.values() if b.outcome != "pending")
+        expected = "?" if state.expected_batches is None else str(state.expected_batches)
+        ago = time.monotonic() - last[1]
+        seen = (
+            f"run {run_id} did not finish within {timeout:.0f} s; last seen: {last[0].type} {settled}/{expected} "
+            f"batches settled, {ago:.0f} s ago (status {state.status}, {state.extracted} extracted, {state.loaded} "
+            "loaded)"
+        )
+    return seen if nats_down is None else f"{seen}; NATS at {nats_down} does not answer"
+
+
 RETRY = "-retry"
 
 
@@ -428,6 +547,7 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
     """Per JETL_DLQ sequence, why a redrive must not take it (None: it may).
 
     - `unreadable`: input that could not be read as a record (a malformed line): there is no record to send.
+    - `too large`: a record over the server's max_payload (kept by reference): no batch can carry it.
     - `redriven by <run>`: a redrive that has not failed took it already.
     - `shadow <run>`: rejected by a replay into a shadow (a trial for --diff), not by a run that loads.
     - `superseded by <run>`: a replay has processed that batch again (and dead-lettered what it rejects itself).
@@ -442,7 +562,9 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
                     superseded[f"{r.parent_run_id}/{b.seq:06d}"] = r.run_id
     out: dict[int, str | None] = {}
     for seq, dl in letters:
-        if dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
+        if dl.error_type == OVERSIZED_RECORD:
+            out[seq] = "too large"
+        elif dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
             out[seq] = "unreadable"
         elif seq in taken:
             out[seq] = f"redriven by {taken[seq]}"
@@ -468,4 +590,23 @@ def redrive_run_id(pipeline: str, seqs: list[int], runs: list[RunState]) -> str:
 
     failed = sum(1 for r in runs if r.status == "failed" and sorted(r.redrive) == sorted(seqs))
     digest = hashlib.sha256(f"{','.join(map(str, sorted(seqs)))}#{failed}".encode()).hexdigest()[:12]
-    return f"{pipeline}-rd{digest}"
+    return f"{pipeline}{REDRIVE_TAG}{digest}"
+
+
+REDRIVE_TAG = "-rd"
+"""Run ids of redrives are `<pipeline>-rd<hash>` (`redrive_run_id`)."""
+REPLAY_TAG = "-rp"
+"""Run ids of replays are `<pipeline>-rp<stamp>` (`JetlClient.replay`)."""
+
+
+async def status_runs(kv: Any, pipeline: str | None = None) -> list[RunState]:
+    """The only runs `dead_letter_status` looks at: redrives and replays, found by their run ids, so judging a page
+    of dead letters reads a handful of run states, not every run kept."""
+    out: list[RunState] = []
+    for key in await bucket_keys(kv, f"run.{pipeline}.>" if pipeline else "run.>"):
+        _, pipe, run_id = key.split(".", 2)
+        if run_id.startswith((f"{pipe}{REDRIVE_TAG}", f"{pipe}{REPLAY_TAG}")):
+            state = await get_run(kv, pipe, run_id)
+            if state is not None:
+                out.append(state)
+    return out

@@ -2,7 +2,8 @@
 
     JetlError
     ├── TransientError          retry: nak with backoff (network, timeouts, a server that is down)
-    │   └── DestinationUnavailable
+    │   ├── DestinationUnavailable
+    │   └── WaitTimedOut        a client gave up waiting for a run (says what it waited for, and whether NATS is up)
     └── TerminalError           dead-letter: record why, then term (bad data, bad config, bugs in a transform)
         ├── ConfigError         a pipeline or setting that cannot work; raised at start-up where possible
         │   ├── DiscoveryError  a pipeline module that fails to import or registers a duplicate name
@@ -41,6 +42,15 @@ class TransientError(JetlError):
 
 class DestinationUnavailable(TransientError):
     """The destination (ClickHouse, a folder) could not be reached or written just now."""
+
+
+class WaitTimedOut(TransientError):
+    """A client waited for a run to finish and gave up; the message says what it waited for and what it saw last."""
+
+    def __init__(self, message: str, *, nats_up: bool) -> None:
+        super().__init__(message)
+        self.nats_up = nats_up
+        """NATS answered when the wait gave up: the services, not the bus, are the place to look."""
 
 
 class TerminalError(JetlError):

@@ -1,12 +1,15 @@
 """The event log read back: any stream's messages under a subject filter, the lifecycle events in order, and the
 run states (with cursors and the scheduler's indexes) rebuilt from them (`jetl status --rebuild`).
 
-Every read is an ordered consumer: nothing durable is left behind.
+Every read is an ordered consumer: nothing durable is left behind. `tail` follows a stream live and rides through a
+NATS restart, resuming after the last sequence it saw.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +18,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jetl.events import CursorChanged, Event, RunCompleted, parse_event
+from jetl.events import CursorChanged, Event, RunCompleted, is_run_event, parse_event
 from jetl.projection import RunState, fold
 from jetl.state import (
     add_active,
@@ -60,6 +63,53 @@ async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 
                 return
     finally:
         await sub.unsubscribe()
+
+
+async def tail(nc: Client, kind: Kind, subject: str, *, after: int = 0, idle: float = 1.0) -> AsyncGenerator[Any, None]:
+    """Every message `kind`'s stream keeps under `subject` with a stream sequence above `after`, then live ones,
+    for ever (the caller decides when to stop).
+
+    It rides through a NATS restart: on a reconnect (`nc` must be allowed to reconnect, see
+    `jetl._internal.connect.riding_connection`) it subscribes again from the last sequence it yielded + 1, and
+    while the server is away, or its JetStream is still recovering, it retries every `idle` seconds. A message is
+    never yielded twice: sequences at or below the last one yielded are skipped.
+    """
+    js = nc.jetstream()
+    last = after
+    while True:
+        if nc.is_closed:
+            raise ConnectionError("the NATS connection is closed")
+        reconnects = nc.stats["reconnects"]
+        start = (
+            ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+            if last == 0
+            else ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
+        )
+        try:
+            sub = await js.subscribe(subject, ordered_consumer=True, stream=STREAMS[kind].name, config=start)
+        except Exception:
+            if nc.is_closed:
+                raise
+            await asyncio.sleep(idle)  # disconnected, or JetStream not back yet after a restart
+            continue
+        try:
+            while nc.stats["reconnects"] == reconnects and not nc.is_closed:
+                try:
+                    msg = await sub.next_msg(timeout=idle)
+                except TimeoutError:
+                    continue
+                except Exception:
+                    if nc.is_closed:
+                        raise
+                    break  # the subscription broke with the connection: subscribe again from `last`
+                seq = msg.metadata.sequence.stream
+                if seq <= last:
+                    continue
+                last = seq
+                yield msg
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 async def read_events(
@@ -107,6 +157,8 @@ async def rebuild(nc: Client, pipeline: str | None = None) -> int:
         n += 1
         if isinstance(ev, CursorChanged):  # an operator's change names no run
             cursors[ev.pipeline] = ev.cursor
+            continue
+        if not is_run_event(ev):
             continue
         key = (ev.pipeline, ev.run_id)
         states[key] = fold(states.get(key), ev)
@@ -172,3 +224,93 @@ async def _write_state(
             revision = None
         state = await _refold(nc, pipeline, run_id)
     raise RuntimeError(f"could not rebuild {key}: too many concurrent writers")
+
+
+async def read_from(
+    nc: Client, stream: str, subject: str, start_seq: int, limit: int, *, until_seq: int | None = None
+) -> list[Any]:
+    """Up to `limit` messages of `stream` under `subject`, from sequence `start_seq` on (and not past `until_seq`).
+
+    One page of a long stream without reading the rest of it: an ephemeral pull consumer starts at the sequence,
+    and its pending count says how many messages there are to fetch, so an empty page costs no wait.
+    """
+    from nats.js.api import AckPolicy
+
+    js = nc.jetstream()
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(1, start_seq),
+        filter_subject=subject,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,  # removed below; this only covers a reader that died midway
+        mem_storage=True,
+        num_replicas=1,
+    )
+    try:
+        info = await js.add_consumer(stream, config)
+    except NotFoundError:
+        return []
+    out: list[Any] = []
+    try:
+        want = min(limit, info.num_pending or 0)
+        if want <= 0:
+            return out
+        psub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
+        try:
+            while len(out) < want:
+                try:
+                    msgs = await psub.fetch(min(want - len(out), 256), timeout=5.0)
+                except TimeoutError:
+                    break
+                for m in msgs:
+                    if until_seq is not None and m.metadata.sequence.stream > until_seq:
+                        return out
+                    out.append(m)
+        finally:
+            await psub.unsubscribe()
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, info.name)
+    return out
+
+
+async def recent_runs(
+    nc: Client,
+    kv: KeyValue,
+    pipeline: str | None = None,
+    *,
+    limit: int = 50,
+    before: int | None = None,
+    status: str | None = None,
+    max_scan: int = 20_000,
+) -> tuple[list[tuple[int, RunState]], int | None]:
+    """One page of run states, most recently changed first, and the `before` of the next page (None: no more).
+
+    A bounded listing for a dashboard over thousands of runs: the bucket's stream keeps one message per key (its
+    latest revision), so reading it backwards from its last sequence, in growing windows, meets the runs that
+    changed last first. At most `max_scan` states are read for one page however rare `status` is. Each run is
+    returned with the stream sequence of its state, which `before` pages by.
+    """
+    js, stream, prefix = kv._js, kv._stream, kv._pre
+    info = await js.stream_info(stream)
+    first = info.state.first_seq or 1
+    hi = min(before - 1, info.state.last_seq) if before else info.state.last_seq
+    subject = f"{prefix}run.{check_token(pipeline)}.>" if pipeline else f"{prefix}run.>"
+    wanted = f'"status":"{status}"'.encode() if status else None
+    out: list[tuple[int, RunState]] = []
+    window, scanned = max(4 * limit, 256), 0
+    while hi >= first and len(out) < limit and scanned < max_scan:
+        window = min(window, max_scan - scanned)
+        lo = max(first, hi - window + 1)
+        msgs = await read_from(nc, stream, subject, lo, window, until_seq=hi)
+        scanned += len(msgs)
+        for m in reversed(msgs):
+            # deleted keys leave an empty marker; the status is checked on the raw JSON before parsing a state
+            if m.data and (wanted is None or wanted in m.data):
+                out.append((m.metadata.sequence.stream, RunState.model_validate_json(m.data)))
+                if len(out) == limit:
+                    break
+        hi, window = lo - 1, window * 2
+    more = len(out) == limit or (hi >= first and scanned >= max_scan)
+    next_before = (out[-1][0] if out and len(out) == limit else hi + 1) if more else None
+    return out, next_before

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from jetl.messages import Trigger, utcnow
+from jetl.messages import BatchId, Token, Trigger, utcnow
 
 
 def instance_id() -> str:
@@ -18,8 +18,9 @@ def instance_id() -> str:
 
 
 class _Event(BaseModel):
-    pipeline: str
-    run_id: str
+    # checked on receipt: the tracker keys run state by them, and a forged event must not name a path or a wildcard
+    pipeline: Token
+    run_id: Token
     at: datetime = Field(default_factory=utcnow)
     service: str = ""
     instance: str = Field(default_factory=instance_id)
@@ -31,8 +32,8 @@ class _Event(BaseModel):
 
 
 class _BatchEvent(_Event):
-    batch_id: str
-    seq: int
+    batch_id: BatchId
+    seq: int = Field(ge=0)
 
     def msg_id(self) -> str:
         return f"{self.batch_id}/{getattr(self, 'type', '')}"
@@ -45,7 +46,7 @@ class RunRequested(_Event):
     trigger: Trigger = "manual"
     data_interval_start: datetime | None = None
     data_interval_end: datetime | None = None
-    parent_run_id: str | None = None
+    parent_run_id: Token | None = None
     shadow: bool = False
     """A replay loading into the destination's shadow (`jetl replay --diff`), not the real destination."""
     redrive: list[int] = Field(default_factory=list)
@@ -72,9 +73,9 @@ class RunExtracted(_Event):
     """The extractor finished: the run has exactly `batches` batches."""
 
     type: Literal["run.extracted"] = "run.extracted"
-    batches: int
-    records: int
-    rejected: int = 0
+    batches: int = Field(ge=0)
+    records: int = Field(ge=0)
+    rejected: int = Field(default=0, ge=0)
     cursor: dict[str, Any] | None = None
     """The incremental state to carry into the next run, once this one completes."""
 
@@ -155,6 +156,16 @@ class RunFailed(_Event):
     stage: str = ""
 
 
+class RunCancelled(_Event):
+    """Someone ended the run by hand (`jetl runs cancel`): it counts as failed, and no longer holds back later runs
+    of its pipeline (the overlap guard of a pipeline that keeps a cursor)."""
+
+    type: Literal["run.cancelled"] = "run.cancelled"
+    reason: str
+    by: str = ""
+    """Who cancelled it (the CLI user), as they gave it."""
+
+
 class CursorChanged(_Event):
     """An operator set or reset a pipeline's cursor (`jetl cursor`): the one change of a cursor that is not a run.
 
@@ -174,6 +185,35 @@ class CursorChanged(_Event):
     """Why (`--reason`, required)."""
 
 
+OPS_RUN = "ops"
+"""The run-id token of events that belong to no run (someone paused a pipeline): `jetl.events.<pipeline>.ops`."""
+
+
+class OperatorAction(_Event):
+    """Someone changed something by hand (the dashboard's buttons): who did what to which pipeline.
+
+    It belongs to no run (its run_id is `OPS_RUN`), so nothing folds it into a run state; the run it made, if any,
+    is `target_run_id`, and that run's own events follow as usual.
+    """
+
+    type: Literal["operator.action"] = "operator.action"
+    run_id: str = OPS_RUN
+    action: Literal["pause", "resume", "run", "backfill", "redrive"]
+    by: str
+    """Who: `ui:<os user of the server>@<client address>`."""
+    target_run_id: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+    def msg_id(self) -> str:
+        # every action is its own event: two people pausing twice are four events
+        return f"{self.pipeline}/{self.type}/{self.action}/{self.at.isoformat()}/{self.instance}"
+
+
+def is_run_event(ev: _Event) -> bool:
+    """An event of a run, to fold into its state (an operator action or a cursor change is not)."""
+    return not isinstance(ev, (OperatorAction, CursorChanged))
+
+
 Event = Annotated[
     RunRequested
     | RunStarted
@@ -186,7 +226,9 @@ Event = Annotated[
     | BatchRejected
     | RunCompleted
     | RunFailed
-    | CursorChanged,
+    | RunCancelled
+    | CursorChanged
+    | OperatorAction,
     Field(discriminator="type"),
 ]
 

@@ -17,7 +17,7 @@ from jetl import subjects
 from jetl._internal.connect import nats_connection
 from jetl.pipeline import Pipeline
 from jetl.settings import JetlSettings
-from jetl.state import HEARTBEAT_PREFIX, get_mark, get_paused, last_failed_key, last_ok_key, watch_values
+from jetl.state import HEARTBEAT_PREFIX, RunMark, get_mark, get_paused, last_failed_key, last_ok_key, watch_values
 from jetl.subjects import CONSUMERS, STREAMS
 from jetl.topology import BUCKET
 
@@ -90,11 +90,7 @@ async def gather_health(
             add("kv", BUCKET, "fail", "missing (run `jetl deploy`)")
             kv = None
         now = time.time()
-        beats: dict[str, list[dict[str, Any]]] = {}
-        if kv is not None:
-            for raw in (await watch_values(kv, f"{HEARTBEAT_PREFIX}.>")).values():
-                with_data = orjson.loads(raw)
-                beats.setdefault(with_data.get("service", "?"), []).append(with_data)
+        beats = await service_beats(kv) if kv is not None else {}
         for name in services:
             seen = beats.get(name, [])
             fresh = [b for b in seen if now - float(b.get("at", 0)) <= heartbeat_timeout]
@@ -124,24 +120,22 @@ async def gather_health(
             for p in sorted(pipelines.values(), key=lambda p: p.name):
                 if p.schedule is None or kv is None:
                     continue
-                paused = await get_paused(kv, p.name)
-                if paused if paused is not None else p.schedule.paused:
+                f = await freshness(kv, p, now_dt, stale_factor)
+                ok, failed = f.last_ok, f.last_failed
+                if f.paused:
                     add("pipeline", p.name, "ok", "paused")
-                    continue
-                ok = await get_mark(kv, last_ok_key(p.name))
-                failed = await get_mark(kv, last_failed_key(p.name))
-                if ok is not None:
+                elif ok is not None:
                     age = now_dt - ok.at
-                    if p.schedule.is_stale(ok.at, now_dt, stale_factor):
+                    if f.stale:
                         add(
                             "pipeline",
                             p.name,
                             "fail",
-                            f"stale: last success {ok.run_id} {_ago(age.total_seconds())} "
+                            f"stale: last success {ok.run_id} {ago(age.total_seconds())} "
                             f"ago, schedule {p.schedule.expression}",
                         )
                     else:
-                        add("pipeline", p.name, "ok", f"last success {ok.run_id} {_ago(age.total_seconds())} ago")
+                        add("pipeline", p.name, "ok", f"last success {ok.run_id} {ago(age.total_seconds())} ago")
                 elif failed is not None:
                     add("pipeline", p.name, "fail", f"never succeeded; last failure {failed.run_id}: {failed.error}")
                 else:
@@ -151,7 +145,45 @@ async def gather_health(
     return rows
 
 
-def _ago(seconds: float) -> str:
+class Freshness(BaseModel):
+    """A pipeline's schedule state and latest runs, as `jetl health` and the dashboard judge staleness by them."""
+
+    paused: bool
+    """Paused by `jetl pause` or by its code (`Cron(paused=True)`); False without a schedule."""
+    last_ok: RunMark | None
+    """Its latest completed run."""
+    last_failed: RunMark | None
+    """Its latest failed run."""
+    stale: bool
+    """Scheduled, not paused, and no success within `stale_factor` slot lengths (or never)."""
+
+
+async def freshness(kv: Any, p: Pipeline, now: datetime, stale_factor: float) -> Freshness:
+    """One pipeline's pause state, latest success and failure, and whether its data is older than promised."""
+    override = await get_paused(kv, p.name)
+    paused = p.schedule is not None and (override if override is not None else p.schedule.paused)
+    ok = await get_mark(kv, last_ok_key(p.name))
+    failed = await get_mark(kv, last_failed_key(p.name))
+    stale = (
+        p.schedule is not None
+        and not paused
+        and ((ok is None and failed is not None) or (ok is not None and p.schedule.is_stale(ok.at, now, stale_factor)))
+    )
+    return Freshness(paused=paused, last_ok=ok, last_failed=failed, stale=stale)
+
+
+async def service_beats(kv: Any) -> dict[str, list[dict[str, Any]]]:
+    """Per service, the heartbeats its instances left (instance, at, started_at, stats, lag); an instance that
+    stopped keeps its last one until the key expires, so more instances than are running means restarts."""
+    beats: dict[str, list[dict[str, Any]]] = {}
+    for raw in (await watch_values(kv, f"{HEARTBEAT_PREFIX}.>")).values():
+        with_data = orjson.loads(raw)
+        beats.setdefault(with_data.get("service", "?"), []).append(with_data)
+    return beats
+
+
+def ago(seconds: float) -> str:
+    """A duration for people: 42s, 7m, 3.5h, 2.0d."""
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:

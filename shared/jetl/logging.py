@@ -11,6 +11,8 @@ from typing import Any
 import structlog
 from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
 
+from jetl.redact import redact_text
+
 __all__ = ["bind_contextvars", "bound_contextvars", "clear_contextvars", "configure_logging", "get_logger"]
 
 _SINKS: list[Any] = []
@@ -34,6 +36,27 @@ def _ship(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMappi
     return event_dict
 
 
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Mask URL passwords and secret-looking query values in every string of a log line, tracebacks included.
+
+    The last line of defence: code shows URLs through `jetl.redact` already; this catches a driver's error text
+    or a traceback that quotes one, before the line is printed or shipped to JETL_LOGS.
+    """
+    for key, value in event_dict.items():
+        event_dict[key] = _redact_value(value)
+    return event_dict
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "console") -> None:
     """Configure structlog once per process and bind the service name."""
     renderer: Any = (
@@ -45,6 +68,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "console") -
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_secrets,
             _ship,
             renderer,
         ],

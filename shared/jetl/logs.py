@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
+import contextlib
 from typing import Any
 
 import orjson
 
 from jetl import subjects
-from jetl._internal.connect import nats_connection
+from jetl._internal.connect import nats_connection, riding_connection
 from jetl.errors import ConfigError
+from jetl.eventlog import tail
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 
@@ -28,7 +30,7 @@ async def read_logs(
     from nats.js.api import ConsumerConfig, DeliverPolicy
     from nats.js.errors import NotFoundError
 
-    nc = await nats_connection(s)
+    nc = await (riding_connection(s) if follow else nats_connection(s))  # a follower rides through a NATS restart
     try:
         js = nc.jetstream()
         subject = subjects.pattern(Kind.LOGS, pipeline, run_id)
@@ -44,12 +46,14 @@ async def read_logs(
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
         lines: list[dict[str, Any]] = []
+        last = 0  # the last stream sequence read: following resumes after it
         try:
             while kept and len(lines) < kept:
                 try:
                     msg = await sub.next_msg(timeout=2.0)
                 except Exception:
                     break
+                last = msg.metadata.sequence.stream
                 lines.append(orjson.loads(msg.data))
                 if progress is not None:
                     progress(len(lines), kept)
@@ -60,17 +64,20 @@ async def read_logs(
                 on_line(line)
             count = len(lines)
             if follow:
-                deadline = None if follow_seconds is None else time.monotonic() + follow_seconds
-                while deadline is None or time.monotonic() < deadline:
-                    wait = 1.0 if deadline is None else max(0.05, min(1.0, deadline - time.monotonic()))
-                    try:
-                        msg = await sub.next_msg(timeout=wait)
-                    except Exception:
-                        continue
-                    on_line(orjson.loads(msg.data))
-                    count += 1
+                await sub.unsubscribe()
+                live = tail(nc, Kind.LOGS, subject, after=last, idle=0.5)
+                try:
+                    async with asyncio.timeout(follow_seconds):
+                        async for msg in live:
+                            on_line(orjson.loads(msg.data))
+                            count += 1
+                except TimeoutError:
+                    pass  # --for ran out
+                finally:
+                    await live.aclose()
             return count
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):  # already unsubscribed when following
+                await sub.unsubscribe()
     finally:
         await nc.close()

@@ -13,15 +13,44 @@ import contextlib
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from jetl.errors import ConfigError, RecordIssue, TerminalError
 from jetl.subjects import Stage, check_token
 
 Encoding = Literal["json", "arrow"]
+_BATCH_ID = re.compile(r"^[A-Za-z0-9_\-]+/(?:[A-Za-z0-9_\-]+/)?[0-9]+$")
+
+
+def _token(value: str) -> str:
+    try:
+        return check_token(value, "id")
+    except ConfigError as exc:  # a ValueError inside a model: pydantic reports it against the field
+        raise ValueError(str(exc)) from None
+
+
+def check_batch_id(value: str) -> str:
+    """Return `value` if it is a batch id (`<run id>/[<partition>/]<digits>`, tokens, never a path), else raise
+    ConfigError."""
+    if not _BATCH_ID.match(value):
+        raise ConfigError(f"batch id {value!r} is not '<run id>/[<partition>/]<sequence number>'")
+    return value
+
+
+def _batch_id(value: str) -> str:
+    try:
+        return check_batch_id(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Token = Annotated[str, AfterValidator(_token)]
+"""A pipeline name or run id as received: a subject token (letters, digits, `_`, `-`), so never a path."""
+BatchId = Annotated[str, AfterValidator(_batch_id)]
+"""A batch id as received: `<run id>/[<partition>/]<sequence number>`."""
 Trigger = Literal["manual", "schedule", "backfill", "replay", "redrive"]
 
 
@@ -63,7 +92,7 @@ class RunRequest(BaseModel):
     """Replay: re-publish that run's raw batches (kept on JETL_RAW) under this run id instead of extracting."""
     shadow: bool = False
     """Load into the destination's shadow (a side table or folder per run), never the real one (`replay --diff`)."""
-    redrive: list[int] = Field(default_factory=list)
+    redrive: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
     """Redrive: the JETL_DLQ stream sequences whose records this run sends back through, instead of extracting."""
 
     def model_post_init(self, __context: Any) -> None:
@@ -71,6 +100,8 @@ class RunRequest(BaseModel):
         check_token(self.run_id, "run id")
         if self.replay_of is not None:
             check_token(self.replay_of, "replayed run id")
+        if self.parent_run_id is not None:
+            check_token(self.parent_run_id, "parent run id")
         if self.replay_of is not None and self.redrive:
             raise ConfigError("a run replays a run or redrives dead letters, not both")
         if self.shadow and self.replay_of is None:
@@ -78,11 +109,14 @@ class RunRequest(BaseModel):
 
 
 class Batch(BaseModel):
-    """Envelope of one batch of records: who made it, from where, under which schema."""
+    """Envelope of one batch of records: who made it, from where, under which schema.
 
-    pipeline: str
-    run_id: str
-    seq: int
+    Its ids are checked on receipt (`decode_batch`): they name subjects, folders and tables downstream.
+    """
+
+    pipeline: Token
+    run_id: Token
+    seq: int = Field(ge=0)
     schema_name: str
     schema_hash: str
     count: int
@@ -95,7 +129,7 @@ class Batch(BaseModel):
     """`origins` as they travel when they compress: runs of (prefix, first number, count), i.e. prefix + number."""
     shadow: bool = False
     """Load into the destination's shadow for this run (a replay with --diff), never the real destination."""
-    supersedes: str | None = None
+    supersedes: BatchId | None = None
     """A replayed batch: the parent run's batch it replaces in the destination (whose rows the loader removes)."""
     partition: str | None = None
     """The partition of the run that made it (a subject token), when the run's extraction was partitioned; `seq`
@@ -322,16 +356,64 @@ def dead_records(body: bytes, encoding: Encoding = "json") -> list[dict[str, Any
     ]
 
 
+PAYLOAD_HEADROOM = 4096
+"""Bytes of a message kept free under `max_payload` for what is not the records: the envelope line (ids, schema
+hash; origins are counted on their own), and the headers."""
+
+OVERSIZED_RECORD = "OversizedRecord"
+"""`DeadLetter.error_type` of a record larger than a message may be: its body is kept by reference (`ref`)."""
+
+
+def item_size(item: Any) -> int:
+    """Bytes one record takes in a batch body: a JSON text as it is, a record as orjson encodes it."""
+    return len(item) if type(item) is bytes else len(dumps(item))
+
+
+def fit_payload(sizes: Sequence[int], budget: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """Cut records of the given encoded sizes into runs whose bodies fit `budget` bytes: ([(start, stop), ...] in
+    order, the indexes of records too large to travel in any batch). Separators are counted as RAW_SEPARATOR's."""
+    runs: list[tuple[int, int]] = []
+    oversized: list[int] = []
+    start, used = 0, 2  # the brackets of the JSON array
+    for i, size in enumerate(sizes):
+        cost = size + len(RAW_SEPARATOR)
+        if size + 2 > budget:
+            if start < i:
+                runs.append((start, i))
+            oversized.append(i)
+            start, used = i + 1, 2
+            continue
+        if used + cost > budget and start < i:
+            runs.append((start, i))
+            start, used = i, 2
+        used += cost
+    if start < len(sizes):
+        runs.append((start, len(sizes)))
+    return runs, oversized
+
+
 MALFORMED_INPUT = "MalformedInput"
 """`DeadLetter.error_type` of input that is not a record at all (a line that is not JSON, or not an object): only
 its source can mend it, so a redrive does not take it."""
 
 
+def _as_text(value: Any) -> Any:
+    """A value as its JSON text (the stdlib encoder goes deeper than pydantic's), or its repr past even that."""
+    import json
+
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    try:
+        return json.dumps(value, default=str)
+    except (ValueError, RecursionError, TypeError):
+        return repr(value)
+
+
 class DeadLetter(BaseModel):
     """Rejected records (or a whole batch) with the reason, as kept on JETL_DLQ."""
 
-    pipeline: str
-    run_id: str
+    pipeline: Token
+    run_id: Token
     batch_id: str
     stage: Stage
     reason: str
@@ -341,6 +423,9 @@ class DeadLetter(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     scope: Literal["records", "batch"] = "records"
     """`records`: some records of the batch; `batch`: the whole batch could not pass the stage."""
+    body_ref: str | None = None
+    """`<bucket>/<object>`: the letter was too large for a message, so its records are kept in that object-store
+    object (the letter as JSON) and `records` here is empty. A record too large on its own carries `ref` instead."""
 
     @classmethod
     def of_batch(cls, batch: Batch, body: bytes, stage: Stage, exc: BaseException) -> DeadLetter:
@@ -378,6 +463,15 @@ class DeadLetter(BaseModel):
                 for i in issues
             ],
         )
+
+    def to_json(self) -> bytes:
+        """The letter as JSON. A record nested deeper than pydantic serializes (a fuzzed line of `[[[...]]]`, which
+        orjson still parsed) travels as its JSON text instead, so the letter is published, never lost."""
+        try:
+            return self.model_dump_json().encode()
+        except (ValueError, RecursionError):  # pydantic's serialization error is a ValueError
+            records = [{k: _as_text(v) if k in ("record", "input") else v for k, v in r.items()} for r in self.records]
+            return self.model_copy(update={"records": records}).model_dump_json().encode()
 
     @property
     def msg_id(self) -> str:

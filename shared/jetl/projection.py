@@ -14,6 +14,7 @@ from jetl.events import (
     BatchTransformed,
     Event,
     PartitionExtracted,
+    RunCancelled,
     RunCompleted,
     RunExtracted,
     RunFailed,
@@ -58,6 +59,12 @@ class RunState(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     expected_batches: int | None = None
+    extracted_claimed: int | None = None
+    """Records (read and unreadable) run.extracted says the run extracted: the batches must add up to it."""
+    last_event_at: datetime | None = None
+    """When the run last made progress (its newest event): a run silent for too long is failed as stalled."""
+    cancelled: bool = False
+    """Ended by `jetl runs cancel` (its status is `failed`, its error the reason)."""
     cursor: dict[str, Any] | None = None
     """The cursor the run moves to once it completes (from run.extracted)."""
     start_cursor: dict[str, Any] | None = None
@@ -98,7 +105,15 @@ class RunState(BaseModel):
 
     @property
     def reconciles(self) -> bool:
-        """extracted = loaded + rejected + filtered."""
+        """extracted = loaded + rejected + filtered, over every batch the run announced, each of them settled, and as
+        many batches and records as run.extracted counted. A batch lost on the way, or one still in flight, makes the
+        ledger not reconcile: equal sums over what arrived are not enough (a lost batch is in neither side)."""
+        if any(b.outcome == "pending" for b in self.batches.values()):
+            return False
+        if self.expected_batches is not None and len(self.batches) < self.expected_batches:
+            return False
+        if self.extracted_claimed is not None and self.extracted_claimed != self.extracted:
+            return False
         return self.extracted == self.loaded + self.rejected + self.filtered
 
     @property
@@ -139,6 +154,8 @@ def fold(state: RunState | None, ev: Event) -> RunState:
     if state is None:
         state = RunState(pipeline=ev.pipeline, run_id=ev.run_id)
     state.events += 1
+    if state.last_event_at is None or ev.at > state.last_event_at:
+        state.last_event_at = ev.at
     if ev.code_hash:
         state.code_hash = ev.code_hash
     match ev:
@@ -160,6 +177,7 @@ def fold(state: RunState | None, ev: Event) -> RunState:
             b.extracted, b.extract_rejected = ev.records, ev.rejected
         case RunExtracted():
             state.expected_batches = ev.batches
+            state.extracted_claimed = ev.records + ev.rejected
             state.cursor = ev.cursor
             if state.status == "requested":
                 state.status = "running"
@@ -196,9 +214,15 @@ def fold(state: RunState | None, ev: Event) -> RunState:
             if ev.cursor is not None:
                 state.cursor = ev.cursor
         case RunFailed():
-            state.status = "failed"
-            state.error = ev.error
-            state.finished_at = ev.at
+            if not state.cancelled:  # the reason a person gave stands over what failed after it
+                state.status = "failed"
+                state.error = ev.error
+                state.finished_at = ev.at
+        case RunCancelled():
+            if state.status != "completed":
+                state.status, state.cancelled = "failed", True
+                state.error = f"cancelled{f' by {ev.by}' if ev.by else ''}: {ev.reason}"
+                state.finished_at = ev.at
     return state
 
 

@@ -59,3 +59,15 @@ def redact_text(text: str, *secrets: str | SecretStr | None) -> str:
         if value:
             out = out.replace(value, MASK)
     return out
+
+
+def url_password(url: str | SecretStr | None) -> str | None:
+    """The password in a URL's user info (None when it has none, or the text is not a URL): what `redact_text`
+    must also mask where a driver quotes it without the URL around it."""
+    if url is None:
+        return None
+    text = url.get_secret_value() if isinstance(url, SecretStr) else str(url)
+    try:
+        return urlsplit(text).password or None
+    except ValueError:
+        return None

@@ -49,9 +49,10 @@ class NatsSettings(BaseModel):
     """Seconds to wait for a connection."""
     stream_replicas: int = 1
     """Replicas of each stream (3 on a cluster)."""
-    ack_wait: float = 60.0
-    """Seconds a stage may hold a message unacked before JetStream redelivers it (a crashed worker's messages
-    come back after this). A consumer setting: `jetl deploy` / `jetl up` apply it, so set it where they run."""
+    ack_wait: float = 10.0
+    """Seconds a stage may hold a message without an ack or an in_progress() beat before JetStream redelivers it:
+    a crashed worker's messages come back after this; live workers beat every third of it. A consumer setting:
+    `jetl deploy` / `jetl up` apply it, so set it where they run."""
     deployment_wait: float = 120.0
     """Seconds a starting service waits for `jetl deploy` to have declared the streams before it gives up."""
 
@@ -74,6 +75,17 @@ class ClickHouseSettings(BaseModel):
     """Database that tables are created in."""
     secure: bool = False
     """HTTPS to the server."""
+
+
+class UiSettings(BaseModel):
+    """The web dashboard (`jetl ui`)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; any other than a loopback one requires `token`."""
+    port: int = 8420
+    """Port to bind."""
+    token: SecretStr | None = None
+    """Access token people give once (`?token=`, then a cookie) or send as `Authorization: Bearer`."""
 
 
 class JetlSettings(BaseSettings):
@@ -105,6 +117,8 @@ class JetlSettings(BaseSettings):
     """Serve Prometheus metrics on this port at /metrics (0: off); one port per process."""
     metrics_host: str = "0.0.0.0"
     """Address the metrics server binds."""
+    ui: UiSettings = Field(default_factory=UiSettings)
+    """The web dashboard."""
 
     @property
     def chdb_path(self) -> Path:

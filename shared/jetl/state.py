@@ -38,7 +38,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from jetl.errors import NoDeployment
-from jetl.events import Event
+from jetl.events import Event, is_run_event
 from jetl.projection import RunState, fold
 from jetl.subjects import check_token
 from jetl.topology import BUCKET, server_url
@@ -73,7 +73,12 @@ async def get_run(kv: KeyValue, pipeline: str, run_id: str) -> RunState | None:
 
 
 async def apply(kv: KeyValue, ev: Event) -> RunState:
-    """Fold one event into its run's state with compare-and-set (retried on a concurrent write)."""
+    """Fold one event into its run's state with compare-and-set (retried on a concurrent write).
+
+    An event of no run (an operator action) is folded into a throwaway state and nothing is written.
+    """
+    if not is_run_event(ev):
+        return fold(None, ev)
     key = run_key(ev.pipeline, ev.run_id)
     for _ in range(50):
         try:

@@ -175,7 +175,22 @@ def control_pattern(service: str) -> str:
 ALL = ">"
 INBOX = "_INBOX.>"
 STATE_BUCKET = "JETL_STATE"
+DLQ_BODIES_BUCKET = "JETL_DLQ_BODIES"
+"""The object-store bucket that keeps what is too large to travel in a message (a record over `max_payload`, a
+dead letter of a whole batch): the dead letter on JETL_DLQ names it by reference (`body_ref`)."""
 _JS = "$JS.API"
+_ADVISORY = "$JS.EVENT.ADVISORY"
+
+
+def max_deliveries_advisory(stream: str = "*", consumer: str = "*") -> str:
+    """JetStream's advisory that a message of `stream` reached `max_deliver` on `consumer` without an ack (wildcards
+    by default: every stream and consumer)."""
+    return f"{_ADVISORY}.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
+
+
+def object_store_access(bucket: str) -> list[str]:
+    """What putting and reading objects of one object-store bucket publishes to."""
+    return [f"$O.{bucket}.>", f"{_JS}.DIRECT.GET.OBJ_{bucket}.>", f"{_JS}.DIRECT.GET.OBJ_{bucket}"]
 
 
 def kv_access(bucket: str) -> list[str]:

@@ -17,6 +17,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -31,8 +32,11 @@ from jetl.settings import NatsSettings
 from jetl.subjects import CONSUMERS, STREAMS, Kind, Retention
 
 # Consumer tuning: a stage must ack within ACK_WAIT or call in_progress(); after MAX_DELIVER tries a message
-# is dead-lettered by the stage itself (see jetl.runtime.stage).
-ACK_WAIT_S = 60.0
+# is dead-lettered by the stage itself (see jetl.runtime.stage). The ack wait is short because it is how long a
+# crashed worker's messages wait before JetStream hands them to a live one (a SIGKILLed loader stalled runs for the
+# ack wait, 60 s, before it was cut to 10 s); live workers beat in_progress() every third of it
+# (jetl.runtime.service.keep_alive), so a long batch is never redelivered while its worker lives.
+ACK_WAIT_S = 10.0
 MAX_DELIVER = 5
 MAX_ACK_PENDING = 256
 
@@ -139,7 +143,51 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
                 continue
         changes.append(Change("consumer", f"{stream}/{service}", "updated", "; ".join(diffs)))
     changes.append(await _declare_kv(js, s, dry_run=dry_run))
+    changes.append(await _declare_object_store(js, s, dry_run=dry_run))
     return changes
+
+
+DLQ_BODIES_MAX_BYTES = 256 * 1024 * 1024
+"""Byte limit of the dead-letter bodies bucket: oversized records are rare, and a flood of them must not fill the
+disk (past it the server refuses new objects, and the stage naks instead of dropping anything)."""
+DLQ_BODIES_TTL_DAYS = 30.0
+"""As long as JETL_DLQ keeps the letters that name these bodies."""
+
+
+def object_store_config(replicas: int = 1) -> ObjectStoreConfig:
+    """The declared configuration of the dead-letter bodies bucket (`subjects.DLQ_BODIES_BUCKET`)."""
+    return ObjectStoreConfig(
+        bucket=subjects.DLQ_BODIES_BUCKET,
+        description="jetl: bodies of dead letters too large for a message",
+        ttl=DLQ_BODIES_TTL_DAYS * 86400,
+        max_bytes=DLQ_BODIES_MAX_BYTES,
+        storage=StorageType.FILE,
+        replicas=replicas,
+    )
+
+
+async def _declare_object_store(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
+    """The dead-letter bodies bucket: created if missing, its limits kept as declared."""
+    wanted = object_store_config(s.stream_replicas)
+    name = subjects.DLQ_BODIES_BUCKET
+    try:
+        info = await js.stream_info(f"OBJ_{name}")
+    except NotFoundError:
+        if not dry_run:
+            await js.create_object_store(name, config=wanted)  # nats-py overwrites config.bucket with this
+        return Change("object store", name, "created")
+    config = info.config
+    target = {"max_age": wanted.ttl, "max_bytes": wanted.max_bytes, "num_replicas": wanted.replicas}
+    diffs = [f"{k}: {getattr(config, k)} -> {v}" for k, v in target.items() if getattr(config, k) != v]
+    if not diffs:
+        return Change("object store", name, "unchanged")
+    if not dry_run:
+        config.max_age, config.max_bytes, config.num_replicas = wanted.ttl, wanted.max_bytes, wanted.replicas
+        try:
+            await js.update_stream(config)
+        except Exception as exc:
+            return Change("object store", name, "differs", f"{'; '.join(diffs)} (update refused: {exc})")
+    return Change("object store", name, "updated", "; ".join(diffs))
 
 
 _COMPARED_KV = ("max_msgs_per_subject", "storage", "num_replicas")

@@ -4,17 +4,55 @@ destination, and the control verbs (count, diff) answer over request/reply."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 from faststream.nats import TestNatsBroker
+from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel
 
 from jetl import ConsoleLoader, FileExtractor, FileLoader, Pipeline, subjects
+from jetl.events import BatchLoaded, RunRequested
 from jetl.messages import Batch, encode_batch
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
+from jetl.state import apply
 from jetl_loader.handlers import make_router
+
+
+class MemoryKV:
+    """The few KV calls run state makes (get, create, update), in a dict: the loader checks replays against it."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[bytes, int]] = {}
+
+    async def get(self, key: str) -> Any:
+        if key not in self.data:
+            raise KeyNotFoundError
+        value, revision = self.data[key]
+        return SimpleNamespace(value=value, revision=revision)
+
+    async def create(self, key: str, value: bytes) -> int:
+        self.data[key] = (value, 1)
+        return 1
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        self.data[key] = (value, last + 1)
+        return last + 1
+
+
+async def seed_runs(kv: MemoryKV, pipeline: str) -> None:
+    """Run r1 (two batches), its shadow replay r1-rp, and its replay r2: what the tracker would have folded."""
+    for ev in (
+        RunRequested(pipeline=pipeline, run_id="r1"),
+        BatchLoaded(pipeline=pipeline, run_id="r1", batch_id="r1/000000", seq=0, records=2),
+        BatchLoaded(pipeline=pipeline, run_id="r1", batch_id="r1/000001", seq=1, records=1),
+        RunRequested(pipeline=pipeline, run_id="r1-rp", trigger="replay", parent_run_id="r1", shadow=True),
+        RunRequested(pipeline=pipeline, run_id="r2", trigger="replay", parent_run_id="r1"),
+    ):
+        await apply(kv, ev)  # type: ignore[arg-type]
 
 
 class Row(BaseModel):
@@ -32,6 +70,8 @@ async def test_replay_supersedes_shadow_stays_aside_and_control_answers(tmp_path
     c = Pipeline(name="cons", extractors=[FileExtractor(tmp_path / "*.jsonl")], loader=ConsoleLoader(), schema=Row)
     register([p, c])
     ctx = make_context("loader", JetlSettings())
+    ctx.kv = kv = MemoryKV()  # type: ignore[assignment]
+    await seed_runs(kv, "ld")
     ctx.broker.include_router(make_router(ctx))
     rows = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
     async with TestNatsBroker(ctx.broker) as br:
@@ -69,3 +109,17 @@ async def test_replay_supersedes_shadow_stays_aside_and_control_answers(tmp_path
         assert (await ask("count", pipeline="cons"))["result"]["total"] is None  # type: ignore[index]
         missing = await ask("count", pipeline="nope")
         assert missing["ok"] is False and missing["disposition"] == "terminal" and "nope" in str(missing["error"])
+
+
+async def test_an_envelope_that_does_not_match_its_subject_is_not_loaded(tmp_path: Path) -> None:
+    out = FileLoader(tmp_path / "out")
+    p = Pipeline(name="ld", extractors=[FileExtractor(tmp_path / "*.jsonl")], loader=out, schema=Row)
+    register([p])
+    ctx = make_context("loader", JetlSettings())
+    ctx.broker.include_router(make_router(ctx))
+    async with TestNatsBroker(ctx.broker) as br:
+        body = encode_batch(batch(p, "r9", 0, 1), [{"id": 1, "name": "a"}])
+        await br.publish(body, subjects.clean("ld", "r8"), stream="JETL_CLEAN")  # the run of another subject
+        assert out.rows_by_run("ld") == {}
+        await br.publish(body, subjects.clean("ld", "r9"), stream="JETL_CLEAN")
+        assert out.rows_by_run("ld") == {"r9": 1}

@@ -1,17 +1,16 @@
-"""Exactly-once in the destination under crashes: each of the four services is SIGKILLed in turn in the middle of a
-run (judged from the run's events), restarted, and the run still completes with ClickHouse holding exactly the
-source rows: nothing lost, nothing twice.
+"""Exactly-once in the destination under crashes, and recovery in seconds: each of the four services is SIGKILLed in
+turn in the middle of a run (judged from the run's events), restarted, and the run still completes with ClickHouse
+holding exactly the source rows: nothing lost, nothing twice.
 
-The pipeline is paced (a short sleep per chunk, per batch, per insert) so that a run lasts a few seconds and the
-kill lands while some but not all batches are through the stage; the consumers' ack wait is short so a dead
-worker's messages come back quickly.
+Each killed run's delay against an unkilled baseline run is the recovery the fault matrix reports: a dead worker's
+messages come back after the ack wait (10 s), while live workers keep theirs with in_progress() beats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,59 +20,12 @@ from jetl.projection import RunState, fold
 from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.testing import chdb
-from jetl.testing.servers import NatsHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ACK_WAIT = "5"
-PER_ROUND = 1500
-BATCH = 25  # 60 batches a run
-
-PIPELINE = """
-import asyncio
-import time
-from pydantic import BaseModel
-from jetl import ClickHouseLoader, FileExtractor, Pipeline
-
-PACE = 0.03
-
-class Row(BaseModel):
-    id: int
-    name: str
-
-class Paced:
-    '''A FileExtractor that takes its time, so a run is still extracting when the extractor is killed.'''
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    async def extract(self, ctx):
-        async for chunk in self.inner.extract(ctx):
-            await asyncio.sleep(PACE)
-            yield chunk
-
-    def next_cursor(self):
-        return self.inner.next_cursor()
-
-    def check(self, settings):
-        return self.inner.check(settings)
-
-class Slow:
-    def transform(self, records):
-        time.sleep(PACE)
-        return records
-
-class SlowClickHouse(ClickHouseLoader):
-    def load(self, records, ctx):
-        n = super().load(records, ctx)
-        time.sleep(PACE)  # after the insert: a kill here leaves rows written but the batch unacked
-        return n
-
-def register_pipelines():
-    return [Pipeline(name="crash", extractors=[Paced(FileExtractor("INPUT/*.jsonl", chunk_size=BATCH))],
-                     transformers=[Slow()], loader=SlowClickHouse("crash", order_by=["id"]), schema=Row,
-                     batch_size=BATCH)]
-"""
+PER_ROUND = 1000
+BATCH = 25  # 40 batches a run, as the crash lab's pipeline batches them
+SERVICES = ("extractor", "transformer", "loader", "scheduler")
 
 
 def kill_point(service: str, st: RunState, events: list[str]) -> bool:
@@ -89,75 +41,64 @@ def kill_point(service: str, st: RunState, events: list[str]) -> bool:
     return 10 <= loaded < total - 10  # loader; and the scheduler's tracker, mid-way through folding the run
 
 
-async def run_and_kill(jc: JetlClient, stack: Stack, service: str) -> tuple[RunState, set[str]]:
-    """Request a run, SIGKILL `service` at its kill point, restart it, and follow the run to its end.
+def once_at_kill_point(service: str) -> Any:
+    """A kill plan: SIGKILL `service` the first time the run reaches its kill point."""
+    done: list[bool] = []
 
-    Returns the run's state and the instances (host:pid) of `service` that its events name.
-    """
-    req = await jc.request_run("crash")
-    state: RunState | None = None
-    seen: list[str] = []
-    killed: dict[str, str] = {}
-    instances: set[str] = set()
-    async for ev in jc.follow("crash", req.run_id):
-        state = fold(state, ev)
-        seen.append(ev.type)
-        if ev.service == service:
-            instances.add(ev.instance)
-        if not killed and kill_point(service, state, seen):
-            proc = stack.procs[service]
-            assert proc.proc is not None
-            killed = {"pid": str(proc.proc.pid), "at": f"{state.counts()}"}
-            proc.stop(kill=True)
-            proc.start()
-        if isinstance(ev, RunCompleted | RunFailed):
-            break
-    assert state is not None and killed, f"the run ended before {service} could be killed mid-run"
-    return state, instances
+    def plan(n: int, st: RunState, seen: list[str]) -> str | None:
+        if done or not kill_point(service, st, seen):
+            return None
+        done.append(True)
+        return service
+
+    return plan
 
 
-def test_sigkill_each_service_mid_run_loses_and_duplicates_nothing(tmp_path: Path, nats: NatsHandle) -> None:
-    inputs, pipelines, data = tmp_path / "in", tmp_path / "pipelines", tmp_path / "data"
-    inputs.mkdir()
-    pipelines.mkdir()
-    (pipelines / "crash_pipeline.py").write_text(PIPELINE.replace("INPUT", str(inputs)).replace("BATCH", str(BATCH)))
-    settings = JetlSettings(nats=NatsSettings(url=nats.url, ack_wait=float(ACK_WAIT)))
-    services = ("extractor", "transformer", "loader", "scheduler")
-    runs: dict[str, RunState] = {}
-    instances: dict[str, set[str]] = {}
+def test_sigkill_each_service_mid_run_loses_and_duplicates_nothing(crash_lab: Any, fault_matrix: Any) -> None:
+    results: dict[str, Any] = {}
+    exact: dict[str, bool] = {}
 
-    async def rounds(stack: Stack) -> dict[str, int] | None:
-        async with JetlClient(settings) as jc:
-            for k, service in enumerate(services):
-                rows = range(k * PER_ROUND, (k + 1) * PER_ROUND)  # each round a new file: the cursor skips the old
-                (inputs / f"round{k}.jsonl").write_text(
-                    "".join(json.dumps({"id": i, "name": f"r{i}"}) + "\n" for i in rows)
-                )
-                runs[service], instances[service] = await asyncio.wait_for(run_and_kill(jc, stack, service), 180)
-                stack.check()
-            count = await jc.destination_count("crash")
-            return count.by_run
+    async def rounds() -> None:
+        with crash_lab.stack() as stack:
+            async with JetlClient(crash_lab.settings) as jc:
+                for key in ("warm-up", "baseline"):  # the first run also waits for the services to start
+                    crash_lab.add_input(PER_ROUND)
+                    results[key] = await asyncio.wait_for(crash_lab.run(jc, stack), 120)
+                for service in SERVICES:
+                    crash_lab.add_input(PER_ROUND)
+                    plan = once_at_kill_point(service)
+                    results[service] = await asyncio.wait_for(crash_lab.run(jc, stack, plan), 180)
+                    stack.check()
+                by_run = (await jc.destination_count("crash")).by_run
+        for key, r in results.items():
+            exact[key] = crash_lab.exact(r, PER_ROUND, by_run)
+            if key in SERVICES:
+                fault_matrix.record_kill(len(r.killed))
+                fault_matrix.record_run(exact[key], r.seconds - results["baseline"].seconds)
 
-    with Stack(
-        data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, extra_env={"JETL_NATS__ACK_WAIT": ACK_WAIT}
-    ) as stack:
-        by_run = asyncio.run(rounds(stack))
+    asyncio.run(rounds())
+    delays = {s: round(results[s].seconds - results["baseline"].seconds, 1) for s in SERVICES}
+    print(f"baseline {results['baseline'].seconds:.1f} s; delay per killed service: {delays}")
 
-    for service, st in runs.items():
-        assert st.status == "completed", f"{service}: {st.error}"
-        assert (st.extracted, st.loaded, st.rejected) == (PER_ROUND, PER_ROUND, 0), f"{service}: {st.counts()}"
-        assert st.reconciles
-        assert by_run is not None and by_run[st.run_id] == PER_ROUND, f"{service}: destination has {by_run}"
+    for key, r in results.items():
+        st = r.state
+        assert st.status == "completed", f"{key}: {st.error}"
+        assert exact[key], f"{key}: {st.counts()}, reconciles={st.reconciles}"
     for service in ("extractor", "transformer", "loader"):  # the kill landed mid-run: a second process finished it
-        assert len(instances[service]) == 2, f"{service}: {instances[service]}"
-    assert len(instances["scheduler"]) == 1  # run.completed comes from the restarted tracker, once
-    rows = chdb.query(data / "chdb", "SELECT count() AS n, uniqExact(id) AS u, min(id) AS lo, max(id) AS hi FROM crash")
-    assert rows == [{"n": 4 * PER_ROUND, "u": 4 * PER_ROUND, "lo": 0, "hi": 4 * PER_ROUND - 1}]
+        assert results[service].killed == [service]
+        assert len(results[service].instances[service]) == 2, f"{service}: {results[service].instances}"
+    assert len(results["scheduler"].instances["scheduler"]) == 1  # run.completed comes from the restarted tracker
+    assert crash_lab.destination() == {"n": 6 * PER_ROUND, "u": 6 * PER_ROUND, "lo": 0, "hi": 6 * PER_ROUND - 1}
 
 
-PARTITIONED = PIPELINE.replace(
-    """    def next_cursor(self):""",
-    """    def partitions(self, ctx):
+ACK_WAIT = "5"
+
+
+def partitioned(pipeline: str) -> str:
+    """The crash pipeline, its extractor split into byte ranges that extractor replicas share."""
+    return pipeline.replace(
+        """    def next_cursor(self):""",
+        """    def partitions(self, ctx):
         return self.inner.partitions(ctx)
 
     async def extract_partition(self, ctx, partition):
@@ -166,21 +107,24 @@ PARTITIONED = PIPELINE.replace(
             yield chunk
 
     def next_cursor(self):""",
-).replace("chunk_size=BATCH)", "chunk_size=BATCH, partition_bytes=PART)")
+    ).replace("chunk_size=BATCH)", "chunk_size=BATCH, partition_bytes=PART)")
 
 
 def test_sigkill_an_extractor_mid_partition_re_extracts_it_with_the_same_batch_ids(
-    tmp_path: Path, nats: NatsHandle
+    crash_lab: Any,
 ) -> None:
     """Two extractor replicas share one file's byte ranges; one is SIGKILLed while it is extracting a partition.
     Its partition is redelivered and extracted again under the same batch ids: the rows are exact."""
-    inputs, pipelines, data = tmp_path / "in", tmp_path / "pipelines", tmp_path / "data"
-    inputs.mkdir()
-    pipelines.mkdir()
+    inputs, pipelines, data, nats = crash_lab.inputs, crash_lab.pipelines, crash_lab.data, crash_lab.nats
     (inputs / "big.jsonl").write_text(
         "".join(json.dumps({"id": i, "name": f"r{i}"}) + "\n" for i in range(PER_ROUND))
     )  # ~39 kB: 6 or 7 byte ranges
-    pipeline = PARTITIONED.replace("INPUT", str(inputs)).replace("BATCH", str(BATCH)).replace("PART", "6500")
+    pipeline = (
+        partitioned(crash_lab.PIPELINE_TEMPLATE)
+        .replace("INPUT", str(inputs))
+        .replace("BATCH", str(BATCH))
+        .replace("PART", "6500")
+    )
     (pipelines / "crash_pipeline.py").write_text(pipeline)
     settings = JetlSettings(nats=NatsSettings(url=nats.url, ack_wait=float(ACK_WAIT)))
 

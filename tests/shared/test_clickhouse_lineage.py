@@ -90,3 +90,12 @@ def test_diff_without_a_key_matches_whole_rows(dsn: str) -> None:
     shadow.load([{"id": 1, "v": "a"}, {"id": 2, "v": "B"}], LoadContext("p", "r2", batch_id("r2", 0), Row))
     d = ld.diff("p", "r1", "r2")
     assert (d.added, d.removed, d.changed, d.unchanged) == (1, 2, 0, 1)
+
+
+def test_shadow_table_names_are_one_to_one_with_run_ids() -> None:
+    from jetl.loaders.clickhouse.lineage import shadow_table
+
+    runs = ["a-b", "a_b", "a__b", "a_hb", "a-_b", "a_-b", "ab"]
+    names = {shadow_table("t", r) for r in runs}
+    assert len(names) == len(runs)
+    assert all(n.startswith("t__shadow_") and n.replace("_", "").isalnum() for n in names)

@@ -291,8 +291,22 @@ def test_a_table_from_before_the_dictionary_lineage_column_still_takes_batches(d
 
 def test_check_names_the_table_and_server_without_credentials(tmp_path: Path) -> None:
     loader = ClickHouseLoader("orders", dsn="https://jetl:secret@ch.example.com:8443/analytics")
-    assert loader.check(JetlSettings()) == Check("ok", "table orders on ch.example.com:8443/analytics")
+    assert loader.check(JetlSettings()) == Check("ok", "table orders on https://jetl:***@ch.example.com:8443/analytics")
+    assert loader.describe() == "clickhouse:https://jetl:***@ch.example.com:8443/analytics#orders"
     nowhere = tmp_path / "no" / "such" / "place" / "ch"
     assert ClickHouseLoader("orders", dsn=f"chdb://{nowhere}").check(JetlSettings()) == Check(
         "warn", f"chdb folder {nowhere} cannot be created (no parent folder)"
     )
+
+
+def test_a_server_that_cannot_be_reached_is_named_without_its_password() -> None:
+    from jetl.errors import DestinationUnavailable
+    from jetl.loaders.clickhouse import get_client
+    from jetl.runtime.embedded import free_port
+    from jetl.settings import ClickHouseSettings
+
+    dsn = f"http://jetl:s3cret@127.0.0.1:{free_port()}/"
+    settings = ClickHouseSettings(password="hunter2")  # type: ignore[arg-type]
+    with pytest.raises(DestinationUnavailable, match=r"cannot open ClickHouse at http://jetl:\*\*\*@127\.0\.0\.1") as e:
+        get_client(dsn, settings)
+    assert "s3cret" not in str(e.value) and "hunter2" not in str(e.value) and e.value.__cause__ is None

@@ -467,3 +467,23 @@ class TestDatabaseExtractorContract(ExtractorContract):
     @pytest.fixture
     def expected_records(self) -> int:
         return 10
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://etl:s3cret@db.example:notaport/shop",
+        "not a url with s3cret",
+    ],
+)
+def test_a_malformed_url_is_refused_without_echoing_its_password(url: str) -> None:
+    with pytest.raises(ConfigError, match="is not a SQLAlchemy URL") as info:
+        DatabaseExtractor(url, table="t")
+    assert "s3cret" not in str(info.value) and info.value.__cause__ is None
+
+
+def test_driver_errors_are_shown_without_the_password() -> None:
+    extractor = DatabaseExtractor("postgresql+psycopg://etl:s3cret@db.example/shop", table="orders")
+    quoted = sa.exc.OperationalError("connect", {}, Exception("cannot reach etl:s3cret@db.example (s3cret)"))
+    error = extractor._translate(quoted)
+    assert "s3cret" not in str(error) and "database unavailable" in str(error)

@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from jetl import FileLoader, LoadContext
+from jetl.errors import ConfigError
 from jetl.messages import batch_id
 from jetl.protocols import LineageLoader
 
@@ -47,3 +48,16 @@ def test_shadow_diff_and_drop(tmp_path: Path) -> None:
     assert {"id": 9, "city": "x"} in d.samples["added"]
     ld.drop_shadow("p", "r1-rp")
     assert not (tmp_path / ".shadow" / "r1-rp").exists()
+
+
+@pytest.mark.parametrize("run_id", ["../../escape", "..", "a/b", ""])
+def test_a_shadow_stays_inside_root_shadow(tmp_path: Path, run_id: str) -> None:
+    loader = FileLoader(tmp_path / "out")
+    outside = tmp_path / "escape"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    with pytest.raises(ConfigError, match="run id"):
+        loader.shadow(run_id)
+    with pytest.raises(ConfigError, match="run id"):
+        loader.drop_shadow("p", run_id)
+    assert (outside / "keep").read_text() == "x"

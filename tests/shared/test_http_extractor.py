@@ -669,3 +669,102 @@ class TestHttpExtractorContract(ExtractorContract):
     @pytest.fixture
     def malformed_extractor(self) -> Extractor:
         return HttpExtractor("http://api.test/mixed", transport=_mock_transport(FakeApi()))
+
+
+# --- redirects, response size and page limits ----------------------------------------------------
+
+
+class Hops:
+    """A MockTransport that answers `routes` (host + path -> reply) and records what each host received."""
+
+    def __init__(self, routes: dict[str, httpx.Response]) -> None:
+        self.routes = routes
+        self.seen: list[tuple[str, dict[str, str]]] = []
+
+    def transport(self) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            where = f"{request.url.host}{request.url.path}"
+            self.seen.append((where, dict(request.headers)))
+            return self.routes.get(where, httpx.Response(404))
+
+        return httpx.MockTransport(handler)
+
+
+def moved(to: str, status: int = 302) -> httpx.Response:
+    return httpx.Response(status, headers={"Location": to})
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [ApiKeyAuth("X-Api-Key", "k-123"), BearerAuth("t-123"), BasicAuth("u", "p-123")],
+    ids=["api-key-header", "bearer", "basic"],
+)
+async def test_a_redirect_to_another_origin_carries_no_credentials(auth: Any) -> None:
+    hops = Hops(
+        {
+            "api.test/start": moved("/moved"),  # same origin: credentials go along
+            "api.test/moved": moved("https://evil.test/collect"),
+            "evil.test/collect": httpx.Response(200, json=[{"id": 1}]),
+        }
+    )
+    headers = {"X-Session-Token": "s-123", "Accept": "application/json", "X-Client": "jetl"}
+    extractor = HttpExtractor("http://api.test/start", auth=auth, headers=headers, transport=hops.transport())
+    assert ids(await collect(extractor)) == [1]
+    sent = {where: h for where, h in hops.seen}
+    secrets = ("k-123", "t-123", "s-123", base64.b64encode(b"u:p-123").decode())
+    assert {k.lower(): v for k, v in auth.headers().items()}.items() <= sent["api.test/moved"].items()
+    assert sent["api.test/moved"]["x-session-token"] == "s-123"
+    elsewhere = sent["evil.test/collect"]
+    assert not any(s in str(elsewhere) for s in secrets), elsewhere
+    assert "authorization" not in elsewhere and "x-api-key" not in elsewhere and "x-session-token" not in elsewhere
+    assert elsewhere["x-client"] == "jetl" and elsewhere["accept"] == "application/json"  # harmless ones stay
+
+
+async def test_redirects_past_the_cap_are_a_terminal_error() -> None:
+    hops = Hops({"api.test/a": moved("/b"), "api.test/b": moved("/a")})
+    extractor = HttpExtractor("http://api.test/a", max_redirects=3, transport=hops.transport())
+    with pytest.raises(TerminalError, match=r"pipeline 'api': GET http://api.test/a .*max_redirects=3"):
+        await collect(extractor)
+    assert len(hops.seen) == 4  # the request and three redirects, then it stops
+
+
+async def test_a_post_redirected_with_303_becomes_a_get_without_its_body() -> None:
+    hops = Hops({"api.test/search": moved("/results", 303), "api.test/results": httpx.Response(200, json=[{"id": 7}])})
+    extractor = HttpExtractor("http://api.test/search", method="POST", json={"q": 1}, transport=hops.transport())
+    assert ids(await collect(extractor)) == [7]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "streamed"])
+async def test_a_response_over_max_response_bytes_is_refused(declared: bool) -> None:
+    big = json.dumps([{"id": i, "pad": "x" * 100} for i in range(100)]).encode()
+
+    async def stream() -> Any:
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if declared:
+            return httpx.Response(200, content=big)
+        return httpx.Response(200, content=stream())  # no Content-Length: counted as it arrives
+
+    extractor = HttpExtractor("http://api.test/big", max_response_bytes=5000, transport=httpx.MockTransport(handler))
+    with pytest.raises(TerminalError, match=r"pipeline 'api': GET http://api.test/big .*max_response_bytes=5000"):
+        await collect(extractor)
+    roomy = HttpExtractor("http://api.test/big", max_response_bytes=len(big), transport=httpx.MockTransport(handler))
+    assert ids(await collect(roomy)) == list(range(100))
+
+
+async def test_more_pages_than_page_limit_is_an_error_not_a_quiet_stop(api: FakeApi) -> None:
+    extractor = make(api, "/pages", records_path="data.items", paginate=PageNumberPagination(), page_limit=2)
+    with pytest.raises(TerminalError, match=r"pipeline 'api': .*more than page_limit=2 pages"):
+        await collect(extractor)
+
+
+def test_limits_are_checked_at_construction() -> None:
+    for kwargs, message in (
+        ({"max_redirects": -1}, "max_redirects must be an integer of at least 0"),
+        ({"max_response_bytes": 0}, "max_response_bytes must be an integer of at least 1"),
+        ({"page_limit": 0}, "page_limit must be an integer of at least 1"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            HttpExtractor("http://api.test/x", **kwargs)

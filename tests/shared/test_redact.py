@@ -31,3 +31,27 @@ def test_error_text_that_quotes_a_url_or_a_secret_is_masked() -> None:
     out = redact_text(text, SecretStr("hunter2"), None)
     assert "s3cret" not in out and "abc" not in out and "hunter2" not in out
     assert "https://default:***@ch:8443?token=***" in out
+
+
+def test_log_lines_mask_url_passwords_as_a_last_line_of_defence(capsys: pytest.CaptureFixture[str]) -> None:
+    import structlog
+
+    from jetl.logging import add_sink, configure_logging, get_logger, remove_sink
+
+    shipped: list[dict[str, object]] = []
+    add_sink(shipped.append)
+    saved = structlog.get_config()  # configure_logging binds the captured stderr: later tests must not print to it
+    try:
+        configure_logging("test", fmt="json")
+        try:
+            raise RuntimeError("driver said: cannot reach https://default:hunter2@ch:8443/db")
+        except RuntimeError:
+            get_logger("t").exception(
+                "failed", dsn="postgresql://app:hunter2@db/x", nested={"urls": ["nats://u:hunter2@n:4222"]}
+            )
+    finally:
+        remove_sink(shipped.append)
+        structlog.configure(**saved)
+    printed = capsys.readouterr().err
+    assert "hunter2" not in printed and "hunter2" not in repr(shipped)
+    assert "postgresql://app:***@db/x" in printed and "https://default:***@ch:8443/db" in printed

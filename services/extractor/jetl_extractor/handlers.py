@@ -12,9 +12,7 @@ unacked: it is redelivered and extracted again with the same batch ids, which Je
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -22,7 +20,7 @@ from faststream.nats import NatsRouter
 
 from jetl import subjects
 from jetl.cursors import cursor_of, joined_cursor
-from jetl.errors import OverlappingRun, TerminalError
+from jetl.errors import JetlError, OverlappingRun, TerminalError, TransientError, classify
 from jetl.events import (
     BatchExtracted,
     BatchRejected,
@@ -33,7 +31,21 @@ from jetl.events import (
     RunStarted,
 )
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, PartitionWork, RunRequest, encode_records, utcnow
+from jetl.messages import (
+    MALFORMED_INPUT,
+    OVERSIZED_RECORD,
+    PAYLOAD_HEADROOM,
+    Batch,
+    DeadLetter,
+    PartitionWork,
+    RunRequest,
+    compact_origins,
+    dumps,
+    encode_records,
+    fit_payload,
+    item_size,
+    utcnow,
+)
 from jetl.protocols import Chunk, ExtractContext, Partition
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
@@ -63,6 +75,10 @@ class Extraction:
         self.rejected = 0
         self.sem = asyncio.Semaphore(concurrency)
         self.pending: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+        """The first publish that failed: the run fails with it (no publish runs unobserved)."""
+        self.acked_batches = 0
+        """Batches JetStream acknowledged: all that run.extracted may count."""
         self.last_progress = time.monotonic()
         self.buf: list[Any] = []
         """Records, or their JSON texts (`Chunk.raw`), not yet published."""
@@ -111,7 +127,7 @@ class Extraction:
         await self.ctx.bus.event(
             RunExtracted(
                 **self._event_base(),
-                batches=self.seq,
+                batches=self.acked_batches,
                 records=self.records,
                 rejected=self.rejected,
                 cursor=reached,
@@ -206,6 +222,7 @@ class Extraction:
         size = self.pipeline.batch_size
         if not self.buf and not self.bad:
             return
+        self._check_publishes()
         take = len(self.buf) if final else size
         whole, self.whole = self.whole, None
         items, self.buf = self.buf[:take], self.buf[take:]
@@ -215,40 +232,101 @@ class Extraction:
             origins, self.origins = self.origins[:take], self.origins[take:]
             runs = None
         bad, self.bad = self.bad, []
-        seq = self.seq
-        self.seq += 1
-        self.records += len(items)
-        self.rejected += len(bad)
-        await self.sem.acquire()
-        task = asyncio.create_task(self._publish(seq, items, origins, runs, bad))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        body = encode_records(items)
+        if len(body) <= self._budget(origins if runs is None else None):
+            del items  # encoded: the records (or texts) need not wait in memory for the publish (~30 MB a batch)
+            await self._send(body, origins, runs, bad, count=take)
+        else:  # more bytes than one message carries: cut it by bytes, and set aside records too large for any
+            every = whole.origin_list() if whole is not None else (origins or [])
+            await self._split(items, every, bad)
         if final and self.buf:
             await self._flush(final=True)
+
+    def _budget(self, origins: list[str] | None) -> int:
+        """Bytes of records a raw batch may carry: the connection's max_payload, less the envelope's origins as they
+        travel (runs of `file:line` when they compress, else a string each: `encode_batch`)."""
+        listed = sum(len(o) + 3 for o in origins) if origins else 0
+        if origins and listed > PAYLOAD_HEADROOM and (runs := compact_origins(origins)) is not None:
+            listed = sum(len(prefix) + 32 for prefix, _, _ in runs)  # ~0.15 us an origin, only for long lists
+        return self.ctx.bus.max_payload - PAYLOAD_HEADROOM - listed
+
+    async def _split(self, items: list[Any], origins: list[str], bad: list[tuple[str, str]]) -> None:
+        """Publish `items` as as many batches as their bytes need (each under max_payload, in order, so the ids stay
+        deterministic); a record too large for any message becomes a dead letter whose body is kept by reference."""
+        sizes = [item_size(x) for x in items]
+        listed = max((len(o) + 3 for o in origins), default=0) * len(items)  # an upper bound for any run of them
+        cuts, oversized = fit_payload(sizes, self.ctx.bus.max_payload - PAYLOAD_HEADROOM - listed)
+        big = [(origins[i] if i < len(origins) else "", items[i], sizes[i]) for i in oversized]
+        for n, (start, stop) in enumerate(cuts):
+            part = items[start:stop]
+            # the oversized records and the unreadable ones go with the first batch of the cut (one letter each)
+            await self._send(
+                encode_records(part),
+                origins[start:stop],
+                None,
+                bad if n == 0 else [],
+                count=len(part),
+                oversized=big if n == 0 else [],
+            )
+        if not cuts:  # every record was too large: an empty batch carries their letter and the run's count
+            await self._send(encode_records([]), [], None, bad, count=0, oversized=big)
+
+    async def _send(
+        self,
+        body: bytes,
+        origins: list[str] | None,
+        runs: list[tuple[str, int, int]] | None,
+        bad: list[tuple[str, str]],
+        *,
+        count: int,
+        oversized: list[tuple[str, Any, int]] | None = None,
+    ) -> None:
+        """Take the next seq and publish one batch in the background, a bounded number at a time."""
+        seq = self.seq
+        self.seq += 1
+        await self.sem.acquire()
+        task = asyncio.create_task(self._publish(seq, count, body, origins, runs, bad, oversized or []))
+        self.pending.add(task)
+        task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task[None]) -> None:
+        """Keep the first failure of a background publish: the run fails with it, never just a log line."""
+        self.pending.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+
+    def _check_publishes(self) -> None:
+        """Raise the failure of a publish that has already failed: no later batch is announced after it."""
+        if self.failure is not None:
+            raise self.failure
 
     async def _publish(
         self,
         seq: int,
-        items: list[Any],
+        count: int,
+        body: bytes,
         origins: list[str] | None,
         runs: list[tuple[str, int, int]] | None,
         bad: list[tuple[str, str]],
+        oversized: list[tuple[str, Any, int]],
     ) -> None:
-        count, body = len(items), encode_records(items)
-        del items  # encoded: the records (or texts) need not wait in memory for the publish (~30 MB a batch)
+        p = self.pipeline
+        batch = Batch(
+            pipeline=p.name,
+            run_id=self.req.run_id,
+            seq=seq,
+            schema_name=p.schema.__name__,
+            schema_hash=p.schema_hash,
+            count=count,
+            origins=origins if origins and any(origins) and runs is None else None,
+            origin_runs=runs,
+            partition=self.partition,
+        )
+        step = "its dead letter"
         try:
-            p = self.pipeline
-            batch = Batch(
-                pipeline=p.name,
-                run_id=self.req.run_id,
-                seq=seq,
-                schema_name=p.schema.__name__,
-                schema_hash=p.schema_hash,
-                count=count,
-                origins=origins if origins and any(origins) and runs is None else None,
-                origin_runs=runs,
-                partition=self.partition,
-            )
+            rejected = len(bad) + len(oversized)
+            if oversized:  # too large for any message: kept by reference, before the batch is announced
+                await self.ctx.bus.dead_letter(await self._oversized_letter(batch, oversized))
             if bad:  # unreadable input: dead-letter it with file and line, before the batch is announced
                 await self.ctx.bus.dead_letter(
                     DeadLetter(
@@ -263,58 +341,90 @@ class Extraction:
                         ],
                     )
                 )
+            if rejected:
+                first = (bad[0][1] if bad else None) or _too_large(oversized[0], self.ctx.bus.max_payload)
                 await self.ctx.bus.event(
                     BatchRejected(
                         **self._event_base(),
                         batch_id=batch.batch_id,
                         seq=seq,
                         stage="extract",
-                        records=len(bad),
-                        reason=bad[0][1],
+                        records=rejected,
+                        reason=first,
                     )
                 )
+            step = "the batch"
             await self.ctx.bus.raw_batch(batch, body)
+            step = "its batch.extracted event"
             await self.ctx.bus.event(
                 BatchExtracted(
                     **self._event_base(),
                     batch_id=batch.batch_id,
                     seq=seq,
                     records=count,
-                    rejected=len(bad),
+                    rejected=rejected,
                 )
             )
-            self.ctx.count("batches_extracted")
-            self.ctx.count("records_extracted", count)
+        except Exception as exc:
+            raise publish_error(f"batch {batch.batch_id} ({count} records, {len(body)} bytes): {step}", exc) from exc
         finally:
             self.sem.release()
+        self.acked_batches += 1
+        self.records += count
+        self.rejected += rejected
+        self.ctx.count("batches_extracted")
+        self.ctx.count("records_extracted", count)
+
+    async def _oversized_letter(self, batch: Batch, oversized: list[tuple[str, Any, int]]) -> DeadLetter:
+        """The dead letter of records too large for a message, each kept in the bodies bucket by reference."""
+        limit = self.ctx.bus.max_payload
+        records = []
+        for k, (origin, item, size) in enumerate(oversized):
+            data = item if type(item) is bytes else dumps(item)
+            ref = await self.ctx.bus.keep(f"{batch.batch_id}/extract/{k}", data)
+            records.append(
+                {
+                    "index": None,
+                    "origin": origin or None,
+                    "field": None,
+                    "message": _too_large((origin, item, size), limit),
+                    "record": None,
+                    "ref": ref,
+                }
+            )
+        where = f" at {oversized[0][0]}" if oversized[0][0] else ""
+        return DeadLetter(
+            pipeline=batch.pipeline,
+            run_id=batch.run_id,
+            batch_id=batch.batch_id,
+            stage="extract",
+            reason=f"pipeline {batch.pipeline!r}: {len(oversized)} record(s) too large for a message; first{where}: "
+            + _too_large(oversized[0], limit),
+            error_type=OVERSIZED_RECORD,
+            records=records,
+        )
 
     async def _drain(self) -> None:
+        """Wait for every publish still in flight; raise the first that failed."""
         if self.pending:
-            results = await asyncio.gather(*self.pending, return_exceptions=True)
-            for r in results:
-                if isinstance(r, BaseException):
-                    raise r
+            await asyncio.gather(*self.pending, return_exceptions=True)
+        self._check_publishes()
+        if self.acked_batches != self.seq:  # cannot happen without a failure above: never announce a lost batch
+            raise TerminalError(f"{self.seq - self.acked_batches} of {self.seq} batches were not acknowledged")
 
 
-@contextlib.asynccontextmanager
-async def _keep_alive(raw: Any, ack_wait: float) -> AsyncIterator[None]:
-    """Tell JetStream the run request is still being worked on, well inside its ack wait, for as long as it is.
+def _too_large(big: tuple[str, Any, int], limit: int) -> str:
+    """Why one record was set aside: its size against the message limit."""
+    return f"record of {big[2]} bytes exceeds the largest message NATS takes (max_payload {limit} bytes)"
 
-    Without this, an extraction that outlives the ack wait (a slow source, or a short ack wait) is redelivered to
-    another replica while it is still running.
-    """
 
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(min(IN_PROGRESS_EVERY_S, ack_wait / 3))
-            with contextlib.suppress(Exception):
-                await raw.in_progress()
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
+def publish_error(what: str, exc: BaseException) -> JetlError:
+    """A failed publish as the taxonomy's error, naming what was not published: transient (a timeout, a connection
+    lost: the run request is retried) or terminal (the run fails)."""
+    if isinstance(exc, JetlError) and str(exc).startswith("batch "):
+        return exc
+    kind = TransientError if classify(exc) == "transient" else TerminalError
+    return kind(f"{what} was not published: {type(exc).__name__}: {exc}")
 
 
 async def _refuse_overlap(ctx: ServiceContext, req: RunRequest) -> None:
@@ -384,18 +494,18 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
     with bound_contextvars(pipeline=req.pipeline, run_id=req.run_id):
         error: BaseException | None = None
         try:
-            if work is not None:
-                async with _keep_alive(raw, ctx.settings.nats.ack_wait):
-                    await Extraction(ctx, req, raw, concurrency, work).run()
+            if work is not None:  # kept alive by the stage's in_progress() beats (jetl.runtime.service.keep_alive)
+                await Extraction(ctx, req, raw, concurrency, work).run()
             elif await _already_completed(ctx, req):
                 log.info("run already completed; request ignored (use --force to run it again)")
             else:
                 await _refuse_overlap(ctx, req)
-                async with _keep_alive(raw, ctx.settings.nats.ack_wait):
-                    if req.replay_of is not None or req.redrive:
-                        await Resend(ctx, req).run()  # batches from the log: a replay or a redrive
-                    else:
-                        await Extraction(ctx, req, raw, concurrency).run()
+                # the run request is kept alive while this runs by the stage's in_progress() beats
+                # (jetl.runtime.service.keep_alive)
+                if req.replay_of is not None or req.redrive:
+                    await Resend(ctx, req).run()  # batches from the log: a replay or a redrive
+                else:
+                    await Extraction(ctx, req, raw, concurrency).run()
         except Exception as exc:
             error = exc
 

@@ -115,6 +115,8 @@ class Resend:
         for seq in sorted(set(seqs)):
             msg = await js.get_msg(subjects.stream_name(Kind.DLQ), seq)
             dl = DeadLetter.model_validate_json(msg.data or b"null")
+            if dl.body_ref is not None:  # a letter too large for a message: its records are kept by reference
+                dl = DeadLetter.model_validate_json(await self.ctx.bus.fetch(dl.body_ref))
             if dl.pipeline != p.name:
                 raise TerminalError(f"dead letter #{seq} belongs to pipeline {dl.pipeline!r}, not {p.name!r}")
             if dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:

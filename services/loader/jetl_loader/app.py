@@ -7,6 +7,7 @@ from pathlib import Path
 
 from faststream import FastStream
 
+from jetl.redact import redact_text
 from jetl.registry import on_reload
 from jetl.runtime.service import ServiceContext, build_app
 from jetl_loader.handlers import make_router, open_loaders
@@ -26,7 +27,10 @@ def check_destinations(ctx: ServiceContext) -> str:
         client = getattr(p.loader, "client", None)
         root = getattr(p.loader, "root", None)
         if callable(client) and getattr(p.loader, "dsn", None):
-            client().command("SELECT 1")
+            try:
+                client().command("SELECT 1")
+            except Exception as exc:  # the driver's text may quote the DSN: `jetl health` shows it redacted
+                raise OSError(f"{where}: {redact_text(str(exc), ctx.settings.clickhouse.password)}") from None
         elif isinstance(root, Path):
             probe = root if root.exists() else root.parent
             if not probe.is_dir():

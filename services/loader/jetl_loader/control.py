@@ -9,6 +9,10 @@
 Every reply is `{"ok": true, "result": ...}` or `{"ok": false, "error", "disposition"}` (transient or terminal,
 classified by jetl.errors), so the CLI can tell "try again" from "this cannot work". Replicas answer in one queue
 group: one answer per request.
+
+Requests come over the bus, so each is read by its model (a body over `MAX_BODY` bytes is not read at all) and acts
+only on what the loader owns: a diff, which drops a shadow, names a replay run the run state knows, loading into a
+shadow (`replay --diff`), and that replay's own parent.
 """
 
 from __future__ import annotations
@@ -16,20 +20,64 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from faststream.nats import NatsRouter
+from faststream.nats.annotations import NatsMessage
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jetl import subjects
-from jetl.errors import ConfigError, classify
+from jetl.errors import ConfigError, TerminalError, TransientError, classify
 from jetl.logging import get_logger
+from jetl.messages import Token
 from jetl.protocols import KeyedLoader, LineageLoader
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext
+from jetl.state import get_run
 from jetl_loader.lineage import lineage
 
 log = get_logger("jetl.loader")
+
+M = TypeVar("M", bound=BaseModel)
+MAX_BODY = 16 * 1024
+"""Bytes a control request may have: the verbs take a few names and numbers, so anything larger is not read."""
+
+
+class CountRequest(BaseModel):
+    """`count`: the rows of one pipeline's destination."""
+
+    model_config = ConfigDict(extra="forbid")
+    pipeline: Token
+    """The pipeline whose destination is counted."""
+
+
+class MaxRequest(BaseModel):
+    """`max`: the last row of a pipeline's destination in (column, tie breaker) order."""
+
+    model_config = ConfigDict(extra="forbid")
+    pipeline: Token
+    """The pipeline whose destination is read."""
+    column: str = Field(max_length=256)
+    """The cursor column (checked against the pipeline's schema)."""
+    tie_breaker: str | None = Field(default=None, max_length=256)
+    """The column that orders rows of one value (checked against the schema)."""
+
+
+class DiffRequest(BaseModel):
+    """`diff`: a replay's shadow against its parent run's rows."""
+
+    model_config = ConfigDict(extra="forbid")
+    pipeline: Token
+    """The pipeline of both runs."""
+    run_id: Token
+    """The replay run that loaded into the shadow."""
+    parent_run_id: Token
+    """The run it replayed."""
+    drop: bool = True
+    """Drop the shadow afterwards."""
+    sample: int = Field(default=10, ge=0, le=1000)
+    """Sample rows (or keys) shown per kind of difference."""
 
 
 def count(pipeline_name: str) -> dict[str, Any]:
@@ -73,13 +121,56 @@ def diff(pipeline_name: str, run_id: str, parent_run_id: str, drop: bool = True,
     return dataclasses.asdict(result)
 
 
-def _responder(work: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], Awaitable[bytes]]:
-    async def respond(body: dict[str, Any]) -> bytes:
+async def check_replay(ctx: ServiceContext, req: DiffRequest) -> None:
+    """Raise unless the run state knows `req.run_id` as a shadow replay of `req.parent_run_id`: a diff drops that
+    shadow, so it must be one a replay made."""
+    if ctx.kv is None:
+        raise TransientError("the loader has no run state yet")
+    state = await get_run(ctx.kv, req.pipeline, req.run_id)
+    if state is None or state.trigger != "replay" or not state.parent_run_id:
+        raise ConfigError(f"pipeline {req.pipeline!r}: run {req.run_id!r} is not a replay run")
+    if not state.shadow:
+        raise ConfigError(f"pipeline {req.pipeline!r}: replay {req.run_id!r} did not load into a shadow (--diff)")
+    if state.parent_run_id != req.parent_run_id:
+        raise ConfigError(
+            f"pipeline {req.pipeline!r}: replay {req.run_id!r} replays {state.parent_run_id!r}, "
+            f"not {req.parent_run_id!r}"
+        )
+
+
+async def _count(ctx: ServiceContext, req: CountRequest) -> dict[str, Any]:
+    return await asyncio.to_thread(count, req.pipeline)
+
+
+async def _max(ctx: ServiceContext, req: MaxRequest) -> dict[str, Any]:
+    return await asyncio.to_thread(max_position, req.pipeline, req.column, req.tie_breaker)
+
+
+async def _diff(ctx: ServiceContext, req: DiffRequest) -> dict[str, Any]:
+    await check_replay(ctx, req)
+    return await asyncio.to_thread(diff, req.pipeline, req.run_id, req.parent_run_id, req.drop, req.sample)
+
+
+def read_request(model: type[M], data: bytes) -> M:
+    """The request in `data`, read by its model; TerminalError when it is too large or not that request."""
+    if len(data) > MAX_BODY:
+        raise TerminalError(f"control request of {len(data)} bytes refused: the limit is {MAX_BODY}")
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise TerminalError(f"malformed {model.__name__}: {problems}") from None
+
+
+def _responder(
+    ctx: ServiceContext, verb: str, model: type[M], work: Callable[[ServiceContext, M], Awaitable[dict[str, Any]]]
+) -> Callable[[Any, NatsMessage], Awaitable[bytes]]:
+    async def respond(body: Any, msg: NatsMessage) -> bytes:
         try:
-            result = await asyncio.to_thread(work, body)
+            result = await work(ctx, read_request(model, msg.body))
             return orjson.dumps({"ok": True, "result": result}, default=str)
         except Exception as exc:  # the asker gets the error, classified; the loader stays up
-            log.warning("control request failed", error=f"{type(exc).__name__}: {exc}")
+            log.warning("control request refused or failed", verb=verb, error=f"{type(exc).__name__}: {exc}")
             return orjson.dumps({"ok": False, "error": str(exc) or type(exc).__name__, "disposition": classify(exc)})
 
     return respond
@@ -88,13 +179,10 @@ def _responder(work: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[di
 def make_control_router(ctx: ServiceContext) -> NatsRouter:
     """Core-NATS subscribers (no stream) for the loader's control verbs, in the `loader` queue group."""
     router = NatsRouter()
-    verbs: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-        "count": lambda b: count(b["pipeline"]),
-        "max": lambda b: max_position(b["pipeline"], b["column"], b.get("tie_breaker")),
-        "diff": lambda b: diff(
-            b["pipeline"], b["run_id"], b["parent_run_id"], bool(b.get("drop", True)), int(b.get("sample", 10))
-        ),
-    }
-    for verb, work in verbs.items():
-        router.subscriber(subjects.control("loader", verb), queue="loader")(_responder(work))
+    for verb, responder in (
+        ("count", _responder(ctx, "count", CountRequest, _count)),
+        ("max", _responder(ctx, "max", MaxRequest, _max)),
+        ("diff", _responder(ctx, "diff", DiffRequest, _diff)),
+    ):
+        router.subscriber(subjects.control("loader", verb), queue="loader")(responder)
     return router

@@ -18,6 +18,7 @@ from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
 from jetl.runtime.stage import decide_ack, open_batch, reject_batch
+from jetl.subjects import Kind
 from jetl_loader import lineage
 from jetl_loader.control import make_control_router
 from jetl_loader.settings import LoaderSettings
@@ -54,7 +55,7 @@ def write(pipeline: Pipeline, batch: Batch, body: bytes, shadows: lineage.Shadow
 
 async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Shadows) -> None:
     """Load one clean batch and decide its message's ack."""
-    opened = await open_batch(raw, "clean batch")
+    opened = await open_batch(raw, "clean batch", Kind.CLEAN)
     if opened is None:
         return
     batch, body = opened
@@ -70,6 +71,7 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
                     f"pipeline {batch.pipeline!r}: batch {batch.batch_id} has schema "
                     f"{batch.schema_hash}, the pipeline declares {pipeline.schema_hash}"
                 )
+            await lineage.check_supersedes(ctx.kv, batch)  # before anything is written: a forgery deletes nothing
             n = await asyncio.to_thread(write, pipeline, batch, body, shadows)
             await ctx.bus.event(BatchLoaded(**base, records=n, destination=pipeline.loader.describe()))
             ctx.count("batches_loaded")

@@ -7,14 +7,20 @@
   between them is repaired by the redelivery: never a gap, never a duplicate once the batch is acked. This is the
   same for append and merge tables: a replay replaces its parent batch by batch, including rows the new code no
   longer produces. A loader without lineage (the console) just writes; nothing it printed can be taken back.
+
+A batch's `supersedes` comes over the bus, so before it deletes anything the loader checks it against the run
+state (`check_supersedes`): the batch's run is a replay, and `supersedes` is a batch of that replay's own parent.
 """
 
 from __future__ import annotations
 
-from jetl.errors import ConfigError
+from nats.js.kv import KeyValue
+
+from jetl.errors import ConfigError, TerminalError, TransientError
 from jetl.messages import Batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import LineageLoader, Loader
+from jetl.state import get_run
 
 
 def lineage(pipeline: Pipeline) -> LineageLoader:
@@ -53,3 +59,26 @@ def supersede(pipeline: Pipeline, batch: Batch) -> None:
     """After a replayed batch is written to the real destination, remove the parent batch it replaces."""
     if batch.supersedes and not batch.shadow and isinstance(pipeline.loader, LineageLoader):
         pipeline.loader.remove_batch(batch.pipeline, batch.supersedes)
+
+
+async def check_supersedes(kv: KeyValue | None, batch: Batch) -> None:
+    """Raise unless the batch's `supersedes` names a batch of the parent run of the replay that made it (a
+    TransientError while the run state has not caught up with the replay, a TerminalError for a forgery)."""
+    if not batch.supersedes or batch.shadow:
+        return
+    where = f"pipeline {batch.pipeline!r}: batch {batch.batch_id}"
+    if kv is None:
+        raise TransientError(f"{where}: no run state to check what it supersedes")
+    state = await get_run(kv, batch.pipeline, batch.run_id)
+    if state is None:
+        raise TransientError(f"{where}: its run {batch.run_id!r} is not in the run state yet")
+    if state.trigger != "replay" or not state.parent_run_id:
+        raise TerminalError(f"{where}: supersedes {batch.supersedes!r}, but run {batch.run_id!r} is not a replay")
+    parent = batch.supersedes.partition("/")[0]  # run ids are tokens: the first `/` ends it
+    if parent != state.parent_run_id:
+        raise TerminalError(
+            f"{where}: supersedes {batch.supersedes!r}, which is not a batch of its parent run {state.parent_run_id!r}"
+        )
+    parent_state = await get_run(kv, batch.pipeline, parent)
+    if parent_state is None or batch.supersedes not in parent_state.batches:
+        raise TerminalError(f"{where}: supersedes {batch.supersedes!r}, which its parent run never made")

@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 from jetl import metrics
 from jetl.logging import get_logger
 from jetl.pipeline import Pipeline
+from jetl.redact import redact_text
 from jetl.state import get_mark, last_ok_key
 from jetl.subjects import check_token
 from jetl_scheduler.settings import SchedulerSettings
@@ -53,8 +54,8 @@ async def post(
                     log.error("alert webhook refused the alert", status=resp.status_code, kind=body.get("kind"))
                     return False
                 problem = f"HTTP {resp.status_code}"
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+            except httpx.HTTPError as exc:  # its text may quote the URL, which is a secret (a Slack hook's path)
+                problem = redact_text(f"{type(exc).__name__}: {exc}", url)
             if attempt < retries:
                 log.warning("alert webhook failed; retrying", attempt=attempt, error=problem)
                 await asyncio.sleep(RETRY_BASE_S * 2 ** (attempt - 1))

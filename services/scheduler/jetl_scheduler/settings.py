@@ -38,3 +38,7 @@ class SchedulerSettings(JetlSettings):
     """A scheduled pipeline is stale when its last success is older than this many schedule periods."""
     stale_check_seconds: float = 30.0
     """How often pipelines are checked for staleness (only when a webhook is configured)."""
+    stall_seconds: float = 900.0
+    """A started run with no event for this long fails as stalled (with run.failed, and an alert)."""
+    stall_check_seconds: float = 30.0
+    """How often unfinished runs are checked for a stall."""

@@ -5,17 +5,25 @@ of them reached the destination or the DLQ. Only then does the extractor cursor 
 run.completed is published: whoever sees run.completed and asks for the next run gets the new cursor (the other
 order let a next run re-extract what the last one loaded). A crash between the two re-derives run.completed when
 the event is redelivered; the cursor write is idempotent.
+
+Events come over the bus, so the tracker trusts a run's state only as far as the log backs it: a run settles only
+when the tracker saw it requested and the extractor start it, and the batches it saw agree with the count
+`run.extracted` gave; an event of a run never requested is folded (the log is the log) but acts on nothing: no
+completion, no cursor, no alert. A cursor only moves forward.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from jetl.events import CursorChanged, Event, RunCompleted, RunFailed, RunRequested, parse_event
+from nats.js.kv import KeyValue
+
+from jetl.events import CursorChanged, Event, RunCancelled, RunCompleted, RunFailed, RunRequested, parse_event
 from jetl.logging import get_logger
+from jetl.positions import order_key
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
-from jetl.state import add_active, apply, mark_finished, put_cursor
+from jetl.state import add_active, apply, get_cursor, mark_finished, put_cursor
 from jetl_scheduler.alerts import Alerter
 
 log = get_logger("jetl.tracker")
@@ -27,10 +35,49 @@ async def record_outcome(ctx: ServiceContext, ev: Event, state: RunState, alerte
     assert ctx.kv is not None
     if isinstance(ev, RunRequested) and state.status in ("requested", "running"):
         await add_active(ctx.kv, state.pipeline, state.run_id, ev.at)
-    elif isinstance(ev, (RunCompleted, RunFailed)):
+    elif isinstance(ev, (RunCompleted, RunFailed, RunCancelled)):  # cancelled: the overlap guard lets go of it
         await mark_finished(ctx.kv, state)
         if isinstance(ev, RunFailed) and alerter is not None:
             alerter.run_failed(ctx.kv, state.pipeline, state.run_id, ev.error, ev.stage)
+
+
+def untrusted(state: RunState) -> str | None:
+    """Why the log does not back settling this run (None: it does)."""
+    if state.requested_at is None:
+        return "the tracker never saw it requested"
+    if state.started_at is None and state.expected_batches is not None:
+        return "run.extracted came before any extractor started the run"
+    if state.expected_batches is not None and len(state.batches) > state.expected_batches:
+        return f"run.extracted says {state.expected_batches} batches, but {len(state.batches)} were seen"
+    return None
+
+
+def _behind(old: Any, new: Any) -> bool:
+    """`new` is a cursor position before `old` (each extractor's part compared on its own; positions that do not
+    compare, e.g. file lists, never count as behind)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return False
+    if "value" not in old or "value" not in new:
+        return any(_behind(old[k], new[k]) for k in old.keys() & new.keys())
+    if old.get("type") != new.get("type"):
+        return False
+    try:
+        was, now = order_key(old["value"]), order_key(new["value"])
+    except TypeError:
+        return False
+    # text is not judged: a number or a decimal stored as text does not sort as text
+    return was[0] == now[0] != "text" and bool(now[1] < was[1])
+
+
+async def advance_cursor(kv: KeyValue, state: RunState) -> None:
+    """Move the pipeline's cursor to the settled run's, only forward (a run cannot take a pipeline back)."""
+    if state.cursor is None:
+        return
+    old = await get_cursor(kv, state.pipeline)
+    if old is not None and _behind(old, state.cursor):
+        log.warning("cursor not moved back", pipeline=state.pipeline, run_id=state.run_id)
+        return
+    await put_cursor(kv, state.pipeline, state.cursor)
 
 
 def completion(ctx: ServiceContext, state: RunState) -> RunCompleted:
@@ -66,10 +113,17 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
         return
     try:
         state = await apply(ctx.kv, ev)
+        refused = untrusted(state)
+        if state.requested_at is None:  # an event of a run nobody asked for: on the log, acting on nothing
+            log.warning("event of a run never requested; not acted on", type=ev.type, run_id=ev.run_id)
+            await raw.ack()
+            return
         await record_outcome(ctx, ev, state, alerter)
-        if state.settled and state.status not in ("completed", "failed"):
+        if state.settled and refused is not None and state.status not in ("completed", "failed"):
+            log.warning("run not settled", pipeline=state.pipeline, run_id=state.run_id, why=refused)
+        elif state.settled and state.status not in ("completed", "failed"):
             c = state.counts()
-            await put_cursor(ctx.kv, state.pipeline, state.cursor)
+            await advance_cursor(ctx.kv, state)
             done = completion(ctx, state)
             # The run's state says completed, and it leaves the unfinished index, before anyone hears of it: whoever
             # sees run.completed and asks for the next run finds nothing in its way (the extractor refuses a run

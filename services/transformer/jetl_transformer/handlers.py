@@ -14,15 +14,16 @@ from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
 from jetl._internal.records import RecordsAdapter, records_adapter, to_ipc
-from jetl.errors import RecordError, RecordIssue, SchemaMismatch
+from jetl.errors import RecordError, RecordIssue, SchemaMismatch, TerminalError
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import MALFORMED_INPUT, DeadLetter, Encoding, dumps, read_records
+from jetl.messages import MALFORMED_INPUT, PAYLOAD_HEADROOM, DeadLetter, Encoding, dumps, read_records
 from jetl.pipeline import Pipeline
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
 from jetl.runtime.stage import decide_ack, open_batch, reject_batch
+from jetl.subjects import Kind
 from jetl.transformers._base import issues_from_validation
 from jetl.transformers.type_ import TypeTransformer
 from jetl_transformer.settings import TransformerSettings
@@ -143,7 +144,7 @@ def run_transformers(
 
 async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
     """Transform one raw batch and decide its message's ack."""
-    opened = await open_batch(raw, "raw batch")
+    opened = await open_batch(raw, "raw batch", Kind.RAW)
     if opened is None:
         return
     batch, body = opened
@@ -164,6 +165,15 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
             for i in issues:
                 if i.index >= 0:
                     i.origin = batch.origin(i.index)
+            # A clean batch larger than a message cannot travel (the raw one fit, but a transform may grow it): the
+            # whole batch is dead-lettered, its records kept by reference, and the ledger counts it rejected.
+            room = ctx.bus.max_payload - PAYLOAD_HEADROOM
+            if len(clean) > room:
+                raise TerminalError(
+                    f"pipeline {batch.pipeline!r}: clean batch {batch.batch_id} is {len(clean)} bytes, more than a "
+                    f"message carries ({room} bytes under max_payload {ctx.bus.max_payload}); "
+                    "a smaller batch_size, or fewer bytes per record, lets it through"
+                )
             if issues:
                 # Input that is not a record at all (a malformed line) is kept apart: no redrive can mend it.
                 for group, error_type in (

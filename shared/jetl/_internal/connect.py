@@ -22,3 +22,21 @@ async def nats_connection(s: JetlSettings) -> Any:
         )
     except Exception as exc:
         raise TransientError(f"cannot reach NATS at {s.nats.url}: {type(exc).__name__} {exc}") from exc
+
+
+async def riding_connection(s: JetlSettings) -> Any:
+    """A nats-py connection for a command that follows the log (`jetl run`, `logs --follow`): it fails fast when NATS
+    cannot be reached at all, and once connected it reconnects for up to two minutes (a NATS restart mid-run).
+
+    Readers notice a reconnect by `nc.stats["reconnects"]` and resume from the last sequence they saw
+    (`jetl.eventlog.tail`).
+    """
+    probe = await nats_connection(s)  # one attempt, one clear error: a server that is down is not waited for
+    await probe.close()
+
+    async def quiet(exc: Exception) -> None:  # a restart would print a traceback per reconnect attempt
+        return None
+
+    # 240 attempts 0.5 s apart: NATS may be away two minutes (a restart takes seconds); not for ever, so a
+    # reconnect loop that outlives its connection (see JetlClient.__aexit__) ends on its own
+    return await connect(s.nats, max_reconnect_attempts=240, reconnect_time_wait=0.5, error_cb=quiet)

@@ -146,4 +146,9 @@ def run_demo(
         "dead_letters": sum(len(dl.records) for dl in dls),
         "rejections": rejections,
         "sample_rows": sample_rows,
+        # the demo's stack has stopped; this brings it back on the same data, for the dashboard to show the run
+        "dashboard": (
+            f"jetl up --data-dir {data_dir}   then, in another shell, as the operator (docs/security.md): "
+            "jetl ui   (http://127.0.0.1:8420)"
+        ),
     }

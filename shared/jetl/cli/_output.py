@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jetl.errors import ConfigError, JetlError, NoDeployment, TransientError
+from jetl.errors import ConfigError, JetlError, NoDeployment, TransientError, WaitTimedOut
 
 console = Console()
 err_console = Console(stderr=True)
@@ -48,6 +48,8 @@ def fail(exc: BaseException) -> NoReturn:
         die(text, code=EXIT_UNAVAILABLE)
     if isinstance(exc, ConfigError):
         die(text, "check the pipeline module or setting it names (jetl validate)", EXIT_USAGE)
+    if isinstance(exc, WaitTimedOut) and exc.nats_up:  # NATS answers: blaming it would send people the wrong way
+        die(text, "NATS is up: are the services running? `jetl health`; `jetl logs RUN` shows what they did")
     if (
         isinstance(exc, TransientError)
         or "nats" in type(exc).__module__

@@ -17,10 +17,6 @@ dlq_app = typer.Typer(help="Dead letters: list rejected records with their reaso
 app.add_typer(dlq_app, name="dlq")
 
 
-def _redriven_by(why: str | None) -> str | None:
-    return why.removeprefix("redriven by ") if why and why.startswith("redriven by ") else None
-
-
 @dlq_app.command("list")
 def dlq_list(
     pipeline: str = typer.Argument(..., help="Pipeline name."),
@@ -32,7 +28,8 @@ def dlq_list(
 
     One row per record: stage, origin (file:line), field and message, and a status: `redrivable`, or why not
     (`redriven by RUN`, `superseded by RUN` when a replay processed the batch again, `shadow RUN` for a --diff
-    trial, `unreadable` for input that could not be read at all).
+    trial, `unreadable` for input that could not be read at all, `too large` for a record over NATS's max_payload).
+    A record or letter too large for a message is kept in the JETL_DLQ_BODIES object store: `ref` names it.
 
     Example: jetl dlq list orders --run orders-20261125T0000Z
     """
@@ -42,35 +39,16 @@ def dlq_list(
             return await jc.dead_letter_log(pipeline), await jc.runs(pipeline)
 
     from jetl.client import dead_letter_status
+    from jetl.deadletters import letter_rows
 
     letters, runs = run_async(_go())
     status = dead_letter_status(letters, runs)
-    rows = [
-        {
-            "seq": seq,
-            "run_id": dl.run_id,
-            "batch_id": dl.batch_id,
-            "stage": dl.stage,
-            "scope": dl.scope,
-            "error_type": dl.error_type,
-            "reason": dl.reason,
-            "index": rec.get("index"),
-            "origin": rec.get("origin"),
-            "field": rec.get("field"),
-            "message": rec.get("message") or dl.reason,
-            "record": rec.get("record"),
-            "status": status[seq] or "redrivable",
-            "redriven_by": _redriven_by(status[seq]),
-        }
-        for seq, dl in letters
-        if run is None or dl.run_id == run
-        for rec in (dl.records or [{}])
-    ]
+    rows = [row for seq, dl in letters if run is None or dl.run_id == run for row in letter_rows(seq, dl, status[seq])]
     if json_out:
         print_json(rows[:limit])
         return
     t = Table(title=f"dead letters of {pipeline}: {len(rows)} record(s)")
-    for col in ("dlq#", "run", "stage", "origin", "field", "message", "status"):
+    for col in ("dlq#", "run", "stage", "origin", "field", "message", "ref", "status"):
         t.add_column(col)
     for r in rows[:limit]:
         t.add_row(
@@ -80,6 +58,7 @@ def dlq_list(
             r["origin"] or "-",
             r["field"] or "-",
             str(r["message"])[:100],
+            r["ref"] or "-",
             r["status"],
         )
     console.print(t if rows else "no dead letters")

@@ -5,6 +5,7 @@ Everything shown is folded from JETL_EVENTS (the run state is a projection, neve
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -67,7 +68,8 @@ def run(
 
     async def _go() -> RunState | None:
         async with client() as jc:
-            req = await jc.request_run(pipeline, run_id=run_id, force=force)
+            # while NATS is away the request is resent, for no longer than the command waits
+            req = await jc.request_run(pipeline, run_id=run_id, force=force, retry_s=min(timeout, 60.0))
             if not wait:
                 return None
             with progress(not json_out, f"run {req.run_id}", None) as update:
@@ -255,3 +257,50 @@ def audit(
     console.print(counts_table(state, title="ledger"))
     if state.start_cursor is not None or state.cursor is not None:
         console.print(f"cursor: from {cursor_text(state.start_cursor)} to {cursor_text(state.cursor)}")
+
+
+runs_app = typer.Typer(help="Runs: end one that cannot finish.")
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: str = typer.Argument(..., help="The run id (see `jetl status`)."),
+    reason: str = typer.Option(..., "--reason", help="Why: kept as the run's error."),
+    pipeline: str = typer.Option(None, help="The run's pipeline (found from the log when omitted)."),
+    by: str = typer.Option("", "--by", help="Who cancels it (kept with the reason)."),
+    wait: float = typer.Option(15, help="Seconds to wait for the tracker to fold the cancellation."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run's state as JSON."),
+) -> None:
+    """End an unfinished run by an event (run.cancelled): it counts as failed, and later runs of its pipeline are no
+    longer refused as overlapping it. Batches of it still in flight may still load; the ledger shows them.
+
+    Example: jetl runs cancel orders-20261125T0000Z --reason "input fixed; re-running"
+    """
+
+    async def _go() -> RunState | None:
+        from jetl.state import bucket, get_run
+
+        async with client() as jc:
+            state = await jc.cancel(run_id, reason, pipeline, by)
+            kv = await bucket(jc.conn)
+            deadline = asyncio.get_running_loop().time() + wait
+            while True:  # the overlap guard reads the folded state: done once the tracker has folded it
+                folded = await get_run(kv, state.pipeline, run_id)
+                if folded is not None and folded.cancelled:
+                    return folded
+                if asyncio.get_running_loop().time() >= deadline:
+                    return None
+                await asyncio.sleep(0.2)
+
+    folded = run_async(_go())
+    if folded is None:
+        err_console.print(
+            f"[yellow]run.cancelled is logged for {run_id}, but the tracker has not folded it within {wait:.0f}s "
+            "(is the scheduler running? `jetl health`)[/yellow]"
+        )
+        raise typer.Exit(EXIT_FAILED)
+    if json_out:
+        print_json(state_json(folded))
+    else:
+        console.print(f"cancelled {folded.pipeline} {run_id}: {folded.error}")

@@ -161,3 +161,4 @@ def demo(
     if not reconciles or summary["clickhouse_rows"] != summary["counts"]["loaded"]:
         err_console.print("[red]demo failed: counts do not reconcile[/red]")
         raise typer.Exit(1)
+    console.print(f"[bold]see it in the dashboard:[/bold] {summary['dashboard']}", highlight=False)

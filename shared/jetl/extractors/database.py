@@ -36,6 +36,7 @@ from sqlalchemy.engine import URL, Connection, Engine, Result, Row
 
 from jetl.errors import ConfigError, JetlError, TerminalError, TransientError
 from jetl.protocols import Check, Chunk, ExtractContext, Record
+from jetl.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
     from jetl.settings import JetlSettings
@@ -259,8 +260,10 @@ class DatabaseExtractor:
             raise ConfigError(f"DatabaseExtractor: chunk_size must be an integer of at least 1, not {chunk_size!r}")
         try:
             parsed = sa.make_url(url)
-        except sa_exc.ArgumentError as exc:
-            raise ConfigError(f"DatabaseExtractor: {url!r} is not a SQLAlchemy URL") from exc
+        except (sa_exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
+            # the text may hold a password: shown redacted, and the driver's error (which quotes it) not chained
+            shown = redact_url(str(url)) if "://" in str(url) else "***"  # without a scheme, nothing says which part
+            raise ConfigError(f"DatabaseExtractor: {shown!r} is not a SQLAlchemy URL (dialect://...)") from None
         if password is not None:
             secret = password.get_secret_value() if isinstance(password, SecretStr) else password
             parsed = parsed.set(password=secret)
@@ -316,7 +319,9 @@ class DatabaseExtractor:
         try:
             self.engine: Engine = sa.create_engine(self.url, **options)
         except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError, TypeError) as exc:
-            raise ConfigError(f"{self._where()}: cannot make an engine: {exc}") from exc
+            raise ConfigError(
+                f"{self._where()}: cannot make an engine: {redact_text(str(exc), self.url.password)}"
+            ) from exc
 
     def _compile_query(self, query: str) -> tuple[sa.TextClause, list[str]]:
         """The query as a text clause, interval parameters typed; every other parameter must be supplied."""
@@ -483,6 +488,12 @@ class DatabaseExtractor:
             raise self._translate(exc) from exc
 
     def _translate(self, exc: sa_exc.SQLAlchemyError) -> JetlError:
+        """The driver's error in jetl's terms; its text goes through `redact_text` (a driver may quote the URL or
+        the password)."""
+        error = self._classify(exc)
+        return type(error)(redact_text(str(error), self.url.password))
+
+    def _classify(self, exc: sa_exc.SQLAlchemyError) -> JetlError:
         where = self._where()
         if isinstance(exc, sa_exc.NoSuchTableError):
             return ConfigError(f"{where}: no such table {str(exc)!r} (or no permission to see it)")

@@ -39,6 +39,7 @@ from pydantic.fields import FieldInfo
 from jetl.errors import ConfigError, DestinationUnavailable
 from jetl.messages import dumps, split_batch_id
 from jetl.protocols import Check, Diff, LoadContext, Loader, Record
+from jetl.subjects import check_token
 
 if TYPE_CHECKING:
     from jetl.settings import JetlSettings
@@ -335,15 +336,23 @@ class FileLoader:
                     raise DestinationUnavailable(f"cannot remove {part}: {exc}") from exc
                 _fsync_dir(part.parent)
 
+    def shadow_root(self, run_id: str) -> Path:
+        """`<root>/.shadow/<run_id>`, resolved; ConfigError unless it is one folder right inside `<root>/.shadow`."""
+        shadows = (self.root / ".shadow").resolve()
+        folder = (shadows / check_token(run_id, "run id")).resolve()
+        if folder.parent != shadows:
+            raise ConfigError(f"FileLoader: shadow {folder} is outside {shadows}")
+        return folder
+
     def shadow(self, run_id: str) -> Loader:
         """The same loader writing under `<root>/.shadow/<run_id>/`."""
         twin = copy.copy(self)
-        twin.root = self.root / ".shadow" / run_id
+        twin.root = self.shadow_root(run_id)
         return twin
 
     def drop_shadow(self, pipeline: str, run_id: str) -> None:
-        """Delete a run's shadow folder."""
-        shutil.rmtree(self.root / ".shadow" / run_id, ignore_errors=True)
+        """Delete a run's shadow folder (only ever a folder inside `<root>/.shadow`)."""
+        shutil.rmtree(self.shadow_root(run_id), ignore_errors=True)
 
     def diff(self, pipeline: str, parent_run_id: str, shadow_run_id: str, sample: int = 10) -> Diff:
         """The shadow's records against the parent run's parts, matched as whole records (files have no key)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -36,7 +36,7 @@ from jetl.registry import discover, get_pipeline_registry, reload_changed
 from jetl.settings import JetlSettings
 from jetl.state import bucket, heartbeat_key
 from jetl.subjects import CONSUMERS, STREAMS
-from jetl.topology import wait_for_deployment
+from jetl.topology import ACK_WAIT_S, wait_for_deployment
 
 HEARTBEAT_S = 5.0
 
@@ -97,6 +97,33 @@ class ServiceContext:
 RouterFactory = Callable[[ServiceContext], NatsRouter]
 
 
+@contextlib.asynccontextmanager
+async def keep_alive(msgs: Sequence[Any], ack_wait: float, settled: Callable[[], int]) -> AsyncIterator[None]:
+    """While the body runs, tell JetStream that every message of `msgs` not yet settled is still being worked on.
+
+    A beat (`in_progress()`) goes out every third of the ack wait, so the ack wait can be short (a crashed worker's
+    messages come back within it) while a long batch held by a live worker is never redelivered. `settled()` says
+    how many of `msgs`, from the front, are done: the rest, waiting their turn in a fetched batch, are beaten too.
+    """
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(max(0.5, ack_wait / 3))
+            for msg in msgs[settled() :]:
+                if getattr(msg, "is_acked", False):  # settled (a nak'ed one too): a beat would push its retry back
+                    continue
+                with contextlib.suppress(Exception):  # a lost beat costs one redelivery, never the work in hand
+                    await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def stage_subscriber(
     router: NatsRouter,
     durable: str,
@@ -110,6 +137,8 @@ def stage_subscriber(
     Every replica of a service binds the same durable and so shares its work. The ack policy is MANUAL: `handle`
     gets one raw JetStream message at a time and decides its ack itself (`jetl.runtime.stage.decide_ack`), so the error
     taxonomy, not FastStream's reject-on-error default, decides ack, nak or dead-letter. Bodies stay bytes.
+    While a fetched batch is being handled, its unsettled messages get `in_progress()` beats well inside
+    `ack_wait` (`jetl.runtime.stage.keep_alive`): only a dead worker's messages wait out the ack wait.
     """
     kind = CONSUMERS[durable]
 
@@ -122,9 +151,18 @@ def stage_subscriber(
         decoder=raw_decoder,
         title=f"{durable}:{kind.value}",
     )
-    async def consume(body: list[Any], message: Annotated[NatsBatchMessage, Context("message")]) -> None:
-        for raw in message.raw_message:
-            await handle(raw)
+    async def consume(
+        body: list[Any],
+        message: Annotated[NatsBatchMessage, Context("message")],
+        service: Annotated[ServiceContext | None, Context("jetl_service", default=None)],
+    ) -> None:
+        msgs = list(message.raw_message)
+        ack_wait = service.settings.nats.ack_wait if service is not None else ACK_WAIT_S
+        done = 0
+        async with keep_alive(msgs, ack_wait, lambda: done):
+            for raw in msgs:
+                await handle(raw)
+                done += 1
 
 
 def make_context(name: str, settings: JetlSettings, broker: NatsBroker | None = None) -> ServiceContext:

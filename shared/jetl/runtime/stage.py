@@ -7,23 +7,28 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from jetl import metrics
-from jetl.errors import classify
-from jetl.events import BatchRejected
+from jetl.errors import TerminalError, classify
+from jetl.events import BatchRejected, RunFailed
 from jetl.logging import get_logger
 from jetl.messages import Batch, DeadLetter, decode_batch
 from jetl.runtime.service import ServiceContext
-from jetl.subjects import Stage
+from jetl.subjects import Kind, Stage, pattern
 from jetl.topology import MAX_DELIVER
 
 Outcome = Literal["ack", "nak", "term"]
 log = get_logger("jetl.stage")
 
 
-async def open_batch(msg: Any, what: str) -> tuple[Batch, bytes] | None:
-    """A batch message's envelope and body; None (the message is term'ed, with a log line) when it cannot be read:
-    no redelivery can mend it."""
+async def open_batch(msg: Any, what: str, kind: Kind | None = None) -> tuple[Batch, bytes] | None:
+    """A batch message's envelope and body; None (the message is term'ed, with a log line) when it cannot be read,
+    or when its envelope names another pipeline or run than the `kind` subject it came on (the subject is what NATS
+    permissions judge): no redelivery can mend it."""
     try:
-        return decode_batch(msg.data)
+        batch, body = decode_batch(msg.data)
+        subject = getattr(msg, "subject", None)
+        if kind is not None and isinstance(subject, str) and subject != pattern(kind, batch.pipeline, batch.run_id):
+            raise TerminalError(f"its envelope names pipeline {batch.pipeline!r} run {batch.run_id!r}, not {subject}")
+        return batch, body
     except Exception as exc:
         log.error(f"unreadable {what}", error=str(exc))
         await msg.term()
@@ -34,9 +39,26 @@ async def reject_batch(
     ctx: ServiceContext, batch: Batch, body: bytes, stage: Stage, exc: BaseException, fields: dict[str, Any]
 ) -> None:
     """Dead-letter a whole batch that could not pass `stage` (all of its records, and the error), then log
-    batch.rejected with the event `fields` of the stage."""
+    batch.rejected with the event `fields` of the stage.
+
+    A transient error gets here only when the batch has reached MAX_DELIVER: as when JetStream gives up on a message
+    no stage acked (`jetl_scheduler.watchdog`), the run fails, naming the batch and the stage; the batch is in the
+    DLQ either way, for a redrive once the cause is mended."""
     await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, stage, exc))
     await ctx.bus.event(BatchRejected(**fields, stage=stage, records=batch.count, reason=str(exc), scope="batch"))
+    if classify(exc) == "transient":
+        await ctx.bus.event(
+            RunFailed(
+                **{k: fields[k] for k in ("pipeline", "run_id", "service", "instance", "code_hash") if k in fields},
+                error=gave_up(batch.batch_id, stage, f"{type(exc).__name__}: {exc}"),
+                stage=stage,
+            )
+        )
+
+
+def gave_up(batch_id: str, stage: Stage, why: str) -> str:
+    """The run.failed error of a batch that reached max_deliver at `stage`."""
+    return f"batch {batch_id} reached max_deliver ({MAX_DELIVER} deliveries) at stage {stage}: {why}"
 
 
 def delivery_count(msg: Any) -> int:
@@ -86,6 +108,6 @@ async def decide_ack(
         metrics.ack_decided("nak", disposition)
         return "nak"
     metrics.ack_decided("term", disposition)
-    log.error("dead-lettered", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
+    log.error("gave up on the message", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
     await msg.term()
     return "term"

@@ -13,15 +13,19 @@ Errors at this edge, mapped onto jetl's taxonomy (`jetl.errors`):
     any other 4xx, a 3xx left after redirects       -> TerminalError (method, url, status, start of the body)
     a body that is not JSON, or no list of records  -> TerminalError (url and page number)
     a pagination loop (the same next token twice)   -> TerminalError
+    more than `max_redirects` redirects, a body     -> TerminalError naming the pipeline and the URL
+    over `max_response_bytes`, more than
+    `page_limit` pages
     bad constructor arguments                       -> ConfigError, raised at construction
 
 Credentials are `SecretStr`s: they never appear in a repr, a log line, an origin or an error message. The extractor
 adds them only to requests for the origin (scheme, host, port) of the configured `url`, never to a request for
-another host a next link points at. Redirects are followed (httpx `follow_redirects=True`) with the request's
-headers, except that httpx drops `Authorization` when a redirect leaves the origin (an http -> https upgrade of the
-same host keeps it). So `BearerAuth` and `BasicAuth` stay with the origin, but an `ApiKeyAuth` header (and any
-`headers=` given) goes along to whatever host a redirect from the origin names. A key in the query string does not:
-the redirected request's URL is the `Location` the server sent.
+another host a next link points at. It follows redirects itself (up to `max_redirects`, default 10) under the same
+rule: a redirect to another origin carries neither the auth headers (bearer, basic, an `ApiKeyAuth` header) nor any
+`headers=` entry whose name looks like a credential (`auth`, `token`, `key`, `secret`, `cookie`, ...); a key in the
+query string does not go along either (the redirected request's URL is the `Location` the server sent). Bodies are
+read as a stream and refused past `max_response_bytes` (default 64 MiB), and a run stops with an error past
+`page_limit` pages (default 100 000); `max_pages` is different: a cap you choose, where the run stops quietly.
 """
 
 from jetl.extractors.http.auth import ApiKeyAuth, Auth, BasicAuth, BearerAuth

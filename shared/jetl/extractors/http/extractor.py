@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,11 +19,12 @@ import orjson
 
 from jetl.errors import ConfigError, TerminalError, TransientError
 from jetl.extractors.http.auth import Auth
-from jetl.extractors.http.incremental import Incremental, OrderKey, _order_key, _param
+from jetl.extractors.http.incremental import Incremental, _param
 from jetl.extractors.http.paginate import Page, Paginator, ParamValue, _NoPagination
 from jetl.extractors.http.paths import _MISSING, _lookup, _parse_path
 from jetl.extractors.http.retry import _RETRYABLE_ERRORS, _delay, _Pacer, _retry_after, _retryable
 from jetl.logging import get_logger
+from jetl.positions import OrderKey, order_key
 from jetl.protocols import Check, Chunk, ExtractContext, Record
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 Method = Literal["GET", "POST"]
 _SNIPPET = 200
+_SECRET_HEADER = re.compile(r"auth|token|key|secret|pass|cookie|session|credential|signature", re.IGNORECASE)
+"""A `headers=` name that looks like it carries a credential: never sent to another origin on a redirect."""
 _log = get_logger("jetl.extractors.http")
 
 
@@ -81,6 +85,9 @@ class HttpExtractor:
         max_retry_after: float = 120.0,
         requests_per_second: float | None = None,
         max_pages: int | None = None,
+        page_limit: int = 100_000,
+        max_redirects: int = 10,
+        max_response_bytes: int = 64 * 1024 * 1024,
         chunk_size: int = 5000,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -107,6 +114,9 @@ class HttpExtractor:
             ("chunk_size", chunk_size, 1),
             ("max_retries", max_retries, 0),
             ("max_pages", 1 if max_pages is None else max_pages, 1),
+            ("page_limit", page_limit, 1),
+            ("max_redirects", max_redirects, 0),
+            ("max_response_bytes", max_response_bytes, 1),
         ):
             if isinstance(number, bool) or not isinstance(number, int) or number < low:
                 raise ConfigError(f"HttpExtractor: {name} must be an integer of at least {low}, not {number!r}")
@@ -144,6 +154,9 @@ class HttpExtractor:
         self.max_backoff = float(max_backoff)
         self.max_retry_after = float(max_retry_after)
         self.max_pages = max_pages
+        self.page_limit = page_limit
+        self.max_redirects = max_redirects
+        self.max_response_bytes = max_response_bytes
         self.chunk_size = chunk_size
         self._verify = self._tls(verify)
         self._transport = None if transport is None else _Borrowed(transport)
@@ -217,7 +230,7 @@ class HttpExtractor:
             raise ConfigError(f"{self!r} is not incremental: it keeps no cursor")
         try:
             if key is not None:
-                _order_key(key)
+                order_key(key)
             return self.incremental.cursor_at(value, key if self.incremental.tie_breaker else None)
         except TypeError as exc:
             raise ConfigError(f"{self!r}: {value!r} cannot be a cursor value: {exc}") from exc
@@ -250,19 +263,22 @@ class HttpExtractor:
             at = self._position(start[0], start[1], "the stored cursor")
         high = at
         skipped = 0
+        # Redirects are followed here, not by httpx: its rule keeps every header but Authorization on a redirect
+        # to another host, so an API-key header would go wherever the server points.
         async with httpx.AsyncClient(
-            timeout=self.timeout,
-            headers=self.headers,
-            follow_redirects=True,
-            verify=self._verify,
-            transport=self._transport,
+            timeout=self.timeout, follow_redirects=False, verify=self._verify, transport=self._transport
         ) as client:
             url, page_params, number = self.url, params, 0
             while True:
                 number += 1
-                response = await self._send(client, url, page_params, number)
+                if number > self.page_limit:
+                    raise TerminalError(
+                        f"pipeline {ctx.pipeline!r}: {self.method} {self._shown(httpx.URL(url))}: more than "
+                        f"page_limit={self.page_limit} pages; raise page_limit, or set max_pages to stop there"
+                    )
+                response, content = await self._send(client, url, page_params, number, ctx.pipeline)
                 shown = self._shown(response.request.url)
-                body = self._decode(response, shown, number)
+                body = self._decode(response, content, shown, number)
                 items = self._items(body, shown, number)
                 for index, item in enumerate(items):
                     origin = f"{self.method} {shown}#{index}"
@@ -353,7 +369,7 @@ class HttpExtractor:
 
     def _order(self, value: Any, what: str, where: str) -> OrderKey:
         try:
-            return _order_key(value)
+            return order_key(value)
         except TypeError as exc:
             raise TerminalError(f"{where}: incremental {what}: {exc}") from exc
 
@@ -393,10 +409,63 @@ class HttpExtractor:
             url = url.copy_remove_param(name)
         return str(url)
 
-    async def _send(self, client: httpx.AsyncClient, url: str, params: dict[str, Any], page: int) -> httpx.Response:
+    def _same_origin(self, url: httpx.URL) -> bool:
+        return (url.scheme, url.host, url.port) == self._origin
+
+    def _headers(self, url: httpx.URL) -> dict[str, str]:
+        """The headers a request to `url` carries: credentials (auth, and `headers=` that look like one) only for
+        the configured origin."""
+        if self._same_origin(url):
+            return {**self.headers, **(self.auth.headers() if self.auth is not None else {})}
+        return {k: v for k, v in self.headers.items() if not _SECRET_HEADER.search(k)}
+
+    async def _fetch(
+        self, client: httpx.AsyncClient, url: httpx.URL, where: str, pipeline: str
+    ) -> tuple[httpx.Response, bytes]:
+        """One request and the redirects it leads to, followed here under the same-origin rule, with its body read
+        up to `max_response_bytes`."""
+        method: str = self.method
+        payload = self.json
+        for hop in range(self.max_redirects + 1):
+            request = client.build_request(method, url, json=payload, headers=self._headers(url))
+            response = await client.send(request, stream=True)
+            try:
+                if not response.is_redirect:
+                    return response, await self._read(response, where, pipeline)
+            finally:
+                await response.aclose()
+            if hop == self.max_redirects:
+                break
+            url = response.url.join(response.headers["Location"])
+            if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+                method, payload = "GET", None  # as browsers and httpx do: the body is not sent on
+        raise TerminalError(f"pipeline {pipeline!r}: {where}: more than max_redirects={self.max_redirects} redirects")
+
+    async def _read(self, response: httpx.Response, where: str, pipeline: str) -> bytes:
+        """The body, refused past `max_response_bytes` (streamed: a huge answer is never held whole)."""
+        size = response.headers.get("Content-Length", "")
+        if size.isdigit() and int(size) > self.max_response_bytes:
+            raise TerminalError(
+                f"pipeline {pipeline!r}: {where}: the response is {int(size)} bytes, more than "
+                f"max_response_bytes={self.max_response_bytes}"
+            )
+        parts: list[bytes] = []
+        total = 0
+        async for part in response.aiter_bytes():
+            total += len(part)
+            if total > self.max_response_bytes:
+                raise TerminalError(
+                    f"pipeline {pipeline!r}: {where}: the response is larger than "
+                    f"max_response_bytes={self.max_response_bytes}"
+                )
+            parts.append(part)
+        return b"".join(parts)
+
+    async def _send(
+        self, client: httpx.AsyncClient, url: str, params: dict[str, Any], page: int, pipeline: str = ""
+    ) -> tuple[httpx.Response, bytes]:
         target = httpx.URL(url)
-        same_origin = (target.scheme, target.host, target.port) == self._origin
-        headers = self.auth.headers() if self.auth is not None and same_origin else None
+        same_origin = self._same_origin(target)
         query = {**params, **self.auth.query()} if self.auth is not None and same_origin else params
         # Merge into the URL ourselves: httpx 0.28 drops a URL's own query (a next link's) when given params=.
         full = target.copy_merge_params(query) if query else target
@@ -406,7 +475,7 @@ class HttpExtractor:
             await self._pacer.wait()
             retry_after: float | None = None
             try:
-                response = await client.request(self.method, full, json=self.json, headers=headers)
+                response, content = await self._fetch(client, full, where, pipeline)
             except _RETRYABLE_ERRORS as exc:
                 failure = f"{type(exc).__name__}: {exc}".rstrip(": ")
                 if attempt >= self.max_retries:
@@ -417,10 +486,11 @@ class HttpExtractor:
             else:
                 status = response.status_code
                 if response.is_success:
-                    return response
+                    return response, content
                 failure = f"HTTP {status} {response.reason_phrase}"
                 if not _retryable(status):
-                    raise TerminalError(f"{where}: {failure}: {response.text[:_SNIPPET].strip()!r}")
+                    snippet = content[:_SNIPPET].decode(errors="replace").strip()
+                    raise TerminalError(f"{where}: {failure}: {snippet!r}")
                 if attempt >= self.max_retries:
                     raise TransientError(f"{where}: {failure}, still failing after {attempt + 1} attempts")
                 retry_after = _retry_after(response.headers.get("Retry-After"))
@@ -440,13 +510,13 @@ class HttpExtractor:
             await asyncio.sleep(delay)
             attempt += 1
 
-    def _decode(self, response: httpx.Response, shown: str, page: int) -> Any:
+    def _decode(self, response: httpx.Response, content: bytes, shown: str, page: int) -> Any:
         if response.status_code == 204:
             return None
         try:
-            return orjson.loads(response.content)
+            return orjson.loads(content)
         except orjson.JSONDecodeError as exc:
-            snippet = response.text[:_SNIPPET].strip()
+            snippet = content[:_SNIPPET].decode(errors="replace").strip()
             raise TerminalError(
                 f"{self.method} {shown} (page {page}): the body is not JSON ({exc}): {snippet!r}"
             ) from exc

@@ -15,9 +15,7 @@ from typing import Any
 from jetl.errors import ConfigError
 from jetl.extractors.http.paginate import ParamValue
 from jetl.extractors.http.paths import _parse_path
-
-OrderKey = tuple[str, Any]
-"""A value as it sorts: (kind, comparable value); kinds are "number", "instant" and "text"."""
+from jetl.positions import order_key
 
 
 @dataclass(frozen=True)
@@ -57,31 +55,16 @@ class Incremental:
 
     def cursor_at(self, value: Any, key: Any = None) -> dict[str, Any]:
         """The stored cursor of a position: strictly after `value` (and `key`; None: every record at `value`)."""
-        if isinstance(value, datetime) and value.tzinfo is None:  # as `_order_key` reads naive text: UTC
+        if isinstance(value, datetime) and value.tzinfo is None:  # as `order_key` reads naive text: UTC
             value = value.replace(tzinfo=UTC)
         if isinstance(value, (datetime, date)):
             value = value.isoformat()
-        _order_key(value)  # refuse a value that cannot be a position (a boolean, a list)
+        order_key(value)  # refuse a value that cannot be a position (a boolean, a list)
         cursor: dict[str, Any] = {"field": self.field, "value": value}
         if self.tie_breaker is not None:
             cursor["tie_breaker"] = self.tie_breaker
             cursor["key"] = key
         return cursor
-
-
-def _order_key(value: Any) -> OrderKey:
-    """What a cursor value sorts by: numbers, ISO-8601 strings as instants, other strings as text."""
-    if isinstance(value, bool):
-        raise TypeError("a boolean cannot be a cursor value")
-    if isinstance(value, (int, float)):
-        return "number", value
-    if isinstance(value, str):
-        try:
-            instant = datetime.fromisoformat(value)
-        except ValueError:
-            return "text", value
-        return "instant", instant if instant.tzinfo else instant.replace(tzinfo=UTC)
-    raise TypeError(f"a {type(value).__name__} cannot be a cursor value")
 
 
 def _param(value: Any) -> ParamValue:

@@ -20,6 +20,7 @@ import threading
 from typing import Any
 
 from jetl.errors import DestinationUnavailable, TerminalError
+from jetl.redact import redact_text, redact_url, url_password
 from jetl.settings import ClickHouseSettings
 
 _CLIENTS: dict[str, Any] = {}
@@ -41,8 +42,11 @@ def get_client(dsn: str, settings: ClickHouseSettings | None = None) -> Any:
                 kwargs["secure"] = settings.secure
             try:
                 _CLIENTS[dsn] = clickhouse_connect.get_client(**kwargs)
-            except Exception as exc:
-                raise DestinationUnavailable(f"cannot open ClickHouse at {dsn}: {exc}") from exc
+            except Exception as exc:  # the DSN and the driver's text both may carry the password: shown redacted
+                secrets = (url_password(dsn), settings.password if settings else None)
+                raise DestinationUnavailable(
+                    f"cannot open ClickHouse at {redact_url(dsn)}: {redact_text(str(exc), *secrets)}"
+                ) from None
         return _CLIENTS[dsn]
 
 
@@ -60,7 +64,7 @@ def _missing_table(exc: Exception) -> bool:
 
 
 def _wrap(exc: Exception, doing: str) -> Exception:
-    text = str(exc)
+    text = redact_text(str(exc))
     terminal_markers = (
         "TYPE_MISMATCH",
         "CANNOT_PARSE",

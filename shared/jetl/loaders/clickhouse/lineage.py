@@ -54,8 +54,17 @@ def remove_batch(table: str, batch_id: str) -> str:
 
 
 def shadow_table(table: str, run_id: str) -> str:
-    """The side table a shadow run writes to: `<table>__shadow_<run id>`."""
-    return f"{table}__shadow_{re.sub(r'[^A-Za-z0-9_]', '_', run_id)}"
+    """The side table a shadow run writes to: `<table>__shadow_<run id, escaped>`.
+
+    The escape is one-to-one (`_` -> `__`, `-` -> `_h`, any other character -> `_x<hex>_`), so runs `a-b` and `a_b`
+    get two tables, and one diff cannot drop another's shadow.
+    """
+    return f"{table}__shadow_{re.sub(r'[^A-Za-z0-9]', _escape, run_id)}"
+
+
+def _escape(m: re.Match[str]) -> str:
+    char = m.group()
+    return "__" if char == "_" else "_h" if char == "-" else f"_x{ord(char):x}_"
 
 
 def diff(table: str, shadow: str, columns: Sequence[str], key: Sequence[str], parent_run_id: str, sample: int) -> str:

@@ -22,6 +22,7 @@ from jetl.loaders.clickhouse.lineage import LINEAGE_COLUMN
 from jetl.loaders.clickhouse.sql import PARTITION, create_table, quote
 from jetl.loaders.clickhouse.types import Convert, arrow_types_for, columns_for, converters_for
 from jetl.protocols import Check, Diff, LoadContext, Loader, Record
+from jetl.redact import redact_url
 from jetl.settings import ClickHouseSettings
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ class ClickHouseLoader:
             folder = Path(dsn.removeprefix("chdb://"))
             if not (folder.exists() or folder.parent.exists() or folder.parent.parent.exists()):
                 return Check("warn", f"chdb folder {folder} cannot be created (no parent folder)")
-        return Check("ok", f"table {self.table} on {dsn.split('@')[-1]}")
+        return Check("ok", f"table {self.table} on {redact_url(dsn)}")
 
     def check_schema(self, model: type[BaseModel]) -> None:
         """Fail at start-up when a key column is missing or nullable, or a field has no usable type."""
@@ -151,8 +152,8 @@ class ClickHouseLoader:
         return f"{quote(self.database)}.{quote(self.table)}" if self.database else quote(self.table)
 
     def describe(self) -> str:
-        """Where rows go."""
-        return f"clickhouse:{self.dsn or ''}#{self.table}"
+        """Where rows go, the DSN's password masked (this lands in events, logs and `--json` output)."""
+        return f"clickhouse:{redact_url(self.dsn)}#{self.table}"
 
     def client(self) -> Any:
         """The connected client."""

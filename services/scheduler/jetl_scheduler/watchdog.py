@@ -1,0 +1,131 @@
+"""The watchdog: no run stays "running" for ever.
+
+Two ways a run can stop without anyone saying so, each turned into `run.failed` (which the tracker folds, and
+alerts on like any failure):
+
+- JetStream gives up on a message: a stage crashed or stalled on it at every one of its `max_deliver` deliveries, so
+  no stage ever acked, nak'ed or dead-lettered it. JetStream says so in an advisory
+  (`subjects.max_deliveries_advisory`); the watchdog dead-letters the batch whole (by reference when it is large),
+  logs batch.rejected, and fails the run naming the batch and the stage, as a stage does itself when a batch reaches
+  max_deliver on an error (`jetl.runtime.stage.reject_batch`).
+- Nothing happens: a run with no event for `stall_seconds` fails as stalled. This also catches an advisory that no
+  scheduler heard (advisories are core NATS: fire and forget).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from jetl import subjects
+from jetl.errors import TerminalError
+from jetl.events import BatchRejected, RunFailed
+from jetl.logging import get_logger
+from jetl.messages import DeadLetter, RunRequest, decode_batch, utcnow
+from jetl.projection import RunState
+from jetl.runtime.service import ServiceContext
+from jetl.runtime.stage import gave_up
+from jetl.state import unfinished_runs
+from jetl.subjects import CONSUMERS, Stage
+
+log = get_logger("jetl.watchdog")
+
+STAGES: dict[str, Stage] = {"extractor": "extract", "transformer": "transform", "loader": "load"}
+"""The stage each stage consumer serves (the tracker's own consumer is no stage)."""
+QUEUE = "jetl-watchdog"
+"""Queue group of the advisory subscription: one scheduler replica handles each advisory."""
+
+
+class MaxDeliveries(BaseModel):
+    """JetStream's `io.nats.jetstream.advisory.v1.max_deliver` advisory: the fields the watchdog reads."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
+
+
+async def on_max_deliveries(ctx: ServiceContext, data: bytes) -> RunFailed | None:
+    """Turn one max-deliveries advisory into run.failed (after dead-lettering the batch); None when the message is
+    not a stage's input of jetl's (the advisory is validated like any inbound message)."""
+    adv = MaxDeliveries.model_validate_json(data)
+    stage = STAGES.get(adv.consumer)
+    if stage is None or adv.stream != subjects.stream_name(CONSUMERS[adv.consumer]):
+        log.warning("max deliveries reached outside jetl's stages", stream=adv.stream, consumer=adv.consumer)
+        return None
+    msg = await ctx.broker.connection.jetstream().get_msg(adv.stream, adv.stream_seq)
+    why = f"no {adv.consumer} acknowledged it in {adv.deliveries} deliveries (it crashed or stalled on it each time)"
+    base: dict[str, Any] = {"service": "scheduler", "instance": ctx.instance}
+    if stage == "extract":
+        req = RunRequest.model_validate_json(msg.data or b"null")
+        failed = RunFailed(
+            pipeline=req.pipeline,
+            run_id=req.run_id,
+            **base,
+            error=f"the run request reached max_deliver at stage extract: {why}",
+            stage=stage,
+        )
+    else:
+        batch, body = decode_batch(msg.data or b"")
+        exc = TerminalError(gave_up(batch.batch_id, stage, why))
+        await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, stage, exc))
+        await ctx.bus.event(
+            BatchRejected(
+                **ctx.batch_event_fields(batch),
+                stage=stage,
+                records=batch.count,
+                reason=str(exc),
+                scope="batch",
+            )
+        )
+        failed = RunFailed(pipeline=batch.pipeline, run_id=batch.run_id, **base, error=str(exc), stage=stage)
+    await ctx.bus.event(failed)
+    log.error("reached max_deliver; run failed", pipeline=failed.pipeline, run_id=failed.run_id, error=failed.error)
+    return failed
+
+
+def stalled_stage(state: RunState) -> Stage:
+    """Where a silent run is stuck: extraction unfinished, else the first stage some batch has not passed."""
+    if state.expected_batches is None:
+        return "extract"
+    pending = [b for b in state.batches.values() if b.outcome == "pending"]
+    if len(state.batches) < state.expected_batches or any(b.extracted and not b.transformed for b in pending):
+        return "transform"
+    return "load"
+
+
+async def fail_stalled(ctx: ServiceContext, stall_seconds: float, now: datetime | None = None) -> list[RunFailed]:
+    """Fail every started, unfinished run whose newest event is older than `stall_seconds`."""
+    assert ctx.kv is not None
+    now = now or utcnow()
+    failed: list[RunFailed] = []
+    for pipeline in sorted(ctx.pipelines):
+        running, _ = await unfinished_runs(ctx.kv, pipeline, now)
+        for run_id, (_, state) in running.items():
+            if state is None or state.status != "running":
+                continue  # requested, not started: it may be queued behind other runs
+            last = state.last_event_at or state.started_at
+            idle = (now - last).total_seconds() if last is not None else 0.0
+            if idle <= stall_seconds:
+                continue
+            stage = stalled_stage(state)
+            settled = sum(1 for b in state.batches.values() if b.outcome != "pending")
+            of = state.expected_batches if state.expected_batches is not None else "?"
+            ev = RunFailed(
+                pipeline=pipeline,
+                run_id=run_id,
+                service="scheduler",
+                instance=ctx.instance,
+                code_hash=state.code_hash,
+                error=(
+                    f"stalled: no progress for {idle:.0f}s (stall_seconds {stall_seconds:g}) at stage {stage}; "
+                    f"{settled} of {of} batches settled, last event at {last:%Y-%m-%d %H:%M:%S}"
+                ),
+                stage=stage,
+            )
+            await ctx.bus.event(ev)
+            log.error("run stalled; failed", pipeline=pipeline, run_id=run_id, error=ev.error)
+            failed.append(ev)
+    return failed

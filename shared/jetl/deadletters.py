@@ -1,0 +1,142 @@
+"""Dead letters as data, a page at a time: rows per rejected record, pages of JETL_DLQ by stream sequence, letters
+fetched by sequence, and a small summary kept up to date as the stream grows (counts per reason).
+
+`jetl dlq list` prints these rows; the dashboard pages through them without reading the whole stream for a page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+
+from jetl import subjects
+from jetl.eventlog import read_from
+from jetl.messages import DeadLetter
+from jetl.subjects import Kind
+
+
+def redriven_by(why: str | None) -> str | None:
+    """The redrive run that took a dead letter, from its `dead_letter_status` (None: no redrive took it)."""
+    return why.removeprefix("redriven by ") if why and why.startswith("redriven by ") else None
+
+
+def letter_rows(seq: int, dl: DeadLetter, why: str | None) -> list[dict[str, Any]]:
+    """One row per rejected record of a dead letter (one for a letter without records), with its status: why a
+    redrive must not take it (`why`, from `dead_letter_status`) or `redrivable`."""
+    return [
+        {
+            "seq": seq,
+            "pipeline": dl.pipeline,
+            "run_id": dl.run_id,
+            "batch_id": dl.batch_id,
+            "stage": dl.stage,
+            "scope": dl.scope,
+            "error_type": dl.error_type,
+            "reason": dl.reason,
+            "index": rec.get("index"),
+            "origin": rec.get("origin"),
+            "field": rec.get("field"),
+            "message": rec.get("message") or dl.reason,
+            "record": rec.get("record"),
+            "ref": rec.get("ref") or dl.body_ref,
+            "status": why or "redrivable",
+            "redriven_by": redriven_by(why),
+        }
+        for rec in (dl.records or [{}])
+    ]
+
+
+def reason_of(dl: DeadLetter, rec: dict[str, Any]) -> str:
+    """What a record was rejected for, without where: the stage, the field and the message (what groups share)."""
+    fld = rec.get("field")
+    msg = str(rec.get("message") or dl.error_type)
+    return f"{dl.stage}: {fld + ': ' if fld else ''}{msg}"[:200]
+
+
+async def letter_page(
+    nc: Client, pipeline: str | None, start: int, limit: int
+) -> tuple[list[tuple[int, DeadLetter]], int | None]:
+    """Up to `limit` dead letters from JETL_DLQ sequence `start` on, oldest first, and where the next page starts."""
+    msgs = await read_from(nc, subjects.stream_name(Kind.DLQ), subjects.pattern(Kind.DLQ, pipeline), start, limit + 1)
+    page = [(m.metadata.sequence.stream, DeadLetter.model_validate_json(m.data)) for m in msgs[:limit]]
+    return page, (msgs[limit].metadata.sequence.stream if len(msgs) > limit else None)
+
+
+async def letters_at(nc: Client, seqs: Iterable[int]) -> list[tuple[int, DeadLetter]]:
+    """The dead letters at these JETL_DLQ sequences (one direct read each; missing ones are left out)."""
+    import asyncio
+
+    js = nc.jetstream()
+
+    async def one(seq: int) -> tuple[int, DeadLetter] | None:
+        with contextlib.suppress(NotFoundError):
+            msg = await js.get_msg(subjects.stream_name(Kind.DLQ), seq=seq)
+            if msg.data:
+                return seq, DeadLetter.model_validate_json(msg.data)
+        return None
+
+    found = await asyncio.gather(*(one(q) for q in sorted(set(seqs))))  # in flight together, in order
+    return [x for x in found if x is not None]
+
+
+@dataclass
+class ReasonGroup:
+    """Rejected records that share a pipeline and a reason."""
+
+    pipeline: str
+    reason: str
+    records: int = 0
+    seqs: list[int] = field(default_factory=list)
+    """The JETL_DLQ sequences of the letters holding them, oldest first."""
+
+
+@dataclass
+class DeadLetterSummary:
+    """Counts of JETL_DLQ per pipeline and reason, read once and then only what the stream gained since.
+
+    Kept in memory by a long-running reader (the dashboard): each `refresh` reads at most `step` new letters, so
+    a page never waits for the whole stream; `complete` says whether the summary has caught up.
+    """
+
+    last_seq: int = 0
+    letters: int = 0
+    records: int = 0
+    groups: dict[tuple[str, str], ReasonGroup] = field(default_factory=dict)
+    per_pipeline: dict[str, int] = field(default_factory=dict)
+    """Rejected records per pipeline."""
+    per_run: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    """The sequences of each (pipeline, run)'s letters."""
+    complete: bool = False
+
+    def add(self, seq: int, dl: DeadLetter) -> None:
+        """Count one letter."""
+        self.last_seq = max(self.last_seq, seq)
+        self.letters += 1
+        self.per_run.setdefault((dl.pipeline, dl.run_id), []).append(seq)
+        for rec in dl.records or [{}]:
+            g = self.groups.get((dl.pipeline, reason := reason_of(dl, rec)))
+            if g is None:
+                g = self.groups[(dl.pipeline, reason)] = ReasonGroup(dl.pipeline, reason)
+            g.records += 1
+            if not g.seqs or g.seqs[-1] != seq:
+                g.seqs.append(seq)
+            self.records += 1
+            self.per_pipeline[dl.pipeline] = self.per_pipeline.get(dl.pipeline, 0) + 1
+
+    async def refresh(self, nc: Client, step: int = 5_000) -> bool:
+        """Read up to `step` letters added since the last refresh; returns whether it has caught up."""
+        msgs = await read_from(nc, subjects.stream_name(Kind.DLQ), subjects.pattern(Kind.DLQ), self.last_seq + 1, step)
+        for m in msgs:
+            self.add(m.metadata.sequence.stream, DeadLetter.model_validate_json(m.data))
+        self.complete = len(msgs) < step
+        return self.complete
+
+    def top(self, pipeline: str | None = None, n: int = 50) -> list[ReasonGroup]:
+        """The largest groups (of one pipeline, or all)."""
+        chosen = [g for g in self.groups.values() if pipeline is None or g.pipeline == pipeline]
+        return sorted(chosen, key=lambda g: -g.records)[:n]

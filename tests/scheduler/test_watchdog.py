@@ -1,0 +1,106 @@
+"""The watchdog against a real nats-server: a silent run fails as stalled, and JetStream's max-deliveries advisory
+dead-letters the batch and fails its run naming the batch and the stage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from jetl import ConsoleLoader, FileExtractor, Pipeline
+from jetl.bus import connect
+from jetl.client import JetlClient
+from jetl.events import BatchExtracted, RunRequested, RunStarted
+from jetl.messages import Batch
+from jetl.registry import register
+from jetl.runtime.service import ServiceContext, make_context
+from jetl.settings import JetlSettings, NatsSettings
+from jetl.state import add_active, apply, bucket, get_run
+from jetl.subjects import Kind, stream_name
+from jetl.testing.servers import NatsHandle
+from jetl.topology import declare
+from jetl_scheduler.watchdog import fail_stalled, on_max_deliveries
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+class Row(BaseModel):
+    id: int
+
+
+@pytest.fixture
+async def ctx(nats: NatsHandle) -> AsyncIterator[ServiceContext]:
+    settings = JetlSettings(nats=NatsSettings(url=nats.url))
+    c = make_context("scheduler", settings)
+    await c.broker.connect()
+    nc = await connect(settings.nats)
+    await declare(nc, settings.nats)
+    c.kv = await bucket(nc)
+    quiet = Pipeline(name="quiet", extractors=[FileExtractor("/none/*.jsonl")], loader=ConsoleLoader(), schema=Row)
+    register([quiet])
+    yield c
+    await c.broker.stop()
+    await nc.close()
+
+
+async def started(ctx: ServiceContext, run_id: str, last: datetime) -> None:
+    assert ctx.kv is not None
+    await add_active(ctx.kv, "quiet", run_id, last - timedelta(seconds=1))
+    for ev in (
+        RunRequested(pipeline="quiet", run_id=run_id, at=last - timedelta(seconds=1)),
+        RunStarted(pipeline="quiet", run_id=run_id, at=last - timedelta(seconds=1)),
+        BatchExtracted(pipeline="quiet", run_id=run_id, batch_id=f"{run_id}/000000", seq=0, records=3, at=last),
+    ):
+        await apply(ctx.kv, ev)
+
+
+async def test_a_run_silent_past_stall_seconds_fails_as_stalled_and_a_busy_one_does_not(ctx: ServiceContext) -> None:
+    await started(ctx, "quiet-silent", NOW - timedelta(minutes=20))
+    await started(ctx, "quiet-busy", NOW - timedelta(minutes=1))
+
+    failed = await fail_stalled(ctx, stall_seconds=900, now=NOW)
+
+    assert [f.run_id for f in failed] == ["quiet-silent"]
+    assert failed[0].stage == "extract" and failed[0].error.startswith("stalled: no progress for 1200s")
+    async with JetlClient(ctx.settings) as jc:  # it is on the log, for the tracker to fold (and alert on)
+        st = await jc.run_state("quiet", "quiet-silent")
+    assert st is not None and st.status == "failed" and "stalled" in (st.error or "")
+
+
+async def test_a_max_deliveries_advisory_dead_letters_the_batch_and_fails_its_run(ctx: ServiceContext) -> None:
+    batch = Batch(pipeline="quiet", run_id="quiet-poison", seq=4, schema_name="Row", schema_hash="h", count=2)
+    await ctx.bus.raw_batch(batch, [{"id": 1}, {"id": 2}])
+    info = await ctx.broker.connection.jetstream().stream_info(stream_name(Kind.RAW))
+    advisory = {
+        "type": "io.nats.jetstream.advisory.v1.max_deliver",
+        "stream": stream_name(Kind.RAW),
+        "consumer": "transformer",
+        "stream_seq": info.state.last_seq,
+        "deliveries": 5,
+    }
+
+    failed = await on_max_deliveries(ctx, orjson.dumps(advisory))
+
+    assert failed is not None and failed.stage == "transform"
+    assert "quiet-poison/000004" in failed.error and "max_deliver" in failed.error
+    async with JetlClient(ctx.settings) as jc:
+        letters = [dl for _, dl in await jc.dead_letter_log("quiet")]
+        st = await jc.run_state("quiet", "quiet-poison")
+    assert [(dl.batch_id, dl.scope, [r["record"] for r in dl.records]) for dl in letters] == [
+        ("quiet-poison/000004", "batch", [{"id": 1}, {"id": 2}])
+    ]
+    assert st is not None and st.status == "failed" and st.batches["quiet-poison/000004"].outcome == "rejected"
+    assert ctx.kv is not None and await get_run(ctx.kv, "quiet", "quiet-poison") is None  # the tracker folds, not us
+
+
+async def test_an_advisory_that_is_not_about_a_stage_is_ignored_and_a_forged_one_refused(ctx: ServiceContext) -> None:
+    other = {"stream": stream_name(Kind.EVENTS), "consumer": "tracker", "stream_seq": 1, "deliveries": 5}
+    assert await on_max_deliveries(ctx, orjson.dumps(other)) is None
+    wrong_stream = {"stream": "ELSEWHERE", "consumer": "loader", "stream_seq": 1, "deliveries": 5}
+    assert await on_max_deliveries(ctx, orjson.dumps(wrong_stream)) is None
+    with pytest.raises(ValidationError):
+        await on_max_deliveries(ctx, b'{"stream": "JETL_RAW"}')
