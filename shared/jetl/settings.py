@@ -55,6 +55,9 @@ class NatsSettings(BaseModel):
     `jetl deploy` / `jetl up` apply it, so set it where they run."""
     deployment_wait: float = 120.0
     """Seconds a starting service waits for `jetl deploy` to have declared the streams before it gives up."""
+    embedded_memory_mb: int = Field(default=384, ge=0)
+    """Soft memory limit (Go's GOMEMLIMIT) of the nats-server `jetl up` starts itself, in MB; 0 for none. Under it
+    the server's garbage collector works harder instead of growing: its peak RSS stays near this on any input."""
 
     @property
     def servers(self) -> list[str]:

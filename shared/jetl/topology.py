@@ -41,13 +41,25 @@ MAX_DELIVER = 5
 MAX_ACK_PENDING = 256
 
 
+_RETENTION = {
+    Retention.LIMITS: RetentionPolicy.LIMITS,
+    Retention.WORK_QUEUE: RetentionPolicy.WORK_QUEUE,
+    Retention.INTEREST: RetentionPolicy.INTEREST,
+}
+# Retention changes nats-server makes in place (2.10+): JETL_CLEAN deployed under limits moves to interest.
+_RETENTION_UPDATES = {
+    (RetentionPolicy.LIMITS, RetentionPolicy.INTEREST),
+    (RetentionPolicy.INTEREST, RetentionPolicy.LIMITS),
+}
+
+
 def stream_config(kind: Kind, replicas: int = 1) -> StreamConfig:
     """The declared configuration of one stream."""
     spec = STREAMS[kind]
     return StreamConfig(
         name=spec.name,
         subjects=spec.subjects,
-        retention=RetentionPolicy.WORK_QUEUE if spec.retention is Retention.WORK_QUEUE else RetentionPolicy.LIMITS,
+        retention=_RETENTION[spec.retention],
         max_age=spec.max_age_days * 86400,
         duplicate_window=spec.duplicate_window_s,
         storage=StorageType.FILE,
@@ -88,7 +100,7 @@ def _diff(current: Any, wanted: Any, fields: Iterable[str]) -> list[str]:
     for f in fields:
         a, b = getattr(current, f, None), getattr(wanted, f, None)
         if a != b:
-            out.append(f"{f}: {a} -> {b}")
+            out.append(f"{f}: {getattr(a, 'value', a)} -> {getattr(b, 'value', b)}")  # an enum by its value
     return out
 
 
@@ -110,7 +122,8 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
         if not diffs:
             changes.append(Change("stream", wanted.name, "unchanged"))
             continue
-        if any(d.startswith(("retention", "storage")) for d in diffs):
+        fixed = (info.config.retention, wanted.retention) not in _RETENTION_UPDATES
+        if any(d.startswith("storage") or (d.startswith("retention") and fixed) for d in diffs):
             changes.append(Change("stream", wanted.name, "differs", "; ".join(diffs) + " (cannot be changed in place)"))
             continue
         if not dry_run:

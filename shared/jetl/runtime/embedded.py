@@ -80,6 +80,8 @@ class NatsServer:
     log_path: Path | None = None
     authorization: str = ""
     """The config's `authorization {}` block (`Credentials.server_config()`); empty: open to anyone (test servers)."""
+    memory_limit_mb: int = 0
+    """GOMEMLIMIT of the server process, in MB (`NatsSettings.embedded_memory_mb`); 0: none."""
 
     @property
     def url(self) -> str:
@@ -100,8 +102,11 @@ class NatsServer:
         )
         self.log_path = self.store_dir / "nats-server.log"
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ)
+        if self.memory_limit_mb > 0:
+            env["GOMEMLIMIT"] = f"{self.memory_limit_mb}MiB"
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
+            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True, env=env
         )
         _wait_port(self.port, timeout, self.proc)
         return self
@@ -255,7 +260,11 @@ class Stack:
         service, as many processes of each as `replicas` says."""
         if self.nats_url is None:
             self.credentials = Credentials.load_or_create(self.data_dir / "nats" / USERS_FILE)
-            self.server = NatsServer(self.data_dir / "nats", authorization=self.credentials.server_config()).start()
+            self.server = NatsServer(
+                self.data_dir / "nats",
+                authorization=self.credentials.server_config(),
+                memory_limit_mb=JetlSettings().nats.embedded_memory_mb,
+            ).start()
             self.nats_url = self.server.url
         try:
             self.deployed = self.deploy()
