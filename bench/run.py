@@ -166,6 +166,7 @@ def bench_jetl(
     transformers: int = 1,
     profile: Path | None = None,
     extractors: int = 1,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Start the embedded stack on a fresh data folder, run, stop, then check the table. With `extractors` > 1 the
     input splits into twice as many byte ranges (partitions) as there are extractor replicas."""
@@ -178,7 +179,7 @@ def bench_jetl(
     (run_dir / "latency").mkdir(parents=True)
     os.link(data / f"orders_{records}.jsonl", run_dir / "input" / "orders.jsonl")
     generate(run_dir / "latency" / "orders.jsonl", LATENCY_RECORDS, seed=7)
-    env = {"JETL_LOG_LEVEL": "WARNING"}
+    env = {"JETL_LOG_LEVEL": "WARNING", **(env or {})}
     if extractors > 1:
         size = (run_dir / "input" / "orders.jsonl").stat().st_size
         env["BENCH_PARTITION_BYTES"] = str(size // (2 * extractors) + 1)
@@ -275,7 +276,7 @@ def sweep(args: argparse.Namespace, expected: Expected) -> None:
     for point in parse_sweep(args.sweep):
         e, t = point.get("extractor", 1), point.get("transformer", 1)
         load0 = os.getloadavg()[0]
-        r = bench_jetl(args.data, args.records, args.latency_runs, expected, False, t, extractors=e)
+        r = bench_jetl(args.data, args.records, args.latency_runs, expected, False, t, extractors=e, env=args.env)
         r.update(extractors=e, transformers=t, load=load0)
         rows.append(r)
         print(f"  extractor={e} transformer={t}: {args.records / r['seconds']:,.0f} records/s", flush=True)
@@ -338,11 +339,19 @@ def main() -> None:
         metavar="SERVICE=N,N",
         help="run every combination of replica counts, e.g. extractor=1,2 transformer=1,2,4,8, and print the table",
     )
+    ap.add_argument(
+        "--env",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of every service (settings to compare, e.g. JETL_FETCH_TIMEOUT=0.1)",
+    )
     ap.add_argument("--profile", type=Path, help="py-spy every service during the throughput run, into this folder")
     ap.add_argument("--direct-variant", default="arrow", choices=["arrow", "json", "rows", "noval"])
     ap.add_argument("--data", type=Path, default=BENCH / ".data", help="where inputs and run folders go")
     ap.add_argument("--keep", action="store_true", help="keep the stack's data folder (logs, chdb) after the run")
     args = ap.parse_args()
+    args.env = dict(item.partition("=")[::2] for item in args.env)
     if args.latency_runs < 1 or args.repeat < 1 or args.transformers < 1:
         ap.error("--latency-runs, --repeat and --transformers must be at least 1")
 
@@ -364,7 +373,13 @@ def main() -> None:
         directs.append(run_direct(args.data, args.records, args.direct_variant))
         jetls.append(
             bench_jetl(
-                args.data, args.records, args.latency_runs if i == 0 else 1, expected, args.keep, args.transformers
+                args.data,
+                args.records,
+                args.latency_runs if i == 0 else 1,
+                expected,
+                args.keep,
+                args.transformers,
+                env=args.env,
             )
         )
         if args.repeat > 1:

@@ -19,7 +19,7 @@ from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import MALFORMED_INPUT, PAYLOAD_HEADROOM, DeadLetter, Encoding, dumps, read_records
 from jetl.pipeline import Pipeline
-from jetl.registry import get_pipeline
+from jetl.registry import get_pipeline, get_pipeline_registry
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
 from jetl.runtime.stage import decide_ack, open_batch, reject_batch
@@ -222,9 +222,36 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
         await decide_ack(raw, error, lambda exc: reject_batch(ctx, batch, body, "transform", exc, base))
 
 
+def warm_up() -> None:
+    """Pay the first batch's one-time costs at start-up instead of in some run's latency: importing pyarrow and,
+    through its conversion of time-zone aware datetimes, pandas (2.3 s on the loaded 2-core bench host, ~0.6 s on a
+    quiet 16-core one), and each registered pipeline's validators and Arrow schemas. With N replicas sharing a
+    consumer, each replica paid this on the first batch it happened to take: that was the p99 of 600+ ms from 4
+    replicas up (bench/README.md). Never fatal: a pipeline that cannot be prepared fails on its batch, as before."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.json  # the flat pipelines' reader (json_lines_reader)
+
+    to_ipc(pa.table({"at": pa.array([datetime.now(UTC)], type=pa.timestamp("us", tz="UTC"))}))
+    try:
+        pipelines = list(get_pipeline_registry().values())
+    except Exception as exc:  # a pipelines folder that does not load: its runs report it
+        log.debug("warm-up skipped the pipelines", error=str(exc))
+        return
+    for pipeline in pipelines:
+        try:
+            records_adapter(pipeline.schema).arrow_schema  # noqa: B018 - builds (and caches) the column validators
+            pipeline.trusted_fields  # noqa: B018
+            json_lines_reader(pipeline)
+        except Exception as exc:
+            log.debug("warm-up skipped a pipeline", pipeline=pipeline.name, error=str(exc))
+
+
 def make_router(ctx: ServiceContext) -> NatsRouter:
     """The transformer's one subscriber: the shared durable pull consumer on JETL_RAW."""
     settings = ctx.settings if isinstance(ctx.settings, TransformerSettings) else TransformerSettings()
+    warm_up()
     heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
     router = NatsRouter()
 
