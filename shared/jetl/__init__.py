@@ -22,17 +22,26 @@ from jetl.settings import JetlSettings
 # Connectors are imported on first use: sqlalchemy, httpx and clickhouse-connect cost ~2 s to import, and a
 # service or CLI command should pay only for the ones its pipelines use.
 _LAZY = {
+    "ApiKeyAuth": "jetl.extractors.http",
+    "BasicAuth": "jetl.extractors.http",
+    "BearerAuth": "jetl.extractors.http",
     "ClickHouseLoader": "jetl.loaders.clickhouse",
     "ColumnTransformer": "jetl.transformers.column",
     "ConsoleLoader": "jetl.loaders.console",
+    "CursorPagination": "jetl.extractors.http",
     "DatabaseExtractor": "jetl.extractors.database",
     "DedupeTransformer": "jetl.transformers.dedupe",
     "FileExtractor": "jetl.extractors.file",
     "FileLoader": "jetl.loaders.file",
     "FilterTransformer": "jetl.transformers.filter",
     "HttpExtractor": "jetl.extractors.http",
+    "Incremental": "jetl.extractors.http",
     "LambdaTransformer": "jetl.transformers.lambda_",
+    "LinkHeaderPagination": "jetl.extractors.http",
     "LowCardinality": "jetl.loaders.clickhouse",
+    "NextUrlPagination": "jetl.extractors.http",
+    "OffsetPagination": "jetl.extractors.http",
+    "PageNumberPagination": "jetl.extractors.http",
     "Timezone": "jetl.loaders.clickhouse",
     "TypeTransformer": "jetl.transformers.type_",
 }
@@ -40,7 +49,18 @@ _LAZY = {
 if _typing.TYPE_CHECKING:
     from jetl.extractors.database import DatabaseExtractor
     from jetl.extractors.file import FileExtractor
-    from jetl.extractors.http import HttpExtractor
+    from jetl.extractors.http import (
+        ApiKeyAuth,
+        BasicAuth,
+        BearerAuth,
+        CursorPagination,
+        HttpExtractor,
+        Incremental,
+        LinkHeaderPagination,
+        NextUrlPagination,
+        OffsetPagination,
+        PageNumberPagination,
+    )
     from jetl.loaders.clickhouse import ClickHouseLoader, LowCardinality, Timezone
     from jetl.loaders.console import ConsoleLoader
     from jetl.loaders.file import FileLoader
@@ -69,13 +89,17 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApiKeyAuth",
+    "BasicAuth",
     "Batch",
+    "BearerAuth",
     "Chunk",
     "ClickHouseLoader",
     "ColumnTransformer",
     "ConfigError",
     "ConsoleLoader",
     "Cron",
+    "CursorPagination",
     "DatabaseExtractor",
     "DeadLetter",
     "DedupeTransformer",
@@ -87,12 +111,17 @@ __all__ = [
     "FileLoader",
     "FilterTransformer",
     "HttpExtractor",
+    "Incremental",
     "JetlError",
     "JetlSettings",
     "LambdaTransformer",
+    "LinkHeaderPagination",
     "LoadContext",
     "Loader",
     "LowCardinality",
+    "NextUrlPagination",
+    "OffsetPagination",
+    "PageNumberPagination",
     "Pipeline",
     "RecordError",
     "RecordIssue",

@@ -14,13 +14,12 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from jetl import subjects
@@ -203,28 +202,7 @@ class JetlClient:
 
     async def dead_letters(self, pipeline: str | None = None) -> list[DeadLetter]:
         """Dead letters kept for a pipeline (or all), oldest first."""
-        js = self.conn.jetstream()
-        subject = subjects.pattern(Kind.DLQ, pipeline)
-        try:
-            info = await js.stream_info(subjects.stream_name(Kind.DLQ), subjects_filter=subject)
-        except NotFoundError:
-            return []
-        if not info.state.messages:
-            return []
-        out: list[DeadLetter] = []
-        sub = await js.subscribe(subject, ordered_consumer=True, stream=subjects.stream_name(Kind.DLQ))
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=1.0)
-                except TimeoutError:
-                    break
-                out.append(DeadLetter.model_validate_json(msg.data))
-                if msg.metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
-        return out
+        return [dl for _, dl in await self.dead_letter_log(pipeline)]
 
     # The event log as a ledger: folded run states, one run's timeline, the destination's own count (asked of the
     # loader, the only process that may open it), and the runs that read the log back: replay, redrive, backfill.
@@ -262,11 +240,16 @@ class JetlClient:
 
     async def dead_letter_log(self, pipeline: str | None = None) -> list[tuple[int, DeadLetter]]:
         """Dead letters with their JETL_DLQ sequence (what a redrive names them by), oldest first."""
+        async with contextlib.aclosing(self.iter_dead_letters(pipeline)) as letters:
+            return [item async for item in letters]
+
+    async def iter_dead_letters(self, pipeline: str | None = None) -> AsyncGenerator[tuple[int, DeadLetter], None]:
+        """Dead letters with their JETL_DLQ sequence, oldest first, read one at a time: stop when you have enough
+        (close it with `contextlib.aclosing`), and the rest is never read."""
         subject = subjects.pattern(Kind.DLQ, pipeline)
-        return [
-            (m.metadata.sequence.stream, DeadLetter.model_validate_json(m.data))
-            async for m in read_stream(self.conn, Kind.DLQ, subject)
-        ]
+        async with contextlib.aclosing(read_stream(self.conn, Kind.DLQ, subject)) as messages:
+            async for m in messages:
+                yield m.metadata.sequence.stream, DeadLetter.model_validate_json(m.data)
 
     async def ask_loader(self, verb: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
         """Request/reply to the loader service; its error comes back as a TransientError or TerminalError."""

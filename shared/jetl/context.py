@@ -32,13 +32,26 @@ class StackContext(BaseModel):
     """Its password."""
     data_dir: Path
     """The stack's data folder."""
+    pipelines_dir: Path | None = None
+    """The pipelines folder the stack's services load (so `jetl run` from a subfolder checks the same ones)."""
 
     def settings_values(self) -> dict[str, object]:
         """The settings this context supplies (under every environment variable)."""
-        nats: dict[str, object] = {"url": self.nats_url, "user": self.user}
-        if self.password is not None:
+        nats: dict[str, object] = {"url": self.nats_url}
+        if self.password is not None:  # a user without a password: a stack that generated no credentials
+            nats["user"] = self.user
             nats["password"] = self.password.get_secret_value()
-        return {"nats": nats, "data_dir": str(self.data_dir)}
+        values: dict[str, object] = {"nats": nats, "data_dir": str(self.data_dir)}
+        if self.pipelines_dir is not None:
+            values["pipelines_dir"] = str(self.pipelines_dir)
+        return values
+
+    @property
+    def port(self) -> int | None:
+        """The port of its (first) NATS URL, if it names one."""
+        host = self.nats_url.split(",")[0].rsplit("@", 1)[-1]
+        _, sep, port = host.rpartition(":")
+        return int(port) if sep and port.isdigit() else None
 
     def save(self) -> Path:
         """Write it to its data folder, owner-only."""

@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from jetl import subjects
+from jetl.errors import RecordIssue
 from jetl.eventlog import read_from
 from jetl.messages import DeadLetter
 from jetl.subjects import Kind
@@ -37,7 +38,8 @@ def letter_rows(seq: int, dl: DeadLetter, why: str | None) -> list[dict[str, Any
             "stage": dl.stage,
             "scope": dl.scope,
             "error_type": dl.error_type,
-            "reason": dl.reason,
+            # each record's own reason: the letter's describes its first record only ("... (+1 more)")
+            "reason": record_reason(dl, rec),
             "index": rec.get("index"),
             "origin": rec.get("origin"),
             "field": rec.get("field"),
@@ -49,6 +51,15 @@ def letter_rows(seq: int, dl: DeadLetter, why: str | None) -> list[dict[str, Any
         }
         for rec in (dl.records or [{}])
     ]
+
+
+def record_reason(dl: DeadLetter, rec: dict[str, Any]) -> str:
+    """One dead record's reason, as the letter would give it were that record its first (pipeline, origin, field)."""
+    if not rec.get("message"):
+        return dl.reason
+    if rec.get("index") is None:  # input that was never a record: where it was, and why
+        return f"pipeline {dl.pipeline!r}: {rec.get('origin') or dl.batch_id}: {rec['message']}"
+    return RecordIssue(rec["index"], rec.get("field") or "", rec["message"], rec.get("origin")).describe(dl.pipeline)
 
 
 def reason_of(dl: DeadLetter, rec: dict[str, Any]) -> str:

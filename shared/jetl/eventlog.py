@@ -21,11 +21,14 @@ from nats.js.kv import KeyValue
 from jetl.events import CursorChanged, Event, RunCompleted, is_run_event, parse_event
 from jetl.projection import RunState, fold
 from jetl.state import (
+    RUN_TTL_S,
     add_active,
+    batch_key,
     bucket,
     bucket_keys,
     delete_cursor,
     mark_finished,
+    put_batch,
     put_cursor,
     remove_active,
     run_key,
@@ -33,7 +36,7 @@ from jetl.state import (
 from jetl.subjects import STREAMS, Kind, check_token, pattern
 
 
-async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 5.0) -> AsyncIterator[Any]:
+async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 5.0) -> AsyncGenerator[Any, None]:
     """Every message `kind`'s stream keeps under `subject` (a filter), oldest first, then stop.
 
     An ordered consumer: nothing durable is left behind. This is how the log is read back (replay reads JETL_RAW,
@@ -130,13 +133,15 @@ async def _refold(nc: Client, pipeline: str, run_id: str) -> RunState | None:
     return state
 
 
-async def rebuild(nc: Client, pipeline: str | None = None) -> int:
+async def rebuild(nc: Client, pipeline: str | None = None, *, ttl: float | None = RUN_TTL_S) -> int:
     """Fold the whole log again into the run states (and cursors); returns the number of events read.
 
     Safe while the tracker runs: every write is a compare-and-set against the revision seen before the log was
     read, so a state the tracker changed meanwhile is refolded from the log for that run and written again, never
-    overwritten with an older fold. States no event explains any more (their events expired) are deleted. Nothing
-    is deleted first, so the extractor never sees a completed run as missing and runs it again.
+    overwritten with an older fold. Each run's batch ledgers are written to their keys before its totals (a batch
+    key never holds less than the log says). States no event explains any more (their events expired) are deleted
+    with their batch keys. Nothing is deleted first, so the extractor never sees a completed run as missing and runs
+    it again.
     """
     kv = await bucket(nc)
     prefix = f"run.{check_token(pipeline)}." if pipeline else "run."
@@ -165,13 +170,18 @@ async def rebuild(nc: Client, pipeline: str | None = None) -> int:
         if isinstance(ev, RunCompleted) and states[key].cursor is not None:
             cursors[ev.pipeline] = states[key].cursor
     for (p, r), st in states.items():
-        await _write_state(nc, kv, p, r, st, revisions.pop(run_key(p, r), None))
+        for batch_id, b in st.batches.items():
+            await put_batch(kv, batch_key(p, r, batch_id), b, ttl)
+        await _write_state(nc, kv, p, r, st, revisions.pop(run_key(p, r), None), ttl)
     for k, rev in revisions.items():  # folded states whose events are gone from the log
         try:
             await kv.delete(k, last=rev)
         except Exception as exc:  # the tracker wrote it meanwhile: an event explains it after all, keep it
             if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
                 raise
+            continue
+        for bk in await bucket_keys(kv, "batch." + k.removeprefix("run.") + ".>"):
+            await kv.delete(bk)
     for p, cursor in cursors.items():
         if cursor is None:
             await delete_cursor(kv, p)
@@ -202,7 +212,13 @@ async def _rebuild_indexes(kv: KeyValue, states: dict[tuple[str, str], RunState]
 
 
 async def _write_state(
-    nc: Client, kv: KeyValue, pipeline: str, run_id: str, state: RunState | None, revision: int | None
+    nc: Client,
+    kv: KeyValue,
+    pipeline: str,
+    run_id: str,
+    state: RunState | None,
+    revision: int | None,
+    ttl: float | None,
 ) -> None:
     """Write one refolded state with compare-and-set; on a concurrent write, refold that run from the log again."""
     key = run_key(pipeline, run_id)
@@ -211,9 +227,9 @@ async def _write_state(
             return
         try:
             if revision is None:
-                await kv.create(key, state.model_dump_json().encode())
+                await kv.create(key, state.model_dump_json().encode(), msg_ttl=ttl)
             else:
-                await kv.update(key, state.model_dump_json().encode(), last=revision)
+                await kv.update(key, state.model_dump_json().encode(), last=revision, msg_ttl=ttl)
             return
         except Exception as exc:
             if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
@@ -223,6 +239,8 @@ async def _write_state(
         except (KeyNotFoundError, NotFoundError):
             revision = None
         state = await _refold(nc, pipeline, run_id)
+        for batch_id, b in state.batches.items() if state is not None else ():
+            await put_batch(kv, batch_key(pipeline, run_id, batch_id), b, ttl)
     raise RuntimeError(f"could not rebuild {key}: too many concurrent writers")
 
 

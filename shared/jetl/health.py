@@ -95,17 +95,26 @@ async def gather_health(
             seen = beats.get(name, [])
             fresh = [b for b in seen if now - float(b.get("at", 0)) <= heartbeat_timeout]
             if fresh:
+                restarts = sum(int(b.get("restarts") or 0) for b in fresh)
                 add(
                     "service",
                     name,
                     "ok",
-                    f"{len(fresh)} instance(s): {', '.join(sorted(b['instance'] for b in fresh))}",
+                    f"{len(fresh)} instance(s): {', '.join(sorted(b['instance'] for b in fresh))}"
+                    + (f"; restarted {restarts} time(s) by its supervisor" if restarts else ""),
                 )
             elif seen:
                 last = max(float(b.get("at", 0)) for b in seen)
                 add("service", name, "fail", f"not seen for {now - last:.0f}s (heartbeat every 5s)")
             else:
                 add("service", name, "fail", "never seen (is it running? `jetl serve " + name + "`)")
+        broken: dict[str, str] = {}
+        for seen in beats.values():
+            for b in seen:
+                if now - float(b.get("at", 0)) <= heartbeat_timeout:
+                    broken.update(b.get("load_errors") or {})
+        for file, error in sorted(broken.items()):
+            add("module", file, "fail", f"failed to load, skipped by the services: {error}")
         try:
             reply = await nc.request(subjects.control("loader", "health"), b"", timeout=timeout)
             checks = orjson.loads(reply.data).get("checks", {})

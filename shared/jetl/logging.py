@@ -59,8 +59,10 @@ def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mut
 
 def configure_logging(service: str, level: str = "INFO", fmt: str = "console") -> None:
     """Configure structlog once per process and bind the service name."""
+    # Colours only on a terminal: a service under `jetl up` writes to a log file, which must stay plain text.
+    colors = sys.stderr.isatty()
     renderer: Any = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=colors)
     )
     structlog.configure(
         processors=[

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 from typing import Any
 
 import orjson
 
 from jetl import subjects
 from jetl._internal.connect import nats_connection, riding_connection
-from jetl.errors import ConfigError
+from jetl.errors import NoDeployment
 from jetl.eventlog import tail
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
+from jetl.topology import server_url
+
+REORDER_WINDOW = 1000
+"""Lines held to put the kept lines in time order: services ship concurrently, so the stream's order is close to,
+not exactly, time order. Memory stays bounded by this, whatever the run logged."""
 
 
 async def read_logs(
@@ -25,8 +31,10 @@ async def read_logs(
     follow_seconds: float | None,
     on_line: Any,
     progress: Any = None,
+    limit: int | None = None,
 ) -> int:
-    """Feed one run's shipped log lines to `on_line`: the kept ones sorted by time, then (follow) live ones."""
+    """Feed one run's shipped log lines to `on_line` as they are read: the kept ones in time order (within
+    REORDER_WINDOW lines), stopping after `limit` of them, then (follow) live ones. Returns the lines fed."""
     from nats.js.api import ConsumerConfig, DeliverPolicy
     from nats.js.errors import NotFoundError
 
@@ -37,40 +45,50 @@ async def read_logs(
         try:
             info = await js.stream_info(subjects.stream_name(Kind.LOGS), subjects_filter=subject)
         except NotFoundError:
-            raise ConfigError("the JETL_LOGS stream does not exist (run `jetl deploy`)") from None
+            raise NoDeployment(server_url(nc, s.nats.url)) from None  # the wrong server: exit 3, as every command
         kept = sum((info.state.subjects or {}).values()) if info.state.subjects else 0
+        if limit is not None:
+            kept = min(kept, limit)
         sub = await js.subscribe(
             subject,
             ordered_consumer=True,
             stream=subjects.stream_name(Kind.LOGS),
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
-        lines: list[dict[str, Any]] = []
+        window: list[tuple[str, int, dict[str, Any]]] = []
+        count = read = 0
         last = 0  # the last stream sequence read: following resumes after it
+
+        def emit(line: dict[str, Any]) -> None:
+            nonlocal count
+            on_line(line)
+            count += 1
+
         try:
-            while kept and len(lines) < kept:
+            while read < kept:
                 try:
                     msg = await sub.next_msg(timeout=2.0)
                 except Exception:
                     break
                 last = msg.metadata.sequence.stream
-                lines.append(orjson.loads(msg.data))
+                line = orjson.loads(msg.data)
+                heapq.heappush(window, (str(line.get("timestamp", "")), read, line))
+                read += 1
+                if len(window) > REORDER_WINDOW:
+                    emit(heapq.heappop(window)[2])
                 if progress is not None:
-                    progress(len(lines), kept)
+                    progress(read, kept)
                 if msg.metadata.num_pending == 0:
                     break
-            lines.sort(key=lambda x: str(x.get("timestamp", "")))
-            for line in lines:
-                on_line(line)
-            count = len(lines)
+            while window:
+                emit(heapq.heappop(window)[2])
             if follow:
                 await sub.unsubscribe()
                 live = tail(nc, Kind.LOGS, subject, after=last, idle=0.5)
                 try:
                     async with asyncio.timeout(follow_seconds):
                         async for msg in live:
-                            on_line(orjson.loads(msg.data))
-                            count += 1
+                            emit(orjson.loads(msg.data))
                 except TimeoutError:
                     pass  # --for ran out
                 finally:

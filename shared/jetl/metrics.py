@@ -13,6 +13,10 @@ Off unless `JETL_METRICS_PORT` is set (then one HTTP server per process). What i
 | `jetl_alerts_total`                      | counter   | kind, result           | scheduler: webhook alerts       |
 | `faststream_*`                           | various   | app_name, handler, ... | FastStream's middleware         |
 
+Labels are bounded: by service, pipeline and kind, never by run. FastStream's middleware would label each message
+by its subject (`jetl.raw.<pipeline>.<run>`: a new series per run); here it gets the subject cut down to kind and
+pipeline (`jetl.subjects.metric_label`).
+
 `jetl_messages_settled_total` counts ack decisions (`jetl.runtime.stage.decide_ack`); it keeps the name it was
 published under, so dashboards built on it keep working. In the code, "settled" is a run's ledger only.
 
@@ -30,6 +34,8 @@ import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from jetl import subjects
 
 _LOCK = threading.Lock()
 _state: dict[str, Any] = {"enabled": False, "service": "", "server": None, "middleware": None}
@@ -79,13 +85,41 @@ def enable(service: str, port: int, host: str = "0.0.0.0") -> int:
 
 
 def middleware(service: str) -> Any:
-    """FastStream's NATS Prometheus middleware on this registry (one per process: it registers its metrics)."""
+    """FastStream's NATS Prometheus middleware on this registry (one per process: it registers its metrics), with
+    subjects labelled by kind and pipeline only (`jetl.subjects.metric_label`)."""
     with _LOCK:
         if _state["middleware"] is None:
-            from faststream.nats.prometheus import NatsPrometheusMiddleware
+            from faststream.prometheus.middleware import PrometheusMiddleware
 
-            _state["middleware"] = NatsPrometheusMiddleware(registry=REGISTRY, app_name=service)
+            _state["middleware"] = PrometheusMiddleware(
+                settings_provider_factory=_bounded_provider, registry=REGISTRY, app_name=service
+            )
         return _state["middleware"]
+
+
+def _bounded_provider(msg: Any) -> Any:
+    """FastStream's NATS metrics settings for `msg`, reporting each subject as its bounded label."""
+    from faststream.nats.prometheus.provider import settings_provider_factory
+
+    inner = settings_provider_factory(msg)
+    return None if inner is None else _BoundedLabels(inner)
+
+
+class _BoundedLabels:
+    """Wraps FastStream's NATS metrics settings provider: the same attributes, subjects cut to kind and pipeline."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.messaging_system = inner.messaging_system
+
+    def get_consume_attrs_from_message(self, msg: Any) -> Any:
+        """Consume attributes, the destination made a bounded label."""
+        attrs = self._inner.get_consume_attrs_from_message(msg)
+        return {**attrs, "destination_name": subjects.metric_label(attrs["destination_name"])}
+
+    def get_publish_destination_name_from_cmd(self, cmd: Any) -> str:
+        """The publish destination as a bounded label."""
+        return subjects.metric_label(self._inner.get_publish_destination_name_from_cmd(cmd))
 
 
 def count(key: str, n: int = 1) -> None:

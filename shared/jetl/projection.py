@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from jetl.events import (
     BatchExtracted,
@@ -28,7 +28,7 @@ Status = Literal["requested", "running", "completed", "failed"]
 
 
 class BatchState(BaseModel):
-    """One batch's ledger."""
+    """One batch's ledger (kept under its own KV key, `batch.<pipeline>.<run>.<batch>`)."""
 
     seq: int
     extracted: int = 0
@@ -43,10 +43,45 @@ class BatchState(BaseModel):
     loaded: int = 0
     outcome: Literal["pending", "loaded", "rejected"] = "pending"
     rejected_stage: str | None = None
+    v: int = 0
+    """Times it changed: a write of an older version never replaces a newer one."""
+
+
+class Tally(BaseModel):
+    """A run's ledger totals, summed over its batches: the run state keeps these, not the batches (O(1) per run)."""
+
+    extracted: int = 0
+    extract_rejected: int = 0
+    transformed: int = 0
+    rejected: int = 0
+    load_rejected: int = 0
+    filtered: int = 0
+    loaded: int = 0
+    batches: int = 0
+    """Batches any event has named."""
+    settled: int = 0
+    """Batches that reached the destination or the DLQ."""
+
+    def add(self, old: BatchState | None, new: BatchState) -> None:
+        """Count `new` instead of `old` (the same batch before and after one event)."""
+        # the tracker's per-event arithmetic: straight into the fields (plain ints), past pydantic's __setattr__,
+        # which cost most of the time of a million-batch fold
+        d = self.__dict__
+        for name in _COUNTED:
+            d[name] += getattr(new, name) - (getattr(old, name) if old is not None else 0)
+        d["batches"] += old is None
+        d["settled"] += (new.outcome != "pending") - (old is not None and old.outcome != "pending")
+
+
+_COUNTED = ("extracted", "extract_rejected", "transformed", "rejected", "load_rejected", "filtered", "loaded")
+
+
+BATCH_EVENTS = (BatchExtracted, BatchTransformed, BatchLoaded, BatchRejected)
+"""The events that change one batch's ledger (each names its batch)."""
 
 
 class RunState(BaseModel):
-    """One run as the log tells it."""
+    """One run as the log tells it: O(1) in size, whatever the number of batches (their ledgers are kept apart)."""
 
     pipeline: str
     run_id: str
@@ -71,7 +106,11 @@ class RunState(BaseModel):
     """The cursor the run started from (from run.started)."""
     code_hash: str = ""
     error: str | None = None
-    batches: dict[str, BatchState] = Field(default_factory=dict)
+    tally: Tally = Field(default_factory=Tally)
+    """The totals over every batch the run's events named."""
+    pending: dict[str, BatchState] = Field(default_factory=dict)
+    """Batch ledgers counted in `tally` whose own key is not written yet (`jetl.state.apply`): as many as events in
+    flight, empty between them. A delivery that stopped half way finds its batch here and finishes the write."""
     events: int = 0
     shadow: bool = False
     """A replay into the destination's shadow: its rows are not in the real destination."""
@@ -82,47 +121,59 @@ class RunState(BaseModel):
     partition_batches: dict[str, int] = Field(default_factory=dict)
     """Per partition that reported (partition.extracted), its batch count: the run's expected batches are their
     total once every partition has reported."""
+    _batches: dict[str, BatchState] = PrivateAttr(default_factory=dict)
+
+    @property
+    def batches(self) -> dict[str, BatchState]:
+        """Batch ledgers by batch id, where they were folded in memory or loaded (`jetl.state.load_batches`); a
+        state read from KV alone has none (its totals are in `tally`)."""
+        return self._batches
 
     @property
     def extracted(self) -> int:
         """Everything the extractor read, good or malformed."""
-        return sum(b.extracted + b.extract_rejected for b in self.batches.values())
+        return self.tally.extracted + self.tally.extract_rejected
 
     @property
     def loaded(self) -> int:
         """Rows written to the destination."""
-        return sum(b.loaded for b in self.batches.values())
+        return self.tally.loaded
 
     @property
     def rejected(self) -> int:
         """Records dead-lettered at any stage."""
-        return sum(b.extract_rejected + b.rejected + b.load_rejected for b in self.batches.values())
+        return self.tally.extract_rejected + self.tally.rejected + self.tally.load_rejected
 
     @property
     def filtered(self) -> int:
         """Records a transformer dropped on purpose (negative when one fanned out)."""
-        return sum(b.filtered for b in self.batches.values())
+        return self.tally.filtered
 
     @property
     def reconciles(self) -> bool:
         """extracted = loaded + rejected + filtered, over every batch the run announced, each of them settled, and as
         many batches and records as run.extracted counted. A batch lost on the way, or one still in flight, makes the
         ledger not reconcile: equal sums over what arrived are not enough (a lost batch is in neither side)."""
-        if any(b.outcome == "pending" for b in self.batches.values()):
+        if self.tally.settled != self.tally.batches:  # a batch still in flight
             return False
-        if self.expected_batches is not None and len(self.batches) < self.expected_batches:
+        if self.expected_batches is not None and self.tally.batches < self.expected_batches:  # a batch never seen
             return False
         if self.extracted_claimed is not None and self.extracted_claimed != self.extracted:
             return False
         return self.extracted == self.loaded + self.rejected + self.filtered
 
     @property
+    def settled_batches(self) -> int:
+        """Batches that reached the destination or the DLQ."""
+        return self.tally.settled
+
+    @property
     def settled(self) -> bool:
         """Every batch of a fully extracted run has reached the destination or the DLQ."""
         return (
             self.expected_batches is not None
-            and len(self.batches) >= self.expected_batches
-            and all(b.outcome != "pending" for b in self.batches.values())
+            and self.tally.batches >= self.expected_batches
+            and self.tally.settled == self.tally.batches
         )
 
     def counts(self) -> dict[str, int]:
@@ -132,15 +183,50 @@ class RunState(BaseModel):
             "loaded": self.loaded,
             "rejected": self.rejected,
             "filtered": self.filtered,
-            "batches": len(self.batches),
+            "batches": self.tally.batches,
         }
 
 
-def _batch(state: RunState, batch_id: str, seq: int) -> BatchState:
-    b = state.batches.get(batch_id)
-    if b is None:
-        b = state.batches[batch_id] = BatchState(seq=seq)
+def fold_batch(old: BatchState | None, ev: Event) -> BatchState:
+    """One batch's ledger after one of its events (a new value; `old` is left alone). Idempotent per event: a
+    redelivered event gives back an equal value, version included."""
+    b = BatchState(seq=getattr(ev, "seq", 0)) if old is None else old.model_copy()
+    match ev:
+        case BatchExtracted():
+            b.extracted, b.extract_rejected = ev.records, ev.rejected
+        case BatchTransformed():
+            b.transformed, b.rejected, b.filtered = ev.records_out, ev.rejected, ev.filtered
+        case BatchLoaded():
+            b.loaded, b.outcome = ev.records, "loaded"
+        case BatchRejected():
+            if ev.scope == "records":
+                if ev.stage == "extract":  # also counted by batch.extracted; the same value either way
+                    b.extract_rejected = ev.records
+                # transform-stage record rejects are counted by batch.transformed
+            elif b.outcome != "rejected":
+                if ev.stage == "load":  # the clean batch failed: transform-stage rejects stay counted
+                    b.load_rejected = ev.records
+                else:  # the whole raw batch failed to transform
+                    b.rejected, b.filtered = ev.records, 0
+                b.outcome, b.rejected_stage = "rejected", ev.stage
+    if old is None or _ledger(b) != _ledger(old):
+        b.v = (old.v if old is not None else 0) + 1
     return b
+
+
+def _ledger(b: BatchState) -> tuple[Any, ...]:
+    """What a batch's version counts changes of (every field but the version itself)."""
+    return (
+        b.extracted,
+        b.extract_rejected,
+        b.transformed,
+        b.rejected,
+        b.load_rejected,
+        b.filtered,
+        b.loaded,
+        b.outcome,
+        b.rejected_stage,
+    )
 
 
 def _partitions_extracted(state: RunState) -> None:
@@ -149,8 +235,8 @@ def _partitions_extracted(state: RunState) -> None:
         state.expected_batches = sum(state.partition_batches.values())
 
 
-def fold(state: RunState | None, ev: Event) -> RunState:
-    """Apply one event. Idempotent per event: a redelivered event sets the same values again."""
+def fold_run(state: RunState | None, ev: Event) -> RunState:
+    """Apply the run-level part of one event (a batch event only counts as seen: its ledger is `fold_batch`'s)."""
     if state is None:
         state = RunState(pipeline=ev.pipeline, run_id=ev.run_id)
     state.events += 1
@@ -172,9 +258,6 @@ def fold(state: RunState | None, ev: Event) -> RunState:
                 state.status = "running"
             state.started_at = state.started_at or ev.at
             state.start_cursor = ev.cursor
-        case BatchExtracted():
-            b = _batch(state, ev.batch_id, ev.seq)
-            b.extracted, b.extract_rejected = ev.records, ev.rejected
         case RunExtracted():
             state.expected_batches = ev.batches
             state.extracted_claimed = ev.records + ev.rejected
@@ -190,24 +273,6 @@ def fold(state: RunState | None, ev: Event) -> RunState:
         case PartitionExtracted():
             state.partition_batches[ev.partition] = ev.batches
             _partitions_extracted(state)
-        case BatchTransformed():
-            b = _batch(state, ev.batch_id, ev.seq)
-            b.transformed, b.rejected, b.filtered = ev.records_out, ev.rejected, ev.filtered
-        case BatchLoaded():
-            b = _batch(state, ev.batch_id, ev.seq)
-            b.loaded, b.outcome = ev.records, "loaded"
-        case BatchRejected():
-            b = _batch(state, ev.batch_id, ev.seq)
-            if ev.scope == "records":
-                if ev.stage == "extract":  # also counted by batch.extracted; the same value either way
-                    b.extract_rejected = ev.records
-                # transform-stage record rejects are counted by batch.transformed
-            elif b.outcome != "rejected":
-                if ev.stage == "load":  # the clean batch failed: transform-stage rejects stay counted
-                    b.load_rejected = ev.records
-                else:  # the whole raw batch failed to transform
-                    b.rejected, b.filtered = ev.records, 0
-                b.outcome, b.rejected_stage = "rejected", ev.stage
         case RunCompleted():
             state.status = "completed"
             state.finished_at = ev.at
@@ -226,11 +291,24 @@ def fold(state: RunState | None, ev: Event) -> RunState:
     return state
 
 
+def fold(state: RunState | None, ev: Event) -> RunState:
+    """Apply one event in memory, batch ledgers kept on the state (`RunState.batches`). Idempotent per event: a
+    redelivered event sets the same values again. The tracker's fold into KV is `jetl.state.apply`."""
+    state = fold_run(state, ev)
+    if isinstance(ev, BATCH_EVENTS):
+        old = state.batches.get(ev.batch_id)
+        new = fold_batch(old, ev)
+        state.tally.add(old, new)
+        state.batches[ev.batch_id] = new
+    return state
+
+
 def expected_rows(runs: list[RunState]) -> dict[str, int]:
     """Per run, the rows it should still have in the real destination, by the ledger alone.
 
     A run's loaded batches count, except shadow runs (their rows went to a side table) and batches a replay has
     superseded: batch k of a replay that reached the destination replaced batch k of its parent.
+    A run's own batches are needed only when a replay superseded some (`jetl.state.list_runs` loads them then).
     """
     superseded: dict[str, set[str]] = {}
     for r in runs:
@@ -240,7 +318,7 @@ def expected_rows(runs: list[RunState]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in runs:
         gone = superseded.get(r.run_id, set())
-        out[r.run_id] = (
-            0 if r.shadow else sum(b.loaded for i, b in r.batches.items() if split_batch_id(i)[1] not in gone)
-        )
+        # the totals, less what a replay replaced: only runs a replay superseded need their batches
+        replaced = sum(b.loaded for i, b in r.batches.items() if split_batch_id(i)[1] in gone) if gone else 0
+        out[r.run_id] = 0 if r.shadow else r.loaded - replaced
     return out

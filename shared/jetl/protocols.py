@@ -165,6 +165,9 @@ class Diff:
     unchanged: int = 0
     samples: dict[str, list[Any]] = field(default_factory=dict)
     """A few keys per kind ("added", "removed", "changed"), for people to look at."""
+    columns: dict[str, int] = field(default_factory=dict)
+    """Changed columns -> how many rows changed in each: with a key, the matched rows whose value differs; without
+    one, the values in the added rows that the removed rows do not have. Unchanged columns are left out."""
 
 
 @runtime_checkable

@@ -1,7 +1,9 @@
 """Pipeline discovery: every `*_pipeline.py` in the pipelines folder, imported once at start-up, loudly.
 
-A module that fails to import, lacks `register_pipelines()`, or registers a name already taken stops
-start-up with a DiscoveryError naming the file (and line, where there is one).
+A module that fails to import, lacks `register_pipelines()`, or registers a name already taken raises a
+DiscoveryError naming the file (and line, where there is one). `discover` stops on it; a service starts with
+`skip_broken=True` instead, so one broken module is logged, kept in `reload_errors()` (which `jetl health` and
+`jetl run` show) and skipped while every other pipeline runs, as at a reload.
 
 At run time (`reload_changed`, polled by every service, and tried by `get_pipeline` for an unknown name) a new or
 changed module is (re)loaded without a restart; one that breaks is reported and skipped, and the pipelines it
@@ -97,18 +99,38 @@ def register(pipelines: Iterable[Pipeline]) -> None:
         _REGISTRY[p.name] = p
 
 
-def discover(folder: Path | str) -> dict[str, Pipeline]:
+def discover(folder: Path | str, *, skip_broken: bool = False) -> dict[str, Pipeline]:
     """Import every pipeline module in `folder` into the registry; returns the registry. A broken module stops it
-    with a DiscoveryError naming the file (run-time reloads skip one instead: `reload_changed`)."""
+    with a DiscoveryError naming the file; with `skip_broken` it is logged, kept in `reload_errors()` and skipped
+    (retried when the file changes, as at a reload)."""
     global _LOADED_FROM
     folder = Path(folder)
     if not folder.is_dir():
         raise DiscoveryError(f"pipelines folder {folder} does not exist (set JETL_PIPELINES_DIR)")
     for path in pipeline_files(folder):
         _DIGESTS[path.resolve()] = _digest(path)
-        register(load_module(path))
+        try:
+            register(_unique(load_module(path)))
+        except DiscoveryError as exc:
+            if not skip_broken:
+                raise
+            _RELOAD_ERRORS[str(path)] = str(exc)
+            get_logger("jetl.registry").error("pipeline module skipped", file=str(path), error=str(exc))
     _LOADED_FROM = folder
     return _REGISTRY
+
+
+def _unique(pipelines: list[Pipeline]) -> list[Pipeline]:
+    """`pipelines`, checked before any is registered: a name taken (here or already) fails the whole module."""
+    names: set[str] = set()
+    for p in pipelines:
+        if p.name in names or p.name in _REGISTRY:
+            other = _REGISTRY[p.name].source_file if p.name in _REGISTRY else p.source_file
+            raise DiscoveryError(
+                f"{p.source_file or '<code>'}: pipeline name {p.name!r} is already registered by {other}"
+            )
+        names.add(p.name)
+    return pipelines
 
 
 def _digest(path: Path) -> str:
@@ -124,8 +146,16 @@ def on_reload(listener: Callable[[list[Pipeline]], None]) -> None:
 
 
 def reload_errors() -> dict[str, str]:
-    """{file: error} of modules that failed their latest (re)load and were skipped."""
+    """{file: error} of modules that failed their latest load (at start-up or a reload) and were skipped."""
     return dict(_RELOAD_ERRORS)
+
+
+def failed_module(name: str, errors: dict[str, str]) -> str | None:
+    """The load error of the module a pipeline named `name` would come from (`<name>_pipeline.py`), if it broke."""
+    for file, error in errors.items():
+        if Path(file).name == f"{name}_pipeline.py":
+            return error
+    return None
 
 
 def reload_changed(folder: Path | str | None = None) -> list[str]:

@@ -9,10 +9,11 @@ starts, and the test helpers in `jetl.testing.servers` read `CI` and `JETL_TEST_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class TlsSettings(BaseModel):
@@ -55,14 +56,33 @@ class NatsSettings(BaseModel):
     `jetl deploy` / `jetl up` apply it, so set it where they run."""
     deployment_wait: float = 120.0
     """Seconds a starting service waits for `jetl deploy` to have declared the streams before it gives up."""
-    embedded_memory_mb: int = Field(default=384, ge=0)
-    """Soft memory limit (Go's GOMEMLIMIT) of the nats-server `jetl up` starts itself, in MB; 0 for none. Under it
-    the server's garbage collector works harder instead of growing: its peak RSS stays near this on any input."""
+    stream_max_bytes: dict[str, int] = Field(default_factory=dict)
+    """Byte limit per stream kind (`raw`, `clean`, `events`, `dlq`, `logs`, `run`), overriding jetl.subjects.STREAMS."""
+    state_max_bytes: int = 1024 * 1024 * 1024
+    """Byte limit of the run-state KV bucket (full: writes are refused, never old state dropped)."""
+    run_state_ttl_days: float = 90.0
+    """Days a run's state and batch keys live after their last write (rebuildable from JETL_EVENTS); cursors,
+    pause flags and schedule marks never expire."""
+    heartbeat_ttl_s: float = 3600.0
+    """Seconds a service instance's heartbeat key outlives its last beat (a dead instance's key goes away)."""
 
     @property
     def servers(self) -> list[str]:
         """The URL list."""
         return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+class EmbeddedNatsSettings(BaseModel):
+    """The store limits of the nats-server that `jetl up` / `jetl demo` start."""
+
+    max_file_store_mb: int = 16 * 1024
+    """JetStream file store limit, MiB: at least the sum of the streams' and the state bucket's byte limits, which
+    JetStream reserves when they are declared."""
+    max_memory_store_mb: int = 256
+    """JetStream memory store limit, MiB (jetl keeps nothing in memory storage)."""
+    memory_limit_mb: int = Field(default=384, ge=0)
+    """Soft memory limit of the server process (Go's GOMEMLIMIT), MiB; 0 for none. Under it the server's garbage
+    collector works harder instead of growing: its peak RSS stays near this on any input."""
 
 
 class ClickHouseSettings(BaseModel):
@@ -102,6 +122,8 @@ class JetlSettings(BaseSettings):
     """Local state: embedded NATS store, chdb folder, file loader output, logs."""
     nats: NatsSettings = Field(default_factory=NatsSettings)
     """The message bus."""
+    embedded_nats: EmbeddedNatsSettings = Field(default_factory=EmbeddedNatsSettings)
+    """Store limits of the embedded nats-server (`jetl up`, `jetl demo`)."""
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     """The ClickHouse destination."""
     log_level: str = "INFO"
@@ -120,6 +142,9 @@ class JetlSettings(BaseSettings):
     """Serve Prometheus metrics on this port at /metrics (0: off); one port per process."""
     metrics_host: str = "0.0.0.0"
     """Address the metrics server binds."""
+    restarts: int = 0
+    """How many times a supervisor (`jetl up`) restarted this service after it died; its heartbeat carries it to
+    `jetl health`."""
     ui: UiSettings = Field(default_factory=UiSettings)
     """The web dashboard."""
 
@@ -132,3 +157,45 @@ class JetlSettings(BaseSettings):
     def clickhouse_dsn(self) -> str:
         """The ClickHouse DSN in force."""
         return self.clickhouse.dsn or f"chdb://{self.chdb_path}"
+
+
+class _ContextSource(PydanticBaseSettingsSource):
+    """Values from a stack context, under the environment: with `JETL_NATS__URL` set, the context's NATS part
+    (URL and credentials) is dropped whole, so its credentials never go to another server."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource, values: dict[str, Any]):
+        super().__init__(settings_cls)
+        self.env = env
+        self.values = values
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: __call__ gives every value at once."""
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = dict(self.values)
+        env_nats = self.env().get("nats")
+        if isinstance(env_nats, dict) and "url" in env_nats:
+            values.pop("nats", None)
+        return values
+
+
+def settings_with_context(values: dict[str, Any], cls: type[JetlSettings] = JetlSettings) -> JetlSettings:
+    """Settings with a stack context's `values` (`StackContext.settings_values`) under every environment variable:
+    how CLI commands read theirs. Services never call this: they get their settings from the environment only."""
+
+    class WithContext(cls):  # type: ignore[valid-type,misc]
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            context = _ContextSource(settings_cls, env_settings, values)
+            return init_settings, env_settings, dotenv_settings, context, file_secret_settings
+
+    settings: JetlSettings = WithContext()
+    return settings

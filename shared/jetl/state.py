@@ -1,7 +1,11 @@
 """The run-state store: folded run states and incremental cursors in a NATS KV bucket, rebuildable from the log.
 
-Keys: `run.<pipeline>.<run_id>` -> RunState JSON; `cursor.<pipeline>` -> the cursor of the latest completed run.
-The tracker (in the scheduler service) is the writer; it updates with compare-and-set so replicas can share it.
+Keys: `run.<pipeline>.<run_id>` -> RunState JSON (the run's totals: O(1) in size); `batch.<pipeline>.<run_id>.<batch>`
+-> one batch's BatchState; `cursor.<pipeline>` -> the cursor of the latest completed run. The tracker (in the
+scheduler service) is the writer; it updates with compare-and-set so replicas can share it.
+
+Run and batch keys expire `NatsSettings.run_state_ttl_days` after their last write (a per-key TTL, `Nats-TTL`; the
+log rebuilds them), heartbeats after `heartbeat_ttl_s`. Cursors, pause flags and the scheduler's marks never expire.
 
 Operational keys in the same bucket (all rebuildable or harmless to lose):
 
@@ -39,9 +43,13 @@ from pydantic import BaseModel
 
 from jetl.errors import NoDeployment
 from jetl.events import Event, is_run_event
-from jetl.projection import RunState, fold
+from jetl.projection import BATCH_EVENTS, BatchState, RunState, fold, fold_batch, fold_run
+from jetl.settings import NatsSettings
 from jetl.subjects import check_token
 from jetl.topology import BUCKET, server_url
+
+RUN_TTL_S = NatsSettings().run_state_ttl_days * 86400
+"""Seconds a run or batch key lives after its last write."""
 
 
 async def bucket(nc: Client) -> KeyValue:
@@ -72,33 +80,159 @@ async def get_run(kv: KeyValue, pipeline: str, run_id: str) -> RunState | None:
     return RunState.model_validate_json(entry.value) if entry.value else None
 
 
-async def apply(kv: KeyValue, ev: Event) -> RunState:
+def batch_key(pipeline: str, run_id: str, batch_id: str) -> str:
+    """KV key of one batch's ledger: `batch.<pipeline>.<run>.<seq>` (from batch id `<run>/<seq>`, each `/` a `.`)."""
+    rest = batch_id.removeprefix(f"{run_id}/")
+    return f"batch.{check_token(pipeline)}.{check_token(run_id)}.{rest.replace('/', '.')}"
+
+
+def _batch_id(state: RunState, key: str) -> str:
+    """The batch id a batch key of `state`'s run stands for (`batch_key` backwards)."""
+    return f"{state.run_id}/{key.split('.', 3)[3].replace('.', '/')}"
+
+
+def _conflict(exc: Exception) -> bool:
+    """A compare-and-set lost to a concurrent writer."""
+    return isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc)
+
+
+async def _read(kv: KeyValue, key: str) -> tuple[bytes | None, int | None]:
+    """(value, revision) of a key, (None, None) when it is missing."""
+    try:
+        entry = await kv.get(key)
+    except (KeyNotFoundError, KeyDeletedError, NotFoundError):
+        return None, None
+    return entry.value, entry.revision
+
+
+async def _write(kv: KeyValue, key: str, data: bytes, revision: int | None, ttl: float | None) -> int:
+    """Create (revision None) or compare-and-set a key, with a per-key TTL when given; returns the new revision."""
+    if revision is None:
+        return await kv.create(key, data, msg_ttl=ttl)
+    return await kv.update(key, data, last=revision, msg_ttl=ttl)
+
+
+async def get_batch(kv: KeyValue, pipeline: str, run_id: str, batch_id: str) -> BatchState | None:
+    """One batch's ledger as its own key holds it, or None."""
+    value, _ = await _read(kv, batch_key(pipeline, run_id, batch_id))
+    return BatchState.model_validate_json(value) if value else None
+
+
+_UNKNOWN = -1
+"""A revision not read yet."""
+
+
+async def put_batch(
+    kv: KeyValue, key: str, batch: BatchState, ttl: float | None = RUN_TTL_S, revision: int | None = _UNKNOWN
+) -> None:
+    """Write a batch's ledger unless its key holds the same or a newer version (two replicas may race).
+
+    `revision`: the key's revision as the caller read it (None: missing), which saves reading it again when no one
+    wrote it since.
+    """
+    for _ in range(50):
+        if revision == _UNKNOWN:
+            value, revision = await _read(kv, key)
+            if value and BatchState.model_validate_json(value).v >= batch.v:
+                return
+        try:
+            await _write(kv, key, batch.model_dump_json().encode(), revision, ttl)
+            return
+        except Exception as exc:
+            if not _conflict(exc):
+                raise
+            revision = _UNKNOWN
+    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+
+
+async def apply(kv: KeyValue, ev: Event, *, ttl: float | None = RUN_TTL_S) -> RunState:
     """Fold one event into its run's state with compare-and-set (retried on a concurrent write).
 
-    An event of no run (an operator action) is folded into a throwaway state and nothing is written.
+    A batch event changes two keys: its batch's ledger and the run's totals. The run key is written first, with the
+    batch's new ledger in `pending`, then the batch key, then `pending` is cleared; a delivery that stopped between
+    the writes leaves the batch in `pending`, and its redelivery (or the batch's next event) finishes the write
+    without counting again. A redelivered event changes nothing, so it writes nothing. Each event writes the run
+    key (constant size, whatever the number of batches) at most twice and its batch key once.
     """
-    if not is_run_event(ev):
+    if not is_run_event(ev):  # an operator action names no run: folded into a throwaway state, nothing written
         return fold(None, ev)
     key = run_key(ev.pipeline, ev.run_id)
+    if not isinstance(ev, BATCH_EVENTS):
+        for _ in range(50):
+            value, revision = await _read(kv, key)
+            folded = fold_run(RunState.model_validate_json(value) if value else None, ev)
+            try:
+                await _write(kv, key, folded.model_dump_json().encode(), revision, ttl)
+                return folded
+            except Exception as exc:
+                if not _conflict(exc):
+                    raise
+        raise RuntimeError(f"could not update {key}: too many concurrent writers")
+    bkey = batch_key(ev.pipeline, ev.run_id, ev.batch_id)
     for _ in range(50):
+        value, revision = await _read(kv, key)
+        state = RunState.model_validate_json(value) if value else None
+        old = state.pending.get(bkey) if state is not None else None
+        brev: int | None = _UNKNOWN  # the batch key's revision is read only when its value is
+        if old is None:
+            bvalue, brev = await _read(kv, bkey)
+            old = BatchState.model_validate_json(bvalue) if bvalue else None
+        new = fold_batch(old, ev)
+        if old is not None and new.v == old.v:  # seen before: nothing to count
+            if state is not None and bkey in state.pending:  # ...but its write was left half done
+                assert revision is not None
+                return await _settle_pending(kv, key, bkey, state, revision, brev, ttl)
+            return state if state is not None else fold_run(None, ev)
+        state = fold_run(state, ev)
+        state.tally.add(old, new)
+        state.pending[bkey] = new
         try:
-            entry = await kv.get(key)
-            state = RunState.model_validate_json(entry.value) if entry.value else None
-            revision = entry.revision
-        except (KeyNotFoundError, NotFoundError):
-            state, revision = None, None
-        state = fold(state, ev)
-        data = state.model_dump_json().encode()
-        try:
-            if revision is None:
-                await kv.create(key, data)
-            else:
-                await kv.update(key, data, last=revision)
-            return state
-        except (KeyWrongLastSequenceError, Exception) as exc:
-            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
+            revision = await _write(kv, key, state.model_dump_json().encode(), revision, ttl)
+        except Exception as exc:
+            if not _conflict(exc):
                 raise
+            continue
+        return await _settle_pending(kv, key, bkey, state, revision, brev, ttl)
     raise RuntimeError(f"could not update {key}: too many concurrent writers")
+
+
+async def _settle_pending(
+    kv: KeyValue, key: str, bkey: str, state: RunState, revision: int, brev: int | None, ttl: float | None
+) -> RunState:
+    """Write a counted batch's ledger (`state.pending[bkey]`, `state` as of run-key `revision`) to its key, then drop
+    it from the run's `pending`, unless a later event of the same batch has replaced it there meanwhile (that
+    event's delivery writes it)."""
+    batch = state.pending[bkey]
+    await put_batch(kv, bkey, batch, ttl, brev)
+    for _ in range(50):
+        if state.pending.get(bkey) != batch:
+            return state
+        del state.pending[bkey]
+        try:
+            await _write(kv, key, state.model_dump_json().encode(), revision, ttl)
+            return state
+        except Exception as exc:
+            if not _conflict(exc):
+                raise
+        value, rev = await _read(kv, key)
+        if not value or rev is None:
+            raise RuntimeError(f"{key} vanished while its batch {bkey} was written")
+        state, revision = RunState.model_validate_json(value), rev
+    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+
+
+async def load_batches(kv: KeyValue, state: RunState) -> RunState:
+    """Read a run's batch ledgers from their keys into `state.batches` (for what needs them one by one: replay
+    supersession, dead-letter status). Linear in the run's batches; the totals never need it."""
+    prefix = f"batch.{check_token(state.pipeline)}.{check_token(state.run_id)}."
+    for k in await bucket_keys(kv, f"{prefix}>"):
+        value, _ = await _read(kv, k)
+        if value:
+            b = BatchState.model_validate_json(value)
+            state.batches[_batch_id(state, k)] = b
+    for k, b in state.pending.items():  # counted, not written yet: the newer of the two
+        state.batches[_batch_id(state, k)] = b
+    return state
 
 
 async def get_cursor(kv: KeyValue, pipeline: str) -> dict[str, Any] | None:
@@ -154,6 +288,12 @@ def heartbeat_key(service: str, instance: str) -> str:
     """KV key of one service instance's heartbeat (the instance name made a key token)."""
     token = "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)
     return f"{HEARTBEAT_PREFIX}.{check_token(service)}.{token}"
+
+
+async def put_expiring(kv: KeyValue, key: str, value: bytes, ttl: float) -> None:
+    """Put a key that expires `ttl` seconds after this write (`Nats-TTL`; nats-py's `put` takes no TTL)."""
+    # the same publish `kv.put` makes, to the key's subject on the bucket's stream, with the TTL header added
+    await kv._js.publish(f"{kv._pre}{key}", value, msg_ttl=ttl)
 
 
 class RunMark(BaseModel):
@@ -320,6 +460,14 @@ async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]
         return moment.timestamp() if moment else 0.0
 
     out.sort(key=when, reverse=True)
+    # replay supersession is per batch (`expected_rows`, `dead_letter_status`): read the ledgers of replays and of
+    # the runs they replay, and of no other run
+    by_id = {r.run_id: r for r in out}
+    for r in out:
+        if r.trigger == "replay" and r.parent_run_id and not r.shadow:
+            for one in (r, by_id.get(r.parent_run_id)):
+                if one is not None and not one.batches:
+                    await load_batches(kv, one)
     return out
 
 

@@ -2,14 +2,14 @@
 
 Every subject jetl publishes or subscribes to is built here; no other module spells a subject string.
 
-| stream      | subjects                      | retention  |
-|-------------|-------------------------------|------------|
-| JETL_RUNS   | jetl.run.<pipeline>           | work queue | (and jetl.run.<pipeline>.<run>.<partition>)
-| JETL_RAW    | jetl.raw.<pipeline>.<run>     | limits     |
-| JETL_CLEAN  | jetl.clean.<pipeline>.<run>   | interest   | (a batch goes once the loader acked it)
-| JETL_EVENTS | jetl.events.<pipeline>.<run>  | limits     |
-| JETL_DLQ    | jetl.dlq.<pipeline>.<stage>   | limits     |
-| JETL_LOGS   | jetl.logs.<pipeline>.<run>    | limits     |
+| stream      | subjects                      | retention  | full: discard |
+|-------------|-------------------------------|------------|---------------|
+| JETL_RUNS   | jetl.run.<pipeline>           | work queue | new           | (and jetl.run.<pipeline>.<run>.<partition>)
+| JETL_RAW    | jetl.raw.<pipeline>.<run>     | limits     | new           |
+| JETL_CLEAN  | jetl.clean.<pipeline>.<run>   | interest   | new           | (a batch goes once the loader acked it)
+| JETL_EVENTS | jetl.events.<pipeline>.<run>  | limits     | old           |
+| JETL_DLQ    | jetl.dlq.<pipeline>.<stage>   | limits     | new           |
+| JETL_LOGS   | jetl.logs.<pipeline>.<run>    | limits     | old           |
 | (none)      | jetl.ctl.<service>.<verb>     | request/reply to a running service |
 """
 
@@ -47,6 +47,17 @@ class Retention(StrEnum):
     INTEREST = "interest"
 
 
+class Discard(StrEnum):
+    """What a full stream does, as JetStream names it: refuse the new message, or drop the oldest."""
+
+    NEW = "new"
+    OLD = "old"
+
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     """What `jetl deploy` declares for one stream."""
@@ -56,6 +67,11 @@ class StreamSpec:
     retention: Retention
     max_age_days: float
     duplicate_window_s: float
+    max_bytes: int
+    """The stream's byte limit (`NatsSettings.stream_max_bytes` overrides it per kind)."""
+    discard: Discard
+    """What happens at the limit. NEW where a message is work not yet done (the publisher gets an error and retries
+    or naks its input: nothing is dropped in silence); OLD where the oldest message is history nobody waits on."""
 
     @property
     def subjects(self) -> list[str]:
@@ -64,15 +80,15 @@ class StreamSpec:
 
 
 STREAMS: dict[Kind, StreamSpec] = {
-    Kind.RUN: StreamSpec("JETL_RUNS", Kind.RUN, Retention.WORK_QUEUE, 7, 24 * 3600),
-    Kind.RAW: StreamSpec("JETL_RAW", Kind.RAW, Retention.LIMITS, 7, 3600),
+    Kind.RUN: StreamSpec("JETL_RUNS", Kind.RUN, Retention.WORK_QUEUE, 7, 24 * 3600, 64 * MiB, Discard.NEW),
+    Kind.RAW: StreamSpec("JETL_RAW", Kind.RAW, Retention.LIMITS, 7, 3600, 3 * GiB, Discard.NEW),
     # A clean batch is kept until the loader's durable consumer acks it, not two days after: at 49 bytes a record,
     # kept clean batches were most of nats-server's memory and disk on a long input. Nothing reads them afterwards
     # (replay re-transforms from JETL_RAW); max_age still bounds a batch no loader ever acks.
-    Kind.CLEAN: StreamSpec("JETL_CLEAN", Kind.CLEAN, Retention.INTEREST, 2, 3600),
-    Kind.EVENTS: StreamSpec("JETL_EVENTS", Kind.EVENTS, Retention.LIMITS, 365, 3600),
-    Kind.DLQ: StreamSpec("JETL_DLQ", Kind.DLQ, Retention.LIMITS, 30, 3600),
-    Kind.LOGS: StreamSpec("JETL_LOGS", Kind.LOGS, Retention.LIMITS, 14, 120),
+    Kind.CLEAN: StreamSpec("JETL_CLEAN", Kind.CLEAN, Retention.INTEREST, 2, 3600, 2 * GiB, Discard.NEW),
+    Kind.EVENTS: StreamSpec("JETL_EVENTS", Kind.EVENTS, Retention.LIMITS, 365, 3600, 1 * GiB, Discard.OLD),
+    Kind.DLQ: StreamSpec("JETL_DLQ", Kind.DLQ, Retention.LIMITS, 30, 3600, 1 * GiB, Discard.NEW),
+    Kind.LOGS: StreamSpec("JETL_LOGS", Kind.LOGS, Retention.LIMITS, 14, 120, 512 * MiB, Discard.OLD),
 }
 
 # The durable consumer each service binds to; N replicas of a service share it.
@@ -167,6 +183,20 @@ def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) 
         return ".".join(parts)
     parts.append(check_token(run_id, "run id") if run_id is not None else "*")
     return ".".join(parts)
+
+
+_PER_RUN = {Kind.RUN.value, Kind.RAW.value, Kind.CLEAN.value, Kind.EVENTS.value, Kind.LOGS.value}
+
+
+def metric_label(subject: str) -> str:
+    """A subject cut down to its kind and pipeline for a metric label (`jetl.raw.<pipeline>`): never a run id (nor a
+    partition's work item, `jetl.run.<pipeline>.<run>.<partition>`), so the label set stays bounded. Dead letters
+    and control subjects keep their tokens (pipeline and stage, service and verb: bounded sets); NATS's own
+    subjects (`_INBOX.<random>`, `$JS.API...`) keep their root."""
+    parts = subject.split(".")
+    if parts[0] != PREFIX or len(parts) < 3:
+        return parts[0]
+    return ".".join(parts[:3] if parts[1] in _PER_RUN else parts[:4])
 
 
 def control_pattern(service: str) -> str:

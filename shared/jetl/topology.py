@@ -16,6 +16,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
     RetentionPolicy,
@@ -29,7 +30,7 @@ from jetl.errors import NoDeployment
 from jetl.logging import get_logger
 from jetl.redact import redact_url
 from jetl.settings import NatsSettings
-from jetl.subjects import CONSUMERS, STREAMS, Kind, Retention
+from jetl.subjects import CONSUMERS, STREAMS, Discard, Kind, Retention
 
 # Consumer tuning: a stage must ack within ACK_WAIT or call in_progress(); after MAX_DELIVER tries a message
 # is dead-lettered by the stage itself (see jetl.runtime.stage). The ack wait is short because it is how long a
@@ -53,8 +54,8 @@ _RETENTION_UPDATES = {
 }
 
 
-def stream_config(kind: Kind, replicas: int = 1) -> StreamConfig:
-    """The declared configuration of one stream."""
+def stream_config(kind: Kind, replicas: int = 1, max_bytes: dict[str, int] | None = None) -> StreamConfig:
+    """The declared configuration of one stream (`max_bytes`: NatsSettings.stream_max_bytes, by kind)."""
     spec = STREAMS[kind]
     return StreamConfig(
         name=spec.name,
@@ -62,6 +63,8 @@ def stream_config(kind: Kind, replicas: int = 1) -> StreamConfig:
         retention=_RETENTION[spec.retention],
         max_age=spec.max_age_days * 86400,
         duplicate_window=spec.duplicate_window_s,
+        max_bytes=(max_bytes or {}).get(kind.value, spec.max_bytes),
+        discard=DiscardPolicy.NEW if spec.discard is Discard.NEW else DiscardPolicy.OLD,
         storage=StorageType.FILE,
         num_replicas=replicas,
     )
@@ -91,7 +94,7 @@ class Change:
     detail: str = ""
 
 
-_COMPARED = ("subjects", "retention", "max_age", "duplicate_window", "num_replicas", "storage")
+_COMPARED = ("subjects", "retention", "max_age", "duplicate_window", "max_bytes", "discard", "num_replicas", "storage")
 _COMPARED_CONSUMER = ("filter_subject", "ack_policy", "ack_wait", "max_deliver", "max_ack_pending")
 
 
@@ -100,7 +103,7 @@ def _diff(current: Any, wanted: Any, fields: Iterable[str]) -> list[str]:
     for f in fields:
         a, b = getattr(current, f, None), getattr(wanted, f, None)
         if a != b:
-            out.append(f"{f}: {getattr(a, 'value', a)} -> {getattr(b, 'value', b)}")  # an enum by its value
+            out.append(f"{f}: {getattr(a, 'value', a)} -> {getattr(b, 'value', b)}")
     return out
 
 
@@ -109,7 +112,7 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
     js = nc.jetstream()
     changes: list[Change] = []
     for kind in STREAMS:
-        wanted = stream_config(kind, s.stream_replicas)
+        wanted = stream_config(kind, s.stream_replicas, s.stream_max_bytes)
         assert wanted.name is not None
         try:
             info = await js.stream_info(wanted.name)
@@ -203,25 +206,34 @@ async def _declare_object_store(js: Any, s: NatsSettings, *, dry_run: bool) -> C
     return Change("object store", name, "updated", "; ".join(diffs))
 
 
-_COMPARED_KV = ("max_msgs_per_subject", "storage", "num_replicas")
+_COMPARED_KV = ("max_msgs_per_subject", "storage", "num_replicas", "max_bytes", "allow_msg_ttl")
 
 
 async def _declare_kv(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
-    """The run-state KV bucket: created if missing, its history, storage and replicas kept as declared."""
-    wanted = kv_config(s.stream_replicas)
+    """The run-state KV bucket: created if missing, its history, storage, replicas, byte limit and per-key TTLs
+    (`allow_msg_ttl`: run, batch and heartbeat keys expire, cursors do not) kept as declared."""
+    wanted = kv_config(s.stream_replicas, s.state_max_bytes)
     stream = f"KV_{BUCKET}"
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
         if not dry_run:
-            await js.create_key_value(wanted)
+            await js.create_key_value(wanted)  # nats-py declares KV streams with allow_msg_ttl
         return Change("kv", BUCKET, "created")
     current = {
         "max_msgs_per_subject": info.config.max_msgs_per_subject,
         "storage": info.config.storage,
         "num_replicas": info.config.num_replicas,
+        "max_bytes": info.config.max_bytes,
+        "allow_msg_ttl": bool(info.config.allow_msg_ttl),
     }
-    target = {"max_msgs_per_subject": wanted.history, "storage": wanted.storage, "num_replicas": wanted.replicas}
+    target = {
+        "max_msgs_per_subject": wanted.history,
+        "storage": wanted.storage,
+        "num_replicas": wanted.replicas,
+        "max_bytes": wanted.max_bytes,
+        "allow_msg_ttl": True,
+    }
     diffs = [f"{k}: {current[k]} -> {target[k]}" for k in _COMPARED_KV if current[k] != target[k]]
     if not diffs:
         return Change("kv", BUCKET, "unchanged")
@@ -230,6 +242,7 @@ async def _declare_kv(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
     if not dry_run:
         config = info.config
         config.max_msgs_per_subject, config.num_replicas = wanted.history, wanted.replicas
+        config.max_bytes, config.allow_msg_ttl = wanted.max_bytes, True
         try:
             await js.update_stream(config)
         except Exception as exc:
@@ -240,9 +253,13 @@ async def _declare_kv(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
 BUCKET = subjects.STATE_BUCKET
 
 
-def kv_config(replicas: int = 1) -> KeyValueConfig:
-    """The declared configuration of the state bucket (`jetl deploy` keeps it so)."""
-    return KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=replicas)
+STATE_MAX_BYTES = NatsSettings().state_max_bytes
+
+
+def kv_config(replicas: int = 1, max_bytes: int = STATE_MAX_BYTES) -> KeyValueConfig:
+    """The declared configuration of the state bucket (`jetl deploy` keeps it so). No bucket-wide TTL: cursors must
+    never expire, so run and batch keys carry their own (`jetl.state`, `NatsSettings.run_state_ttl_days`)."""
+    return KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=replicas, max_bytes=max_bytes)
 
 
 DEPLOYMENT_CHECK_S = 1.5

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.js.api import RetentionPolicy, StorageType
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
 from typer.testing import CliRunner
 
 from jetl import subjects
@@ -53,19 +53,23 @@ def actions(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 async def tamper(url: str) -> None:
-    """Drift three things by hand: a stream's max age, a consumer's max_ack_pending, the KV bucket's history."""
+    """Drift by hand: a stream's max age, another's byte limit and discard policy, a consumer's max_ack_pending, the
+    KV bucket's history and byte limit."""
     nc = await connect(NatsSettings(url=url))
     js = nc.jetstream()
     try:
         dlq = stream_config(Kind.DLQ)
         dlq.max_age = 86400.0
         await js.update_stream(dlq)
+        logs = stream_config(Kind.LOGS)
+        logs.max_bytes, logs.discard = 1024 * 1024, DiscardPolicy.NEW
+        await js.update_stream(logs)
         info = await js.consumer_info("JETL_CLEAN", "loader")
         cfg = info.config
         cfg.max_ack_pending = 7
         await js.add_consumer("JETL_CLEAN", cfg)
         kv = (await js.stream_info("KV_JETL_STATE")).config
-        kv.max_msgs_per_subject = 5
+        kv.max_msgs_per_subject, kv.max_bytes = 5, 1024 * 1024
         await js.update_stream(kv)
     finally:
         await nc.close()
@@ -78,7 +82,7 @@ async def recreate_in_memory(url: str) -> None:
     try:
         await js.delete_stream("JETL_CLEAN")
         cfg = stream_config(Kind.CLEAN)
-        cfg.storage = StorageType.MEMORY
+        cfg.storage, cfg.max_bytes = StorageType.MEMORY, 1024 * 1024  # within the server's memory store
         await js.add_stream(cfg)
     finally:
         await nc.close()
@@ -98,13 +102,17 @@ def test_deploy_is_idempotent_and_never_ignores_drift(bare_nats: NatsHandle, mon
     asyncio.run(tamper(bare_nats.url))
     code, report = deploy("--dry-run", "--json")
     a = actions(report)
-    assert code == 0 and report["changed"] == 3
+    assert code == 0 and report["changed"] == 4
     assert a["JETL_DLQ"][0] == "would update" and "max_age: 86400.0 -> 2592000" in a["JETL_DLQ"][1]
     assert a["JETL_CLEAN/loader"][0] == "would update" and "max_ack_pending: 7 ->" in a["JETL_CLEAN/loader"][1]
     assert a["JETL_STATE"][0] == "would update" and "max_msgs_per_subject: 5 -> 1" in a["JETL_STATE"][1]
+    assert f"max_bytes: 1048576 -> {1024**3}" in a["JETL_STATE"][1]
+    assert a["JETL_LOGS"][0] == "would update" and f"max_bytes: 1048576 -> {512 * 1024**2}" in a["JETL_LOGS"][1]
+    assert "discard: new -> old" in a["JETL_LOGS"][1]
     code, report = deploy("--json")
     assert code == 0 and {k for k, (act, _) in actions(report).items() if act == "updated"} == {
         "JETL_DLQ",
+        "JETL_LOGS",
         "JETL_CLEAN/loader",
         "JETL_STATE",
     }

@@ -18,8 +18,8 @@ def environ(pid: int) -> dict[str, str]:
 
 
 def test_the_embedded_server_gets_the_memory_limit_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JETL_NATS__EMBEDDED_MEMORY_MB", "200")
-    server = NatsServer(tmp_path / "nats", memory_limit_mb=JetlSettings().nats.embedded_memory_mb).start()
+    monkeypatch.setenv("JETL_EMBEDDED_NATS__MEMORY_LIMIT_MB", "200")
+    server = NatsServer(tmp_path / "nats", memory_limit_mb=JetlSettings().embedded_nats.memory_limit_mb).start()
     try:
         assert server.proc is not None
         assert environ(server.proc.pid)["GOMEMLIMIT"] == "200MiB"

@@ -431,6 +431,8 @@ def test_dead_letters_are_listed_redriven_once_and_the_ledger_reconciles(env: En
         f"{env.inputs / 'o.jsonl'}:{i if i <= 40 else i + 1}" for i in negative
     )
     assert {r["field"] for r in invalid} == {"amount"}
+    # each record carries its own reason, not the first record's ("... (+n more)" is the letter's, not a record's)
+    assert all(r["origin"] in r["reason"] and "more)" not in r["reason"] for r in invalid)
     unreadable = [r for r in dead if r["status"] == "unreadable"]
     assert [(r["stage"], r["origin"], r["field"]) for r in unreadable] == [
         ("transform", f"{env.inputs / 'o.jsonl'}:41", None)

@@ -232,6 +232,8 @@ def test_operations_toolkit_against_a_running_deployment(
             assert 'jetl_messages_settled_total{outcome="ack",service="loader"}' in text
             assert 'jetl_consumer_pending{consumer="loader"}' in text
             assert "faststream_received_messages_total" in text
+            # labelled by kind and pipeline, never by run: a run id in a label is a new series per run
+            assert good.run_id not in text and '"jetl.clean.good"' in text and '"jetl.events.good"' in text
 
             # a pipeline module dropped into the folder runs without restarting anything
             (pipelines / "late_pipeline.py").write_text(

@@ -4,12 +4,9 @@ destination, and the control verbs (count, diff) answer over request/reply."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import orjson
 from faststream.nats import TestNatsBroker
-from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel
 
 from jetl import ConsoleLoader, FileExtractor, FileLoader, Pipeline, subjects
@@ -19,28 +16,8 @@ from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.state import apply
+from jetl.testing.memory import MemoryKV
 from jetl_loader.handlers import make_router
-
-
-class MemoryKV:
-    """The few KV calls run state makes (get, create, update), in a dict: the loader checks replays against it."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, tuple[bytes, int]] = {}
-
-    async def get(self, key: str) -> Any:
-        if key not in self.data:
-            raise KeyNotFoundError
-        value, revision = self.data[key]
-        return SimpleNamespace(value=value, revision=revision)
-
-    async def create(self, key: str, value: bytes) -> int:
-        self.data[key] = (value, 1)
-        return 1
-
-    async def update(self, key: str, value: bytes, last: int) -> int:
-        self.data[key] = (value, last + 1)
-        return last + 1
 
 
 async def seed_runs(kv: MemoryKV, pipeline: str) -> None:

@@ -77,6 +77,7 @@ def test_diff_of_a_shadow_against_the_parent_run(dsn: str) -> None:
     d = ld.diff("p", "r1", "r1-rp")
     assert (d.added, d.removed, d.changed, d.unchanged) == (2, 1, 1, 3)  # id 100 belongs to another run: not "removed"
     assert sorted(d.samples["added"]) == [6, 7] and d.samples["removed"] == [4] and d.samples["changed"] == [2]
+    assert d.columns == {"v": 1}  # the changed column, with how many matched rows changed in it
 
     ld.drop_shadow("p", "r1-rp")
     tables = ld.client().query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows

@@ -40,5 +40,17 @@ def test_connectors_are_exported() -> None:
         "ClickHouseLoader",
         "ConsoleLoader",
         "FileLoader",
+        "HttpExtractor",
+        "DatabaseExtractor",
+        # the HTTP extractor's helpers: a user writes `from jetl import BearerAuth, NextUrlPagination, Incremental`
+        "ApiKeyAuth",
+        "BasicAuth",
+        "BearerAuth",
+        "CursorPagination",
+        "Incremental",
+        "LinkHeaderPagination",
+        "NextUrlPagination",
+        "OffsetPagination",
+        "PageNumberPagination",
     ):
         assert name in jetl.__all__, name

@@ -220,3 +220,41 @@ def test_check_counts_matching_files_and_warns_when_there_are_none(tmp_path: Pat
     assert FileExtractor(pattern).check(JetlSettings()) == Check("ok", f"2 file(s) match {pattern}")
     missing = str(tmp_path / "*.csv")
     assert FileExtractor(missing).check(JetlSettings()) == Check("warn", f"no file matches {missing} yet")
+
+
+async def test_the_cursor_is_a_watermark_and_a_bounded_set_however_many_files_were_loaded(tmp_path: Path) -> None:
+    import os
+
+    day = 86400
+    for i in range(40):  # forty files, a day apart
+        f = tmp_path / f"{i:02d}.jsonl"
+        f.write_bytes(jsonl([{"id": i}]))
+        os.utime(f, (1_700_000_000 + i * day, 1_700_000_000 + i * day))
+    ex = FileExtractor(tmp_path / "*.jsonl", cursor_grace_s=3 * day, cursor_max_files=2)
+    assert len(records(await collect(ex))) == 40
+    cursor = ex.next_cursor()
+    assert cursor is not None and len(cursor["files"]) <= 2  # not forty
+    assert cursor["watermark"] > 1_700_000_000 + 36 * day
+
+    newer = tmp_path / "40.jsonl"
+    newer.write_bytes(jsonl([{"id": 40}]))
+    late = tmp_path / "late.jsonl"  # copied in later with an old mtime kept: older than the watermark
+    late.write_bytes(jsonl([{"id": -1}]))
+    os.utime(late, (1_700_000_000, 1_700_000_000))
+    changed = tmp_path / "39.jsonl"  # the newest file rewritten: a new mtime, so it loads again
+    changed.write_bytes(jsonl([{"id": 39}, {"id": 390}]))
+    again = FileExtractor(tmp_path / "*.jsonl", cursor_grace_s=3 * day, cursor_max_files=2)
+    got = sorted(r["id"] for r in records(await collect(again, ctx(cursor))))
+    assert got == [39, 40, 390]  # nothing of the forty again, nothing older than the watermark
+    assert len(again.next_cursor()["files"]) <= 2  # type: ignore[index]
+
+
+async def test_a_cursor_of_the_old_form_lists_its_files_and_is_bounded_after_the_next_run(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_bytes(jsonl([{"id": 1}]))
+    first = FileExtractor(tmp_path / "*.jsonl")
+    await collect(first)
+    old_form = {"files": first.next_cursor()["files"]}  # type: ignore[index]
+    (tmp_path / "b.jsonl").write_bytes(jsonl([{"id": 2}]))
+    again = FileExtractor(tmp_path / "*.jsonl")
+    assert records(await collect(again, ctx(old_form))) == [{"id": 2}]
+    assert again.next_cursor()["watermark"] is not None  # type: ignore[index]

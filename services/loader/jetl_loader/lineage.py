@@ -20,7 +20,7 @@ from jetl.errors import ConfigError, TerminalError, TransientError
 from jetl.messages import Batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import LineageLoader, Loader
-from jetl.state import get_run
+from jetl.state import get_batch, get_run
 
 
 def lineage(pipeline: Pipeline) -> LineageLoader:
@@ -79,6 +79,5 @@ async def check_supersedes(kv: KeyValue | None, batch: Batch) -> None:
         raise TerminalError(
             f"{where}: supersedes {batch.supersedes!r}, which is not a batch of its parent run {state.parent_run_id!r}"
         )
-    parent_state = await get_run(kv, batch.pipeline, parent)
-    if parent_state is None or batch.supersedes not in parent_state.batches:
+    if await get_batch(kv, batch.pipeline, parent, batch.supersedes) is None:
         raise TerminalError(f"{where}: supersedes {batch.supersedes!r}, which its parent run never made")

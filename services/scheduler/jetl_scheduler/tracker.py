@@ -112,7 +112,7 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
         await raw.ack()
         return
     try:
-        state = await apply(ctx.kv, ev)
+        state = await apply(ctx.kv, ev, ttl=ctx.settings.nats.run_state_ttl_days * 86400)
         refused = untrusted(state)
         if state.requested_at is None:  # an event of a run nobody asked for: on the log, acting on nothing
             log.warning("event of a run never requested; not acted on", type=ev.type, run_id=ev.run_id)
@@ -128,7 +128,7 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
             # The run's state says completed, and it leaves the unfinished index, before anyone hears of it: whoever
             # sees run.completed and asks for the next run finds nothing in its way (the extractor refuses a run
             # that would overlap an unfinished one of a pipeline that keeps a cursor).
-            state = await apply(ctx.kv, done)
+            state = await apply(ctx.kv, done, ttl=ctx.settings.nats.run_state_ttl_days * 86400)
             await record_outcome(ctx, done, state, alerter)
             await ctx.bus.event(done)
             log.info(

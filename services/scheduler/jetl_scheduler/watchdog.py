@@ -90,8 +90,10 @@ def stalled_stage(state: RunState) -> Stage:
     """Where a silent run is stuck: extraction unfinished, else the first stage some batch has not passed."""
     if state.expected_batches is None:
         return "extract"
-    pending = [b for b in state.batches.values() if b.outcome == "pending"]
-    if len(state.batches) < state.expected_batches or any(b.extracted and not b.transformed for b in pending):
+    if state.tally.batches < state.expected_batches:  # a batch announced but never seen past extraction
+        return "transform"
+    pending = [b for b in state.batches.values() if b.outcome == "pending"]  # when its batch ledgers are loaded
+    if any(b.extracted and not b.transformed for b in pending):
         return "transform"
     return "load"
 

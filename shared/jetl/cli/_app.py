@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -15,8 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from jetl.cli._output import EXIT_USAGE, console, debug, die, err_console, fail
+from jetl.context import StackContext, find_context, read_context
 from jetl.errors import ConfigError, JetlError
-from jetl.settings import JetlSettings
+from jetl.settings import JetlSettings, settings_with_context
 
 if TYPE_CHECKING:
     from jetl.client import JetlClient
@@ -35,14 +37,39 @@ app = typer.Typer(
 )
 
 
+# The `--context` option (or JETL_CONTEXT), set by the root callback for the command that follows.
+_CONTEXT: dict[str, Path | None] = {"explicit": None}
+
+
 @app.callback()
-def _root(debug_: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+def _root(
+    debug_: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    context_: Path = typer.Option(
+        None,
+        "--context",
+        envvar="JETL_CONTEXT",
+        help="The stack context to use: a context.json, or the data folder of a `jetl up` that holds one "
+        "(default: JETL_DATA_DIR's, else .jetl/ here or in a parent folder).",
+    ),
+) -> None:
     debug["on"] = debug_
+    _CONTEXT["explicit"] = context_
+    if not debug_:  # nats-py logs a traceback per failed connect through its error callback: fail() says it once
+        logging.getLogger("nats").setLevel(logging.CRITICAL + 1)
+
+
+def stack_context() -> StackContext | None:
+    """The stack context in force for this command, if any (see jetl.context for how it is found)."""
+    env = JetlSettings()
+    data_dir = env.data_dir if "data_dir" in env.model_fields_set else None
+    path = find_context(_CONTEXT["explicit"], data_dir)
+    return read_context(path) if path is not None else None
 
 
 def settings() -> JetlSettings:
-    """The settings in force for CLI commands."""
-    return JetlSettings()
+    """The settings in force for CLI commands: environment variables over the stack context over defaults."""
+    ctx = stack_context()
+    return settings_with_context(ctx.settings_values()) if ctx is not None else JetlSettings()
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -95,7 +122,7 @@ def follow(update: Callable[..., None]) -> Callable[[Event, RunState], None]:
     """An on_event callback that moves a `progress` bar by the run's settled batches."""
 
     def on_event(ev: Event, st: RunState) -> None:
-        done = sum(1 for b in st.batches.values() if b.outcome != "pending")
+        done = st.settled_batches
         update(
             total=st.expected_batches,
             completed=done,
@@ -127,9 +154,18 @@ def load_pipelines(s: JetlSettings) -> tuple[dict[str, Pipeline], dict[str, str]
 
 
 def one_pipeline(s: JetlSettings, name: str) -> Pipeline:
-    """A pipeline by name, or exit 2 naming the known ones."""
+    """A pipeline by name, or exit 2: why its module failed to load, or the known ones."""
+    from jetl.registry import failed_module
+
     found, errors = load_pipelines(s)
     if name not in found:
+        why = failed_module(name, errors)
+        if why is not None:
+            die(
+                f"pipeline {name!r} failed to load: {why}",
+                "fix the module; the services load it when it changes",
+                EXIT_USAGE,
+            )
         known = ", ".join(sorted(found)) or "none"
         broken = f"; {len(errors)} module(s) failed to load (jetl validate)" if errors else ""
         die(f"no pipeline named {name!r} (known: {known}){broken}", "see `jetl list`", EXIT_USAGE)

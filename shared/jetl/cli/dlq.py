@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -34,23 +35,37 @@ def dlq_list(
     Example: jetl dlq list orders --run orders-20261125T0000Z
     """
 
-    async def _go() -> tuple[list[Any], list[RunState]]:
+    async def _go() -> tuple[list[Any], list[RunState], bool]:
+        """The first dead letters that make `limit` records (read as they come; the rest is never read), the
+        runs, and whether there are more."""
+        letters: list[Any] = []
+        records = 0
         async with client() as jc:
-            return await jc.dead_letter_log(pipeline), await jc.runs(pipeline)
+            async with contextlib.aclosing(jc.iter_dead_letters(pipeline)) as kept:
+                async for seq, dl in kept:
+                    if run is not None and dl.run_id != run:
+                        continue
+                    if records >= limit:
+                        return letters, await jc.runs(pipeline), True
+                    letters.append((seq, dl))
+                    records += len(dl.records or [{}])
+            return letters, await jc.runs(pipeline), False
 
     from jetl.client import dead_letter_status
     from jetl.deadletters import letter_rows
 
-    letters, runs = run_async(_go())
+    letters, runs, more = run_async(_go())
     status = dead_letter_status(letters, runs)
-    rows = [row for seq, dl in letters if run is None or dl.run_id == run for row in letter_rows(seq, dl, status[seq])]
+    rows = [row for seq, dl in letters for row in letter_rows(seq, dl, status[seq])]
+    more, rows = more or len(rows) > limit, rows[:limit]  # the last letter read may hold more records than fit
     if json_out:
-        print_json(rows[:limit])
+        print_json(rows)
         return
-    t = Table(title=f"dead letters of {pipeline}: {len(rows)} record(s)")
+    shown = f"the first {len(rows)} record(s); more are kept (--limit)" if more else f"{len(rows)} record(s)"
+    t = Table(title=f"dead letters of {pipeline}: {shown}")
     for col in ("dlq#", "run", "stage", "origin", "field", "message", "ref", "status"):
         t.add_column(col)
-    for r in rows[:limit]:
+    for r in rows:
         t.add_row(
             str(r["seq"]),
             r["run_id"],

@@ -30,6 +30,7 @@ def logs(
     follow_seconds: float = typer.Option(None, "--for", help="With --follow: stop after this many seconds."),
     service: str = typer.Option(None, "--service", help="Only lines from this service."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per line (NDJSON)."),
+    limit: int = typer.Option(10_000, "--limit", help="At most this many kept lines (0: all); read as printed."),
 ) -> None:
     """Print every log line of one run across all services, in time order (services ship lines bound to a run).
 
@@ -56,6 +57,7 @@ def logs(
                 follow=follow,
                 follow_seconds=follow_seconds,
                 on_line=show,
+                limit=limit or None,
                 progress=lambda done, total: update(completed=done, total=total),
             )
         )

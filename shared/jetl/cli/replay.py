@@ -100,6 +100,9 @@ def replay(
                     f"[/green], [red]-{d['removed']} removed[/red], [yellow]~{d['changed']} changed"
                     f"[/yellow], {d['unchanged']} unchanged"
                 )
+                if d["columns"]:
+                    changed = ", ".join(f"{c} ({n})" for c, n in d["columns"].items())
+                    console.print(f"  changed columns (rows): {changed}", highlight=False)
                 for kind, keys in d["samples"].items():
                     console.print(f"  {kind}: {', '.join(map(str, keys))}", highlight=False)
     if any(r["status"] != "completed" for r in rows):

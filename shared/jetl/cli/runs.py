@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from jetl.cli._app import app, client, follow, progress, run_async
+from jetl.cli._app import app, client, follow, one_pipeline, progress, run_async, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_json, stamp
 from jetl.cursors import cursor_text
 from jetl.events import Event
@@ -63,13 +64,23 @@ def run(
 ) -> None:
     """Request one run of a pipeline, wait for it, and print counts per stage.
 
+    The pipeline is looked up in the local pipelines folder first (when there is one): an unknown name, or one
+    whose module failed to load, exits 2 and requests nothing. --no-wait prints the run id (`--json`: a field).
+
+    Exit codes: 0 completed; 1 failed; 2 unknown or broken pipeline; 3 NATS unreachable.
+
     Example: jetl run orders --json
     """
+    s = settings()
+    if Path(s.pipelines_dir).is_dir():
+        one_pipeline(s, pipeline)
+    requested: list[str] = []
 
     async def _go() -> RunState | None:
         async with client() as jc:
             # while NATS is away the request is resent, for no longer than the command waits
             req = await jc.request_run(pipeline, run_id=run_id, force=force, retry_s=min(timeout, 60.0))
+            requested.append(req.run_id)
             if not wait:
                 return None
             with progress(not json_out, f"run {req.run_id}", None) as update:
@@ -77,7 +88,10 @@ def run(
 
     state = run_async(_go())
     if state is None:
-        console.print("requested")
+        if json_out:
+            print_json({"pipeline": pipeline, "run_id": requested[0], "status": "requested"})
+        else:
+            console.print(f"requested {pipeline} run {requested[0]}", highlight=False)
         return
     if json_out:
         print_json(state_json(state))

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from jetl import schedule_state
 from jetl.cli._app import app, load_pipelines, one_pipeline, run_async, settings
-from jetl.cli._output import EXIT_USAGE, console, die, err_console, print_json
+from jetl.cli._output import EXIT_USAGE, console, die, err_console, print_json, short_stamp
 from jetl.pipeline import Pipeline
 from jetl.settings import JetlSettings
 
@@ -41,7 +41,7 @@ def schedule(
         t.add_column(col, overflow="fold")
     for r in rows:
         state = f"paused ({r['paused_by']})" if r["paused"] else "active"
-        nxt = ", ".join(datetime.fromisoformat(x).strftime("%m-%d %H:%M") for x in r["next_runs"])
+        nxt = ", ".join(short_stamp(datetime.fromisoformat(x)) for x in r["next_runs"])
         t.add_row(
             r["pipeline"],
             f"{r['cron']} {r['tz']}",

@@ -15,8 +15,10 @@ from rich.table import Table
 
 from jetl.cli._app import app, settings
 from jetl.cli._output import console, err_console, fail
+from jetl.context import CONTEXT_FILE, StackContext, read_context
 from jetl.errors import ConfigError, JetlError
-from jetl.runtime.embedded import SERVICES, USERS_FILE, Stack
+from jetl.redact import redact_url
+from jetl.runtime.embedded import SERVICES, USERS_FILE, Stack, Supervisor, stable_port
 
 
 def service_factory(name: str) -> Any:
@@ -57,12 +59,18 @@ def up(
 ) -> None:
     """Start an embedded nats-server with JetStream and the four services, until Ctrl-C.
 
+    Writes the stack context (<data>/context.json, owner-only), so commands in another shell, in this folder or
+    below it, find the stack with nothing exported; keeps the NATS port from start to start while it is free.
+    A service that dies is restarted with backoff (its exit code and the end of its log are printed); a crash loop
+    (5 crashes in 60 s) stops the stack with exit 1. A pipeline module that fails to load is skipped and reported.
+
     Scale the stage that limits throughput with --scale: its processes bind the same durable consumer.
 
     Example: jetl up --scale transformer=2   (then, in another shell: jetl run orders)
     """
     s = settings()
     try:
+        data = (data_dir or s.data_dir).resolve()
         replicas: dict[str, int] = {}
         for item in scale:
             name, sep, count = item.partition("=")
@@ -70,22 +78,60 @@ def up(
                 raise ConfigError(f"--scale {item!r}: expected SERVICE=N, e.g. transformer=2")
             replicas[name.strip()] = int(count)
         stack = Stack(
-            data_dir=(data_dir or s.data_dir).resolve(),
+            data_dir=data,
             pipelines_dir=s.pipelines_dir,
             nats_url=nats_url,
             replicas=replicas,
+            nats_port=0 if nats_url else stable_port(_previous_port(data)),
         )
         stack.start()
+        assert stack.nats_url is not None
+        context = write_context(stack)
     except Exception as exc:
         fail(exc)
-    console.print(f"NATS: [bold]{stack.nats_url}[/bold]  (export JETL_NATS__URL={stack.nats_url})")
+    console.print(f"NATS: [bold]{redact_url(stack.nats_url)}[/bold]; stack context: {context}")
     if stack.credentials is not None:
         users = stack.data_dir / "nats" / USERS_FILE
         console.print(f"NATS users: {users} (owner-only); the CLI connects as user [bold]operator[/bold]")
     for change in stack.deployed:
         if change.action == "differs":
             err_console.print(f"[yellow]warning:[/yellow] {change.what} {change.name} differs: {change.detail}")
+    console.print(
+        f"in another shell, from {data.parent} or any folder below it, commands find this stack by themselves "
+        f"(`jetl run <pipeline>`); from elsewhere: `jetl --context {data} run <pipeline>` or JETL_CONTEXT={data}",
+        highlight=False,
+    )
     console.print(f"services: {', '.join(stack.procs)}; logs in {stack.data_dir / 'logs'}; Ctrl-C stops")
+    supervise(stack)
+    console.print("stopped")
+
+
+def _previous_port(data: Path) -> int | None:
+    """The NATS port of the context the last `jetl up` in `data` wrote, if there is a readable one."""
+    path = data / CONTEXT_FILE
+    try:
+        return read_context(path).port if path.exists() else None
+    except ConfigError:
+        return None
+
+
+def write_context(stack: Stack) -> Path:
+    """Write the stack context of a started stack: its NATS URL and the operator's credentials, when the stack
+    generated them (`Stack.credentials`, kept in `<data>/nats/users.json`)."""
+    assert stack.nats_url is not None
+    password = stack.credentials.password("operator") if stack.credentials is not None else None
+    ctx = StackContext(
+        nats_url=stack.nats_url,
+        password=password,
+        data_dir=stack.data_dir,
+        pipelines_dir=stack.pipelines_dir.resolve(),
+    )
+    return ctx.save()
+
+
+def supervise(stack: Stack) -> None:
+    """Run until Ctrl-C or SIGTERM, restarting services that die (`Supervisor`); stop the stack either way."""
+    supervisor = Supervisor(stack)
     stop = False
 
     def _sig(*_: Any) -> None:
@@ -96,13 +142,18 @@ def up(
     signal.signal(signal.SIGTERM, _sig)
     try:
         while not stop:
-            stack.check()
+            for r in supervisor.poll():
+                err_console.print(
+                    f"[red]service {r.name} exited with code {r.exit_code}[/red]; restarting it in {r.delay:.1f}s "
+                    f"(restart {r.restarts}). The end of its log from this start:",
+                    highlight=False,
+                )
+                err_console.print(r.log_tail or "(nothing)", markup=False, highlight=False)
             time.sleep(0.5)
     except Exception as exc:
         stack.stop()
         fail(exc)
     stack.stop()
-    console.print("stopped")
 
 
 @app.command()

@@ -128,6 +128,11 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     return (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError)
 
 
+def _mtime(key: str) -> int:
+    """The mtime (whole seconds) in a loaded-file key `path:size:mtime`."""
+    return int(key.rsplit(":", 1)[1])
+
+
 def _format_of(path: Path, fmt: Format) -> Literal["jsonl", "csv", "parquet"]:
     if fmt != "auto":
         return fmt
@@ -148,6 +153,12 @@ class FileExtractor:
     becomes None and a cell the converter rejects rejects its row (with file and line). Without it CSV values
     stay strings.
     Parquet origins are `file:row` (1-based), JSONL and CSV origins `file:line`.
+
+    With `skip_loaded`, the cursor is a watermark plus a bounded set: files modified before the watermark (the
+    newest loaded file's mtime less `cursor_grace_s`) count as loaded, and the files loaded at or after it are
+    listed (`path:size:mtime`, so a changed file loads again), at most `cursor_max_files` of them. A file that
+    turns up later with an mtime older than the watermark (copied with its old time kept) is not read: raise
+    `cursor_grace_s` where files arrive that way.
     """
 
     def __init__(
@@ -161,6 +172,8 @@ class FileExtractor:
         csv_types: Mapping[str, Callable[[str], Any]] | None = None,
         columns: list[str] | None = None,
         skip_loaded: bool = True,
+        cursor_grace_s: float = 3600.0,
+        cursor_max_files: int = 10_000,
         partition_bytes: int = 128 << 20,
         partition_files: bool = False,
     ) -> None:
@@ -168,6 +181,8 @@ class FileExtractor:
             raise ConfigError("FileExtractor: partition_bytes must be at least 1")
         if chunk_size < 1:
             raise ConfigError("FileExtractor: chunk_size must be at least 1")
+        if cursor_grace_s < 0 or cursor_max_files < 1:
+            raise ConfigError("FileExtractor: cursor_grace_s must be >= 0 and cursor_max_files at least 1")
         if format not in ("jsonl", "csv", "parquet", "auto"):
             raise ConfigError(f"FileExtractor: unknown format {format!r}")
         if compression not in ("auto", "gzip", "zstd", "none"):
@@ -185,6 +200,8 @@ class FileExtractor:
         self.csv_types = dict(csv_types or {})
         self.columns = list(columns) if columns is not None else None
         self.skip_loaded = skip_loaded
+        self.cursor_grace_s = cursor_grace_s
+        self.cursor_max_files = cursor_max_files
         self.partition_bytes = partition_bytes
         self.partition_files = partition_files
         self._cursor: dict[str, Any] | None = None
@@ -221,12 +238,18 @@ class FileExtractor:
         fields hold line breaks must not be split by bytes: set `partition_bytes` above its size.)
         The cursor (`next_cursor`) is the one the run reaches once every partition is extracted: the files planned.
         """
-        done: set[str] = set((ctx.cursor or {}).get("files", [])) if self.skip_loaded and not ctx.force else set()
+        cursor = (ctx.cursor or {}) if self.skip_loaded and not ctx.force else {}
+        done: set[str] = set(cursor.get("files", []))
+        watermark: int | None = cursor.get("watermark")
         files = self.files()
         if not files:
             raise TransientError(f"no files match {self.path!r}")
-        todo = [(path, key) for path in files if (key := self._key(path)) not in done]
-        self._cursor = {"files": sorted(done | {key for _, key in todo})}
+        todo = [
+            (path, key)
+            for path in files
+            if (key := self._key(path)) not in done and (watermark is None or _mtime(key) >= watermark)
+        ]
+        self._cursor = self._bounded(done | {key for _, key in todo}, watermark)
         if not todo:
             return []
         sizes = {key: path.stat().st_size for path, key in todo}
@@ -288,19 +311,33 @@ class FileExtractor:
 
     async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
         """Yield the records of every file not yet loaded, chunk by chunk."""
-        done: set[str] = set((ctx.cursor or {}).get("files", [])) if self.skip_loaded and not ctx.force else set()
+        cursor = (ctx.cursor or {}) if self.skip_loaded and not ctx.force else {}
+        done: set[str] = set(cursor.get("files", []))
+        watermark: int | None = cursor.get("watermark")
         files = self.files()
         if not files:
             raise TransientError(f"no files match {self.path!r}")
         loaded = set(done)
         for path in files:
             key = self._key(path)
-            if key in done:
+            if key in done or (watermark is not None and _mtime(key) < watermark):
                 continue
             async for chunk in self._read(path, ctx.raw_json):
                 yield chunk
             loaded.add(key)
-        self._cursor = {"files": sorted(loaded)}
+        self._cursor = self._bounded(loaded, watermark)
+
+    def _bounded(self, loaded: set[str], watermark: int | None) -> dict[str, Any]:
+        """The next cursor: the watermark moved up to the newest file less the grace time (never down), and the
+        files at or after it; when more than `cursor_max_files` remain, the watermark rises past the oldest."""
+        if not loaded:
+            return {"watermark": watermark, "files": []}
+        mark = max(watermark or 0, max(_mtime(k) for k in loaded) - int(self.cursor_grace_s))
+        kept = sorted((k for k in loaded if _mtime(k) >= mark), key=_mtime, reverse=True)
+        if len(kept) > self.cursor_max_files:
+            mark = _mtime(kept[self.cursor_max_files]) + 1
+            kept = [k for k in kept if _mtime(k) >= mark]
+        return {"watermark": mark, "files": sorted(kept)}
 
     @property
     def keeps_cursor(self) -> bool:
@@ -308,7 +345,7 @@ class FileExtractor:
         return self.skip_loaded
 
     def next_cursor(self) -> dict[str, Any] | None:
-        """The files loaded so far (they are skipped next time)."""
+        """The watermark and the files loaded at or after it (they are skipped next time)."""
         return self._cursor
 
     def _select(self, record: Record) -> Record:

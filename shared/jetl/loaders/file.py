@@ -373,12 +373,26 @@ class FileLoader:
             added=added.total(),
             removed=removed.total(),
             unchanged=(old & new).total(),
+            columns=_column_changes(added, removed),
             samples={
                 kind: [orjson.loads(r) for r in list(c)[:sample]]
                 for kind, c in (("added", added), ("removed", removed))
                 if c
             },
         )
+
+
+def _column_changes(added: Counter[bytes], removed: Counter[bytes]) -> dict[str, int]:
+    """Per column, the values the added records have that the removed ones do not (files have no key, so a row
+    whose one column changed shows as one removed and one added record, and as 1 under that column)."""
+    new: dict[str, Counter[bytes]] = {}
+    old: dict[str, Counter[bytes]] = {}
+    for records, into in ((added, new), (removed, old)):
+        for raw, n in records.items():
+            for column, value in orjson.loads(raw).items():
+                into.setdefault(column, Counter())[orjson.dumps(value)] += n
+    out = {c: (values - old.get(c, Counter())).total() for c, values in new.items()}
+    return {c: n for c, n in sorted(out.items()) if n}
 
 
 def _partition_value(folder: str, field: str) -> str | None:

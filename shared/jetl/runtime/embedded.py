@@ -26,7 +26,7 @@ from typing import IO, Any
 from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
 from jetl.errors import ConfigError, JetlError, TransientError
-from jetl.settings import JetlSettings, NatsSettings
+from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
 from jetl.topology import Change, declare
 
 
@@ -76,12 +76,16 @@ class NatsServer:
     store_dir: Path
     port: int = 0
     max_payload_mb: int = 8
+    max_file_store_mb: int = EmbeddedNatsSettings().max_file_store_mb
+    """JetStream file store limit (MiB): the server refuses streams whose byte limits would not fit."""
+    max_memory_store_mb: int = EmbeddedNatsSettings().max_memory_store_mb
+    """JetStream memory store limit (MiB)."""
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     authorization: str = ""
     """The config's `authorization {}` block (`Credentials.server_config()`); empty: open to anyone (test servers)."""
     memory_limit_mb: int = 0
-    """GOMEMLIMIT of the server process, in MB (`NatsSettings.embedded_memory_mb`); 0: none."""
+    """GOMEMLIMIT of the server process, in MB (`EmbeddedNatsSettings.memory_limit_mb`); 0: none."""
 
     @property
     def url(self) -> str:
@@ -98,7 +102,9 @@ class NatsServer:
             conf,
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {self.max_payload_mb * 1024 * 1024}\n"
-            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n}}\n' + self.authorization,
+            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"\n'
+            f"  max_file_store: {self.max_file_store_mb * 1024 * 1024}\n"
+            f"  max_memory_store: {self.max_memory_store_mb * 1024 * 1024}\n}}\n" + self.authorization,
         )
         self.log_path = self.store_dir / "nats-server.log"
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -140,10 +146,13 @@ class ServiceProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    log_offset: int = 0
+    """Where this start's lines begin in `log_path` (the file keeps earlier starts' lines above it)."""
 
     def start(self) -> ServiceProcess:
         """Spawn the process."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jetl", "serve", self.name, *self.extra_args],
@@ -157,6 +166,16 @@ class ServiceProcess:
     def alive(self) -> bool:
         """Still running."""
         return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last `lines` lines this start wrote to its log (none from earlier starts)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, kill: bool = False, timeout: float = 15.0) -> None:
         """SIGTERM (graceful) or SIGKILL."""
@@ -237,6 +256,8 @@ class Stack:
     the same durable consumer, so they share its work (`jetl up --scale transformer=2`)."""
     server: NatsServer | None = None
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
+    nats_port: int = 0
+    """The embedded server's port (0: any free one; `jetl up` passes `stable_port`)."""
     credentials: Credentials | None = None
     """The embedded server's users (generated on first start, kept in `<data>/nats/users.json`); None for a URL."""
     deployed: list[Change] = field(default_factory=list)
@@ -260,10 +281,14 @@ class Stack:
         service, as many processes of each as `replicas` says."""
         if self.nats_url is None:
             self.credentials = Credentials.load_or_create(self.data_dir / "nats" / USERS_FILE)
+            limits = JetlSettings().embedded_nats
             self.server = NatsServer(
                 self.data_dir / "nats",
+                port=self.nats_port,
+                max_file_store_mb=limits.max_file_store_mb,
+                max_memory_store_mb=limits.max_memory_store_mb,
+                memory_limit_mb=limits.memory_limit_mb,
                 authorization=self.credentials.server_config(),
-                memory_limit_mb=JetlSettings().nats.embedded_memory_mb,
             ).start()
             self.nats_url = self.server.url
         try:
@@ -307,11 +332,10 @@ class Stack:
         return deploy(self.operator)
 
     def check(self) -> None:
-        """Raise if a service process has died (with the tail of its log)."""
+        """Raise if a service process has died (with the last lines of its log from this start)."""
         for name, p in self.procs.items():
             if not p.alive():
-                tail = p.log_path.read_text(errors="replace")[-2000:] if p.log_path.exists() else ""
-                raise ServiceDied(f"service {name} exited; the end of its log ({p.log_path}):\n{tail}")
+                raise ServiceDied(died_message(name, p))
 
     def stop(self) -> None:
         """Stop services, then the server."""
@@ -325,3 +349,88 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def died_message(name: str, p: ServiceProcess) -> str:
+    """`service NAME exited with code N`, and the last lines of its log from its latest start."""
+    code = p.proc.returncode if p.proc is not None else None
+    return (
+        f"service {name} exited with code {code}; the end of its log ({p.log_path}), from this start:\n{p.log_tail()}"
+    )
+
+
+def port_free(port: int) -> bool:
+    """Nobody listens on 127.0.0.1:`port` and it can be bound."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def stable_port(previous: int | None) -> int:
+    """The NATS port for `jetl up`: the one it used last time while it is free, else a free one."""
+    return previous if previous and port_free(previous) else free_port()
+
+
+@dataclass
+class Restart:
+    """What the supervisor did about one service process that died."""
+
+    name: str
+    exit_code: int | None
+    log_tail: str
+    restarts: int
+    """Restarts of this process so far, this one included (0 when it gave up)."""
+    delay: float
+    """Seconds until the restart."""
+
+
+@dataclass
+class Supervisor:
+    """Restarts a stack's service processes when they die, with exponential backoff, and gives up on a crash loop
+    (`max_crashes` crashes of one process within `window` seconds).
+
+    Each restarted process gets `JETL_RESTARTS` (how many times it was restarted), which its heartbeat carries,
+    so `jetl health` shows the count from any host.
+    """
+
+    stack: Stack
+    max_crashes: int = 5
+    window: float = 60.0
+    base_delay: float = 0.5
+    max_delay: float = 15.0
+    restarts: dict[str, int] = field(default_factory=dict)
+    _crashes: dict[str, list[float]] = field(default_factory=dict)
+    _due: dict[str, float] = field(default_factory=dict)
+
+    def poll(self, now: float | None = None) -> list[Restart]:
+        """Notice processes that died (scheduling their restart) and restart those whose backoff is over.
+
+        Returns what it noticed, for `jetl up` to print; raises ServiceDied on a crash loop."""
+        now = time.monotonic() if now is None else now
+        seen: list[Restart] = []
+        for key, p in self.stack.procs.items():
+            if key in self._due:
+                if now >= self._due[key]:
+                    del self._due[key]
+                    n = self.restarts.get(key, 0) + 1
+                    self.restarts[key] = n
+                    p.env = {**p.env, "JETL_RESTARTS": str(n)}
+                    p.start()
+                continue
+            if p.alive():
+                continue
+            crashes = [t for t in self._crashes.get(key, []) if now - t < self.window] + [now]
+            self._crashes[key] = crashes
+            code = p.proc.returncode if p.proc is not None else None
+            if len(crashes) >= self.max_crashes:
+                raise ServiceDied(
+                    f"service {key} crashed {len(crashes)} times within {self.window:.0f}s; not restarting it. "
+                    + died_message(key, p)
+                )
+            delay = min(self.max_delay, self.base_delay * 2 ** (len(crashes) - 1))
+            self._due[key] = now + delay
+            seen.append(Restart(key, code, p.log_tail(), self.restarts.get(key, 0) + 1, delay))
+        return seen

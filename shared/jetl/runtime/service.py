@@ -1,9 +1,10 @@
 """What every service shares: the FastStream app, start-up checks, the bus, log shipping and heartbeats.
 
 A service module supplies a name, its settings object and a router factory; `build_app` does the rest:
-pipelines are discovered before the broker connects (a broken module stops start-up), the service waits until the
-deployment (streams, consumers, state bucket) exists (it never declares it: its NATS user may not, and `jetl deploy`
-or `jetl up` does), and one middleware binds log context around every message.
+pipelines are discovered before the broker connects (a broken module is logged and skipped, as at a reload, and
+reported in the heartbeat that `jetl health` reads; the rest run), the service waits until the deployment (streams,
+consumers, state bucket) exists (it never declares it: its NATS user may not, and `jetl deploy` or `jetl up` does),
+and one middleware binds log context around every message.
 
 While it runs, every service also: polls the pipelines folder and loads new or changed modules (a broken one is
 logged and skipped), writes a heartbeat with its counters and consumer lag, answers `jetl health` on its control
@@ -32,9 +33,9 @@ from jetl.events import instance_id
 from jetl.logging import add_sink, configure_logging, get_logger, remove_sink
 from jetl.messages import Batch
 from jetl.pipeline import Pipeline
-from jetl.registry import discover, get_pipeline_registry, reload_changed
+from jetl.registry import discover, get_pipeline_registry, reload_changed, reload_errors
 from jetl.settings import JetlSettings
-from jetl.state import bucket, heartbeat_key
+from jetl.state import bucket, heartbeat_key, put_expiring
 from jetl.subjects import CONSUMERS, STREAMS
 from jetl.topology import ACK_WAIT_S, wait_for_deployment
 
@@ -181,7 +182,7 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
     """The FastStream app of one service."""
     configure_logging(name, settings.log_level, settings.log_format)
     log = get_logger(f"jetl.{name}")
-    discover(settings.pipelines_dir)  # loud: a broken module stops start-up here, naming its file and line
+    discover(settings.pipelines_dir, skip_broken=True)  # a broken module: logged with file and line, skipped
     broker = None
     if settings.metrics_port:
         broker = make_broker(settings.nats, middlewares=[metrics.middleware(name)])
@@ -209,7 +210,9 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
         nc = ctx.broker.connection
         ctx.kv = await bucket(nc)
         if settings.ship_logs:
-            sinks.append(_log_shipper(nc))
+            shipper = LogShipper(nc, dropped=lambda n: ctx.count("log_lines_dropped", n))
+            tasks.append(shipper.start())
+            sinks.append(shipper.offer)
             add_sink(sinks[-1])
         tasks.append(asyncio.create_task(_heartbeat(ctx)))
         if settings.watch_pipelines and settings.watch_seconds > 0:
@@ -235,23 +238,62 @@ def build_app(name: str, settings: JetlSettings, router_factory: RouterFactory) 
     return app
 
 
-def _log_shipper(nc: Any) -> Callable[[dict[str, Any]], None]:
-    """Publish log lines that carry a run id to JETL_LOGS, fire-and-forget (logging must never block a stage)."""
-    loop = asyncio.get_running_loop()
+LOG_QUEUE = 10_000
+"""Log lines a service holds for shipping; past it, lines are dropped and counted (`log_lines_dropped`)."""
 
-    def ship(event: dict[str, Any]) -> None:
+
+class LogShipper:
+    """Publishes log lines that carry a run id to JETL_LOGS through one bounded queue drained by one task.
+
+    Logging must never block a stage: `offer` never waits, and when the queue is full the line is dropped and
+    counted (the service's own log file keeps it). Lines may be logged from any thread.
+    """
+
+    def __init__(self, nc: Any, *, maxsize: int = LOG_QUEUE, dropped: Callable[[int], None] | None = None) -> None:
+        self._nc = nc
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize)
+        self._on_drop = dropped
+        self.dropped = 0
+        """Lines dropped because the queue was full."""
+
+    def start(self) -> asyncio.Task[None]:
+        """The one task that drains the queue (cancel it to stop)."""
+        return self._loop.create_task(self._drain())
+
+    def offer(self, event: dict[str, Any]) -> None:
+        """A log sink: queue one line for shipping, or drop it (counted) when the queue is full."""
         run_id, pipeline = event.get("run_id"), event.get("pipeline")
-        if not run_id or not pipeline or nc.is_closed:
+        if not run_id or not pipeline or self._nc.is_closed:
             return
         try:
-            data = orjson.dumps(event, default=str)
-            subject = subjects.logs(pipeline, run_id)
-        except Exception:
+            item = (subjects.logs(pipeline, run_id), orjson.dumps(event, default=str))
+        except Exception:  # a run id that is no subject token, a value orjson cannot write: not shippable
             return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(lambda: loop.create_task(nc.publish(subject, data)))
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._put(item)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                self._loop.call_soon_threadsafe(self._put, item)
 
-    return ship
+    def _put(self, item: tuple[str, bytes]) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop(1)
+
+    async def _drain(self) -> None:
+        while True:
+            subject, data = await self._queue.get()
+            # a connection that is closed or reconnecting must not stop the shipper
+            with contextlib.suppress(Exception):
+                await self._nc.publish(subject, data)
 
 
 async def _heartbeat(ctx: ServiceContext) -> None:
@@ -267,10 +309,14 @@ async def _heartbeat(ctx: ServiceContext) -> None:
                     "started_at": ctx.started_at,
                     "stats": ctx.stats,
                     "lag": lag,
+                    "restarts": ctx.settings.restarts,
+                    "load_errors": reload_errors(),
                 }
             )
             with contextlib.suppress(Exception):
-                await ctx.kv.put(heartbeat_key(ctx.name, ctx.instance), body)
+                await put_expiring(
+                    ctx.kv, heartbeat_key(ctx.name, ctx.instance), body, ctx.settings.nats.heartbeat_ttl_s
+                )
         await asyncio.sleep(HEARTBEAT_S)
 
 

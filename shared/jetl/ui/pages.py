@@ -75,7 +75,7 @@ def stage_counts(st: RunState) -> dict[str, int]:
     c = st.counts()
     return {
         "extracted": c["extracted"],
-        "transformed": sum(b.transformed for b in st.batches.values()),
+        "transformed": st.tally.transformed,
         "loaded": c["loaded"],
         "rejected": c["rejected"],
         "filtered": c["filtered"],

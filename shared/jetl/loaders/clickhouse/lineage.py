@@ -53,6 +53,24 @@ def remove_batch(table: str, batch_id: str) -> str:
     return f"DELETE FROM {table} WHERE {quote(LINEAGE)} = {_literal(batch_id)}"
 
 
+def column_diff(table: str, shadow: str, columns: Sequence[str], key: Sequence[str], parent_run_id: str) -> str:
+    """SELECT one count per non-key column of `columns`: the rows matched by `key` whose value in it differs."""
+    parent = f"startsWith({quote(LINEAGE)}, {_literal(parent_run_id + '/')})"
+    keys = ", ".join(quote(k) for k in key)
+    values = [c for c in columns if c not in key]
+
+    def side(prefix: str) -> str:
+        return ", ".join(f"{quote(c)} AS {quote(prefix + c)}" for c in values)
+
+    counts = ", ".join(
+        f"countIf(cityHash64(tuple({quote('_p_' + c)})) != cityHash64(tuple({quote('_s_' + c)})))" for c in values
+    )
+    return (
+        f"SELECT {counts} FROM (SELECT {keys}, {side('_p_')} FROM {table} WHERE {parent}) AS p"
+        f" INNER JOIN (SELECT {keys}, {side('_s_')} FROM {shadow}) AS s USING ({keys})"
+    )
+
+
 def shadow_table(table: str, run_id: str) -> str:
     """The side table a shadow run writes to: `<table>__shadow_<run id, escaped>`.
 

@@ -360,4 +360,12 @@ class ClickHouseLoader:
             setattr(out, str(kind), int(n))
             if kind != "unchanged" and keys:
                 out.samples[str(kind)] = [list(k) if isinstance(k, tuple) else k for k in keys]
+        values = [c for c in self._model.model_fields if c not in key]
+        if key and out.changed and values:
+            sql = lineage.column_diff(self.qualified, twin.qualified, values, key, parent_run_id)
+            try:
+                counts = self.client().query(sql).result_rows[0]
+            except Exception as exc:
+                raise _wrap(exc, f"diffing the columns of {twin.qualified} against run {parent_run_id}") from exc
+            out.columns = {c: int(n) for c, n in zip(values, counts, strict=True) if n}
         return out

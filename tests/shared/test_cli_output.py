@@ -1,0 +1,165 @@
+"""What an operator sees without a wide terminal, and what the CLI reads its settings from.
+
+Tables in a pipe are TSV and on a narrow terminal one field a line, never cut; dates carry the year when it is not
+this one; a stack context sits under the environment (JETL_NATS__URL drops its NATS part whole); log files have
+no ANSI codes; the supervisor restarts with backoff, shows only this start's log lines, and gives up on a loop.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from rich.table import Table
+from typer.testing import CliRunner
+
+from jetl.cli import app
+from jetl.cli._output import JetlConsole, short_stamp
+from jetl.context import StackContext
+from jetl.errors import JetlError
+from jetl.runtime.embedded import ServiceProcess, Stack, Supervisor, stable_port
+from jetl.settings import settings_with_context
+
+
+def table() -> Table:
+    t = Table(title="runs of customers")
+    for col in ("run", "status", "notes"):
+        t.add_column(col)
+    t.add_row("customers-m20261128T000000abcd", "[green]completed[/]", "a note\twith a tab " + "x" * 120)
+    t.add_row("customers-m20261128T000001abcd", "[red]failed[/]", "")
+    return t
+
+
+def render(console: JetlConsole) -> str:
+    console.print(table())
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(out, str)
+    return out
+
+
+def test_a_piped_table_is_tsv_with_every_value_whole() -> None:
+    out = render(JetlConsole(file=io.StringIO(), width=80))
+    lines = out.splitlines()
+    assert lines[0] == "# runs of customers"
+    assert lines[1] == "run\tstatus\tnotes"
+    assert lines[2].split("\t") == ["customers-m20261128T000000abcd", "completed", "a note with a tab " + "x" * 120]
+    assert lines[3].split("\t") == ["customers-m20261128T000001abcd", "failed", ""]
+    assert "\x1b" not in out and "…" not in out
+
+
+def test_a_narrow_terminal_gets_one_field_a_line() -> None:
+    out = render(JetlConsole(file=io.StringIO(), width=80, force_terminal=True))
+    assert "customers-m20261128T000000abcd" in out and "…" not in out
+    assert "status  completed" in out and "status  failed" in out
+
+
+def test_a_wide_terminal_keeps_the_table() -> None:
+    out = render(JetlConsole(file=io.StringIO(), width=200, force_terminal=True, color_system=None))
+    assert "│" in out and "\t" not in out
+
+
+def test_dates_carry_the_year_when_it_is_not_this_one() -> None:
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    assert short_stamp(datetime(2026, 12, 1, 6, 0, tzinfo=UTC), now) == "12-01 06:00"
+    assert short_stamp(datetime(2027, 1, 1, 0, 0, tzinfo=UTC), now) == "2027-01-01 00:00"
+
+
+def test_the_context_sits_under_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ctx = StackContext(nats_url="nats://127.0.0.1:4999", password=SecretStr("pw"), data_dir=tmp_path)
+    s = settings_with_context(ctx.settings_values())
+    assert s.nats.url == "nats://127.0.0.1:4999" and s.nats.user == "operator"
+    assert s.nats.password is not None and s.nats.password.get_secret_value() == "pw"
+    monkeypatch.setenv("JETL_NATS__USER", "alice")
+    assert settings_with_context(ctx.settings_values()).nats.user == "alice"  # env over context
+    monkeypatch.setenv("JETL_NATS__URL", "nats://elsewhere:4222")
+    s = settings_with_context(ctx.settings_values())
+    # another server: the context's credentials are not sent there
+    assert s.nats.url == "nats://elsewhere:4222" and s.nats.password is None
+    assert s.data_dir == tmp_path
+
+
+def test_commands_find_the_context_from_a_subfolder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    StackContext(nats_url="nats://127.0.0.1:9", data_dir=tmp_path / ".jetl").save()
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    for key in [k for k in os.environ if k.startswith("JETL_")]:
+        monkeypatch.delenv(key)
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 3 and "nats://127.0.0.1:9" in result.output  # the context's URL, found by itself
+    other = StackContext(nats_url="nats://127.0.0.1:8", data_dir=tmp_path / "other").save()
+    result = CliRunner().invoke(app, ["--context", str(other.parent), "status"])
+    assert result.exit_code == 3 and "nats://127.0.0.1:8" in result.output
+    result = CliRunner().invoke(app, ["--context", str(tmp_path / "nowhere"), "status"])
+    assert result.exit_code == 2 and "no stack context" in result.output
+
+
+def test_a_stable_port_is_kept_while_free() -> None:
+    import socket
+
+    port = stable_port(None)
+    assert stable_port(port) == port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        assert stable_port(port) != port
+
+
+def test_log_files_hold_no_ansi_codes(tmp_path: Path) -> None:
+    code = (
+        "from jetl.logging import configure_logging, get_logger\n"
+        "configure_logging('loader')\n"
+        "get_logger('x').warning('batch loaded', run_id='r1')\n"
+        "try:\n    1/0\nexcept ZeroDivisionError:\n    get_logger('x').exception('failed')\n"
+    )
+    log = tmp_path / "loader.log"
+    with log.open("w") as f:
+        subprocess.run([sys.executable, "-c", code], stderr=f, check=True)
+    text = log.read_text()
+    assert "batch loaded" in text and "ZeroDivisionError" in text and "\x1b[" not in text
+
+
+def sleeper(tmp_path: Path, name: str, code: str) -> ServiceProcess:
+    """A ServiceProcess whose process runs `code` instead of a service (the supervisor only sees processes)."""
+    p = ServiceProcess(name, dict(os.environ), tmp_path / f"{name}.log")
+    p.log_path.write_text("a stale line from an earlier start\n")
+
+    def start() -> ServiceProcess:
+        p.log_offset = p.log_path.stat().st_size
+        with p.log_path.open("ab") as log:
+            p.proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=log, env=p.env)
+        return p
+
+    p.start = start  # type: ignore[method-assign]
+    return p.start()
+
+
+def test_the_supervisor_restarts_with_backoff_and_gives_up_on_a_crash_loop(tmp_path: Path) -> None:
+    crash = "import os, sys; print('boom from this start', os.environ.get('JETL_RESTARTS', '0')); sys.exit(7)"
+    stack = Stack(data_dir=tmp_path, pipelines_dir=tmp_path)
+    stack.procs["transformer"] = sleeper(tmp_path, "transformer", crash)
+    stack.procs["loader"] = sleeper(tmp_path, "loader", "import time; time.sleep(60)")
+    sup = Supervisor(stack, max_crashes=3, window=60)
+    try:
+        stack.procs["transformer"].proc.wait()  # type: ignore[union-attr]
+        seen = sup.poll(now=100.0)
+        assert [(r.name, r.exit_code, r.restarts, r.delay) for r in seen] == [("transformer", 7, 1, 0.5)]
+        assert "boom from this start 0" in seen[0].log_tail and "stale" not in seen[0].log_tail
+        assert sup.poll(now=100.6) == []  # the restart is due: it is started again, with its count
+        stack.procs["transformer"].proc.wait()  # type: ignore[union-attr]
+        seen = sup.poll(now=101.0)
+        assert seen[0].delay == 1.0 and "boom from this start 1" in seen[0].log_tail
+        assert "boom from this start 0" not in seen[0].log_tail  # only this start's lines
+        sup.poll(now=102.1)
+        stack.procs["transformer"].proc.wait()  # type: ignore[union-attr]
+        with pytest.raises(JetlError, match="transformer crashed 3 times within 60s"):
+            sup.poll(now=103.0)
+        assert stack.procs["loader"].alive() and sup.restarts == {"transformer": 2}
+    finally:
+        stack.stop()
