@@ -75,14 +75,15 @@ async def tamper(url: str) -> None:
         await nc.close()
 
 
-async def recreate_in_memory(url: str) -> None:
-    """Replace JETL_CLEAN by a memory-backed stream: storage cannot be changed in place."""
+async def recreate_clean(url: str, **changes: Any) -> None:
+    """Replace JETL_CLEAN by one declared with `changes` (what cannot, or could not, be changed in place)."""
     nc = await connect(NatsSettings(url=url))
     js = nc.jetstream()
     try:
         await js.delete_stream("JETL_CLEAN")
         cfg = stream_config(Kind.CLEAN)
-        cfg.storage, cfg.max_bytes = StorageType.MEMORY, 1024 * 1024  # within the server's memory store
+        for name, value in changes.items():
+            setattr(cfg, name, value)
         await js.add_stream(cfg)
     finally:
         await nc.close()
@@ -119,7 +120,8 @@ def test_deploy_is_idempotent_and_never_ignores_drift(bare_nats: NatsHandle, mon
     code, report = deploy("--json")
     assert code == 0 and report["changed"] == 0
 
-    asyncio.run(recreate_in_memory(bare_nats.url))
+    # a memory-backed stream (storage cannot be changed in place), within the server's memory store
+    asyncio.run(recreate_clean(bare_nats.url, storage=StorageType.MEMORY, max_bytes=1024 * 1024))
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_CLEAN"]
     assert code == 1 and act == "differs" and "storage" in detail and "cannot be changed in place" in detail
@@ -195,19 +197,6 @@ async def clean_stream_after_loader_ack(url: str) -> tuple[int, int]:
         await nc.close()
 
 
-async def recreate_with_limits(url: str) -> None:
-    """JETL_CLEAN as deployments before interest retention declared it."""
-    nc = await connect(NatsSettings(url=url))
-    js = nc.jetstream()
-    try:
-        await js.delete_stream("JETL_CLEAN")
-        cfg = stream_config(Kind.CLEAN)
-        cfg.retention = RetentionPolicy.LIMITS
-        await js.add_stream(cfg)
-    finally:
-        await nc.close()
-
-
 def test_a_clean_batch_goes_once_the_loader_acked_it_and_an_old_clean_stream_is_moved_in_place(
     bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,7 +204,7 @@ def test_a_clean_batch_goes_once_the_loader_acked_it_and_an_old_clean_stream_is_
     assert deploy("--json")[0] == 0
     assert asyncio.run(clean_stream_after_loader_ack(bare_nats.url)) == (1, 0)
 
-    asyncio.run(recreate_with_limits(bare_nats.url))
+    asyncio.run(recreate_clean(bare_nats.url, retention=RetentionPolicy.LIMITS))  # as deployments before interest
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_CLEAN"]
     assert code == 0 and act == "updated" and "retention: limits -> interest" in detail, (act, detail)
