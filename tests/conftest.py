@@ -15,7 +15,8 @@ import pytest
 
 from jetl import logging as jlog
 from jetl.registry import clear_registry
-from jetl.testing.servers import NatsHandle, deployed, nats_server, postgres_url
+from jetl.testing import servers
+from jetl.testing.servers import ClusterHandle, NatsHandle, deployed, nats_server, postgres_url
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +45,15 @@ def nats(tmp_path: Path) -> Iterator[NatsHandle]:
 def bare_nats(tmp_path: Path) -> Iterator[NatsHandle]:
     """A fresh NATS with JetStream and nothing of jetl's on it (what `jetl deploy` starts from)."""
     with nats_server(tmp_path / "nats") as handle:
+        yield handle
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[ClusterHandle]:
+    """A fresh three-node JetStream cluster on loopback with jetl deployed on it at three replicas (a test may kill
+    and restart its nodes)."""
+    with servers.nats_cluster(tmp_path / "nats-cluster") as handle:
+        deployed(handle.url, stream_replicas=3)
         yield handle
 
 

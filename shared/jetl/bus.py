@@ -16,6 +16,8 @@ import nats
 from faststream.nats import NatsBroker
 from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.js.errors import NoStreamResponseError
 
 from jetl import subjects
 from jetl.errors import TerminalError, TransientError
@@ -25,6 +27,10 @@ from jetl.settings import NatsSettings
 from jetl.subjects import STREAMS, Kind
 
 MSG_ID = "Nats-Msg-Id"
+# A stream leader's election on a three-node cluster took 4-7 s on a loaded two-core machine
+# (tests/reliability/test_cluster.py); publishes wait out twice that before the error reaches the stage.
+LEADERLESS_S = 15.0
+LEADERLESS_RETRY_S = 0.5
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 """NATS's default `max_payload`, assumed until a connection says otherwise (its server INFO)."""
 
@@ -111,9 +117,22 @@ class Bus:
         self.broker = broker
 
     async def _publish(self, body: bytes, subject: str, msg_id: str, kind: Kind) -> bool:
-        """Publish and wait for the stream's ack; True when the stream dropped it as a duplicate of `msg_id`."""
-        ack = await self.broker.publish(body, subject, headers={MSG_ID: msg_id}, stream=STREAMS[kind].name)
-        return bool(getattr(ack, "duplicate", False))
+        """Publish and wait for the stream's ack; True when the stream dropped it as a duplicate of `msg_id`.
+
+        On a cluster a stream has no leader for a few seconds after its leader's node dies, and a publish gets no
+        answer. That is retried here for up to `LEADERLESS_S` (safe: `Nats-Msg-Id` drops a second copy), instead of
+        failing the handler: each failure would spend one of the input's MAX_DELIVER deliveries, and a quick nak
+        backoff spends all of them inside one election.
+        """
+        deadline = asyncio.get_running_loop().time() + LEADERLESS_S
+        while True:
+            try:
+                ack = await self.broker.publish(body, subject, headers={MSG_ID: msg_id}, stream=STREAMS[kind].name)
+                return bool(getattr(ack, "duplicate", False))
+            except (NoStreamResponseError, NoRespondersError):
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(LEADERLESS_RETRY_S)
 
     async def run_request(self, req: RunRequest) -> bool:
         """Queue a run request for the extractor; True when this run id was already queued (deduplicated)."""

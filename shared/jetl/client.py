@@ -14,26 +14,30 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
+from typing_extensions import Unpack
 
 from jetl import subjects
 from jetl._internal.connect import nats_connection, riding_connection
+from jetl.backfill import BackfillOptions, run_slots
 from jetl.bus import Bus, make_broker
-from jetl.errors import ConfigError, TerminalError, TransientError, WaitTimedOut, classify
+from jetl.deadletters import letters_at
+from jetl.destination import DestinationCount, ask_loader
+from jetl.errors import ConfigError, TransientError, WaitTimedOut, classify
 from jetl.eventlog import read_events, read_stream, tail
 from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, parse_event
-from jetl.messages import MALFORMED_INPUT, OVERSIZED_RECORD, DeadLetter, RunRequest, Trigger
+from jetl.messages import DeadLetter, RunRequest, Trigger
 from jetl.projection import RunState, fold
 from jetl.protocols import Diff
+from jetl.redrive import redrivable, redrive_run_id, replay_conflict, replay_run_id, status_runs
 from jetl.schedule import Slot
 from jetl.settings import JetlSettings
-from jetl.state import bucket, bucket_keys, get_run, list_runs
+from jetl.state import bucket, list_runs
 from jetl.subjects import Kind
 from jetl.topology import require_deployment
 
@@ -252,22 +256,8 @@ class JetlClient:
                 yield m.metadata.sequence.stream, DeadLetter.model_validate_json(m.data)
 
     async def ask_loader(self, verb: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
-        """Request/reply to the loader service; its error comes back as a TransientError or TerminalError."""
-        import orjson
-        from nats.errors import NoRespondersError
-        from nats.errors import TimeoutError as NatsTimeout
-
-        try:
-            msg = await self.conn.request(subjects.control("loader", verb), orjson.dumps(body), timeout=timeout)
-        except NoRespondersError as exc:
-            raise TransientError("no loader answered: is the loader service running? (`jetl up`)") from exc
-        except (NatsTimeout, TimeoutError) as exc:
-            raise TransientError(f"the loader did not answer {verb!r} within {timeout:.0f}s") from exc
-        reply = orjson.loads(msg.data)
-        if reply.get("ok"):
-            return reply["result"]
-        error = TransientError if reply.get("disposition") == "transient" else TerminalError
-        raise error(f"loader could not {verb}: {reply.get('error')}")
+        """Request/reply to the loader service (see `jetl.destination.ask_loader`)."""
+        return await ask_loader(self.conn, verb, body, timeout)
 
     async def destination_count(self, pipeline: str) -> DestinationCount:
         """Rows in the pipeline's destination, counted by the loader (per run where the loader keeps lineage)."""
@@ -313,19 +303,13 @@ class JetlClient:
         if parent.expected_batches is None:
             raise ConfigError(f"run {parent_run_id!r} never finished extracting ({parent.status}): nothing to replay")
         if not shadow:
-            letters = await self.dead_letter_log(pipeline)
-            status = dead_letter_status(letters, await self.runs(pipeline))
-            redriven = sorted(
-                why
-                for seq, dl in letters
-                if dl.run_id == parent_run_id and (why := status[seq]) is not None and why.startswith("redriven")
-            )
-            if redriven:
+            conflict = replay_conflict(await self.dead_letter_log(pipeline), await self.runs(pipeline), parent_run_id)
+            if conflict is not None:
                 raise ConfigError(
-                    f"run {parent_run_id!r} had dead letters {redriven[0]}: a replay would load those records a "
+                    f"run {parent_run_id!r} had dead letters {conflict}: a replay would load those records a "
                     "second time (a replay replaces the parent's batches, not the redrive's). --diff is fine."
                 )
-        run_id = f"{pipeline}{REPLAY_TAG}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}{secrets.token_hex(2)}"
+        run_id = replay_run_id(pipeline)
         await self.request_run(
             pipeline,
             run_id=run_id,
@@ -347,8 +331,6 @@ class JetlClient:
         is derived from the dead letters it takes: two people redriving at once make one run. A selection is read
         letter by letter, not by reading the pipeline's whole dead-letter log.
         """
-        from jetl.deadletters import letters_at
-
         if seqs is not None:
             runs = await status_runs(await bucket(self.conn), pipeline)
             letters = [(q, dl) for q, dl in await letters_at(self.conn, seqs) if dl.pipeline == pipeline]
@@ -399,66 +381,16 @@ class JetlClient:
         return ev
 
     async def backfill(
-        self,
-        pipeline: str,
-        slots: list[Slot],
-        *,
-        max_parallel: int = 4,
-        code_hash: str = "",
-        timeout: float = 3600.0,
-        retry_failed: bool = False,
-        on_update: Callable[[Slot, RunState | None, str], None] | None = None,
+        self, pipeline: str, slots: list[Slot], **options: Unpack[BackfillOptions]
     ) -> dict[str, tuple[str, RunState | None]]:
         """One run per slot, at most `max_parallel` at a time; {slot's run id: (outcome, state)}.
 
         Outcomes: `completed` / `failed` (ran now), `skipped` (it had completed before: nothing is loaded twice),
         `failed earlier` (its last attempt failed; with `retry_failed` it runs again instead, as the next attempt
-        `<run id>-retry<n>`, see `retry_run_id`). Each slot's run id is the one the scheduler gives it.
+        `<run id>-retry<n>`, see `retry_run_id`). Each slot's run id is the one the scheduler gives it. The options
+        are `jetl.backfill.BackfillOptions`.
         """
-        known = {r.run_id: r for r in await self.runs(pipeline)}
-        gate = asyncio.Semaphore(max(1, max_parallel))
-        out: dict[str, tuple[str, RunState | None]] = {}
-
-        def tell(slot: Slot, state: RunState | None, outcome: str) -> None:
-            if on_update is not None:
-                on_update(slot, state, outcome)
-
-        async def one(slot: Slot) -> None:
-            attempts = slot_attempts(slot.run_id, known.values())
-            latest = attempts[-1] if attempts else None
-            if latest is not None and latest.status not in ("completed", "failed"):
-                # the projection trails the log by a fold: ask the log itself before requesting the run again
-                latest = await self.run_state(pipeline, latest.run_id) or latest
-                attempts[-1] = latest
-            done = next((a for a in attempts if a.status == "completed"), None)
-            if done is not None:
-                out[slot.run_id] = ("skipped", done)
-                tell(slot, done, "skipped")
-                return
-            run_id = latest.run_id if latest is not None else slot.run_id
-            if latest is not None and latest.status == "failed":
-                if not retry_failed:
-                    out[slot.run_id] = ("failed earlier", latest)
-                    tell(slot, latest, "failed earlier")
-                    return
-                run_id = retry_run_id(slot.run_id, attempts)
-            async with gate:
-                await self.request_run(
-                    pipeline,
-                    run_id=run_id,
-                    trigger="backfill",
-                    code_hash=code_hash,
-                    data_interval_start=slot.start,
-                    data_interval_end=slot.end,
-                )
-                state = await self.wait(
-                    pipeline, run_id, timeout=timeout, on_event=lambda ev, st: tell(slot, st, "running")
-                )
-            out[slot.run_id] = (state.status, state)
-            tell(slot, state, state.status)
-
-        await asyncio.gather(*(one(s) for s in slots))
-        return out
+        return await run_slots(self, pipeline, slots, **options)
 
 
 def wait_message(
@@ -483,113 +415,3 @@ def wait_message(
             "loaded)"
         )
     return seen if nats_down is None else f"{seen}; NATS at {nats_down} does not answer"
-
-
-RETRY = "-retry"
-
-
-def slot_attempts(run_id: str, runs: Iterable[RunState]) -> list[RunState]:
-    """The runs of one schedule slot, first attempt first: its own run id, then `<run id>-retry<n>` by n."""
-
-    def attempt(r: RunState) -> int | None:
-        if r.run_id == run_id:
-            return 0
-        n = r.run_id.removeprefix(run_id + RETRY)
-        return int(n) if r.run_id.startswith(run_id + RETRY) and n.isdigit() else None
-
-    numbered = [(n, r) for r in runs if (n := attempt(r)) is not None]
-    return [r for _, r in sorted(numbered, key=lambda x: x[0])]
-
-
-def retry_run_id(run_id: str, attempts: list[RunState]) -> str:
-    """The next attempt of a slot whose attempts all failed: `<run id>-retry<n>`, n counting the failures, so that
-    two people retrying at once make one run, and a retry that fails too is followed by the next."""
-    failed = sum(1 for a in attempts if a.status == "failed")
-    return f"{run_id}{RETRY}{failed}"
-
-
-@dataclass
-class DestinationCount:
-    """Rows in a pipeline's destination, as its loader counted them."""
-
-    pipeline: str
-    destination: str
-    total: int | None
-    """None: the loader cannot count (the console)."""
-    by_run: dict[str, int] | None = None
-    """Rows per run id, where the loader keeps lineage."""
-    exact: bool = True
-    """False for tables that merge rows by key (a key's older rows vanish as parts merge)."""
-    key: list[str] = field(default_factory=list)
-    """The pipeline's primary key (empty: append mode)."""
-    keys: int | None = None
-    """Distinct primary keys in the destination (None without a key)."""
-
-
-def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunState]) -> dict[int, str | None]:
-    """Per JETL_DLQ sequence, why a redrive must not take it (None: it may).
-
-    - `unreadable`: input that could not be read as a record (a malformed line): there is no record to send.
-    - `too large`: a record over the server's max_payload (kept by reference): no batch can carry it.
-    - `redriven by <run>`: a redrive that has not failed took it already.
-    - `shadow <run>`: rejected by a replay into a shadow (a trial for --diff), not by a run that loads.
-    - `superseded by <run>`: a replay has processed that batch again (and dead-lettered what it rejects itself).
-    """
-    taken = {s: r.run_id for r in runs if r.redrive and r.status != "failed" for s in r.redrive}
-    shadows = {r.run_id for r in runs if r.shadow}
-    superseded: dict[str, str] = {}
-    for r in runs:
-        if r.trigger == "replay" and r.parent_run_id and not r.shadow:
-            for b in r.batches.values():
-                if b.outcome != "pending":
-                    superseded[f"{r.parent_run_id}/{b.seq:06d}"] = r.run_id
-    out: dict[int, str | None] = {}
-    for seq, dl in letters:
-        if dl.error_type == OVERSIZED_RECORD:
-            out[seq] = "too large"
-        elif dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
-            out[seq] = "unreadable"
-        elif seq in taken:
-            out[seq] = f"redriven by {taken[seq]}"
-        elif dl.run_id in shadows:
-            out[seq] = f"shadow {dl.run_id}"
-        elif dl.batch_id in superseded:
-            out[seq] = f"superseded by {superseded[dl.batch_id]}"
-        else:
-            out[seq] = None
-    return out
-
-
-def redrivable(letters: list[tuple[int, DeadLetter]], runs: list[RunState], *, run_id: str | None = None) -> list[int]:
-    """The JETL_DLQ sequences a redrive should take (see `dead_letter_status`), of `run_id` when given."""
-    status = dead_letter_status(letters, runs)
-    return [seq for seq, dl in letters if status[seq] is None and (run_id is None or dl.run_id == run_id)]
-
-
-def redrive_run_id(pipeline: str, seqs: list[int], runs: list[RunState]) -> str:
-    """`<pipeline>-rd<hash>`, from the dead letters taken and how often that same set failed before (so a failed
-    redrive can be tried again, while two concurrent identical redrives are one run)."""
-    import hashlib
-
-    failed = sum(1 for r in runs if r.status == "failed" and sorted(r.redrive) == sorted(seqs))
-    digest = hashlib.sha256(f"{','.join(map(str, sorted(seqs)))}#{failed}".encode()).hexdigest()[:12]
-    return f"{pipeline}{REDRIVE_TAG}{digest}"
-
-
-REDRIVE_TAG = "-rd"
-"""Run ids of redrives are `<pipeline>-rd<hash>` (`redrive_run_id`)."""
-REPLAY_TAG = "-rp"
-"""Run ids of replays are `<pipeline>-rp<stamp>` (`JetlClient.replay`)."""
-
-
-async def status_runs(kv: Any, pipeline: str | None = None) -> list[RunState]:
-    """The only runs `dead_letter_status` looks at: redrives and replays, found by their run ids, so judging a page
-    of dead letters reads a handful of run states, not every run kept."""
-    out: list[RunState] = []
-    for key in await bucket_keys(kv, f"run.{pipeline}.>" if pipeline else "run.>"):
-        _, pipe, run_id = key.split(".", 2)
-        if run_id.startswith((f"{pipe}{REDRIVE_TAG}", f"{pipe}{REPLAY_TAG}")):
-            state = await get_run(kv, pipe, run_id)
-            if state is not None:
-                out.append(state)
-    return out

@@ -143,6 +143,7 @@ def classify(exc: BaseException) -> Disposition:
         "nats.errors.Timeout",
         "nats.errors.NoServers",
         "NoRespondersError",
+        "NoStreamResponseError",  # a clustered stream between leaders: nobody stored the message yet
     )
     if any(m in name for m in transient_markers):
         if "OperationalError" in name and any(m in str(exc).lower() for m in _SETUP_MARKERS):

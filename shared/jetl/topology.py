@@ -98,6 +98,18 @@ _COMPARED = ("subjects", "retention", "max_age", "duplicate_window", "max_bytes"
 _COMPARED_CONSUMER = ("filter_subject", "ack_policy", "ack_wait", "max_deliver", "max_ack_pending")
 
 
+_KEEP_REPLICAS = (
+    " (kept: a process configured with fewer replicas never shrinks a clustered stream; set"
+    " JETL_NATS__STREAM_REPLICAS to the cluster's value)"
+)
+
+
+def _fewer_replicas(current: int | None, wanted: int | None) -> bool:
+    """Declaring fewer replicas than a stream has: a client that forgot JETL_NATS__STREAM_REPLICAS=3 on a cluster,
+    not a decision to give up redundancy, so it is reported as drift and left alone."""
+    return (wanted or 1) < (current or 1)
+
+
 def _diff(current: Any, wanted: Any, fields: Iterable[str]) -> list[str]:
     out = []
     for f in fields:
@@ -128,6 +140,9 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
         fixed = (info.config.retention, wanted.retention) not in _RETENTION_UPDATES
         if any(d.startswith("storage") or (d.startswith("retention") and fixed) for d in diffs):
             changes.append(Change("stream", wanted.name, "differs", "; ".join(diffs) + " (cannot be changed in place)"))
+            continue
+        if _fewer_replicas(info.config.num_replicas, wanted.num_replicas):
+            changes.append(Change("stream", wanted.name, "differs", "; ".join(diffs) + _KEEP_REPLICAS))
             continue
         if not dry_run:
             try:
@@ -197,6 +212,8 @@ async def _declare_object_store(js: Any, s: NatsSettings, *, dry_run: bool) -> C
     diffs = [f"{k}: {getattr(config, k)} -> {v}" for k, v in target.items() if getattr(config, k) != v]
     if not diffs:
         return Change("object store", name, "unchanged")
+    if _fewer_replicas(config.num_replicas, wanted.replicas):
+        return Change("object store", name, "differs", "; ".join(diffs) + _KEEP_REPLICAS)
     if not dry_run:
         config.max_age, config.max_bytes, config.num_replicas = wanted.ttl, wanted.max_bytes, wanted.replicas
         try:
@@ -239,6 +256,8 @@ async def _declare_kv(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
         return Change("kv", BUCKET, "unchanged")
     if any(d.startswith("storage") for d in diffs):
         return Change("kv", BUCKET, "differs", "; ".join(diffs) + " (cannot be changed in place)")
+    if _fewer_replicas(info.config.num_replicas, wanted.replicas):
+        return Change("kv", BUCKET, "differs", "; ".join(diffs) + _KEEP_REPLICAS)
     if not dry_run:
         config = info.config
         config.max_msgs_per_subject, config.num_replicas = wanted.history, wanted.replicas
@@ -264,6 +283,8 @@ def kv_config(replicas: int = 1, max_bytes: int = STATE_MAX_BYTES) -> KeyValueCo
 
 DEPLOYMENT_CHECK_S = 1.5
 """Seconds the deployment check may take: a server that does not answer JetStream requests in time has none."""
+DEPLOYMENT_SLOW_S = 10.0
+"""Seconds a second check may take after the first timed out (a clustered stream electing its leader)."""
 
 
 def server_url(nc: Client, fallback: str = "") -> str:
@@ -278,12 +299,20 @@ async def require_deployment(nc: Client, url: str = "") -> None:
     Reads stream info only (a service user may), with a short timeout: a server without JetStream, or without jetl's
     streams, is told apart from a working deployment within `DEPLOYMENT_CHECK_S` per stream.
     """
-    js = nc.jetstream(timeout=DEPLOYMENT_CHECK_S)
     names = [spec.name for spec in STREAMS.values()] + [f"KV_{BUCKET}"]
-    try:
-        await asyncio.gather(*(js.stream_info(name) for name in names))
-    except Exception as exc:  # not found, no JetStream (no responders, timeout): either way, nothing of jetl's here
-        raise NoDeployment(server_url(nc, url)) from exc
+    last: Exception | None = None
+    # A timeout is asked again, patiently: on a cluster a stream between leaders (a node just died or came back)
+    # answers late; a server without JetStream or without jetl's streams answers "no responders" or "not found" at once.
+    for timeout in (DEPLOYMENT_CHECK_S, DEPLOYMENT_SLOW_S):
+        js = nc.jetstream(timeout=timeout)
+        try:
+            await asyncio.gather(*(js.stream_info(name) for name in names))
+            return
+        except TimeoutError as exc:
+            last = exc
+        except Exception as exc:  # not found, no JetStream (no responders): either way, nothing of jetl's here
+            raise NoDeployment(server_url(nc, url)) from exc
+    raise NoDeployment(server_url(nc, url)) from last
 
 
 async def wait_for_deployment(nc: Client, url: str = "", timeout: float = 120.0, every: float = 1.0) -> None:

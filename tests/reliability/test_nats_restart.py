@@ -28,9 +28,20 @@ from jetl.subjects import Kind
 from jetl.testing.servers import NatsHandle
 from jetl.topology import declare
 
+from .conftest import BATCH, PIPELINE  # the crash lab's paced pipeline, `crash`
+
 pytestmark = [pytest.mark.integration]
 
 ROWS = 1000  # 40 batches of 25
+
+
+def crash_pipelines(tmp_path: Path) -> Path:
+    """A pipelines folder holding the `crash` pipeline, so `jetl run crash` passes its local check (no services)."""
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    text = PIPELINE.replace("INPUT", str(tmp_path / "in")).replace("BATCH", str(BATCH))
+    (folder / "crash_pipeline.py").write_text(text)
+    return folder
 
 
 def jetl_cli(nats_url: str, pipelines: Path, *args: str) -> subprocess.Popen[str]:
@@ -107,7 +118,7 @@ async def _deploy(url: str) -> None:
 
 def test_a_wait_that_gives_up_says_what_it_waited_for_and_nats_is_not_blamed(tmp_path: Path, nats: NatsHandle) -> None:
     asyncio.run(_deploy(nats.url))  # streams, but no services: the run is requested and nothing happens
-    cli = jetl_cli(nats.url, tmp_path, "run", "crash", "--run-id", "crash-nobody1", "--timeout", "2")
+    cli = jetl_cli(nats.url, crash_pipelines(tmp_path), "run", "crash", "--run-id", "crash-nobody1", "--timeout", "2")
     _, err = cli.communicate(timeout=60)
     assert cli.returncode == 1, err
     assert "crash-nobody1 did not finish within 2 s; last seen: run.requested 0/? batches" in err, err
@@ -116,7 +127,7 @@ def test_a_wait_that_gives_up_says_what_it_waited_for_and_nats_is_not_blamed(tmp
 
 def test_a_wait_that_gives_up_while_nats_is_down_says_so(tmp_path: Path, nats: NatsHandle) -> None:
     asyncio.run(_deploy(nats.url))
-    cli = jetl_cli(nats.url, tmp_path, "run", "crash", "--run-id", "crash-down1", "--timeout", "20")
+    cli = jetl_cli(nats.url, crash_pipelines(tmp_path), "run", "crash", "--run-id", "crash-down1", "--timeout", "20")
     deadline = time.monotonic() + 30
     while not asyncio.run(_requested(nats.url, "crash-down1")):  # then the command is waiting on the run
         assert time.monotonic() < deadline, "jetl run never requested its run"

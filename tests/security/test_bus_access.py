@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,7 @@ from jetl.messages import RunRequest
 from jetl.runtime.embedded import USERS_FILE, Stack
 from jetl.settings import NatsSettings
 from jetl.subjects import Kind
+from jetl.testing.cli import jetl_up
 from jetl.topology import require_deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -199,23 +196,9 @@ async def test_a_pipeline_runs_to_rows_through_the_authenticated_stack(stack: St
 def test_jetl_up_refuses_an_unauthenticated_client(tmp_path: Path) -> None:
     """The command itself, as a user runs it: its server admits the operator from users.json and nobody else."""
     (tmp_path / "pipelines").mkdir()
-    env = {**os.environ, "JETL_PIPELINES_DIR": str(tmp_path / "pipelines"), "PYTHONUNBUFFERED": "1"}
-    env.pop("JETL_NATS__URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jetl", "up", "--data-dir", str(tmp_path / "data")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        seen = ""
-        while (found := re.search(r"nats://127\.0\.0\.1:\d+", seen)) is None:
-            line = proc.stdout.readline()
-            assert line, f"jetl up exited ({proc.poll()}) before printing its NATS URL:\n{seen}"
-            seen += line
+    with jetl_up(data_dir=tmp_path / "data", pipelines_dir=tmp_path / "pipelines", until="nats://") as seen:
+        found = re.search(r"nats://127\.0\.0\.1:\d+", seen)
+        assert found is not None, seen
         url = found.group(0)
         users = json.loads((tmp_path / "data" / "nats" / USERS_FILE).read_text())
 
@@ -229,10 +212,3 @@ def test_jetl_up_refuses_an_unauthenticated_client(tmp_path: Path) -> None:
                 await nc.close()
 
         asyncio.run(attempt())
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from nats.js.errors import NoStreamResponseError
 
 from jetl import subjects
 from jetl.errors import ConfigError, DestinationUnavailable, RecordError, TransientError, classify
@@ -33,6 +34,7 @@ def test_classification_decides_retry_or_dead_letter() -> None:
     assert classify(TimeoutError()) == "transient"
     assert classify(ConnectionResetError()) == "transient"
     assert classify(httpx.ConnectError("refused")) == "transient"
+    assert classify(NoStreamResponseError()) == "transient"  # a clustered stream electing its leader
     assert classify(RecordError("p", [])) == "terminal"
     assert classify(KeyError("unknown bug")) == "terminal"  # never retried forever, never dropped: DLQ
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jetl.client import dead_letter_status, redrivable, redrive_run_id, retry_run_id, slot_attempts
+from jetl.backfill import retry_run_id, slot_attempts
 from jetl.errors import ConfigError
 from jetl.events import (
     BatchExtracted,
@@ -22,6 +22,7 @@ from jetl.events import (
 )
 from jetl.messages import DeadLetter, RunRequest
 from jetl.projection import RunState, expected_rows, fold
+from jetl.redrive import dead_letter_status, redrivable, redrive_run_id
 from jetl.schedule import Cron, backfill_slots
 
 
@@ -143,7 +144,7 @@ def test_run_request_refuses_contradictions() -> None:
 
 
 def test_ledger_verdict_compares_finished_runs_with_the_destination() -> None:
-    from jetl.client import DestinationCount
+    from jetl.destination import DestinationCount
     from jetl.ledger import ledger_report, ledger_verdict
 
     done = fold_all(events("r1", 2, {0: 10, 1: 8}))

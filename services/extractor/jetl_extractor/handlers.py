@@ -7,6 +7,7 @@ the same work-queue stream and durable as run requests, then acks the request: a
 Each partition's batches are `<run>/<partition>/<seq>`, and its partition.extracted says how many; the tracker
 counts the run extracted once every partition has reported. A replica killed mid-partition leaves the work item
 unacked: it is redelivered and extracted again with the same batch ids, which JetStream drops as duplicates.
+Planning and publishing partitions is `partitions`; cutting output into batches by count and bytes is `batching`.
 """
 
 from __future__ import annotations
@@ -27,23 +28,17 @@ from jetl.events import (
     PartitionExtracted,
     RunExtracted,
     RunFailed,
-    RunPartitioned,
     RunStarted,
 )
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import (
     MALFORMED_INPUT,
     OVERSIZED_RECORD,
-    PAYLOAD_HEADROOM,
     Batch,
     DeadLetter,
     PartitionWork,
     RunRequest,
-    compact_origins,
     dumps,
-    encode_records,
-    fit_payload,
-    item_size,
     utcnow,
 )
 from jetl.protocols import Chunk, ExtractContext, Partition
@@ -52,6 +47,8 @@ from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
 from jetl.runtime.stage import decide_ack
 from jetl.state import add_active, get_cursor, get_run, unfinished_runs
+from jetl_extractor.batching import Batcher
+from jetl_extractor.partitions import plan_partitions, publish_plan
 from jetl_extractor.resend import Resend
 from jetl_extractor.settings import ExtractorSettings
 
@@ -80,14 +77,7 @@ class Extraction:
         self.acked_batches = 0
         """Batches JetStream acknowledged: all that run.extracted may count."""
         self.last_progress = time.monotonic()
-        self.buf: list[Any] = []
-        """Records, or their JSON texts (`Chunk.raw`), not yet published."""
-        self.origins: list[str] = []
-        """The origin of each in `buf`, unless `whole` holds them."""
-        self.bad: list[tuple[str, str]] = []
-        self.whole: Chunk | None = None
-        """A chunk `buf` holds alone, as it came: published as one batch with its own origins (the file extractor
-        numbers its lines as runs, not as a string each) unless another chunk joins it first."""
+        self.batches = Batcher(self.pipeline.batch_size, lambda: ctx.bus.max_payload, self._send, self._check_publishes)
 
     def _event_base(self) -> dict[str, Any]:
         return self.ctx.event_fields(self.req.pipeline, self.req.run_id, self.pipeline.code_hash)
@@ -114,9 +104,9 @@ class Extraction:
         if work is not None:
             await self._extract_partition(ectx, work)
             return
-        plan = await self._plan(ectx, cursor)
+        plan = await plan_partitions(p.extractors, ectx, cursor)
         if len(plan) > 1:
-            await self._publish_plan(plan, cursor)
+            await publish_plan(self.ctx.bus, self._event_base(), p, req, plan, cursor)
             return
         for index, extractor in enumerate(p.extractors):
             async for chunk in extractor.extract(replace(ectx, cursor=cursor_of(cursor, index))):
@@ -140,41 +130,6 @@ class Extraction:
             rejected=self.rejected,
             **({"cursor_from": cursor, "cursor_to": reached} if p.keeps_cursor else {}),
         )
-
-    async def _plan(self, ectx: ExtractContext, cursor: dict[str, Any] | None) -> list[tuple[int, Partition | None]]:
-        """The run's partitions as (extractor index, partition; None: all of that extractor). Empty or one: the run
-        is extracted here, whole. An extractor that keeps a cursor but cannot plan partitions (so cannot say its
-        cursor before extracting) keeps the run whole: the cursor must move exactly once, when the run completes."""
-        plan: list[tuple[int, Partition | None]] = []
-        for index, extractor in enumerate(self.pipeline.extractors):
-            planner = getattr(extractor, "partitions", None)
-            if planner is None:
-                if getattr(extractor, "keeps_cursor", False):
-                    return []
-                plan.append((index, None))
-                continue
-            at = replace(ectx, cursor=cursor_of(cursor, index))
-            parts: list[Partition] = await asyncio.to_thread(planner, at)  # may scan a file for line numbers
-            plan.extend((index, part) for part in parts)
-        return plan
-
-    async def _publish_plan(self, plan: list[tuple[int, Partition | None]], cursor: dict[str, Any] | None) -> None:
-        p, req = self.pipeline, self.req
-        reached = joined_cursor(p.extractors)  # after `partitions`: the cursor once every partition is extracted
-        await self.ctx.bus.event(RunPartitioned(**self._event_base(), partitions=len(plan), cursor=reached))
-        for n, (index, part) in enumerate(plan):
-            work = PartitionWork(
-                request=req,
-                partition=f"p{n:04d}",
-                extractor=index,
-                spec=part.spec if part is not None else {},
-                partitions=len(plan),
-                cursor=cursor,
-            )
-            await self.ctx.bus.publish_work(
-                work.model_dump_json().encode(), subjects.run_partition(p.name, req.run_id, work.partition), work.msg_id
-            )
-        log.info("run partitioned", partitions=len(plan))
 
     async def _extract_partition(self, ectx: ExtractContext, work: PartitionWork) -> None:
         p = self.pipeline
@@ -203,73 +158,13 @@ class Extraction:
         log.info("partition extracted", partition=work.partition, batches=self.seq, records=self.records)
 
     async def _add(self, chunk: Chunk) -> None:
-        size = self.pipeline.batch_size
-        if self.whole is not None:  # another chunk joins the one held whole: it needs its origins one by one
-            self.origins, self.whole = self.whole.origin_list(), None
-        if not self.buf and chunk.count <= size:
-            self.whole, self.buf = chunk, list(chunk.items)
-        else:
-            self.buf.extend(chunk.items)
-            self.origins.extend(chunk.origin_list())
-        self.bad.extend(chunk.rejected)
-        while len(self.buf) >= size:
-            await self._flush(final=False)
+        await self.batches.add(chunk)
         if time.monotonic() - self.last_progress > IN_PROGRESS_EVERY_S:
             self.last_progress = time.monotonic()
             await self.msg.in_progress()
 
     async def _flush(self, *, final: bool) -> None:
-        size = self.pipeline.batch_size
-        if not self.buf and not self.bad:
-            return
-        self._check_publishes()
-        take = len(self.buf) if final else size
-        whole, self.whole = self.whole, None
-        items, self.buf = self.buf[:take], self.buf[take:]
-        if whole is not None:  # `_add` holds a chunk whole only when it fits one batch: it is all of `items`
-            origins, runs = whole.origins, whole.origin_runs
-        else:
-            origins, self.origins = self.origins[:take], self.origins[take:]
-            runs = None
-        bad, self.bad = self.bad, []
-        body = encode_records(items)
-        if len(body) <= self._budget(origins if runs is None else None):
-            del items  # encoded: the records (or texts) need not wait in memory for the publish (~30 MB a batch)
-            await self._send(body, origins, runs, bad, count=take)
-        else:  # more bytes than one message carries: cut it by bytes, and set aside records too large for any
-            every = whole.origin_list() if whole is not None else (origins or [])
-            await self._split(items, every, bad)
-        if final and self.buf:
-            await self._flush(final=True)
-
-    def _budget(self, origins: list[str] | None) -> int:
-        """Bytes of records a raw batch may carry: the connection's max_payload, less the envelope's origins as they
-        travel (runs of `file:line` when they compress, else a string each: `encode_batch`)."""
-        listed = sum(len(o) + 3 for o in origins) if origins else 0
-        if origins and listed > PAYLOAD_HEADROOM and (runs := compact_origins(origins)) is not None:
-            listed = sum(len(prefix) + 32 for prefix, _, _ in runs)  # ~0.15 us an origin, only for long lists
-        return self.ctx.bus.max_payload - PAYLOAD_HEADROOM - listed
-
-    async def _split(self, items: list[Any], origins: list[str], bad: list[tuple[str, str]]) -> None:
-        """Publish `items` as as many batches as their bytes need (each under max_payload, in order, so the ids stay
-        deterministic); a record too large for any message becomes a dead letter whose body is kept by reference."""
-        sizes = [item_size(x) for x in items]
-        listed = max((len(o) + 3 for o in origins), default=0) * len(items)  # an upper bound for any run of them
-        cuts, oversized = fit_payload(sizes, self.ctx.bus.max_payload - PAYLOAD_HEADROOM - listed)
-        big = [(origins[i] if i < len(origins) else "", items[i], sizes[i]) for i in oversized]
-        for n, (start, stop) in enumerate(cuts):
-            part = items[start:stop]
-            # the oversized records and the unreadable ones go with the first batch of the cut (one letter each)
-            await self._send(
-                encode_records(part),
-                origins[start:stop],
-                None,
-                bad if n == 0 else [],
-                count=len(part),
-                oversized=big if n == 0 else [],
-            )
-        if not cuts:  # every record was too large: an empty batch carries their letter and the run's count
-            await self._send(encode_records([]), [], None, bad, count=0, oversized=big)
+        await self.batches.flush(final=final)
 
     async def _send(
         self,
@@ -277,15 +172,14 @@ class Extraction:
         origins: list[str] | None,
         runs: list[tuple[str, int, int]] | None,
         bad: list[tuple[str, str]],
-        *,
         count: int,
-        oversized: list[tuple[str, Any, int]] | None = None,
+        oversized: list[tuple[str, Any, int]],
     ) -> None:
         """Take the next seq and publish one batch in the background, a bounded number at a time."""
         seq = self.seq
         self.seq += 1
         await self.sem.acquire()
-        task = asyncio.create_task(self._publish(seq, count, body, origins, runs, bad, oversized or []))
+        task = asyncio.create_task(self._publish(seq, count, body, origins, runs, bad, oversized))
         self.pending.add(task)
         task.add_done_callback(self._published)
 

@@ -30,7 +30,7 @@ def counts(
 
     Example: jetl counts orders
     """
-    from jetl.client import DestinationCount
+    from jetl.destination import DestinationCount
 
     async def _go() -> tuple[list[RunState], DestinationCount | None, str | None]:
         async with client() as jc:

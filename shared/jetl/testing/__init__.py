@@ -1,5 +1,6 @@
 """Testing helpers for jetl and for pipeline authors: real servers for fixtures, and contract suites.
 
-- `jetl.testing.servers`: NATS and PostgreSQL for tests (containers when Docker answers, else local binaries).
+- `jetl.testing.servers`: NATS (one server or a cluster) and PostgreSQL for tests (containers when Docker answers,
+  else local binaries).
 - `jetl.testing.contracts`: one abstract suite per plugin protocol; subclass it for your own connector.
 """

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from jetl import schedule_state
-from jetl.client import status_runs
 from jetl.deadletters import letters_at
 from jetl.errors import JetlError
+from jetl.redrive import status_runs
 from jetl.ui.pages import backfill_plan, dash, render
 from jetl.ui.security import actor
 

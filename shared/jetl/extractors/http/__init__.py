@@ -1,6 +1,7 @@
 """HTTP extractor: JSON APIs over httpx; paginated, authenticated, rate-limited, retried, incremental.
 
-Modules: `auth` (credentials), `paginate` (which request comes next), `incremental` (high-water marks), `retry`
+Modules: `auth` (credentials), `paginate` (which request comes next), `incremental` (high-water marks and the
+records after them), `redirects` (one request and its redirects, credentials kept to their origin), `retry`
 (backoff, Retry-After, pacing), `paths` (dotted paths into a body) and `extractor` (`HttpExtractor`, the request
 loop). The public names are re-exported here; import them from `jetl.extractors.http`.
 

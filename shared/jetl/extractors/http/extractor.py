@@ -1,15 +1,14 @@
 """`HttpExtractor`: one run pages through a JSON API, turning each page into records, origins and a cursor.
 
 It owns the request loop: auth applied per origin, pagination (`paginate`), the incremental high-water mark
-(`incremental`), retries and pacing (`retry`), and decoding the body into records. Errors it raises are listed in
-the package docstring (`jetl.extractors.http`).
+(`incremental`), redirects (`redirects`), retries and pacing (`retry`), and decoding the body into records. Errors
+it raises are listed in the package docstring (`jetl.extractors.http`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,12 +18,13 @@ import orjson
 
 from jetl.errors import ConfigError, TerminalError, TransientError
 from jetl.extractors.http.auth import Auth
-from jetl.extractors.http.incremental import Incremental, _param
+from jetl.extractors.http.incremental import Incremental, _Filter, _param
 from jetl.extractors.http.paginate import Page, Paginator, ParamValue, _NoPagination
 from jetl.extractors.http.paths import _MISSING, _lookup, _parse_path
+from jetl.extractors.http.redirects import fetch, headers_for
 from jetl.extractors.http.retry import _RETRYABLE_ERRORS, _delay, _Pacer, _retry_after, _retryable
 from jetl.logging import get_logger
-from jetl.positions import OrderKey, order_key
+from jetl.positions import order_key
 from jetl.protocols import Check, Chunk, ExtractContext, Record
 
 if TYPE_CHECKING:
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 Method = Literal["GET", "POST"]
 _SNIPPET = 200
-_SECRET_HEADER = re.compile(r"auth|token|key|secret|pass|cookie|session|credential|signature", re.IGNORECASE)
-"""A `headers=` name that looks like it carries a credential: never sent to another origin on a redirect."""
 _log = get_logger("jetl.extractors.http")
 
 
@@ -250,19 +248,15 @@ class HttpExtractor:
     async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
         """Request page after page and yield chunks of at most `chunk_size` records, with their origins; an
         incremental run keeps only the records after the stored position."""
-        inc = self.incremental
         start, inclusive = self._start(ctx)
-        if inc is not None:
-            self._cursor = {"field": inc.field, "value": None} if start is None else inc.cursor_at(*start)
+        keep: _Filter | None = None
+        if self.incremental is not None:
+            keep = _Filter(self.incremental, self._field_parts, self._key_parts, start, inclusive)
+            self._cursor = keep.cursor
         params = self._first_params(ctx, None if start is None else start[0])
         records: list[Record] = []
         origins: list[str] = []
         rejected: list[tuple[str, str]] = []
-        at: tuple[OrderKey, OrderKey | None] | None = None
-        if start is not None and start[0] is not None:
-            at = self._position(start[0], start[1], "the stored cursor")
-        high = at
-        skipped = 0
         # Redirects are followed here, not by httpx: its rule keeps every header but Authorization on a redirect
         # to another host, so an API-key header would go wherever the server points.
         async with httpx.AsyncClient(
@@ -284,27 +278,17 @@ class HttpExtractor:
                     origin = f"{self.method} {shown}#{index}"
                     if not isinstance(item, dict):
                         rejected.append((origin, f"expected a JSON object, got {type(item).__name__}"))
-                    elif inc is None:
+                    elif keep is None:
                         records.append(item)
                         origins.append(origin)
                     else:
-                        value = _lookup(item, self._field_parts)
-                        key = _lookup(item, self._key_parts) if self._key_parts else None
-                        if value is _MISSING or value is None:  # no position: kept, and moves nothing
+                        verdict = keep.take(item, origin)
+                        if isinstance(verdict, str):
+                            rejected.append((origin, verdict))
+                        elif verdict:
                             records.append(item)
                             origins.append(origin)
-                        elif key is _MISSING or (self._key_parts and key is None):
-                            rejected.append((origin, f"incremental tie_breaker {inc.tie_breaker!r} is missing"))
-                        else:
-                            here = self._position(value, key, origin)
-                            if at is not None and not self._after(here, at, inclusive, origin):
-                                skipped += 1  # at or before the position the last run reached: loaded then
-                                continue
-                            records.append(item)
-                            origins.append(origin)
-                            if high is None or self._after(here, high, False, origin):
-                                high = here
-                                self._cursor = inc.cursor_at(value, key)
+                            self._cursor = keep.cursor
                     if len(records) + len(rejected) >= self.chunk_size:
                         yield self._chunk(records, origins, rejected, number, shown, index + 1)
                         records, origins, rejected = [], [], []
@@ -317,8 +301,8 @@ class HttpExtractor:
                 url, page_params = following
             if records or rejected:
                 yield self._chunk(records, origins, rejected, number, shown, len(items))
-        if skipped:
-            _log.info("records at or before the cursor skipped", skipped=skipped, cursor=self._cursor)
+        if keep is not None and keep.skipped:
+            _log.info("records at or before the cursor skipped", skipped=keep.skipped, cursor=self._cursor)
 
     def _chunk(
         self,
@@ -335,26 +319,10 @@ class HttpExtractor:
         return Chunk(records=records, origins=origins, position=position, rejected=rejected)
 
     def _start(self, ctx: ExtractContext) -> tuple[tuple[Any, Any] | None, bool]:
-        """((value, key) the run starts after, whether records at it are kept): the stored cursor (kept: none),
-        else `initial` (kept: all of them), else nothing."""
+        """((value, key) the run starts after, whether records at it are kept): see `Incremental.start`."""
         if self.incremental is None:
             return None, False
-        cursor = ctx.cursor
-        if not cursor:
-            initial = self.incremental.initial
-            return (None if initial is None else (initial, None)), True
-        if not isinstance(cursor, dict) or "value" not in cursor:
-            raise ConfigError(f"{self!r}: the stored cursor {cursor!r} has no 'value'")
-        if cursor.get("field", self.incremental.field) != self.incremental.field:
-            raise ConfigError(
-                f"{self!r}: the stored cursor tracks field {cursor.get('field')!r}, but the extractor now "
-                f"tracks {self.incremental.field!r}; reset the pipeline's cursor to start over"
-            )
-        if cursor["value"] is None:
-            return None, True
-        # a key stored for another tie-breaker (or before there was one) says nothing about this one's order
-        key = cursor.get("key") if cursor.get("tie_breaker") == self.incremental.tie_breaker else None
-        return (cursor["value"], key), False
+        return self.incremental.start(ctx.cursor, repr(self))
 
     def _first_params(self, ctx: ExtractContext, start: Any) -> dict[str, Any]:
         params: dict[str, Any] = dict(self.params)
@@ -366,40 +334,6 @@ class HttpExtractor:
                 params[name] = _param(value)
         params.update(self.paginate.first())
         return params
-
-    def _order(self, value: Any, what: str, where: str) -> OrderKey:
-        try:
-            return order_key(value)
-        except TypeError as exc:
-            raise TerminalError(f"{where}: incremental {what}: {exc}") from exc
-
-    def _position(self, value: Any, key: Any, where: str) -> tuple[OrderKey, OrderKey | None]:
-        """A record's place in cursor order: its field value, then its tie-breaker value, typed."""
-        assert self.incremental is not None
-        own = self._order(value, f"field {self.incremental.field!r}", where)
-        tie = None if key is None else self._order(key, f"tie_breaker {self.incremental.tie_breaker!r}", where)
-        return own, tie
-
-    def _after(
-        self,
-        here: tuple[OrderKey, OrderKey | None],
-        there: tuple[OrderKey, OrderKey | None],
-        inclusive: bool,
-        where: str,
-    ) -> bool:
-        """`here` strictly after `there` (or at its value, when `inclusive` and `there` has no key)."""
-        assert self.incremental is not None
-        for mine, theirs, what in ((here[0], there[0], "field"), (here[1], there[1], "tie_breaker")):
-            if theirs is None or mine is None:
-                return inclusive
-            if mine[0] != theirs[0]:
-                raise TerminalError(
-                    f"{where}: incremental {what} {getattr(self.incremental, what)!r} mixes a {mine[0]} with a "
-                    f"{theirs[0]}; cursor values must all be timestamps, numbers or text"
-                )
-            if mine[1] != theirs[1]:
-                return bool(mine[1] > theirs[1])
-        return False
 
     # -- one request ------------------------------------------------------------------------------
 
@@ -413,53 +347,9 @@ class HttpExtractor:
         return (url.scheme, url.host, url.port) == self._origin
 
     def _headers(self, url: httpx.URL) -> dict[str, str]:
-        """The headers a request to `url` carries: credentials (auth, and `headers=` that look like one) only for
-        the configured origin."""
-        if self._same_origin(url):
-            return {**self.headers, **(self.auth.headers() if self.auth is not None else {})}
-        return {k: v for k, v in self.headers.items() if not _SECRET_HEADER.search(k)}
-
-    async def _fetch(
-        self, client: httpx.AsyncClient, url: httpx.URL, where: str, pipeline: str
-    ) -> tuple[httpx.Response, bytes]:
-        """One request and the redirects it leads to, followed here under the same-origin rule, with its body read
-        up to `max_response_bytes`."""
-        method: str = self.method
-        payload = self.json
-        for hop in range(self.max_redirects + 1):
-            request = client.build_request(method, url, json=payload, headers=self._headers(url))
-            response = await client.send(request, stream=True)
-            try:
-                if not response.is_redirect:
-                    return response, await self._read(response, where, pipeline)
-            finally:
-                await response.aclose()
-            if hop == self.max_redirects:
-                break
-            url = response.url.join(response.headers["Location"])
-            if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
-                method, payload = "GET", None  # as browsers and httpx do: the body is not sent on
-        raise TerminalError(f"pipeline {pipeline!r}: {where}: more than max_redirects={self.max_redirects} redirects")
-
-    async def _read(self, response: httpx.Response, where: str, pipeline: str) -> bytes:
-        """The body, refused past `max_response_bytes` (streamed: a huge answer is never held whole)."""
-        size = response.headers.get("Content-Length", "")
-        if size.isdigit() and int(size) > self.max_response_bytes:
-            raise TerminalError(
-                f"pipeline {pipeline!r}: {where}: the response is {int(size)} bytes, more than "
-                f"max_response_bytes={self.max_response_bytes}"
-            )
-        parts: list[bytes] = []
-        total = 0
-        async for part in response.aiter_bytes():
-            total += len(part)
-            if total > self.max_response_bytes:
-                raise TerminalError(
-                    f"pipeline {pipeline!r}: {where}: the response is larger than "
-                    f"max_response_bytes={self.max_response_bytes}"
-                )
-            parts.append(part)
-        return b"".join(parts)
+        """The headers a request to `url` carries (see `redirects.headers_for`)."""
+        auth = self.auth.headers() if self.auth is not None else {}
+        return headers_for(url, self._same_origin(url), self.headers, auth)
 
     async def _send(
         self, client: httpx.AsyncClient, url: str, params: dict[str, Any], page: int, pipeline: str = ""
@@ -475,7 +365,17 @@ class HttpExtractor:
             await self._pacer.wait()
             retry_after: float | None = None
             try:
-                response, content = await self._fetch(client, full, where, pipeline)
+                response, content = await fetch(
+                    client,
+                    full,
+                    self.method,
+                    self.json,
+                    self._headers,
+                    max_redirects=self.max_redirects,
+                    max_bytes=self.max_response_bytes,
+                    where=where,
+                    pipeline=pipeline,
+                )
             except _RETRYABLE_ERRORS as exc:
                 failure = f"{type(exc).__name__}: {exc}".rstrip(": ")
                 if attempt >= self.max_retries:

@@ -34,7 +34,20 @@ from pydantic import SecretStr
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, Result, Row
 
-from jetl.errors import ConfigError, JetlError, TerminalError, TransientError
+from jetl.errors import ConfigError, JetlError
+from jetl.extractors.database.cursor import (
+    _HIGH_KEY,
+    _HIGH_WATER,
+    _after,
+    _compared,
+    _cursor_of,
+    _dump,
+    _Position,
+    _start_position,
+    _text_tag,
+    cursor_at,
+)
+from jetl.extractors.database.translate import _translate
 from jetl.protocols import Check, Chunk, ExtractContext, Record
 from jetl.redact import redact_text, redact_url
 
@@ -45,17 +58,7 @@ __all__ = ["DatabaseExtractor"]
 
 _T = TypeVar("_T")
 INTERVAL_PARAMS = ("data_interval_start", "data_interval_end")
-_HIGH_WATER = "jetl_high_water"
-_HIGH_KEY = "jetl_high_key"
-_POSITION = ("jetl_position_value", "jetl_position_key")  # trailing columns a run reads its position from
 _SUBQUERY = "jetl_source"
-_SQLITE_STATEMENT_ERRORS = (
-    "no such table",
-    "no such column",
-    "syntax error",
-    "ambiguous column",
-    "no such function",
-)
 # Values the framework's encoder writes as they are; anything else is converted in `_plain`.
 _NATIVE: frozenset[type] = frozenset(
     {str, int, float, bool, type(None), Decimal, datetime, date, time, uuid.UUID, dict, list}
@@ -75,125 +78,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, Decimal, datetime, date, time, uuid.UUID, dict)):  # subclasses
         return value
     return str(value)
-
-
-# --- high-water marks as JSON -------------------------------------------------------------------------------
-
-
-def _dump(value: Any) -> tuple[Any, str]:
-    """A high-water value as (JSON value, type tag), so the next run can rebuild the exact value."""
-    if isinstance(value, datetime):
-        return value.isoformat(), "datetime"
-    if isinstance(value, date):
-        return value.isoformat(), "date"
-    if isinstance(value, Decimal):
-        return str(value), "decimal"
-    if isinstance(value, bool):
-        raise TypeError("a boolean column cannot be a high-water mark")
-    if isinstance(value, int):
-        return value, "int"
-    if isinstance(value, float):
-        return value, "float"
-    if isinstance(value, str):
-        return value, "str"
-    if isinstance(value, uuid.UUID):
-        return str(value), "uuid"
-    raise TypeError(f"a {type(value).__name__} value cannot be a high-water mark")
-
-
-_LOADERS: dict[str, Callable[[Any], Any]] = {
-    "datetime": datetime.fromisoformat,
-    "date": date.fromisoformat,
-    "decimal": Decimal,
-    "int": int,
-    "float": float,
-    "str": str,
-    "uuid": uuid.UUID,
-}
-
-
-def _load(value: Any, tag: str | None) -> Any:
-    if value is None or tag is None:
-        return value
-    loader = _LOADERS.get(tag)
-    if loader is None:
-        raise ConfigError(f"the stored cursor has an unknown value type {tag!r}")
-    try:
-        return loader(value)
-    except (ValueError, TypeError, ArithmeticError) as exc:
-        raise ConfigError(f"the stored cursor value {value!r} is not a valid {tag}: {exc}") from exc
-
-
-def _bind_type(value: Any, column: sa.ColumnElement[Any]) -> sa.types.TypeEngine[Any] | None:
-    """The SQL type to bind a position value with: the column's, or one from the value in a text query."""
-    if not isinstance(column.type, sa.types.NullType):
-        return column.type
-    if isinstance(value, datetime):
-        return sa.DateTime(timezone=value.tzinfo is not None)
-    if isinstance(value, date):
-        return sa.Date()
-    if isinstance(value, Decimal):
-        return sa.Numeric()
-    return None
-
-
-@dataclass(frozen=True)
-class _Position:
-    """A row's place in the cursor order: the cursor column's value, then the tie-breaker's (None when the
-    column is unique on its own). `legacy` marks a start from `initial=` or from a cursor stored before
-    tie-breakers: it is compared as `col > value` through the column's type, as those cursors were made."""
-
-    value: Any
-    key: Any = None
-    legacy: bool = False
-    stored: Any = None
-    """The value as the cursor stored it (JSON): the exact source text for a SQLite date/time column."""
-
-    def ahead_of(self, other: _Position | None) -> bool:
-        """Strictly after `other` (the database already said so; this guards the cursor against moving back)."""
-        if other is None or other.value is None:
-            return True
-        try:
-            if self.value != other.value:
-                return bool(self.value > other.value)
-            return other.key is not None and self.key is not None and bool(self.key > other.key)
-        except TypeError:  # a legacy typed mark against source text: the database's order decides
-            return True
-
-
-def _compared(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
-    """The column as the source compares it. SQLite keeps dates and times as text and compares the text, while
-    SQLAlchemy would parse it and bind a mark rendered in its own format ('2025-01-04 11:20:00.000000' sorts
-    below '2025-01-04T09:00:00'): read and bind the text itself."""
-    if dialect == "sqlite" and isinstance(column.type, (sa.Date, sa.DateTime, sa.Time)):
-        return sa.type_coerce(column, sa.String())
-    return column
-
-
-def _text_tag(column: sa.ColumnElement[Any], dialect: str) -> str | None:
-    """The type tag a SQLite date/time column's text keeps in the cursor, so the cursor still says what it is."""
-    if dialect == "sqlite" and isinstance(column.type, sa.DateTime):
-        return "datetime"
-    if dialect == "sqlite" and isinstance(column.type, sa.Date):
-        return "date"
-    return None
-
-
-# --- errors -------------------------------------------------------------------------------------
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _statement_problem(exc: sa_exc.DBAPIError) -> bool:
-    """The statement cannot work: SQLSTATE class 42 (syntax, undefined object, privilege) or SQLite kin."""
-    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    if isinstance(state, str) and state.startswith("42"):
-        return True
-    message = str(exc.orig).lower()
-    return type(exc.orig).__module__.startswith("sqlite3") and any(m in message for m in _SQLITE_STATEMENT_ERRORS)
 
 
 # --- the extractor ------------------------------------------------------------------------------
@@ -388,17 +272,7 @@ class DatabaseExtractor:
         text, which the source casts or compares as it stores them (SQLite's text)."""
         if self.incremental_column is None:
             raise ConfigError(f"{self._where()}: not incremental, it keeps no cursor")
-        if isinstance(value, (datetime, date)):
-            value = value.isoformat()
-        try:
-            stored, tag = _dump(value)
-            cursor = {"column": self.incremental_column, "value": stored, "type": tag, "key_column": self.tie_breaker}
-            if key is not None:  # the declared tie-breaker's value, or the table's primary key's
-                cursor["key"], cursor["key_type"] = _dump(key)
-        except TypeError as exc:
-            raise ConfigError(f"{self._where()}: {value!r} / {key!r} cannot be a cursor position: {exc}") from exc
-        # key_column present without a key: a position after every row at `value` (not the legacy typed compare)
-        return cursor
+        return cursor_at(self.incremental_column, self.tie_breaker, value, key, self._where())
 
     def check(self, settings: JetlSettings) -> Check:
         """ok once constructed: the URL, table or query and options were checked then; it does not connect."""
@@ -443,40 +317,10 @@ class DatabaseExtractor:
         """Where this run starts: the stored cursor's position, else `initial=`, else the beginning (None)."""
         if self.incremental_column is None:
             return None
-        cursor = ctx.cursor
-        if not cursor:
-            return None if self._initial is None else _Position(self._initial, legacy=True)
-        if not isinstance(cursor, dict) or "value" not in cursor:
-            raise ConfigError(f"{self._where()}: the stored cursor {cursor!r} has no 'value'")
-        if cursor.get("column", self.incremental_column) != self.incremental_column:
-            raise ConfigError(
-                f"{self._where()}: the stored cursor tracks column {cursor.get('column')!r}, but the "
-                f"extractor now tracks {self.incremental_column!r}; reset the pipeline's cursor to start over"
-            )
-        try:
-            value = _load(cursor["value"], cursor.get("type"))
-            key = _load(cursor.get("key"), cursor.get("key_type"))
-        except ConfigError as exc:
-            raise ConfigError(f"{self._where()}: {exc}") from exc
-        if value is None:
-            return None
-        legacy = "key_column" not in cursor  # stored before tie-breakers: every row at its value was read
-        return _Position(value, key, legacy=legacy, stored=cursor["value"])
+        return _start_position(ctx.cursor, self.incremental_column, self._initial, self._where())
 
     def _cursor_of(self, position: _Position | None, key_column: str | None, tag: str | None) -> dict[str, Any]:
-        column = self.incremental_column
-        if position is None:
-            return {"column": column, "value": None, "type": None}
-        try:
-            value, value_tag = _dump(position.value)
-            cursor = {"column": column, "value": value, "type": tag or value_tag}
-            if key_column is not None:
-                cursor["key_column"] = key_column
-                if position.key is not None:
-                    cursor["key"], cursor["key_type"] = _dump(position.key)
-        except TypeError as exc:
-            raise TerminalError(f"{self._where()}: column {column!r} or {key_column!r}: {exc}") from exc
-        return cursor
+        return _cursor_of(self.incremental_column, position, key_column, tag, self._where())
 
     async def _call(self, worker: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
         """Run `fn` on the run's worker thread with this task's context (log bindings); translate errors."""
@@ -488,27 +332,8 @@ class DatabaseExtractor:
             raise self._translate(exc) from exc
 
     def _translate(self, exc: sa_exc.SQLAlchemyError) -> JetlError:
-        """The driver's error in jetl's terms; its text goes through `redact_text` (a driver may quote the URL or
-        the password)."""
-        error = self._classify(exc)
-        return type(error)(redact_text(str(error), self.url.password))
-
-    def _classify(self, exc: sa_exc.SQLAlchemyError) -> JetlError:
-        where = self._where()
-        if isinstance(exc, sa_exc.NoSuchTableError):
-            return ConfigError(f"{where}: no such table {str(exc)!r} (or no permission to see it)")
-        if isinstance(exc, sa_exc.TimeoutError):
-            return TransientError(f"{where}: no free connection in the pool: {exc}")
-        if isinstance(exc, sa_exc.DBAPIError):
-            detail = _first_line(exc)
-            if _statement_problem(exc) or isinstance(exc, sa_exc.ProgrammingError):
-                return ConfigError(f"{where}: the database rejects the statement: {detail}")
-            if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-                return TransientError(f"{where}: database unavailable: {detail}")
-            return TerminalError(f"{where}: {type(exc.orig).__name__}: {detail}")
-        if isinstance(exc, sa_exc.StatementError):  # e.g. a value the column type cannot bind
-            return ConfigError(f"{where}: {_first_line(exc)}")
-        return TerminalError(f"{where}: {type(exc).__name__}: {exc}")
+        """The driver's error in jetl's terms, redacted (see `translate`)."""
+        return _translate(exc, self._where(), self.url.password)
 
     # -- on the worker thread ---------------------------------------------------------------------
 
@@ -550,8 +375,14 @@ class DatabaseExtractor:
             assert key is not None  # checked at construction
             wanted: list[sa.ColumnClause[Any]] = [sa.column(column)] + ([sa.column(key)] if key != column else [])
             source = self._text.columns(*wanted).subquery(_SUBQUERY)
-            statement = self._after(
-                sa.select(sa.literal_column("*")), source.c[column], source.c[key], key, stream, binds
+            stream.key_column = key
+            statement = _after(
+                sa.select(sa.literal_column("*")),
+                source.c[column],
+                source.c[key],
+                unique=key == column,
+                start=stream.position,
+                binds=binds,
             )
             return statement.select_from(source), [], stream
 
@@ -577,50 +408,17 @@ class DatabaseExtractor:
             if start is not None and not start.legacy and _compared(table.c[column], dialect) is not table.c[column]:
                 start = stream.position = replace(start, value=str(start.stored))  # the source's own text
             stream.value_tag = _text_tag(table.c[column], dialect)
-            statement = self._after(
+            stream.key_column = key
+            statement = _after(
                 statement,
                 _compared(table.c[column], dialect),
                 _compared(table.c[key], dialect),
-                key,
-                stream,
-                binds,
+                unique=key == column,
+                start=stream.position,
+                binds=binds,
                 legacy=table.c[column],
             )
         return statement, primary, stream
-
-    def _after(
-        self,
-        statement: sa.Select[Any],
-        value: sa.ColumnElement[Any],
-        key: sa.ColumnElement[Any],
-        key_column: str,
-        stream: _Stream,
-        binds: dict[str, Any],
-        legacy: sa.ColumnElement[Any] | None = None,
-    ) -> sa.Select[Any]:
-        """`statement` limited to rows after the stream's start, in cursor order, with the position columns."""
-        unique = key_column == self.incremental_column
-        stream.key_column = key_column
-        statement = statement.add_columns(value.label(_POSITION[0]))
-        if not unique:
-            statement = statement.add_columns(key.label(_POSITION[1]))
-        start = stream.position
-        if start is not None:
-            binds[_HIGH_WATER] = start.value
-            after: sa.ColumnElement[bool]
-            if start.legacy:  # as the cursor was made: through the column's type, every row at the value read
-                compared = value if legacy is None else legacy
-                after = compared > sa.bindparam(_HIGH_WATER, type_=_bind_type(start.value, compared))
-            else:
-                high = sa.bindparam(_HIGH_WATER, type_=_bind_type(start.value, value))
-                after = value > high
-                if not unique and start.key is not None:
-                    binds[_HIGH_KEY] = start.key
-                    after = sa.or_(
-                        after, sa.and_(value == high, key > sa.bindparam(_HIGH_KEY, type_=_bind_type(start.key, key)))
-                    )
-            statement = statement.where(after)
-        return statement.order_by(value, *([] if unique else [key]))
 
     def _next_chunk(self, stream: _Stream) -> Chunk | None:
         """Fetch the next partition and turn it into JSON-friendly records with origins; None at the end."""

@@ -13,104 +13,31 @@ import asyncio
 import contextlib
 import csv
 import glob
-import gzip
 import io
 import itertools
 import os
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from jetl.errors import ConfigError, TerminalError, TransientError
+from jetl.extractors.file.cursor import _bounded, _file_key, _mtime
+from jetl.extractors.file.partitions import _plan
+from jetl.extractors.file.sources import (
+    Compression,
+    Format,
+    _compression_of,
+    _format_of,
+    _open,
+    _open_range,
+    _read_errors,
+)
 from jetl.protocols import Check, Chunk, ExtractContext, Partition, Record
 
 if TYPE_CHECKING:
     from jetl.settings import JetlSettings
-
-Format = Literal["jsonl", "csv", "parquet", "auto"]
-Compression = Literal["auto", "gzip", "zstd", "none"]
-
-_PARQUET_SUFFIXES = (".parquet", ".pq")
-
-
-def _compression_of(path: Path, compression: Compression) -> Literal["gzip", "zstd", "none"]:
-    if compression != "auto":
-        return compression
-    if path.name.endswith(".gz"):
-        return "gzip"
-    if path.name.endswith((".zst", ".zstd")):
-        return "zstd"
-    return "none"
-
-
-def _open(path: Path, compression: Compression = "auto") -> IO[bytes]:
-    kind = _compression_of(path, compression)
-    if kind == "gzip":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if kind == "zstd":
-        import zstandard
-
-        # The zstd stream reader cannot iterate lines; a BufferedReader over it can.
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # noqa: SIM115
-        return io.BufferedReader(raw)  # type: ignore[arg-type]
-    return open(path, "rb")
-
-
-class _Limited(io.RawIOBase):
-    """The bytes [start, end) of a file, as a stream of their own (a partition's byte range)."""
-
-    def __init__(self, path: Path, start: int, end: int) -> None:
-        self._fh = open(path, "rb")  # noqa: SIM115 - closed with this stream
-        self._fh.seek(start)
-        self._left = end - start
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = min(len(buffer), self._left)
-        if n <= 0:
-            return 0
-        got = self._fh.readinto(memoryview(buffer)[:n])
-        self._left -= got
-        return got
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
-def _open_range(path: Path, start: int, end: int) -> IO[bytes]:
-    return io.BufferedReader(_Limited(path, start, end))  # type: ignore[return-value]
-
-
-def _aligned(path: Path, offsets: list[int]) -> list[tuple[int, int]]:
-    """Each offset but the first (a line start already: 0, or a CSV's header end) moved past the first newline at or
-    after it, with the line number that starts there: one pass over the file, counting newlines (`bytes.count`,
-    about 0.3 s a GB)."""
-    with open(path, "rb") as fh:
-        starts = []
-        for k, b in enumerate(offsets):
-            if k > 0:
-                fh.seek(b)
-                fh.readline()
-                b = fh.tell()
-            starts.append(b)
-        out: list[tuple[int, int]] = []
-        fh.seek(0)
-        pos, lines = 0, 1
-        for b in starts:
-            while pos < b:
-                block = fh.read(min(4 << 20, b - pos))
-                if not block:
-                    break
-                lines += block.count(b"\n")
-                pos += len(block)
-            out.append((b, lines))
-        return out
 
 
 async def _pump(chunks: Iterator[Chunk]) -> AsyncIterator[Chunk]:
@@ -119,31 +46,6 @@ async def _pump(chunks: Iterator[Chunk]) -> AsyncIterator[Chunk]:
     file went out after 0.5 s)."""
     while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
         yield chunk
-
-
-def _read_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean a compressed file is corrupt or truncated (the rest of that file cannot be read)."""
-    import zstandard
-
-    return (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError)
-
-
-def _mtime(key: str) -> int:
-    """The mtime (whole seconds) in a loaded-file key `path:size:mtime`."""
-    return int(key.rsplit(":", 1)[1])
-
-
-def _format_of(path: Path, fmt: Format) -> Literal["jsonl", "csv", "parquet"]:
-    if fmt != "auto":
-        return fmt
-    stem = path.name.removesuffix(".gz").removesuffix(".zst").removesuffix(".zstd")
-    if stem.endswith((".jsonl", ".ndjson", ".json")):
-        return "jsonl"
-    if stem.endswith((".csv", ".tsv")):
-        return "csv"
-    if stem.endswith(_PARQUET_SUFFIXES):
-        return "parquet"
-    raise ConfigError(f"{path}: cannot tell the format from the name; pass format='jsonl', 'csv' or 'parquet'")
 
 
 class FileExtractor:
@@ -225,8 +127,7 @@ class FileExtractor:
 
     @staticmethod
     def _key(path: Path) -> str:
-        st = path.stat()
-        return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+        return _file_key(path)
 
     def partitions(self, ctx: ExtractContext) -> list[Partition]:
         """The run's input in shares for extractor replicas: when a file is larger than `partition_bytes` (or with
@@ -238,12 +139,7 @@ class FileExtractor:
         fields hold line breaks must not be split by bytes: set `partition_bytes` above its size.)
         The cursor (`next_cursor`) is the one the run reaches once every partition is extracted: the files planned.
         """
-        cursor = (ctx.cursor or {}) if self.skip_loaded and not ctx.force else {}
-        done: set[str] = set(cursor.get("files", []))
-        watermark: int | None = cursor.get("watermark")
-        files = self.files()
-        if not files:
-            raise TransientError(f"no files match {self.path!r}")
+        done, watermark, files = self._listing(ctx)
         todo = [
             (path, key)
             for path in files
@@ -252,27 +148,7 @@ class FileExtractor:
         self._cursor = self._bounded(done | {key for _, key in todo}, watermark)
         if not todo:
             return []
-        sizes = {key: path.stat().st_size for path, key in todo}
-        if not self.partition_files and all(size <= self.partition_bytes for size in sizes.values()):
-            return [Partition({"files": [[str(path), key] for path, key in todo]})]
-        out: list[Partition] = []
-        for path, key in todo:
-            size = sizes[key]
-            fmt = _format_of(path, self.format)
-            if size <= self.partition_bytes or fmt == "parquet" or _compression_of(path, self.compression) != "none":
-                out.append(Partition({"files": [[str(path), key]]}))
-                continue
-            head = 0
-            if fmt == "csv":
-                with open(path, "rb") as fh:
-                    fh.readline()
-                    head = fh.tell()
-            offsets = [head, *range(head + self.partition_bytes, size, self.partition_bytes)]
-            bounds = [*_aligned(path, offsets), (size, -1)]
-            for (start, line), (end, _) in itertools.pairwise(bounds):
-                if start < end:
-                    out.append(Partition({"file": str(path), "key": key, "start": start, "end": end, "line": line}))
-        return out
+        return _plan(todo, self.format, self.compression, self.partition_bytes, self.partition_files)
 
     async def extract_partition(self, ctx: ExtractContext, partition: Partition) -> AsyncIterator[Chunk]:
         """Yield the records of one partition planned by `partitions` (whole files, or a byte range of one)."""
@@ -311,12 +187,7 @@ class FileExtractor:
 
     async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
         """Yield the records of every file not yet loaded, chunk by chunk."""
-        cursor = (ctx.cursor or {}) if self.skip_loaded and not ctx.force else {}
-        done: set[str] = set(cursor.get("files", []))
-        watermark: int | None = cursor.get("watermark")
-        files = self.files()
-        if not files:
-            raise TransientError(f"no files match {self.path!r}")
+        done, watermark, files = self._listing(ctx)
         loaded = set(done)
         for path in files:
             key = self._key(path)
@@ -327,17 +198,16 @@ class FileExtractor:
             loaded.add(key)
         self._cursor = self._bounded(loaded, watermark)
 
+    def _listing(self, ctx: ExtractContext) -> tuple[set[str], int | None, list[Path]]:
+        """The files the cursor counts as loaded, its watermark, and the matching files (TransientError: none)."""
+        cursor = (ctx.cursor or {}) if self.skip_loaded and not ctx.force else {}
+        files = self.files()
+        if not files:
+            raise TransientError(f"no files match {self.path!r}")
+        return set(cursor.get("files", [])), cursor.get("watermark"), files
+
     def _bounded(self, loaded: set[str], watermark: int | None) -> dict[str, Any]:
-        """The next cursor: the watermark moved up to the newest file less the grace time (never down), and the
-        files at or after it; when more than `cursor_max_files` remain, the watermark rises past the oldest."""
-        if not loaded:
-            return {"watermark": watermark, "files": []}
-        mark = max(watermark or 0, max(_mtime(k) for k in loaded) - int(self.cursor_grace_s))
-        kept = sorted((k for k in loaded if _mtime(k) >= mark), key=_mtime, reverse=True)
-        if len(kept) > self.cursor_max_files:
-            mark = _mtime(kept[self.cursor_max_files]) + 1
-            kept = [k for k in kept if _mtime(k) >= mark]
-        return {"watermark": mark, "files": sorted(kept)}
+        return _bounded(loaded, watermark, self.cursor_grace_s, self.cursor_max_files)
 
     @property
     def keeps_cursor(self) -> bool:
