@@ -1,6 +1,7 @@
 """Throughput benchmark: the reference job through the four jetl services, against the single-process ceiling.
 
     uv run python bench/run.py [--records N] [--latency-runs 200]
+    uv run python bench/run.py --sweep extractor=1,2 transformer=1,2,4,8 [--records N] [--latency-runs 50]
 
 - jetl: the embedded stack (nats-server with JetStream, then extractor, transformer, loader and scheduler, each its
   own OS process) runs the `bench_orders` pipeline (bench/pipelines/bench_pipeline.py): from the run request to
@@ -11,12 +12,18 @@
 Every run is checked: count() and two checksums of `amount_cents` in ClickHouse (see bench/common.py).
 
 The last line is `ratio jetl/direct: X.XX` (records per second, jetl over direct).
+
+`--sweep` runs the jetl side once per combination of replica counts (a fresh stack each, the direct script once
+before and once after, the better of the two is the ratio's base) and prints a table: records/s, the ratio, each
+stage's CPU-s and peak RSS (each process's, below the table), p50 and p99, and a projected ceiling from each stage's
+CPU cost per record (`projected_ceiling`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import statistics
@@ -158,8 +165,11 @@ def bench_jetl(
     keep: bool,
     transformers: int = 1,
     profile: Path | None = None,
+    extractors: int = 1,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Start the embedded stack on a fresh data folder, run, stop, then check the table."""
+    """Start the embedded stack on a fresh data folder, run, stop, then check the table. With `extractors` > 1 the
+    input splits into twice as many byte ranges (partitions) as there are extractor replicas."""
     from jetl._internal.demo import wait_ready
     from jetl.runtime.embedded import Stack
 
@@ -169,11 +179,16 @@ def bench_jetl(
     (run_dir / "latency").mkdir(parents=True)
     os.link(data / f"orders_{records}.jsonl", run_dir / "input" / "orders.jsonl")
     generate(run_dir / "latency" / "orders.jsonl", LATENCY_RECORDS, seed=7)
+    env = {"JETL_LOG_LEVEL": "WARNING", **(env or {})}
+    if extractors > 1:
+        size = (run_dir / "input" / "orders.jsonl").stat().st_size
+        env["BENCH_PARTITION_BYTES"] = str(size // (2 * extractors) + 1)
     stack = Stack(
         data_dir=run_dir,
         pipelines_dir=BENCH / "pipelines",
-        extra_env={"JETL_LOG_LEVEL": "WARNING"},
-        replicas={"transformer": transformers},  # replicas bind the same durable consumer (jetl up --scale)
+        extra_env=env,
+        # replicas bind the same durable consumer (jetl up --scale)
+        replicas={"transformer": transformers, "extractor": extractors},
     )
     try:
         stack.start()
@@ -205,6 +220,102 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
+STAGES = ("extractor", "transformer", "loader", "scheduler", "nats-server")
+ONE_PROCESS = ("loader", "scheduler")
+"""Stages that run as one process in the embedded stack (the loader because chdb opens its folder in one process
+only; the scheduler's tracker is one consumer): they get at most one core however many the machine has."""
+
+
+def stage_of(process: str) -> str:
+    """`transformer3` -> `transformer`."""
+    return process.rstrip("0123456789")
+
+
+def per_stage(values: dict[str, float], how: Any = sum) -> dict[str, float]:
+    """Per-process figures folded per stage (CPU: summed over replicas; RSS: the largest replica)."""
+    out: dict[str, list[float]] = {}
+    for name, v in values.items():
+        out.setdefault(stage_of(name), []).append(v)
+    return {k: how(v) for k, v in out.items()}
+
+
+def projected_ceiling(cpu: dict[str, float], records: int, cores: int) -> tuple[float, str]:
+    """(records/s, binding stage) on `cores` cores from each stage's CPU-s per record: every stage is bounded by the
+    cores it can use (all of them for a stage that scales out, one for a stage that runs as one process) over its
+    CPU-s per record, and all stages together by the machine's cores over their summed CPU-s per record."""
+    stage_cpu = per_stage(cpu)
+    bounds = {
+        stage: (1 if stage in ONE_PROCESS else cores) / (seconds / records)
+        for stage, seconds in stage_cpu.items()
+        if seconds > 0
+    }
+    bounds["all stages"] = cores / (sum(stage_cpu.values()) / records)
+    stage = min(bounds, key=lambda k: bounds[k])
+    return bounds[stage], stage
+
+
+def parse_sweep(items: list[str]) -> list[dict[str, int]]:
+    """`["extractor=1,2", "transformer=1,2"]` -> every combination, as replicas per service."""
+    axes: dict[str, list[int]] = {}
+    for item in items:
+        name, _, counts = item.partition("=")
+        if name not in ("extractor", "transformer") or not counts:
+            raise ValueError(f"--sweep takes extractor=N,.. and transformer=N,..; not {item!r}")
+        axes[name] = [int(c) for c in counts.split(",")]
+        if any(c < 1 for c in axes[name]):
+            raise ValueError(f"{item}: replica counts are at least 1")
+    names = list(axes)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(axes[n] for n in names))]
+
+
+def sweep(args: argparse.Namespace, expected: Expected) -> None:
+    """One jetl run per point of the sweep; the table, then each point's processes."""
+    before = run_direct(args.data, args.records, args.direct_variant)
+    print(f"direct (before): {before['rows_per_s']:,.0f} records/s, CPU s {before['cpu_seconds']:.2f}", flush=True)
+    rows = []
+    for point in parse_sweep(args.sweep):
+        e, t = point.get("extractor", 1), point.get("transformer", 1)
+        load0 = os.getloadavg()[0]
+        r = bench_jetl(args.data, args.records, args.latency_runs, expected, False, t, extractors=e, env=args.env)
+        r.update(extractors=e, transformers=t, load=load0)
+        rows.append(r)
+        print(f"  extractor={e} transformer={t}: {args.records / r['seconds']:,.0f} records/s", flush=True)
+    after = run_direct(args.data, args.records, args.direct_variant)
+    print(f"direct (after): {after['rows_per_s']:,.0f} records/s, CPU s {after['cpu_seconds']:.2f}")
+    direct = max(before, after, key=lambda d: d["rows_per_s"])
+    print(
+        f"\n{args.records:,} records; ratio against the better direct run ({direct['rows_per_s']:,.0f} records/s, "
+        f"{direct['cpu_seconds'] / args.records * 1e6:.2f} us CPU a record); CPU-s summed over a stage's replicas, "
+        "peak RSS the largest replica's; ceiling = cores / CPU-s per record of the stage that binds first\n"
+    )
+    print(
+        "| extractors | transformers | records/s | ratio | CPU-s ext / tra / loa / sch / nats | CPU us a record "
+        "| peak RSS MB ext / tra / loa / sch / nats | p50 / p99 ms | ceiling 2 cores | ceiling 16 cores | load |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        cpu, rss = per_stage(r["cpu"]), per_stage(r["rss"], max)
+        lat = [x * 1000 for x in r["latencies"]]
+        c2, s2 = projected_ceiling(r["cpu"], args.records, 2)
+        c16, s16 = projected_ceiling(r["cpu"], args.records, 16)
+        rate = args.records / r["seconds"]
+        print(
+            f"| {r['extractors']} | {r['transformers']} | {rate:,.0f} | {rate / direct['rows_per_s']:.2f} | "
+            + " / ".join(f"{cpu.get(s, 0):.2f}" for s in STAGES)
+            + f" | {sum(cpu.values()) / args.records * 1e6:.2f} | "
+            + " / ".join(f"{rss.get(s, 0):.0f}" for s in STAGES)
+            + f" | {statistics.median(lat):.0f} / {percentile(lat, 99):.0f} | {c2:,.0f} ({s2}) | {c16:,.0f} ({s16})"
+            f" | {r['load']:.1f} |"
+        )
+    print("\nper process (CPU s, peak RSS MB):")
+    for r in rows:
+        print(
+            f"  extractor={r['extractors']} transformer={r['transformers']}: "
+            + "  ".join(f"{k} {r['cpu'][k]:.2f}/{r['rss'][k]:.0f}" for k in r["cpu"])
+        )
+    print(f"checks:  count and amount_cents checksums match in every run ({expected.rows:,} rows)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=1_000_000, help="records in the reference job")
@@ -222,11 +333,25 @@ def main() -> None:
         default=1,
         help="transformer replicas (the design's scaling model; the reference figure is 1)",
     )
+    ap.add_argument(
+        "--sweep",
+        nargs="+",
+        metavar="SERVICE=N,N",
+        help="run every combination of replica counts, e.g. extractor=1,2 transformer=1,2,4,8, and print the table",
+    )
+    ap.add_argument(
+        "--env",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of every service (settings to compare, e.g. JETL_FETCH_TIMEOUT=0.1)",
+    )
     ap.add_argument("--profile", type=Path, help="py-spy every service during the throughput run, into this folder")
     ap.add_argument("--direct-variant", default="arrow", choices=["arrow", "json", "rows", "noval"])
     ap.add_argument("--data", type=Path, default=BENCH / ".data", help="where inputs and run folders go")
     ap.add_argument("--keep", action="store_true", help="keep the stack's data folder (logs, chdb) after the run")
     args = ap.parse_args()
+    args.env = dict(item.partition("=")[::2] for item in args.env)
     if args.latency_runs < 1 or args.repeat < 1 or args.transformers < 1:
         ap.error("--latency-runs, --repeat and --transformers must be at least 1")
 
@@ -235,13 +360,26 @@ def main() -> None:
     expected = generate(args.data / f"orders_{args.records}.jsonl", args.records)
     gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     print(f"machine: {os.cpu_count()} CPUs, {gib:.0f} GiB, load average {os.getloadavg()[0]:.2f}", flush=True)
+    if args.sweep:
+        try:
+            parse_sweep(args.sweep)
+        except ValueError as exc:
+            ap.error(str(exc))
+        sweep(args, expected)
+        return
 
     directs, jetls = [], []
     for i in range(args.repeat):
         directs.append(run_direct(args.data, args.records, args.direct_variant))
         jetls.append(
             bench_jetl(
-                args.data, args.records, args.latency_runs if i == 0 else 1, expected, args.keep, args.transformers
+                args.data,
+                args.records,
+                args.latency_runs if i == 0 else 1,
+                expected,
+                args.keep,
+                args.transformers,
+                env=args.env,
             )
         )
         if args.repeat > 1:

@@ -27,6 +27,9 @@ BATCH = int(os.environ.get("BENCH_BATCH", "30000"))
 embedded server's max_payload is 8 MB). Measured on 1M records, CPU of all processes / transformer peak RSS:
 20k 14.0 s / 207 MB, 30k 13.9 s / 229 MB, 40k 12.7 s / 248 MB (bigger batches: fewer parts for chdb to merge,
 fewer events to fold; but 40k leaves the transformer no room under its 250 MB)."""
+PARTITION_BYTES = int(os.environ.get("BENCH_PARTITION_BYTES", str(128 << 20)))
+"""Byte ranges the input splits into for extractor replicas (`bench/run.py --sweep extractor=2` sets it so that each
+replica gets a share of the input)."""
 
 
 class RawOrder(BaseModel):
@@ -63,7 +66,9 @@ def register_pipelines() -> list[Pipeline]:
         Pipeline(
             name="bench_orders",
             description="Throughput benchmark: 1M JSONL orders into ClickHouse",
-            extractors=[FileExtractor(data_dir / "input" / "orders.jsonl", chunk_size=BATCH)],
+            extractors=[
+                FileExtractor(data_dir / "input" / "orders.jsonl", chunk_size=BATCH, partition_bytes=PARTITION_BYTES)
+            ],
             transformers=[
                 TypeTransformer(RawOrder),
                 ColumnTransformer(rename={"user": "user_id"}, compute={"amount_cents": amount_cents}, drop=["payload"]),

@@ -80,6 +80,9 @@ class EmbeddedNatsSettings(BaseModel):
     JetStream reserves when they are declared."""
     max_memory_store_mb: int = 256
     """JetStream memory store limit, MiB (jetl keeps nothing in memory storage)."""
+    memory_limit_mb: int = Field(default=384, ge=0)
+    """Soft memory limit of the server process (Go's GOMEMLIMIT), MiB; 0 for none. Under it the server's garbage
+    collector works harder instead of growing: its peak RSS stays near this on any input."""
 
 
 class ClickHouseSettings(BaseModel):

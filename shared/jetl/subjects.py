@@ -6,7 +6,7 @@ Every subject jetl publishes or subscribes to is built here; no other module spe
 |-------------|-------------------------------|------------|---------------|
 | JETL_RUNS   | jetl.run.<pipeline>           | work queue | new           | (and jetl.run.<pipeline>.<run>.<partition>)
 | JETL_RAW    | jetl.raw.<pipeline>.<run>     | limits     | new           |
-| JETL_CLEAN  | jetl.clean.<pipeline>.<run>   | limits     | new           |
+| JETL_CLEAN  | jetl.clean.<pipeline>.<run>   | interest   | new           | (a batch goes once the loader acked it)
 | JETL_EVENTS | jetl.events.<pipeline>.<run>  | limits     | old           |
 | JETL_DLQ    | jetl.dlq.<pipeline>.<stage>   | limits     | new           |
 | JETL_LOGS   | jetl.logs.<pipeline>.<run>    | limits     | old           |
@@ -44,6 +44,7 @@ class Retention(StrEnum):
 
     LIMITS = "limits"
     WORK_QUEUE = "workqueue"
+    INTEREST = "interest"
 
 
 class Discard(StrEnum):
@@ -81,7 +82,10 @@ class StreamSpec:
 STREAMS: dict[Kind, StreamSpec] = {
     Kind.RUN: StreamSpec("JETL_RUNS", Kind.RUN, Retention.WORK_QUEUE, 7, 24 * 3600, 64 * MiB, Discard.NEW),
     Kind.RAW: StreamSpec("JETL_RAW", Kind.RAW, Retention.LIMITS, 7, 3600, 3 * GiB, Discard.NEW),
-    Kind.CLEAN: StreamSpec("JETL_CLEAN", Kind.CLEAN, Retention.LIMITS, 2, 3600, 2 * GiB, Discard.NEW),
+    # A clean batch is kept until the loader's durable consumer acks it, not two days after: at 49 bytes a record,
+    # kept clean batches were most of nats-server's memory and disk on a long input. Nothing reads them afterwards
+    # (replay re-transforms from JETL_RAW); max_age still bounds a batch no loader ever acks.
+    Kind.CLEAN: StreamSpec("JETL_CLEAN", Kind.CLEAN, Retention.INTEREST, 2, 3600, 2 * GiB, Discard.NEW),
     Kind.EVENTS: StreamSpec("JETL_EVENTS", Kind.EVENTS, Retention.LIMITS, 365, 3600, 1 * GiB, Discard.OLD),
     Kind.DLQ: StreamSpec("JETL_DLQ", Kind.DLQ, Retention.LIMITS, 30, 3600, 1 * GiB, Discard.NEW),
     Kind.LOGS: StreamSpec("JETL_LOGS", Kind.LOGS, Retention.LIMITS, 14, 120, 512 * MiB, Discard.OLD),

@@ -42,13 +42,25 @@ MAX_DELIVER = 5
 MAX_ACK_PENDING = 256
 
 
+_RETENTION = {
+    Retention.LIMITS: RetentionPolicy.LIMITS,
+    Retention.WORK_QUEUE: RetentionPolicy.WORK_QUEUE,
+    Retention.INTEREST: RetentionPolicy.INTEREST,
+}
+# Retention changes nats-server makes in place (2.10+): JETL_CLEAN deployed under limits moves to interest.
+_RETENTION_UPDATES = {
+    (RetentionPolicy.LIMITS, RetentionPolicy.INTEREST),
+    (RetentionPolicy.INTEREST, RetentionPolicy.LIMITS),
+}
+
+
 def stream_config(kind: Kind, replicas: int = 1, max_bytes: dict[str, int] | None = None) -> StreamConfig:
     """The declared configuration of one stream (`max_bytes`: NatsSettings.stream_max_bytes, by kind)."""
     spec = STREAMS[kind]
     return StreamConfig(
         name=spec.name,
         subjects=spec.subjects,
-        retention=RetentionPolicy.WORK_QUEUE if spec.retention is Retention.WORK_QUEUE else RetentionPolicy.LIMITS,
+        retention=_RETENTION[spec.retention],
         max_age=spec.max_age_days * 86400,
         duplicate_window=spec.duplicate_window_s,
         max_bytes=(max_bytes or {}).get(kind.value, spec.max_bytes),
@@ -125,7 +137,8 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
         if not diffs:
             changes.append(Change("stream", wanted.name, "unchanged"))
             continue
-        if any(d.startswith(("retention", "storage")) for d in diffs):
+        fixed = (info.config.retention, wanted.retention) not in _RETENTION_UPDATES
+        if any(d.startswith("storage") or (d.startswith("retention") and fixed) for d in diffs):
             changes.append(Change("stream", wanted.name, "differs", "; ".join(diffs) + " (cannot be changed in place)"))
             continue
         if _fewer_replicas(info.config.num_replicas, wanted.num_replicas):

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.js.api import DiscardPolicy, StorageType
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
 from typer.testing import CliRunner
 
+from jetl import subjects
 from jetl.bus import connect
 from jetl.cli import app
 from jetl.settings import NatsSettings
@@ -74,14 +75,15 @@ async def tamper(url: str) -> None:
         await nc.close()
 
 
-async def recreate_in_memory(url: str) -> None:
-    """Replace JETL_CLEAN by a memory-backed stream: storage cannot be changed in place."""
+async def recreate_clean(url: str, **changes: Any) -> None:
+    """Replace JETL_CLEAN by one declared with `changes` (what cannot, or could not, be changed in place)."""
     nc = await connect(NatsSettings(url=url))
     js = nc.jetstream()
     try:
         await js.delete_stream("JETL_CLEAN")
         cfg = stream_config(Kind.CLEAN)
-        cfg.storage, cfg.max_bytes = StorageType.MEMORY, 1024 * 1024  # within the server's memory store
+        for name, value in changes.items():
+            setattr(cfg, name, value)
         await js.add_stream(cfg)
     finally:
         await nc.close()
@@ -118,7 +120,8 @@ def test_deploy_is_idempotent_and_never_ignores_drift(bare_nats: NatsHandle, mon
     code, report = deploy("--json")
     assert code == 0 and report["changed"] == 0
 
-    asyncio.run(recreate_in_memory(bare_nats.url))
+    # a memory-backed stream (storage cannot be changed in place), within the server's memory store
+    asyncio.run(recreate_clean(bare_nats.url, storage=StorageType.MEMORY, max_bytes=1024 * 1024))
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_CLEAN"]
     assert code == 1 and act == "differs" and "storage" in detail and "cannot be changed in place" in detail
@@ -172,3 +175,37 @@ def test_a_service_waits_for_the_deployment_then_gives_up_clearly(bare_nats: Nat
     assert no_deployment(bare_nats.url) in " ".join(out.stderr.split())
     assert "Traceback" not in text
     assert asyncio.run(stream_names(bare_nats.url)) == []
+
+
+async def clean_stream_after_loader_ack(url: str) -> tuple[int, int]:
+    """Publish a clean batch, let the loader's durable consumer take and ack it: messages held before and after."""
+    nc = await connect(NatsSettings(url=url))
+    js = nc.jetstream()
+    try:
+        await js.publish(subjects.clean("items", "r1"), b"{}\n[]")
+        before = (await js.stream_info("JETL_CLEAN")).state.messages
+        sub = await js.pull_subscribe_bind("loader", "JETL_CLEAN")
+        (msg,) = await sub.fetch(1, timeout=5)
+        await msg.ack_sync()
+        for _ in range(50):  # the server removes an acked message of an interest stream right after the ack
+            after = (await js.stream_info("JETL_CLEAN")).state.messages
+            if after == 0:
+                break
+            await asyncio.sleep(0.1)
+        return before, after
+    finally:
+        await nc.close()
+
+
+def test_a_clean_batch_goes_once_the_loader_acked_it_and_an_old_clean_stream_is_moved_in_place(
+    bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
+    assert deploy("--json")[0] == 0
+    assert asyncio.run(clean_stream_after_loader_ack(bare_nats.url)) == (1, 0)
+
+    asyncio.run(recreate_clean(bare_nats.url, retention=RetentionPolicy.LIMITS))  # as deployments before interest
+    code, report = deploy("--json")
+    act, detail = actions(report)["JETL_CLEAN"]
+    assert code == 0 and act == "updated" and "retention: limits -> interest" in detail, (act, detail)
+    assert deploy("--json")[1]["changed"] == 0

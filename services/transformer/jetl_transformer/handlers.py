@@ -13,25 +13,42 @@ from typing import Any
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
-from jetl._internal.records import records_adapter, to_ipc
+from jetl._internal.records import RecordsAdapter, records_adapter, to_ipc
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch, TerminalError
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import MALFORMED_INPUT, PAYLOAD_HEADROOM, DeadLetter, Encoding, dumps, read_records
 from jetl.pipeline import Pipeline
-from jetl.registry import get_pipeline
+from jetl.registry import get_pipeline, get_pipeline_registry
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
 from jetl.runtime.stage import decide_ack, open_batch, reject_batch
 from jetl.subjects import Kind
 from jetl.transformers._base import issues_from_validation
+from jetl.transformers.type_ import TypeTransformer
 from jetl_transformer.settings import TransformerSettings
 
 log = get_logger("jetl.transformer")
 
 
+def json_lines_reader(pipeline: Pipeline) -> RecordsAdapter | None:
+    """The schema's adapter when the pipeline's raw batches may go through Arrow's JSON reader
+    (`RecordsAdapter.arrow_from_json_lines`): its one transformer is a TypeTransformer whose fields are the
+    schema's own, under the same types, and its loader takes Arrow. The batch is then exactly what validating it
+    would give; with any other transformer, records must be dicts anyway."""
+    if len(pipeline.transformers) != 1 or not callable(getattr(pipeline.loader, "load_arrow", None)):
+        return None
+    t = pipeline.transformers[0]
+    if not isinstance(t, TypeTransformer) or t.by_alias:
+        return None
+    fast = records_adapter(pipeline.schema)
+    if not fast.reads_json_lines or t.output_types({}) != fast.field_types:
+        return None
+    return fast
+
+
 def run_transformers(
-    pipeline: Pipeline, body: bytes, count: int | None = None, *, in_place: bool = True
+    pipeline: Pipeline, body: bytes, count: int | None = None, *, in_place: bool = True, arrow_json: bool = True
 ) -> tuple[bytes, Encoding, int, int, list[RecordIssue]]:
     """Apply the pipeline's transformers to a raw batch's records (a JSON array of `count`), then validate against
     the schema; (clean body, its encoding, records in, records out, issues).
@@ -39,7 +56,15 @@ def run_transformers(
     A JSON text of the batch that is not one object (a malformed line the extractor passed on unparsed) is an issue
     of its own, with its position in the batch. Records fresh from JSON belong to this call alone, so transformers
     that can (`transform_in_place`) change them instead of copying them; when one of those says a record failed, the
-    batch runs again copying (`in_place=False`), so that every issue shows the record as it came in."""
+    batch runs again copying (`in_place=False`), so that every issue shows the record as it came in.
+
+    With `arrow_json`, a batch of a flat pipeline (`json_lines_reader`) is first read by Arrow's JSON reader; any
+    batch it does not read to exactly the same table goes the pydantic way below."""
+    reader = json_lines_reader(pipeline) if arrow_json and count is not None else None
+    if reader is not None and count is not None:
+        table = reader.arrow_from_json_lines(body, count)
+        if table is not None:
+            return to_ipc(table), "arrow", count, count, []
     issues: list[RecordIssue] = []
     positions: list[int] | None = None  # record i of the decoded batch was element positions[i] of the body
     aligned = True  # while True, record i of `out` is still record i of the decoded batch (so its origin is known)
@@ -64,7 +89,7 @@ def run_transformers(
             if callable(change):
                 changed = change(out)
                 if changed is None:  # a record failed, and the records are half changed: again, copying
-                    return run_transformers(pipeline, body, count, in_place=False)
+                    return run_transformers(pipeline, body, count, in_place=False, arrow_json=False)
                 out = changed  # records the caller owns (the contract of transform_in_place)
             else:
                 out = t.transform(out)
@@ -197,9 +222,36 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
         await decide_ack(raw, error, lambda exc: reject_batch(ctx, batch, body, "transform", exc, base))
 
 
+def warm_up() -> None:
+    """Pay the first batch's one-time costs at start-up instead of in some run's latency: importing pyarrow and,
+    through its conversion of time-zone aware datetimes, pandas (2.3 s on the loaded 2-core bench host, ~0.6 s on a
+    quiet 16-core one), and each registered pipeline's validators and Arrow schemas. With N replicas sharing a
+    consumer, each replica paid this on the first batch it happened to take: that was the p99 of 600+ ms from 4
+    replicas up (bench/README.md). Never fatal: a pipeline that cannot be prepared fails on its batch, as before."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.json  # the flat pipelines' reader (json_lines_reader)
+
+    to_ipc(pa.table({"at": pa.array([datetime.now(UTC)], type=pa.timestamp("us", tz="UTC"))}))
+    try:
+        pipelines = list(get_pipeline_registry().values())
+    except Exception as exc:  # a pipelines folder that does not load: its runs report it
+        log.debug("warm-up skipped the pipelines", error=str(exc))
+        return
+    for pipeline in pipelines:
+        try:
+            records_adapter(pipeline.schema).arrow_schema  # noqa: B018 - builds (and caches) the column validators
+            pipeline.trusted_fields  # noqa: B018
+            json_lines_reader(pipeline)
+        except Exception as exc:
+            log.debug("warm-up skipped a pipeline", pipeline=pipeline.name, error=str(exc))
+
+
 def make_router(ctx: ServiceContext) -> NatsRouter:
     """The transformer's one subscriber: the shared durable pull consumer on JETL_RAW."""
     settings = ctx.settings if isinstance(ctx.settings, TransformerSettings) else TransformerSettings()
+    warm_up()
     heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
     router = NatsRouter()
 

@@ -52,6 +52,8 @@ class NatsServer:
     log_path: Path | None = None
     authorization: str = ""
     """The config's `authorization {}` block (`Credentials.server_config()`); empty: open to anyone (test servers)."""
+    memory_limit_mb: int = 0
+    """GOMEMLIMIT of the server process, in MB (`EmbeddedNatsSettings.memory_limit_mb`); 0: none."""
 
     @property
     def url(self) -> str:
@@ -74,8 +76,11 @@ class NatsServer:
         )
         self.log_path = self.store_dir / "nats-server.log"
         log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ)
+        if self.memory_limit_mb > 0:
+            env["GOMEMLIMIT"] = f"{self.memory_limit_mb}MiB"
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
+            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True, env=env
         )
         wait_listening("127.0.0.1", self.port, self.proc, timeout)
         return self
@@ -251,6 +256,7 @@ class Stack:
                 port=self.nats_port,
                 max_file_store_mb=limits.max_file_store_mb,
                 max_memory_store_mb=limits.max_memory_store_mb,
+                memory_limit_mb=limits.memory_limit_mb,
                 authorization=self.credentials.server_config(),
             ).start()
             self.nats_url = self.server.url
