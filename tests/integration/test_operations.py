@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from jetl.runtime.embedded import ServiceProcess, Stack, free_port, service_env
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import RunMark, bucket, last_ok_key
 from jetl.testing.servers import NatsHandle
+from jetl.testing.webhook import Hook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -77,36 +76,9 @@ def register_pipelines():
 """
 
 
-class Hook:
-    """A webhook that fails its first request (to exercise the retry), then records bodies."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.calls = 0
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                hook.calls += 1
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if hook.calls == 1:
-                    self.send_response(503)
-                else:
-                    hook.bodies.append(json.loads(body))
-                    self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def hook() -> Iterator[Hook]:
-    h = Hook()
+    h = Hook(fail_first=1)
     yield h
     h.server.shutdown()
 

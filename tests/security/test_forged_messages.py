@@ -7,12 +7,9 @@ moved, no alert sent.
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import bucket, get_cursor, get_run
 from jetl.testing.servers import nats_server
+from jetl.testing.webhook import Hook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,27 +41,6 @@ def register_pipelines():
     return [Pipeline(name="files", extractors=[FileExtractor("INPUT/*.jsonl")], loader=FileLoader("OUTPUT"),
                      schema=Row)]
 """
-
-
-class Hook:
-    """An alert webhook that records what it is sent."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                hook.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @dataclass
@@ -239,10 +216,11 @@ def test_a_forged_supersedes_naming_an_unrelated_batch_deletes_no_rows(running: 
 
     async def attempt() -> list[Any]:
         async with JetlClient(running.settings) as jc:
-            # the good run's own envelope: the forgery is right in everything but what it supersedes
-            last = await jc.conn.jetstream().get_last_msg("JETL_CLEAN", subjects.clean("files", running.run_id))
+            # the good run's own envelope (RAW keeps it; CLEAN lets a batch go once the loader acked it): the
+            # forgery is right in everything but what it supersedes
+            last = await jc.conn.jetstream().get_last_msg("JETL_RAW", subjects.raw("files", running.run_id))
             real, _ = decode_batch(last.data or b"")
-            forged = real.model_copy(update={"seq": 7, "count": 1, "supersedes": victim})
+            forged = real.model_copy(update={"seq": 7, "count": 1, "supersedes": victim, "encoding": "json"})
             head = forged.model_dump_json().encode()
             await publish(
                 running.url, subjects.clean("files", running.run_id), head + b"\n" + b'[{"id": 9, "name": "evil"}]'
