@@ -165,15 +165,19 @@ def assert_exact(env: Env, st: RunState, ids: list[int], rejected: int) -> None:
     assert st.reconciles
 
 
-def test_a_record_over_max_payload_mid_file_is_dead_lettered_by_reference_and_the_rest_loads(env: Env) -> None:
+def test_a_record_over_max_payload_mid_file_is_dead_lettered_by_reference_and_the_rest_loads(
+    env: Env, fault_matrix: Any
+) -> None:
     huge = json.dumps({"id": 5000, "name": "h" * (MAX_PAYLOAD + MAX_PAYLOAD // 2)}).encode()
     lines = [good(i) for i in range(500)] + [huge] + [good(i) for i in range(500, 1000)]
     path = env.write("big", lines)
 
     st = asyncio.run(run_to_end(env, "big"))
 
-    assert_exact(env, st, list(range(1000)), rejected=1)
     dead = asyncio.run(dead_records(env, "big", st.run_id))
+    fault_matrix.record_bad(1, sum(1 for d in dead if d["origin"] == f"{path}:501" and d["reason"]))
+    assert_exact(env, st, list(range(1000)), rejected=1)
+    fault_matrix.record_run(exact=True)
     assert len(dead) == 1
     d = dead[0]
     assert d["stage"] == "extract" and d["error_type"] == OVERSIZED_RECORD
@@ -390,7 +394,9 @@ EVERY_KIND = [
 @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(lines=LINES)
 @example(lines=EVERY_KIND)
-def test_fuzzed_input_lines_load_exactly_or_are_dead_lettered_with_file_and_line(env: Env, lines: Any) -> None:
+def test_fuzzed_input_lines_load_exactly_or_are_dead_lettered_with_file_and_line(
+    env: Env, fault_matrix: Any, lines: Any
+) -> None:
     made = [_line(kind, next(ids), size) for kind, size in lines]
     path = env.write("fuzz", [line for line, _ in made])
     expected = [k for _, k in made if k is not None]
@@ -398,8 +404,10 @@ def test_fuzzed_input_lines_load_exactly_or_are_dead_lettered_with_file_and_line
 
     st_ = asyncio.run(run_to_end(env, "fuzz"))
 
-    assert_exact(env, st_, expected, rejected=len(bad))
     dead = asyncio.run(dead_records(env, "fuzz", st_.run_id))
+    fault_matrix.record_bad(len(bad), len({d["origin"] for d in dead if d["origin"] in bad and d["reason"]}))
+    assert_exact(env, st_, expected, rejected=len(bad))
+    fault_matrix.record_run(exact=True)
     assert sorted(d["origin"] for d in dead) == sorted(bad)  # each bad line once, with its file:line
     for d in dead:
         assert d["message"] and d["reason"]
