@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from jetl import subjects
 from jetl.events import is_run_event, parse_event
 from jetl.projection import RunState, fold
-from jetl.state import get_run
+from jetl.state import get_run, load_batches
 from jetl.subjects import Kind
 from jetl.ui.pages import TEMPLATES, dash, stage_counts
 
@@ -71,8 +71,15 @@ async def runs_stream(request: Request) -> Response:
                     if not is_run_event(ev):
                         continue
                     key = (ev.pipeline, ev.run_id)
-                    if key not in states:  # the tracker's fold so far; this event may be in it already (idempotent)
-                        states[key] = await get_run(d.bucket, *key) or RunState(pipeline=ev.pipeline, run_id=ev.run_id)
+                    if key not in states:  # the tracker's fold so far; this event may be in it already
+                        known = await get_run(d.bucket, *key)
+                        # with its batch ledgers, so folding an event the tracker already counted changes nothing
+                        # (the run state alone holds totals: a batch it lacks would be counted twice)
+                        states[key] = (
+                            await load_batches(d.bucket, known)
+                            if known is not None
+                            else RunState(pipeline=ev.pipeline, run_id=ev.run_id)
+                        )
                     states[key] = changed[key] = fold(states[key], ev)
                 for st in changed.values():
                     if status and st.status != status:
