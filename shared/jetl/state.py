@@ -438,9 +438,9 @@ async def watch_values(kv: KeyValue, keys: str) -> dict[str, bytes]:
     """The current values of every key matching a filter (`svc.>`)."""
     out: dict[str, bytes] = {}
     for key in await bucket_keys(kv, keys):
-        entry = await _entry(kv, key)
-        if entry is not None and entry.value:
-            out[key] = entry.value
+        value, _ = await _read(kv, key)
+        if value:
+            out[key] = value
     return out
 
 
@@ -451,9 +451,9 @@ async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]
     out: list[RunState] = []
     for k in keys:
         if k.startswith(prefix):
-            entry = await _entry(kv, k)
-            if entry is not None and entry.value:
-                out.append(RunState.model_validate_json(entry.value))
+            value, _ = await _read(kv, k)
+            if value:
+                out.append(RunState.model_validate_json(value))
 
     def when(st: RunState) -> float:
         moment = st.requested_at or st.started_at or st.finished_at
@@ -472,7 +472,7 @@ async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]
 
 
 async def bucket_keys(kv: KeyValue, keys: str = ">") -> list[str]:
-    """Every key in the bucket that matches `keys` (deleted keys may be among them: read them with `_entry`).
+    """Every key in the bucket that matches `keys` (deleted keys may be among them: read them with `_read`).
 
     Read from the bucket stream's subject counts in one request, not with nats-py's `kv.keys()`: its watcher can
     report "no keys" when the server delivers the entries before the consumer info it compares them with (seen
@@ -485,11 +485,3 @@ async def bucket_keys(kv: KeyValue, keys: str = ">") -> list[str]:
     except NotFoundError:
         return []
     return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
-
-
-async def _entry(kv: KeyValue, key: str) -> Any:
-    """The entry of `key`, or None when it was deleted or purged."""
-    try:
-        return await kv.get(key)
-    except (KeyNotFoundError, KeyDeletedError, NotFoundError):
-        return None
