@@ -5,8 +5,9 @@ subject builder, so they cannot drift from the subjects the services use.
   it plans back onto JETL_RUNS (never a run request: `subjects.partition_pattern`);
 - `transformer` consumes raw batches and publishes clean batches;
 - `loader` consumes clean batches and answers the loader's control verbs;
-- `scheduler` publishes run requests, folds the event log (the `tracker` durable on JETL_EVENTS) and hears
-  JetStream's max-deliveries advisories (a batch no stage could finish is dead-lettered, its run failed);
+- `scheduler` publishes run requests, folds the event log (the `tracker` durable on JETL_EVENTS) and pulls
+  JetStream's max-deliveries advisories (the `watchdog` durable on JETL_ADVISORIES: a batch no stage could finish is
+  dead-lettered, its run failed);
 - every service publishes lifecycle events and log lines, reads and writes the state bucket, reads streams back
   through ephemeral consumers, and answers its own `health` verb;
 - `operator` (the CLI, `jetl deploy`, the dashboard) may do anything, JetStream administration included.
@@ -45,7 +46,7 @@ _DURABLES: dict[str, tuple[str, ...]] = {
     "extractor": ("extractor",),
     "transformer": ("transformer",),
     "loader": ("loader",),
-    "scheduler": ("tracker",),
+    "scheduler": ("tracker", "watchdog"),
 }
 
 
@@ -79,8 +80,6 @@ def permissions(role: Role) -> Permissions:
     for durable in _DURABLES[role]:
         publish.extend(subjects.js_consume_access(CONSUMERS[durable], durable))
     subscribe = [subjects.INBOX, subjects.control_pattern(role)]
-    if role == "scheduler":  # a message that reached max_deliver fails its run (jetl_scheduler.watchdog)
-        subscribe.append(subjects.max_deliveries_advisory())
     return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))
 
 

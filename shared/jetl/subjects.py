@@ -10,6 +10,7 @@ Every subject jetl publishes or subscribes to is built here; no other module spe
 | JETL_EVENTS | jetl.events.<pipeline>.<run>  | limits     | old           |
 | JETL_DLQ    | jetl.dlq.<pipeline>.<stage>   | limits     | new           |
 | JETL_LOGS   | jetl.logs.<pipeline>.<run>    | limits     | old           |
+| JETL_ADVISORIES | $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*.* | limits | old | (the server's, for the watchdog)
 | (none)      | jetl.ctl.<service>.<verb>     | request/reply to a running service |
 """
 
@@ -37,6 +38,9 @@ class Kind(StrEnum):
     EVENTS = "events"
     DLQ = "dlq"
     LOGS = "logs"
+    ADVISORY = "advisory"
+    """JetStream's max-deliveries advisories, which the server publishes (not jetl): kept so that a scheduler started
+    after one was sent still fails its run (`jetl_scheduler.watchdog`)."""
 
 
 class Retention(StrEnum):
@@ -76,7 +80,7 @@ class StreamSpec:
     @property
     def subjects(self) -> list[str]:
         """The subject filter that the stream captures."""
-        return [f"{PREFIX}.{self.kind.value}.>"]
+        return [pattern(self.kind)]
 
 
 STREAMS: dict[Kind, StreamSpec] = {
@@ -89,6 +93,9 @@ STREAMS: dict[Kind, StreamSpec] = {
     Kind.EVENTS: StreamSpec("JETL_EVENTS", Kind.EVENTS, Retention.LIMITS, 365, 3600, 1 * GiB, Discard.OLD),
     Kind.DLQ: StreamSpec("JETL_DLQ", Kind.DLQ, Retention.LIMITS, 30, 3600, 1 * GiB, Discard.NEW),
     Kind.LOGS: StreamSpec("JETL_LOGS", Kind.LOGS, Retention.LIMITS, 14, 120, 512 * MiB, Discard.OLD),
+    # Core NATS advisories are fire and forget: captured in a stream, one sent while no scheduler ran is still there
+    # for the next one to act on. Few and small; the oldest goes first (each is acted on once, by the watchdog).
+    Kind.ADVISORY: StreamSpec("JETL_ADVISORIES", Kind.ADVISORY, Retention.LIMITS, 7, 120, 16 * MiB, Discard.OLD),
 }
 
 # The durable consumer each service binds to; N replicas of a service share it.
@@ -97,6 +104,7 @@ CONSUMERS: dict[str, Kind] = {
     "transformer": Kind.RAW,
     "loader": Kind.CLEAN,
     "tracker": Kind.EVENTS,
+    "watchdog": Kind.ADVISORY,
 }
 
 
@@ -173,6 +181,8 @@ def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) 
 
     A run id without a pipeline matches that run under any pipeline (`jetl.logs.*.<run>`).
     """
+    if kind is Kind.ADVISORY:  # the server's subject, not jetl's: every stream and consumer (the watchdog filters)
+        return max_deliveries_advisory()
     parts = [PREFIX, kind.value]
     if pipeline is None:
         if run_id is not None and kind is not Kind.RUN:

@@ -3,9 +3,11 @@ dead-letters the batch and fails its run naming the batch and the stage."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import nats
 import orjson
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -19,10 +21,10 @@ from jetl.registry import register
 from jetl.runtime.service import ServiceContext, make_context
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import add_active, apply, bucket, get_run
-from jetl.subjects import Kind, stream_name
+from jetl.subjects import STREAMS, Kind, stream_name
 from jetl.testing.servers import NatsHandle
 from jetl.topology import declare
-from jetl_scheduler.watchdog import fail_stalled, on_max_deliveries
+from jetl_scheduler.watchdog import fail_stalled, on_max_deliveries, watch
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -104,3 +106,35 @@ async def test_an_advisory_that_is_not_about_a_stage_is_ignored_and_a_forged_one
     assert await on_max_deliveries(ctx, orjson.dumps(wrong_stream)) is None
     with pytest.raises(ValidationError):
         await on_max_deliveries(ctx, b'{"stream": "JETL_RAW"}')
+
+
+async def test_an_advisory_sent_while_no_scheduler_ran_is_kept_and_fails_its_run_when_one_comes(
+    ctx: ServiceContext,
+) -> None:
+    """JetStream gives up on a raw batch for real (a transformer that never acks, with a short ack wait) while no
+    scheduler listens: JETL_ADVISORIES keeps the advisory, and a scheduler's watchdog that comes later pulls it from
+    its durable and fails the run naming the batch."""
+    nc = ctx.broker.connection
+    js = nc.jetstream()
+    await declare(nc, NatsSettings(url=ctx.settings.nats.url, ack_wait=0.5))  # the stages' ack wait, shortened
+    batch = Batch(pipeline="quiet", run_id="quiet-late", seq=1, schema_name="Row", schema_hash="h", count=1)
+    await ctx.bus.raw_batch(batch, [{"id": 7}])
+    stuck = await js.pull_subscribe_bind("transformer", stream_name(Kind.RAW))
+    kept = STREAMS[Kind.ADVISORY].name
+    for _ in range(60):  # a transformer that takes the batch and dies each time
+        with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+            await stuck.fetch(1, timeout=0.5)
+        if (await js.stream_info(kept)).state.messages:
+            break
+    assert (await js.stream_info(kept)).state.messages == 1, "the advisory was not kept"
+
+    late = await js.pull_subscribe_bind("watchdog", kept)  # the scheduler that starts afterwards
+    [advisory] = await late.fetch(1, timeout=5)
+    await watch(ctx, advisory)
+
+    async with JetlClient(ctx.settings) as jc:
+        st = await jc.run_state("quiet", "quiet-late")
+        letters = [dl.batch_id for _, dl in await jc.dead_letter_log("quiet")]
+    assert st is not None and st.status == "failed" and "quiet-late/000001" in (st.error or "")
+    assert letters == ["quiet-late/000001"]
+    assert (await js.consumer_info(kept, "watchdog")).num_ack_pending == 0  # acted on once, acked

@@ -198,7 +198,7 @@ async def stream_texts(url: str) -> dict[str, str]:
         for name in names:
             info = await js.stream_info(name)
             parts: list[str] = []
-            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else ():
                 try:
                     msg = await js.get_msg(name, seq)
                 except NotFoundError:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
-from typing import Any
 
 from faststream import FastStream
 
-from jetl import subjects
 from jetl.logging import get_logger
 from jetl.runtime.service import ServiceContext, build_app
 from jetl_scheduler.alerts import Alerter
@@ -17,7 +15,7 @@ from jetl_scheduler.cron import is_paused, make_clock, tick
 from jetl_scheduler.handlers import make_router
 from jetl_scheduler.settings import SchedulerSettings
 from jetl_scheduler.watch import PipelineWatcher
-from jetl_scheduler.watchdog import QUEUE, fail_stalled, on_max_deliveries
+from jetl_scheduler.watchdog import fail_stalled
 
 log = get_logger("jetl.scheduler")
 
@@ -54,18 +52,6 @@ async def _watchdog_loop(ctx: ServiceContext, settings: SchedulerSettings) -> No
             log.error("stall check failed", error=f"{type(exc).__name__}: {exc}")
 
 
-async def _watch_max_deliveries(ctx: ServiceContext) -> Any:
-    """Subscribe to JetStream's max-deliveries advisories (one scheduler replica takes each: a queue group)."""
-
-    async def on_advisory(msg: Any) -> None:
-        try:
-            await on_max_deliveries(ctx, msg.data)
-        except Exception as exc:  # logged; the stall check fails the run later if this could not
-            log.error("max-deliveries advisory not handled", error=f"{type(exc).__name__}: {exc}")
-
-    return await ctx.broker.connection.subscribe(subjects.max_deliveries_advisory(), queue=QUEUE, cb=on_advisory)
-
-
 def create_app(settings: SchedulerSettings | None = None) -> FastStream:
     """Build the scheduler app."""
     settings = settings or SchedulerSettings()
@@ -74,20 +60,14 @@ def create_app(settings: SchedulerSettings | None = None) -> FastStream:
     ctx: ServiceContext = app.context.get("jetl_service")
     tasks: list[asyncio.Task[None]] = []
 
-    subs: list[Any] = []
-
     @app.after_startup
     async def _start_cron() -> None:
         if settings.cron_enabled:
             tasks.append(asyncio.create_task(_cron_loop(ctx, settings, alerter)))
         tasks.append(asyncio.create_task(_watchdog_loop(ctx, settings)))
-        subs.append(await _watch_max_deliveries(ctx))
 
     @app.on_shutdown
     async def _stop_cron() -> None:
-        for sub in subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
         for t in tasks:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,9 +7,10 @@ alerts on like any failure):
   no stage ever acked, nak'ed or dead-lettered it. JetStream says so in an advisory
   (`subjects.max_deliveries_advisory`); the watchdog dead-letters the batch whole (by reference when it is large),
   logs batch.rejected, and fails the run naming the batch and the stage, as a stage does itself when a batch reaches
-  max_deliver on an error (`jetl.runtime.stage.reject_batch`).
-- Nothing happens: a run with no event for `stall_seconds` fails as stalled. This also catches an advisory that no
-  scheduler heard (advisories are core NATS: fire and forget).
+  max_deliver on an error (`jetl.runtime.stage.reject_batch`). Advisories are core NATS, fire and forget:
+  JETL_ADVISORIES keeps them, and the watchdog pulls them from its durable there, so one sent while no scheduler ran
+  (or while the only one restarted) is acted on when a scheduler comes back.
+- Nothing happens: a run with no event for `stall_seconds` fails as stalled.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from jetl.logging import get_logger
 from jetl.messages import DeadLetter, RunRequest, decode_batch, utcnow
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
-from jetl.runtime.stage import gave_up
+from jetl.runtime.stage import decide_ack, gave_up
 from jetl.state import unfinished_runs
 from jetl.subjects import CONSUMERS, Stage
 
@@ -34,8 +35,6 @@ log = get_logger("jetl.watchdog")
 
 STAGES: dict[str, Stage] = {"extractor": "extract", "transformer": "transform", "loader": "load"}
 """The stage each stage consumer serves (the tracker's own consumer is no stage)."""
-QUEUE = "jetl-watchdog"
-"""Queue group of the advisory subscription: one scheduler replica handles each advisory."""
 
 
 class MaxDeliveries(BaseModel):
@@ -67,10 +66,13 @@ async def on_max_deliveries(ctx: ServiceContext, data: bytes) -> RunFailed | Non
             error=f"the run request reached max_deliver at stage extract: {why}",
             stage=stage,
         )
+        await ctx.bus.event(failed)
     else:
         batch, body = decode_batch(msg.data or b"")
         exc = TerminalError(gave_up(batch.batch_id, stage, why))
         await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, stage, exc))
+        failed = RunFailed(pipeline=batch.pipeline, run_id=batch.run_id, **base, error=str(exc), stage=stage)
+        await ctx.bus.event(failed)  # before the batch settles, as `reject_batch` does: the run must not complete
         await ctx.bus.event(
             BatchRejected(
                 **ctx.batch_event_fields(batch),
@@ -80,10 +82,24 @@ async def on_max_deliveries(ctx: ServiceContext, data: bytes) -> RunFailed | Non
                 scope="batch",
             )
         )
-        failed = RunFailed(pipeline=batch.pipeline, run_id=batch.run_id, **base, error=str(exc), stage=stage)
-    await ctx.bus.event(failed)
     log.error("reached max_deliver; run failed", pipeline=failed.pipeline, run_id=failed.run_id, error=failed.error)
     return failed
+
+
+async def watch(ctx: ServiceContext, raw: Any) -> None:
+    """Act on one advisory from the watchdog's durable (scheduler replicas share it, so one acts on each), and decide
+    its ack by the error taxonomy: a NATS hiccup is tried again; what cannot be acted on is logged and dropped (its
+    run, if any, then fails as stalled)."""
+
+    async def give_up(exc: BaseException) -> None:
+        log.error("max-deliveries advisory not handled", error=f"{type(exc).__name__}: {exc}")
+
+    error: BaseException | None = None
+    try:
+        await on_max_deliveries(ctx, raw.data)
+    except Exception as exc:
+        error = exc
+    await decide_ack(raw, error, give_up)
 
 
 def stalled_stage(state: RunState) -> Stage:

@@ -41,12 +41,15 @@ async def reject_batch(
     """Dead-letter a whole batch that could not pass `stage` (all of its records, and the error), then log
     batch.rejected with the event `fields` of the stage.
 
+    run.failed, when the run fails, goes on the log before batch.rejected: the tracker folds in order, and a run whose
+    last pending batch this was would otherwise settle and complete (its cursor moved past input it never loaded)
+    before the failure reached it.
+
     A transient error gets here only when the batch has reached MAX_DELIVER: as when JetStream gives up on a message
     no stage acked (`jetl_scheduler.watchdog`), the run fails, naming the batch and the stage; the batch is in the
     DLQ either way, for a redrive once the cause is mended."""
     await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, stage, exc))
-    await ctx.bus.event(BatchRejected(**fields, stage=stage, records=batch.count, reason=str(exc), scope="batch"))
-    if classify(exc) == "transient":
+    if classify(exc) == "transient":  # before the batch settles: a run whose last batch this was must not complete
         await ctx.bus.event(
             RunFailed(
                 **{k: fields[k] for k in ("pipeline", "run_id", "service", "instance", "code_hash") if k in fields},
@@ -54,6 +57,7 @@ async def reject_batch(
                 stage=stage,
             )
         )
+    await ctx.bus.event(BatchRejected(**fields, stage=stage, records=batch.count, reason=str(exc), scope="batch"))
 
 
 def gave_up(batch_id: str, stage: Stage, why: str) -> str:
