@@ -24,7 +24,7 @@ from jetl.errors import TerminalError, TransientError
 from jetl.events import RunRequested, _Event
 from jetl.messages import PAYLOAD_HEADROOM, Batch, DeadLetter, RunRequest, encode_batch
 from jetl.settings import NatsSettings
-from jetl.subjects import STREAMS, Kind
+from jetl.subjects import STREAMS, Kind, Stage
 
 MSG_ID = "Nats-Msg-Id"
 # A stream leader's election on a three-node cluster took 4-7 s on a loaded two-core machine
@@ -165,15 +165,15 @@ class Bus:
     async def raw_batch(self, batch: Batch, records: list[Any] | bytes) -> None:
         """Publish an extracted batch."""
         await self._publish(
-            encode_batch(batch, records), subjects.raw(batch.pipeline, batch.run_id), batch.batch_id, Kind.RAW
+            encode_batch(batch, records), subjects.raw(batch.pipeline, batch.run_id), batch.part_id, Kind.RAW
         )
 
     async def clean_batch(self, batch: Batch, records: list[Any] | bytes) -> None:
-        """Publish a transformed batch."""
+        """Publish a transformed batch (or one part of it: each part dedups on its own id)."""
         await self._publish(
             encode_batch(batch, records),
             subjects.clean(batch.pipeline, batch.run_id),
-            batch.batch_id,
+            batch.part_id,
             Kind.CLEAN,
         )
 
@@ -218,6 +218,15 @@ class Bus:
             ref = await self.keep(dl.msg_id, body)
             body = dl.model_copy(update={"records": [], "body_ref": ref}).to_json()
         await self._publish(body, subjects.dlq(dl.pipeline, dl.stage), dl.msg_id, Kind.DLQ)
+
+    async def dead_letter_oversized(self, batch: Batch, stage: Stage, records: list[tuple[str, bytes]]) -> None:
+        """Dead-letter records too large for any message: each (origin or "", its JSON) is kept in the bodies bucket
+        and the letter names them by reference, so they are set aside, never dropped."""
+        kept = [
+            (origin, len(data), await self.keep(f"{batch.batch_id}/{stage}/{k}", data))
+            for k, (origin, data) in enumerate(records)
+        ]
+        await self.dead_letter(DeadLetter.of_oversized(batch, stage, kept, self.max_payload))
 
     async def fetch(self, ref: str) -> bytes:
         """The body a dead letter names by reference (`<bucket>/<name>`)."""

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from jetl.messages import BatchId, Token, Trigger, utcnow
+from jetl.messages import BatchId, Token, Trigger, part_id, utcnow
 
 
 def instance_id() -> str:
@@ -34,9 +34,18 @@ class _Event(BaseModel):
 class _BatchEvent(_Event):
     batch_id: BatchId
     seq: int = Field(ge=0)
+    part: int = Field(default=0, ge=0)
+    """The part of the batch the event is about, when its clean batch travels in several messages (`Batch.part`)."""
+    parts: int = Field(default=1, ge=1)
+    """How many parts the batch's clean batch travels in (1: one message)."""
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} of a batch in {self.parts} part(s)")
 
     def msg_id(self) -> str:
-        return f"{self.batch_id}/{getattr(self, 'type', '')}"
+        # a batch in parts has one event of a type per part (each part is loaded or rejected on its own)
+        return f"{part_id(self.batch_id, self.part, self.parts)}/{getattr(self, 'type', '')}"
 
 
 class RunRequested(_Event):
@@ -105,13 +114,16 @@ class PartitionExtracted(_Event):
 
 
 class BatchTransformed(_BatchEvent):
-    """A clean batch is durably on JETL_CLEAN."""
+    """A clean batch is durably on JETL_CLEAN (in `parts` messages when it was too large for one)."""
 
     type: Literal["batch.transformed"] = "batch.transformed"
     records_in: int
     records_out: int
     rejected: int = 0
     filtered: int = 0
+
+    def msg_id(self) -> str:
+        return f"{self.batch_id}/{self.type}"  # one per batch, however many parts it was published in
 
 
 class BatchLoaded(_BatchEvent):
@@ -133,7 +145,7 @@ class BatchRejected(_BatchEvent):
     """`records`: some records were dead-lettered and the batch went on; `batch`: the whole batch stopped here."""
 
     def msg_id(self) -> str:
-        return f"{self.batch_id}/{self.type}/{self.stage}/{self.scope}"
+        return f"{part_id(self.batch_id, self.part, self.parts)}/{self.type}/{self.stage}/{self.scope}"
 
 
 class RunCompleted(_Event):

@@ -134,15 +134,27 @@ class Batch(BaseModel):
     partition: str | None = None
     """The partition of the run that made it (a subject token), when the run's extraction was partitioned; `seq`
     then counts within that partition."""
+    part: int = Field(default=0, ge=0)
+    """Which part of its batch this message carries, when a clean batch was too large for one message and travels
+    in `parts` messages (cut in order by the transformer); its records are `count` of the batch's."""
+    parts: int = Field(default=1, ge=1)
+    """How many messages the batch travels in (1: the whole batch in this one)."""
 
     def model_post_init(self, __context: Any) -> None:
         if self.partition is not None:
             check_token(self.partition, "partition")
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} of a batch in {self.parts} part(s)")
 
     @property
     def batch_id(self) -> str:
         """Deterministic: re-extracting after a crash yields the same ids, so publishes dedup."""
         return batch_id(self.run_id, self.seq, self.partition)
+
+    @property
+    def part_id(self) -> str:
+        """The id of this message's records: its `Nats-Msg-Id` and the destination's dedup token (`part_id`)."""
+        return part_id(self.batch_id, self.part, self.parts)
 
     def origin(self, index: int) -> str | None:
         """Where record `index` of this batch came from."""
@@ -161,6 +173,12 @@ def batch_id(run_id: str, seq: int, partition: str | None = None) -> str:
     if partition is not None:
         return f"{run_id}/{partition}/{seq:06d}"
     return f"{run_id}/{seq:06d}"
+
+
+def part_id(batch_id: str, part: int = 0, parts: int = 1) -> str:
+    """The batch id, or `<batch id>/part<k>` for part k of a batch that travels in several messages: each part is
+    published and written once, while the batch keeps its id (ledger, lineage, supersedes)."""
+    return batch_id if parts <= 1 else f"{batch_id}/part{part}"
 
 
 def split_batch_id(batch_id: str) -> tuple[str, str]:
@@ -392,6 +410,70 @@ def fit_payload(sizes: Sequence[int], budget: int) -> tuple[list[tuple[int, int]
     return runs, oversized
 
 
+def too_large(size: int, limit: int) -> str:
+    """Why one record was set aside: its size against the message limit."""
+    return f"record of {size} bytes exceeds the largest message NATS takes (max_payload {limit} bytes)"
+
+
+def cut_body(body: bytes, encoding: Encoding, budget: int) -> tuple[list[tuple[bytes, int]], list[tuple[int, bytes]]]:
+    """Cut an encoded batch body into bodies of at most `budget` bytes, in order, by `fit_payload`: ([(body, its
+    record count), ...] (one empty body when no record fits), [(index, the record as JSON) of each record too large
+    for any body]).
+
+    JSON bodies are cut by records (each record's own JSON size, exact). Arrow IPC bodies are cut into record-batch
+    slices by each row's buffer bytes (an estimate: offsets, validity and padding are not counted), so a slice that
+    still encodes over `budget` is cut in halves until each fits, and a single row over it is set aside."""
+    if encoding == "json":
+        texts = [dumps(r) for r in decode_records(body)]
+        runs, oversized = fit_payload([len(t) for t in texts], budget)
+        parts = [(b"[" + b",".join(texts[a:b]) + b"]", b - a) for a, b in runs] or [(b"[]", 0)]
+        return parts, [(i, texts[i]) for i in oversized]
+    from jetl._internal.records import from_ipc, to_ipc
+
+    table = from_ipc(body)
+    framing = len(to_ipc(table.slice(0, 0)))  # the schema message and end of stream, in every part
+    runs, oversized = fit_payload(_row_bytes(table), budget - framing)
+    big = set(oversized)
+    out: list[tuple[bytes, int]] = []
+
+    def emit(start: int, stop: int) -> None:
+        piece = to_ipc(table.slice(start, stop - start))
+        if len(piece) <= budget:
+            out.append((piece, stop - start))
+        elif stop - start == 1:
+            big.add(start)
+        else:
+            mid = (start + stop) // 2
+            emit(start, mid)
+            emit(mid, stop)
+
+    for start, stop in runs:
+        emit(start, stop)
+    if not out:  # every record was too large: an empty part still carries the batch to the loader (its ledger)
+        out.append((to_ipc(table.slice(0, 0)), 0))
+    return out, [(i, dumps(table.slice(i, 1).to_pylist()[0])) for i in sorted(big)]
+
+
+def _row_bytes(table: Any) -> list[int]:
+    """Per row of an Arrow table, the bytes its values take in the columns' buffers (variable-width values by their
+    length, fixed-width by their width, any other column by its average)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    sizes = np.zeros(n, dtype=np.int64)
+    for column in table.columns:
+        t = column.type
+        if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+            sizes += pc.binary_length(column).fill_null(0).to_numpy().astype(np.int64) + 8
+        elif pa.types.is_primitive(t):
+            sizes += max(1, t.bit_width // 8)
+        elif n:
+            sizes += -(-column.nbytes // n)
+    return [int(x) for x in sizes]
+
+
 MALFORMED_INPUT = "MalformedInput"
 """`DeadLetter.error_type` of input that is not a record at all (a line that is not JSON, or not an object): only
 its source can mend it, so a redrive does not take it."""
@@ -426,6 +508,10 @@ class DeadLetter(BaseModel):
     body_ref: str | None = None
     """`<bucket>/<object>`: the letter was too large for a message, so its records are kept in that object-store
     object (the letter as JSON) and `records` here is empty. A record too large on its own carries `ref` instead."""
+    part: int = 0
+    """The part of its batch a letter of a clean batch in several parts is about (`Batch.part`)."""
+    parts: int = 1
+    """How many parts that batch travels in (1: it is not cut)."""
 
     @classmethod
     def of_batch(cls, batch: Batch, body: bytes, stage: Stage, exc: BaseException) -> DeadLetter:
@@ -439,6 +525,34 @@ class DeadLetter(BaseModel):
             error_type=type(exc).__name__,
             scope="batch",
             records=dead_records(body, batch.encoding),
+            part=batch.part,
+            parts=batch.parts,
+        )
+
+    @classmethod
+    def of_oversized(cls, batch: Batch, stage: Stage, kept: list[tuple[str, int, str]], limit: int) -> DeadLetter:
+        """The letter of records too large for any message, each kept by reference: `kept` is (origin or "", size,
+        reference) per record; `limit` the max_payload they exceed."""
+        where = f" at {kept[0][0]}" if kept[0][0] else ""
+        return cls(
+            pipeline=batch.pipeline,
+            run_id=batch.run_id,
+            batch_id=batch.batch_id,
+            stage=stage,
+            reason=f"pipeline {batch.pipeline!r}: batch {batch.batch_id}: {len(kept)} record(s) too large for a "
+            f"message; first{where}: " + too_large(kept[0][1], limit),
+            error_type=OVERSIZED_RECORD,
+            records=[
+                {
+                    "index": None,
+                    "origin": origin or None,
+                    "field": None,
+                    "message": too_large(size, limit),
+                    "record": None,
+                    "ref": ref,
+                }
+                for origin, size, ref in kept
+            ],
         )
 
     @classmethod
@@ -476,6 +590,7 @@ class DeadLetter(BaseModel):
     @property
     def msg_id(self) -> str:
         """Dedup id on JETL_DLQ: a redelivered input does not dead-letter twice (a stage's unreadable input and its
-        invalid records are two letters of one batch)."""
-        unreadable = "/unreadable" if self.error_type == MALFORMED_INPUT else ""
-        return f"{self.batch_id}/{self.stage}/{self.scope}{unreadable}"
+        invalid records are two letters of one batch, its records too large for a message a third; each part of a
+        clean batch in parts has its own)."""
+        kind = {MALFORMED_INPUT: "/unreadable", OVERSIZED_RECORD: "/oversized"}.get(self.error_type, "")
+        return f"{part_id(self.batch_id, self.part, self.parts)}/{self.stage}/{self.scope}{kind}"

@@ -43,6 +43,11 @@ class BatchState(BaseModel):
     loaded: int = 0
     outcome: Literal["pending", "loaded", "rejected"] = "pending"
     rejected_stage: str | None = None
+    parts: int = 1
+    """How many messages its clean batch travels in (a batch too large for one is cut by the transformer)."""
+    part_counts: dict[int, list[int]] | None = None
+    """Only for a batch in parts: per part that reached the destination or the DLQ, [loaded, load_rejected];
+    `loaded` and `load_rejected` are their sums, and the batch is settled once every part is here."""
     v: int = 0
     """Times it changed: a write of an older version never replaces a newer one."""
 
@@ -196,8 +201,13 @@ def fold_batch(old: BatchState | None, ev: Event) -> BatchState:
             b.extracted, b.extract_rejected = ev.records, ev.rejected
         case BatchTransformed():
             b.transformed, b.rejected, b.filtered = ev.records_out, ev.rejected, ev.filtered
+            b.parts = max(b.parts, ev.parts)
+        case BatchLoaded() if ev.parts > 1:
+            _fold_part(b, ev, ev.records, 0)
         case BatchLoaded():
             b.loaded, b.outcome = ev.records, "loaded"
+        case BatchRejected() if ev.parts > 1 and ev.stage == "load" and ev.scope == "batch":
+            _fold_part(b, ev, 0, ev.records)
         case BatchRejected():
             if ev.scope == "records":
                 if ev.stage == "extract":  # also counted by batch.extracted; the same value either way
@@ -214,6 +224,26 @@ def fold_batch(old: BatchState | None, ev: Event) -> BatchState:
     return b
 
 
+def _fold_part(b: BatchState, ev: BatchLoaded | BatchRejected, loaded: int, rejected: int) -> None:
+    """Count one part of a batch in parts as loaded or rejected: the batch's counts are the sums over its parts, and
+    it settles when every part has (in whatever order the parts, and the transformer's own event, fold)."""
+    b.parts = max(b.parts, ev.parts)
+    counts = dict(b.part_counts or {})
+    was = counts.get(ev.part, [0, 0])
+    counts[ev.part] = [max(was[0], loaded), max(was[1], rejected)]  # a redelivery sets the same values again
+    b.part_counts = counts
+    b.loaded = sum(c[0] for c in counts.values())
+    b.load_rejected = sum(c[1] for c in counts.values())
+    if b.outcome == "rejected" and b.rejected_stage != "load":  # the whole raw batch stopped before loading
+        return
+    if len(counts) < b.parts:
+        b.outcome, b.rejected_stage = "pending", None
+    elif any(c[1] for c in counts.values()):
+        b.outcome, b.rejected_stage = "rejected", "load"
+    else:
+        b.outcome = "loaded"
+
+
 def _ledger(b: BatchState) -> tuple[Any, ...]:
     """What a batch's version counts changes of (every field but the version itself)."""
     return (
@@ -226,6 +256,8 @@ def _ledger(b: BatchState) -> tuple[Any, ...]:
         b.loaded,
         b.outcome,
         b.rejected_stage,
+        b.parts,
+        b.part_counts,
     )
 
 

@@ -76,6 +76,13 @@ class LoadContext:
     run_id: str
     batch_id: str
     schema: type[Any] | None = None
+    part_id: str = ""
+    """The id of the records written, when the batch travels in parts (`Batch.part_id`); empty: the batch id."""
+
+    @property
+    def dedup_token(self) -> str:
+        """What a write of these records is deduplicated on: writing the same token twice leaves one copy."""
+        return self.part_id or self.batch_id
 
 
 @dataclass(frozen=True)

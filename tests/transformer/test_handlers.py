@@ -157,3 +157,38 @@ def test_a_record_failing_an_in_place_step_is_reported_as_it_came_in() -> None:
     (issue,) = issues
     assert issue.index == 0 and issue.field == "ratio" and "ZeroDivisionError" in issue.message
     assert set(issue.record) == {"id", "name", "at"}  # not renamed to title, no ratio column
+
+
+async def test_a_clean_batch_larger_than_a_message_is_published_in_parts_in_order(tmp_path: Any) -> None:
+    """The transform grows 30 records to ~3 MB, past the 1 MB a message carries: the clean batch goes out in
+    parts, each under the limit, in order, all under the batch's id; batch.transformed says how many."""
+
+    def grow(r: dict[str, Any]) -> dict[str, Any]:
+        return {**r, "title": "x" * 100_000}
+
+    p = Pipeline(
+        name="grows",
+        extractors=[FileExtractor(tmp_path / "x.jsonl")],
+        transformers=[TypeTransformer(Raw), LambdaTransformer(grow), ColumnTransformer(drop=["name"])],
+        loader=ConsoleLoader(),
+        schema=Out,
+    )
+    register([p])
+    ctx = make_context("transformer", JetlSettings())
+    ctx.broker.include_router(make_router(ctx))
+    got = capture(ctx.broker, [Kind.CLEAN, Kind.EVENTS, Kind.DLQ])
+    records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(30)]
+    batch = Batch(pipeline="grows", run_id="r1", seq=4, schema_name="Raw", schema_hash="h", count=30)
+    async with TestNatsBroker(ctx.broker) as br:
+        await br.publish(encode_batch(batch, records), subjects.raw("grows", "r1"), stream="JETL_RAW")
+
+    assert got[Kind.DLQ] == []
+    parts = [decode_batch(m) for m in got[Kind.CLEAN]]
+    assert len(parts) >= 3 and all(len(m) <= ctx.bus.max_payload for m in got[Kind.CLEAN])
+    assert [(b.batch_id, b.part, b.parts) for b, _ in parts] == [
+        ("r1/000004", k, len(parts)) for k in range(len(parts))
+    ]
+    ids = [r["id"] for _, body in parts for r in orjson.loads(body)]
+    assert ids == list(range(30)) and sum(b.count for b, _ in parts) == 30
+    [transformed] = [e for e in map(orjson.loads, got[Kind.EVENTS]) if e["type"] == "batch.transformed"]
+    assert (transformed["records_out"], transformed["parts"], transformed["rejected"]) == (30, len(parts), 0)

@@ -33,12 +33,12 @@ from jetl.events import (
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import (
     MALFORMED_INPUT,
-    OVERSIZED_RECORD,
     Batch,
     DeadLetter,
     PartitionWork,
     RunRequest,
     dumps,
+    too_large,
     utcnow,
 )
 from jetl.protocols import Chunk, ExtractContext, Partition
@@ -220,7 +220,9 @@ class Extraction:
         try:
             rejected = len(bad) + len(oversized)
             if oversized:  # too large for any message: kept by reference, before the batch is announced
-                await self.ctx.bus.dead_letter(await self._oversized_letter(batch, oversized))
+                await self.ctx.bus.dead_letter_oversized(
+                    batch, "extract", [(o, x if type(x) is bytes else dumps(x)) for o, x, _ in oversized]
+                )
             if bad:  # unreadable input: dead-letter it with file and line, before the batch is announced
                 await self.ctx.bus.dead_letter(
                     DeadLetter(
@@ -236,7 +238,7 @@ class Extraction:
                     )
                 )
             if rejected:
-                first = (bad[0][1] if bad else None) or _too_large(oversized[0], self.ctx.bus.max_payload)
+                first = (bad[0][1] if bad else None) or too_large(oversized[0][2], self.ctx.bus.max_payload)
                 await self.ctx.bus.event(
                     BatchRejected(
                         **self._event_base(),
@@ -269,35 +271,6 @@ class Extraction:
         self.ctx.count("batches_extracted")
         self.ctx.count("records_extracted", count)
 
-    async def _oversized_letter(self, batch: Batch, oversized: list[tuple[str, Any, int]]) -> DeadLetter:
-        """The dead letter of records too large for a message, each kept in the bodies bucket by reference."""
-        limit = self.ctx.bus.max_payload
-        records = []
-        for k, (origin, item, size) in enumerate(oversized):
-            data = item if type(item) is bytes else dumps(item)
-            ref = await self.ctx.bus.keep(f"{batch.batch_id}/extract/{k}", data)
-            records.append(
-                {
-                    "index": None,
-                    "origin": origin or None,
-                    "field": None,
-                    "message": _too_large((origin, item, size), limit),
-                    "record": None,
-                    "ref": ref,
-                }
-            )
-        where = f" at {oversized[0][0]}" if oversized[0][0] else ""
-        return DeadLetter(
-            pipeline=batch.pipeline,
-            run_id=batch.run_id,
-            batch_id=batch.batch_id,
-            stage="extract",
-            reason=f"pipeline {batch.pipeline!r}: {len(oversized)} record(s) too large for a message; first{where}: "
-            + _too_large(oversized[0], limit),
-            error_type=OVERSIZED_RECORD,
-            records=records,
-        )
-
     async def _drain(self) -> None:
         """Wait for every publish still in flight; raise the first that failed."""
         if self.pending:
@@ -305,11 +278,6 @@ class Extraction:
         self._check_publishes()
         if self.acked_batches != self.seq:  # cannot happen without a failure above: never announce a lost batch
             raise TerminalError(f"{self.seq - self.acked_batches} of {self.seq} batches were not acknowledged")
-
-
-def _too_large(big: tuple[str, Any, int], limit: int) -> str:
-    """Why one record was set aside: its size against the message limit."""
-    return f"record of {big[2]} bytes exceeds the largest message NATS takes (max_payload {limit} bytes)"
 
 
 def publish_error(what: str, exc: BaseException) -> JetlError:

@@ -37,7 +37,13 @@ def open_loaders(ctx: ServiceContext) -> None:
 def write(pipeline: Pipeline, batch: Batch, body: bytes, shadows: lineage.Shadows) -> int:
     """Validate the batch against the schema (whole batch at once), then write it with its batch id."""
     adapter = records_adapter(pipeline.schema)
-    lctx = LoadContext(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id, schema=pipeline.schema)
+    lctx = LoadContext(
+        pipeline=batch.pipeline,
+        run_id=batch.run_id,
+        batch_id=batch.batch_id,
+        schema=pipeline.schema,
+        part_id=batch.part_id,
+    )
     dest = shadows.destination(pipeline, batch)
     load_arrow = getattr(dest, "load_arrow", None)
     if batch.encoding == "arrow":

@@ -56,8 +56,10 @@ class Shadows:
 
 
 def supersede(pipeline: Pipeline, batch: Batch) -> None:
-    """After a replayed batch is written to the real destination, remove the parent batch it replaces."""
-    if batch.supersedes and not batch.shadow and isinstance(pipeline.loader, LineageLoader):
+    """After a replayed batch is written to the real destination, remove the parent batch it replaces: once, with
+    the last part of a batch in parts (they are published in order, so that part usually comes last)."""
+    last = batch.part == batch.parts - 1
+    if batch.supersedes and last and not batch.shadow and isinstance(pipeline.loader, LineageLoader):
         pipeline.loader.remove_batch(batch.pipeline, batch.supersedes)
 
 

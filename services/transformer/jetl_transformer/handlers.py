@@ -1,7 +1,9 @@
 """The transformer stage: raw batch in, transformers in order, schema validation over the whole batch, clean out.
 
 Records that fail a transformer or the schema go to the DLQ with pipeline, origin (file:line), field and reason;
-the rest of the batch goes on. A batch that cannot be transformed at all is dead-lettered whole.
+the rest of the batch goes on. A clean batch larger than a message travels in parts (`Batch.part`), and a record
+too large for any message is dead-lettered by reference. A batch that cannot be transformed at all is
+dead-lettered whole.
 """
 
 from __future__ import annotations
@@ -14,10 +16,19 @@ from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
 from jetl._internal.records import RecordsAdapter, records_adapter, to_ipc
-from jetl.errors import RecordError, RecordIssue, SchemaMismatch, TerminalError
+from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import MALFORMED_INPUT, PAYLOAD_HEADROOM, DeadLetter, Encoding, dumps, read_records
+from jetl.messages import (
+    MALFORMED_INPUT,
+    PAYLOAD_HEADROOM,
+    DeadLetter,
+    Encoding,
+    cut_body,
+    dumps,
+    read_records,
+    too_large,
+)
 from jetl.pipeline import Pipeline
 from jetl.registry import get_pipeline, get_pipeline_registry
 from jetl.runtime import heap
@@ -165,15 +176,19 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
             for i in issues:
                 if i.index >= 0:
                     i.origin = batch.origin(i.index)
-            # A clean batch larger than a message cannot travel (the raw one fit, but a transform may grow it): the
-            # whole batch is dead-lettered, its records kept by reference, and the ledger counts it rejected.
+            # A transform may grow a batch past what a message carries (the raw one fit): it is cut by bytes into
+            # parts, in order, each its own message; a record too large for any message is dead-lettered by reference.
             room = ctx.bus.max_payload - PAYLOAD_HEADROOM
+            pieces: list[tuple[bytes, int]] = [(clean, n_out)]
+            oversized: list[tuple[int, bytes]] = []
             if len(clean) > room:
-                raise TerminalError(
-                    f"pipeline {batch.pipeline!r}: clean batch {batch.batch_id} is {len(clean)} bytes, more than a "
-                    f"message carries ({room} bytes under max_payload {ctx.bus.max_payload}); "
-                    "a smaller batch_size, or fewer bytes per record, lets it through"
-                )
+                pieces, oversized = await asyncio.to_thread(cut_body, clean, encoding, room)
+                del clean
+                aligned = n_out == n_in and not issues  # clean record i is raw record i: its origin is known
+                if oversized:
+                    await ctx.bus.dead_letter_oversized(
+                        batch, "transform", [((batch.origin(i) if aligned else None) or "", r) for i, r in oversized]
+                    )
             if issues:
                 # Input that is not a record at all (a malformed line) is kept apart: no redrive can mend it.
                 for group, error_type in (
@@ -182,40 +197,51 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                 ):
                     if group:
                         await ctx.bus.dead_letter(DeadLetter.of_issues(batch, "transform", group, error_type))
-                await ctx.bus.event(
-                    BatchRejected(
-                        **base,
-                        stage="transform",
-                        records=len(issues),
-                        reason=issues[0].describe(batch.pipeline),
-                    )
-                )
                 for i in issues[:5]:
                     log.warning("record rejected", reason=i.describe(batch.pipeline))
-            out = batch.model_copy(
-                update={
-                    "count": n_out,
-                    "encoding": encoding,
-                    "origins": None,
-                    "origin_runs": None,
-                    "schema_hash": pipeline.schema_hash,
-                    "schema_name": pipeline.schema.__name__,
-                }
-            )
-            await ctx.bus.clean_batch(out, clean)
+            rejected = len(issues) + len(oversized)
+            if rejected:
+                first = (
+                    issues[0].describe(batch.pipeline)
+                    if issues
+                    else too_large(len(oversized[0][1]), ctx.bus.max_payload)
+                )
+                await ctx.bus.event(BatchRejected(**base, stage="transform", records=rejected, reason=first))
+            for part, (piece, count) in enumerate(pieces):
+                out = batch.model_copy(
+                    update={
+                        "count": count,
+                        "encoding": encoding,
+                        "origins": None,
+                        "origin_runs": None,
+                        "schema_hash": pipeline.schema_hash,
+                        "schema_name": pipeline.schema.__name__,
+                        "part": part,
+                        "parts": len(pieces),
+                    }
+                )
+                await ctx.bus.clean_batch(out, piece)
             filtered = n_in - n_out - len(issues)
+            n_out -= len(oversized)
             await ctx.bus.event(
                 BatchTransformed(
-                    **base,
+                    **{**base, "parts": len(pieces)},
                     records_in=n_in,
                     records_out=n_out,
-                    rejected=len(issues),
+                    rejected=rejected,
                     filtered=filtered,
                 )
             )
             ctx.count("batches_transformed")
-            ctx.count("records_rejected", len(issues))
-            log.info("batch transformed", records_in=n_in, records_out=n_out, rejected=len(issues), filtered=filtered)
+            ctx.count("records_rejected", rejected)
+            log.info(
+                "batch transformed",
+                records_in=n_in,
+                records_out=n_out,
+                rejected=rejected,
+                filtered=filtered,
+                parts=len(pieces),
+            )
         except Exception as exc:
             error = exc
 

@@ -60,7 +60,7 @@ class ConsoleLoader:
 
     def load(self, records: list[Record], ctx: LoadContext) -> int:
         """Print up to `max_rows` records of the batch (once per batch id); all count as loaded."""
-        key = f"{ctx.pipeline}/{ctx.batch_id}"
+        key = f"{ctx.pipeline}/{ctx.dedup_token}"
         if key in self._seen:
             return len(records)
         out = self._out()

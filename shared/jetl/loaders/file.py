@@ -154,8 +154,9 @@ class FileLoader:
             raise ConfigError(f"FileLoader: partition_by {self.partition_by!r} is not a field of {model.__name__}")
 
     def part_path(self, ctx: LoadContext, partition: str | None = None) -> Path:
-        """The part file of one batch (in one partition folder), confined to the root."""
-        run, seq = split_batch_id(ctx.batch_id)
+        """The part file of one batch, or of one part of a batch in parts (in one partition folder), confined to the
+        root."""
+        run, seq = split_batch_id(ctx.dedup_token)
         base = self.root / ctx.pipeline
         if partition is not None:
             base = base / partition
@@ -326,10 +327,10 @@ class FileLoader:
         return out
 
     def remove_batch(self, pipeline: str, batch_id: str) -> None:
-        """Delete one batch's part file(s), in every partition folder."""
+        """Delete one batch's part file(s), in every partition folder (and each part of a batch in parts)."""
         run, seq = split_batch_id(batch_id)
         for part in self._parts(pipeline, run):
-            if part.stem == seq:
+            if part.stem == seq or part.stem.startswith(f"{seq}-part"):
                 try:
                     part.unlink(missing_ok=True)
                 except OSError as exc:

@@ -82,11 +82,14 @@ class ServiceContext:
         }
 
     def batch_event_fields(self, batch: Batch, code_hash: str = "") -> dict[str, Any]:
-        """`event_fields` for an event about one batch (its id and sequence too)."""
+        """`event_fields` for an event about one batch (its id and sequence too, and which part of it a message of a
+        batch in parts carries)."""
         return {
             **self.event_fields(batch.pipeline, batch.run_id, code_hash),
             "batch_id": batch.batch_id,
             "seq": batch.seq,
+            "part": batch.part,
+            "parts": batch.parts,
         }
 
     def count(self, key: str, n: int = 1) -> None:
