@@ -23,7 +23,7 @@ import contextvars
 import functools
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
@@ -365,7 +365,7 @@ class DatabaseExtractor:
 
     async def _chunks(
         self, ctx: ExtractContext, start: _Position | None, part: dict[str, Any] | None
-    ) -> AsyncIterator[tuple[Chunk, _Stream]]:
+    ) -> AsyncGenerator[tuple[Chunk, _Stream]]:
         """The rows after `start` (of one partition, with `part`), each chunk with the stream that read it."""
         binds = {**self.params}
         for name in self._interval_names:
