@@ -30,50 +30,53 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 
-# Each extractor below takes its time per chunk, so one replica cannot take every partition before the other starts.
-DB_PIPELINE = """
+PACED = '''
 import asyncio
+
+class Paced:
+    """Takes its time per chunk, so one replica cannot take every partition before the other starts."""
+
+    async def extract_partition(self, ctx, partition):
+        async for chunk in super().extract_partition(ctx, partition):
+            await asyncio.sleep(0.05)
+            yield chunk
+'''
+
+DB_PIPELINE = """
 from datetime import datetime
 from pydantic import BaseModel
 from jetl import ClickHouseLoader, DatabaseExtractor, Pipeline
-
+PACED
 class Order(BaseModel):
     id: int
     changed_at: datetime
 
-class Paced(DatabaseExtractor):
-    async def extract_partition(self, ctx, partition):
-        async for chunk in super().extract_partition(ctx, partition):
-            await asyncio.sleep(0.05)
-            yield chunk
+class PacedTable(Paced, DatabaseExtractor):
+    pass
 
 def register_pipelines():
-    return [Pipeline(name="orders", extractors=[Paced("URL", table="TABLE", incremental_column="changed_at",
-                                                      partition_rows=300, chunk_size=100)],
+    return [Pipeline(name="orders", extractors=[PacedTable("URL", table="TABLE", incremental_column="changed_at",
+                                                           partition_rows=300, chunk_size=100)],
                      loader=ClickHouseLoader("orders", order_by=["id"]), schema=Order, batch_size=100)]
 """
 
 HTTP_PIPELINE = """
-import asyncio
 from datetime import datetime, timedelta
 from pydantic import BaseModel
 from jetl import ClickHouseLoader, Pipeline
 from jetl.extractors.http import HttpExtractor, PageNumberPagination
-
+PACED
 class Event(BaseModel):
     id: int
     at: datetime
 
-class Paced(HttpExtractor):
-    async def extract_partition(self, ctx, partition):
-        async for chunk in super().extract_partition(ctx, partition):
-            await asyncio.sleep(0.05)
-            yield chunk
+class PacedApi(Paced, HttpExtractor):
+    pass
 
 def register_pipelines():
-    return [Pipeline(name="events", extractors=[Paced("URL", records_path="items", paginate=PageNumberPagination(),
-                                                      interval_start_param="from", interval_end_param="to",
-                                                      window=timedelta(days=1), chunk_size=20)],
+    return [Pipeline(name="events", extractors=[PacedApi("URL", records_path="items", paginate=PageNumberPagination(),
+                                                         interval_start_param="from", interval_end_param="to",
+                                                         window=timedelta(days=1), chunk_size=20)],
                      loader=ClickHouseLoader("events", order_by=["id"]), schema=Event, batch_size=20)]
 """
 
@@ -140,7 +143,9 @@ def test_two_extractors_share_a_tables_key_ranges_and_the_cursor_moves_once(
     insert(engine, name, range(1, 3001))
     pipelines, data = tmp_path / "pipelines", tmp_path / "data"
     pipelines.mkdir()
-    (pipelines / "orders_pipeline.py").write_text(DB_PIPELINE.replace("URL", pg_url).replace("TABLE", name))
+    (pipelines / "orders_pipeline.py").write_text(
+        DB_PIPELINE.replace("PACED", PACED).replace("URL", pg_url).replace("TABLE", name)
+    )
 
     with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, replicas={"extractor": 2}):
         first, events = run(nats, "orders")
@@ -195,7 +200,7 @@ def api() -> Iterator[str]:
 def test_two_extractors_share_an_apis_date_windows(tmp_path: Path, nats: NatsHandle, api: str) -> None:
     pipelines, data = tmp_path / "pipelines", tmp_path / "data"
     pipelines.mkdir()
-    (pipelines / "events_pipeline.py").write_text(HTTP_PIPELINE.replace("URL", api))
+    (pipelines / "events_pipeline.py").write_text(HTTP_PIPELINE.replace("PACED", PACED).replace("URL", api))
 
     with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, replicas={"extractor": 2}):
         state, events = run(nats, "events", data_interval_start=BASE, data_interval_end=BASE + timedelta(days=8))
