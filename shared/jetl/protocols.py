@@ -120,7 +120,8 @@ class Extractor(Protocol):
         ...
 
     # Optional, for partitioned extraction (replicas share one run): `partitions(ctx) -> list[Partition]`, the run's
-    # input split into shares (an empty list: nothing to read; one: not worth splitting), and
+    # input split into shares (an empty list: nothing to read; one: not worth splitting; None: this extractor is
+    # not partitioned as configured, as if it had no `partitions`), and
     # `extract_partition(ctx, partition) -> AsyncIterator[Chunk]`, the records of one of them, the same every time.
     # After `partitions`, `next_cursor()` is the cursor the run reaches once every partition is extracted; an
     # extractor that cannot know it before extracting must not partition (raise ConfigError when asked to).

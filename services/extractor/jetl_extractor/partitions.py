@@ -30,13 +30,14 @@ async def plan_partitions(extractors: Sequence[Extractor], ectx: ExtractContext,
     plan: Plan = []
     for index, extractor in enumerate(extractors):
         planner = getattr(extractor, "partitions", None)
-        if planner is None:
+        at = replace(ectx, cursor=cursor_of(cursor, index))
+        # may scan a file for line numbers, or query a table's keys; None: not partitioned as configured
+        parts: list[Partition] | None = None if planner is None else await asyncio.to_thread(planner, at)
+        if parts is None:
             if getattr(extractor, "keeps_cursor", False):
                 return []
             plan.append((index, None))
             continue
-        at = replace(ectx, cursor=cursor_of(cursor, index))
-        parts: list[Partition] = await asyncio.to_thread(planner, at)  # may scan a file for line numbers
         plan.extend((index, part) for part in parts)
     return plan
 

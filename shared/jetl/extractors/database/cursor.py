@@ -21,6 +21,7 @@ from jetl.errors import ConfigError, TerminalError
 
 _HIGH_WATER = "jetl_high_water"
 _HIGH_KEY = "jetl_high_key"
+_UNTIL, _UNTIL_KEY = "jetl_until", "jetl_until_key"  # a partitioned run's window end (`_through_clause`)
 _POSITION = ("jetl_position_value", "jetl_position_key")  # trailing columns a run reads its position from
 
 
@@ -194,19 +195,45 @@ def _after(
     statement = statement.add_columns(value.label(_POSITION[0]))
     if not unique:
         statement = statement.add_columns(key.label(_POSITION[1]))
-    if start is not None:
-        binds[_HIGH_WATER] = start.value
-        after: sa.ColumnElement[bool]
-        if start.legacy:  # as the cursor was made: through the column's type, every row at the value read
-            compared = value if legacy is None else legacy
-            after = compared > sa.bindparam(_HIGH_WATER, type_=_bind_type(start.value, compared))
-        else:
-            high = sa.bindparam(_HIGH_WATER, type_=_bind_type(start.value, value))
-            after = value > high
-            if not unique and start.key is not None:
-                binds[_HIGH_KEY] = start.key
-                after = sa.or_(
-                    after, sa.and_(value == high, key > sa.bindparam(_HIGH_KEY, type_=_bind_type(start.key, key)))
-                )
+    after = _after_clause(value, key, unique=unique, start=start, binds=binds, legacy=legacy)
+    if after is not None:
         statement = statement.where(after)
     return statement.order_by(value, *([] if unique else [key]))
+
+
+def _after_clause(
+    value: sa.ColumnElement[Any],
+    key: sa.ColumnElement[Any],
+    *,
+    unique: bool,
+    start: _Position | None,
+    binds: dict[str, Any],
+    legacy: sa.ColumnElement[Any] | None = None,
+) -> sa.ColumnElement[bool] | None:
+    """The rows strictly after `start` (None: every row), its values bound into `binds` (see `_after`)."""
+    if start is None:
+        return None
+    binds[_HIGH_WATER] = start.value
+    if start.legacy:  # as the cursor was made: through the column's type, every row at the value read
+        compared = value if legacy is None else legacy
+        return compared > sa.bindparam(_HIGH_WATER, type_=_bind_type(start.value, compared))
+    high = sa.bindparam(_HIGH_WATER, type_=_bind_type(start.value, value))
+    if unique or start.key is None:
+        return value > high
+    binds[_HIGH_KEY] = start.key
+    return sa.or_(value > high, sa.and_(value == high, key > sa.bindparam(_HIGH_KEY, type_=_bind_type(start.key, key))))
+
+
+def _through_clause(
+    value: sa.ColumnElement[Any], key: sa.ColumnElement[Any], *, unique: bool, end: _Position, binds: dict[str, Any]
+) -> sa.ColumnElement[bool]:
+    """The rows at or before `end` in cursor order: a partitioned run's window ends at the position its planning
+    read, so every partition reads the same rows however many arrive meanwhile."""
+    binds[_UNTIL] = end.value
+    until = sa.bindparam(_UNTIL, type_=_bind_type(end.value, value))
+    if unique or end.key is None:
+        return value <= until
+    binds[_UNTIL_KEY] = end.key
+    return sa.or_(
+        value < until, sa.and_(value == until, key <= sa.bindparam(_UNTIL_KEY, type_=_bind_type(end.key, key)))
+    )

@@ -18,11 +18,12 @@ on the same thread, which some drivers require.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
@@ -45,10 +46,12 @@ from jetl.extractors.database.cursor import (
     _Position,
     _start_position,
     _text_tag,
+    _through_clause,
     cursor_at,
 )
+from jetl.extractors.database.partitions import _in_range, _plan
 from jetl.extractors.database.translate import _translate
-from jetl.protocols import Check, Chunk, ExtractContext, Record
+from jetl.protocols import Check, Chunk, ExtractContext, Partition, Record
 from jetl.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
@@ -118,6 +121,13 @@ class DatabaseExtractor:
     or below the mark (long transactions, clock skew) are not seen: use a column the database assigns at
     commit.
 
+    With `partition_rows`, a table's run splits into key ranges of about that many rows, for extractor replicas to
+    share (`partitions`): ranges of `partition_column` (default: the table's single-column primary key), planned
+    from the column's values within the run's window, each read `WHERE col >= lo AND col < hi` (the last one
+    inclusive, the first one with the rows where it is NULL), in key order. An incremental run's window ends at the
+    furthest position the planning read, which is the run's next cursor, so each partition reads the same rows every
+    time it is extracted. Planning reads the column through its index once (a row number every `partition_rows`).
+
     Example:
         DatabaseExtractor("postgresql+psycopg://etl@db/shop", table="orders", incremental_column="updated_at")
     """
@@ -135,6 +145,8 @@ class DatabaseExtractor:
         tie_breaker: str | None = None,
         initial: Any = None,
         chunk_size: int = 5000,
+        partition_rows: int | None = None,
+        partition_column: str | None = None,
         password: SecretStr | str | None = None,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -159,6 +171,8 @@ class DatabaseExtractor:
         self.incremental_column = incremental_column
         self.tie_breaker = tie_breaker
         self.chunk_size = chunk_size
+        self.partition_rows = partition_rows
+        self.partition_column = partition_column
         self.query: str | None = None
         self._text: sa.TextClause | None = None
         self._interval_names: list[str] = []
@@ -171,6 +185,19 @@ class DatabaseExtractor:
             raise ConfigError(f"{self._where()}: incremental_column is empty")
         if tie_breaker is not None and (not tie_breaker or incremental_column is None):
             raise ConfigError(f"{self._where()}: tie_breaker= needs incremental_column= and a column name")
+        if partition_rows is not None and (
+            isinstance(partition_rows, bool) or not isinstance(partition_rows, int) or partition_rows < 1
+        ):
+            raise ConfigError(
+                f"{self._where()}: partition_rows must be an integer of at least 1, not {partition_rows!r}"
+            )
+        if partition_column is not None and (not partition_column or partition_rows is None):
+            raise ConfigError(f"{self._where()}: partition_column= needs partition_rows= and a column name")
+        if partition_rows is not None and table is None:
+            raise ConfigError(
+                f"{self._where()}: partition_rows= splits a table by key ranges; a query has no key to split by "
+                "(the run's next cursor could not be read before extracting it)"
+            )
         if table is not None:
             if not table:
                 raise ConfigError("DatabaseExtractor: table is empty")
@@ -289,6 +316,57 @@ class DatabaseExtractor:
         start = self._start_position(ctx)
         if self.incremental_column is not None:
             self._cursor = dict(ctx.cursor) if ctx.cursor else self._cursor_of(start, None, None)
+        async with contextlib.aclosing(self._chunks(ctx, start, None)) as chunks:  # stopped early: closed now
+            async for chunk, stream in chunks:
+                if stream.position is not start:  # moved past the start: the cursor is the last row read
+                    self._cursor = self._cursor_of(stream.position, stream.key_column, stream.value_tag)
+                    assert chunk.position is not None
+                    chunk.position["high_water"] = self._cursor["value"]
+                yield chunk
+
+    def partitions(self, ctx: ExtractContext) -> list[Partition] | None:
+        """With `partition_rows`, the run's key ranges (see the class docstring); None without it (one run, whole).
+        After it, `next_cursor()` is the furthest position in the run's window, read here."""
+        if self.partition_rows is None:
+            return None
+        start = self._start_position(ctx)
+        try:
+            with self.engine.connect() as connection:
+                table, primary = self._reflect(connection)
+                key = self._key_column(primary, ctx.pipeline) if self.incremental_column is not None else None
+                specs, reached = _plan(
+                    connection,
+                    table,
+                    primary,
+                    self.partition_column,
+                    self.partition_rows,
+                    self.incremental_column,
+                    key,
+                    start,
+                    self._where(),
+                )
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
+        if self.incremental_column is not None:
+            if reached is None:  # nothing after the start: the cursor stays where it is
+                self._cursor = dict(ctx.cursor) if ctx.cursor else self._cursor_of(start, None, None)
+            else:
+                tag = _text_tag(table.c[self.incremental_column], self.engine.dialect.name)
+                self._cursor = self._cursor_of(reached, key, tag)
+            for spec in specs:
+                spec["until"] = self._cursor
+        return [Partition(spec) for spec in specs]
+
+    async def extract_partition(self, ctx: ExtractContext, partition: Partition) -> AsyncIterator[Chunk]:
+        """Yield the rows of one key range planned by `partitions`, in key order, in chunks of `chunk_size`."""
+        async with contextlib.aclosing(self._chunks(ctx, self._start_position(ctx), partition.spec)) as chunks:
+            async for chunk, _ in chunks:
+                yield chunk
+
+    async def _chunks(
+        self, ctx: ExtractContext, start: _Position | None, part: dict[str, Any] | None
+    ) -> AsyncGenerator[tuple[Chunk, _Stream]]:
+        """The rows after `start` (of one partition, with `part`), each chunk with the stream that read it."""
         binds = {**self.params}
         for name in self._interval_names:
             value = ctx.data_interval_start if name == "data_interval_start" else ctx.data_interval_end
@@ -298,16 +376,12 @@ class DatabaseExtractor:
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jetl-db")
         stream: _Stream | None = None
         try:
-            stream = await self._call(worker, self._open, start, binds, ctx.pipeline)
+            stream = await self._call(worker, self._open, start, binds, ctx.pipeline, part)
             while True:
                 chunk = await self._call(worker, self._next_chunk, stream)
                 if chunk is None:
                     break
-                if stream.position is not start:  # moved past the start: the cursor is the last row read
-                    self._cursor = self._cursor_of(stream.position, stream.key_column, stream.value_tag)
-                    assert chunk.position is not None
-                    chunk.position["high_water"] = self._cursor["value"]
-                yield chunk
+                yield chunk, stream
         finally:
             if stream is not None:
                 await asyncio.shield(self._call(worker, self._close, stream))
@@ -337,10 +411,12 @@ class DatabaseExtractor:
 
     # -- on the worker thread ---------------------------------------------------------------------
 
-    def _open(self, start: _Position | None, binds: dict[str, Any], pipeline: str) -> _Stream:
+    def _open(
+        self, start: _Position | None, binds: dict[str, Any], pipeline: str, part: dict[str, Any] | None = None
+    ) -> _Stream:
         connection = self.engine.connect()
         try:
-            statement, origin_columns, stream = self._statement(connection, start, binds, pipeline)
+            statement, origin_columns, stream = self._statement(connection, start, binds, pipeline, part)
             result = connection.execution_options(stream_results=True, yield_per=self.chunk_size).execute(
                 statement, binds
             )
@@ -362,10 +438,15 @@ class DatabaseExtractor:
             raise
 
     def _statement(
-        self, connection: Connection, start: _Position | None, binds: dict[str, Any], pipeline: str
+        self,
+        connection: Connection,
+        start: _Position | None,
+        binds: dict[str, Any],
+        pipeline: str,
+        part: dict[str, Any] | None = None,
     ) -> tuple[Any, list[str], _Stream]:
-        """The SELECT to run, the primary-key columns that name a row in its origin (tables only), and the
-        run's stream, not yet opened, with its start position and tie-breaker."""
+        """The SELECT to run (of one key range, with `part`), the primary-key columns that name a row in its origin
+        (tables only), and the run's stream, not yet opened, with its start position and tie-breaker."""
         column = self.incremental_column
         stream = _Stream(start)
         if self._text is not None:
@@ -386,39 +467,56 @@ class DatabaseExtractor:
             )
             return statement.select_from(source), [], stream
 
-        assert self.table is not None
-        table = sa.Table(self.table, sa.MetaData(), schema=self.schema, autoload_with=connection)
-        known = list(table.c.keys())
-        wanted_names = self.columns if self.columns is not None else known
-        named = [*wanted_names, *([column] if column else []), *([self.tie_breaker] if self.tie_breaker else [])]
-        unknown = [c for c in named if c not in known]
-        if unknown:
-            raise ConfigError(f"{self._where()}: no column {unknown[0]!r}; the table has {', '.join(known)}")
-        primary = [c.name for c in table.primary_key.columns]
+        table, primary = self._reflect(connection)
+        wanted_names = self.columns if self.columns is not None else list(table.c.keys())
         statement = sa.select(*(table.c[c] for c in wanted_names))
+        dialect = connection.dialect.name
+        order = list(primary)
         if column is not None:
-            key = self.tie_breaker or (primary[0] if len(primary) == 1 else None)
-            if key is None:
-                raise ConfigError(
-                    f"pipeline {pipeline!r}: {self._where()}: the table has no single-column primary key to order "
-                    f"rows sharing a {column!r} value; declare tie_breaker=, a unique column (or {column!r} "
-                    "itself if it is unique)"
-                )
-            dialect = connection.dialect.name
+            key = self._key_column(primary, pipeline)
+            order.insert(0, key)
             if start is not None and not start.legacy and _compared(table.c[column], dialect) is not table.c[column]:
                 start = stream.position = replace(start, value=str(start.stored))  # the source's own text
             stream.value_tag = _text_tag(table.c[column], dialect)
             stream.key_column = key
+            value, tie = _compared(table.c[column], dialect), _compared(table.c[key], dialect)
             statement = _after(
-                statement,
-                _compared(table.c[column], dialect),
-                _compared(table.c[key], dialect),
-                unique=key == column,
-                start=stream.position,
-                binds=binds,
-                legacy=table.c[column],
+                statement, value, tie, unique=key == column, start=stream.position, binds=binds, legacy=table.c[column]
             )
+            if part is not None and part.get("until"):
+                end = _start_position(part["until"], column, None, self._where())
+                if end is not None:
+                    if value is not table.c[column]:
+                        end = replace(end, value=str(end.stored))
+                    statement = statement.where(_through_clause(value, tie, unique=key == column, end=end, binds=binds))
+        if part is not None:
+            statement = _in_range(statement, table, dialect, part, order, binds)
         return statement, primary, stream
+
+    def _reflect(self, connection: Connection) -> tuple[sa.Table, list[str]]:
+        """The table as the database describes it, and its primary-key columns; every named column must exist."""
+        assert self.table is not None
+        table = sa.Table(self.table, sa.MetaData(), schema=self.schema, autoload_with=connection)
+        known = list(table.c.keys())
+        named = [
+            *(self.columns or []),
+            *(c for c in (self.incremental_column, self.tie_breaker, self.partition_column) if c),
+        ]
+        unknown = [c for c in named if c not in known]
+        if unknown:
+            raise ConfigError(f"{self._where()}: no column {unknown[0]!r}; the table has {', '.join(known)}")
+        return table, [c.name for c in table.primary_key.columns]
+
+    def _key_column(self, primary: list[str], pipeline: str) -> str:
+        """The tie-breaker of the cursor order: the declared one, else the table's single-column primary key."""
+        key = self.tie_breaker or (primary[0] if len(primary) == 1 else None)
+        if key is None:
+            raise ConfigError(
+                f"pipeline {pipeline!r}: {self._where()}: the table has no single-column primary key to order "
+                f"rows sharing a {self.incremental_column!r} value; declare tie_breaker=, a unique column (or "
+                f"{self.incremental_column!r} itself if it is unique)"
+            )
+        return key
 
     def _next_chunk(self, stream: _Stream) -> Chunk | None:
         """Fetch the next partition and turn it into JSON-friendly records with origins; None at the end."""

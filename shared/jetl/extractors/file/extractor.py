@@ -135,8 +135,8 @@ class FileExtractor:
         `partition_bytes` in newline-aligned byte ranges of about that size. Otherwise one partition of it all.
 
         A range [a, b) starts after the first newline at or after a (a = 0, or a CSV's header end, start there)
-        and ends at the first newline at or after b, so each line is in exactly one range. (A CSV whose quoted
-        fields hold line breaks must not be split by bytes: set `partition_bytes` above its size.)
+        and ends at the first newline at or after b, so each line is in exactly one range. A CSV where a range
+        would start inside a quoted field (one holding a line break) is one partition, whole.
         The cursor (`next_cursor`) is the one the run reaches once every partition is extracted: the files planned.
         """
         done, watermark, files = self._listing(ctx)

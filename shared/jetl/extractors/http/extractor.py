@@ -11,6 +11,8 @@ import asyncio
 import math
 import ssl
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
@@ -25,7 +27,7 @@ from jetl.extractors.http.redirects import fetch, headers_for
 from jetl.extractors.http.retry import _RETRYABLE_ERRORS, _delay, _Pacer, _retry_after, _retryable
 from jetl.logging import get_logger
 from jetl.positions import order_key
-from jetl.protocols import Check, Chunk, ExtractContext, Record
+from jetl.protocols import Check, Chunk, ExtractContext, Partition, Record
 
 if TYPE_CHECKING:
     from jetl.settings import JetlSettings
@@ -59,6 +61,12 @@ class HttpExtractor:
             auth=BearerAuth(settings.api_token),
             incremental=Incremental(param="updated_since", field="updated_at"),
         )
+
+    With `window` (and `interval_start_param` / `interval_end_param`, which the API filters on), a run's data
+    interval splits into windows of that length, the last one shorter, for extractor replicas to share
+    (`partitions`): each window is requested with its own start and end and paginated on its own. A run without a
+    data interval is not split. Windows cannot be combined with `incremental`: its cursor is the furthest record
+    read, unknown until every window is read, and a run's cursor must be known when it is split.
     """
 
     def __init__(
@@ -75,6 +83,7 @@ class HttpExtractor:
         incremental: Incremental | None = None,
         interval_start_param: str | None = None,
         interval_end_param: str | None = None,
+        window: timedelta | None = None,
         timeout: float | httpx.Timeout = 30.0,
         verify: bool | str | ssl.SSLContext = True,
         max_retries: int = 5,
@@ -131,6 +140,19 @@ class HttpExtractor:
             raise ConfigError(f"HttpExtractor: requests_per_second must be > 0, not {requests_per_second!r}")
         if not isinstance(timeout, httpx.Timeout) and not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ConfigError(f"HttpExtractor: timeout must be a number of seconds > 0, not {timeout!r}")
+        if window is not None:
+            if not isinstance(window, timedelta) or window <= timedelta(0):
+                raise ConfigError(f"HttpExtractor: window must be a positive timedelta, not {window!r}")
+            if not (interval_start_param and interval_end_param):
+                raise ConfigError(
+                    "HttpExtractor: window= needs interval_start_param= and interval_end_param=, the query "
+                    "parameters the API takes a window's start and end in"
+                )
+            if incremental is not None:
+                raise ConfigError(
+                    "HttpExtractor: window= and incremental= cannot go together: the run's cursor (the furthest "
+                    "record) is not known until every window is read, and a split run's cursor must be known before"
+                )
 
         self.url = str(base.copy_with(query=None, fragment=None))  # its query moves into self.params
         self.method: Method = "GET" if upper == "GET" else "POST"
@@ -146,6 +168,7 @@ class HttpExtractor:
         tie = None if incremental is None else incremental.tie_breaker
         self._key_parts = () if tie is None else _parse_path(tie, "incremental tie_breaker")
         self.interval_params = {"start": interval_start_param, "end": interval_end_param}
+        self.window = window
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = float(backoff)
@@ -244,6 +267,29 @@ class HttpExtractor:
         return None if self.incremental is None else self.incremental.tie_breaker
 
     # -- a run ------------------------------------------------------------------------------------
+
+    def partitions(self, ctx: ExtractContext) -> list[Partition] | None:
+        """With `window`, the run's data interval in windows (see the class docstring); None without a window or a
+        data interval (the run is read whole)."""
+        start, end = ctx.data_interval_start, ctx.data_interval_end
+        if self.window is None or start is None or end is None:
+            return None
+        out: list[Partition] = []
+        while start < end:
+            stop = min(start + self.window, end)
+            out.append(Partition({"start": start.isoformat(), "end": stop.isoformat()}))
+            start = stop
+        return out
+
+    async def extract_partition(self, ctx: ExtractContext, partition: Partition) -> AsyncIterator[Chunk]:
+        """The records of one window planned by `partitions`: the run, with the window as its data interval."""
+        window = replace(
+            ctx,
+            data_interval_start=datetime.fromisoformat(partition.spec["start"]),
+            data_interval_end=datetime.fromisoformat(partition.spec["end"]),
+        )
+        async for chunk in self.extract(window):
+            yield chunk
 
     async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
         """Request page after page and yield chunks of at most `chunk_size` records, with their origins; an
