@@ -27,6 +27,7 @@ are. For such a model the two checks are the same: a typed column cannot hold a 
 
 from __future__ import annotations
 
+import re
 from functools import cached_property, lru_cache
 from operator import itemgetter
 from typing import Any
@@ -93,6 +94,12 @@ def _arrow_column(schema: dict[str, Any]) -> tuple[Any, bool] | None:
 # string, a string for a number, an int beyond 64 bits, a float for an int: it refuses, pydantic coerces or accepts,
 # so the batch goes pydantic's way). `date` is not here: the reader refuses date strings for a date32 column.
 _JSON_READER = {"int", "float", "str", "bool", "datetime"}
+
+
+_HOURS_ONLY_OFFSET = re.compile(rb'[+-][0-9]{2}"')
+"""A timestamp ending in an offset of hours alone (`...T00:00:00+05"`): Arrow's JSON reader takes it, pydantic refuses
+it (it wants `+05:00` or `+0500`). Any such text in a batch of a model with a datetime field (a false alarm in a string
+field costs only the fast path) sends the batch pydantic's way."""
 
 
 def _has_non_record_line(lines: bytes) -> bool:
@@ -314,6 +321,13 @@ class RecordsAdapter:
         explicit = pa_schema_nullable(self._arrow[0])
         return pj.ParseOptions(explicit_schema=explicit, unexpected_field_behavior="ignore")
 
+    @cached_property
+    def _reads_timestamps(self) -> bool:
+        """Whether a column of the Arrow schema is a timestamp (a datetime field)."""
+        import pyarrow as pa
+
+        return self._arrow is not None and any(pa.types.is_timestamp(f.type) for f in self._arrow[0])
+
     @property
     def reads_json_lines(self) -> bool:
         """Whether `arrow_from_json_lines` can take this model's batches."""
@@ -339,6 +353,8 @@ class RecordsAdapter:
             return None
         lines = body[1:-1].replace(b"\n,", b"\n")
         if _has_non_record_line(lines):
+            return None
+        if self._reads_timestamps and _HOURS_ONLY_OFFSET.search(lines):
             return None
         import pyarrow as pa
         import pyarrow.json as pj
