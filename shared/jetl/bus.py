@@ -47,7 +47,12 @@ def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
 
 def connect_options(s: NatsSettings) -> dict[str, Any]:
     """Options shared by nats-py and FastStream's broker: auth (user/password, token, NKey, creds) and TLS."""
-    opts: dict[str, Any] = {"servers": s.servers, "connect_timeout": int(max(1, s.connect_timeout))}
+    opts: dict[str, Any] = {
+        "servers": s.servers,
+        "connect_timeout": int(max(1, s.connect_timeout)),
+        "ping_interval": max(1, int(s.ping_interval)),
+        "max_outstanding_pings": s.max_outstanding_pings,
+    }
     if s.user:
         opts["user"] = s.user
         if s.password:

@@ -144,6 +144,7 @@ def classify(exc: BaseException) -> Disposition:
         "nats.errors.NoServers",
         "NoRespondersError",
         "NoStreamResponseError",  # a clustered stream between leaders: nobody stored the message yet
+        "ServiceUnavailableError",  # 503 "JetStream system temporarily unavailable": a cluster electing its leaders
     )
     if any(m in name for m in transient_markers):
         if "OperationalError" in name and any(m in str(exc).lower() for m in _SETUP_MARKERS):

@@ -48,6 +48,13 @@ class NatsSettings(BaseModel):
     """TLS options; any file set here turns TLS on."""
     connect_timeout: float = 5.0
     """Seconds to wait for a connection."""
+    ping_interval: float = 5.0
+    """Seconds between a client's PINGs to its server. After `max_outstanding_pings` unanswered ones the connection
+    is stale and the client moves to another server of the seed list: a server cut off from the network (its
+    process alive, its packets dropped) is left in about `ping_interval * (max_outstanding_pings + 1)` seconds, not
+    nats-py's default of minutes. A PING is a few bytes."""
+    max_outstanding_pings: int = 2
+    """Unanswered PINGs after which the connection counts as stale (see `ping_interval`)."""
     stream_replicas: int = 1
     """Replicas of each stream (3 on a cluster)."""
     ack_wait: float = 10.0

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from jetl import subjects
 from jetl.errors import ConfigError, DestinationUnavailable, RecordError, TransientError, classify
@@ -35,6 +35,7 @@ def test_classification_decides_retry_or_dead_letter() -> None:
     assert classify(ConnectionResetError()) == "transient"
     assert classify(httpx.ConnectError("refused")) == "transient"
     assert classify(NoStreamResponseError()) == "transient"  # a clustered stream electing its leader
+    assert classify(ServiceUnavailableError(code=503, err_code=10008)) == "transient"  # a cluster between leaders
     assert classify(RecordError("p", [])) == "terminal"
     assert classify(KeyError("unknown bug")) == "terminal"  # never retried forever, never dropped: DLQ
 
