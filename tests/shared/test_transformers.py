@@ -257,3 +257,33 @@ def test_pipeline_check_honours_aliases() -> None:
     make([ColumnTransformer(select=["userId"])], schema=ByAlias)
     with pytest.raises(ConfigError, match="user_id"):
         make([ColumnTransformer(select=["user_id"])], schema=ByAlias)
+
+
+def test_a_computed_column_as_an_arrow_expression_is_the_same_on_dicts_and_on_a_table() -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = pc.multiply(pc.field("price"), pc.field("qty"))
+    t = ColumnTransformer(rename={"n": "qty"}, compute={"total": total}, drop=["price"])
+    rows = [{"price": 2.5, "n": 4, "sku": "a"}, {"price": 1.0, "n": 3, "sku": "b"}]
+    expected = [{"qty": 4, "sku": "a", "total": 10.0}, {"qty": 3, "sku": "b", "total": 3.0}]
+    assert t.transform([dict(r) for r in rows]) == expected  # the dropped column was read first
+    assert t.transform_in_place([dict(r) for r in rows]) == expected
+    assert t.takes_arrow
+    table = t.transform_arrow(pa.Table.from_pylist(rows))
+    assert sorted(table.to_pylist(), key=lambda r: r["sku"]) == expected
+
+
+def test_a_row_an_expression_cannot_compute_is_rejected_alone_and_functions_keep_the_dicts_way() -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cents = pc.multiply(pc.field("amount"), 100).cast(pa.int64())  # a fraction of a cent: refused, not truncated
+    t = ColumnTransformer(compute={"cents": cents, "tag": lambda r: "x"})
+    with pytest.raises(RecordError) as err:
+        t.transform([{"amount": 1.5}, {"amount": 0.001}, {"amount": 2.0}])
+    assert [(i.index, i.field) for i in err.value.issues] == [(1, "cents")]
+    assert err.value.survivors == [{"amount": 1.5, "tag": "x", "cents": 150}, {"amount": 2.0, "tag": "x", "cents": 200}]
+    assert not t.takes_arrow and t.transform_arrow(pa.table({"amount": [1.0]})) is None
+    with pytest.raises(ConfigError, match="neither callable nor a pyarrow expression"):
+        ColumnTransformer(compute={"x": 3})

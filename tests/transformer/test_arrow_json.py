@@ -1,5 +1,6 @@
-"""The transformer's typed fast path (Arrow's JSON reader) against pydantic: whenever the fast path returns a table,
-validating the same batch with pydantic gives the same rows, valid or not. A differential property test."""
+"""The transformer's typed fast path (Arrow's JSON reader, then column steps on the table) against pydantic: whenever
+the fast path returns a table, the dicts way over the same batch gives the same rows, valid or not. A differential
+property test."""
 
 from __future__ import annotations
 
@@ -9,15 +10,25 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
-from jetl import ClickHouseLoader, ConsoleLoader, FileExtractor, LambdaTransformer, Pipeline, TypeTransformer
+from jetl import (
+    ClickHouseLoader,
+    ColumnTransformer,
+    ConsoleLoader,
+    FileExtractor,
+    LambdaTransformer,
+    Pipeline,
+    TypeTransformer,
+)
 from jetl._internal.records import from_ipc, records_adapter
 from jetl.messages import encode_records
-from jetl_transformer.handlers import json_lines_reader, run_transformers
+from jetl_transformer.handlers import arrow_path, run_transformers
 
 
 class Flat(BaseModel):
@@ -146,9 +157,9 @@ def same(a: Any, b: Any) -> bool:
 
 def assert_same_as_pydantic(pipeline: Pipeline, body: bytes, count: int) -> bool:
     """True when the fast path took the batch; then pydantic's way must give the same table and no issue."""
-    reader = json_lines_reader(pipeline)
-    assert reader is not None
-    table = reader.arrow_from_json_lines(body, count)
+    path = arrow_path(pipeline)
+    assert path is not None
+    table = path.run(body, count)
     event("fast path" if table is not None else "pydantic")
     if table is None:
         return False
@@ -189,6 +200,66 @@ def test_a_rejected_record_is_still_dead_lettered_by_position_when_the_fast_path
     assert from_ipc(clean).column("id").to_pylist() == [1, 3]
 
 
+class Shaped(BaseModel):
+    """Flat, reshaped as the benchmark's job does: a rename, a computed column, a dropped one."""
+
+    id: int
+    ts: datetime
+    user_id: str
+    amount: float
+    cents: int
+    note: str | None = None
+
+
+RENAME = {"user": "user_id"}
+CENTS = pc.round(pc.multiply(pc.field("amount"), 100), round_mode="half_to_even").cast(pa.int64())
+
+
+def cents(record: dict[str, Any]) -> int:
+    return round(record["amount"] * 100)
+
+
+SHAPED = flat_pipeline(
+    Shaped,
+    transformers=[
+        TypeTransformer(Flat),
+        ColumnTransformer(rename=RENAME, compute={"cents": CENTS}, drop=["ok"]),
+    ],
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(line(), min_size=1, max_size=4))
+def test_the_fast_path_through_column_steps_agrees_with_the_dicts_way_on_any_input(lines: list[bytes]) -> None:
+    assert_same_as_pydantic(SHAPED, encode_records(lines), len(lines))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=50), st.data())
+def test_valid_batches_take_the_fast_path_through_column_steps(ids: list[int], data: st.DataObject) -> None:
+    lines = [valid_line(i) for i in ids]
+    assert assert_same_as_pydantic(SHAPED, encode_records(lines), len(lines))
+    bad = data.draw(line())
+    at = data.draw(st.integers(0, len(lines)))
+    assert_same_as_pydantic(SHAPED, encode_records([*lines[:at], bad, *lines[at:]]), len(lines) + 1)
+
+
+def test_the_expression_and_python_round_agree_and_a_row_it_cannot_compute_is_rejected_alone() -> None:
+    amounts = [0.125, 2.5, 1.005, 12.345, -0.5, 1e15, 123456.785]
+    lines = [
+        j({"id": i, "ts": "2026-01-01T00:00:00Z", "user": "u", "amount": a, "ok": True}).encode()
+        for i, a in enumerate(amounts)
+    ]
+    clean, encoding, n_in, n_out, issues = run_transformers(SHAPED, encode_records(lines), len(lines))
+    assert (encoding, n_in, n_out, issues) == ("arrow", 7, 7, [])
+    assert from_ipc(clean).column("cents").to_pylist() == [round(a * 100) for a in amounts]
+    too_big = j({"id": 9, "ts": "2026-01-01T00:00:00Z", "user": "u", "amount": 1e300, "ok": True}).encode()
+    clean, encoding, n_in, n_out, issues = run_transformers(SHAPED, encode_records([*lines, too_big]), 8)
+    assert (encoding, n_in, n_out) == ("arrow", 8, 7)  # the dicts way: the row whose cents overflow int64 is out
+    assert [(i.index, i.field) for i in issues] == [(7, "cents")] and "compute raised" in issues[0].describe("flat")
+    assert from_ipc(clean).column("id").to_pylist() == list(range(7))
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True)
     id: int
@@ -213,11 +284,14 @@ class Dated(BaseModel):
         flat_pipeline(loader=ConsoleLoader()),  # a loader that does not take Arrow
         flat_pipeline(transformers=[TypeTransformer(Flat), LambdaTransformer(lambda r: r)]),
         flat_pipeline(transformers=[TypeTransformer(Flat, by_alias=True)]),
+        flat_pipeline(
+            Shaped, transformers=[TypeTransformer(Flat), ColumnTransformer(rename=RENAME, compute={"cents": cents})]
+        ),
     ],
-    ids=["strict", "required-optional", "not-bare", "json-loader", "more-transformers", "by-alias"],
+    ids=["strict", "required-optional", "not-bare", "json-loader", "more-transformers", "by-alias", "a-function"],
 )
 def test_pipelines_the_fast_path_cannot_prove_equal_do_not_take_it(pipeline: Pipeline) -> None:
-    assert json_lines_reader(pipeline) is None
+    assert arrow_path(pipeline) is None
 
 
 def test_only_raw_line_batches_are_read() -> None:

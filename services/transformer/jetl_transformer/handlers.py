@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from faststream.nats import NatsRouter
@@ -42,20 +43,45 @@ from jetl_transformer.settings import TransformerSettings
 log = get_logger("jetl.transformer")
 
 
-def json_lines_reader(pipeline: Pipeline) -> RecordsAdapter | None:
-    """The schema's adapter when the pipeline's raw batches may go through Arrow's JSON reader
-    (`RecordsAdapter.arrow_from_json_lines`): its one transformer is a TypeTransformer whose fields are the
-    schema's own, under the same types, and its loader takes Arrow. The batch is then exactly what validating it
-    would give; with any other transformer, records must be dicts anyway."""
-    if len(pipeline.transformers) != 1 or not callable(getattr(pipeline.loader, "load_arrow", None)):
+@dataclass(frozen=True)
+class ArrowPath:
+    """A flat pipeline's batch kept as one Arrow table from the raw JSON lines to the clean batch: Arrow's JSON
+    reader in place of the leading TypeTransformer (`RecordsAdapter.arrow_from_json_lines`), each later transformer
+    on the table (`transform_arrow`), and the table conformed to the schema's own Arrow schema. Every step answers
+    None where it cannot be certain of giving what the dicts way gives, and the batch then goes that way."""
+
+    reader: RecordsAdapter
+    steps: tuple[Any, ...]
+    schema: RecordsAdapter
+
+    def run(self, body: bytes, count: int) -> Any | None:
+        """The batch's clean table, or None."""
+        table = self.reader.arrow_from_json_lines(body, count)
+        for step in self.steps:
+            if table is None:
+                return None
+            table = step.transform_arrow(table)
+        return None if table is None else self.schema.conform_arrow(table)
+
+
+def arrow_path(pipeline: Pipeline) -> ArrowPath | None:
+    """The pipeline's `ArrowPath` when it has one: its first transformer a TypeTransformer whose model Arrow's JSON
+    reader reads exactly as validating it would (bare types, default settings), every later one able to work on a
+    table (a ColumnTransformer of renames, expressions, select and drop), a schema of bare types with default
+    settings too (validating a table's rows under it changes nothing but may refuse: `conform_arrow` checks what it
+    would refuse), and a loader that takes Arrow."""
+    transformers = pipeline.transformers
+    if not transformers or not callable(getattr(pipeline.loader, "load_arrow", None)):
         return None
-    t = pipeline.transformers[0]
-    if not isinstance(t, TypeTransformer) or t.by_alias:
+    first, rest = transformers[0], transformers[1:]
+    if not isinstance(first, TypeTransformer) or first.by_alias:
         return None
-    fast = records_adapter(pipeline.schema)
-    if not fast.reads_json_lines or t.output_types({}) != fast.field_types:
+    if not all(getattr(t, "takes_arrow", False) is True for t in rest):
         return None
-    return fast
+    reader, schema = records_adapter(first.model), records_adapter(pipeline.schema)
+    if not reader.reads_json_lines or not schema.reads_json_lines:
+        return None
+    return ArrowPath(reader, tuple(rest), schema)
 
 
 def run_transformers(
@@ -69,11 +95,11 @@ def run_transformers(
     that can (`transform_in_place`) change them instead of copying them; when one of those says a record failed, the
     batch runs again copying (`in_place=False`), so that every issue shows the record as it came in.
 
-    With `arrow_json`, a batch of a flat pipeline (`json_lines_reader`) is first read by Arrow's JSON reader; any
-    batch it does not read to exactly the same table goes the pydantic way below."""
-    reader = json_lines_reader(pipeline) if arrow_json and count is not None else None
-    if reader is not None and count is not None:
-        table = reader.arrow_from_json_lines(body, count)
+    With `arrow_json`, a batch of a flat pipeline (`arrow_path`) is first kept as an Arrow table all the way; any
+    batch that does not give exactly the same table that way goes the pydantic way below."""
+    path = arrow_path(pipeline) if arrow_json and count is not None else None
+    if path is not None and count is not None:
+        table = path.run(body, count)
         if table is not None:
             return to_ipc(table), "arrow", count, count, []
     issues: list[RecordIssue] = []
@@ -257,7 +283,8 @@ def warm_up() -> None:
     from datetime import UTC, datetime
 
     import pyarrow as pa
-    import pyarrow.json  # the flat pipelines' reader (json_lines_reader)
+    import pyarrow.acero  # the flat pipelines' expressions (jetl.transformers.column.project)
+    import pyarrow.json  # the flat pipelines' reader (arrow_path)
 
     to_ipc(pa.table({"at": pa.array([datetime.now(UTC)], type=pa.timestamp("us", tz="UTC"))}))
     try:
@@ -269,7 +296,7 @@ def warm_up() -> None:
         try:
             records_adapter(pipeline.schema).arrow_schema  # noqa: B018 - builds (and caches) the column validators
             pipeline.trusted_fields  # noqa: B018
-            json_lines_reader(pipeline)
+            arrow_path(pipeline)
         except Exception as exc:
             log.debug("warm-up skipped a pipeline", pipeline=pipeline.name, error=str(exc))
 

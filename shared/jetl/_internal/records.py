@@ -375,6 +375,27 @@ class RecordsAdapter:
             arrays.append(column.combine_chunks())
         return pa.Table.from_arrays(arrays, schema=schema)
 
+    def conform_arrow(self, table: Any) -> Any | None:
+        """`table` as this model's Arrow table (its columns by name, in the schema's order, other columns left out as
+        validation ignores unknown keys), or None unless that is exactly what validating its rows would give: every
+        field's column present under the same type, and no null where the field allows none. For a model that
+        `reads_json_lines` (bare types, default settings), where validating a value of the field's own type keeps
+        it as it is."""
+        import pyarrow as pa
+
+        schema = self.arrow_schema
+        if schema is None or not self.reads_json_lines:
+            return None
+        arrays = []
+        for field in schema:
+            if field.name not in table.column_names:
+                return None
+            column = table.column(field.name)
+            if column.type != field.type or (column.null_count and not field.nullable):
+                return None
+            arrays.append(column.combine_chunks())
+        return pa.Table.from_arrays(arrays, schema=schema)
+
     def check_arrow(self, table: Any) -> None:
         """Raise TerminalError unless `table` has exactly this model's Arrow schema, with no null where the model
         allows none (for a model with an Arrow schema, the same check as validating its rows)."""
