@@ -24,7 +24,18 @@ from jetl.errors import TerminalError
 from jetl.eventlog import read_stream
 from jetl.events import BatchExtracted, RunExtracted, RunStarted
 from jetl.logging import get_logger
-from jetl.messages import MALFORMED_INPUT, Batch, DeadLetter, RunRequest, decode_batch, read_records, utcnow
+from jetl.messages import (
+    MALFORMED_INPUT,
+    PAYLOAD_HEADROOM,
+    Batch,
+    DeadLetter,
+    RunRequest,
+    decode_batch,
+    fit_payload,
+    item_size,
+    read_records,
+    utcnow,
+)
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext
 from jetl.state import get_run
@@ -133,19 +144,37 @@ class Resend:
             for r in dl.records:
                 index = r.get("index")
                 raw.append((source.get(index, r["record"]) if index is not None else r["record"], r.get("origin")))
-        size = p.batch_size
-        for start in range(0, len(raw), size):
-            chunk = raw[start : start + size]
-            origins = [o or "" for _, o in chunk]
-            records = [r for r, _ in chunk]
+        raw_batches, clean_batches = self._cut(raw), self._cut([(r, None) for r in clean])  # refused whole, or sent
+        for records, origins in raw_batches:
             batch = self._batch(records, origins if any(origins) else None)
             await self.ctx.bus.raw_batch(batch, records)
             await self._announce(batch)
-        for start in range(0, len(clean), size):
-            records = clean[start : start + size]
+        for records, _ in clean_batches:
             batch = self._batch(records, None)
             await self.ctx.bus.clean_batch(batch, records)  # the loader rejected these: they skip the transformers
             await self._announce(batch)
+
+    def _cut(self, items: list[tuple[Any, str | None]]) -> list[tuple[list[Any], list[str]]]:
+        """(records, origins) in batches of at most batch_size records whose bodies fit a message (`fit_payload`,
+        as the extractor cuts its own batches): a redrive gathers records of many letters, which together may be
+        larger than any batch they came in. A record no message can carry is refused before anything is sent."""
+        room = self.ctx.bus.max_payload - PAYLOAD_HEADROOM
+        out: list[tuple[list[Any], list[str]]] = []
+        size = self.pipeline.batch_size
+        for start in range(0, len(items), size):
+            records = [r for r, _ in items[start : start + size]]
+            origins = [o or "" for _, o in items[start : start + size]]
+            listed = sum(len(o) + 3 for o in origins) if any(origins) else 0
+            sizes = [item_size(r) for r in records]
+            cuts, oversized = fit_payload(sizes, room - listed)
+            if oversized:
+                i = oversized[0]
+                raise TerminalError(
+                    f"cannot redrive: the record of {origins[i] or 'a dead letter'} is {sizes[i]} bytes, more than a "
+                    f"message carries ({room - listed} bytes under max_payload {self.ctx.bus.max_payload})"
+                )
+            out.extend((records[a:b], origins[a:b]) for a, b in cuts)
+        return out
 
     def _batch(self, records: list[Any], origins: list[str] | None) -> Batch:
         p = self.pipeline
