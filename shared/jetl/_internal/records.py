@@ -101,6 +101,28 @@ HOURS_ONLY_OFFSET = "[+-][0-9]{2}$"
 such value pydantic's way (RE2 over the column: ~0.03 us a record, where a Python regex over the batch took 0.87)."""
 
 
+def _json_lines(body: bytes, count: int) -> Any | None:
+    """The `count` lines of a raw batch (`[` line `\n,` line ... `]`) as one newline-delimited buffer for Arrow's
+    JSON reader, when every line opens an object (then none is blank or `null`), else None: the separators' commas
+    and the brackets become spaces in a copy, found by numpy (0.03 us a record, where `bytes.replace` and two
+    counts took 0.59)."""
+    import numpy as np
+    import pyarrow as pa
+
+    data = np.frombuffer(body, dtype=np.uint8)
+    newlines = np.flatnonzero(data == 10)
+    if len(newlines) != count - 1 or len(data) < 3 or data[1] != 123:  # `{`
+        return None
+    if count > 1 and (newlines[-1] + 2 >= len(data) or not (data[newlines + 1] == 44).all()):  # `,`
+        return None
+    if count > 1 and not (data[newlines + 2] == 123).all():
+        return None
+    out = data.copy()
+    out[0] = out[-1] = 32
+    out[newlines + 1] = 32
+    return pa.py_buffer(out)
+
+
 def _has_non_record_line(lines: bytes) -> bool:
     """Whether a line holds only whitespace, or only `null` (or a false alarm for a malformed line such as `nu ll`):
     pydantic refuses both as records. Arrow's JSON reader skips the first (which could let a line holding two objects
@@ -349,19 +371,21 @@ class RecordsAdapter:
         options = self._json_reader
         if options is None or count < 1 or body[:1] != b"[" or body[-1:] != b"]":
             return None
-        if body.count(b"\n,") != count - 1:  # not RAW_SEPARATOR-joined lines (e.g. one orjson array)
-            return None
-        lines = body[1:-1].replace(b"\n,", b"\n")
-        # every line opens an object (one count, 0.1 us a record): no line can be blank or `null`
-        if not (lines[:1] == b"{" and lines.count(b"\n{") == count - 1) and _has_non_record_line(lines):
-            return None
         import pyarrow as pa
         import pyarrow.json as pj
 
+        lines = _json_lines(body, count)
+        if lines is None:
+            if body.count(b"\n,") != count - 1:  # not RAW_SEPARATOR-joined lines (e.g. one orjson array)
+                return None
+            text = body[1:-1].replace(b"\n,", b"\n")
+            if _has_non_record_line(text):
+                return None
+            lines = pa.py_buffer(text)
         schema = self._arrow[0] if self._arrow is not None else None
-        read = pj.ReadOptions(use_threads=False, block_size=len(lines) + 1)  # one block: one chunk, one thread
+        read = pj.ReadOptions(use_threads=False, block_size=lines.size + 1)  # one block: one chunk, one thread
         try:
-            table = pj.read_json(pa.py_buffer(lines), read_options=read, parse_options=options)
+            table = pj.read_json(lines, read_options=read, parse_options=options)
             table.validate(full=True)  # the reader does not check UTF-8; pydantic refuses what is not
         except (pa.ArrowException, ValueError):
             return None
