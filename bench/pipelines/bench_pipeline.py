@@ -10,11 +10,10 @@ import os
 from datetime import datetime
 from typing import Annotated
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from jetl import (
+    ArrowExpression,
     ClickHouseLoader,
     ColumnTransformer,
     FileExtractor,
@@ -61,9 +60,12 @@ def amount_cents(record: dict[str, object]) -> int:
     return round(record["amount"] * 100)  # type: ignore[operator]
 
 
-AMOUNT_CENTS = pc.round(pc.multiply(pc.field("amount"), 100), round_mode="half_to_even").cast(pa.int64())
+AMOUNT_CENTS = ArrowExpression(
+    lambda pc, pa: pc.round(pc.multiply(pc.field("amount"), 100), round_mode="half_to_even").cast(pa.int64())
+)
 """The same column as an Arrow expression: one definition both of the transformer's paths evaluate over a batch,
-which lets a batch stay an Arrow table from the raw JSON to the loader (`jetl_transformer.handlers.arrow_path`)."""
+which lets a batch stay an Arrow table from the raw JSON to the loader (`jetl_transformer.handlers.arrow_path`).
+Built where it is evaluated (the transformer): the other services load this module without importing pyarrow."""
 
 COMPUTE = amount_cents if os.environ.get("BENCH_COMPUTE") == "python" else AMOUNT_CENTS
 """`BENCH_COMPUTE=python` computes `amount_cents` with the Python function instead (records as dicts: the pydantic

@@ -26,6 +26,7 @@ _LAZY = {
     "BasicAuth": "jetl.extractors.http",
     "BearerAuth": "jetl.extractors.http",
     "ClickHouseLoader": "jetl.loaders.clickhouse",
+    "ArrowExpression": "jetl.transformers.column",
     "ColumnTransformer": "jetl.transformers.column",
     "ConsoleLoader": "jetl.loaders.console",
     "CursorPagination": "jetl.extractors.http",
@@ -64,7 +65,7 @@ if _typing.TYPE_CHECKING:
     from jetl.loaders.clickhouse import ClickHouseLoader, LowCardinality, Timezone
     from jetl.loaders.console import ConsoleLoader
     from jetl.loaders.file import FileLoader
-    from jetl.transformers.column import ColumnTransformer
+    from jetl.transformers.column import ArrowExpression, ColumnTransformer
     from jetl.transformers.dedupe import DedupeTransformer
     from jetl.transformers.filter import FilterTransformer
     from jetl.transformers.lambda_ import LambdaTransformer
@@ -90,6 +91,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApiKeyAuth",
+    "ArrowExpression",
     "BasicAuth",
     "Batch",
     "BearerAuth",

@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from jetl import (
+    ArrowExpression,
     ColumnTransformer,
     ConsoleLoader,
     DedupeTransformer,
@@ -287,3 +288,17 @@ def test_a_row_an_expression_cannot_compute_is_rejected_alone_and_functions_keep
     assert not t.takes_arrow and t.transform_arrow(pa.table({"amount": [1.0]})) is None
     with pytest.raises(ConfigError, match="neither callable nor a pyarrow expression"):
         ColumnTransformer(compute={"x": 3})
+
+
+def test_an_arrow_expression_built_on_first_use_is_the_same_and_a_wrong_one_says_so() -> None:
+    import pyarrow as pa
+
+    lazy = ArrowExpression(lambda pc, pa: pc.multiply(pc.field("price"), pc.field("qty")))
+    t = ColumnTransformer(compute={"total": lazy})
+    assert t.takes_arrow and repr(lazy) == "ArrowExpression()"
+    assert t.transform([{"price": 2.0, "qty": 3}]) == [{"price": 2.0, "qty": 3, "total": 6.0}]
+    assert t.transform_arrow(pa.table({"price": [2.0], "qty": [3]})).column("total").to_pylist() == [6.0]
+    wrong = ColumnTransformer(compute={"total": ArrowExpression(lambda pc, pa: 3)})
+    with pytest.raises(RecordError) as err:  # evaluated per record, each says why
+        wrong.transform([{"price": 1.0}])
+    assert "not a pyarrow expression" in err.value.issues[0].describe("p")

@@ -110,16 +110,17 @@ def _json_lines(body: bytes, count: int) -> Any | None:
     import pyarrow as pa
 
     data = np.frombuffer(body, dtype=np.uint8)
-    newlines = np.flatnonzero(data == 10)
-    if len(newlines) != count - 1 or len(data) < 3 or data[1] != 123:  # `{`
+    if len(data) < 3 or data[1] != 123:  # `{`
         return None
-    if count > 1 and (newlines[-1] + 2 >= len(data) or not (data[newlines + 1] == 44).all()):  # `,`
-        return None
-    if count > 1 and not (data[newlines + 2] == 123).all():
+    # A line read from a file keeps its own newline: a separator is a newline with a comma and a brace after it
+    # (no line holds a newline but its last byte, so no other newline has a comma after it).
+    newlines = np.flatnonzero(data[:-2] == 10)
+    separators = newlines[data[newlines + 1] == 44]  # `,`
+    if len(separators) != count - 1 or not (data[separators + 2] == 123).all():
         return None
     out = data.copy()
     out[0] = out[-1] = 32
-    out[newlines + 1] = 32
+    out[separators + 1] = 32
     return pa.py_buffer(out)
 
 
