@@ -50,6 +50,10 @@ def manual_run_id(pipeline: str) -> str:
     return f"{pipeline}-m{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}{secrets.token_hex(2)}"
 
 
+SETTLE_GRACE_S = 2.0
+"""How long `JetlClient.wait` keeps reading a failed run's events for its batches to settle."""
+
+
 class JetlClient:
     """Connected to NATS (plain nats-py for reads, FastStream broker for publishes)."""
 
@@ -169,13 +173,29 @@ class JetlClient:
 
         async def _consume() -> RunState:
             nonlocal state, last
-            async for ev in self.follow(pipeline, run_id):
-                state, last = fold(state, ev), (ev, time.monotonic())
-                if on_event is not None:
-                    on_event(ev, state)
-                if isinstance(ev, (RunCompleted, RunFailed, RunCancelled)):
-                    return state
-            raise AssertionError("unreachable")
+            events = aiter(self.follow(pipeline, run_id))
+            try:
+                while True:
+                    ev = await anext(events)
+                    state, last = fold(state, ev), (ev, time.monotonic())
+                    if on_event is not None:
+                        on_event(ev, state)
+                    if isinstance(ev, (RunCompleted, RunFailed, RunCancelled)):
+                        break
+                # run.failed goes on the log before the batch.rejected of the batch that failed it (so the run
+                # cannot complete first: `jetl.runtime.stage.reject_batch`): wait a moment for that to settle too
+                grace = time.monotonic() + SETTLE_GRACE_S
+                while isinstance(ev, (RunFailed, RunCancelled)) and not state.settled and time.monotonic() < grace:
+                    try:
+                        ev = await asyncio.wait_for(anext(events), grace - time.monotonic())
+                    except TimeoutError:
+                        break
+                    state, last = fold(state, ev), (ev, time.monotonic())
+                    if on_event is not None:
+                        on_event(ev, state)
+                return state
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
 
         try:
             return await asyncio.wait_for(_consume(), timeout)
