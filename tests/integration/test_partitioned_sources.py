@@ -5,15 +5,11 @@ services with two extractor replicas sharing each run's partitions: every row la
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +20,7 @@ from jetl.projection import RunState
 from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.testing import chdb
+from jetl.testing.api import json_api
 from jetl.testing.servers import NatsHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -172,29 +169,14 @@ def api() -> Iterator[str]:
     """Events every 37 minutes over eight days; `from` <= at < `to`, 25 a page."""
     events = [{"id": i, "at": (BASE + timedelta(minutes=37 * i)).isoformat()} for i in range(300)]
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            q = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
-            lo, hi = datetime.fromisoformat(q["from"]), datetime.fromisoformat(q["to"])
-            rows = [e for e in events if lo <= datetime.fromisoformat(str(e["at"])) < hi]
-            page = int(q["page"])
-            body = json.dumps({"items": rows[(page - 1) * 25 : page * 25]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(q: dict[str, str]) -> dict[str, Any]:
+        lo, hi = datetime.fromisoformat(q["from"]), datetime.fromisoformat(q["to"])
+        rows = [e for e in events if lo <= datetime.fromisoformat(str(e["at"])) < hi]
+        page = int(q["page"])
+        return {"items": rows[(page - 1) * 25 : page * 25]}
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/events"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with json_api(answer, "/events") as url:
+        yield url
 
 
 def test_two_extractors_share_an_apis_date_windows(tmp_path: Path, nats: NatsHandle, api: str) -> None:

@@ -13,9 +13,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 from pydantic import BaseModel
@@ -25,6 +23,7 @@ from jetl.errors import ConfigError
 from jetl.extractors.http import Incremental, PageNumberPagination
 from jetl.loaders.clickhouse import close_clients
 from jetl.protocols import ExtractContext
+from jetl.testing.api import json_api
 
 BASE = datetime(2025, 1, 4, 9, 0, tzinfo=UTC)
 
@@ -75,30 +74,12 @@ class Table:
 def api() -> Iterator[tuple[str, Table]]:
     table = Table()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
-            table.requests.append(query)
-            body = json.dumps(
-                {"items": table.page(query.get("updated_since"), int(query["page"]), int(query["per_page"]))}
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(query: dict[str, str]) -> dict[str, Any]:
+        table.requests.append(query)
+        return {"items": table.page(query.get("updated_since"), int(query["page"]), int(query["per_page"]))}
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/items", table
-    finally:
-        server.shutdown()
-        server.server_close()
+    with json_api(answer) as url:
+        yield url, table
 
 
 @pytest.fixture(scope="module")
