@@ -103,9 +103,10 @@ such value pydantic's way (RE2 over the column: ~0.03 us a record, where a Pytho
 
 def _json_lines(body: bytes, count: int) -> Any | None:
     """The `count` lines of a raw batch (`[` line `\n,` line ... `]`) as one newline-delimited buffer for Arrow's
-    JSON reader, when every line opens an object (then none is blank or `null`), else None: the separators' commas
-    and the brackets become spaces in a copy, found by numpy (0.03 us a record, where `bytes.replace` and two
-    counts took 0.59)."""
+    JSON reader, when every line opens an object, else None. Then no line is blank or `null`, which pydantic refuses
+    as records and Arrow's reader would skip (letting a line of two objects keep the row count) or read as a row of
+    nulls (or crash on, as the first line: pyarrow 26). The separators' commas and the brackets become spaces in a
+    copy, found by numpy (0.03 us a record, where `bytes.replace` and two counts took 0.59)."""
     import numpy as np
     import pyarrow as pa
 
@@ -122,25 +123,6 @@ def _json_lines(body: bytes, count: int) -> Any | None:
     out[0] = out[-1] = 32
     out[separators + 1] = 32
     return pa.py_buffer(out)
-
-
-def _has_non_record_line(lines: bytes) -> bool:
-    """Whether a line holds only whitespace, or only `null` (or a false alarm for a malformed line such as `nu ll`):
-    pydantic refuses both as records. Arrow's JSON reader skips the first (which could let a line holding two objects
-    keep the row count) and reads the second as a row of nulls (a record, for a model whose fields all default to
-    None), or crashes the process when it is the first line (pyarrow 26). Without the whitespace no line may be
-    empty or `null`; 0.06 us a record, where one regular expression took 1.7."""
-    bare = lines.translate(None, b" \t\r")
-    return (
-        not bare
-        or bare[:1] == b"\n"
-        or bare[-1:] == b"\n"
-        or b"\n\n" in bare
-        or bare[:5] == b"null\n"
-        or bare[-5:] == b"\nnull"
-        or bare == b"null"
-        or b"\nnull\n" in bare
-    )
 
 
 def _json_reader_field(schema: dict[str, Any]) -> bool:
@@ -376,13 +358,8 @@ class RecordsAdapter:
         import pyarrow.json as pj
 
         lines = _json_lines(body, count)
-        if lines is None:
-            if body.count(b"\n,") != count - 1:  # not RAW_SEPARATOR-joined lines (e.g. one orjson array)
-                return None
-            text = body[1:-1].replace(b"\n,", b"\n")
-            if _has_non_record_line(text):
-                return None
-            lines = pa.py_buffer(text)
+        if lines is None:  # not `count` lines joined by RAW_SEPARATOR, each opening an object
+            return None
         schema = self._arrow[0] if self._arrow is not None else None
         read = pj.ReadOptions(use_threads=False, block_size=lines.size + 1)  # one block: one chunk, one thread
         try:
