@@ -22,6 +22,7 @@ from jetl.settings import JetlSettings, NatsSettings
 from jetl.subjects import Kind, stream_name
 from jetl.testing import chdb
 from jetl.testing.cli import CliResult, jetl
+from jetl.testing.pipelines import file_pipeline
 from jetl.testing.servers import NatsHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -112,18 +113,7 @@ def jsonl(path: Path, ids: range, **extra: Any) -> None:
     path.write_text("".join(json.dumps({"id": i, "name": f"n{i}", **extra}) + "\n" for i in ids))
 
 
-FILES = """
-from pydantic import BaseModel
-from jetl import FileExtractor, FileLoader, Pipeline
-
-class Row(BaseModel):
-    id: int
-    name: str
-
-def register_pipelines():
-    return [Pipeline(name="files", extractors=[FileExtractor("INPUT/*.jsonl")], loader=FileLoader("OUTPUT"),
-                     schema=Row, batch_size=40)]
-"""
+FILES = file_pipeline("files", batch_size=40)
 
 
 def test_incremental_runs_with_status_audit_counts_and_rebuild(env: Env) -> None:

@@ -24,21 +24,12 @@ from typer.testing import CliRunner
 
 from jetl.cli import app
 from jetl.context import read_context
+from jetl.testing.pipelines import file_pipeline
 from jetl.testing.servers import NatsHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-GOOD = """
-from pydantic import BaseModel
-from jetl import FileExtractor, FileLoader, Pipeline
-
-class Row(BaseModel):
-    id: int
-    name: str
-
-def register_pipelines():
-    return [Pipeline(name="good", extractors=[FileExtractor("INPUT")], loader=FileLoader("OUTPUT"), schema=Row)]
-"""
+GOOD = file_pipeline("good", source="INPUT")
 
 EVIL = """
 import os

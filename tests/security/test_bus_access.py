@@ -30,22 +30,12 @@ from jetl.runtime.embedded import USERS_FILE, Stack
 from jetl.settings import NatsSettings
 from jetl.subjects import Kind
 from jetl.testing.cli import jetl_up
+from jetl.testing.pipelines import file_pipeline
 from jetl.topology import require_deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PIPELINE = """
-from pydantic import BaseModel
-from jetl import FileExtractor, FileLoader, Pipeline
-
-class Row(BaseModel):
-    id: int
-    name: str
-
-def register_pipelines():
-    return [Pipeline(name="items", extractors=[FileExtractor("INPUT/*.jsonl")], loader=FileLoader("OUTPUT"),
-                     schema=Row, batch_size=10)]
-"""
+PIPELINE = file_pipeline("items", batch_size=10)
 
 ROWS = 25
 

@@ -24,23 +24,13 @@ from jetl.messages import decode_batch
 from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import bucket, get_cursor, get_run
+from jetl.testing.pipelines import file_pipeline
 from jetl.testing.servers import nats_server
 from jetl.testing.webhook import Hook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PIPELINE = """
-from pydantic import BaseModel
-from jetl import FileExtractor, FileLoader, Pipeline
-
-class Row(BaseModel):
-    id: int
-    name: str
-
-def register_pipelines():
-    return [Pipeline(name="files", extractors=[FileExtractor("INPUT/*.jsonl")], loader=FileLoader("OUTPUT"),
-                     schema=Row)]
-"""
+PIPELINE = file_pipeline("files")
 
 
 @dataclass

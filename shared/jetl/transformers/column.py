@@ -40,7 +40,7 @@ class ArrowExpression:
             import pyarrow.compute as pc
 
             built = self.build(pc, pa)
-            if not is_expression(built):
+            if not isinstance(built, pc.Expression):  # not another ArrowExpression either
                 raise ConfigError(
                     f"ArrowExpression: the function gave {type(built).__name__}, not a pyarrow expression"
                 )
@@ -291,7 +291,7 @@ class ColumnTransformer:
         if self.select is not None:
             if not set(self.select) <= set(table.column_names):
                 return None
-            table = table.select([c for c in self.select if c not in self.drop])
+            table = table.select(self.select)  # never a dropped column: __init__ refuses both
         return table.drop_columns([c for c in table.column_names if c in self.drop])
 
     def transform_in_place(self, records: list[Record]) -> list[Record] | None:
