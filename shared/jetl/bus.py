@@ -17,10 +17,10 @@ from faststream.nats import NatsBroker
 from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from jetl import subjects
-from jetl.errors import TerminalError, TransientError
+from jetl.errors import IN_PROCESS, TerminalError, TransientError
 from jetl.events import RunRequested, _Event
 from jetl.messages import PAYLOAD_HEADROOM, Batch, DeadLetter, RunRequest, encode_batch
 from jetl.settings import NatsSettings
@@ -31,6 +31,15 @@ MSG_ID = "Nats-Msg-Id"
 # (tests/reliability/test_cluster.py); publishes wait out twice that before the error reaches the stage.
 LEADERLESS_S = 15.0
 LEADERLESS_RETRY_S = 0.5
+LEADERLESS = (NoStreamResponseError, NoRespondersError, ServiceUnavailableError, nats.errors.TimeoutError)
+"""What a publish gets while its stream has no leader (`Bus._publish` waits them out)."""
+
+
+def leaderless(exc: BaseException) -> bool:
+    """Whether a publish failed only because its stream is between leaders (`Bus._publish` tries it again)."""
+    return isinstance(exc, LEADERLESS) or (isinstance(exc, APIError) and exc.err_code == IN_PROCESS)
+
+
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 """NATS's default `max_payload`, assumed until a connection says otherwise (its server INFO)."""
 
@@ -124,18 +133,19 @@ class Bus:
     async def _publish(self, body: bytes, subject: str, msg_id: str, kind: Kind) -> bool:
         """Publish and wait for the stream's ack; True when the stream dropped it as a duplicate of `msg_id`.
 
-        On a cluster a stream has no leader for a few seconds after its leader's node dies, and a publish gets no
-        answer. That is retried here for up to `LEADERLESS_S` (safe: `Nats-Msg-Id` drops a second copy), instead of
-        failing the handler: each failure would spend one of the input's MAX_DELIVER deliveries, and a quick nak
-        backoff spends all of them inside one election.
+        On a cluster a stream has no leader for a few seconds after its leader's node dies or is cut off: a publish
+        gets no answer, no responder, a timeout, a 503, or "in process" for its own retry (`leaderless`). That is
+        retried here for up to `LEADERLESS_S` (safe: `Nats-Msg-Id` drops a second copy), instead of failing the
+        handler: each failure would spend one of the input's MAX_DELIVER deliveries, and a quick nak backoff spends
+        all of them inside one election (a partition test failed a run on timeouts that way).
         """
         deadline = asyncio.get_running_loop().time() + LEADERLESS_S
         while True:
             try:
                 ack = await self.broker.publish(body, subject, headers={MSG_ID: msg_id}, stream=STREAMS[kind].name)
                 return bool(getattr(ack, "duplicate", False))
-            except (NoStreamResponseError, NoRespondersError):
-                if asyncio.get_running_loop().time() >= deadline:
+            except Exception as exc:
+                if not leaderless(exc) or asyncio.get_running_loop().time() >= deadline:
                     raise
                 await asyncio.sleep(LEADERLESS_RETRY_S)
 

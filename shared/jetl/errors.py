@@ -127,11 +127,18 @@ class OverlappingRun(TerminalError):
     start from the cursor that run is about to move, and load what that run loads a second time."""
 
 
+IN_PROCESS = 10158
+"""JetStream's error code for a publish whose `Nats-Msg-Id` an earlier, timed-out publish is still storing ("duplicate
+message id is in process"): transient, a retry is acknowledged as a duplicate once that one is stored."""
+
+
 def classify(exc: BaseException) -> Disposition:
     """Decide whether `exc` is worth a retry. Unknown errors are terminal: they go to the DLQ, never vanish."""
     if isinstance(exc, JetlError):
         return exc.disposition
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError, socket.gaierror)):
+        return "transient"
+    if getattr(exc, "err_code", None) == IN_PROCESS:
         return "transient"
     name = type(exc).__module__ + "." + type(exc).__name__
     transient_markers = (

@@ -3,14 +3,17 @@ options, and publishes that wait out a stream's leader election."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from jetl import bus
 from jetl.bus import Bus
+from jetl.errors import IN_PROCESS as IN_PROCESS_CODE
 from jetl.errors import ConfigError
 from jetl.events import RunRequested
 from jetl.runtime.cluster import NatsCluster
@@ -44,14 +47,15 @@ def test_bad_cluster_options_fail_at_start_up(tmp_path: Path) -> None:
 class LeaderlessBroker:
     """A broker whose stream answers no publish for the first `silent` tries, as while a leader is elected."""
 
-    def __init__(self, silent: int) -> None:
+    def __init__(self, silent: int, error: Callable[[], Exception] = NoStreamResponseError) -> None:
         self.silent = silent
+        self.error = error
         self.tries = 0
 
     async def publish(self, body: bytes, subject: str, **kw: Any) -> Any:
         self.tries += 1
         if self.tries <= self.silent:
-            raise NoStreamResponseError
+            raise self.error()
         return type("Ack", (), {"duplicate": False})()
 
 
@@ -59,9 +63,17 @@ def _event() -> RunRequested:
     return RunRequested(pipeline="p", run_id="p-r1", service="cli")
 
 
-async def test_a_publish_waits_out_a_leader_election(monkeypatch: pytest.MonkeyPatch) -> None:
+IN_PROCESS = functools.partial(
+    APIError, code=409, err_code=IN_PROCESS_CODE, description="duplicate message id is in process"
+)
+
+
+@pytest.mark.parametrize("error", [*bus.LEADERLESS, IN_PROCESS])
+async def test_a_publish_waits_out_a_leader_election(
+    monkeypatch: pytest.MonkeyPatch, error: Callable[[], Exception]
+) -> None:
     monkeypatch.setattr(bus, "LEADERLESS_RETRY_S", 0.01)
-    broker = LeaderlessBroker(silent=3)
+    broker = LeaderlessBroker(silent=3, error=error)
     await Bus(broker).event(_event())  # type: ignore[arg-type]
     assert broker.tries == 4
 

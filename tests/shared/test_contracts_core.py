@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from jetl import subjects
 from jetl.errors import ConfigError, DestinationUnavailable, RecordError, TransientError, classify
@@ -36,6 +36,7 @@ def test_classification_decides_retry_or_dead_letter() -> None:
     assert classify(httpx.ConnectError("refused")) == "transient"
     assert classify(NoStreamResponseError()) == "transient"  # a clustered stream electing its leader
     assert classify(ServiceUnavailableError(code=503, err_code=10008)) == "transient"  # a cluster between leaders
+    assert classify(APIError(code=409, err_code=10158)) == "transient"  # a retried publish, its first still storing
     assert classify(RecordError("p", [])) == "terminal"
     assert classify(KeyError("unknown bug")) == "terminal"  # never retried forever, never dropped: DLQ
 
