@@ -41,7 +41,7 @@ from jetl.messages import (
     utcnow,
 )
 from jetl.positions import cursor_of, joined_cursor
-from jetl.protocols import Chunk, ExtractContext, Partition
+from jetl.protocols import Chunk, ExtractContext, Partition, PartitionedExtractor
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
@@ -137,9 +137,8 @@ class Extraction:
             raise TerminalError(f"pipeline {p.name!r} has no extractor #{work.extractor} (partition {work.partition})")
         extractor = p.extractors[work.extractor]
         at = replace(ectx, cursor=cursor_of(work.cursor, work.extractor))
-        extract_partition = getattr(extractor, "extract_partition", None)
-        if extract_partition is not None and work.spec:
-            chunks = extract_partition(at, Partition(work.spec))
+        if isinstance(extractor, PartitionedExtractor) and work.spec:
+            chunks = extractor.extract_partition(at, Partition(work.spec))
         else:
             chunks = extractor.extract(at)
         async for chunk in chunks:

@@ -12,7 +12,7 @@ from jetl.events import BatchLoaded
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import Batch
 from jetl.pipeline import Pipeline
-from jetl.protocols import LoadContext
+from jetl.protocols import ArrowLoader, LoadContext, OpenableLoader
 from jetl.records import from_ipc, records_adapter
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
@@ -29,9 +29,8 @@ log = get_logger("jetl.loader")
 def open_loaders(ctx: ServiceContext) -> None:
     """Bind every pipeline's loader to the configured destination (ClickHouse DSN, credentials)."""
     for p in ctx.pipelines.values():
-        opener = getattr(p.loader, "open", None)
-        if callable(opener):
-            opener(ctx.settings.clickhouse_dsn, ctx.settings.clickhouse)
+        if isinstance(p.loader, OpenableLoader):
+            p.loader.open(ctx.settings.clickhouse_dsn, ctx.settings.clickhouse)
 
 
 def write(pipeline: Pipeline, batch: Batch, body: bytes, shadows: lineage.Shadows) -> int:
@@ -45,12 +44,11 @@ def write(pipeline: Pipeline, batch: Batch, body: bytes, shadows: lineage.Shadow
         part_id=batch.part_id,
     )
     dest = shadows.destination(pipeline, batch)
-    load_arrow = getattr(dest, "load_arrow", None)
     if batch.encoding == "arrow":
         table = from_ipc(body)
-        if callable(load_arrow):  # typed columns: checking their types is validating them (jetl.records)
+        if isinstance(dest, ArrowLoader):  # typed columns: checking their types is validating them (jetl.records)
             adapter.check_arrow(table)
-            n: int = load_arrow(table, lctx)
+            n: int = dest.load_arrow(table, lctx)
         else:
             n = dest.load(adapter.validate_python(table.to_pylist()), lctx)
     else:

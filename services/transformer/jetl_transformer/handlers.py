@@ -30,6 +30,7 @@ from jetl.messages import (
     too_large,
 )
 from jetl.pipeline import Pipeline
+from jetl.protocols import ArrowLoader, InPlaceTransformer, JsonTransformer, takes_arrow
 from jetl.records import RecordsAdapter, records_adapter, to_ipc
 from jetl.registry import get_pipeline, get_pipeline_registry
 from jetl.runtime import heap
@@ -71,12 +72,12 @@ def arrow_path(pipeline: Pipeline) -> ArrowPath | None:
     settings too (validating a table's rows under it changes nothing but may refuse: `conform_arrow` checks what it
     would refuse), and a loader that takes Arrow."""
     transformers = pipeline.transformers
-    if not transformers or not callable(getattr(pipeline.loader, "load_arrow", None)):
+    if not transformers or not isinstance(pipeline.loader, ArrowLoader):
         return None
     first, rest = transformers[0], transformers[1:]
     if not isinstance(first, TypeTransformer) or first.by_alias:
         return None
-    if not all(getattr(t, "takes_arrow", False) is True for t in rest):
+    if not all(takes_arrow(t) for t in rest):
         return None
     reader, schema = records_adapter(first.model), records_adapter(pipeline.schema)
     if not reader.reads_json_lines or not schema.reads_json_lines:
@@ -108,8 +109,8 @@ def run_transformers(
     transformers = list(pipeline.transformers)
     # A leading TypeTransformer validates the JSON itself, in one pydantic pass with no intermediate dicts (None when
     # a record fails: the records are parsed then, and it runs on them to say which and why).
-    from_json = getattr(transformers[0], "transform_json", None) if transformers else None
-    out: list[dict[str, Any]] | None = from_json(body) if callable(from_json) else None
+    first = transformers[0] if transformers else None
+    out: list[dict[str, Any]] | None = first.transform_json(body) if isinstance(first, JsonTransformer) else None
     if out is not None and (count is None or len(out) == count):
         transformers = transformers[1:]
     else:
@@ -121,10 +122,9 @@ def run_transformers(
     owned = True  # `out` holds new dicts nothing else refers to
     for t in transformers:
         n_before = len(out)
-        change = getattr(t, "transform_in_place", None) if owned and in_place else None
         try:
-            if callable(change):
-                changed = change(out)
+            if owned and in_place and isinstance(t, InPlaceTransformer):
+                changed = t.transform_in_place(out)
                 if changed is None:  # a record failed, and the records are half changed: again, copying
                     return run_transformers(pipeline, body, count, in_place=False, arrow_json=False)
                 out = changed  # records the caller owns (the contract of transform_in_place)
@@ -146,7 +146,7 @@ def run_transformers(
     # A schema of bare typed fields, bound for a loader that takes Arrow, is validated column by column into Arrow
     # IPC (1.2 us a record; the loader then skips 4-6 us of parsing, validating and converting: records.py).
     fast = records_adapter(pipeline.schema)
-    arrow = fast.arrow_schema is not None and callable(getattr(pipeline.loader, "load_arrow", None))
+    arrow = fast.arrow_schema is not None and isinstance(pipeline.loader, ArrowLoader)
     if arrow:
         try:
             table = fast.arrow_table(out, trusted=pipeline.trusted_fields)

@@ -148,6 +148,12 @@ class FileLoader:
             return Check("error", f"{self.root} is a file, not a folder")
         return Check("ok", self.describe())
 
+    def reach(self) -> None:
+        """Raise OSError when neither the folder nor its parent exists (the first batch creates the folder)."""
+        probe = self.root if self.root.exists() else self.root.parent
+        if not probe.is_dir():
+            raise OSError("neither the folder nor its parent exists")
+
     def check_schema(self, model: type[BaseModel]) -> None:
         """Fail at start-up when the partition field is not in the model."""
         if self.partition_by and self.partition_by not in model.model_fields:
