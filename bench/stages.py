@@ -50,7 +50,8 @@ def main() -> None:
 
     import bench_pipeline
 
-    from jetl.messages import Batch, decode_batch, encode_batch
+    from jetl.messages.models import Batch
+    from jetl.messages.wire import decode_batch, encode_batch
     from jetl.protocols import ExtractContext
     from jetl_loader.handlers import write
     from jetl_transformer.handlers import run_transformers

@@ -22,7 +22,10 @@ from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableEr
 from jetl import subjects
 from jetl.errors import IN_PROCESS, TerminalError, TransientError
 from jetl.events import RunRequested, _Event
-from jetl.messages import PAYLOAD_HEADROOM, Batch, DeadLetter, RunRequest, encode_batch
+from jetl.messages.deadletter import DeadLetter
+from jetl.messages.models import Batch, RunRequest
+from jetl.messages.payload import PAYLOAD_HEADROOM
+from jetl.messages.wire import encode_batch
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.subjects import STREAMS, Kind, Stage
 

@@ -9,7 +9,8 @@ from faststream.nats import TestNatsBroker
 from pydantic import BaseModel
 
 from jetl import ConsoleLoader, FileExtractor, Pipeline, subjects
-from jetl.messages import RunRequest, decode_batch, read_records
+from jetl.messages.models import RunRequest
+from jetl.messages.wire import decode_batch, read_records
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings

@@ -10,7 +10,8 @@ from faststream.nats import TestNatsBroker
 from pydantic import BaseModel
 
 from jetl import FileExtractor, FileLoader, Pipeline, subjects
-from jetl.messages import Batch, encode_batch
+from jetl.messages.models import Batch
+from jetl.messages.wire import encode_batch
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings

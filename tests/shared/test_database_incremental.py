@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from jetl import ConsoleLoader, Pipeline, subjects
 from jetl.errors import ConfigError
 from jetl.extractors.database import DatabaseExtractor
-from jetl.messages import RunRequest
+from jetl.messages.models import RunRequest
 from jetl.protocols import ExtractContext
 from jetl.registry import register
 from jetl.runtime.service import make_context

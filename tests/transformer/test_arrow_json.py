@@ -27,7 +27,7 @@ from jetl import (
     Pipeline,
     TypeTransformer,
 )
-from jetl.messages import encode_records
+from jetl.messages.wire import encode_records
 from jetl.records import from_ipc, records_adapter
 from jetl_transformer.handlers import arrow_path, run_transformers
 

@@ -21,7 +21,8 @@ from jetl import (
     subjects,
 )
 from jetl.errors import TerminalError
-from jetl.messages import Batch, decode_batch, encode_batch, encode_records
+from jetl.messages.models import Batch
+from jetl.messages.wire import decode_batch, encode_batch, encode_records
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings

@@ -35,7 +35,7 @@ def register_pipelines():
 
 SCRIPT = """
 import json, sys
-from jetl.messages import encode_records
+from jetl.messages.wire import encode_records
 from jetl.registry import get_pipeline
 from jetl_transformer.handlers import run_transformers, warm_up
 

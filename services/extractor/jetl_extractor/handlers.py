@@ -30,16 +30,10 @@ from jetl.events import (
     RunStarted,
 )
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import (
-    MALFORMED_INPUT,
-    Batch,
-    DeadLetter,
-    PartitionWork,
-    RunRequest,
-    dumps,
-    too_large,
-    utcnow,
-)
+from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter, DeadRecord
+from jetl.messages.models import Batch, PartitionWork, RunRequest, utcnow
+from jetl.messages.payload import too_large
+from jetl.messages.wire import dumps
 from jetl.positions import cursor_of, joined_cursor
 from jetl.protocols import Chunk, ExtractContext, Partition, PartitionedExtractor
 from jetl.registry import get_pipeline
@@ -231,9 +225,7 @@ class Extraction:
                         stage="extract",
                         reason=f"{len(bad)} unreadable record(s); first: {bad[0][0]}: {bad[0][1]}",
                         error_type=MALFORMED_INPUT,
-                        records=[
-                            {"index": None, "origin": o, "field": None, "message": m, "record": None} for o, m in bad
-                        ],
+                        records=[DeadRecord(index=None, origin=o, field=None, message=m, record=None) for o, m in bad],
                     )
                 )
             if rejected:

@@ -12,7 +12,7 @@ from jetl import subjects
 from jetl.bus import Bus
 from jetl.events import RunPartitioned
 from jetl.logging import get_logger
-from jetl.messages import PartitionWork, RunRequest
+from jetl.messages.models import PartitionWork, RunRequest
 from jetl.pipeline import Pipeline
 from jetl.positions import cursor_of, joined_cursor
 from jetl.protocols import ExtractContext, Extractor, Partition, PartitionedExtractor, keeps_cursor

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from jetl import subjects
 from jetl.errors import ConfigError, TerminalError, TransientError, classify
 from jetl.logging import get_logger
-from jetl.messages import Token
+from jetl.messages.ids import Token
 from jetl.protocols import CountingLoader, KeyedLoader, LineageLoader, MergingLoader
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext

@@ -10,7 +10,7 @@ from faststream.nats import NatsRouter
 from jetl.errors import SchemaMismatch
 from jetl.events import BatchLoaded
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch
+from jetl.messages.models import Batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import ArrowLoader, LoadContext, OpenableLoader
 from jetl.records import from_ipc, records_adapter

@@ -17,7 +17,7 @@ from __future__ import annotations
 from nats.js.kv import KeyValue
 
 from jetl.errors import ConfigError, TerminalError, TransientError
-from jetl.messages import Batch
+from jetl.messages.models import Batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import LineageLoader, Loader
 from jetl.state import get_batch, get_run

@@ -19,16 +19,10 @@ from pydantic import ValidationError
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import (
-    MALFORMED_INPUT,
-    PAYLOAD_HEADROOM,
-    DeadLetter,
-    Encoding,
-    cut_body,
-    dumps,
-    read_records,
-    too_large,
-)
+from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
+from jetl.messages.models import Encoding
+from jetl.messages.payload import PAYLOAD_HEADROOM, cut_body, too_large
+from jetl.messages.wire import dumps, read_records
 from jetl.pipeline import Pipeline
 from jetl.protocols import ArrowLoader, InPlaceTransformer, JsonTransformer, takes_arrow
 from jetl.records import RecordsAdapter, records_adapter, to_ipc

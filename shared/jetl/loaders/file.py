@@ -37,7 +37,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable
-from jetl.messages import dumps, split_batch_id
+from jetl.messages.ids import split_batch_id
+from jetl.messages.wire import dumps
 from jetl.protocols import Check, Diff, LoadContext, Loader, Record
 from jetl.subjects import check_token
 

@@ -31,7 +31,7 @@ from jetl import metrics, subjects
 from jetl.bus import Bus, connect, make_broker, raw_decoder, wait_for_nats
 from jetl.events import instance_id
 from jetl.logging import add_sink, configure_logging, get_logger, remove_sink
-from jetl.messages import Batch
+from jetl.messages.models import Batch
 from jetl.pipeline import Pipeline
 from jetl.registry import discover, get_pipeline_registry, reload_changed, reload_errors
 from jetl.settings import JetlSettings

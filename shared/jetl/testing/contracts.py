@@ -32,7 +32,8 @@ import pytest
 from pydantic import BaseModel
 
 from jetl.errors import RecordError
-from jetl.messages import batch_id, dumps
+from jetl.messages.ids import batch_id
+from jetl.messages.wire import dumps
 from jetl.protocols import (
     Check,
     Chunk,
