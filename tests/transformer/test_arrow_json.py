@@ -29,7 +29,7 @@ from jetl import (
 )
 from jetl.messages.wire import encode_records
 from jetl.records import from_ipc, records_adapter
-from jetl_transformer.handlers import arrow_path, run_transformers
+from jetl.transformers.chain import arrow_path, run_transformers
 
 
 class Flat(BaseModel):

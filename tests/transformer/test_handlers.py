@@ -28,7 +28,8 @@ from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
-from jetl_transformer.handlers import make_router, run_transformers
+from jetl.transformers.chain import run_transformers
+from jetl_transformer.handlers import make_router
 
 
 class Raw(BaseModel):

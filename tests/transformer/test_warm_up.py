@@ -37,7 +37,8 @@ SCRIPT = """
 import json, sys
 from jetl.messages.wire import encode_records
 from jetl.registry import get_pipeline
-from jetl_transformer.handlers import run_transformers, warm_up
+from jetl.transformers.chain import run_transformers
+from jetl_transformer.handlers import warm_up
 
 warm_up()
 before = set(sys.modules)
