@@ -12,6 +12,9 @@ needs no base class and no second declaration that could drift from the methods 
 `load_arrow` is declaring it), and mypy checks the signatures against the protocol wherever a connector is passed as
 one. What `isinstance` cannot see is a value: it tells that `keeps_cursor` or `takes_arrow` exists, not that it is
 True, so the helpers at the end (`keeps_cursor`, `takes_arrow`, `fields_out`) read both, and callers use them.
+The protocols come from `typing_extensions`: on Python 3.11 it backports 3.12's runtime checks, the same semantics on
+every version (members looked up without running properties or `__getattr__`) at a fraction of the cost (a match 2-3 us
+instead of 35, measured on the loaded 2-core bench host). The transformer stage asks a few per batch, not per record.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import BaseModel
+from typing_extensions import Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from jetl.settings import JetlSettings
