@@ -38,11 +38,13 @@ _LAZY = {
     "HttpExtractor": "jetl.extractors.http",
     "Incremental": "jetl.extractors.http",
     "LambdaTransformer": "jetl.transformers.lambda_",
+    "Limits": "jetl.extractors.http",
     "LinkHeaderPagination": "jetl.extractors.http",
     "LowCardinality": "jetl.loaders.clickhouse",
     "NextUrlPagination": "jetl.extractors.http",
     "OffsetPagination": "jetl.extractors.http",
     "PageNumberPagination": "jetl.extractors.http",
+    "Retry": "jetl.extractors.http",
     "Timezone": "jetl.loaders.clickhouse",
     "TypeTransformer": "jetl.transformers.type_",
 }
@@ -57,10 +59,12 @@ if _typing.TYPE_CHECKING:
         CursorPagination,
         HttpExtractor,
         Incremental,
+        Limits,
         LinkHeaderPagination,
         NextUrlPagination,
         OffsetPagination,
         PageNumberPagination,
+        Retry,
     )
     from jetl.loaders.clickhouse import ClickHouseLoader, LowCardinality, Timezone
     from jetl.loaders.console import ConsoleLoader
@@ -117,6 +121,7 @@ __all__ = [
     "JetlError",
     "JetlSettings",
     "LambdaTransformer",
+    "Limits",
     "LinkHeaderPagination",
     "LoadContext",
     "Loader",
@@ -127,6 +132,7 @@ __all__ = [
     "Pipeline",
     "RecordError",
     "RecordIssue",
+    "Retry",
     "RunRequest",
     "TerminalError",
     "Timezone",
