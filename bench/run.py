@@ -107,8 +107,8 @@ pyarrow's of pandas, ~2 s; the chdb table; schema builds), as a long-running ser
 
 async def run_jetl(url: str, stack: Any, latency_runs: int, profile: Path | None) -> dict[str, Any]:
     """Warm-up runs, the latency runs, then the throughput run."""
-    from jetl._internal.demo import with_watchdog
-    from jetl.client import JetlClient
+    from jetl.cli.demo import with_watchdog
+    from jetl.ops.client import JetlClient
     from jetl.settings import JetlSettings
 
     async def one(jc: Any, pipeline: str, timeout: float) -> Any:
@@ -170,8 +170,8 @@ def bench_jetl(
 ) -> dict[str, Any]:
     """Start the embedded stack on a fresh data folder, run, stop, then check the table. With `extractors` > 1 the
     input splits into twice as many byte ranges (partitions) as there are extractor replicas."""
-    from jetl._internal.demo import wait_ready
-    from jetl.runtime.embedded import Stack
+    from jetl.cli.demo import wait_ready
+    from jetl.stack.embedded import Stack
 
     run_dir = data / "stack"
     shutil.rmtree(run_dir, ignore_errors=True)

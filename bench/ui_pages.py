@@ -23,8 +23,8 @@ import uvicorn
 from jetl.bus import connect
 from jetl.messages import DeadLetter
 from jetl.projection import BatchState, RunState
-from jetl.runtime.embedded import free_port
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import free_port
 from jetl.state import bucket, run_key
 from jetl.subjects import dlq
 from jetl.testing.servers import nats_server

@@ -73,7 +73,7 @@ async def tail(nc: Client, kind: Kind, subject: str, *, after: int = 0, idle: fl
     for ever (the caller decides when to stop).
 
     It rides through a NATS restart: on a reconnect (`nc` must be allowed to reconnect, see
-    `jetl._internal.connect.riding_connection`) it subscribes again from the last sequence it yielded + 1, and
+    `jetl.bus.riding_connection`) it subscribes again from the last sequence it yielded + 1, and
     while the server is away, or its JetStream is still recovering, it retries every `idle` seconds. A message is
     never yielded twice: sequences at or below the last one yielded are skipped.
     """

@@ -4,7 +4,7 @@ A batch travels as one NATS message: the JSON envelope on the first line, then t
 JSON array (`encoding="json"`). Splitting the envelope from the records keeps the records as bytes until a
 stage needs them, so a whole batch is validated in one `TypeAdapter.validate_json` call. Clean batches bound for a
 loader that takes Arrow, of a schema of bare typed fields, travel as Arrow IPC instead (`encoding="arrow"`, see
-`jetl._internal.records`).
+`jetl.records`).
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ def read_records(body: bytes, count: int | None = None) -> tuple[list[dict[str, 
 def decode_records(body: bytes, encoding: Encoding = "json") -> list[dict[str, Any]]:
     """The records of a batch as dicts."""
     if encoding == "arrow":
-        from jetl._internal.records import from_ipc
+        from jetl.records import from_ipc
 
         rows: list[dict[str, Any]] = from_ipc(body).to_pylist()
         return rows
@@ -428,7 +428,7 @@ def cut_body(body: bytes, encoding: Encoding, budget: int) -> tuple[list[tuple[b
         runs, oversized = fit_payload([len(t) for t in texts], budget)
         parts = [(b"[" + b",".join(texts[a:b]) + b"]", b - a) for a, b in runs] or [(b"[]", 0)]
         return parts, [(i, texts[i]) for i in oversized]
-    from jetl._internal.records import from_ipc, to_ipc
+    from jetl.records import from_ipc, to_ipc
 
     table = from_ipc(body)
     framing = len(to_ipc(table.slice(0, 0)))  # the schema message and end of stream, in every part

@@ -150,7 +150,7 @@ class Pipeline:
     def trusted_fields(self) -> frozenset[str]:
         """Schema fields whose values the transformers validated under the same field type (`output_types`): the
         transformer stage does not validate them against the schema again."""
-        from jetl._internal.records import records_adapter
+        from jetl.records import records_adapter
 
         chain = output_types(self.transformers)
         own = records_adapter(self.schema).field_types

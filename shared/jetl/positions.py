@@ -1,10 +1,14 @@
-"""How cursor values sort, wherever they are compared: the HTTP extractor's positions and the tracker's rule that
-a cursor moves only forward."""
+"""Cursor positions: how cursor values sort, wherever they are compared (the HTTP extractor's positions, the
+tracker's rule that a cursor moves only forward), and where each extractor's part of a pipeline's cursor is kept."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jetl.protocols import Extractor
 
 OrderKey = tuple[str, Any]
 """A value as it sorts: (kind, comparable value); kinds are "number", "instant" and "text"."""
@@ -23,3 +27,25 @@ def order_key(value: Any) -> OrderKey:
             return "text", value
         return "instant", instant if instant.tzinfo else instant.replace(tzinfo=UTC)
     raise TypeError(f"a {type(value).__name__} cannot be a cursor value")
+
+
+EACH = "extractors"
+"""The key under which a pipeline of several extractors keeps each one's cursor, by its index."""
+
+
+def cursor_of(stored: dict[str, Any] | None, index: int) -> dict[str, Any] | None:
+    """Extractor `index`'s part of a pipeline's stored cursor. A cursor stored in the single form (one
+    extractor, or before each had its own) goes to every extractor, as it always did."""
+    if stored is not None and isinstance(stored.get(EACH), dict):
+        part: dict[str, Any] | None = stored[EACH].get(str(index))
+        return part
+    return stored
+
+
+def joined_cursor(extractors: Sequence[Extractor]) -> dict[str, Any] | None:
+    """The pipeline's cursor after a run: the single extractor's own, or each one's under its index, so one
+    extractor's position never overwrites another's."""
+    if len(extractors) == 1:
+        return extractors[0].next_cursor() or None
+    each = {str(i): c for i, e in enumerate(extractors) if (c := e.next_cursor())}
+    return {EACH: each} if each else None

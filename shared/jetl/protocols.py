@@ -129,7 +129,7 @@ class Extractor(Protocol):
     # Optional: `keeps_cursor: bool`, True when each run starts from the cursor the last completed run left (files
     # already loaded, a high-water mark). Runs of a pipeline with such an extractor never overlap
     # (`Pipeline.keeps_cursor`): a second one would read what the first is still loading.
-    # Optional, for `jetl cursor set` (`jetl.cursors`): `cursor_field` and `cursor_tie_breaker` (str | None), the
+    # Optional, for `jetl cursor set` (`jetl.ops.cursors`): `cursor_field` and `cursor_tie_breaker` (str | None), the
     # record fields the cursor follows, and `cursor_at(value, key=None) -> dict`, the cursor of the position
     # strictly after (value, key).
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from jetl.runtime.embedded import NatsServer
 from jetl.settings import JetlSettings
+from jetl.stack.embedded import NatsServer
 
 pytestmark = pytest.mark.integration
 

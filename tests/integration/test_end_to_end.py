@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from jetl.client import JetlClient
-from jetl.runtime.embedded import Stack
+from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
 from jetl.testing import chdb
 from jetl.testing.servers import NatsHandle
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from jetl import subjects
-from jetl.client import JetlClient
+from jetl.ops.client import JetlClient
 from jetl.projection import RunState
-from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
 from jetl.subjects import Kind, stream_name
 from jetl.testing import chdb
 from jetl.testing.cli import CliResult, jetl

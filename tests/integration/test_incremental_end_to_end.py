@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from jetl.cli import app
-from jetl.client import JetlClient
+from jetl.ops.client import JetlClient
 from jetl.projection import RunState
-from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
 from jetl.testing import chdb
 from jetl.testing.servers import NatsHandle
 

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from jetl.bus import connect
 from jetl.cli import app
-from jetl.client import JetlClient
-from jetl.runtime.embedded import ServiceProcess, Stack, free_port, service_env
+from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import ServiceProcess, Stack, free_port, service_env
 from jetl.state import RunMark, bucket, last_ok_key
 from jetl.testing.servers import NatsHandle
 from jetl.testing.webhook import Hook

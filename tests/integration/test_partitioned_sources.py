@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jetl.client import JetlClient
 from jetl.events import BatchExtracted, Event, RunPartitioned
+from jetl.ops.client import JetlClient
 from jetl.projection import RunState
-from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
 from jetl.testing import chdb
 from jetl.testing.api import json_api
 from jetl.testing.servers import NatsHandle

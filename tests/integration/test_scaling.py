@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from jetl.client import JetlClient
 from jetl.events import BatchExtracted, BatchTransformed
-from jetl.runtime.embedded import Stack
+from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
 from jetl.testing import chdb
 from jetl.testing.servers import NatsHandle
 

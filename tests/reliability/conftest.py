@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from jetl.client import JetlClient
 from jetl.events import RunCompleted, RunFailed
+from jetl.ops.client import JetlClient
 from jetl.projection import RunState, fold
-from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
 from jetl.testing import chdb
 from jetl.testing.servers import NatsHandle
 

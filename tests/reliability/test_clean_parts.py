@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from jetl.client import JetlClient
 from jetl.messages import OVERSIZED_RECORD
+from jetl.ops.client import JetlClient
 from jetl.projection import RunState
-from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
 from jetl.testing import chdb
 from jetl.testing.servers import NatsServer
 

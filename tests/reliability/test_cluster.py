@@ -26,10 +26,10 @@ import nats
 import pytest
 
 from jetl.bus import connect
-from jetl.client import JetlClient
+from jetl.ops.client import JetlClient
 from jetl.projection import RunState
-from jetl.runtime.embedded import USERS_FILE, Stack
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import USERS_FILE, Stack
 from jetl.state import bucket, get_run
 from jetl.subjects import DLQ_BODIES_BUCKET, STATE_BUCKET, STREAMS
 from jetl.testing import chdb

@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from jetl.cli import app
-from jetl.client import JetlClient
 from jetl.messages import OVERSIZED_RECORD
+from jetl.ops.client import JetlClient
 from jetl.projection import RunState, fold
-from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
 from jetl.subjects import DLQ_BODIES_BUCKET
 from jetl.testing.servers import NatsServer
 

@@ -20,8 +20,8 @@ import pytest
 
 from jetl import subjects
 from jetl.bus import connect
-from jetl.client import JetlClient
 from jetl.events import RunCompleted, RunFailed
+from jetl.ops.client import JetlClient
 from jetl.projection import RunState, fold
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.subjects import Kind

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from jetl.client import JetlClient
+from jetl.ops.client import JetlClient
 from jetl.projection import RunState
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -18,8 +18,8 @@ import pytest
 from jetl.bus import connect
 from jetl.eventlog import read_events
 from jetl.events import RunCompleted, RunRequested, RunStarted
-from jetl.runtime.embedded import ServiceProcess, Stack, service_env
 from jetl.settings import NatsSettings
+from jetl.stack.embedded import ServiceProcess, Stack, service_env
 from jetl.state import bucket, set_paused
 from jetl.subjects import Kind, stream_name
 from jetl.testing.servers import NatsHandle

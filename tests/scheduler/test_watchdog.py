@@ -14,9 +14,9 @@ from pydantic import BaseModel, ValidationError
 
 from jetl import ConsoleLoader, FileExtractor, Pipeline
 from jetl.bus import connect
-from jetl.client import JetlClient
 from jetl.events import BatchExtracted, RunRequested, RunStarted
 from jetl.messages import Batch
+from jetl.ops.client import JetlClient
 from jetl.registry import register
 from jetl.runtime.service import ServiceContext, make_context
 from jetl.settings import JetlSettings, NatsSettings

@@ -21,13 +21,13 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
 from jetl import subjects
-from jetl._internal.demo import wait_ready
 from jetl.access import Role
 from jetl.bus import connect
-from jetl.client import JetlClient
+from jetl.cli.demo import wait_ready
 from jetl.messages import RunRequest
-from jetl.runtime.embedded import USERS_FILE, Stack
+from jetl.ops.client import JetlClient
 from jetl.settings import NatsSettings
+from jetl.stack.embedded import USERS_FILE, Stack
 from jetl.subjects import Kind
 from jetl.testing.cli import jetl_up
 from jetl.testing.pipelines import file_pipeline

@@ -22,9 +22,9 @@ from nats.js.errors import NotFoundError
 from typer.testing import CliRunner
 
 from jetl.cli import app
-from jetl.client import JetlClient
-from jetl.runtime.embedded import Stack, free_port
+from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings
+from jetl.stack.embedded import Stack, free_port
 from jetl.subjects import STREAMS, Kind
 from jetl.testing.servers import NatsHandle
 from jetl.topology import BUCKET

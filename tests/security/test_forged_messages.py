@@ -18,11 +18,11 @@ import orjson
 import pytest
 
 from jetl import subjects
-from jetl.client import JetlClient
 from jetl.events import RunExtracted, RunFailed
 from jetl.messages import decode_batch
-from jetl.runtime.embedded import Stack
+from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
 from jetl.state import bucket, get_cursor, get_run
 from jetl.testing.pipelines import file_pipeline
 from jetl.testing.servers import nats_server

@@ -51,10 +51,10 @@ async def _seed(url: str, letters: int, lines: int) -> None:
 def test_dlq_list_reads_only_up_to_its_limit(nats: NatsHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JETL_NATS__URL", nats.url)
     asyncio.run(_seed(nats.url, letters=40, lines=0))
-    import jetl.client
+    import jetl.ops.client
 
     read = 0
-    original = jetl.client.read_stream
+    original = jetl.ops.client.read_stream
 
     async def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal read
@@ -62,7 +62,7 @@ def test_dlq_list_reads_only_up_to_its_limit(nats: NatsHandle, monkeypatch: pyte
             read += 1
             yield m
 
-    monkeypatch.setattr(jetl.client, "read_stream", counting)
+    monkeypatch.setattr(jetl.ops.client, "read_stream", counting)
     result = CliRunner().invoke(app, ["dlq", "list", "p", "--run", "r1", "--limit", "3", "--json"])
     assert result.exit_code == 0, result.stdout
     rows = json.loads(result.stdout)
@@ -74,7 +74,7 @@ def test_dlq_list_reads_only_up_to_its_limit(nats: NatsHandle, monkeypatch: pyte
 
 @pytest.mark.integration
 async def test_logs_stream_in_time_order_and_stop_at_the_limit(nats: NatsHandle) -> None:
-    from jetl.logs import read_logs
+    from jetl.ops.logs import read_logs
 
     await _seed(nats.url, letters=0, lines=300)
     s = JetlSettings(nats=NatsSettings(url=nats.url))

@@ -23,8 +23,8 @@ from jetl.cli import app
 from jetl.cli._output import JetlConsole, short_stamp
 from jetl.context import StackContext
 from jetl.errors import JetlError
-from jetl.runtime.embedded import ServiceProcess, Stack, Supervisor, stable_port
 from jetl.settings import settings_with_context
+from jetl.stack.embedded import ServiceProcess, Stack, Supervisor, stable_port
 
 
 def table() -> Table:

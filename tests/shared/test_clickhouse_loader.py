@@ -272,7 +272,7 @@ def test_no_dsn_is_a_config_error(tmp_path: Path) -> None:
 def test_a_table_from_before_the_dictionary_lineage_column_still_takes_batches(dsn: str, table: str) -> None:
     """Tables made by an earlier version have a String lineage column (new ones LowCardinality(String)): both take
     the dictionary column the loader inserts, through either insert path."""
-    from jetl._internal.records import records_adapter
+    from jetl.records import records_adapter
 
     class Small(BaseModel):
         id: int
@@ -302,8 +302,8 @@ def test_check_names_the_table_and_server_without_credentials(tmp_path: Path) ->
 def test_a_server_that_cannot_be_reached_is_named_without_its_password() -> None:
     from jetl.errors import DestinationUnavailable
     from jetl.loaders.clickhouse import get_client
-    from jetl.runtime.embedded import free_port
     from jetl.settings import ClickHouseSettings
+    from jetl.stack.embedded import free_port
 
     dsn = f"http://jetl:s3cret@127.0.0.1:{free_port()}/"
     settings = ClickHouseSettings(password="hunter2")  # type: ignore[arg-type]

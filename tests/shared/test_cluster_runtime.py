@@ -16,8 +16,8 @@ from jetl.bus import Bus
 from jetl.errors import IN_PROCESS as IN_PROCESS_CODE
 from jetl.errors import ConfigError
 from jetl.events import RunRequested
-from jetl.runtime.cluster import NatsCluster
-from jetl.runtime.embedded import Stack
+from jetl.stack.cluster import NatsCluster
+from jetl.stack.embedded import Stack
 
 
 def test_every_node_routes_to_the_others_and_the_seed_list_names_them_all(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jetl.backfill import retry_run_id, slot_attempts
 from jetl.errors import ConfigError
 from jetl.events import (
     BatchExtracted,
@@ -21,8 +20,9 @@ from jetl.events import (
     RunStarted,
 )
 from jetl.messages import DeadLetter, RunRequest
+from jetl.ops.backfill import retry_run_id, slot_attempts
+from jetl.ops.redrive import dead_letter_status, redrivable, redrive_run_id
 from jetl.projection import RunState, expected_rows, fold
-from jetl.redrive import dead_letter_status, redrivable, redrive_run_id
 from jetl.schedule import Cron, backfill_slots
 
 
@@ -144,8 +144,8 @@ def test_run_request_refuses_contradictions() -> None:
 
 
 def test_ledger_verdict_compares_finished_runs_with_the_destination() -> None:
-    from jetl.destination import DestinationCount
-    from jetl.ledger import ledger_report, ledger_verdict
+    from jetl.ops.destination import DestinationCount
+    from jetl.ops.ledger import ledger_report, ledger_verdict
 
     done = fold_all(events("r1", 2, {0: 10, 1: 8}))
     done = fold(done, RunCompleted(pipeline="p", run_id="r1", extracted=20, loaded=18, rejected=0, filtered=2))

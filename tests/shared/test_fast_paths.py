@@ -19,10 +19,10 @@ import pytest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from jetl import ClickHouseLoader, LoadContext, LowCardinality
-from jetl._internal.records import RecordsAdapter, from_ipc, to_ipc
 from jetl.errors import TerminalError
 from jetl.loaders.clickhouse import close_clients
 from jetl.messages import Batch, compact_origins, decode_batch, decode_records, encode_batch
+from jetl.records import RecordsAdapter, from_ipc, to_ipc
 
 
 class Color(Enum):

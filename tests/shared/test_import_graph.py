@@ -1,5 +1,8 @@
 """No import cycle among the `jetl.*` modules, counting imports inside functions too (a lazy import that exists
-only to dodge a cycle is still a cycle in the design)."""
+only to dodge a cycle is still a cycle in the design), and no import that runs up a layer.
+
+The layers, bottom up: the core (contracts, connectors, bus, state, event log), `runtime/` (what a service runs),
+`ops/` (the operator's read models) and `stack/` (the embedded servers), then `cli/`, `ui/` and `testing/` on top."""
 
 from __future__ import annotations
 
@@ -96,3 +99,46 @@ def test_imports_inside_functions_and_relative_ones_count(tmp_path: Path) -> Non
 def test_no_import_cycle_among_jetl_modules() -> None:
     cycles = _cycles(_graph())
     assert not cycles, "import cycles among jetl modules: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+_TOP = ("jetl.ops", "jetl.stack", "jetl.cli", "jetl.ui", "jetl.testing")
+_LAYERS: dict[str, tuple[str, ...]] = {
+    # a module under the key's package may not import any of the value's packages
+    "jetl.runtime": ("jetl.ops", "jetl.stack", "jetl.cli", "jetl.ui", "jetl.testing"),
+    "jetl.ops": ("jetl.stack", "jetl.cli", "jetl.ui", "jetl.testing"),
+    "jetl.stack": ("jetl.cli", "jetl.ui", "jetl.testing"),
+    "jetl.ui": ("jetl.cli", "jetl.testing"),
+}
+
+
+def _layer_breaks(graph: dict[str, set[str]]) -> list[str]:
+    def under(module: str, packages: tuple[str, ...]) -> bool:
+        return any(module == p or module.startswith(p + ".") for p in packages)
+
+    breaks = []
+    for module, imported in sorted(graph.items()):
+        if module in ("jetl", "jetl.__main__"):
+            continue
+        owner = next((p for p in _LAYERS if under(module, (p,))), None)
+        if owner is not None:
+            banned = _LAYERS[owner]
+        elif under(module, _TOP):
+            continue
+        else:  # the core: nothing above it
+            banned = ("jetl.runtime", *_TOP)
+        breaks += [f"{module} -> {target}" for target in sorted(imported) if under(target, banned)]
+    return breaks
+
+
+def test_the_layer_check_sees_an_import_up_a_layer() -> None:
+    graph = {
+        "jetl.bus": {"jetl.ops.client"},
+        "jetl.ops.health": {"jetl.cli._app"},
+        "jetl.cli.runs": {"jetl.ops.client"},
+    }
+    assert _layer_breaks(graph) == ["jetl.bus -> jetl.ops.client", "jetl.ops.health -> jetl.cli._app"]
+
+
+def test_no_import_runs_up_a_layer() -> None:
+    breaks = _layer_breaks(_graph())
+    assert not breaks, "imports that run up a layer: " + "; ".join(breaks)

@@ -89,7 +89,7 @@ def test_cut_body_cuts_json_by_records_in_order_and_sets_aside_a_record_over_the
 def test_cut_body_cuts_arrow_into_record_batch_slices_under_the_budget() -> None:
     import pyarrow as pa
 
-    from jetl._internal.records import from_ipc, to_ipc
+    from jetl.records import from_ipc, to_ipc
 
     pads = ["y" * (20_000 if i == 3 else 100 + 10 * i) for i in range(200)]
     table = pa.table({"id": pa.array(range(200), pa.int64()), "pad": pa.array(pads, pa.string())})

@@ -27,8 +27,8 @@ from jetl import (
     Pipeline,
     TypeTransformer,
 )
-from jetl._internal.records import from_ipc, records_adapter
 from jetl.messages import encode_records
+from jetl.records import from_ipc, records_adapter
 from jetl_transformer.handlers import arrow_path, run_transformers
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from jetl.runtime.embedded import Stack, free_port, service_env
+from jetl.stack.embedded import Stack, free_port, service_env
 from jetl.testing.servers import nats_server
 
 CHROMIUM = Path(os.environ.get("JETL_TEST_CHROMIUM", "/usr/bin/chromium"))

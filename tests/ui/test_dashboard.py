@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from jetl.runtime.embedded import free_port
+from jetl.stack.embedded import free_port
 
 from .conftest import BAD, PIPELINE, RECORDS, Dash, shot
 
@@ -142,8 +142,8 @@ def test_pause_and_resume_in_the_page_agree_with_jetl_schedule(dash: Dash, page:
     page.wait_for_selector("#pause")
     assert not _schedule_paused(dash)
     # both actions are in the event log, with who did them
-    from jetl.client import JetlClient
     from jetl.events import OperatorAction
+    from jetl.ops.client import JetlClient
     from jetl.settings import JetlSettings, NatsSettings
 
     async def actions() -> list[OperatorAction]:

@@ -20,7 +20,6 @@ from typing import Any
 from faststream.nats import NatsRouter
 
 from jetl import subjects
-from jetl.cursors import cursor_of, joined_cursor
 from jetl.errors import JetlError, OverlappingRun, TerminalError, TransientError, classify
 from jetl.events import (
     BatchExtracted,
@@ -41,6 +40,7 @@ from jetl.messages import (
     too_large,
     utcnow,
 )
+from jetl.positions import cursor_of, joined_cursor
 from jetl.protocols import Chunk, ExtractContext, Partition
 from jetl.registry import get_pipeline
 from jetl.runtime import heap

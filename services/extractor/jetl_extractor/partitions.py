@@ -10,11 +10,11 @@ from typing import Any
 
 from jetl import subjects
 from jetl.bus import Bus
-from jetl.cursors import cursor_of, joined_cursor
 from jetl.events import RunPartitioned
 from jetl.logging import get_logger
 from jetl.messages import PartitionWork, RunRequest
 from jetl.pipeline import Pipeline
+from jetl.positions import cursor_of, joined_cursor
 from jetl.protocols import ExtractContext, Extractor, Partition
 
 log = get_logger("jetl.extractor")

@@ -7,13 +7,13 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
-from jetl._internal.records import from_ipc, records_adapter
 from jetl.errors import SchemaMismatch
 from jetl.events import BatchLoaded
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import Batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import LoadContext
+from jetl.records import from_ipc, records_adapter
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
@@ -48,7 +48,7 @@ def write(pipeline: Pipeline, batch: Batch, body: bytes, shadows: lineage.Shadow
     load_arrow = getattr(dest, "load_arrow", None)
     if batch.encoding == "arrow":
         table = from_ipc(body)
-        if callable(load_arrow):  # typed columns: checking their types is validating them (jetl._internal.records)
+        if callable(load_arrow):  # typed columns: checking their types is validating them (jetl.records)
             adapter.check_arrow(table)
             n: int = load_arrow(table, lctx)
         else:

@@ -108,7 +108,7 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
         log.error("unreadable event", error=str(exc))
         await raw.term()
         return
-    if isinstance(ev, CursorChanged):  # an operator's change, already in the store (jetl.cursors): no run to fold
+    if isinstance(ev, CursorChanged):  # an operator's change, already in the store (jetl.ops.cursors): no run to fold
         await raw.ack()
         return
     try:

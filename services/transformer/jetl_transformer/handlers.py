@@ -16,7 +16,6 @@ from typing import Any
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
-from jetl._internal.records import RecordsAdapter, records_adapter, to_ipc
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
@@ -31,6 +30,7 @@ from jetl.messages import (
     too_large,
 )
 from jetl.pipeline import Pipeline
+from jetl.records import RecordsAdapter, records_adapter, to_ipc
 from jetl.registry import get_pipeline, get_pipeline_registry
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
@@ -154,7 +154,7 @@ def run_transformers(
         except (ValueError, TypeError, KeyError, OverflowError):
             pass  # some record does not fit: validating row by row says which and why
     # A schema of plain fields validates straight to dicts and orjson encodes them: 2.8 + 1.9 us a record for
-    # models + dump_json -> 1.0 + 0.5 (jetl._internal.records); any other schema keeps pydantic's own path.
+    # models + dump_json -> 1.0 + 0.5 (jetl.records); any other schema keeps pydantic's own path.
     validate = fast.validate_python if fast.fast else pipeline.adapter.validate_python
     try:
         valid = validate(out)

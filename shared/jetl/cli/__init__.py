@@ -1,7 +1,7 @@
 """The `jetl` command: one typer app; each command group lives in its own module here.
 
 The CLI is presentation: what a command knows (health, the ledger, schedules, checks, logs) lives in the library
-(jetl.health, jetl.ledger, jetl.schedule_state, jetl.checks, jetl.logs), where a dashboard can call it too.
+(jetl.ops: health, ledger, schedule_state, checks, logs), where a dashboard can call it too.
 """
 
 from __future__ import annotations

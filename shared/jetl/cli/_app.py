@@ -21,8 +21,8 @@ from jetl.errors import ConfigError, JetlError
 from jetl.settings import JetlSettings, settings_with_context
 
 if TYPE_CHECKING:
-    from jetl.client import JetlClient
     from jetl.events import Event
+    from jetl.ops.client import JetlClient
     from jetl.pipeline import Pipeline
     from jetl.projection import RunState
 
@@ -134,7 +134,7 @@ def follow(update: Callable[..., None]) -> Callable[[Event, RunState], None]:
 
 def client() -> JetlClient:
     """A JetlClient on the settings in force (imported late: most commands never talk to NATS)."""
-    from jetl.client import JetlClient
+    from jetl.ops.client import JetlClient
 
     return JetlClient(settings())
 

@@ -1,4 +1,4 @@
-"""`jetl cursor show|set|reset`: see and seed a pipeline's incremental cursor (logic in jetl.cursors).
+"""`jetl cursor show|set|reset`: see and seed a pipeline's incremental cursor (logic in jetl.ops.cursors).
 
 A cursor moves only forward, and only when its run completes; `set` and `reset` are the operator's explicit
 exceptions, each logged as a `cursor.changed` event with who (`--by`) and why (`--reason`).
@@ -10,10 +10,10 @@ from typing import Any
 
 import typer
 
-from jetl import cursors
 from jetl.cli._app import app, client, one_pipeline, run_async, settings
 from jetl.cli._output import EXIT_USAGE, console, die, print_json
 from jetl.events import CursorChanged
+from jetl.ops import cursors
 
 cursor_app = typer.Typer(help="Show, set or reset a pipeline's incremental cursor.", no_args_is_help=True)
 

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from jetl._internal.connect import nats_connection
+from jetl.bus import nats_connection
 from jetl.cli._app import app, progress, run_async, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, console, die, err_console, print_json
 from jetl.errors import ConfigError, DestinationUnavailable, JetlError

@@ -51,8 +51,8 @@ def dlq_list(
                     records += len(dl.records or [{}])
             return letters, await jc.runs(pipeline), False
 
-    from jetl.deadletters import letter_rows
-    from jetl.redrive import dead_letter_status
+    from jetl.ops.deadletters import letter_rows
+    from jetl.ops.redrive import dead_letter_status
 
     letters, runs, more = run_async(_go())
     status = dead_letter_status(letters, runs)

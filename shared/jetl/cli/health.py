@@ -1,4 +1,4 @@
-"""`jetl health`: the deployment's checks (jetl.health) as a table or JSON; exit 1 when one fails."""
+"""`jetl health`: the deployment's checks (jetl.ops.health) as a table or JSON; exit 1 when one fails."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 
 from jetl.cli._app import app, load_pipelines, run_async, settings
 from jetl.cli._output import EXIT_FAILED, print_checks, print_json
-from jetl.health import SERVICE_NAMES, gather_health, healthy
+from jetl.ops.health import SERVICE_NAMES, gather_health, healthy
 from jetl.pipeline import Pipeline
 
 

@@ -1,4 +1,4 @@
-"""`jetl counts`: a pipeline's ledger (jetl.ledger) per run and in total, beside the destination's row count.
+"""`jetl counts`: a pipeline's ledger (jetl.ops.ledger) per run and in total, beside the destination's row count.
 
 The destination's own count is the one thing not folded from the event log: only the loader service can give it
 (it alone opens the destination).
@@ -12,7 +12,7 @@ from rich.table import Table
 from jetl.cli._app import app, client, run_async
 from jetl.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, console, err_console, print_json
 from jetl.errors import JetlError
-from jetl.ledger import ledger_report, ledger_totals, ledger_verdict
+from jetl.ops.ledger import ledger_report, ledger_totals, ledger_verdict
 from jetl.projection import RunState
 
 
@@ -30,7 +30,7 @@ def counts(
 
     Example: jetl counts orders
     """
-    from jetl.destination import DestinationCount
+    from jetl.ops.destination import DestinationCount
 
     async def _go() -> tuple[list[RunState], DestinationCount | None, str | None]:
         async with client() as jc:

@@ -8,7 +8,7 @@ import typer
 
 from jetl.cli._app import app, progress, run_async, settings
 from jetl.cli._output import console, die, err_console, print_json
-from jetl.logs import read_logs
+from jetl.ops.logs import read_logs
 
 _LOG_KEYS = ("timestamp", "service", "level", "event", "pipeline", "run_id")
 

@@ -7,9 +7,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from jetl.checks import check_pipeline
 from jetl.cli._app import app, load_pipelines, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_checks, print_json
+from jetl.ops.checks import check_pipeline
 from jetl.pipeline import Pipeline
 
 

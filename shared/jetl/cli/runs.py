@@ -16,9 +16,9 @@ from rich.table import Table
 
 from jetl.cli._app import app, client, follow, one_pipeline, progress, run_async, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_json, stamp
-from jetl.cursors import cursor_text
 from jetl.events import Event
-from jetl.ledger import audit_rows
+from jetl.ops.cursors import cursor_text
+from jetl.ops.ledger import audit_rows
 from jetl.projection import RunState
 
 

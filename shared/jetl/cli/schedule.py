@@ -1,4 +1,4 @@
-"""`jetl schedule`, `pause`, `resume`: the schedules' live state (jetl.schedule_state)."""
+"""`jetl schedule`, `pause`, `resume`: the schedules' live state (jetl.ops.schedule_state)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from datetime import datetime
 import typer
 from rich.table import Table
 
-from jetl import schedule_state
 from jetl.cli._app import app, load_pipelines, one_pipeline, run_async, settings
 from jetl.cli._output import EXIT_USAGE, console, die, err_console, print_json, short_stamp
+from jetl.ops import schedule_state
 from jetl.pipeline import Pipeline
 from jetl.settings import JetlSettings
 

@@ -18,7 +18,7 @@ from jetl.cli._output import console, err_console, fail
 from jetl.context import CONTEXT_FILE, StackContext, read_context
 from jetl.errors import ConfigError, JetlError
 from jetl.redact import redact_url
-from jetl.runtime.embedded import SERVICES, USERS_FILE, Stack, Supervisor, stable_port
+from jetl.stack.embedded import SERVICES, USERS_FILE, Stack, Supervisor, stable_port
 
 
 def service_factory(name: str) -> Any:
@@ -184,7 +184,7 @@ def demo(
 
     Example: uv run jetl demo
     """
-    from jetl._internal.demo import run_demo
+    from jetl.cli.demo import run_demo
 
     s = settings()
     data_dir = (s.data_dir / "demo").resolve()

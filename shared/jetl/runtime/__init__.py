@@ -4,8 +4,7 @@
   shipping, the pipeline watcher and the health responder.
 - `stage`: how a stage decides each input message's ack (ack, nak with backoff, or dead-letter then term).
 - `heap`: the garbage-collector settings of a stage process (`freeze_heap`).
-- `embedded`: the embedded stack (`jetl up`, `jetl demo`): a nats-server child and the services as processes.
 
-Services import from here; the library (contracts, connectors, bus, event log, CLI logic) never does, except the
-CLI's stack commands, which start the embedded stack.
+Services import from here; the library (contracts, connectors, bus, event log) never does. The embedded stack that
+starts nats-server and the services as processes is `jetl.stack`.
 """

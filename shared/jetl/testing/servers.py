@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jetl.runtime.cluster import ClusterNode, NatsCluster
-from jetl.runtime.embedded import NatsServer, deploy
 from jetl.settings import NatsSettings
+from jetl.stack.cluster import ClusterNode, NatsCluster
+from jetl.stack.embedded import NatsServer, deploy
 
 
 def in_ci() -> bool:

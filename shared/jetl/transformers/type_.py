@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from jetl._internal.records import records_adapter
 from jetl.errors import ConfigError, RecordError
 from jetl.protocols import Record
+from jetl.records import records_adapter
 from jetl.transformers._base import issues_from_validation
 
 
@@ -20,7 +20,7 @@ class TypeTransformer:
             raise ConfigError(f"TypeTransformer needs a pydantic model class, got {model!r}")
         self.model = model
         self.by_alias = by_alias
-        # Straight to dicts, no model object per record: 4.2 -> 1.0 us a record (see jetl._internal.records).
+        # Straight to dicts, no model object per record: 4.2 -> 1.0 us a record (see jetl.records).
         self._records = records_adapter(model, by_alias)
 
     def __repr__(self) -> str:
@@ -45,7 +45,7 @@ class TypeTransformer:
         record fails, so that `transform` over the parsed records says which and why.
 
         One pydantic pass over the bytes, not orjson then pydantic: 4.4 -> 2.8 us a record on the benchmark job
-        (see jetl._internal.records for why it leaves string values uncached)."""
+        (see jetl.records for why it leaves string values uncached)."""
         try:
             return self._records.validate_json(data)
         except ValueError:  # a ValidationError, or not JSON at all

@@ -10,10 +10,10 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from jetl import schedule_state
-from jetl.deadletters import letters_at
 from jetl.errors import JetlError
-from jetl.redrive import status_runs
+from jetl.ops import schedule_state
+from jetl.ops.deadletters import letters_at
+from jetl.ops.redrive import status_runs
 from jetl.ui.pages import backfill_plan, dash, render
 from jetl.ui.security import actor
 
@@ -53,7 +53,7 @@ async def run_now(request: Request) -> Response:
     d, p = dash(request), _pipeline(request)
     if p is None:
         return render(request, "missing.html", what="a pipeline of that name", status_code=404)
-    from jetl.client import manual_run_id
+    from jetl.ops.client import manual_run_id
 
     run_id = manual_run_id(p.name)
     await d.client.record_action(p.name, "run", actor(request), target_run_id=run_id)

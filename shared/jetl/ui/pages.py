@@ -12,15 +12,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.templating import Jinja2Templates
 
-from jetl.deadletters import letter_page, letter_rows, letters_at
 from jetl.errors import ConfigError, JetlError
 from jetl.eventlog import recent_runs
 from jetl.events import Event, RunStarted
-from jetl.health import SERVICE_NAMES, ago, freshness, gather_health, service_beats
-from jetl.ledger import audit_rows, ledger_report
+from jetl.ops.deadletters import letter_page, letter_rows, letters_at
+from jetl.ops.health import SERVICE_NAMES, ago, freshness, gather_health, service_beats
+from jetl.ops.ledger import audit_rows, ledger_report
+from jetl.ops.redrive import dead_letter_status, status_runs
+from jetl.ops.schedule_state import schedule_rows
 from jetl.projection import RunState
-from jetl.redrive import dead_letter_status, status_runs
-from jetl.schedule_state import schedule_rows
 from jetl.state import get_run
 from jetl.ui.security import csrf_token
 from jetl.ui.state import Dashboard, states_at

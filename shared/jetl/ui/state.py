@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from jetl.client import JetlClient
-from jetl.deadletters import DeadLetterSummary
 from jetl.eventlog import read_from
+from jetl.ops.client import JetlClient
+from jetl.ops.deadletters import DeadLetterSummary
 from jetl.projection import RunState
 from jetl.settings import JetlSettings
 from jetl.state import bucket

@@ -261,7 +261,7 @@ class ClickHouseLoader:
         """Arrow insert (column-oriented when a column needs converting), the batch (or part) id as the dedup token."""
         # Measured on the benchmark's 6 columns (int, DateTime64, strings, float; 80k rows, chdb, CPU per row):
         # column-oriented insert of Python values 0.9 (converting) + 9.8 us; Arrow arrays 1.6 + insert_arrow 0.7 us.
-        # Once validation stopped building models (jetl._internal.records) the insert was most of the stage.
+        # Once validation stopped building models (jetl.records) the insert was most of the stage.
         model = ctx.schema or self._model
         if model is None:
             raise ConfigError(f"ClickHouseLoader({self.table}): no schema bound")

@@ -13,8 +13,8 @@ import orjson
 from jetl.cli._app import follow
 from jetl.cli._app import progress as progress_bar
 from jetl.errors import JetlError
-from jetl.runtime.embedded import Stack
 from jetl.settings import JetlSettings
+from jetl.stack.embedded import Stack
 
 PIPELINE = "demo_orders"
 COUNTRIES = ["DE", "FR", "NL", "US", "GB", "SE", "ES", "IT", "PL", "JP"]
@@ -97,7 +97,7 @@ async def with_watchdog(stack: Stack, coro: Any) -> Any:
 
 
 async def _run(s: JetlSettings, timeout: float, progress: bool) -> tuple[Any, list[Any]]:
-    from jetl.client import JetlClient
+    from jetl.ops.client import JetlClient
 
     async with JetlClient(s) as jc:
         req = await jc.request_run(PIPELINE)

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from jetl.access import write_private
 from jetl.errors import ConfigError, TransientError
-from jetl.runtime._process import free_port, nats_server_binary, stop_process, wait_listening
+from jetl.stack._process import free_port, nats_server_binary, stop_process, wait_listening
 
 
 @dataclass

@@ -23,18 +23,17 @@ from nats.js.kv import KeyValue
 from typing_extensions import Unpack
 
 from jetl import subjects
-from jetl._internal.connect import nats_connection, riding_connection
-from jetl.backfill import BackfillOptions, run_slots
-from jetl.bus import Bus, make_broker
-from jetl.deadletters import letters_at
-from jetl.destination import DestinationCount, ask_loader
+from jetl.bus import Bus, make_broker, nats_connection, riding_connection
 from jetl.errors import ConfigError, TransientError, WaitTimedOut, classify
 from jetl.eventlog import read_events, read_stream, tail
 from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, parse_event
 from jetl.messages import DeadLetter, RunRequest, Trigger
+from jetl.ops.backfill import BackfillOptions, run_slots
+from jetl.ops.deadletters import letters_at
+from jetl.ops.destination import DestinationCount, ask_loader
+from jetl.ops.redrive import redrivable, redrive_run_id, replay_conflict, replay_run_id, status_runs
 from jetl.projection import RunState, fold
 from jetl.protocols import Diff
-from jetl.redrive import redrivable, redrive_run_id, replay_conflict, replay_run_id, status_runs
 from jetl.schedule import Slot
 from jetl.settings import JetlSettings
 from jetl.state import bucket, list_runs
@@ -276,7 +275,7 @@ class JetlClient:
                 yield m.metadata.sequence.stream, DeadLetter.model_validate_json(m.data)
 
     async def ask_loader(self, verb: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
-        """Request/reply to the loader service (see `jetl.destination.ask_loader`)."""
+        """Request/reply to the loader service (see `jetl.ops.destination.ask_loader`)."""
         return await ask_loader(self.conn, verb, body, timeout)
 
     async def destination_count(self, pipeline: str) -> DestinationCount:
@@ -408,7 +407,7 @@ class JetlClient:
         Outcomes: `completed` / `failed` (ran now), `skipped` (it had completed before: nothing is loaded twice),
         `failed earlier` (its last attempt failed; with `retry_failed` it runs again instead, as the next attempt
         `<run id>-retry<n>`, see `retry_run_id`). Each slot's run id is the one the scheduler gives it. The options
-        are `jetl.backfill.BackfillOptions`.
+        are `jetl.ops.backfill.BackfillOptions`.
         """
         return await run_slots(self, pipeline, slots, **options)
 

@@ -9,21 +9,17 @@ exception, explicit operator actions, each a `cursor.changed` event in the log w
 from __future__ import annotations
 
 import getpass
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from jetl.errors import ConfigError
 from jetl.events import CursorChanged
 from jetl.pipeline import Pipeline
-from jetl.protocols import Extractor
+from jetl.positions import EACH
 from jetl.state import delete_cursor, get_cursor, put_cursor, unfinished_runs
 
 if TYPE_CHECKING:
-    from jetl.client import JetlClient
-
-EACH = "extractors"
-"""The key under which a pipeline of several extractors keeps each one's cursor, by its index."""
+    from jetl.ops.client import JetlClient
 
 
 def default_operator() -> str:
@@ -32,24 +28,6 @@ def default_operator() -> str:
         return getpass.getuser()
     except Exception:  # no user name in the environment (a bare container): say so rather than guess
         return "unknown"
-
-
-def cursor_of(stored: dict[str, Any] | None, index: int) -> dict[str, Any] | None:
-    """Extractor `index`'s part of a pipeline's stored cursor. A cursor stored in the single form (one
-    extractor, or before each had its own) goes to every extractor, as it always did."""
-    if stored is not None and isinstance(stored.get(EACH), dict):
-        part: dict[str, Any] | None = stored[EACH].get(str(index))
-        return part
-    return stored
-
-
-def joined_cursor(extractors: Sequence[Extractor]) -> dict[str, Any] | None:
-    """The pipeline's cursor after a run: the single extractor's own, or each one's under its index, so one
-    extractor's position never overwrites another's."""
-    if len(extractors) == 1:
-        return extractors[0].next_cursor() or None
-    each = {str(i): c for i, e in enumerate(extractors) if (c := e.next_cursor())}
-    return {EACH: each} if each else None
 
 
 def cursor_text(cursor: dict[str, Any] | None) -> str:

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from jetl import subjects
-from jetl._internal.connect import nats_connection
+from jetl.bus import nats_connection
 from jetl.pipeline import Pipeline
 from jetl.settings import JetlSettings
 from jetl.state import HEARTBEAT_PREFIX, RunMark, get_mark, get_paused, last_failed_key, last_ok_key, watch_values

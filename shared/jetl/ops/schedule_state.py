@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from jetl._internal.connect import nats_connection
+from jetl.bus import nats_connection
 from jetl.errors import ConfigError, JetlError
 from jetl.pipeline import Pipeline
 from jetl.settings import JetlSettings

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from jetl import subjects
-from jetl._internal.connect import nats_connection, riding_connection
+from jetl.bus import nats_connection, riding_connection
 from jetl.errors import NoDeployment
 from jetl.eventlog import tail
 from jetl.settings import JetlSettings

@@ -24,9 +24,9 @@ from typing import IO, Any
 from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
 from jetl.errors import ConfigError, JetlError
-from jetl.runtime._process import free_port, nats_server_binary, stop_process, wait_listening
-from jetl.runtime.cluster import NatsCluster
 from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
+from jetl.stack._process import free_port, nats_server_binary, stop_process, wait_listening
+from jetl.stack.cluster import NatsCluster
 from jetl.topology import Change, declare
 
 

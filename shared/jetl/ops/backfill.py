@@ -50,7 +50,7 @@ class BackfillOptions(TypedDict, total=False):
 
 
 class RunClient(Protocol):
-    """What a backfill needs of a connected client (`jetl.client.JetlClient`): its run list, a run's state from the
+    """What a backfill needs of a connected client (`jetl.ops.client.JetlClient`): its run list, a run's state from the
     log, and requesting a run and waiting for it."""
 
     @property
