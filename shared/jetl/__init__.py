@@ -36,7 +36,7 @@ _LAZY = {
     "FileLoader": "jetl.loaders.file",
     "FilterTransformer": "jetl.transformers.filter",
     "HttpExtractor": "jetl.extractors.http",
-    "Incremental": "jetl.extractors.http",
+    "Incremental": "jetl.extractors.incremental",
     "LambdaTransformer": "jetl.transformers.lambda_",
     "Limits": "jetl.extractors.http",
     "LinkHeaderPagination": "jetl.extractors.http",

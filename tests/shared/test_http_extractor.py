@@ -635,6 +635,7 @@ def test_bad_configuration_fails_at_construction(kwargs: dict[str, Any], message
             lambda: Incremental(param="since", field="ts", initial=[1]),
             "initial must be a string, number or datetime",
         ),
+        (lambda: HttpExtractor("http://api.test/x", incremental=Incremental("ts")), "Incremental needs param="),
     ],
 )
 def test_bad_parts_fail_at_construction(build: Any, message: str) -> None:

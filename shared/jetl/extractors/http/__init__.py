@@ -39,7 +39,6 @@ different: a cap you choose, where the run stops quietly.
 
 from jetl.extractors.http.auth import ApiKeyAuth, Auth, BasicAuth, BearerAuth
 from jetl.extractors.http.extractor import HttpExtractor
-from jetl.extractors.http.incremental import Incremental
 from jetl.extractors.http.limits import Limits
 from jetl.extractors.http.paginate import (
     CursorPagination,
@@ -51,6 +50,7 @@ from jetl.extractors.http.paginate import (
     Paginator,
 )
 from jetl.extractors.http.retry import Retry
+from jetl.extractors.incremental import Incremental
 
 __all__ = [
     "ApiKeyAuth",

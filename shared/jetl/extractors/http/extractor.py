@@ -21,12 +21,13 @@ from pydantic import SecretStr
 from jetl.errors import ConfigError, JetlError, TerminalError, TransientError
 from jetl.extractors.http.auth import Auth
 from jetl.extractors.http.body import ACCEPT_ENCODING
-from jetl.extractors.http.incremental import Incremental, _Filter, _param
+from jetl.extractors.http.incremental import _Filter, _param, cursor_at, start_of
 from jetl.extractors.http.limits import Limits
 from jetl.extractors.http.paginate import Page, Paginator, ParamValue, _NoPagination
 from jetl.extractors.http.paths import _MISSING, _lookup, _parse_path
 from jetl.extractors.http.redirects import fetch, headers_for
 from jetl.extractors.http.retry import _RETRYABLE_ERRORS, Retry, _delay, _Pacer, _retry_after, _retryable
+from jetl.extractors.incremental import Incremental
 from jetl.logging import get_logger
 from jetl.positions import order_key
 from jetl.protocols import Check, Chunk, ExtractContext, Partition, Record
@@ -215,7 +216,7 @@ class HttpExtractor:
         claim([*self.params, *self._secret_query], "params")
         claim(self.paginate.param_names(), type(self.paginate).__name__)
         if self.incremental is not None:
-            claim([self.incremental.param], "incremental")
+            claim([str(self.incremental.param)], "incremental")
         claim([p for p in self.interval_params.values() if p], "the interval parameters")
         if self.auth is not None:
             claim(sorted(self.auth.query()), "auth")
@@ -253,7 +254,7 @@ class HttpExtractor:
         try:
             if key is not None:
                 order_key(key)
-            return self.incremental.cursor_at(value, key if self.incremental.tie_breaker else None)
+            return cursor_at(self.incremental, value, key if self.incremental.tie_breaker else None)
         except TypeError as exc:
             raise ConfigError(f"{self!r}: {value!r} cannot be a cursor value: {exc}") from exc
 
@@ -395,12 +396,12 @@ class HttpExtractor:
         """((value, key) the run starts after, whether records at it are kept): see `Incremental.start`."""
         if self.incremental is None:
             return None, False
-        return self.incremental.start(ctx.cursor, repr(self))
+        return start_of(self.incremental, ctx.cursor, repr(self))
 
     def _first_params(self, ctx: ExtractContext, start: Any) -> dict[str, Any]:
         params: dict[str, Any] = dict(self.params)
         if self.incremental is not None and start is not None:
-            params[self.incremental.param] = _param(start)
+            params[str(self.incremental.param)] = _param(start)
         for end, value in (("start", ctx.data_interval_start), ("end", ctx.data_interval_end)):
             name = self.interval_params[end]
             if name and value is not None:
