@@ -32,7 +32,7 @@ from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
-from jetl_extractor.handlers import cursor_of, joined_cursor, make_router
+from jetl_extractor.handlers import RunSlots, cursor_of, joined_cursor, make_router
 
 BASE = datetime(2025, 1, 4, 9, 0, 0)
 PLUS_TWO = timezone(timedelta(hours=2))
@@ -339,11 +339,13 @@ async def test_two_database_extractors_keep_their_own_cursors(tmp_path: Path) ->
     # The service's own run reports both cursors, each under its extractor's index.
     register([Pipeline(name="two", extractors=extractors, loader=ConsoleLoader(), schema=Row)])
     ctx = make_context("extractor", JetlSettings())
-    ctx.broker.include_router(make_router(ctx))
+    slots = RunSlots(1, ack_wait=10)
+    ctx.broker.include_router(make_router(ctx, slots))
     events = capture(ctx.broker, [Kind.EVENTS])
     async with TestNatsBroker(ctx.broker) as br:
         req = RunRequest(pipeline="two", run_id="two-r1")
         await br.publish(req.model_dump_json().encode(), subjects.run_request("two"), stream="JETL_RUNS")
+        await slots.idle()
     done = orjson.loads(events[Kind.EVENTS][-1])
     assert done["type"] == "run.extracted" and done["records"] == 4 + 3
     assert done["cursor"]["extractors"]["0"]["key"] == 4 and done["cursor"]["extractors"]["1"]["value"] == 3
