@@ -108,7 +108,12 @@ class Secrets:
 
     def mask(self, text: str) -> str:
         """`text` with each secret masked (and URL passwords and secret-looking query values: `redact_text`)."""
-        return redact_text(_mask(text, self.forms))
+        return redact_text(self.hide(text))
+
+    def hide(self, text: str) -> str:
+        """`text` with each secret masked, and nothing else (a URL shown as a record's origin keeps its
+        `page_token=`)."""
+        return _mask(text, self.forms)
 
     def found_in(self, text: str) -> bool:
         """Whether `text` quotes one of the secrets."""

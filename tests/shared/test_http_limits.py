@@ -21,7 +21,16 @@ import zstandard
 from pydantic import SecretStr
 
 from jetl.errors import TerminalError, TransientError
-from jetl.extractors.http import ApiKeyAuth, Auth, BasicAuth, BearerAuth, HttpExtractor, Limits, Retry
+from jetl.extractors.http import (
+    ApiKeyAuth,
+    Auth,
+    BasicAuth,
+    BearerAuth,
+    HttpExtractor,
+    Limits,
+    NextUrlPagination,
+    Retry,
+)
 from jetl.logging import redact_secrets
 from jetl.protocols import ExtractContext
 from jetl.redact import MASK
@@ -237,3 +246,22 @@ async def test_a_secret_in_a_retried_failure_is_masked_to_the_end(caplog: pytest
         await run(extractor)
     assert TOKEN not in str(info.value) and "forbidden for ***" in str(info.value)
     assert TOKEN not in caplog.text
+
+
+async def test_a_next_link_that_carries_the_key_is_shown_masked_in_origins() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("page") == "2":
+            return httpx.Response(200, json={"items": [{"id": 2}], "next": None})
+        # the API hands back its own next link, with the key under a name the extractor does not know
+        return httpx.Response(200, json={"items": [{"id": 1}], "next": f"http://api.test/x?page=2&k={TOKEN}"})
+
+    extractor = HttpExtractor(
+        "http://api.test/x",
+        records_path="items",
+        paginate=NextUrlPagination(path="next"),
+        auth=ApiKeyAuth("api_key", TOKEN, location="query"),
+        transport=httpx.MockTransport(handler),
+    )
+    chunks = await run(extractor)
+    origins = [o for c in chunks for o in c.origins or []]
+    assert origins == ["GET http://api.test/x#0", "GET http://api.test/x?page=2&k=***#0"]

@@ -53,7 +53,7 @@ from jetl.extractors.database.partitions import _in_range, _plan
 from jetl.extractors.database.translate import _translate
 from jetl.extractors.incremental import Incremental
 from jetl.protocols import Check, Chunk, ExtractContext, Partition, Record
-from jetl.redact import redact_text, redact_url
+from jetl.redact import Secrets, redact_text, redact_url
 
 if TYPE_CHECKING:
     from jetl.settings import JetlSettings
@@ -114,8 +114,8 @@ class DatabaseExtractor:
     rows sharing a value are neither read twice nor skipped (`WHERE col > :v OR (col = :v AND key > :k)
     ORDER BY col, key`; a query is wrapped as a subquery for this). The tie-breaker is the Incremental's
     `tie_breaker`, a column unique in the source, or else the table's single-column primary key; a query, or a
-    table without one, must declare it, or the run fails with a ConfigError. `tie_breaker` may name the incremental column
-    itself when that is unique on its own (an id, say): then the position is its value alone.
+    table without one, must declare it, or the run fails with a ConfigError. `tie_breaker` may name the incremental
+    column itself when that is unique on its own (an id, say): then the position is its value alone.
 
     Values are compared as the source stores and compares them: a text column's exact text, a timestamp with
     its time zone, SQLite dates and times as the text SQLite holds. Rows committed later with a position at
@@ -173,6 +173,7 @@ class DatabaseExtractor:
             secret = password.get_secret_value() if isinstance(password, SecretStr) else password
             parsed = parsed.set(password=secret)
         self.url = parsed
+        Secrets([parsed.password])  # masked in every log line too, should a driver's message quote it bare
         self.table = table
         self.schema = schema
         self.params = dict(params or {})

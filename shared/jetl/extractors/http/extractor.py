@@ -412,10 +412,11 @@ class HttpExtractor:
     # -- one request ------------------------------------------------------------------------------
 
     def _shown(self, url: httpx.URL) -> str:
-        """The URL as it may appear in logs, origins and errors: credentials in the query removed."""
+        """The URL as it may appear in logs, origins and errors: credentials in the query removed, and a secret
+        elsewhere in it masked (a next link may carry the key under another name)."""
         for name in self._secret_params:
             url = url.copy_remove_param(name)
-        return str(url)
+        return self._secrets.hide(str(url))
 
     def _same_origin(self, url: httpx.URL) -> bool:
         return (url.scheme, url.host, url.port) == self._origin
