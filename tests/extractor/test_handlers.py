@@ -12,7 +12,7 @@ import pytest
 from faststream.nats import JStream, TestNatsBroker
 from pydantic import BaseModel, ValidationError
 
-from jetl import ConsoleLoader, FileExtractor, HttpExtractor, Pipeline, subjects
+from jetl import BearerAuth, ConsoleLoader, FileExtractor, HttpExtractor, Pipeline, subjects
 from jetl.messages import RunRequest, decode_batch, read_records
 from jetl.registry import register
 from jetl.runtime.service import make_context
@@ -124,3 +124,28 @@ def test_the_run_concurrency_is_one_setting() -> None:
     assert ExtractorSettings(concurrent_runs=1).concurrent_runs == 1
     with pytest.raises(ValidationError):
         ExtractorSettings(concurrent_runs=0)
+
+
+async def test_a_token_an_api_echoes_never_reaches_the_run_failed_event(capsys: pytest.CaptureFixture[str]) -> None:
+    token = "tk-echoed-0123456789"
+
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, text=f"invalid credentials: {request.headers['Authorization']}")
+
+    extractor = HttpExtractor("http://api.test/rows", auth=BearerAuth(token), transport=httpx.MockTransport(api))
+    register([Pipeline(name="echo", extractors=[extractor], loader=ConsoleLoader(), schema=Row)])
+    ctx = make_context("extractor", JetlSettings())
+    slots = RunSlots(1, ack_wait=10)
+    ctx.broker.include_router(make_router(ctx, slots))
+    got = capture(ctx.broker, [Kind.EVENTS])
+    async with TestNatsBroker(ctx.broker) as br:
+        req = RunRequest(pipeline="echo", run_id="echo-r1")
+        await br.publish(req.model_dump_json().encode(), subjects.run_request("echo"), stream="JETL_RUNS")
+        await slots.idle()
+    failed = [orjson.loads(e) for e in got[Kind.EVENTS] if orjson.loads(e)["type"] == "run.failed"]
+    assert len(failed) == 1
+    assert "HTTP 401" in failed[0]["error"] and "invalid credentials: ***" in failed[0]["error"]
+    assert token not in b"".join(got[Kind.EVENTS]).decode()
+    logged = capsys.readouterr()
+    assert "gave up on the message" in logged.out + logged.err
+    assert token not in logged.out + logged.err  # nor in the service's log lines
