@@ -27,6 +27,19 @@ class Row(BaseModel):
     id: int
 
 
+async def extract(pipeline: str, kinds: list[Kind]) -> dict[Kind, list[bytes]]:
+    """One run of `pipeline` through the extractor stage in memory, to its end: what it published, by kind."""
+    ctx = make_context("extractor", JetlSettings())
+    slots = RunSlots(1, ack_wait=10)
+    ctx.broker.include_router(make_router(ctx, slots))
+    got = capture(ctx.broker, kinds)
+    async with TestNatsBroker(ctx.broker) as br:
+        req = RunRequest(pipeline=pipeline, run_id=f"{pipeline}-r1")
+        await br.publish(req.model_dump_json().encode(), subjects.run_request(pipeline), stream="JETL_RUNS")
+        await slots.idle()
+    return got
+
+
 async def test_run_request_is_extracted_into_bounded_batches(tmp_path: Path) -> None:
     src = tmp_path / "rows.jsonl"
     lines = [orjson.dumps({"id": i}).decode() for i in range(25)]
@@ -43,14 +56,7 @@ async def test_run_request_is_extracted_into_bounded_batches(tmp_path: Path) -> 
             )
         ]
     )
-    ctx = make_context("extractor", JetlSettings())
-    slots = RunSlots(1, ack_wait=10)
-    ctx.broker.include_router(make_router(ctx, slots))
-    got = capture(ctx.broker, [Kind.RAW, Kind.EVENTS, Kind.DLQ])
-    async with TestNatsBroker(ctx.broker) as br:
-        req = RunRequest(pipeline="mem", run_id="mem-r1")
-        await br.publish(req.model_dump_json().encode(), subjects.run_request("mem"), stream="JETL_RUNS")
-        await slots.idle()
+    got = await extract("mem", [Kind.RAW, Kind.EVENTS, Kind.DLQ])
 
     batches = sorted((decode_batch(b) for b in got[Kind.RAW]), key=lambda x: x[0].seq)  # published concurrently
     sizes = [b.count for b, _ in batches]
@@ -134,14 +140,7 @@ async def test_a_token_an_api_echoes_never_reaches_the_run_failed_event(capsys: 
 
     extractor = HttpExtractor("http://api.test/rows", auth=BearerAuth(token), transport=httpx.MockTransport(api))
     register([Pipeline(name="echo", extractors=[extractor], loader=ConsoleLoader(), schema=Row)])
-    ctx = make_context("extractor", JetlSettings())
-    slots = RunSlots(1, ack_wait=10)
-    ctx.broker.include_router(make_router(ctx, slots))
-    got = capture(ctx.broker, [Kind.EVENTS])
-    async with TestNatsBroker(ctx.broker) as br:
-        req = RunRequest(pipeline="echo", run_id="echo-r1")
-        await br.publish(req.model_dump_json().encode(), subjects.run_request("echo"), stream="JETL_RUNS")
-        await slots.idle()
+    got = await extract("echo", [Kind.EVENTS])
     failed = [orjson.loads(e) for e in got[Kind.EVENTS] if orjson.loads(e)["type"] == "run.failed"]
     assert len(failed) == 1
     assert "HTTP 401" in failed[0]["error"] and "invalid credentials: ***" in failed[0]["error"]
