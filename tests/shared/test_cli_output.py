@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from jetl.cli._output import JetlConsole, short_stamp
 from jetl.context import StackContext
 from jetl.errors import JetlError
 from jetl.settings import settings_with_context
-from jetl.stack.embedded import ServiceProcess, Stack, Supervisor, stable_port
+from jetl.stack.embedded import NatsServer, ServiceProcess, Stack, Supervisor, died_message, stable_port
 
 
 def table() -> Table:
@@ -161,5 +162,23 @@ def test_the_supervisor_restarts_with_backoff_and_gives_up_on_a_crash_loop(tmp_p
         with pytest.raises(JetlError, match="transformer crashed 3 times within 60s"):
             sup.poll(now=103.0)
         assert stack.procs["loader"].alive() and sup.restarts == {"transformer": 2}
+    finally:
+        stack.stop()
+
+
+def test_the_supervisor_restarts_a_killed_nats_server_on_its_port_and_store(tmp_path: Path) -> None:
+    stack = Stack(data_dir=tmp_path, pipelines_dir=tmp_path)
+    stack.server = NatsServer(tmp_path / "nats").start()
+    port = stack.server.port
+    sup = Supervisor(stack)
+    try:
+        assert sup.poll(now=10.0) == []
+        os.kill(stack.server.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        stack.server.proc.wait()  # type: ignore[union-attr]
+        seen = sup.poll(now=20.0)
+        assert [(r.what, r.exit_code, r.restarts) for r in seen] == [("nats-server", -9, 1)]
+        assert "nats-server exited with code -9" in died_message("nats-server", stack.server)
+        sup.poll(now=21.0)  # its backoff is over: started again, on the same port
+        assert stack.server.alive() and stack.server.port == port and sup.restarts == {"nats-server": 1}
     finally:
         stack.stop()
