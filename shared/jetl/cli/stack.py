@@ -140,6 +140,7 @@ def write_context(stack: Stack) -> Path:
         password=password,
         data_dir=stack.data_dir,
         pipelines_dir=stack.pipelines_dir.resolve(),
+        stream_replicas=int(stack.extra_env["JETL_NATS__STREAM_REPLICAS"]) if stack.cluster is not None else None,
     )
     return ctx.save()
 
