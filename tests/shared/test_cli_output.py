@@ -8,8 +8,10 @@ no ANSI codes; the supervisor restarts with backoff, shows only this start's log
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -124,6 +126,48 @@ def test_log_files_hold_no_ansi_codes(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-c", code], stderr=f, check=True)
     text = log.read_text()
     assert "batch loaded" in text and "ZeroDivisionError" in text and "\x1b[" not in text
+
+
+def test_a_json_log_file_holds_json_lines_only_whoever_logged_them(tmp_path: Path) -> None:
+    # FastStream's broker logger and nats-py log through the standard library with handlers of their own (colour, to
+    # stdout): in a service they go through jetl's renderer, with the host that wrote them
+    code = (
+        "import logging\n"
+        "from jetl.bus import make_broker\n"
+        "from jetl.logging import configure_logging, get_logger\n"
+        "from jetl.settings import NatsSettings\n"
+        "configure_logging('loader', 'INFO', 'json')\n"
+        "broker = make_broker(NatsSettings(url='nats://127.0.0.1:9'))\n"
+        "get_logger('x').warning('batch loaded', run_id='r1')\n"
+        "logging.getLogger('faststream').warning('Connection broken with UnexpectedEOF()')\n"
+        "logging.getLogger('faststream.jetl').warning('from the broker')\n"
+        "try:\n    1/0\nexcept ZeroDivisionError:\n    logging.getLogger('nats').exception('nats: unexpected EOF')\n"
+    )
+    log = tmp_path / "loader.log"
+    with log.open("w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, stderr=f, check=True)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line is JSON
+    events = [line["event"] for line in lines]
+    assert events == [
+        "batch loaded",
+        "Connection broken with UnexpectedEOF()",
+        "from the broker",
+        "nats: unexpected EOF",
+    ]
+    assert all(line["host"] == socket.gethostname() and line["service"] == "loader" for line in lines)
+    assert "ZeroDivisionError" in lines[-1]["exception"] and "\x1b[" not in log.read_text()
+
+
+def test_jetl_logs_shows_the_host_of_each_line() -> None:
+    from jetl.cli.logs import format_log_line
+
+    line = {"timestamp": "2026-12-07T10:00:01Z", "host": "host-b", "service": "loader", "level": "info"}
+    assert format_log_line(line | {"event": "batch loaded", "rows": 5}).split()[1:5] == [
+        "host-b",
+        "loader",
+        "info",
+        "batch",
+    ]
 
 
 def sleeper(tmp_path: Path, name: str, code: str) -> ServiceProcess:
