@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 import jetl
 import jetl.protocols as protocols
+from jetl.extractors.incremental import Incremental
 from jetl.protocols import declares_fields, fields_out, keeps_cursor, takes_arrow
 
 REQUIRED = {protocols.Extractor, protocols.Transformer, protocols.Loader}
@@ -35,7 +36,7 @@ def declared(connector: object) -> set[str]:
     [
         (lambda tmp: jetl.FileExtractor(str(tmp / "*.jsonl")), {"PartitionedExtractor", "IncrementalExtractor"}),
         (
-            lambda tmp: jetl.DatabaseExtractor("postgresql://u@h/db", table="t", incremental_column="id"),
+            lambda tmp: jetl.DatabaseExtractor("postgresql://u@h/db", table="t", incremental=Incremental("id")),
             {"PartitionedExtractor", "IncrementalExtractor", "SeekableExtractor"},
         ),
         (
