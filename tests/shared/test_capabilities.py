@@ -40,6 +40,10 @@ def declared(connector: object) -> set[str]:
             {"PartitionedExtractor", "IncrementalExtractor", "SeekableExtractor"},
         ),
         (
+            lambda tmp: jetl.HttpExtractor("https://api.example.com/x", incremental=Incremental("at", param="since")),
+            {"PartitionedExtractor", "IncrementalExtractor", "SeekableExtractor"},
+        ),
+        (
             lambda tmp: jetl.TypeTransformer(Row),
             {
                 "JsonTransformer",
