@@ -194,3 +194,52 @@ async def test_a_clean_batch_larger_than_a_message_is_published_in_parts_in_orde
     assert ids == list(range(30)) and sum(b.count for b, _ in parts) == 30
     [transformed] = [e for e in map(orjson.loads, got[Kind.EVENTS]) if e["type"] == "batch.transformed"]
     assert (transformed["records_out"], transformed["parts"], transformed["rejected"]) == (30, len(parts), 0)
+
+
+async def test_a_dead_letter_keeps_its_file_and_line_after_earlier_steps_refused_and_filtered(tmp_path: Any) -> None:
+    """Issue 27: a record rejected by a later step kept no origin once an earlier step of its batch had rejected
+    or filtered any record. The demo pipeline filters before its column step."""
+
+    def ratio(r: dict[str, Any]) -> float:
+        return 1 / (r["id"] - 6)  # id 6 fails here, after the type step refused id 2 and the filter dropped evens
+
+    class Ratio(BaseModel):
+        id: int
+        title: str
+        at: datetime
+        ratio: float
+
+    p = Pipeline(
+        name="aligned",
+        extractors=[FileExtractor(tmp_path / "x.jsonl")],
+        transformers=[
+            TypeTransformer(Raw),
+            LambdaTransformer(lambda r: r if r["id"] % 2 or r["id"] == 6 else None),
+            ColumnTransformer(rename={"name": "title"}, compute={"ratio": ratio}),
+        ],
+        loader=ConsoleLoader(),
+        schema=Ratio,
+    )
+    register([p])
+    ctx = make_context("transformer", JetlSettings())
+    ctx.broker.include_router(make_router(ctx))
+    got = capture(ctx.broker, [Kind.CLEAN, Kind.DLQ])
+    records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(1, 9)]
+    records[1]["at"] = "not a date"  # id 2, line 2: refused by the type step
+    batch = Batch(
+        pipeline="aligned",
+        run_id="r1",
+        seq=0,
+        schema_name="Ratio",
+        schema_hash=p.schema_hash,
+        count=8,
+        origins=[f"in.jsonl:{i}" for i in range(1, 9)],
+    )
+    async with TestNatsBroker(ctx.broker) as br:
+        await br.publish(encode_batch(batch, records), subjects.raw("aligned", "r1"), stream="JETL_RAW")
+
+    _, body = decode_batch(got[Kind.CLEAN][0])
+    assert [r["id"] for r in orjson.loads(body)] == [1, 3, 5, 7]
+    dead = {r["origin"]: r for letter in got[Kind.DLQ] for r in orjson.loads(letter)["records"]}
+    assert set(dead) == {"in.jsonl:2", "in.jsonl:6"}  # both with their file:line, none null
+    assert dead["in.jsonl:6"]["field"] == "ratio" and "ZeroDivisionError" in dead["in.jsonl:6"]["message"]

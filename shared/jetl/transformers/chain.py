@@ -10,6 +10,7 @@ tests/transformer/test_arrow_json.py hold the two together).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -81,6 +82,33 @@ def arrow_path(pipeline: Pipeline) -> ArrowPath | None:
     return ArrowPath(reader, tuple(rest), schema)
 
 
+def _follow(
+    where: list[int] | None, before: list[Any], after: list[Any], failed: Collection[int] = ()
+) -> list[int] | None:
+    """Where the records a step gave (`after`) were in the body, from where those it was given (`before`) were and
+    the indices it refused: one for one when the count says so (a step that maps each record), else by identity (a
+    filter hands on the dicts it keeps); None when neither tells, and the origins of later issues are unknown."""
+    if where is None:
+        return None
+    kept = [j for j in range(len(before)) if j not in failed] if failed else range(len(before))
+    if len(after) == len(kept):
+        return [where[j] for j in kept]
+    index = {id(r): j for j, r in enumerate(before)}
+    try:
+        return [where[index[id(r)]] for r in after]
+    except KeyError:
+        return None
+
+
+def _placed(issues: Iterable[RecordIssue], where: list[int] | None) -> list[RecordIssue]:
+    """`issues` of a step, each index turned from the step's input into the body's (-1: not known), so a dead letter
+    keeps its record's `file:line` however many records the steps before it refused or filtered."""
+    out = list(issues)
+    for i in out:
+        i.index = where[i.index] if where is not None and 0 <= i.index < len(where) else -1
+    return out
+
+
 def run_transformers(
     pipeline: Pipeline, body: bytes, count: int | None = None, *, in_place: bool = True, arrow_json: bool = True
 ) -> Transformed:
@@ -100,26 +128,28 @@ def run_transformers(
         if table is not None:
             return Transformed(to_ipc(table), "arrow", count, count, [])
     issues: list[RecordIssue] = []
-    positions: list[int] | None = None  # record i of the decoded batch was element positions[i] of the body
-    aligned = True  # while True, record i of `out` is still record i of the decoded batch (so its origin is known)
     transformers = list(pipeline.transformers)
     # A leading TypeTransformer validates the JSON itself, in one pydantic pass with no intermediate dicts (None when
     # a record fails: the records are parsed then, and it runs on them to say which and why).
     first = transformers[0] if transformers else None
     out: list[dict[str, Any]] | None = first.transform_json(body) if isinstance(first, JsonTransformer) else None
+    where: list[int] | None  # record i of `out` was element where[i] of the body (None: no longer known)
     if out is not None and (count is None or len(out) == count):
         transformers = transformers[1:]
+        where = list(range(len(out)))
     else:
         out, positions, unread = read_records(body, count)
+        where = positions if positions is not None else list(range(len(out)))
         for u in unread:
             value = u.value if isinstance(u.value, str) else dumps(u.value).decode()
             issues.append(RecordIssue(u.position, "", u.reason, input=value, record=value, unreadable=True))
     n_in = len(out) + len(issues)
     owned = True  # `out` holds new dicts nothing else refers to
     for t in transformers:
-        n_before = len(out)
+        before = out
         try:
             if owned and in_place and isinstance(t, InPlaceTransformer):
+                before = list(out)  # the same dicts, for matching what comes out to what went in
                 changed = t.transform_in_place(out)
                 if changed is None:  # a record failed, and the records are half changed: again, copying
                     return run_transformers(pipeline, body, count, in_place=False, arrow_json=False)
@@ -128,17 +158,12 @@ def run_transformers(
                 out = t.transform(out)
                 owned = False
         except RecordError as exc:
-            for i in exc.issues:
-                if not aligned:
-                    i.index = -1
-                elif positions is not None and 0 <= i.index < len(positions):
-                    i.index = positions[i.index]
-                issues.append(i)
+            issues.extend(_placed(exc.issues, where))
             out = list(exc.survivors or [])
-            aligned = owned = False
+            where = _follow(where, before, out, {i.index for i in exc.issues})
+            owned = False
             continue
-        if len(out) != n_before:
-            aligned = False
+        where = _follow(where, before, out)
     # A schema of bare typed fields, bound for a loader that takes Arrow, is validated column by column into Arrow
     # IPC (1.2 us a record; the loader then skips 4-6 us of parsing, validating and converting: records.py).
     fast = records_adapter(pipeline.schema)
@@ -156,12 +181,7 @@ def run_transformers(
         valid = validate(out)
     except ValidationError as exc:
         bad = issues_from_validation(exc, out)
-        for i in bad.values():
-            if not aligned:
-                i.index = -1
-            elif positions is not None and 0 <= i.index < len(positions):
-                i.index = positions[i.index]
-            issues.append(i)
+        issues.extend(_placed(bad.values(), where))
         valid = validate([r for i, r in enumerate(out) if i not in bad])
     if arrow:
         with contextlib.suppress(ValueError, TypeError, KeyError, OverflowError):
