@@ -65,25 +65,31 @@ def pipeline(tmp_path: Any) -> Pipeline:
     return p
 
 
-async def test_raw_batch_becomes_clean_batch_with_rejects_dead_lettered(pipeline: Pipeline) -> None:
+async def transform_in_memory(p: Pipeline, records: list[dict[str, Any]], kinds: list[Kind]) -> dict[Kind, list[bytes]]:
+    """One raw batch of `records` (origins `in.jsonl:1`...) through the transformer stage in memory; what it
+    published on each of `kinds`."""
     ctx = make_context("transformer", JetlSettings())
     ctx.broker.include_router(make_router(ctx))
-    got = capture(ctx.broker, [Kind.CLEAN, Kind.EVENTS, Kind.DLQ])
-    captured = {"clean": got[Kind.CLEAN], "events": got[Kind.EVENTS], "dlq": got[Kind.DLQ]}
-
-    records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(1, 7)]
-    records[1]["at"] = "not a date"  # id 2: rejected with its field
+    got = capture(ctx.broker, kinds)
     batch = Batch(
-        pipeline="unit",
+        pipeline=p.name,
         run_id="r1",
         seq=0,
-        schema_name="Out",
-        schema_hash=pipeline.schema_hash,
-        count=6,
-        origins=[f"in.jsonl:{i}" for i in range(1, 7)],
+        schema_name=p.schema.__name__,
+        schema_hash=p.schema_hash,
+        count=len(records),
+        origins=[f"in.jsonl:{i}" for i in range(1, len(records) + 1)],
     )
     async with TestNatsBroker(ctx.broker) as br:
-        await br.publish(encode_batch(batch, records), subjects.raw("unit", "r1"), stream="JETL_RAW")
+        await br.publish(encode_batch(batch, records), subjects.raw(p.name, "r1"), stream="JETL_RAW")
+    return got
+
+
+async def test_raw_batch_becomes_clean_batch_with_rejects_dead_lettered(pipeline: Pipeline) -> None:
+    records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(1, 7)]
+    records[1]["at"] = "not a date"  # id 2: rejected with its field
+    got = await transform_in_memory(pipeline, records, [Kind.CLEAN, Kind.EVENTS, Kind.DLQ])
+    captured = {"clean": got[Kind.CLEAN], "events": got[Kind.EVENTS], "dlq": got[Kind.DLQ]}
 
     assert len(captured["clean"]) == 1
     out, body = decode_batch(captured["clean"][0])
@@ -221,22 +227,9 @@ async def test_a_dead_letter_keeps_its_file_and_line_after_earlier_steps_refused
         schema=Ratio,
     )
     register([p])
-    ctx = make_context("transformer", JetlSettings())
-    ctx.broker.include_router(make_router(ctx))
-    got = capture(ctx.broker, [Kind.CLEAN, Kind.DLQ])
     records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(1, 9)]
     records[1]["at"] = "not a date"  # id 2, line 2: refused by the type step
-    batch = Batch(
-        pipeline="aligned",
-        run_id="r1",
-        seq=0,
-        schema_name="Ratio",
-        schema_hash=p.schema_hash,
-        count=8,
-        origins=[f"in.jsonl:{i}" for i in range(1, 9)],
-    )
-    async with TestNatsBroker(ctx.broker) as br:
-        await br.publish(encode_batch(batch, records), subjects.raw("aligned", "r1"), stream="JETL_RAW")
+    got = await transform_in_memory(p, records, [Kind.CLEAN, Kind.DLQ])
 
     _, body = decode_batch(got[Kind.CLEAN][0])
     assert [r["id"] for r in orjson.loads(body)] == [1, 3, 5, 7]
