@@ -18,7 +18,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jetl.events import CursorChanged, Event, RunCompleted, is_run_event, parse_event
+from jetl.events import CursorChanged, Event, RunCompleted, is_run_event, read_event
 from jetl.projection import RunState, fold
 from jetl.state import (
     RUN_TTL_S,
@@ -120,10 +120,13 @@ async def read_events(
 ) -> AsyncIterator[Event]:
     """Replay the event log (all of it, or one pipeline's or run's) in order, from the stream, without a durable.
 
-    It stops at the last event the filter matches (the consumer's pending count), not at the stream's end.
+    It stops at the last event the filter matches (the consumer's pending count), not at the stream's end. An event
+    on the subject of a role that may not say it (`jetl.events.trusted`) is skipped, as the tracker skips it.
     """
     async for msg in read_stream(nc, Kind.EVENTS, pattern(Kind.EVENTS, pipeline, run_id), timeout=timeout):
-        yield parse_event(msg.data)
+        ev = read_event(msg.subject, msg.data)
+        if ev is not None:
+            yield ev
 
 
 async def _refold(nc: Client, pipeline: str, run_id: str) -> RunState | None:

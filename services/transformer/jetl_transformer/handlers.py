@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
-from jetl.errors import RecordError, RecordIssue, SchemaMismatch
+from jetl.errors import RecordError, RecordIssue, SchemaMismatch, TerminalError, TransientError
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages import (
@@ -35,6 +36,7 @@ from jetl.registry import get_pipeline, get_pipeline_registry
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
 from jetl.runtime.stage import decide_ack, open_batch, reject_batch
+from jetl.state import get_run
 from jetl.subjects import Kind
 from jetl.transformers._base import issues_from_validation
 from jetl.transformers.type_ import TypeTransformer
@@ -85,7 +87,13 @@ def arrow_path(pipeline: Pipeline) -> ArrowPath | None:
 
 
 def run_transformers(
-    pipeline: Pipeline, body: bytes, count: int | None = None, *, in_place: bool = True, arrow_json: bool = True
+    pipeline: Pipeline,
+    body: bytes,
+    count: int | None = None,
+    *,
+    in_place: bool = True,
+    arrow_json: bool = True,
+    transform: bool = True,
 ) -> tuple[bytes, Encoding, int, int, list[RecordIssue]]:
     """Apply the pipeline's transformers to a raw batch's records (a JSON array of `count`), then validate against
     the schema; (clean body, its encoding, records in, records out, issues).
@@ -93,11 +101,12 @@ def run_transformers(
     A JSON text of the batch that is not one object (a malformed line the extractor passed on unparsed) is an issue
     of its own, with its position in the batch. Records fresh from JSON belong to this call alone, so transformers
     that can (`transform_in_place`) change them instead of copying them; when one of those says a record failed, the
-    batch runs again copying (`in_place=False`), so that every issue shows the record as it came in.
+    batch runs again copying (`in_place=False`), so that every issue shows the record as it came in. Without
+    `transform` (records a redrive sends back that passed the transformers once) they are only validated.
 
     With `arrow_json`, a batch of a flat pipeline (`arrow_path`) is first kept as an Arrow table all the way; any
     batch that does not give exactly the same table that way goes the pydantic way below."""
-    path = arrow_path(pipeline) if arrow_json and count is not None else None
+    path = arrow_path(pipeline) if arrow_json and transform and count is not None else None
     if path is not None and count is not None:
         table = path.run(body, count)
         if table is not None:
@@ -105,7 +114,7 @@ def run_transformers(
     issues: list[RecordIssue] = []
     positions: list[int] | None = None  # record i of the decoded batch was element positions[i] of the body
     aligned = True  # while True, record i of `out` is still record i of the decoded batch (so its origin is known)
-    transformers = list(pipeline.transformers)
+    transformers = list(pipeline.transformers) if transform else []
     # A leading TypeTransformer validates the JSON itself, in one pydantic pass with no intermediate dicts (None when
     # a record fails: the records are parsed then, and it runs on them to say which and why).
     from_json = getattr(transformers[0], "transform_json", None) if transformers else None
@@ -126,7 +135,9 @@ def run_transformers(
             if callable(change):
                 changed = change(out)
                 if changed is None:  # a record failed, and the records are half changed: again, copying
-                    return run_transformers(pipeline, body, count, in_place=False, arrow_json=False)
+                    return run_transformers(
+                        pipeline, body, count, in_place=False, arrow_json=False, transform=transform
+                    )
                 out = changed  # records the caller owns (the contract of transform_in_place)
             else:
                 out = t.transform(out)
@@ -196,8 +207,10 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                     f"batch {batch.batch_id} was extracted under schema {batch.schema_hash}, "
                     f"pipeline now declares {pipeline.schema_hash}"
                 )
+            if batch.transformed:
+                await _check_redrive(ctx, batch)
             clean, encoding, n_in, n_out, issues = await asyncio.to_thread(
-                run_transformers, pipeline, body, batch.count
+                partial(run_transformers, transform=not batch.transformed), pipeline, body, batch.count
             )
             for i in issues:
                 if i.index >= 0:
@@ -272,6 +285,17 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
             error = exc
 
         await decide_ack(raw, error, lambda exc: reject_batch(ctx, batch, body, "transform", exc, base))
+
+
+async def _check_redrive(ctx: ServiceContext, batch: Any) -> None:
+    """Refuse records marked as transformed outside a redrive: only a redrive (which only the scheduler or an operator
+    may request, and the run state records) sends back what the loader rejected, and nothing else skips the
+    transformers."""
+    state = await get_run(ctx.kv, batch.pipeline, batch.run_id) if ctx.kv is not None else None
+    if state is None:  # the tracker has not folded its run.requested yet
+        raise TransientError(f"run {batch.run_id} is not in the run state yet: cannot tell whether it is a redrive")
+    if not state.redrive:
+        raise TerminalError(f"batch {batch.batch_id} is marked as transformed, but run {batch.run_id} is no redrive")
 
 
 def warm_up() -> None:
