@@ -49,7 +49,8 @@ async def record_outcome(ctx: ServiceContext, ev: Event, state: RunState, alerte
         await add_active(ctx.kv, state.pipeline, state.run_id, ev.at)
     elif isinstance(ev, (RunCompleted, RunFailed, RunCancelled)):  # cancelled: the overlap guard lets go of it
         await mark_finished(ctx.kv, state)
-        if isinstance(ev, RunFailed) and alerter is not None:
+        # only a failure that stands: not one that came after the run completed (or was cancelled)
+        if isinstance(ev, RunFailed) and state.status == "failed" and state.error == ev.error and alerter is not None:
             alerter.run_failed(ctx.kv, state.pipeline, state.run_id, ev.error, ev.stage)
 
 
