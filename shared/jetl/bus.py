@@ -11,8 +11,9 @@ import asyncio
 import base64
 import hashlib
 import logging
+import re
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -23,7 +24,7 @@ from nats.errors import NoRespondersError
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from jetl import subjects
-from jetl.errors import IN_PROCESS, TerminalError, TransientError
+from jetl.errors import IN_PROCESS, TerminalError, TransientError, note_refusal
 from jetl.events import RunRequested, _Event
 from jetl.messages import PAYLOAD_HEADROOM, Batch, DeadLetter, RunRequest, encode_batch
 from jetl.settings import JetlSettings, NatsSettings
@@ -57,6 +58,33 @@ def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+def refusals_noted(user: str | None, then: ErrorCallback | None = None) -> ErrorCallback:
+    """A connection's error callback that records a permissions violation (`jetl.errors.note_refusal`), logged once
+    per subject, so that a command that then times out says which permission its user lacks instead of blaming an
+    outage; any other error goes to `then` (nats-py's logging by default)."""
+    seen: set[str] = set()
+
+    async def on_error(exc: Exception) -> None:
+        text = str(exc)
+        if "permissions violation" in text.lower():
+            # nats-py lowers the server's whole message: give the subject back its case
+            text = re.sub(r'"([^"]*)"', lambda m: f'"{subjects.restore_case(m.group(1))}"', text)
+            refused = note_refusal(text, user)
+            if text not in seen:
+                seen.add(text)
+                logging.getLogger("jetl.bus").warning(str(refused))
+            return
+        if then is not None:
+            await then(exc)
+        else:
+            logging.getLogger("nats.aio.client").error("nats: encountered error", exc_info=exc)
+
+    return on_error
+
+
 def connect_options(s: NatsSettings) -> dict[str, Any]:
     """Options shared by nats-py and FastStream's broker: auth (user/password, token, NKey, creds) and TLS."""
     opts: dict[str, Any] = {
@@ -66,6 +94,7 @@ def connect_options(s: NatsSettings) -> dict[str, Any]:
         "max_outstanding_pings": s.max_outstanding_pings,
         # a role hears replies only on its own inboxes (`jetl.access`): requests must be sent from them
         "inbox_prefix": s.inbox_prefix or subjects.inbox_prefix(s.user),
+        "error_cb": refusals_noted(s.user),
     }
     if s.user:
         opts["user"] = s.user
@@ -88,6 +117,8 @@ def connect_options(s: NatsSettings) -> dict[str, Any]:
 async def connect(s: NatsSettings, **extra: Any) -> Client:
     """A plain nats-py connection (CLI commands and administration)."""
     opts = connect_options(s)
+    if "error_cb" in extra:  # the caller's callback still hears everything but permission violations
+        extra = {**extra, "error_cb": refusals_noted(s.user, extra["error_cb"])}
     opts.update(extra)
     return await nats.connect(**opts)
 

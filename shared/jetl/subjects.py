@@ -361,3 +361,43 @@ def js_consume_access(kind: Kind, durable: str) -> list[str]:
         f"$JS.ACK.{stream}.{durable}.>",
         f"{_JS}.CONSUMER.INFO.{stream}.{durable}",
     ]
+
+
+_UPPER = {
+    "$JS",
+    "$KV",
+    "$O",
+    "API",
+    "INFO",
+    "STREAM",
+    "CONSUMER",
+    "CREATE",
+    "DURABLE",
+    "DELETE",
+    "UPDATE",
+    "PURGE",
+    "NAMES",
+    "LIST",
+    "MSG",
+    "GET",
+    "NEXT",
+    "DIRECT",
+    "ACK",
+    "FC",
+    "EVENT",
+    "ADVISORY",
+    "MAX_DELIVERIES",
+    "LEADER",
+    "M",
+    "C",
+}
+
+
+def restore_case(subject: str) -> str:
+    """A subject as nats-py reports it in an error (all lower case) spelled as jetl and JetStream spell it: the
+    JetStream API's words and jetl's stream and bucket names upper case, jetl's own tokens lower case."""
+    names = {spec.name for spec in STREAMS.values()} | {STATE_BUCKET, DLQ_BODIES_BUCKET}
+    names |= {f"KV_{STATE_BUCKET}", f"OBJ_{DLQ_BODIES_BUCKET}"}
+    if not subject.startswith("$"):
+        return subject
+    return ".".join(t.upper() if t.upper() in _UPPER or t.upper() in names else t for t in subject.split("."))

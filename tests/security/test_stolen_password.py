@@ -346,3 +346,23 @@ def test_a_redrive_of_records_the_loader_rejected_loads_them(running: Running) -
     state = asyncio.run(attempt())
     assert state is not None and state.status == "completed" and state.loaded == 1, state
     assert {"id": 100, "name": "back"} in running.rows()
+
+
+def test_a_refused_command_names_the_permission_and_the_user(running: Running, tmp_path: Path) -> None:
+    """A command run as a role that may not do it is told so (exit 2), never sent to look for an outage (exit 3)."""
+    from typer.testing import CliRunner
+
+    from jetl.cli import app
+
+    assert running.stack.credentials is not None
+    env = {
+        "JETL_NATS__URL": running.stack.nats_url,
+        "JETL_NATS__USER": "loader",
+        "JETL_NATS__PASSWORD": running.stack.credentials.password("loader").get_secret_value(),
+        "JETL_DATA_DIR": str(tmp_path),  # no stack context of its own
+    }
+    result = CliRunner().invoke(app, ["audit", running.run_id], env=env)
+    output = result.stdout + result.stderr
+    assert result.exit_code == 2, output
+    assert "NATS refused user 'loader' permission to publish to \"$JS.API.CONSUMER.CREATE.JETL_EVENTS" in output
+    assert "is NATS running" not in output and output.lower().count("permissions violation") == 0
