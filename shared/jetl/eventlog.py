@@ -34,6 +34,7 @@ from jetl.state import (
     run_key,
 )
 from jetl.subjects import STREAMS, Kind, check_token, pattern
+from jetl.topology import EPHEMERAL_INACTIVE_S
 
 
 async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 5.0) -> AsyncGenerator[Any, None]:
@@ -53,7 +54,7 @@ async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 
         subject,
         ordered_consumer=True,
         stream=STREAMS[kind].name,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=EPHEMERAL_INACTIVE_S),
     )
     try:
         while True:
@@ -84,9 +85,13 @@ async def tail(nc: Client, kind: Kind, subject: str, *, after: int = 0, idle: fl
             raise ConnectionError("the NATS connection is closed")
         reconnects = nc.stats["reconnects"]
         start = (
-            ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+            ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=EPHEMERAL_INACTIVE_S)
             if last == 0
-            else ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
+            else ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=last + 1,
+                inactive_threshold=EPHEMERAL_INACTIVE_S,
+            )
         )
         try:
             sub = await js.subscribe(subject, ordered_consumer=True, stream=STREAMS[kind].name, config=start)
