@@ -4,6 +4,8 @@ last sequences (a refused publish leaves every one where it was)."""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client
@@ -12,6 +14,7 @@ from jetl import subjects
 from jetl.access import Role
 from jetl.bus import connect
 from jetl.stack.embedded import Stack
+from jetl.testing.pipelines import file_pipeline
 
 
 class Attempt:
@@ -53,3 +56,15 @@ async def last_seqs(stack: Stack) -> dict[str, int]:
         return {spec.name: (await js.stream_info(spec.name)).state.last_seq for spec in subjects.STREAMS.values()}
     finally:
         await nc.close()
+
+
+def items_pipeline(root: Path, rows: int) -> Path:
+    """A pipelines folder under `root` with `items`, a file pipeline over `rows` records (`root/in`) loading into
+    `root/out`; returns the folder."""
+    inputs, pipelines = root / "in", root / "pipelines"
+    inputs.mkdir()
+    pipelines.mkdir()
+    (inputs / "items.jsonl").write_text("".join(json.dumps({"id": i, "name": f"n{i}"}) + "\n" for i in range(rows)))
+    text = file_pipeline("items", batch_size=10).replace("INPUT", str(inputs)).replace("OUTPUT", str(root / "out"))
+    (pipelines / "items_pipeline.py").write_text(text)
+    return pipelines

@@ -28,14 +28,11 @@ from jetl.settings import NatsSettings
 from jetl.stack.embedded import USERS_FILE, Stack
 from jetl.subjects import Kind
 from jetl.testing.cli import jetl_up
-from jetl.testing.pipelines import file_pipeline
 from jetl.topology import require_deployment
 
-from .conftest import Attempt, last_seqs
+from .conftest import Attempt, items_pipeline, last_seqs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-PIPELINE = file_pipeline("items", batch_size=10)
 
 ROWS = 25
 
@@ -44,13 +41,7 @@ ROWS = 25
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One running stack for the module, as `jetl up` starts it."""
     root = tmp_path_factory.mktemp("secure")
-    inputs, pipelines = root / "in", root / "pipelines"
-    inputs.mkdir()
-    pipelines.mkdir()
-    (inputs / "items.jsonl").write_text("".join(json.dumps({"id": i, "name": f"n{i}"}) + "\n" for i in range(ROWS)))
-    text = PIPELINE.replace("INPUT", str(inputs)).replace("OUTPUT", str(root / "out"))
-    (pipelines / "items_pipeline.py").write_text(text)
-    with Stack(data_dir=root / "data", pipelines_dir=pipelines) as running:
+    with Stack(data_dir=root / "data", pipelines_dir=items_pipeline(root, ROWS)) as running:
         asyncio.run(wait_ready(running))
         yield running
 

@@ -28,10 +28,9 @@ from jetl.ops.client import JetlClient
 from jetl.stack.embedded import Stack
 from jetl.state import bucket, bucket_keys
 from jetl.subjects import STREAMS, Kind
-from jetl.testing.pipelines import file_pipeline
 from jetl.testing.webhook import Hook
 
-from .conftest import Attempt
+from .conftest import Attempt, items_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,12 +60,7 @@ class Running:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A stack with one completed run of `items` (its cursor moved, its rows written)."""
     root = tmp_path_factory.mktemp("stolen")
-    inputs, pipelines = root / "in", root / "pipelines"
-    inputs.mkdir()
-    pipelines.mkdir()
-    (inputs / "items.jsonl").write_text("".join(json.dumps({"id": i, "name": f"n{i}"}) + "\n" for i in range(ROWS)))
-    text = file_pipeline("items", batch_size=10).replace("INPUT", str(inputs)).replace("OUTPUT", str(root / "out"))
-    (pipelines / "items_pipeline.py").write_text(text)
+    pipelines = items_pipeline(root, ROWS)
     hook = Hook()
     with Stack(data_dir=root / "data", pipelines_dir=pipelines, extra_env={"JETL_ALERT_WEBHOOK_URL": hook.url}) as st:
         asyncio.run(wait_ready(st))
@@ -286,7 +280,7 @@ def test_a_service_reads_no_stream_it_does_not_consume_and_creates_no_consumer(r
     assert asyncio.run(snapshot(running.stack)) == before  # no consumer on any stream, nothing read out
 
 
-def _letter(run_id: str, stage: Any, record: dict[str, Any]) -> bytes:
+def _letter(run_id: str, stage: Any, record: dict[str, Any]) -> DeadLetter:
     return DeadLetter(
         pipeline="items",
         run_id=run_id,
@@ -295,7 +289,19 @@ def _letter(run_id: str, stage: Any, record: dict[str, Any]) -> bytes:
         reason="x",
         error_type="LoadError",
         records=[{"index": 0, "record": record}],
-    ).to_json()
+    )
+
+
+async def letter_then_redrive(running: Running, letter: DeadLetter) -> Any:
+    """The loader dead-letters `letter` at its own stage, then an operator redrives the letters of its run."""
+    a = Attempt()
+    nc = await a.connect_as(running.stack, "loader")
+    try:
+        await nc.jetstream().publish(subjects.dlq("items", "load"), letter.to_json())
+    finally:
+        await nc.close()
+    async with JetlClient(running.stack.client_settings()) as jc:
+        return await jc.redrive("items", run_id=letter.run_id, timeout=120)
 
 
 def test_a_forged_dead_letter_makes_a_redrive_write_no_rows(running: Running) -> None:
@@ -306,23 +312,12 @@ def test_a_forged_dead_letter_makes_a_redrive_write_no_rows(running: Running) ->
             running.stack,
             "loader",
             subjects.dlq("items", "transform"),
-            _letter("items-x1", "transform", {"id": 666, "name": "evil"}),
+            _letter("items-x1", "transform", {"id": 666, "name": "evil"}).to_json(),
         )
     )
 
-    async def attempt() -> Any:
-        a = Attempt()
-        nc = await a.connect_as(running.stack, "loader")
-        try:  # on its own stage's subject, naming another stage: stored, but a redrive refuses it
-            await nc.jetstream().publish(
-                subjects.dlq("items", "load"), _letter("items-x2", "transform", {"id": 667, "name": "evil"})
-            )
-        finally:
-            await nc.close()
-        async with JetlClient(running.stack.client_settings()) as jc:
-            return await jc.redrive("items", run_id="items-x2", timeout=120)
-
-    state = asyncio.run(attempt())
+    # on its own stage's subject, naming another stage: stored, but a redrive refuses it
+    state = asyncio.run(letter_then_redrive(running, _letter("items-x2", "transform", {"id": 667, "name": "evil"})))
     assert state is not None and state.status == "failed" and "transform" in (state.error or "")
     assert running.rows() == rows
 
@@ -331,19 +326,7 @@ def test_a_redrive_of_records_the_loader_rejected_loads_them(running: Running) -
     """What the loader dead-letters goes back through the transformer (the only role that may publish clean batches),
     unchanged, and is loaded."""
 
-    async def attempt() -> Any:
-        a = Attempt()
-        nc = await a.connect_as(running.stack, "loader")
-        try:
-            await nc.jetstream().publish(
-                subjects.dlq("items", "load"), _letter("items-rj", "load", {"id": 100, "name": "back"})
-            )
-        finally:
-            await nc.close()
-        async with JetlClient(running.stack.client_settings()) as jc:
-            return await jc.redrive("items", run_id="items-rj", timeout=120)
-
-    state = asyncio.run(attempt())
+    state = asyncio.run(letter_then_redrive(running, _letter("items-rj", "load", {"id": 100, "name": "back"})))
     assert state is not None and state.status == "completed" and state.loaded == 1, state
     assert {"id": 100, "name": "back"} in running.rows()
 
