@@ -236,3 +236,46 @@ async def test_a_dead_letter_keeps_its_file_and_line_after_earlier_steps_refused
     dead = {r["origin"]: r for letter in got[Kind.DLQ] for r in orjson.loads(letter)["records"]}
     assert set(dead) == {"in.jsonl:2", "in.jsonl:6"}  # both with their file:line, none null
     assert dead["in.jsonl:6"]["field"] == "ratio" and "ZeroDivisionError" in dead["in.jsonl:6"]["message"]
+
+
+class _Entry:
+    def __init__(self, value: bytes) -> None:
+        self.value, self.revision = value, 1
+
+
+class _Kv:
+    """A state bucket holding one run state (or none)."""
+
+    def __init__(self, state: Any = None) -> None:
+        self.state = state
+
+    async def get(self, key: str) -> _Entry:
+        from nats.js.errors import KeyNotFoundError
+
+        if self.state is None:
+            raise KeyNotFoundError
+        return _Entry(self.state.model_dump_json().encode())
+
+
+async def test_records_marked_transformed_pass_only_in_a_redrive(pipeline: Pipeline) -> None:
+    """What a redrive sends back from the loader is validated, not transformed again; a batch marked so in any other
+    run (an extractor skipping the transformers) is refused, and one whose run the tracker has not folded yet waits."""
+    from jetl.errors import TransientError
+    from jetl.projection import RunState
+    from jetl_transformer.handlers import _check_redrive
+
+    clean = [{"id": 2, "title": "back", "at": "2026-11-25T00:00:00Z"}]
+    body, encoding, n_in, n_out, issues = run_transformers(pipeline, orjson.dumps(clean), 1, transform=False)
+    assert (n_in, n_out, issues) == (1, 1, []) and encoding == "json"
+    assert orjson.loads(body)[0]["title"] == "back"  # the filter (odd ids) and the rename did not run again
+
+    ctx = make_context("transformer", JetlSettings())
+    batch = Batch(pipeline="unit", run_id="r9", seq=0, schema_name="Out", schema_hash="h", count=1, transformed=True)
+    ctx.kv = _Kv(RunState(pipeline="unit", run_id="r9", redrive=[7]))  # type: ignore[assignment]
+    await _check_redrive(ctx, batch)
+    ctx.kv = _Kv(RunState(pipeline="unit", run_id="r9"))  # type: ignore[assignment]
+    with pytest.raises(TerminalError, match="is no redrive"):
+        await _check_redrive(ctx, batch)
+    ctx.kv = _Kv()  # type: ignore[assignment]
+    with pytest.raises(TransientError, match="not in the run state yet"):
+        await _check_redrive(ctx, batch)

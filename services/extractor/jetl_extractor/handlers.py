@@ -380,6 +380,9 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int) ->
             req = work.request
         else:
             req = RunRequest.model_validate_json(raw.data)
+            # only the scheduler and operators may publish there (jetl.access): the subject vouches for the pipeline
+            if isinstance(raw.subject, str) and raw.subject != subjects.run_request(req.pipeline):
+                raise ValueError(f"a run request on {raw.subject} names pipeline {req.pipeline!r}")
     except Exception as exc:
         log.error("unreadable run request", error=str(exc))
         await raw.term()

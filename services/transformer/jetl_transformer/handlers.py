@@ -9,11 +9,12 @@ dead-lettered whole.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from faststream.nats import NatsRouter
 
-from jetl.errors import SchemaMismatch
+from jetl.errors import SchemaMismatch, TerminalError, TransientError
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
@@ -23,6 +24,7 @@ from jetl.registry import get_pipeline, get_pipeline_registry
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
 from jetl.runtime.stage import decide_ack, open_batch, reject_batch
+from jetl.state import get_run
 from jetl.subjects import Kind
 from jetl.transformers.chain import arrow_path, run_transformers
 from jetl_transformer.settings import TransformerSettings
@@ -47,8 +49,10 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                     f"batch {batch.batch_id} was extracted under schema {batch.schema_hash}, "
                     f"pipeline now declares {pipeline.schema_hash}"
                 )
+            if batch.transformed:
+                await _check_redrive(ctx, batch)
             clean, encoding, n_in, n_out, issues = await asyncio.to_thread(
-                run_transformers, pipeline, body, batch.count
+                partial(run_transformers, transform=not batch.transformed), pipeline, body, batch.count
             )
             for i in issues:
                 if i.index >= 0:
@@ -123,6 +127,17 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
             error = exc
 
         await decide_ack(raw, error, lambda exc: reject_batch(ctx, batch, body, "transform", exc, base))
+
+
+async def _check_redrive(ctx: ServiceContext, batch: Any) -> None:
+    """Refuse records marked as transformed outside a redrive: only a redrive (which only the scheduler or an operator
+    may request, and the run state records) sends back what the loader rejected, and nothing else skips the
+    transformers."""
+    state = await get_run(ctx.kv, batch.pipeline, batch.run_id) if ctx.kv is not None else None
+    if state is None:  # the tracker has not folded its run.requested yet
+        raise TransientError(f"run {batch.run_id} is not in the run state yet: cannot tell whether it is a redrive")
+    if not state.redrive:
+        raise TerminalError(f"batch {batch.batch_id} is marked as transformed, but run {batch.run_id} is no redrive")
 
 
 def warm_up() -> None:

@@ -84,6 +84,10 @@ class Batch(BaseModel):
     in `parts` messages (cut in order by the transformer); its records are `count` of the batch's."""
     parts: int = Field(default=1, ge=1)
     """How many messages the batch travels in (1: the whole batch in this one)."""
+    transformed: bool = False
+    """A raw batch of records that passed the transformers once and that the loader rejected, sent back by a
+    redrive: the transformer checks them against the schema and passes them on without transforming them again,
+    and only in a run that the run state knows as a redrive (an operator's or the scheduler's request)."""
 
     def model_post_init(self, __context: Any) -> None:
         if self.partition is not None:

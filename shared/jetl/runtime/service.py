@@ -150,6 +150,8 @@ def stage_subscriber(
         subjects.pattern(kind),
         stream=JStream(subjects.stream_name(kind), declare=False),
         durable=durable,
+        # FastStream's default is `_INBOX.`, whatever the connection's: pulls must come back on the role's own inboxes
+        inbox_prefix=f"{subjects.inbox_prefix(subjects.DURABLE_ROLE[durable])}.".encode(),
         pull_sub=PullSub(batch_size=fetch_batch, timeout=fetch_timeout, batch=True),
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_decoder,
@@ -183,7 +185,7 @@ def make_context(name: str, settings: JetlSettings, broker: NatsBroker | None = 
         name=name,
         settings=settings,
         broker=broker,
-        bus=Bus(broker),
+        bus=Bus(broker, subjects.role(name)),
         instance=settings.instance or instance_id(),
     )
 

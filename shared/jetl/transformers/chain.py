@@ -110,7 +110,13 @@ def _placed(issues: Iterable[RecordIssue], where: list[int] | None) -> list[Reco
 
 
 def run_transformers(
-    pipeline: Pipeline, body: bytes, count: int | None = None, *, in_place: bool = True, arrow_json: bool = True
+    pipeline: Pipeline,
+    body: bytes,
+    count: int | None = None,
+    *,
+    in_place: bool = True,
+    arrow_json: bool = True,
+    transform: bool = True,
 ) -> Transformed:
     """Apply the pipeline's transformers to a raw batch's records (a JSON array of `count`), then validate against
     the schema (`Transformed`).
@@ -118,17 +124,18 @@ def run_transformers(
     A JSON text of the batch that is not one object (a malformed line the extractor passed on unparsed) is an issue
     of its own, with its position in the batch. Records fresh from JSON belong to this call alone, so transformers
     that can (`transform_in_place`) change them instead of copying them; when one of those says a record failed, the
-    batch runs again copying (`in_place=False`), so that every issue shows the record as it came in.
+    batch runs again copying (`in_place=False`), so that every issue shows the record as it came in. Without
+    `transform` (records a redrive sends back that passed the transformers once) they are only validated.
 
     With `arrow_json`, a batch of a flat pipeline (`arrow_path`) is first kept as an Arrow table all the way; any
     batch that does not give exactly the same table that way goes the pydantic way below."""
-    path = arrow_path(pipeline) if arrow_json and count is not None else None
+    path = arrow_path(pipeline) if arrow_json and transform and count is not None else None
     if path is not None and count is not None:
         table = path.run(body, count)
         if table is not None:
             return Transformed(to_ipc(table), "arrow", count, count, [])
     issues: list[RecordIssue] = []
-    transformers = list(pipeline.transformers)
+    transformers = list(pipeline.transformers) if transform else []
     # A leading TypeTransformer validates the JSON itself, in one pydantic pass with no intermediate dicts (None when
     # a record fails: the records are parsed then, and it runs on them to say which and why).
     first = transformers[0] if transformers else None
@@ -152,7 +159,9 @@ def run_transformers(
                 before = list(out)  # the same dicts, for matching what comes out to what went in
                 changed = t.transform_in_place(out)
                 if changed is None:  # a record failed, and the records are half changed: again, copying
-                    return run_transformers(pipeline, body, count, in_place=False, arrow_json=False)
+                    return run_transformers(
+                        pipeline, body, count, in_place=False, arrow_json=False, transform=transform
+                    )
                 out = changed  # records the caller owns (the contract of transform_in_place)
             else:
                 out = t.transform(out)
