@@ -3,7 +3,7 @@ subject builder, so they cannot drift from the subjects the services use.
 
 - `extractor` consumes run requests (its durable on JETL_RUNS) and publishes raw batches, and the partitions of a run
   it plans back onto JETL_RUNS (never a run request: `subjects.partition_pattern`);
-- `transformer` consumes raw batches and publishes clean batches;
+- `transformer` consumes raw batches and publishes clean batches, and archives them (the `archiver` durable);
 - `loader` consumes clean batches and answers the loader's control verbs;
 - `scheduler` publishes run requests, folds the event log (the `tracker` durable on JETL_EVENTS) and pulls
   JetStream's max-deliveries advisories (the `watchdog` durable on JETL_ADVISORIES: a batch no stage could finish is
@@ -44,7 +44,7 @@ _OUTPUTS: dict[str, tuple[Kind, ...]] = {
 }
 _DURABLES: dict[str, tuple[str, ...]] = {
     "extractor": ("extractor",),
-    "transformer": ("transformer",),
+    "transformer": ("transformer", "archiver"),
     "loader": ("loader",),
     "scheduler": ("tracker", "watchdog"),
 }

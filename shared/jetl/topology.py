@@ -40,6 +40,10 @@ from jetl.subjects import CONSUMERS, STREAMS, Discard, Kind, Retention
 ACK_WAIT_S = 10.0
 MAX_DELIVER = 5
 MAX_ACK_PENDING = 256
+UNLIMITED = -1
+MAX_DELIVER_OF = {"archiver": UNLIMITED}
+"""Durables that never give up on a message: a batch the archiver cannot write yet (the archive is full or away) is
+tried again until it can, since JETL_RAW keeps it until then; dead-lettering it would lose nothing but its history."""
 
 
 _RETENTION = {
@@ -79,7 +83,7 @@ def consumer_config(service: str, ack_wait: float = ACK_WAIT_S) -> ConsumerConfi
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait,
-        max_deliver=MAX_DELIVER,
+        max_deliver=MAX_DELIVER_OF.get(service, MAX_DELIVER),
         max_ack_pending=MAX_ACK_PENDING,
     )
 

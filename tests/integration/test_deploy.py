@@ -95,7 +95,7 @@ def test_deploy_is_idempotent_and_never_ignores_drift(bare_nats: NatsHandle, mon
     code, report = deploy("--dry-run", "--json")
     assert code == 0 and actions(report)["JETL_RUNS"][0] == "would create"
     code, report = deploy("--json")
-    assert code == 0 and report["changed"] == 14 and report["differs"] == 0  # 7 streams, 5 consumers, KV, objects
+    assert code == 0 and report["changed"] == 15 and report["differs"] == 0  # 7 streams, 6 consumers, KV, objects
 
     code, out = deploy()
     assert code == 0 and "nothing to change" in out

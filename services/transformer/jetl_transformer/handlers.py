@@ -16,6 +16,7 @@ from typing import Any
 from faststream.nats import NatsRouter
 from pydantic import ValidationError
 
+from jetl.archive import Archive
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
@@ -38,6 +39,7 @@ from jetl.runtime.stage import decide_ack, open_batch, reject_batch
 from jetl.subjects import Kind
 from jetl.transformers._base import issues_from_validation
 from jetl.transformers.type_ import TypeTransformer
+from jetl_transformer.archiver import archive_batch
 from jetl_transformer.settings import TransformerSettings
 
 log = get_logger("jetl.transformer")
@@ -302,7 +304,8 @@ def warm_up() -> None:
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:
-    """The transformer's one subscriber: the shared durable pull consumer on JETL_RAW."""
+    """The transformer's subscribers, both durable pull consumers on JETL_RAW shared by every replica: the
+    transformer's, and the archiver's (`jetl_transformer.archiver`), which keeps every raw batch for good."""
     settings = ctx.settings if isinstance(ctx.settings, TransformerSettings) else TransformerSettings()
     warm_up()
     heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
@@ -315,5 +318,12 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
         fetch_batch=settings.fetch_batch,
         fetch_timeout=settings.fetch_timeout,
     )
-
+    archive = Archive.of(ctx.settings)
+    stage_subscriber(
+        router,
+        "archiver",
+        lambda raw: archive_batch(ctx, archive, raw),
+        fetch_batch=settings.archive_fetch_batch,
+        fetch_timeout=settings.fetch_timeout,
+    )
     return router
