@@ -180,7 +180,7 @@ def test_runs_four_times_the_raw_streams_limit_complete_and_the_first_replays_ex
 
     # The first run is long gone from the stream: its replay reads the archive, and its diff shows no change.
     assert env.raw_stream(first)[0] == 0
-    [diffed] = env.cli("replay", "sales", "--run", first, "--diff", "--sample", "5", "--json").json()
+    diffed = env.cli("replay", "sales", "--run", first, "--diff", "--sample", "5", "--json").json()
     assert diffed["status"] == "completed" and diffed["parent_run_id"] == first
     d = diffed["diff"]
     assert (d["added"], d["removed"], d["changed"]) == (0, 0, 0) and d["unchanged"] == RECORDS, d
