@@ -138,3 +138,17 @@ def test_capacity_warns_at_80_percent_and_fails_at_95() -> None:
     status, detail = capacity(39 * 2**20, 40 * 2**20, "JETL_NATS__STREAM_MAX_BYTES", 7)
     assert status == "fail" and "39.0 MiB of 40.0 MiB" in detail and "JETL_NATS__STREAM_MAX_BYTES" in detail
     assert capacity(5, -1, "X") == ("ok", "5 B used, no limit")
+
+
+def test_the_cli_reports_a_full_stream_as_full_never_as_nats_being_down(capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from jetl.cli._output import EXIT_FAILED, fail
+
+    full = store_full(Kind.RUN, full_stream_error())
+    for exc in (full, full_stream_error()):
+        with pytest.raises(typer.Exit) as ended:
+            fail(exc)  # type: ignore[arg-type]
+        said = capsys.readouterr().err
+        assert ended.value.exit_code == EXIT_FAILED and "is NATS running" not in said
+        assert "maximum bytes exceeded" in said and "jetl health" in said
