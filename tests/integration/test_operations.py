@@ -130,7 +130,7 @@ def test_operations_toolkit_against_a_running_deployment(
     assert "jetl deploy" in rows(report, "stream")["JETL_RUNS"]["detail"]
 
     code, report = cli("deploy", "--no-migrate", "--json")
-    assert code == 0 and report["changed"] == 14  # 7 streams, 5 consumers, 1 KV bucket, 1 object store
+    assert code == 0 and report["changed"] == 15  # 7 streams, 6 consumers, 1 KV bucket, 1 object store
 
     metrics_port = free_port()
     extra = {"JETL_ALERT_WEBHOOK_URL": hook.url, "JETL_TICK_SECONDS": "0.2", "JETL_STALE_CHECK_SECONDS": "0.5"}
