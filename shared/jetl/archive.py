@@ -24,6 +24,7 @@ import errno
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -174,6 +175,30 @@ class Archive:
             if info.type == pafs.FileType.File and name.endswith(SUFFIX) and not name.startswith("."):
                 out.append(f"{run_id}/{name[: -len(SUFFIX)].replace('.', '/')}")
         return sorted(out)
+
+    def prune(self, keep_days: dict[str, float], now: float | None = None) -> list[tuple[str, str]]:
+        """Remove the runs kept longer than their pipeline's `keep_days` (`"*"`: the rest) after their newest
+        archived batch; returns the (pipeline, run) removed. Pipelines under neither key are kept for good."""
+        if not keep_days:
+            return []
+        now = time.time() if now is None else now
+        removed = []
+        top = pafs.FileSelector(self.root, allow_not_found=True)
+        for pipe in self.fs.get_file_info(top):
+            days = keep_days.get(pipe.base_name, keep_days.get("*"))
+            if pipe.type != pafs.FileType.Directory or days is None:
+                continue
+            for run in self.fs.get_file_info(pafs.FileSelector(pipe.path, allow_not_found=True)):
+                if run.type != pafs.FileType.Directory:
+                    continue
+                objects = self.fs.get_file_info(pafs.FileSelector(run.path))
+                newest = max((o.mtime.timestamp() for o in objects if o.mtime is not None), default=None)
+                if newest is not None and now - newest > days * 86400:
+                    self.fs.delete_dir(run.path)
+                    removed.append((pipe.base_name, run.base_name))
+        if removed:
+            self._used = None
+        return removed
 
     def usage(self) -> Usage:
         """Bytes used and the limit (a walk of the whole archive: for health, not for every write)."""

@@ -106,6 +106,9 @@ class ArchiveSettings(BaseModel):
     max_bytes: int = 0
     """Byte limit of the archive, shown by `jetl health` (warn at 80%, fail at 95%) and enforced on writes; 0: none
     but the room of the file system under a folder."""
+    keep_days: dict[str, float] = Field(default_factory=dict)
+    """Days a pipeline's archived runs are kept after their last batch was archived, by pipeline name (`"*"`: every
+    pipeline not named); a pipeline under neither keeps its runs for good. A removed run can no longer replay."""
 
 
 class ClickHouseSettings(BaseModel):

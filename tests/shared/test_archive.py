@@ -152,3 +152,22 @@ def test_the_cli_reports_a_full_stream_as_full_never_as_nats_being_down(capsys: 
         said = capsys.readouterr().err
         assert ended.value.exit_code == EXIT_FAILED and "is NATS running" not in said
         assert "maximum bytes exceeded" in said and "jetl health" in said
+
+
+def test_retention_removes_runs_past_their_pipelines_days_and_keeps_the_rest(tmp_path: Path) -> None:
+    archive = Archive(str(tmp_path))
+    now = 1_800_000_000.0
+    for pipeline, run, age_days in (("sales", "old", 10), ("sales", "new", 1), ("audit", "old", 400), ("web", "x", 9)):
+        batch = Batch(pipeline=pipeline, run_id=run, seq=0, schema_name="Row", schema_hash="h", count=1)
+        archive.put(pipeline, run, batch.part_id, encode_batch(batch, b'{"id": 1}\n'))
+        path = archive.path(pipeline, run, batch.part_id)
+        os.utime(path, (now - age_days * 86400, now - age_days * 86400))
+
+    removed = archive.prune({"sales": 7, "*": 30, "audit": 365 * 2}, now=now)
+
+    assert removed == [("sales", "old")]
+    assert archive.batches("sales", "old") == [] and archive.batches("sales", "new") == ["new/000000"]
+    assert archive.batches("audit", "old") == ["old/000000"]  # its own days: two years
+    assert archive.prune({"*": 5, "audit": 730}, now=now) == [("web", "x")]  # "*" is every pipeline not named
+    assert archive.prune({}, now=now) == []  # no retention: everything for good
+    assert archive.batches("audit", "old") == ["old/000000"]
