@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from jetl.subjects import Kind
 from jetl.testing.cli import CliResult, jetl
 from jetl.testing.pipelines import file_pipeline
 from jetl.testing.servers import NatsHandle
+from jetl.testing.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -114,17 +114,6 @@ class Env:
         return out
 
 
-def until(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-    """Wait for a condition the system reaches (polled), failing with `what` if it never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def env(tmp_path: Path, bare_nats: NatsHandle) -> Iterator[Env]:
     e = Env(tmp_path, bare_nats)
@@ -142,14 +131,14 @@ def test_runs_four_times_the_raw_streams_limit_complete_and_the_first_replays_ex
     env.stack.procs["transformer"].stop()
     inputs[0] = env.input(0)
     first = env.request()
-    until("JETL_RAW to fill", lambda: env.raw_stream()[1] > LIMIT * 0.9)
+    wait_for("JETL_RAW to fill", lambda: env.raw_stream()[1] > LIMIT * 0.9)
 
     def paused() -> dict[str, Any] | None:
         checks = env.cli("health", "--json", ok=False).json()["checks"]
         by = {(c["check"], c["name"]): c for c in checks}
         return by if by[("service", "extractor")]["status"] == "warn" else None
 
-    seen = until("health to show the extractor paused", paused)
+    seen = wait_for("health to show the extractor paused", paused)
     raw, extractor = seen[("stream", "JETL_RAW")], seen[("service", "extractor")]
     assert raw["status"] == "fail" and "JETL_NATS__STREAM_MAX_BYTES" in raw["detail"], raw
     assert "paused" in extractor["detail"] and "stream JETL_RAW is full" in extractor["detail"], extractor
