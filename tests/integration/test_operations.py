@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import ServiceProcess, Stack, free_port, service_env
 from jetl.state import RunMark, bucket, last_ok_key
 from jetl.testing.servers import NatsHandle
+from jetl.testing.wait import wait_for
 from jetl.testing.webhook import Hook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -94,17 +95,6 @@ def cli(*args: str) -> tuple[int, Any]:
 
 def rows(health: dict[str, Any], check: str) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in health["checks"] if r["check"] == check}
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 45.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
 def test_operations_toolkit_against_a_running_deployment(
