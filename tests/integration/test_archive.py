@@ -150,12 +150,13 @@ def test_runs_four_times_the_raw_streams_limit_complete_and_the_first_replays_ex
     runs = [first]
     state = env.wait(first)
     assert state.status == "completed", state.error
+    assert state.extracted == state.loaded == RECORDS and state.reconciles  # the paused run lost nothing
     for k in range(1, RUNS):
         inputs[k] = env.input(k)
         runs.append(env.request())
         state = env.wait(runs[-1])
         assert state.status == "completed", state.error
-        assert state.extracted == state.loaded == RECORDS
+        assert state.extracted == state.loaded == RECORDS and state.reconciles
 
     env.stack.check()
     archive = Archive.of(env.settings())
