@@ -171,3 +171,24 @@ def test_retention_removes_runs_past_their_pipelines_days_and_keeps_the_rest(tmp
     assert archive.prune({"*": 5, "audit": 730}, now=now) == [("web", "x")]  # "*" is every pipeline not named
     assert archive.prune({}, now=now) == []  # no retention: everything for good
     assert archive.batches("audit", "old") == ["old/000000"]
+
+
+async def test_a_write_refused_for_room_outside_a_publish_is_retried_and_logged_as_full(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from jetl.runtime.stage import decide_ack
+
+    class Msg:
+        naked: float | None = None
+
+        async def nak(self, delay: float) -> None:
+            self.naked = delay
+
+    async def never(exc: BaseException) -> None:
+        raise AssertionError("a full bucket is no reason to dead-letter")
+
+    msg = Msg()
+    assert await decide_ack(msg, full_stream_error(), never) == "nak" and msg.naked is not None
+    said = capsys.readouterr().out
+    assert "transient failure, will retry" in said and "maximum bytes exceeded" in said
+    assert "JETL_NATS__STATE_MAX_BYTES" in said and "jetl health" in said
