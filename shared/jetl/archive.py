@@ -39,7 +39,7 @@ from jetl.eventlog import read_stream
 from jetl.messages import decode_batch
 from jetl.redact import redact_url
 from jetl.settings import JetlSettings
-from jetl.subjects import Kind, raw, stream_name
+from jetl.subjects import Kind, check_token, raw, stream_name
 
 MAGIC = b"JETLRAW1"
 SUFFIX = ".jraw.zst"
@@ -110,6 +110,8 @@ class Archive:
         run, _, rest = part_id.partition("/")
         if run != run_id or not rest:
             raise ValueError(f"batch {part_id!r} is not of run {run_id!r}")
+        for token in (pipeline, run_id, *rest.split("/")):  # never a path: ids are subject tokens
+            check_token(token, f"archived batch {part_id!r} part")
         return f"{self._run_dir(pipeline, run_id)}/{rest.replace('/', '.')}{SUFFIX}"
 
     def put(self, pipeline: str, run_id: str, part_id: str, message: bytes) -> bool:
@@ -129,7 +131,9 @@ class Archive:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreFull(
-                    f"the archive at {self.shown}", "no space left on its file system", "the room under it"
+                    f"the archive at {self.shown}",
+                    "no space left on its file system",
+                    "the space of that file system, or JETL_ARCHIVE__URL to a larger store",
                 ) from exc
             raise
         if self._used is not None:

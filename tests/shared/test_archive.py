@@ -192,3 +192,14 @@ async def test_a_write_refused_for_room_outside_a_publish_is_retried_and_logged_
     said = capsys.readouterr().out
     assert "transient failure, will retry" in said and "maximum bytes exceeded" in said
     assert "JETL_NATS__STATE_MAX_BYTES" in said and "jetl health" in said
+
+
+def test_ids_that_are_no_tokens_never_become_paths(tmp_path: Path) -> None:
+    from jetl.errors import ConfigError
+
+    archive = Archive(str(tmp_path / "a"))
+    for pipeline, run, part in (("..", "r1", "r1/000000"), ("sales", "r1", "r1/../../x"), ("s/x", "r1", "r1/0")):
+        with pytest.raises(ConfigError):
+            archive.path(pipeline, run, part)
+    with pytest.raises(ValueError):
+        archive.path("sales", "r1", "r2/000000")
