@@ -5,7 +5,7 @@ permissions still confine it to its stage's work.
 - `extractor` consumes run requests (its durable on JETL_RUNS) and publishes raw batches, and the partitions of a run
   it plans back onto JETL_RUNS (never a run request: `subjects.partition_pattern`); it reads JETL_RAW (replays) and
   JETL_DLQ (redrives) message by message;
-- `transformer` consumes raw batches and publishes clean batches;
+- `transformer` consumes raw batches and publishes clean batches, and archives them (the `archiver` durable);
 - `loader` consumes clean batches and answers the loader's control verbs;
 - `scheduler` publishes run requests, folds the event log (the `tracker` durable on JETL_EVENTS) into run state and
   cursors, and pulls JetStream's max-deliveries advisories (the `watchdog` durable on JETL_ADVISORIES: it reads the
@@ -55,7 +55,7 @@ _READS: dict[Role, tuple[Kind, ...]] = {
 }
 _DURABLES: dict[Role, tuple[str, ...]] = {
     "extractor": ("extractor",),
-    "transformer": ("transformer",),
+    "transformer": ("transformer", "archiver"),
     "loader": ("loader",),
     "scheduler": ("tracker", "watchdog"),
 }

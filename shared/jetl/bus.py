@@ -24,14 +24,17 @@ from nats.errors import NoRespondersError
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from jetl import subjects
-from jetl.errors import IN_PROCESS, TerminalError, TransientError, note_refusal
+from jetl.errors import IN_PROCESS, StoreFull, TerminalError, TransientError, note_refusal, refused_for_room
 from jetl.events import RunRequested, _Event
+from jetl.logging import get_logger
 from jetl.messages.deadletter import DeadLetter
 from jetl.messages.models import Batch, RunRequest
 from jetl.messages.payload import PAYLOAD_HEADROOM
 from jetl.messages.wire import encode_batch
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.subjects import STREAMS, Kind, Role, Stage
+
+log = get_logger("jetl.bus")
 
 MSG_ID = "Nats-Msg-Id"
 # A stream leader's election on a three-node cluster took 4-7 s on a loaded two-core machine
@@ -43,8 +46,35 @@ LEADERLESS = (NoStreamResponseError, NoRespondersError, ServiceUnavailableError,
 
 
 def leaderless(exc: BaseException) -> bool:
-    """Whether a publish failed only because its stream is between leaders (`Bus._publish` tries it again)."""
+    """Whether a publish failed only because its stream is between leaders (`Bus._publish` tries it again). A full
+    stream answers 503 too (`ServiceUnavailableError`, code 10077 "maximum bytes exceeded"): that is no election."""
+    if refused_for_room(exc) is not None:
+        return False
     return isinstance(exc, LEADERLESS) or (isinstance(exc, APIError) and exc.err_code == IN_PROCESS)
+
+
+FULL_RETRY_S = (0.25, 5.0)
+"""First and longest pause between tries of a publish refused for want of room (the pause doubles up to the cap)."""
+
+
+def store_full(kind: Kind, exc: BaseException) -> StoreFull | None:
+    """`exc` as the store that is full, named with the setting that raises its limit; None when it is not that."""
+    said = refused_for_room(exc)
+    if said is None:
+        return None
+    name = STREAMS[kind].name
+    if "maximum" in said:  # the stream's own limit: maximum bytes / messages exceeded
+        return StoreFull(
+            f"stream {name}",
+            said,
+            f'JETL_NATS__STREAM_MAX_BYTES (its "{kind.value}" entry, then `jetl deploy`)',
+        )
+    return StoreFull(
+        f"the JetStream store (writing {name})",
+        said,
+        "the server's max_file_store (JETL_EMBEDDED_NATS__MAX_FILE_STORE_MB under `jetl up`) or the disk under its "
+        "store directory",
+    )
 
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
@@ -170,9 +200,13 @@ class Bus:
     """Publishes jetl messages on a FastStream broker, each with its dedup id, waiting for the stream's ack, as one
     role: its events go on that role's subjects (`subjects.events`), the only ones its NATS user may publish."""
 
-    def __init__(self, broker: NatsBroker, role: Role) -> None:
+    def __init__(self, broker: NatsBroker, role: Role, full_wait: float = 0.0) -> None:
         self.broker = broker
         self.role = role
+        self.full_wait = full_wait
+        """Seconds a publish to a full stream waits for room before it raises StoreFull (`NatsSettings.full_wait`)."""
+        self.paused: StoreFull | None = None
+        """Why publishing is paused right now (a full stream or store), for health and logs; None when it is not."""
 
     async def _publish(self, body: bytes, subject: str, msg_id: str, kind: Kind) -> bool:
         """Publish and wait for the stream's ack; True when the stream dropped it as a duplicate of `msg_id`.
@@ -182,14 +216,41 @@ class Bus:
         retried here for up to `LEADERLESS_S` (safe: `Nats-Msg-Id` drops a second copy), instead of failing the
         handler: each failure would spend one of the input's MAX_DELIVER deliveries, and a quick nak backoff spends
         all of them inside one election (a partition test failed a run on timeouts that way).
+
+        A stream (or the server's store) that is full pauses the publish instead: it is tried again, less and less
+        often, for up to `full_wait` seconds, while the stage's input is kept alive (`keep_alive` beats); room comes
+        back as the consumers downstream ack (JETL_RAW and JETL_CLEAN keep only what is not yet done) or as disk is
+        freed, and the publish goes on by itself. Past `full_wait` it raises StoreFull, naming the store and the
+        setting to raise, never as a leader election.
         """
-        deadline = asyncio.get_running_loop().time() + LEADERLESS_S
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEADERLESS_S
+        full_since: float | None = None
+        pause = FULL_RETRY_S[0]
         while True:
             try:
                 ack = await self.broker.publish(body, subject, headers={MSG_ID: msg_id}, stream=STREAMS[kind].name)
+                if full_since is not None:
+                    log.info(
+                        "publishing resumed", stream=STREAMS[kind].name, paused_s=round(loop.time() - full_since, 1)
+                    )
+                    self.paused = None
                 return bool(getattr(ack, "duplicate", False))
             except Exception as exc:
-                if not leaderless(exc) or asyncio.get_running_loop().time() >= deadline:
+                full = store_full(kind, exc)
+                if full is not None:
+                    if full_since is None:
+                        full_since = loop.time()
+                        log.warning("publishing paused", reason=str(full), wait_s=self.full_wait)
+                    self.paused = full
+                    if loop.time() - full_since >= self.full_wait:
+                        self.paused = None
+                        raise full from exc
+                    await asyncio.sleep(pause)
+                    pause = min(FULL_RETRY_S[1], pause * 2)
+                    deadline = loop.time() + LEADERLESS_S
+                    continue
+                if not leaderless(exc) or loop.time() >= deadline:
                     raise
                 await asyncio.sleep(LEADERLESS_RETRY_S)
 

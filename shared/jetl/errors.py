@@ -3,6 +3,7 @@
     JetlError
     ├── TransientError          retry: nak with backoff (network, timeouts, a server that is down)
     │   ├── DestinationUnavailable
+    │   ├── StoreFull           a stream, bucket, the JetStream store or the archive has no room (names the setting)
     │   └── WaitTimedOut        a client gave up waiting for a run (says what it waited for, and whether NATS is up)
     └── TerminalError           dead-letter: record why, then term (bad data, bad config, bugs in a transform)
         ├── ConfigError         a pipeline or setting that cannot work; raised at start-up where possible
@@ -10,6 +11,7 @@
         │   └── NoDeployment    a NATS server without jetl's streams (only `jetl deploy` / `jetl up` create them)
         ├── RecordError         one or more records failed validation; carries the per-record reasons
         ├── SchemaMismatch      a batch whose schema hash differs from the pipeline's
+        ├── ArchiveCorrupt      an archived batch whose checksum does not match its bytes
         └── OverlappingRun      a run that would start from a cursor an unfinished run is still moving
 
 `classify()` maps any exception (including driver errors) onto transient or terminal, so no handler has to
@@ -42,6 +44,18 @@ class TransientError(JetlError):
 
 class DestinationUnavailable(TransientError):
     """The destination (ClickHouse, a folder) could not be reached or written just now."""
+
+
+class StoreFull(TransientError):
+    """A stream, a bucket, the server's JetStream store or the raw-batch archive refused a write for want of room.
+
+    Never a leader election or "is NATS running?": the message names the store, what it said, and the setting that
+    raises its limit, and publishers pause on it (`jetl.bus.Bus`) until room returns.
+    """
+
+    def __init__(self, store: str, detail: str, setting: str) -> None:
+        super().__init__(f"{store} is full ({detail}): raise {setting}, or free room in it")
+        self.store, self.detail, self.setting = store, detail, setting
 
 
 class WaitTimedOut(TransientError):
@@ -150,6 +164,10 @@ class SchemaMismatch(TerminalError):
     """A batch produced under another schema than the one the pipeline now declares."""
 
 
+class ArchiveCorrupt(TerminalError):
+    """An archived raw batch whose bytes do not match the checksum written with them (`jetl.archive`)."""
+
+
 class OverlappingRun(TerminalError):
     """A run of a pipeline that keeps a cursor, requested while an earlier run of it had not finished: it would
     start from the cursor that run is about to move, and load what that run loads a second time."""
@@ -158,6 +176,24 @@ class OverlappingRun(TerminalError):
 IN_PROCESS = 10158
 """JetStream's error code for a publish whose `Nats-Msg-Id` an earlier, timed-out publish is still storing ("duplicate
 message id is in process"): transient, a retry is acknowledged as a duplicate once that one is stored."""
+
+
+STORE_FAILED = 10077
+"""JetStream's code for a message its stream would not store, with the reason as the description ("maximum bytes
+exceeded", "maximum messages exceeded", a write the disk refused); it comes as a 503, like a stream with no leader."""
+STORAGE_EXCEEDED = 10047
+"""JetStream's "insufficient storage resources available": the server's `max_file_store` (or its disk) is used up."""
+INSUFFICIENT_RESOURCES = 10023
+"""JetStream's "insufficient resources": the server cannot take more (its store, or an account's limits)."""
+_FULL_CODES = (STORE_FAILED, STORAGE_EXCEEDED, INSUFFICIENT_RESOURCES)
+
+
+def refused_for_room(exc: BaseException) -> str | None:
+    """What JetStream said when it refused a write for want of room (a full stream or bucket, a full store or disk),
+    or None when `exc` is something else (a stream between leaders answers 503 too, without these codes)."""
+    if getattr(exc, "err_code", None) not in _FULL_CODES:
+        return None
+    return str(getattr(exc, "description", None) or "no room")
 
 
 def classify(exc: BaseException) -> Disposition:

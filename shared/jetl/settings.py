@@ -74,6 +74,10 @@ class NatsSettings(BaseModel):
     run_state_ttl_days: float = 90.0
     """Days a run's state and batch keys live after their last write (rebuildable from JETL_EVENTS); cursors,
     pause flags and schedule marks never expire."""
+    full_wait: float = 86400.0
+    """Seconds a service's publish to a full stream (or a full JetStream store) waits for room, its input kept alive,
+    before the input is retried as a failure: ingestion pauses, and resumes by itself when the consumers downstream
+    catch up or disk is freed. Commands (`jetl run`, ...) never wait: they report the full stream at once."""
     heartbeat_ttl_s: float = 3600.0
     """Seconds a service instance's heartbeat key outlives its last beat (a dead instance's key goes away)."""
 
@@ -94,6 +98,21 @@ class EmbeddedNatsSettings(BaseModel):
     memory_limit_mb: int = Field(default=384, ge=0)
     """Soft memory limit of the server process (Go's GOMEMLIMIT), MiB; 0 for none. Under it the server's garbage
     collector works harder instead of growing: its peak RSS stays near this on any input."""
+
+
+class ArchiveSettings(BaseModel):
+    """Where every raw batch is kept for good once JETL_RAW lets it go (`jetl.archive`)."""
+
+    url: str = ""
+    """A folder, or an object store by URL (`s3://bucket/prefix`, `gs://bucket/prefix`, `file:///path`); empty means
+    the `archive` folder in the data dir. Every transformer (the writer) and extractor (replays read it) must reach
+    the same one."""
+    max_bytes: int = 0
+    """Byte limit of the archive, shown by `jetl health` (warn at 80%, fail at 95%) and enforced on writes; 0: none
+    but the room of the file system under a folder."""
+    keep_days: dict[str, float] = Field(default_factory=dict)
+    """Days a pipeline's archived runs are kept after their last batch was archived, by pipeline name (`"*"`: every
+    pipeline not named); a pipeline under neither keeps its runs for good. A removed run can no longer replay."""
 
 
 class ClickHouseSettings(BaseModel):
@@ -137,6 +156,8 @@ class JetlSettings(BaseSettings):
     """Store limits of the embedded nats-server (`jetl up`, `jetl demo`)."""
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     """The ClickHouse destination."""
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    """The raw-batch archive: the log's history past JETL_RAW's window."""
     log_level: str = "INFO"
     """Log level."""
     log_format: Literal["console", "json"] = "console"
@@ -163,6 +184,11 @@ class JetlSettings(BaseSettings):
     def chdb_path(self) -> Path:
         """The chdb folder of the embedded default."""
         return (self.data_dir / "chdb").resolve()
+
+    @property
+    def archive_url(self) -> str:
+        """The archive in force: `archive.url`, or the `archive` folder of the data dir."""
+        return self.archive.url or str((self.data_dir / "archive").resolve())
 
     @property
     def clickhouse_dsn(self) -> str:

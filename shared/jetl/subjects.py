@@ -5,7 +5,7 @@ Every subject jetl publishes or subscribes to is built here; no other module spe
 | stream      | subjects                      | retention  | full: discard |
 |-------------|-------------------------------|------------|---------------|
 | JETL_RUNS   | jetl.run.<pipeline>           | work queue | new           | (and jetl.run.<pipeline>.<run>.<partition>)
-| JETL_RAW    | jetl.raw.<pipeline>.<run>     | limits     | new           |
+| JETL_RAW    | jetl.raw.<pipeline>.<run>     | interest   | new           | (a batch goes once transformed + archived)
 | JETL_CLEAN  | jetl.clean.<pipeline>.<run>   | interest   | new           | (a batch goes once the loader acked it)
 | JETL_EVENTS | jetl.events.<pipeline>.<run>.<role> | limits | old         | (the role that said it: `Role`)
 | JETL_DLQ    | jetl.dlq.<pipeline>.<stage>   | limits     | new           |
@@ -93,7 +93,11 @@ class StreamSpec:
 
 STREAMS: dict[Kind, StreamSpec] = {
     Kind.RUN: StreamSpec("JETL_RUNS", Kind.RUN, Retention.WORK_QUEUE, 7, 24 * 3600, 64 * MiB, Discard.NEW),
-    Kind.RAW: StreamSpec("JETL_RAW", Kind.RAW, Retention.LIMITS, 7, 3600, 3 * GiB, Discard.NEW),
+    # A window, not the history: a raw batch is kept until the transformer and the archiver have both acked it (the
+    # archiver after writing it to the archive, `jetl.archive`), so the stream holds only work not yet done, and
+    # when full it refuses new batches (the extractor pauses, `jetl.bus.Bus`) until they drain: it never drops one
+    # that is not yet transformed or archived. Replays read what left it from the archive.
+    Kind.RAW: StreamSpec("JETL_RAW", Kind.RAW, Retention.INTEREST, 7, 3600, 3 * GiB, Discard.NEW),
     # A clean batch is kept until the loader's durable consumer acks it, not two days after: at 49 bytes a record,
     # kept clean batches were most of nats-server's memory and disk on a long input. Nothing reads them afterwards
     # (replay re-transforms from JETL_RAW); max_age still bounds a batch no loader ever acks.
@@ -110,6 +114,7 @@ STREAMS: dict[Kind, StreamSpec] = {
 CONSUMERS: dict[str, Kind] = {
     "extractor": Kind.RUN,
     "transformer": Kind.RAW,
+    "archiver": Kind.RAW,  # writes each raw batch to the archive before it may leave JETL_RAW (the transformer runs it)
     "loader": Kind.CLEAN,
     "tracker": Kind.EVENTS,
     "watchdog": Kind.ADVISORY,

@@ -44,6 +44,10 @@ EPHEMERAL_INACTIVE_S = 5.0
 """Seconds an ephemeral consumer (an operator's read of the log) outlives its reader: one left behind by a reader
 that died cannot pin JETL_CLEAN (interest retention) or hold server memory for long. Only the operator creates
 them; services create no consumer at all (`jetl.access`)."""
+UNLIMITED = -1
+MAX_DELIVER_OF = {"archiver": UNLIMITED}
+"""Durables that never give up on a message: a batch the archiver cannot write yet (the archive is full or away) is
+tried again until it can, since JETL_RAW keeps it until then; dead-lettering it would lose nothing but its history."""
 
 
 _RETENTION = {
@@ -83,7 +87,7 @@ def consumer_config(service: str, ack_wait: float = ACK_WAIT_S) -> ConsumerConfi
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait,
-        max_deliver=MAX_DELIVER,
+        max_deliver=MAX_DELIVER_OF.get(service, MAX_DELIVER),
         max_ack_pending=MAX_ACK_PENDING,
     )
 
@@ -124,9 +128,22 @@ def _diff(current: Any, wanted: Any, fields: Iterable[str]) -> list[str]:
 
 
 async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list[Change]:
-    """Create or update every stream and consumer; idempotent. Returns what changed (or would)."""
+    """Create or update every stream and consumer; idempotent. Returns what changed (or would).
+
+    The durables of a stream that exists are declared before the stream is updated: JETL_RAW deployed under limits
+    moves to interest retention, and a batch every durable then defined had acked would go at once, before the new
+    `archiver` durable could archive it.
+    """
     js = nc.jetstream()
     changes: list[Change] = []
+    early: set[str] = set()
+    for service, kind in CONSUMERS.items():
+        try:
+            await js.stream_info(STREAMS[kind].name)
+        except NotFoundError:
+            continue
+        early.add(service)
+        changes.append(await _declare_consumer(js, service, kind, s, dry_run=dry_run))
     for kind in STREAMS:
         wanted = stream_config(kind, s.stream_replicas, s.stream_max_bytes)
         assert wanted.name is not None
@@ -156,30 +173,33 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
                 continue
         changes.append(Change("stream", wanted.name, "updated", "; ".join(diffs)))
     for service, kind in CONSUMERS.items():
-        wanted_c = consumer_config(service, s.ack_wait)
-        stream = STREAMS[kind].name
-        try:
-            cinfo = await js.consumer_info(stream, service)
-        except NotFoundError:
-            if not dry_run:
-                await js.add_consumer(stream, wanted_c)
-            changes.append(Change("consumer", f"{stream}/{service}", "created"))
-            continue
-        diffs = _diff(cinfo.config, wanted_c, _COMPARED_CONSUMER)
-        if not diffs:
-            changes.append(Change("consumer", f"{stream}/{service}", "unchanged"))
-            continue
-        if not dry_run:
-            try:
-                await js.add_consumer(stream, wanted_c)  # add with the same durable name updates it
-            except Exception as exc:  # some fields (ack policy) cannot change on a live consumer
-                detail = f"{'; '.join(diffs)} (update refused: {exc})"
-                changes.append(Change("consumer", f"{stream}/{service}", "differs", detail))
-                continue
-        changes.append(Change("consumer", f"{stream}/{service}", "updated", "; ".join(diffs)))
+        if service not in early:
+            changes.append(await _declare_consumer(js, service, kind, s, dry_run=dry_run))
     changes.append(await _declare_kv(js, s, dry_run=dry_run))
     changes.append(await _declare_object_store(js, s, dry_run=dry_run))
     return changes
+
+
+async def _declare_consumer(js: Any, service: str, kind: Kind, s: NatsSettings, *, dry_run: bool) -> Change:
+    """One durable: created if missing, its settings kept as declared."""
+    wanted = consumer_config(service, s.ack_wait)
+    stream = STREAMS[kind].name
+    name = f"{stream}/{service}"
+    try:
+        cinfo = await js.consumer_info(stream, service)
+    except NotFoundError:
+        if not dry_run:
+            await js.add_consumer(stream, wanted)
+        return Change("consumer", name, "created")
+    diffs = _diff(cinfo.config, wanted, _COMPARED_CONSUMER)
+    if not diffs:
+        return Change("consumer", name, "unchanged")
+    if not dry_run:
+        try:
+            await js.add_consumer(stream, wanted)  # add with the same durable name updates it
+        except Exception as exc:  # some fields (ack policy) cannot change on a live consumer
+            return Change("consumer", name, "differs", f"{'; '.join(diffs)} (update refused: {exc})")
+    return Change("consumer", name, "updated", "; ".join(diffs))
 
 
 DLQ_BODIES_MAX_BYTES = 256 * 1024 * 1024

@@ -22,7 +22,7 @@ from jetl.settings import NatsSettings
 from jetl.subjects import Kind
 from jetl.testing.cli import jetl
 from jetl.testing.servers import NatsHandle
-from jetl.topology import stream_config
+from jetl.topology import consumer_config, stream_config
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ def test_deploy_is_idempotent_and_never_ignores_drift(bare_nats: NatsHandle, mon
     code, report = deploy("--dry-run", "--json")
     assert code == 0 and actions(report)["JETL_RUNS"][0] == "would create"
     code, report = deploy("--json")
-    assert code == 0 and report["changed"] == 14 and report["differs"] == 0  # 7 streams, 5 consumers, KV, objects
+    assert code == 0 and report["changed"] == 15 and report["differs"] == 0  # 7 streams, 6 consumers, KV, objects
 
     code, out = deploy()
     assert code == 0 and "nothing to change" in out
@@ -209,3 +209,48 @@ def test_a_clean_batch_goes_once_the_loader_acked_it_and_an_old_clean_stream_is_
     act, detail = actions(report)["JETL_CLEAN"]
     assert code == 0 and act == "updated" and "retention: limits -> interest" in detail, (act, detail)
     assert deploy("--json")[1]["changed"] == 0
+
+
+async def old_raw_deployment(url: str) -> None:
+    """A deployment from before the archive: JETL_RAW under limits, no archiver durable, and one raw batch the
+    transformer already acked (under limits it stays: it is the history a replay reads)."""
+    nc = await connect(NatsSettings(url=url))
+    js = nc.jetstream()
+    try:
+        await js.delete_consumer("JETL_RAW", "archiver")
+        await js.delete_stream("JETL_RAW")
+        cfg = stream_config(Kind.RAW)
+        cfg.retention = RetentionPolicy.LIMITS
+        await js.add_stream(cfg)
+        await js.add_consumer("JETL_RAW", consumer_config("transformer"))
+        await js.publish(subjects.raw("items", "r1"), b"{}\n[]")
+        sub = await js.pull_subscribe_bind("transformer", "JETL_RAW")
+        (msg,) = await sub.fetch(1, timeout=5)
+        await msg.ack_sync()
+    finally:
+        await nc.close()
+
+
+async def raw_held(url: str) -> tuple[int, int]:
+    """Messages JETL_RAW holds, and those the archiver has still to take."""
+    nc = await connect(NatsSettings(url=url))
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info("JETL_RAW")
+        archiver = await js.consumer_info("JETL_RAW", "archiver")
+        return info.state.messages, archiver.num_pending or 0
+    finally:
+        await nc.close()
+
+
+def test_an_old_raw_stream_moves_to_interest_without_losing_a_batch_the_archiver_has_not_seen(
+    bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
+    assert deploy("--json")[0] == 0
+    asyncio.run(old_raw_deployment(bare_nats.url))
+    code, report = deploy("--json")
+    act, detail = actions(report)["JETL_RAW"]
+    assert code == 0 and act == "updated" and "retention: limits -> interest" in detail, (act, detail)
+    assert actions(report)["JETL_RAW/archiver"][0] == "created"
+    assert asyncio.run(raw_held(bare_nats.url)) == (1, 1)  # kept for the archiver, created before the move

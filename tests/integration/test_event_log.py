@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from jetl import subjects
+from jetl.archive import Archive
 from jetl.ops.client import JetlClient
 from jetl.projection import RunState
 from jetl.settings import JetlSettings, NatsSettings
@@ -80,7 +81,7 @@ class Env:
         return asyncio.run(go())
 
     def purge_raw(self, pipeline: str, run_id: str, keep: int) -> None:
-        """Drop a run's raw batches from JETL_RAW but the last `keep`."""
+        """Drop a run's raw batches from JETL_RAW and from the archive but the last `keep`."""
 
         async def go() -> None:
             async with JetlClient(JetlSettings(nats=NatsSettings(url=self.url))) as jc:
@@ -88,6 +89,9 @@ class Env:
                 await js.purge_stream(stream_name(Kind.RAW), subject=subjects.raw(pipeline, run_id), keep=keep)
 
         asyncio.run(go())
+        archive = Archive(str(self.data / "archive"))
+        for part_id in archive.batches(pipeline, run_id)[:-keep]:
+            Path(archive.path(pipeline, run_id, part_id)).unlink()
 
     def run(self, pipeline: str) -> RunState:
         async def go() -> RunState:
@@ -362,7 +366,7 @@ def test_replay_after_a_transformer_change_diffs_exactly_the_changed_rows(env: E
     real = env.cli("replay", "prices", "--run", parent.run_id, "--json").json()  # now for real
     assert real["status"] == "completed"
 
-    env.purge_raw("prices", real["run_id"], keep=2)  # as if its older raw batches had expired
+    env.purge_raw("prices", real["run_id"], keep=2)  # as if its older raw batches had been lost from the archive
     gone = env.cli("replay", "prices", "--run", real["run_id"], "--json", ok=False)
     assert gone.code == 1 and "keeps 2 of its 8 raw batches" in gone.json()["error"]  # refused, nothing resent
     stack.stop()  # chdb opens in one process at a time: read it once the loader is down

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import ServiceProcess, Stack, free_port, service_env
 from jetl.state import RunMark, bucket, last_ok_key
 from jetl.testing.servers import NatsHandle
+from jetl.testing.wait import wait_for
 from jetl.testing.webhook import Hook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -96,17 +97,6 @@ def rows(health: dict[str, Any], check: str) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in health["checks"] if r["check"] == check}
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 45.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
-
-
 def test_operations_toolkit_against_a_running_deployment(
     tmp_path: Path, bare_nats: NatsHandle, hook: Hook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,7 +120,7 @@ def test_operations_toolkit_against_a_running_deployment(
     assert "jetl deploy" in rows(report, "stream")["JETL_RUNS"]["detail"]
 
     code, report = cli("deploy", "--no-migrate", "--json")
-    assert code == 0 and report["changed"] == 14  # 7 streams, 5 consumers, 1 KV bucket, 1 object store
+    assert code == 0 and report["changed"] == 15  # 7 streams, 6 consumers, 1 KV bucket, 1 object store
 
     metrics_port = free_port()
     extra = {"JETL_ALERT_WEBHOOK_URL": hook.url, "JETL_TICK_SECONDS": "0.2", "JETL_STALE_CHECK_SECONDS": "0.5"}

@@ -4,6 +4,7 @@ dead-letters the batch and fails its run naming the batch and the stage."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +21,7 @@ from jetl.ops.client import JetlClient
 from jetl.registry import register
 from jetl.runtime.service import ServiceContext, make_context
 from jetl.settings import JetlSettings, NatsSettings
-from jetl.state import add_active, apply, bucket, get_run
+from jetl.state import add_active, apply, bucket, get_run, heartbeat_key
 from jetl.subjects import STREAMS, Kind, stream_name
 from jetl.testing.servers import NatsHandle
 from jetl.topology import declare
@@ -138,3 +139,16 @@ async def test_an_advisory_sent_while_no_scheduler_ran_is_kept_and_fails_its_run
     assert st is not None and st.status == "failed" and "quiet-late/000001" in (st.error or "")
     assert letters == ["quiet-late/000001"]
     assert (await js.consumer_info(kept, "watchdog")).num_ack_pending == 0  # acted on once, acked
+
+
+async def test_no_run_fails_as_stalled_while_a_service_is_paused_on_a_full_stream(ctx: ServiceContext) -> None:
+    assert ctx.kv is not None
+    await started(ctx, "quiet-waiting", NOW - timedelta(minutes=20))
+    beat = {"service": "extractor", "instance": "h:1", "at": time.time(), "paused": "stream JETL_RAW is full (...)"}
+    key = heartbeat_key("extractor", "h:1")
+    await ctx.kv.put(key, orjson.dumps(beat))
+
+    assert await fail_stalled(ctx, stall_seconds=900, now=NOW) == []  # it waits for room: not stalled
+
+    await ctx.kv.put(key, orjson.dumps({**beat, "paused": None}))  # room came back, yet the run never moved
+    assert [f.run_id for f in await fail_stalled(ctx, stall_seconds=900, now=NOW)] == ["quiet-waiting"]

@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from jetl import subjects
+from jetl.archive import Archive, read_raw
 from jetl.events import RunExtracted, RunFailed
-from jetl.messages.wire import decode_batch
 from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import Stack
@@ -210,10 +210,11 @@ def test_a_forged_supersedes_naming_an_unrelated_batch_deletes_no_rows(running: 
 
     async def attempt() -> list[Any]:
         async with JetlClient(running.settings) as jc:
-            # the good run's own envelope (RAW keeps it; CLEAN lets a batch go once the loader acked it): the
+            # the good run's own envelope (the archive keeps it; the streams let a batch go once it is done): the
             # forgery is right in everything but what it supersedes
-            last = await jc.conn.jetstream().get_last_msg("JETL_RAW", subjects.raw("files", running.run_id))
-            real, _ = decode_batch(last.data or b"")
+            archive = Archive(str(running.data / "archive"))
+            kept = [batch async for batch, _ in read_raw(jc.conn, archive, "files", running.run_id)]
+            real = kept[-1]
             forged = real.model_copy(update={"seq": 7, "count": 1, "supersedes": victim, "encoding": "json"})
             head = forged.model_dump_json().encode()
             await publish(

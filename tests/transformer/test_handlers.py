@@ -48,6 +48,12 @@ def keep_odd(r: dict[str, Any]) -> dict[str, Any] | None:
     return r if r["id"] % 2 else None
 
 
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archiver beside the transformer writes to the data dir's archive: the test's own, not the checkout's."""
+    monkeypatch.setenv("JETL_DATA_DIR", str(tmp_path / "data"))
+
+
 @pytest.fixture
 def pipeline(tmp_path: Any) -> Pipeline:
     p = Pipeline(

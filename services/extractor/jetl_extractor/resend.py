@@ -1,4 +1,5 @@
-"""Runs whose batches come from the log instead of the extractors: replays (JETL_RAW) and redrives (JETL_DLQ).
+"""Runs whose batches come from the log instead of the extractors: replays (JETL_RAW and the archive) and redrives
+(JETL_DLQ).
 
 Both publish ordinary batches under the new run id with the ordinary events (run.started, batch.extracted,
 run.extracted), so the transformer, the loader, the tracker and completion work unchanged. Both are deterministic
@@ -7,7 +8,8 @@ republishes the same batch ids, which JetStream drops as duplicates.
 
 - Replay: the parent run's raw batches, read back in order, republished with the same seq (so batch k of the
   replay `supersedes` batch k of the parent in the destination) and origins; `shadow` sends them to the loader's
-  shadow for a diff instead. The parent must still have all of its raw batches on JETL_RAW.
+  shadow for a diff instead. The parent's raw batches come from JETL_RAW while it holds them, else from the
+  archive (`jetl.archive.read_raw`); all of them, or the replay is refused.
 - Redrive: the records of the requested dead letters, in bounded batches. Records rejected by the transformer go
   back as raw batches (the raw input is taken from the parent's raw batch when the dead letter names its index,
   since a record rejected late in the chain is already half transformed); batches the loader rejected go back as
@@ -21,14 +23,14 @@ from __future__ import annotations
 from typing import Any
 
 from jetl import subjects
-from jetl.bus import read_one_by_one
+from jetl.archive import Archive, raw_kept, read_raw
 from jetl.errors import TerminalError
 from jetl.events import BatchExtracted, RunExtracted, RunStarted
 from jetl.logging import get_logger
 from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
 from jetl.messages.models import Batch, RunRequest, utcnow
 from jetl.messages.payload import PAYLOAD_HEADROOM, fit_payload, item_size
-from jetl.messages.wire import decode_batch, read_records
+from jetl.messages.wire import read_records
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext
 from jetl.state import get_run
@@ -80,22 +82,19 @@ class Resend:
                 f"cannot replay {parent!r}: the run state has no finished extraction for it "
                 "(is the run id right? `jetl status --rebuild` refolds the state from the log)"
             )
-        subject = subjects.raw(p.name, parent)
-        info = await self.ctx.broker.connection.jetstream().stream_info(
-            subjects.stream_name(Kind.RAW), subjects_filter=subject
-        )
-        kept = (info.state.subjects or {}).get(subject, 0)
-        if kept < state.expected_batches:  # refuse before publishing anything: a replay is whole or not at all
+        archive = Archive.of(self.ctx.settings)
+        conn = self.ctx.broker.connection
+        in_stream, archived = await raw_kept(conn, archive, p.name, parent)
+        if in_stream + archived < state.expected_batches:  # refuse before publishing anything: whole or not at all
             raise TerminalError(
-                f"cannot replay {parent!r}: JETL_RAW keeps {kept} of its {state.expected_batches} raw batches "
-                "(older ones expire with the stream's max age)"
+                f"cannot replay {parent!r}: the log keeps {in_stream + archived} of its {state.expected_batches} raw "
+                f"batches (JETL_RAW {in_stream}, the archive at {archive.shown} {archived})"
             )
-        seen: set[int] = set()
-        async for msg in read_one_by_one(self.ctx.broker.connection, subjects.stream_name(Kind.RAW), subject):
-            old, body = decode_batch(msg.data)
-            if old.seq in seen:  # a forced re-run of the parent may have published a seq twice: the first stands
+        seen: set[str] = set()
+        async for old, body in read_raw(conn, archive, p.name, parent):
+            if old.batch_id in seen:  # a forced re-run of the parent may have published a batch twice: the first stands
                 continue
-            seen.add(old.seq)
+            seen.add(old.batch_id)
             batch = old.model_copy(
                 update={
                     "run_id": self.req.run_id,
@@ -108,8 +107,8 @@ class Resend:
             await self._announce(batch)
         if len(seen) != state.expected_batches:
             raise TerminalError(
-                f"cannot replay {parent!r}: JETL_RAW keeps {len(seen)} of its "
-                f"{state.expected_batches} raw batches (older ones expire with the stream's max age)"
+                f"cannot replay {parent!r}: the log keeps {len(seen)} of its {state.expected_batches} raw batches "
+                f"(JETL_RAW and the archive at {archive.shown})"
             )
 
     async def _redrive(self, seqs: list[int]) -> None:
@@ -191,10 +190,9 @@ class Resend:
     async def _raw_inputs(self, batch_ids: set[str]) -> dict[str, dict[int, Any]]:
         """The raw records of the given batches, by batch id and index (one read per run; missing once expired)."""
         out: dict[str, dict[int, Any]] = {}
-        for run_id in sorted({b.rpartition("/")[0] for b in batch_ids}):
-            subject = subjects.raw(self.pipeline.name, run_id)
-            async for msg in read_one_by_one(self.ctx.broker.connection, subjects.stream_name(Kind.RAW), subject):
-                batch, body = decode_batch(msg.data)
+        archive = Archive.of(self.ctx.settings)
+        for run_id in sorted({b.partition("/")[0] for b in batch_ids}):
+            async for batch, body in read_raw(self.ctx.broker.connection, archive, self.pipeline.name, run_id):
                 if batch.batch_id in batch_ids and batch.batch_id not in out:
                     # a raw batch may hold lines that are not records (read_records sets them aside)
                     records, positions, _ = read_records(body, batch.count)

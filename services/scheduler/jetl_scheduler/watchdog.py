@@ -10,14 +10,18 @@ alerts on like any failure):
   max_deliver on an error (`jetl.runtime.stage.reject_batch`). Advisories are core NATS, fire and forget:
   JETL_ADVISORIES keeps them, and the watchdog pulls them from its durable there, so one sent while no scheduler ran
   (or while the only one restarted) is acted on when a scheduler comes back.
-- Nothing happens: a run with no event for `stall_seconds` fails as stalled.
+- Nothing happens: a run with no event for `stall_seconds` fails as stalled. Not while a service says its
+  publishing is paused for want of room (a full stream or store, in its heartbeat: `jetl.bus.Bus.paused`): such runs
+  wait, and go on by themselves when room returns.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 
 from jetl import subjects
@@ -30,7 +34,7 @@ from jetl.messages.wire import decode_batch
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
 from jetl.runtime.stage import decide_ack, gave_up
-from jetl.state import unfinished_runs
+from jetl.state import HEARTBEAT_PREFIX, unfinished_runs, watch_values
 from jetl.subjects import CONSUMERS, Stage
 
 log = get_logger("jetl.watchdog")
@@ -116,10 +120,30 @@ def stalled_stage(state: RunState) -> Stage:
     return "load"
 
 
+PAUSE_FRESH_S = 30.0
+"""A heartbeat saying "paused" counts this long (heartbeats come every 5 s; a dead instance's last one lingers)."""
+
+
+async def paused_for_room(kv: Any) -> list[str]:
+    """Why services say their publishing is paused right now (a full stream or store), from fresh heartbeats."""
+    now = time.time()
+    reasons = set()
+    for raw in (await watch_values(kv, f"{HEARTBEAT_PREFIX}.>")).values():
+        beat = orjson.loads(raw)
+        if beat.get("paused") and now - float(beat.get("at", 0)) <= PAUSE_FRESH_S:
+            reasons.add(f"{beat.get('service')}: {beat['paused']}")
+    return sorted(reasons)
+
+
 async def fail_stalled(ctx: ServiceContext, stall_seconds: float, now: datetime | None = None) -> list[RunFailed]:
-    """Fail every started, unfinished run whose newest event is older than `stall_seconds`."""
+    """Fail every started, unfinished run whose newest event is older than `stall_seconds`; none while a service is
+    paused for want of room (its runs wait for room, they are not stuck)."""
     assert ctx.kv is not None
     now = now or utcnow()
+    paused = await paused_for_room(ctx.kv)
+    if paused:
+        log.warning("stall check skipped: publishing is paused for room", paused=paused)
+        return []
     failed: list[RunFailed] = []
     for pipeline in sorted(ctx.pipelines):
         running, _ = await unfinished_runs(ctx.kv, pipeline, now)

@@ -14,6 +14,7 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
+from jetl.archive import Archive
 from jetl.errors import SchemaMismatch, TerminalError, TransientError
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
@@ -27,6 +28,7 @@ from jetl.runtime.stage import decide_ack, open_batch, reject_batch
 from jetl.state import get_run
 from jetl.subjects import Kind
 from jetl.transformers.chain import arrow_path, run_transformers
+from jetl_transformer.archiver import archive_batch
 from jetl_transformer.settings import TransformerSettings
 
 log = get_logger("jetl.transformer")
@@ -168,7 +170,8 @@ def warm_up() -> None:
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:
-    """The transformer's one subscriber: the shared durable pull consumer on JETL_RAW."""
+    """The transformer's subscribers, both durable pull consumers on JETL_RAW shared by every replica: the
+    transformer's, and the archiver's (`jetl_transformer.archiver`), which keeps every raw batch for good."""
     settings = ctx.settings if isinstance(ctx.settings, TransformerSettings) else TransformerSettings()
     warm_up()
     heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
@@ -181,5 +184,12 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
         fetch_batch=settings.fetch_batch,
         fetch_timeout=settings.fetch_timeout,
     )
-
+    archive = Archive.of(ctx.settings)
+    stage_subscriber(
+        router,
+        "archiver",
+        lambda raw: archive_batch(ctx, archive, raw),
+        fetch_batch=settings.archive_fetch_batch,
+        fetch_timeout=settings.fetch_timeout,
+    )
     return router

@@ -28,9 +28,11 @@ from jetl.errors import (
     JetlError,
     NoDeployment,
     PermissionRefused,
+    StoreFull,
     TransientError,
     WaitTimedOut,
     last_refusal,
+    refused_for_room,
 )
 
 WIDE = 100
@@ -113,6 +115,10 @@ def fail(exc: BaseException) -> NoReturn:
         die(text, code=EXIT_UNAVAILABLE)
     if isinstance(exc, ConfigError):
         die(text, "check the pipeline module or setting it names (jetl validate)", EXIT_USAGE)
+    if isinstance(exc, StoreFull):  # NATS answered: a full stream or store is no outage, and says what to raise
+        die(text, "`jetl health` shows how full every stream, bucket and the archive are")
+    if refused_for_room(exc) is not None:
+        die(f"JetStream refused a write for want of room: {text}", "`jetl health` shows which stream or store is full")
     if isinstance(exc, WaitTimedOut) and exc.nats_up:  # NATS answers: blaming it would send people the wrong way
         die(text, "NATS is up: are the services running? `jetl health`; `jetl logs RUN` shows what they did")
     if _unavailable(exc):

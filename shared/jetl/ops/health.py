@@ -1,4 +1,5 @@
-"""The health of a deployment as data: NATS, streams, consumers and their lag, service heartbeats, the destination
+"""The health of a deployment as data: NATS, the fill of every stream, bucket, the JetStream store and the archive
+(used / limit: warn at 80%, unhealthy at 95%), consumers and their lag, service heartbeats, the destination
 (asked of a running loader) and each scheduled pipeline's freshness against its schedule.
 
 `jetl health` prints these checks; a dashboard can show the same list.
@@ -6,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -14,6 +16,7 @@ import orjson
 from pydantic import BaseModel
 
 from jetl import subjects
+from jetl.archive import Archive
 from jetl.bus import nats_connection
 from jetl.pipeline import Pipeline
 from jetl.settings import JetlSettings
@@ -29,13 +32,46 @@ class HealthCheck(BaseModel):
     """One check of the deployment: `fail` makes it unhealthy, `warn` does not."""
 
     check: str
-    """What kind of thing was checked: nats, stream, consumer, kv, service, destination, pipeline(s)."""
+    """What kind of thing was checked: nats, stream, consumer, kv, object store, jetstream, archive, service,
+    destination, pipeline(s). Streams, buckets, the store and the archive show used / limit."""
     name: str
     """Which one (a stream name, a service, a pipeline)."""
     status: Literal["ok", "warn", "fail"]
     """The verdict."""
     detail: str
     """What was seen, for a human."""
+
+
+CAPACITY_WARN = 0.80
+"""A stream, bucket, store or archive this full warns in `jetl health`."""
+CAPACITY_FAIL = 0.95
+"""This full is unhealthy: its writers are about to pause (or have) until room returns."""
+
+
+def capacity(
+    used: int, limit: int | None, setting: str, messages: int | None = None
+) -> tuple[Literal["ok", "warn", "fail"], str]:
+    """The verdict and detail of one store's fill: used / limit, warn at 80%, fail at 95% (with the setting to raise);
+    a limit of None, 0 or below is none."""
+    count = f", {messages} message(s)" if messages is not None else ""
+    if limit is None or limit <= 0:
+        return "ok", f"{size(used)} used, no limit{count}"
+    share = used / limit
+    detail = f"{size(used)} of {size(limit)} used ({share:.0%}){count}"
+    if share >= CAPACITY_FAIL:
+        return "fail", f"{detail}: full, writes pause until room returns; raise {setting}"
+    if share >= CAPACITY_WARN:
+        return "warn", f"{detail}: nearly full; raise {setting}"
+    return "ok", detail
+
+
+def size(n: float) -> str:
+    """Bytes for people: 512 B, 3.0 KiB, 39.1 MiB, 3.0 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def healthy(checks: list[HealthCheck]) -> bool:
@@ -71,9 +107,11 @@ async def gather_health(
         for spec in STREAMS.values():
             try:
                 info = await js.stream_info(spec.name)
-                add("stream", spec.name, "ok", f"{info.state.messages} message(s), {info.state.bytes} bytes")
             except NotFoundError:
                 add("stream", spec.name, "fail", "missing (run `jetl deploy`)")
+                continue
+            setting = f'JETL_NATS__STREAM_MAX_BYTES (its "{spec.kind.value}" entry, then `jetl deploy`)'
+            add("stream", spec.name, *capacity(info.state.bytes, info.config.max_bytes, setting, info.state.messages))
         for durable, kind in CONSUMERS.items():
             stream = STREAMS[kind].name
             try:
@@ -85,16 +123,39 @@ async def gather_health(
                 add("consumer", f"{stream}/{durable}", "fail", "missing (run `jetl deploy`)")
         try:
             kv = await js.key_value(BUCKET)
-            add("kv", BUCKET, "ok", "present")
+            info = await js.stream_info(f"KV_{BUCKET}")
+            add("kv", BUCKET, *capacity(info.state.bytes, info.config.max_bytes, "JETL_NATS__STATE_MAX_BYTES"))
         except Exception:
             add("kv", BUCKET, "fail", "missing (run `jetl deploy`)")
             kv = None
+        try:
+            info = await js.stream_info(f"OBJ_{subjects.DLQ_BODIES_BUCKET}")
+            limit = "jetl.topology.DLQ_BODIES_MAX_BYTES"
+            add("object store", subjects.DLQ_BODIES_BUCKET, *capacity(info.state.bytes, info.config.max_bytes, limit))
+        except NotFoundError:
+            add("object store", subjects.DLQ_BODIES_BUCKET, "fail", "missing (run `jetl deploy`)")
+        account = await js.account_info()
+        store_limit = account.limits.max_storage if account.limits is not None else None
+        add(
+            "jetstream",
+            "file store",
+            *capacity(account.storage, store_limit, "the account's or server's max_file_store"),
+        )
+        archive = Archive.of(s)
+        try:
+            use = await asyncio.to_thread(archive.usage)
+            add("archive", archive.shown, *capacity(use.used, use.limit, "JETL_ARCHIVE__MAX_BYTES or its disk"))
+        except Exception as exc:  # an object store that cannot be reached: the archiver cannot write either
+            add("archive", archive.shown, "fail", f"unreadable: {type(exc).__name__}: {exc}")
         now = time.time()
         beats = await service_beats(kv) if kv is not None else {}
         for name in services:
             seen = beats.get(name, [])
             fresh = [b for b in seen if now - float(b.get("at", 0)) <= heartbeat_timeout]
-            if fresh:
+            paused = sorted({str(b["paused"]) for b in fresh if b.get("paused")})
+            if paused:  # publishing waits for room in a full stream or store (`jetl.bus.Bus`): it resumes by itself
+                add("service", name, "warn", f"{len(fresh)} instance(s), paused: {'; '.join(paused)}")
+            elif fresh:
                 restarts = sum(int(b.get("restarts") or 0) for b in fresh)
                 add(
                     "service",

@@ -185,7 +185,7 @@ def make_context(name: str, settings: JetlSettings, broker: NatsBroker | None = 
         name=name,
         settings=settings,
         broker=broker,
-        bus=Bus(broker, subjects.role(name)),
+        bus=Bus(broker, subjects.role(name), full_wait=settings.nats.full_wait),
         instance=settings.instance or instance_id(),
     )
 
@@ -323,6 +323,7 @@ async def _heartbeat(ctx: ServiceContext) -> None:
                     "lag": lag,
                     "restarts": ctx.settings.restarts,
                     "load_errors": reload_errors(),
+                    "paused": str(ctx.bus.paused) if ctx.bus.paused is not None else None,
                 }
             )
             with contextlib.suppress(Exception):

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from jetl import metrics
-from jetl.errors import TerminalError, classify
+from jetl.errors import StoreFull, TerminalError, classify, refused_for_room
 from jetl.events import BatchRejected, RunFailed
 from jetl.logging import get_logger
 from jetl.messages.deadletter import DeadLetter
@@ -18,6 +18,9 @@ from jetl.subjects import Kind, Stage, pattern
 from jetl.topology import MAX_DELIVER
 
 Outcome = Literal["ack", "nak", "term"]
+FULL_HINT = (
+    "a stream, the state bucket (JETL_NATS__STATE_MAX_BYTES) or the JetStream store is full; `jetl health` names it"
+)
 log = get_logger("jetl.stage")
 
 
@@ -98,7 +101,11 @@ async def decide_ack(
     if disposition == "transient" and attempt < MAX_DELIVER:
         metrics.ack_decided("nak", disposition)
         delay = backoff(attempt)
-        log.warning("transient failure, will retry", error=str(exc), attempt=attempt, retry_in_s=round(delay, 2))
+        said = refused_for_room(exc)  # a write JetStream refused for room outside a publish (a state bucket put)
+        error = (
+            f"{exc}" if said is None or isinstance(exc, StoreFull) else f"JetStream has no room ({said}): {FULL_HINT}"
+        )
+        log.warning("transient failure, will retry", error=error, attempt=attempt, retry_in_s=round(delay, 2))
         await msg.nak(delay=delay)
         return "nak"
     try:
