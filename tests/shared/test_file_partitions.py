@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from jetl.errors import TerminalError
 from jetl.extractors.file import FileExtractor
-from jetl.protocols import ExtractContext
+from jetl.protocols import ExtractContext, Partition
 
 
 def _read_all(ex: FileExtractor, ctx: ExtractContext) -> tuple[int, list[str], list[str]]:
@@ -89,3 +90,26 @@ def test_a_csv_with_quotes_that_hold_no_line_break_is_still_split(tmp_path: Path
     n, ids, _ = _read_all(FileExtractor(src, partition_bytes=200), ExtractContext(pipeline="p", run_id="r"))
     assert n > 5
     assert ids == [str(i) for i in range(300)]
+
+
+def test_a_symlink_out_of_the_folder_or_glob_is_not_listed_and_its_partition_is_refused(tmp_path: Path) -> None:
+    inputs, outside = tmp_path / "in", tmp_path / "secret.jsonl"
+    inputs.mkdir()
+    outside.write_text('{"id": 666}\n')
+    (inputs / "a.jsonl").write_text('{"id": 1}\n')
+    (inputs / "link.jsonl").symlink_to(outside)
+    (inputs / "inner.jsonl").symlink_to(inputs / "a.jsonl")  # a link that stays inside is still listed
+    for path in (inputs, inputs / "*.jsonl", f"{inputs}/**/*.jsonl"):
+        ex = FileExtractor(str(path))
+        assert [p.name for p in ex.files()] == ["a.jsonl", "inner.jsonl"], path
+    assert FileExtractor(inputs / "link.jsonl").files() == [inputs / "link.jsonl"]  # named itself: the user's choice
+    ex = FileExtractor(inputs / "*.jsonl")
+    forged = Partition({"files": [[str(inputs / "link.jsonl"), FileExtractor._key(inputs / "link.jsonl")]]})
+
+    async def go() -> None:
+        async for _ in ex.extract_partition(ExtractContext(pipeline="p", run_id="r"), forged):
+            pass
+
+    with pytest.raises(TerminalError, match="refused") as refused:
+        asyncio.run(go())
+    assert "link" not in str(refused.value) and "secret" not in str(refused.value)

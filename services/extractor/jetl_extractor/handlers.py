@@ -349,6 +349,8 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
             req = work.request
         else:
             req = RunRequest.model_validate_json(raw.data)
+            if raw.subject != subjects.run_request(req.pipeline):  # the subject's pipeline is the one permitted
+                raise ValueError(f"a run request on {raw.subject} names another pipeline")
     except Exception as exc:
         log.error("unreadable run request", error=str(exc))
         await raw.term()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from jetl import subjects
-from jetl.errors import TerminalError
+from jetl.errors import ConfigError, TerminalError
 from jetl.eventlog import read_stream
 from jetl.events import BatchExtracted, RunExtracted, RunStarted
 from jetl.logging import get_logger
@@ -30,6 +30,7 @@ from jetl.messages import (
     Batch,
     DeadLetter,
     RunRequest,
+    check_batch_id,
     decode_batch,
     fit_payload,
     item_size,
@@ -42,6 +43,24 @@ from jetl.state import get_run
 from jetl.subjects import Kind
 
 log = get_logger("jetl.extractor")
+
+
+def _letter(seq: int, subject: str | None, data: bytes | None, pipeline: str) -> DeadLetter:
+    """Dead letter #`seq` as read, if a redrive of `pipeline` may take it: a letter of that pipeline, on the subject
+    of its pipeline and stage (`jetl.dlq.<pipeline>.<stage>`, which only that stage may publish), about one of its
+    batches. A letter says what it is; the subject it came on says who could have written it."""
+    try:
+        dl = DeadLetter.model_validate_json(data or b"null")
+        check_batch_id(dl.batch_id)
+        if not dl.batch_id.startswith(f"{dl.run_id}/"):
+            raise ValueError("a batch of another run")
+    except (ValueError, ConfigError) as exc:
+        raise TerminalError(f"dead letter #{seq} is malformed: {type(exc).__name__}") from exc
+    if dl.pipeline != pipeline:
+        raise TerminalError(f"dead letter #{seq} belongs to pipeline {dl.pipeline!r}, not {pipeline!r}")
+    if subject != subjects.dlq(dl.pipeline, dl.stage):
+        raise TerminalError(f"dead letter #{seq} did not come on its pipeline's {dl.stage} subject: refused")
+    return dl
 
 
 class Resend:
@@ -125,11 +144,12 @@ class Resend:
         letters: list[DeadLetter] = []
         for seq in sorted(set(seqs)):
             msg = await js.get_msg(subjects.stream_name(Kind.DLQ), seq)
-            dl = DeadLetter.model_validate_json(msg.data or b"null")
+            dl = _letter(seq, msg.subject, msg.data, p.name)
             if dl.body_ref is not None:  # a letter too large for a message: its records are kept by reference
-                dl = DeadLetter.model_validate_json(await self.ctx.bus.fetch(dl.body_ref))
-            if dl.pipeline != p.name:
-                raise TerminalError(f"dead letter #{seq} belongs to pipeline {dl.pipeline!r}, not {p.name!r}")
+                kept = _letter(seq, msg.subject, await self.ctx.bus.fetch(dl.body_ref), p.name)
+                if (kept.batch_id, kept.stage) != (dl.batch_id, dl.stage):
+                    raise TerminalError(f"dead letter #{seq}: its kept body is another letter's")
+                dl = kept
             if dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
                 raise TerminalError(f"dead letter #{seq} is unreadable input ({dl.stage} stage): it has no record")
             letters.append(dl)
