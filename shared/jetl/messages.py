@@ -13,13 +13,13 @@ import contextlib
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import orjson
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from jetl.errors import ConfigError, RecordIssue, TerminalError
-from jetl.subjects import Stage, check_token
+from jetl.subjects import Stage, check_token, dlq
 
 Encoding = Literal["json", "arrow"]
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_\-]+/(?:[A-Za-z0-9_\-]+/)?[0-9]+$")
@@ -479,6 +479,31 @@ MALFORMED_INPUT = "MalformedInput"
 its source can mend it, so a redrive does not take it."""
 
 
+MALFORMED_LETTER = "MalformedLetter"
+"""`DeadLetter.error_type` of a message on JETL_DLQ that is not a dead letter of the pipeline and stage its subject
+names (`DeadLetter.read`): shown as malformed, never redriven."""
+
+
+def _dlq_owner(subject: str | None) -> tuple[str, Stage]:
+    """The pipeline and stage a JETL_DLQ subject names (`jetl.dlq.<pipeline>.<stage>`, checked by rebuilding it), or
+    ("unknown", "extract")."""
+    *_, pipeline, stage = ["", "", *(subject or "").split(".")]
+    for known in get_args(Stage):
+        with contextlib.suppress(ConfigError):
+            if stage == known and dlq(pipeline, known) == subject:
+                return pipeline, known
+    return "unknown", "extract"
+
+
+def _why(exc: ValueError) -> str:
+    """What is wrong with a message, in one short line without its content (pydantic's first error: where, what)."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_input=False)[0]
+        where = ".".join(map(str, first["loc"])) or "the body"
+        return f"{where}: {first['msg']}"[:200]
+    return str(exc).splitlines()[0][:200]
+
+
 def _as_text(value: Any) -> Any:
     """A value as its JSON text (the stdlib encoder goes deeper than pydantic's), or its repr past even that."""
     import json
@@ -577,6 +602,27 @@ class DeadLetter(BaseModel):
                 for i in issues
             ],
         )
+
+    @classmethod
+    def read(cls, subject: str | None, data: bytes | None) -> DeadLetter:
+        """A message of JETL_DLQ as a dead letter. Any service may publish there, so a body that is not a letter of
+        the pipeline and stage its subject names (`jetl.dlq.<pipeline>.<stage>`) comes back as a MALFORMED_LETTER
+        placeholder, which a reader shows and a redrive refuses, instead of an error that would stop every reader."""
+        try:
+            dl = cls.model_validate_json(data or b"null")
+            if subject != dlq(dl.pipeline, dl.stage):
+                raise ValueError(f"a letter of {dl.pipeline} ({dl.stage}) on another pipeline's or stage's subject")
+            return dl
+        except ValueError as exc:
+            pipeline, stage = _dlq_owner(subject)
+            return cls(
+                pipeline=pipeline,
+                run_id="unknown",
+                batch_id="",
+                stage=stage,
+                reason=f"malformed dead letter: {_why(exc)}",
+                error_type=MALFORMED_LETTER,
+            )
 
     def to_json(self) -> bytes:
         """The letter as JSON. A record nested deeper than pydantic serializes (a fuzzed line of `[[[...]]]`, which

@@ -115,7 +115,15 @@ class UiSettings(BaseModel):
     port: int = 8420
     """Port to bind."""
     token: SecretStr | None = None
-    """Access token people give once (`?token=`, then a cookie) or send as `Authorization: Bearer`."""
+    """Access token people give once (`?token=`, then a cookie) or send as `Authorization: Bearer` (from the
+    environment, JETL_UI__TOKEN: a command line would show it in the process list)."""
+    token_file: Path | None = None
+    """A file holding the access token instead (yours, owner-only), read at start."""
+    require_token: bool = False
+    """Require the access token on loopback too (other local users, other browsers' pages)."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names the dashboard answers to besides loopback ones and its bind address (the name behind a proxy):
+    a request naming any other host (a DNS-rebinding page) is refused."""
 
 
 class JetlSettings(BaseSettings):

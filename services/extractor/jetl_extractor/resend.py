@@ -26,6 +26,7 @@ from jetl.events import BatchExtracted, RunExtracted, RunStarted
 from jetl.logging import get_logger
 from jetl.messages import (
     MALFORMED_INPUT,
+    MALFORMED_LETTER,
     PAYLOAD_HEADROOM,
     Batch,
     DeadLetter,
@@ -47,19 +48,19 @@ log = get_logger("jetl.extractor")
 
 def _letter(seq: int, subject: str | None, data: bytes | None, pipeline: str) -> DeadLetter:
     """Dead letter #`seq` as read, if a redrive of `pipeline` may take it: a letter of that pipeline, on the subject
-    of its pipeline and stage (`jetl.dlq.<pipeline>.<stage>`, which only that stage may publish), about one of its
-    batches. A letter says what it is; the subject it came on says who could have written it."""
-    try:
-        dl = DeadLetter.model_validate_json(data or b"null")
-        check_batch_id(dl.batch_id)
-        if not dl.batch_id.startswith(f"{dl.run_id}/"):
-            raise ValueError("a batch of another run")
-    except (ValueError, ConfigError) as exc:
-        raise TerminalError(f"dead letter #{seq} is malformed: {type(exc).__name__}") from exc
+    of its pipeline and stage (`jetl.dlq.<pipeline>.<stage>`, which only that stage may publish: `DeadLetter.read`),
+    about one of its batches. A letter says what it is; the subject it came on says who could have written it."""
+    dl = DeadLetter.read(subject, data)
+    if dl.error_type == MALFORMED_LETTER:
+        raise TerminalError(f"dead letter #{seq} is malformed: {dl.reason}")
     if dl.pipeline != pipeline:
         raise TerminalError(f"dead letter #{seq} belongs to pipeline {dl.pipeline!r}, not {pipeline!r}")
-    if subject != subjects.dlq(dl.pipeline, dl.stage):
-        raise TerminalError(f"dead letter #{seq} did not come on its pipeline's {dl.stage} subject: refused")
+    try:
+        check_batch_id(dl.batch_id)
+        if not dl.batch_id.startswith(f"{dl.run_id}/"):
+            raise ConfigError("a batch of another run")
+    except ConfigError as exc:
+        raise TerminalError(f"dead letter #{seq} is malformed: {exc}") from exc
     return dl
 
 
