@@ -105,6 +105,8 @@ class ClickHouseSettings(BaseModel):
     """Database that tables are created in."""
     secure: bool = False
     """HTTPS to the server."""
+    ca_file: Path | None = None
+    """The CA that signs the server's certificate (a private CA, as compose's), to verify HTTPS against."""
 
 
 class UiSettings(BaseModel):
@@ -155,8 +157,8 @@ class JetlSettings(BaseSettings):
     """How often the pipelines folder is checked for new or changed modules."""
     metrics_port: int = 0
     """Serve Prometheus metrics on this port at /metrics (0: off); one port per process."""
-    metrics_host: str = "0.0.0.0"
-    """Address the metrics server binds."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server binds: this machine only unless set (a container sets 0.0.0.0 for its network)."""
     restarts: int = 0
     """How many times a supervisor (`jetl up`) restarted this service after it died; its heartbeat carries it to
     `jetl health`."""
