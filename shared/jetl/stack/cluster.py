@@ -16,11 +16,20 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from jetl.access import write_private
 from jetl.errors import ConfigError, TransientError
-from jetl.stack._process import free_port, nats_server_binary, stop_process, wait_listening
+from jetl.stack._process import (
+    PRIVATE_UMASK,
+    free_port,
+    nats_server_binary,
+    private_dir,
+    private_log,
+    server_env,
+    stop_process,
+    wait_listening,
+)
 
 
 @dataclass
@@ -76,12 +85,17 @@ class ClusterNode:
         self, cluster_name: str, routes: list[str], max_payload_mb: int, authorization: str = "", timeout: float = 15.0
     ) -> None:
         """Start (or restart) the process and wait until it accepts clients."""
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.store_dir)
         conf = self.store_dir / "nats.conf"
         write_private(conf, self.config(cluster_name, routes, max_payload_mb, authorization))  # may hold passwords
-        log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log = private_log(self.log_path)  # handed to the child
         self.proc = subprocess.Popen(
-            [*self.prefix, nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
+            [*self.prefix, nats_server_binary(), "-c", str(conf)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=server_env(),  # none of the pipelines' secrets
+            umask=PRIVATE_UMASK,
         )
         wait_listening(self.host, self.port, self.proc, timeout)
 

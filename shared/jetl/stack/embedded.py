@@ -19,13 +19,22 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
 from jetl.errors import ConfigError, JetlError
 from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
-from jetl.stack._process import free_port, nats_server_binary, stop_process, wait_listening
+from jetl.stack._process import (
+    PRIVATE_UMASK,
+    free_port,
+    nats_server_binary,
+    private_dir,
+    private_log,
+    server_env,
+    stop_process,
+    wait_listening,
+)
 from jetl.stack.cluster import NatsCluster
 from jetl.topology import Change, declare
 
@@ -62,7 +71,7 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         """Start (or restart on the same port and store)."""
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.store_dir)
         if not self.port:
             self.port = free_port()
         conf = self.store_dir / "nats.conf"
@@ -75,12 +84,15 @@ class NatsServer:
             f"  max_memory_store: {self.max_memory_store_mb * 1024 * 1024}\n}}\n" + self.authorization,
         )
         self.log_path = self.store_dir / "nats-server.log"
-        log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = dict(os.environ)
-        if self.memory_limit_mb > 0:
-            env["GOMEMLIMIT"] = f"{self.memory_limit_mb}MiB"
+        log = private_log(self.log_path)  # handed to the child
+        env = server_env({"GOMEMLIMIT": f"{self.memory_limit_mb}MiB"} if self.memory_limit_mb > 0 else None)
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True, env=env
+            [nats_server_binary(), "-c", str(conf)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=env,
+            umask=PRIVATE_UMASK,
         )
         wait_listening("127.0.0.1", self.port, self.proc, timeout)
         return self
@@ -111,15 +123,15 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         """Spawn the process."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log = private_log(self.log_path)  # handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jetl", "serve", self.name, *self.extra_args],
             env=self.env,
             stdout=log,
             stderr=log,
             start_new_session=True,
+            umask=PRIVATE_UMASK,  # its data, loaded files and chdb folder are the user's alone
         )
         return self
 
@@ -238,7 +250,8 @@ class Stack:
 
     def start(self) -> Stack:
         """Start the embedded server (unless a URL is given), deploy the topology as the operator, then start every
-        service, as many processes of each as `replicas` says."""
+        service, as many processes of each as `replicas` says. The data folder is the user's alone."""
+        private_dir(self.data_dir)
         if self.nats_url is None and self.nats_cluster:
             self.credentials = Credentials.load_or_create(self.data_dir / "nats" / USERS_FILE)
             self.cluster = NatsCluster(
