@@ -157,4 +157,5 @@ def check_private(tmp_path: Path) -> None:
         loaded = [p for p in out.rglob("*") if p.is_file()]
         assert loaded and all(mode(p) & 0o077 == 0 for p in loaded), [(p, oct(mode(p))) for p in loaded]
         assert all(mode(p) & 0o077 == 0 for p in out.rglob("*") if p.is_dir())
-        assert all(mode(p) & 0o077 == 0 for p in (data / "nats").rglob("*"))
+        exposed = [(str(p), oct(mode(p))) for p in data.rglob("*") if mode(p) & 0o077]
+        assert exposed == []  # nothing the stack keeps (store, logs, archive, state) is open to other users
