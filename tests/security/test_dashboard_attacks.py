@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats as nats_py
 import pytest
+import uvicorn
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.testclient import TestClient
@@ -27,6 +30,7 @@ import jetl.ui.pages as pages
 from jetl import subjects
 from jetl.errors import ConfigError
 from jetl.settings import JetlSettings, NatsSettings, UiSettings
+from jetl.stack._process import free_port
 from jetl.testing.servers import NatsHandle
 from jetl.ui.app import create_app
 from jetl.ui.security import CSRF_COOKIE, csrf_token
@@ -211,3 +215,69 @@ def test_malformed_dead_letters_are_listed_as_malformed_not_a_500(poisoned: Nats
         assert 'name="seq"' not in page.text  # nothing malformed is offered for a redrive
         confirm = http.post("/dlq/redrive", data={"csrf": http.cookies[CSRF_COOKIE], "pipeline": "shop", "seq": "1"})
         assert confirm.status_code == 200  # the confirmation page reads the letter too
+
+
+# -- the same attacks from a real browser ------------------------------------------------------------------------
+
+
+CHROMIUM = Path(os.environ.get("JETL_TEST_CHROMIUM", "/usr/bin/chromium"))
+
+
+@pytest.fixture
+def served(nats: NatsHandle, rec: Recorder, tmp_path: Path) -> Iterator[str]:
+    """The dashboard (pages and actions replaced by the recorder) served by uvicorn on a free loopback port; its
+    port."""
+    (tmp_path / "pipelines").mkdir()
+    settings = JetlSettings(nats=NatsSettings(url=nats.url), pipelines_dir=tmp_path / "pipelines")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)  # polls uvicorn's own "listening" flag: it offers no event to wait on
+    assert server.started
+    yield f"{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.mark.integration
+def test_a_dns_rebinding_page_in_chromium_reads_nothing_and_runs_nothing(served: str, rec: Recorder) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    port = served
+    with sync_playwright() as pw:
+        # rebind.test resolves to 127.0.0.1, as an attacker's DNS answers once the victim has the page open
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--host-resolver-rules=MAP rebind.test 127.0.0.1"],
+        )
+        try:
+            page = browser.new_page()
+            home = page.goto(f"http://127.0.0.1:{port}/dlq")  # the control: the user's own tab
+            assert home is not None and home.status == 200 and rec.calls == ["GET /dlq"]
+            rebound = page.goto(f"http://rebind.test:{port}/dlq")
+            assert rebound is not None and rebound.status == 421
+            # the attacker's page, same origin as far as the browser knows, fetches and posts
+            got = page.evaluate(
+                """async () => {
+                    const read = await fetch('/dlq');
+                    const form = new URLSearchParams({csrf: 'x'});
+                    const post = await fetch('/pipelines/shop/run', {method: 'POST', body: form});
+                    return [read.status, post.status];
+                }"""
+            )
+            assert got == [421, 421]
+            # an opaque origin (a sandboxed frame, a data: page) posting the dashboard's own form
+            page.set_content(
+                f'<form id="f" method="post" action="http://127.0.0.1:{port}/pipelines/shop/run">'
+                '<input name="csrf" value="x"></form>'
+            )
+            with page.expect_response(lambda r: "/pipelines/shop/run" in r.url) as answer:
+                page.evaluate("document.getElementById('f').submit()")
+            assert answer.value.status == 403
+            assert rec.calls == ["GET /dlq"]  # nothing read after the control, nothing run
+        finally:
+            browser.close()
