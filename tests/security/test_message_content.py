@@ -26,8 +26,9 @@ from jetl.messages import DeadLetter, PartitionWork, RunRequest
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings, NatsSettings
+from jetl.state import put_cursor
 from jetl.subjects import Kind
-from jetl.testing.memory import capture
+from jetl.testing.memory import MemoryKV, capture
 from jetl.testing.servers import NatsHandle
 from jetl_extractor.handlers import make_router
 from jetl_extractor.resend import Resend
@@ -94,9 +95,11 @@ def key_of(path: Path) -> str:
     return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
 
 
-async def deliver(subject: str, body: bytes) -> dict[Kind, list[bytes]]:
-    """Deliver one message to the extractor on `subject` (in memory); what it published, by stream."""
+async def deliver(subject: str, body: bytes, kv: MemoryKV | None = None) -> dict[Kind, list[bytes]]:
+    """Deliver one message to the extractor on `subject` (in memory, with the state bucket `kv`); what it
+    published, by stream."""
     ctx = make_context("extractor", JetlSettings())
+    ctx.kv = kv  # type: ignore[assignment]
     ctx.broker.include_router(make_router(ctx))
     got = capture(ctx.broker, [Kind.RAW, Kind.EVENTS, Kind.DLQ, Kind.RUN])
     async with TestNatsBroker(ctx.broker) as br:
@@ -105,13 +108,14 @@ async def deliver(subject: str, body: bytes) -> dict[Kind, list[bytes]]:
     return got
 
 
-def work(spec: dict[str, Any], pipeline: str = "victim") -> tuple[str, bytes]:
+def work(spec: dict[str, Any], pipeline: str = "victim", cursor: dict[str, Any] | None = None) -> tuple[str, bytes]:
     w = PartitionWork(
         request=RunRequest(pipeline=pipeline, run_id=f"{pipeline}-r1"),
         partition="p0000",
         extractor=0,
         spec=spec,
         partitions=2,
+        cursor=cursor,
     )
     return subjects.run_partition(pipeline, w.request.run_id, w.partition), w.model_dump_json().encode()
 
@@ -202,6 +206,21 @@ async def test_a_partition_on_another_runs_subject_is_dropped(layout: Layout, to
     got = await deliver(subjects.run_partition("other", "victim-r1", "p0000"), body)
     assert got == {Kind.RAW: [], Kind.EVENTS: [], Kind.DLQ: [], Kind.RUN: []}
     assert touched == []
+
+
+async def test_a_partition_starting_from_another_cursor_than_the_pipelines_is_refused(
+    layout: Layout, touched: list[tuple[str, Path]]
+) -> None:
+    """Without the check, a forged item with no cursor would have a replica read again what earlier runs loaded."""
+    kv = MemoryKV()
+    stored = {"0": {"watermark": 1, "files": [key_of(layout.good)]}}
+    await put_cursor(kv, "victim", stored)  # type: ignore[arg-type]
+    spec = {"files": [[str(layout.good), key_of(layout.good)]]}
+    got = await deliver(*work(spec, cursor=None), kv=kv)
+    assert got[Kind.RAW] == [] and "another cursor" in failure(got)
+    assert [w for w, _ in touched if w == "open"] == []
+    honest = await deliver(*work(spec, cursor=stored), kv=kv)  # the control: the run's own cursor
+    assert len(honest[Kind.RAW]) == 1
 
 
 # -- redrive: a dead letter is taken only from its pipeline's own subject for its stage ---------------------------
