@@ -49,6 +49,17 @@ def private_log(path: Path) -> IO[bytes]:
     return os.fdopen(fd, "ab")
 
 
+def start_server(
+    command: list[str], log_path: Path, extra_env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start nats-server (`command`) in its own session, logging to `log_path` (owner-only), with the minimal
+    environment (`server_env`) and the private umask."""
+    with private_log(log_path) as log:  # the child holds its own copy
+        return subprocess.Popen(
+            command, stdout=log, stderr=log, start_new_session=True, env=server_env(extra_env), umask=PRIVATE_UMASK
+        )
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:

@@ -20,16 +20,7 @@ from typing import Any
 
 from jetl.access import write_private
 from jetl.errors import ConfigError, TransientError
-from jetl.stack._process import (
-    PRIVATE_UMASK,
-    free_port,
-    nats_server_binary,
-    private_dir,
-    private_log,
-    server_env,
-    stop_process,
-    wait_listening,
-)
+from jetl.stack._process import free_port, nats_server_binary, private_dir, start_server, stop_process, wait_listening
 
 
 @dataclass
@@ -88,15 +79,7 @@ class ClusterNode:
         private_dir(self.store_dir)
         conf = self.store_dir / "nats.conf"
         write_private(conf, self.config(cluster_name, routes, max_payload_mb, authorization))  # may hold passwords
-        log = private_log(self.log_path)  # handed to the child
-        self.proc = subprocess.Popen(
-            [*self.prefix, nats_server_binary(), "-c", str(conf)],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env=server_env(),  # none of the pipelines' secrets
-            umask=PRIVATE_UMASK,
-        )
+        self.proc = start_server([*self.prefix, nats_server_binary(), "-c", str(conf)], self.log_path)
         wait_listening(self.host, self.port, self.proc, timeout)
 
     def alive(self) -> bool:

@@ -31,7 +31,7 @@ from jetl.stack._process import (
     nats_server_binary,
     private_dir,
     private_log,
-    server_env,
+    start_server,
     stop_process,
     wait_listening,
 )
@@ -84,16 +84,8 @@ class NatsServer:
             f"  max_memory_store: {self.max_memory_store_mb * 1024 * 1024}\n}}\n" + self.authorization,
         )
         self.log_path = self.store_dir / "nats-server.log"
-        log = private_log(self.log_path)  # handed to the child
-        env = server_env({"GOMEMLIMIT": f"{self.memory_limit_mb}MiB"} if self.memory_limit_mb > 0 else None)
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env=env,
-            umask=PRIVATE_UMASK,
-        )
+        limit = {"GOMEMLIMIT": f"{self.memory_limit_mb}MiB"} if self.memory_limit_mb > 0 else None
+        self.proc = start_server([nats_server_binary(), "-c", str(conf)], self.log_path, limit)
         wait_listening("127.0.0.1", self.port, self.proc, timeout)
         return self
 
@@ -124,15 +116,15 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         """Spawn the process."""
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = private_log(self.log_path)  # handed to the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jetl", "serve", self.name, *self.extra_args],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            umask=PRIVATE_UMASK,  # its data, loaded files and chdb folder are the user's alone
-        )
+        with private_log(self.log_path) as log:  # the child holds its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jetl", "serve", self.name, *self.extra_args],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                umask=PRIVATE_UMASK,  # its data, loaded files and chdb folder are the user's alone
+            )
         return self
 
     def alive(self) -> bool:
