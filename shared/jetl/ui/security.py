@@ -54,14 +54,10 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 def check_bind(host: str, token: str | None, *, require_token: bool = False) -> None:
     """Refuse to serve beyond this machine (or, with `require_token`, at all) without an access token."""
     if not token and (require_token or not is_loopback(host)):
-        where = (
-            "the dashboard requires one (require_token)"
-            if require_token
-            else f"binding {host} serves the dashboard beyond this machine"
-        )
+        why = "it requires one (require_token)" if require_token else f"binding {host} serves it beyond this machine"
         raise ConfigError(
-            f"{where}: give an access token (JETL_UI__TOKEN, or a file: --token-file / JETL_UI__TOKEN_FILE)"
-            + ("" if require_token else ", or bind 127.0.0.1")
+            f"the dashboard needs an access token: {why}. Give one in JETL_UI__TOKEN or a file (--token-file, "
+            "JETL_UI__TOKEN_FILE)" + ("" if require_token else ", or bind 127.0.0.1")
         )
 
 
