@@ -92,6 +92,11 @@ def allowed_hosts(bind: str, configured: list[str]) -> frozenset[str]:
     return frozenset(names)
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of a value a request gave (any text: bytes, never a TypeError) and the expected one."""
+    return hmac.compare_digest(given.encode(errors="surrogateescape"), expected.encode())
+
+
 def _sign(secret: bytes, nonce: str) -> str:
     return hmac.new(secret, nonce.encode(), hashlib.sha256).hexdigest()[:32]
 
@@ -99,7 +104,7 @@ def _sign(secret: bytes, nonce: str) -> str:
 def _signed(secret: bytes, value: str) -> bool:
     """Whether a CSRF value is `<nonce>.<this server's HMAC of it>`."""
     nonce, _, sig = value.partition(".")
-    return bool(nonce) and secrets.compare_digest(sig, _sign(secret, nonce))
+    return bool(nonce) and _same(sig, _sign(secret, nonce))
 
 
 def csrf_token(request: Request) -> str:
@@ -131,7 +136,7 @@ async def check_csrf(request: Request, secret: bytes) -> str | None:
     await request.body()  # read whole first: the middleware hands a read body on to the endpoint, a read stream not
     form = await request.form()
     sent = str(form.get(CSRF_FIELD, ""))
-    if not cookie or not sent or not secrets.compare_digest(cookie, sent) or not _signed(secret, cookie):
+    if not cookie or not sent or not _same(sent, cookie) or not _signed(secret, cookie):
         return "missing or wrong CSRF token: reload the page and try again"
     return None
 
@@ -147,14 +152,14 @@ def access_middleware(
             return True
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         given = bearer or request.cookies.get(TOKEN_COOKIE, "")
-        return bool(given) and secrets.compare_digest(given, token)
+        return bool(given) and _same(given, token)
 
     async def middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if host_name(request.headers.get("host", "")) not in hosts:
             return PlainTextResponse("this dashboard does not answer to that host name", status_code=421)
         request.state.csrf_secret = secret
         if token and "token" in request.query_params:
-            if not secrets.compare_digest(request.query_params["token"], token):
+            if not _same(request.query_params["token"], token):
                 return PlainTextResponse("wrong access token", status_code=401)
             rest = {k: v for k, v in request.query_params.items() if k != "token"}
             target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
