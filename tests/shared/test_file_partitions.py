@@ -113,3 +113,23 @@ def test_a_symlink_out_of_the_folder_or_glob_is_not_listed_and_its_partition_is_
     with pytest.raises(TerminalError, match="refused") as refused:
         asyncio.run(go())
     assert "link" not in str(refused.value) and "secret" not in str(refused.value)
+
+
+def test_a_listed_file_replaced_by_a_link_out_is_refused_though_the_listing_is_kept(tmp_path: Path) -> None:
+    inputs, outside = tmp_path / "in", tmp_path / "secret.jsonl"
+    inputs.mkdir()
+    outside.write_text('{"id": 666}\n')
+    src = inputs / "a.jsonl"
+    src.write_text('{"id": 1}\n')
+    ex = FileExtractor(inputs / "*.jsonl")
+    ctx = ExtractContext(pipeline="p", run_id="r")
+
+    async def read(part: Partition) -> list[int]:
+        return [r["id"] async for chunk in ex.extract_partition(ctx, part) for r in chunk.records]
+
+    assert asyncio.run(read(ex.partitions(ctx)[0])) == [1]  # listed, and the listing kept
+    src.unlink()
+    src.symlink_to(outside)  # someone who may write the input folder, not read the secret
+    forged = Partition({"files": [[str(src), FileExtractor._key(src)]]})
+    with pytest.raises(TerminalError, match="refused"):
+        asyncio.run(read(forged))

@@ -115,6 +115,8 @@ class FileExtractor:
         self.partition_bytes = partition_bytes
         self.partition_files = partition_files
         self._cursor: dict[str, Any] | None = None
+        self._listed: dict[str, Path] | None = None
+        """The files last listed to check a partition against (`_admit`), by name."""
 
     def __repr__(self) -> str:
         return f"FileExtractor({self.path!r}, format={self.format!r})"
@@ -127,10 +129,15 @@ class FileExtractor:
             found = sorted(x for x in p.iterdir() if x.is_file() and not x.name.startswith("."))
         else:
             found = sorted(Path(x) for x in glob.glob(self.path, recursive=True) if Path(x).is_file())
-            if not glob.has_magic(self.path):
-                return found  # the one file the pipeline names, wherever it leads
+        return self._confined(found)
+
+    def _confined(self, paths: list[Path]) -> list[Path]:
+        """`paths` that lead to files under the root of `path` (no link or `..` out of it). The one file a pipeline
+        names without a wildcard may lead anywhere: the pipeline chose it."""
+        if not Path(self.path).is_dir() and not glob.has_magic(self.path):
+            return paths
         root = _root(self.path).resolve()
-        return [x for x in found if x.resolve().is_relative_to(root)]
+        return [x for x in paths if x.resolve().is_relative_to(root)]
 
     def check(self, settings: JetlSettings) -> Check:
         """ok when a file matches `path`; warn when none does yet (they may arrive before the first run)."""
@@ -196,10 +203,15 @@ class FileExtractor:
                 span = (start, end, line)
         except (KeyError, TypeError, ValueError) as exc:
             raise TerminalError(refused) from exc
-        listed = {str(p): p for p in self.files()}  # compared by name: an unlisted path is never touched
-        if not named or any(name not in listed for name, _ in named):
+        # compared by name: an unlisted path is never touched. The listing is kept for the next partition (a run of
+        # 10,000 files in as many partitions would list them all 10,000 times) and made afresh when a name is not in
+        # it. A listed file is checked again for a link out of the root (it may have been replaced since).
+        listed = self._listed
+        if listed is None or any(name not in listed for name, _ in named):
+            listed = self._listed = {str(p): p for p in self.files()}
+        paths = [listed[name] for name, _ in named if name in listed]
+        if not named or len(paths) != len(named) or self._confined(paths) != paths:
             raise TerminalError(refused)
-        paths = [listed[name] for name, _ in named]
         for path, (_, key) in zip(paths, named, strict=True):
             self._unchanged(path, key)
         if span is not None and span[1] > paths[0].stat().st_size:
