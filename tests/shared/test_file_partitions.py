@@ -103,6 +103,12 @@ def test_a_symlink_out_of_the_folder_or_glob_is_not_listed_and_its_partition_is_
         ex = FileExtractor(str(path))
         assert [p.name for p in ex.files()] == ["a.jsonl", "inner.jsonl"], path
     assert FileExtractor(inputs / "link.jsonl").files() == [inputs / "link.jsonl"]  # named itself: the user's choice
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.jsonl").write_text('{"id": 7}\n')
+    (inputs / "sub").symlink_to(elsewhere)  # a linked folder leads out too
+    assert FileExtractor(f"{inputs}/*/*.jsonl").files() == []
+    assert [p.name for p in FileExtractor(f"{inputs}/**/*.jsonl").files()] == ["a.jsonl", "inner.jsonl"]
     ex = FileExtractor(inputs / "*.jsonl")
     forged = Partition({"files": [[str(inputs / "link.jsonl"), FileExtractor._key(inputs / "link.jsonl")]]})
 

