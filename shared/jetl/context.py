@@ -5,17 +5,27 @@ finds it, in this order: `--context PATH` (the file, or a data folder holding it
 that `JETL_DATA_DIR` names; `.jetl/` in the current folder or the nearest parent that has one. Environment variables
 override what it says: with `JETL_NATS__URL` set, the context's NATS part is not used at all, so its credentials
 never go to another server. Services never read it: each gets its own user from the process that starts it.
+
+A context names the pipelines folder whose modules a command imports and the server it sends credentials to, so only
+a file of the user's own that no one else may change is obeyed (`distrust`): one another user owns, or that group or
+others may write, is ignored with a warning when found, and refused when named.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
 from jetl.access import write_private
 from jetl.errors import ConfigError
+from jetl.logging import get_logger
+
+log = get_logger("jetl.context")
 
 CONTEXT_FILE = "context.json"
 DEFAULT_DIR = ".jetl"
@@ -76,22 +86,50 @@ def context_path(location: Path) -> Path:
     return location / CONTEXT_FILE if location.is_dir() else location
 
 
-def find_context(explicit: Path | None, data_dir: Path | None, start: Path | None = None) -> Path | None:
+def distrust(path: Path) -> str | None:
+    """Why the context file `path` must not be obeyed (None: it may): another user owns it, or group or others may
+    write it (or the folder holding it, unless that folder is sticky, as /tmp is)."""
+    st, folder = path.stat(), path.parent.stat()
+    if st.st_uid != os.getuid():
+        return f"{path} belongs to another user (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} may be changed by other users (chmod 600 {path})"
+    if folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not folder.st_mode & stat.S_ISVTX:
+        return f"{path.parent} lets other users replace {path.name} (chmod 700 {path.parent})"
+    return None
+
+
+def find_context(
+    explicit: Path | None,
+    data_dir: Path | None,
+    start: Path | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Path | None:
     """The context file in force: `explicit` (`--context`/`JETL_CONTEXT`), else the one in `data_dir` (set by
-    `JETL_DATA_DIR`), else `.jetl/context.json` in `start` (the current folder) or its nearest parent."""
+    `JETL_DATA_DIR`), else `.jetl/context.json` in `start` (the current folder) or its nearest parent. A file found
+    that is not the user's own alone (`distrust`) is passed over with a warning (`warn`, else the log); one named
+    explicitly is refused."""
+    say = warn or (lambda text: log.warning(text))
     if explicit is not None:
         path = context_path(explicit)
         if not path.exists():
             raise ConfigError(f"no stack context at {path}: `jetl up` writes one to its data folder")
+        if (why := distrust(path)) is not None:
+            raise ConfigError(f"the stack context is not used: {why}")
         return path
+    candidates: list[Path]
     if data_dir is not None:
-        path = data_dir / CONTEXT_FILE
-        return path if path.exists() else None
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        path = folder / DEFAULT_DIR / CONTEXT_FILE
-        if path.exists():
+        candidates = [data_dir / CONTEXT_FILE]
+    else:
+        here = (start or Path.cwd()).resolve()
+        candidates = [folder / DEFAULT_DIR / CONTEXT_FILE for folder in (here, *here.parents)]
+    for path in candidates:
+        if not path.exists():
+            continue
+        why = distrust(path)
+        if why is None:
             return path
+        say(f"ignoring the stack context: {why}")
     return None
 
 

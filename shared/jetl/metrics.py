@@ -69,7 +69,7 @@ def enabled() -> bool:
     return bool(_state["enabled"])
 
 
-def enable(service: str, port: int, host: str = "0.0.0.0") -> int:
+def enable(service: str, port: int, host: str = "127.0.0.1") -> int:
     """Start the /metrics HTTP server once per process; returns the port it listens on."""
     with _LOCK:
         if _state["server"] is None:

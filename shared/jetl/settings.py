@@ -128,6 +128,8 @@ class ClickHouseSettings(BaseModel):
     """Database that tables are created in."""
     secure: bool = False
     """HTTPS to the server."""
+    ca_file: Path | None = None
+    """The CA that signs the server's certificate (a private CA, as compose's), to verify HTTPS against."""
 
 
 class UiSettings(BaseModel):
@@ -138,7 +140,15 @@ class UiSettings(BaseModel):
     port: int = 8420
     """Port to bind."""
     token: SecretStr | None = None
-    """Access token people give once (`?token=`, then a cookie) or send as `Authorization: Bearer`."""
+    """Access token people give once (`?token=`, then a cookie) or send as `Authorization: Bearer` (from the
+    environment, JETL_UI__TOKEN: a command line would show it in the process list)."""
+    token_file: Path | None = None
+    """A file holding the access token instead (yours, owner-only), read at start."""
+    require_token: bool = False
+    """Require the access token on loopback too (other local users, other browsers' pages)."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names the dashboard answers to besides loopback ones and its bind address (the name behind a proxy):
+    a request naming any other host (a DNS-rebinding page) is refused."""
 
 
 class JetlSettings(BaseSettings):
@@ -172,8 +182,8 @@ class JetlSettings(BaseSettings):
     """How often the pipelines folder is checked for new or changed modules."""
     metrics_port: int = 0
     """Serve Prometheus metrics on this port at /metrics (0: off); one port per process."""
-    metrics_host: str = "0.0.0.0"
-    """Address the metrics server binds."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server binds: this machine only unless set (a container sets 0.0.0.0 for its network)."""
     restarts: int = 0
     """How many times a supervisor (`jetl up`) restarted this service after it died; its heartbeat carries it to
     `jetl health`."""

@@ -161,3 +161,31 @@ def test_dockerfile_copies_only_what_exists_and_installs_one_service() -> None:
     assert 'ENTRYPOINT ["jetl"]' in text
     for svc in SERVICES:
         assert (ROOT / "services" / svc / "pyproject.toml").exists()
+
+
+def test_only_the_loader_and_deploy_hold_the_destination_credentials_and_only_over_tls(compose: dict[str, Any]) -> None:
+    holders = {
+        name
+        for name, svc in compose["services"].items()
+        if any(k.startswith("JETL_CLICKHOUSE__") for k in (svc.get("environment") or {}))
+    }
+    assert holders == {"loader", "deploy"}  # a leaked extractor, transformer or scheduler has no ClickHouse password
+    for name in holders:
+        env = compose["services"][name]["environment"]
+        assert env["JETL_CLICKHOUSE__DSN"].startswith("https://"), f"{name} reaches ClickHouse in the clear"
+        assert env["JETL_CLICKHOUSE__CA_FILE"] == "/etc/jetl/tls/ca.pem"
+        assert "./compose/tls/ca.pem:/etc/jetl/tls/ca.pem:ro" in compose["services"][name]["volumes"]
+    clickhouse = compose["services"]["clickhouse"]
+    assert clickhouse["ports"] == ["127.0.0.1:8443:8443"]  # HTTPS only, from this host only
+    assert "./compose/clickhouse-tls.xml:/etc/clickhouse-server/config.d/tls.xml:ro" in clickhouse["volumes"]
+    tls = (ROOT / "compose" / "clickhouse-tls.xml").read_text()
+    assert '<http_port remove="1"/>' in tls and "<https_port>8443</https_port>" in tls
+
+
+def test_metrics_listen_on_loopback_unless_a_deployment_says_otherwise(compose: dict[str, Any]) -> None:
+    from jetl.settings import JetlSettings
+
+    assert JetlSettings().metrics_host == "127.0.0.1"
+    for name in SERVICES:  # in a container, the compose network (no port of theirs is published)
+        env = compose["services"][name]["environment"]
+        assert env["JETL_METRICS_HOST"] == "0.0.0.0" and not compose["services"][name].get("ports")

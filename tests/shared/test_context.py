@@ -87,3 +87,31 @@ def test_jetl_context_save_and_show_never_print_the_password(tmp_path: Path, mon
     assert data["password"] == "***" and "s3cret-pw" not in shown.output
     refused = runner.invoke(app, ["context", "save", "--nats-url", seeds, "--stream-replicas", "7"], input="pw\n")
     assert refused.exit_code != 0 and "1 to 5 replicas" in refused.output
+
+
+def test_a_context_others_may_change_is_ignored_with_a_warning_and_refused_when_named(tmp_path: Path) -> None:
+    path = StackContext(nats_url="nats://127.0.0.1:1", data_dir=tmp_path / ".jetl").save()
+    deep = tmp_path / "a"
+    deep.mkdir()
+    warned: list[str] = []
+    path.chmod(0o622)  # group and others may write it
+    assert find_context(None, None, start=deep, warn=warned.append) is None
+    assert find_context(None, tmp_path / ".jetl", warn=warned.append) is None
+    assert len(warned) == 2 and all("may be changed by other users" in w for w in warned)
+    with pytest.raises(ConfigError, match="not used"):
+        find_context(path, None)
+    path.chmod(0o600)
+    (tmp_path / ".jetl").chmod(0o777)  # a folder where anyone may replace the file
+    assert find_context(None, None, start=deep, warn=warned.append) is None and "replace" in warned[-1]
+    (tmp_path / ".jetl").chmod(0o700)
+    assert find_context(None, None, start=deep, warn=warned.append) == path  # the control: its own, owner-only
+
+
+def test_a_context_another_user_owns_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = StackContext(nats_url="nats://127.0.0.1:1", data_dir=tmp_path / ".jetl").save()
+    import jetl.context as context
+
+    monkeypatch.setattr(context.os, "getuid", lambda: path.stat().st_uid + 1)  # as seen by another user
+    warned: list[str] = []
+    assert find_context(None, None, start=tmp_path, warn=warned.append) is None
+    assert "belongs to another user" in warned[0]

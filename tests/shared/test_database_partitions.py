@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jetl.errors import ConfigError
+from jetl.errors import ConfigError, TerminalError
 from jetl.extractors.database import DatabaseExtractor
 from jetl.extractors.incremental import Incremental
 from jetl.protocols import ExtractContext, Partition
@@ -142,3 +142,22 @@ def test_not_partitioned_without_partition_rows_and_refused_where_it_cannot_work
             plan(DatabaseExtractor(source.url, table=keyless.name, partition_rows=10))
     finally:
         keyless.drop(source.engine)
+
+
+def test_a_partition_naming_another_column_or_a_malformed_range_is_refused(source: Table) -> None:
+    source.insert(range(1, 101))
+    ex = DatabaseExtractor(source.url, table=source.table.name, partition_rows=40)
+    good = plan(ex)[0].spec
+    assert read(ex, Partition(good))  # the control: as planned, it reads
+    for forged in (
+        {**good, "column": "region"},  # ranges of another column than the configured one
+        {**good, "lo": "1; drop table x"},
+        {**good, "last": "yes"},
+        {**good, "extra": 1},
+        {"column": "id"},
+    ):
+        with pytest.raises(TerminalError, match="refused"):
+            read(ex, Partition(forged))
+    whole = DatabaseExtractor(source.url, table=source.table.name)  # not partitioned: no range is its own
+    with pytest.raises(TerminalError, match="refused"):
+        read(whole, Partition(good))

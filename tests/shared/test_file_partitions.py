@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from jetl.errors import TerminalError
 from jetl.extractors.file import FileExtractor
-from jetl.protocols import ExtractContext
+from jetl.protocols import ExtractContext, Partition
 
 
 def _read_all(ex: FileExtractor, ctx: ExtractContext) -> tuple[int, list[str], list[str]]:
@@ -89,3 +90,52 @@ def test_a_csv_with_quotes_that_hold_no_line_break_is_still_split(tmp_path: Path
     n, ids, _ = _read_all(FileExtractor(src, partition_bytes=200), ExtractContext(pipeline="p", run_id="r"))
     assert n > 5
     assert ids == [str(i) for i in range(300)]
+
+
+def test_a_symlink_out_of_the_folder_or_glob_is_not_listed_and_its_partition_is_refused(tmp_path: Path) -> None:
+    inputs, outside = tmp_path / "in", tmp_path / "secret.jsonl"
+    inputs.mkdir()
+    outside.write_text('{"id": 666}\n')
+    (inputs / "a.jsonl").write_text('{"id": 1}\n')
+    (inputs / "link.jsonl").symlink_to(outside)
+    (inputs / "inner.jsonl").symlink_to(inputs / "a.jsonl")  # a link that stays inside is still listed
+    for path in (inputs, inputs / "*.jsonl", f"{inputs}/**/*.jsonl"):
+        ex = FileExtractor(str(path))
+        assert [p.name for p in ex.files()] == ["a.jsonl", "inner.jsonl"], path
+    assert FileExtractor(inputs / "link.jsonl").files() == [inputs / "link.jsonl"]  # named itself: the user's choice
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.jsonl").write_text('{"id": 7}\n')
+    (inputs / "sub").symlink_to(elsewhere)  # a linked folder leads out too
+    assert FileExtractor(f"{inputs}/*/*.jsonl").files() == []
+    assert [p.name for p in FileExtractor(f"{inputs}/**/*.jsonl").files()] == ["a.jsonl", "inner.jsonl"]
+    ex = FileExtractor(inputs / "*.jsonl")
+    forged = Partition({"files": [[str(inputs / "link.jsonl"), FileExtractor._key(inputs / "link.jsonl")]]})
+
+    async def go() -> None:
+        async for _ in ex.extract_partition(ExtractContext(pipeline="p", run_id="r"), forged):
+            pass
+
+    with pytest.raises(TerminalError, match="refused") as refused:
+        asyncio.run(go())
+    assert "link" not in str(refused.value) and "secret" not in str(refused.value)
+
+
+def test_a_listed_file_replaced_by_a_link_out_is_refused_though_the_listing_is_kept(tmp_path: Path) -> None:
+    inputs, outside = tmp_path / "in", tmp_path / "secret.jsonl"
+    inputs.mkdir()
+    outside.write_text('{"id": 666}\n')
+    src = inputs / "a.jsonl"
+    src.write_text('{"id": 1}\n')
+    ex = FileExtractor(inputs / "*.jsonl")
+    ctx = ExtractContext(pipeline="p", run_id="r")
+
+    async def read(part: Partition) -> list[int]:
+        return [r["id"] async for chunk in ex.extract_partition(ctx, part) for r in chunk.records]
+
+    assert asyncio.run(read(ex.partitions(ctx)[0])) == [1]  # listed, and the listing kept
+    src.unlink()
+    src.symlink_to(outside)  # someone who may write the input folder, not read the secret
+    forged = Partition({"files": [[str(src), FileExtractor._key(src)]]})
+    with pytest.raises(TerminalError, match="refused"):
+        asyncio.run(read(forged))

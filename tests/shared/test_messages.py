@@ -63,3 +63,24 @@ def test_a_message_without_an_envelope_line_is_terminal() -> None:
 def test_events_with_bad_ids_or_counts_are_refused(event: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         parse_event(orjson.dumps(event))
+
+
+def test_a_dlq_message_that_is_not_a_letter_of_its_subject_reads_as_malformed() -> None:
+    from jetl import subjects
+    from jetl.messages.deadletter import MALFORMED_LETTER, DeadLetter
+
+    good = DeadLetter(
+        pipeline="shop", run_id="shop-r1", batch_id="shop-r1/000000", stage="load", reason="r", error_type="E"
+    )
+    assert DeadLetter.read(subjects.dlq("shop", "load"), good.to_json()) == good
+    for subject, body in [
+        (subjects.dlq("shop", "transform"), b"{}"),
+        (subjects.dlq("shop", "transform"), b"\xff not json"),
+        (subjects.dlq("shop", "transform"), good.to_json()),  # a load letter on the transform subject
+        (subjects.dlq("other", "load"), good.to_json()),  # another pipeline's subject
+    ]:
+        dl = DeadLetter.read(subject, body)
+        assert dl.error_type == MALFORMED_LETTER and dl.reason.startswith("malformed dead letter")
+        assert (dl.pipeline, dl.stage) == tuple(subject.split(".")[2:])  # shown under the subject it came on
+        assert "\xff" not in dl.reason
+    assert DeadLetter.read("jetl.dlq.a.b.c", b"{}").pipeline == "unknown"

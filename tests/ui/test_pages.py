@@ -60,7 +60,7 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_diff_page_shows_which_columns_changed_and_in_how_many_rows(app: Any) -> None:
-    http = TestClient(app)
+    http = TestClient(app, base_url="http://127.0.0.1:8420")
     r = http.get("/diff", params={"pipeline": "shop", "run": "shop-replay"})
     assert r.status_code == 200, r.text[:500]
     assert app.state.dashboard.client.asked == [("shop", "shop-replay", "shop-first")]
@@ -73,7 +73,7 @@ def test_diff_page_shows_which_columns_changed_and_in_how_many_rows(app: Any) ->
 
 
 def test_diff_page_says_when_a_run_is_not_a_replay(app: Any) -> None:
-    r = TestClient(app).get("/diff", params={"pipeline": "shop", "run": "shop-other"})
+    r = TestClient(app, base_url="http://127.0.0.1:8420").get("/diff", params={"pipeline": "shop", "run": "shop-other"})
     assert r.status_code == 200
     assert "is not a replay" in r.text
     assert "Columns that changed" not in r.text

@@ -81,6 +81,13 @@ class Extraction:
         p, req, work = self.pipeline, self.req, self.work
         if work is not None:
             cursor = work.cursor
+            if p.keeps_cursor and self.ctx.kv is not None and cursor != await get_cursor(self.ctx.kv, p.name):
+                # a run's partitions all start from the cursor it was planned at, which moves only when it completes:
+                # any other would have the replica read again what earlier runs loaded
+                raise TerminalError(
+                    f"partition {work.partition} of {req.run_id} starts from another cursor than the pipeline's: "
+                    "refused"
+                )
         else:
             cursor = await get_cursor(self.ctx.kv, p.name) if self.ctx.kv is not None else None
             await self.ctx.bus.event(RunStarted(**self._event_base(), cursor=cursor))

@@ -24,10 +24,11 @@ from typing import Any
 
 from jetl import subjects
 from jetl.archive import Archive, raw_kept, read_raw
-from jetl.errors import TerminalError
+from jetl.errors import ConfigError, TerminalError
 from jetl.events import BatchExtracted, RunExtracted, RunStarted
 from jetl.logging import get_logger
-from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
+from jetl.messages.deadletter import MALFORMED_INPUT, MALFORMED_LETTER, DeadLetter
+from jetl.messages.ids import check_batch_id
 from jetl.messages.models import Batch, RunRequest, utcnow
 from jetl.messages.payload import PAYLOAD_HEADROOM, fit_payload, item_size
 from jetl.messages.wire import read_records
@@ -37,6 +38,24 @@ from jetl.state import get_run
 from jetl.subjects import Kind
 
 log = get_logger("jetl.extractor")
+
+
+def _letter(seq: int, subject: str | None, data: bytes | None, pipeline: str) -> DeadLetter:
+    """Dead letter #`seq` as read, if a redrive of `pipeline` may take it: a letter of that pipeline, on the subject
+    of its pipeline and stage (`jetl.dlq.<pipeline>.<stage>`, which only that stage may publish: `DeadLetter.read`),
+    about one of its batches. A letter says what it is; the subject it came on says who could have written it."""
+    dl = DeadLetter.read(subject, data)
+    if dl.error_type == MALFORMED_LETTER:
+        raise TerminalError(f"dead letter #{seq} is malformed: {dl.reason}")
+    if dl.pipeline != pipeline:
+        raise TerminalError(f"dead letter #{seq} belongs to pipeline {dl.pipeline!r}, not {pipeline!r}")
+    try:
+        check_batch_id(dl.batch_id)
+        if not dl.batch_id.startswith(f"{dl.run_id}/"):
+            raise ConfigError("a batch of another run")
+    except ConfigError as exc:
+        raise TerminalError(f"dead letter #{seq} is malformed: {exc}") from exc
+    return dl
 
 
 class Resend:
@@ -117,16 +136,12 @@ class Resend:
         letters: list[DeadLetter] = []
         for seq in sorted(set(seqs)):
             msg = await js.get_msg(subjects.stream_name(Kind.DLQ), seq)
-            dl = DeadLetter.model_validate_json(msg.data or b"null")
-            if msg.subject != subjects.dlq(dl.pipeline, dl.stage):  # permissions let a role dead-letter its own stage
-                raise TerminalError(f"dead letter #{seq} says stage {dl.stage!r} of {dl.pipeline!r} on {msg.subject}")
+            dl = _letter(seq, msg.subject, msg.data, p.name)
             if dl.body_ref is not None:  # a letter too large for a message: its records are kept by reference
-                kept = DeadLetter.model_validate_json(await self.ctx.bus.fetch(dl.body_ref))
-                if (kept.pipeline, kept.stage) != (dl.pipeline, dl.stage):
-                    raise TerminalError(f"dead letter #{seq} refers to a body of another pipeline or stage")
+                kept = _letter(seq, msg.subject, await self.ctx.bus.fetch(dl.body_ref), p.name)
+                if (kept.batch_id, kept.stage) != (dl.batch_id, dl.stage):
+                    raise TerminalError(f"dead letter #{seq}: its kept body is another letter's")
                 dl = kept
-            if dl.pipeline != p.name:
-                raise TerminalError(f"dead letter #{seq} belongs to pipeline {dl.pipeline!r}, not {p.name!r}")
             if dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
                 raise TerminalError(f"dead letter #{seq} is unreadable input ({dl.stage} stage): it has no record")
             letters.append(dl)

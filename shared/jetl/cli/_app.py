@@ -62,7 +62,7 @@ def stack_context() -> StackContext | None:
     """The stack context in force for this command, if any (see jetl.context for how it is found)."""
     env = JetlSettings()
     data_dir = env.data_dir if "data_dir" in env.model_fields_set else None
-    path = find_context(_CONTEXT["explicit"], data_dir)
+    path = find_context(_CONTEXT["explicit"], data_dir, warn=lambda text: err_console.print(f"warning: {text}"))
     return read_context(path) if path is not None else None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import time
@@ -18,6 +19,7 @@ from jetl.cli._output import console, err_console, fail
 from jetl.context import CONTEXT_FILE, StackContext, read_context
 from jetl.errors import ConfigError, JetlError
 from jetl.redact import redact_url
+from jetl.stack._process import PRIVATE_UMASK
 from jetl.stack.embedded import SERVICES, USERS_FILE, Stack, Supervisor, stable_port
 
 
@@ -35,6 +37,7 @@ def serve(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)
 
     Example: JETL_NATS__URL=nats://10.0.0.5:4222 jetl serve loader
     """
+    os.umask(PRIVATE_UMASK)  # what it writes (data, loaded files, the chdb folder) is the user's alone
     try:
         factory = service_factory(service)
         fs_app = factory()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from jetl.cli._app import app, settings
@@ -11,39 +13,41 @@ from jetl.errors import ConfigError
 
 @app.command()
 def ui(
-    host: str = typer.Option(None, help="Address to bind (default 127.0.0.1; others need --token)."),
+    host: str = typer.Option(None, help="Address to bind (default 127.0.0.1; others need an access token)."),
     port: int = typer.Option(None, help="Port (default 8420)."),
-    token: str = typer.Option(
-        None, help="Access token (or JETL_UI__TOKEN); required off loopback.", show_default=False
+    token_file: Path = typer.Option(
+        None,
+        help="File holding the access token, owner-only (or JETL_UI__TOKEN / JETL_UI__TOKEN_FILE); required off "
+        "loopback. Never the token itself on a command line: the process list shows it to every local user.",
+        show_default=False,
     ),
+    require_token: bool = typer.Option(None, "--require-token", help="Require the access token on loopback too."),
 ) -> None:
     """Serve the dashboard: runs live, the ledger, pipelines, dead letters and replay diffs.
 
     It finds the stack like every command does and binds 127.0.0.1:8420. Binding any other address needs an
-    access token, which people give once as ?token=... (then a cookie keeps it).
+    access token (from JETL_UI__TOKEN or --token-file), which people give once as ?token=... (then a cookie keeps
+    it). It answers only to loopback names, its bind address and JETL_UI__ALLOWED_HOSTS.
 
     Example: jetl ui   (then open http://127.0.0.1:8420)
     """
-    from pydantic import SecretStr
-
-    from jetl.ui.security import check_bind
-
     s = settings()
     if host is not None:
         s.ui.host = host
     if port is not None:
         s.ui.port = port
-    if token:
-        s.ui.token = SecretStr(token)
-    try:
-        check_bind(s.ui.host, s.ui.token.get_secret_value() if s.ui.token else None)
-    except ConfigError as exc:
-        die(str(exc), "people then open it once with ?token=...", EXIT_USAGE)
+    if token_file is not None:
+        s.ui.token_file = token_file
+    if require_token:
+        s.ui.require_token = True
     with failing():
         import uvicorn
 
         from jetl.ui.app import create_app
-
+    try:
         web = create_app(s)
+    except ConfigError as exc:
+        die(str(exc), "people then open it once with ?token=...", EXIT_USAGE)
+
     console.print(f"jetl dashboard on http://{s.ui.host}:{s.ui.port}  (NATS {s.nats.url}; Ctrl-C stops)")
     uvicorn.run(web, host=s.ui.host, port=s.ui.port, log_level="warning")

@@ -3,18 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, with_config
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
 from typing_extensions import TypedDict
 
-from jetl.errors import RecordIssue
+from jetl.errors import ConfigError, RecordIssue
 from jetl.messages.ids import Token, part_id
 from jetl.messages.models import Batch, Encoding, utcnow
 from jetl.messages.payload import too_large
 from jetl.messages.wire import decode_records, read_records
-from jetl.subjects import Stage
+from jetl.subjects import Stage, dlq
 
 
 @with_config(ConfigDict(extra="allow"))
@@ -64,6 +65,31 @@ def dead_records(body: bytes, encoding: Encoding = "json") -> list[DeadRecord]:
         return [DeadRecord(index=None, origin=None, field=None, message="unreadable batch", record=text)]
     read.sort(key=lambda x: x[0])
     return [DeadRecord(index=i, origin=None, field=None, message=m, record=r) for i, r, m in read]
+
+
+MALFORMED_LETTER = "MalformedLetter"
+"""`DeadLetter.error_type` of a message on JETL_DLQ that is not a dead letter of the pipeline and stage its subject
+names (`DeadLetter.read`): shown as malformed, never redriven."""
+
+
+def _dlq_owner(subject: str | None) -> tuple[str, Stage]:
+    """The pipeline and stage a JETL_DLQ subject names (`jetl.dlq.<pipeline>.<stage>`, checked by rebuilding it), or
+    ("unknown", "extract")."""
+    *_, pipeline, stage = ["", "", *(subject or "").split(".")]
+    for known in get_args(Stage):
+        with contextlib.suppress(ConfigError):
+            if stage == known and dlq(pipeline, known) == subject:
+                return pipeline, known
+    return "unknown", "extract"
+
+
+def _why(exc: ValueError) -> str:
+    """What is wrong with a message, in one short line without its content (pydantic's first error: where, what)."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_input=False)[0]
+        where = ".".join(map(str, first["loc"])) or "the body"
+        return f"{where}: {first['msg']}"[:200]
+    return str(exc).splitlines()[0][:200]
 
 
 def _as_text(value: Any) -> Any:
@@ -159,6 +185,27 @@ class DeadLetter(BaseModel):
                 for i in issues
             ],
         )
+
+    @classmethod
+    def read(cls, subject: str | None, data: bytes | None) -> DeadLetter:
+        """A message of JETL_DLQ as a dead letter. Any service may publish there, so a body that is not a letter of
+        the pipeline and stage its subject names (`jetl.dlq.<pipeline>.<stage>`) comes back as a MALFORMED_LETTER
+        placeholder, which a reader shows and a redrive refuses, instead of an error that would stop every reader."""
+        try:
+            dl = cls.model_validate_json(data or b"null")
+            if subject != dlq(dl.pipeline, dl.stage):
+                raise ValueError(f"a letter of {dl.pipeline} ({dl.stage}) on another pipeline's or stage's subject")
+            return dl
+        except ValueError as exc:
+            pipeline, stage = _dlq_owner(subject)
+            return cls(
+                pipeline=pipeline,
+                run_id="unknown",
+                batch_id="",
+                stage=stage,
+                reason=f"malformed dead letter: {_why(exc)}",
+                error_type=MALFORMED_LETTER,
+            )
 
     def to_json(self) -> bytes:
         """The letter as JSON. A record nested deeper than pydantic serializes (a fuzzed line of `[[[...]]]`, which

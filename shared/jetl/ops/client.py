@@ -276,7 +276,7 @@ class JetlClient:
         subject = subjects.pattern(Kind.DLQ, pipeline)
         async with contextlib.aclosing(read_stream(self.conn, Kind.DLQ, subject)) as messages:
             async for m in messages:
-                yield m.metadata.sequence.stream, DeadLetter.model_validate_json(m.data)
+                yield m.metadata.sequence.stream, DeadLetter.read(m.subject, m.data)
 
     async def ask_loader(self, verb: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
         """Request/reply to the loader service (see `jetl.ops.destination.ask_loader`)."""

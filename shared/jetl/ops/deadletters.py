@@ -75,7 +75,7 @@ async def letter_page(
 ) -> tuple[list[tuple[int, DeadLetter]], int | None]:
     """Up to `limit` dead letters from JETL_DLQ sequence `start` on, oldest first, and where the next page starts."""
     msgs = await read_from(nc, subjects.stream_name(Kind.DLQ), subjects.pattern(Kind.DLQ, pipeline), start, limit + 1)
-    page = [(m.metadata.sequence.stream, DeadLetter.model_validate_json(m.data)) for m in msgs[:limit]]
+    page = [(m.metadata.sequence.stream, DeadLetter.read(m.subject, m.data)) for m in msgs[:limit]]
     return page, (msgs[limit].metadata.sequence.stream if len(msgs) > limit else None)
 
 
@@ -88,8 +88,7 @@ async def letters_at(nc: Client, seqs: Iterable[int]) -> list[tuple[int, DeadLet
     async def one(seq: int) -> tuple[int, DeadLetter] | None:
         with contextlib.suppress(NotFoundError):
             msg = await js.get_msg(subjects.stream_name(Kind.DLQ), seq=seq)
-            if msg.data:
-                return seq, DeadLetter.model_validate_json(msg.data)
+            return seq, DeadLetter.read(msg.subject, msg.data)
         return None
 
     found = await asyncio.gather(*(one(q) for q in sorted(set(seqs))))  # in flight together, in order
@@ -144,7 +143,7 @@ class DeadLetterSummary:
         """Read up to `step` letters added since the last refresh; returns whether it has caught up."""
         msgs = await read_from(nc, subjects.stream_name(Kind.DLQ), subjects.pattern(Kind.DLQ), self.last_seq + 1, step)
         for m in msgs:
-            self.add(m.metadata.sequence.stream, DeadLetter.model_validate_json(m.data))
+            self.add(m.metadata.sequence.stream, DeadLetter.read(m.subject, m.data))
         self.complete = len(msgs) < step
         return self.complete
 

@@ -11,7 +11,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from jetl.messages.deadletter import MALFORMED_INPUT, OVERSIZED_RECORD, DeadLetter
+from jetl.messages.deadletter import MALFORMED_INPUT, MALFORMED_LETTER, OVERSIZED_RECORD, DeadLetter
 from jetl.projection import RunState
 from jetl.state import bucket_keys, get_run
 
@@ -19,6 +19,7 @@ from jetl.state import bucket_keys, get_run
 def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunState]) -> dict[int, str | None]:
     """Per JETL_DLQ sequence, why a redrive must not take it (None: it may).
 
+    - `malformed`: not a dead letter at all (any service may publish to JETL_DLQ; `DeadLetter.read`).
     - `unreadable`: input that could not be read as a record (a malformed line): there is no record to send.
     - `too large`: a record over the server's max_payload (kept by reference): no batch can carry it.
     - `redriven by <run>`: a redrive that has not failed took it already.
@@ -35,7 +36,9 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
                     superseded[f"{r.parent_run_id}/{b.seq:06d}"] = r.run_id
     out: dict[int, str | None] = {}
     for seq, dl in letters:
-        if dl.error_type == OVERSIZED_RECORD:
+        if dl.error_type == MALFORMED_LETTER:
+            out[seq] = "malformed"
+        elif dl.error_type == OVERSIZED_RECORD:
             out[seq] = "too large"
         elif dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
             out[seq] = "unreadable"

@@ -1,8 +1,11 @@
 """Child processes of the embedded runtime: `Child` (a process with its own log, which the supervisor watches and
-restarts), free ports, the nats-server binary, waiting for a listener, stopping."""
+restarts), free ports, the nats-server binary, waiting for a listener, stopping, and what keeps their files and
+secrets to this user: owner-only folders and logs, a umask for the children, and a minimal environment for
+nats-server (which needs none of the pipelines' secrets the parent's environment holds)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -14,6 +17,37 @@ from pathlib import Path
 from typing import IO
 
 from jetl.errors import ConfigError, TransientError
+
+PRIVATE_UMASK = 0o077
+"""The umask of every child (services, nats-server): what they create (data, logs, loaded files, the chdb folder) is
+the user's alone."""
+
+SERVER_ENV = ("PATH", "TZ", "TMPDIR", "LANG", "LC_ALL")
+"""The only variables nats-server inherits: it reads its configuration file, not the environment, and the parent's
+environment holds every pipeline's secrets (JETL_*, API tokens, database passwords)."""
+
+
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment nats-server starts with: `SERVER_ENV` of this process's, plus `extra` (GOMEMLIMIT)."""
+    env = {k: v for k in SERVER_ENV if (v := os.environ.get(k)) is not None}
+    env.update(extra or {})
+    return env
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a folder only its owner may enter (created if missing, tightened if it was open to others)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def private_log(path: Path) -> IO[bytes]:
+    """`path` opened for appending, owner-only (its folder too): a child's log may quote secrets and data."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 class Child:
@@ -29,14 +63,13 @@ class Child:
     log_offset: int
     """Where this start's lines begin in `log_path` (the file keeps earlier starts' lines above it)."""
 
-    def spawn(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
-        """Start `argv` in a session of its own, its stdout and stderr appended to `log_path`."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        """Start `argv` in a session of its own with `env` (nats-server: `server_env`) and the private umask, its
+        stdout and stderr appended to `log_path` (owner-only: a child's log may quote secrets and data)."""
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        with log:
+        with private_log(self.log_path) as log:  # the child holds its own copy
             self.proc = subprocess.Popen(
-                list(argv), stdout=log, stderr=log, start_new_session=True, env=None if env is None else dict(env)
+                list(argv), stdout=log, stderr=log, start_new_session=True, env=dict(env), umask=PRIVATE_UMASK
             )
 
     def alive(self) -> bool:

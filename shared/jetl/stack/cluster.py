@@ -20,7 +20,15 @@ from typing import Any
 
 from jetl.access import write_private
 from jetl.errors import ConfigError, TransientError
-from jetl.stack._process import Child, free_port, nats_server_binary, stop_process, wait_listening
+from jetl.stack._process import (
+    Child,
+    free_port,
+    nats_server_binary,
+    private_dir,
+    server_env,
+    stop_process,
+    wait_listening,
+)
 
 
 @dataclass
@@ -83,10 +91,10 @@ class ClusterNode(Child):
         self._launch(timeout)
 
     def _launch(self, timeout: float) -> None:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.store_dir)
         conf = self.store_dir / "nats.conf"
         write_private(conf, self._config)  # it may hold passwords
-        self.spawn([*self.prefix, nats_server_binary(), "-c", str(conf)])
+        self.spawn([*self.prefix, nats_server_binary(), "-c", str(conf)], server_env())
         assert self.proc is not None
         wait_listening(self.host, self.port, self.proc, timeout)
 

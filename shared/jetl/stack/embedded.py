@@ -25,7 +25,15 @@ from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
 from jetl.errors import ConfigError, JetlError
 from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
-from jetl.stack._process import Child, free_port, nats_server_binary, stop_process, wait_listening
+from jetl.stack._process import (
+    Child,
+    free_port,
+    nats_server_binary,
+    private_dir,
+    server_env,
+    stop_process,
+    wait_listening,
+)
 from jetl.stack.cluster import NatsCluster
 from jetl.topology import Change, declare
 
@@ -66,7 +74,7 @@ class NatsServer(Child):
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         """Start (or restart on the same port and store)."""
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.store_dir)
         if not self.port:
             self.port = free_port()
         conf = self.store_dir / "nats.conf"
@@ -78,10 +86,8 @@ class NatsServer(Child):
             f"  max_file_store: {self.max_file_store_mb * 1024 * 1024}\n"
             f"  max_memory_store: {self.max_memory_store_mb * 1024 * 1024}\n}}\n" + self.authorization,
         )
-        env = dict(os.environ)
-        if self.memory_limit_mb > 0:
-            env["GOMEMLIMIT"] = f"{self.memory_limit_mb}MiB"
-        self.spawn([nats_server_binary(), "-c", str(conf)], env)
+        limit = {"GOMEMLIMIT": f"{self.memory_limit_mb}MiB"} if self.memory_limit_mb > 0 else None
+        self.spawn([nats_server_binary(), "-c", str(conf)], server_env(limit))
         assert self.proc is not None
         wait_listening("127.0.0.1", self.port, self.proc, timeout)
         return self
@@ -115,6 +121,7 @@ class ServiceProcess(Child):
 
     def start(self) -> ServiceProcess:
         """Spawn the process."""
+        # its data, loaded files and chdb folder are the user's alone (Child.spawn's umask)
         self.spawn([sys.executable, "-m", "jetl", "serve", self.name, *self.extra_args], self.env)
         return self
 
@@ -224,7 +231,8 @@ class Stack:
 
     def start(self) -> Stack:
         """Start the embedded server (unless a URL is given), deploy the topology as the operator, then start every
-        service, as many processes of each as `replicas` says."""
+        service, as many processes of each as `replicas` says. The data folder is the user's alone."""
+        private_dir(self.data_dir)
         if self.nats_url is None and self.nats_cluster:
             self.credentials = Credentials.load_or_create(self.data_dir / "nats" / USERS_FILE)
             self.cluster = NatsCluster(

@@ -3,6 +3,7 @@ token and the CSRF check (`jetl.ui.security`). `jetl ui` serves it with uvicorn.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ import jetl.ui.actions as actions
 import jetl.ui.live as live
 import jetl.ui.pages as pages
 from jetl.settings import JetlSettings
-from jetl.ui.security import access_middleware
+from jetl.ui.security import access_middleware, allowed_hosts, check_bind, read_token_file
 from jetl.ui.state import Dashboard
 
 STATIC = Path(__file__).parent / "static"
@@ -33,10 +34,20 @@ async def _timed(request: Request, call_next: Callable[[Request], Awaitable[Resp
     return resp
 
 
+def ui_token(s: JetlSettings) -> str | None:
+    """The access token: `ui.token` (from the environment), else the contents of `ui.token_file`, else None."""
+    if s.ui.token is not None:
+        return s.ui.token.get_secret_value() or None
+    return read_token_file(s.ui.token_file) if s.ui.token_file is not None else None
+
+
 def create_app(settings: JetlSettings | None = None) -> Starlette:
-    """The dashboard app on these settings (connects to NATS when it starts)."""
+    """The dashboard app on these settings (connects to NATS when it starts); ConfigError when it would serve
+    beyond this machine, or where a token is required, without one (`security.check_bind`)."""
     s = settings or JetlSettings()
-    token = s.ui.token.get_secret_value() if s.ui.token else None
+    token = ui_token(s)
+    check_bind(s.ui.host, token, require_token=s.ui.require_token)
+    hosts = allowed_hosts(s.ui.host, s.ui.allowed_hosts)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -66,6 +77,7 @@ def create_app(settings: JetlSettings | None = None) -> Starlette:
     ]
     middleware = [
         Middleware(BaseHTTPMiddleware, dispatch=_timed),
-        Middleware(BaseHTTPMiddleware, dispatch=access_middleware(token)),
+        # a new CSRF secret per server: pages served before a restart must be reloaded to act
+        Middleware(BaseHTTPMiddleware, dispatch=access_middleware(token, hosts, secrets.token_bytes(32))),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={404: pages.not_found})

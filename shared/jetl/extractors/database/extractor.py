@@ -35,7 +35,7 @@ from pydantic import SecretStr
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, Result, Row
 
-from jetl.errors import ConfigError, JetlError
+from jetl.errors import ConfigError, JetlError, TerminalError
 from jetl.extractors.database.cursor import (
     _HIGH_KEY,
     _HIGH_WATER,
@@ -366,7 +366,10 @@ class DatabaseExtractor:
         return [Partition(spec) for spec in specs]
 
     async def extract_partition(self, ctx: ExtractContext, partition: Partition) -> AsyncIterator[Chunk]:
-        """Yield the rows of one key range planned by `partitions`, in key order, in chunks of `chunk_size`."""
+        """Yield the rows of one key range planned by `partitions`, in key order, in chunks of `chunk_size`. The
+        range arrived in a message: it is checked against the configuration first (`partitions._admit`)."""
+        if self.partition_rows is None:
+            raise TerminalError(f"{self._where()}: not partitioned (no partition_rows); a partition is refused")
         async with contextlib.aclosing(self._chunks(ctx, self._start_position(ctx), partition.spec)) as chunks:
             async for chunk, _ in chunks:
                 yield chunk
@@ -498,7 +501,8 @@ class DatabaseExtractor:
                         end = replace(end, value=str(end.stored))
                     statement = statement.where(_through_clause(value, tie, unique=key == column, end=end, binds=binds))
         if part is not None:
-            statement = _in_range(statement, table, dialect, part, order, binds)
+            column_of_ranges = self.partition_column or (primary[0] if len(primary) == 1 else None)
+            statement = _in_range(statement, table, dialect, part, order, binds, column_of_ranges)
         return statement, primary, stream
 
     def _reflect(self, connection: Connection) -> tuple[sa.Table, list[str]]:

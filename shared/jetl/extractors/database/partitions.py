@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from jetl.errors import ConfigError
+from jetl.errors import ConfigError, TerminalError
 from jetl.extractors.database.cursor import _after_clause, _compared, _dump, _load, _Position, _through_clause
 
 _LO, _HI = "jetl_part_lo", "jetl_part_hi"
@@ -86,6 +86,27 @@ def _plan(
         raise ConfigError(f"{where}: partition column {name!r} cannot bound a key range: {exc}") from exc
 
 
+def _admit(part: dict[str, Any], column: str | None) -> None:
+    """Raise TerminalError unless `part` is a key range `_plan` could have made over `column` (the configured
+    partition column, else the single-column primary key): a range arrives in a message, and must not choose another
+    column to read by."""
+
+    def bound(value: Any) -> bool:
+        return value is None or (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str))
+
+    if not (
+        column is not None
+        and part.get("column") == column
+        and bound(part.get("lo"))
+        and bound(part.get("hi"))
+        and (part.get("lo") is None) == (part.get("hi") is None)
+        and type(part.get("last")) is bool
+        and type(part.get("nulls")) is bool
+        and set(part) <= {"column", "lo", "hi", "last", "nulls", "until"}
+    ):
+        raise TerminalError("a partition of DatabaseExtractor is not a key range of its partition column: refused")
+
+
 def _in_range(
     statement: sa.Select[Any],
     table: sa.Table,
@@ -93,9 +114,12 @@ def _in_range(
     part: dict[str, Any],
     order: list[str],
     binds: dict[str, Any],
+    partition_column: str | None,
 ) -> sa.Select[Any]:
-    """`statement` limited to one key range of `part`, ordered by the partition column, then `order` (the cursor's
-    tie-breaker and the primary key), so each extraction of the range reads its rows in the same order."""
+    """`statement` limited to one key range of `part` (checked: `_admit`), ordered by the partition column, then
+    `order` (the cursor's tie-breaker and the primary key), so each extraction of the range reads its rows in the
+    same order."""
+    _admit(part, partition_column)
     column = _compared(table.c[part["column"]], dialect)
     inside: list[sa.ColumnElement[bool]] = []
     if part["lo"] is not None:

@@ -39,7 +39,9 @@ def get_client(dsn: str, settings: ClickHouseSettings | None = None) -> Any:
                     kwargs["username"] = settings.user
                 if settings.password:
                     kwargs["password"] = settings.password.get_secret_value()
-                kwargs["secure"] = settings.secure
+                kwargs["secure"] = settings.secure or dsn.startswith("https:")
+                if settings.ca_file is not None:
+                    kwargs["ca_cert"] = str(settings.ca_file)
             try:
                 _CLIENTS[dsn] = clickhouse_connect.get_client(**kwargs)
             except Exception as exc:  # the DSN and the driver's text both may carry the password: shown redacted
