@@ -34,7 +34,7 @@ from pathlib import Path
 from pydantic import BaseModel, SecretStr
 
 from jetl import subjects
-from jetl.subjects import CONSUMERS, ROLES, SERVICE_ROLES, Kind, Role, StateKey, state_keys
+from jetl.subjects import CONSUMERS, DURABLE_ROLE, ROLES, SERVICE_ROLES, Kind, Role, StateKey, state_keys
 
 __all__ = ["ROLES", "SERVICE_ROLES", "Credentials", "Permissions", "Role", "permissions"]
 
@@ -54,10 +54,7 @@ _READS: dict[Role, tuple[Kind, ...]] = {
     "scheduler": (Kind.RUN, Kind.RAW, Kind.CLEAN),  # the watchdog reads the message no stage could finish
 }
 _DURABLES: dict[Role, tuple[str, ...]] = {
-    "extractor": ("extractor",),
-    "transformer": ("transformer", "archiver"),
-    "loader": ("loader",),
-    "scheduler": ("tracker", "watchdog"),
+    role: tuple(d for d, r in DURABLE_ROLE.items() if r == role) for role in SERVICE_ROLES
 }
 # The state bucket's keys each service writes (`jetl.state`): its own heartbeats, and the scheduler, which folds the
 # log, run state, cursors and its indexes. The extractor enters a run it takes in the unfinished index itself (its

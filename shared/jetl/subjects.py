@@ -124,6 +124,7 @@ CONSUMERS: dict[str, Kind] = {
 DURABLE_ROLE: dict[str, Role] = {
     "extractor": "extractor",
     "transformer": "transformer",
+    "archiver": "transformer",
     "loader": "loader",
     "tracker": "scheduler",
     "watchdog": "scheduler",
