@@ -139,6 +139,10 @@ class Batch(BaseModel):
     in `parts` messages (cut in order by the transformer); its records are `count` of the batch's."""
     parts: int = Field(default=1, ge=1)
     """How many messages the batch travels in (1: the whole batch in this one)."""
+    version: int | None = Field(default=None, ge=0)
+    """Where the batch's records stand in the source's log: the version of its first record (record i has version +
+    i), set by the transformer from the raw batch's JETL_RAW sequence (`jetl.protocols.log_version`). A replay keeps
+    its parent's (so it never outranks a later run's rows), a redelivery its own; None: not known (every record 0)."""
 
     def model_post_init(self, __context: Any) -> None:
         if self.partition is not None:

@@ -6,7 +6,8 @@ run.extracted), so the transformer, the loader, the tracker and completion work 
 republishes the same batch ids, which JetStream drops as duplicates.
 
 - Replay: the parent run's raw batches, read back in order, republished with the same seq (so batch k of the
-  replay `supersedes` batch k of the parent in the destination) and origins; `shadow` sends them to the loader's
+  replay `supersedes` batch k of the parent in the destination), origins and version (the parent's place in the
+  log, so a replayed row never outranks a later run's); `shadow` sends them to the loader's
   shadow for a diff instead. The parent must still have all of its raw batches on JETL_RAW.
 - Redrive: the records of the requested dead letters, in bounded batches. Records rejected by the transformer go
   back as raw batches (the raw input is taken from the parent's raw batch when the dead letter names its index,
@@ -36,6 +37,7 @@ from jetl.messages import (
     read_records,
     utcnow,
 )
+from jetl.protocols import log_version
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext
 from jetl.state import get_run
@@ -109,6 +111,8 @@ class Resend:
                     "shadow": self.req.shadow,
                     "supersedes": old.batch_id,
                     "created_at": utcnow(),
+                    # the parent's place in the log: the replay's rows never outrank a later run's
+                    "version": old.version if old.version is not None else log_version(msg.metadata.sequence.stream),
                 }
             )
             await self.ctx.bus.raw_batch(batch, body)

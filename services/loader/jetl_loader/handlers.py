@@ -43,6 +43,7 @@ def write(pipeline: Pipeline, batch: Batch, body: bytes, shadows: lineage.Shadow
         batch_id=batch.batch_id,
         schema=pipeline.schema,
         part_id=batch.part_id,
+        version=batch.version,
     )
     dest = shadows.destination(pipeline, batch)
     load_arrow = getattr(dest, "load_arrow", None)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from faststream.nats import NatsRouter
+from nats.errors import NotJSMessageError
 from pydantic import ValidationError
 
 from jetl.errors import RecordError, RecordIssue, SchemaMismatch
@@ -30,6 +31,7 @@ from jetl.messages import (
     too_large,
 )
 from jetl.pipeline import Pipeline
+from jetl.protocols import log_version
 from jetl.records import RecordsAdapter, records_adapter, to_ipc
 from jetl.registry import get_pipeline, get_pipeline_registry
 from jetl.runtime import heap
@@ -179,6 +181,15 @@ def run_transformers(
         return valid_json, "json", n_in, len(valid), issues
 
 
+def log_position(raw: Any) -> int | None:
+    """The version of a raw batch's first record: from its JETL_RAW sequence, its place in the log (None when the
+    message has no JetStream metadata, as in the in-memory test broker)."""
+    try:
+        return log_version(int(raw.metadata.sequence.stream))
+    except (AttributeError, TypeError, ValueError, IndexError, NotJSMessageError):
+        return None
+
+
 async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
     """Transform one raw batch and decide its message's ack."""
     opened = await open_batch(raw, "raw batch", Kind.RAW)
@@ -233,6 +244,8 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                     else too_large(len(oversized[0][1]), ctx.bus.max_payload)
                 )
                 await ctx.bus.event(BatchRejected(**base, stage="transform", records=rejected, reason=first))
+            version = batch.version if batch.version is not None else log_position(raw)
+            offset = 0
             for part, (piece, count) in enumerate(pieces):
                 out = batch.model_copy(
                     update={
@@ -244,8 +257,10 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                         "schema_name": pipeline.schema.__name__,
                         "part": part,
                         "parts": len(pieces),
+                        "version": None if version is None else version + offset,
                     }
                 )
+                offset += count
                 await ctx.bus.clean_batch(out, piece)
             filtered = n_in - n_out - len(issues)
             n_out -= len(oversized)
