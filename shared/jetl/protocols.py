@@ -302,7 +302,23 @@ class VersionedLoader(Protocol):
     def current_rows(self, pipeline: str, runs: RunView | None = None, limit: int | None = None) -> list[Record]:
         """The rows as the destination means them now (per key the highest version, deletes applied, the newest
         complete run under replace, every version with `_jetl_valid_from`, `_jetl_valid_to`, `_jetl_is_current`
-        under history), each with its `_jetl_version`; at most `limit` of them."""
+        under history), each with its `_jetl_version`; with `limit`, the newest `limit` of them (highest versions)."""
+        ...
+
+    def count_current(self, pipeline: str, runs: RunView | None = None) -> int:
+        """How many current rows there are (`current_rows` counted where they are)."""
+        ...
+
+
+@runtime_checkable
+class QueryableLoader(Protocol):
+    """A loader whose destination answers SQL (`jetl query`). Optional: ClickHouseLoader."""
+
+    def query(
+        self, sql: str, *, runs: RunView | None = None, current: bool = True, max_rows: int = 1000, seconds: float = 30
+    ) -> tuple[list[str], list[list[Any]], bool]:
+        """(columns, rows, truncated) of one read-only SELECT, at most `max_rows` rows and `seconds` of work; with
+        `current`, the destination table's name in it reads its current rows."""
         ...
 
 

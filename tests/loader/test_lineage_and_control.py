@@ -82,6 +82,7 @@ async def test_replay_supersedes_shadow_stays_aside_and_control_answers(tmp_path
             "exact": True,
             "key": [],
             "keys": None,
+            "current": 3,  # the rows the destination means now (append: every row)
         }
         assert (await ask("count", pipeline="cons"))["result"]["total"] is None  # type: ignore[index]
         missing = await ask("count", pipeline="nope")

@@ -286,8 +286,13 @@ class FileLoader:
     def current_rows(self, pipeline: str, runs: RunView | None = None, limit: int | None = None) -> list[Record]:
         """The rows as the destination means them now (`jetl.loaders.versions.current`), with `_jetl_version`."""
         rows = versions.current(self.stored_rows(pipeline), self.spec, runs, _key_text)
-        out = [{k: v for k, v in r.items() if k not in (DELETED, versions.LINEAGE)} for r in rows]
-        return out if limit is None else out[:limit]
+        if limit is not None:
+            rows = sorted(rows, key=lambda r: int(r.get(VERSION) or 0))[-limit:] if limit > 0 else []
+        return [{k: v for k, v in r.items() if k not in (DELETED, versions.LINEAGE)} for r in rows]
+
+    def count_current(self, pipeline: str, runs: RunView | None = None) -> int:
+        """How many current rows there are (read and merged here: files have no engine to ask)."""
+        return len(self.current_rows(pipeline, runs))
 
     def read_merged(self, pipeline: str) -> list[dict[str, Any]]:
         """The pipeline's rows as the destination means them (`current_rows`), without jetl's columns."""

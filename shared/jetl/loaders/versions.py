@@ -12,10 +12,38 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from jetl.projection import RunState
 from jetl.protocols import DELETED, IS_CURRENT, VALID_FROM, VALID_TO, VERSION, Record, RunView, WriteSpec
 
 LINEAGE = "_jetl_batch_id"
 """The stored column naming the batch that wrote a row (`<run id>/<seq>`)."""
+
+
+RETRY = "-retry"
+"""How a retry's run id follows its failed attempt's: `<run id>-retry<n>` (`jetl.ops.backfill.retry_run_id`)."""
+
+
+def run_view(states: Iterable[RunState]) -> RunView:
+    """What reading current rows needs of the run state: replays' parents, runs not completed, and failed attempts
+    a retry re-ran (their rows are not current in any disposition)."""
+    states = list(states)
+    last: dict[str, int] = {}
+    for s in states:
+        slot, attempt = _attempt(s.run_id)
+        last[slot] = max(last.get(slot, 0), attempt)
+    return RunView(
+        parents={s.run_id: s.parent_run_id for s in states if s.trigger == "replay" and s.parent_run_id},
+        incomplete=frozenset(s.run_id for s in states if s.status != "completed"),
+        superseded=frozenset(
+            s.run_id for s in states if s.status == "failed" and _attempt(s.run_id)[1] < last[_attempt(s.run_id)[0]]
+        ),
+    )
+
+
+def _attempt(run_id: str) -> tuple[str, int]:
+    """(the slot's first run id, which attempt): `r` -> (r, 0), `r-retry0` -> (r, 1), `r-retry1` -> (r, 2)."""
+    slot, sep, n = run_id.rpartition(RETRY)
+    return (slot, int(n) + 1) if sep and n.isdigit() else (run_id, 0)
 
 
 def run_of(row: Record) -> str:

@@ -392,7 +392,9 @@ class ClickHouseLoader:
 
     def current_rows(self, pipeline: str, runs: RunView | None = None, limit: int | None = None) -> list[Record]:
         """The current rows as dicts (empty when the table does not exist yet), with lineage and version."""
-        sql = self.current_sql(runs) + (f" LIMIT {int(limit)}" if limit is not None else "")
+        sql = self.current_sql(runs)
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql}) ORDER BY {quote(VERSION)} DESC LIMIT {int(limit)}"
         try:
             result = self.client().query(sql)
         except Exception as exc:
@@ -400,6 +402,10 @@ class ClickHouseLoader:
                 return []
             raise _wrap(exc, f"reading the current rows of {self.qualified}") from exc
         return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
+    def count_current(self, pipeline: str, runs: RunView | None = None) -> int:
+        """How many current rows the table holds (0 when it does not exist yet)."""
+        return self.current_count(runs)
 
     def current_count(self, runs: RunView | None = None) -> int:
         """How many current rows the table holds (0 when it does not exist yet)."""
