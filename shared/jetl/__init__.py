@@ -14,7 +14,7 @@ from jetl.errors import (
 )
 from jetl.messages import Batch, DeadLetter, RunRequest
 from jetl.pipeline import Pipeline
-from jetl.protocols import Chunk, ExtractContext, Extractor, LoadContext, Loader, Transformer
+from jetl.protocols import Chunk, Deletes, ExtractContext, Extractor, LoadContext, Loader, Transformer
 from jetl.registry import clear_registry, discover, get_pipeline, get_pipeline_registry
 from jetl.schedule import Cron
 from jetl.settings import JetlSettings
@@ -105,6 +105,7 @@ __all__ = [
     "DatabaseExtractor",
     "DeadLetter",
     "DedupeTransformer",
+    "Deletes",
     "DestinationUnavailable",
     "DiscoveryError",
     "ExtractContext",
