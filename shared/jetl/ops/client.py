@@ -291,9 +291,9 @@ class JetlClient:
         body = {"pipeline": pipeline, "sql": sql, "max_rows": max_rows, "seconds": seconds, "current": current}
         return QueryResult(**await self.ask_loader("query", body, timeout=seconds + 30))
 
-    async def recent_rows(self, pipeline: str, limit: int = 10) -> QueryResult:
+    async def recent_rows(self, pipeline: str, limit: int = 10, timeout: float = 10.0) -> QueryResult:
         """The newest `limit` current rows of the pipeline's destination (the dashboard's rows view)."""
-        return QueryResult(**await self.ask_loader("rows", {"pipeline": pipeline, "limit": limit}))
+        return QueryResult(**await self.ask_loader("rows", {"pipeline": pipeline, "limit": limit}, timeout=timeout))
 
     async def run_view(self, pipeline: str) -> RunView:
         """What reading the pipeline's current rows needs of the run state (replays, incomplete and superseded
