@@ -47,3 +47,64 @@ class TestClickHouse(VersionedLoaderContract):
 
     def new_loader(self, spec: WriteSpec, name: str) -> Loader:
         return ClickHouseLoader(name, dsn=self.dsn)
+
+
+def test_the_run_view_knows_replays_incomplete_runs_and_attempts_a_later_run_read_again() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from jetl.loaders.versions import run_view
+    from jetl.projection import RunState
+
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def state(run_id: str, status: str, minutes: int, **kw: object) -> RunState:
+        return RunState(pipeline="p", run_id=run_id, status=status, requested_at=t0 + timedelta(minutes=minutes), **kw)
+
+    cursor = {"value": "2026-11-30", "key": 7}
+    view = run_view(
+        [
+            state("a", "failed", 0),  # a slot's first attempt, retried
+            state("a-retry0", "failed", 1),
+            state("a-retry1", "completed", 2),
+            state("b", "failed", 3, start_cursor=cursor),  # an incremental run that failed (or was cancelled) ...
+            state("c", "running", 4, start_cursor=cursor),  # ... and the next one, from the same cursor
+            state("d", "failed", 5),  # nothing read its input again: its rows stay
+            state("a-retry1x", "completed", 6, trigger="replay", parent_run_id="a-retry1"),
+        ]
+    )
+    assert view.superseded == {"a", "a-retry0", "b"}
+    assert view.parents == {"a-retry1x": "a-retry1"} and view.source("a-retry1x") == "a-retry1"
+    assert view.incomplete == {"a", "a-retry0", "b", "c", "d"}
+
+
+def test_a_pipeline_refuses_dispositions_it_cannot_write(tmp_path: Path) -> None:
+    from pydantic import BaseModel
+
+    from jetl import ConsoleLoader, Deletes, Pipeline
+    from jetl.errors import ConfigError
+    from jetl.extractors.file import FileExtractor
+
+    class Row(BaseModel):
+        id: int
+        op: str = "u"
+
+    def make(**kw: object) -> Pipeline:
+        loader = kw.pop("loader", FileLoader(tmp_path))
+        return Pipeline(
+            name="p", extractors=[FileExtractor(str(tmp_path / "*.jsonl"))], loader=loader, schema=Row, **kw
+        )  # type: ignore[arg-type]
+
+    assert make(primary_key=["id"]).write_spec.disposition == "merge"  # the default with a key
+    assert make().write_spec.disposition == "append"
+    assert make(primary_key=["id"], deletes=Deletes("op", "d")).write_spec.deletes == Deletes("op", "d")
+    for kw, why in (
+        ({"disposition": "merge"}, "needs a primary_key"),
+        ({"disposition": "history"}, "needs a primary_key"),
+        ({"disposition": "upsert", "primary_key": ["id"]}, "must be one of"),
+        ({"deletes": "op"}, "apply to merge and history"),
+        ({"primary_key": ["id"], "deletes": "gone"}, "not a field"),
+        ({"primary_key": ["id"], "loader": ConsoleLoader()}, "cannot keep one row per key"),
+        ({"disposition": "replace", "loader": ConsoleLoader()}, "replace"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            make(**kw)

@@ -24,20 +24,40 @@ RETRY = "-retry"
 
 
 def run_view(states: Iterable[RunState]) -> RunView:
-    """What reading current rows needs of the run state: replays' parents, runs not completed, and failed attempts
-    a retry re-ran (their rows are not current in any disposition)."""
+    """What reading current rows needs of the run state: replays' parents, runs not completed, and failed (or
+    cancelled) runs a later run read again: a retry (`<run>-retry<n>`), or a run that started from the same cursor or
+    data interval. Their rows are not current in any disposition, batches still in flight included."""
     states = list(states)
     last: dict[str, int] = {}
     for s in states:
         slot, attempt = _attempt(s.run_id)
         last[slot] = max(last.get(slot, 0), attempt)
+    own = [s for s in states if s.trigger not in ("replay", "redrive") and not s.shadow]
+    retried = {s.run_id for s in own if s.status == "failed" and _attempt(s.run_id)[1] < last[_attempt(s.run_id)[0]]}
+    # a run that starts where a failed one started (the same cursor, or the same data interval) reads its input again
+    for s in own:
+        if s.status != "failed" or (s.start_cursor is None and s.data_interval_start is None):
+            continue
+        if any(other is not s and _same_input(s, other) and _when(other) > _when(s) for other in own):
+            retried.add(s.run_id)
     return RunView(
         parents={s.run_id: s.parent_run_id for s in states if s.trigger == "replay" and s.parent_run_id},
         incomplete=frozenset(s.run_id for s in states if s.status != "completed"),
-        superseded=frozenset(
-            s.run_id for s in states if s.status == "failed" and _attempt(s.run_id)[1] < last[_attempt(s.run_id)[0]]
-        ),
+        superseded=frozenset(retried),
     )
+
+
+def _same_input(a: RunState, b: RunState) -> bool:
+    return (a.start_cursor, a.data_interval_start, a.data_interval_end) == (
+        b.start_cursor,
+        b.data_interval_start,
+        b.data_interval_end,
+    )
+
+
+def _when(s: RunState) -> float:
+    moment = s.requested_at or s.started_at
+    return moment.timestamp() if moment else 0.0
 
 
 def _attempt(run_id: str) -> tuple[str, int]:
