@@ -31,6 +31,13 @@ class TestFileLoaderCsv(TestFileLoaderJsonl):
         return FileLoader(self.root / name, format="csv")
 
 
+class TestFileLoaderParquetPartitioned(TestFileLoaderJsonl):
+    max_examples = 10  # typed columns, and rows spread over partition folders by value
+
+    def new_loader(self, spec: WriteSpec, name: str) -> Loader:
+        return FileLoader(self.root / name, format="parquet", partition_by="value")
+
+
 @pytest.fixture(scope="module")
 def dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     close_clients()  # another module may have left its chdb folder open in this process
