@@ -66,6 +66,15 @@ def _attempt(run_id: str) -> tuple[str, int]:
     return (slot, int(n) + 1) if sep and n.isdigit() else (run_id, 0)
 
 
+def version_array(base: int, n: int) -> Any:
+    """The versions of an `n`-row batch whose first row has `base`, as an Arrow uint64 column. From numpy's arange:
+    `pa.array(range(...))` took 11 us a row (0.9 s for 80k rows, more than inserting them), arange 0.01 us."""
+    import numpy as np
+    import pyarrow as pa
+
+    return pa.array(np.arange(base, base + n, dtype=np.uint64))
+
+
 def run_of(row: Record) -> str:
     """The run that wrote a stored row ("" for rows written without lineage)."""
     return str(row.get(LINEAGE) or "").partition("/")[0]

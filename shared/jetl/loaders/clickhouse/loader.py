@@ -24,6 +24,7 @@ from jetl.loaders.clickhouse.client import _missing_table, _wrap, get_client
 from jetl.loaders.clickhouse.lineage import LINEAGE_COLUMN
 from jetl.loaders.clickhouse.sql import PARTITION, create_table, quote
 from jetl.loaders.clickhouse.types import Convert, arrow_types_for, columns_for, converters_for
+from jetl.loaders.versions import version_array
 from jetl.protocols import (
     DELETED,
     VERSION,
@@ -278,7 +279,7 @@ class ClickHouseLoader:
         import pyarrow.compute as pc
 
         base = ctx.base_version
-        table = table.append_column(VERSION, pa.array(range(base, base + table.num_rows), type=pa.uint64()))
+        table = table.append_column(VERSION, version_array(base, table.num_rows))
         deletes = self.spec.deletes
         if deletes is not None and deletes.field in table.column_names:
             flags = pc.fill_null(pc.equal(table[deletes.field], pa.scalar(deletes.value)), False)
