@@ -567,18 +567,22 @@ class VersionedLoaderContract:
         assert _project(loader.current_rows(name), self.spec("replace")) == [(3, 3)]
 
     def test_a_superseded_attempt_leaves_no_current_rows(self) -> None:
-        """A failed attempt that a retry re-ran: its rows are not current, in append as in merge."""
-        for disposition in ("append", "merge"):
+        """A failed attempt that a retry re-ran: its rows are not current, in every disposition."""
+        expected = {
+            "append": [(1, 2), (2, 5)],
+            "merge": [(1, 2), (2, 5)],
+            "replace": [(2, 5)],  # the newest complete run
+            "history": [(1, 2, log_version(2), None, True), (2, 5, log_version(3), None, True)],
+        }
+        for disposition in DISPOSITIONS:
             spec = self.spec(disposition)
-            if disposition == "merge":
-                spec = WriteSpec("merge", ("id",))
             loader, name = self._open(spec)
             failed = [{"id": 1, "value": 1}, {"id": 3, "value": 3}]
             self.deliver(loader, name, Delivery("r0", 0, log_version(1), failed))
             self.deliver(loader, name, Delivery("r0-retry0", 0, log_version(2), [{"id": 1, "value": 2}]))
             self.deliver(loader, name, Delivery("r1", 0, log_version(3), [{"id": 2, "value": 5}]))
             rows = loader.current_rows(name, RunView(superseded=frozenset({"r0"})))
-            assert _project(rows, spec) == [(1, 2), (2, 5)]
+            assert _project(rows, spec) == expected[disposition], disposition
 
     @pytest.mark.parametrize("disposition", DISPOSITIONS)
     def test_any_interleaving_ends_at_the_newest_version(self, disposition: Disposition) -> None:
