@@ -115,3 +115,30 @@ def test_a_pipeline_refuses_dispositions_it_cannot_write(tmp_path: Path) -> None
     ):
         with pytest.raises(ConfigError, match=why):
             make(**kw)
+
+
+def test_a_table_made_before_versions_reads_its_rows_and_a_merge_over_it_is_refused(dsn: str) -> None:
+    """An append table made by an earlier jetl (a plain MergeTree) is read without FINAL; a merge table without the
+    version in its engine (the last insert would win) is refused with the statements that rebuild it."""
+    from pydantic import BaseModel
+
+    from jetl.errors import ConfigError
+    from jetl.protocols import LoadContext
+
+    class Row(BaseModel):
+        id: int
+        note: str
+
+    old = ClickHouseLoader("old_append", dsn=dsn)
+    old.client().command("CREATE TABLE old_append (id Int64, note String) ENGINE = MergeTree ORDER BY tuple()")
+    old.client().command("INSERT INTO old_append VALUES (1, 'a'), (1, 'a')")
+    old.check_schema(Row)
+    assert [r["note"] for r in old.current_rows("p")] == ["a", "a"]  # read before this process loaded anything
+    old.load([{"id": 2, "note": "b"}], LoadContext("p", "r1", "r1/000001", schema=Row, version=1 << 24))
+    assert old.count_current("p") == 3
+    rmt = ClickHouseLoader("old_merge", dsn=dsn)
+    rmt.client().command("CREATE TABLE old_merge (id Int64, note String) ENGINE = ReplacingMergeTree ORDER BY id")
+    rmt.write_as(WriteSpec("merge", ("id",)))
+    rmt.check_schema(Row)
+    with pytest.raises(ConfigError, match="Rebuild it as ReplacingMergeTree"):
+        rmt.load([{"id": 2, "note": "b"}], LoadContext("p", "r1", "r1/000001", schema=Row, version=1 << 24))

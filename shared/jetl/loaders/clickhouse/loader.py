@@ -220,9 +220,10 @@ class ClickHouseLoader:
             raise _wrap(exc, f"creating {key}") from exc
         self._ready.add(key)
 
-    def _check_engine(self, c: Any) -> None:
-        """A merge loader over a table made in append mode would append, and over one made before versions (no
-        version in its engine) the last insert would win: refuse both rather than load wrong rows."""
+    def _check_engine(self, c: Any) -> bool:
+        """Whether the table exists (and whether its engine folds rows). A merge loader over a table made in append
+        mode would append, and over one made before versions (no version in its engine) the last insert would win:
+        refuse both rather than load wrong rows."""
         database = f"'{self.database}'" if self.database else "currentDatabase()"
         rows = c.query(
             f"SELECT engine, engine_full FROM system.tables WHERE database = {database} AND name = '{self.table}'"
@@ -230,7 +231,7 @@ class ClickHouseLoader:
         engine, full = (str(x) for x in rows.result_rows[0]) if rows.result_rows else ("", "")
         self._folds = not engine or "Replacing" in engine
         if self.mode != "merge" or not engine:
-            return
+            return bool(engine)
         wanted = versions.engine("merge", self.version_column)
         if "Replacing" not in engine or not _bare(full).startswith(_bare(wanted)):
             keys = ", ".join(self.order_by)
@@ -240,6 +241,7 @@ class ClickHouseLoader:
                 f"insert win over the newest version. Rebuild it as {wanted} ORDER BY ({keys}) (CREATE TABLE ... "
                 f"AS ... ENGINE = {wanted} ORDER BY ({keys}), INSERT ... SELECT, EXCHANGE TABLES)"
             )
+        return True
 
     def columns(self, records: list[Record], model: type[BaseModel]) -> tuple[list[str], list[list[Any]]]:
         """Column names and column-oriented values, converted for their ClickHouse types."""
@@ -360,6 +362,16 @@ class ClickHouseLoader:
         runs the table holds first, to pick the newest complete one."""
         if self._model is None:
             raise ConfigError(f"ClickHouseLoader({self.table}): no schema bound")
+        if self.qualified not in self._ready:  # not loaded into yet by this process: learn whether its engine folds,
+            try:  # and give a table made by an earlier jetl the columns the first load would
+                c = self.client()
+                if self._check_engine(c):
+                    for alter in [lineage.add_column(self.qualified), *versions.add_columns(self.qualified)]:
+                        c.command(alter)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise _wrap(exc, f"reading the engine of {self.qualified}") from exc
         runs = runs or RunView()
         only: list[str] | None = None
         if self.mode == "replace":
