@@ -242,7 +242,9 @@ class FileLoader:
         import pyarrow.parquet as pq
 
         if schema is None:
-            table = pa.Table.from_pylist([{k: _plain(v) for k, v in r.items() if k != drop} for r in records])
+            plain = [{k: _plain(v) for k, v in r.items() if k not in (drop, VERSION)} for r in records]
+            table = pa.Table.from_pylist(plain)  # the versions may not fit int64, which Arrow would infer
+            table = table.append_column(VERSION, pa.array([r[VERSION] for r in records], type=pa.uint64()))
         else:
             fields = {
                 n: _arrow_field(f.annotation, list(f.metadata)) for n, f in schema.model_fields.items() if n != drop
