@@ -42,7 +42,8 @@ from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable
 from jetl.loaders import versions
-from jetl.messages import dumps, split_batch_id
+from jetl.messages.ids import split_batch_id
+from jetl.messages.wire import dumps
 from jetl.protocols import DELETED, VERSION, Check, Diff, LoadContext, Loader, Record, RunView, WriteSpec
 from jetl.subjects import check_token
 
@@ -157,6 +158,12 @@ class FileLoader:
         if self.root.exists() and not self.root.is_dir():
             return Check("error", f"{self.root} is a file, not a folder")
         return Check("ok", self.describe())
+
+    def reach(self) -> None:
+        """Raise OSError when neither the folder nor its parent exists (the first batch creates the folder)."""
+        probe = self.root if self.root.exists() else self.root.parent
+        if not probe.is_dir():
+            raise OSError("neither the folder nor its parent exists")
 
     def check_schema(self, model: type[BaseModel]) -> None:
         """Fail at start-up when the partition field is not in the model."""
