@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "Pipeline": "jetl.pipeline",
     "Check": "jetl.protocols",
     "Chunk": "jetl.protocols",
+    "Deletes": "jetl.protocols",
     "ExtractContext": "jetl.protocols",
     "Extractor": "jetl.protocols",
     "LoadContext": "jetl.protocols",
@@ -108,6 +109,7 @@ if _typing.TYPE_CHECKING:
     from jetl.pipeline import Pipeline as Pipeline
     from jetl.protocols import Check as Check
     from jetl.protocols import Chunk as Chunk
+    from jetl.protocols import Deletes as Deletes
     from jetl.protocols import ExtractContext as ExtractContext
     from jetl.protocols import Extractor as Extractor
     from jetl.protocols import LoadContext as LoadContext

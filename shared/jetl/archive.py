@@ -36,7 +36,9 @@ import zstandard
 
 from jetl.bus import read_one_by_one
 from jetl.errors import ArchiveCorrupt, StoreFull
+from jetl.messages.models import Batch
 from jetl.messages.wire import decode_batch
+from jetl.protocols import log_version
 from jetl.redact import redact_url
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind, check_token, raw, stream_name
@@ -241,6 +243,15 @@ def _write_local(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def placed(batch: Batch, sequence: int | None) -> Batch:
+    """`batch` with its place in the log as its version (`jetl.protocols.log_version` of its JETL_RAW sequence), unless
+    it has one already (a replay's raw batch keeps its parent's): what a replay of it republishes, and what the
+    archive keeps, since an archived batch no longer has a stream sequence."""
+    if batch.version is not None or sequence is None:
+        return batch
+    return batch.model_copy(update={"version": log_version(sequence)})
+
+
 async def read_raw(nc: Any, archive: Archive | None, pipeline: str, run_id: str) -> AsyncGenerator[Any, None]:
     """Every raw batch of one run, as (Batch, body): first what JETL_RAW still holds, then the rest from the archive.
 
@@ -253,7 +264,7 @@ async def read_raw(nc: Any, archive: Archive | None, pipeline: str, run_id: str)
     async for msg in read_one_by_one(nc, stream_name(Kind.RAW), raw(pipeline, run_id)):
         batch, body = decode_batch(msg.data)
         seen.add(batch.part_id)
-        yield batch, body
+        yield placed(batch, msg.seq), body
     if archive is None:
         return
     for part_id in await asyncio.to_thread(archive.batches, pipeline, run_id):

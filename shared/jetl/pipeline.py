@@ -13,12 +13,17 @@ from pydantic import BaseModel, TypeAdapter
 
 from jetl.errors import ConfigError
 from jetl.protocols import (
+    DISPOSITIONS,
+    Deletes,
+    Disposition,
     Extractor,
     KeyedLoader,
     Loader,
     OutputTypesTransformer,
     SchemaCheckingLoader,
     Transformer,
+    VersionedLoader,
+    WriteSpec,
     fields_out,
     keeps_cursor,
 )
@@ -80,6 +85,12 @@ class Pipeline:
     primary_key: Sequence[str] = ()
     """Schema fields naming a row: with a key, loading a row again replaces it (the loader merges by key), so a row
     extracted twice is one row in the destination. Without one, loads append: a row extracted twice is there twice."""
+    disposition: Disposition | None = None
+    """How a run's rows land (`jetl.protocols.Disposition`): append, merge, replace or history. Default: merge with
+    a primary key, append without one."""
+    deletes: Deletes | str | None = None
+    """Which records are delete markers (a bool field's name, or `Deletes(field, value)`): under merge a marker
+    removes its key, under history it closes it."""
 
     def __post_init__(self) -> None:
         check_token(self.name, "pipeline name")
@@ -104,24 +115,44 @@ class Pipeline:
             self.loader.check_schema(self.schema)
         self._check_output_fields()
 
+    @property
+    def write_spec(self) -> WriteSpec:
+        """How the loader writes and reads back this pipeline's rows."""
+        deletes = Deletes(self.deletes) if isinstance(self.deletes, str) else self.deletes
+        return WriteSpec(self.disposition or "append", tuple(self.primary_key), deletes)
+
     def _merge_by_key(self) -> None:
-        """Tell the loader to keep one row per primary key; fail at start-up when it cannot."""
+        """Tell the loader its disposition (one row per primary key under merge); fail at start-up when it cannot."""
         if isinstance(self.primary_key, str):
             self.primary_key = [self.primary_key]
         self.primary_key = list(self.primary_key)
-        if not self.primary_key:
-            return
+        if self.disposition is None:
+            self.disposition = "merge" if self.primary_key else "append"
+        where = f"pipeline {self.name!r}"
+        if self.disposition not in DISPOSITIONS:
+            raise ConfigError(f"{where}: disposition must be one of {list(DISPOSITIONS)}, got {self.disposition!r}")
         unknown = [k for k in self.primary_key if k not in self.schema.model_fields]
         if unknown:
+            raise ConfigError(f"{where}: primary_key field {unknown[0]!r} is not a field of {self.schema.__name__}")
+        spec = self.write_spec
+        if spec.disposition in ("merge", "history") and not spec.key:
+            raise ConfigError(f"{where}: disposition {spec.disposition!r} needs a primary_key")
+        if spec.deletes is not None:
+            if spec.disposition not in ("merge", "history"):
+                raise ConfigError(f"{where}: delete markers apply to merge and history, not {spec.disposition!r}")
+            if spec.deletes.field not in self.schema.model_fields:
+                raise ConfigError(
+                    f"{where}: the delete marker {spec.deletes.field!r} is not a field of {self.schema.__name__}"
+                )
+        if isinstance(self.loader, VersionedLoader):
+            self.loader.write_as(spec)
+        elif spec.disposition == "merge" and spec.deletes is None and isinstance(self.loader, KeyedLoader):
+            self.loader.merge_on(list(spec.key))
+        elif spec.disposition != "append":
             raise ConfigError(
-                f"pipeline {self.name!r}: primary_key field {unknown[0]!r} is not a field of {self.schema.__name__}"
+                f"{where}: {self.loader!r} cannot keep one row per key or write the {spec.disposition!r} disposition; "
+                "use a ClickHouseLoader or a FileLoader, or declare no primary_key (append mode)"
             )
-        if not isinstance(self.loader, KeyedLoader):
-            raise ConfigError(
-                f"pipeline {self.name!r}: {self.loader!r} cannot keep one row per key; use a ClickHouseLoader or a "
-                "FileLoader, or declare no primary_key (append mode)"
-            )
-        self.loader.merge_on(list(self.primary_key))
 
     def _check_output_fields(self) -> None:
         """Fail at start-up when the transformers' last known output lacks a field the schema requires."""

@@ -19,6 +19,7 @@ instead of 35, measured on the loaded 2-core bench host). The transformer stage 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,11 +99,98 @@ class LoadContext:
     schema: type[Any] | None = None
     part_id: str = ""
     """The id of the records written, when the batch travels in parts (`Batch.part_id`); empty: the batch id."""
+    version: int | None = None
+    """The version of the batch's first record (`Batch.version`); record i has `version + i`. Where a key has rows
+    of several versions, the highest is the row the destination means (`WriteSpec`)."""
+
+    @property
+    def base_version(self) -> int:
+        """`version`, or for a batch that came without one a version of its own after every versioned batch
+        (`UNVERSIONED` plus a stride chosen by the write's dedup token, so a redelivery gets the same one)."""
+        if self.version is not None:
+            return self.version
+        digest = int.from_bytes(hashlib.blake2b(self.dedup_token.encode(), digest_size=8).digest(), "big")
+        return UNVERSIONED + (digest >> 25) * VERSION_STRIDE
 
     @property
     def dedup_token(self) -> str:
         """What a write of these records is deduplicated on: writing the same token twice leaves one copy."""
         return self.part_id or self.batch_id
+
+
+VERSION_STRIDE = 1 << 24
+"""Versions per raw batch: a batch's records are numbered inside its log position's stride (batch_size is at most
+1,000,000, a fan-out may grow a batch past it: 16,777,216 leaves room, and 2**64 / stride positions are 2**40)."""
+
+
+def log_version(log_position: int, offset: int = 0) -> int:
+    """The version of record `offset` of the raw batch at `log_position` (its JETL_RAW stream sequence): versions
+    order records as the source's log does, batch by batch, then record by record."""
+    return log_position * VERSION_STRIDE + min(offset, VERSION_STRIDE - 1)
+
+
+VERSION = "_jetl_version"
+"""The destination column holding each row's version (`log_version`)."""
+DELETED = "_jetl_deleted"
+"""The destination column marking a row as a delete (1) rather than a state (0)."""
+VALID_FROM, VALID_TO, IS_CURRENT = "_jetl_valid_from", "_jetl_valid_to", "_jetl_is_current"
+"""The columns a history read adds: the version a row became current at, the version that replaced or deleted it
+(None while current), and whether it is current."""
+UNVERSIONED = 1 << 63
+"""Where versions of batches that came without one start (a redrive of records the loader rejected): after every
+versioned batch, ordered among themselves by their message's place on JETL_CLEAN."""
+
+Disposition = Literal["append", "merge", "replace", "history"]
+"""How a run's rows land (named as in dlt): `append` adds them; `merge` keeps one row per primary key, the one of the
+highest version (a delete marker removes the key); `replace` shows only the newest complete run's rows (a full
+refresh); `history` keeps every version of a key with the span it was current in (SCD2)."""
+DISPOSITIONS: tuple[Disposition, ...] = ("append", "merge", "replace", "history")
+
+
+@dataclass(frozen=True)
+class Deletes:
+    """Which records are delete markers: those whose `field` equals `value` (a bool flag: `Deletes("deleted")`; an
+    operation column: `Deletes("op", "d")`). Under `merge` a marker removes its key; under `history` it closes it."""
+
+    field: str
+    value: Any = True
+
+    def __call__(self, record: Record) -> bool:
+        """Whether `record` is a delete marker."""
+        return bool(record.get(self.field) == self.value)
+
+
+@dataclass(frozen=True)
+class WriteSpec:
+    """How a pipeline's rows are written and read back: its disposition, primary key and delete marker."""
+
+    disposition: Disposition = "append"
+    key: tuple[str, ...] = ()
+    """The primary key (merge and history need one)."""
+    deletes: Deletes | None = None
+    """Which records are delete markers (merge and history)."""
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What the run state says about the runs whose rows a destination holds: what reading its current rows needs
+    beyond the rows themselves. The default knows nothing: every run is its own, complete and not superseded."""
+
+    parents: dict[str, str] = field(default_factory=dict)
+    """Replay run -> the run it replays: under `replace` a replay stands for its parent."""
+    incomplete: frozenset[str] = frozenset()
+    """Runs not completed yet: under `replace` the table shows the newest complete run, so a refresh is atomic."""
+    superseded: frozenset[str] = frozenset()
+    """Failed or cancelled attempts that a later attempt re-ran (`<run>-retry<n>`): their rows are not current in
+    any disposition."""
+
+    def source(self, run_id: str) -> str:
+        """The run whose extraction `run_id`'s rows came from (a replay's parent, transitively)."""
+        seen = {run_id}
+        while run_id in self.parents and self.parents[run_id] not in seen:
+            run_id = self.parents[run_id]
+            seen.add(run_id)
+        return run_id
 
 
 @dataclass(frozen=True)
@@ -204,6 +292,41 @@ class KeyedLoader(Protocol):
     def max_position(self, pipeline: str, column: str, tie_breaker: str | None) -> tuple[Any, Any] | None:
         """The last row in (`column`, `tie_breaker`) order in the destination, as (value, tie-breaker value or
         None); None when it holds no row with a value: what a cursor is seeded from."""
+        ...
+
+
+@runtime_checkable
+class VersionedLoader(Protocol):
+    """A loader that writes every disposition (`WriteSpec`) and keeps per key the row of the highest version, in
+    whatever order batches arrive: the contract `jetl.testing.contracts.VersionedLoaderContract` checks.
+
+    Optional: ClickHouseLoader (ReplacingMergeTree on the version column), FileLoader (merge on read).
+    """
+
+    def write_as(self, spec: WriteSpec) -> None:
+        """Write and read back as `spec` says from now on. Called once, at pipeline start-up."""
+        ...
+
+    def current_rows(self, pipeline: str, runs: RunView | None = None, limit: int | None = None) -> list[Record]:
+        """The rows as the destination means them now (per key the highest version, deletes applied, the newest
+        complete run under replace, every version with `_jetl_valid_from`, `_jetl_valid_to`, `_jetl_is_current`
+        under history), each with its `_jetl_version`; with `limit`, the newest `limit` of them (highest versions)."""
+        ...
+
+    def count_current(self, pipeline: str, runs: RunView | None = None) -> int:
+        """How many current rows there are (`current_rows` counted where they are)."""
+        ...
+
+
+@runtime_checkable
+class QueryableLoader(Protocol):
+    """A loader whose destination answers SQL (`jetl query`). Optional: ClickHouseLoader."""
+
+    def query(
+        self, sql: str, *, runs: RunView | None = None, current: bool = True, max_rows: int = 1000, seconds: float = 30
+    ) -> tuple[list[str], list[list[Any]], bool]:
+        """(columns, rows, truncated) of one read-only SELECT, at most `max_rows` rows and `seconds` of work; with
+        `current`, the destination table's name in it reads its current rows."""
         ...
 
 
@@ -410,7 +533,7 @@ class MergingLoader(Protocol):
     """A loader that may merge rows by a key of its own, so its row counts are not the rows loaded."""
 
     @property
-    def mode(self) -> Literal["append", "merge"]:
+    def mode(self) -> Disposition:
         """Is "merge" when it keeps one row per key."""
         ...
 

@@ -34,7 +34,9 @@ async def test_clean_batch_is_written_idempotently(tmp_path: Path) -> None:
     ctx = make_context("loader", JetlSettings())
     ctx.broker.include_router(make_router(ctx))
     got = capture(ctx.broker, [Kind.EVENTS, Kind.DLQ])
-    good = Batch(pipeline="ld", run_id="r1", seq=0, schema_name="Row", schema_hash=p.schema_hash, count=2)
+    good = Batch(
+        pipeline="ld", run_id="r1", seq=0, schema_name="Row", schema_hash=p.schema_hash, count=2, version=7 << 24
+    )
     drifted = Batch(pipeline="ld", run_id="r1", seq=1, schema_name="Row", schema_hash="other", count=1)
     rows = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
     async with TestNatsBroker(ctx.broker) as br:
@@ -44,7 +46,9 @@ async def test_clean_batch_is_written_idempotently(tmp_path: Path) -> None:
 
     parts = sorted((tmp_path / "out").rglob("*.jsonl"))
     assert [p.name for p in parts] == ["000000.jsonl"]
-    assert [orjson.loads(line) for line in parts[0].read_text().splitlines()] == rows
+    # each row is written with its place in the log: the envelope's version, then one up per record
+    versioned = [{**r, "_jetl_version": (7 << 24) + i} for i, r in enumerate(rows)]
+    assert [orjson.loads(line) for line in parts[0].read_text().splitlines()] == versioned
     events = [orjson.loads(e) for e in got[Kind.EVENTS]]
     assert [e["type"] for e in events] == ["batch.loaded", "batch.loaded", "batch.rejected"]
     assert events[-1]["scope"] == "batch" and "schema" in events[-1]["reason"]
@@ -83,7 +87,8 @@ async def test_a_batch_in_parts_writes_each_part_once_and_a_replay_removes_its_p
 
     files = sorted((tmp_path / "out").rglob("*.jsonl"))
     assert [f.name for f in files] == ["000000-part0.jsonl", "000000-part1.jsonl"]
-    assert [orjson.loads(line) for f in files for line in f.read_text().splitlines()] == rows[0] + rows[1]
+    written = [orjson.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "_jetl_version"} for r in written] == rows[0] + rows[1]
     loaded = [orjson.loads(e) for e in got[Kind.EVENTS]]
     assert [(e["batch_id"], e["part"], e["parts"], e["records"]) for e in loaded[:2]] == [
         ("r1/000000", 0, 2, 2),

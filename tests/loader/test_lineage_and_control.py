@@ -83,10 +83,18 @@ async def test_replay_supersedes_shadow_stays_aside_and_control_answers(tmp_path
             "exact": True,
             "key": [],
             "keys": None,
+            "current": 3,  # the rows the destination means now (append: every row)
         }
         assert (await ask("count", pipeline="cons"))["result"]["total"] is None  # type: ignore[index]
         missing = await ask("count", pipeline="nope")
         assert missing["ok"] is False and missing["disposition"] == "terminal" and "nope" in str(missing["error"])
+
+        recent = (await ask("rows", pipeline="ld", limit=2))["result"]  # the dashboard's rows view
+        assert len(recent["rows"]) == 2 and "_jetl_version" in recent["columns"]  # type: ignore[index]
+        refused = await ask("query", pipeline="ld", sql="SELECT 1")  # files answer no SQL: a terminal answer
+        assert refused["ok"] is False and refused["disposition"] == "terminal" and "SQL" in str(refused["error"])
+        too_many = await ask("rows", pipeline="ld", limit=100_000)  # the caps are the request model's
+        assert too_many["ok"] is False and "limit" in str(too_many["error"])
 
 
 async def test_an_envelope_that_does_not_match_its_subject_is_not_loaded(tmp_path: Path) -> None:

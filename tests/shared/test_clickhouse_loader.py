@@ -182,7 +182,8 @@ def test_round_trip_of_every_type(dsn: str, table: str) -> None:
     records = [Everything.model_validate(row(i)).model_dump() for i in (1, 2)]
     assert loader.load(records, ctx(Everything)) == 2
     described = loader.client().query(f"DESCRIBE TABLE {loader.qualified}").result_rows
-    lineage = [("_jetl_batch_id", "LowCardinality(String)")]  # every table records the batch each row came from
+    # every table records the batch each row came from, and the row's place in the source's log
+    lineage = [("_jetl_batch_id", "LowCardinality(String)"), ("_jetl_version", "UInt64"), ("_jetl_deleted", "UInt8")]
     assert [(r[0], r[1]) for r in described] == EXPECTED + lineage
     got = loader.client().query(f"SELECT * FROM {loader.qualified} ORDER BY id").named_results()
     first = next(iter(got))
@@ -242,7 +243,7 @@ def test_merge_mode_keeps_the_highest_version(dsn: str, table: str) -> None:
     assert loader.count(final=True) == 2
     rows = loader.client().query(f"SELECT id, version, name FROM {loader.qualified} FINAL ORDER BY id").result_rows
     assert rows == [(1, 3, "new"), (2, 1, "b")]
-    assert "ReplacingMergeTree(`version`)" in loader.ddl(Item)
+    assert "ReplacingMergeTree(`version`, `_jetl_deleted`)" in loader.ddl(Item)
 
 
 def test_value_the_column_cannot_hold_is_terminal(dsn: str, table: str) -> None:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from jetl import FileLoader, LoadContext
 from jetl.errors import ConfigError
 from jetl.messages.ids import batch_id
-from jetl.protocols import Check
+from jetl.protocols import Check, log_version
 from jetl.settings import JetlSettings
 
 
@@ -90,7 +90,7 @@ def test_csv_cells_are_text_with_a_header_from_the_schema(tmp_path: Path) -> Non
     loader.load(sales()[:2], ctx())
     with open(tmp_path / "sales/r1/000001.csv", newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == list(Sale.model_fields)
+    assert rows[0] == [*Sale.model_fields, "_jetl_version"]  # each row's place in the source's log
     assert rows[1] == [
         "0",
         "2026-11-25",
@@ -101,6 +101,7 @@ def test_csv_cells_are_text_with_a_header_from_the_schema(tmp_path: Path) -> Non
         '["a","0"]',
         "n",
         '{"k":0}',
+        str(ctx().base_version),  # a batch without a version of its own: one after every versioned batch
     ]
     assert rows[2][7] == ""  # None is an empty cell
 
@@ -120,6 +121,7 @@ def test_parquet_types_follow_the_model(tmp_path: Path) -> None:
         "tags": "list<element: string>",
         "note": "string",
         "meta": "string",
+        "_jetl_version": "uint64",
     }
     first = table.to_pylist()[0]
     assert first["amount"] == Decimal("0.50") and first["tags"] == ["a", "0"] and first["meta"] == '{"k":0}'
@@ -199,7 +201,7 @@ def test_check_fails_when_the_root_is_a_file(tmp_path: Path) -> None:
     )
 
 
-def test_a_primary_key_merges_on_read_the_row_loaded_last_wins(tmp_path: Path) -> None:
+def test_a_primary_key_merges_on_read_the_highest_version_wins(tmp_path: Path) -> None:
     from jetl import ConsoleLoader, Pipeline
     from jetl.extractors.file import FileExtractor
 
@@ -218,18 +220,19 @@ def test_a_primary_key_merges_on_read_the_row_loaded_last_wins(tmp_path: Path) -
     )
     assert loader.key == ["id"]
     first = [{"id": i, "at": f"2025-01-0{i}", "note": "v0"} for i in (1, 2, 3)]
-    loader.load(first, LoadContext(pipeline="kp", run_id="r1", batch_id=batch_id("r1", 0)))
+    # the later run's batch lands first (a replay of r1, a redelivery): the higher version still wins
     loader.load(
         [{"id": 2, "at": "2025-01-05", "note": "v1"}],
-        LoadContext(pipeline="kp", run_id="r2", batch_id=batch_id("r2", 0)),
+        LoadContext(pipeline="kp", run_id="r2", batch_id=batch_id("r2", 0), version=log_version(2)),
     )
+    loader.load(first, LoadContext(pipeline="kp", run_id="r1", batch_id=batch_id("r1", 0), version=log_version(1)))
     assert len(loader.read_all("kp")) == 4  # the parts stay as written: lineage and replay work as before
     assert sorted((r["id"], r["note"]) for r in loader.read_merged("kp")) == [(1, "v0"), (2, "v1"), (3, "v0")]
     assert loader.distinct_keys("kp") == 3
     assert loader.max_position("kp", "at", "id") == ("2025-01-05", 2)
     plain = FileLoader(tmp_path / "plain")
     Pipeline(name="kp", extractors=[FileExtractor(str(tmp_path / "*.jsonl"))], loader=plain, schema=Keyed)
-    plain.load(first + first, LoadContext(pipeline="kp", run_id="r1", batch_id=batch_id("r1", 0)))
+    plain.load(first + first, LoadContext(pipeline="kp", run_id="r1", batch_id=batch_id("r1", 0), version=8))
     assert len(plain.read_merged("kp")) == 6 and plain.distinct_keys("kp") == 6  # append mode: every copy
     with pytest.raises(ConfigError, match="cannot keep one row per key"):
         Pipeline(

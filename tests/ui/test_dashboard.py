@@ -82,6 +82,9 @@ def test_run_page_shows_ledger_timeline_logs_and_dead_letters(dash: Dash, page: 
     for path in ("/", "/pipelines/shop", "/diff", "/dlq"):  # every page renders without a browser error
         page.goto(dash.url + path)
         page.wait_for_load_state("networkidle")
+    page.goto(f"{dash.url}/pipelines/shop")  # a few of the newest current rows, asked of the loader
+    assert page.locator("#rows tbody tr").count() == 5, page.locator("#rows").inner_text()
+    assert "_jetl_version" in page.locator("#rows thead").inner_text()
     page.goto(f"{dash.url}/runs/shop/shop-firstrun")
     page.wait_for_function("() => document.getElementById('log').childNodes.length > 5")
     shot(page, tmp_path, "run")

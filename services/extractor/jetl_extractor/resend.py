@@ -7,9 +7,10 @@ run.extracted), so the transformer, the loader, the tracker and completion work 
 republishes the same batch ids, which JetStream drops as duplicates.
 
 - Replay: the parent run's raw batches, read back in order, republished with the same seq (so batch k of the
-  replay `supersedes` batch k of the parent in the destination) and origins; `shadow` sends them to the loader's
-  shadow for a diff instead. The parent's raw batches come from JETL_RAW while it holds them, else from the
-  archive (`jetl.archive.read_raw`); all of them, or the replay is refused.
+  replay `supersedes` batch k of the parent in the destination), origins and version (the parent's place in the
+  log, so a replayed row never outranks a later run's); `shadow` sends them to the loader's shadow for a diff
+  instead. The parent's raw batches come from JETL_RAW while it holds them, else from the archive
+  (`jetl.archive.read_raw`); all of them, or the replay is refused.
 - Redrive: the records of the requested dead letters, in bounded batches. Records rejected by the transformer go
   back as raw batches (the raw input is taken from the parent's raw batch when the dead letter names its index,
   since a record rejected late in the chain is already half transformed); batches the loader rejected go back as
@@ -120,6 +121,8 @@ class Resend:
                     "shadow": self.req.shadow,
                     "supersedes": old.batch_id,
                     "created_at": utcnow(),
+                    # the parent's place in the log: the replay's rows never outrank a later run's
+                    "version": old.version,  # read_raw gives every raw batch its place in the log
                 }
             )
             await self.ctx.bus.raw_batch(batch, body)

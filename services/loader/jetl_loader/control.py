@@ -5,6 +5,10 @@
 - `jetl.ctl.loader.max` {"pipeline", "column", "tie_breaker"} -> {"position"}: the last row's [value, key] in that
   order, or None (seeds a cursor)
 - `jetl.ctl.loader.diff` {"pipeline", "run_id", "parent_run_id", "drop", "sample"} -> a `Diff` as a dict
+- `jetl.ctl.loader.query` {"pipeline", "sql", "max_rows", "seconds", "current"} -> {"destination", "columns",
+  "rows", "truncated"}: one read-only SELECT, at most `max_rows` rows and `seconds` of work; with `current` (the
+  default) the table's name in it reads the current rows (per key the highest version, deletes applied, ...)
+- `jetl.ctl.loader.rows` {"pipeline", "limit"} -> the same answer: the newest few current rows (the dashboard)
 
 Every reply is `{"ok": true, "result": ...}` or `{"ok": false, "error", "disposition"}` (transient or terminal,
 classified by jetl.errors), so the CLI can tell "try again" from "this cannot work". Replicas answer in one queue
@@ -25,16 +29,27 @@ from typing import Any, TypeVar
 import orjson
 from faststream.nats import NatsRouter
 from faststream.nats.annotations import NatsMessage
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jetl import subjects
 from jetl.errors import ConfigError, TerminalError, TransientError, classify
+from jetl.loaders.versions import run_view
 from jetl.logging import get_logger
 from jetl.messages.ids import Token
-from jetl.protocols import CountingLoader, KeyedLoader, LineageLoader, MergingLoader
+from jetl.protocols import (
+    VERSION,
+    CountingLoader,
+    KeyedLoader,
+    LineageLoader,
+    MergingLoader,
+    QueryableLoader,
+    RunView,
+    VersionedLoader,
+)
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext
-from jetl.state import get_run
+from jetl.state import get_run, list_runs
 from jetl_loader.lineage import lineage
 
 log = get_logger("jetl.loader")
@@ -80,7 +95,58 @@ class DiffRequest(BaseModel):
     """Sample rows (or keys) shown per kind of difference."""
 
 
-def count(pipeline_name: str) -> dict[str, Any]:
+class QueryRequest(BaseModel):
+    """`query`: one read-only SELECT over a pipeline's destination."""
+
+    model_config = ConfigDict(extra="forbid")
+    pipeline: Token
+    """The pipeline whose destination is read."""
+    sql: str = Field(max_length=8000)
+    """One SELECT (or WITH ... SELECT); the destination table's name reads its current rows."""
+    max_rows: int = Field(default=100, ge=1, le=10_000)
+    """Rows returned at most (the answer says when there were more)."""
+    seconds: float = Field(default=10.0, gt=0, le=60)
+    """Work the destination may spend on it."""
+    current: bool = True
+    """Read the current rows (False: every stored row, older versions and delete markers included)."""
+
+
+class RowsRequest(BaseModel):
+    """`rows`: the newest few current rows of a pipeline's destination."""
+
+    model_config = ConfigDict(extra="forbid")
+    pipeline: Token
+    """The pipeline whose destination is read."""
+    limit: int = Field(default=10, ge=1, le=1000)
+    """How many rows."""
+
+
+def query(pipeline_name: str, sql: str, runs: RunView, max_rows: int, seconds: float, current: bool) -> dict[str, Any]:
+    """One read-only SELECT over the pipeline's destination (only ClickHouse answers SQL)."""
+    p = get_pipeline(pipeline_name)
+    if not isinstance(p.loader, QueryableLoader):
+        raise ConfigError(f"pipeline {pipeline_name!r}: {p.loader!r} does not answer SQL (see `jetl counts`)")
+    columns, rows, truncated = p.loader.query(sql, runs=runs, current=current, max_rows=max_rows, seconds=seconds)
+    return {"destination": p.loader.describe(), "columns": columns, "rows": rows, "truncated": truncated}
+
+
+def recent_rows(pipeline_name: str, runs: RunView, limit: int) -> dict[str, Any]:
+    """The newest `limit` current rows (by version), for the dashboard's pipeline page."""
+    p = get_pipeline(pipeline_name)
+    if not isinstance(p.loader, VersionedLoader):
+        raise ConfigError(f"pipeline {pipeline_name!r}: {p.loader!r} cannot read its rows back")
+    found = p.loader.current_rows(pipeline_name, runs, limit)
+    found.sort(key=lambda r: int(r.get(VERSION) or 0), reverse=True)  # newest first
+    columns = list(dict.fromkeys(k for r in found for k in r))
+    return {
+        "destination": p.loader.describe(),
+        "columns": columns,
+        "rows": [[r.get(c) for c in columns] for r in found],
+        "truncated": False,
+    }
+
+
+def count(pipeline_name: str, runs: RunView | None = None) -> dict[str, Any]:
     """Rows in a pipeline's destination, per run when the loader keeps lineage (None where it cannot count), and its
     distinct primary keys when the pipeline declares one."""
     p = get_pipeline(pipeline_name)
@@ -90,6 +156,8 @@ def count(pipeline_name: str) -> dict[str, Any]:
     keyed: dict[str, Any] = {"key": list(p.primary_key), "keys": None}
     if p.primary_key and isinstance(loader, KeyedLoader):
         keyed["keys"] = loader.distinct_keys(pipeline_name)
+    if isinstance(loader, VersionedLoader):  # the rows the destination means: one per key, deletes applied, ...
+        keyed["current"] = loader.count_current(pipeline_name, runs)
     if isinstance(loader, LineageLoader):
         by_run = loader.rows_by_run(pipeline_name)
         total: int | None = sum(by_run.values())
@@ -138,8 +206,24 @@ async def check_replay(ctx: ServiceContext, req: DiffRequest) -> None:
         )
 
 
+async def runs_of(ctx: ServiceContext, pipeline: str) -> RunView:
+    """What the run state says about the pipeline's runs (replays' parents, incomplete and superseded runs)."""
+    if not isinstance(ctx.kv, KeyValue):  # none yet, or a bucket that cannot list its keys (the in-memory one)
+        return RunView()
+    return run_view(await list_runs(ctx.kv, pipeline))
+
+
 async def _count(ctx: ServiceContext, req: CountRequest) -> dict[str, Any]:
-    return await asyncio.to_thread(count, req.pipeline)
+    return await asyncio.to_thread(count, req.pipeline, await runs_of(ctx, req.pipeline))
+
+
+async def _query(ctx: ServiceContext, req: QueryRequest) -> dict[str, Any]:
+    runs = await runs_of(ctx, req.pipeline)
+    return await asyncio.to_thread(query, req.pipeline, req.sql, runs, req.max_rows, req.seconds, req.current)
+
+
+async def _rows(ctx: ServiceContext, req: RowsRequest) -> dict[str, Any]:
+    return await asyncio.to_thread(recent_rows, req.pipeline, await runs_of(ctx, req.pipeline), req.limit)
 
 
 async def _max(ctx: ServiceContext, req: MaxRequest) -> dict[str, Any]:
@@ -183,6 +267,8 @@ def make_control_router(ctx: ServiceContext) -> NatsRouter:
         ("count", _responder(ctx, "count", CountRequest, _count)),
         ("max", _responder(ctx, "max", MaxRequest, _max)),
         ("diff", _responder(ctx, "diff", DiffRequest, _diff)),
+        ("query", _responder(ctx, "query", QueryRequest, _query)),
+        ("rows", _responder(ctx, "rows", RowsRequest, _rows)),
     ):
         router.subscriber(subjects.control("loader", verb), queue="loader")(responder)
     return router

@@ -13,10 +13,11 @@ import asyncio
 import time
 from typing import Any
 
-from jetl.archive import Archive
+from jetl.archive import Archive, placed
 from jetl.logging import bound_contextvars, get_logger
+from jetl.messages.wire import encode_batch
 from jetl.runtime.service import ServiceContext
-from jetl.runtime.stage import backoff, delivery_count, open_batch
+from jetl.runtime.stage import backoff, delivery_count, open_batch, stream_sequence
 from jetl.subjects import Kind
 
 log = get_logger("jetl.archiver")
@@ -35,10 +36,13 @@ async def archive_batch(ctx: ServiceContext, archive: Archive, msg: Any) -> None
     opened = await open_batch(msg, "raw batch", Kind.RAW)  # an unreadable one is term'ed (the transformer's too)
     if opened is None:
         return
-    batch, _ = opened
+    batch, body = opened
     with bound_contextvars(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id):
+        # kept with its place in the log (its version), which an archived batch has no stream sequence left to tell
+        with_version = placed(batch, stream_sequence(msg))
+        message = msg.data if with_version is batch else encode_batch(with_version, body)
         try:
-            wrote = await asyncio.to_thread(archive.put, batch.pipeline, batch.run_id, batch.part_id, msg.data)
+            wrote = await asyncio.to_thread(archive.put, batch.pipeline, batch.run_id, batch.part_id, message)
         except Exception as exc:  # never term'ed: JETL_RAW keeps the batch until it is archived
             attempt = delivery_count(msg)
             delay = backoff(attempt, cap=RETRY_CAP_S)

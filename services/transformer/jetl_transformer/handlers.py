@@ -14,7 +14,7 @@ from typing import Any
 
 from faststream.nats import NatsRouter
 
-from jetl.archive import Archive
+from jetl.archive import Archive, placed
 from jetl.errors import SchemaMismatch, TerminalError, TransientError
 from jetl.events import BatchRejected, BatchTransformed
 from jetl.logging import bound_contextvars, get_logger
@@ -24,7 +24,7 @@ from jetl.records import records_adapter, to_ipc
 from jetl.registry import get_pipeline, get_pipeline_registry
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
-from jetl.runtime.stage import decide_ack, open_batch, reject_batch
+from jetl.runtime.stage import decide_ack, open_batch, reject_batch, stream_sequence
 from jetl.state import get_run
 from jetl.subjects import Kind
 from jetl.transformers.chain import arrow_path, run_transformers
@@ -90,6 +90,8 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                     else too_large(len(oversized[0][1]), ctx.bus.max_payload)
                 )
                 await ctx.bus.event(BatchRejected(**base, stage="transform", records=rejected, reason=first))
+            version = placed(batch, stream_sequence(raw)).version
+            offset = 0
             for part, (piece, count) in enumerate(pieces):
                 out = batch.model_copy(
                     update={
@@ -101,8 +103,10 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                         "schema_name": pipeline.schema.__name__,
                         "part": part,
                         "parts": len(pieces),
+                        "version": None if version is None else version + offset,
                     }
                 )
+                offset += count
                 await ctx.bus.clean_batch(out, piece)
             filtered = n_in - n_out - len(issues)
             n_out -= len(oversized)

@@ -12,7 +12,7 @@ from rich.table import Table
 from jetl.cli._app import app, client, run_async
 from jetl.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, console, err_console, print_json
 from jetl.errors import JetlError
-from jetl.ops.ledger import ledger_report, ledger_totals, ledger_verdict
+from jetl.ops.ledger import LEDGER, ledger_report, ledger_totals, ledger_verdict
 from jetl.projection import RunState
 
 
@@ -87,10 +87,13 @@ def counts(
                 here,
             )
         t.add_section()
+        for label, part in (("replays", totals["replays"]), ("redrives", totals["redrives"])):
+            if part["runs"]:
+                t.add_row(label, "", f"{part['runs']} runs", *(str(part[k]) for k in LEDGER), "", "", "")
         t.add_row(
-            "total",
+            "total (own runs)",
             "",
-            f"{len(rows)} runs",
+            f"{totals['runs']} runs",
             *(str(totals[k]) for k in ("extracted", "loaded", "rejected", "filtered")),
             "ok" if verdict["reconciles"] else "[red]NO[/red]",
             str(totals["expected_in_destination"]),
@@ -101,6 +104,8 @@ def counts(
             console.print(f"destination: {dest.destination}")
             if dest.key:
                 console.print(f"rows: {dest.total}, distinct keys {dest.key}: {dest.keys}")
+            if dest.current is not None:
+                console.print(f"current rows (what `jetl query` reads): {dest.current}")
             if not dest.exact:
                 console.print(
                     "[dim]merge table: a key's older rows vanish as parts merge; counts are not compared[/dim]"

@@ -20,6 +20,7 @@ def load_batch(pipeline: Pipeline, batch: Batch, body: bytes, loader: Loader | N
         batch_id=batch.batch_id,
         schema=pipeline.schema,
         part_id=batch.part_id,
+        version=batch.version,
     )
     dest = pipeline.loader if loader is None else loader
     if batch.encoding == "arrow":

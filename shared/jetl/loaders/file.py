@@ -7,6 +7,10 @@ the value is percent-encoded, so a hostile value (`../../etc`) stays one folder 
 leave the partition column out (it is in the folder name; Arrow refuses a column that is in both); JSONL and CSV
 parts keep it, for readers that know nothing of partitions.
 
+Versions: every row is written with its `_jetl_version` (and `_jetl_deleted` when the pipeline declares delete
+markers), and reads merge on read (`jetl.loaders.versions`): per key the row of the highest version, whatever order
+the parts were written in, so a replay of an old run never outranks a later run's rows.
+
 Lineage is the layout itself: a part's folder is the run that wrote it and its name the batch, so a replayed batch
 removes exactly its parent's part (`remove_batch`), and a replay being diffed writes under `<root>/.shadow/<run>/`
 (no pipeline name starts with a dot) until `drop_shadow`.
@@ -37,9 +41,10 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable
+from jetl.loaders import versions
 from jetl.messages.ids import split_batch_id
 from jetl.messages.wire import dumps
-from jetl.protocols import Check, Diff, LoadContext, Loader, Record
+from jetl.protocols import DELETED, VERSION, Check, Diff, LoadContext, Loader, Record, RunView, WriteSpec
 from jetl.subjects import check_token
 
 if TYPE_CHECKING:
@@ -133,8 +138,13 @@ class FileLoader:
         self.format: Format = format
         self.partition_by = partition_by
         self.parquet_compression = parquet_compression
-        self.key: list[str] = []
-        """The pipeline's primary key (`merge_on`): reads keep the row loaded last per key."""
+        self.spec = WriteSpec()
+        """How rows are written and read back (`write_as`): the disposition, primary key and delete marker."""
+
+    @property
+    def key(self) -> list[str]:
+        """The pipeline's primary key (merge and history read one row per key and version)."""
+        return list(self.spec.key)
 
     def __repr__(self) -> str:
         return f"FileLoader({str(self.root)!r}, format={self.format!r})"
@@ -176,6 +186,7 @@ class FileLoader:
         """Write the part(s) atomically; the same batch id always lands in the same file(s)."""
         if not records:
             return 0
+        records = self._stamped(records, ctx.base_version)
         if self.partition_by is None:
             self._write(self.part_path(ctx), records, ctx.schema)
             return len(records)
@@ -187,6 +198,13 @@ class FileLoader:
         for part, rows in groups.items():
             self._write(paths[part], rows, ctx.schema, drop)
         return len(records)
+
+    def _stamped(self, records: list[Record], version: int) -> list[Record]:
+        """The records with their version (and delete flag) as stored columns."""
+        deletes = self.spec.deletes
+        if deletes is None:
+            return [{**r, VERSION: version + i} for i, r in enumerate(records)]
+        return [{**r, VERSION: version + i, DELETED: deletes(r)} for i, r in enumerate(records)]
 
     def _write(
         self, path: Path, records: list[Record], schema: type[BaseModel] | None, drop: str | None = None
@@ -214,7 +232,7 @@ class FileLoader:
     @staticmethod
     def _columns(records: list[Record], schema: type[BaseModel] | None) -> list[str]:
         if schema is not None:
-            return list(schema.model_fields)
+            return [*schema.model_fields, *(c for c in (VERSION, DELETED) if records and c in records[0])]
         return list(dict.fromkeys(k for r in records for k in r))
 
     def _write_csv(self, fh: Any, records: list[Record], schema: type[BaseModel] | None) -> None:
@@ -231,7 +249,9 @@ class FileLoader:
         import pyarrow.parquet as pq
 
         if schema is None:
-            table = pa.Table.from_pylist([{k: _plain(v) for k, v in r.items() if k != drop} for r in records])
+            plain = [{k: _plain(v) for k, v in r.items() if k not in (drop, VERSION)} for r in records]
+            table = pa.Table.from_pylist(plain)  # the versions may not fit int64, which Arrow would infer
+            table = table.append_column(VERSION, pa.array([r[VERSION] for r in records], type=pa.uint64()))
         else:
             fields = {
                 n: _arrow_field(f.annotation, list(f.metadata)) for n, f in schema.model_fields.items() if n != drop
@@ -240,43 +260,59 @@ class FileLoader:
                 n: pa.array([conv(r.get(n)) if conv else r.get(n) for r in records], type=t)
                 for n, (t, conv) in fields.items()
             }
+            arrays[VERSION] = pa.array([r[VERSION] for r in records], type=pa.uint64())
+            if DELETED in records[0]:
+                arrays[DELETED] = pa.array([r[DELETED] for r in records], type=pa.bool_())
             table = pa.Table.from_pydict(arrays)
         pq.write_table(table, fh, compression=self.parquet_compression)
 
     def merge_on(self, key: list[str]) -> None:
-        """Merge on read by `key` (a pipeline's primary key): parts stay as written (a batch is still one part, so
-        replay and lineage work as before), and `read_merged` keeps the row loaded last per key."""
-        self.key = list(key)
+        """Merge on read by `key` (a pipeline's primary key): `write_as(WriteSpec("merge", key))`."""
+        self.write_as(WriteSpec("merge", tuple(key)))
+
+    def write_as(self, spec: WriteSpec) -> None:
+        """Write and read back as `spec` says. Parts stay as written (a batch is one part, so replay and lineage
+        work the same in every disposition); reads apply the disposition (`current_rows`)."""
+        self.spec = spec
 
     def read_all(self, pipeline: str) -> list[dict[str, Any]]:
-        """Every record written for a pipeline, part by part (tests and the demo read back with this)."""
+        """Every record written for a pipeline, part by part, without jetl's columns (tests and the demo read back
+        with this)."""
+        return [_plain_row(r) for part in self._parts(pipeline) for r in self._read_part(part, pipeline)]
+
+    def stored_rows(self, pipeline: str) -> list[dict[str, Any]]:
+        """Every row as stored, with its `_jetl_version`, `_jetl_deleted` and the `_jetl_batch_id` of its part."""
         out: list[dict[str, Any]] = []
         for part in self._parts(pipeline):
-            out.extend(self._read_part(part, pipeline))
+            lineage = f"{part.parent.name}/{part.stem}"
+            for r in self._read_part(part, pipeline):
+                r[VERSION] = int(r.get(VERSION) or 0)
+                r[DELETED] = r.get(DELETED) in (True, "true", "True", "1", 1)
+                r[versions.LINEAGE] = lineage
+                out.append(r)
         return out
 
+    def current_rows(self, pipeline: str, runs: RunView | None = None, limit: int | None = None) -> list[Record]:
+        """The rows as the destination means them now (`jetl.loaders.versions.current`), with `_jetl_version`."""
+        rows = versions.current(self.stored_rows(pipeline), self.spec, runs, _key_text)
+        if limit is not None:
+            rows = sorted(rows, key=lambda r: int(r.get(VERSION) or 0))[-limit:] if limit > 0 else []
+        return [{k: v for k, v in r.items() if k not in (DELETED, versions.LINEAGE)} for r in rows]
+
+    def count_current(self, pipeline: str, runs: RunView | None = None) -> int:
+        """How many current rows there are (read and merged here: files have no engine to ask)."""
+        return len(self.current_rows(pipeline, runs))
+
     def read_merged(self, pipeline: str) -> list[dict[str, Any]]:
-        """The pipeline's rows as the destination means them: with a primary key, one per key, the one loaded last
-        (parts in the order they were written); without one, every row."""
-        if not self.key:
-            return self.read_all(pipeline)
-        latest: dict[tuple[Any, ...], dict[str, Any]] = {}
-        parts = sorted(self._parts(pipeline), key=lambda p: (p.stat().st_mtime_ns, str(p)))
-        for part in parts:
-            for row in self._read_part(part, pipeline):
-                latest[tuple(_text(row.get(k)) for k in self.key)] = row
-        return list(latest.values())
+        """The pipeline's rows as the destination means them (`current_rows`), without jetl's columns."""
+        return [_plain_row(r) for r in self.current_rows(pipeline)]
 
     def distinct_keys(self, pipeline: str) -> int:
-        """Distinct primary keys among the pipeline's rows (every row when there is no key)."""
+        """Distinct primary keys among the pipeline's current rows (every current row when there is no key)."""
+        rows = self.current_rows(pipeline)
         if not self.key:
-            return sum(self.rows_by_run(pipeline).values())
-        seen = {
-            tuple(_text(r.get(k)) for k in self.key)
-            for p in self._parts(pipeline)
-            for r in self._read_part(p, pipeline)
-        }
-        return len(seen)
+            return len(rows)
+        return len({_key_text(r, self.spec.key) for r in rows})
 
     def max_position(self, pipeline: str, column: str, tie_breaker: str | None) -> tuple[Any, Any] | None:
         """The last row in (`column`, `tie_breaker`) order among the pipeline's rows (None when none has a value),
@@ -369,7 +405,7 @@ class FileLoader:
 
         def bag(loader: FileLoader, run_id: str) -> Counter[bytes]:
             return Counter(
-                orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+                orjson.dumps(_plain_row(r), option=orjson.OPT_SORT_KEYS)
                 for part in loader._parts(pipeline, run_id)
                 for r in loader._read_part(part, pipeline)
             )
@@ -388,6 +424,16 @@ class FileLoader:
                 if c
             },
         )
+
+
+def _key_text(row: Record, key: tuple[str, ...]) -> tuple[Any, ...]:
+    """A row's key as text: the same key reads the same from JSONL, CSV and Parquet parts."""
+    return tuple(_text(row.get(k)) for k in key)
+
+
+def _plain_row(row: Record) -> Record:
+    """A row without jetl's stored columns."""
+    return {k: v for k, v in row.items() if not k.startswith("_jetl_")}
 
 
 def _column_changes(added: Counter[bytes], removed: Counter[bytes]) -> dict[str, int]:

@@ -88,6 +88,10 @@ class Batch(BaseModel):
     """A raw batch of records that passed the transformers once and that the loader rejected, sent back by a
     redrive: the transformer checks them against the schema and passes them on without transforming them again,
     and only in a run that the run state knows as a redrive (an operator's or the scheduler's request)."""
+    version: int | None = Field(default=None, ge=0)
+    """Where the batch's records stand in the source's log: the version of its first record (record i has version +
+    i), set by the transformer from the raw batch's JETL_RAW sequence (`jetl.protocols.log_version`). A replay keeps
+    its parent's (so it never outranks a later run's rows), a redelivery its own; None: not known (every record 0)."""
 
     def model_post_init(self, __context: Any) -> None:
         if self.partition is not None:

@@ -51,10 +51,15 @@ def check_pipeline(p: Pipeline, s: JetlSettings) -> list[tuple[str, str, str]]:
             )
         except Exception as exc:
             out.append(("schedule", "error", f"{type(exc).__name__}: {exc}"))
-    if p.primary_key:
-        out.append(("delivery", "ok", f"merge by key {list(p.primary_key)}: a row loaded twice is one row"))
-    else:
-        out.append(("delivery", "ok", "append mode: a row extracted twice is loaded twice (declare primary_key=)"))
+    spec = p.write_spec
+    deletes = f"; {spec.deletes.field} = {spec.deletes.value!r} deletes" if spec.deletes else ""
+    delivery = {
+        "merge": f"merge by key {list(spec.key)}: a row loaded twice is one row, the newest version wins{deletes}",
+        "history": f"history by key {list(spec.key)}: every version, current between versions{deletes}",
+        "replace": "replace: the newest complete run's rows only",
+        "append": "append mode: a row extracted twice is loaded twice (declare primary_key=)",
+    }
+    out.append(("delivery", "ok", delivery[spec.disposition]))
     for i, connector in enumerate([*p.extractors, p.loader]):
         kind = "loader" if i == len(p.extractors) else f"extractor {i + 1}"
         out.append(check_connector(kind, connector, s))

@@ -27,14 +27,15 @@ from jetl.bus import Bus, make_broker, nats_connection, riding_connection
 from jetl.errors import ConfigError, TransientError, WaitTimedOut, classify
 from jetl.eventlog import read_events, read_stream, tail
 from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, read_event
+from jetl.loaders.versions import run_view
 from jetl.messages.deadletter import DeadLetter
 from jetl.messages.models import RunRequest, Trigger
 from jetl.ops.backfill import BackfillOptions, run_slots
 from jetl.ops.deadletters import letters_at
-from jetl.ops.destination import DestinationCount, ask_loader
+from jetl.ops.destination import DestinationCount, QueryResult, ask_loader
 from jetl.ops.redrive import redrivable, redrive_run_id, replay_conflict, replay_run_id, status_runs
 from jetl.projection import RunState, fold
-from jetl.protocols import Diff
+from jetl.protocols import Diff, RunView
 from jetl.schedule import Slot
 from jetl.settings import JetlSettings
 from jetl.state import bucket, list_runs
@@ -285,6 +286,23 @@ class JetlClient:
     async def destination_count(self, pipeline: str) -> DestinationCount:
         """Rows in the pipeline's destination, counted by the loader (per run where the loader keeps lineage)."""
         return DestinationCount(pipeline=pipeline, **await self.ask_loader("count", {"pipeline": pipeline}))
+
+    async def query(
+        self, pipeline: str, sql: str, *, max_rows: int = 100, seconds: float = 10.0, current: bool = True
+    ) -> QueryResult:
+        """One read-only SELECT over the pipeline's destination, answered by the loader that owns it (a chdb folder
+        opens in one process at a time); the table's name reads its current rows unless `current` is False."""
+        body = {"pipeline": pipeline, "sql": sql, "max_rows": max_rows, "seconds": seconds, "current": current}
+        return QueryResult(**await self.ask_loader("query", body, timeout=seconds + 30))
+
+    async def recent_rows(self, pipeline: str, limit: int = 10, timeout: float = 10.0) -> QueryResult:
+        """The newest `limit` current rows of the pipeline's destination (the dashboard's rows view)."""
+        return QueryResult(**await self.ask_loader("rows", {"pipeline": pipeline, "limit": limit}, timeout=timeout))
+
+    async def run_view(self, pipeline: str) -> RunView:
+        """What reading the pipeline's current rows needs of the run state (replays, incomplete and superseded
+        runs): for a destination read directly, not through the loader."""
+        return run_view(await self.runs(pipeline))
 
     async def kv(self) -> KeyValue:
         """The state bucket (run states, cursors)."""

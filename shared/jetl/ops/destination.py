@@ -46,3 +46,17 @@ class DestinationCount:
     """The pipeline's primary key (empty: append mode)."""
     keys: int | None = None
     """Distinct primary keys in the destination (None without a key)."""
+    current: int | None = None
+    """The rows the destination means now: one per key (the highest version), deletes applied, a replace's newest
+    complete run, superseded attempts left out (None: the loader cannot tell)."""
+
+
+@dataclass
+class QueryResult:
+    """What a query of a pipeline's destination answered (`jetl query`)."""
+
+    destination: str
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool
+    """More rows matched than were returned."""

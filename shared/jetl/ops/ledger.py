@@ -115,11 +115,26 @@ def ledger_verdict(rows: list[dict[str, Any]], dest: Any) -> dict[str, Any]:
     }
 
 
+LEDGER = ("extracted", "loaded", "rejected", "filtered")
+RESENT = ("replay", "redrive")
+"""Triggers of runs that send the log's records through again: their counts are theirs, not the pipeline's."""
+
+
 def ledger_totals(rows: list[dict[str, Any]], dest: Any) -> dict[str, Any]:
-    """The ledger summed over every run of `ledger_report`, beside the destination's own total (a DestinationCount)."""
+    """The ledger of the pipeline's own runs (extracted, loaded, rejected, filtered), with the replays' and the
+    redrives' kept apart (they read records the pipeline's runs already counted: a record rejected, then redriven
+    and rejected again, is one rejected record of the pipeline), beside the destination's own total and the rows
+    it means now (`current`: one per key, deletes applied)."""
+
+    def summed(of: list[dict[str, Any]]) -> dict[str, int]:
+        return {"runs": len(of), **{k: sum(r[k] for r in of) for k in LEDGER}}
+
+    own = [r for r in rows if r["trigger"] not in RESENT]
     return {
-        "runs": len(rows),
-        **{k: sum(r[k] for r in rows) for k in ("extracted", "loaded", "rejected", "filtered")},
+        **summed(own),
+        "replays": summed([r for r in rows if r["trigger"] == "replay"]),
+        "redrives": summed([r for r in rows if r["trigger"] == "redrive"]),
         "expected_in_destination": sum(r["expected_in_destination"] for r in rows),
         "in_destination": dest.total if dest else None,
+        "current_in_destination": dest.current if dest else None,
     }

@@ -6,6 +6,8 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+from nats.errors import NotJSMessageError
+
 from jetl import metrics
 from jetl.errors import StoreFull, TerminalError, classify, refused_for_room
 from jetl.events import BatchRejected, RunFailed
@@ -76,6 +78,15 @@ def delivery_count(msg: Any) -> int:
         return int(msg.metadata.num_delivered)
     except Exception:
         return 1
+
+
+def stream_sequence(msg: Any) -> int | None:
+    """The message's sequence in its stream, its place in the log (None for a message without JetStream metadata,
+    as in the in-memory test broker)."""
+    try:
+        return int(msg.metadata.sequence.stream)
+    except (AttributeError, TypeError, ValueError, IndexError, NotJSMessageError):
+        return None
 
 
 def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:

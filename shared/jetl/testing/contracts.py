@@ -27,6 +27,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -35,21 +38,32 @@ from jetl.errors import RecordError
 from jetl.messages.ids import batch_id
 from jetl.messages.wire import dumps
 from jetl.protocols import (
+    DISPOSITIONS,
+    IS_CURRENT,
+    VALID_FROM,
+    VALID_TO,
     Check,
     Chunk,
+    Deletes,
+    Disposition,
     ExtractContext,
     Extractor,
+    LineageLoader,
     LoadContext,
     Loader,
     Record,
+    RunView,
     SchemaCheckingLoader,
     Transformer,
+    VersionedLoader,
+    WriteSpec,
     declares_fields,
     fields_out,
+    log_version,
 )
 from jetl.settings import JetlSettings
 
-__all__ = ["ExtractorContract", "LoaderContract", "TransformerContract"]
+__all__ = ["ExtractorContract", "LoaderContract", "TransformerContract", "VersionedLoaderContract"]
 
 
 class _Checked:
@@ -342,3 +356,262 @@ class LoaderContract(_Checked):
         ctx = self.context(schema, 3)
         assert loader.load([], ctx) == 0
         assert self.count_rows(loader, ctx) == 0
+
+
+class VersionedItem(BaseModel):
+    """The record model `VersionedLoaderContract` loads: a key, a value and a delete flag."""
+
+    id: int
+    value: int
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One batch as it reaches a loader: a run's own, a redelivery of it, or a replay's (which supersedes it)."""
+
+    run_id: str
+    seq: int
+    version: int
+    records: list[Record]
+    supersedes: str | None = None
+
+
+@dataclass
+class Extraction:
+    """Runs as a source's log holds them: per run, its batches of (version, records), versions rising."""
+
+    runs: list[list[tuple[int, list[Record]]]]
+
+    def rows(self) -> list[tuple[int, str, Record]]:
+        """(version, run id, record) of every record extracted, in log order."""
+        return [
+            (version + i, f"r{n}", r)
+            for n, run in enumerate(self.runs)
+            for version, records in run
+            for i, r in enumerate(records)
+        ]
+
+    def expected(self, spec: WriteSpec) -> list[tuple[Any, ...]]:
+        """What the destination must mean once every batch has arrived, whatever the order: the reference model."""
+        rows = self.rows()
+        if spec.disposition == "append":
+            return sorted((r["id"], r["value"]) for _, _, r in rows)
+        if spec.disposition == "replace":
+            newest = max(rows, key=lambda x: x[0])[1]
+            return sorted((r["id"], r["value"]) for _, run, r in rows if run == newest)
+        deleted = spec.deletes or Deletes("__never__")
+        by_key: dict[int, list[tuple[int, Record]]] = {}
+        for version, _, r in rows:
+            by_key.setdefault(r["id"], []).append((version, r))
+        if spec.disposition == "merge":
+            latest = {k: max(vs, key=lambda x: x[0])[1] for k, vs in by_key.items()}
+            return sorted((k, r["value"]) for k, r in latest.items() if not deleted(r))
+        out = []
+        for k, vs in by_key.items():
+            vs.sort(key=lambda x: x[0])
+            for (v, r), after in zip(vs, [*vs[1:], None], strict=True):
+                if not deleted(r):
+                    until = None if after is None else after[0]
+                    out.append((k, r["value"], v, until, until is None))
+        return sorted(out, key=repr)
+
+
+def _project(rows: list[Record], spec: WriteSpec) -> list[tuple[Any, ...]]:
+    """Current rows in the reference model's shape (values read back as text from CSV compare as numbers)."""
+    if spec.disposition == "history":
+
+        def until(v: Any) -> int | None:
+            return None if v in (None, "") else int(v)
+
+        return sorted(
+            (
+                (
+                    int(r["id"]),
+                    int(r["value"]),
+                    int(r[VALID_FROM]),
+                    until(r[VALID_TO]),
+                    r[IS_CURRENT] in (True, 1, "true"),
+                )
+                for r in rows
+            ),
+            key=repr,
+        )
+    return sorted((int(r["id"]), int(r["value"])) for r in rows)
+
+
+class VersionedLoaderContract:
+    """What a loader that keeps versions must do (`jetl.protocols.VersionedLoader`), in every disposition: per key
+    the row of the highest version whatever order batches arrive in, replays that never revert a later run's rows,
+    redeliveries that add nothing, delete markers, history spans and atomic replaces.
+
+    Method to provide: `new_loader(spec, name)`, a fresh loader (its own table or folder, `name` is unique) for
+    pipeline `name`; the suite tells it `write_as(spec)` and binds the schema (`check_schema`) as a Pipeline does.
+    A loader that is also a LineageLoader gets replays (`remove_batch` of the parent's batch after the replay's).
+    Class attribute: `max_examples` (hypothesis examples per disposition in the interleaving test).
+    """
+
+    max_examples: int = 40
+
+    def new_loader(self, spec: WriteSpec, name: str) -> Loader:
+        """A fresh loader for pipeline `name`, writing where nothing else does."""
+        raise NotImplementedError("provide new_loader(spec, name)")
+
+    @staticmethod
+    def spec(disposition: Disposition) -> WriteSpec:
+        """The suite's spec of a disposition: key `id`, and delete markers on `deleted` where they apply."""
+        keyed = disposition in ("merge", "history")
+        return WriteSpec(disposition, ("id",) if keyed else (), Deletes("deleted") if keyed else None)
+
+    def _open(self, spec: WriteSpec) -> tuple[VersionedLoader, str]:
+        name = f"v{uuid.uuid4().hex[:12]}"
+        loader = self.new_loader(spec, name)
+        assert isinstance(loader, VersionedLoader), f"{loader!r} is not a jetl.protocols.VersionedLoader"
+        loader.write_as(spec)
+        if isinstance(loader, SchemaCheckingLoader):
+            loader.check_schema(VersionedItem)  # what Pipeline does at start-up
+        return loader, name
+
+    @staticmethod
+    def deliver(loader: VersionedLoader, pipeline: str, d: Delivery) -> None:
+        """Write one batch as the loader service does: the batch, then (a replay) remove the one it supersedes."""
+        ctx = LoadContext(pipeline, d.run_id, batch_id(d.run_id, d.seq), schema=VersionedItem, version=d.version)
+        assert isinstance(loader, Loader)
+        loader.load(copy.deepcopy(d.records), ctx)
+        if d.supersedes is not None and isinstance(loader, LineageLoader):
+            loader.remove_batch(pipeline, d.supersedes)
+
+    def check(self, spec: WriteSpec, extraction: Extraction, order: list[Delivery], runs: RunView) -> None:
+        """Deliver `order` to a fresh loader; its current rows must be the reference model's."""
+        loader, name = self._open(spec)
+        for d in order:
+            self.deliver(loader, name, d)
+        got = _project(loader.current_rows(name, runs), spec)
+        assert got == extraction.expected(spec), f"{spec.disposition}: delivered {order}"
+
+    @staticmethod
+    def _run(versions_from: int, *batches: list[Record]) -> list[tuple[int, list[Record]]]:
+        return [(log_version(versions_from + i), list(b)) for i, b in enumerate(batches)]
+
+    @staticmethod
+    def deliveries(extraction: Extraction, replays: list[int], redeliveries: list[int]) -> list[Delivery]:
+        """Every batch of every run once, a replay (`x<k>`) of each run in `replays`, and again each batch whose
+        index is in `redeliveries`: not yet in any order."""
+        out: list[Delivery] = []
+        for n, run in enumerate(extraction.runs):
+            out.extend(Delivery(f"r{n}", seq, v, recs) for seq, (v, recs) in enumerate(run))
+        for k, n in enumerate(replays):
+            parent = f"r{n % len(extraction.runs)}"
+            for seq, (v, recs) in enumerate(extraction.runs[n % len(extraction.runs)]):
+                out.append(Delivery(f"{parent}x{k}", seq, v, recs, batch_id(parent, seq)))
+        originals = list(out)
+        out.extend(originals[i % len(originals)] for i in redeliveries)
+        return out
+
+    @staticmethod
+    def view(order: list[Delivery]) -> RunView:
+        """The run state's view of these deliveries: each replay stands for its parent."""
+        return RunView(parents={d.run_id: d.supersedes.partition("/")[0] for d in order if d.supersedes})
+
+    def test_a_replay_of_an_old_run_never_reverts_a_newer_row(self) -> None:
+        """Three runs, the third updating a row; a replay of the first, last to arrive: the newer value stays."""
+        extraction = Extraction(
+            [
+                self._run(1, [{"id": 1, "value": 10}, {"id": 2, "value": 20}]),
+                self._run(2, [{"id": 3, "value": 30}]),
+                self._run(3, [{"id": 1, "value": 11}]),
+            ]
+        )
+        order = self.deliveries(extraction, replays=[0], redeliveries=[])
+        self.check(self.spec("merge"), extraction, order, self.view(order))
+        assert extraction.expected(self.spec("merge")) == [(1, 11), (2, 20), (3, 30)]
+
+    def test_a_delete_removes_its_key_and_a_later_row_brings_it_back(self) -> None:
+        """merge: a delete marker of a newer version removes the key; an older marker arriving late does not."""
+        extraction = Extraction(
+            [
+                self._run(1, [{"id": 1, "value": 1}, {"id": 2, "value": 2}]),
+                self._run(2, [{"id": 1, "value": 0, "deleted": True}]),
+                self._run(3, [{"id": 2, "value": 0, "deleted": True}, {"id": 1, "value": 3}]),
+            ]
+        )
+        order = list(reversed(self.deliveries(extraction, replays=[1], redeliveries=[0])))
+        self.check(self.spec("merge"), extraction, order, self.view(order))
+        assert extraction.expected(self.spec("merge")) == [(1, 3)]
+
+    def test_history_spans_follow_the_versions(self) -> None:
+        """history: every version of a key, each current until the next one (a delete closes the span)."""
+        extraction = Extraction(
+            [
+                self._run(1, [{"id": 1, "value": 1}]),
+                self._run(2, [{"id": 1, "value": 2}]),
+                self._run(3, [{"id": 1, "value": 0, "deleted": True}]),
+            ]
+        )
+        order = list(reversed(self.deliveries(extraction, replays=[0], redeliveries=[])))
+        self.check(self.spec("history"), extraction, order, self.view(order))
+
+    def test_replace_shows_the_newest_complete_run_only(self) -> None:
+        """replace: the newest run's rows; while it is incomplete, the run before it, whole."""
+        first = self._run(1, [{"id": 1, "value": 1}], [{"id": 2, "value": 2}])
+        second = self._run(3, [{"id": 3, "value": 3}])
+        loader, name = self._open(self.spec("replace"))
+        order = self.deliveries(Extraction([first, second]), replays=[], redeliveries=[])
+        for d in order:
+            self.deliver(loader, name, d)
+        rows = loader.current_rows(name, RunView(incomplete=frozenset({"r1"})))
+        assert _project(rows, self.spec("replace")) == [(1, 1), (2, 2)]
+        assert _project(loader.current_rows(name), self.spec("replace")) == [(3, 3)]
+
+    def test_a_superseded_attempt_leaves_no_current_rows(self) -> None:
+        """A failed attempt that a retry re-ran: its rows are not current, in every disposition."""
+        expected = {
+            "append": [(1, 2), (2, 5)],
+            "merge": [(1, 2), (2, 5)],
+            "replace": [(2, 5)],  # the newest complete run
+            "history": [(1, 2, log_version(2), None, True), (2, 5, log_version(3), None, True)],
+        }
+        for disposition in DISPOSITIONS:
+            spec = self.spec(disposition)
+            loader, name = self._open(spec)
+            failed = [{"id": 1, "value": 1}, {"id": 3, "value": 3}]
+            self.deliver(loader, name, Delivery("r0", 0, log_version(1), failed))
+            self.deliver(loader, name, Delivery("r0-retry0", 0, log_version(2), [{"id": 1, "value": 2}]))
+            self.deliver(loader, name, Delivery("r1", 0, log_version(3), [{"id": 2, "value": 5}]))
+            rows = loader.current_rows(name, RunView(superseded=frozenset({"r0"})))
+            assert _project(rows, spec) == expected[disposition], disposition
+
+    @pytest.mark.parametrize("disposition", DISPOSITIONS)
+    def test_any_interleaving_ends_at_the_newest_version(self, disposition: Disposition) -> None:
+        """Any runs, replays, redeliveries and deletes, delivered in any order: the reference model's rows."""
+        hypothesis = pytest.importorskip("hypothesis")
+        st = hypothesis.strategies
+        record = st.fixed_dictionaries({"id": st.integers(0, 3), "value": st.integers(0, 99), "deleted": st.booleans()})
+        batch = st.lists(record, min_size=1, max_size=4)
+        runs = st.lists(st.lists(batch, min_size=1, max_size=2), min_size=1, max_size=4)
+        spec = self.spec(disposition)
+
+        @hypothesis.settings(  # type: ignore[untyped-decorator]
+            max_examples=self.max_examples,
+            deadline=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+            database=None,
+        )
+        @hypothesis.given(  # type: ignore[untyped-decorator]
+            runs=runs,
+            replays=st.lists(st.integers(0, 3), max_size=2),
+            redeliveries=st.lists(st.integers(0, 20), max_size=3),
+            data=st.data(),
+        )
+        def interleaving(
+            runs: list[list[list[Record]]], replays: list[int], redeliveries: list[int], data: Any
+        ) -> None:
+            position, extracted = 1, []
+            for run in runs:
+                extracted.append(self._run(position, *run))
+                position += len(run)
+            extraction = Extraction(extracted)
+            order = data.draw(st.permutations(self.deliveries(extraction, replays, redeliveries)))
+            self.check(spec, extraction, order, self.view(order))
+
+        interleaving()

@@ -16,6 +16,7 @@ from jetl.errors import ConfigError, JetlError
 from jetl.eventlog import recent_runs
 from jetl.events import Event, RunStarted
 from jetl.ops.deadletters import letter_page, letter_rows, letters_at
+from jetl.ops.destination import QueryResult
 from jetl.ops.health import SERVICE_NAMES, ago, freshness, gather_health, service_beats
 from jetl.ops.ledger import audit_rows, ledger_report
 from jetl.ops.redrive import dead_letter_status, status_runs
@@ -249,6 +250,10 @@ async def run_page(request: Request) -> Response:
 # --- pipeline --------------------------------------------------------------------------------------------------
 
 
+ROWS_SHOWN = 5
+"""Current rows the pipeline page shows, newest first."""
+
+
 async def pipeline_page(request: Request) -> Response:
     """One pipeline: charts over its last runs, next scheduled runs, pause/resume/run now, backfill."""
     d = dash(request)
@@ -277,11 +282,18 @@ async def pipeline_page(request: Request) -> Response:
             slots = backfill_plan(p, start, end)
         except JetlError as exc:
             error = str(exc)
+    try:  # a few of the newest current rows, asked of the loader that owns the destination (as `jetl query`)
+        rows: QueryResult | None = await d.client.recent_rows(name, ROWS_SHOWN, timeout=5.0)
+        rows_error = ""
+    except JetlError as exc:
+        rows, rows_error = None, str(exc)
     return render(
         request,
         "pipeline.html",
         p=p,
         f=f,
+        rows=rows,
+        rows_error=rows_error,
         chart=chart,
         sched=sched[0] if sched else None,
         runs=list(reversed(last))[:10],

@@ -2,10 +2,11 @@
 
 Every insert carries `insert_deduplication_token = batch_id` (the part's id for a batch in parts,
 `LoadContext.dedup_token`) on a table created with a deduplication window, so a redelivered or replayed batch is not
-loaded twice. `mode="merge"` makes a ReplacingMergeTree keyed on `order_by`
-(newest `version_column` wins), so re-loading a changed row leaves one row once merged (`SELECT ... FINAL`). It is a
-`LineageLoader` too: rows per run, removing a batch, shadow tables and diffs, all by the lineage column
-(`jetl.loaders.clickhouse.lineage`).
+loaded twice. Every row carries its version (its place in the source's log) and each disposition has its engine
+(`jetl.loaders.clickhouse.versions`): under merge a ReplacingMergeTree keyed on the primary key keeps the row of the
+highest version, whatever order batches arrive in, and `current_rows` / `query` read rows as the destination means
+them (`FINAL`). It is a `LineageLoader` too: rows per run, removing a batch, shadow tables and diffs, all by the
+lineage column (`jetl.loaders.clickhouse.lineage`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,25 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 import jetl.loaders.clickhouse.lineage as lineage
+import jetl.loaders.clickhouse.versions as versions
 from jetl.errors import ConfigError, TerminalError
 from jetl.loaders.clickhouse.client import _missing_table, _wrap, get_client
 from jetl.loaders.clickhouse.lineage import LINEAGE_COLUMN
 from jetl.loaders.clickhouse.sql import PARTITION, create_table, quote
 from jetl.loaders.clickhouse.types import Convert, arrow_types_for, columns_for, converters_for
-from jetl.protocols import Check, Diff, LoadContext, Loader, Record
+from jetl.loaders.versions import version_array
+from jetl.protocols import (
+    DELETED,
+    VERSION,
+    Check,
+    Diff,
+    Disposition,
+    LoadContext,
+    Loader,
+    Record,
+    RunView,
+    WriteSpec,
+)
 from jetl.redact import redact_url
 from jetl.settings import ClickHouseSettings
 
@@ -64,11 +78,15 @@ class ClickHouseLoader:
         self.dsn = dsn
         self.database = database
         self.order_by = list(order_by or [])
-        self.mode = mode
+        self.mode: Disposition = mode
+        self.spec = WriteSpec(mode, tuple(self.order_by))
         self.version_column = version_column
         self.partition_by = partition_by
         self.settings = ClickHouseSettings()
         self._ready: set[str] = set()
+        self._folds = True
+        """The table's engine folds rows (FINAL): a table made before versions, as a plain MergeTree, does not."""
+        self._database: str | None = None
         self._model: type[BaseModel] | None = None
         self._converters: dict[type[BaseModel], list[tuple[str, Convert | None]]] = {}
         self._arrow_types: dict[type[BaseModel], list[Any] | None] = {}
@@ -85,23 +103,32 @@ class ClickHouseLoader:
             self.database = self.database or settings.database
 
     def merge_on(self, key: list[str]) -> None:
-        """Keep one row per `key` (a pipeline's primary key): a ReplacingMergeTree ordered by it, where the row
-        inserted last wins (the insert order is the version, unless `version_column` names one)."""
-        for col in key:
+        """Keep one row per `key` (a pipeline's primary key): `write_as(WriteSpec("merge", key))`."""
+        self.write_as(WriteSpec("merge", tuple(key)))
+
+    def write_as(self, spec: WriteSpec) -> None:
+        """Write and read back as `spec` says: merge and history key the table on the primary key (a
+        ReplacingMergeTree where the highest version wins, or that keeps every version)."""
+        for col in spec.key:
             quote(col)
-        if self.order_by and self.order_by != list(key):
-            raise ConfigError(
-                f"ClickHouseLoader({self.table}): order_by {self.order_by} differs from the pipeline's primary key "
-                f"{list(key)}; a merge table keeps one row per order_by, so leave order_by out or make them equal"
-            )
-        self.mode, self.order_by = "merge", list(key)
+        if spec.disposition in ("merge", "history"):
+            if self.order_by and self.order_by != list(spec.key):
+                raise ConfigError(
+                    f"ClickHouseLoader({self.table}): order_by {self.order_by} differs from the pipeline's primary key "
+                    f"{list(spec.key)}; a merge table keeps one row per order_by, so leave order_by out or make them "
+                    "equal"
+                )
+            self.order_by = list(spec.key)
+        if self.version_column and spec.disposition != "merge":
+            raise ConfigError("ClickHouseLoader: version_column only applies to the merge disposition")
+        self.mode, self.spec = spec.disposition, spec
 
     def distinct_keys(self, pipeline: str) -> int:
-        """Distinct `order_by` keys in the table (its row count once merged; 0 when it does not exist yet)."""
-        if not self.order_by:
-            return self.count()
-        keys = ", ".join(quote(c) for c in self.order_by)
-        row = self._row(f"SELECT uniqExact({keys}) FROM {self.qualified}", "counting keys of")
+        """Distinct keys among the current rows (every current row without a key; 0 when there is no table)."""
+        if not self.spec.key:
+            return self.current_count()
+        keys = ", ".join(quote(c) for c in self.spec.key)
+        row = self._row(f"SELECT uniqExact({keys}) FROM ({self.current_sql()})", "counting keys of")
         return 0 if row is None else int(row[0])
 
     def max_position(self, pipeline: str, column: str, tie_breaker: str | None) -> tuple[Any, Any] | None:
@@ -171,10 +198,9 @@ class ClickHouseLoader:
         """CREATE TABLE for the model."""
         return create_table(
             self.qualified if table is None else quote(table),
-            [*columns_for(model), LINEAGE_COLUMN],
-            order_by=self.order_by,
-            version_column=self.version_column,
-            merge=self.mode == "merge",
+            [*columns_for(model), LINEAGE_COLUMN, *versions.COLUMNS],
+            order_by=versions.order_by(self.mode, self.order_by),
+            engine=versions.engine(self.mode, self.version_column),
             partition_by=self.partition_by,
         )
 
@@ -189,26 +215,38 @@ class ClickHouseLoader:
                 c.command(f"CREATE DATABASE IF NOT EXISTS {quote(self.database)}")
             c.command(self.ddl(model))
             self._check_engine(c)
-            # a table created before the lineage column existed gets it (its old rows read as "")
+            # a table created before the lineage or version columns existed gets them (old rows read as "" and 0)
             c.command(lineage.add_column(key))
+            for alter in versions.add_columns(key):
+                c.command(alter)
+        except ConfigError:
+            raise
         except Exception as exc:
             raise _wrap(exc, f"creating {key}") from exc
         self._ready.add(key)
 
-    def _check_engine(self, c: Any) -> None:
-        """A merge loader over a table made in append mode would append: refuse it rather than load duplicates."""
-        if self.mode != "merge":
-            return
+    def _check_engine(self, c: Any) -> bool:
+        """Whether the table exists (and whether its engine folds rows). A merge loader over a table made in append
+        mode would append, and over one made before versions (no version in its engine) the last insert would win:
+        refuse both rather than load wrong rows."""
         database = f"'{self.database}'" if self.database else "currentDatabase()"
-        rows = c.query(f"SELECT engine FROM system.tables WHERE database = {database} AND name = '{self.table}'")
-        engine = str(rows.result_rows[0][0]) if rows.result_rows else ""
-        if engine and "Replacing" not in engine:
+        rows = c.query(
+            f"SELECT engine, engine_full FROM system.tables WHERE database = {database} AND name = '{self.table}'"
+        )
+        engine, full = (str(x) for x in rows.result_rows[0]) if rows.result_rows else ("", "")
+        self._folds = not engine or "Replacing" in engine
+        if self.mode != "merge" or not engine:
+            return bool(engine)
+        wanted = versions.engine("merge", self.version_column)
+        if "Replacing" not in engine or not _bare(full).startswith(_bare(wanted)):
+            keys = ", ".join(self.order_by)
             raise ConfigError(
                 f"ClickHouseLoader({self.table}): the table exists as {engine}, made before the pipeline declared a "
-                "primary key; it would keep every copy of a row. Rebuild it as a ReplacingMergeTree ordered by the key "
-                f"(CREATE TABLE ... AS ... ENGINE = ReplacingMergeTree ORDER BY ({', '.join(self.order_by)}), "
-                "INSERT ... SELECT, EXCHANGE TABLES)"
+                "primary key or before rows carried versions; it would keep every copy of a row, or let the last "
+                f"insert win over the newest version. Rebuild it as {wanted} ORDER BY ({keys}) (CREATE TABLE ... "
+                f"AS ... ENGINE = {wanted} ORDER BY ({keys}), INSERT ... SELECT, EXCHANGE TABLES)"
             )
+        return True
 
     def columns(self, records: list[Record], model: type[BaseModel]) -> tuple[list[str], list[list[Any]]]:
         """Column names and column-oriented values, converted for their ClickHouse types."""
@@ -242,6 +280,19 @@ class ClickHouseLoader:
         arrays.append(lineage.lineage_array(batch_id, len(records)))
         return pa.Table.from_arrays(arrays, names=[*names, lineage.LINEAGE])
 
+    def _stamp(self, table: Any, ctx: LoadContext) -> Any:
+        """An Arrow table with its rows' versions (and delete flags, when the pipeline declares markers)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        base = ctx.base_version
+        table = table.append_column(VERSION, version_array(base, table.num_rows))
+        deletes = self.spec.deletes
+        if deletes is not None and deletes.field in table.column_names:
+            flags = pc.fill_null(pc.equal(table[deletes.field], pa.scalar(deletes.value)), False)
+            table = table.append_column(DELETED, pc.cast(flags, pa.uint8()))
+        return table
+
     def load_arrow(self, table: Any, ctx: LoadContext) -> int:
         """Insert an Arrow table of the model's fields as it is (a clean batch that travelled as Arrow), with the
         lineage column added and the batch (or part) id as the dedup token."""
@@ -255,7 +306,9 @@ class ClickHouseLoader:
         try:
             self.client().insert_arrow(
                 self.qualified,
-                table.append_column(lineage.LINEAGE, lineage.lineage_array(ctx.batch_id, table.num_rows)),
+                self._stamp(
+                    table.append_column(lineage.LINEAGE, lineage.lineage_array(ctx.batch_id, table.num_rows)), ctx
+                ),
                 settings={"insert_deduplication_token": ctx.dedup_token},
             )
         except Exception as exc:
@@ -276,11 +329,15 @@ class ClickHouseLoader:
         table = self.arrow(records, model, ctx.batch_id)
         if table is None:
             names, columns = self.columns(records, model)
-            names, columns = [*names, lineage.LINEAGE], [*columns, [ctx.batch_id] * len(records)]
+            base, deletes = ctx.base_version, self.spec.deletes
+            names = [*names, lineage.LINEAGE, VERSION]
+            columns = [*columns, [ctx.batch_id] * len(records), list(range(base, base + len(records)))]
+            if deletes is not None:
+                names, columns = [*names, DELETED], [*columns, [int(deletes(r)) for r in records]]
         try:
             if table is not None:
                 self.client().insert_arrow(
-                    self.qualified, table, settings={"insert_deduplication_token": ctx.dedup_token}
+                    self.qualified, self._stamp(table, ctx), settings={"insert_deduplication_token": ctx.dedup_token}
                 )
             else:
                 self.client().insert(
@@ -302,6 +359,101 @@ class ClickHouseLoader:
             if "UNKNOWN_TABLE" in str(exc) or "doesn't exist" in str(exc):
                 return 0
             raise _wrap(exc, f"counting {self.qualified}") from exc
+
+    # Versions: the rows as the destination means them (jetl.protocols.VersionedLoader).
+
+    def current_sql(self, runs: RunView | None = None) -> str:
+        """SELECT of the current rows (`jetl.loaders.clickhouse.versions.current`); under replace it reads which
+        runs the table holds first, to pick the newest complete one."""
+        if self._model is None:
+            raise ConfigError(f"ClickHouseLoader({self.table}): no schema bound")
+        if self.qualified not in self._ready:  # not loaded into yet by this process: learn whether its engine folds,
+            try:  # and give a table made by an earlier jetl the columns the first load would
+                c = self.client()
+                if self._check_engine(c):
+                    for alter in [lineage.add_column(self.qualified), *versions.add_columns(self.qualified)]:
+                        c.command(alter)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise _wrap(exc, f"reading the engine of {self.qualified}") from exc
+        runs = runs or RunView()
+        only: list[str] | None = None
+        if self.mode == "replace":
+            try:
+                tops = self.client().query(versions.runs_by_version(self.qualified)).result_rows
+            except Exception as exc:
+                raise _wrap(exc, f"reading the runs of {self.qualified}") from exc
+            only = _newest_source([(str(run), int(v)) for run, v in tops], runs)
+        return versions.current(
+            self._table_ref(),
+            list(self._model.model_fields),
+            self.mode,
+            self.spec.key,
+            final=self._folds,
+            version_column=self.version_column,
+            only=only,
+            leave_out=sorted(runs.superseded),
+        )
+
+    def _table_ref(self) -> str:
+        """The table, qualified by its database even when none is configured (a query's WITH clause named as the
+        table must not read itself)."""
+        if self.database:
+            return self.qualified
+        if self._database is None:
+            try:
+                self._database = str(self.client().command("SELECT currentDatabase()"))
+            except Exception as exc:
+                raise _wrap(exc, "asking for the current database") from exc
+        return f"{quote(self._database)}.{quote(self.table)}"
+
+    def current_rows(self, pipeline: str, runs: RunView | None = None, limit: int | None = None) -> list[Record]:
+        """The current rows as dicts (empty when the table does not exist yet), with lineage and version."""
+        sql = self.current_sql(runs)
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql}) ORDER BY {quote(VERSION)} DESC LIMIT {int(limit)}"
+        try:
+            result = self.client().query(sql)
+        except Exception as exc:
+            if _missing_table(exc):
+                return []
+            raise _wrap(exc, f"reading the current rows of {self.qualified}") from exc
+        return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
+    def count_current(self, pipeline: str, runs: RunView | None = None) -> int:
+        """How many current rows the table holds (0 when it does not exist yet)."""
+        return self.current_count(runs)
+
+    def current_count(self, runs: RunView | None = None) -> int:
+        """How many current rows the table holds (0 when it does not exist yet)."""
+        row = self._row(f"SELECT count() FROM ({self.current_sql(runs)})", "counting the current rows of")
+        return 0 if row is None else int(row[0])
+
+    def query(
+        self, sql: str, *, runs: RunView | None = None, current: bool = True, max_rows: int = 1000, seconds: float = 30
+    ) -> tuple[list[str], list[list[Any]], bool]:
+        """(column names, rows, truncated) of one read-only SELECT; with `current`, the table's name in it reads its
+        current rows. At most `max_rows` rows and `seconds` of work: ClickHouse stops it past either."""
+        text = sql.strip().rstrip(";").strip()
+        if ";" in text:
+            raise TerminalError("one statement at a time: the query holds a ';'")
+        if text[:6].upper() != "SELECT" and text[:4].upper() != "WITH":
+            raise TerminalError("only SELECT (or WITH ... SELECT) queries are read")
+        if current:
+            text = versions.scoped(text, self.table, self.current_sql(runs))
+        settings = {
+            "readonly": 2,
+            "max_result_rows": max_rows + 1,
+            "result_overflow_mode": "break",
+            "max_execution_time": max(1, int(seconds)),
+        }
+        try:
+            result = self.client().query(text, settings=settings)
+        except Exception as exc:
+            raise _wrap(exc, f"querying {self.qualified}") from exc
+        rows = [list(r) for r in result.result_rows]
+        return list(result.column_names), rows[:max_rows], len(rows) > max_rows
 
     # Lineage: what replay, diff and the ledger need from the destination (jetl.protocols.LineageLoader).
 
@@ -377,3 +529,23 @@ class ClickHouseLoader:
                 raise _wrap(exc, f"diffing the columns of {twin.qualified} against run {parent_run_id}") from exc
             out.columns = {c: int(n) for c, n in zip(values, counts, strict=True) if n}
         return out
+
+
+def _newest_source(tops: list[tuple[str, int]], runs: RunView) -> list[str]:
+    """The runs whose rows replace shows: those of the complete source run that reached the highest version (a
+    replay counts as its parent; the same choice as `jetl.loaders.versions`)."""
+    best: dict[str, int] = {}
+    for run, top in tops:
+        if run in runs.incomplete or run in runs.superseded or runs.source(run) in runs.incomplete:
+            continue
+        best[runs.source(run)] = max(best.get(runs.source(run), -1), top)
+    if not best:
+        return []
+    newest = max(best, key=lambda src: (best[src], src))
+    skip = runs.incomplete | runs.superseded
+    return [run for run, _ in tops if run not in skip and runs.source(run) == newest]
+
+
+def _bare(sql: str) -> str:
+    """SQL text without spaces and back quotes, to compare an engine as ClickHouse reports it."""
+    return sql.replace(" ", "").replace("`", "")

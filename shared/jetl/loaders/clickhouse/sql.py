@@ -33,17 +33,13 @@ def create_table(
     columns: Sequence[tuple[str, str]],
     *,
     order_by: Sequence[str],
-    version_column: str | None,
-    merge: bool,
+    engine: str,
     partition_by: str | None,
 ) -> str:
-    """CREATE TABLE IF NOT EXISTS `name` (already quoted) with (column, type) pairs, a (Replacing)MergeTree keyed on
+    """CREATE TABLE IF NOT EXISTS `name` (already quoted) with (column, type) pairs, an `engine` keyed on
     `order_by`, and a deduplication window."""
     cols = ",\n  ".join(f"{quote(n)} {t}" for n, t in columns)
     order = ", ".join(quote(c) for c in order_by) or "tuple()"
-    engine = "MergeTree"
-    if merge:
-        engine = f"ReplacingMergeTree({quote(version_column) if version_column else ''})"
     part = f"\nPARTITION BY {partition_by}" if partition_by else ""
     return (
         f"CREATE TABLE IF NOT EXISTS {name} (\n  {cols}\n) ENGINE = {engine}{part}\nORDER BY ({order})\n"
