@@ -8,7 +8,8 @@ import typer
 
 from jetl.cli._app import app, load_pipelines, run_async, settings
 from jetl.cli._output import EXIT_FAILED, print_checks, print_json
-from jetl.ops.health import SERVICE_NAMES, gather_health, healthy
+from jetl.ops.client import JetlClient
+from jetl.ops.health import SERVICE_NAMES, HealthCheck, gather_health, healthy
 from jetl.pipeline import Pipeline
 
 
@@ -37,17 +38,20 @@ def health(
     except typer.Exit:
         pipelines = None
     wanted = [x.strip() for x in services.split(",") if x.strip()]
-    checks = run_async(
-        gather_health(
-            s,
-            services=wanted,
-            heartbeat_timeout=heartbeat_timeout,
-            max_lag=max_lag,
-            stale_factor=stale_factor,
-            pipelines=pipelines,
-            timeout=timeout,
-        )
-    )
+
+    async def _checks() -> list[HealthCheck]:
+        async with JetlClient(s, deployed=False) as jc:  # a missing stream is a check that fails, not an error
+            return await gather_health(
+                jc,
+                services=wanted,
+                heartbeat_timeout=heartbeat_timeout,
+                max_lag=max_lag,
+                stale_factor=stale_factor,
+                pipelines=pipelines,
+                timeout=timeout,
+            )
+
+    checks = run_async(_checks())
     ok = healthy(checks)
     rows = [c.model_dump() for c in checks]
     if json_out:

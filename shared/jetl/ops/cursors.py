@@ -125,7 +125,8 @@ async def _change(
         by=by or default_operator(),
         reason=reason.strip(),
     )
-    await jc.bus.event(ev)  # the log first: a change that reached the store is always in the log to rebuild from
+    # the log first: a change that reached the store is always in the log to rebuild from
+    await (await jc.bus()).event(ev)
     if cursor is None:
         await delete_cursor(kv, p.name)
     else:

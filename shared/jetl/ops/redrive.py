@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jetl.messages import MALFORMED_INPUT, OVERSIZED_RECORD, DeadLetter
 from jetl.projection import RunState
 from jetl.state import bucket_keys, get_run
+
+if TYPE_CHECKING:
+    from jetl.ops.handle import Handle
 
 
 def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunState]) -> dict[int, str | None]:
@@ -70,9 +73,10 @@ REPLAY_TAG = "-rp"
 """Run ids of replays are `<pipeline>-rp<stamp>` (`replay_run_id`)."""
 
 
-async def status_runs(kv: Any, pipeline: str | None = None) -> list[RunState]:
+async def status_runs(jc: Handle, pipeline: str | None = None) -> list[RunState]:
     """The only runs `dead_letter_status` looks at: redrives and replays, found by their run ids, so judging a page
     of dead letters reads a handful of run states, not every run kept."""
+    kv = await jc.kv()
     out: list[RunState] = []
     for key in await bucket_keys(kv, f"run.{pipeline}.>" if pipeline else "run.>"):
         _, pipe, run_id = key.split(".", 2)
