@@ -96,18 +96,20 @@ class RecordIssue:
     """The input is not a record at all (malformed JSON, or JSON that is not an object): only its source can mend
     it, so a redrive does not take it."""
 
-    def describe(self, pipeline: str) -> str:
-        """A one-line message naming pipeline, origin (file:line), record and field."""
+    def describe(self, pipeline: str = "") -> str:
+        """A one-line message naming pipeline (when known), origin (file:line), record and field."""
         where = f" at {self.origin}" if self.origin else ""
         field = f"field {self.field!r}: " if self.field else ""
-        return f"pipeline {pipeline!r}: record {self.index}{where}: {field}{self.message}"
+        named = f"pipeline {pipeline!r}: " if pipeline else ""
+        return f"{named}record {self.index}{where}: {field}{self.message}"
 
 
 @dataclass
 class RecordError(TerminalError):
     """Records that failed validation or a transform; the rest of their batch goes on."""
 
-    pipeline: str
+    pipeline: str = ""
+    """The pipeline, where the raiser knows it; a transformer does not (its stage knows which pipeline it runs)."""
     issues: list[RecordIssue] = field(default_factory=list)
     survivors: list[Any] | None = None
     """The records that passed, so a transformer can reject some and let the rest go on."""

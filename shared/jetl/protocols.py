@@ -1,4 +1,6 @@
-"""The three plugin contracts. Built-in connectors implement them; so can yours (see `jetl.testing`)."""
+"""The plugin contracts: `Extractor`, `Transformer` and `Loader`, the optional loader protocols (`KeyedLoader`,
+`LineageLoader`), and the values they pass (`Chunk`, the contexts, `Partition`, `Check`, `Diff`). Built-in connectors
+implement them; so can yours (see `jetl.testing`)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 
 from jetl import ConsoleLoader, FileExtractor, Pipeline, subjects
 from jetl.messages import RunRequest, decode_batch, read_records
+from jetl.protocols import Check, Chunk, ExtractContext
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
@@ -64,3 +66,32 @@ async def test_run_request_is_extracted_into_bounded_batches(tmp_path: Path) -> 
     done = orjson.loads(got[Kind.EVENTS][-1])
     assert done["batches"] == 3 and done["records"] == 25 and done["rejected"] == 0
     assert done["cursor"]["files"]  # the file is remembered once the run completes
+
+
+async def test_a_failed_run_names_its_service_and_code(tmp_path: Path) -> None:
+    """run.failed carries the pipeline's code hash (what `jetl audit` shows a run ran with) and the service's name."""
+    from jetl.errors import ConfigError
+
+    class Refusing:
+        async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
+            raise ConfigError("source credentials rejected")
+            yield Chunk(records=[])
+
+        def next_cursor(self) -> None:
+            return None
+
+        def check(self, settings: JetlSettings) -> Check:
+            return Check("ok", "configured")
+
+    p = Pipeline(name="refused", extractors=[Refusing()], loader=ConsoleLoader(), schema=Row)
+    p.code_hash = "0123456789ab"  # as discovery sets it from the module's text
+    register([p])
+    ctx = make_context("extractor", JetlSettings())
+    ctx.broker.include_router(make_router(ctx))
+    got = capture(ctx.broker, [Kind.EVENTS])
+    async with TestNatsBroker(ctx.broker) as br:
+        req = RunRequest(pipeline="refused", run_id="refused-r1")
+        await br.publish(req.model_dump_json().encode(), subjects.run_request("refused"), stream="JETL_RUNS")
+    failed = [e for e in map(orjson.loads, got[Kind.EVENTS]) if e["type"] == "run.failed"]
+    assert len(failed) == 1 and "source credentials rejected" in failed[0]["error"]
+    assert failed[0]["service"] == "extractor" and failed[0]["code_hash"] == "0123456789ab"

@@ -20,10 +20,12 @@ def check_destinations(ctx: ServiceContext) -> str:
     Runs in the loader because the loader owns the connection (a chdb folder opens in one process at a time).
     """
     seen: list[str] = []
+    probed: list[str] = []
     for p in ctx.pipelines.values():
         where = p.loader.describe()
         if where in seen:
             continue
+        seen.append(where)
         client = getattr(p.loader, "client", None)
         root = getattr(p.loader, "root", None)
         if callable(client) and getattr(p.loader, "dsn", None):
@@ -31,12 +33,17 @@ def check_destinations(ctx: ServiceContext) -> str:
                 client().command("SELECT 1")
             except Exception as exc:  # the driver's text may quote the DSN: `jetl health` shows it redacted
                 raise OSError(f"{where}: {redact_text(str(exc), ctx.settings.clickhouse.password)}") from None
+            probed.append(where)
         elif isinstance(root, Path):
             probe = root if root.exists() else root.parent
             if not probe.is_dir():
                 raise OSError(f"{where}: neither the folder nor its parent exists")
-        seen.append(where)
-    return f"reachable: {', '.join(seen)}" if seen else "no destinations (no pipelines)"
+            probed.append(where)
+    if not seen:
+        return "no destinations (no pipelines)"
+    said = [f"reachable: {', '.join(probed)}"] if probed else []
+    unprobed = [w for w in seen if w not in probed]  # a console, a loader with nothing this check knows to reach
+    return "; ".join(said + ([f"not probed: {', '.join(unprobed)}"] if unprobed else []))
 
 
 def create_app(settings: LoaderSettings | None = None) -> FastStream:

@@ -142,7 +142,7 @@ def stage_subscriber(
     gets one raw JetStream message at a time and decides its ack itself (`jetl.runtime.stage.decide_ack`), so the error
     taxonomy, not FastStream's reject-on-error default, decides ack, nak or dead-letter. Bodies stay bytes.
     While a fetched batch is being handled, its unsettled messages get `in_progress()` beats well inside
-    `ack_wait` (`jetl.runtime.stage.keep_alive`): only a dead worker's messages wait out the ack wait.
+    `ack_wait` (`keep_alive`, above): only a dead worker's messages wait out the ack wait.
     """
     kind = CONSUMERS[durable]
 
