@@ -25,7 +25,8 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
     - `unreadable`: input that could not be read as a record (a malformed line): there is no record to send.
     - `too large`: a record over the server's max_payload (kept by reference): no batch can carry it.
     - `redriven by <run>`: a redrive that has not failed took it already.
-    - `shadow <run>`: rejected by a replay into a shadow (a trial for --diff), not by a run that loads.
+    - `shadow <run>`: rejected by a replay into a shadow (a trial for --diff), not by a run that loads (whatever
+      the record: a malformed line the trial met again is its parent's dead letter too, not a second one).
     - `superseded by <run>`: a replay has processed that batch again (and dead-lettered what it rejects itself).
     """
     taken = {s: r.run_id for r in runs if r.redrive and r.status != "failed" for s in r.redrive}
@@ -38,14 +39,14 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
                     superseded[f"{r.parent_run_id}/{b.seq:06d}"] = r.run_id
     out: dict[int, str | None] = {}
     for seq, dl in letters:
-        if dl.error_type == OVERSIZED_RECORD:
+        if dl.run_id in shadows:  # first: a trial's rejects are the trial's, whatever they are
+            out[seq] = f"shadow {dl.run_id}"
+        elif dl.error_type == OVERSIZED_RECORD:
             out[seq] = "too large"
         elif dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
             out[seq] = "unreadable"
         elif seq in taken:
             out[seq] = f"redriven by {taken[seq]}"
-        elif dl.run_id in shadows:
-            out[seq] = f"shadow {dl.run_id}"
         elif dl.batch_id in superseded:
             out[seq] = f"superseded by {superseded[dl.batch_id]}"
         else:
