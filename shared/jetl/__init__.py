@@ -2,26 +2,33 @@
 
 import typing as _typing
 
-from jetl.errors import (
-    ConfigError,
-    DestinationUnavailable,
-    DiscoveryError,
-    JetlError,
-    RecordError,
-    RecordIssue,
-    TerminalError,
-    TransientError,
-)
-from jetl.messages import Batch, DeadLetter, RunRequest
-from jetl.pipeline import Pipeline
-from jetl.protocols import Chunk, ExtractContext, Extractor, LoadContext, Loader, Transformer
-from jetl.registry import clear_registry, discover, get_pipeline, get_pipeline_registry
-from jetl.schedule import Cron
-from jetl.settings import JetlSettings
-
-# Connectors are imported on first use: sqlalchemy, httpx and clickhouse-connect cost ~2 s to import, and a
-# service or CLI command should pay only for the ones its pipelines use.
+# Every public name is imported on first use: a CLI command or a service pays only for what it touches (`jetl
+# --help` imports none of them; sqlalchemy, httpx and clickhouse-connect alone cost ~2 s).
 _LAZY = {
+    "ConfigError": "jetl.errors",
+    "DestinationUnavailable": "jetl.errors",
+    "DiscoveryError": "jetl.errors",
+    "JetlError": "jetl.errors",
+    "RecordError": "jetl.errors",
+    "RecordIssue": "jetl.errors",
+    "TerminalError": "jetl.errors",
+    "TransientError": "jetl.errors",
+    "Batch": "jetl.messages",
+    "DeadLetter": "jetl.messages",
+    "RunRequest": "jetl.messages",
+    "Pipeline": "jetl.pipeline",
+    "Chunk": "jetl.protocols",
+    "ExtractContext": "jetl.protocols",
+    "Extractor": "jetl.protocols",
+    "LoadContext": "jetl.protocols",
+    "Loader": "jetl.protocols",
+    "Transformer": "jetl.protocols",
+    "clear_registry": "jetl.registry",
+    "discover": "jetl.registry",
+    "get_pipeline": "jetl.registry",
+    "get_pipeline_registry": "jetl.registry",
+    "Cron": "jetl.schedule",
+    "JetlSettings": "jetl.settings",
     "ApiKeyAuth": "jetl.extractors.http",
     "BasicAuth": "jetl.extractors.http",
     "BearerAuth": "jetl.extractors.http",
@@ -48,6 +55,16 @@ _LAZY = {
 }
 
 if _typing.TYPE_CHECKING:
+    from jetl.errors import (
+        ConfigError,
+        DestinationUnavailable,
+        DiscoveryError,
+        JetlError,
+        RecordError,
+        RecordIssue,
+        TerminalError,
+        TransientError,
+    )
     from jetl.extractors.database import DatabaseExtractor
     from jetl.extractors.file import FileExtractor
     from jetl.extractors.http import (
@@ -65,6 +82,12 @@ if _typing.TYPE_CHECKING:
     from jetl.loaders.clickhouse import ClickHouseLoader, LowCardinality, Timezone
     from jetl.loaders.console import ConsoleLoader
     from jetl.loaders.file import FileLoader
+    from jetl.messages import Batch, DeadLetter, RunRequest
+    from jetl.pipeline import Pipeline
+    from jetl.protocols import Chunk, ExtractContext, Extractor, LoadContext, Loader, Transformer
+    from jetl.registry import clear_registry, discover, get_pipeline, get_pipeline_registry
+    from jetl.schedule import Cron
+    from jetl.settings import JetlSettings
     from jetl.transformers.column import ArrowExpression, ColumnTransformer
     from jetl.transformers.dedupe import DedupeTransformer
     from jetl.transformers.filter import FilterTransformer

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats
-from faststream.nats import NatsBroker
-from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
@@ -25,6 +23,9 @@ from jetl.events import RunRequested, _Event
 from jetl.messages import PAYLOAD_HEADROOM, Batch, DeadLetter, RunRequest, encode_batch
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.subjects import STREAMS, Kind, Stage
+
+if TYPE_CHECKING:
+    from faststream.nats import NatsBroker
 
 MSG_ID = "Nats-Msg-Id"
 # A stream leader's election on a three-node cluster took 4-7 s on a loaded two-core machine
@@ -93,7 +94,11 @@ async def raw_decoder(msg: Any) -> Any:
 
 
 def make_broker(s: NatsSettings, **extra: Any) -> NatsBroker:
-    """The FastStream broker every service is built on."""
+    """The FastStream broker every service is built on (FastStream is imported here: a CLI command that only reads
+    never pays for it)."""
+    from faststream.nats import NatsBroker
+    from faststream.security import BaseSecurity, SASLPlaintext
+
     opts = connect_options(s)
     servers = opts.pop("servers")
     opts.pop("tls", None)

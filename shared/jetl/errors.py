@@ -60,7 +60,15 @@ class TerminalError(JetlError):
 
 
 class ConfigError(TerminalError):
-    """A pipeline definition or a setting that cannot work."""
+    """A pipeline definition or a setting that cannot work (or an operator's request that cannot).
+
+    `hint` is what the CLI suggests under the error: None for the general one (check the pipeline module or setting
+    it names), "" for none (a bad argument, an unknown run: the message says it all).
+    """
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.hint = hint
 
 
 class DiscoveryError(ConfigError):

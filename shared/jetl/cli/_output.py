@@ -23,8 +23,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from jetl.errors import ConfigError, JetlError, NoDeployment, TransientError, WaitTimedOut
-
 WIDE = 100
 """Terminals narrower than this get tables as one field a line."""
 
@@ -97,11 +95,14 @@ def fail(exc: BaseException) -> NoReturn:
     """`die` for an exception: the exit code and hint follow its kind (a traceback instead with --debug)."""
     if debug["on"]:
         raise exc
+    from jetl.errors import ConfigError, JetlError, NoDeployment, TransientError, WaitTimedOut
+
     text = str(exc) if isinstance(exc, JetlError) else f"{type(exc).__name__}: {exc}"
     if isinstance(exc, NoDeployment):  # the wrong server, not a bad setting: its message says what to do
         die(text, code=EXIT_UNAVAILABLE)
     if isinstance(exc, ConfigError):
-        die(text, "check the pipeline module or setting it names (jetl validate)", EXIT_USAGE)
+        general = "check the pipeline module or setting it names (jetl validate)"
+        die(text, general if exc.hint is None else exc.hint, EXIT_USAGE)
     if isinstance(exc, WaitTimedOut) and exc.nats_up:  # NATS answers: blaming it would send people the wrong way
         die(text, "NATS is up: are the services running? `jetl health`; `jetl logs RUN` shows what they did")
     if (
@@ -116,6 +117,8 @@ def fail(exc: BaseException) -> NoReturn:
 @contextmanager
 def failing() -> Iterator[None]:
     """Argument and pipeline checks before anything runs: a JetlError is one line and its exit code, via fail()."""
+    from jetl.errors import JetlError
+
     try:
         yield
     except JetlError as exc:

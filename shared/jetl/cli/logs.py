@@ -8,7 +8,6 @@ import typer
 
 from jetl.cli._app import app, client, progress, run_async
 from jetl.cli._output import console, die, err_console, print_json
-from jetl.ops.logs import read_logs
 
 _LOG_KEYS = ("timestamp", "service", "level", "event", "pipeline", "run_id")
 
@@ -38,6 +37,7 @@ def logs(
 
     Example: jetl logs demo_orders-m20261125T100000ab12 --follow
     """
+    from jetl.ops.logs import read_logs
 
     def show(line: dict[str, Any]) -> None:
         if service and line.get("service") != service:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from jetl.cli._app import app, load_pipelines, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_checks, print_json
-from jetl.ops.checks import check_pipeline
-from jetl.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from jetl.pipeline import Pipeline
 
 
 def schedule_text(p: Pipeline) -> str:
@@ -86,6 +87,8 @@ def validate(
 
     Example: jetl validate --strict
     """
+    from jetl.ops.checks import check_pipeline
+
     s = settings()
     found, errors = load_pipelines(s)
     rows: list[dict[str, str]] = [

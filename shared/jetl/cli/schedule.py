@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from jetl.cli._app import app, client, load_pipelines, one_pipeline, run_async, settings
 from jetl.cli._output import EXIT_USAGE, console, die, err_console, print_json, short_stamp
-from jetl.errors import JetlError
-from jetl.ops import schedule_state
-from jetl.pipeline import Pipeline
-from jetl.settings import JetlSettings
+
+if TYPE_CHECKING:
+    from jetl.pipeline import Pipeline
+    from jetl.settings import JetlSettings
 
 
 @app.command()
@@ -29,6 +29,9 @@ def schedule(
 
     Example: jetl schedule --next 5
     """
+    from jetl.errors import JetlError
+    from jetl.ops import schedule_state
+
     s = settings()
     chosen = [one_pipeline(s, pipeline)] if pipeline else sorted(load_pipelines(s)[0].values(), key=lambda p: p.name)
     if pipeline and chosen[0].schedule is None:
@@ -85,6 +88,8 @@ def pause(pipeline: str = typer.Argument(..., help="Pipeline name.")) -> None:
 
     Example: jetl pause daily_sales
     """
+    from jetl.ops import schedule_state
+
     s = settings()
     p = _scheduled(s, pipeline)
 
@@ -108,6 +113,8 @@ def resume(
 
     Example: jetl resume daily_sales --from-now
     """
+    from jetl.ops import schedule_state
+
     s = settings()
     p = _scheduled(s, pipeline)
 

@@ -6,7 +6,6 @@ import typer
 
 from jetl.cli._app import app, settings
 from jetl.cli._output import EXIT_USAGE, console, die, failing
-from jetl.errors import ConfigError
 
 
 @app.command()
@@ -26,6 +25,7 @@ def ui(
     """
     from pydantic import SecretStr
 
+    from jetl.errors import ConfigError
     from jetl.ui.security import check_bind
 
     s = settings()

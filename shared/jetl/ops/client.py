@@ -28,13 +28,11 @@ from jetl.errors import ConfigError, TransientError, WaitTimedOut, classify
 from jetl.eventlog import read_events, read_stream, tail
 from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, parse_event
 from jetl.messages import DeadLetter, RunRequest, Trigger
-from jetl.ops.backfill import BackfillOptions, run_slots
 from jetl.ops.deadletters import letters_at
 from jetl.ops.destination import DestinationCount, ask_loader
 from jetl.ops.redrive import redrivable, redrive_run_id, replay_conflict, replay_run_id, status_runs
 from jetl.projection import RunState, fold
 from jetl.protocols import Diff
-from jetl.schedule import Slot
 from jetl.settings import JetlSettings
 from jetl.state import bucket, list_runs
 from jetl.subjects import Kind
@@ -45,6 +43,8 @@ if TYPE_CHECKING:
     from nats.js.kv import KeyValue
 
     from jetl.bus import Bus
+    from jetl.ops.backfill import BackfillOptions
+    from jetl.schedule import Slot
 
 REQUEST_RETRY_S = 60.0
 """How long `request_run` keeps sending a run request while NATS is away."""
@@ -268,16 +268,16 @@ class JetlClient:
         of its pipeline past the overlap guard. Raises ConfigError for a run the log does not know, or one that
         completed."""
         if not reason.strip():
-            raise ConfigError("a cancellation needs a reason (--reason)")
+            raise ConfigError("a cancellation needs a reason (--reason)", hint="")
         events = await self.events(run_id, pipeline)
         if not events:
-            raise ConfigError(f"no events for run {run_id!r}: nothing to cancel (see `jetl status`)")
+            raise ConfigError(f"no events for run {run_id!r}: nothing to cancel (see `jetl status`)", hint="")
         state: RunState | None = None
         for ev in events:
             state = fold(state, ev)
         assert state is not None
         if state.status == "completed":
-            raise ConfigError(f"run {run_id} of {state.pipeline} completed: there is nothing to cancel")
+            raise ConfigError(f"run {run_id} of {state.pipeline} completed: there is nothing to cancel", hint="")
         await (await self.bus()).event(
             RunCancelled(
                 pipeline=state.pipeline, run_id=run_id, service="cli", code_hash=state.code_hash, reason=reason, by=by
@@ -344,9 +344,13 @@ class JetlClient:
         """
         parent = next((r for r in await self.runs(pipeline) if r.run_id == parent_run_id), None)
         if parent is None:
-            raise ConfigError(f"no run {parent_run_id!r} of pipeline {pipeline!r} (see `jetl status {pipeline}`)")
+            raise ConfigError(
+                f"no run {parent_run_id!r} of pipeline {pipeline!r} (see `jetl status {pipeline}`)", hint=""
+            )
         if parent.expected_batches is None:
-            raise ConfigError(f"run {parent_run_id!r} never finished extracting ({parent.status}): nothing to replay")
+            raise ConfigError(
+                f"run {parent_run_id!r} never finished extracting ({parent.status}): nothing to replay", hint=""
+            )
         if not shadow:
             conflict = replay_conflict(await self.dead_letter_log(pipeline), await self.runs(pipeline), parent_run_id)
             if conflict is not None:
@@ -435,6 +439,8 @@ class JetlClient:
         `<run id>-retry<n>`, see `retry_run_id`). Each slot's run id is the one the scheduler gives it. The options
         are `jetl.ops.backfill.BackfillOptions`.
         """
+        from jetl.ops.backfill import run_slots
+
         return await run_slots(self, pipeline, slots, **options)
 
 

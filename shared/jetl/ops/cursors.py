@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from jetl.errors import ConfigError
 from jetl.events import CursorChanged
-from jetl.pipeline import Pipeline
 from jetl.positions import EACH
 from jetl.state import delete_cursor, get_cursor, put_cursor, unfinished_runs
 
 if TYPE_CHECKING:
     from jetl.ops.client import JetlClient
+    from jetl.pipeline import Pipeline
 
 
 def default_operator() -> str:
@@ -109,7 +109,7 @@ async def _change(
     jc: JetlClient, p: Pipeline, action: Any, cursor: dict[str, Any] | None, by: str, reason: str
 ) -> CursorChanged:
     if not reason.strip():
-        raise ConfigError("a cursor change needs a reason (--reason)")
+        raise ConfigError("a cursor change needs a reason (--reason)", hint="")
     await _refuse_unfinished(jc, p.name)
     kv = await jc.kv()
     previous = await get_cursor(kv, p.name)

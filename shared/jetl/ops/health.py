@@ -192,6 +192,48 @@ async def service_beats(jc: Handle) -> dict[str, list[dict[str, Any]]]:
     return beats
 
 
+class ServedPipelines(BaseModel):
+    """The pipelines the running services loaded, as their fresh heartbeats report them."""
+
+    pipelines: dict[str, str]
+    """Name: code hash (of the module the services loaded)."""
+    load_errors: dict[str, str]
+    """File: why it failed to load (its pipelines are not served)."""
+
+    def check(self, name: str) -> str:
+        """The code hash of a served pipeline, or a ConfigError saying why `name` cannot run."""
+        from jetl.errors import ConfigError
+        from jetl.registry import failed_module
+
+        if name in self.pipelines:
+            return self.pipelines[name]
+        why = failed_module(name, self.load_errors)
+        if why is not None:
+            raise ConfigError(f"pipeline {name!r} failed to load: {why}", hint="fix the module; the services reload it")
+        known = ", ".join(sorted(self.pipelines)) or "none"
+        broken = f"; {len(self.load_errors)} module(s) failed to load (jetl health)" if self.load_errors else ""
+        raise ConfigError(f"no pipeline named {name!r} (known: {known}){broken}", hint="see `jetl list`")
+
+
+async def served_pipelines(jc: Handle, heartbeat_timeout: float = 15.0) -> ServedPipelines | None:
+    """What the running extractors loaded (what a run request can run), from their fresh heartbeats; None when no
+    extractor that reports its pipelines is running."""
+    now = time.time()
+    fresh = [
+        b
+        for b in (await service_beats(jc)).get("extractor", [])
+        if now - float(b.get("at", 0)) <= heartbeat_timeout and "pipelines" in b
+    ]
+    if not fresh:
+        return None
+    served: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for b in fresh:
+        served.update(b["pipelines"])
+        errors.update(b.get("load_errors") or {})
+    return ServedPipelines(pipelines=served, load_errors=errors)
+
+
 def ago(seconds: float) -> str:
     """A duration for people: 42s, 7m, 3.5h, 2.0d."""
     if seconds < 120:

@@ -300,7 +300,8 @@ class LogShipper:
 
 
 async def _heartbeat(ctx: ServiceContext) -> None:
-    """Tell `jetl health` this instance is alive, with its counters and its consumer's lag."""
+    """Tell `jetl health` this instance is alive, with its counters, its consumer's lag, the pipelines it loaded
+    (name: code hash) and the modules it could not load."""
     while True:
         if ctx.kv is not None:
             lag = await _consumer_lag(ctx)
@@ -314,6 +315,8 @@ async def _heartbeat(ctx: ServiceContext) -> None:
                     "lag": lag,
                     "restarts": ctx.settings.restarts,
                     "load_errors": reload_errors(),
+                    # what an operator may run (`jetl run` asks these, never importing a pipeline module itself)
+                    "pipelines": {name: p.code_hash for name, p in get_pipeline_registry().items()},
                 }
             )
             with contextlib.suppress(Exception):
