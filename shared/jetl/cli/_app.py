@@ -6,7 +6,6 @@ commands need inside them (`bench/cli_latency.py` holds `--help` and `status` to
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -37,6 +36,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # plain help, as click writes it: rich's help panels import rich.markdown and friends, 2-3x the start-up of
+    # `jetl --help` (bench/cli_latency.py)
+    rich_markup_mode=None,
 )
 
 
@@ -82,6 +84,8 @@ def settings() -> JetlSettings:
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine, turning jetl errors into one line and an exit code."""
+    import asyncio
+
     try:
         return asyncio.run(coro)
     except typer.Exit:

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, client, one_pipeline, progress, run_async, settings, when
 from jetl.cli._output import EXIT_FAILED, console, err_console, failing, print_json, stamp
@@ -40,6 +39,8 @@ def backfill(
 
     Example: jetl backfill daily_sales --start 2026-11-01 --end 2026-11-08 --max-parallel 2 --retry-failed
     """
+    from rich.table import Table
+
     from jetl.errors import ConfigError
     from jetl.schedule import Slot, backfill_slots
 

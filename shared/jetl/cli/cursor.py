@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from jetl.events import CursorChanged
 
 
-cursor_app = typer.Typer(help="Show, set or reset a pipeline's incremental cursor.", no_args_is_help=True)
+cursor_app = typer.Typer(
+    rich_markup_mode=None, help="Show, set or reset a pipeline's incremental cursor.", no_args_is_help=True
+)
 
 _BY = typer.Option("", "--by", help="Who makes the change (default: the OS user).")
 _REASON = typer.Option(..., "--reason", help="Why (required; kept in the event log).")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, progress, run_async, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, console, die, err_console, print_json
@@ -97,6 +96,8 @@ def migrate(
 
     Example: jetl migrate --dry-run; jetl migrate; jetl migrate --status --json
     """
+    from rich.table import Table
+
     from jetl.errors import JetlError
     from jetl.migrations import Migrator
 
@@ -163,6 +164,8 @@ def deploy(
 
     Example: jetl deploy --dry-run && jetl deploy
     """
+    from rich.table import Table
+
     from jetl.bus import nats_connection
     from jetl.errors import JetlError
     from jetl.topology import declare

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, client, follow, progress, registered_pipeline, run_async
 from jetl.cli._output import EXIT_FAILED, console, print_json
@@ -17,7 +16,9 @@ if TYPE_CHECKING:
     from jetl.projection import RunState
 
 
-dlq_app = typer.Typer(help="Dead letters: list rejected records with their reasons, redrive them after a fix.")
+dlq_app = typer.Typer(
+    rich_markup_mode=None, help="Dead letters: list rejected records with their reasons, redrive them after a fix."
+)
 app.add_typer(dlq_app, name="dlq")
 
 
@@ -37,6 +38,7 @@ def dlq_list(
 
     Example: jetl dlq list orders --run orders-20261125T0000Z
     """
+    from rich.table import Table
 
     async def _go() -> tuple[list[Any], list[RunState], bool]:
         """The first dead letters that make `limit` records (read as they come; the rest is never read), the

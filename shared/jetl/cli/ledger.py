@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, client, run_async
 from jetl.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, console, err_console, print_json
@@ -32,6 +31,8 @@ def counts(
 
     Example: jetl counts orders
     """
+    from rich.table import Table
+
     from jetl.errors import JetlError
     from jetl.ops.destination import DestinationCount
     from jetl.ops.health import served_pipelines

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, load_pipelines, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_checks, print_json
@@ -35,6 +34,8 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Print the pipelin
 
     Example: jetl list --json
     """
+    from rich.table import Table
+
     found, errors = load_pipelines(settings())
     rows = [
         {

@@ -5,24 +5,26 @@ Everything shown is folded from JETL_EVENTS (the run state is a projection, neve
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, client, follow, progress, run_async
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_json, stamp
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from jetl.events import Event
     from jetl.projection import RunState
 
 
 def counts_table(state: RunState, title: str | None = None) -> Table:
     """Per-stage counts of a run, and whether the ledger reconciles."""
+    from rich.table import Table
+
     t = Table(title=title or f"{state.pipeline} {state.run_id}: {state.status}")
     for col in ("extracted", "loaded", "rejected", "filtered", "batches", "reconciles"):
         t.add_column(col, justify="right")
@@ -146,6 +148,7 @@ def status(
 
     Example: jetl status orders --limit 5
     """
+    from rich.table import Table
 
     async def _go() -> tuple[int | None, list[RunState]]:
         async with client() as jc:
@@ -213,6 +216,7 @@ def audit(
 
     Example: jetl audit orders-20261125T0000Z
     """
+    from rich.table import Table
 
     async def _go() -> list[Event]:
         async with client() as jc:
@@ -283,7 +287,7 @@ def audit(
         console.print(f"cursor: from {cursor_text(state.start_cursor)} to {cursor_text(state.cursor)}")
 
 
-runs_app = typer.Typer(help="Runs: end one that cannot finish.")
+runs_app = typer.Typer(rich_markup_mode=None, help="Runs: end one that cannot finish.")
 app.add_typer(runs_app, name="runs")
 
 
@@ -303,6 +307,8 @@ def runs_cancel(
     """
 
     async def _go() -> RunState | None:
+        import asyncio
+
         from jetl.state import bucket, get_run
 
         async with client() as jc:

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, client, load_pipelines, one_pipeline, run_async, settings
 from jetl.cli._output import EXIT_USAGE, console, die, err_console, print_json, short_stamp
@@ -29,6 +28,8 @@ def schedule(
 
     Example: jetl schedule --next 5
     """
+    from rich.table import Table
+
     from jetl.errors import JetlError
     from jetl.ops import schedule_state
 

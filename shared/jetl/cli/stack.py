@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import signal
 import time
@@ -10,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, settings
 from jetl.cli._output import console, err_console, fail
@@ -45,6 +43,8 @@ def serve(service: str = typer.Argument(..., help="One of: extractor, transforme
     except Exception as exc:
         fail(exc)
     try:
+        import asyncio
+
         asyncio.run(fs_app.run())
     except JetlError as exc:  # e.g. no deployment after the wait: one line, not a traceback
         fail(exc)
@@ -199,6 +199,8 @@ def demo(
 
     Example: uv run jetl demo
     """
+    from rich.table import Table
+
     from jetl.cli.demo import run_demo
 
     s = settings()
