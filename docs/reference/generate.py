@@ -23,7 +23,8 @@ GROUPS = [
         "Pipelines and settings",
         ["Pipeline", "Cron", "JetlSettings", "discover", "get_pipeline", "get_pipeline_registry", "clear_registry"],
     ),
-    ("Plugin contracts", ["Extractor", "Transformer", "Loader", "Chunk", "ExtractContext", "LoadContext"]),
+    ("Plugin contracts", ["Extractor", "Transformer", "Loader", "Chunk", "ExtractContext", "LoadContext", "Check",
+                          "Partition"]),
     (
         "Extractors",
         [
@@ -34,6 +35,8 @@ GROUPS = [
             "BearerAuth",
             "BasicAuth",
             "ApiKeyAuth",
+            "Retry",
+            "Limits",
             "PageNumberPagination",
             "OffsetPagination",
             "CursorPagination",

@@ -109,6 +109,9 @@ def make_broker(s: NatsSettings, **extra: Any) -> NatsBroker:
     elif tls is not None:
         extra.setdefault("security", BaseSecurity(ssl_context=tls))
     extra.setdefault("log_level", logging.DEBUG)  # per-message "Received/Processed" lines only at debug
+    # a logger of jetl's naming, not FastStream's own (which writes coloured text to stdout past every handler):
+    # its lines reach the root handler that `configure_logging` renders as the service's other lines
+    extra.setdefault("logger", logging.getLogger("faststream.jetl"))
     opts.update(extra)
     return NatsBroker(servers, **opts)
 
