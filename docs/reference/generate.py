@@ -23,8 +23,10 @@ GROUPS = [
         "Pipelines and settings",
         ["Pipeline", "Cron", "JetlSettings", "discover", "get_pipeline", "get_pipeline_registry", "clear_registry"],
     ),
-    ("Plugin contracts", ["Extractor", "Transformer", "Loader", "Chunk", "ExtractContext", "LoadContext", "Check",
-                          "Partition"]),
+    (
+        "Plugin contracts",
+        ["Extractor", "Transformer", "Loader", "Chunk", "ExtractContext", "LoadContext", "Check", "Partition"],
+    ),
     (
         "Extractors",
         [

@@ -13,7 +13,6 @@ Planning and publishing partitions is `partitions`; cutting output into batches 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
