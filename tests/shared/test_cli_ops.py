@@ -163,3 +163,22 @@ def test_a_hint_is_given_only_where_it_applies(project: Path) -> None:
     code, _, err = cli("backfill", "opaque", "--start", "2026-11-01", "--end", "2026-11-02")
     assert code == 2 and "has no schedule" in err  # about the pipeline module: the general hint applies
     assert "hint: check the pipeline module" in err
+
+
+def test_jetl_help_imports_typer_and_the_command_modules_only() -> None:
+    """What keeps `jetl --help` fast (bench/cli_latency.py measures it): a command module that imports pydantic,
+    rich, nats or FastStream at its top makes every `jetl` invocation pay for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.argv = ['jetl', '--help']\n"
+        "from jetl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = {'pydantic', 'rich', 'nats', 'faststream', 'structlog', 'asyncio'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage: jetl" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
