@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from faststream import FastStream
 
+from jetl.protocols import ReachableLoader
 from jetl.redact import redact_text
 from jetl.registry import on_reload
 from jetl.runtime.service import ServiceContext, build_app
@@ -26,23 +26,16 @@ def check_destinations(ctx: ServiceContext) -> str:
         if where in seen:
             continue
         seen.append(where)
-        client = getattr(p.loader, "client", None)
-        root = getattr(p.loader, "root", None)
-        if callable(client) and getattr(p.loader, "dsn", None):
+        if isinstance(p.loader, ReachableLoader):
             try:
-                client().command("SELECT 1")
+                p.loader.reach()
             except Exception as exc:  # the driver's text may quote the DSN: `jetl health` shows it redacted
                 raise OSError(f"{where}: {redact_text(str(exc), ctx.settings.clickhouse.password)}") from None
-            probed.append(where)
-        elif isinstance(root, Path):
-            probe = root if root.exists() else root.parent
-            if not probe.is_dir():
-                raise OSError(f"{where}: neither the folder nor its parent exists")
             probed.append(where)
     if not seen:
         return "no destinations (no pipelines)"
     said = [f"reachable: {', '.join(probed)}"] if probed else []
-    unprobed = [w for w in seen if w not in probed]  # a console, a loader with nothing this check knows to reach
+    unprobed = [w for w in seen if w not in probed]  # a console, a loader that declares no way to reach it
     return "; ".join(said + ([f"not probed: {', '.join(unprobed)}"] if unprobed else []))
 
 

@@ -13,7 +13,7 @@ from jetl import subjects
 from jetl.errors import NoDeployment
 from jetl.eventlog import tail
 from jetl.subjects import Kind
-from jetl.topology import server_url
+from jetl.topology import EPHEMERAL_INACTIVE_S, server_url
 
 if TYPE_CHECKING:
     from jetl.ops.handle import Handle
@@ -53,7 +53,7 @@ async def read_logs(
         subject,
         ordered_consumer=True,
         stream=subjects.stream_name(Kind.LOGS),
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=EPHEMERAL_INACTIVE_S),
     )
     window: list[tuple[str, int, dict[str, Any]]] = []
     count = read = 0
