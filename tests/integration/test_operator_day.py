@@ -187,27 +187,6 @@ def test_a_second_shell_finds_the_stack_and_survives_a_broken_module_and_a_dead_
     status = json.loads(jetl("status", "--json", cwd=here).stdout)
     assert {r["pipeline"] for r in status} == {"good"}  # neither left a run behind
 
-    # a module that reads the services' secret runs from a shell without it: the CLI asks the services, never
-    # importing the module itself
-    result = jetl("run", "secret", "--json", cwd=here)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads(result.stdout)["loaded"] == 50
-    result = jetl("counts", "nope", cwd=here)  # a name nothing knows is a usage error, not an outage
-    assert result.returncode == 2 and "no pipeline named 'nope'" in result.stderr, result.stderr
-
-    # the pipelines folder and the data folder of the stack, from a subfolder: `list` evaluates a module's own
-    # JetlSettings() against the stack's data folder, and `backfill` finds the pipeline
-    listed = json.loads(jetl("list", "--json", cwd=here).stdout)
-    daily = next(p for p in listed["pipelines"] if p["name"] == "daily")
-    assert daily["loader"] == f"file://{(project / '.jetl' / 'daily').resolve()}", daily
-    result = jetl("backfill", "daily", "--start", "2026-11-01", "--end", "2026-11-03", "--dry-run", "--json", cwd=here)
-    assert result.returncode == 0, result.stderr
-    assert [s["run_id"] for s in json.loads(result.stdout)] == ["daily-20261101T0300Z", "daily-20261102T0300Z"]
-
-    # a broken module deleted: health is healthy of it again, without a restart
-    (project / "pipelines" / "evil_pipeline.py").unlink()
-    up.wait_for(lambda: row(health(here), "module", "evil_pipeline.py") is None, 30, "the load error to go")
-
     # --no-wait gives the run id
     result = jetl("run", "good", "--no-wait", "--json", cwd=here)
     assert result.returncode == 0 and json.loads(result.stdout)["run_id"].startswith("good-")
@@ -240,6 +219,40 @@ def test_a_second_shell_finds_the_stack_and_survives_a_broken_module_and_a_dead_
         assert read_context(again.context).port == port
     finally:
         again.stop()
+
+
+def test_an_operator_shell_runs_what_the_services_loaded_from_a_subfolder(project: Path, up: Up) -> None:
+    """From a subfolder with nothing exported (and without the services' secrets): run a pipeline whose module
+    reads a secret, list and backfill through the stack's folders, and see a deleted broken module's error go."""
+    here = project / "src" / "deep"
+
+    def extractor_up() -> bool:
+        r = row(health(here), "service", "extractor")
+        return r is not None and r["status"] == "ok"
+
+    up.wait_for(extractor_up, 90, "the extractor's heartbeat")
+
+    # a module that reads the services' secret runs from a shell without it: the CLI asks the services, never
+    # importing the module itself
+    result = jetl("run", "secret", "--json", cwd=here)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["loaded"] == 50
+    result = jetl("counts", "nope", cwd=here)  # a name nothing knows is a usage error, not an outage
+    assert result.returncode == 2 and "no pipeline named 'nope'" in result.stderr, result.stderr
+
+    # the pipelines folder and the data folder of the stack, from a subfolder: `list` evaluates a module's own
+    # JetlSettings() against the stack's data folder, and `backfill` finds the pipeline
+    listed = json.loads(jetl("list", "--json", cwd=here).stdout)
+    daily = next(p for p in listed["pipelines"] if p["name"] == "daily")
+    assert daily["loader"] == f"file://{(project / '.jetl' / 'daily').resolve()}", daily
+    result = jetl("backfill", "daily", "--start", "2026-11-01", "--end", "2026-11-03", "--dry-run", "--json", cwd=here)
+    assert result.returncode == 0, result.stderr
+    assert [s["run_id"] for s in json.loads(result.stdout)] == ["daily-20261101T0300Z", "daily-20261102T0300Z"]
+
+    # a broken module deleted: health is healthy of it again, without a restart
+    assert row(health(here), "module", "evil_pipeline.py") is not None
+    (project / "pipelines" / "evil_pipeline.py").unlink()
+    up.wait_for(lambda: row(health(here), "module", "evil_pipeline.py") is None, 30, "the load error to go")
 
 
 def test_piped_output_is_tsv_and_never_cut(project: Path, up: Up) -> None:
