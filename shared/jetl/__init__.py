@@ -1,11 +1,11 @@
 """jetl: pipelines as plain Python, four services over NATS JetStream, an event log that replays.
 
 Every public name is written once, in `_EXPORTS` (name -> the module that defines it), which makes `__all__`,
-`dir(jetl)` and the imports. The core's names are imported with the package; connectors' names on first use:
-sqlalchemy, httpx and clickhouse-connect cost ~2 s to import, and a service or CLI command should pay only for the
-ones its pipelines use. A connector whose extra is not installed raises an ImportError that names the extra to
-install. The `TYPE_CHECKING` imports are for type checkers, which cannot read `_EXPORTS`;
-tests/shared/test_exported_members.py holds them to it.
+`dir(jetl)` and the imports. Every name is imported on first use: sqlalchemy, httpx and clickhouse-connect cost ~2 s
+to import, pydantic and the core's models a few hundred ms, and a service or CLI command pays only for what it
+touches (`jetl --help` imports none of them: bench/cli_latency.py). A connector whose extra is not installed raises
+an ImportError that names the extra to install. The `TYPE_CHECKING` imports are for type checkers, which cannot read
+`_EXPORTS`; tests/shared/test_exported_members.py holds them to it.
 """
 
 import importlib as _importlib
@@ -68,9 +68,6 @@ _EXPORTS: dict[str, str] = {
     "ConsoleLoader": "jetl.loaders.console",
     "FileLoader": "jetl.loaders.file",
 }
-
-_CONNECTORS = ("jetl.extractors.", "jetl.loaders.", "jetl.transformers.")
-"""Modules under these are imported on first use of one of their names."""
 
 _EXTRAS = {"jetl.extractors.http": "http", "jetl.extractors.database": "db", "jetl.loaders.clickhouse": "clickhouse"}
 """Connector modules whose dependencies are an extra (`pip install 'jetl[<extra>]'`)."""
@@ -145,12 +142,6 @@ def _load(name: str) -> _typing.Any:
     value = getattr(module, name)
     globals()[name] = value
     return value
-
-
-for _name, _path in _EXPORTS.items():
-    if not _path.startswith(_CONNECTORS):
-        _load(_name)
-del _name, _path
 
 
 def __getattr__(name: str) -> _typing.Any:

@@ -14,11 +14,9 @@ import logging
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats
-from faststream.nats import NatsBroker
-from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
@@ -35,6 +33,9 @@ from jetl.settings import JetlSettings, NatsSettings
 from jetl.subjects import STREAMS, Kind, Role, Stage
 
 log = get_logger("jetl.bus")
+
+if TYPE_CHECKING:
+    from faststream.nats import NatsBroker
 
 MSG_ID = "Nats-Msg-Id"
 # A stream leader's election on a three-node cluster took 4-7 s on a loaded two-core machine
@@ -162,7 +163,11 @@ async def raw_decoder(msg: Any) -> Any:
 
 
 def make_broker(s: NatsSettings, **extra: Any) -> NatsBroker:
-    """The FastStream broker every service is built on."""
+    """The FastStream broker every service is built on (FastStream is imported here: a CLI command that only reads
+    never pays for it)."""
+    from faststream.nats import NatsBroker
+    from faststream.security import BaseSecurity, SASLPlaintext
+
     opts = connect_options(s)
     servers = opts.pop("servers")
     opts.pop("tls", None)

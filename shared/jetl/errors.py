@@ -74,7 +74,15 @@ class TerminalError(JetlError):
 
 
 class ConfigError(TerminalError):
-    """A pipeline definition or a setting that cannot work."""
+    """A pipeline definition or a setting that cannot work (or an operator's request that cannot).
+
+    `hint` is what the CLI suggests under the error: None for the general one (check the pipeline module or setting
+    it names), "" for none (a bad argument, an unknown run: the message says it all).
+    """
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.hint = hint
 
 
 class DiscoveryError(ConfigError):
@@ -138,18 +146,20 @@ class RecordIssue:
     """The input is not a record at all (malformed JSON, or JSON that is not an object): only its source can mend
     it, so a redrive does not take it."""
 
-    def describe(self, pipeline: str) -> str:
-        """A one-line message naming pipeline, origin (file:line), record and field."""
+    def describe(self, pipeline: str = "") -> str:
+        """A one-line message naming pipeline (when known), origin (file:line), record and field."""
         where = f" at {self.origin}" if self.origin else ""
         field = f"field {self.field!r}: " if self.field else ""
-        return f"pipeline {pipeline!r}: record {self.index}{where}: {field}{self.message}"
+        named = f"pipeline {pipeline!r}: " if pipeline else ""
+        return f"{named}record {self.index}{where}: {field}{self.message}"
 
 
 @dataclass
 class RecordError(TerminalError):
     """Records that failed validation or a transform; the rest of their batch goes on."""
 
-    pipeline: str
+    pipeline: str = ""
+    """The pipeline, where the raiser knows it; a transformer does not (its stage knows which pipeline it runs)."""
     issues: list[RecordIssue] = field(default_factory=list)
     survivors: list[Any] | None = None
     """The records that passed, so a transformer can reject some and let the rest go on."""

@@ -101,6 +101,10 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "console") -
     root = logging.getLogger()  # others' handlers stay (pytest's capture); an earlier call's own is replaced
     root.handlers = [h for h in root.handlers if h.get_name() != _HANDLER] + [handler]
     root.setLevel(threshold)
+    # FastStream gives its loggers their handlers when it is imported: import it first (a service does anyway;
+    # `jetl.bus` imports it only when a broker is made, so that a CLI command that reads never pays for it)
+    import faststream  # noqa: F401
+
     for name in LIBRARY_LOGGERS:
         lib = logging.getLogger(name)
         lib.handlers = []

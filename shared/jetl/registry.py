@@ -163,14 +163,23 @@ def reload_changed(folder: Path | str | None = None) -> list[str]:
 
     Returns the names of the pipelines (re)registered. A module that fails is logged and kept in
     `reload_errors()`; what it registered before stays. A deleted module's pipelines also stay until a restart,
-    so an editor's delete-and-rename save never strands batches in flight.
+    so an editor's delete-and-rename save never strands batches in flight; a deleted module's load error goes
+    (nothing is broken any more).
     """
     base = Path(folder) if folder is not None else _LOADED_FROM
     if base is None or not base.is_dir():
         return []
     log = get_logger("jetl.registry")
     changed: list[str] = []
-    for path in pipeline_files(base):
+    present = pipeline_files(base)
+    here = {p.resolve() for p in present}
+    for file in [
+        f for f in _RELOAD_ERRORS if Path(f).parent.resolve() == base.resolve() and Path(f).resolve() not in here
+    ]:
+        del _RELOAD_ERRORS[file]
+        _DIGESTS.pop(Path(file).resolve(), None)  # the same text saved again is loaded (and fails) again
+        log.info("broken pipeline module deleted", file=file)
+    for path in present:
         key, digest = path.resolve(), _digest(path)
         if _DIGESTS.get(key) == digest:
             continue

@@ -23,11 +23,10 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from jetl import subjects
-from jetl.errors import NoDeployment
-from jetl.logging import get_logger
+from jetl.errors import NoDeployment, TransientError
 from jetl.redact import redact_url
 from jetl.settings import NatsSettings
 from jetl.subjects import CONSUMERS, STREAMS, Discard, Kind, Retention
@@ -318,7 +317,8 @@ def server_url(nc: Client, fallback: str = "") -> str:
 
 
 async def require_deployment(nc: Client, url: str = "") -> None:
-    """Raise NoDeployment unless every jetl stream and the state bucket exist on the server `nc` is connected to.
+    """Raise NoDeployment unless every jetl stream and the state bucket exist on the server `nc` is connected to
+    (TransientError when the server does not answer in time: that is not an answer).
 
     Reads stream info only (a service user may), with a short timeout: a server without JetStream, or without jetl's
     streams, is told apart from a working deployment within `DEPLOYMENT_CHECK_S` per stream.
@@ -332,11 +332,15 @@ async def require_deployment(nc: Client, url: str = "") -> None:
         try:
             await asyncio.gather(*(js.stream_info(name) for name in names))
             return
-        except TimeoutError as exc:
+        except (TimeoutError, ServiceUnavailableError) as exc:  # late, or a stream without a leader: no answer yet
             last = exc
         except Exception as exc:  # not found, no JetStream (no responders): either way, nothing of jetl's here
             raise NoDeployment(server_url(nc, url)) from exc
-    raise NoDeployment(server_url(nc, url)) from last
+    # no answer is not "nothing here": a loaded cluster just after a node restart answers this slowly
+    raise TransientError(
+        f"NATS at {redact_url(server_url(nc, url))} did not say within {DEPLOYMENT_SLOW_S:.0f} s whether jetl is "
+        f"deployed there ({type(last).__name__}: streams between leaders?); try again"
+    ) from last
 
 
 async def wait_for_deployment(nc: Client, url: str = "", timeout: float = 120.0, every: float = 1.0) -> None:
@@ -351,10 +355,12 @@ async def wait_for_deployment(nc: Client, url: str = "", timeout: float = 120.0,
         try:
             await require_deployment(nc, url)
             return
-        except NoDeployment:
+        except (NoDeployment, TransientError):
             if asyncio.get_running_loop().time() >= deadline:
                 raise
             if not told:
+                from jetl.logging import get_logger  # late: `jetl status` never needs structlog
+
                 shown = redact_url(server_url(nc, url))
                 get_logger("jetl.topology").info(f"waiting for jetl deployment at {shown}", timeout_s=timeout)
                 told = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from jetl import BearerAuth, ConsoleLoader, FileExtractor, HttpExtractor, Pipeline, subjects
 from jetl.messages.models import RunRequest
 from jetl.messages.wire import decode_batch, read_records
+from jetl.protocols import Check, Chunk, ExtractContext
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
@@ -149,3 +151,27 @@ async def test_a_token_an_api_echoes_never_reaches_the_run_failed_event(capsys: 
     logged = capsys.readouterr()
     assert "gave up on the message" in logged.out + logged.err
     assert token not in logged.out + logged.err  # nor in the service's log lines
+
+
+async def test_a_failed_run_names_its_service_and_code(tmp_path: Path) -> None:
+    """run.failed carries the pipeline's code hash (what `jetl audit` shows a run ran with) and the service's name."""
+    from jetl.errors import ConfigError
+
+    class Refusing:
+        async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
+            raise ConfigError("source credentials rejected")
+            yield Chunk(records=[])
+
+        def next_cursor(self) -> None:
+            return None
+
+        def check(self, settings: JetlSettings) -> Check:
+            return Check("ok", "configured")
+
+    p = Pipeline(name="refused", extractors=[Refusing()], loader=ConsoleLoader(), schema=Row)
+    p.code_hash = "0123456789ab"  # as discovery sets it from the module's text
+    register([p])
+    got = await extract("refused", [Kind.EVENTS])
+    failed = [e for e in map(orjson.loads, got[Kind.EVENTS]) if e["type"] == "run.failed"]
+    assert len(failed) == 1 and "source credentials rejected" in failed[0]["error"]
+    assert failed[0]["service"] == "extractor" and failed[0]["code_hash"] == "0123456789ab"

@@ -38,6 +38,26 @@ def register_pipelines():
     return os.environ["JETL_TEST_SECRET_THAT_IS_NOT_SET"]
 """
 
+SECRET = file_pipeline("secret", source="INPUT").replace(
+    "from jetl import",
+    "import os\nTOKEN = os.environ['TEST_TICKETS_TOKEN']  # only the services have it\nfrom jetl import",
+)
+"""A module that reads a secret of the services' environment when imported (the README's `TICKETS_TOKEN`)."""
+
+DAILY = """
+from pydantic import BaseModel
+from jetl import Cron, FileExtractor, FileLoader, JetlSettings, Pipeline
+
+class Row(BaseModel):
+    id: int
+    name: str
+
+def register_pipelines():
+    return [Pipeline(name="daily", extractors=[FileExtractor("INPUT")], schema=Row, schedule=Cron("0 3 * * *"),
+                     loader=FileLoader(JetlSettings().data_dir / "daily"))]
+"""
+"""A scheduled pipeline whose module reads its own settings: its destination is in the stack's data folder."""
+
 
 def clean_env() -> dict[str, str]:
     """The environment of a new shell: no JETL_* variable (nothing exported)."""
@@ -68,6 +88,8 @@ def project(tmp_path: Path) -> Path:
     pipelines.mkdir()
     (pipelines / "good_pipeline.py").write_text(GOOD.replace("INPUT", str(inputs)).replace("OUTPUT", str(output)))
     (pipelines / "evil_pipeline.py").write_text(EVIL)
+    (pipelines / "secret_pipeline.py").write_text(SECRET.replace("INPUT", str(inputs)).replace("OUTPUT", str(output)))
+    (pipelines / "daily_pipeline.py").write_text(DAILY.replace("INPUT", str(inputs)))
     (tmp_path / "src" / "deep").mkdir(parents=True)
     return tmp_path
 
@@ -81,7 +103,7 @@ class Up:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jetl", "up"],
             cwd=project,
-            env=clean_env(),
+            env=clean_env() | {"TEST_TICKETS_TOKEN": "s3cret"},  # the services' secret: the operator's shell lacks it
             stdout=self.out.open("w"),
             stderr=subprocess.STDOUT,
         )
@@ -197,6 +219,40 @@ def test_a_second_shell_finds_the_stack_and_survives_a_broken_module_and_a_dead_
         assert read_context(again.context).port == port
     finally:
         again.stop()
+
+
+def test_an_operator_shell_runs_what_the_services_loaded_from_a_subfolder(project: Path, up: Up) -> None:
+    """From a subfolder with nothing exported (and without the services' secrets): run a pipeline whose module
+    reads a secret, list and backfill through the stack's folders, and see a deleted broken module's error go."""
+    here = project / "src" / "deep"
+
+    def extractor_up() -> bool:
+        r = row(health(here), "service", "extractor")
+        return r is not None and r["status"] == "ok"
+
+    up.wait_for(extractor_up, 90, "the extractor's heartbeat")
+
+    # a module that reads the services' secret runs from a shell without it: the CLI asks the services, never
+    # importing the module itself
+    result = jetl("run", "secret", "--json", cwd=here)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["loaded"] == 50
+    result = jetl("counts", "nope", cwd=here)  # a name nothing knows is a usage error, not an outage
+    assert result.returncode == 2 and "no pipeline named 'nope'" in result.stderr, result.stderr
+
+    # the pipelines folder and the data folder of the stack, from a subfolder: `list` evaluates a module's own
+    # JetlSettings() against the stack's data folder, and `backfill` finds the pipeline
+    listed = json.loads(jetl("list", "--json", cwd=here).stdout)
+    daily = next(p for p in listed["pipelines"] if p["name"] == "daily")
+    assert daily["loader"] == f"file://{(project / '.jetl' / 'daily').resolve()}", daily
+    result = jetl("backfill", "daily", "--start", "2026-11-01", "--end", "2026-11-03", "--dry-run", "--json", cwd=here)
+    assert result.returncode == 0, result.stderr
+    assert [s["run_id"] for s in json.loads(result.stdout)] == ["daily-20261101T0300Z", "daily-20261102T0300Z"]
+
+    # a broken module deleted: health is healthy of it again, without a restart
+    assert row(health(here), "module", "evil_pipeline.py") is not None
+    (project / "pipelines" / "evil_pipeline.py").unlink()
+    up.wait_for(lambda: row(health(here), "module", "evil_pipeline.py") is None, 30, "the load error to go")
 
 
 def test_piped_output_is_tsv_and_never_cut(project: Path, up: Up) -> None:

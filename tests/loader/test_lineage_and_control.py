@@ -109,3 +109,21 @@ async def test_an_envelope_that_does_not_match_its_subject_is_not_loaded(tmp_pat
         assert out.rows_by_run("ld") == {}
         await br.publish(body, subjects.clean("ld", "r9"), stream="JETL_CLEAN")
         assert out.rows_by_run("ld") == {"r9": 1}
+
+
+def test_the_destination_check_names_only_what_it_reached(tmp_path: Path) -> None:
+    """`jetl health`'s destination row: a folder the loader probed is "reachable"; a console it cannot probe is
+    said to be not probed, never "reachable"."""
+    from types import SimpleNamespace
+
+    from jetl_loader.app import check_destinations
+
+    files, source = FileLoader(tmp_path / "out"), [FileExtractor(str(tmp_path))]
+    ctx = SimpleNamespace(
+        pipelines={
+            "to_files": Pipeline(name="to_files", extractors=source, loader=files, schema=Row),
+            "to_console": Pipeline(name="to_console", extractors=source, loader=ConsoleLoader(), schema=Row),
+        },
+        settings=JetlSettings(),
+    )
+    assert check_destinations(ctx) == f"reachable: {files.describe()}; not probed: console"  # type: ignore[arg-type]

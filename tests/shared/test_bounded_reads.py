@@ -74,14 +74,15 @@ def test_dlq_list_reads_only_up_to_its_limit(nats: NatsHandle, monkeypatch: pyte
 
 @pytest.mark.integration
 async def test_logs_stream_in_time_order_and_stop_at_the_limit(nats: NatsHandle) -> None:
+    from jetl.ops.client import JetlClient
     from jetl.ops.logs import read_logs
 
     await _seed(nats.url, letters=0, lines=300)
-    s = JetlSettings(nats=NatsSettings(url=nats.url))
+    jc = await JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))).__aenter__()
     got: list[dict[str, Any]] = []
     read: list[int] = []
     n = await read_logs(
-        s,
+        jc,
         "r0",
         "p",
         follow=False,
@@ -92,8 +93,9 @@ async def test_logs_stream_in_time_order_and_stop_at_the_limit(nats: NatsHandle)
     )
     assert n == 7 and max(read) == 7  # seven read, seven printed: the other 293 were never fetched
     everything: list[dict[str, Any]] = []
-    assert await read_logs(s, "r0", None, follow=False, follow_seconds=None, on_line=everything.append) == 300
+    assert await read_logs(jc, "r0", None, follow=False, follow_seconds=None, on_line=everything.append) == 300
     assert [x["event"] for x in everything] == [f"line {i}" for i in range(300)]  # time order, from a shuffled log
+    await jc.__aexit__(None, None, None)
 
 
 class _SlowConnection:

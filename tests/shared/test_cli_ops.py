@@ -91,11 +91,14 @@ def test_a_broken_module_fails_validate_and_list_naming_file_and_line(project: P
 def test_init_scaffolds_a_pipeline_that_validates_and_whose_test_passes(
     project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    (project / "src" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(project / "src" / "deep")  # from a subfolder: the test still goes beside the project's pipelines
     code, out, _ = cli("init", "daily_sales", "--schedule", "0 6 * * *", "--tz", "Europe/Berlin")
     assert code == 0, out
     module = project / "pipelines" / "daily_sales_pipeline.py"
     test = project / "tests" / "pipelines" / "test_daily_sales_pipeline.py"
     assert module.exists() and test.exists()
+    assert not (project / "src" / "deep" / "tests").exists()
     code, data, _ = cli("validate", "--json")
     assert code == 0
     assert {
@@ -119,3 +122,63 @@ def test_init_scaffolds_a_pipeline_that_validates_and_whose_test_passes(
     assert code == 2 and "invalid pipeline name" in err
     code, _, err = cli("init", "ok_name", "--schedule", "every hour")
     assert code == 2 and "invalid cron expression" in err
+
+
+def test_a_server_that_answers_too_late_is_not_a_server_without_jetl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster just after a node restart, under load, answers stream info late: `jetl status` says NATS did not
+    answer (exit 3), never "this NATS has no jetl deployment", which sends people to `jetl deploy`."""
+    import nats.errors
+
+    import jetl.ops.client
+    import jetl.topology
+
+    class Late:
+        async def stream_info(self, name: str) -> Any:
+            raise nats.errors.TimeoutError
+
+    class Connection:
+        connected_url = None
+        is_closed = False
+
+        def jetstream(self, timeout: float = 5.0) -> Late:
+            return Late()
+
+        async def close(self) -> None:
+            self.is_closed = True
+
+    async def connect(settings: Any) -> Connection:
+        return Connection()
+
+    monkeypatch.setattr(jetl.ops.client, "riding_connection", connect)
+    monkeypatch.setattr(jetl.topology, "DEPLOYMENT_SLOW_S", 0.01)
+    monkeypatch.setenv("JETL_NATS__URL", "nats://127.0.0.1:1")
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 3, result.output
+    assert "did not say within" in result.output and "no jetl deployment" not in result.output
+
+
+def test_a_hint_is_given_only_where_it_applies(project: Path) -> None:
+    code, _, err = cli("replay", "checked")  # an argument missing: the message says it all
+    assert code == 2 and "name a run (--run RUN)" in err and "hint:" not in err
+    code, _, err = cli("backfill", "opaque", "--start", "2026-11-01", "--end", "2026-11-02")
+    assert code == 2 and "has no schedule" in err  # about the pipeline module: the general hint applies
+    assert "hint: check the pipeline module" in err
+
+
+def test_jetl_help_imports_typer_and_the_command_modules_only() -> None:
+    """What keeps `jetl --help` fast (bench/cli_latency.py measures it): a command module that imports pydantic,
+    rich, nats or FastStream at its top makes every `jetl` invocation pay for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.argv = ['jetl', '--help']\n"
+        "from jetl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = {'pydantic', 'rich', 'nats', 'faststream', 'structlog', 'asyncio'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage: jetl" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr

@@ -19,7 +19,7 @@ from jetl.events import (
     RunRequested,
     RunStarted,
 )
-from jetl.messages.deadletter import DeadLetter
+from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
 from jetl.messages.models import RunRequest
 from jetl.ops.backfill import retry_run_id, slot_attempts
 from jetl.ops.redrive import dead_letter_status, redrivable, redrive_run_id
@@ -127,11 +127,12 @@ def test_a_redrive_takes_each_dead_letter_once() -> None:
 
 
 def test_dead_letters_of_a_shadow_trial_or_a_replaced_batch_are_not_redriven() -> None:
-    letters = [(1, dl("r1")), (2, dl("r1-trial")), (3, dl("r1-rp")), (4, dl("r2"))]
+    unreadable = dl("r1-trial").model_copy(update={"error_type": MALFORMED_INPUT})  # a malformed line, met again
+    letters = [(1, dl("r1")), (2, dl("r1-trial")), (3, dl("r1-rp")), (4, dl("r2")), (5, unreadable)]
     trial = fold_all(events("r1-trial", 1, {0: 9}, trigger="replay", parent_run_id="r1", shadow=True))
     replay = fold_all(events("r1-rp", 1, {0: 9}, trigger="replay", parent_run_id="r1"))
     status = dead_letter_status(letters, [trial, replay])
-    assert status == {1: "superseded by r1-rp", 2: "shadow r1-trial", 3: None, 4: None}
+    assert status == {1: "superseded by r1-rp", 2: "shadow r1-trial", 3: None, 4: None, 5: "shadow r1-trial"}
     assert redrivable(letters, [trial, replay]) == [3, 4]  # the replay's own rejects stand for its parent's
 
 

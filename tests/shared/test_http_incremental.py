@@ -173,6 +173,25 @@ async def test_a_cursor_without_tie_breaker_takes_each_timestamp_once(api: tuple
     assert [r["id"] for r in await run_once(ex, p, "b", cursor)] == [11, 12]  # the boundary rows are not again
 
 
+async def test_the_skip_line_names_the_cursor_the_records_were_held_against(api: tuple[str, Table]) -> None:
+    from structlog.testing import capture_logs
+
+    url, table = api
+    ex = extractor(url, tie_breaker=None)
+    table.insert([0] * 3)
+    p = Pipeline(name="api", extractors=[ex], loader=ConsoleLoader(), schema=Row)
+    await run_once(ex, p, "a", None)
+    cursor = ex.next_cursor()
+    assert cursor is not None
+    table.insert([1])
+    with capture_logs() as logs:
+        assert len(await run_once(ex, p, "b", cursor)) == 1
+    moved = ex.next_cursor()
+    assert moved is not None and moved["value"] != cursor["value"]
+    line = next(e for e in logs if e["event"] == "records at or before the cursor skipped")
+    assert line["skipped"] == 3 and line["cursor"]["value"] == cursor["value"]  # not the cursor the run moved to
+
+
 async def test_a_loaded_pipeline_made_incremental_is_seeded_from_the_destination(
     api: tuple[str, Table], dsn: str
 ) -> None:
@@ -189,6 +208,7 @@ async def test_a_loaded_pipeline_made_incremental_is_seeded_from_the_destination
     assert isinstance(after.loader, ClickHouseLoader)
     position = after.loader.max_position("api", "updated_at", "id")
     assert position is not None and position[1] == 30
+    assert position[0] == datetime(2025, 1, 4, 9, 9, tzinfo=UTC)  # the instant, its zone kept (was naive)
     seeded = ex.cursor_at(*position)
     assert seeded["key"] == 30 and seeded["value"] == "2025-01-04T09:09:00+00:00"  # the same instant, typed
     new = table.insert([9, 9, 10])  # two more on the loaded maximum's timestamp, one later

@@ -82,6 +82,8 @@ def test_type_transformer_rejects_bad_records_and_types_the_rest() -> None:
         t.transform([{"id": "1", "name": "a", "day": "2026-11-26"}, {"id": "x", "name": "b", "day": "2026-11-26"}])
     assert info.value.survivors == [{"id": 1, "name": "a", "day": date(2026, 11, 26)}]
     assert info.value.issues[0].index == 1 and info.value.issues[0].field == "id"
+    # a transformer does not know its pipeline: its error says what it knows, never `pipeline ''`
+    assert str(info.value).startswith("record 1: field 'id': ")
 
 
 def test_column_transformer_steps_and_compute_rejection() -> None:

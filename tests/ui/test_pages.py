@@ -119,3 +119,45 @@ async def test_run_index_pages_a_status_and_follows_a_run_that_changes(nats: Any
         assert len(index.runs) == 119
     finally:
         await nc.close()
+
+
+@pytest.mark.integration
+def test_the_dashboard_renders_and_acts_on_its_one_connection(
+    nats: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages and actions use the dashboard's one JetlClient: rendering the overview and clicking pause and resume
+    open no NATS connection of their own (each used to open one per render or click)."""
+    import nats as nats_py
+
+    from jetl.settings import NatsSettings
+    from jetl.testing.pipelines import file_pipeline
+    from jetl.ui.security import CSRF_COOKIE, CSRF_FIELD
+
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    scheduled = file_pipeline("shop").replace("schema=Row", 'schema=Row, schedule=Cron("0 3 * * *")')
+    (folder / "shop_pipeline.py").write_text(scheduled.replace("import FileExtractor", "import Cron, FileExtractor"))
+    opened: list[str] = []
+    real = nats_py.connect
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        opened.append("connect")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(nats_py, "connect", counting)
+    settings = JetlSettings(nats=NatsSettings(url=nats.url), pipelines_dir=folder)
+    with TestClient(create_app(settings)) as http:
+        assert http.get("/").status_code == 200
+        form = {CSRF_FIELD: http.cookies[CSRF_COOKIE]}
+        assert http.post("/pipelines/shop/pause", data=form).status_code == 200  # its bus connects on this first one
+        connected = len(opened)
+        assert connected >= 1
+        assert http.post("/pipelines/shop/resume", data=form).status_code == 200  # redirected to the page
+        assert 'id="pause"' in http.get("/pipelines/shop").text
+        for _ in range(3):
+            r = http.get("/")
+            assert r.status_code == 200 and "shop" in r.text
+        assert http.post("/pipelines/shop/pause", data=form).status_code == 200
+        assert 'id="resume"' in http.get("/pipelines/shop").text
+        assert http.post("/pipelines/shop/resume", data=form).status_code == 200
+        assert len(opened) == connected

@@ -13,7 +13,6 @@ Planning and publishing partitions is `partitions`; cutting output into batches 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -50,16 +49,15 @@ from jetl_extractor.settings import ExtractorSettings
 __all__ = ["RunSlots", "cursor_of", "handle_run_request", "joined_cursor", "make_router"]
 
 log = get_logger("jetl.extractor")
-IN_PROGRESS_EVERY_S = 10.0
 
 
 class Extraction:
     """One run's extraction: re-chunks extractor output into pipeline-sized batches and publishes them."""
 
     def __init__(
-        self, ctx: ServiceContext, req: RunRequest, msg: Any, concurrency: int, work: PartitionWork | None = None
+        self, ctx: ServiceContext, req: RunRequest, concurrency: int, work: PartitionWork | None = None
     ) -> None:
-        self.ctx, self.req, self.msg, self.work = ctx, req, msg, work
+        self.ctx, self.req, self.work = ctx, req, work
         self.partition = work.partition if work is not None else None
         self.pipeline = get_pipeline(req.pipeline)
         self.seq = 0
@@ -71,7 +69,6 @@ class Extraction:
         """The first publish that failed: the run fails with it (no publish runs unobserved)."""
         self.acked_batches = 0
         """Batches JetStream acknowledged: all that run.extracted may count."""
-        self.last_progress = time.monotonic()
         self.batches = Batcher(self.pipeline.batch_size, lambda: ctx.bus.max_payload, self._send, self._check_publishes)
 
     def _event_base(self) -> dict[str, Any]:
@@ -160,9 +157,6 @@ class Extraction:
 
     async def _add(self, chunk: Chunk) -> None:
         await self.batches.add(chunk)
-        if time.monotonic() - self.last_progress > IN_PROGRESS_EVERY_S:
-            self.last_progress = time.monotonic()
-            await self.msg.in_progress()
 
     async def _flush(self, *, final: bool) -> None:
         await self.batches.flush(final=final)
@@ -398,7 +392,7 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int) ->
         error: BaseException | None = None
         try:
             if work is not None:  # kept alive by its slot's in_progress() beats (RunSlots)
-                await Extraction(ctx, req, raw, concurrency, work).run()
+                await Extraction(ctx, req, concurrency, work).run()
             elif await _already_completed(ctx, req):
                 log.info("run already completed; request ignored (use --force to run it again)")
             else:
@@ -407,20 +401,16 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int) ->
                 if req.replay_of is not None or req.redrive:
                     await Resend(ctx, req).run()  # batches from the log: a replay or a redrive
                 else:
-                    await Extraction(ctx, req, raw, concurrency).run()
+                    await Extraction(ctx, req, concurrency).run()
         except Exception as exc:
             error = exc
 
         async def fail(exc: BaseException) -> None:
-            await ctx.bus.event(
-                RunFailed(
-                    pipeline=req.pipeline,
-                    run_id=req.run_id,
-                    service="extractor",
-                    instance=ctx.instance,
-                    error=f"{type(exc).__name__}: {exc}",
-                    stage="extract",
-                )
-            )
+            try:
+                code_hash = get_pipeline(req.pipeline).code_hash
+            except JetlError:  # a pipeline this service does not know: the failure says so, without a hash
+                code_hash = ""
+            fields = ctx.event_fields(req.pipeline, req.run_id, code_hash)
+            await ctx.bus.event(RunFailed(**fields, error=f"{type(exc).__name__}: {exc}", stage="extract"))
 
         await decide_ack(raw, error, fail)

@@ -20,17 +20,23 @@ def check_destinations(ctx: ServiceContext) -> str:
     Runs in the loader because the loader owns the connection (a chdb folder opens in one process at a time).
     """
     seen: list[str] = []
+    probed: list[str] = []
     for p in ctx.pipelines.values():
         where = p.loader.describe()
         if where in seen:
             continue
+        seen.append(where)
         if isinstance(p.loader, ReachableLoader):
             try:
                 p.loader.reach()
             except Exception as exc:  # the driver's text may quote the DSN: `jetl health` shows it redacted
                 raise OSError(f"{where}: {redact_text(str(exc), ctx.settings.clickhouse.password)}") from None
-        seen.append(where)
-    return f"reachable: {', '.join(seen)}" if seen else "no destinations (no pipelines)"
+            probed.append(where)
+    if not seen:
+        return "no destinations (no pipelines)"
+    said = [f"reachable: {', '.join(probed)}"] if probed else []
+    unprobed = [w for w in seen if w not in probed]  # a console, a loader that declares no way to reach it
+    return "; ".join(said + ([f"not probed: {', '.join(unprobed)}"] if unprobed else []))
 
 
 def create_app(settings: LoaderSettings | None = None) -> FastStream:

@@ -1,8 +1,11 @@
-"""The typer app, its settings and the context commands share: pipelines in force, the client, run_async, progress."""
+"""The typer app, its settings and the context commands share: pipelines in force, the client, run_async, progress.
+
+`jetl --help` imports this, typer and the command modules, nothing else: every command module imports what its
+commands need inside them (`bench/cli_latency.py` holds `--help` and `status` to their goals).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -12,19 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from jetl.cli._output import EXIT_USAGE, console, debug, die, err_console, fail
-from jetl.context import StackContext, find_context, read_context
-from jetl.errors import ConfigError, JetlError
-from jetl.settings import JetlSettings, settings_with_context
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from jetl.context import StackContext
     from jetl.events import Event
     from jetl.ops.client import JetlClient
     from jetl.pipeline import Pipeline
     from jetl.projection import RunState
+    from jetl.settings import JetlSettings
 
 T = TypeVar("T")
 
@@ -34,6 +36,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # plain help, as click writes it: rich's help panels import rich.markdown and friends, 2-3x the start-up of
+    # `jetl --help` (bench/cli_latency.py)
+    rich_markup_mode=None,
 )
 
 
@@ -60,6 +65,9 @@ def _root(
 
 def stack_context() -> StackContext | None:
     """The stack context in force for this command, if any (see jetl.context for how it is found)."""
+    from jetl.context import find_context, read_context
+    from jetl.settings import JetlSettings
+
     env = JetlSettings()
     data_dir = env.data_dir if "data_dir" in env.model_fields_set else None
     path = find_context(_CONTEXT["explicit"], data_dir, warn=lambda text: err_console.print(f"warning: {text}"))
@@ -68,12 +76,16 @@ def stack_context() -> StackContext | None:
 
 def settings() -> JetlSettings:
     """The settings in force for CLI commands: environment variables over the stack context over defaults."""
+    from jetl.settings import JetlSettings, settings_with_context
+
     ctx = stack_context()
     return settings_with_context(ctx.settings_values()) if ctx is not None else JetlSettings()
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine, turning jetl errors into one line and an exit code."""
+    import asyncio
+
     try:
         return asyncio.run(coro)
     except typer.Exit:
@@ -106,6 +118,8 @@ def progress(show: bool, what: str, total: int | None, *, out: Console | None = 
     if not show or not out.is_terminal:
         yield lambda **_: None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -139,6 +153,26 @@ def client() -> JetlClient:
     return JetlClient(settings())
 
 
+@contextmanager
+def context_environment(s: JetlSettings) -> Iterator[None]:
+    """While pipeline modules are imported, the folders of the settings in force are in the environment too: a
+    module's own `JetlSettings()` then reads the stack's data folder, not one relative to where the command runs.
+    Variables already set win; no secret is put there."""
+    import os
+
+    values = {
+        "JETL_DATA_DIR": str(Path(s.data_dir).resolve()),
+        "JETL_PIPELINES_DIR": str(Path(s.pipelines_dir).resolve()),
+    }
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def load_pipelines(s: JetlSettings) -> tuple[dict[str, Pipeline], dict[str, str]]:
     """Every pipeline in the configured folder, and {file: error} for the modules that are broken."""
     from jetl.registry import discover_report
@@ -147,18 +181,23 @@ def load_pipelines(s: JetlSettings) -> tuple[dict[str, Pipeline], dict[str, str]
     if not folder.is_dir():
         die(
             f"pipelines folder {folder} does not exist",
-            "run from the project root or set JETL_PIPELINES_DIR",
+            "run from the project root, or from anywhere below a `jetl up` (its .jetl/context.json), or set "
+            "JETL_PIPELINES_DIR",
             EXIT_USAGE,
         )
-    return discover_report(folder)
+    with context_environment(s):
+        return discover_report(folder)
 
 
-def one_pipeline(s: JetlSettings, name: str) -> Pipeline:
-    """A pipeline by name, or exit 2: why its module failed to load, or the known ones."""
+def one_pipeline(
+    s: JetlSettings, name: str, *, found: tuple[dict[str, Pipeline], dict[str, str]] | None = None
+) -> Pipeline:
+    """A pipeline by name (of `found`, else of the folder in force), or exit 2: why its module failed to load, or
+    the known ones."""
     from jetl.registry import failed_module
 
-    found, errors = load_pipelines(s)
-    if name not in found:
+    pipelines, errors = found or load_pipelines(s)
+    if name not in pipelines:
         why = failed_module(name, errors)
         if why is not None:
             die(
@@ -166,30 +205,31 @@ def one_pipeline(s: JetlSettings, name: str) -> Pipeline:
                 "fix the module; the services load it when it changes",
                 EXIT_USAGE,
             )
-        known = ", ".join(sorted(found)) or "none"
+        known = ", ".join(sorted(pipelines)) or "none"
         broken = f"; {len(errors)} module(s) failed to load (jetl validate)" if errors else ""
         die(f"no pipeline named {name!r} (known: {known}){broken}", "see `jetl list`", EXIT_USAGE)
-    return found[name]
+    return pipelines[name]
 
 
-def registered_pipeline(name: str, *, required: bool) -> Any:
-    """The pipeline from the local pipelines folder (schedule, code hash); None when optional and not found."""
-    from jetl.registry import get_pipeline
-
-    try:
-        return get_pipeline(name)
-    except JetlError:
-        if required:
-            raise
+def registered_pipeline(name: str) -> Pipeline | None:
+    """The pipeline from the pipelines folder in force (the stack context's, from a subfolder too): its loader and
+    code hash; None without a folder or such a pipeline."""
+    s = settings()
+    if not Path(s.pipelines_dir).is_dir():
         return None
+    return load_pipelines(s)[0].get(name)
 
 
 def when(text: str | None, what: str) -> datetime | None:
     """An ISO date or time option; naive means UTC."""
     if text is None:
         return None
+    from jetl.errors import ConfigError
+
     try:
         value = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise ConfigError(f"{what}: {text!r} is not an ISO date or time (e.g. 2026-11-01 or 2026-11-01T06:00)") from exc
+        raise ConfigError(
+            f"{what}: {text!r} is not an ISO date or time (e.g. 2026-11-01 or 2026-11-01T06:00)", hint=""
+        ) from exc
     return value if value.tzinfo else value.replace(tzinfo=UTC)

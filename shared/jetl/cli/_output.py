@@ -12,79 +12,57 @@ nothing is cut to `cus…` and `cut -f` works. Errors are one line whatever the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from jetl.errors import (
-    ConfigError,
-    JetlError,
-    NoDeployment,
-    PermissionRefused,
-    StoreFull,
-    TransientError,
-    WaitTimedOut,
-    last_refusal,
-    refused_for_room,
-)
+if TYPE_CHECKING:
+    from rich.console import Console
 
-WIDE = 100
-"""Terminals narrower than this get tables as one field a line."""
+    from jetl.cli._console import JetlConsole
 
 
-def _cell(value: Any) -> str:
-    """A table cell as plain text: markup and styles dropped, tabs and newlines folded to spaces."""
-    text = Text.from_markup(value) if isinstance(value, str) else value
-    plain = text.plain if isinstance(text, Text) else str(text)
-    return " ".join(plain.split())
+class _Lazy:
+    """A console made on first use: importing rich costs `jetl --help` more than typer itself does."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._made: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._made is None:
+            self._made = self._make()
+        return getattr(self._made, name)
 
 
-def table_lines(table: Table, *, vertical: bool) -> list[str]:
-    """A rich Table as plain lines: `column: value` blocks (`vertical`) or TSV."""
-    headers = [_cell(c.header) for c in table.columns]
-    columns = [[_cell(v) for v in c.cells] for c in table.columns]
-    rows = list(zip(*columns, strict=True)) if columns else []
-    title = _cell(table.title) if table.title else ""
-    if vertical:
-        width = max((len(h) for h in headers), default=0)
-        lines = [title] if title else []
-        for row in rows:
-            lines.append("")
-            lines.extend(f"{h.ljust(width)}  {v}" for h, v in zip(headers, row, strict=True))
-        return lines
-    lines = [f"# {title}"] if title else []
-    lines.append("\t".join(headers))
-    lines.extend("\t".join(row) for row in rows)
-    return lines
+def _stdout() -> Any:
+    from jetl.cli._console import JetlConsole
+
+    # soft_wrap: a long line stays one line in a pipe (rich would cut it at 80 columns): grep and scripts see it whole
+    return JetlConsole(soft_wrap=True)
 
 
-class JetlConsole(Console):
-    """A rich Console that prints tables the way the output can hold them (see the module docstring)."""
+def _stderr() -> Any:
+    from rich.console import Console
 
-    def print(self, *objects: Any, **kwargs: Any) -> None:
-        """Print like rich does, but tables as TSV when not a terminal and as field lines when narrow."""
-        if not any(isinstance(o, Table) for o in objects) or (self.is_terminal and self.width >= WIDE):
-            super().print(*objects, **kwargs)
-            return
-        for o in objects:
-            if isinstance(o, Table):
-                # written as is: rich would expand the tabs and wrap the lines
-                self.file.write("".join(f"{line}\n" for line in table_lines(o, vertical=self.is_terminal)))
-                self.file.flush()
-            else:
-                super().print(o, **kwargs)
+    return Console(stderr=True, soft_wrap=True)
 
 
-# soft_wrap: a long line stays one line in a pipe (rich would cut it at 80 columns), so grep and scripts see it whole.
-console = JetlConsole(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+console: JetlConsole = _Lazy(_stdout)  # type: ignore[assignment]
+err_console: Console = _Lazy(_stderr)  # type: ignore[assignment]
+
+
+def __getattr__(name: str) -> Any:  # `JetlConsole`, `table_lines` and `WIDE` live beside rich, in jetl.cli._console
+    if name not in ("JetlConsole", "table_lines", "WIDE"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import jetl.cli._console as rich_side
+
+    return getattr(rich_side, name)
+
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the thing ran and failed (a run failed, health is bad)
@@ -107,6 +85,17 @@ def fail(exc: BaseException) -> NoReturn:
     """`die` for an exception: the exit code and hint follow its kind (a traceback instead with --debug)."""
     if debug["on"]:
         raise exc
+    from jetl.errors import (
+        ConfigError,
+        JetlError,
+        NoDeployment,
+        PermissionRefused,
+        StoreFull,
+        WaitTimedOut,
+        last_refusal,
+        refused_for_room,
+    )
+
     text = str(exc) if isinstance(exc, JetlError) else f"{type(exc).__name__}: {exc}"
     refused = exc if isinstance(exc, PermissionRefused) else last_refusal()
     if refused is not None and (refused is exc or _unavailable(exc)):  # NATS answered: with a refusal, not silence
@@ -114,7 +103,8 @@ def fail(exc: BaseException) -> NoReturn:
     if isinstance(exc, NoDeployment):  # the wrong server, not a bad setting: its message says what to do
         die(text, code=EXIT_UNAVAILABLE)
     if isinstance(exc, ConfigError):
-        die(text, "check the pipeline module or setting it names (jetl validate)", EXIT_USAGE)
+        general = "check the pipeline module or setting it names (jetl validate)"
+        die(text, general if exc.hint is None else exc.hint, EXIT_USAGE)
     if isinstance(exc, StoreFull):  # NATS answered: a full stream or store is no outage, and says what to raise
         die(text, "`jetl health` shows how full every stream, bucket and the archive are")
     if refused_for_room(exc) is not None:
@@ -128,6 +118,8 @@ def fail(exc: BaseException) -> NoReturn:
 
 def _unavailable(exc: BaseException) -> bool:
     """An error that looks like NATS (or a destination) not answering."""
+    from jetl.errors import TransientError
+
     return (
         isinstance(exc, TransientError)
         or "nats" in type(exc).__module__
@@ -138,6 +130,8 @@ def _unavailable(exc: BaseException) -> bool:
 @contextmanager
 def failing() -> Iterator[None]:
     """Argument and pipeline checks before anything runs: a JetlError is one line and its exit code, via fail()."""
+    from jetl.errors import JetlError
+
     try:
         yield
     except JetlError as exc:
@@ -155,6 +149,8 @@ _COLOUR = {"ok": "green", "warn": "yellow", "error": "red", "fail": "red"}
 
 def print_checks(title: str, rows: list[dict[str, Any]], columns: tuple[str, ...], status: str) -> None:
     """A table of check rows (validate, health), the `status` column coloured by its value."""
+    from rich.table import Table
+
     t = Table(title=title)
     for col in columns:
         t.add_column(col, overflow="fold")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
-from jetl.cli._app import app, client, progress, registered_pipeline, run_async, when
+from jetl.cli._app import app, client, one_pipeline, progress, run_async, settings, when
 from jetl.cli._output import EXIT_FAILED, console, err_console, failing, print_json, stamp
-from jetl.errors import ConfigError
-from jetl.projection import RunState
+
+if TYPE_CHECKING:
+    from jetl.projection import RunState
 
 
 @app.command()
@@ -39,16 +39,19 @@ def backfill(
 
     Example: jetl backfill daily_sales --start 2026-11-01 --end 2026-11-08 --max-parallel 2 --retry-failed
     """
+    from rich.table import Table
+
+    from jetl.errors import ConfigError
     from jetl.schedule import Slot, backfill_slots
 
     with failing():
-        p = registered_pipeline(pipeline, required=True)
+        p = one_pipeline(settings(), pipeline)  # the folder in force: the stack context's from a subfolder too
         lo, hi = when(start, "--start"), when(end, "--end")
         assert lo is not None and hi is not None
         if p.schedule is None:
             raise ConfigError(f"pipeline {pipeline!r} has no schedule: a backfill splits time by its intervals")
         if hi <= lo:
-            raise ConfigError("--end must be after --start")
+            raise ConfigError("--end must be after --start", hint="")
         slots = backfill_slots(p.name, p.schedule, lo, hi)
         if p.keeps_cursor and max_parallel > 1:  # its runs must not overlap: the extractor would refuse them
             err_console.print(f"{pipeline} keeps a cursor: its runs go one at a time (--max-parallel 1)")

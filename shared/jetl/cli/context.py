@@ -7,13 +7,9 @@ import os
 from pathlib import Path
 
 import typer
-from pydantic import SecretStr
 
 from jetl.cli._app import app, stack_context
 from jetl.cli._output import console, fail, print_json
-from jetl.context import DEFAULT_DIR, StackContext, context_path
-from jetl.errors import ConfigError
-from jetl.redact import redact_url
 
 context_app = typer.Typer(help="The stack context: how commands in this folder and below find a deployment.")
 app.add_typer(context_app, name="context")
@@ -26,7 +22,7 @@ def save(
     ca_file: Path = typer.Option(None, "--ca-file", help="The CA that signs the servers' certificates (TLS on)."),
     stream_replicas: int = typer.Option(None, "--stream-replicas", help="Replicas of every stream (3 on a cluster)."),
     pipelines_dir: Path = typer.Option(None, "--pipelines-dir", help="The pipelines folder the services load."),
-    data_dir: Path = typer.Option(Path(DEFAULT_DIR), "--data-dir", help="Where to write context.json."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Where to write context.json (default: .jetl)."),
 ) -> None:
     """Write a stack context (owner-only) for a deployment on other hosts, so commands here and below reach it.
 
@@ -36,6 +32,12 @@ def save(
     Example: JETL_NATS__PASSWORD=... jetl context save --nats-url nats://n1:4222,nats://n2:4222,nats://n3:4222
     --ca-file /etc/jetl/ca.pem --stream-replicas 3
     """
+    from pydantic import SecretStr
+
+    from jetl.context import DEFAULT_DIR, StackContext
+    from jetl.errors import ConfigError
+
+    data_dir = data_dir or Path(DEFAULT_DIR)
     try:
         if stream_replicas is not None and not 1 <= stream_replicas <= 5:
             raise ConfigError(f"--stream-replicas {stream_replicas}: JetStream keeps 1 to 5 replicas")
@@ -63,6 +65,10 @@ def show(json_out: bool = typer.Option(False, "--json", help="Print it as JSON."
 
     Example: jetl context show --json
     """
+    from jetl.context import context_path
+    from jetl.errors import ConfigError
+    from jetl.redact import redact_url
+
     ctx = stack_context()
     if ctx is None:
         fail(ConfigError("no stack context here: `jetl up` writes one, or `jetl context save`"))

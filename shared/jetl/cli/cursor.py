@@ -6,16 +6,20 @@ exceptions, each logged as a `cursor.changed` event with who (`--by`) and why (`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from jetl.cli._app import app, client, one_pipeline, run_async, settings
 from jetl.cli._output import EXIT_USAGE, console, die, print_json
-from jetl.events import CursorChanged
-from jetl.ops import cursors
 
-cursor_app = typer.Typer(help="Show, set or reset a pipeline's incremental cursor.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from jetl.events import CursorChanged
+
+
+cursor_app = typer.Typer(
+    rich_markup_mode=None, help="Show, set or reset a pipeline's incremental cursor.", no_args_is_help=True
+)
 
 _BY = typer.Option("", "--by", help="Who makes the change (default: the OS user).")
 _REASON = typer.Option(..., "--reason", help="Why (required; kept in the event log).")
@@ -26,6 +30,8 @@ _JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
 def _report(ev: CursorChanged, json_out: bool) -> None:
+    from jetl.ops import cursors
+
     if json_out:
         print_json(ev.model_dump(mode="json"))
         return
@@ -41,6 +47,7 @@ def show(pipeline: str = typer.Argument(..., help="Pipeline name."), json_out: b
 
     Example: jetl cursor show orders
     """
+    from jetl.ops import cursors
 
     async def _go() -> dict[str, Any] | None:
         async with client() as jc:
@@ -75,6 +82,8 @@ def set_(
 
     Example: jetl cursor set orders --from-destination --reason "incremental from now on"
     """
+    from jetl.ops import cursors
+
     if (value is None) == (not from_destination):
         die("give a VALUE or --from-destination (one of them)", "jetl cursor set --help", EXIT_USAGE)
     p = one_pipeline(settings(), pipeline)
@@ -103,6 +112,8 @@ def reset(
 
     Example: jetl cursor reset orders --reason "source table rebuilt"
     """
+    from jetl.ops import cursors
+
     p = one_pipeline(settings(), pipeline)
 
     async def _go() -> CursorChanged:

@@ -6,15 +6,17 @@ import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from jetl.cli._app import follow
 from jetl.cli._app import progress as progress_bar
-from jetl.errors import JetlError
-from jetl.settings import JetlSettings
-from jetl.stack.embedded import Stack
+
+if TYPE_CHECKING:
+    from jetl.settings import JetlSettings
+    from jetl.stack.embedded import Stack
+
 
 PIPELINE = "demo_orders"
 COUNTRIES = ["DE", "FR", "NL", "US", "GB", "SE", "ES", "IT", "PL", "JP"]
@@ -111,6 +113,9 @@ def run_demo(
     data_dir: Path, pipelines_dir: Path, records: int, *, progress: bool = True, timeout: float = 300.0
 ) -> dict[str, Any]:
     """Run the demo and return its summary."""
+    from jetl.errors import JetlError
+    from jetl.stack.embedded import Stack
+
     write_sample(data_dir / "input" / "orders.jsonl", records)
     stack = Stack(data_dir=data_dir, pipelines_dir=pipelines_dir)
     try:

@@ -9,21 +9,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
-from jetl.bus import nats_connection
 from jetl.cli._app import app, progress, run_async, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, console, die, err_console, print_json
-from jetl.errors import ConfigError, DestinationUnavailable, JetlError
-from jetl.settings import JetlSettings
+
+if TYPE_CHECKING:
+    from jetl.settings import JetlSettings
 
 
 @contextmanager
 def clickhouse_client(s: JetlSettings, dsn: str | None) -> Iterator[Any]:
     """A clickhouse-connect client on the configured DSN, closed afterwards (a chdb folder is freed for others)."""
+    from jetl.errors import DestinationUnavailable
     from jetl.loaders.clickhouse import close_clients, get_client
 
     target = dsn or s.clickhouse_dsn
@@ -43,6 +43,7 @@ def clickhouse_client(s: JetlSettings, dsn: str | None) -> Iterator[Any]:
 
 
 def _migrations(folder: Path) -> list[Any]:
+    from jetl.errors import ConfigError
     from jetl.migrations import discover_migrations
 
     try:
@@ -95,6 +96,9 @@ def migrate(
 
     Example: jetl migrate --dry-run; jetl migrate; jetl migrate --status --json
     """
+    from rich.table import Table
+
+    from jetl.errors import JetlError
     from jetl.migrations import Migrator
 
     s = settings()
@@ -160,6 +164,10 @@ def deploy(
 
     Example: jetl deploy --dry-run && jetl deploy
     """
+    from rich.table import Table
+
+    from jetl.bus import nats_connection
+    from jetl.errors import JetlError
     from jetl.topology import declare
 
     s = settings()

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, client, follow, progress, registered_pipeline, run_async
 from jetl.cli._output import EXIT_FAILED, console, print_json
 from jetl.cli.runs import counts_table, state_json
-from jetl.projection import RunState
 
-dlq_app = typer.Typer(help="Dead letters: list rejected records with their reasons, redrive them after a fix.")
+if TYPE_CHECKING:
+    from jetl.projection import RunState
+
+
+dlq_app = typer.Typer(
+    rich_markup_mode=None, help="Dead letters: list rejected records with their reasons, redrive them after a fix."
+)
 app.add_typer(dlq_app, name="dlq")
 
 
@@ -34,6 +38,7 @@ def dlq_list(
 
     Example: jetl dlq list orders --run orders-20261125T0000Z
     """
+    from rich.table import Table
 
     async def _go() -> tuple[list[Any], list[RunState], bool]:
         """The first dead letters that make `limit` records (read as they come; the rest is never read), the
@@ -95,7 +100,7 @@ def dlq_redrive(
 
     Example: jetl dlq redrive orders
     """
-    p = registered_pipeline(pipeline, required=False)
+    p = registered_pipeline(pipeline)
 
     async def _go(update: Callable[..., None]) -> RunState | None:
         async with client() as jc:

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from jetl.cli._app import app, load_pipelines, run_async, settings
 from jetl.cli._output import EXIT_FAILED, print_checks, print_json
-from jetl.ops.health import SERVICE_NAMES, gather_health, healthy
-from jetl.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from jetl.ops.health import HealthCheck
+    from jetl.pipeline import Pipeline
 
 
 @app.command()
 def health(
     json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
-    services: str = typer.Option(",".join(SERVICE_NAMES), "--services", help="Services that must be running."),
+    services: str = typer.Option(
+        "extractor,transformer,loader,scheduler", "--services", help="Services that must be running."
+    ),
     max_lag: int = typer.Option(None, "--max-lag", help="Unhealthy when a consumer has more pending messages."),
     heartbeat_timeout: float = typer.Option(15.0, "--heartbeat-timeout", help="Seconds without a heartbeat = down."),
     stale_factor: float = typer.Option(2.0, "--stale-factor", help="Stale after this many schedule periods."),
@@ -31,23 +36,29 @@ def health(
 
     Example: jetl health --max-lag 10000 --json
     """
+    from jetl.ops.client import JetlClient
+    from jetl.ops.health import gather_health, healthy
+
     s = settings()
     try:
         pipelines: dict[str, Pipeline] | None = load_pipelines(s)[0] if Path(s.pipelines_dir).is_dir() else None
     except typer.Exit:
         pipelines = None
     wanted = [x.strip() for x in services.split(",") if x.strip()]
-    checks = run_async(
-        gather_health(
-            s,
-            services=wanted,
-            heartbeat_timeout=heartbeat_timeout,
-            max_lag=max_lag,
-            stale_factor=stale_factor,
-            pipelines=pipelines,
-            timeout=timeout,
-        )
-    )
+
+    async def _checks() -> list[HealthCheck]:
+        async with JetlClient(s, deployed=False) as jc:  # a missing stream is a check that fails, not an error
+            return await gather_health(
+                jc,
+                services=wanted,
+                heartbeat_timeout=heartbeat_timeout,
+                max_lag=max_lag,
+                stale_factor=stale_factor,
+                pipelines=pipelines,
+                timeout=timeout,
+            )
+
+    checks = run_async(_checks())
     ok = healthy(checks)
     rows = [c.model_dump() for c in checks]
     if json_out:

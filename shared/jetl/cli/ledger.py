@@ -6,14 +6,15 @@ The destination's own count is the one thing not folded from the event log: only
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, client, run_async
 from jetl.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, console, err_console, print_json
-from jetl.errors import JetlError
-from jetl.ops.ledger import LEDGER, ledger_report, ledger_totals, ledger_verdict
-from jetl.projection import RunState
+
+if TYPE_CHECKING:
+    from jetl.projection import RunState
 
 
 @app.command()
@@ -30,11 +31,19 @@ def counts(
 
     Example: jetl counts orders
     """
+    from rich.table import Table
+
+    from jetl.errors import JetlError
     from jetl.ops.destination import DestinationCount
+    from jetl.ops.health import served_pipelines
+    from jetl.ops.ledger import LEDGER, ledger_report, ledger_totals, ledger_verdict
 
     async def _go() -> tuple[list[RunState], DestinationCount | None, str | None]:
         async with client() as jc:
             runs: list[RunState] = await jc.runs(pipeline)
+            served = await served_pipelines(jc)
+            if not runs and served is not None:
+                served.check(pipeline)  # a name nothing knows: exit 2 and say so, not "unreachable"
             try:
                 return runs, await jc.destination_count(pipeline), None
             except JetlError as exc:

@@ -6,9 +6,8 @@ from typing import Any
 
 import typer
 
-from jetl.cli._app import app, progress, run_async, settings
+from jetl.cli._app import app, client, progress, run_async
 from jetl.cli._output import console, die, err_console, print_json
-from jetl.ops.logs import read_logs
 
 _LOG_KEYS = ("timestamp", "host", "service", "level", "event", "pipeline", "run_id")
 
@@ -38,7 +37,7 @@ def logs(
 
     Example: jetl logs demo_orders-m20261125T100000ab12 --follow
     """
-    s = settings()
+    from jetl.ops.logs import read_logs
 
     def show(line: dict[str, Any]) -> None:
         if service and line.get("service") != service:
@@ -48,10 +47,10 @@ def logs(
         else:
             console.print(format_log_line(line), highlight=False, markup=False, soft_wrap=True)
 
-    with progress(not json_out, f"reading {run_id}", None, out=err_console) as update:
-        n = run_async(
-            read_logs(
-                s,
+    async def _read(update: Any) -> int:
+        async with client() as jc:
+            return await read_logs(
+                jc,
                 run_id,
                 pipeline,
                 follow=follow,
@@ -60,7 +59,9 @@ def logs(
                 limit=limit or None,
                 progress=lambda done, total: update(completed=done, total=total),
             )
-        )
+
+    with progress(not json_out, f"reading {run_id}", None, out=err_console) as update:
+        n = run_async(_read(update))
     if n == 0:
         die(
             f"no log lines kept for run {run_id!r}",

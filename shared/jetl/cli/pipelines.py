@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, load_pipelines, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_checks, print_json
-from jetl.ops.checks import check_pipeline
-from jetl.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from jetl.pipeline import Pipeline
 
 
 def schedule_text(p: Pipeline) -> str:
@@ -34,6 +34,8 @@ def list_(json_out: bool = typer.Option(False, "--json", help="Print the pipelin
 
     Example: jetl list --json
     """
+    from rich.table import Table
+
     found, errors = load_pipelines(settings())
     rows = [
         {
@@ -86,6 +88,8 @@ def validate(
 
     Example: jetl validate --strict
     """
+    from jetl.ops.checks import check_pipeline
+
     s = settings()
     found, errors = load_pipelines(s)
     rows: list[dict[str, str]] = [

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from jetl.cli._app import app, client, follow, progress, registered_pipeline, run_async, when
 from jetl.cli._output import EXIT_FAILED, console, failing, print_json
 from jetl.cli.runs import state_json
-from jetl.errors import ConfigError
-from jetl.projection import RunState
+
+if TYPE_CHECKING:
+    from jetl.projection import RunState
 
 
 @app.command()
@@ -37,13 +38,14 @@ def replay(
 
     Example: jetl replay orders --run orders-20261125T0000Z --diff
     """
+    from jetl.errors import ConfigError
     from jetl.protocols import LineageLoader
 
     with failing():
         if not run and since is None and until is None:
-            raise ConfigError("name a run (--run RUN) or a time range (--since/--until)")
+            raise ConfigError("name a run (--run RUN) or a time range (--since/--until)", hint="")
         lo, hi = when(since, "--since"), when(until, "--until")
-        p = registered_pipeline(pipeline, required=False)
+        p = registered_pipeline(pipeline)
         if diff and p is not None and not isinstance(p.loader, LineageLoader):
             raise ConfigError(f"pipeline {pipeline!r}: {p.loader!r} cannot load a shadow, so --diff is not possible")
 
@@ -64,7 +66,9 @@ def replay(
                     ):
                         parents.append(r.run_id)
             if not parents:
-                raise ConfigError(f"no completed runs of {pipeline!r} in that range (see `jetl status {pipeline}`)")
+                raise ConfigError(
+                    f"no completed runs of {pipeline!r} in that range (see `jetl status {pipeline}`)", hint=""
+                )
             for parent in parents:
                 state: RunState = await jc.replay(
                     pipeline,

@@ -5,25 +5,26 @@ Everything shown is folded from JETL_EVENTS (the run state is a projection, neve
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
-from jetl.cli._app import app, client, follow, one_pipeline, progress, run_async, settings
+from jetl.cli._app import app, client, follow, progress, run_async
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_json, stamp
-from jetl.events import Event
-from jetl.ops.cursors import cursor_text
-from jetl.ops.ledger import audit_rows
-from jetl.projection import RunState
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from jetl.events import Event
+    from jetl.projection import RunState
 
 
 def counts_table(state: RunState, title: str | None = None) -> Table:
     """Per-stage counts of a run, and whether the ledger reconciles."""
+    from rich.table import Table
+
     t = Table(title=title or f"{state.pipeline} {state.run_id}: {state.status}")
     for col in ("extracted", "loaded", "rejected", "filtered", "batches", "reconciles"):
         t.add_column(col, justify="right")
@@ -64,22 +65,29 @@ def run(
 ) -> None:
     """Request one run of a pipeline, wait for it, and print counts per stage.
 
-    The pipeline is looked up in the local pipelines folder first (when there is one): an unknown name, or one
-    whose module failed to load, exits 2 and requests nothing. --no-wait prints the run id (`--json`: a field).
+    The pipeline is looked up among those the running services loaded (their heartbeats say which, and which
+    modules failed): an unknown name, or one whose module failed to load, exits 2 and requests nothing. The CLI
+    never imports the pipeline module, so a module that reads the services' secrets runs from any shell. With no
+    service running the request waits in NATS for one. --no-wait prints the run id (`--json`: a field).
 
     Exit codes: 0 completed; 1 failed; 2 unknown or broken pipeline; 3 NATS unreachable.
 
     Example: jetl run orders --json
     """
-    s = settings()
-    if Path(s.pipelines_dir).is_dir():
-        one_pipeline(s, pipeline)
+    from jetl.ops.health import served_pipelines
+
     requested: list[str] = []
 
     async def _go() -> RunState | None:
         async with client() as jc:
+            served = await served_pipelines(jc)
+            code_hash = served.check(pipeline) if served is not None else ""
+            if served is None and not json_out:
+                err_console.print("[yellow]no extractor is running: the run waits for one[/yellow]", highlight=False)
             # while NATS is away the request is resent, for no longer than the command waits
-            req = await jc.request_run(pipeline, run_id=run_id, force=force, retry_s=min(timeout, 60.0))
+            req = await jc.request_run(
+                pipeline, run_id=run_id, force=force, code_hash=code_hash, retry_s=min(timeout, 60.0)
+            )
             requested.append(req.run_id)
             if not wait:
                 return None
@@ -111,6 +119,8 @@ def _duration(st: RunState) -> str:
 
 
 def _notes(st: RunState) -> str:
+    from jetl.ops.cursors import cursor_text
+
     notes = []
     if st.parent_run_id:
         notes.append(f"of {st.parent_run_id}")
@@ -138,6 +148,7 @@ def status(
 
     Example: jetl status orders --limit 5
     """
+    from rich.table import Table
 
     async def _go() -> tuple[int | None, list[RunState]]:
         async with client() as jc:
@@ -205,6 +216,7 @@ def audit(
 
     Example: jetl audit orders-20261125T0000Z
     """
+    from rich.table import Table
 
     async def _go() -> list[Event]:
         async with client() as jc:
@@ -215,6 +227,8 @@ def audit(
     if not events:
         err_console.print(f"[red]error:[/red] no events for run {run_id!r} (see `jetl status`)")
         raise typer.Exit(EXIT_USAGE)
+    from jetl.ops.cursors import cursor_text
+    from jetl.ops.ledger import audit_rows
     from jetl.projection import fold
 
     state: RunState | None = None
@@ -273,7 +287,7 @@ def audit(
         console.print(f"cursor: from {cursor_text(state.start_cursor)} to {cursor_text(state.cursor)}")
 
 
-runs_app = typer.Typer(help="Runs: end one that cannot finish.")
+runs_app = typer.Typer(rich_markup_mode=None, help="Runs: end one that cannot finish.")
 app.add_typer(runs_app, name="runs")
 
 
@@ -293,6 +307,8 @@ def runs_cancel(
     """
 
     async def _go() -> RunState | None:
+        import asyncio
+
         from jetl.state import bucket, get_run
 
         async with client() as jc:

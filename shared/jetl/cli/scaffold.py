@@ -9,7 +9,6 @@ import typer
 
 from jetl.cli._app import app, settings
 from jetl.cli._output import EXIT_USAGE, console, die
-from jetl.errors import ConfigError
 
 PIPELINE_TEMPLATE = '''"""{name}: describe where the data comes from and where it goes.
 
@@ -111,7 +110,12 @@ def init(
     schedule: str = typer.Option("0 * * * *", "--schedule", help="Cron expression of the schedule."),
     tz: str = typer.Option("UTC", "--tz", help="Time zone of the schedule."),
     pipelines_dir: Path = typer.Option(None, "--dir", help="Where to write the module (default: JETL_PIPELINES_DIR)."),
-    tests_dir: Path = typer.Option(Path("tests/pipelines"), "--tests-dir", help="Where to write its test."),
+    tests_dir: Path = typer.Option(
+        None,
+        "--tests-dir",
+        help="Where to write its test (default: tests/pipelines/ of the project, the folder "
+        "that holds the pipelines folder).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Scaffold a new pipeline module and a test for it.
@@ -124,6 +128,7 @@ def init(
     """
     import re
 
+    from jetl.errors import ConfigError
     from jetl.schedule import Cron
 
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
@@ -134,7 +139,9 @@ def init(
         die(str(exc), 'e.g. --schedule "0 * * * *" --tz UTC', EXIT_USAGE)
     folder = pipelines_dir or settings().pipelines_dir
     module = Path(folder) / f"{name}_pipeline.py"
-    test = Path(tests_dir) / f"test_{name}_pipeline.py"
+    # the project is the folder that holds the pipelines folder, wherever the command runs (a subfolder, say)
+    project = Path(folder).resolve().parent
+    test = (Path(tests_dir) if tests_dir is not None else project / "tests" / "pipelines") / f"test_{name}_pipeline.py"
     existing = [str(p) for p in (module, test) if p.exists()]
     if existing and not force:
         die(f"{', '.join(existing)} already exist(s)", "pick another name, or --force to overwrite", EXIT_USAGE)

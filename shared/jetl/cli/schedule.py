@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
-from jetl.cli._app import app, load_pipelines, one_pipeline, run_async, settings
+from jetl.cli._app import app, client, load_pipelines, one_pipeline, run_async, settings
 from jetl.cli._output import EXIT_USAGE, console, die, err_console, print_json, short_stamp
-from jetl.ops import schedule_state
-from jetl.pipeline import Pipeline
-from jetl.settings import JetlSettings
+
+if TYPE_CHECKING:
+    from jetl.pipeline import Pipeline
+    from jetl.settings import JetlSettings
 
 
 @app.command()
@@ -26,11 +28,26 @@ def schedule(
 
     Example: jetl schedule --next 5
     """
+    from rich.table import Table
+
+    from jetl.errors import JetlError
+    from jetl.ops import schedule_state
+
     s = settings()
     chosen = [one_pipeline(s, pipeline)] if pipeline else sorted(load_pipelines(s)[0].values(), key=lambda p: p.name)
     if pipeline and chosen[0].schedule is None:
         die(f"pipeline {pipeline!r} has no schedule", "add schedule=Cron(...) to its Pipeline", EXIT_USAGE)
-    rows, note = run_async(schedule_state.schedule_rows(s, chosen, n_next))
+
+    async def _rows() -> tuple[list[dict[str, Any]], str]:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                jc = await stack.enter_async_context(client())
+            except JetlError as exc:  # the schedules are still shown, from the code alone
+                unknown = f"{exc}: pause state and last slots unknown"
+                return await schedule_state.schedule_rows(None, chosen, n_next), unknown
+            return await schedule_state.schedule_rows(jc, chosen, n_next), ""
+
+    rows, note = run_async(_rows())
     if note:
         err_console.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
     if json_out:
@@ -72,9 +89,16 @@ def pause(pipeline: str = typer.Argument(..., help="Pipeline name.")) -> None:
 
     Example: jetl pause daily_sales
     """
+    from jetl.ops import schedule_state
+
     s = settings()
     p = _scheduled(s, pipeline)
-    run_async(schedule_state.pause(s, p.name))
+
+    async def _pause() -> None:
+        async with client() as jc:
+            await schedule_state.pause(jc, p.name)
+
+    run_async(_pause())
     console.print(f"paused {p.name}: no more scheduled runs until `jetl resume {p.name}`")
 
 
@@ -90,9 +114,16 @@ def resume(
 
     Example: jetl resume daily_sales --from-now
     """
+    from jetl.ops import schedule_state
+
     s = settings()
     p = _scheduled(s, pipeline)
-    missed = run_async(schedule_state.resume(s, p, from_now=from_now))
+
+    async def _resume() -> int:
+        async with client() as jc:
+            return await schedule_state.resume(jc, p, from_now=from_now)
+
+    missed = run_async(_resume())
     console.print(f"resumed {p.name}")
     if missed:
         console.print(

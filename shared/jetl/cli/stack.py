@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, settings
 from jetl.cli._output import console, err_console, fail
-from jetl.context import CONTEXT_FILE, StackContext, read_context
-from jetl.errors import ConfigError, JetlError
-from jetl.redact import redact_url
-from jetl.stack._process import PRIVATE_UMASK
-from jetl.stack.embedded import SERVICES, USERS_FILE, Stack, Supervisor, stable_port
+
+if TYPE_CHECKING:
+    from jetl.stack.embedded import Stack
 
 
 def service_factory(name: str) -> Any:
     """The app factory of a service, found through the `jetl.services` entry-point group (never imported eagerly)."""
+    from importlib.metadata import entry_points
+
+    from jetl.errors import ConfigError
+
     found = {ep.name: ep for ep in entry_points(group="jetl.services")}
     if name not in found:
         raise ConfigError(f"unknown service {name!r} (installed: {', '.join(sorted(found)) or 'none'})")
@@ -32,11 +31,14 @@ def service_factory(name: str) -> Any:
 
 
 @app.command()
-def serve(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)}.")) -> None:
+def serve(service: str = typer.Argument(..., help="One of: extractor, transformer, loader, scheduler.")) -> None:
     """Run one service in the foreground. Start several to share its work.
 
     Example: JETL_NATS__URL=nats://10.0.0.5:4222 jetl serve loader
     """
+    from jetl.errors import JetlError
+    from jetl.stack._process import PRIVATE_UMASK
+
     os.umask(PRIVATE_UMASK)  # what it writes (data, loaded files, the chdb folder) is the user's alone
     try:
         factory = service_factory(service)
@@ -44,6 +46,8 @@ def serve(service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)
     except Exception as exc:
         fail(exc)
     try:
+        import asyncio
+
         asyncio.run(fs_app.run())
     except JetlError as exc:  # e.g. no deployment after the wait: one line, not a traceback
         fail(exc)
@@ -79,6 +83,10 @@ def up(
     Example: jetl up --scale transformer=2   (then, in another shell: jetl run orders)
     Example: jetl up --nats-cluster 3   (three nodes; a node may die and the runs go on: docs/cluster.md)
     """
+    from jetl.errors import ConfigError
+    from jetl.redact import redact_url
+    from jetl.stack.embedded import USERS_FILE, Stack, stable_port
+
     s = settings()
     try:
         data = (data_dir or s.data_dir).resolve()
@@ -86,7 +94,7 @@ def up(
         for item in scale:
             name, sep, count = item.partition("=")
             if not sep or not count.strip().isdigit():
-                raise ConfigError(f"--scale {item!r}: expected SERVICE=N, e.g. transformer=2")
+                raise ConfigError(f"--scale {item!r}: expected SERVICE=N, e.g. transformer=2", hint="")
             replicas[name.strip()] = int(count)
         stack = Stack(
             data_dir=data,
@@ -126,6 +134,9 @@ def up(
 
 def _previous_port(data: Path) -> int | None:
     """The NATS port of the context the last `jetl up` in `data` wrote, if there is a readable one."""
+    from jetl.context import CONTEXT_FILE, read_context
+    from jetl.errors import ConfigError
+
     path = data / CONTEXT_FILE
     try:
         return read_context(path).port if path.exists() else None
@@ -136,6 +147,8 @@ def _previous_port(data: Path) -> int | None:
 def write_context(stack: Stack) -> Path:
     """Write the stack context of a started stack: its NATS URL and the operator's credentials, when the stack
     generated them (`Stack.credentials`, kept in `<data>/nats/users.json`)."""
+    from jetl.context import StackContext
+
     assert stack.nats_url is not None
     password = stack.credentials.password("operator") if stack.credentials is not None else None
     ctx = StackContext(
@@ -150,6 +163,8 @@ def write_context(stack: Stack) -> Path:
 
 def supervise(stack: Stack) -> None:
     """Run until Ctrl-C or SIGTERM, restarting services that die (`Supervisor`); stop the stack either way."""
+    from jetl.stack.embedded import Supervisor
+
     supervisor = Supervisor(stack)
     stop = False
 
@@ -189,6 +204,8 @@ def demo(
 
     Example: uv run jetl demo
     """
+    from rich.table import Table
+
     from jetl.cli.demo import run_demo
 
     s = settings()

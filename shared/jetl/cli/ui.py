@@ -8,7 +8,6 @@ import typer
 
 from jetl.cli._app import app, settings
 from jetl.cli._output import EXIT_USAGE, console, die, failing
-from jetl.errors import ConfigError
 
 
 @app.command()
@@ -31,6 +30,8 @@ def ui(
 
     Example: jetl ui   (then open http://127.0.0.1:8420)
     """
+    from jetl.errors import ConfigError
+
     s = settings()
     if host is not None:
         s.ui.host = host

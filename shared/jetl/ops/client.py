@@ -1,6 +1,8 @@
 """A client for people and scripts: request runs, follow them through the event log, read dead letters.
 
-The CLI is a thin layer over this; tests and notebooks can use it directly:
+It is the one handle every operator function (`jetl.ops.*`) takes: it owns the NATS connection, the bus (a
+FastStream broker, connected on the first publish) and the state bucket. The CLI opens one per command, the
+dashboard one per process; tests and notebooks can use it directly:
 
     async with JetlClient(settings) as jc:
         req = await jc.request_run("orders")
@@ -16,21 +18,18 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from nats.aio.client import Client
-from nats.js.kv import KeyValue
 from typing_extensions import Unpack
 
 from jetl import subjects
-from jetl.bus import Bus, make_broker, nats_connection, riding_connection
+from jetl.bus import nats_connection, riding_connection
 from jetl.errors import ConfigError, TransientError, WaitTimedOut, classify
 from jetl.eventlog import read_events, read_stream, tail
 from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, read_event
 from jetl.loaders.versions import run_view
 from jetl.messages.deadletter import DeadLetter
 from jetl.messages.models import RunRequest, Trigger
-from jetl.ops.backfill import BackfillOptions, run_slots
 from jetl.ops.deadletters import letters_at
 from jetl.ops.destination import DestinationCount, QueryResult, ask_loader
 from jetl.ops.redrive import redrivable, redrive_run_id, replay_conflict, replay_run_id, status_runs
@@ -41,6 +40,14 @@ from jetl.settings import JetlSettings
 from jetl.state import bucket, list_runs
 from jetl.subjects import Kind
 from jetl.topology import require_deployment
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js.kv import KeyValue
+
+    from jetl.bus import Bus
+    from jetl.ops.backfill import BackfillOptions
+    from jetl.schedule import Slot
 
 REQUEST_RETRY_S = 60.0
 """How long `request_run` keeps sending a run request while NATS is away."""
@@ -56,37 +63,55 @@ SETTLE_GRACE_S = 2.0
 
 
 class JetlClient:
-    """Connected to NATS (plain nats-py for reads, FastStream broker for publishes)."""
+    """Connected to NATS (plain nats-py for reads, a FastStream broker for publishes, the state bucket).
 
-    def __init__(self, settings: JetlSettings | None = None) -> None:
+    `deployed=False` connects to a server without jetl's streams too (`jetl health` reports what is missing);
+    otherwise such a server is refused as the wrong one (NoDeployment).
+    """
+
+    def __init__(self, settings: JetlSettings | None = None, *, deployed: bool = True) -> None:
         self.settings = settings or JetlSettings()
+        self.deployed = deployed
         self.nc: Client | None = None
-        # the broker's own log lines (a NATS restart: "Connection broken ...") go to stderr through the logging
-        # module, never to stdout, where `--json` output is
-        self.broker = make_broker(self.settings.nats, logger=logging.getLogger("jetl.client"))
-        self.bus = Bus(self.broker, "operator")
+        self.broker: Any = None
+        self._bus: Bus | None = None
+        self._kv: KeyValue | None = None
 
     async def __aenter__(self) -> JetlClient:
         # fails fast when NATS is down; once connected, rides through a NATS restart (follow resumes, see `follow`)
         self.nc = await riding_connection(self.settings)
         try:
             # a client never declares: a server without jetl's streams is the wrong server, not a place to make them
-            await require_deployment(self.nc, self.settings.nats.url)
-            await self.broker.connect()
+            if self.deployed:
+                await require_deployment(self.nc, self.settings.nats.url)
         except BaseException:
             await self.nc.close()
             raise
         return self
+
+    async def bus(self) -> Bus:
+        """The bus for publishing (runs, events): its broker connects on the first call, so a command that only
+        reads never imports or connects it."""
+        if self._bus is None:
+            from jetl.bus import Bus, make_broker
+
+            # the broker's own log lines (a NATS restart: "Connection broken ...") go to stderr through the logging
+            # module, never to stdout, where `--json` output is
+            self.broker = make_broker(self.settings.nats, logger=logging.getLogger("jetl.client"))
+            await self.broker.connect()
+            self._bus = Bus(self.broker, "operator")
+        return self._bus
 
     async def __aexit__(self, *exc: object) -> None:
         # Stopping the broker while NATS is away raises (ConnectionReconnectingError, from a drain) and leaves its
         # connection reconnecting, a task that keeps asyncio.run from returning: close every connection outright,
         # and never let closing hide the error being raised.
         conns: list[Any] = [self.nc]
-        with contextlib.suppress(Exception):
-            conns.append(self.broker.connection)
-        with contextlib.suppress(Exception):
-            await self.broker.stop()
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                conns.append(self.broker.connection)
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
         for nc in conns:
             if nc is not None and not nc.is_closed:
                 with contextlib.suppress(Exception):
@@ -141,7 +166,7 @@ class JetlClient:
         deadline = time.monotonic() + retry_s
         while True:
             try:
-                await self.bus.request(req, code_hash=code_hash)
+                await (await self.bus()).request(req, code_hash=code_hash)
                 return req
             except Exception as exc:
                 if classify(exc) != "transient" or time.monotonic() > deadline:
@@ -236,7 +261,7 @@ class JetlClient:
 
     async def runs(self, pipeline: str | None = None) -> list[RunState]:
         """Run states as the tracker folded them into the state bucket, newest first."""
-        return await list_runs(await bucket(self.conn), pipeline)
+        return await list_runs(await self.kv(), pipeline)
 
     async def events(self, run_id: str, pipeline: str | None = None) -> list[Event]:
         """One run's events, in log order (a run id alone finds it under any pipeline)."""
@@ -249,17 +274,17 @@ class JetlClient:
         of its pipeline past the overlap guard. Raises ConfigError for a run the log does not know, or one that
         completed."""
         if not reason.strip():
-            raise ConfigError("a cancellation needs a reason (--reason)")
+            raise ConfigError("a cancellation needs a reason (--reason)", hint="")
         events = await self.events(run_id, pipeline)
         if not events:
-            raise ConfigError(f"no events for run {run_id!r}: nothing to cancel (see `jetl status`)")
+            raise ConfigError(f"no events for run {run_id!r}: nothing to cancel (see `jetl status`)", hint="")
         state: RunState | None = None
         for ev in events:
             state = fold(state, ev)
         assert state is not None
         if state.status == "completed":
-            raise ConfigError(f"run {run_id} of {state.pipeline} completed: there is nothing to cancel")
-        await self.bus.event(
+            raise ConfigError(f"run {run_id} of {state.pipeline} completed: there is nothing to cancel", hint="")
+        await (await self.bus()).event(
             RunCancelled(
                 pipeline=state.pipeline, run_id=run_id, service="cli", code_hash=state.code_hash, reason=reason, by=by
             )
@@ -281,7 +306,7 @@ class JetlClient:
 
     async def ask_loader(self, verb: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
         """Request/reply to the loader service (see `jetl.ops.destination.ask_loader`)."""
-        return await ask_loader(self.conn, verb, body, timeout)
+        return await ask_loader(self, verb, body, timeout)
 
     async def destination_count(self, pipeline: str) -> DestinationCount:
         """Rows in the pipeline's destination, counted by the loader (per run where the loader keeps lineage)."""
@@ -305,8 +330,10 @@ class JetlClient:
         return run_view(await self.runs(pipeline))
 
     async def kv(self) -> KeyValue:
-        """The state bucket (run states, cursors)."""
-        return await bucket(self.conn)
+        """The state bucket (run states, cursors), looked up once."""
+        if self._kv is None:
+            self._kv = await bucket(self.conn)
+        return self._kv
 
     async def destination_max(self, pipeline: str, column: str, tie_breaker: str | None = None) -> list[Any] | None:
         """The last row of the pipeline's destination in (`column`, `tie_breaker`) order, as [value, key], read by
@@ -340,9 +367,13 @@ class JetlClient:
         """
         parent = next((r for r in await self.runs(pipeline) if r.run_id == parent_run_id), None)
         if parent is None:
-            raise ConfigError(f"no run {parent_run_id!r} of pipeline {pipeline!r} (see `jetl status {pipeline}`)")
+            raise ConfigError(
+                f"no run {parent_run_id!r} of pipeline {pipeline!r} (see `jetl status {pipeline}`)", hint=""
+            )
         if parent.expected_batches is None:
-            raise ConfigError(f"run {parent_run_id!r} never finished extracting ({parent.status}): nothing to replay")
+            raise ConfigError(
+                f"run {parent_run_id!r} never finished extracting ({parent.status}): nothing to replay", hint=""
+            )
         if not shadow:
             conflict = replay_conflict(await self.dead_letter_log(pipeline), await self.runs(pipeline), parent_run_id)
             if conflict is not None:
@@ -373,8 +404,8 @@ class JetlClient:
         letter by letter, not by reading the pipeline's whole dead-letter log.
         """
         if seqs is not None:
-            runs = await status_runs(await bucket(self.conn), pipeline)
-            letters = [(q, dl) for q, dl in await letters_at(self.conn, seqs) if dl.pipeline == pipeline]
+            runs = await status_runs(self, pipeline)
+            letters = [(q, dl) for q, dl in await letters_at(self, seqs) if dl.pipeline == pipeline]
         else:
             runs = await self.runs(pipeline)
             letters = await self.dead_letter_log(pipeline)
@@ -418,7 +449,7 @@ class JetlClient:
             target_run_id=target_run_id,
             detail=detail or {},
         )
-        await self.bus.event(ev)
+        await (await self.bus()).event(ev)
         return ev
 
     async def backfill(
@@ -431,6 +462,8 @@ class JetlClient:
         `<run id>-retry<n>`, see `retry_run_id`). Each slot's run id is the one the scheduler gives it. The options
         are `jetl.ops.backfill.BackfillOptions`.
         """
+        from jetl.ops.backfill import run_slots
+
         return await run_slots(self, pipeline, slots, **options)
 
 

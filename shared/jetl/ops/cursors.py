@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from jetl.errors import ConfigError
 from jetl.events import CursorChanged
-from jetl.pipeline import Pipeline
 from jetl.positions import EACH
 from jetl.protocols import SeekableExtractor, keeps_cursor
 from jetl.state import delete_cursor, get_cursor, put_cursor, unfinished_runs
 
 if TYPE_CHECKING:
     from jetl.ops.client import JetlClient
+    from jetl.pipeline import Pipeline
 
 
 def default_operator() -> str:
@@ -111,7 +111,7 @@ async def _change(
     jc: JetlClient, p: Pipeline, action: Any, cursor: dict[str, Any] | None, by: str, reason: str
 ) -> CursorChanged:
     if not reason.strip():
-        raise ConfigError("a cursor change needs a reason (--reason)")
+        raise ConfigError("a cursor change needs a reason (--reason)", hint="")
     await _refuse_unfinished(jc, p.name)
     kv = await jc.kv()
     previous = await get_cursor(kv, p.name)
@@ -127,7 +127,8 @@ async def _change(
         by=by or default_operator(),
         reason=reason.strip(),
     )
-    await jc.bus.event(ev)  # the log first: a change that reached the store is always in the log to rebuild from
+    # the log first: a change that reached the store is always in the log to rebuild from
+    await (await jc.bus()).event(ev)
     if cursor is None:
         await delete_cursor(kv, p.name)
     else:

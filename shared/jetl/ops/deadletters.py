@@ -9,9 +9,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from jetl import subjects
@@ -19,6 +18,9 @@ from jetl.errors import RecordIssue
 from jetl.eventlog import read_from
 from jetl.messages.deadletter import DeadLetter, DeadRecord
 from jetl.subjects import Kind
+
+if TYPE_CHECKING:
+    from jetl.ops.handle import Handle
 
 
 def redriven_by(why: str | None) -> str | None:
@@ -71,19 +73,20 @@ def reason_of(dl: DeadLetter, rec: DeadRecord) -> str:
 
 
 async def letter_page(
-    nc: Client, pipeline: str | None, start: int, limit: int
+    jc: Handle, pipeline: str | None, start: int, limit: int
 ) -> tuple[list[tuple[int, DeadLetter]], int | None]:
     """Up to `limit` dead letters from JETL_DLQ sequence `start` on, oldest first, and where the next page starts."""
-    msgs = await read_from(nc, subjects.stream_name(Kind.DLQ), subjects.pattern(Kind.DLQ, pipeline), start, limit + 1)
+    dlq = subjects.stream_name(Kind.DLQ)
+    msgs = await read_from(jc.conn, dlq, subjects.pattern(Kind.DLQ, pipeline), start, limit + 1)
     page = [(m.metadata.sequence.stream, DeadLetter.read(m.subject, m.data)) for m in msgs[:limit]]
     return page, (msgs[limit].metadata.sequence.stream if len(msgs) > limit else None)
 
 
-async def letters_at(nc: Client, seqs: Iterable[int]) -> list[tuple[int, DeadLetter]]:
+async def letters_at(jc: Handle, seqs: Iterable[int]) -> list[tuple[int, DeadLetter]]:
     """The dead letters at these JETL_DLQ sequences (one direct read each; missing ones are left out)."""
     import asyncio
 
-    js = nc.jetstream()
+    js = jc.conn.jetstream()
 
     async def one(seq: int) -> tuple[int, DeadLetter] | None:
         with contextlib.suppress(NotFoundError):
@@ -139,9 +142,10 @@ class DeadLetterSummary:
             self.records += 1
             self.per_pipeline[dl.pipeline] = self.per_pipeline.get(dl.pipeline, 0) + 1
 
-    async def refresh(self, nc: Client, step: int = 5_000) -> bool:
+    async def refresh(self, jc: Handle, step: int = 5_000) -> bool:
         """Read up to `step` letters added since the last refresh; returns whether it has caught up."""
-        msgs = await read_from(nc, subjects.stream_name(Kind.DLQ), subjects.pattern(Kind.DLQ), self.last_seq + 1, step)
+        dlq = subjects.stream_name(Kind.DLQ)
+        msgs = await read_from(jc.conn, dlq, subjects.pattern(Kind.DLQ), self.last_seq + 1, step)
         for m in msgs:
             self.add(m.metadata.sequence.stream, DeadLetter.read(m.subject, m.data))
         self.complete = len(msgs) < step

@@ -4,21 +4,23 @@ that may open it): row counts, the last position, a shadow's diff."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from jetl import subjects
 from jetl.errors import TerminalError, TransientError
 
+if TYPE_CHECKING:
+    from jetl.ops.handle import Handle
 
-async def ask_loader(nc: Client, verb: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
+
+async def ask_loader(jc: Handle, verb: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
     """Request/reply to the loader service; its error comes back as a TransientError or TerminalError."""
     try:
-        msg = await nc.request(subjects.control("loader", verb), orjson.dumps(body), timeout=timeout)
+        msg = await jc.conn.request(subjects.control("loader", verb), orjson.dumps(body), timeout=timeout)
     except NoRespondersError as exc:
         raise TransientError("no loader answered: is the loader service running? (`jetl up`)") from exc
     except (NatsTimeout, TimeoutError) as exc:

@@ -1,5 +1,4 @@
-"""The health of a deployment as data: NATS, the fill of every stream, bucket, the JetStream store and the archive
-(used / limit: warn at 80%, unhealthy at 95%), consumers and their lag, service heartbeats, the destination
+"""The health of a deployment as data: NATS, streams, consumers and their lag, service heartbeats, the destination
 (asked of a running loader) and each scheduled pipeline's freshness against its schedule.
 
 `jetl health` prints these checks; a dashboard can show the same list.
@@ -10,19 +9,22 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import orjson
 from pydantic import BaseModel
 
 from jetl import subjects
 from jetl.archive import Archive
-from jetl.bus import nats_connection
-from jetl.pipeline import Pipeline
-from jetl.settings import JetlSettings
 from jetl.state import HEARTBEAT_PREFIX, RunMark, get_mark, get_paused, last_failed_key, last_ok_key, watch_values
 from jetl.subjects import CONSUMERS, STREAMS
 from jetl.topology import BUCKET
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from jetl.ops.handle import Handle
+    from jetl.pipeline import Pipeline
 
 SERVICE_NAMES = ("extractor", "transformer", "loader", "scheduler")
 """The services a deployment runs, by default all expected up."""
@@ -80,7 +82,7 @@ def healthy(checks: list[HealthCheck]) -> bool:
 
 
 async def gather_health(
-    s: JetlSettings,
+    jc: Handle,
     *,
     services: list[str],
     heartbeat_timeout: float,
@@ -89,7 +91,7 @@ async def gather_health(
     pipelines: dict[str, Pipeline] | None,
     timeout: float,
 ) -> list[HealthCheck]:
-    """Every health check, in a stable order (raises TransientError when NATS cannot be reached)."""
+    """Every health check, in a stable order (open `jc` with `deployed=False`: missing streams are checks here)."""
     from nats.errors import NoRespondersError
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.errors import NotFoundError
@@ -99,119 +101,112 @@ async def gather_health(
     def add(check: str, name: str, status: Literal["ok", "warn", "fail"], detail: str) -> None:
         rows.append(HealthCheck(check=check, name=name, status=status, detail=detail))
 
-    nc = await nats_connection(s)
-    try:
-        v = nc.connected_server_version
-        add("nats", s.nats.url, "ok", f"nats-server {v.major}.{v.minor}.{v.patch}, JetStream")
-        js = nc.jetstream()
-        for spec in STREAMS.values():
-            try:
-                info = await js.stream_info(spec.name)
-            except NotFoundError:
-                add("stream", spec.name, "fail", "missing (run `jetl deploy`)")
-                continue
-            setting = f'JETL_NATS__STREAM_MAX_BYTES (its "{spec.kind.value}" entry, then `jetl deploy`)'
-            add("stream", spec.name, *capacity(info.state.bytes, info.config.max_bytes, setting, info.state.messages))
-        for durable, kind in CONSUMERS.items():
-            stream = STREAMS[kind].name
-            try:
-                ci = await js.consumer_info(stream, durable)
-                pending, acking = ci.num_pending or 0, ci.num_ack_pending or 0
-                status: Literal["ok", "fail"] = "fail" if max_lag is not None and pending > max_lag else "ok"
-                add("consumer", f"{stream}/{durable}", status, f"lag {pending} pending, {acking} awaiting ack")
-            except NotFoundError:
-                add("consumer", f"{stream}/{durable}", "fail", "missing (run `jetl deploy`)")
+    s, nc = jc.settings, jc.conn
+    v = nc.connected_server_version
+    add("nats", s.nats.url, "ok", f"nats-server {v.major}.{v.minor}.{v.patch}, JetStream")
+    js = nc.jetstream()
+    for spec in STREAMS.values():
         try:
-            kv = await js.key_value(BUCKET)
-            info = await js.stream_info(f"KV_{BUCKET}")
-            add("kv", BUCKET, *capacity(info.state.bytes, info.config.max_bytes, "JETL_NATS__STATE_MAX_BYTES"))
-        except Exception:
-            add("kv", BUCKET, "fail", "missing (run `jetl deploy`)")
-            kv = None
-        try:
-            info = await js.stream_info(f"OBJ_{subjects.DLQ_BODIES_BUCKET}")
-            limit = "jetl.topology.DLQ_BODIES_MAX_BYTES"
-            add("object store", subjects.DLQ_BODIES_BUCKET, *capacity(info.state.bytes, info.config.max_bytes, limit))
+            info = await js.stream_info(spec.name)
         except NotFoundError:
-            add("object store", subjects.DLQ_BODIES_BUCKET, "fail", "missing (run `jetl deploy`)")
-        account = await js.account_info()
-        store_limit = account.limits.max_storage if account.limits is not None else None
-        add(
-            "jetstream",
-            "file store",
-            *capacity(account.storage, store_limit, "the account's or server's max_file_store"),
-        )
-        archive = Archive.of(s)
+            add("stream", spec.name, "fail", "missing (run `jetl deploy`)")
+            continue
+        setting = f'JETL_NATS__STREAM_MAX_BYTES (its "{spec.kind.value}" entry, then `jetl deploy`)'
+        add("stream", spec.name, *capacity(info.state.bytes, info.config.max_bytes, setting, info.state.messages))
+    for durable, kind in CONSUMERS.items():
+        stream = STREAMS[kind].name
         try:
-            use = await asyncio.to_thread(archive.usage)
-            add("archive", archive.shown, *capacity(use.used, use.limit, "JETL_ARCHIVE__MAX_BYTES or its disk"))
-        except Exception as exc:  # an object store that cannot be reached: the archiver cannot write either
-            add("archive", archive.shown, "fail", f"unreadable: {type(exc).__name__}: {exc}")
-        now = time.time()
-        beats = await service_beats(kv) if kv is not None else {}
-        for name in services:
-            seen = beats.get(name, [])
-            fresh = [b for b in seen if now - float(b.get("at", 0)) <= heartbeat_timeout]
-            paused = sorted({str(b["paused"]) for b in fresh if b.get("paused")})
-            if paused:  # publishing waits for room in a full stream or store (`jetl.bus.Bus`): it resumes by itself
-                add("service", name, "warn", f"{len(fresh)} instance(s), paused: {'; '.join(paused)}")
-            elif fresh:
-                restarts = sum(int(b.get("restarts") or 0) for b in fresh)
-                add(
-                    "service",
-                    name,
-                    "ok",
-                    f"{len(fresh)} instance(s): {', '.join(sorted(b['instance'] for b in fresh))}"
-                    + (f"; restarted {restarts} time(s) by its supervisor" if restarts else ""),
-                )
-            elif seen:
-                last = max(float(b.get("at", 0)) for b in seen)
-                add("service", name, "fail", f"not seen for {now - last:.0f}s (heartbeat every 5s)")
-            else:
-                add("service", name, "fail", "never seen (is it running? `jetl serve " + name + "`)")
-        broken: dict[str, str] = {}
-        for seen in beats.values():
-            for b in seen:
-                if now - float(b.get("at", 0)) <= heartbeat_timeout:
-                    broken.update(b.get("load_errors") or {})
-        for file, error in sorted(broken.items()):
-            add("module", file, "fail", f"failed to load, skipped by the services: {error}")
-        try:
-            reply = await nc.request(subjects.control("loader", "health"), b"", timeout=timeout)
-            checks = orjson.loads(reply.data).get("checks", {})
-            dest = checks.get("destination", {"ok": False, "detail": "the loader has no destination check"})
-            add("destination", "loader", "ok" if dest["ok"] else "fail", dest["detail"])
-        except (TimeoutError, NoRespondersError, NatsTimeout):
-            add("destination", "loader", "fail", "no loader answered (the loader checks the destination)")
-        if pipelines is None:
-            add("pipelines", "-", "warn", f"pipelines folder {s.pipelines_dir} not found: freshness not checked")
+            ci = await js.consumer_info(stream, durable)
+            pending, acking = ci.num_pending or 0, ci.num_ack_pending or 0
+            status: Literal["ok", "fail"] = "fail" if max_lag is not None and pending > max_lag else "ok"
+            add("consumer", f"{stream}/{durable}", status, f"lag {pending} pending, {acking} awaiting ack")
+        except NotFoundError:
+            add("consumer", f"{stream}/{durable}", "fail", "missing (run `jetl deploy`)")
+    try:
+        kv = await jc.kv()
+        info = await js.stream_info(f"KV_{BUCKET}")
+        add("kv", BUCKET, *capacity(info.state.bytes, info.config.max_bytes, "JETL_NATS__STATE_MAX_BYTES"))
+    except Exception:
+        add("kv", BUCKET, "fail", "missing (run `jetl deploy`)")
+        kv = None
+    try:
+        info = await js.stream_info(f"OBJ_{subjects.DLQ_BODIES_BUCKET}")
+        limit = "jetl.topology.DLQ_BODIES_MAX_BYTES"
+        add("object store", subjects.DLQ_BODIES_BUCKET, *capacity(info.state.bytes, info.config.max_bytes, limit))
+    except NotFoundError:
+        add("object store", subjects.DLQ_BODIES_BUCKET, "fail", "missing (run `jetl deploy`)")
+    account = await js.account_info()
+    store_limit = account.limits.max_storage if account.limits is not None else None
+    add("jetstream", "file store", *capacity(account.storage, store_limit, "the account's or server's max_file_store"))
+    archive = Archive.of(s)
+    try:
+        use = await asyncio.to_thread(archive.usage)
+        add("archive", archive.shown, *capacity(use.used, use.limit, "JETL_ARCHIVE__MAX_BYTES or its disk"))
+    except Exception as exc:  # an object store that cannot be reached: the archiver cannot write either
+        add("archive", archive.shown, "fail", f"unreadable: {type(exc).__name__}: {exc}")
+    now = time.time()
+    beats = await service_beats(jc) if kv is not None else {}
+    for name in services:
+        seen = beats.get(name, [])
+        fresh = [b for b in seen if now - float(b.get("at", 0)) <= heartbeat_timeout]
+        paused = sorted({str(b["paused"]) for b in fresh if b.get("paused")})
+        if paused:  # publishing waits for room in a full stream or store (`jetl.bus.Bus`): it resumes by itself
+            add("service", name, "warn", f"{len(fresh)} instance(s), paused: {'; '.join(paused)}")
+        elif fresh:
+            restarts = sum(int(b.get("restarts") or 0) for b in fresh)
+            add(
+                "service",
+                name,
+                "ok",
+                f"{len(fresh)} instance(s): {', '.join(sorted(b['instance'] for b in fresh))}"
+                + (f"; restarted {restarts} time(s) by its supervisor" if restarts else ""),
+            )
+        elif seen:
+            last = max(float(b.get("at", 0)) for b in seen)
+            add("service", name, "fail", f"not seen for {now - last:.0f}s (heartbeat every 5s)")
         else:
-            now_dt = datetime.now(UTC)
-            for p in sorted(pipelines.values(), key=lambda p: p.name):
-                if p.schedule is None or kv is None:
-                    continue
-                f = await freshness(kv, p, now_dt, stale_factor)
-                ok, failed = f.last_ok, f.last_failed
-                if f.paused:
-                    add("pipeline", p.name, "ok", "paused")
-                elif ok is not None:
-                    age = now_dt - ok.at
-                    if f.stale:
-                        add(
-                            "pipeline",
-                            p.name,
-                            "fail",
-                            f"stale: last success {ok.run_id} {ago(age.total_seconds())} "
-                            f"ago, schedule {p.schedule.expression}",
-                        )
-                    else:
-                        add("pipeline", p.name, "ok", f"last success {ok.run_id} {ago(age.total_seconds())} ago")
-                elif failed is not None:
-                    add("pipeline", p.name, "fail", f"never succeeded; last failure {failed.run_id}: {failed.error}")
+            add("service", name, "fail", "never seen (is it running? `jetl serve " + name + "`)")
+    broken: dict[str, str] = {}
+    for seen in beats.values():
+        for b in seen:
+            if now - float(b.get("at", 0)) <= heartbeat_timeout:
+                broken.update(b.get("load_errors") or {})
+    for file, error in sorted(broken.items()):
+        add("module", file, "fail", f"failed to load, skipped by the services: {error}")
+    try:
+        reply = await nc.request(subjects.control("loader", "health"), b"", timeout=timeout)
+        checks = orjson.loads(reply.data).get("checks", {})
+        dest = checks.get("destination", {"ok": False, "detail": "the loader has no destination check"})
+        add("destination", "loader", "ok" if dest["ok"] else "fail", dest["detail"])
+    except (TimeoutError, NoRespondersError, NatsTimeout):
+        add("destination", "loader", "fail", "no loader answered (the loader checks the destination)")
+    if pipelines is None:
+        add("pipelines", "-", "warn", f"pipelines folder {s.pipelines_dir} not found: freshness not checked")
+    else:
+        now_dt = datetime.now(UTC)
+        for p in sorted(pipelines.values(), key=lambda p: p.name):
+            if p.schedule is None or kv is None:
+                continue
+            f = await freshness(jc, p, now_dt, stale_factor)
+            ok, failed = f.last_ok, f.last_failed
+            if f.paused:
+                add("pipeline", p.name, "ok", "paused")
+            elif ok is not None:
+                age = now_dt - ok.at
+                if f.stale:
+                    add(
+                        "pipeline",
+                        p.name,
+                        "fail",
+                        f"stale: last success {ok.run_id} {ago(age.total_seconds())} "
+                        f"ago, schedule {p.schedule.expression}",
+                    )
                 else:
-                    add("pipeline", p.name, "warn", "no run yet")
-    finally:
-        await nc.close()
+                    add("pipeline", p.name, "ok", f"last success {ok.run_id} {ago(age.total_seconds())} ago")
+            elif failed is not None:
+                add("pipeline", p.name, "fail", f"never succeeded; last failure {failed.run_id}: {failed.error}")
+            else:
+                add("pipeline", p.name, "warn", "no run yet")
     return rows
 
 
@@ -228,8 +223,9 @@ class Freshness(BaseModel):
     """Scheduled, not paused, and no success within `stale_factor` slot lengths (or never)."""
 
 
-async def freshness(kv: Any, p: Pipeline, now: datetime, stale_factor: float) -> Freshness:
+async def freshness(jc: Handle, p: Pipeline, now: datetime, stale_factor: float) -> Freshness:
     """One pipeline's pause state, latest success and failure, and whether its data is older than promised."""
+    kv = await jc.kv()
     override = await get_paused(kv, p.name)
     paused = p.schedule is not None and (override if override is not None else p.schedule.paused)
     ok = await get_mark(kv, last_ok_key(p.name))
@@ -242,14 +238,56 @@ async def freshness(kv: Any, p: Pipeline, now: datetime, stale_factor: float) ->
     return Freshness(paused=paused, last_ok=ok, last_failed=failed, stale=stale)
 
 
-async def service_beats(kv: Any) -> dict[str, list[dict[str, Any]]]:
+async def service_beats(jc: Handle) -> dict[str, list[dict[str, Any]]]:
     """Per service, the heartbeats its instances left (instance, at, started_at, stats, lag); an instance that
     stopped keeps its last one until the key expires, so more instances than are running means restarts."""
     beats: dict[str, list[dict[str, Any]]] = {}
-    for raw in (await watch_values(kv, f"{HEARTBEAT_PREFIX}.>")).values():
+    for raw in (await watch_values(await jc.kv(), f"{HEARTBEAT_PREFIX}.>")).values():
         with_data = orjson.loads(raw)
         beats.setdefault(with_data.get("service", "?"), []).append(with_data)
     return beats
+
+
+class ServedPipelines(BaseModel):
+    """The pipelines the running services loaded, as their fresh heartbeats report them."""
+
+    pipelines: dict[str, str]
+    """Name: code hash (of the module the services loaded)."""
+    load_errors: dict[str, str]
+    """File: why it failed to load (its pipelines are not served)."""
+
+    def check(self, name: str) -> str:
+        """The code hash of a served pipeline, or a ConfigError saying why `name` cannot run."""
+        from jetl.errors import ConfigError
+        from jetl.registry import failed_module
+
+        if name in self.pipelines:
+            return self.pipelines[name]
+        why = failed_module(name, self.load_errors)
+        if why is not None:
+            raise ConfigError(f"pipeline {name!r} failed to load: {why}", hint="fix the module; the services reload it")
+        known = ", ".join(sorted(self.pipelines)) or "none"
+        broken = f"; {len(self.load_errors)} module(s) failed to load (jetl health)" if self.load_errors else ""
+        raise ConfigError(f"no pipeline named {name!r} (known: {known}){broken}", hint="see `jetl list`")
+
+
+async def served_pipelines(jc: Handle, heartbeat_timeout: float = 15.0) -> ServedPipelines | None:
+    """What the running extractors loaded (what a run request can run), from their fresh heartbeats; None when no
+    extractor that reports its pipelines is running."""
+    now = time.time()
+    fresh = [
+        b
+        for b in (await service_beats(jc)).get("extractor", [])
+        if now - float(b.get("at", 0)) <= heartbeat_timeout and "pipelines" in b
+    ]
+    if not fresh:
+        return None
+    served: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for b in fresh:
+        served.update(b["pipelines"])
+        errors.update(b.get("load_errors") or {})
+    return ServedPipelines(pipelines=served, load_errors=errors)
 
 
 def ago(seconds: float) -> str:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from jetl import subjects
-from jetl.bus import nats_connection, riding_connection
 from jetl.errors import NoDeployment
 from jetl.eventlog import tail
-from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.topology import EPHEMERAL_INACTIVE_S, server_url
+
+if TYPE_CHECKING:
+    from jetl.ops.handle import Handle
 
 REORDER_WINDOW = 1000
 """Lines held to put the kept lines in time order: services ship concurrently, so the stream's order is close to,
@@ -23,7 +24,7 @@ not exactly, time order. Memory stays bounded by this, whatever the run logged."
 
 
 async def read_logs(
-    s: JetlSettings,
+    jc: Handle,
     run_id: str,
     pipeline: str | None,
     *,
@@ -38,64 +39,61 @@ async def read_logs(
     from nats.js.api import ConsumerConfig, DeliverPolicy
     from nats.js.errors import NotFoundError
 
-    nc = await (riding_connection(s) if follow else nats_connection(s))  # a follower rides through a NATS restart
+    nc = jc.conn  # a follower rides through a NATS restart on it
+    js = nc.jetstream()
+    subject = subjects.pattern(Kind.LOGS, pipeline, run_id)
     try:
-        js = nc.jetstream()
-        subject = subjects.pattern(Kind.LOGS, pipeline, run_id)
-        try:
-            info = await js.stream_info(subjects.stream_name(Kind.LOGS), subjects_filter=subject)
-        except NotFoundError:
-            raise NoDeployment(server_url(nc, s.nats.url)) from None  # the wrong server: exit 3, as every command
-        kept = sum((info.state.subjects or {}).values()) if info.state.subjects else 0
-        if limit is not None:
-            kept = min(kept, limit)
-        sub = await js.subscribe(
-            subject,
-            ordered_consumer=True,
-            stream=subjects.stream_name(Kind.LOGS),
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=EPHEMERAL_INACTIVE_S),
-        )
-        window: list[tuple[str, int, dict[str, Any]]] = []
-        count = read = 0
-        last = 0  # the last stream sequence read: following resumes after it
+        info = await js.stream_info(subjects.stream_name(Kind.LOGS), subjects_filter=subject)
+    except NotFoundError:
+        raise NoDeployment(server_url(nc, jc.settings.nats.url)) from None  # the wrong server: exit 3, as every command
+    kept = sum((info.state.subjects or {}).values()) if info.state.subjects else 0
+    if limit is not None:
+        kept = min(kept, limit)
+    sub = await js.subscribe(
+        subject,
+        ordered_consumer=True,
+        stream=subjects.stream_name(Kind.LOGS),
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=EPHEMERAL_INACTIVE_S),
+    )
+    window: list[tuple[str, int, dict[str, Any]]] = []
+    count = read = 0
+    last = 0  # the last stream sequence read: following resumes after it
 
-        def emit(line: dict[str, Any]) -> None:
-            nonlocal count
-            on_line(line)
-            count += 1
+    def emit(line: dict[str, Any]) -> None:
+        nonlocal count
+        on_line(line)
+        count += 1
 
-        try:
-            while read < kept:
-                try:
-                    msg = await sub.next_msg(timeout=2.0)
-                except Exception:
-                    break
-                last = msg.metadata.sequence.stream
-                line = orjson.loads(msg.data)
-                heapq.heappush(window, (str(line.get("timestamp", "")), read, line))
-                read += 1
-                if len(window) > REORDER_WINDOW:
-                    emit(heapq.heappop(window)[2])
-                if progress is not None:
-                    progress(read, kept)
-                if msg.metadata.num_pending == 0:
-                    break
-            while window:
+    try:
+        while read < kept:
+            try:
+                msg = await sub.next_msg(timeout=2.0)
+            except Exception:
+                break
+            last = msg.metadata.sequence.stream
+            line = orjson.loads(msg.data)
+            heapq.heappush(window, (str(line.get("timestamp", "")), read, line))
+            read += 1
+            if len(window) > REORDER_WINDOW:
                 emit(heapq.heappop(window)[2])
-            if follow:
-                await sub.unsubscribe()
-                live = tail(nc, Kind.LOGS, subject, after=last, idle=0.5)
-                try:
-                    async with asyncio.timeout(follow_seconds):
-                        async for msg in live:
-                            emit(orjson.loads(msg.data))
-                except TimeoutError:
-                    pass  # --for ran out
-                finally:
-                    await live.aclose()
-            return count
-        finally:
-            with contextlib.suppress(Exception):  # already unsubscribed when following
-                await sub.unsubscribe()
+            if progress is not None:
+                progress(read, kept)
+            if msg.metadata.num_pending == 0:
+                break
+        while window:
+            emit(heapq.heappop(window)[2])
+        if follow:
+            await sub.unsubscribe()
+            live = tail(nc, Kind.LOGS, subject, after=last, idle=0.5)
+            try:
+                async with asyncio.timeout(follow_seconds):
+                    async for msg in live:
+                        emit(orjson.loads(msg.data))
+            except TimeoutError:
+                pass  # --for ran out
+            finally:
+                await live.aclose()
+        return count
     finally:
-        await nc.close()
+        with contextlib.suppress(Exception):  # already unsubscribed when following
+            await sub.unsubscribe()

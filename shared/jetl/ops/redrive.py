@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jetl.messages.deadletter import MALFORMED_INPUT, MALFORMED_LETTER, OVERSIZED_RECORD, DeadLetter
 from jetl.projection import RunState
 from jetl.state import bucket_keys, get_run
+
+if TYPE_CHECKING:
+    from jetl.ops.handle import Handle
 
 
 def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunState]) -> dict[int, str | None]:
@@ -23,7 +26,8 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
     - `unreadable`: input that could not be read as a record (a malformed line): there is no record to send.
     - `too large`: a record over the server's max_payload (kept by reference): no batch can carry it.
     - `redriven by <run>`: a redrive that has not failed took it already.
-    - `shadow <run>`: rejected by a replay into a shadow (a trial for --diff), not by a run that loads.
+    - `shadow <run>`: rejected by a replay into a shadow (a trial for --diff), not by a run that loads (whatever
+      the record: a malformed line the trial met again is its parent's dead letter too, not a second one).
     - `superseded by <run>`: a replay has processed that batch again (and dead-lettered what it rejects itself).
     """
     taken = {s: r.run_id for r in runs if r.redrive and r.status != "failed" for s in r.redrive}
@@ -36,7 +40,9 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
                     superseded[f"{r.parent_run_id}/{b.seq:06d}"] = r.run_id
     out: dict[int, str | None] = {}
     for seq, dl in letters:
-        if dl.error_type == MALFORMED_LETTER:
+        if dl.run_id in shadows:  # first: a trial's rejects are the trial's, whatever they are
+            out[seq] = f"shadow {dl.run_id}"
+        elif dl.error_type == MALFORMED_LETTER:
             out[seq] = "malformed"
         elif dl.error_type == OVERSIZED_RECORD:
             out[seq] = "too large"
@@ -44,8 +50,6 @@ def dead_letter_status(letters: list[tuple[int, DeadLetter]], runs: list[RunStat
             out[seq] = "unreadable"
         elif seq in taken:
             out[seq] = f"redriven by {taken[seq]}"
-        elif dl.run_id in shadows:
-            out[seq] = f"shadow {dl.run_id}"
         elif dl.batch_id in superseded:
             out[seq] = f"superseded by {superseded[dl.batch_id]}"
         else:
@@ -73,9 +77,10 @@ REPLAY_TAG = "-rp"
 """Run ids of replays are `<pipeline>-rp<stamp>` (`replay_run_id`)."""
 
 
-async def status_runs(kv: Any, pipeline: str | None = None) -> list[RunState]:
+async def status_runs(jc: Handle, pipeline: str | None = None) -> list[RunState]:
     """The only runs `dead_letter_status` looks at: redrives and replays, found by their run ids, so judging a page
     of dead letters reads a handful of run states, not every run kept."""
+    kv = await jc.kv()
     out: list[RunState] = []
     for key in await bucket_keys(kv, f"run.{pipeline}.>" if pipeline else "run.>"):
         _, pipe, run_id = key.split(".", 2)

@@ -142,7 +142,7 @@ def stage_subscriber(
     gets one raw JetStream message at a time and decides its ack itself (`jetl.runtime.stage.decide_ack`), so the error
     taxonomy, not FastStream's reject-on-error default, decides ack, nak or dead-letter. Bodies stay bytes.
     While a fetched batch is being handled, its unsettled messages get `in_progress()` beats well inside
-    `ack_wait` (`jetl.runtime.stage.keep_alive`): only a dead worker's messages wait out the ack wait.
+    `ack_wait` (`keep_alive`, above): only a dead worker's messages wait out the ack wait.
     """
     kind = CONSUMERS[durable]
 
@@ -309,7 +309,8 @@ class LogShipper:
 
 
 async def _heartbeat(ctx: ServiceContext) -> None:
-    """Tell `jetl health` this instance is alive, with its counters and its consumer's lag."""
+    """Tell `jetl health` this instance is alive, with its counters, its consumer's lag, the pipelines it loaded
+    (name: code hash) and the modules it could not load."""
     while True:
         if ctx.kv is not None:
             lag = await _consumer_lag(ctx)
@@ -324,6 +325,8 @@ async def _heartbeat(ctx: ServiceContext) -> None:
                     "restarts": ctx.settings.restarts,
                     "load_errors": reload_errors(),
                     "paused": str(ctx.bus.paused) if ctx.bus.paused is not None else None,
+                    # what an operator may run (`jetl run` asks these, never importing a pipeline module itself)
+                    "pipelines": {name: p.code_hash for name, p in get_pipeline_registry().items()},
                 }
             )
             with contextlib.suppress(Exception):

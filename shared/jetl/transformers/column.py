@@ -257,14 +257,14 @@ class ColumnTransformer:
         except RecordError as exc:
             issues, out = list(exc.issues), list(exc.survivors or [])
         if out is None:  # in place, a function failed: the caller runs `transform` to say which and why
-            raise RecordError("", [])
+            raise RecordError()
         out, failed = self._evaluate(out)
         for i in failed:
             if issues:  # the survivors of the first step are no longer aligned with the input
                 i.index = -1
         out = after.transform_in_place(out) or []
         if issues or failed:
-            raise RecordError("", [*issues, *failed], survivors=out)
+            raise RecordError(issues=[*issues, *failed], survivors=out)
         return out
 
     @property
@@ -321,7 +321,7 @@ class ColumnTransformer:
         if self._compiled is not None:
             out = self._compiled(records, issues)
             if issues:
-                raise RecordError("", issues, survivors=out)
+                raise RecordError(issues=issues, survivors=out)
             return out
         rename, defaults, add, compute = self.rename, self.defaults, self.add, self.compute
         select, drop, sep = self.select, self.drop, self.flatten_sep
@@ -353,5 +353,5 @@ class ColumnTransformer:
                     r.pop(k, None)
             out.append(r)
         if issues:
-            raise RecordError("", issues, survivors=out)
+            raise RecordError(issues=issues, survivors=out)
         return out

@@ -60,5 +60,5 @@ class DedupeTransformer:
                 chosen[k] = i
         out = [records[i] for i in sorted(chosen.values())]
         if issues:
-            raise RecordError("", issues, survivors=out)
+            raise RecordError(issues=issues, survivors=out)
         return out

@@ -42,5 +42,5 @@ class FilterTransformer:
             if keep:
                 out.append(rec)
         if issues:
-            raise RecordError("", issues, survivors=out)
+            raise RecordError(issues=issues, survivors=out)
         return out

@@ -73,5 +73,5 @@ class LambdaTransformer:
                     )
                 )
         if issues:
-            raise RecordError("", issues, survivors=out)
+            raise RecordError(issues=issues, survivors=out)
         return out

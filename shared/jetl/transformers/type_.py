@@ -67,4 +67,4 @@ class TypeTransformer:
             bad = issues_from_validation(exc, records)
         good = [r for i, r in enumerate(records) if i not in bad]
         survivors = self._records.validate_python(good)
-        raise RecordError("", list(bad.values()), survivors=survivors)
+        raise RecordError(issues=list(bad.values()), survivors=survivors)

@@ -33,7 +33,7 @@ async def pause(request: Request) -> Response:
     if p is None or p.schedule is None:
         return render(request, "missing.html", what="a scheduled pipeline of that name", status_code=404)
     await d.client.record_action(p.name, "pause", actor(request))
-    await schedule_state.pause(d.settings, p.name)
+    await schedule_state.pause(d.client, p.name)
     return _go(f"/pipelines/{p.name}")
 
 
@@ -44,7 +44,7 @@ async def resume(request: Request) -> Response:
         return render(request, "missing.html", what="a scheduled pipeline of that name", status_code=404)
     from_now = (await request.form()).get("from_now") == "1"
     await d.client.record_action(p.name, "resume", actor(request), detail={"from_now": from_now})
-    await schedule_state.resume(d.settings, p, from_now=from_now)
+    await schedule_state.resume(d.client, p, from_now=from_now)
     return _go(f"/pipelines/{p.name}")
 
 
@@ -89,7 +89,7 @@ async def redrive(request: Request) -> Response:
     p = found.get(pipeline)
     seqs = sorted({int(str(v)) for v in form.getlist("seq") if str(v).isdigit()})
     if form.get("confirmed") != "yes":
-        letters = await letters_at(d.nc, seqs[:200]) if seqs else []
+        letters = await letters_at(d.client, seqs[:200]) if seqs else []
         return render(
             request,
             "confirm.html",
@@ -97,7 +97,7 @@ async def redrive(request: Request) -> Response:
             seqs=seqs,
             letters=letters,
             everything=not seqs,
-            related=await status_runs(d.bucket, pipeline or None),
+            related=await status_runs(d.client, pipeline or None),
         )
     req = await d.client.request_redrive(pipeline, seqs=seqs or None, code_hash=p.code_hash if p else "")
     if req is None:

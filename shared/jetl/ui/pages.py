@@ -99,7 +99,7 @@ async def overview(request: Request) -> Response:
     now = datetime.now(UTC)
     checks, beats, sched = await asyncio.gather(
         gather_health(
-            d.settings,
+            d.client,
             services=list(SERVICE_NAMES),
             heartbeat_timeout=15.0,
             max_lag=None,
@@ -107,13 +107,13 @@ async def overview(request: Request) -> Response:
             pipelines=found,
             timeout=0.25,
         ),
-        service_beats(d.bucket),
-        schedule_rows(d.settings, sorted(found.values(), key=lambda p: p.name), 1),
+        service_beats(d.client),
+        schedule_rows(d.client, sorted(found.values(), key=lambda p: p.name), 1),
     )
-    next_run = {r["pipeline"]: r["next_runs"][0] if r["next_runs"] else None for r in sched[0]}
+    next_run = {r["pipeline"]: r["next_runs"][0] if r["next_runs"] else None for r in sched}
     rows = []
     for p in sorted(found.values(), key=lambda p: p.name):
-        f = await freshness(d.bucket, p, now, 2.0)
+        f = await freshness(d.client, p, now, 2.0)
         rows.append({"p": p, "f": f, "next": next_run.get(p.name)})
     services = []
     for name in SERVICE_NAMES:
@@ -226,8 +226,8 @@ async def run_page(request: Request) -> Response:
         return render(request, "missing.html", what=f"run {run_id} of {pipeline}", status_code=404)
     letters = await d.refresh_letters()
     seqs = letters.per_run.get((pipeline, run_id), [])
-    related = await status_runs(d.bucket, pipeline)
-    page = await letters_at(d.nc, seqs[:PAGE])
+    related = await status_runs(d.client, pipeline)
+    page = await letters_at(d.client, seqs[:PAGE])
     why = dead_letter_status(page, related)
     rows = [row for seq, dl in page for row in letter_rows(seq, dl, why[seq])]
     children = [r for r in related if r.parent_run_id == run_id or (set(r.redrive) & set(seqs))]
@@ -272,8 +272,8 @@ async def pipeline_page(request: Request) -> Response:
         "rejected": [st.rejected for st in last],
         "duration": [duration(st) for st in last],
     }
-    sched = (await schedule_rows(d.settings, [p], 5))[0] if p.schedule is not None else []
-    f = await freshness(d.bucket, p, datetime.now(UTC), 2.0)
+    sched = (await schedule_rows(d.client, [p], 5)) if p.schedule is not None else []
+    f = await freshness(d.client, p, datetime.now(UTC), 2.0)
     slots: list[Any] = []
     error = ""
     start, end = request.query_params.get("start", ""), request.query_params.get("end", "")
@@ -336,11 +336,11 @@ async def dead_letters(request: Request) -> Response:
     next_start: int | None = None
     if reason and pipeline and (g := summary.groups.get((pipeline, reason))) is not None:
         chosen = [q for q in g.seqs if q >= start]
-        page = await letters_at(d.nc, chosen[:PAGE])
+        page = await letters_at(d.client, chosen[:PAGE])
         next_start = chosen[PAGE] if len(chosen) > PAGE else None
     else:
-        page, next_start = await letter_page(d.nc, pipeline, start, PAGE)
-    why = dead_letter_status(page, await status_runs(d.bucket, pipeline))
+        page, next_start = await letter_page(d.client, pipeline, start, PAGE)
+    why = dead_letter_status(page, await status_runs(d.client, pipeline))
     rows = [row for seq, dl in page for row in letter_rows(seq, dl, why[seq])]
     return render(
         request,
@@ -363,7 +363,7 @@ async def diff_page(request: Request) -> Response:
     d = dash(request)
     pipeline = request.query_params.get("pipeline") or ""
     run_id = request.query_params.get("run") or ""
-    shadows = [r for r in await status_runs(d.bucket, pipeline or None) if r.shadow]
+    shadows = [r for r in await status_runs(d.client, pipeline or None) if r.shadow]
     result = None
     error = ""
     parent = ""

@@ -15,7 +15,6 @@ from jetl.ops.client import JetlClient
 from jetl.ops.deadletters import DeadLetterSummary
 from jetl.projection import RunState
 from jetl.settings import JetlSettings
-from jetl.state import bucket
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -93,7 +92,8 @@ PIPELINES_TTL = 10.0
 
 
 class Dashboard:
-    """The dashboard's connection and caches (one per server process)."""
+    """The dashboard's connection and caches (one per server process): every page and action uses its one
+    JetlClient, never a connection of its own."""
 
     def __init__(self, settings: JetlSettings) -> None:
         self.settings = settings
@@ -111,7 +111,7 @@ class Dashboard:
     async def start(self) -> None:
         """Connect, and start following JETL_DLQ for the summary and the state bucket for the run index."""
         await self.client.__aenter__()
-        self.kv = await bucket(self.client.conn)
+        self.kv = await self.client.kv()
         self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
@@ -137,7 +137,7 @@ class Dashboard:
     async def refresh_letters(self, step: int = 2_000) -> DeadLetterSummary:
         """Catch the summary up by at most `step` letters (a page calls this; the background task does the rest)."""
         async with self._letters_lock:
-            await self.letters.refresh(self.nc, step)
+            await self.letters.refresh(self.client, step)
         return self.letters
 
     async def refresh_runs(self, step: int = 2_000) -> RunIndex:
@@ -150,7 +150,7 @@ class Dashboard:
         while True:
             try:
                 async with self._letters_lock:
-                    done = await self.letters.refresh(self.nc, 5_000)
+                    done = await self.letters.refresh(self.client, 5_000)
                 async with self._runs_lock:
                     done = await self.run_index.refresh(self.nc, self.bucket, 5_000) and done
             except Exception:  # NATS went away for a moment: the next round reads from the same sequence

@@ -327,6 +327,7 @@ class HttpExtractor:
             keep = _Filter(self.incremental, self._field_parts, self._key_parts, start, inclusive)
             self._cursor = keep.cursor
         params = self._first_params(ctx, None if start is None else start[0])
+        against = self._cursor  # the cursor records are held against (it moves as they are taken)
         records: list[Record] = []
         origins: list[str] = []
         rejected: list[tuple[str, str]] = []
@@ -376,7 +377,7 @@ class HttpExtractor:
             if records or rejected:
                 yield self._chunk(records, origins, rejected, number, shown, len(items))
         if keep is not None and keep.skipped:
-            _log.info("records at or before the cursor skipped", skipped=keep.skipped, cursor=self._cursor)
+            _log.info("records at or before the cursor skipped", skipped=keep.skipped, cursor=against)
 
     def _chunk(
         self,

@@ -23,7 +23,7 @@ from jetl.errors import ConfigError, TerminalError
 from jetl.loaders.clickhouse.client import _missing_table, _wrap, get_client
 from jetl.loaders.clickhouse.lineage import LINEAGE_COLUMN
 from jetl.loaders.clickhouse.sql import PARTITION, create_table, quote
-from jetl.loaders.clickhouse.types import Convert, arrow_types_for, columns_for, converters_for
+from jetl.loaders.clickhouse.types import Convert, _utc_if_naive, arrow_types_for, columns_for, converters_for
 from jetl.loaders.versions import version_array
 from jetl.protocols import (
     DELETED,
@@ -140,7 +140,8 @@ class ClickHouseLoader:
             f" ORDER BY {' DESC, '.join(cols)} DESC LIMIT 1"
         )
         row = self._row(sql, f"reading the last {column} of")
-        return None if row is None else (row[0], row[1] if tie_breaker else None)
+        # a DateTime64 comes back naive (chdb): it is UTC, and a cursor sent to an API must say so
+        return None if row is None else (_utc_if_naive(row[0]), row[1] if tie_breaker else None)
 
     def _row(self, sql: str, doing: str) -> Any:
         try:
