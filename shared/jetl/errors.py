@@ -3,6 +3,7 @@
     JetlError
     ├── TransientError          retry: nak with backoff (network, timeouts, a server that is down)
     │   ├── DestinationUnavailable
+    │   ├── Contention          a compare-and-set that kept losing to other writers of the same key
     │   └── WaitTimedOut        a client gave up waiting for a run (says what it waited for, and whether NATS is up)
     └── TerminalError           dead-letter: record why, then term (bad data, bad config, bugs in a transform)
         ├── ConfigError         a pipeline or setting that cannot work; raised at start-up where possible
@@ -42,6 +43,11 @@ class TransientError(JetlError):
 
 class DestinationUnavailable(TransientError):
     """The destination (ClickHouse, a folder) could not be reached or written just now."""
+
+
+class Contention(TransientError):
+    """A compare-and-set of a state key lost to concurrent writers at every try (`jetl.state.compare_and_set`): the
+    same write succeeds once they are done, so it is retried like a network error, never dead-lettered."""
 
 
 class WaitTimedOut(TransientError):

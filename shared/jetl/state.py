@@ -25,9 +25,11 @@ stay here because the CLI's `jetl schedule`, `jetl pause` and `jetl resume` read
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from nats.aio.client import Client
@@ -41,7 +43,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-from jetl.errors import NoDeployment
+from jetl.errors import Contention, NoDeployment
 from jetl.events import Event, is_run_event
 from jetl.projection import BATCH_EVENTS, BatchState, RunState, fold, fold_batch, fold_run
 from jetl.settings import NatsSettings
@@ -50,6 +52,8 @@ from jetl.topology import BUCKET, server_url
 
 RUN_TTL_S = NatsSettings().run_state_ttl_days * 86400
 """Seconds a run or batch key lives after its last write."""
+
+T = TypeVar("T")
 
 
 async def bucket(nc: Client) -> KeyValue:
@@ -91,9 +95,25 @@ def _batch_id(state: RunState, key: str) -> str:
     return f"{state.run_id}/{key.split('.', 3)[3].replace('.', '/')}"
 
 
-def _conflict(exc: Exception) -> bool:
+def cas_conflict(exc: Exception) -> bool:
     """A compare-and-set lost to a concurrent writer."""
     return isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc)
+
+
+CAS_TRIES = 50
+"""Tries of one compare-and-set before it gives up as `Contention` (transient: the message is retried later)."""
+
+
+async def compare_and_set(attempt: Callable[[], Awaitable[T]], what: str, tries: int = CAS_TRIES) -> T:
+    """The one retry loop of every compare-and-set on the bucket: run `attempt` (which reads what it needs, then
+    writes with compare-and-set) again while a concurrent writer beats it; `Contention` (transient) after `tries`."""
+    for _ in range(tries):
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not cas_conflict(exc):
+                raise
+    raise Contention(f"could not update {what}: {tries} tries lost to concurrent writers")
 
 
 async def _read(kv: KeyValue, key: str) -> tuple[bytes | None, int | None]:
@@ -124,101 +144,178 @@ _UNKNOWN = -1
 
 async def put_batch(
     kv: KeyValue, key: str, batch: BatchState, ttl: float | None = RUN_TTL_S, revision: int | None = _UNKNOWN
-) -> None:
-    """Write a batch's ledger unless its key holds the same or a newer version (two replicas may race).
+) -> int | None:
+    """Write a batch's ledger unless its key holds the same or a newer version (two replicas may race); returns the
+    key's new revision (None: not written).
 
     `revision`: the key's revision as the caller read it (None: missing), which saves reading it again when no one
     wrote it since.
     """
-    for _ in range(50):
-        if revision == _UNKNOWN:
-            value, revision = await _read(kv, key)
+    known = [revision]
+
+    async def attempt() -> int | None:
+        rev = known[0]
+        known[0] = _UNKNOWN  # a retry reads again
+        if rev == _UNKNOWN:
+            value, rev = await _read(kv, key)
             if value and BatchState.model_validate_json(value).v >= batch.v:
-                return
-        try:
-            await _write(kv, key, batch.model_dump_json().encode(), revision, ttl)
-            return
-        except Exception as exc:
-            if not _conflict(exc):
-                raise
-            revision = _UNKNOWN
-    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+                return None
+        return await _write(kv, key, batch.model_dump_json().encode(), rev, ttl)
+
+    return await compare_and_set(attempt, key)
+
+
+class Ledgers:
+    """Batch ledgers as this process last read or wrote them (with their keys' revisions), per run, so that a tracker
+    folding a run's events reads each batch key once rather than once per event.
+
+    A run's ledgers are trusted only while its run key is at the revision this process last wrote: every writer of a
+    batch key writes the run key around it (`pending`), so any other writer (a second replica, a rebuild) shows as a
+    newer run revision, and the run's ledgers are read again. Settled batches are dropped (few get another event), and
+    past `runs` runs the least recently used goes.
+    """
+
+    def __init__(self, runs: int = 256) -> None:
+        self._runs: OrderedDict[str, tuple[int, dict[str, tuple[BatchState, int]]]] = OrderedDict()
+        self._max = runs
+
+    def of(self, key: str, revision: int | None) -> dict[str, tuple[BatchState, int]]:
+        """The ledgers known of run `key` as of its run-key `revision` (empty when another writer came between)."""
+        kept = self._runs.get(key)
+        if kept is None or kept[0] != revision:
+            return {}
+        self._runs.move_to_end(key)
+        return kept[1]
+
+    def keep(self, key: str, revision: int, ledgers: dict[str, tuple[BatchState, int]]) -> None:
+        """Remember run `key`'s unsettled ledgers as of its run-key `revision` (this process's write)."""
+        self._runs[key] = (revision, {k: v for k, v in ledgers.items() if v[0].outcome == "pending"})
+        self._runs.move_to_end(key)
+        while len(self._runs) > self._max:
+            self._runs.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        """Drop a run's ledgers (it finished)."""
+        self._runs.pop(key, None)
 
 
 async def apply(kv: KeyValue, ev: Event, *, ttl: float | None = RUN_TTL_S) -> RunState:
-    """Fold one event into its run's state with compare-and-set (retried on a concurrent write).
-
-    A batch event changes two keys: its batch's ledger and the run's totals. The run key is written first, with the
-    batch's new ledger in `pending`, then the batch key, then `pending` is cleared; a delivery that stopped between
-    the writes leaves the batch in `pending`, and its redelivery (or the batch's next event) finishes the write
-    without counting again. A redelivered event changes nothing, so it writes nothing. Each event writes the run
-    key (constant size, whatever the number of batches) at most twice and its batch key once.
-    """
+    """Fold one event into its run's state (`apply_many` with one event)."""
     if not is_run_event(ev):  # an operator action names no run: folded into a throwaway state, nothing written
         return fold(None, ev)
-    key = run_key(ev.pipeline, ev.run_id)
-    if not isinstance(ev, BATCH_EVENTS):
-        for _ in range(50):
-            value, revision = await _read(kv, key)
-            folded = fold_run(RunState.model_validate_json(value) if value else None, ev)
-            try:
-                await _write(kv, key, folded.model_dump_json().encode(), revision, ttl)
-                return folded
-            except Exception as exc:
-                if not _conflict(exc):
-                    raise
-        raise RuntimeError(f"could not update {key}: too many concurrent writers")
-    bkey = batch_key(ev.pipeline, ev.run_id, ev.batch_id)
-    for _ in range(50):
+    return await apply_many(kv, [ev], ttl=ttl)
+
+
+async def apply_many(
+    kv: KeyValue, events: Sequence[Event], *, ttl: float | None = RUN_TTL_S, ledgers: Ledgers | None = None
+) -> RunState:
+    """Fold events of one run, in order, into its state with compare-and-set (retried on a concurrent write): one
+    run-key write for all of them, however many.
+
+    A batch event changes two keys: its batch's ledger and the run's totals. The run key is written first, with the
+    batches' new ledgers in `pending`, then the batch keys (side by side), then `pending` is cleared; a delivery that
+    stopped between the writes leaves the batches in `pending`, and their redelivery (or a batch's next event)
+    finishes the writes without counting again. A redelivered event changes nothing, so it writes nothing. However
+    many events, the run key (constant size, whatever the number of batches) is written at most twice and each batch
+    key once. `ledgers`: the batch ledgers this process knows already (`Ledgers`), which saves reading their keys.
+    """
+    first = events[0]
+    key = run_key(first.pipeline, first.run_id)
+    cache = ledgers or Ledgers()
+    bkeys = {e.batch_id: batch_key(e.pipeline, e.run_id, e.batch_id) for e in events if isinstance(e, BATCH_EVENTS)}
+    run_level = any(not isinstance(e, BATCH_EVENTS) for e in events)
+
+    async def count() -> tuple[RunState, int | None, dict[str, tuple[BatchState | None, int | None]], set[str]]:
         value, revision = await _read(kv, key)
         state = RunState.model_validate_json(value) if value else None
-        old = state.pending.get(bkey) if state is not None else None
-        brev: int | None = _UNKNOWN  # the batch key's revision is read only when its value is
-        if old is None:
-            bvalue, brev = await _read(kv, bkey)
-            old = BatchState.model_validate_json(bvalue) if bvalue else None
-        new = fold_batch(old, ev)
-        if old is not None and new.v == old.v:  # seen before: nothing to count
-            if state is not None and bkey in state.pending:  # ...but its write was left half done
-                assert revision is not None
-                return await _settle_pending(kv, key, bkey, state, revision, brev, ttl)
-            return state if state is not None else fold_run(None, ev)
-        state = fold_run(state, ev)
-        state.tally.add(old, new)
-        state.pending[bkey] = new
-        try:
-            revision = await _write(kv, key, state.model_dump_json().encode(), revision, ttl)
-        except Exception as exc:
-            if not _conflict(exc):
-                raise
-            continue
-        return await _settle_pending(kv, key, bkey, state, revision, brev, ttl)
-    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+        known: dict[str, tuple[BatchState | None, int | None]] = dict(cache.of(key, revision))
+        missing = [b for b in bkeys.values() if b not in known and (state is None or b not in state.pending)]
+        for b, (bvalue, brev) in zip(missing, await asyncio.gather(*(_read(kv, b) for b in missing)), strict=True):
+            known[b] = (BatchState.model_validate_json(bvalue) if bvalue else None, brev)
+        working: dict[str, BatchState | None] = {
+            b: state.pending[b] if state is not None and b in state.pending else known[b][0] for b in bkeys.values()
+        }
+        changed: set[str] = set()
+        for ev in events:
+            if not isinstance(ev, BATCH_EVENTS):
+                state = fold_run(state, ev)
+                continue
+            b = bkeys[ev.batch_id]
+            old = working[b]
+            new = fold_batch(old, ev)
+            if old is not None and new.v == old.v:  # seen before: nothing to count
+                continue
+            state = fold_run(state, ev)
+            state.tally.add(old, new)
+            working[b] = new
+            state.pending[b] = new
+            changed.add(b)
+        if state is None:  # only events seen before, of a run whose state has gone: nothing to write
+            return fold_run(None, first), None, known, set()
+        half_done = {b for b in bkeys.values() if b in state.pending} - changed  # a write left half done before
+        if not changed and not run_level:
+            return state, revision, known, half_done
+        return state, await _write(kv, key, state.model_dump_json().encode(), revision, ttl), known, changed | half_done
+
+    state, revision, known, to_write = await compare_and_set(count, key)
+    if revision is None:
+        return state
+    if to_write:
+        state, revision = await _settle_pending(kv, key, state, revision, known, to_write, ttl, cache)
+    else:
+        cache.keep(key, revision, _kept(known))
+    return state
+
+
+def _kept(known: dict[str, tuple[BatchState | None, int | None]]) -> dict[str, tuple[BatchState, int]]:
+    """The ledgers of `known` that exist, with their revisions."""
+    return {b: (v, rev) for b, (v, rev) in known.items() if v is not None and rev is not None}
 
 
 async def _settle_pending(
-    kv: KeyValue, key: str, bkey: str, state: RunState, revision: int, brev: int | None, ttl: float | None
-) -> RunState:
-    """Write a counted batch's ledger (`state.pending[bkey]`, `state` as of run-key `revision`) to its key, then drop
-    it from the run's `pending`, unless a later event of the same batch has replaced it there meanwhile (that
-    event's delivery writes it)."""
-    batch = state.pending[bkey]
-    await put_batch(kv, bkey, batch, ttl, brev)
-    for _ in range(50):
-        if state.pending.get(bkey) != batch:
-            return state
-        del state.pending[bkey]
-        try:
-            await _write(kv, key, state.model_dump_json().encode(), revision, ttl)
-            return state
-        except Exception as exc:
-            if not _conflict(exc):
-                raise
-        value, rev = await _read(kv, key)
-        if not value or rev is None:
-            raise RuntimeError(f"{key} vanished while its batch {bkey} was written")
-        state, revision = RunState.model_validate_json(value), rev
-    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+    kv: KeyValue,
+    key: str,
+    state: RunState,
+    revision: int,
+    known: dict[str, tuple[BatchState | None, int | None]],
+    bkeys: set[str],
+    ttl: float | None,
+    cache: Ledgers,
+) -> tuple[RunState, int]:
+    """Write counted batches' ledgers (`state.pending[b]` for each of `bkeys`, `state` as of run-key `revision`) to
+    their keys, then drop them from the run's `pending`, unless a later event of the same batch has replaced one there
+    meanwhile (that event's delivery writes it)."""
+    written = {b: state.pending[b] for b in bkeys}
+    order = sorted(written)
+    revs = await asyncio.gather(
+        *(put_batch(kv, b, written[b], ttl, known[b][1] if b in known else _UNKNOWN) for b in order)
+    )
+    current: list[Any] = [state, revision]
+
+    async def clear() -> tuple[RunState, int]:
+        st, rev = current[0], current[1]
+        if st is None:
+            value, rev = await _read(kv, key)
+            if not value or rev is None:
+                raise Contention(f"{key} vanished while its batches were written")
+            st = RunState.model_validate_json(value)
+        current[0] = None  # a retry reads again
+        mine = [b for b in order if st.pending.get(b) == written[b]]
+        if not mine:
+            return st, rev
+        for b in mine:
+            del st.pending[b]
+        return st, await _write(kv, key, st.model_dump_json().encode(), rev, ttl)
+
+    state, revision = await compare_and_set(clear, key)
+    ledgers = _kept(known)
+    for b, rev in zip(order, revs, strict=True):
+        if rev is not None:
+            ledgers[b] = (written[b], rev)
+        else:
+            ledgers.pop(b, None)  # someone wrote a newer one: read it next time
+    cache.keep(key, revision, ledgers)
+    return state, revision
 
 
 async def load_batches(kv: KeyValue, state: RunState) -> RunState:
@@ -318,25 +415,20 @@ async def get_json(kv: KeyValue, key: str) -> Any:
 
 async def update_json(kv: KeyValue, key: str, change: Callable[[Any], Any]) -> Any:
     """Read-modify-write one JSON key with compare-and-set; `change(old)` returns the new value (None: leave it)."""
-    for _ in range(50):
-        try:
-            entry = await kv.get(key)
-            old, revision = (orjson.loads(entry.value) if entry.value else None), entry.revision
-        except (KeyNotFoundError, NotFoundError):
-            old, revision = None, None
+
+    async def attempt() -> Any:
+        value, revision = await _read(kv, key)
+        old = orjson.loads(value) if value else None
         new = change(old)
         if new is None or new == old:
             return old
-        try:
-            if revision is None:
-                await kv.create(key, orjson.dumps(new))
-            else:
-                await kv.update(key, orjson.dumps(new), last=revision)
-            return new
-        except Exception as exc:
-            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
-                raise
-    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+        if revision is None:
+            await kv.create(key, orjson.dumps(new))
+        else:
+            await kv.update(key, orjson.dumps(new), last=revision)
+        return new
+
+    return await compare_and_set(attempt, key)
 
 
 async def get_paused(kv: KeyValue, pipeline: str) -> bool | None:

@@ -45,7 +45,7 @@ from jetl.protocols import Chunk, ExtractContext, Partition
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
-from jetl.runtime.stage import decide_ack
+from jetl.runtime.stage import settle
 from jetl.state import add_active, get_cursor, get_run, unfinished_runs
 from jetl_extractor.batching import Batcher
 from jetl_extractor.partitions import plan_partitions, publish_plan
@@ -353,9 +353,21 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
         log.error("unreadable run request", error=str(exc))
         await raw.term()
         return
+
+    async def fail(exc: BaseException) -> None:
+        await ctx.bus.event(
+            RunFailed(
+                pipeline=req.pipeline,
+                run_id=req.run_id,
+                service="extractor",
+                instance=ctx.instance,
+                error=f"{type(exc).__name__}: {exc}",
+                stage="extract",
+            )
+        )
+
     with bound_contextvars(pipeline=req.pipeline, run_id=req.run_id):
-        error: BaseException | None = None
-        try:
+        async with settle(raw, fail):
             if work is not None:  # kept alive by the stage's in_progress() beats (jetl.runtime.service.keep_alive)
                 await Extraction(ctx, req, raw, concurrency, work).run()
             elif await _already_completed(ctx, req):
@@ -368,19 +380,3 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
                     await Resend(ctx, req).run()  # batches from the log: a replay or a redrive
                 else:
                     await Extraction(ctx, req, raw, concurrency).run()
-        except Exception as exc:
-            error = exc
-
-        async def fail(exc: BaseException) -> None:
-            await ctx.bus.event(
-                RunFailed(
-                    pipeline=req.pipeline,
-                    run_id=req.run_id,
-                    service="extractor",
-                    instance=ctx.instance,
-                    error=f"{type(exc).__name__}: {exc}",
-                    stage="extract",
-                )
-            )
-
-        await decide_ack(raw, error, fail)

@@ -27,7 +27,7 @@ from jetl.logging import get_logger
 from jetl.messages import DeadLetter, RunRequest, decode_batch, utcnow
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
-from jetl.runtime.stage import decide_ack, gave_up
+from jetl.runtime.stage import gave_up, settle
 from jetl.state import unfinished_runs
 from jetl.subjects import CONSUMERS, Stage
 
@@ -94,12 +94,8 @@ async def watch(ctx: ServiceContext, raw: Any) -> None:
     async def give_up(exc: BaseException) -> None:
         log.error("max-deliveries advisory not handled", error=f"{type(exc).__name__}: {exc}")
 
-    error: BaseException | None = None
-    try:
+    async with settle(raw, give_up):
         await on_max_deliveries(ctx, raw.data)
-    except Exception as exc:
-        error = exc
-    await decide_ack(raw, error, give_up)
 
 
 def stalled_stage(state: RunState) -> Stage:
