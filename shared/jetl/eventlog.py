@@ -184,6 +184,8 @@ async def rebuild(nc: Client, pipeline: str | None = None, *, ttl: float | None 
             continue
         for bk in await bucket_keys(kv, "batch." + k.removeprefix("run.") + ".>"):
             await kv.delete(bk)
+        for sk in await bucket_keys(kv, "sum." + k.removeprefix("run.") + ".>"):
+            await kv.delete(sk)
     for p, cursor in cursors.items():
         if cursor is None:
             await delete_cursor(kv, p)

@@ -26,6 +26,7 @@ stay here because the CLI's `jetl schedule`, `jetl pause` and `jetl resume` read
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -133,9 +134,105 @@ async def _write(kv: KeyValue, key: str, data: bytes, revision: int | None, ttl:
 
 
 async def get_batch(kv: KeyValue, pipeline: str, run_id: str, batch_id: str) -> BatchState | None:
-    """One batch's ledger as its own key holds it, or None."""
-    value, _ = await _read(kv, batch_key(pipeline, run_id, batch_id))
-    return BatchState.model_validate_json(value) if value else None
+    """One batch's ledger as its own key holds it, or its finished run's summary (`compact`); None when neither."""
+    key = batch_key(pipeline, run_id, batch_id)
+    value, _ = await _read(kv, key)
+    if value:
+        return BatchState.model_validate_json(value)
+    state = await get_run(kv, pipeline, run_id)
+    return (await read_summary(kv, state)).get(key) if state is not None and state.summary else None
+
+
+def summary_key(pipeline: str, run_id: str, part: int) -> str:
+    """KV key of one part of a finished run's batch summary: `sum.<pipeline>.<run>.<part>`."""
+    return f"sum.{check_token(pipeline)}.{check_token(run_id)}.{part}"
+
+
+SUMMARY_BATCHES = 20_000
+"""Batch ledgers per summary key: ~2-4 bytes each compressed, well under any `max_payload`."""
+
+
+def _summary_parts(ledgers: dict[str, BatchState]) -> list[bytes]:
+    """Batch ledgers (by batch key) as compressed summary values: the distinct ledgers once, then per batch its key
+    suffix, sequence and ledger index (most batches of a run share one ledger, and their suffixes count up)."""
+    out: list[bytes] = []
+    keys = sorted(ledgers)
+    for i in range(0, max(1, len(keys)), SUMMARY_BATCHES):
+        distinct: dict[str, int] = {}
+        rows: list[tuple[str, int, int]] = []
+        for k in keys[i : i + SUMMARY_BATCHES]:
+            b = ledgers[k]
+            shape = b.model_dump_json(exclude={"seq"})
+            rows.append((k.split(".", 3)[3], b.seq, distinct.setdefault(shape, len(distinct))))
+        body = {"ledgers": [orjson.loads(x) for x in distinct], "batches": rows}
+        out.append(zlib.compress(orjson.dumps(body), 6))
+    return out
+
+
+async def read_summary(kv: KeyValue, state: RunState) -> dict[str, BatchState]:
+    """The batch ledgers a finished run's summary keeps, by batch key (empty when it has none)."""
+    prefix = f"batch.{check_token(state.pipeline)}.{check_token(state.run_id)}."
+    out: dict[str, BatchState] = {}
+    for part in range(state.summary):
+        value, _ = await _read(kv, summary_key(state.pipeline, state.run_id, part))
+        if not value:
+            continue
+        body = orjson.loads(zlib.decompress(value))
+        shapes = body["ledgers"]
+        for suffix, seq, i in body["batches"]:
+            out[prefix + suffix] = BatchState.model_validate({**shapes[i], "seq": seq})
+    return out
+
+
+PURGED_MARKER_TTL_S = 60.0
+"""Seconds the purge marker of a summarized batch key stays (then nothing of it is left in the bucket)."""
+
+
+async def compact(kv: KeyValue, state: RunState, *, ttl: float | None = RUN_TTL_S) -> int:
+    """Fold a finished run's batch keys into its summary (`summary_key`): the summary is written, then the run key
+    says so (compare-and-set), then the batch keys are purged (their markers expire after `PURGED_MARKER_TTL_S`).
+    A batch's later event (a redelivery) still finds its ledger there, so nothing is counted twice. Returns the
+    batches summarized; 0 when the run is not finished or already summarized."""
+    if state.status not in ("completed", "failed") or state.summary:
+        return 0
+    await load_batches(kv, state)
+    prefix = f"batch.{check_token(state.pipeline)}.{check_token(state.run_id)}."
+    ledgers = {prefix + _suffix(state, batch_id): b for batch_id, b in state.batches.items()}
+    parts = _summary_parts(ledgers)
+    for i, data in enumerate(parts):
+        await _put(kv, summary_key(state.pipeline, state.run_id, i), data, ttl)
+    key = run_key(state.pipeline, state.run_id)
+
+    async def mark() -> bool:
+        value, revision = await _read(kv, key)
+        if not value or revision is None:
+            return False
+        current = RunState.model_validate_json(value)
+        if current.summary or current.pending or current.status not in ("completed", "failed"):
+            return False  # summarized already, or a batch write still in flight: its next fold summarizes it
+        current.summary = len(parts)
+        await _write(kv, key, current.model_dump_json().encode(), revision, ttl)
+        return True
+
+    if not await compare_and_set(mark, key):
+        return 0
+    await asyncio.gather(*(kv.purge(k, msg_ttl=PURGED_MARKER_TTL_S) for k in ledgers))
+    return len(ledgers)
+
+
+async def _put(kv: KeyValue, key: str, data: bytes, ttl: float | None) -> int:
+    """Write a key whatever it holds (with a per-key TTL when given)."""
+
+    async def attempt() -> int:
+        _, revision = await _read(kv, key)
+        return await _write(kv, key, data, revision, ttl)
+
+    return await compare_and_set(attempt, key)
+
+
+def _suffix(state: RunState, batch_id: str) -> str:
+    """The batch-key suffix of a batch id of `state`'s run (`batch_key` without its prefix)."""
+    return batch_key(state.pipeline, state.run_id, batch_id).split(".", 3)[3]
 
 
 _UNKNOWN = -1
@@ -232,6 +329,11 @@ async def apply_many(
         missing = [b for b in bkeys.values() if b not in known and (state is None or b not in state.pending)]
         for b, (bvalue, brev) in zip(missing, await asyncio.gather(*(_read(kv, b) for b in missing)), strict=True):
             known[b] = (BatchState.model_validate_json(bvalue) if bvalue else None, brev)
+        if state is not None and state.summary and any(known[b][0] is None for b in missing):
+            summarized = await read_summary(kv, state)  # a late event of a finished run: its ledger is here
+            for b in missing:
+                if known[b][0] is None and b in summarized:
+                    known[b] = (summarized[b], known[b][1])
         working: dict[str, BatchState | None] = {
             b: state.pending[b] if state is not None and b in state.pending else known[b][0] for b in bkeys.values()
         }
@@ -322,6 +424,8 @@ async def load_batches(kv: KeyValue, state: RunState) -> RunState:
     """Read a run's batch ledgers from their keys into `state.batches` (for what needs them one by one: replay
     supersession, dead-letter status). Linear in the run's batches; the totals never need it."""
     prefix = f"batch.{check_token(state.pipeline)}.{check_token(state.run_id)}."
+    for k, b in (await read_summary(kv, state)).items():  # a finished run's, then any key written since
+        state.batches[_batch_id(state, k)] = b
     for k in await bucket_keys(kv, f"{prefix}>"):
         value, _ = await _read(kv, k)
         if value:

@@ -26,7 +26,7 @@ from jetl.positions import order_key
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
 from jetl.runtime.stage import settle
-from jetl.state import Ledgers, add_active, apply_many, get_cursor, mark_finished, put_cursor, run_key
+from jetl.state import Ledgers, add_active, apply_many, compact, get_cursor, mark_finished, put_cursor, run_key
 from jetl_scheduler.alerts import Alerter
 
 log = get_logger("jetl.tracker")
@@ -177,5 +177,29 @@ async def _track_run(
             # a settling event delivered again: the last delivery may have stopped between folding the completion
             # and announcing it, so announce it (deduplicated by its message id if it went out)
             await ctx.bus.event(completion(ctx, state))
-        if ledgers is not None and state.status in ("completed", "failed"):
-            ledgers.forget(run_key(state.pipeline, state.run_id))
+        if state.status in ("completed", "failed"):
+            if ledgers is not None:
+                ledgers.forget(run_key(state.pipeline, state.run_id))
+            if not state.summary:
+                _in_background(_summarize(ctx.kv, state, ttl))
+
+
+_TASKS: set[asyncio.Task[None]] = set()
+"""Summaries being written (held here so that none is collected half way)."""
+
+
+def _in_background(work: Any) -> None:
+    task = asyncio.create_task(work)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+async def _summarize(kv: KeyValue, state: RunState, ttl: float) -> None:
+    """Fold a finished run's batch keys into its summary, off the fold's path (a failure leaves the keys, which
+    expire with their TTL anyway; the run's next event, or `jetl status --rebuild`, finds them as they were)."""
+    try:
+        n = await compact(kv, state, ttl=ttl)
+        if n:
+            log.info("batch ledgers summarized", pipeline=state.pipeline, run_id=state.run_id, batches=n)
+    except Exception as exc:
+        log.warning("batch ledgers not summarized", run_id=state.run_id, error=f"{type(exc).__name__}: {exc}")
