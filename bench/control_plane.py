@@ -122,6 +122,8 @@ async def fold_round(stack: Any, runs: int, batches: int) -> dict[str, Any]:
         await asyncio.wait_for(finished.wait(), timeout=600)
         await sub.unsubscribe()
         t_end = max(done.values())
+        await asyncio.sleep(3.0)  # the tracker summarizes finished runs' batch keys in the background
+        sizes = await store_sizes(nc)
         cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
         return {
             "cpu": cpu,
@@ -131,6 +133,7 @@ async def fold_round(stack: Any, runs: int, batches: int) -> dict[str, Any]:
             "events_per_s": len(events) / (t_end - t0),
             "published_per_s": len(events) / (t_published - t0),
             "delay_after_last_load": {r: done[r] - stored[r] for r in ids},
+            "sizes": sizes,
         }
     finally:
         await nc.close()
@@ -172,6 +175,12 @@ def print_fold(results: dict[int, dict[str, Any]], batches: int) -> None:
     print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     one = results.get(1)
     if one is not None:
+        n = one["events"] / 3
+        events_b, state_b = one["sizes"]["bytes:JETL_EVENTS"], one["sizes"]["bytes:KV_JETL_STATE"]
+        print(
+            f"per 1,000 batches (3 events each): JETL_EVENTS {events_b * 1000 / n / 1e6:.2f} MB, "
+            f"state bucket after the runs finished {state_b * 1000 / n / 1e6:.3f} MB"
+        )
         ok = "met" if one["events_per_s"] >= 5000 else "NOT met"
         print(f"goal >= 5,000 events/s with one scheduler: {one['events_per_s']:,.0f} ({ok})")
         worst = max(one["delay_after_last_load"].values())
@@ -180,6 +189,18 @@ def print_fold(results: dict[int, dict[str, Any]], batches: int) -> None:
     if 1 in results and 2 in results:
         gain = results[2]["events_per_s"] / results[1]["events_per_s"]
         print(f"goal >= 1.6x with a second replica (on more cores): {gain:.2f}x on {os.cpu_count()} cores")
+
+
+async def store_sizes(nc: Any) -> dict[str, float]:
+    """Bytes each stream and the state bucket hold now."""
+    from jetl.subjects import STATE_BUCKET, STREAMS
+
+    js = nc.jetstream()
+    out: dict[str, float] = {}
+    for spec in STREAMS.values():
+        out[f"bytes:{spec.name}"] = (await js.stream_info(spec.name)).state.bytes
+    out[f"bytes:KV_{STATE_BUCKET}"] = (await js.stream_info(f"KV_{STATE_BUCKET}")).state.bytes
+    return out
 
 
 async def fairness_round(stack: Any, small: int) -> dict[str, float]:
@@ -204,15 +225,16 @@ async def fairness_round(stack: Any, small: int) -> dict[str, float]:
             t0 = time.perf_counter()
             big_req = await jc.request_run(PIPELINE, force=True)
             while True:  # in flight: its first batch reached the destination
-                state = await jc.run(PIPELINE, big_req.run_id)
+                state = await jc.run_state(PIPELINE, big_req.run_id)
                 if state is not None and (state.loaded > 0 or state.status in ("completed", "failed")):
                     break
                 await asyncio.sleep(0.05)
             behind = await timed(LATENCY_PIPELINE)
             big = await jc.wait(PIPELINE, big_req.run_id, timeout=3600)
             big_s = time.perf_counter() - t0
-            still_running = big.finished_at is not None
-            return {"solo": solo, "behind": behind, "big": big_s, "big_loaded": big.loaded, "ok": still_running}
+            await asyncio.sleep(3.0)  # the tracker summarizes finished runs' batch keys in the background
+            sizes = await store_sizes(jc.conn)
+            return {"solo": solo, "behind": behind, "big": big_s, "big_loaded": big.loaded, **sizes}
 
     result: dict[str, float] = await with_watchdog(stack, body())
     return result
@@ -243,7 +265,7 @@ def bench_fairness(big: int, small: int, batch: int) -> dict[str, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def print_fairness(r: dict[str, float], big: int, small: int) -> None:
+def print_fairness(r: dict[str, float], big: int, small: int, batch: int) -> None:
     goal = 2 * r["solo"] + 1.0
     ok = "met" if r["behind"] <= goal else "NOT met"
     print(
@@ -251,6 +273,15 @@ def print_fairness(r: dict[str, float], big: int, small: int) -> None:
         f"run of another pipeline (which took {r['big']:.1f} s): ratio {r['behind'] / r['solo']:.1f}"
     )
     print(f"goal: within 2 x solo + 1 s = {goal:.2f} s: {r['behind']:.2f} s ({ok})")
+    records = big + 7 * small
+    batches = -(-big // batch) + 7 * -(-small // batch)
+    print(f"what the stores hold after {records:,} records in {batches:,} batches ({7 + 1} runs):")
+    for k, v in r.items():
+        if k.startswith("bytes:"):
+            print(
+                f"  {k[6:]:<16} {v / 1e6:9.2f} MB   {v * 1e6 / records / 1e6:9.1f} MB per 1M records"
+                f"   {v * 1000 / batches / 1e6:8.2f} MB per 1,000 batches"
+            )
 
 
 def main() -> None:
@@ -267,7 +298,7 @@ def main() -> None:
         results = {int(n): bench_fold(args.runs, args.batches, int(n)) for n in args.replicas.split(",")}
         print_fold(results, args.batches)
     if args.part in ("fairness", "all"):
-        print_fairness(bench_fairness(args.big, args.small, args.batch), args.big, args.small)
+        print_fairness(bench_fairness(args.big, args.small, args.batch), args.big, args.small, args.batch)
 
 
 if __name__ == "__main__":

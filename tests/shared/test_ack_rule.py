@@ -188,3 +188,48 @@ async def test_a_second_writer_between_two_fetches_is_noticed_and_nothing_is_cou
     state = await apply(kv, RunExtracted(pipeline=P, run_id=R, service="t", batches=1, records=10))  # type: ignore[arg-type]
     assert state.settled and state.reconciles
     assert state.counts() == {"extracted": 10, "loaded": 8, "rejected": 1, "filtered": 1, "batches": 1}
+
+
+class DyingKV(MemoryKV):
+    """A bucket whose writer dies at its n-th write (the tracker SIGKILLed mid-fold), and every write after."""
+
+    def __init__(self, die_at: int) -> None:
+        super().__init__()
+        self.die_at, self.n = die_at, 0
+
+    def _store(self, key: str, value: bytes, msg_ttl: float | None) -> int:
+        self.n += 1
+        if self.n >= self.die_at:
+            raise ConnectionError(f"the tracker died at write {self.n}")
+        return super()._store(key, value, msg_ttl)
+
+
+async def test_a_tracker_killed_at_any_write_of_a_fetch_folds_it_exactly_once_when_redelivered() -> None:
+    """Kill points during a fold: a fetch of many events of one run, cut at each of its writes in turn (run key,
+    each batch key, the run key again); the redelivered fetch, to a tracker with no memory, counts everything once."""
+    opening: list[Event] = [RunRequested(pipeline=P, run_id=R, service="t")]
+    fetch = [ev for seq in range(6) for ev in _events(seq)[:2]]  # extracted and transformed, six batches
+    rest = [ev for seq in range(6) for ev in _events(seq)[2:]]
+    closing = [RunExtracted(pipeline=P, run_id=R, service="t", batches=6, records=60)]
+    reference = None
+    for ev in opening + fetch + rest + closing:
+        reference = fold(reference, ev)
+    assert reference is not None
+    probe = MemoryKV()
+    await apply_many(probe, opening)  # type: ignore[arg-type]
+    before = probe.revision
+    await apply_many(probe, fetch)  # type: ignore[arg-type]
+    writes = probe.revision - before
+    assert writes == 2 + 6  # the run key twice, each batch key once
+    for die_at in range(1, writes + 1):
+        kv = DyingKV(die_at=10**9)
+        await apply_many(kv, opening)  # type: ignore[arg-type]
+        kv.die_at, kv.n = die_at, 0
+        with pytest.raises(ConnectionError):
+            await apply_many(kv, fetch, ledgers=Ledgers())  # type: ignore[arg-type]
+        kv.die_at = 10**9  # restarted
+        await apply_many(kv, fetch, ledgers=Ledgers())  # type: ignore[arg-type] # the fetch, redelivered
+        await apply_many(kv, rest + closing, ledgers=Ledgers())  # type: ignore[arg-type]
+        state = await get_run(kv, P, R)  # type: ignore[arg-type]
+        assert state is not None and state.pending == {}, die_at
+        assert state.tally == reference.tally and state.settled == reference.settled, die_at
