@@ -72,7 +72,7 @@ async def publish_all(nc: Any, events: list[Any], window: int = 512) -> float:
     return time.perf_counter()
 
 
-async def fold_round(stack: Any, runs: int, batches: int) -> dict[str, Any]:
+async def fold_round(stack: Any, runs: int, batches: int, profile: Path | None = None) -> dict[str, Any]:
     """Publish `runs` interleaved runs of `batches` batches; time until every run.completed."""
     from jetl import subjects
     from jetl.bus import connect
@@ -106,6 +106,12 @@ async def fold_round(stack: Any, runs: int, batches: int) -> dict[str, Any]:
         pids = {name: p.proc.pid for name, p in stack.procs.items() if p.proc is not None}
         if stack.server is not None and stack.server.proc is not None:
             pids["nats-server"] = stack.server.proc.pid
+        spies: list[Any] = []
+        if profile is not None:
+            import spy
+
+            spies = spy.start({k: v for k, v in pids.items() if k != "nats-server"}, profile)
+            await asyncio.sleep(1.0)  # py-spy attaches
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         t0 = time.perf_counter()
         # the time each run's last batch.loaded was stored: publish up to it, then the rest
@@ -122,6 +128,10 @@ async def fold_round(stack: Any, runs: int, batches: int) -> dict[str, Any]:
         await asyncio.wait_for(finished.wait(), timeout=600)
         await sub.unsubscribe()
         t_end = max(done.values())
+        if spies:
+            import spy
+
+            spy.stop(spies)
         await asyncio.sleep(3.0)  # the tracker summarizes finished runs' batch keys in the background
         sizes = await store_sizes(nc)
         cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
@@ -139,7 +149,7 @@ async def fold_round(stack: Any, runs: int, batches: int) -> dict[str, Any]:
         await nc.close()
 
 
-def bench_fold(runs: int, batches: int, replicas: int) -> dict[str, Any]:
+def bench_fold(runs: int, batches: int, replicas: int, profile: Path | None = None) -> dict[str, Any]:
     """One fold round on a fresh embedded stack running only the scheduler (`replicas` processes)."""
     from jetl.cli.demo import wait_ready
     from jetl.stack.embedded import Stack
@@ -156,7 +166,7 @@ def bench_fold(runs: int, batches: int, replicas: int) -> dict[str, Any]:
     try:
         stack.start()
         asyncio.run(wait_ready(stack))
-        return asyncio.run(fold_round(stack, runs, batches))
+        return asyncio.run(fold_round(stack, runs, batches, profile))
     finally:
         stack.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -290,12 +300,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=4, help="runs folded side by side (fold)")
     ap.add_argument("--batches", type=int, default=2000, help="batches per run (fold)")
     ap.add_argument("--replicas", default="1,2", help="scheduler replicas to compare (fold)")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy profiles of the scheduler(s) here (fold)")
     ap.add_argument("--big", type=int, default=1_000_000, help="records of the big run (fairness)")
     ap.add_argument("--small", type=int, default=500, help="records of the small run (fairness)")
     ap.add_argument("--batch", type=int, default=5000, help="records per batch of both pipelines (fairness)")
     args = ap.parse_args()
     if args.part in ("fold", "all"):
-        results = {int(n): bench_fold(args.runs, args.batches, int(n)) for n in args.replicas.split(",")}
+        results = {int(n): bench_fold(args.runs, args.batches, int(n), args.profile) for n in args.replicas.split(",")}
         print_fold(results, args.batches)
     if args.part in ("fairness", "all"):
         print_fairness(bench_fairness(args.big, args.small, args.batch), args.big, args.small, args.batch)

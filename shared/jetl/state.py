@@ -29,6 +29,7 @@ import asyncio
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -262,31 +263,51 @@ async def put_batch(
     return await compare_and_set(attempt, key)
 
 
+SEEN_MAX = 200_000
+"""Batch keys a tracker remembers having seen per run; past it, a batch key not remembered is read again."""
+
+
+@dataclass
+class _Known:
+    revision: int
+    ledgers: dict[str, tuple[BatchState, int]]
+    seen: set[str] | None
+    """Every batch key of the run that exists (when this tracker has folded the run from its first event): a batch key
+    not among them does not exist, and needs no read. None: not known."""
+
+
 class Ledgers:
     """Batch ledgers as this process last read or wrote them (with their keys' revisions), per run, so that a tracker
-    folding a run's events reads each batch key once rather than once per event.
+    folding a run's events reads each batch key once rather than once per event, and a new batch's key not at all
+    when it has folded the run since its first event.
 
     A run's ledgers are trusted only while its run key is at the revision this process last wrote: every writer of a
     batch key writes the run key around it (`pending`), so any other writer (a second replica, a rebuild) shows as a
-    newer run revision, and the run's ledgers are read again. Settled batches are dropped (few get another event), and
-    past `runs` runs the least recently used goes.
+    newer run revision, and the run's ledgers are read again. Settled batches' ledgers are dropped (few get another
+    event; their keys stay in `seen`), and past `runs` runs the least recently used goes.
     """
 
     def __init__(self, runs: int = 256) -> None:
-        self._runs: OrderedDict[str, tuple[int, dict[str, tuple[BatchState, int]]]] = OrderedDict()
+        self._runs: OrderedDict[str, _Known] = OrderedDict()
         self._max = runs
 
-    def of(self, key: str, revision: int | None) -> dict[str, tuple[BatchState, int]]:
-        """The ledgers known of run `key` as of its run-key `revision` (empty when another writer came between)."""
+    def of(self, key: str, revision: int | None) -> tuple[dict[str, tuple[BatchState, int]], set[str] | None]:
+        """The ledgers known of run `key` as of its run-key `revision`, and the batch keys known to exist (None: not
+        known); nothing is known when another writer came between."""
         kept = self._runs.get(key)
-        if kept is None or kept[0] != revision:
-            return {}
+        if kept is None or kept.revision != revision:
+            return {}, None
         self._runs.move_to_end(key)
-        return kept[1]
+        return kept.ledgers, kept.seen
 
-    def keep(self, key: str, revision: int, ledgers: dict[str, tuple[BatchState, int]]) -> None:
+    def keep(self, key: str, revision: int, ledgers: dict[str, tuple[BatchState, int]], seen: set[str] | None) -> None:
         """Remember run `key`'s unsettled ledgers as of its run-key `revision` (this process's write)."""
-        self._runs[key] = (revision, {k: v for k, v in ledgers.items() if v[0].outcome == "pending"})
+        if seen is not None:
+            seen.update(ledgers)
+            if len(seen) > SEEN_MAX:
+                seen = None
+        pending = {k: v for k, v in ledgers.items() if v[0].outcome == "pending"}
+        self._runs[key] = _Known(revision, pending, seen)
         self._runs.move_to_end(key)
         while len(self._runs) > self._max:
             self._runs.popitem(last=False)
@@ -322,11 +343,21 @@ async def apply_many(
     bkeys = {e.batch_id: batch_key(e.pipeline, e.run_id, e.batch_id) for e in events if isinstance(e, BATCH_EVENTS)}
     run_level = any(not isinstance(e, BATCH_EVENTS) for e in events)
 
+    seen: list[set[str] | None] = [None]
+
     async def count() -> tuple[RunState, int | None, dict[str, tuple[BatchState | None, int | None]], set[str]]:
         value, revision = await _read(kv, key)
         state = RunState.model_validate_json(value) if value else None
-        known: dict[str, tuple[BatchState | None, int | None]] = dict(cache.of(key, revision))
+        kept, exist = cache.of(key, revision)
+        known: dict[str, tuple[BatchState | None, int | None]] = dict(kept)
+        if state is None and not kept:
+            exist = set()  # a run no one has folded: none of its batch keys exists yet
+        seen[0] = set(exist) if exist is not None else None
         missing = [b for b in bkeys.values() if b not in known and (state is None or b not in state.pending)]
+        absent = [b for b in missing if exist is not None and b not in exist]
+        missing = [b for b in missing if exist is None or b in exist]
+        for b in absent:
+            known[b] = (None, None)
         for b, (bvalue, brev) in zip(missing, await asyncio.gather(*(_read(kv, b) for b in missing)), strict=True):
             known[b] = (BatchState.model_validate_json(bvalue) if bvalue else None, brev)
         if state is not None and state.summary and any(known[b][0] is None for b in missing):
@@ -363,9 +394,9 @@ async def apply_many(
     if revision is None:
         return state
     if to_write:
-        state, revision = await _settle_pending(kv, key, state, revision, known, to_write, ttl, cache)
+        state, revision = await _settle_pending(kv, key, state, revision, known, to_write, ttl, cache, seen[0])
     else:
-        cache.keep(key, revision, _kept(known))
+        cache.keep(key, revision, _kept(known), seen[0])
     return state
 
 
@@ -383,6 +414,7 @@ async def _settle_pending(
     bkeys: set[str],
     ttl: float | None,
     cache: Ledgers,
+    seen: set[str] | None,
 ) -> tuple[RunState, int]:
     """Write counted batches' ledgers (`state.pending[b]` for each of `bkeys`, `state` as of run-key `revision`) to
     their keys, then drop them from the run's `pending`, unless a later event of the same batch has replaced one there
@@ -416,7 +448,7 @@ async def _settle_pending(
             ledgers[b] = (written[b], rev)
         else:
             ledgers.pop(b, None)  # someone wrote a newer one: read it next time
-    cache.keep(key, revision, ledgers)
+    cache.keep(key, revision, ledgers, None if seen is None else seen | set(order))
     return state, revision
 
 
