@@ -138,10 +138,14 @@ async def get_batch(kv: KeyValue, pipeline: str, run_id: str, batch_id: str) -> 
     """One batch's ledger as its own key holds it, or its finished run's summary (`compact`); None when neither."""
     key = batch_key(pipeline, run_id, batch_id)
     value, _ = await _read(kv, key)
+    state = await get_run(kv, pipeline, run_id)
+    if state is None:
+        return BatchState.model_validate_json(value) if value else None
+    if key in state.pending:  # counted, its key not written (yet): the newer of the two
+        return state.pending[key]
     if value:
         return BatchState.model_validate_json(value)
-    state = await get_run(kv, pipeline, run_id)
-    return (await read_summary(kv, state)).get(key) if state is not None and state.summary else None
+    return (await read_summary(kv, state)).get(key) if state.summary else None
 
 
 def summary_key(pipeline: str, run_id: str, part: int) -> str:
@@ -209,9 +213,11 @@ async def compact(kv: KeyValue, state: RunState, *, ttl: float | None = RUN_TTL_
         if not value or revision is None:
             return False
         current = RunState.model_validate_json(value)
-        if current.summary or current.pending or current.status not in ("completed", "failed"):
-            return False  # summarized already, or a batch write still in flight: its next fold summarizes it
-        current.summary = len(parts)
+        if current.summary or current.status not in ("completed", "failed"):
+            return False
+        if any(ledgers.get(k) != b for k, b in current.pending.items()):
+            return False  # a batch folded since it was read: its next fold summarizes it
+        current.summary, current.pending = len(parts), {}
         await _write(kv, key, current.model_dump_json().encode(), revision, ttl)
         return True
 
@@ -325,7 +331,12 @@ async def apply(kv: KeyValue, ev: Event, *, ttl: float | None = RUN_TTL_S) -> Ru
 
 
 async def apply_many(
-    kv: KeyValue, events: Sequence[Event], *, ttl: float | None = RUN_TTL_S, ledgers: Ledgers | None = None
+    kv: KeyValue,
+    events: Sequence[Event],
+    *,
+    ttl: float | None = RUN_TTL_S,
+    ledgers: Ledgers | None = None,
+    defer: int = 0,
 ) -> RunState:
     """Fold events of one run, in order, into its state with compare-and-set (retried on a concurrent write): one
     run-key write for all of them, however many.
@@ -336,6 +347,10 @@ async def apply_many(
     finishes the writes without counting again. A redelivered event changes nothing, so it writes nothing. However
     many events, the run key (constant size, whatever the number of batches) is written at most twice and each batch
     key once. `ledgers`: the batch ledgers this process knows already (`Ledgers`), which saves reading their keys.
+
+    `defer`: how many unsettled batches may stay in the run key's `pending` without their own key being written (the
+    tracker's 256): a batch key is then written once, when its batch settles, instead of at each of its events, and a
+    fetch whose batches all stay pending writes the run key once. `load_batches` and `get_batch` read `pending` first.
     """
     first = events[0]
     key = run_key(first.pipeline, first.run_id)
@@ -386,9 +401,12 @@ async def apply_many(
         if state is None:  # only events seen before, of a run whose state has gone: nothing to write
             return fold_run(None, first), None, known, set()
         half_done = {b for b in bkeys.values() if b in state.pending} - changed  # a write left half done before
+        flush = {b for b in changed if state.pending[b].outcome != "pending"} | half_done
+        held = sorted(b for b in state.pending if b not in flush)
+        flush.update(held[defer:])  # room for `defer` unsettled batches in the run key (the oldest): the rest now
         if not changed and not run_level:
-            return state, revision, known, half_done
-        return state, await _write(kv, key, state.model_dump_json().encode(), revision, ttl), known, changed | half_done
+            return state, revision, known, flush
+        return state, await _write(kv, key, state.model_dump_json().encode(), revision, ttl), known, flush
 
     state, revision, known, to_write = await compare_and_set(count, key)
     if revision is None:

@@ -116,6 +116,11 @@ async def read_event(raw: Any) -> Event | None:
     return ev
 
 
+DEFER = 256
+"""Unsettled batches whose ledgers wait in their run's key (`jetl.state.apply_many`): a batch key is then written
+once, when the batch settles, not at each of its events."""
+
+
 async def _not_folded(exc: BaseException) -> None:
     """What giving up on an event does: it stays in the log, and `jetl status --rebuild` folds it once mended."""
     log.error("event not folded; gave up on it", error=f"{type(exc).__name__}: {exc}")
@@ -146,7 +151,7 @@ async def _track_run(
         if ctx.kv is None:
             raise TransientError("the state bucket is not open yet")
         ttl = ctx.settings.nats.run_state_ttl_days * 86400
-        state = await apply_many(ctx.kv, events, ttl=ttl, ledgers=ledgers)
+        state = await apply_many(ctx.kv, events, ttl=ttl, ledgers=ledgers, defer=DEFER)
         if state.requested_at is None:  # events of a run nobody asked for: on the log, acting on nothing
             log.warning("event of a run never requested; not acted on", type=events[0].type, run_id=state.run_id)
             return
