@@ -72,12 +72,28 @@ async def publish_all(nc: Any, events: list[Any], window: int = 512) -> float:
     return time.perf_counter()
 
 
-async def fold_round(stack: Any, runs: int, batches: int, profile: Path | None = None) -> dict[str, Any]:
-    """Publish `runs` interleaved runs of `batches` batches; time until every run.completed."""
+async def completions(nc: Any, ids: list[str]) -> tuple[dict[str, float], asyncio.Event, Any]:
+    """Watch the log for run.completed of `ids`: (when each came, set once all have, the subscription)."""
     from jetl import subjects
-    from jetl.bus import connect
     from jetl.events import parse_event
     from jetl.subjects import Kind
+
+    done: dict[str, float] = {}
+    finished = asyncio.Event()
+
+    async def seen(msg: Any) -> None:
+        ev = parse_event(msg.data)
+        if ev.type == "run.completed" and ev.run_id in ids:
+            done.setdefault(ev.run_id, time.perf_counter())
+            if len(done) == len(ids):
+                finished.set()
+
+    return done, finished, await nc.subscribe(subjects.pattern(Kind.EVENTS), cb=seen)
+
+
+async def fold_round(stack: Any, runs: int, batches: int, profile: Path | None = None) -> dict[str, Any]:
+    """Publish `runs` interleaved runs of `batches` batches; time until every run.completed."""
+    from jetl.bus import connect
 
     nc = await connect(stack.operator)
     try:
@@ -92,17 +108,7 @@ async def fold_round(stack: Any, runs: int, batches: int, profile: Path | None =
                 events += per_batch[seq]
                 last_load_index[ids[r]] = len(events) - 1
         events += [ev for _, _, closing in parts for ev in closing]
-        done: dict[str, float] = {}
-        finished = asyncio.Event()
-
-        async def seen(msg: Any) -> None:
-            ev = parse_event(msg.data)
-            if ev.type == "run.completed" and ev.run_id in ids:
-                done.setdefault(ev.run_id, time.perf_counter())
-                if len(done) == runs:
-                    finished.set()
-
-        sub = await nc.subscribe(subjects.pattern(Kind.EVENTS), cb=seen)
+        done, finished, sub = await completions(nc, ids)
         pids = {name: p.proc.pid for name, p in stack.procs.items() if p.proc is not None}
         if stack.server is not None and stack.server.proc is not None:
             pids["nats-server"] = stack.server.proc.pid
@@ -152,9 +158,7 @@ async def fold_round(stack: Any, runs: int, batches: int, profile: Path | None =
 async def backlog_round(stack: Any, runs: int, batches: int) -> dict[str, Any]:
     """The tracker's capacity: the scheduler(s) stopped, `runs` runs of `batches` batches published, the scheduler(s)
     started again; timed from the tracker's first delivery of them to the last run.completed (every fetch full)."""
-    from jetl import subjects
     from jetl.bus import connect
-    from jetl.events import parse_event
     from jetl.subjects import STREAMS, Kind
 
     for p in stack.procs.values():
@@ -168,17 +172,7 @@ async def backlog_round(stack: Any, runs: int, batches: int) -> dict[str, Any]:
             opening, per_batch, closing = run_events(f"bl{r}", ids[r], batches)
             events += opening + [ev for group in per_batch for ev in group] + closing
         await publish_all(nc, events)
-        done: dict[str, float] = {}
-        finished = asyncio.Event()
-
-        async def seen(msg: Any) -> None:
-            ev = parse_event(msg.data)
-            if ev.type == "run.completed" and ev.run_id in ids:
-                done.setdefault(ev.run_id, time.perf_counter())
-                if len(done) == runs:
-                    finished.set()
-
-        sub = await nc.subscribe(subjects.pattern(Kind.EVENTS), cb=seen)
+        done, finished, sub = await completions(nc, ids)
         js = nc.jetstream()
         before = (await js.consumer_info(STREAMS[Kind.EVENTS].name, "tracker")).delivered.consumer_seq
         for p in stack.procs.values():
