@@ -5,6 +5,8 @@ cursors do not."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -135,17 +137,25 @@ async def test_run_and_batch_keys_expire_and_cursors_never_do() -> None:
     assert kv.ttls[f"cursor.{P}"] is None
 
 
-@pytest.mark.integration
-async def test_the_real_bucket_expires_a_run_key_and_keeps_the_cursor(nats: Any) -> None:
+@contextlib.asynccontextmanager
+async def real_bucket(url: str) -> AsyncIterator[Any]:
+    """The state bucket of a fresh deployment on a real server."""
     from jetl.bus import connect
     from jetl.settings import NatsSettings
     from jetl.state import bucket
     from jetl.topology import declare
 
-    nc = await connect(NatsSettings(url=nats.url))
+    nc = await connect(NatsSettings(url=url))
     try:
-        await declare(nc, NatsSettings(url=nats.url))
-        kv = await bucket(nc)
+        await declare(nc, NatsSettings(url=url))
+        yield await bucket(nc)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.integration
+async def test_the_real_bucket_expires_a_run_key_and_keeps_the_cursor(nats: Any) -> None:
+    async with real_bucket(nats.url) as kv:
         for ev in batch_events(0):
             await apply(kv, ev, ttl=1)
         await put_cursor(kv, P, {"value": 1})
@@ -157,8 +167,6 @@ async def test_the_real_bucket_expires_a_run_key_and_keeps_the_cursor(nats: Any)
         assert await get_run(kv, P, R) is None  # expired with its batch
         assert await get_batch(kv, P, R, f"{R}/000000") is None
         assert await get_cursor(kv, P) == {"value": 1}  # cursors never expire
-    finally:
-        await nc.close()
 
 
 async def test_a_finished_runs_batch_keys_fold_into_a_compact_summary_that_later_events_still_count_against() -> None:
@@ -193,16 +201,10 @@ async def test_a_finished_runs_batch_keys_fold_into_a_compact_summary_that_later
 
 @pytest.mark.integration
 async def test_the_real_bucket_keeps_a_summary_in_place_of_the_batch_keys(nats: Any) -> None:
-    from jetl.bus import connect
     from jetl.events import RunCompleted
-    from jetl.settings import NatsSettings
-    from jetl.state import bucket, bucket_keys, compact, load_batches
-    from jetl.topology import declare
+    from jetl.state import bucket_keys, compact, load_batches
 
-    nc = await connect(NatsSettings(url=nats.url))
-    try:
-        await declare(nc, NatsSettings(url=nats.url))
-        kv = await bucket(nc)
+    async with real_bucket(nats.url) as kv:
         await apply(kv, RunRequested(**base()))
         for seq in range(30):
             for ev in batch_events(seq):
@@ -217,8 +219,6 @@ async def test_the_real_bucket_keeps_a_summary_in_place_of_the_batch_keys(nats: 
         after = await get_run(kv, P, R)
         assert after is not None and after.counts() == state.counts() and after.summary == 1
         assert len((await load_batches(kv, after)).batches) == 30
-    finally:
-        await nc.close()
 
 
 async def get_batch_raw(kv: Any, key: str) -> bytes | None:
