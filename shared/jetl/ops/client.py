@@ -27,7 +27,8 @@ from jetl.bus import Bus, make_broker, nats_connection, riding_connection
 from jetl.errors import ConfigError, TransientError, WaitTimedOut, classify
 from jetl.eventlog import read_events, read_stream, tail
 from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, parse_event
-from jetl.messages import DeadLetter, RunRequest, Trigger
+from jetl.messages.deadletter import DeadLetter
+from jetl.messages.models import RunRequest, Trigger
 from jetl.ops.backfill import BackfillOptions, run_slots
 from jetl.ops.deadletters import letters_at
 from jetl.ops.destination import DestinationCount, ask_loader
