@@ -4,6 +4,7 @@
     ├── TransientError          retry: nak with backoff (network, timeouts, a server that is down)
     │   ├── DestinationUnavailable
     │   ├── StoreFull           a stream, bucket, the JetStream store or the archive has no room (names the setting)
+    │   ├── Contention          a compare-and-set that kept losing to other writers of the same key
     │   └── WaitTimedOut        a client gave up waiting for a run (says what it waited for, and whether NATS is up)
     └── TerminalError           dead-letter: record why, then term (bad data, bad config, bugs in a transform)
         ├── ConfigError         a pipeline or setting that cannot work; raised at start-up where possible
@@ -56,6 +57,11 @@ class StoreFull(TransientError):
     def __init__(self, store: str, detail: str, setting: str) -> None:
         super().__init__(f"{store} is full ({detail}): raise {setting}, or free room in it")
         self.store, self.detail, self.setting = store, detail, setting
+
+
+class Contention(TransientError):
+    """A compare-and-set of a state key lost to concurrent writers at every try (`jetl.state.compare_and_set`): the
+    same write succeeds once they are done, so it is retried like a network error, never dead-lettered."""
 
 
 class WaitTimedOut(TransientError):

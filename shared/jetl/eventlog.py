@@ -15,7 +15,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetl.events import CursorChanged, Event, RunCompleted, is_run_event, read_event
@@ -26,6 +26,8 @@ from jetl.state import (
     batch_key,
     bucket,
     bucket_keys,
+    cas_conflict,
+    compare_and_set,
     delete_cursor,
     mark_finished,
     put_batch,
@@ -185,11 +187,13 @@ async def rebuild(nc: Client, pipeline: str | None = None, *, ttl: float | None 
         try:
             await kv.delete(k, last=rev)
         except Exception as exc:  # the tracker wrote it meanwhile: an event explains it after all, keep it
-            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
+            if not cas_conflict(exc):
                 raise
             continue
         for bk in await bucket_keys(kv, "batch." + k.removeprefix("run.") + ".>"):
             await kv.delete(bk)
+        for sk in await bucket_keys(kv, "sum." + k.removeprefix("run.") + ".>"):
+            await kv.delete(sk)
     for p, cursor in cursors.items():
         if cursor is None:
             await delete_cursor(kv, p)
@@ -230,26 +234,27 @@ async def _write_state(
 ) -> None:
     """Write one refolded state with compare-and-set; on a concurrent write, refold that run from the log again."""
     key = run_key(pipeline, run_id)
-    for _ in range(20):
-        if state is None:
+    current: list[Any] = [state, revision, False]
+
+    async def attempt() -> None:
+        st, rev, again = current
+        if again:  # the tracker wrote it meanwhile: refold the run from the log, against its revision now
+            try:
+                rev = (await kv.get(key)).revision
+            except (KeyNotFoundError, NotFoundError):
+                rev = None
+            st = await _refold(nc, pipeline, run_id)
+            for batch_id, b in st.batches.items() if st is not None else ():
+                await put_batch(kv, batch_key(pipeline, run_id, batch_id), b, ttl)
+        current[2] = True
+        if st is None:
             return
-        try:
-            if revision is None:
-                await kv.create(key, state.model_dump_json().encode(), msg_ttl=ttl)
-            else:
-                await kv.update(key, state.model_dump_json().encode(), last=revision, msg_ttl=ttl)
-            return
-        except Exception as exc:
-            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
-                raise
-        try:
-            revision = (await kv.get(key)).revision
-        except (KeyNotFoundError, NotFoundError):
-            revision = None
-        state = await _refold(nc, pipeline, run_id)
-        for batch_id, b in state.batches.items() if state is not None else ():
-            await put_batch(kv, batch_key(pipeline, run_id, batch_id), b, ttl)
-    raise RuntimeError(f"could not rebuild {key}: too many concurrent writers")
+        if rev is None:
+            await kv.create(key, st.model_dump_json().encode(), msg_ttl=ttl)
+        else:
+            await kv.update(key, st.model_dump_json().encode(), last=rev, msg_ttl=ttl)
+
+    await compare_and_set(attempt, key, tries=20)
 
 
 async def read_from(

@@ -123,6 +123,9 @@ class RunState(BaseModel):
     """The JETL_DLQ sequences this run redrives."""
     partitions: int | None = None
     """How many partitions a partitioned run's extraction has (from run.partitioned); None: not partitioned."""
+    summary: int = 0
+    """How many summary keys hold this finished run's batch ledgers (`jetl.state.compact`); 0: they are in their own
+    keys."""
     partition_batches: dict[str, int] = Field(default_factory=dict)
     """Per partition that reported (partition.extracted), its batch count: the run's expected batches are their
     total once every partition has reported."""

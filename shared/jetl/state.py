@@ -27,9 +27,13 @@ stay here because the CLI's `jetl schedule`, `jetl pause` and `jetl resume` read
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+import zlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from nats.aio.client import Client
@@ -43,7 +47,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-from jetl.errors import NoDeployment
+from jetl.errors import Contention, NoDeployment
 from jetl.events import Event, is_run_event
 from jetl.projection import BATCH_EVENTS, BatchState, RunState, fold, fold_batch, fold_run
 from jetl.settings import NatsSettings
@@ -52,6 +56,8 @@ from jetl.topology import BUCKET, server_url
 
 RUN_TTL_S = NatsSettings().run_state_ttl_days * 86400
 """Seconds a run or batch key lives after its last write."""
+
+T = TypeVar("T")
 
 
 async def bucket(nc: Client) -> KeyValue:
@@ -93,9 +99,25 @@ def _batch_id(state: RunState, key: str) -> str:
     return f"{state.run_id}/{key.split('.', 3)[3].replace('.', '/')}"
 
 
-def _conflict(exc: Exception) -> bool:
+def cas_conflict(exc: Exception) -> bool:
     """A compare-and-set lost to a concurrent writer."""
     return isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc)
+
+
+CAS_TRIES = 50
+"""Tries of one compare-and-set before it gives up as `Contention` (transient: the message is retried later)."""
+
+
+async def compare_and_set(attempt: Callable[[], Awaitable[T]], what: str, tries: int = CAS_TRIES) -> T:
+    """The one retry loop of every compare-and-set on the bucket: run `attempt` (which reads what it needs, then
+    writes with compare-and-set) again while a concurrent writer beats it; `Contention` (transient) after `tries`."""
+    for _ in range(tries):
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not cas_conflict(exc):
+                raise
+    raise Contention(f"could not update {what}: {tries} tries lost to concurrent writers")
 
 
 async def _read(kv: KeyValue, key: str) -> tuple[bytes | None, int | None]:
@@ -115,9 +137,111 @@ async def _write(kv: KeyValue, key: str, data: bytes, revision: int | None, ttl:
 
 
 async def get_batch(kv: KeyValue, pipeline: str, run_id: str, batch_id: str) -> BatchState | None:
-    """One batch's ledger as its own key holds it, or None."""
-    value, _ = await _read(kv, batch_key(pipeline, run_id, batch_id))
-    return BatchState.model_validate_json(value) if value else None
+    """One batch's ledger as its own key holds it, or its finished run's summary (`compact`); None when neither."""
+    key = batch_key(pipeline, run_id, batch_id)
+    value, _ = await _read(kv, key)
+    state = await get_run(kv, pipeline, run_id)
+    if state is None:
+        return BatchState.model_validate_json(value) if value else None
+    if key in state.pending:  # counted, its key not written (yet): the newer of the two
+        return state.pending[key]
+    if value:
+        return BatchState.model_validate_json(value)
+    return (await read_summary(kv, state)).get(key) if state.summary else None
+
+
+def summary_key(pipeline: str, run_id: str, part: int) -> str:
+    """KV key of one part of a finished run's batch summary: `sum.<pipeline>.<run>.<part>`."""
+    return f"sum.{check_token(pipeline)}.{check_token(run_id)}.{part}"
+
+
+SUMMARY_BATCHES = 20_000
+"""Batch ledgers per summary key: ~2-4 bytes each compressed, well under any `max_payload`."""
+
+
+def _summary_parts(ledgers: dict[str, BatchState]) -> list[bytes]:
+    """Batch ledgers (by batch key) as compressed summary values: the distinct ledgers once, then per batch its key
+    suffix, sequence and ledger index (most batches of a run share one ledger, and their suffixes count up)."""
+    out: list[bytes] = []
+    keys = sorted(ledgers)
+    for i in range(0, max(1, len(keys)), SUMMARY_BATCHES):
+        distinct: dict[str, int] = {}
+        rows: list[tuple[str, int, int]] = []
+        for k in keys[i : i + SUMMARY_BATCHES]:
+            b = ledgers[k]
+            shape = b.model_dump_json(exclude={"seq"})
+            rows.append((k.split(".", 3)[3], b.seq, distinct.setdefault(shape, len(distinct))))
+        body = {"ledgers": [orjson.loads(x) for x in distinct], "batches": rows}
+        out.append(zlib.compress(orjson.dumps(body), 6))
+    return out
+
+
+async def read_summary(kv: KeyValue, state: RunState) -> dict[str, BatchState]:
+    """The batch ledgers a finished run's summary keeps, by batch key (empty when it has none)."""
+    prefix = f"batch.{check_token(state.pipeline)}.{check_token(state.run_id)}."
+    out: dict[str, BatchState] = {}
+    for part in range(state.summary):
+        value, _ = await _read(kv, summary_key(state.pipeline, state.run_id, part))
+        if not value:
+            continue
+        body = orjson.loads(zlib.decompress(value))
+        shapes = body["ledgers"]
+        for suffix, seq, i in body["batches"]:
+            out[prefix + suffix] = BatchState.model_validate({**shapes[i], "seq": seq})
+    return out
+
+
+PURGED_MARKER_TTL_S = 60.0
+"""Seconds the purge marker of a summarized batch key stays (then nothing of it is left in the bucket)."""
+
+
+async def compact(kv: KeyValue, state: RunState, *, ttl: float | None = RUN_TTL_S) -> int:
+    """Fold a finished run's batch keys into its summary (`summary_key`): the summary is written, then the run key
+    says so (compare-and-set), then the batch keys are purged (their markers expire after `PURGED_MARKER_TTL_S`).
+    A batch's later event (a redelivery) still finds its ledger there, so nothing is counted twice. Returns the
+    batches summarized; 0 when the run is not finished or already summarized."""
+    if state.status not in ("completed", "failed") or state.summary:
+        return 0
+    await load_batches(kv, state)
+    prefix = f"batch.{check_token(state.pipeline)}.{check_token(state.run_id)}."
+    ledgers = {prefix + _suffix(state, batch_id): b for batch_id, b in state.batches.items()}
+    parts = _summary_parts(ledgers)
+    for i, data in enumerate(parts):
+        await _put(kv, summary_key(state.pipeline, state.run_id, i), data, ttl)
+    key = run_key(state.pipeline, state.run_id)
+
+    async def mark() -> bool:
+        value, revision = await _read(kv, key)
+        if not value or revision is None:
+            return False
+        current = RunState.model_validate_json(value)
+        if current.summary or current.status not in ("completed", "failed"):
+            return False
+        if any(ledgers.get(k) != b for k, b in current.pending.items()):
+            return False  # a batch folded since it was read: its next fold summarizes it
+        current.summary, current.pending = len(parts), {}
+        await _write(kv, key, current.model_dump_json().encode(), revision, ttl)
+        return True
+
+    if not await compare_and_set(mark, key):
+        return 0
+    await asyncio.gather(*(kv.purge(k, msg_ttl=PURGED_MARKER_TTL_S) for k in ledgers))
+    return len(ledgers)
+
+
+async def _put(kv: KeyValue, key: str, data: bytes, ttl: float | None) -> int:
+    """Write a key whatever it holds (with a per-key TTL when given)."""
+
+    async def attempt() -> int:
+        _, revision = await _read(kv, key)
+        return await _write(kv, key, data, revision, ttl)
+
+    return await compare_and_set(attempt, key)
+
+
+def _suffix(state: RunState, batch_id: str) -> str:
+    """The batch-key suffix of a batch id of `state`'s run (`batch_key` without its prefix)."""
+    return batch_key(state.pipeline, state.run_id, batch_id).split(".", 3)[3]
 
 
 _UNKNOWN = -1
@@ -126,107 +250,234 @@ _UNKNOWN = -1
 
 async def put_batch(
     kv: KeyValue, key: str, batch: BatchState, ttl: float | None = RUN_TTL_S, revision: int | None = _UNKNOWN
-) -> None:
-    """Write a batch's ledger unless its key holds the same or a newer version (two replicas may race).
+) -> int | None:
+    """Write a batch's ledger unless its key holds the same or a newer version (two replicas may race); returns the
+    key's new revision (None: not written).
 
     `revision`: the key's revision as the caller read it (None: missing), which saves reading it again when no one
     wrote it since.
     """
-    for _ in range(50):
-        if revision == _UNKNOWN:
-            value, revision = await _read(kv, key)
+    known = [revision]
+
+    async def attempt() -> int | None:
+        rev = known[0]
+        known[0] = _UNKNOWN  # a retry reads again
+        if rev == _UNKNOWN:
+            value, rev = await _read(kv, key)
             if value and BatchState.model_validate_json(value).v >= batch.v:
-                return
-        try:
-            await _write(kv, key, batch.model_dump_json().encode(), revision, ttl)
-            return
-        except Exception as exc:
-            if not _conflict(exc):
-                raise
-            revision = _UNKNOWN
-    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+                return None
+        return await _write(kv, key, batch.model_dump_json().encode(), rev, ttl)
+
+    return await compare_and_set(attempt, key)
+
+
+SEEN_MAX = 200_000
+"""Batch keys a tracker remembers having seen per run; past it, a batch key not remembered is read again."""
+
+
+@dataclass
+class _Known:
+    revision: int
+    ledgers: dict[str, tuple[BatchState, int]]
+    seen: set[str] | None
+    """Every batch key of the run that exists (when this tracker has folded the run from its first event): a batch key
+    not among them does not exist, and needs no read. None: not known."""
+
+
+class Ledgers:
+    """Batch ledgers as this process last read or wrote them (with their keys' revisions), per run, so that a tracker
+    folding a run's events reads each batch key once rather than once per event, and a new batch's key not at all
+    when it has folded the run since its first event.
+
+    A run's ledgers are trusted only while its run key is at the revision this process last wrote: every writer of a
+    batch key writes the run key around it (`pending`), so any other writer (a second replica, a rebuild) shows as a
+    newer run revision, and the run's ledgers are read again. Settled batches' ledgers are dropped (few get another
+    event; their keys stay in `seen`), and past `runs` runs the least recently used goes.
+    """
+
+    def __init__(self, runs: int = 256) -> None:
+        self._runs: OrderedDict[str, _Known] = OrderedDict()
+        self._max = runs
+
+    def of(self, key: str, revision: int | None) -> tuple[dict[str, tuple[BatchState, int]], set[str] | None]:
+        """The ledgers known of run `key` as of its run-key `revision`, and the batch keys known to exist (None: not
+        known); nothing is known when another writer came between."""
+        kept = self._runs.get(key)
+        if kept is None or kept.revision != revision:
+            return {}, None
+        self._runs.move_to_end(key)
+        return kept.ledgers, kept.seen
+
+    def keep(self, key: str, revision: int, ledgers: dict[str, tuple[BatchState, int]], seen: set[str] | None) -> None:
+        """Remember run `key`'s unsettled ledgers as of its run-key `revision` (this process's write)."""
+        if seen is not None:
+            seen.update(ledgers)
+            if len(seen) > SEEN_MAX:
+                seen = None
+        pending = {k: v for k, v in ledgers.items() if v[0].outcome == "pending"}
+        self._runs[key] = _Known(revision, pending, seen)
+        self._runs.move_to_end(key)
+        while len(self._runs) > self._max:
+            self._runs.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        """Drop a run's ledgers (it finished)."""
+        self._runs.pop(key, None)
 
 
 async def apply(kv: KeyValue, ev: Event, *, ttl: float | None = RUN_TTL_S) -> RunState:
-    """Fold one event into its run's state with compare-and-set (retried on a concurrent write).
-
-    A batch event changes two keys: its batch's ledger and the run's totals. The run key is written first, with the
-    batch's new ledger in `pending`, then the batch key, then `pending` is cleared; a delivery that stopped between
-    the writes leaves the batch in `pending`, and its redelivery (or the batch's next event) finishes the write
-    without counting again. A redelivered event changes nothing, so it writes nothing. Each event writes the run
-    key (constant size, whatever the number of batches) at most twice and its batch key once.
-    """
+    """Fold one event into its run's state (`apply_many` with one event)."""
     if not is_run_event(ev):  # an operator action names no run: folded into a throwaway state, nothing written
         return fold(None, ev)
-    key = run_key(ev.pipeline, ev.run_id)
-    if not isinstance(ev, BATCH_EVENTS):
-        for _ in range(50):
-            value, revision = await _read(kv, key)
-            folded = fold_run(RunState.model_validate_json(value) if value else None, ev)
-            try:
-                await _write(kv, key, folded.model_dump_json().encode(), revision, ttl)
-                return folded
-            except Exception as exc:
-                if not _conflict(exc):
-                    raise
-        raise RuntimeError(f"could not update {key}: too many concurrent writers")
-    bkey = batch_key(ev.pipeline, ev.run_id, ev.batch_id)
-    for _ in range(50):
+    return await apply_many(kv, [ev], ttl=ttl)
+
+
+async def apply_many(
+    kv: KeyValue,
+    events: Sequence[Event],
+    *,
+    ttl: float | None = RUN_TTL_S,
+    ledgers: Ledgers | None = None,
+    defer: int = 0,
+) -> RunState:
+    """Fold events of one run, in order, into its state with compare-and-set (retried on a concurrent write): one
+    run-key write for all of them, however many.
+
+    A batch event changes two keys: its batch's ledger and the run's totals. The run key is written first, with the
+    batches' new ledgers in `pending`, then the batch keys (side by side), then `pending` is cleared; a delivery that
+    stopped between the writes leaves the batches in `pending`, and their redelivery (or a batch's next event)
+    finishes the writes without counting again. A redelivered event changes nothing, so it writes nothing. However
+    many events, the run key (constant size, whatever the number of batches) is written at most twice and each batch
+    key once. `ledgers`: the batch ledgers this process knows already (`Ledgers`), which saves reading their keys.
+
+    `defer`: how many unsettled batches may stay in the run key's `pending` without their own key being written (the
+    tracker's 256): a batch key is then written once, when its batch settles, instead of at each of its events, and a
+    fetch whose batches all stay pending writes the run key once. `load_batches` and `get_batch` read `pending` first.
+    """
+    first = events[0]
+    key = run_key(first.pipeline, first.run_id)
+    cache = ledgers or Ledgers()
+    bkeys = {e.batch_id: batch_key(e.pipeline, e.run_id, e.batch_id) for e in events if isinstance(e, BATCH_EVENTS)}
+    run_level = any(not isinstance(e, BATCH_EVENTS) for e in events)
+
+    seen: list[set[str] | None] = [None]
+
+    async def count() -> tuple[RunState, int | None, dict[str, tuple[BatchState | None, int | None]], set[str]]:
         value, revision = await _read(kv, key)
         state = RunState.model_validate_json(value) if value else None
-        old = state.pending.get(bkey) if state is not None else None
-        brev: int | None = _UNKNOWN  # the batch key's revision is read only when its value is
-        if old is None:
-            bvalue, brev = await _read(kv, bkey)
-            old = BatchState.model_validate_json(bvalue) if bvalue else None
-        new = fold_batch(old, ev)
-        if old is not None and new.v == old.v:  # seen before: nothing to count
-            if state is not None and bkey in state.pending:  # ...but its write was left half done
-                assert revision is not None
-                return await _settle_pending(kv, key, bkey, state, revision, brev, ttl)
-            return state if state is not None else fold_run(None, ev)
-        state = fold_run(state, ev)
-        state.tally.add(old, new)
-        state.pending[bkey] = new
-        try:
-            revision = await _write(kv, key, state.model_dump_json().encode(), revision, ttl)
-        except Exception as exc:
-            if not _conflict(exc):
-                raise
-            continue
-        return await _settle_pending(kv, key, bkey, state, revision, brev, ttl)
-    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+        kept, exist = cache.of(key, revision)
+        known: dict[str, tuple[BatchState | None, int | None]] = dict(kept)
+        if state is None and not kept:
+            exist = set()  # a run no one has folded: none of its batch keys exists yet
+        seen[0] = set(exist) if exist is not None else None
+        missing = [b for b in bkeys.values() if b not in known and (state is None or b not in state.pending)]
+        absent = [b for b in missing if exist is not None and b not in exist]
+        missing = [b for b in missing if exist is None or b in exist]
+        for b in absent:
+            known[b] = (None, None)
+        for b, (bvalue, brev) in zip(missing, await asyncio.gather(*(_read(kv, b) for b in missing)), strict=True):
+            known[b] = (BatchState.model_validate_json(bvalue) if bvalue else None, brev)
+        if state is not None and state.summary and any(known[b][0] is None for b in missing):
+            summarized = await read_summary(kv, state)  # a late event of a finished run: its ledger is here
+            for b in missing:
+                if known[b][0] is None and b in summarized:
+                    known[b] = (summarized[b], known[b][1])
+        working: dict[str, BatchState | None] = {
+            b: state.pending[b] if state is not None and b in state.pending else known[b][0] for b in bkeys.values()
+        }
+        changed: set[str] = set()
+        for ev in events:
+            if not isinstance(ev, BATCH_EVENTS):
+                state = fold_run(state, ev)
+                continue
+            b = bkeys[ev.batch_id]
+            old = working[b]
+            new = fold_batch(old, ev)
+            if old is not None and new.v == old.v:  # seen before: nothing to count
+                continue
+            state = fold_run(state, ev)
+            state.tally.add(old, new)
+            working[b] = new
+            state.pending[b] = new
+            changed.add(b)
+        if state is None:  # only events seen before, of a run whose state has gone: nothing to write
+            return fold_run(None, first), None, known, set()
+        half_done = {b for b in bkeys.values() if b in state.pending} - changed  # a write left half done before
+        flush = {b for b in changed if state.pending[b].outcome != "pending"} | half_done
+        held = sorted(b for b in state.pending if b not in flush)
+        flush.update(held[defer:])  # room for `defer` unsettled batches in the run key (the oldest): the rest now
+        if not changed and not run_level:
+            return state, revision, known, flush
+        return state, await _write(kv, key, state.model_dump_json().encode(), revision, ttl), known, flush
+
+    state, revision, known, to_write = await compare_and_set(count, key)
+    if revision is None:
+        return state
+    if to_write:
+        state, revision = await _settle_pending(kv, key, state, revision, known, to_write, ttl, cache, seen[0])
+    else:
+        cache.keep(key, revision, _kept(known), seen[0])
+    return state
+
+
+def _kept(known: dict[str, tuple[BatchState | None, int | None]]) -> dict[str, tuple[BatchState, int]]:
+    """The ledgers of `known` that exist, with their revisions."""
+    return {b: (v, rev) for b, (v, rev) in known.items() if v is not None and rev is not None}
 
 
 async def _settle_pending(
-    kv: KeyValue, key: str, bkey: str, state: RunState, revision: int, brev: int | None, ttl: float | None
-) -> RunState:
-    """Write a counted batch's ledger (`state.pending[bkey]`, `state` as of run-key `revision`) to its key, then drop
-    it from the run's `pending`, unless a later event of the same batch has replaced it there meanwhile (that
-    event's delivery writes it)."""
-    batch = state.pending[bkey]
-    await put_batch(kv, bkey, batch, ttl, brev)
-    for _ in range(50):
-        if state.pending.get(bkey) != batch:
-            return state
-        del state.pending[bkey]
-        try:
-            await _write(kv, key, state.model_dump_json().encode(), revision, ttl)
-            return state
-        except Exception as exc:
-            if not _conflict(exc):
-                raise
-        value, rev = await _read(kv, key)
-        if not value or rev is None:
-            raise RuntimeError(f"{key} vanished while its batch {bkey} was written")
-        state, revision = RunState.model_validate_json(value), rev
-    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+    kv: KeyValue,
+    key: str,
+    state: RunState,
+    revision: int,
+    known: dict[str, tuple[BatchState | None, int | None]],
+    bkeys: set[str],
+    ttl: float | None,
+    cache: Ledgers,
+    seen: set[str] | None,
+) -> tuple[RunState, int]:
+    """Write counted batches' ledgers (`state.pending[b]` for each of `bkeys`, `state` as of run-key `revision`) to
+    their keys, then drop them from the run's `pending`, unless a later event of the same batch has replaced one there
+    meanwhile (that event's delivery writes it)."""
+    written = {b: state.pending[b] for b in bkeys}
+    order = sorted(written)
+    revs = await asyncio.gather(
+        *(put_batch(kv, b, written[b], ttl, known[b][1] if b in known else _UNKNOWN) for b in order)
+    )
+    current: list[Any] = [state, revision]
+
+    async def clear() -> tuple[RunState, int]:
+        st, rev = current[0], current[1]
+        if st is None:
+            value, rev = await _read(kv, key)
+            if not value or rev is None:
+                raise Contention(f"{key} vanished while its batches were written")
+            st = RunState.model_validate_json(value)
+        current[0] = None  # a retry reads again
+        mine = [b for b in order if st.pending.get(b) == written[b]]
+        if not mine:
+            return st, rev
+        for b in mine:
+            del st.pending[b]
+        return st, await _write(kv, key, st.model_dump_json().encode(), rev, ttl)
+
+    state, revision = await compare_and_set(clear, key)
+    ledgers = _kept(known)
+    for b, rev in zip(order, revs, strict=True):
+        if rev is not None:
+            ledgers[b] = (written[b], rev)
+        else:
+            ledgers.pop(b, None)  # someone wrote a newer one: read it next time
+    cache.keep(key, revision, ledgers, None if seen is None else seen | set(order))
+    return state, revision
 
 
 async def load_batches(kv: KeyValue, state: RunState) -> RunState:
     """Read a run's batch ledgers from their keys into `state.batches` (for what needs them one by one: replay
     supersession, dead-letter status). Linear in the run's batches; the totals never need it."""
     prefix = f"batch.{check_token(state.pipeline)}.{check_token(state.run_id)}."
+    for k, b in (await read_summary(kv, state)).items():  # a finished run's, then any key written since
+        state.batches[_batch_id(state, k)] = b
     for k in await bucket_keys(kv, f"{prefix}>"):
         value, _ = await _read(kv, k)
         if value:
@@ -320,25 +571,20 @@ async def get_json(kv: KeyValue, key: str) -> Any:
 
 async def update_json(kv: KeyValue, key: str, change: Callable[[Any], Any]) -> Any:
     """Read-modify-write one JSON key with compare-and-set; `change(old)` returns the new value (None: leave it)."""
-    for _ in range(50):
-        try:
-            entry = await kv.get(key)
-            old, revision = (orjson.loads(entry.value) if entry.value else None), entry.revision
-        except (KeyNotFoundError, NotFoundError):
-            old, revision = None, None
+
+    async def attempt() -> Any:
+        value, revision = await _read(kv, key)
+        old = orjson.loads(value) if value else None
         new = change(old)
         if new is None or new == old:
             return old
-        try:
-            if revision is None:
-                await kv.create(key, orjson.dumps(new))
-            else:
-                await kv.update(key, orjson.dumps(new), last=revision)
-            return new
-        except Exception as exc:
-            if not isinstance(exc, KeyWrongLastSequenceError) and "wrong last sequence" not in str(exc):
-                raise
-    raise RuntimeError(f"could not update {key}: too many concurrent writers")
+        if revision is None:
+            await kv.create(key, orjson.dumps(new))
+        else:
+            await kv.update(key, orjson.dumps(new), last=revision)
+        return new
+
+    return await compare_and_set(attempt, key)
 
 
 async def get_paused(kv: KeyValue, pipeline: str) -> bool | None:

@@ -31,7 +31,7 @@ from jetl.state import put_cursor
 from jetl.subjects import Kind
 from jetl.testing.memory import MemoryKV, capture
 from jetl.testing.servers import NatsHandle
-from jetl_extractor.handlers import make_router
+from jetl_extractor.handlers import RunSlots, make_router
 from jetl_extractor.resend import Resend
 
 
@@ -101,10 +101,12 @@ async def deliver(subject: str, body: bytes, kv: MemoryKV | None = None) -> dict
     published, by stream."""
     ctx = make_context("extractor", JetlSettings())
     ctx.kv = kv  # type: ignore[assignment]
-    ctx.broker.include_router(make_router(ctx))
+    slots = RunSlots(1, ack_wait=10)  # a run extracts in a slot beside the consume loop: wait for it to finish
+    ctx.broker.include_router(make_router(ctx, slots))
     got = capture(ctx.broker, [Kind.RAW, Kind.EVENTS, Kind.DLQ, Kind.RUN])
     async with TestNatsBroker(ctx.broker) as br:
         await br.publish(body, subject, stream="JETL_RUNS")
+        await slots.idle()
     got[Kind.RUN] = [b for b in got[Kind.RUN] if b != body]  # the delivered message itself
     return got
 

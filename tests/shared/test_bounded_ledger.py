@@ -5,6 +5,8 @@ cursors do not."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -135,17 +137,25 @@ async def test_run_and_batch_keys_expire_and_cursors_never_do() -> None:
     assert kv.ttls[f"cursor.{P}"] is None
 
 
-@pytest.mark.integration
-async def test_the_real_bucket_expires_a_run_key_and_keeps_the_cursor(nats: Any) -> None:
+@contextlib.asynccontextmanager
+async def real_bucket(url: str) -> AsyncIterator[Any]:
+    """The state bucket of a fresh deployment on a real server."""
     from jetl.bus import connect
     from jetl.settings import NatsSettings
     from jetl.state import bucket
     from jetl.topology import declare
 
-    nc = await connect(NatsSettings(url=nats.url))
+    nc = await connect(NatsSettings(url=url))
     try:
-        await declare(nc, NatsSettings(url=nats.url))
-        kv = await bucket(nc)
+        await declare(nc, NatsSettings(url=url))
+        yield await bucket(nc)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.integration
+async def test_the_real_bucket_expires_a_run_key_and_keeps_the_cursor(nats: Any) -> None:
+    async with real_bucket(nats.url) as kv:
         for ev in batch_events(0):
             await apply(kv, ev, ttl=1)
         await put_cursor(kv, P, {"value": 1})
@@ -157,5 +167,64 @@ async def test_the_real_bucket_expires_a_run_key_and_keeps_the_cursor(nats: Any)
         assert await get_run(kv, P, R) is None  # expired with its batch
         assert await get_batch(kv, P, R, f"{R}/000000") is None
         assert await get_cursor(kv, P) == {"value": 1}  # cursors never expire
-    finally:
-        await nc.close()
+
+
+async def test_a_finished_runs_batch_keys_fold_into_a_compact_summary_that_later_events_still_count_against() -> None:
+    from jetl.events import RunCompleted
+    from jetl.state import compact, load_batches
+
+    kv = MemoryKV()
+    await apply(kv, RunRequested(**base()))  # type: ignore[arg-type]
+    for seq in range(2_000):
+        for ev in batch_events(seq):
+            await apply(kv, ev)  # type: ignore[arg-type]
+    await apply(kv, RunExtracted(**base(), batches=2_000, records=20_000))  # type: ignore[arg-type]
+    state = await apply(kv, RunCompleted(**base(), extracted=20_000, loaded=18_000, rejected=0, filtered=2_000))  # type: ignore[arg-type]
+    ledgers_before = sum(len(e.value) for k, e in kv.data.items() if k.startswith("batch."))
+    before = dict((await load_batches(kv, (await get_run(kv, P, R)).model_copy())).batches)  # type: ignore[arg-type,union-attr]
+
+    assert await compact(kv, state) == 2_000  # type: ignore[arg-type]
+    assert not [k for k in kv.data if k.startswith("batch.")]
+    summary = sum(len(e.value) for k, e in kv.data.items() if k.startswith("sum."))
+    assert summary * 20 < ledgers_before, (summary, ledgers_before)  # 2,000 ledgers in a few bytes each
+    assert await compact(kv, state) == 0  # type: ignore[arg-type] # once
+    after = await get_run(kv, P, R)  # type: ignore[arg-type]
+    assert after is not None and after.summary == 1
+    assert (await load_batches(kv, after.model_copy())).batches == before  # type: ignore[arg-type]
+    assert await get_batch(kv, P, R, f"{R}/001999") == before[f"{R}/001999"]  # type: ignore[arg-type]
+
+    for ev in batch_events(7):  # a late redelivery counts nothing again
+        await apply(kv, ev)  # type: ignore[arg-type]
+    again = await get_run(kv, P, R)  # type: ignore[arg-type]
+    assert again is not None and again.counts() == state.counts() and again.reconciles
+
+
+@pytest.mark.integration
+async def test_the_real_bucket_keeps_a_summary_in_place_of_the_batch_keys(nats: Any) -> None:
+    from jetl.events import RunCompleted
+    from jetl.state import bucket_keys, compact, load_batches
+
+    async with real_bucket(nats.url) as kv:
+        await apply(kv, RunRequested(**base()))
+        for seq in range(30):
+            for ev in batch_events(seq):
+                await apply(kv, ev)
+        await apply(kv, RunExtracted(**base(), batches=30, records=300))
+        done = RunCompleted(**base(), extracted=300, loaded=270, rejected=0, filtered=30)
+        state = await apply(kv, done)
+        assert await compact(kv, state) == 30
+        assert [k for k in await bucket_keys(kv, f"batch.{P}.{R}.>") if await get_batch_raw(kv, k)] == []
+        for ev in batch_events(3):  # a redelivery after the summary: its key comes back, counted once
+            await apply(kv, ev)
+        after = await get_run(kv, P, R)
+        assert after is not None and after.counts() == state.counts() and after.summary == 1
+        assert len((await load_batches(kv, after)).batches) == 30
+
+
+async def get_batch_raw(kv: Any, key: str) -> bytes | None:
+    from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+    try:
+        return (await kv.get(key)).value or None  # type: ignore[no-any-return]
+    except (KeyNotFoundError, KeyDeletedError):
+        return None

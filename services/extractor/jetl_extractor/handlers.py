@@ -39,7 +39,7 @@ from jetl.protocols import Chunk, ExtractContext, Partition, PartitionedExtracto
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, keep_alive, stage_subscriber
-from jetl.runtime.stage import decide_ack
+from jetl.runtime.stage import settle
 from jetl.state import add_active, get_cursor, get_run, unfinished_runs
 from jetl_extractor.batching import Batcher
 from jetl_extractor.partitions import plan_partitions, publish_plan
@@ -388,9 +388,17 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int) ->
         log.error("unreadable run request", error=str(exc))
         await raw.term()
         return
-    with bound_contextvars(pipeline=req.pipeline, run_id=req.run_id):
-        error: BaseException | None = None
+
+    async def fail(exc: BaseException) -> None:
         try:
+            code_hash = get_pipeline(req.pipeline).code_hash
+        except JetlError:  # a pipeline this service does not know: the failure says so, without a hash
+            code_hash = ""
+        fields = ctx.event_fields(req.pipeline, req.run_id, code_hash)
+        await ctx.bus.event(RunFailed(**fields, error=f"{type(exc).__name__}: {exc}", stage="extract"))
+
+    with bound_contextvars(pipeline=req.pipeline, run_id=req.run_id):
+        async with settle(raw, fail):
             if work is not None:  # kept alive by its slot's in_progress() beats (RunSlots)
                 await Extraction(ctx, req, concurrency, work).run()
             elif await _already_completed(ctx, req):
@@ -402,15 +410,3 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int) ->
                     await Resend(ctx, req).run()  # batches from the log: a replay or a redrive
                 else:
                     await Extraction(ctx, req, concurrency).run()
-        except Exception as exc:
-            error = exc
-
-        async def fail(exc: BaseException) -> None:
-            try:
-                code_hash = get_pipeline(req.pipeline).code_hash
-            except JetlError:  # a pipeline this service does not know: the failure says so, without a hash
-                code_hash = ""
-            fields = ctx.event_fields(req.pipeline, req.run_id, code_hash)
-            await ctx.bus.event(RunFailed(**fields, error=f"{type(exc).__name__}: {exc}", stage="extract"))
-
-        await decide_ack(raw, error, fail)

@@ -16,7 +16,7 @@ from jetl.protocols import OpenableLoader
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
-from jetl.runtime.stage import decide_ack, open_batch, reject_batch
+from jetl.runtime.stage import open_batch, reject_batch, settle
 from jetl.subjects import Kind
 from jetl_loader import lineage
 from jetl_loader.control import make_control_router
@@ -39,10 +39,9 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
         return
     batch, body = opened
     with bound_contextvars(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id):
-        error: BaseException | None = None
         base = ctx.batch_event_fields(batch)
         pipeline: Pipeline | None = None
-        try:
+        async with settle(raw, lambda exc: reject_batch(ctx, batch, body, "load", exc, base)):
             pipeline = get_pipeline(batch.pipeline)
             base["code_hash"] = pipeline.code_hash
             if batch.schema_hash != pipeline.schema_hash:
@@ -58,10 +57,6 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
             ctx.count("batches_loaded")
             ctx.count("records_loaded", n)
             log.info("batch loaded", records=n, destination=pipeline.loader.describe())
-        except Exception as exc:
-            error = exc
-
-        await decide_ack(raw, error, lambda exc: reject_batch(ctx, batch, body, "load", exc, base))
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from faststream.nats import NatsRouter
 
 from jetl.runtime.service import ServiceContext, stage_subscriber
+from jetl.state import Ledgers
 from jetl_scheduler.alerts import Alerter
 from jetl_scheduler.settings import SchedulerSettings
 from jetl_scheduler.tracker import track
@@ -18,10 +19,11 @@ def make_router(ctx: ServiceContext, alerter: Alerter | None = None) -> NatsRout
     settings = ctx.settings if isinstance(ctx.settings, SchedulerSettings) else SchedulerSettings()
     router = NatsRouter()
 
+    ledgers = Ledgers()  # the batch ledgers of the runs this replica folds, so each batch key is read once
     stage_subscriber(
         router,
         "tracker",
-        lambda raw: track(ctx, raw, alerter),
+        handle_all=lambda msgs: track(ctx, msgs, alerter, ledgers),
         fetch_batch=settings.fetch_batch,
         fetch_timeout=settings.fetch_timeout,
     )

@@ -14,12 +14,12 @@ class SchedulerSettings(JetlSettings):
     """How often due cron slots are checked."""
     cron_enabled: bool = True
     """Turn cron scheduling off (the tracker still folds events)."""
-    fetch_batch: int = 1
-    """Events pulled per fetch by the run tracker. FastStream's batch pull waits until a fetch is full or
-    `fetch_timeout` has passed: 64 held run.completed back ~200 ms after a 100-record run's last batch.loaded
-    (each event is a KV read and write anyway, so one a fetch costs the tracker nothing that matters)."""
-    fetch_timeout: float = 0.2
-    """Seconds a tracker pull waits to fill a fetch (with one event a fetch: how long an idle pull lingers)."""
+    fetch_batch: int = 256
+    """Events pulled per fetch by the run tracker, folded together: one state write per run per fetch, so the
+    tracker keeps up with every stage at once. A pull takes what is there at once; only when the stream is idle does
+    it wait up to `fetch_timeout` for more after the first event."""
+    fetch_timeout: float = 0.05
+    """Seconds an idle tracker pull waits to fill a fetch after its first event (what it adds to run.completed)."""
     catch_up_grace_seconds: float = 300.0
     """With `catch_up="none"`, a slot that ended longer ago than this is skipped, not run late."""
     max_slots_per_tick: int = 100

@@ -16,10 +16,12 @@ completion, no cursor, no alert. A cursor only moves forward.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from nats.js.kv import KeyValue
 
+from jetl.errors import TransientError
 from jetl.events import (
     CursorChanged,
     Event,
@@ -34,7 +36,8 @@ from jetl.logging import get_logger
 from jetl.positions import order_key
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
-from jetl.state import add_active, apply, get_cursor, mark_finished, put_cursor
+from jetl.runtime.stage import settle
+from jetl.state import Ledgers, add_active, apply_many, compact, get_cursor, mark_finished, put_cursor, run_key
 from jetl.subjects import event_role
 from jetl_scheduler.alerts import Alerter
 
@@ -110,33 +113,69 @@ def completion(ctx: ServiceContext, state: RunState) -> RunCompleted:
     )
 
 
-async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -> None:
-    """Fold one event; complete its run when the ledger is settled (alerting through `alerter` on a failure)."""
-    if ctx.kv is None:
-        await raw.nak(delay=1)
-        return
+async def read_event(raw: Any) -> Event | None:
+    """One message's event to fold; None when there is none (the message is settled here): an unreadable one is
+    term'ed (no redelivery can mend it), an event from a role that may not say it acked unfolded, an operator's cursor
+    change acked (it names no run, and is already in the store, `jetl.ops.cursors`)."""
     try:
         ev = parse_event(raw.data)
     except Exception as exc:
         log.error("unreadable event", error=str(exc))
         await raw.term()
-        return
+        return None
     said_by = event_role(getattr(raw, "subject", ""))
     if not trusted(ev, said_by):  # e.g. a loader saying run.extracted: on the log, never folded
         log.warning("event from a role that may not say it; not folded", type=ev.type, role=said_by, run_id=ev.run_id)
         await raw.ack()
-        return
-    if isinstance(ev, CursorChanged):  # an operator's change, already in the store (jetl.ops.cursors): no run to fold
+        return None
+    if isinstance(ev, CursorChanged):
         await raw.ack()
-        return
-    try:
-        state = await apply(ctx.kv, ev, ttl=ctx.settings.nats.run_state_ttl_days * 86400)
-        refused = untrusted(state)
-        if state.requested_at is None:  # an event of a run nobody asked for: on the log, acting on nothing
-            log.warning("event of a run never requested; not acted on", type=ev.type, run_id=ev.run_id)
-            await raw.ack()
+        return None
+    return ev
+
+
+DEFER = 256
+"""Unsettled batches whose ledgers wait in their run's key (`jetl.state.apply_many`): a batch key is then written
+once, when the batch settles, not at each of its events."""
+
+
+async def _not_folded(exc: BaseException) -> None:
+    """What giving up on an event does: it stays in the log, and `jetl status --rebuild` folds it once mended."""
+    log.error("event not folded; gave up on it", error=f"{type(exc).__name__}: {exc}")
+
+
+async def track(
+    ctx: ServiceContext, msgs: list[Any], alerter: Alerter | None = None, ledgers: Ledgers | None = None
+) -> None:
+    """Fold a fetch of events: grouped by run (in log order within each), each run's events in one state write
+    (`jetl.state.apply_many`), the runs side by side; complete a run when its ledger is settled (alerting through
+    `alerter` on a failure). Each run's messages are settled together by the one ack rule
+    (`jetl.runtime.stage.settle`): a write that lost to other writers, or a NATS hiccup, is retried with backoff; a
+    bug is logged and term'ed."""
+    runs: dict[tuple[str, str], list[tuple[Any, Event]]] = {}
+    for raw in msgs:
+        ev = await read_event(raw)
+        if ev is not None:
+            runs.setdefault((ev.pipeline, ev.run_id), []).append((raw, ev))
+    await asyncio.gather(*(_track_run(ctx, group, alerter, ledgers) for group in runs.values()))
+
+
+async def _track_run(
+    ctx: ServiceContext, group: list[tuple[Any, Event]], alerter: Alerter | None, ledgers: Ledgers | None
+) -> None:
+    """Fold one run's events of a fetch and act on the state they leave."""
+    events = [ev for _, ev in group]
+    async with settle([raw for raw, _ in group], _not_folded):
+        if ctx.kv is None:
+            raise TransientError("the state bucket is not open yet")
+        ttl = ctx.settings.nats.run_state_ttl_days * 86400
+        state = await apply_many(ctx.kv, events, ttl=ttl, ledgers=ledgers, defer=DEFER)
+        if state.requested_at is None:  # events of a run nobody asked for: on the log, acting on nothing
+            log.warning("event of a run never requested; not acted on", type=events[0].type, run_id=state.run_id)
             return
-        await record_outcome(ctx, ev, state, alerter)
+        for ev in events:
+            await record_outcome(ctx, ev, state, alerter)
+        refused = untrusted(state)
         if state.settled and refused is not None and state.status not in ("completed", "failed"):
             log.warning("run not settled", pipeline=state.pipeline, run_id=state.run_id, why=refused)
         elif state.settled and state.status not in ("completed", "failed"):
@@ -146,7 +185,7 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
             # The run's state says completed, and it leaves the unfinished index, before anyone hears of it: whoever
             # sees run.completed and asks for the next run finds nothing in its way (the extractor refuses a run
             # that would overlap an unfinished one of a pipeline that keeps a cursor).
-            state = await apply(ctx.kv, done, ttl=ctx.settings.nats.run_state_ttl_days * 86400)
+            state = await apply_many(ctx.kv, [done], ttl=ttl, ledgers=ledgers)
             await record_outcome(ctx, done, state, alerter)
             await ctx.bus.event(done)
             log.info(
@@ -157,12 +196,33 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
                 cursor_to=state.cursor,
                 **c,
             )
-        elif state.settled and state.status == "completed" and not isinstance(ev, RunCompleted):
+        elif state.settled and state.status == "completed" and not any(isinstance(e, RunCompleted) for e in events):
             # a settling event delivered again: the last delivery may have stopped between folding the completion
             # and announcing it, so announce it (deduplicated by its message id if it went out)
             await ctx.bus.event(completion(ctx, state))
+        if state.status in ("completed", "failed"):
+            if ledgers is not None:
+                ledgers.forget(run_key(state.pipeline, state.run_id))
+            if not state.summary:
+                _in_background(_summarize(ctx.kv, state, ttl))
+
+
+_TASKS: set[asyncio.Task[None]] = set()
+"""Summaries being written (held here so that none is collected half way)."""
+
+
+def _in_background(work: Any) -> None:
+    task = asyncio.create_task(work)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+async def _summarize(kv: KeyValue, state: RunState, ttl: float) -> None:
+    """Fold a finished run's batch keys into its summary, off the fold's path (a failure leaves the keys, which
+    expire with their TTL anyway; the run's next event, or `jetl status --rebuild`, finds them as they were)."""
+    try:
+        n = await compact(kv, state, ttl=ttl)
+        if n:
+            log.info("batch ledgers summarized", pipeline=state.pipeline, run_id=state.run_id, batches=n)
     except Exception as exc:
-        log.warning("tracker failed to fold an event; will retry", error=str(exc))
-        await raw.nak(delay=0.5)
-        return
-    await raw.ack()
+        log.warning("batch ledgers not summarized", run_id=state.run_id, error=f"{type(exc).__name__}: {exc}")

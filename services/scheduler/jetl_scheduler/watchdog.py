@@ -33,7 +33,7 @@ from jetl.messages.models import RunRequest, utcnow
 from jetl.messages.wire import decode_batch
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
-from jetl.runtime.stage import decide_ack, gave_up
+from jetl.runtime.stage import gave_up, settle
 from jetl.state import HEARTBEAT_PREFIX, unfinished_runs, watch_values
 from jetl.subjects import CONSUMERS, Stage
 
@@ -100,12 +100,8 @@ async def watch(ctx: ServiceContext, raw: Any) -> None:
     async def give_up(exc: BaseException) -> None:
         log.error("max-deliveries advisory not handled", error=f"{type(exc).__name__}: {exc}")
 
-    error: BaseException | None = None
-    try:
+    async with settle(raw, give_up):
         await on_max_deliveries(ctx, raw.data)
-    except Exception as exc:
-        error = exc
-    await decide_ack(raw, error, give_up)
 
 
 def stalled_stage(state: RunState) -> Stage:

@@ -24,7 +24,7 @@ from jetl.records import records_adapter, to_ipc
 from jetl.registry import get_pipeline, get_pipeline_registry
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
-from jetl.runtime.stage import decide_ack, open_batch, reject_batch, stream_sequence
+from jetl.runtime.stage import open_batch, reject_batch, settle, stream_sequence
 from jetl.state import get_run
 from jetl.subjects import Kind
 from jetl.transformers.chain import arrow_path, run_transformers
@@ -41,9 +41,8 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
         return
     batch, body = opened
     with bound_contextvars(pipeline=batch.pipeline, run_id=batch.run_id, batch_id=batch.batch_id):
-        error: BaseException | None = None
         base = ctx.batch_event_fields(batch)
-        try:
+        async with settle(raw, lambda exc: reject_batch(ctx, batch, body, "transform", exc, base)):
             pipeline = get_pipeline(batch.pipeline)
             base["code_hash"] = pipeline.code_hash
             if batch.schema_hash != pipeline.schema_hash and not pipeline.transformers:
@@ -129,10 +128,6 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                 filtered=filtered,
                 parts=len(pieces),
             )
-        except Exception as exc:
-            error = exc
-
-        await decide_ack(raw, error, lambda exc: reject_batch(ctx, batch, body, "transform", exc, base))
 
 
 async def _check_redrive(ctx: ServiceContext, batch: Any) -> None:

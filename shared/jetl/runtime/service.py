@@ -131,20 +131,24 @@ async def keep_alive(msgs: Sequence[Any], ack_wait: float, settled: Callable[[],
 def stage_subscriber(
     router: NatsRouter,
     durable: str,
-    handle: Callable[[Any], Awaitable[None]],
+    handle: Callable[[Any], Awaitable[None]] | None = None,
     *,
     fetch_batch: int,
     fetch_timeout: float,
+    handle_all: Callable[[list[Any]], Awaitable[None]] | None = None,
 ) -> None:
     """Bind `handle` to the durable pull consumer `durable` (see `jetl.subjects.CONSUMERS`), in batch mode.
 
     Every replica of a service binds the same durable and so shares its work. The ack policy is MANUAL: `handle`
-    gets one raw JetStream message at a time and decides its ack itself (`jetl.runtime.stage.decide_ack`), so the error
+    gets one raw JetStream message at a time (or `handle_all` every message of a fetch at once: the tracker folds
+    them together) and decides its ack itself (`jetl.runtime.stage.settle`), so the error
     taxonomy, not FastStream's reject-on-error default, decides ack, nak or dead-letter. Bodies stay bytes.
     While a fetched batch is being handled, its unsettled messages get `in_progress()` beats well inside
     `ack_wait` (`keep_alive`, above): only a dead worker's messages wait out the ack wait.
     """
     kind = CONSUMERS[durable]
+    if (handle is None) == (handle_all is None):
+        raise ValueError("stage_subscriber takes one of handle and handle_all")
 
     @router.subscriber(
         subjects.pattern(kind),
@@ -166,6 +170,10 @@ def stage_subscriber(
         ack_wait = service.settings.nats.ack_wait if service is not None else ACK_WAIT_S
         done = 0
         async with keep_alive(msgs, ack_wait, lambda: done):
+            if handle_all is not None:
+                await handle_all(msgs)
+                return
+            assert handle is not None
             for raw in msgs:
                 await handle(raw)
                 done += 1

@@ -1,9 +1,15 @@
-"""How a stage decides each input message's ack: the error taxonomy decides ack, nak (with backoff) or dead-letter."""
+"""How a stage decides each input message's ack: the error taxonomy decides ack, nak (with backoff) or dead-letter.
+
+Every consumer (the extractor, transformer and loader, the scheduler's tracker and watchdog) handles its messages in
+`async with settle(msg, dead_letter):`, the one ack rule: ack on success; a transient error naks with backoff until
+`MAX_DELIVER`; a terminal one (or the last delivery of a transient one) is dead-lettered, then term'ed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from nats.errors import NotJSMessageError
@@ -23,6 +29,10 @@ Outcome = Literal["ack", "nak", "term"]
 FULL_HINT = (
     "a stream, the state bucket (JETL_NATS__STATE_MAX_BYTES) or the JetStream store is full; `jetl health` names it"
 )
+
+
+DeadLetterFn = Callable[[BaseException], Awaitable[None]]
+"""Records why a message is given up (a stage's dead letter; the tracker and the watchdog log it)."""
 log = get_logger("jetl.stage")
 
 
@@ -94,11 +104,7 @@ def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     return float(random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1))))
 
 
-async def decide_ack(
-    msg: Any,
-    exc: BaseException | None,
-    dead_letter: Callable[[BaseException], Awaitable[None]],
-) -> Outcome:
+async def decide_ack(msg: Any, exc: BaseException | None, dead_letter: DeadLetterFn) -> Outcome:
     """Ack on success; nak a transient failure with backoff until MAX_DELIVER; otherwise dead-letter then term.
 
     If the dead letter itself cannot be published, the message is nak'ed: it is never dropped.
@@ -135,3 +141,18 @@ async def decide_ack(
     log.error("gave up on the message", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
     await msg.term()
     return "term"
+
+
+@contextlib.asynccontextmanager
+async def settle(msgs: Any | Sequence[Any], dead_letter: DeadLetterFn) -> AsyncIterator[None]:
+    """Run the body, then decide the ack of `msgs` (one message, or the messages one body handles together) by its
+    outcome: `decide_ack` for each. The body's exception is taken (and decided), never raised on; a cancellation is
+    not an outcome and passes through (the messages come back after the ack wait)."""
+    batch = list(msgs) if isinstance(msgs, (list, tuple)) else [msgs]
+    error: BaseException | None = None
+    try:
+        yield
+    except Exception as exc:
+        error = exc
+    for msg in batch:
+        await decide_ack(msg, error, dead_letter)

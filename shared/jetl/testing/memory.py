@@ -85,3 +85,32 @@ class MemoryKV:
 
     async def put(self, key: str, value: bytes) -> int:
         return self._store(key, value, None)
+
+    async def purge(self, key: str, msg_ttl: float | None = None) -> bool:
+        self.data.pop(key, None)
+        return True
+
+    # what `jetl.state.bucket_keys` reads of a real bucket: its stream's subjects under a filter
+    _stream = "KV_MEMORY"
+    _pre = "$KV.MEMORY."
+
+    @property
+    def _js(self) -> Any:
+        return self
+
+    async def stream_info(self, stream: str, subjects_filter: str = ">") -> Any:
+        from types import SimpleNamespace
+
+        want = subjects_filter.removeprefix(self._pre).split(".")
+
+        def matches(key: str) -> bool:
+            parts = key.split(".")
+            for i, w in enumerate(want):
+                if w == ">":
+                    return len(parts) > i
+                if i >= len(parts) or (w != "*" and w != parts[i]):
+                    return False
+            return len(parts) == len(want)
+
+        found = {self._pre + k: 1 for k in self.data if matches(k)}
+        return SimpleNamespace(state=SimpleNamespace(subjects=found))
