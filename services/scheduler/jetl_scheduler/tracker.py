@@ -18,7 +18,7 @@ from typing import Any
 
 from nats.js.kv import KeyValue
 
-from jetl.events import CursorChanged, Event, RunCancelled, RunCompleted, RunFailed, RunRequested, parse_event
+from jetl.events import Event, RunCancelled, RunCompleted, RunFailed, RunRequested, is_run_event, parse_event
 from jetl.logging import get_logger
 from jetl.positions import order_key
 from jetl.projection import RunState
@@ -108,7 +108,7 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
         log.error("unreadable event", error=str(exc))
         await raw.term()
         return
-    if isinstance(ev, CursorChanged):  # an operator's change, already in the store (jetl.ops.cursors): no run to fold
+    if not is_run_event(ev):  # an operator's cursor change or dashboard action: on the log, no run to fold
         await raw.ack()
         return
     try:
