@@ -1,5 +1,8 @@
 """Server-sent events: runs as they change (fed from the lifecycle events on JETL_EVENTS), and one run's log lines
-(JETL_LOGS) as they are shipped. The page's own script (static/app.js) puts them in place without a reload."""
+(JETL_LOGS) as they are shipped. The page's own script (static/app.js) puts them in place without a reload.
+
+One run's page reads its events from the stream, from the run's first on: a fast run whose events were all published
+between the page's render and the browser's connection still ends on the page as it ended."""
 
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from jetl import subjects
+from jetl.eventlog import tail
 from jetl.events import is_run_event, parse_event
 from jetl.projection import RunState, fold
 from jetl.state import get_run, load_batches
 from jetl.subjects import Kind
-from jetl.ui.pages import TEMPLATES, dash, stage_counts
+from jetl.ui.pages import TEMPLATES, batch_progress, dash, stage_counts, verdict
 
 FLUSH_S = 0.4
 """Changes of one run within this long go out as one update."""
@@ -32,12 +36,83 @@ def _stream(gen: AsyncIterator[bytes]) -> Response:
     return StreamingResponse(gen, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
 
+def _run_update(st: RunState) -> bytes:
+    """A `run` event: the run's table row rendered again, and what its own page shows of it."""
+    return _sse(
+        "run",
+        {
+            "id": f"run-{st.pipeline}-{st.run_id}",
+            "html": TEMPLATES.get_template("_run_row.html").render(st=st),
+            "status": st.status,
+            "counts": stage_counts(st),
+            "batches": batch_progress(st),
+            "verdict": verdict(st),
+        },
+    )
+
+
+async def _batches(queue: asyncio.Queue[Any]) -> AsyncIterator[list[Any] | None]:
+    """What `queue` holds, a batch per FLUSH_S (None after KEEPALIVE_S of nothing)."""
+    while True:
+        try:
+            first = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+        except TimeoutError:
+            yield None
+            continue
+        batch = [first]
+        await asyncio.sleep(FLUSH_S)
+        while not queue.empty():
+            batch.append(queue.get_nowait())
+        yield batch
+
+
+async def run_stream(request: Request, pipeline: str, run_id: str) -> Response:
+    """`run` events of one run (its page): its events from the stream, the run's first one on, folded here.
+
+    Not the tracker's state plus what is published after the browser connects: whatever was published in between
+    would be missed (a fast run stayed "requested" on a page opened just before it). A run whose first events the
+    stream no longer keeps is left as the page rendered it."""
+    d = dash(request)
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for msg in tail(d.nc, Kind.EVENTS, subjects.pattern(Kind.EVENTS, pipeline, run_id)):
+            await queue.put(msg.data)
+
+    async def gen() -> AsyncIterator[bytes]:
+        reader = asyncio.create_task(pump())
+        st = RunState(pipeline=pipeline, run_id=run_id)
+        try:
+            yield b": connected\n\n"
+            async for batch in _batches(queue):
+                if batch is None:
+                    yield b": keepalive\n\n"
+                    continue
+                for data in batch:
+                    try:
+                        ev = parse_event(data)
+                    except ValueError:
+                        continue
+                    if is_run_event(ev):
+                        st = fold(st, ev)
+                if st.requested_at is not None or st.started_at is not None:
+                    yield _run_update(st)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    return _stream(gen())
+
+
 async def runs_stream(request: Request) -> Response:
     """`run` events, each a run's table row rendered again, for every run of the filter that changes."""
     d = dash(request)
     pipeline = request.query_params.get("pipeline") or None
     status = request.query_params.get("status") or None
     only = request.query_params.get("run") or None
+    if pipeline and only:
+        return await run_stream(request, pipeline, only)
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10_000)
 
     async def on_msg(msg: Any) -> None:
@@ -46,22 +121,15 @@ async def runs_stream(request: Request) -> Response:
 
     # a plain subscription sees every event as it is published to the stream; no consumer is left on the server
     sub = await d.nc.subscribe(subjects.pattern(Kind.EVENTS, pipeline, only), cb=on_msg)
-    row = TEMPLATES.get_template("_run_row.html")
 
     async def gen() -> AsyncIterator[bytes]:
         states: dict[tuple[str, str], RunState] = {}
         try:
             yield b": connected\n\n"
-            while True:
-                try:
-                    first = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-                except TimeoutError:
+            async for batch in _batches(queue):
+                if batch is None:
                     yield b": keepalive\n\n"
                     continue
-                batch = [first]
-                await asyncio.sleep(FLUSH_S)
-                while not queue.empty():
-                    batch.append(queue.get_nowait())
                 changed: dict[tuple[str, str], RunState] = {}
                 for data in batch:
                     try:
@@ -82,14 +150,8 @@ async def runs_stream(request: Request) -> Response:
                         )
                     states[key] = changed[key] = fold(states[key], ev)
                 for st in changed.values():
-                    if status and st.status != status:
-                        continue
-                    html = row.render(st=st)
-                    counts = stage_counts(st)
-                    yield _sse(
-                        "run",
-                        {"id": f"run-{st.pipeline}-{st.run_id}", "html": html, "status": st.status, "counts": counts},
-                    )
+                    if not status or st.status == status:
+                        yield _run_update(st)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -35,7 +35,14 @@ def templates() -> Jinja2Templates:
     from pathlib import Path
 
     t = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-    t.env.globals.update(stage_counts=stage_counts, ago_of=ago_of, stamp=stamp, STAGES=STAGES)
+    t.env.globals.update(
+        stage_counts=stage_counts,
+        ago_of=ago_of,
+        stamp=stamp,
+        STAGES=STAGES,
+        batch_progress=batch_progress,
+        verdict=verdict,
+    )
     return t
 
 
@@ -80,6 +87,22 @@ def stage_counts(st: RunState) -> dict[str, int]:
         "rejected": c["rejected"],
         "filtered": c["filtered"],
     }
+
+
+def batch_progress(st: RunState) -> str:
+    """How far a run's batches are: settled of the count the extractor announced (from the state's tally, which the
+    tracker keeps over every batch ledger; the state alone has no ledgers to count)."""
+    if st.expected_batches is None:
+        return f"{st.settled_batches} settled of {st.tally.batches} so far"
+    return f"{st.settled_batches} of {st.expected_batches}"
+
+
+def verdict(st: RunState) -> dict[str, str]:
+    """The ledger's line: in flight until the run settles (a run half way does not "fail" to reconcile), then
+    whether extracted = loaded + rejected + filtered."""
+    if st.status in ("requested", "running"):
+        return {"css": "flight", "text": "in flight"}
+    return {"css": "ok", "text": "reconciles"} if st.reconciles else {"css": "fail", "text": "does not reconcile"}
 
 
 def duration(st: RunState) -> float | None:
@@ -228,7 +251,7 @@ async def run_page(request: Request) -> Response:
     related = await status_runs(d.bucket, pipeline)
     page = await letters_at(d.nc, seqs[:PAGE])
     why = dead_letter_status(page, related)
-    rows = [row for seq, dl in page for row in letter_rows(seq, dl, why[seq])]
+    rows, _ = rows_page(page, why, 0, PAGE, None)
     children = [r for r in related if r.parent_run_id == run_id or (set(r.redrive) & set(seqs))]
     report = ledger_report([st], None)[0]
     return render(
@@ -320,6 +343,7 @@ async def dead_letters(request: Request) -> Response:
     pipeline = request.query_params.get("pipeline") or None
     reason = request.query_params.get("reason") or None
     start = int(request.query_params["start"]) if request.query_params.get("start", "").isdigit() else 1
+    skip = int(request.query_params["skip"]) if request.query_params.get("skip", "").isdigit() else 0
     summary = await d.refresh_letters()
     next_start: int | None = None
     if reason and pipeline and (g := summary.groups.get((pipeline, reason))) is not None:
@@ -329,7 +353,7 @@ async def dead_letters(request: Request) -> Response:
     else:
         page, next_start = await letter_page(d.nc, pipeline, start, PAGE)
     why = dead_letter_status(page, await status_runs(d.bucket, pipeline))
-    rows = [row for seq, dl in page for row in letter_rows(seq, dl, why[seq])]
+    rows, next_at = rows_page(page, why, skip, PAGE, next_start)
     return render(
         request,
         "dlq.html",
@@ -338,9 +362,27 @@ async def dead_letters(request: Request) -> Response:
         rows=rows,
         pipeline=pipeline,
         reason=reason,
-        next_start=next_start,
+        next_at=next_at,
+        first_page=start <= 1 and not skip,
         pipelines=sorted(set(summary.per_pipeline) | set(dash(request).pipelines()[0])),
     )
+
+
+def rows_page(
+    page: list[tuple[int, Any]], why: dict[int, str | None], skip: int, limit: int, next_start: int | None
+) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+    """At most `limit` rows (one per rejected record) of these letters, from record `skip` of the first, and where
+    the next page starts: a letter's sequence and how many of its records are already shown (a letter of a whole
+    batch holds hundreds of records: a page of 50 letters was a page of thousands of rows)."""
+    rows: list[dict[str, Any]] = []
+    for i, (seq, dl) in enumerate(page):
+        first = skip if i == 0 else 0
+        more = letter_rows(seq, dl, why[seq])[first:]
+        room = limit - len(rows)
+        if len(more) > room:
+            return rows + more[:room], (seq, first + room)
+        rows += more
+    return rows, None if next_start is None else (next_start, 0)
 
 
 # --- replay diff -----------------------------------------------------------------------------------------------
