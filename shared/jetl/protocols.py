@@ -225,3 +225,7 @@ class LineageLoader(Protocol):
     def drop_shadow(self, pipeline: str, run_id: str) -> None:
         """Remove a run's shadow (idempotent)."""
         ...
+
+    def has_shadow(self, pipeline: str, run_id: str) -> bool:
+        """Whether a run's shadow is still there (a diff drops it unless asked to keep it)."""
+        ...

@@ -117,3 +117,83 @@ def _wait_completed(dash: Dash, pipeline: str, run_id: str) -> None:
     while _status(dash, pipeline, run_id) != "completed":
         assert time.monotonic() < deadline, f"run {run_id} did not complete"
         time.sleep(0.5)
+
+
+def test_charts_fit_their_labels_and_label_each_run_once(dash: Dash, page: Any, tmp_path: Path) -> None:
+    _run(dash, "bulk")
+    _run(dash, "bulk")  # a second run (it finds nothing new): two points on the charts
+    page.goto(f"{dash.url}/pipelines/bulk")
+    for chart in ("chart-loaded", "chart-rejected", "chart-duration"):
+        page.wait_for_selector(f"#{chart} canvas")
+        axes = page.evaluate(
+            """(id) => {
+            const u = document.getElementById(id).uplot;
+            const width = (ax) => { u.ctx.font = ax.font[0];
+                return Math.max(0, ...ax._values.map(v => u.ctx.measureText(String(v)).width / devicePixelRatio)); };
+            const y = u.axes[1];
+            return {x: u.axes[0]._values.map(String), y: y._values.map(String), widest: width(y),
+                    room: y._size - y.ticks.size - y.gap};
+        }""",
+            chart,
+        )
+        assert axes["widest"] <= axes["room"], f"{chart}: y labels {axes['y']} are wider than their axis"
+        assert len(set(axes["x"])) == len(axes["x"]), f"{chart}: an x label twice: {axes['x']}"
+    loaded_labels = page.evaluate("document.getElementById('chart-loaded').uplot.axes[1]._values.map(String)")
+    assert any(len(v) >= 6 for v in loaded_labels), loaded_labels  # "40,000": the label that was cut to "0,000"
+    shot(page, tmp_path, "pipeline")
+
+
+def test_a_runs_row_keeps_its_five_stage_bars_on_one_line(dash: Dash, page: Any, tmp_path: Path) -> None:
+    page.goto(f"{dash.url}/runs")
+    rows = page.locator("#runs tbody tr")
+    assert rows.count() >= 3
+    for i in range(rows.count()):
+        cell = rows.nth(i).locator("td.bars").bounding_box()
+        boxes = [b.bounding_box() for b in rows.nth(i).locator(".bar").all()]
+        assert len(boxes) == 5
+        assert len({round(b["y"]) for b in boxes}) == 1, f"row {i}: the stage bars wrap: {boxes}"
+        assert boxes[-1]["x"] + boxes[-1]["width"] <= cell["x"] + cell["width"] + 0.5
+    shot(page, tmp_path, "runs")
+
+
+def test_the_overview_tiles_hold_their_text(dash: Dash, page: Any, tmp_path: Path) -> None:
+    page.goto(f"{dash.url}/")
+    tiles = page.locator(".tile")
+    assert tiles.count() >= 5
+    assert page.locator(".tile", has_text="destination").count() >= 1
+    for i in range(tiles.count()):
+        tile = tiles.nth(i)
+        box = tile.bounding_box()
+        for child in tile.locator("h3, b, p").all():
+            c = child.bounding_box()
+            assert c["x"] + c["width"] <= box["x"] + box["width"] + 0.5, f"tile {tile.inner_text()!r} overflows"
+        assert tile.evaluate("el => el.scrollWidth <= el.clientWidth"), f"tile {tile.inner_text()!r} overflows"
+    shot(page, tmp_path, "overview")
+
+
+def test_dead_letters_come_a_page_of_rows_at_a_time_and_every_record_once(
+    dash: Dash, page: Any, tmp_path: Path
+) -> None:
+    page.goto(f"{dash.url}/dlq?pipeline=bulk")
+    origins: list[str] = []
+    pages = 0
+    while True:
+        pages += 1
+        rows = page.locator("table.dlq tbody tr")
+        assert rows.count() <= 25
+        origins += page.locator("table.dlq td.origin").all_inner_texts()
+        if pages == 1:
+            assert rows.count() == 25
+            height = page.evaluate("document.documentElement.scrollHeight")
+            assert height < 2500, f"the first page of dead letters is {height} px tall"
+            shot(page, tmp_path, "dead-letters-page-1")
+        more = page.locator("#next-page")
+        if more.count() == 0:
+            break
+        more.click()
+        page.wait_for_load_state()
+        assert pages < 10
+    assert pages == 5  # 121 records: four pages of 25 and one of 21
+    assert sorted(origins) == sorted(f"{dash.data.parent / 'bulk-input' / 'rows.jsonl'}:{n}" for n in BULK_BAD)
+    page.locator("#first-page").click()
+    assert page.locator("table.dlq td.origin").first.inner_text() == origins[0]

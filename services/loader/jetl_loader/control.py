@@ -5,6 +5,7 @@
 - `jetl.ctl.loader.max` {"pipeline", "column", "tie_breaker"} -> {"position"}: the last row's [value, key] in that
   order, or None (seeds a cursor)
 - `jetl.ctl.loader.diff` {"pipeline", "run_id", "parent_run_id", "drop", "sample"} -> a `Diff` as a dict
+- `jetl.ctl.loader.shadows` {"pipeline", "run_ids"} -> {"live"}: those runs whose shadow is still there
 
 Every reply is `{"ok": true, "result": ...}` or `{"ok": false, "error", "disposition"}` (transient or terminal,
 classified by jetl.errors), so the CLI can tell "try again" from "this cannot work". Replicas answer in one queue
@@ -31,6 +32,7 @@ from jetl import subjects
 from jetl.errors import ConfigError, TerminalError, TransientError, classify
 from jetl.logging import get_logger
 from jetl.messages import Token
+from jetl.projection import RunState
 from jetl.protocols import KeyedLoader, LineageLoader
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext
@@ -80,6 +82,16 @@ class DiffRequest(BaseModel):
     """Sample rows (or keys) shown per kind of difference."""
 
 
+class ShadowsRequest(BaseModel):
+    """`shadows`: which of these runs' shadows are still there (a diff drops its shadow unless told to keep it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pipeline: Token
+    """The pipeline of the runs."""
+    run_ids: list[Token] = Field(max_length=200)
+    """Shadow replay runs the run state knows."""
+
+
 def count(pipeline_name: str) -> dict[str, Any]:
     """Rows in a pipeline's destination, per run when the loader keeps lineage (None where it cannot count), and its
     distinct primary keys when the pipeline declares one."""
@@ -110,9 +122,19 @@ def max_position(pipeline_name: str, column: str, tie_breaker: str | None) -> di
     return {"position": None if position is None else list(position)}
 
 
-def diff(pipeline_name: str, run_id: str, parent_run_id: str, drop: bool = True, sample: int = 10) -> dict[str, Any]:
-    """A replay's shadow against its parent run's rows; the shadow is dropped afterwards unless `drop` is False."""
+def diff(
+    pipeline_name: str, run_id: str, parent_run_id: str, drop: bool = True, sample: int = 10, loaded: bool = True
+) -> dict[str, Any]:
+    """A replay's shadow against its parent run's rows; the shadow is dropped afterwards unless `drop` is False.
+
+    The shadow of a replay that `loaded` rows must still be there: once dropped, its diff would count every parent
+    row as removed (or fail on a missing table), not what the replay made."""
     loader = lineage(get_pipeline(pipeline_name))
+    if loaded and not loader.has_shadow(pipeline_name, run_id):
+        raise ConfigError(
+            f"pipeline {pipeline_name!r}: the shadow of replay {run_id!r} is gone (`jetl replay --diff` drops it "
+            "after printing its diff; --keep-shadow keeps it)"
+        )
     try:
         result = loader.diff(pipeline_name, parent_run_id, run_id, sample=sample)
     finally:
@@ -121,7 +143,13 @@ def diff(pipeline_name: str, run_id: str, parent_run_id: str, drop: bool = True,
     return dataclasses.asdict(result)
 
 
-async def check_replay(ctx: ServiceContext, req: DiffRequest) -> None:
+def shadows(pipeline_name: str, run_ids: list[str]) -> dict[str, Any]:
+    """Which of these runs still have their shadow."""
+    loader = lineage(get_pipeline(pipeline_name))
+    return {"live": [run for run in run_ids if loader.has_shadow(pipeline_name, run)]}
+
+
+async def check_replay(ctx: ServiceContext, req: DiffRequest) -> RunState:
     """Raise unless the run state knows `req.run_id` as a shadow replay of `req.parent_run_id`: a diff drops that
     shadow, so it must be one a replay made."""
     if ctx.kv is None:
@@ -136,6 +164,7 @@ async def check_replay(ctx: ServiceContext, req: DiffRequest) -> None:
             f"pipeline {req.pipeline!r}: replay {req.run_id!r} replays {state.parent_run_id!r}, "
             f"not {req.parent_run_id!r}"
         )
+    return state
 
 
 async def _count(ctx: ServiceContext, req: CountRequest) -> dict[str, Any]:
@@ -147,8 +176,14 @@ async def _max(ctx: ServiceContext, req: MaxRequest) -> dict[str, Any]:
 
 
 async def _diff(ctx: ServiceContext, req: DiffRequest) -> dict[str, Any]:
-    await check_replay(ctx, req)
-    return await asyncio.to_thread(diff, req.pipeline, req.run_id, req.parent_run_id, req.drop, req.sample)
+    state = await check_replay(ctx, req)
+    return await asyncio.to_thread(
+        diff, req.pipeline, req.run_id, req.parent_run_id, req.drop, req.sample, state.loaded > 0
+    )
+
+
+async def _shadows(ctx: ServiceContext, req: ShadowsRequest) -> dict[str, Any]:
+    return await asyncio.to_thread(shadows, req.pipeline, list(req.run_ids))
 
 
 def read_request(model: type[M], data: bytes) -> M:
@@ -183,6 +218,7 @@ def make_control_router(ctx: ServiceContext) -> NatsRouter:
         ("count", _responder(ctx, "count", CountRequest, _count)),
         ("max", _responder(ctx, "max", MaxRequest, _max)),
         ("diff", _responder(ctx, "diff", DiffRequest, _diff)),
+        ("shadows", _responder(ctx, "shadows", ShadowsRequest, _shadows)),
     ):
         router.subscriber(subjects.control("loader", verb), queue="loader")(responder)
     return router

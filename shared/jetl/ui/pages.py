@@ -26,7 +26,9 @@ from jetl.ui.security import csrf_token
 from jetl.ui.state import Dashboard, states_at
 
 PAGE = 50
-"""Rows per page of runs and dead letters."""
+"""Rows per page of runs (and of one run's dead letters)."""
+LETTER_ROWS = 25
+"""Rejected records per page of the dead-letters page (each row holds a message and the record's JSON)."""
 STAGES = ("extracted", "transformed", "loaded", "rejected", "filtered")
 
 
@@ -348,12 +350,12 @@ async def dead_letters(request: Request) -> Response:
     next_start: int | None = None
     if reason and pipeline and (g := summary.groups.get((pipeline, reason))) is not None:
         chosen = [q for q in g.seqs if q >= start]
-        page = await letters_at(d.nc, chosen[:PAGE])
-        next_start = chosen[PAGE] if len(chosen) > PAGE else None
+        page = await letters_at(d.nc, chosen[:LETTER_ROWS])  # each letter holds one row at least
+        next_start = chosen[LETTER_ROWS] if len(chosen) > LETTER_ROWS else None
     else:
-        page, next_start = await letter_page(d.nc, pipeline, start, PAGE)
+        page, next_start = await letter_page(d.nc, pipeline, start, LETTER_ROWS)
     why = dead_letter_status(page, await status_runs(d.bucket, pipeline))
-    rows, next_at = rows_page(page, why, skip, PAGE, next_start)
+    rows, next_at = rows_page(page, why, skip, LETTER_ROWS, next_start)
     return render(
         request,
         "dlq.html",
@@ -388,20 +390,41 @@ def rows_page(
 # --- replay diff -----------------------------------------------------------------------------------------------
 
 
+SHADOWS_ASKED = 200
+"""Shadow replays per pipeline the diff page asks the loader about (the latest)."""
+
+
+async def live_shadows(d: Dashboard, shadows: list[RunState]) -> list[RunState]:
+    """Those shadow replays whose shadow the loader still has: `jetl replay --diff` drops it after its diff."""
+    by_pipeline: dict[str, list[RunState]] = {}
+    for r in sorted(shadows, key=lambda r: r.requested_at or datetime.min.replace(tzinfo=UTC), reverse=True):
+        by_pipeline.setdefault(r.pipeline, []).append(r)
+    asked = {p: runs[:SHADOWS_ASKED] for p, runs in by_pipeline.items()}
+    answers = await asyncio.gather(*(d.client.live_shadows(p, [r.run_id for r in runs]) for p, runs in asked.items()))
+    return [r for (p, runs), live in zip(asked.items(), answers, strict=True) for r in runs if r.run_id in live]
+
+
 async def diff_page(request: Request) -> Response:
-    """A shadow replay against its parent: added, removed and changed keys (asked of the loader)."""
+    """A shadow replay against its parent: added, removed and changed keys (asked of the loader). Only shadows the
+    loader still has are listed and compared; a dropped one is said to be gone, not diffed as empty."""
     d = dash(request)
     pipeline = request.query_params.get("pipeline") or ""
     run_id = request.query_params.get("run") or ""
-    shadows = [r for r in await status_runs(d.bucket, pipeline or None) if r.shadow]
+    shadows: list[RunState] = []
     result = None
-    error = ""
+    error = gone = ""
     parent = ""
-    if pipeline and run_id:
+    try:
+        shadows = await live_shadows(d, [r for r in await status_runs(d.bucket, pipeline or None) if r.shadow])
+    except JetlError as exc:
+        error = f"the loader could not say which shadows are still there: {exc}"
+    if pipeline and run_id and not error:
         st = await get_run(d.bucket, pipeline, run_id)
         parent = (st.parent_run_id if st else None) or request.query_params.get("parent") or ""
         if not parent:
             error = f"run {run_id} is not a replay (it has no parent run)"
+        elif st is not None and st.shadow and all(r.run_id != run_id for r in shadows):
+            gone = run_id
         else:
             try:
                 result = await d.client.diff(pipeline, run_id, parent, drop=False, sample=20)
@@ -416,6 +439,7 @@ async def diff_page(request: Request) -> Response:
         shadows=shadows,
         result=result,
         error=error,
+        gone=gone,
     )
 
 
