@@ -112,6 +112,33 @@ def test_a_run_page_opened_before_a_fast_runs_events_ends_completed_with_its_cou
     shot(page, tmp_path, "completed")
 
 
+def test_the_diff_page_compares_a_kept_shadow_as_the_cli_did_and_says_a_dropped_one_is_gone(
+    dash: Dash, page: Any, tmp_path: Path
+) -> None:
+    replays = {}
+    for name, extra in (("dropped", ()), ("kept", ("--keep-shadow",))):
+        out = dash.jetl("replay", "shop", "--run", "shop-fast", "--diff", "--json", *extra)
+        assert out.returncode == 0, out.stdout + out.stderr
+        replays[name] = json.loads(out.stdout)
+    cli = replays["kept"]["diff"]
+    assert cli["unchanged"] == RECORDS - len(BAD)  # the same code: the same rows
+
+    page.goto(f"{dash.url}/diff?pipeline=shop")
+    listed = page.locator("#shadows a").all_inner_texts()
+    assert listed == [replays["kept"]["run_id"]], f"the CLI dropped {replays['dropped']['run_id']}: {listed}"
+    page.locator("#shadows a").first.click()
+    page.wait_for_selector(".tiles")
+    for kind in ("added", "removed", "changed", "unchanged"):
+        tile = page.locator(".tiles .tile", has=page.locator(f"h3:text-is('{kind}')"))
+        assert tile.locator("b").inner_text() == str(cli[kind]), kind
+    shot(page, tmp_path, "diff-kept")
+
+    page.goto(f"{dash.url}/diff?pipeline=shop&run={replays['dropped']['run_id']}")
+    assert "is gone" in page.locator("#gone").inner_text()
+    assert page.locator(".tiles").count() == 0 and page.locator("p.error").count() == 0
+    shot(page, tmp_path, "diff-gone")
+
+
 def _wait_completed(dash: Dash, pipeline: str, run_id: str) -> None:
     deadline = time.monotonic() + 120
     while _status(dash, pipeline, run_id) != "completed":
