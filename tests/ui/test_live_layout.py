@@ -51,7 +51,9 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
     folder.mkdir()
     lines = (json.dumps({"id": f"x{n}" if n in BULK_BAD else n, "amount": n / 4}) for n in range(1, BULK_ROWS + 1))
     (folder / "rows.jsonl").write_text("\n".join(lines) + "\n")
-    code = BULK.replace("INPUT", str(folder)).replace("OUTPUT", str(tmp / "bulk-out"))
+    # a folder name with no place to break a line: the destination tile must still hold it
+    out = tmp / "bulk_destination_folder_whose_name_has_no_place_to_break_a_line"
+    code = BULK.replace("INPUT", str(folder)).replace("OUTPUT", str(out))
     with serve(tmp, {"bulk_pipeline.py": code}) as d:
         yield d
 
