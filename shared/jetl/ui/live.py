@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 
 from jetl import subjects
 from jetl.eventlog import tail
-from jetl.events import is_run_event, parse_event
+from jetl.events import Event, is_run_event, parse_event
 from jetl.projection import RunState, fold
 from jetl.state import get_run, load_batches
 from jetl.subjects import Kind
@@ -51,19 +51,30 @@ def _run_update(st: RunState) -> bytes:
     )
 
 
-async def _batches(queue: asyncio.Queue[Any]) -> AsyncIterator[list[Any] | None]:
-    """What `queue` holds, a batch per FLUSH_S (None after KEEPALIVE_S of nothing)."""
+async def _feed(
+    queue: asyncio.Queue[Any], apply: Callable[[list[Event]], Awaitable[list[RunState]]]
+) -> AsyncIterator[bytes]:
+    """The SSE body of a runs feed: the run events among the messages `queue` holds, a batch per FLUSH_S, go
+    through `apply`, and each run it returns goes out as a `run` event (a keepalive after KEEPALIVE_S of nothing)."""
+    yield b": connected\n\n"
     while True:
         try:
             first = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
         except TimeoutError:
-            yield None
+            yield b": keepalive\n\n"
             continue
         batch = [first]
         await asyncio.sleep(FLUSH_S)
         while not queue.empty():
             batch.append(queue.get_nowait())
-        yield batch
+        events: list[Event] = []
+        for data in batch:
+            with contextlib.suppress(ValueError):
+                ev = parse_event(data)
+                if is_run_event(ev):
+                    events.append(ev)
+        for st in await apply(events):
+            yield _run_update(st)
 
 
 async def run_stream(request: Request, pipeline: str, run_id: str) -> Response:
@@ -74,29 +85,23 @@ async def run_stream(request: Request, pipeline: str, run_id: str) -> Response:
     stream no longer keeps is left as the page rendered it."""
     d = dash(request)
     queue: asyncio.Queue[Any] = asyncio.Queue()
+    st = RunState(pipeline=pipeline, run_id=run_id)
 
     async def pump() -> None:
         async for msg in tail(d.nc, Kind.EVENTS, subjects.pattern(Kind.EVENTS, pipeline, run_id)):
             await queue.put(msg.data)
 
+    async def apply(events: list[Event]) -> list[RunState]:
+        nonlocal st
+        for ev in events:
+            st = fold(st, ev)
+        return [st] if st.requested_at is not None or st.started_at is not None else []
+
     async def gen() -> AsyncIterator[bytes]:
         reader = asyncio.create_task(pump())
-        st = RunState(pipeline=pipeline, run_id=run_id)
         try:
-            yield b": connected\n\n"
-            async for batch in _batches(queue):
-                if batch is None:
-                    yield b": keepalive\n\n"
-                    continue
-                for data in batch:
-                    try:
-                        ev = parse_event(data)
-                    except ValueError:
-                        continue
-                    if is_run_event(ev):
-                        st = fold(st, ev)
-                if st.requested_at is not None or st.started_at is not None:
-                    yield _run_update(st)
+            async for chunk in _feed(queue, apply):
+                yield chunk
         finally:
             reader.cancel()
             with contextlib.suppress(BaseException):
@@ -114,44 +119,35 @@ async def runs_stream(request: Request) -> Response:
     if pipeline and only:
         return await run_stream(request, pipeline, only)
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10_000)
+    states: dict[tuple[str, str], RunState] = {}
 
     async def on_msg(msg: Any) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             queue.put_nowait(msg.data)
 
+    async def apply(events: list[Event]) -> list[RunState]:
+        changed: dict[tuple[str, str], RunState] = {}
+        for ev in events:
+            key = (ev.pipeline, ev.run_id)
+            if key not in states:  # the tracker's fold so far; this event may be in it already
+                known = await get_run(d.bucket, *key)
+                # with its batch ledgers, so folding an event the tracker already counted changes nothing
+                # (the run state alone holds totals: a batch it lacks would be counted twice)
+                states[key] = (
+                    await load_batches(d.bucket, known)
+                    if known is not None
+                    else RunState(pipeline=ev.pipeline, run_id=ev.run_id)
+                )
+            states[key] = changed[key] = fold(states[key], ev)
+        return [st for st in changed.values() if not status or st.status == status]
+
     # a plain subscription sees every event as it is published to the stream; no consumer is left on the server
     sub = await d.nc.subscribe(subjects.pattern(Kind.EVENTS, pipeline, only), cb=on_msg)
 
     async def gen() -> AsyncIterator[bytes]:
-        states: dict[tuple[str, str], RunState] = {}
         try:
-            yield b": connected\n\n"
-            async for batch in _batches(queue):
-                if batch is None:
-                    yield b": keepalive\n\n"
-                    continue
-                changed: dict[tuple[str, str], RunState] = {}
-                for data in batch:
-                    try:
-                        ev = parse_event(data)
-                    except ValueError:
-                        continue
-                    if not is_run_event(ev):
-                        continue
-                    key = (ev.pipeline, ev.run_id)
-                    if key not in states:  # the tracker's fold so far; this event may be in it already
-                        known = await get_run(d.bucket, *key)
-                        # with its batch ledgers, so folding an event the tracker already counted changes nothing
-                        # (the run state alone holds totals: a batch it lacks would be counted twice)
-                        states[key] = (
-                            await load_batches(d.bucket, known)
-                            if known is not None
-                            else RunState(pipeline=ev.pipeline, run_id=ev.run_id)
-                        )
-                    states[key] = changed[key] = fold(states[key], ev)
-                for st in changed.values():
-                    if not status or st.status == status:
-                        yield _run_update(st)
+            async for chunk in _feed(queue, apply):
+                yield chunk
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
