@@ -1,20 +1,26 @@
 """Who may do what on the bus: one NATS user per service and an operator user, with permissions generated from the
-subject builder, so they cannot drift from the subjects the services use.
+subject builder, so they cannot drift from the subjects the services use. Assume one service's password leaks: its
+permissions still confine it to its stage's work.
 
 - `extractor` consumes run requests (its durable on JETL_RUNS) and publishes raw batches, and the partitions of a run
-  it plans back onto JETL_RUNS (never a run request: `subjects.partition_pattern`);
+  it plans back onto JETL_RUNS (never a run request: `subjects.partition_pattern`); it reads JETL_RAW (replays) and
+  JETL_DLQ (redrives) message by message;
 - `transformer` consumes raw batches and publishes clean batches;
 - `loader` consumes clean batches and answers the loader's control verbs;
-- `scheduler` publishes run requests, folds the event log (the `tracker` durable on JETL_EVENTS) and pulls
-  JetStream's max-deliveries advisories (the `watchdog` durable on JETL_ADVISORIES: a batch no stage could finish is
-  dead-lettered, its run failed);
-- every service publishes lifecycle events and log lines, reads and writes the state bucket, reads streams back
-  through ephemeral consumers, and answers its own `health` verb;
+- `scheduler` publishes run requests, folds the event log (the `tracker` durable on JETL_EVENTS) into run state and
+  cursors, and pulls JetStream's max-deliveries advisories (the `watchdog` durable on JETL_ADVISORIES: it reads the
+  message that no stage could finish and dead-letters it);
+- every service publishes lifecycle events only on its own role's subjects (`jetl.events.*.*.<role>`: the tracker
+  trusts each event type only from the roles whose work it is), dead letters only of its own stage, log lines, and
+  the state bucket's keys under its own prefixes (its heartbeat; the scheduler also run state and cursors); it hears
+  replies only on its own inbox prefix (`_INBOX.<role>.>`), answers requests only through the reply subject of the
+  request it got (`allow_responses`), and answers its own control verbs;
 - `operator` (the CLI, `jetl deploy`, the dashboard) may do anything, JetStream administration included.
 
-No service user may create, change, purge or delete a stream or a durable consumer, ack another stage's messages, or
-publish another stage's output. `jetl up` generates the passwords on first start and keeps them, owner-only, in its
-data folder (`Credentials`).
+No service user may create, change, purge or delete a stream or any consumer (so no push delivery to a subject of
+its choosing), ack another stage's messages, read a stream its stage does not work from, or publish another stage's
+output. `jetl up` generates the passwords on first start and keeps them, owner-only, in its data folder
+(`Credentials`).
 """
 
 from __future__ import annotations
@@ -24,42 +30,76 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, SecretStr
 
 from jetl import subjects
-from jetl.subjects import CONSUMERS, Kind
+from jetl.subjects import CONSUMERS, ROLES, SERVICE_ROLES, Kind, Role, StateKey, state_keys
 
-Role = Literal["extractor", "transformer", "loader", "scheduler", "operator"]
-ROLES: tuple[Role, ...] = ("extractor", "transformer", "loader", "scheduler", "operator")
-SERVICE_ROLES: tuple[Role, ...] = ("extractor", "transformer", "loader", "scheduler")
+__all__ = ["ROLES", "SERVICE_ROLES", "Credentials", "Permissions", "Role", "permissions"]
 
-# What each service publishes besides events and logs, and which durables it consumes from.
-_OUTPUTS: dict[str, tuple[Kind, ...]] = {
-    "extractor": (Kind.RAW, Kind.DLQ),
-    "transformer": (Kind.CLEAN, Kind.DLQ),
-    "loader": (Kind.DLQ,),
-    "scheduler": (Kind.RUN, Kind.DLQ),  # the watchdog dead-letters a batch that reached max_deliver
+# What each service publishes besides its events and log lines.
+_OUTPUTS: dict[Role, tuple[str, ...]] = {
+    "extractor": (subjects.pattern(Kind.RAW), subjects.partition_pattern(), subjects.dlq_of("extract")),
+    "transformer": (subjects.pattern(Kind.CLEAN), subjects.dlq_of("transform")),
+    "loader": (subjects.dlq_of("load"),),
+    # run requests; the watchdog dead-letters a batch of any stage that reached max_deliver
+    "scheduler": (subjects.pattern(Kind.RUN), subjects.dlq_of("*")),
 }
-_DURABLES: dict[str, tuple[str, ...]] = {
+# The streams whose messages each service reads one by one (besides its durables).
+_READS: dict[Role, tuple[Kind, ...]] = {
+    "extractor": (Kind.RAW, Kind.DLQ),  # replays read the parent's raw batches, redrives their dead letters
+    "transformer": (),
+    "loader": (),
+    "scheduler": (Kind.RUN, Kind.RAW, Kind.CLEAN),  # the watchdog reads the message no stage could finish
+}
+_DURABLES: dict[Role, tuple[str, ...]] = {
     "extractor": ("extractor",),
     "transformer": ("transformer",),
     "loader": ("loader",),
     "scheduler": ("tracker", "watchdog"),
 }
+# The state bucket's keys each service writes (`jetl.state`): its own heartbeats, and the scheduler, which folds the
+# log, run state, cursors and its indexes. The extractor enters a run it takes in the unfinished index itself (its
+# overlap guard is its own decision).
+_STATE_WRITES: dict[Role, tuple[str, ...]] = {
+    "extractor": (state_keys(StateKey.ACTIVE),),
+    "transformer": (),
+    "loader": (),
+    "scheduler": tuple(
+        state_keys(k)
+        for k in (
+            StateKey.RUN,
+            StateKey.BATCH,
+            StateKey.CURSOR,
+            StateKey.ACTIVE,
+            StateKey.OK,
+            StateKey.FAILED,
+            StateKey.SCHED,
+            StateKey.ALERT,
+        )
+    ),
+}
 
 
 @dataclass(frozen=True)
 class Permissions:
-    """Subjects one user may publish to and subscribe to (NATS allow lists; anything else is denied)."""
+    """Subjects one user may publish to and subscribe to (NATS allow lists; anything else is denied), and whether it
+    may answer a request it received (`allow_responses`: one reply to the request's own reply subject)."""
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    allow_responses: bool = False
 
     def as_config(self) -> dict[str, object]:
         """The `permissions` block of a nats-server user."""
-        return {"publish": {"allow": list(self.publish)}, "subscribe": {"allow": list(self.subscribe)}}
+        block: dict[str, object] = {
+            "publish": {"allow": list(self.publish)},
+            "subscribe": {"allow": list(self.subscribe)},
+        }
+        if self.allow_responses:
+            block["allow_responses"] = True
+        return block
 
 
 def permissions(role: Role) -> Permissions:
@@ -67,20 +107,22 @@ def permissions(role: Role) -> Permissions:
     if role == "operator":
         return Permissions(publish=(subjects.ALL,), subscribe=(subjects.ALL,))
     publish = [
-        subjects.pattern(Kind.EVENTS),
+        subjects.events_by(role),
         subjects.pattern(Kind.LOGS),
-        *(subjects.pattern(kind) for kind in _OUTPUTS[role]),
-        *([subjects.partition_pattern()] if role == "extractor" else []),
-        *subjects.kv_access(subjects.STATE_BUCKET),
-        *subjects.js_read_access(),
-        subjects.INBOX,  # answering a control request (health, the loader's verbs)
+        *_OUTPUTS[role],
+        *subjects.kv_write_access(subjects.STATE_BUCKET, [state_keys(StateKey.SVC, role, "*"), *_STATE_WRITES[role]]),
+        *subjects.kv_read_access(subjects.STATE_BUCKET),
+        *subjects.js_info_access(),
     ]
-    if Kind.DLQ in _OUTPUTS[role]:  # a dead letter too large for a message keeps its body in the object store
-        publish.extend(subjects.object_store_access(subjects.DLQ_BODIES_BUCKET))
+    for kind in _READS[role]:
+        publish.extend(subjects.stream_read_access(subjects.stream_name(kind)))
+    # every service dead-letters, and keeps a body too large for a message in the bodies bucket (the extractor
+    # reads them back for a redrive)
+    publish.extend(subjects.object_store_access(subjects.DLQ_BODIES_BUCKET))
     for durable in _DURABLES[role]:
         publish.extend(subjects.js_consume_access(CONSUMERS[durable], durable))
-    subscribe = [subjects.INBOX, subjects.control_pattern(role)]
-    return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))
+    subscribe = [subjects.inbox(role), subjects.control_pattern(role)]
+    return Permissions(publish=tuple(publish), subscribe=tuple(subscribe), allow_responses=True)
 
 
 class Credentials(BaseModel):

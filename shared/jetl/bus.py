@@ -8,8 +8,12 @@ What is declared on NATS lives in `jetl.topology`; reading the log back in `jetl
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -17,14 +21,17 @@ from faststream.nats import NatsBroker
 from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
-from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from jetl import subjects
-from jetl.errors import IN_PROCESS, TerminalError, TransientError
+from jetl.errors import IN_PROCESS, TerminalError, TransientError, note_refusal
 from jetl.events import RunRequested, _Event
-from jetl.messages import PAYLOAD_HEADROOM, Batch, DeadLetter, RunRequest, encode_batch
+from jetl.messages.deadletter import DeadLetter
+from jetl.messages.models import Batch, RunRequest
+from jetl.messages.payload import PAYLOAD_HEADROOM
+from jetl.messages.wire import encode_batch
 from jetl.settings import JetlSettings, NatsSettings
-from jetl.subjects import STREAMS, Kind, Stage
+from jetl.subjects import STREAMS, Kind, Role, Stage
 
 MSG_ID = "Nats-Msg-Id"
 # A stream leader's election on a three-node cluster took 4-7 s on a loaded two-core machine
@@ -54,6 +61,33 @@ def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+def refusals_noted(user: str | None, then: ErrorCallback | None = None) -> ErrorCallback:
+    """A connection's error callback that records a permissions violation (`jetl.errors.note_refusal`), logged once
+    per subject, so that a command that then times out says which permission its user lacks instead of blaming an
+    outage; any other error goes to `then` (nats-py's logging by default)."""
+    seen: set[str] = set()
+
+    async def on_error(exc: Exception) -> None:
+        text = str(exc)
+        if "permissions violation" in text.lower():
+            # nats-py lowers the server's whole message: give the subject back its case
+            text = re.sub(r'"([^"]*)"', lambda m: f'"{subjects.restore_case(m.group(1))}"', text)
+            refused = note_refusal(text, user)
+            if text not in seen:
+                seen.add(text)
+                logging.getLogger("jetl.bus").warning(str(refused))
+            return
+        if then is not None:
+            await then(exc)
+        else:
+            logging.getLogger("nats.aio.client").error("nats: encountered error", exc_info=exc)
+
+    return on_error
+
+
 def connect_options(s: NatsSettings) -> dict[str, Any]:
     """Options shared by nats-py and FastStream's broker: auth (user/password, token, NKey, creds) and TLS."""
     opts: dict[str, Any] = {
@@ -61,6 +95,9 @@ def connect_options(s: NatsSettings) -> dict[str, Any]:
         "connect_timeout": int(max(1, s.connect_timeout)),
         "ping_interval": max(1, int(s.ping_interval)),
         "max_outstanding_pings": s.max_outstanding_pings,
+        # a role hears replies only on its own inboxes (`jetl.access`): requests must be sent from them
+        "inbox_prefix": s.inbox_prefix or subjects.inbox_prefix(s.user),
+        "error_cb": refusals_noted(s.user),
     }
     if s.user:
         opts["user"] = s.user
@@ -83,6 +120,8 @@ def connect_options(s: NatsSettings) -> dict[str, Any]:
 async def connect(s: NatsSettings, **extra: Any) -> Client:
     """A plain nats-py connection (CLI commands and administration)."""
     opts = connect_options(s)
+    if "error_cb" in extra:  # the caller's callback still hears everything but permission violations
+        extra = {**extra, "error_cb": refusals_noted(s.user, extra["error_cb"])}
     opts.update(extra)
     return await nats.connect(**opts)
 
@@ -128,10 +167,12 @@ async def wait_for_nats(s: NatsSettings, timeout: float = 15.0) -> None:
 
 
 class Bus:
-    """Publishes jetl messages on a FastStream broker, each with its dedup id, waiting for the stream's ack."""
+    """Publishes jetl messages on a FastStream broker, each with its dedup id, waiting for the stream's ack, as one
+    role: its events go on that role's subjects (`subjects.events`), the only ones its NATS user may publish."""
 
-    def __init__(self, broker: NatsBroker) -> None:
+    def __init__(self, broker: NatsBroker, role: Role) -> None:
         self.broker = broker
+        self.role = role
 
     async def _publish(self, body: bytes, subject: str, msg_id: str, kind: Kind) -> bool:
         """Publish and wait for the stream's ack; True when the stream dropped it as a duplicate of `msg_id`.
@@ -198,7 +239,10 @@ class Bus:
     async def event(self, ev: _Event) -> None:
         """Append a lifecycle event to the log."""
         await self._publish(
-            ev.model_dump_json().encode(), subjects.events(ev.pipeline, ev.run_id), ev.msg_id(), Kind.EVENTS
+            ev.model_dump_json().encode(),
+            subjects.events(ev.pipeline, ev.run_id, self.role),
+            ev.msg_id(),
+            Kind.EVENTS,
         )
 
     @property
@@ -247,13 +291,41 @@ class Bus:
         await self.dead_letter(DeadLetter.of_oversized(batch, stage, kept, self.max_payload))
 
     async def fetch(self, ref: str) -> bytes:
-        """The body a dead letter names by reference (`<bucket>/<name>`)."""
+        """The body a dead letter names by reference (`<bucket>/<name>`).
+
+        Read chunk by chunk (`$JS.API.STREAM.MSG.GET`, next by subject), not through nats-py's `get`, whose ordered
+        consumer is a push consumer: no service may create consumers (`jetl.access`). The digest is checked."""
         bucket, _, name = ref.partition("/")
         if bucket != subjects.DLQ_BODIES_BUCKET or not name:
             raise TerminalError(f"not a dead-letter body reference: {ref!r}")
-        store = await self.broker.connection.jetstream().object_store(bucket)
-        result = await store.get(name)
-        return bytes(result.data or b"")
+        nc = self.broker.connection
+        info = await (await nc.jetstream().object_store(bucket)).get_info(name)
+        data = bytearray()
+        if info.size:
+            async for chunk in read_one_by_one(nc, f"OBJ_{bucket}", subjects.object_chunks(bucket, info.nuid or "")):
+                data += chunk.data or b""
+                if len(data) >= info.size:
+                    break
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+        if info.digest is None or info.digest.partition("=")[2] != digest:
+            raise TerminalError(f"the body {ref!r} does not match its digest")
+        return bytes(data)
+
+
+async def read_one_by_one(nc: Client, stream: str, subject: str) -> AsyncIterator[Any]:
+    """Every message of `stream` under `subject` (a filter), oldest first, each read by its own request (next by
+    subject, `$JS.API.STREAM.MSG.GET`): no consumer is created, which is how a service reads a stream (its user may
+    create none, so that none can push a stream to a subject of its choosing). One request a message: for the few,
+    large messages a replay or a redrive reads; the operator's readers use consumers (`jetl.eventlog`)."""
+    js = nc.jetstream()
+    seq = 0
+    while True:
+        try:
+            msg = await js.get_msg(stream, seq + 1, subject=subject, next=True)
+        except NotFoundError:
+            return
+        yield msg
+        seq = msg.seq or seq + 1
 
 
 async def nats_connection(s: JetlSettings) -> Any:

@@ -82,6 +82,34 @@ class NoDeployment(ConfigError):
         )
 
 
+class PermissionRefused(ConfigError):
+    """NATS refused this client's user a subject: the user's role may not do that (`jetl.access`), which is a matter
+    of configuration, not an outage. The CLI maps it to exit 2."""
+
+    def __init__(self, violation: str, user: str | None) -> None:
+        what = violation.removeprefix("nats: ").strip()
+        what = (
+            what[len("permissions violation for ") :] if what.lower().startswith("permissions violation for ") else what
+        )
+        super().__init__(f"NATS refused user {user or '(no user)'!r} permission to {what[:1].lower()}{what[1:]}")
+
+
+_REFUSED: list[PermissionRefused] = []
+
+
+def note_refusal(violation: str, user: str | None) -> PermissionRefused:
+    """Record a permissions violation the server reported (asynchronously) on a connection of `user`."""
+    refused = PermissionRefused(violation, user)
+    _REFUSED.append(refused)
+    del _REFUSED[:-1]  # the latest is the one a failing command hit
+    return refused
+
+
+def last_refusal() -> PermissionRefused | None:
+    """The latest permissions violation a connection of this process was told of, if any."""
+    return _REFUSED[-1] if _REFUSED else None
+
+
 @dataclass
 class RecordIssue:
     """Why one record was rejected: where it came from, which field, what was wrong."""

@@ -18,7 +18,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jetl.events import CursorChanged, Event, RunCompleted, is_run_event, parse_event
+from jetl.events import CursorChanged, Event, RunCompleted, is_run_event, read_event
 from jetl.projection import RunState, fold
 from jetl.state import (
     RUN_TTL_S,
@@ -34,6 +34,7 @@ from jetl.state import (
     run_key,
 )
 from jetl.subjects import STREAMS, Kind, check_token, pattern
+from jetl.topology import EPHEMERAL_INACTIVE_S
 
 
 async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 5.0) -> AsyncGenerator[Any, None]:
@@ -53,7 +54,7 @@ async def read_stream(nc: Client, kind: Kind, subject: str, *, timeout: float = 
         subject,
         ordered_consumer=True,
         stream=STREAMS[kind].name,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=EPHEMERAL_INACTIVE_S),
     )
     try:
         while True:
@@ -84,9 +85,13 @@ async def tail(nc: Client, kind: Kind, subject: str, *, after: int = 0, idle: fl
             raise ConnectionError("the NATS connection is closed")
         reconnects = nc.stats["reconnects"]
         start = (
-            ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+            ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=EPHEMERAL_INACTIVE_S)
             if last == 0
-            else ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
+            else ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=last + 1,
+                inactive_threshold=EPHEMERAL_INACTIVE_S,
+            )
         )
         try:
             sub = await js.subscribe(subject, ordered_consumer=True, stream=STREAMS[kind].name, config=start)
@@ -120,10 +125,13 @@ async def read_events(
 ) -> AsyncIterator[Event]:
     """Replay the event log (all of it, or one pipeline's or run's) in order, from the stream, without a durable.
 
-    It stops at the last event the filter matches (the consumer's pending count), not at the stream's end.
+    It stops at the last event the filter matches (the consumer's pending count), not at the stream's end. An event
+    on the subject of a role that may not say it (`jetl.events.trusted`) is skipped, as the tracker skips it.
     """
     async for msg in read_stream(nc, Kind.EVENTS, pattern(Kind.EVENTS, pipeline, run_id), timeout=timeout):
-        yield parse_event(msg.data)
+        ev = read_event(msg.subject, msg.data)
+        if ev is not None:
+            yield ev
 
 
 async def _refold(nc: Client, pipeline: str, run_id: str) -> RunState | None:

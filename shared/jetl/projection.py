@@ -22,7 +22,7 @@ from jetl.events import (
     RunRequested,
     RunStarted,
 )
-from jetl.messages import split_batch_id
+from jetl.messages.ids import split_batch_id
 
 Status = Literal["requested", "running", "completed", "failed"]
 
@@ -311,7 +311,9 @@ def fold_run(state: RunState | None, ev: Event) -> RunState:
             if ev.cursor is not None:
                 state.cursor = ev.cursor
         case RunFailed():
-            if not state.cancelled:  # the reason a person gave stands over what failed after it
+            # the reason a person gave stands over what failed after it; a completed run has loaded everything and
+            # moved its cursor, and a late (or forged) failure changes none of that
+            if not state.cancelled and state.status != "completed":
                 state.status = "failed"
                 state.error = ev.error
                 state.finished_at = ev.at

@@ -44,6 +44,10 @@ class NatsSettings(BaseModel):
     """NKey seed file."""
     creds_file: Path | None = None
     """JWT credentials file."""
+    inbox_prefix: str | None = None
+    """Prefix of this client's reply inboxes. Default: `_INBOX.<user>` for a user named as a jetl role (the only
+    inboxes its permissions let it hear: `jetl.access`), `_INBOX` otherwise. Set it to `_INBOX.<role>` where a
+    service's user is not named as its role (an NKey or creds file)."""
     tls: TlsSettings = Field(default_factory=TlsSettings)
     """TLS options; any file set here turns TLS on."""
     connect_timeout: float = 5.0

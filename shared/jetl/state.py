@@ -7,7 +7,9 @@ scheduler service) is the writer; it updates with compare-and-set so replicas ca
 Run and batch keys expire `NatsSettings.run_state_ttl_days` after their last write (a per-key TTL, `Nats-TTL`; the
 log rebuilds them), heartbeats after `heartbeat_ttl_s`. Cursors, pause flags and the scheduler's marks never expire.
 
-Operational keys in the same bucket (all rebuildable or harmless to lose):
+Operational keys in the same bucket (all rebuildable or harmless to lose). Each prefix is a `jetl.subjects.StateKey`,
+and NATS permissions grant writes by prefix (`jetl.access`): services write only their own heartbeats (and the
+extractor the unfinished index); only the scheduler and the operator write run state, cursors and the rest.
 
 | key                        | written by                  | value                                              |
 |----------------------------|-----------------------------|----------------------------------------------------|
@@ -45,7 +47,7 @@ from jetl.errors import NoDeployment
 from jetl.events import Event, is_run_event
 from jetl.projection import BATCH_EVENTS, BatchState, RunState, fold, fold_batch, fold_run
 from jetl.settings import NatsSettings
-from jetl.subjects import check_token
+from jetl.subjects import StateKey, check_token
 from jetl.topology import BUCKET, server_url
 
 RUN_TTL_S = NatsSettings().run_state_ttl_days * 86400
@@ -63,12 +65,12 @@ async def bucket(nc: Client) -> KeyValue:
 
 def run_key(pipeline: str, run_id: str) -> str:
     """KV key of a run's state."""
-    return f"run.{check_token(pipeline)}.{check_token(run_id)}"
+    return f"{StateKey.RUN}.{check_token(pipeline)}.{check_token(run_id)}"
 
 
 def cursor_key(pipeline: str) -> str:
     """KV key of a pipeline's incremental cursor."""
-    return f"cursor.{check_token(pipeline)}"
+    return f"{StateKey.CURSOR}.{check_token(pipeline)}"
 
 
 async def get_run(kv: KeyValue, pipeline: str, run_id: str) -> RunState | None:
@@ -83,7 +85,7 @@ async def get_run(kv: KeyValue, pipeline: str, run_id: str) -> RunState | None:
 def batch_key(pipeline: str, run_id: str, batch_id: str) -> str:
     """KV key of one batch's ledger: `batch.<pipeline>.<run>.<seq>` (from batch id `<run>/<seq>`, each `/` a `.`)."""
     rest = batch_id.removeprefix(f"{run_id}/")
-    return f"batch.{check_token(pipeline)}.{check_token(run_id)}.{rest.replace('/', '.')}"
+    return f"{StateKey.BATCH}.{check_token(pipeline)}.{check_token(run_id)}.{rest.replace('/', '.')}"
 
 
 def _batch_id(state: RunState, key: str) -> str:
@@ -258,30 +260,30 @@ async def delete_cursor(kv: KeyValue, pipeline: str) -> None:
 
 def slot_key(pipeline: str) -> str:
     """KV key of the end of the last schedule slot requested for a pipeline."""
-    return f"sched.{check_token(pipeline)}"
+    return f"{StateKey.SCHED}.{check_token(pipeline)}"
 
 
 def pause_key(pipeline: str) -> str:
     """KV key set by `jetl pause` / `jetl resume`."""
-    return f"pause.{check_token(pipeline)}"
+    return f"{StateKey.PAUSE}.{check_token(pipeline)}"
 
 
 def active_key(pipeline: str) -> str:
     """KV key of a pipeline's unfinished runs (one key, so counting them is one read)."""
-    return f"active.{check_token(pipeline)}"
+    return f"{StateKey.ACTIVE}.{check_token(pipeline)}"
 
 
 def last_ok_key(pipeline: str) -> str:
     """KV key of a pipeline's latest completed run."""
-    return f"ok.{check_token(pipeline)}"
+    return f"{StateKey.OK}.{check_token(pipeline)}"
 
 
 def last_failed_key(pipeline: str) -> str:
     """KV key of a pipeline's latest failed run."""
-    return f"failed.{check_token(pipeline)}"
+    return f"{StateKey.FAILED}.{check_token(pipeline)}"
 
 
-HEARTBEAT_PREFIX = "svc"
+HEARTBEAT_PREFIX = StateKey.SVC.value
 
 
 def heartbeat_key(service: str, instance: str) -> str:

@@ -7,7 +7,7 @@ Every subject jetl publishes or subscribes to is built here; no other module spe
 | JETL_RUNS   | jetl.run.<pipeline>           | work queue | new           | (and jetl.run.<pipeline>.<run>.<partition>)
 | JETL_RAW    | jetl.raw.<pipeline>.<run>     | limits     | new           |
 | JETL_CLEAN  | jetl.clean.<pipeline>.<run>   | interest   | new           | (a batch goes once the loader acked it)
-| JETL_EVENTS | jetl.events.<pipeline>.<run>  | limits     | old           |
+| JETL_EVENTS | jetl.events.<pipeline>.<run>.<role> | limits | old         | (the role that said it: `Role`)
 | JETL_DLQ    | jetl.dlq.<pipeline>.<stage>   | limits     | new           |
 | JETL_LOGS   | jetl.logs.<pipeline>.<run>    | limits     | old           |
 | JETL_ADVISORIES | $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*.* | limits | old | (the server's, for the watchdog)
@@ -27,6 +27,14 @@ PREFIX = "jetl"
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 Stage = Literal["extract", "transform", "load"]
+
+Role = Literal["extractor", "transformer", "loader", "scheduler", "operator"]
+"""Who may do what on the bus: one NATS user per service, and the operator (the CLI, `jetl deploy`, the dashboard).
+An event's subject ends with the role that published it, which NATS permissions hold each user to."""
+ROLES: tuple[Role, ...] = ("extractor", "transformer", "loader", "scheduler", "operator")
+SERVICE_ROLES: tuple[Role, ...] = ("extractor", "transformer", "loader", "scheduler")
+STAGE_ROLE: dict[str, Role] = {"extract": "extractor", "transform": "transformer", "load": "loader"}
+"""The role whose work each stage is (its dead letters and its events)."""
 
 
 class Kind(StrEnum):
@@ -108,6 +116,24 @@ CONSUMERS: dict[str, Kind] = {
 }
 
 
+DURABLE_ROLE: dict[str, Role] = {
+    "extractor": "extractor",
+    "transformer": "transformer",
+    "loader": "loader",
+    "tracker": "scheduler",
+    "watchdog": "scheduler",
+}
+"""The role whose service binds each durable consumer."""
+
+
+def role(name: str) -> Role:
+    """`name` as a role (a service's name is its role); ConfigError for anything else."""
+    for r in ROLES:
+        if r == name:
+            return r
+    raise ConfigError(f"{name!r} is not a jetl role: one of {', '.join(ROLES)}")
+
+
 def check_token(value: str, what: str = "name") -> str:
     """Return `value` if it is a valid subject token (no dots, spaces, `*` or `>`), else raise ConfigError."""
     if not _TOKEN.match(value):
@@ -156,14 +182,36 @@ def clean(pipeline: str, run_id: str) -> str:
     return _per_run("clean", pipeline, run_id)
 
 
-def events(pipeline: str, run_id: str) -> str:
-    """Subject of a run's lifecycle events."""
-    return _per_run("events", pipeline, run_id)
+def events(pipeline: str, run_id: str, role: Role) -> str:
+    """Subject of a run's lifecycle events said by `role`: `jetl.events.<pipeline>.<run>.<role>`. Each user may
+    publish only under its own role, so the role token is who said it (the tracker trusts each event type only from
+    the roles whose work it is: `jetl.events.trusted`)."""
+    if role not in ROLES:
+        raise ConfigError(f"{role!r} is not a jetl role")
+    return f"{_per_run('events', pipeline, run_id)}.{role}"
+
+
+def events_by(role: Role) -> str:
+    """Every event subject of one role (`jetl.events.*.*.<role>`): what that role may publish."""
+    return f"{PREFIX}.{Kind.EVENTS.value}.*.*.{role}"
+
+
+def event_role(subject: str) -> str | None:
+    """The role an event subject names (its last token), None for a subject that is no event subject."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != PREFIX or parts[1] != Kind.EVENTS.value or parts[4] not in ROLES:
+        return None
+    return parts[4]
 
 
 def dlq(pipeline: str, stage: Stage) -> str:
     """Subject of a pipeline's dead letters from one stage."""
     return f"{PREFIX}.dlq.{check_token(pipeline, 'pipeline')}.{stage}"
+
+
+def dlq_of(stage: Stage | Literal["*"]) -> str:
+    """Every pipeline's dead letters of one stage (`jetl.dlq.*.<stage>`): what that stage's role may publish."""
+    return f"{PREFIX}.dlq.*.{stage}"
 
 
 def logs(pipeline: str, run_id: str) -> str:
@@ -179,20 +227,26 @@ def control(service: str, verb: str) -> str:
 def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) -> str:
     """A wildcard filter over `kind` subjects, narrowed to a pipeline and run when given.
 
-    A run id without a pipeline matches that run under any pipeline (`jetl.logs.*.<run>`).
+    A run id without a pipeline matches that run under any pipeline (`jetl.logs.*.<run>`). Event filters match
+    every role's events (`jetl.events.<pipeline>.<run>.*`).
     """
     if kind is Kind.ADVISORY:  # the server's subject, not jetl's: every stream and consumer (the watchdog filters)
         return max_deliveries_advisory()
     parts = [PREFIX, kind.value]
+    by = [ANY] if kind is Kind.EVENTS else []
     if pipeline is None:
         if run_id is not None and kind is not Kind.RUN:
-            return ".".join([*parts, "*", check_token(run_id, "run id")])
+            return ".".join([*parts, ANY, check_token(run_id, "run id"), *by])
         return ".".join([*parts, ">"])
     parts.append(check_token(pipeline, "pipeline"))
     if kind is Kind.RUN:
         return ".".join(parts)
-    parts.append(check_token(run_id, "run id") if run_id is not None else "*")
-    return ".".join(parts)
+    parts.append(check_token(run_id, "run id") if run_id is not None else ANY)
+    return ".".join([*parts, *by])
+
+
+ANY = "*"
+"""One token of any value, in a subject filter."""
 
 
 _PER_RUN = {Kind.RUN.value, Kind.RAW.value, Kind.CLEAN.value, Kind.EVENTS.value, Kind.LOGS.value}
@@ -214,16 +268,51 @@ def control_pattern(service: str) -> str:
     return f"{PREFIX}.ctl.{check_token(service, 'service')}.>"
 
 
-# JetStream's own subjects, for the per-service permissions (`jetl.access`): a service reads streams and the state
-# bucket, and pulls from and acks its own durable consumer; stream and durable administration are not listed.
+# JetStream's own subjects, for the per-role permissions (`jetl.access`): a service reads stream info, reads the
+# messages of the streams its stage works from one by one (`$JS.API.STREAM.MSG.GET`: no consumer of its own, so no
+# push delivery anywhere), reads the state bucket and writes only its own key prefixes, and pulls from and acks its
+# own durable consumer; stream and consumer administration are not listed.
 ALL = ">"
-INBOX = "_INBOX.>"
+INBOX_ROOT = "_INBOX"
+"""NATS's default reply-inbox prefix; jetl's roles each get their own under it (`inbox_prefix`)."""
 STATE_BUCKET = "JETL_STATE"
 DLQ_BODIES_BUCKET = "JETL_DLQ_BODIES"
 """The object-store bucket that keeps what is too large to travel in a message (a record over `max_payload`, a
 dead letter of a whole batch): the dead letter on JETL_DLQ names it by reference (`body_ref`)."""
 _JS = "$JS.API"
 _ADVISORY = "$JS.EVENT.ADVISORY"
+
+
+def inbox_prefix(user: str | None) -> str:
+    """The prefix of a client's reply inboxes: `_INBOX.<role>` for a user named as a jetl role, whose permissions
+    let it hear its own replies and no one else's; NATS's default `_INBOX` for any other user (an operator's
+    inboxes under it are heard by nobody but the operator)."""
+    return f"{INBOX_ROOT}.{user}" if user in ROLES else INBOX_ROOT
+
+
+def inbox(role: Role) -> str:
+    """Every reply inbox of one role (`_INBOX.<role>.>`): the only inboxes that role may subscribe to."""
+    return f"{inbox_prefix(role)}.>"
+
+
+class StateKey(StrEnum):
+    """The key prefixes of the state bucket (`jetl.state`): write permissions are granted by prefix."""
+
+    RUN = "run"
+    BATCH = "batch"
+    CURSOR = "cursor"
+    SCHED = "sched"
+    PAUSE = "pause"
+    ACTIVE = "active"
+    OK = "ok"
+    FAILED = "failed"
+    SVC = "svc"
+    ALERT = "alert"
+
+
+def state_keys(prefix: StateKey, *tokens: str) -> str:
+    """The key filter `<prefix>.<tokens>...` (no tokens: every key under the prefix, `<prefix>.>`)."""
+    return ".".join([prefix.value, *tokens] if tokens else [prefix.value, ">"])
 
 
 def max_deliveries_advisory(stream: str = "*", consumer: str = "*") -> str:
@@ -233,29 +322,82 @@ def max_deliveries_advisory(stream: str = "*", consumer: str = "*") -> str:
 
 
 def object_store_access(bucket: str) -> list[str]:
-    """What putting and reading objects of one object-store bucket publishes to."""
-    return [f"$O.{bucket}.>", f"{_JS}.DIRECT.GET.OBJ_{bucket}.>", f"{_JS}.DIRECT.GET.OBJ_{bucket}"]
+    """What putting objects into one object-store bucket, and reading them back without a consumer, publishes to:
+    chunks and meta, and the bucket stream's messages one by one (its meta by subject, `jetl.bus.Bus.fetch`)."""
+    return [f"$O.{bucket}.>", *stream_read_access(f"OBJ_{bucket}")]
 
 
-def kv_access(bucket: str) -> list[str]:
-    """What reading and writing the keys of one KV bucket publishes to."""
-    return [f"$KV.{bucket}.>", f"{_JS}.DIRECT.GET.KV_{bucket}.>", f"{_JS}.DIRECT.GET.KV_{bucket}"]
+def object_chunks(bucket: str, nuid: str) -> str:
+    """The subject of one object's chunks in an object-store bucket (nats-py's layout)."""
+    return f"$O.{bucket}.C.{nuid}"
 
 
-def js_read_access() -> list[str]:
-    """What reading stream info and reading streams back through ephemeral (ordered) consumers publishes to."""
-    return [
-        f"{_JS}.INFO",
-        f"{_JS}.STREAM.INFO.*",
-        f"{_JS}.STREAM.NAMES",
-        f"{_JS}.STREAM.MSG.GET.*",
-        f"{_JS}.CONSUMER.INFO.*.*",
-        f"{_JS}.CONSUMER.CREATE.*",  # ephemeral consumers only: a durable's create subject has more tokens
-        "$JS.FC.>",  # flow-control replies of ordered consumers
-    ]
+def kv_read_access(bucket: str) -> list[str]:
+    """What reading the keys of one KV bucket publishes to."""
+    return [f"{_JS}.DIRECT.GET.KV_{bucket}.>", f"{_JS}.DIRECT.GET.KV_{bucket}", *stream_read_access(f"KV_{bucket}")]
+
+
+def kv_write_access(bucket: str, keys: list[str]) -> list[str]:
+    """What writing (and deleting) the keys of one KV bucket that match `keys` (filters) publishes to."""
+    return [f"$KV.{bucket}.{k}" for k in keys]
+
+
+def js_info_access() -> list[str]:
+    """Reading stream and account info (what `require_deployment` and the bucket lookups need): metadata, no
+    message."""
+    return [f"{_JS}.INFO", f"{_JS}.STREAM.INFO.*"]
+
+
+def stream_read_access(stream: str) -> list[str]:
+    """Reading one stream's messages one at a time, by sequence or next by subject: no consumer is created."""
+    return [f"{_JS}.STREAM.MSG.GET.{stream}"]
 
 
 def js_consume_access(kind: Kind, durable: str) -> list[str]:
-    """What pulling from and acking one durable consumer publishes to."""
+    """What pulling from, acking and reading the lag of one durable consumer publishes to."""
     stream = stream_name(kind)
-    return [f"{_JS}.CONSUMER.MSG.NEXT.{stream}.{durable}", f"$JS.ACK.{stream}.{durable}.>"]
+    return [
+        f"{_JS}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+        f"{_JS}.CONSUMER.INFO.{stream}.{durable}",
+    ]
+
+
+_UPPER = {
+    "$JS",
+    "$KV",
+    "$O",
+    "API",
+    "INFO",
+    "STREAM",
+    "CONSUMER",
+    "CREATE",
+    "DURABLE",
+    "DELETE",
+    "UPDATE",
+    "PURGE",
+    "NAMES",
+    "LIST",
+    "MSG",
+    "GET",
+    "NEXT",
+    "DIRECT",
+    "ACK",
+    "FC",
+    "EVENT",
+    "ADVISORY",
+    "MAX_DELIVERIES",
+    "LEADER",
+    "M",
+    "C",
+}
+
+
+def restore_case(subject: str) -> str:
+    """A subject as nats-py reports it in an error (all lower case) spelled as jetl and JetStream spell it: the
+    JetStream API's words and jetl's stream and bucket names upper case, jetl's own tokens lower case."""
+    names = {spec.name for spec in STREAMS.values()} | {STATE_BUCKET, DLQ_BODIES_BUCKET}
+    names |= {f"KV_{STATE_BUCKET}", f"OBJ_{DLQ_BODIES_BUCKET}"}
+    if not subject.startswith("$"):
+        return subject
+    return ".".join(t.upper() if t.upper() in _UPPER or t.upper() in names else t for t in subject.split("."))

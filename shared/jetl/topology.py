@@ -40,6 +40,10 @@ from jetl.subjects import CONSUMERS, STREAMS, Discard, Kind, Retention
 ACK_WAIT_S = 10.0
 MAX_DELIVER = 5
 MAX_ACK_PENDING = 256
+EPHEMERAL_INACTIVE_S = 5.0
+"""Seconds an ephemeral consumer (an operator's read of the log) outlives its reader: one left behind by a reader
+that died cannot pin JETL_CLEAN (interest retention) or hold server memory for long. Only the operator creates
+them; services create no consumer at all (`jetl.access`)."""
 
 
 _RETENTION = {

@@ -13,7 +13,8 @@ from faststream.nats import JStream, TestNatsBroker
 from pydantic import BaseModel, ValidationError
 
 from jetl import BearerAuth, ConsoleLoader, FileExtractor, HttpExtractor, Pipeline, subjects
-from jetl.messages import RunRequest, decode_batch, read_records
+from jetl.messages.models import RunRequest
+from jetl.messages.wire import decode_batch, read_records
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings

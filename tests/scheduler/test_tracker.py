@@ -5,7 +5,17 @@ from __future__ import annotations
 from functools import reduce
 from typing import Any
 
-from jetl.events import BatchExtracted, BatchLoaded, RunExtracted, RunRequested, RunStarted
+from jetl import subjects
+from jetl.events import (
+    BatchExtracted,
+    BatchLoaded,
+    BatchRejected,
+    RunExtracted,
+    RunRequested,
+    RunStarted,
+    read_event,
+    trusted,
+)
 from jetl.projection import RunState, fold
 from jetl_scheduler.tracker import _behind, untrusted
 
@@ -54,3 +64,18 @@ def test_a_cursor_never_moves_back() -> None:
     assert not _behind({"value": "9.5", "type": "decimal"}, {"value": "10.1", "type": "decimal"})  # text: not judged
     assert not _behind({"files": ["a"]}, {"files": []})  # positions that do not compare are not judged
     assert not _behind({"value": 1}, {"value": "2026-01-01"})  # nor are values of different kinds
+
+
+def test_each_event_type_is_trusted_only_from_the_roles_whose_work_it_reports() -> None:
+    loaded = BatchLoaded(pipeline="p", run_id="r", batch_id="r/000000", seq=0, records=1)
+    assert trusted(loaded, "loader") and not trusted(loaded, "extractor") and not trusted(loaded, "operator")
+    requested = RunRequested(pipeline="p", run_id="r")
+    assert trusted(requested, "scheduler") and trusted(requested, "operator")
+    assert not any(trusted(requested, r) for r in ("extractor", "transformer", "loader", None))
+    extracted = RunExtracted(pipeline="p", run_id="r", batches=0, records=0)
+    assert trusted(extracted, "extractor") and not trusted(extracted, "loader")
+    rejected = BatchRejected(pipeline="p", run_id="r", batch_id="r/0", seq=0, stage="load", records=1, reason="x")
+    assert trusted(rejected, "loader") and trusted(rejected, "scheduler") and not trusted(rejected, "transformer")
+    assert read_event(subjects.events("p", "r", "extractor"), loaded.model_dump_json().encode()) is None
+    assert read_event(subjects.events("p", "r", "loader"), loaded.model_dump_json().encode()) == loaded
+    assert read_event("jetl.events.p.r", loaded.model_dump_json().encode()) is None  # no role: not believed

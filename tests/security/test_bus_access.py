@@ -15,27 +15,24 @@ from typing import Any
 
 import nats
 import pytest
-from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
 from jetl import subjects
-from jetl.access import Role
 from jetl.bus import connect
 from jetl.cli.demo import wait_ready
-from jetl.messages import RunRequest
+from jetl.messages.models import RunRequest
 from jetl.ops.client import JetlClient
 from jetl.settings import NatsSettings
 from jetl.stack.embedded import USERS_FILE, Stack
 from jetl.subjects import Kind
 from jetl.testing.cli import jetl_up
-from jetl.testing.pipelines import file_pipeline
 from jetl.topology import require_deployment
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from .conftest import Attempt, items_pipeline, last_seqs
 
-PIPELINE = file_pipeline("items", batch_size=10)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROWS = 25
 
@@ -44,55 +41,9 @@ ROWS = 25
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One running stack for the module, as `jetl up` starts it."""
     root = tmp_path_factory.mktemp("secure")
-    inputs, pipelines = root / "in", root / "pipelines"
-    inputs.mkdir()
-    pipelines.mkdir()
-    (inputs / "items.jsonl").write_text("".join(json.dumps({"id": i, "name": f"n{i}"}) + "\n" for i in range(ROWS)))
-    text = PIPELINE.replace("INPUT", str(inputs)).replace("OUTPUT", str(root / "out"))
-    (pipelines / "items_pipeline.py").write_text(text)
-    with Stack(data_dir=root / "data", pipelines_dir=pipelines) as running:
+    with Stack(data_dir=root / "data", pipelines_dir=items_pipeline(root, ROWS)) as running:
         asyncio.run(wait_ready(running))
         yield running
-
-
-class Attempt:
-    """A nats-py connection that records the asynchronous errors the server sends (permission violations)."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    async def error_cb(self, exc: Exception) -> None:
-        self.errors.append(str(exc))
-
-    async def connect_as(self, stack: Stack, role: Role) -> Client:
-        assert stack.credentials is not None
-        return await nats.connect(
-            stack.nats_url,
-            user=role,
-            password=stack.credentials.password(role).get_secret_value(),
-            error_cb=self.error_cb,
-            allow_reconnect=False,
-        )
-
-    async def refused(self, what: str, timeout: float = 5.0) -> str:
-        """The server's permission violation naming `what` (waits for it: the server answers asynchronously)."""
-        for _ in range(int(timeout / 0.05)):
-            found = [e for e in self.errors if "permissions violation" in e.lower() and what.lower() in e.lower()]
-            if found:
-                return found[0]
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no permissions violation for {what!r}; errors seen: {self.errors}")
-
-
-async def last_seqs(stack: Stack) -> dict[str, int]:
-    """Every jetl stream's last sequence: a refused publish leaves each where it was (a work queue's count would not
-    show a message the extractor already took; its sequence would)."""
-    nc = await connect(stack.operator)
-    try:
-        js = nc.jetstream()
-        return {spec.name: (await js.stream_info(spec.name)).state.last_seq for spec in subjects.STREAMS.values()}
-    finally:
-        await nc.close()
 
 
 def test_credentials_and_server_config_are_owner_only(stack: Stack) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from jetl import subjects
 from jetl.events import RunExtracted, RunFailed
-from jetl.messages import decode_batch
+from jetl.messages.wire import decode_batch
 from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import Stack
@@ -166,7 +166,9 @@ def test_a_forged_run_extracted_with_no_batches_settles_nothing(running: Running
             kv = await bucket(nc)
             cursor = await get_cursor(kv, "files")
             forged = RunExtracted(pipeline="files", run_id="files-forged", batches=0, records=0, cursor={"files": []})
-            await nc.jetstream().publish(subjects.events("files", "files-forged"), forged.model_dump_json().encode())
+            await nc.jetstream().publish(
+                subjects.events("files", "files-forged", "extractor"), forged.model_dump_json().encode()
+            )
             for _ in range(150):  # until the tracker has folded it
                 if await get_run(kv, "files", "files-forged") is not None:
                     break
@@ -185,7 +187,9 @@ def test_a_forged_run_extracted_with_no_batches_settles_nothing(running: Running
 
 def test_a_forged_run_failed_sends_no_alert(running: Running) -> None:
     forged = RunFailed(pipeline="files", run_id="files-never", error="forged failure")
-    asyncio.run(publish(running.url, subjects.events("files", "files-never"), forged.model_dump_json().encode()))
+    asyncio.run(
+        publish(running.url, subjects.events("files", "files-never", "loader"), forged.model_dump_json().encode())
+    )
 
     async def folded() -> Any:
         nc = await nats_py.connect(running.url)

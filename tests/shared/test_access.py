@@ -36,7 +36,39 @@ def test_each_service_publishes_its_own_output_only() -> None:
     assert not _allowed(pub["extractor"], run) and not _allowed(pub["transformer"], run)
     assert _allowed(pub["extractor"], raw) and not _allowed(pub["transformer"], raw)
     assert _allowed(pub["transformer"], clean) and not _allowed(pub["extractor"], clean)
-    assert all(_allowed(pub[r], subjects.events("p", "r")) for r in ROLES)
+    for r in ROLES:  # each role says events on its own subjects only
+        assert _allowed(pub[r], subjects.events("p", "r", r))
+        assert r == "operator" or not any(_allowed(pub[r], subjects.events("p", "r", o)) for o in ROLES if o != r)
+
+
+def test_services_hear_only_their_own_inboxes_and_answer_only_requests() -> None:
+    for r in ROLES:
+        if r == "operator":
+            continue
+        sub, pub = permissions(r).subscribe, permissions(r).publish
+        assert _allowed(sub, f"{subjects.inbox_prefix(r)}.abc.1") and not _allowed(sub, "_INBOX.abc.1")
+        assert not any(_allowed(sub, f"{subjects.inbox_prefix(o)}.abc") for o in ROLES if o != r)
+        assert not _allowed(pub, "_INBOX.abc") and permissions(r).allow_responses
+
+
+def test_state_writes_are_granted_by_key_prefix() -> None:
+    def writes(role: str, key: str) -> bool:
+        return _allowed(permissions(role).publish, f"$KV.{subjects.STATE_BUCKET}.{key}")  # type: ignore[arg-type]
+
+    for key in ("cursor.p", "run.p.r", "batch.p.r.000001", "ok.p", "sched.p"):
+        assert writes("scheduler", key) and not any(writes(r, key) for r in ("extractor", "transformer", "loader"))
+    for r in ("extractor", "transformer", "loader", "scheduler"):
+        assert writes(r, f"svc.{r}.host_1") and not writes(r, "svc.other.host_1")
+        assert not writes(r, "pause.p")
+
+
+def test_services_create_no_consumer_and_read_only_their_streams() -> None:
+    for r in ("extractor", "transformer", "loader", "scheduler"):
+        pub = permissions(r).publish
+        assert not _allowed(pub, "$JS.API.CONSUMER.CREATE.JETL_CLEAN")
+        assert not _allowed(pub, "$JS.API.CONSUMER.CREATE.JETL_CLEAN.x.jetl.clean.>")
+    assert not _allowed(permissions("loader").publish, "$JS.API.STREAM.MSG.GET.JETL_RAW")
+    assert _allowed(permissions("extractor").publish, "$JS.API.STREAM.MSG.GET.JETL_RAW")
 
 
 def test_no_service_administers_jetstream_or_acks_another_stage() -> None:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from jetl import subjects
 from jetl.bus import connect
 from jetl.cli import app
-from jetl.messages import DeadLetter
+from jetl.messages.deadletter import DeadLetter
 from jetl.runtime.service import LogShipper
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.testing.servers import NatsHandle
@@ -138,7 +138,7 @@ def test_metric_labels_are_kind_and_pipeline_never_run() -> None:
     from jetl.subjects import metric_label
 
     assert metric_label(subjects.raw("orders", "orders-20261125T0000Z")) == "jetl.raw.orders"
-    assert metric_label(subjects.events("orders", "orders-20261125T0000Z")) == "jetl.events.orders"
+    assert metric_label(subjects.events("orders", "orders-20261125T0000Z", "loader")) == "jetl.events.orders"
     assert metric_label(subjects.dlq("orders", "load")) == "jetl.dlq.orders.load"
     assert metric_label(subjects.run_request("orders")) == "jetl.run.orders"
     assert metric_label("_INBOX.abc123.7") == "_INBOX"

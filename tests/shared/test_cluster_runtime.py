@@ -74,7 +74,7 @@ async def test_a_publish_waits_out_a_leader_election(
 ) -> None:
     monkeypatch.setattr(bus, "LEADERLESS_RETRY_S", 0.01)
     broker = LeaderlessBroker(silent=3, error=error)
-    await Bus(broker).event(_event())  # type: ignore[arg-type]
+    await Bus(broker, "scheduler").event(_event())  # type: ignore[arg-type]
     assert broker.tries == 4
 
 
@@ -83,5 +83,5 @@ async def test_a_stream_that_stays_leaderless_fails_the_publish(monkeypatch: pyt
     monkeypatch.setattr(bus, "LEADERLESS_S", 0.05)
     broker = LeaderlessBroker(silent=10**6)
     with pytest.raises(NoStreamResponseError):
-        await Bus(broker).event(_event())  # type: ignore[arg-type]
+        await Bus(broker, "scheduler").event(_event())  # type: ignore[arg-type]
     assert broker.tries > 1

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from jetl.errors import ConfigError, TransientError
 from jetl.extractors.database import DatabaseExtractor
 from jetl.extractors.incremental import Incremental
-from jetl.messages import dumps
+from jetl.messages.wire import dumps
 from jetl.protocols import Chunk, ExtractContext, Extractor
 from jetl.testing.contracts import ExtractorContract
 

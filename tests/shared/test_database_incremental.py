@@ -25,7 +25,7 @@ from jetl import ConsoleLoader, Pipeline, subjects
 from jetl.errors import ConfigError
 from jetl.extractors.database import DatabaseExtractor
 from jetl.extractors.incremental import Incremental
-from jetl.messages import RunRequest
+from jetl.messages.models import RunRequest
 from jetl.protocols import ExtractContext
 from jetl.registry import register
 from jetl.runtime.service import make_context

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from jetl import FileLoader, LoadContext
 from jetl.errors import ConfigError
-from jetl.messages import batch_id
+from jetl.messages.ids import batch_id
 from jetl.protocols import Check
 from jetl.settings import JetlSettings
 

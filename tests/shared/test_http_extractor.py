@@ -37,7 +37,7 @@ from jetl.extractors.http import (
     Retry,
 )
 from jetl.extractors.http.retry import _retry_after
-from jetl.messages import dumps
+from jetl.messages.wire import dumps
 from jetl.protocols import Chunk, ExtractContext, Extractor
 from jetl.testing.contracts import ExtractorContract
 

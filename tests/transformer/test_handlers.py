@@ -21,13 +21,15 @@ from jetl import (
     subjects,
 )
 from jetl.errors import TerminalError
-from jetl.messages import Batch, decode_batch, encode_batch, encode_records
+from jetl.messages.models import Batch
+from jetl.messages.wire import decode_batch, encode_batch, encode_records
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
-from jetl_transformer.handlers import make_router, run_transformers
+from jetl.transformers.chain import run_transformers
+from jetl_transformer.handlers import make_router
 
 
 class Raw(BaseModel):
@@ -63,25 +65,31 @@ def pipeline(tmp_path: Any) -> Pipeline:
     return p
 
 
-async def test_raw_batch_becomes_clean_batch_with_rejects_dead_lettered(pipeline: Pipeline) -> None:
+async def transform_in_memory(p: Pipeline, records: list[dict[str, Any]], kinds: list[Kind]) -> dict[Kind, list[bytes]]:
+    """One raw batch of `records` (origins `in.jsonl:1`...) through the transformer stage in memory; what it
+    published on each of `kinds`."""
     ctx = make_context("transformer", JetlSettings())
     ctx.broker.include_router(make_router(ctx))
-    got = capture(ctx.broker, [Kind.CLEAN, Kind.EVENTS, Kind.DLQ])
-    captured = {"clean": got[Kind.CLEAN], "events": got[Kind.EVENTS], "dlq": got[Kind.DLQ]}
-
-    records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(1, 7)]
-    records[1]["at"] = "not a date"  # id 2: rejected with its field
+    got = capture(ctx.broker, kinds)
     batch = Batch(
-        pipeline="unit",
+        pipeline=p.name,
         run_id="r1",
         seq=0,
-        schema_name="Out",
-        schema_hash=pipeline.schema_hash,
-        count=6,
-        origins=[f"in.jsonl:{i}" for i in range(1, 7)],
+        schema_name=p.schema.__name__,
+        schema_hash=p.schema_hash,
+        count=len(records),
+        origins=[f"in.jsonl:{i}" for i in range(1, len(records) + 1)],
     )
     async with TestNatsBroker(ctx.broker) as br:
-        await br.publish(encode_batch(batch, records), subjects.raw("unit", "r1"), stream="JETL_RAW")
+        await br.publish(encode_batch(batch, records), subjects.raw(p.name, "r1"), stream="JETL_RAW")
+    return got
+
+
+async def test_raw_batch_becomes_clean_batch_with_rejects_dead_lettered(pipeline: Pipeline) -> None:
+    records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(1, 7)]
+    records[1]["at"] = "not a date"  # id 2: rejected with its field
+    got = await transform_in_memory(pipeline, records, [Kind.CLEAN, Kind.EVENTS, Kind.DLQ])
+    captured = {"clean": got[Kind.CLEAN], "events": got[Kind.EVENTS], "dlq": got[Kind.DLQ]}
 
     assert len(captured["clean"]) == 1
     out, body = decode_batch(captured["clean"][0])
@@ -192,3 +200,82 @@ async def test_a_clean_batch_larger_than_a_message_is_published_in_parts_in_orde
     assert ids == list(range(30)) and sum(b.count for b, _ in parts) == 30
     [transformed] = [e for e in map(orjson.loads, got[Kind.EVENTS]) if e["type"] == "batch.transformed"]
     assert (transformed["records_out"], transformed["parts"], transformed["rejected"]) == (30, len(parts), 0)
+
+
+async def test_a_dead_letter_keeps_its_file_and_line_after_earlier_steps_refused_and_filtered(tmp_path: Any) -> None:
+    """Issue 27: a record rejected by a later step kept no origin once an earlier step of its batch had rejected
+    or filtered any record. The demo pipeline filters before its column step."""
+
+    def ratio(r: dict[str, Any]) -> float:
+        return 1 / (r["id"] - 6)  # id 6 fails here, after the type step refused id 2 and the filter dropped evens
+
+    class Ratio(BaseModel):
+        id: int
+        title: str
+        at: datetime
+        ratio: float
+
+    p = Pipeline(
+        name="aligned",
+        extractors=[FileExtractor(tmp_path / "x.jsonl")],
+        transformers=[
+            TypeTransformer(Raw),
+            LambdaTransformer(lambda r: r if r["id"] % 2 or r["id"] == 6 else None),
+            ColumnTransformer(rename={"name": "title"}, compute={"ratio": ratio}),
+        ],
+        loader=ConsoleLoader(),
+        schema=Ratio,
+    )
+    register([p])
+    records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(1, 9)]
+    records[1]["at"] = "not a date"  # id 2, line 2: refused by the type step
+    got = await transform_in_memory(p, records, [Kind.CLEAN, Kind.DLQ])
+
+    _, body = decode_batch(got[Kind.CLEAN][0])
+    assert [r["id"] for r in orjson.loads(body)] == [1, 3, 5, 7]
+    dead = {r["origin"]: r for letter in got[Kind.DLQ] for r in orjson.loads(letter)["records"]}
+    assert set(dead) == {"in.jsonl:2", "in.jsonl:6"}  # both with their file:line, none null
+    assert dead["in.jsonl:6"]["field"] == "ratio" and "ZeroDivisionError" in dead["in.jsonl:6"]["message"]
+
+
+class _Entry:
+    def __init__(self, value: bytes) -> None:
+        self.value, self.revision = value, 1
+
+
+class _Kv:
+    """A state bucket holding one run state (or none)."""
+
+    def __init__(self, state: Any = None) -> None:
+        self.state = state
+
+    async def get(self, key: str) -> _Entry:
+        from nats.js.errors import KeyNotFoundError
+
+        if self.state is None:
+            raise KeyNotFoundError
+        return _Entry(self.state.model_dump_json().encode())
+
+
+async def test_records_marked_transformed_pass_only_in_a_redrive(pipeline: Pipeline) -> None:
+    """What a redrive sends back from the loader is validated, not transformed again; a batch marked so in any other
+    run (an extractor skipping the transformers) is refused, and one whose run the tracker has not folded yet waits."""
+    from jetl.errors import TransientError
+    from jetl.projection import RunState
+    from jetl_transformer.handlers import _check_redrive
+
+    clean = [{"id": 2, "title": "back", "at": "2026-11-25T00:00:00Z"}]
+    body, encoding, n_in, n_out, issues = run_transformers(pipeline, orjson.dumps(clean), 1, transform=False)
+    assert (n_in, n_out, issues) == (1, 1, []) and encoding == "json"
+    assert orjson.loads(body)[0]["title"] == "back"  # the filter (odd ids) and the rename did not run again
+
+    ctx = make_context("transformer", JetlSettings())
+    batch = Batch(pipeline="unit", run_id="r9", seq=0, schema_name="Out", schema_hash="h", count=1, transformed=True)
+    ctx.kv = _Kv(RunState(pipeline="unit", run_id="r9", redrive=[7]))  # type: ignore[assignment]
+    await _check_redrive(ctx, batch)
+    ctx.kv = _Kv(RunState(pipeline="unit", run_id="r9"))  # type: ignore[assignment]
+    with pytest.raises(TerminalError, match="is no redrive"):
+        await _check_redrive(ctx, batch)
+    ctx.kv = _Kv()  # type: ignore[assignment]
+    with pytest.raises(TransientError, match="not in the run state yet"):
+        await _check_redrive(ctx, batch)

@@ -31,18 +31,12 @@ from jetl.events import (
     RunStarted,
 )
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import (
-    MALFORMED_INPUT,
-    Batch,
-    DeadLetter,
-    PartitionWork,
-    RunRequest,
-    dumps,
-    too_large,
-    utcnow,
-)
+from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter, DeadRecord
+from jetl.messages.models import Batch, PartitionWork, RunRequest, utcnow
+from jetl.messages.payload import too_large
+from jetl.messages.wire import dumps
 from jetl.positions import cursor_of, joined_cursor
-from jetl.protocols import Chunk, ExtractContext, Partition
+from jetl.protocols import Chunk, ExtractContext, Partition, PartitionedExtractor
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, keep_alive, stage_subscriber
@@ -138,9 +132,8 @@ class Extraction:
             raise TerminalError(f"pipeline {p.name!r} has no extractor #{work.extractor} (partition {work.partition})")
         extractor = p.extractors[work.extractor]
         at = replace(ectx, cursor=cursor_of(work.cursor, work.extractor))
-        extract_partition = getattr(extractor, "extract_partition", None)
-        if extract_partition is not None and work.spec:
-            chunks = extract_partition(at, Partition(work.spec))
+        if isinstance(extractor, PartitionedExtractor) and work.spec:
+            chunks = extractor.extract_partition(at, Partition(work.spec))
         else:
             chunks = extractor.extract(at)
         async for chunk in chunks:
@@ -233,9 +226,7 @@ class Extraction:
                         stage="extract",
                         reason=f"{len(bad)} unreadable record(s); first: {bad[0][0]}: {bad[0][1]}",
                         error_type=MALFORMED_INPUT,
-                        records=[
-                            {"index": None, "origin": o, "field": None, "message": m, "record": None} for o, m in bad
-                        ],
+                        records=[DeadRecord(index=None, origin=o, field=None, message=m, record=None) for o, m in bad],
                     )
                 )
             if rejected:
@@ -389,6 +380,9 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int) ->
             req = work.request
         else:
             req = RunRequest.model_validate_json(raw.data)
+            # only the scheduler and operators may publish there (jetl.access): the subject vouches for the pipeline
+            if isinstance(raw.subject, str) and raw.subject != subjects.run_request(req.pipeline):
+                raise ValueError(f"a run request on {raw.subject} names pipeline {req.pipeline!r}")
     except Exception as exc:
         log.error("unreadable run request", error=str(exc))
         await raw.term()

@@ -11,7 +11,8 @@ republishes the same batch ids, which JetStream drops as duplicates.
 - Redrive: the records of the requested dead letters, in bounded batches. Records rejected by the transformer go
   back as raw batches (the raw input is taken from the parent's raw batch when the dead letter names its index,
   since a record rejected late in the chain is already half transformed); batches the loader rejected go back as
-  clean batches straight to the loader (they already passed the transformers). Extract-stage dead letters carry no
+  raw batches marked `transformed` (they already passed the transformers: the transformer checks them against the
+  schema and passes them on; only it may publish clean batches). Extract-stage dead letters carry no
   record (the input could not be read) and cannot be redriven: fix the source and run again.
 """
 
@@ -20,22 +21,14 @@ from __future__ import annotations
 from typing import Any
 
 from jetl import subjects
+from jetl.bus import read_one_by_one
 from jetl.errors import TerminalError
-from jetl.eventlog import read_stream
 from jetl.events import BatchExtracted, RunExtracted, RunStarted
 from jetl.logging import get_logger
-from jetl.messages import (
-    MALFORMED_INPUT,
-    PAYLOAD_HEADROOM,
-    Batch,
-    DeadLetter,
-    RunRequest,
-    decode_batch,
-    fit_payload,
-    item_size,
-    read_records,
-    utcnow,
-)
+from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
+from jetl.messages.models import Batch, RunRequest, utcnow
+from jetl.messages.payload import PAYLOAD_HEADROOM, fit_payload, item_size
+from jetl.messages.wire import decode_batch, read_records
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext
 from jetl.state import get_run
@@ -98,7 +91,7 @@ class Resend:
                 "(older ones expire with the stream's max age)"
             )
         seen: set[int] = set()
-        async for msg in read_stream(self.ctx.broker.connection, Kind.RAW, subject):
+        async for msg in read_one_by_one(self.ctx.broker.connection, subjects.stream_name(Kind.RAW), subject):
             old, body = decode_batch(msg.data)
             if old.seq in seen:  # a forced re-run of the parent may have published a seq twice: the first stands
                 continue
@@ -126,8 +119,13 @@ class Resend:
         for seq in sorted(set(seqs)):
             msg = await js.get_msg(subjects.stream_name(Kind.DLQ), seq)
             dl = DeadLetter.model_validate_json(msg.data or b"null")
+            if msg.subject != subjects.dlq(dl.pipeline, dl.stage):  # permissions let a role dead-letter its own stage
+                raise TerminalError(f"dead letter #{seq} says stage {dl.stage!r} of {dl.pipeline!r} on {msg.subject}")
             if dl.body_ref is not None:  # a letter too large for a message: its records are kept by reference
-                dl = DeadLetter.model_validate_json(await self.ctx.bus.fetch(dl.body_ref))
+                kept = DeadLetter.model_validate_json(await self.ctx.bus.fetch(dl.body_ref))
+                if (kept.pipeline, kept.stage) != (dl.pipeline, dl.stage):
+                    raise TerminalError(f"dead letter #{seq} refers to a body of another pipeline or stage")
+                dl = kept
             if dl.pipeline != p.name:
                 raise TerminalError(f"dead letter #{seq} belongs to pipeline {dl.pipeline!r}, not {p.name!r}")
             if dl.stage == "extract" or dl.error_type == MALFORMED_INPUT:
@@ -150,8 +148,10 @@ class Resend:
             await self.ctx.bus.raw_batch(batch, records)
             await self._announce(batch)
         for records, _ in clean_batches:
-            batch = self._batch(records, None)
-            await self.ctx.bus.clean_batch(batch, records)  # the loader rejected these: they skip the transformers
+            # the loader rejected these: the transformer passes them on untransformed (only the transformer may
+            # publish clean batches)
+            batch = self._batch(records, None).model_copy(update={"transformed": True})
+            await self.ctx.bus.raw_batch(batch, records)
             await self._announce(batch)
 
     def _cut(self, items: list[tuple[Any, str | None]]) -> list[tuple[list[Any], list[str]]]:
@@ -193,7 +193,7 @@ class Resend:
         out: dict[str, dict[int, Any]] = {}
         for run_id in sorted({b.rpartition("/")[0] for b in batch_ids}):
             subject = subjects.raw(self.pipeline.name, run_id)
-            async for msg in read_stream(self.ctx.broker.connection, Kind.RAW, subject):
+            async for msg in read_one_by_one(self.ctx.broker.connection, subjects.stream_name(Kind.RAW), subject):
                 batch, body = decode_batch(msg.data)
                 if batch.batch_id in batch_ids and batch.batch_id not in out:
                     # a raw batch may hold lines that are not records (read_records sets them aside)

@@ -23,7 +23,7 @@ from jetl.logging import get_logger
 from jetl.pipeline import Pipeline
 from jetl.redact import redact_text
 from jetl.state import get_mark, last_ok_key
-from jetl.subjects import check_token
+from jetl.subjects import StateKey, check_token
 from jetl_scheduler.settings import SchedulerSettings
 
 log = get_logger("jetl.alerts")
@@ -32,7 +32,7 @@ RETRY_BASE_S = 0.5
 
 def alert_key(pipeline: str, kind: str) -> str:
     """KV key of the last alert of a kind (`failed`, `stale`) sent for a pipeline."""
-    return f"alert.{check_token(pipeline)}.{check_token(kind)}"
+    return f"{StateKey.ALERT}.{check_token(pipeline)}.{check_token(kind)}"
 
 
 async def post(

@@ -6,7 +6,9 @@ run.completed is published: whoever sees run.completed and asks for the next run
 order let a next run re-extract what the last one loaded). A crash between the two re-derives run.completed when
 the event is redelivered; the cursor write is idempotent.
 
-Events come over the bus, so the tracker trusts a run's state only as far as the log backs it: a run settles only
+Events come over the bus, so the tracker trusts each event type only from the roles whose work it reports (the
+role token of its subject, which NATS permissions hold each user to: `jetl.events.trusted`); an event from another
+role is not folded at all. It trusts a run's state only as far as the log backs it: a run settles only
 when the tracker saw it requested and the extractor start it, and the batches it saw agree with the count
 `run.extracted` gave; an event of a run never requested is folded (the log is the log) but acts on nothing: no
 completion, no cursor, no alert. A cursor only moves forward.
@@ -18,12 +20,22 @@ from typing import Any
 
 from nats.js.kv import KeyValue
 
-from jetl.events import Event, RunCancelled, RunCompleted, RunFailed, RunRequested, is_run_event, parse_event
+from jetl.events import (
+    Event,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunRequested,
+    is_run_event,
+    parse_event,
+    trusted,
+)
 from jetl.logging import get_logger
 from jetl.positions import order_key
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
 from jetl.state import add_active, apply, get_cursor, mark_finished, put_cursor
+from jetl.subjects import event_role
 from jetl_scheduler.alerts import Alerter
 
 log = get_logger("jetl.tracker")
@@ -37,7 +49,8 @@ async def record_outcome(ctx: ServiceContext, ev: Event, state: RunState, alerte
         await add_active(ctx.kv, state.pipeline, state.run_id, ev.at)
     elif isinstance(ev, (RunCompleted, RunFailed, RunCancelled)):  # cancelled: the overlap guard lets go of it
         await mark_finished(ctx.kv, state)
-        if isinstance(ev, RunFailed) and alerter is not None:
+        # only a failure that stands: not one that came after the run completed (or was cancelled)
+        if isinstance(ev, RunFailed) and state.status == "failed" and state.error == ev.error and alerter is not None:
             alerter.run_failed(ctx.kv, state.pipeline, state.run_id, ev.error, ev.stage)
 
 
@@ -107,6 +120,11 @@ async def track(ctx: ServiceContext, raw: Any, alerter: Alerter | None = None) -
     except Exception as exc:
         log.error("unreadable event", error=str(exc))
         await raw.term()
+        return
+    said_by = event_role(getattr(raw, "subject", ""))
+    if not trusted(ev, said_by):  # e.g. a loader saying run.extracted: on the log, never folded
+        log.warning("event from a role that may not say it; not folded", type=ev.type, role=said_by, run_id=ev.run_id)
+        await raw.ack()
         return
     if not is_run_event(ev):  # an operator's cursor change or dashboard action: on the log, no run to fold
         await raw.ack()

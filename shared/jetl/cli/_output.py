@@ -23,7 +23,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from jetl.errors import ConfigError, JetlError, NoDeployment, TransientError, WaitTimedOut
+from jetl.errors import (
+    ConfigError,
+    JetlError,
+    NoDeployment,
+    PermissionRefused,
+    TransientError,
+    WaitTimedOut,
+    last_refusal,
+)
 
 WIDE = 100
 """Terminals narrower than this get tables as one field a line."""
@@ -98,19 +106,27 @@ def fail(exc: BaseException) -> NoReturn:
     if debug["on"]:
         raise exc
     text = str(exc) if isinstance(exc, JetlError) else f"{type(exc).__name__}: {exc}"
+    refused = exc if isinstance(exc, PermissionRefused) else last_refusal()
+    if refused is not None and (refused is exc or _unavailable(exc)):  # NATS answered: with a refusal, not silence
+        die(str(refused), "connect as a user whose role may do this (docs/security.md), e.g. the operator", EXIT_USAGE)
     if isinstance(exc, NoDeployment):  # the wrong server, not a bad setting: its message says what to do
         die(text, code=EXIT_UNAVAILABLE)
     if isinstance(exc, ConfigError):
         die(text, "check the pipeline module or setting it names (jetl validate)", EXIT_USAGE)
     if isinstance(exc, WaitTimedOut) and exc.nats_up:  # NATS answers: blaming it would send people the wrong way
         die(text, "NATS is up: are the services running? `jetl health`; `jetl logs RUN` shows what they did")
-    if (
+    if _unavailable(exc):
+        die(text, "is NATS running? `jetl up` starts one; JETL_NATS__URL points elsewhere", EXIT_UNAVAILABLE)
+    die(text)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """An error that looks like NATS (or a destination) not answering."""
+    return (
         isinstance(exc, TransientError)
         or "nats" in type(exc).__module__
         or isinstance(exc, (ConnectionError, OSError, TimeoutError))
-    ):
-        die(text, "is NATS running? `jetl up` starts one; JETL_NATS__URL points elsewhere", EXIT_UNAVAILABLE)
-    die(text)
+    )
 
 
 @contextmanager

@@ -37,7 +37,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable
-from jetl.messages import dumps, split_batch_id
+from jetl.messages.ids import split_batch_id
+from jetl.messages.wire import dumps
 from jetl.protocols import Check, Diff, LoadContext, Loader, Record
 from jetl.subjects import check_token
 
@@ -147,6 +148,12 @@ class FileLoader:
         if self.root.exists() and not self.root.is_dir():
             return Check("error", f"{self.root} is a file, not a folder")
         return Check("ok", self.describe())
+
+    def reach(self) -> None:
+        """Raise OSError when neither the folder nor its parent exists (the first batch creates the folder)."""
+        probe = self.root if self.root.exists() else self.root.parent
+        if not probe.is_dir():
+            raise OSError("neither the folder nor its parent exists")
 
     def check_schema(self, model: type[BaseModel]) -> None:
         """Fail at start-up when the partition field is not in the model."""

@@ -26,8 +26,9 @@ from jetl import subjects
 from jetl.bus import Bus, make_broker, nats_connection, riding_connection
 from jetl.errors import ConfigError, TransientError, WaitTimedOut, classify
 from jetl.eventlog import read_events, read_stream, tail
-from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, parse_event
-from jetl.messages import DeadLetter, RunRequest, Trigger
+from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, read_event
+from jetl.messages.deadletter import DeadLetter
+from jetl.messages.models import RunRequest, Trigger
 from jetl.ops.backfill import BackfillOptions, run_slots
 from jetl.ops.deadletters import letters_at
 from jetl.ops.destination import DestinationCount, ask_loader
@@ -62,7 +63,7 @@ class JetlClient:
         # the broker's own log lines (a NATS restart: "Connection broken ...") go to stderr through the logging
         # module, never to stdout, where `--json` output is
         self.broker = make_broker(self.settings.nats, logger=logging.getLogger("jetl.client"))
-        self.bus = Bus(self.broker)
+        self.bus = Bus(self.broker, "operator")
 
     async def __aenter__(self) -> JetlClient:
         # fails fast when NATS is down; once connected, rides through a NATS restart (follow resumes, see `follow`)
@@ -152,7 +153,9 @@ class JetlClient:
         It rides through a NATS restart, resuming after the last event it yielded (`jetl.eventlog.tail`).
         """
         async for msg in tail(self.conn, Kind.EVENTS, subjects.pattern(Kind.EVENTS, pipeline, run_id)):
-            yield parse_event(msg.data)
+            ev = read_event(msg.subject, msg.data)
+            if ev is not None:  # said by a role that may not say it: the tracker does not believe it either
+                yield ev
 
     async def wait(
         self,
@@ -237,7 +240,8 @@ class JetlClient:
     async def events(self, run_id: str, pipeline: str | None = None) -> list[Event]:
         """One run's events, in log order (a run id alone finds it under any pipeline)."""
         subject = subjects.pattern(Kind.EVENTS, pipeline, run_id)
-        return [parse_event(m.data) async for m in read_stream(self.conn, Kind.EVENTS, subject)]
+        read = [read_event(m.subject, m.data) async for m in read_stream(self.conn, Kind.EVENTS, subject)]
+        return [ev for ev in read if ev is not None]
 
     async def cancel(self, run_id: str, reason: str, pipeline: str | None = None, by: str = "") -> RunState:
         """End an unfinished run by an event (run.cancelled): the tracker folds it as failed, which lets later runs

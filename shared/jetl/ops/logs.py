@@ -15,7 +15,7 @@ from jetl.errors import NoDeployment
 from jetl.eventlog import tail
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
-from jetl.topology import server_url
+from jetl.topology import EPHEMERAL_INACTIVE_S, server_url
 
 REORDER_WINDOW = 1000
 """Lines held to put the kept lines in time order: services ship concurrently, so the stream's order is close to,
@@ -53,7 +53,7 @@ async def read_logs(
             subject,
             ordered_consumer=True,
             stream=subjects.stream_name(Kind.LOGS),
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=EPHEMERAL_INACTIVE_S),
         )
         window: list[tuple[str, int, dict[str, Any]]] = []
         count = read = 0

@@ -31,7 +31,7 @@ from jetl import metrics, subjects
 from jetl.bus import Bus, connect, make_broker, raw_decoder, wait_for_nats
 from jetl.events import instance_id
 from jetl.logging import add_sink, configure_logging, get_logger, remove_sink
-from jetl.messages import Batch
+from jetl.messages.models import Batch
 from jetl.pipeline import Pipeline
 from jetl.registry import discover, get_pipeline_registry, reload_changed, reload_errors
 from jetl.settings import JetlSettings
@@ -150,6 +150,8 @@ def stage_subscriber(
         subjects.pattern(kind),
         stream=JStream(subjects.stream_name(kind), declare=False),
         durable=durable,
+        # FastStream's default is `_INBOX.`, whatever the connection's: pulls must come back on the role's own inboxes
+        inbox_prefix=f"{subjects.inbox_prefix(subjects.DURABLE_ROLE[durable])}.".encode(),
         pull_sub=PullSub(batch_size=fetch_batch, timeout=fetch_timeout, batch=True),
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_decoder,
@@ -183,7 +185,7 @@ def make_context(name: str, settings: JetlSettings, broker: NatsBroker | None = 
         name=name,
         settings=settings,
         broker=broker,
-        bus=Bus(broker),
+        bus=Bus(broker, subjects.role(name)),
         instance=settings.instance or instance_id(),
     )
 
