@@ -8,6 +8,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
+from jetl import subjects
 from jetl.events import OperatorAction
 from jetl_scheduler.tracker import track
 
@@ -15,7 +16,8 @@ from jetl_scheduler.tracker import track
 class Raw:
     """A JetStream message as the tracker's consumer hands it over."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, subject: str, data: bytes) -> None:
+        self.subject = subject
         self.data = data
         self.done: list[str] = []
 
@@ -38,7 +40,7 @@ class NoBucket:
 
 async def test_an_operator_action_is_acked_without_a_warning() -> None:
     ev = OperatorAction(pipeline="shop", action="pause", by="ui:op@127.0.0.1")
-    raw = Raw(ev.model_dump_json().encode())
+    raw = Raw(subjects.events(ev.pipeline, ev.run_id, "operator"), ev.model_dump_json().encode())
     ctx: Any = SimpleNamespace(kv=NoBucket(), settings=None, instance="t")
     with capture_logs() as logs:
         await track(ctx, raw)

@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 
 from jetl import subjects
 from jetl.eventlog import tail
-from jetl.events import Event, is_run_event, parse_event
+from jetl.events import Event, is_run_event, read_event
 from jetl.projection import RunState, fold
 from jetl.state import get_run, load_batches
 from jetl.subjects import Kind
@@ -54,8 +54,9 @@ def _run_update(st: RunState) -> bytes:
 async def _feed(
     queue: asyncio.Queue[Any], apply: Callable[[list[Event]], Awaitable[list[RunState]]]
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a runs feed: the run events among the messages `queue` holds, a batch per FLUSH_S, go
-    through `apply`, and each run it returns goes out as a `run` event (a keepalive after KEEPALIVE_S of nothing)."""
+    """The SSE body of a runs feed: the run events among the (subject, data) messages `queue` holds, a batch per
+    FLUSH_S, go through `apply`, and each run it returns goes out as a `run` event (a keepalive after KEEPALIVE_S of
+    nothing). An event its subject's role may not say is left out, as the tracker leaves it out."""
     yield b": connected\n\n"
     while True:
         try:
@@ -68,10 +69,10 @@ async def _feed(
         while not queue.empty():
             batch.append(queue.get_nowait())
         events: list[Event] = []
-        for data in batch:
+        for subject, data in batch:
             with contextlib.suppress(ValueError):
-                ev = parse_event(data)
-                if is_run_event(ev):
+                ev = read_event(subject, data)
+                if ev is not None and is_run_event(ev):
                     events.append(ev)
         for st in await apply(events):
             yield _run_update(st)
@@ -89,7 +90,7 @@ async def run_stream(request: Request, pipeline: str, run_id: str) -> Response:
 
     async def pump() -> None:
         async for msg in tail(d.nc, Kind.EVENTS, subjects.pattern(Kind.EVENTS, pipeline, run_id)):
-            await queue.put(msg.data)
+            await queue.put((msg.subject, msg.data))
 
     async def apply(events: list[Event]) -> list[RunState]:
         nonlocal st
@@ -118,12 +119,12 @@ async def runs_stream(request: Request) -> Response:
     only = request.query_params.get("run") or None
     if pipeline and only:
         return await run_stream(request, pipeline, only)
-    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10_000)
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=10_000)
     states: dict[tuple[str, str], RunState] = {}
 
     async def on_msg(msg: Any) -> None:
         with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(msg.data)
+            queue.put_nowait((msg.subject, msg.data))
 
     async def apply(events: list[Event]) -> list[RunState]:
         changed: dict[tuple[str, str], RunState] = {}
