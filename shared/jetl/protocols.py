@@ -357,6 +357,10 @@ class LineageLoader(Protocol):
         """Remove a run's shadow (idempotent)."""
         ...
 
+    def has_shadow(self, pipeline: str, run_id: str) -> bool:
+        """Whether a run's shadow is still there (a diff drops it unless asked to keep it)."""
+        ...
+
 
 # Optional capabilities of an extractor.
 

@@ -28,6 +28,7 @@ async def seed_runs(kv: MemoryKV, pipeline: str) -> None:
         BatchLoaded(pipeline=pipeline, run_id="r1", batch_id="r1/000000", seq=0, records=2),
         BatchLoaded(pipeline=pipeline, run_id="r1", batch_id="r1/000001", seq=1, records=1),
         RunRequested(pipeline=pipeline, run_id="r1-rp", trigger="replay", parent_run_id="r1", shadow=True),
+        BatchLoaded(pipeline=pipeline, run_id="r1-rp", batch_id="r1-rp/000000", seq=0, records=2),
         RunRequested(pipeline=pipeline, run_id="r2", trigger="replay", parent_run_id="r1"),
     ):
         await apply(kv, ev)  # type: ignore[arg-type]
@@ -66,11 +67,16 @@ async def test_replay_supersedes_shadow_stays_aside_and_control_answers(tmp_path
         await clean(batch(p, "r1-rp", 0, 2, shadow=True, supersedes="r1/000000"), [{"id": 1, "name": "A"}, rows[1]])
         assert out.rows_by_run("ld") == {"r1": 3}  # the shadow batch is not in the real destination
 
+        assert (await ask("shadows", pipeline="ld", run_ids=["r1-rp", "r1"]))["result"] == {"live": ["r1-rp"]}
         got = await ask("diff", pipeline="ld", run_id="r1-rp", parent_run_id="r1")
         assert got["ok"] is True
         d = got["result"]
         assert (d["added"], d["removed"], d["unchanged"]) == (1, 2, 1)  # type: ignore[index]
         assert not (tmp_path / "out" / ".shadow" / "r1-rp").exists()  # dropped after the diff
+        # asked again (the dashboard, after `jetl replay --diff`): refused, not every parent row counted as removed
+        assert (await ask("shadows", pipeline="ld", run_ids=["r1-rp"]))["result"] == {"live": []}
+        again = await ask("diff", pipeline="ld", run_id="r1-rp", parent_run_id="r1")
+        assert again["ok"] is False and "the shadow of replay 'r1-rp' is gone" in str(again["error"])
 
         for _ in range(2):  # a redelivered replay batch: same result
             await clean(batch(p, "r2", 0, 2, supersedes="r1/000000"), [{"id": 1, "name": "A"}, rows[1]])

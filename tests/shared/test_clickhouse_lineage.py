@@ -79,9 +79,11 @@ def test_diff_of_a_shadow_against_the_parent_run(dsn: str) -> None:
     assert sorted(d.samples["added"]) == [6, 7] and d.samples["removed"] == [4] and d.samples["changed"] == [2]
     assert d.columns == {"v": 1}  # the changed column, with how many matched rows changed in it
 
+    assert ld.has_shadow("p", "r1-rp") and not ld.has_shadow("p", "r9")
     ld.drop_shadow("p", "r1-rp")
     tables = ld.client().query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows
     assert shadow.table not in {t[0] for t in tables}
+    assert not ld.has_shadow("p", "r1-rp")
 
 
 def test_diff_without_a_key_matches_whole_rows(dsn: str) -> None:

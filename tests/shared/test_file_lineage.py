@@ -47,8 +47,10 @@ def test_shadow_diff_and_drop(tmp_path: Path) -> None:
     assert (d.added, d.removed, d.changed, d.unchanged) == (2, 3, 0, 1)
     assert {"id": 9, "city": "x"} in d.samples["added"]
     assert d.columns == {"city": 1, "id": 1}  # id 1 got city y, id 9 is new; the removed 2 and 3 add nothing
+    assert ld.has_shadow("p", "r1-rp") and not ld.has_shadow("p", "r1")
     ld.drop_shadow("p", "r1-rp")
     assert not (tmp_path / ".shadow" / "r1-rp").exists()
+    assert not ld.has_shadow("p", "r1-rp")
 
 
 @pytest.mark.parametrize("run_id", ["../../escape", "..", "a/b", ""])

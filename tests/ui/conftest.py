@@ -6,6 +6,7 @@ Playwright cannot download browsers here: it drives /usr/bin/chromium (`.ci/run`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -109,16 +110,17 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) ->
     raise AssertionError(f"the dashboard did not answer at {url} within {timeout:.0f}s")
 
 
-@pytest.fixture(scope="module")
-def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
-    """A running stack with the `shop` pipeline, and `jetl ui` serving it on a free loopback port (one per module:
-    the stack is four processes)."""
-    tmp_path = tmp_path_factory.mktemp("ui")
+@contextlib.contextmanager
+def serve(tmp_path: Path, extra: dict[str, str] | None = None) -> Iterator[Dash]:
+    """A running stack with the `shop` pipeline (and the `extra` modules, {file name: code}), and `jetl ui` serving
+    it on a free loopback port."""
     data, pipelines = tmp_path / "data", tmp_path / "pipelines"
     pipelines.mkdir()
     write_orders(data / "input")
     code = PIPELINE.replace("INPUT", str(data / "input")).replace("OUTPUT", str(data / "out")).replace("CHUNK", "100")
     (pipelines / "shop_pipeline.py").write_text(code)
+    for name, text in (extra or {}).items():
+        (pipelines / name).write_text(text)
     port = free_port()
     with nats_server(tmp_path / "nats") as nats, Stack(data, pipelines, nats_url=nats.url) as stack:
         # the dashboard and the CLI reach the stack as its operator (no user on a bare test server)
@@ -145,6 +147,13 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
                 proc.kill()
                 out, _ = proc.communicate()
             print(out.decode(errors="replace")[-3000:])
+
+
+@pytest.fixture(scope="module")
+def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
+    """The stack and dashboard of `serve` (one per module: the stack is four processes)."""
+    with serve(tmp_path_factory.mktemp("ui")) as d:
+        yield d
 
 
 @pytest.fixture

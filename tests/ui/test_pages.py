@@ -20,6 +20,11 @@ class FakeClient:
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, str, str]] = []
+        self.live = {"shop-replay"}
+        """Shadows the loader still has: `jetl replay --diff` dropped the others after its diff."""
+
+    async def live_shadows(self, pipeline: str, run_ids: list[str]) -> list[str]:
+        return [r for r in run_ids if r in self.live]
 
     async def diff(self, pipeline: str, run_id: str, parent_run_id: str, **_: Any) -> Diff:
         self.asked.append((pipeline, run_id, parent_run_id))
@@ -45,12 +50,14 @@ class FakeDashboard:
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch) -> Any:
     replay = RunState(pipeline="shop", run_id="shop-replay", parent_run_id="shop-first", shadow=True)
+    dropped = RunState(pipeline="shop", run_id="shop-dropped", parent_run_id="shop-first", shadow=True)
+    runs = {r.run_id: r for r in (replay, dropped)}
 
     async def get_run(kv: Any, pipeline: str, run_id: str) -> RunState | None:
-        return replay if (pipeline, run_id) == ("shop", "shop-replay") else None
+        return runs.get(run_id) if pipeline == "shop" else None
 
     async def status_runs(kv: Any, pipeline: str | None = None) -> list[RunState]:
-        return [replay]
+        return list(runs.values())
 
     monkeypatch.setattr(pages, "get_run", get_run)
     monkeypatch.setattr(pages, "status_runs", status_runs)
@@ -70,6 +77,19 @@ def test_diff_page_shows_which_columns_changed_and_in_how_many_rows(app: Any) ->
     assert '<td>amount</td><td class="num">3</td>' in html
     assert '<td>customer_tier</td><td class="num">1</td>' in html
     assert "[101]" in html  # a sample of the added keys
+
+
+def test_diff_page_lists_only_kept_shadows_and_says_when_one_is_gone(app: Any) -> None:
+    http = TestClient(app)
+    listing = http.get("/diff").text
+    assert "shop-replay" in listing and "shop-dropped" not in listing  # the CLI dropped it after its diff
+    r = http.get("/diff", params={"pipeline": "shop", "run": "shop-dropped"})
+    assert r.status_code == 200
+    assert "The shadow of replay <b>shop-dropped</b> is gone" in r.text
+    assert app.state.dashboard.client.asked == []  # not diffed as an empty shadow ("REMOVED" every parent row)
+    assert 'class="tile' not in r.text
+    app.state.dashboard.client.live = set()
+    assert "No shadow is kept" in http.get("/diff").text
 
 
 def test_diff_page_says_when_a_run_is_not_a_replay(app: Any) -> None:

@@ -9,6 +9,7 @@
   "rows", "truncated"}: one read-only SELECT, at most `max_rows` rows and `seconds` of work; with `current` (the
   default) the table's name in it reads the current rows (per key the highest version, deletes applied, ...)
 - `jetl.ctl.loader.rows` {"pipeline", "limit"} -> the same answer: the newest few current rows (the dashboard)
+- `jetl.ctl.loader.shadows` {"pipeline", "run_ids"} -> {"live"}: those runs whose shadow is still there
 
 Every reply is `{"ok": true, "result": ...}` or `{"ok": false, "error", "disposition"}` (transient or terminal,
 classified by jetl.errors), so the CLI can tell "try again" from "this cannot work". Replicas answer in one queue
@@ -37,6 +38,7 @@ from jetl.errors import ConfigError, TerminalError, TransientError, classify
 from jetl.loaders.versions import run_view
 from jetl.logging import get_logger
 from jetl.messages.ids import Token
+from jetl.projection import RunState
 from jetl.protocols import (
     VERSION,
     CountingLoader,
@@ -146,6 +148,16 @@ def recent_rows(pipeline_name: str, runs: RunView, limit: int) -> dict[str, Any]
     }
 
 
+class ShadowsRequest(BaseModel):
+    """`shadows`: which of these runs' shadows are still there (a diff drops its shadow unless told to keep it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pipeline: Token
+    """The pipeline of the runs."""
+    run_ids: list[Token] = Field(max_length=200)
+    """Shadow replay runs the run state knows."""
+
+
 def count(pipeline_name: str, runs: RunView | None = None) -> dict[str, Any]:
     """Rows in a pipeline's destination, per run when the loader keeps lineage (None where it cannot count), and its
     distinct primary keys when the pipeline declares one."""
@@ -178,9 +190,19 @@ def max_position(pipeline_name: str, column: str, tie_breaker: str | None) -> di
     return {"position": None if position is None else list(position)}
 
 
-def diff(pipeline_name: str, run_id: str, parent_run_id: str, drop: bool = True, sample: int = 10) -> dict[str, Any]:
-    """A replay's shadow against its parent run's rows; the shadow is dropped afterwards unless `drop` is False."""
+def diff(
+    pipeline_name: str, run_id: str, parent_run_id: str, drop: bool = True, sample: int = 10, loaded: bool = True
+) -> dict[str, Any]:
+    """A replay's shadow against its parent run's rows; the shadow is dropped afterwards unless `drop` is False.
+
+    The shadow of a replay that `loaded` rows must still be there: once dropped, its diff would count every parent
+    row as removed (or fail on a missing table), not what the replay made."""
     loader = lineage(get_pipeline(pipeline_name))
+    if loaded and not loader.has_shadow(pipeline_name, run_id):
+        raise ConfigError(
+            f"pipeline {pipeline_name!r}: the shadow of replay {run_id!r} is gone (`jetl replay --diff` drops it "
+            "after printing its diff; --keep-shadow keeps it)"
+        )
     try:
         result = loader.diff(pipeline_name, parent_run_id, run_id, sample=sample)
     finally:
@@ -189,7 +211,13 @@ def diff(pipeline_name: str, run_id: str, parent_run_id: str, drop: bool = True,
     return dataclasses.asdict(result)
 
 
-async def check_replay(ctx: ServiceContext, req: DiffRequest) -> None:
+def shadows(pipeline_name: str, run_ids: list[str]) -> dict[str, Any]:
+    """Which of these runs still have their shadow."""
+    loader = lineage(get_pipeline(pipeline_name))
+    return {"live": [run for run in run_ids if loader.has_shadow(pipeline_name, run)]}
+
+
+async def check_replay(ctx: ServiceContext, req: DiffRequest) -> RunState:
     """Raise unless the run state knows `req.run_id` as a shadow replay of `req.parent_run_id`: a diff drops that
     shadow, so it must be one a replay made."""
     if ctx.kv is None:
@@ -204,6 +232,7 @@ async def check_replay(ctx: ServiceContext, req: DiffRequest) -> None:
             f"pipeline {req.pipeline!r}: replay {req.run_id!r} replays {state.parent_run_id!r}, "
             f"not {req.parent_run_id!r}"
         )
+    return state
 
 
 async def runs_of(ctx: ServiceContext, pipeline: str) -> RunView:
@@ -231,8 +260,14 @@ async def _max(ctx: ServiceContext, req: MaxRequest) -> dict[str, Any]:
 
 
 async def _diff(ctx: ServiceContext, req: DiffRequest) -> dict[str, Any]:
-    await check_replay(ctx, req)
-    return await asyncio.to_thread(diff, req.pipeline, req.run_id, req.parent_run_id, req.drop, req.sample)
+    state = await check_replay(ctx, req)
+    return await asyncio.to_thread(
+        diff, req.pipeline, req.run_id, req.parent_run_id, req.drop, req.sample, state.loaded > 0
+    )
+
+
+async def _shadows(ctx: ServiceContext, req: ShadowsRequest) -> dict[str, Any]:
+    return await asyncio.to_thread(shadows, req.pipeline, list(req.run_ids))
 
 
 def read_request(model: type[M], data: bytes) -> M:
@@ -269,6 +304,7 @@ def make_control_router(ctx: ServiceContext) -> NatsRouter:
         ("diff", _responder(ctx, "diff", DiffRequest, _diff)),
         ("query", _responder(ctx, "query", QueryRequest, _query)),
         ("rows", _responder(ctx, "rows", RowsRequest, _rows)),
+        ("shadows", _responder(ctx, "shadows", ShadowsRequest, _shadows)),
     ):
         router.subscriber(subjects.control("loader", verb), queue="loader")(responder)
     return router

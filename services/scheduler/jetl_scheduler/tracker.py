@@ -23,12 +23,12 @@ from nats.js.kv import KeyValue
 
 from jetl.errors import TransientError
 from jetl.events import (
-    CursorChanged,
     Event,
     RunCancelled,
     RunCompleted,
     RunFailed,
     RunRequested,
+    is_run_event,
     parse_event,
     trusted,
 )
@@ -128,7 +128,7 @@ async def read_event(raw: Any) -> Event | None:
         log.warning("event from a role that may not say it; not folded", type=ev.type, role=said_by, run_id=ev.run_id)
         await raw.ack()
         return None
-    if isinstance(ev, CursorChanged):
+    if not is_run_event(ev):  # an operator's cursor change or dashboard action: on the log, no run to fold
         await raw.ack()
         return None
     return ev

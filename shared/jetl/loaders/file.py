@@ -398,6 +398,10 @@ class FileLoader:
         """Delete a run's shadow folder (only ever a folder inside `<root>/.shadow`)."""
         shutil.rmtree(self.shadow_root(run_id), ignore_errors=True)
 
+    def has_shadow(self, pipeline: str, run_id: str) -> bool:
+        """Whether the run's shadow folder is there."""
+        return self.shadow_root(run_id).is_dir()
+
     def diff(self, pipeline: str, parent_run_id: str, shadow_run_id: str, sample: int = 10) -> Diff:
         """The shadow's records against the parent run's parts, matched as whole records (files have no key)."""
         twin = self.shadow(shadow_run_id)

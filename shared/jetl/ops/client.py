@@ -350,6 +350,11 @@ class JetlClient:
         body = {"pipeline": pipeline, "run_id": run_id, "parent_run_id": parent_run_id, "drop": drop, "sample": sample}
         return Diff(**await self.ask_loader("diff", body))
 
+    async def live_shadows(self, pipeline: str, run_ids: list[str]) -> list[str]:
+        """Those of these shadow replays whose shadow the loader still has (a diff drops it unless told to keep it)."""
+        live: list[str] = (await self.ask_loader("shadows", {"pipeline": pipeline, "run_ids": run_ids}))["live"]
+        return live
+
     async def replay(
         self,
         pipeline: str,

@@ -27,7 +27,9 @@ from jetl.ui.security import csrf_token
 from jetl.ui.state import Dashboard, states_at
 
 PAGE = 50
-"""Rows per page of runs and dead letters."""
+"""Rows per page of runs (and of one run's dead letters)."""
+LETTER_ROWS = 25
+"""Rejected records per page of the dead-letters page (each row holds a message and the record's JSON)."""
 STAGES = ("extracted", "transformed", "loaded", "rejected", "filtered")
 
 
@@ -36,7 +38,14 @@ def templates() -> Jinja2Templates:
     from pathlib import Path
 
     t = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-    t.env.globals.update(stage_counts=stage_counts, ago_of=ago_of, stamp=stamp, STAGES=STAGES)
+    t.env.globals.update(
+        stage_counts=stage_counts,
+        ago_of=ago_of,
+        stamp=stamp,
+        STAGES=STAGES,
+        batch_progress=batch_progress,
+        verdict=verdict,
+    )
     return t
 
 
@@ -81,6 +90,22 @@ def stage_counts(st: RunState) -> dict[str, int]:
         "rejected": c["rejected"],
         "filtered": c["filtered"],
     }
+
+
+def batch_progress(st: RunState) -> str:
+    """How far a run's batches are: settled of the count the extractor announced (from the state's tally, which the
+    tracker keeps over every batch ledger; the state alone has no ledgers to count)."""
+    if st.expected_batches is None:
+        return f"{st.settled_batches} settled of {st.tally.batches} so far"
+    return f"{st.settled_batches} of {st.expected_batches}"
+
+
+def verdict(st: RunState) -> dict[str, str]:
+    """The ledger's line: in flight until the run settles (a run half way does not "fail" to reconcile), then
+    whether extracted = loaded + rejected + filtered."""
+    if st.status in ("requested", "running"):
+        return {"css": "flight", "text": "in flight"}
+    return {"css": "ok", "text": "reconciles"} if st.reconciles else {"css": "fail", "text": "does not reconcile"}
 
 
 def duration(st: RunState) -> float | None:
@@ -229,7 +254,7 @@ async def run_page(request: Request) -> Response:
     related = await status_runs(d.client, pipeline)
     page = await letters_at(d.client, seqs[:PAGE])
     why = dead_letter_status(page, related)
-    rows = [row for seq, dl in page for row in letter_rows(seq, dl, why[seq])]
+    rows, _ = rows_page(page, why, 0, PAGE, None)
     children = [r for r in related if r.parent_run_id == run_id or (set(r.redrive) & set(seqs))]
     report = ledger_report([st], None)[0]
     return render(
@@ -332,16 +357,17 @@ async def dead_letters(request: Request) -> Response:
     pipeline = request.query_params.get("pipeline") or None
     reason = request.query_params.get("reason") or None
     start = int(request.query_params["start"]) if request.query_params.get("start", "").isdigit() else 1
+    skip = int(request.query_params["skip"]) if request.query_params.get("skip", "").isdigit() else 0
     summary = await d.refresh_letters()
     next_start: int | None = None
     if reason and pipeline and (g := summary.groups.get((pipeline, reason))) is not None:
         chosen = [q for q in g.seqs if q >= start]
-        page = await letters_at(d.client, chosen[:PAGE])
-        next_start = chosen[PAGE] if len(chosen) > PAGE else None
+        page = await letters_at(d.client, chosen[:LETTER_ROWS])  # each letter holds one row at least
+        next_start = chosen[LETTER_ROWS] if len(chosen) > LETTER_ROWS else None
     else:
-        page, next_start = await letter_page(d.client, pipeline, start, PAGE)
+        page, next_start = await letter_page(d.client, pipeline, start, LETTER_ROWS)
     why = dead_letter_status(page, await status_runs(d.client, pipeline))
-    rows = [row for seq, dl in page for row in letter_rows(seq, dl, why[seq])]
+    rows, next_at = rows_page(page, why, skip, LETTER_ROWS, next_start)
     return render(
         request,
         "dlq.html",
@@ -350,28 +376,67 @@ async def dead_letters(request: Request) -> Response:
         rows=rows,
         pipeline=pipeline,
         reason=reason,
-        next_start=next_start,
+        next_at=next_at,
+        first_page=start <= 1 and not skip,
         pipelines=sorted(set(summary.per_pipeline) | set(dash(request).pipelines()[0])),
     )
+
+
+def rows_page(
+    page: list[tuple[int, Any]], why: dict[int, str | None], skip: int, limit: int, next_start: int | None
+) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+    """At most `limit` rows (one per rejected record) of these letters, from record `skip` of the first, and where
+    the next page starts: a letter's sequence and how many of its records are already shown (a letter of a whole
+    batch holds hundreds of records: a page of 50 letters was a page of thousands of rows)."""
+    rows: list[dict[str, Any]] = []
+    for i, (seq, dl) in enumerate(page):
+        first = skip if i == 0 else 0
+        more = letter_rows(seq, dl, why[seq])[first:]
+        room = limit - len(rows)
+        if len(more) > room:
+            return rows + more[:room], (seq, first + room)
+        rows += more
+    return rows, None if next_start is None else (next_start, 0)
 
 
 # --- replay diff -----------------------------------------------------------------------------------------------
 
 
+SHADOWS_ASKED = 200
+"""Shadow replays per pipeline the diff page asks the loader about (the latest)."""
+
+
+async def live_shadows(d: Dashboard, shadows: list[RunState]) -> list[RunState]:
+    """Those shadow replays whose shadow the loader still has: `jetl replay --diff` drops it after its diff."""
+    by_pipeline: dict[str, list[RunState]] = {}
+    for r in sorted(shadows, key=lambda r: r.requested_at or datetime.min.replace(tzinfo=UTC), reverse=True):
+        by_pipeline.setdefault(r.pipeline, []).append(r)
+    asked = {p: runs[:SHADOWS_ASKED] for p, runs in by_pipeline.items()}
+    answers = await asyncio.gather(*(d.client.live_shadows(p, [r.run_id for r in runs]) for p, runs in asked.items()))
+    return [r for (p, runs), live in zip(asked.items(), answers, strict=True) for r in runs if r.run_id in live]
+
+
 async def diff_page(request: Request) -> Response:
-    """A shadow replay against its parent: added, removed and changed keys (asked of the loader)."""
+    """A shadow replay against its parent: added, removed and changed keys (asked of the loader). Only shadows the
+    loader still has are listed and compared; a dropped one is said to be gone, not diffed as empty."""
     d = dash(request)
     pipeline = request.query_params.get("pipeline") or ""
     run_id = request.query_params.get("run") or ""
-    shadows = [r for r in await status_runs(d.client, pipeline or None) if r.shadow]
+    shadows: list[RunState] = []
     result = None
-    error = ""
+    error = gone = ""
     parent = ""
-    if pipeline and run_id:
+    try:
+        shadows = await live_shadows(d, [r for r in await status_runs(d.client, pipeline or None) if r.shadow])
+    except JetlError as exc:
+        error = f"the loader could not say which shadows are still there: {exc}"
+    if pipeline and run_id and not error:
         st = await get_run(d.bucket, pipeline, run_id)
         parent = (st.parent_run_id if st else None) or request.query_params.get("parent") or ""
         if not parent:
             error = f"run {run_id} is not a replay (it has no parent run)"
+        elif st is not None and st.shadow and all(r.run_id != run_id for r in shadows):
+            gone = run_id
         else:
             try:
                 result = await d.client.diff(pipeline, run_id, parent, drop=False, sample=20)
@@ -386,6 +451,7 @@ async def diff_page(request: Request) -> Response:
         shadows=shadows,
         result=result,
         error=error,
+        gone=gone,
     )
 
 

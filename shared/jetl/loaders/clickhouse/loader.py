@@ -497,6 +497,15 @@ class ClickHouseLoader:
         except Exception as exc:
             raise _wrap(exc, f"dropping {twin.qualified}") from exc
 
+    def has_shadow(self, pipeline: str, run_id: str) -> bool:
+        """Whether the run's shadow table exists."""
+        twin = self.shadow(run_id)
+        assert isinstance(twin, ClickHouseLoader)
+        try:
+            return int(self.client().query(f"EXISTS TABLE {twin.qualified}").result_rows[0][0]) == 1
+        except Exception as exc:
+            raise _wrap(exc, f"looking for {twin.qualified}") from exc
+
     def diff(self, pipeline: str, parent_run_id: str, shadow_run_id: str, sample: int = 10) -> Diff:
         """The shadow of `shadow_run_id` against the rows `parent_run_id` has in the real table, by `order_by`.
 

@@ -39,6 +39,16 @@
           var cell = ledger.querySelector('[data-stage="' + k + '"]');
           if (cell) cell.textContent = d.counts[k];
         });
+        var batches = document.getElementById("batches");
+        if (batches) batches.textContent = d.batches;
+        var verdict = document.getElementById("verdict");
+        if (verdict) {
+          verdict.className = "verdict " + d.verdict.css;
+          verdict.querySelector("[data-verdict]").textContent = d.verdict.text;
+          var c = d.counts;
+          verdict.querySelector("[data-sum]").textContent =
+            c.extracted + " = " + c.loaded + " + " + c.rejected + " + " + c.filtered;
+        }
         var badge = document.getElementById("run-status");
         if (badge && badge.textContent !== d.status) {
           badge.textContent = d.status;
@@ -62,6 +72,18 @@
     });
   }
 
+  // An axis as wide as its longest label ("40,000" is not cut to "0,000" by uPlot's fixed 50 px).
+  function axisSize(u, values, axisIdx, cycleNum) {
+    var axis = u.axes[axisIdx];
+    if (cycleNum > 1) return axis._size;
+    var longest = (values || []).reduce(function (a, v) { return String(v).length > a.length ? String(v) : a; }, "");
+    u.ctx.font = axis.font[0];
+    return Math.ceil(axis.ticks.size + axis.gap + u.ctx.measureText(longest).width / devicePixelRatio) + 6;
+  }
+
+  // Whole-number x values (runs ago, seconds): ticks on whole numbers only, each label once.
+  var WHOLE = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
+
   function chart(el, title, xs, ys, color, xTime) {
     if (!el || typeof uPlot === "undefined") return;
     var opts = {
@@ -69,9 +91,12 @@
       scales: { x: { time: !!xTime } },
       legend: { show: false },
       series: [{}, { label: title, stroke: color, fill: color + "33", width: 2, points: { show: xs.length < 60 } }],
-      axes: [{ stroke: "#667085" }, { stroke: "#667085" }]
+      axes: [
+        { stroke: "#667085", incrs: xTime ? undefined : WHOLE },
+        { stroke: "#667085", size: axisSize }
+      ]
     };
-    new uPlot(opts, [xs, ys.map(function (v) { return v === null ? null : v; })], el);
+    el.uplot = new uPlot(opts, [xs, ys.map(function (v) { return v === null ? null : v; })], el);
   }
 
   var rate = document.getElementById("rate-data");
