@@ -203,6 +203,10 @@ async def compact(kv: KeyValue, state: RunState, *, ttl: float | None = RUN_TTL_
     if state.status not in ("completed", "failed") or state.summary:
         return 0
     await load_batches(kv, state)
+    if state.expected_batches is not None and len(state.batches) < state.expected_batches:
+        # a ledger not found (a key still being written beside the fold's last write): summarizing now would leave
+        # that batch out for good, and a replay superseding it would be refused as a forgery; the keys stay
+        return 0
     prefix = f"batch.{check_token(state.pipeline)}.{check_token(state.run_id)}."
     ledgers = {prefix + _suffix(state, batch_id): b for batch_id, b in state.batches.items()}
     parts = _summary_parts(ledgers)

@@ -37,7 +37,17 @@ from jetl.positions import order_key
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
 from jetl.runtime.stage import settle
-from jetl.state import Ledgers, add_active, apply_many, compact, get_cursor, mark_finished, put_cursor, run_key
+from jetl.state import (
+    Ledgers,
+    add_active,
+    apply_many,
+    compact,
+    get_cursor,
+    get_run,
+    mark_finished,
+    put_cursor,
+    run_key,
+)
 from jetl.subjects import event_role
 from jetl_scheduler.alerts import Alerter
 
@@ -217,11 +227,20 @@ def _in_background(work: Any) -> None:
     task.add_done_callback(_TASKS.discard)
 
 
+SUMMARY_DELAY_S = 5.0
+"""Seconds after a run finishes before its ledgers are summarized: the fold writes a fetch's batch keys beside its
+run-key write, and a summary read before they land would leave those batches out."""
+
+
 async def _summarize(kv: KeyValue, state: RunState, ttl: float) -> None:
     """Fold a finished run's batch keys into its summary, off the fold's path (a failure leaves the keys, which
     expire with their TTL anyway; the run's next event, or `jetl status --rebuild`, finds them as they were)."""
     try:
-        n = await compact(kv, state, ttl=ttl)
+        await asyncio.sleep(SUMMARY_DELAY_S)
+        fresh = await get_run(kv, state.pipeline, state.run_id)  # as the bucket has it, every ledger write done
+        if fresh is None:
+            return
+        n = await compact(kv, fresh, ttl=ttl)
         if n:
             log.info("batch ledgers summarized", pipeline=state.pipeline, run_id=state.run_id, batches=n)
     except Exception as exc:
