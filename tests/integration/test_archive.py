@@ -160,15 +160,13 @@ def test_runs_four_times_the_raw_streams_limit_complete_and_the_first_replays_ex
 
     env.stack.check()
     archive = Archive.of(env.settings())
+
     # the archiver acks beside the transformer, not before the load: wait for it to have written every batch
-    archived = wait_for(
-        "every batch of every run archived",
-        lambda: (
-            (a := {r: archive.batches("sales", r) for r in runs})
-            if all(len(b) == RECORDS // 100 for b in a.values())
-            else None
-        ),
-    )
+    def all_archived() -> dict[str, list[str]] | None:
+        found = {r: archive.batches("sales", r) for r in runs}
+        return found if all(len(b) == RECORDS // 100 for b in found.values()) else None
+
+    archived = wait_for("every batch of every run archived", all_archived)
     assert all(len(b) == RECORDS // 100 for b in archived.values())  # every batch of every run, once
     total = sum(len(archive.get("sales", r, b)) for r, bs in archived.items() for b in bs)
     assert total > 4 * LIMIT  # what went through JETL_RAW: more than four times its limit
