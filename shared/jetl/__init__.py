@@ -43,6 +43,7 @@ _LAZY = {
     "NextUrlPagination": "jetl.extractors.http",
     "OffsetPagination": "jetl.extractors.http",
     "PageNumberPagination": "jetl.extractors.http",
+    "PostgresLoader": "jetl.loaders.postgres",
     "Timezone": "jetl.loaders.clickhouse",
     "TypeTransformer": "jetl.transformers.type_",
 }
@@ -65,6 +66,7 @@ if _typing.TYPE_CHECKING:
     from jetl.loaders.clickhouse import ClickHouseLoader, LowCardinality, Timezone
     from jetl.loaders.console import ConsoleLoader
     from jetl.loaders.file import FileLoader
+    from jetl.loaders.postgres import PostgresLoader
     from jetl.transformers.column import ArrowExpression, ColumnTransformer
     from jetl.transformers.dedupe import DedupeTransformer
     from jetl.transformers.filter import FilterTransformer
@@ -126,6 +128,7 @@ __all__ = [
     "OffsetPagination",
     "PageNumberPagination",
     "Pipeline",
+    "PostgresLoader",
     "RecordError",
     "RecordIssue",
     "RunRequest",
