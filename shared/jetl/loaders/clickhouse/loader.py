@@ -161,6 +161,13 @@ class ClickHouseLoader:
                 return Check("warn", f"chdb folder {folder} cannot be created (no parent folder)")
         return Check("ok", f"table {self.table} on {redact_url(dsn)}")
 
+    def exclusive(self, settings: JetlSettings) -> str | None:
+        """On chdb (the embedded default) one process opens the folder: the reason; on a server, None."""
+        dsn = self.dsn or settings.clickhouse_dsn
+        if dsn.startswith("chdb://"):
+            return f"{self!r} writes the embedded ClickHouse (chdb), which opens in one process only"
+        return None
+
     def check_schema(self, model: type[BaseModel]) -> None:
         """Fail at start-up when a key column is missing or nullable, or a field has no usable type."""
         try:

@@ -113,10 +113,6 @@ class PostgresLoader:
         with self._conn().cursor() as cur:
             cur.execute("SELECT 1")
 
-    def exclusive(self, settings: JetlSettings) -> str | None:
-        """None: a server takes any number of loader replicas."""
-        return None
-
     def check_schema(self, model: type[BaseModel]) -> None:
         """Fail at start-up when a field has no PostgreSQL type or a key column is missing or optional."""
         try:
