@@ -3,9 +3,9 @@
     uv run python bench/stages.py [--records 300000] [--gc service|on|off]
 
 It calls the code the services run per batch (the file extractor and the raw-batch encoding; decoding and
-`run_transformers`; the loader's `write`), so it shows which stage limits the pipeline and what each step costs,
-free of the noise of the other processes; then bench/direct.py's job on the same input, for scale. CPU time, not
-wall time: on a busy machine it still adds up.
+`jetl.transformers.chain.run_transformers`; the loader's `jetl.loaders.batch.load_batch`), so it shows which stage
+limits the pipeline and what each step costs, free of the noise of the other processes; then bench/direct.py's job on
+the same input, for scale. CPU time, not wall time: on a busy machine it still adds up.
 """
 
 from __future__ import annotations
@@ -50,16 +50,19 @@ def main() -> None:
 
     import bench_pipeline
 
-    from jetl.messages import Batch, decode_batch, encode_batch
+    from jetl.loaders.batch import load_batch
+    from jetl.messages.models import Batch
+    from jetl.messages.wire import decode_batch, encode_batch
     from jetl.protocols import ExtractContext
-    from jetl_loader.handlers import write
-    from jetl_transformer.handlers import run_transformers
+    from jetl.transformers.chain import run_transformers
 
     pipeline = bench_pipeline.register_pipelines()[0]
     assert pipeline.name == PIPELINE
     pipeline.loader.open(f"chdb://{work / 'chdb'}")  # type: ignore[attr-defined]
     pipeline.loader.ensure_table(pipeline.schema)  # type: ignore[attr-defined]
-    write(pipeline, Batch(pipeline=PIPELINE, run_id="warm", seq=0, schema_name="Order", schema_hash="", count=0), b"[]")
+    load_batch(
+        pipeline, Batch(pipeline=PIPELINE, run_id="warm", seq=0, schema_name="Order", schema_hash="", count=0), b"[]"
+    )
     import datetime
 
     import pyarrow as pa
@@ -121,7 +124,7 @@ def main() -> None:
         cleans.append((batch.model_copy(update={"encoding": encoding, "schema_hash": pipeline.schema_hash}), clean))
     del payloads
     for batch, clean in cleans:
-        timed("load: validate + insert", write, pipeline, batch, clean)
+        timed("load: validate + insert", load_batch, pipeline, batch, clean)
     import direct
 
     client = pipeline.loader.client()  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ import httpx
 import uvicorn
 
 from jetl.bus import connect
-from jetl.messages import DeadLetter
+from jetl.messages.deadletter import DeadLetter
 from jetl.projection import BatchState, RunState
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import free_port

@@ -64,7 +64,7 @@ AMOUNT_CENTS = ArrowExpression(
     lambda pc, pa: pc.round(pc.multiply(pc.field("amount"), 100), round_mode="half_to_even").cast(pa.int64())
 )
 """The same column as an Arrow expression: one definition both of the transformer's paths evaluate over a batch,
-which lets a batch stay an Arrow table from the raw JSON to the loader (`jetl_transformer.handlers.arrow_path`).
+which lets a batch stay an Arrow table from the raw JSON to the loader (`jetl.transformers.chain.arrow_path`).
 Built where it is evaluated (the transformer): the other services load this module without importing pyarrow."""
 
 COMPUTE = amount_cents if os.environ.get("BENCH_COMPUTE") == "python" else AMOUNT_CENTS

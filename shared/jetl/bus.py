@@ -22,7 +22,10 @@ from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableEr
 from jetl import subjects
 from jetl.errors import IN_PROCESS, TerminalError, TransientError
 from jetl.events import RunRequested, _Event
-from jetl.messages import PAYLOAD_HEADROOM, Batch, DeadLetter, RunRequest, encode_batch
+from jetl.messages.deadletter import DeadLetter
+from jetl.messages.models import Batch, RunRequest
+from jetl.messages.payload import PAYLOAD_HEADROOM
+from jetl.messages.wire import encode_batch
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.subjects import STREAMS, Kind, Stage
 
@@ -104,6 +107,9 @@ def make_broker(s: NatsSettings, **extra: Any) -> NatsBroker:
     elif tls is not None:
         extra.setdefault("security", BaseSecurity(ssl_context=tls))
     extra.setdefault("log_level", logging.DEBUG)  # per-message "Received/Processed" lines only at debug
+    # a logger of jetl's naming, not FastStream's own (which writes coloured text to stdout past every handler):
+    # its lines reach the root handler that `configure_logging` renders as the service's other lines
+    extra.setdefault("logger", logging.getLogger("faststream.jetl"))
     opts.update(extra)
     return NatsBroker(servers, **opts)
 

@@ -34,6 +34,11 @@ class StackContext(BaseModel):
     """The stack's data folder."""
     pipelines_dir: Path | None = None
     """The pipelines folder the stack's services load (so `jetl run` from a subfolder checks the same ones)."""
+    tls_ca_file: Path | None = None
+    """The CA that signs the NATS servers' certificates (TLS on when given), for a cluster reached over TLS."""
+    stream_replicas: int | None = None
+    """Replicas of every stream and the state bucket (3 on a three-node cluster), so `jetl deploy` from this
+    context keeps them."""
 
     def settings_values(self) -> dict[str, object]:
         """The settings this context supplies (under every environment variable)."""
@@ -41,6 +46,10 @@ class StackContext(BaseModel):
         if self.password is not None:  # a user without a password: a stack that generated no credentials
             nats["user"] = self.user
             nats["password"] = self.password.get_secret_value()
+        if self.tls_ca_file is not None:
+            nats["tls"] = {"ca_file": str(self.tls_ca_file)}
+        if self.stream_replicas is not None:
+            nats["stream_replicas"] = self.stream_replicas
         values: dict[str, object] = {"nats": nats, "data_dir": str(self.data_dir)}
         if self.pipelines_dir is not None:
             values["pipelines_dir"] = str(self.pipelines_dir)

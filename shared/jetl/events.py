@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from jetl.messages import BatchId, Token, Trigger, part_id, utcnow
+from jetl.messages.ids import BatchId, Token, part_id
+from jetl.messages.models import Trigger, utcnow
 
 
 def instance_id() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -57,32 +58,58 @@ def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mut
     return event_dict
 
 
+HOST = socket.gethostname()
+"""The host every line of this process says it came from (`jetl logs` shows it: lines of one run come from several
+hosts)."""
+
+_HANDLER = "jetl"
+LIBRARY_LOGGERS = ("faststream", "nats", "asyncio")
+"""Libraries that log through the standard library with handlers of their own (FastStream's colour one): their
+lines go through jetl's renderer instead, so a JSON log file holds JSON lines only and no file holds ANSI codes."""
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "console") -> None:
-    """Configure structlog once per process and bind the service name."""
+    """Configure structlog once per process, route the standard library's loggers (FastStream, nats-py) through the
+    same renderer, and bind the service name and host."""
     # Colours only on a terminal: a service under `jetl up` writes to a log file, which must stay plain text.
     colors = sys.stderr.isatty()
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=colors)
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+    ]
+    threshold = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redact_secrets,
-            _ship,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
+        processors=[*shared, _ship, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    handler.set_name(_HANDLER)
+    root = logging.getLogger()  # others' handlers stay (pytest's capture); an earlier call's own is replaced
+    root.handlers = [h for h in root.handlers if h.get_name() != _HANDLER] + [handler]
+    root.setLevel(threshold)
+    for name in LIBRARY_LOGGERS:
+        lib = logging.getLogger(name)
+        lib.handlers = []
+        lib.propagate = True
     # httpx logs full URLs at INFO, query-string API keys included: keep it quiet.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     clear_contextvars()
-    bind_contextvars(service=service)
+    bind_contextvars(service=service, host=HOST)
 
 
 def get_logger(name: str | None = None) -> Any:

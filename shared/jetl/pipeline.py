@@ -19,9 +19,13 @@ from jetl.protocols import (
     Extractor,
     KeyedLoader,
     Loader,
+    OutputTypesTransformer,
+    SchemaCheckingLoader,
     Transformer,
     VersionedLoader,
     WriteSpec,
+    fields_out,
+    keeps_cursor,
 )
 from jetl.schedule import Cron
 from jetl.subjects import check_token
@@ -37,14 +41,7 @@ def output_fields(transformers: Sequence[Transformer]) -> frozenset[str] | None:
     """The field names the transformer chain emits, when every step can tell (output_fields/output_schema)."""
     fields: frozenset[str] | None = None
     for t in transformers:
-        derive = getattr(t, "output_fields", None)
-        schema = getattr(t, "output_schema", None)
-        if callable(derive):
-            fields = derive(fields)
-        elif callable(schema) and isinstance(model := schema(), type) and issubclass(model, BaseModel):
-            fields = frozenset(model.model_fields)
-        else:
-            fields = None  # an opaque step (a lambda): what comes out cannot be known before a run
+        fields = fields_out(t, fields)  # None after an opaque step (a lambda): unknown before a run
     return fields
 
 
@@ -54,8 +51,7 @@ def output_types(transformers: Sequence[Transformer]) -> dict[str, Any]:
     fields it hands on unchanged, under which names, and which it validates itself; any other step, none."""
     types: dict[str, Any] = {}
     for t in transformers:
-        derive = getattr(t, "output_types", None)
-        types = derive(types) if callable(derive) else {}
+        types = t.output_types(types) if isinstance(t, OutputTypesTransformer) else {}
     return types
 
 
@@ -115,9 +111,8 @@ class Pipeline:
         if not 1 <= self.batch_size <= 1_000_000:
             raise ConfigError(f"pipeline {self.name!r}: batch_size must be between 1 and 1,000,000")
         self._merge_by_key()
-        check = getattr(self.loader, "check_schema", None)
-        if callable(check):
-            check(self.schema)
+        if isinstance(self.loader, SchemaCheckingLoader):
+            self.loader.check_schema(self.schema)
         self._check_output_fields()
 
     @property
@@ -180,7 +175,7 @@ class Pipeline:
     def keeps_cursor(self) -> bool:
         """Whether an extractor starts each run from the cursor the last completed run left: then runs of this
         pipeline never overlap (the scheduler starts one at a time, the extractor refuses one that would)."""
-        return any(getattr(e, "keeps_cursor", False) for e in self.extractors)
+        return any(keeps_cursor(e) for e in self.extractors)
 
     @cached_property
     def trusted_fields(self) -> frozenset[str]:

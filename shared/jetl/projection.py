@@ -22,7 +22,7 @@ from jetl.events import (
     RunRequested,
     RunStarted,
 )
-from jetl.messages import split_batch_id
+from jetl.messages.ids import split_batch_id
 
 Status = Literal["requested", "running", "completed", "failed"]
 

@@ -1,14 +1,19 @@
-"""The one redaction rule: a URL or DSN is shown with its password (and any secret-looking query value) masked.
+"""The one redaction rule: a URL or DSN is shown with its password (and any secret-looking query value) masked,
+and every secret value a connector was given is masked wherever its text appears.
 
 Every place that shows a connection string (events, log lines, error texts, dead-letter reasons, `--json` output,
-metrics labels) goes through `redact_url`, and text that may quote one (a driver's error message) through
-`redact_text`. Secrets themselves travel as `SecretStr`, which never prints its value.
+metrics labels) goes through `redact_url`, and text that may quote one (a driver's error message, an API's error
+body) through `redact_text`. Secrets themselves travel as `SecretStr`, which never prints its value; a connector
+hands the values it reveals to the wire to `Secrets`, which masks them in its own errors and enters them in the
+process's list that `redact_text` (and so every log line, `jetl.logging`) always masks.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
@@ -51,14 +56,68 @@ def redact_url(url: str | SecretStr | None) -> str:
 
 
 def redact_text(text: str, *secrets: str | SecretStr | None) -> str:
-    """`text` with every URL password, secret-looking query value and each of `secrets` masked."""
+    """`text` with every URL password, secret-looking query value, each of `secrets` and every value a connector
+    entered in `Secrets` masked."""
     out = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     out = _QUERY_SECRET.sub(lambda m: f"{m['key']}={MASK}", out)
-    for secret in secrets:
+    return _mask(out, [*_forms(secrets), *_KNOWN])
+
+
+_KNOWN: list[str] = []
+"""Secret values (and their quoted forms) connectors of this process reveal on the wire, longest first."""
+_GLOBAL_MIN = 4
+"""Values shorter than this are masked in their connector's errors only: in every log line they would mask
+ordinary words."""
+
+
+def _forms(values: Iterable[str | SecretStr | None]) -> list[str]:
+    """Each value as it may be quoted back: as is, URL-encoded, JSON-escaped."""
+    out: set[str] = set()
+    for secret in values:
         value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
         if value:
-            out = out.replace(value, MASK)
-    return out
+            out.update((value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]))
+    return sorted(out, key=len, reverse=True)
+
+
+def _mask(text: str, forms: list[str]) -> str:
+    for form in forms:  # longest first: "Bearer abc" before "abc"
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
+
+
+class Secrets:
+    """The secret values one connector was given (tokens, passwords, API keys, `SecretStr` parameters), masked
+    wherever their text appears: `mask` for its own texts (an API's error body echoing a token), and, entered in
+    the process's list, in every `redact_text` and so every log line.
+
+    Example:
+        secrets = Secrets([token]); raise TerminalError(secrets.mask(f"HTTP 401: {body}"))
+    """
+
+    def __init__(self, values: Iterable[str | SecretStr | None]) -> None:
+        self.forms = _forms(values)
+        for form in self.forms:
+            if len(form) >= _GLOBAL_MIN and form not in _KNOWN:
+                _KNOWN.append(form)
+        _KNOWN.sort(key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self.forms)
+
+    def mask(self, text: str) -> str:
+        """`text` with each secret masked (and URL passwords and secret-looking query values: `redact_text`)."""
+        return redact_text(self.hide(text))
+
+    def hide(self, text: str) -> str:
+        """`text` with each secret masked, and nothing else (a URL shown as a record's origin keeps its
+        `page_token=`)."""
+        return _mask(text, self.forms)
+
+    def found_in(self, text: str) -> bool:
+        """Whether `text` quotes one of the secrets."""
+        return any(form in text for form in self.forms)
 
 
 def url_password(url: str | SecretStr | None) -> str | None:

@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
-from faststream.nats import TestNatsBroker
-from pydantic import BaseModel
+import pytest
+from faststream.nats import JStream, TestNatsBroker
+from pydantic import BaseModel, ValidationError
 
-from jetl import ConsoleLoader, FileExtractor, Pipeline, subjects
-from jetl.messages import RunRequest, decode_batch, read_records
+from jetl import BearerAuth, ConsoleLoader, FileExtractor, HttpExtractor, Pipeline, subjects
+from jetl.messages.models import RunRequest
+from jetl.messages.wire import decode_batch, read_records
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
-from jetl_extractor.handlers import make_router
+from jetl_extractor.handlers import RunSlots, make_router
+from jetl_extractor.settings import ExtractorSettings
 
 
 class Row(BaseModel):
     id: int
+
+
+async def extract(pipeline: str, kinds: list[Kind]) -> dict[Kind, list[bytes]]:
+    """One run of `pipeline` through the extractor stage in memory, to its end: what it published, by kind."""
+    ctx = make_context("extractor", JetlSettings())
+    slots = RunSlots(1, ack_wait=10)
+    ctx.broker.include_router(make_router(ctx, slots))
+    got = capture(ctx.broker, kinds)
+    async with TestNatsBroker(ctx.broker) as br:
+        req = RunRequest(pipeline=pipeline, run_id=f"{pipeline}-r1")
+        await br.publish(req.model_dump_json().encode(), subjects.run_request(pipeline), stream="JETL_RUNS")
+        await slots.idle()
+    return got
 
 
 async def test_run_request_is_extracted_into_bounded_batches(tmp_path: Path) -> None:
@@ -38,12 +57,7 @@ async def test_run_request_is_extracted_into_bounded_batches(tmp_path: Path) -> 
             )
         ]
     )
-    ctx = make_context("extractor", JetlSettings())
-    ctx.broker.include_router(make_router(ctx))
-    got = capture(ctx.broker, [Kind.RAW, Kind.EVENTS, Kind.DLQ])
-    async with TestNatsBroker(ctx.broker) as br:
-        req = RunRequest(pipeline="mem", run_id="mem-r1")
-        await br.publish(req.model_dump_json().encode(), subjects.run_request("mem"), stream="JETL_RUNS")
+    got = await extract("mem", [Kind.RAW, Kind.EVENTS, Kind.DLQ])
 
     batches = sorted((decode_batch(b) for b in got[Kind.RAW]), key=lambda x: x[0].seq)  # published concurrently
     sizes = [b.count for b, _ in batches]
@@ -64,3 +78,74 @@ async def test_run_request_is_extracted_into_bounded_batches(tmp_path: Path) -> 
     done = orjson.loads(got[Kind.EVENTS][-1])
     assert done["batches"] == 3 and done["records"] == 25 and done["rejected"] == 0
     assert done["cursor"]["files"]  # the file is remembered once the run completes
+
+
+async def test_a_slow_api_does_not_hold_other_pipelines_runs(tmp_path: Path) -> None:
+    """The API of `slow` does not answer until the end; `fast`'s run, requested after it, is extracted meanwhile."""
+    answer = asyncio.Event()
+
+    async def api(request: httpx.Request) -> httpx.Response:
+        await answer.wait()
+        return httpx.Response(200, json=[{"id": 1}])
+
+    src = tmp_path / "rows.jsonl"
+    src.write_text('{"id": 1}\n{"id": 2}\n')
+    register(
+        [
+            Pipeline(
+                name="slow",
+                extractors=[HttpExtractor("http://api.test/rows", transport=httpx.MockTransport(api))],
+                loader=ConsoleLoader(),
+                schema=Row,
+            ),
+            Pipeline(name="fast", extractors=[FileExtractor(src)], loader=ConsoleLoader(), schema=Row),
+        ]
+    )
+    ctx = make_context("extractor", ExtractorSettings())
+    slots = RunSlots(ExtractorSettings().concurrent_runs, ack_wait=10)
+    ctx.broker.include_router(make_router(ctx, slots))
+    extracted = {"slow": asyncio.Event(), "fast": asyncio.Event()}
+
+    @ctx.broker.subscriber(
+        subjects.pattern(Kind.EVENTS), stream=JStream(subjects.stream_name(Kind.EVENTS), declare=False)
+    )
+    async def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "run.extracted":
+            extracted[event["pipeline"]].set()
+
+    async with TestNatsBroker(ctx.broker) as br:
+        publishing = []  # each publish returns once its handler does: never, if a run held the extractor
+        for name in ("slow", "fast"):
+            body = RunRequest(pipeline=name, run_id=f"{name}-r1").model_dump_json().encode()
+            publishing.append(asyncio.create_task(br.publish(body, subjects.run_request(name), stream="JETL_RUNS")))
+        await asyncio.wait_for(extracted["fast"].wait(), 60)
+        assert not extracted["slow"].is_set()  # still waiting on its API
+        answer.set()
+        await asyncio.wait_for(extracted["slow"].wait(), 60)
+        await slots.idle()
+        await asyncio.gather(*publishing)
+
+
+def test_the_run_concurrency_is_one_setting() -> None:
+    assert ExtractorSettings().concurrent_runs == 4
+    assert ExtractorSettings(concurrent_runs=1).concurrent_runs == 1
+    with pytest.raises(ValidationError):
+        ExtractorSettings(concurrent_runs=0)
+
+
+async def test_a_token_an_api_echoes_never_reaches_the_run_failed_event(capsys: pytest.CaptureFixture[str]) -> None:
+    token = "tk-echoed-0123456789"
+
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, text=f"invalid credentials: {request.headers['Authorization']}")
+
+    extractor = HttpExtractor("http://api.test/rows", auth=BearerAuth(token), transport=httpx.MockTransport(api))
+    register([Pipeline(name="echo", extractors=[extractor], loader=ConsoleLoader(), schema=Row)])
+    got = await extract("echo", [Kind.EVENTS])
+    failed = [orjson.loads(e) for e in got[Kind.EVENTS] if orjson.loads(e)["type"] == "run.failed"]
+    assert len(failed) == 1
+    assert "HTTP 401" in failed[0]["error"] and "invalid credentials: ***" in failed[0]["error"]
+    assert token not in b"".join(got[Kind.EVENTS]).decode()
+    logged = capsys.readouterr()
+    assert "gave up on the message" in logged.out + logged.err
+    assert token not in logged.out + logged.err  # nor in the service's log lines

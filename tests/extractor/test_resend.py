@@ -11,7 +11,9 @@ from pydantic import BaseModel
 
 from jetl import ConsoleLoader, FileExtractor, Pipeline
 from jetl.errors import TerminalError
-from jetl.messages import PAYLOAD_HEADROOM, RunRequest, dumps
+from jetl.messages.models import RunRequest
+from jetl.messages.payload import PAYLOAD_HEADROOM
+from jetl.messages.wire import dumps
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings

@@ -120,4 +120,4 @@ def test_four_processes_load_rows_and_dead_letter_bad_records(tmp_path: Path, na
     assert parts and not list(output.rglob(".*.tmp-*"))
     written = [json.loads(line) for p in parts for line in p.read_text().splitlines()]
     assert len(written) == files_state.loaded  # type: ignore[attr-defined]
-    assert {"id", "title", "price_cents", "at"} == set(written[0])
+    assert {"id", "title", "price_cents", "at", "_jetl_version"} == set(written[0])  # each row's place in the log

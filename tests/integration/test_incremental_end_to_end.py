@@ -37,7 +37,7 @@ BASE = datetime(2025, 1, 4, 9, 0, tzinfo=UTC)
 PIPELINE = """
 from datetime import datetime
 from pydantic import BaseModel
-from jetl import ClickHouseLoader, DatabaseExtractor, Pipeline
+from jetl import ClickHouseLoader, DatabaseExtractor, Incremental, Pipeline
 
 class Order(BaseModel):
     id: int
@@ -46,8 +46,8 @@ class Order(BaseModel):
 
 def register_pipelines():
     return [
-        Pipeline(name="orders", extractors=[DatabaseExtractor("URL", table="ORDERS", incremental_column="changed_at",
-                                                              chunk_size=5)],
+        Pipeline(name="orders", extractors=[DatabaseExtractor("URL", table="ORDERS", chunk_size=5,
+                                                              incremental=Incremental("changed_at"))],
                  loader=ClickHouseLoader("orders"), schema=Order, primary_key=["id"], batch_size=7),
         Pipeline(name="late", extractors=[DatabaseExtractor("URL", table="LATE"INCREMENTAL)],
                  loader=ClickHouseLoader("late"), schema=Order, primary_key=["id"], batch_size=7),
@@ -116,7 +116,7 @@ def cli(*args: str) -> tuple[int, Any]:
 def write(pipelines: Path, pg_url: str, orders: Source, late: Source, incremental: bool) -> None:
     text = PIPELINE.replace("URL", pg_url).replace("ORDERS", orders.name).replace("LATE", late.name)
     (pipelines / "shop_pipeline.py").write_text(
-        text.replace("INCREMENTAL", ', incremental_column="changed_at"' if incremental else "")
+        text.replace("INCREMENTAL", ', incremental=Incremental("changed_at")' if incremental else "")
     )
 
 

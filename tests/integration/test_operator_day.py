@@ -259,3 +259,30 @@ def test_the_decoy_nats_is_never_touched(
         assert f"this NATS at {bare_nats.url} has no jetl deployment" in result.output, args
         assert took < 2.0, (args, took)
     assert asyncio.run(streams()) == []
+
+
+def test_a_killed_nats_server_is_restarted_and_the_next_run_completes(project: Path, up: Up) -> None:
+    here = project / "src" / "deep"
+    first = jetl("run", "good", "--json", cwd=here)
+    assert first.returncode == 0, first.stdout + first.stderr
+    # the embedded server runs from its config in the data folder; SIGKILL it as a crash would
+    conf = project / ".jetl" / "nats" / "nats.conf"
+    found = subprocess.run(["pgrep", "-f", "--", str(conf)], capture_output=True, text=True).stdout.split()
+    assert len(found) == 1, found
+    os.kill(int(found[0]), signal.SIGKILL)
+    up.wait_for(lambda: "nats-server exited with code -9" in up.text(), 30, "the server's crash report")
+    up.wait_for(
+        lambda: len(subprocess.run(["pgrep", "-f", "--", str(conf)], capture_output=True).stdout.split()) == 1,
+        30,
+        "the server to be started again",
+    )
+    # the services reconnect to the server on its port and store: a new run completes, and the first is still known
+    (project / "input" / "more.jsonl").write_text(
+        "".join(json.dumps({"id": i, "name": f"m{i}"}) + "\n" for i in range(50))
+    )
+    second = jetl("run", "good", "--json", cwd=here, timeout=180)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert json.loads(second.stdout)["loaded"] == 50
+    status = json.loads(jetl("status", "--json", cwd=here).stdout)
+    assert {r["run_id"] for r in status} >= {json.loads(first.stdout)["run_id"], json.loads(second.stdout)["run_id"]}
+    assert up.proc.poll() is None  # jetl up is still in charge

@@ -42,7 +42,7 @@ class Paced:
 DB_PIPELINE = """
 from datetime import datetime
 from pydantic import BaseModel
-from jetl import ClickHouseLoader, DatabaseExtractor, Pipeline
+from jetl import ClickHouseLoader, DatabaseExtractor, Incremental, Pipeline
 PACED
 class Order(BaseModel):
     id: int
@@ -52,7 +52,7 @@ class PacedTable(Paced, DatabaseExtractor):
     pass
 
 def register_pipelines():
-    return [Pipeline(name="orders", extractors=[PacedTable("URL", table="TABLE", incremental_column="changed_at",
+    return [Pipeline(name="orders", extractors=[PacedTable("URL", table="TABLE", incremental=Incremental("changed_at"),
                                                            partition_rows=300, chunk_size=100)],
                      loader=ClickHouseLoader("orders", order_by=["id"]), schema=Order, batch_size=100)]
 """
@@ -73,7 +73,7 @@ class PacedApi(Paced, HttpExtractor):
 def register_pipelines():
     return [Pipeline(name="events", extractors=[PacedApi("URL", records_path="items", paginate=PageNumberPagination(),
                                                          interval_start_param="from", interval_end_param="to",
-                                                         window=timedelta(days=1), chunk_size=20)],
+                                                         partition_window=timedelta(days=1), chunk_size=20)],
                      loader=ClickHouseLoader("events", order_by=["id"]), schema=Event, batch_size=20)]
 """
 

@@ -10,13 +10,14 @@ from faststream.nats import TestNatsBroker
 from pydantic import BaseModel
 
 from jetl import FileExtractor, FileLoader, Pipeline, subjects
-from jetl.messages import Batch, encode_batch
+from jetl.loaders.batch import supersede
+from jetl.messages.models import Batch
+from jetl.messages.wire import encode_batch
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
-from jetl_loader import lineage
 from jetl_loader.handlers import make_router
 
 
@@ -107,5 +108,5 @@ async def test_a_batch_in_parts_writes_each_part_once_and_a_replay_removes_its_p
     )
     for part in parts:
         replay = part.model_copy(update={"run_id": "r2", "supersedes": "r1/000000"})
-        lineage.supersede(replayed, replay)
+        supersede(replayed, replay)
     assert removed == ["r1/000000"]  # once for the batch, not once per part

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from jetl import ConsoleLoader, FileExtractor, FileLoader, Pipeline, subjects
 from jetl.events import BatchLoaded, RunRequested
-from jetl.messages import Batch, encode_batch
+from jetl.messages.models import Batch
+from jetl.messages.wire import encode_batch
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings

@@ -14,7 +14,7 @@ import pytest
 
 from jetl import ConsoleLoader, ExtractContext, LoadContext, Pipeline
 from jetl.errors import RecordError, TransientError
-from jetl.messages import batch_id
+from jetl.messages.ids import batch_id
 from jetl.registry import load_module
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"

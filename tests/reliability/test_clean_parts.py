@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from jetl.messages import OVERSIZED_RECORD
+from jetl.messages.deadletter import OVERSIZED_RECORD
 from jetl.ops.client import JetlClient
 from jetl.projection import RunState
 from jetl.settings import JetlSettings, NatsSettings

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from jetl.cli import app
-from jetl.messages import OVERSIZED_RECORD
+from jetl.messages.deadletter import OVERSIZED_RECORD
 from jetl.ops.client import JetlClient
 from jetl.projection import RunState, fold
 from jetl.settings import JetlSettings, NatsSettings

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from jetl import ConsoleLoader, FileExtractor, Pipeline
 from jetl.bus import connect
 from jetl.events import BatchExtracted, RunRequested, RunStarted
-from jetl.messages import Batch
+from jetl.messages.models import Batch
 from jetl.ops.client import JetlClient
 from jetl.registry import register
 from jetl.runtime.service import ServiceContext, make_context

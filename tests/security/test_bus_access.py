@@ -24,7 +24,7 @@ from jetl import subjects
 from jetl.access import Role
 from jetl.bus import connect
 from jetl.cli.demo import wait_ready
-from jetl.messages import RunRequest
+from jetl.messages.models import RunRequest
 from jetl.ops.client import JetlClient
 from jetl.settings import NatsSettings
 from jetl.stack.embedded import USERS_FILE, Stack

@@ -19,7 +19,7 @@ import pytest
 
 from jetl import subjects
 from jetl.events import RunExtracted, RunFailed
-from jetl.messages import decode_batch
+from jetl.messages.wire import decode_batch
 from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import Stack

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from jetl import subjects
 from jetl.bus import connect
 from jetl.cli import app
-from jetl.messages import DeadLetter
+from jetl.messages.deadletter import DeadLetter
 from jetl.runtime.service import LogShipper
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.testing.servers import NatsHandle

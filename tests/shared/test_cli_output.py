@@ -8,7 +8,10 @@ no ANSI codes; the supervisor restarts with backoff, shows only this start's log
 from __future__ import annotations
 
 import io
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -24,7 +27,7 @@ from jetl.cli._output import JetlConsole, short_stamp
 from jetl.context import StackContext
 from jetl.errors import JetlError
 from jetl.settings import settings_with_context
-from jetl.stack.embedded import ServiceProcess, Stack, Supervisor, stable_port
+from jetl.stack.embedded import NatsServer, ServiceProcess, Stack, Supervisor, died_message, stable_port
 
 
 def table() -> Table:
@@ -125,6 +128,48 @@ def test_log_files_hold_no_ansi_codes(tmp_path: Path) -> None:
     assert "batch loaded" in text and "ZeroDivisionError" in text and "\x1b[" not in text
 
 
+def test_a_json_log_file_holds_json_lines_only_whoever_logged_them(tmp_path: Path) -> None:
+    # FastStream's broker logger and nats-py log through the standard library with handlers of their own (colour, to
+    # stdout): in a service they go through jetl's renderer, with the host that wrote them
+    code = (
+        "import logging\n"
+        "from jetl.bus import make_broker\n"
+        "from jetl.logging import configure_logging, get_logger\n"
+        "from jetl.settings import NatsSettings\n"
+        "configure_logging('loader', 'INFO', 'json')\n"
+        "broker = make_broker(NatsSettings(url='nats://127.0.0.1:9'))\n"
+        "get_logger('x').warning('batch loaded', run_id='r1')\n"
+        "logging.getLogger('faststream').warning('Connection broken with UnexpectedEOF()')\n"
+        "logging.getLogger('faststream.jetl').warning('from the broker')\n"
+        "try:\n    1/0\nexcept ZeroDivisionError:\n    logging.getLogger('nats').exception('nats: unexpected EOF')\n"
+    )
+    log = tmp_path / "loader.log"
+    with log.open("w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, stderr=f, check=True)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line is JSON
+    events = [line["event"] for line in lines]
+    assert events == [
+        "batch loaded",
+        "Connection broken with UnexpectedEOF()",
+        "from the broker",
+        "nats: unexpected EOF",
+    ]
+    assert all(line["host"] == socket.gethostname() and line["service"] == "loader" for line in lines)
+    assert "ZeroDivisionError" in lines[-1]["exception"] and "\x1b[" not in log.read_text()
+
+
+def test_jetl_logs_shows_the_host_of_each_line() -> None:
+    from jetl.cli.logs import format_log_line
+
+    line = {"timestamp": "2026-12-07T10:00:01Z", "host": "host-b", "service": "loader", "level": "info"}
+    assert format_log_line(line | {"event": "batch loaded", "rows": 5}).split()[1:5] == [
+        "host-b",
+        "loader",
+        "info",
+        "batch",
+    ]
+
+
 def sleeper(tmp_path: Path, name: str, code: str) -> ServiceProcess:
     """A ServiceProcess whose process runs `code` instead of a service (the supervisor only sees processes)."""
     p = ServiceProcess(name, dict(os.environ), tmp_path / f"{name}.log")
@@ -161,5 +206,23 @@ def test_the_supervisor_restarts_with_backoff_and_gives_up_on_a_crash_loop(tmp_p
         with pytest.raises(JetlError, match="transformer crashed 3 times within 60s"):
             sup.poll(now=103.0)
         assert stack.procs["loader"].alive() and sup.restarts == {"transformer": 2}
+    finally:
+        stack.stop()
+
+
+def test_the_supervisor_restarts_a_killed_nats_server_on_its_port_and_store(tmp_path: Path) -> None:
+    stack = Stack(data_dir=tmp_path, pipelines_dir=tmp_path)
+    stack.server = NatsServer(tmp_path / "nats").start()
+    port = stack.server.port
+    sup = Supervisor(stack)
+    try:
+        assert sup.poll(now=10.0) == []
+        os.kill(stack.server.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        stack.server.proc.wait()  # type: ignore[union-attr]
+        seen = sup.poll(now=20.0)
+        assert [(r.what, r.exit_code, r.restarts) for r in seen] == [("nats-server", -9, 1)]
+        assert "nats-server exited with code -9" in died_message("nats-server", stack.server)
+        sup.poll(now=21.0)  # its backoff is over: started again, on the same port
+        assert stack.server.alive() and stack.server.port == port and sup.restarts == {"nats-server": 1}
     finally:
         stack.stop()

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from jetl import ClickHouseLoader, LoadContext
 from jetl.loaders.clickhouse import close_clients
-from jetl.messages import batch_id
+from jetl.messages.ids import batch_id
 from jetl.protocols import LineageLoader
 
 

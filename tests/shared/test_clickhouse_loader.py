@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from jetl import ClickHouseLoader, LoadContext, LowCardinality, Timezone
 from jetl.errors import ConfigError, TerminalError
 from jetl.loaders.clickhouse import close_clients, columns_for
-from jetl.messages import batch_id
+from jetl.messages.ids import batch_id
 from jetl.protocols import Check
 from jetl.settings import JetlSettings
 

@@ -11,7 +11,7 @@ import pytest
 
 from jetl import ConsoleLoader, LoadContext
 from jetl.errors import ConfigError
-from jetl.messages import batch_id
+from jetl.messages.ids import batch_id
 
 ROWS = [
     {"id": i, "name": f"name-{i}", "price": Decimal("1.50"), "at": datetime(2026, 1, 1, tzinfo=UTC)} for i in range(5)

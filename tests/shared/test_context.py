@@ -41,3 +41,49 @@ def test_a_file_that_is_not_a_context_is_named(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match=str(bad)):
         read_context(bad)
+
+
+def test_a_context_carries_the_clusters_ca_and_replicas_into_the_settings(tmp_path: Path) -> None:
+    from jetl.settings import settings_with_context
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    ctx = StackContext(
+        nats_url="nats://n1:4222,nats://n2:4222",
+        password=SecretStr("pw"),
+        data_dir=tmp_path,
+        tls_ca_file=ca,
+        stream_replicas=3,
+    )
+    s = settings_with_context(read_context(ctx.save()).settings_values())
+    assert s.nats.tls.ca_file == ca and s.nats.stream_replicas == 3 and s.nats.user == "operator"
+
+
+def test_jetl_context_save_and_show_never_print_the_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from jetl.cli import app
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JETL_NATS__PASSWORD", "s3cret-pw")
+    runner = CliRunner()
+    seeds = "nats://n1:4222,nats://n2:4222,nats://n3:4222"
+    saved = runner.invoke(app, ["context", "save", "--nats-url", seeds, "--ca-file", str(ca), "--stream-replicas", "3"])
+    assert saved.exit_code == 0, saved.output
+    assert "s3cret-pw" not in saved.output
+    path = tmp_path / ".jetl" / "context.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    monkeypatch.delenv("JETL_NATS__PASSWORD")
+    (tmp_path / "deeper").mkdir()
+    monkeypatch.chdir(tmp_path / "deeper")
+    shown = runner.invoke(app, ["context", "show", "--json"])
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.stdout)
+    assert data["nats_url"] == seeds and data["stream_replicas"] == 3 and data["tls_ca_file"] == str(ca)
+    assert data["password"] == "***" and "s3cret-pw" not in shown.output
+    refused = runner.invoke(app, ["context", "save", "--nats-url", seeds, "--stream-replicas", "7"], input="pw\n")
+    assert refused.exit_code != 0 and "1 to 5 replicas" in refused.output

@@ -11,7 +11,9 @@ from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableEr
 from jetl import subjects
 from jetl.errors import ConfigError, DestinationUnavailable, RecordError, TransientError, classify
 from jetl.events import BatchExtracted, BatchLoaded, BatchRejected, BatchTransformed, RunExtracted, parse_event
-from jetl.messages import Batch, batch_id, decode_batch, decode_records, encode_batch
+from jetl.messages.ids import batch_id
+from jetl.messages.models import Batch
+from jetl.messages.wire import decode_batch, decode_records, encode_batch
 from jetl.projection import fold
 from jetl.schedule import Cron, run_id_for
 from jetl.settings import JetlSettings

@@ -23,7 +23,8 @@ from pydantic import SecretStr
 
 from jetl.errors import ConfigError, TransientError
 from jetl.extractors.database import DatabaseExtractor
-from jetl.messages import dumps
+from jetl.extractors.incremental import Incremental
+from jetl.messages.wire import dumps
 from jetl.protocols import Chunk, ExtractContext, Extractor
 from jetl.testing.contracts import ExtractorContract
 
@@ -235,7 +236,7 @@ async def test_query_binds_the_data_interval(db: Db) -> None:
 async def test_trailing_semicolon_is_accepted(db: Db) -> None:
     db.insert(range(1, 4))
     extractor = DatabaseExtractor(
-        db.url, query=f"SELECT id FROM {db.name} ORDER BY id;\n", incremental_column="id", tie_breaker="id"
+        db.url, query=f"SELECT id FROM {db.name} ORDER BY id;\n", incremental=Incremental("id", tie_breaker="id")
     )
     assert ids(await collect(extractor)) == [1, 2, 3]
 
@@ -262,7 +263,7 @@ async def test_values_the_encoder_lacks_become_json_friendly(db: Db) -> None:
 )
 async def test_incremental_table_second_run_reads_only_new_rows(db: Db, column: str, tag: str, last: Any) -> None:
     db.insert(range(1, 11))
-    extractor = DatabaseExtractor(db.url, table=db.name, incremental_column=column, chunk_size=4)
+    extractor = DatabaseExtractor(db.url, table=db.name, incremental=Incremental(column), chunk_size=4)
 
     first = await collect(extractor, run(1))
     assert ids(first) == list(range(1, 11))  # ORDER BY the column
@@ -290,7 +291,7 @@ async def test_incremental_query_is_wrapped_as_a_subquery(db: Db) -> None:
     db.insert(range(1, 10))
     query = f"SELECT id, customer, updated_at FROM {db.name} WHERE customer <> :skip"
     extractor = DatabaseExtractor(
-        db.url, query=query, params={"skip": "c0"}, incremental_column="updated_at", tie_breaker="id"
+        db.url, query=query, params={"skip": "c0"}, incremental=Incremental("updated_at", tie_breaker="id")
     )
 
     assert ids(await collect(extractor, run(1))) == [1, 2, 4, 5, 7, 8]
@@ -304,18 +305,18 @@ async def test_incremental_query_is_wrapped_as_a_subquery(db: Db) -> None:
 
 async def test_incremental_initial_value_bounds_the_first_run(db: Db) -> None:
     db.insert(range(1, 8))
-    extractor = DatabaseExtractor(db.url, table=db.name, incremental_column="id", initial=5)
+    extractor = DatabaseExtractor(db.url, table=db.name, incremental=Incremental("id", initial=5))
     assert ids(await collect(extractor, run(1))) == [6, 7]
 
 
 async def test_incremental_run_with_nothing_keeps_the_initial_mark(db: Db) -> None:
-    extractor = DatabaseExtractor(db.url, table=db.name, incremental_column="id", initial=5)
+    extractor = DatabaseExtractor(db.url, table=db.name, incremental=Incremental("id", initial=5))
     assert await collect(extractor, run(1)) == []
     assert extractor.next_cursor() == {"column": "id", "value": 5, "type": "int"}
 
 
 async def test_a_cursor_for_another_column_is_refused(db: Db) -> None:
-    extractor = DatabaseExtractor(db.url, table=db.name, incremental_column="updated_at")
+    extractor = DatabaseExtractor(db.url, table=db.name, incremental=Incremental("updated_at"))
     with pytest.raises(ConfigError, match=r"tracks column 'id'.*reset"):
         await collect(extractor, run(2, {"column": "id", "value": 3, "type": "int"}))
 
@@ -331,7 +332,7 @@ async def test_a_bad_table_name_is_a_clear_config_error(db: Db) -> None:
 
 
 async def test_a_bad_column_is_a_clear_config_error(db: Db) -> None:
-    extractor = DatabaseExtractor(db.url, table=db.name, incremental_column="changed_at")
+    extractor = DatabaseExtractor(db.url, table=db.name, incremental=Incremental("changed_at"))
     with pytest.raises(ConfigError, match="no column 'changed_at'; the table has id, customer, amount, updated_at"):
         await collect(extractor)
 
@@ -408,11 +409,10 @@ async def test_the_event_loop_stays_responsive_during_a_slow_query(db: Db) -> No
         ({"table": "t", "params": {"a": 1}}, "params are for query="),
         ({"query": "SELECT 1", "columns": ["a"]}, "columns= and schema= are for table="),
         (
-            {"table": "t", "columns": ["id"], "incremental_column": "ts"},
-            "columns= must include incremental_column",
+            {"table": "t", "columns": ["id"], "incremental": Incremental("ts")},
+            "columns= must include the incremental column",
         ),
-        ({"table": "t", "initial": 5}, "initial= needs incremental_column="),
-        ({"table": "t", "incremental_column": "ts", "initial": object()}, "cannot be a high-water mark"),
+        ({"table": "t", "incremental": Incremental("ts", param="since")}, r"Incremental\(param=...\) is for HTTP"),
         ({"table": "t", "engine_options": {"no_such_option": 1}}, "cannot make an engine"),
     ],
 )
@@ -462,7 +462,7 @@ class TestDatabaseExtractorContract(ExtractorContract):
                 [{"id": i, "kind": f"k{i % 2}", "amount": i * 2.5} for i in range(1, 11)],
             )
         engine.dispose()
-        return DatabaseExtractor(url, table="events", incremental_column="id", chunk_size=4)
+        return DatabaseExtractor(url, table="events", incremental=Incremental("id"), chunk_size=4)
 
     @pytest.fixture
     def expected_records(self) -> int:

@@ -24,14 +24,15 @@ from pydantic import BaseModel
 from jetl import ConsoleLoader, Pipeline, subjects
 from jetl.errors import ConfigError
 from jetl.extractors.database import DatabaseExtractor
-from jetl.messages import RunRequest
+from jetl.extractors.incremental import Incremental
+from jetl.messages.models import RunRequest
 from jetl.protocols import ExtractContext
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
-from jetl_extractor.handlers import cursor_of, joined_cursor, make_router
+from jetl_extractor.handlers import RunSlots, cursor_of, joined_cursor, make_router
 
 BASE = datetime(2025, 1, 4, 9, 0, 0)
 PLUS_TWO = timezone(timedelta(hours=2))
@@ -187,7 +188,7 @@ async def ten_runs(source: Source, extractor: DatabaseExtractor) -> dict[str, An
 
 async def test_sqlite_iso_t_text_runs_exactly(iso_t_text: Source) -> None:
     extractor = DatabaseExtractor(
-        iso_t_text.engine.url, table=iso_t_text.name, incremental_column="changed_at", chunk_size=3
+        iso_t_text.engine.url, table=iso_t_text.name, incremental=Incremental("changed_at"), chunk_size=3
     )
     cursor = await ten_runs(iso_t_text, extractor)
     # The mark is the text SQLite holds, "T" and all, still typed as the datetime column it is.
@@ -197,7 +198,9 @@ async def test_sqlite_iso_t_text_runs_exactly(iso_t_text: Source) -> None:
 
 async def test_sqlite_text_column_keeps_its_exact_text(tmp_path: Path) -> None:
     source = sqlite_text_source(tmp_path, "TEXT", iso_t)
-    extractor = DatabaseExtractor(source.engine.url, table=source.name, incremental_column="changed_at", chunk_size=3)
+    extractor = DatabaseExtractor(
+        source.engine.url, table=source.name, incremental=Incremental("changed_at"), chunk_size=3
+    )
     cursor = await ten_runs(source, extractor)
     assert cursor["value"] == "2025-01-04T09:13:00" and cursor["type"] == "str"
     source.engine.dispose()
@@ -205,7 +208,7 @@ async def test_sqlite_text_column_keeps_its_exact_text(tmp_path: Path) -> None:
 
 async def test_sqlite_datetime_column_runs_exactly(sqlite_datetime: Source) -> None:
     extractor = DatabaseExtractor(
-        sqlite_datetime.engine.url, table=sqlite_datetime.name, incremental_column="changed_at", chunk_size=3
+        sqlite_datetime.engine.url, table=sqlite_datetime.name, incremental=Incremental("changed_at"), chunk_size=3
     )
     cursor = await ten_runs(sqlite_datetime, extractor)
     assert cursor["type"] == "datetime"
@@ -215,7 +218,7 @@ async def test_sqlite_datetime_column_runs_exactly(sqlite_datetime: Source) -> N
 @pytest.mark.integration
 async def test_postgresql_timestamptz_runs_exactly(pg_timestamptz: Source) -> None:
     extractor = DatabaseExtractor(
-        pg_timestamptz.engine.url, table=pg_timestamptz.name, incremental_column="changed_at", chunk_size=3
+        pg_timestamptz.engine.url, table=pg_timestamptz.name, incremental=Incremental("changed_at"), chunk_size=3
     )
     cursor = await ten_runs(pg_timestamptz, extractor)
     assert cursor["type"] == "datetime"
@@ -230,8 +233,7 @@ async def test_postgresql_query_with_a_declared_tie_breaker(pg_timestamptz: Sour
         pg_timestamptz.engine.url,
         query=query,
         params={"skip": "none"},
-        incremental_column="changed_at",
-        tie_breaker="id",
+        incremental=Incremental("changed_at", tie_breaker="id"),
         chunk_size=3,
     )
     await ten_runs(pg_timestamptz, extractor)
@@ -243,21 +245,21 @@ async def test_postgresql_query_with_a_declared_tie_breaker(pg_timestamptz: Sour
 async def test_a_cursor_stored_before_tie_breakers_still_reads(sqlite_datetime: Source) -> None:
     sqlite_datetime.insert([0, 1, 1, 2])
     extractor = DatabaseExtractor(
-        sqlite_datetime.engine.url, table=sqlite_datetime.name, incremental_column="changed_at"
+        sqlite_datetime.engine.url, table=sqlite_datetime.name, incremental=Incremental("changed_at")
     )
     old = {"column": "changed_at", "value": (BASE + timedelta(minutes=1)).isoformat(), "type": "datetime"}
     assert await extract(extractor, old, 1) == [4]  # strictly after the value, as it was made
     cursor = extractor.next_cursor()
     assert cursor is not None and cursor["key_column"] == "id" and cursor["key"] == 4
     assert await extract(extractor, cursor, 2) == []
-    empty = DatabaseExtractor(sqlite_datetime.engine.url, table=sqlite_datetime.name, incremental_column="id")
+    empty = DatabaseExtractor(sqlite_datetime.engine.url, table=sqlite_datetime.name, incremental=Incremental("id"))
     assert await extract(empty, {"column": "id", "value": 9, "type": "int"}, 3) == []
     assert empty.next_cursor() == {"column": "id", "value": 9, "type": "int"}  # nothing read: passed on unchanged
 
 
 async def test_a_unique_cursor_column_needs_no_key(sqlite_datetime: Source) -> None:
     sqlite_datetime.insert([0, 1, 2])
-    extractor = DatabaseExtractor(sqlite_datetime.engine.url, table=sqlite_datetime.name, incremental_column="id")
+    extractor = DatabaseExtractor(sqlite_datetime.engine.url, table=sqlite_datetime.name, incremental=Incremental("id"))
     assert await extract(extractor, None, 1) == [1, 2, 3]
     cursor = extractor.next_cursor()
     assert cursor == {"column": "id", "value": 3, "type": "int", "key_column": "id"}
@@ -272,12 +274,12 @@ async def test_a_table_without_a_single_key_must_declare_a_tie_breaker(tmp_path:
         conn.execute(sa.text("CREATE TABLE pairs (a INTEGER, b INTEGER, ts TEXT, PRIMARY KEY (a, b))"))
         conn.execute(sa.text("INSERT INTO pairs VALUES (1, 1, 'x'), (1, 2, 'x'), (2, 1, 'y')"))
     engine.dispose()
-    extractor = DatabaseExtractor(url, table="pairs", incremental_column="ts")
+    extractor = DatabaseExtractor(url, table="pairs", incremental=Incremental("ts"))
     with pytest.raises(
         ConfigError, match=r"pipeline 'orders'.*table 'pairs'.*no single-column primary key.*tie_breaker="
     ):
         await extract(extractor, None, 1)
-    declared = DatabaseExtractor(url, table="pairs", incremental_column="ts", tie_breaker="b", chunk_size=1)
+    declared = DatabaseExtractor(url, table="pairs", incremental=Incremental("ts", tie_breaker="b"), chunk_size=1)
     read = [r async for c in declared.extract(ExtractContext(pipeline="orders", run_id="r1")) for r in c.records]
     assert [(r["a"], r["b"]) for r in read] == [(1, 1), (1, 2), (2, 1)]
     assert declared.next_cursor() == {
@@ -291,10 +293,10 @@ async def test_a_table_without_a_single_key_must_declare_a_tie_breaker(tmp_path:
 
 
 def test_an_incremental_query_must_declare_a_tie_breaker(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="an incremental query needs tie_breaker="):
-        DatabaseExtractor(f"sqlite:///{tmp_path / 'q.db'}", query="SELECT 1 AS ts", incremental_column="ts")
-    with pytest.raises(ConfigError, match="tie_breaker= needs incremental_column="):
-        DatabaseExtractor(f"sqlite:///{tmp_path / 'q.db'}", table="t", tie_breaker="id")
+    with pytest.raises(ConfigError, match=r"an incremental query needs Incremental\(tie_breaker=...\)"):
+        DatabaseExtractor(f"sqlite:///{tmp_path / 'q.db'}", query="SELECT 1 AS ts", incremental=Incremental("ts"))
+    with pytest.raises(ConfigError, match="tie_breaker must be a non-empty name"):
+        Incremental("ts", tie_breaker="")
 
 
 # --- two extractors in one pipeline -----------------------------------------------------------------------------
@@ -307,8 +309,8 @@ class Row(BaseModel):
 async def test_two_database_extractors_keep_their_own_cursors(tmp_path: Path) -> None:
     sources = [sqlite_text_source(tmp_path / str(i), "TEXT", iso_t) for i in (0, 1)]
     extractors = [
-        DatabaseExtractor(sources[0].engine.url, table=sources[0].name, incremental_column="changed_at"),
-        DatabaseExtractor(sources[1].engine.url, table=sources[1].name, incremental_column="id"),
+        DatabaseExtractor(sources[0].engine.url, table=sources[0].name, incremental=Incremental("changed_at")),
+        DatabaseExtractor(sources[1].engine.url, table=sources[1].name, incremental=Incremental("id")),
     ]
     sources[0].insert([5, 5, 6])
     sources[1].insert([1, 2])
@@ -337,11 +339,13 @@ async def test_two_database_extractors_keep_their_own_cursors(tmp_path: Path) ->
     # The service's own run reports both cursors, each under its extractor's index.
     register([Pipeline(name="two", extractors=extractors, loader=ConsoleLoader(), schema=Row)])
     ctx = make_context("extractor", JetlSettings())
-    ctx.broker.include_router(make_router(ctx))
+    slots = RunSlots(1, ack_wait=10)
+    ctx.broker.include_router(make_router(ctx, slots))
     events = capture(ctx.broker, [Kind.EVENTS])
     async with TestNatsBroker(ctx.broker) as br:
         req = RunRequest(pipeline="two", run_id="two-r1")
         await br.publish(req.model_dump_json().encode(), subjects.run_request("two"), stream="JETL_RUNS")
+        await slots.idle()
     done = orjson.loads(events[Kind.EVENTS][-1])
     assert done["type"] == "run.extracted" and done["records"] == 4 + 3
     assert done["cursor"]["extractors"]["0"]["key"] == 4 and done["cursor"]["extractors"]["1"]["value"] == 3

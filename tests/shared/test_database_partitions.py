@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from jetl.errors import ConfigError
 from jetl.extractors.database import DatabaseExtractor
+from jetl.extractors.incremental import Incremental
 from jetl.protocols import ExtractContext, Partition
 
 BASE = datetime(2025, 1, 4, 9, 0, 0)
@@ -99,7 +100,7 @@ def test_primary_key_ranges_hold_every_row_once_the_same_every_time(source: Tabl
 def test_incremental_window_ends_at_the_position_read_at_planning(source: Table) -> None:
     source.insert(range(1, 301))
     ex = DatabaseExtractor(
-        source.url, table=source.table.name, incremental_column="changed_at", partition_rows=64, chunk_size=30
+        source.url, table=source.table.name, incremental=Incremental("changed_at"), partition_rows=64, chunk_size=30
     )
     parts = plan(ex)
     reached = ex.next_cursor()

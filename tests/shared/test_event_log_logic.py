@@ -19,7 +19,8 @@ from jetl.events import (
     RunRequested,
     RunStarted,
 )
-from jetl.messages import DeadLetter, RunRequest
+from jetl.messages.deadletter import DeadLetter
+from jetl.messages.models import RunRequest
 from jetl.ops.backfill import retry_run_id, slot_attempts
 from jetl.ops.redrive import dead_letter_status, redrivable, redrive_run_id
 from jetl.projection import RunState, expected_rows, fold

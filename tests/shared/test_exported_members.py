@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import sys
 import types
+from pathlib import Path
+
+import pytest
 
 import jetl
 
@@ -52,5 +57,33 @@ def test_connectors_are_exported() -> None:
         "NextUrlPagination",
         "OffsetPagination",
         "PageNumberPagination",
+        "Retry",
+        "Limits",
+        # what a connector written outside jetl implements
+        "Check",
+        "Partition",
     ):
         assert name in jetl.__all__, name
+
+
+def test_the_type_checking_imports_are_the_exports() -> None:
+    """Type checkers read the `TYPE_CHECKING` imports, the package `_EXPORTS`: they must name the same things."""
+    tree = ast.parse(Path(jetl.__file__).read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test))
+    imported: dict[str, str] = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom) and node.module, ast.unparse(node)
+        for alias in node.names:
+            assert alias.asname == alias.name, f"{alias.name}: import it `as {alias.name}`, so it is re-exported"
+            imported[alias.name] = node.module
+    assert imported == jetl._EXPORTS
+
+
+def test_a_connector_without_its_extra_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in [m for m in sys.modules if m == "httpx" or m.startswith(("httpx.", "jetl.extractors.http"))]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "httpx", None)  # as if httpx were not installed
+    monkeypatch.delitem(vars(jetl), "HttpExtractor", raising=False)
+    with pytest.raises(ImportError, match=r"jetl\.HttpExtractor needs the 'http' extra .*pip install 'jetl\[http\]'"):
+        jetl.HttpExtractor  # noqa: B018
+    assert jetl.FileExtractor is not None  # connectors without an extra still load

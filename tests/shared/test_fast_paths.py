@@ -21,7 +21,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from jetl import ClickHouseLoader, LoadContext, LowCardinality
 from jetl.errors import TerminalError
 from jetl.loaders.clickhouse import close_clients
-from jetl.messages import Batch, compact_origins, decode_batch, decode_records, encode_batch
+from jetl.messages.models import Batch
+from jetl.messages.wire import compact_origins, decode_batch, decode_records, encode_batch
 from jetl.records import RecordsAdapter, from_ipc, to_ipc
 
 
@@ -267,7 +268,8 @@ def test_json_texts_travel_unparsed_and_read_back_with_what_is_not_a_record() ->
     """encode_records joins JSON texts as they are; read_records reads them in one call when they are all records,
     else text by text; dead_records keeps every element of such a batch, the unreadable ones as they were."""
     from jetl.errors import TerminalError
-    from jetl.messages import dead_records, encode_records, read_records
+    from jetl.messages.deadletter import dead_records
+    from jetl.messages.wire import encode_records, read_records
 
     texts = [b'{"a": 1}\n', b'{"a": 2}\r\n', b'{"a": 3}']
     body = encode_records([*texts, {"a": 4}])

@@ -116,7 +116,7 @@ async def test_jsonl_malformed_line_rejected_with_file_and_line(tmp_path: Path) 
 async def test_raw_json_passes_lines_unparsed_for_the_transformer_to_read(tmp_path: Path) -> None:
     """With ExtractContext.raw_json (what the extractor service asks for) JSON lines are not parsed: each chunk
     carries the lines themselves, numbered, and the same lines read back as the parsed records plus the rejects."""
-    from jetl.messages import encode_records, read_records
+    from jetl.messages.wire import encode_records, read_records
 
     path = tmp_path / "m.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"id": 1}\n\n{"id": 2\n[1, 2]\n  \r\n{"id": 3}, {"id": 4}\n{"id": 5}')

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from jetl import FileLoader, LoadContext
 from jetl.errors import ConfigError
-from jetl.messages import batch_id
+from jetl.messages.ids import batch_id
 from jetl.protocols import LineageLoader
 
 

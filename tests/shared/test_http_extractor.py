@@ -29,18 +29,27 @@ from jetl.extractors.http import (
     CursorPagination,
     HttpExtractor,
     Incremental,
+    Limits,
     LinkHeaderPagination,
     NextUrlPagination,
     OffsetPagination,
     PageNumberPagination,
+    Retry,
 )
 from jetl.extractors.http.retry import _retry_after
-from jetl.messages import dumps
+from jetl.messages.wire import dumps
 from jetl.protocols import Chunk, ExtractContext, Extractor
 from jetl.testing.contracts import ExtractorContract
 
 BASE = datetime(2024, 5, 1, tzinfo=UTC)
-FAST = {"backoff": 0.001, "max_backoff": 0.01}  # retries without waiting in tests
+
+
+def fast(**options: Any) -> Retry:
+    """Retries without waiting, for tests."""
+    return Retry(backoff=0.001, max_backoff=0.01, **options)
+
+
+FAST = {"retry": fast()}
 
 
 def stamp(i: int) -> str:
@@ -326,7 +335,9 @@ async def test_a_repeated_next_token_is_a_terminal_loop(api: FakeApi) -> None:
 
 
 async def test_max_pages_caps_a_run(api: FakeApi) -> None:
-    extractor = make(api, "/pages", records_path="data.items", paginate=PageNumberPagination(), max_pages=2)
+    extractor = make(
+        api, "/pages", records_path="data.items", paginate=PageNumberPagination(), limits=Limits(max_pages=2)
+    )
     assert ids(await collect(extractor)) == list(range(1, 21))
 
 
@@ -352,7 +363,9 @@ async def test_5xx_then_success_is_retried(api: FakeApi) -> None:
 
 async def test_5xx_past_max_retries_is_transient_naming_url_and_status(api: FakeApi) -> None:
     api.faults.append(Fault("page=2", Reply(503, b"down for maintenance"), times=99))
-    extractor = make(api, "/pages", records_path="data.items", paginate=PageNumberPagination(), max_retries=2, **FAST)
+    extractor = make(
+        api, "/pages", records_path="data.items", paginate=PageNumberPagination(), retry=fast(max_retries=2)
+    )
     with pytest.raises(TransientError) as info:
         await collect(extractor)
     message = str(info.value)
@@ -363,7 +376,7 @@ async def test_5xx_past_max_retries_is_transient_naming_url_and_status(api: Fake
 
 async def test_retry_after_beyond_the_limit_is_transient_at_once(api: FakeApi) -> None:
     api.faults.append(Fault("/items", Reply(429, b"", {"Retry-After": "3600"}), times=99))
-    extractor = make(api, "/items", max_retry_after=60, **FAST)
+    extractor = make(api, "/items", retry=fast(max_retry_after=60))
     with pytest.raises(TransientError, match="Retry-After 3600s, longer than max_retry_after=60s"):
         await collect(extractor)
     assert len(api.seen) == 1  # the bus redelivers later; this task does not sleep for an hour
@@ -428,7 +441,7 @@ async def test_nothing_listening_is_transient() -> None:
     with socket.socket() as probe:  # a port that was free a moment ago
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    extractor = HttpExtractor(f"http://127.0.0.1:{port}/items", max_retries=1, **FAST)
+    extractor = HttpExtractor(f"http://127.0.0.1:{port}/items", retry=fast(max_retries=1))
     with pytest.raises(TransientError, match=rf"GET http://127.0.0.1:{port}/items \(page 1\): ConnectError"):
         await collect(extractor)
 
@@ -553,7 +566,9 @@ async def test_post_sends_the_json_body(api: FakeApi) -> None:
 
 
 async def test_requests_per_second_spaces_the_requests(api: FakeApi) -> None:
-    extractor = make(api, "/pages", records_path="data.items", paginate=PageNumberPagination(), requests_per_second=20)
+    extractor = make(
+        api, "/pages", records_path="data.items", paginate=PageNumberPagination(), limits=Limits(requests_per_second=20)
+    )
     started = time.monotonic()
     await collect(extractor)
     assert len(api.seen) == 4
@@ -572,10 +587,8 @@ async def test_requests_per_second_spaces_the_requests(api: FakeApi) -> None:
         ({"method": "DELETE"}, "method must be GET or POST"),
         ({"json": {"a": 1}}, "a json body needs method='POST'"),
         ({"chunk_size": 0}, "chunk_size must be an integer of at least 1"),
-        ({"max_retries": -1}, "max_retries must be an integer of at least 0"),
-        ({"max_pages": 0}, "max_pages must be an integer of at least 1"),
-        ({"backoff": -1}, "backoff must be a number of seconds"),
-        ({"requests_per_second": 0}, "requests_per_second must be > 0"),
+        ({"retry": {"max_retries": 3}}, "is not a Retry"),
+        ({"limits": 5}, "is not a Limits"),
         ({"timeout": 0}, "timeout must be a number of seconds > 0"),
         ({"records_path": "data..items"}, "not a dotted path"),
         ({"paginate": "pages"}, "is not a Paginator"),
@@ -613,10 +626,16 @@ def test_bad_configuration_fails_at_construction(kwargs: dict[str, Any], message
         (lambda: PageNumberPagination(size=10), "both size_param and size"),
         (lambda: OffsetPagination(limit=0), "limit must be at least 1"),
         (lambda: CursorPagination(path=""), "not a dotted path"),
+        (lambda: Retry(max_retries=-1), "max_retries must be an integer of at least 0"),
+        (lambda: Retry(backoff=-1), "backoff must be a number of seconds"),
+        (lambda: Limits(max_pages=0), "max_pages must be an integer of at least 1"),
+        (lambda: Limits(requests_per_second=0), "requests_per_second must be > 0"),
+        (lambda: Limits(request_deadline=0), "request_deadline must be a number of seconds > 0"),
         (
             lambda: Incremental(param="since", field="ts", initial=[1]),
             "initial must be a string, number or datetime",
         ),
+        (lambda: HttpExtractor("http://api.test/x", incremental=Incremental("ts")), "Incremental needs param="),
     ],
 )
 def test_bad_parts_fail_at_construction(build: Any, message: str) -> None:
@@ -722,7 +741,7 @@ async def test_a_redirect_to_another_origin_carries_no_credentials(auth: Any) ->
 
 async def test_redirects_past_the_cap_are_a_terminal_error() -> None:
     hops = Hops({"api.test/a": moved("/b"), "api.test/b": moved("/a")})
-    extractor = HttpExtractor("http://api.test/a", max_redirects=3, transport=hops.transport())
+    extractor = HttpExtractor("http://api.test/a", limits=Limits(max_redirects=3), transport=hops.transport())
     with pytest.raises(TerminalError, match=r"pipeline 'api': GET http://api.test/a .*max_redirects=3"):
         await collect(extractor)
     assert len(hops.seen) == 4  # the request and three redirects, then it stops
@@ -747,15 +766,21 @@ async def test_a_response_over_max_response_bytes_is_refused(declared: bool) -> 
             return httpx.Response(200, content=big)
         return httpx.Response(200, content=stream())  # no Content-Length: counted as it arrives
 
-    extractor = HttpExtractor("http://api.test/big", max_response_bytes=5000, transport=httpx.MockTransport(handler))
+    extractor = HttpExtractor(
+        "http://api.test/big", limits=Limits(max_response_bytes=5000), transport=httpx.MockTransport(handler)
+    )
     with pytest.raises(TerminalError, match=r"pipeline 'api': GET http://api.test/big .*max_response_bytes=5000"):
         await collect(extractor)
-    roomy = HttpExtractor("http://api.test/big", max_response_bytes=len(big), transport=httpx.MockTransport(handler))
+    roomy = HttpExtractor(
+        "http://api.test/big", limits=Limits(max_response_bytes=len(big)), transport=httpx.MockTransport(handler)
+    )
     assert ids(await collect(roomy)) == list(range(100))
 
 
 async def test_more_pages_than_page_limit_is_an_error_not_a_quiet_stop(api: FakeApi) -> None:
-    extractor = make(api, "/pages", records_path="data.items", paginate=PageNumberPagination(), page_limit=2)
+    extractor = make(
+        api, "/pages", records_path="data.items", paginate=PageNumberPagination(), limits=Limits(page_limit=2)
+    )
     with pytest.raises(TerminalError, match=r"pipeline 'api': .*more than page_limit=2 pages"):
         await collect(extractor)
 
@@ -767,4 +792,4 @@ def test_limits_are_checked_at_construction() -> None:
         ({"page_limit": 0}, "page_limit must be an integer of at least 1"),
     ):
         with pytest.raises(ConfigError, match=message):
-            HttpExtractor("http://api.test/x", **kwargs)
+            Limits(**kwargs)

@@ -46,7 +46,7 @@ def windowed(requests: list[dict[str, str]], **kw: Any) -> HttpExtractor:
 
 def test_the_data_interval_splits_into_windows_each_paginated_on_its_own() -> None:
     requests: list[dict[str, str]] = []
-    ex = windowed(requests, window=timedelta(days=1), chunk_size=10)
+    ex = windowed(requests, partition_window=timedelta(days=1), chunk_size=10)
     ctx = ExtractContext(
         pipeline="p", run_id="r", data_interval_start=START, data_interval_end=START + timedelta(days=8)
     )
@@ -65,7 +65,7 @@ def test_the_data_interval_splits_into_windows_each_paginated_on_its_own() -> No
 
 
 def test_a_last_window_is_cut_at_the_interval_end_and_no_interval_is_not_split() -> None:
-    ex = windowed([], window=timedelta(hours=10))
+    ex = windowed([], partition_window=timedelta(hours=10))
     ctx = ExtractContext(
         pipeline="p", run_id="r", data_interval_start=START, data_interval_end=START + timedelta(days=1)
     )
@@ -77,8 +77,8 @@ def test_a_last_window_is_cut_at_the_interval_end_and_no_interval_is_not_split()
 
 def test_windows_are_refused_where_they_cannot_work() -> None:
     with pytest.raises(ConfigError, match="positive timedelta"):
-        windowed([], window=timedelta(0))
+        windowed([], partition_window=timedelta(0))
     with pytest.raises(ConfigError, match="needs interval_start_param"):
-        HttpExtractor("http://api.test/e", window=timedelta(days=1))
+        HttpExtractor("http://api.test/e", partition_window=timedelta(days=1))
     with pytest.raises(ConfigError, match="cannot go together"):
-        windowed([], window=timedelta(days=1), incremental=Incremental(param="since", field="at"))
+        windowed([], partition_window=timedelta(days=1), incremental=Incremental(param="since", field="at"))

@@ -8,7 +8,8 @@ from pydantic import ValidationError
 
 from jetl.errors import ConfigError, TerminalError
 from jetl.events import parse_event
-from jetl.messages import Batch, decode_batch, encode_batch
+from jetl.messages.models import Batch
+from jetl.messages.wire import decode_batch, encode_batch
 
 GOOD = {"pipeline": "p", "run_id": "p-1", "seq": 0, "schema_name": "Row", "schema_hash": "h", "count": 0}
 

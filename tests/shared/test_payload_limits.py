@@ -17,7 +17,9 @@ from jetl.events import (
     RunFailed,
     RunStarted,
 )
-from jetl.messages import Batch, DeadLetter, cut_body, fit_payload
+from jetl.messages.deadletter import DeadLetter
+from jetl.messages.models import Batch
+from jetl.messages.payload import cut_body, fit_payload
 from jetl.projection import RunState, fold
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from jetl import PostgresLoader
 from jetl.errors import ConfigError, TerminalError
-from jetl.messages import batch_id
+from jetl.messages.ids import batch_id
 from jetl.protocols import LineageLoader, LoadContext, Loader, Record, VersionedLoader, WriteSpec, log_version
 from jetl.testing.contracts import LoaderContract, VersionedLoaderContract
 

@@ -27,9 +27,9 @@ from jetl import (
     Pipeline,
     TypeTransformer,
 )
-from jetl.messages import encode_records
+from jetl.messages.wire import encode_records
 from jetl.records import from_ipc, records_adapter
-from jetl_transformer.handlers import arrow_path, run_transformers
+from jetl.transformers.chain import arrow_path, run_transformers
 
 
 class Flat(BaseModel):

@@ -21,13 +21,15 @@ from jetl import (
     subjects,
 )
 from jetl.errors import TerminalError
-from jetl.messages import Batch, decode_batch, encode_batch, encode_records
+from jetl.messages.models import Batch
+from jetl.messages.wire import decode_batch, encode_batch, encode_records
 from jetl.registry import register
 from jetl.runtime.service import make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
-from jetl_transformer.handlers import make_router, run_transformers
+from jetl.transformers.chain import run_transformers
+from jetl_transformer.handlers import make_router
 
 
 class Raw(BaseModel):

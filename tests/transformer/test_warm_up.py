@@ -35,9 +35,10 @@ def register_pipelines():
 
 SCRIPT = """
 import json, sys
-from jetl.messages import encode_records
+from jetl.messages.wire import encode_records
 from jetl.registry import get_pipeline
-from jetl_transformer.handlers import run_transformers, warm_up
+from jetl.transformers.chain import run_transformers
+from jetl_transformer.handlers import warm_up
 
 warm_up()
 before = set(sys.modules)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from jetl.messages import PAYLOAD_HEADROOM, compact_origins, encode_records, fit_payload, item_size
+from jetl.messages.payload import PAYLOAD_HEADROOM, fit_payload, item_size
+from jetl.messages.wire import compact_origins, encode_records
 from jetl.protocols import Chunk
 
 Send = Callable[

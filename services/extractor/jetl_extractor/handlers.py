@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -30,21 +31,15 @@ from jetl.events import (
     RunStarted,
 )
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import (
-    MALFORMED_INPUT,
-    Batch,
-    DeadLetter,
-    PartitionWork,
-    RunRequest,
-    dumps,
-    too_large,
-    utcnow,
-)
+from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter, DeadRecord
+from jetl.messages.models import Batch, PartitionWork, RunRequest, utcnow
+from jetl.messages.payload import too_large
+from jetl.messages.wire import dumps
 from jetl.positions import cursor_of, joined_cursor
-from jetl.protocols import Chunk, ExtractContext, Partition
+from jetl.protocols import Chunk, ExtractContext, Partition, PartitionedExtractor
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
-from jetl.runtime.service import ServiceContext, stage_subscriber
+from jetl.runtime.service import ServiceContext, keep_alive, stage_subscriber
 from jetl.runtime.stage import decide_ack
 from jetl.state import add_active, get_cursor, get_run, unfinished_runs
 from jetl_extractor.batching import Batcher
@@ -52,7 +47,7 @@ from jetl_extractor.partitions import plan_partitions, publish_plan
 from jetl_extractor.resend import Resend
 from jetl_extractor.settings import ExtractorSettings
 
-__all__ = ["cursor_of", "handle_run_request", "joined_cursor", "make_router"]
+__all__ = ["RunSlots", "cursor_of", "handle_run_request", "joined_cursor", "make_router"]
 
 log = get_logger("jetl.extractor")
 IN_PROGRESS_EVERY_S = 10.0
@@ -137,9 +132,8 @@ class Extraction:
             raise TerminalError(f"pipeline {p.name!r} has no extractor #{work.extractor} (partition {work.partition})")
         extractor = p.extractors[work.extractor]
         at = replace(ectx, cursor=cursor_of(work.cursor, work.extractor))
-        extract_partition = getattr(extractor, "extract_partition", None)
-        if extract_partition is not None and work.spec:
-            chunks = extract_partition(at, Partition(work.spec))
+        if isinstance(extractor, PartitionedExtractor) and work.spec:
+            chunks = extractor.extract_partition(at, Partition(work.spec))
         else:
             chunks = extractor.extract(at)
         async for chunk in chunks:
@@ -232,9 +226,7 @@ class Extraction:
                         stage="extract",
                         reason=f"{len(bad)} unreadable record(s); first: {bad[0][0]}: {bad[0][1]}",
                         error_type=MALFORMED_INPUT,
-                        records=[
-                            {"index": None, "origin": o, "field": None, "message": m, "record": None} for o, m in bad
-                        ],
+                        records=[DeadRecord(index=None, origin=o, field=None, message=m, record=None) for o, m in bad],
                     )
                 )
             if rejected:
@@ -320,16 +312,55 @@ async def _already_completed(ctx: ServiceContext, req: RunRequest) -> bool:
     return state is not None and state.status == "completed"
 
 
-def make_router(ctx: ServiceContext) -> NatsRouter:
-    """The extractor's one subscriber: the shared durable pull consumer on JETL_RUNS."""
+class RunSlots:
+    """The runs (or partitions) one extractor process works on at once, up to `ExtractorSettings.concurrent_runs`.
+
+    A run extracts in a slot of its own, beside the consume loop, so an API that answers slowly holds one slot, not
+    the extractor: runs of other pipelines go on. The consume loop waits for a free slot before it takes the next
+    request (the rest stay in JetStream, for other replicas). A request in a slot is kept alive by its own
+    in_progress() beats (`keep_alive`), since the consume loop has moved on. Runs of one cursor-keeping pipeline
+    still never overlap: the second is refused (`_refuse_overlap`), here as across replicas.
+    """
+
+    def __init__(self, size: int, ack_wait: float) -> None:
+        self._free = asyncio.Semaphore(size)
+        self._ack_wait = ack_wait
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def start(self, msg: Any, work: Callable[[], Awaitable[None]]) -> None:
+        """Wait for a free slot, then run `work` (which settles `msg`) in it; returns once it has started."""
+        await self._free.acquire()
+        task = asyncio.create_task(self._run(msg, work))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, msg: Any, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            async with keep_alive([msg], self._ack_wait, lambda: 0):
+                await work()
+        except Exception as exc:  # handle_run_request settles every error itself: this is a bug, kept visible
+            log.error("run slot failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._free.release()
+
+    async def idle(self) -> None:
+        """Wait until every slot is free (a test's end, a stopping service)."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def make_router(ctx: ServiceContext, slots: RunSlots | None = None) -> NatsRouter:
+    """The extractor's one subscriber: the shared durable pull consumer on JETL_RUNS, each request extracted in a
+    slot of `slots` (by default `concurrent_runs` of them)."""
     settings = ctx.settings if isinstance(ctx.settings, ExtractorSettings) else ExtractorSettings()
+    slots = slots or RunSlots(settings.concurrent_runs, ctx.settings.nats.ack_wait)
     heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
     router = NatsRouter()
 
     stage_subscriber(
         router,
         "extractor",
-        lambda raw: handle_run_request(ctx, raw, settings.publish_concurrency),
+        lambda raw: slots.start(raw, lambda: handle_run_request(ctx, raw, settings.publish_concurrency)),
         fetch_batch=settings.fetch_batch,
         fetch_timeout=settings.fetch_timeout,
     )
@@ -337,7 +368,7 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
     return router
 
 
-async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8) -> None:
+async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int) -> None:
     """Extract one run, or one partition of one (told apart by subject, each read by its model); decide the
     message's ack by the error taxonomy."""
     work: PartitionWork | None = None
@@ -356,14 +387,13 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int = 8
     with bound_contextvars(pipeline=req.pipeline, run_id=req.run_id):
         error: BaseException | None = None
         try:
-            if work is not None:  # kept alive by the stage's in_progress() beats (jetl.runtime.service.keep_alive)
+            if work is not None:  # kept alive by its slot's in_progress() beats (RunSlots)
                 await Extraction(ctx, req, raw, concurrency, work).run()
             elif await _already_completed(ctx, req):
                 log.info("run already completed; request ignored (use --force to run it again)")
             else:
                 await _refuse_overlap(ctx, req)
-                # the run request is kept alive while this runs by the stage's in_progress() beats
-                # (jetl.runtime.service.keep_alive)
+                # the run request is kept alive while this runs by its slot's in_progress() beats (RunSlots)
                 if req.replay_of is not None or req.redrive:
                     await Resend(ctx, req).run()  # batches from the log: a replay or a redrive
                 else:

@@ -12,10 +12,10 @@ from jetl import subjects
 from jetl.bus import Bus
 from jetl.events import RunPartitioned
 from jetl.logging import get_logger
-from jetl.messages import PartitionWork, RunRequest
+from jetl.messages.models import PartitionWork, RunRequest
 from jetl.pipeline import Pipeline
 from jetl.positions import cursor_of, joined_cursor
-from jetl.protocols import ExtractContext, Extractor, Partition
+from jetl.protocols import ExtractContext, Extractor, Partition, PartitionedExtractor, keeps_cursor
 
 log = get_logger("jetl.extractor")
 
@@ -29,12 +29,13 @@ async def plan_partitions(extractors: Sequence[Extractor], ectx: ExtractContext,
     exactly once, when the run completes."""
     plan: Plan = []
     for index, extractor in enumerate(extractors):
-        planner = getattr(extractor, "partitions", None)
         at = replace(ectx, cursor=cursor_of(cursor, index))
         # may scan a file for line numbers, or query a table's keys; None: not partitioned as configured
-        parts: list[Partition] | None = None if planner is None else await asyncio.to_thread(planner, at)
+        parts: list[Partition] | None = None
+        if isinstance(extractor, PartitionedExtractor):
+            parts = await asyncio.to_thread(extractor.partitions, at)
         if parts is None:
-            if getattr(extractor, "keeps_cursor", False):
+            if keeps_cursor(extractor):
                 return []
             plan.append((index, None))
             continue

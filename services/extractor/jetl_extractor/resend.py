@@ -25,18 +25,10 @@ from jetl.errors import TerminalError
 from jetl.eventlog import read_stream
 from jetl.events import BatchExtracted, RunExtracted, RunStarted
 from jetl.logging import get_logger
-from jetl.messages import (
-    MALFORMED_INPUT,
-    PAYLOAD_HEADROOM,
-    Batch,
-    DeadLetter,
-    RunRequest,
-    decode_batch,
-    fit_payload,
-    item_size,
-    read_records,
-    utcnow,
-)
+from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
+from jetl.messages.models import Batch, RunRequest, utcnow
+from jetl.messages.payload import PAYLOAD_HEADROOM, fit_payload, item_size
+from jetl.messages.wire import decode_batch, read_records
 from jetl.protocols import log_version
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext

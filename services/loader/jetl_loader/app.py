@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from faststream import FastStream
 
+from jetl.protocols import ReachableLoader
 from jetl.redact import redact_text
 from jetl.registry import on_reload
 from jetl.runtime.service import ServiceContext, build_app
@@ -24,17 +24,11 @@ def check_destinations(ctx: ServiceContext) -> str:
         where = p.loader.describe()
         if where in seen:
             continue
-        client = getattr(p.loader, "client", None)
-        root = getattr(p.loader, "root", None)
-        if callable(client) and getattr(p.loader, "dsn", None):
+        if isinstance(p.loader, ReachableLoader):
             try:
-                client().command("SELECT 1")
+                p.loader.reach()
             except Exception as exc:  # the driver's text may quote the DSN: `jetl health` shows it redacted
                 raise OSError(f"{where}: {redact_text(str(exc), ctx.settings.clickhouse.password)}") from None
-        elif isinstance(root, Path):
-            probe = root if root.exists() else root.parent
-            if not probe.is_dir():
-                raise OSError(f"{where}: neither the folder nor its parent exists")
         seen.append(where)
     return f"reachable: {', '.join(seen)}" if seen else "no destinations (no pipelines)"
 

@@ -36,8 +36,17 @@ from jetl import subjects
 from jetl.errors import ConfigError, TerminalError, TransientError, classify
 from jetl.loaders.versions import run_view
 from jetl.logging import get_logger
-from jetl.messages import Token
-from jetl.protocols import VERSION, KeyedLoader, LineageLoader, QueryableLoader, RunView, VersionedLoader
+from jetl.messages.ids import Token
+from jetl.protocols import (
+    VERSION,
+    CountingLoader,
+    KeyedLoader,
+    LineageLoader,
+    MergingLoader,
+    QueryableLoader,
+    RunView,
+    VersionedLoader,
+)
 from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext
 from jetl.state import get_run, list_runs
@@ -142,7 +151,8 @@ def count(pipeline_name: str, runs: RunView | None = None) -> dict[str, Any]:
     distinct primary keys when the pipeline declares one."""
     p = get_pipeline(pipeline_name)
     loader = p.loader
-    exact = getattr(loader, "mode", "append") != "merge" and not p.primary_key  # a key's older rows merge away
+    merges = isinstance(loader, MergingLoader) and loader.mode == "merge"
+    exact = not merges and not p.primary_key  # a key's older rows merge away
     keyed: dict[str, Any] = {"key": list(p.primary_key), "keys": None}
     if p.primary_key and isinstance(loader, KeyedLoader):
         keyed["keys"] = loader.distinct_keys(pipeline_name)
@@ -152,8 +162,7 @@ def count(pipeline_name: str, runs: RunView | None = None) -> dict[str, Any]:
         by_run = loader.rows_by_run(pipeline_name)
         total: int | None = sum(by_run.values())
         return {"destination": loader.describe(), "total": total, "by_run": by_run, "exact": exact, **keyed}
-    counter = getattr(loader, "count", None)
-    total = int(counter()) if callable(counter) else None
+    total = int(loader.count()) if isinstance(loader, CountingLoader) else None
     return {"destination": loader.describe(), "total": total, "by_run": None, "exact": exact, **keyed}
 
 

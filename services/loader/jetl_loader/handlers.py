@@ -9,11 +9,10 @@ from faststream.nats import NatsRouter
 
 from jetl.errors import SchemaMismatch
 from jetl.events import BatchLoaded
+from jetl.loaders.batch import load_replacing_parent
 from jetl.logging import bound_contextvars, get_logger
-from jetl.messages import Batch
 from jetl.pipeline import Pipeline
-from jetl.protocols import LoadContext
-from jetl.records import from_ipc, records_adapter
+from jetl.protocols import OpenableLoader
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
@@ -29,35 +28,8 @@ log = get_logger("jetl.loader")
 def open_loaders(ctx: ServiceContext) -> None:
     """Bind every pipeline's loader to the configured destination (ClickHouse DSN, credentials)."""
     for p in ctx.pipelines.values():
-        opener = getattr(p.loader, "open", None)
-        if callable(opener):
-            opener(ctx.settings.clickhouse_dsn, ctx.settings.clickhouse)
-
-
-def write(pipeline: Pipeline, batch: Batch, body: bytes, shadows: lineage.Shadows) -> int:
-    """Validate the batch against the schema (whole batch at once), then write it with its batch id."""
-    adapter = records_adapter(pipeline.schema)
-    lctx = LoadContext(
-        pipeline=batch.pipeline,
-        run_id=batch.run_id,
-        batch_id=batch.batch_id,
-        schema=pipeline.schema,
-        part_id=batch.part_id,
-        version=batch.version,
-    )
-    dest = shadows.destination(pipeline, batch)
-    load_arrow = getattr(dest, "load_arrow", None)
-    if batch.encoding == "arrow":
-        table = from_ipc(body)
-        if callable(load_arrow):  # typed columns: checking their types is validating them (jetl.records)
-            adapter.check_arrow(table)
-            n: int = load_arrow(table, lctx)
-        else:
-            n = dest.load(adapter.validate_python(table.to_pylist()), lctx)
-    else:
-        n = dest.load(adapter.validate_json(body), lctx)  # model_dump()'s dicts, no model objects
-    lineage.supersede(pipeline, batch)  # a replayed batch replaces its parent's, once it is itself written
-    return n
+        if isinstance(p.loader, OpenableLoader):
+            p.loader.open(ctx.settings.clickhouse_dsn, ctx.settings.clickhouse)
 
 
 async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Shadows) -> None:
@@ -79,7 +51,9 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
                     f"{batch.schema_hash}, the pipeline declares {pipeline.schema_hash}"
                 )
             await lineage.check_supersedes(ctx.kv, batch)  # before anything is written: a forgery deletes nothing
-            n = await asyncio.to_thread(write, pipeline, batch, body, shadows)
+            n = await asyncio.to_thread(
+                lambda: load_replacing_parent(pipeline, batch, body, shadows.destination(pipeline, batch))
+            )
             await ctx.bus.event(BatchLoaded(**base, records=n, destination=pipeline.loader.describe()))
             ctx.count("batches_loaded")
             ctx.count("records_loaded", n)

@@ -2,11 +2,12 @@
 
 - `shadow` batches (a `jetl replay --diff`) are written to the loader's shadow for their run (a side table or
   folder), never the real destination.
-- A replayed batch without --diff `supersedes` its parent's batch: it is written first, then the parent batch's rows
-  are removed. Both steps are idempotent (dedup token / part file name; deleting what is gone is a no-op), so a crash
-  between them is repaired by the redelivery: never a gap, never a duplicate once the batch is acked. This is the
-  same for append and merge tables: a replay replaces its parent batch by batch, including rows the new code no
-  longer produces. A loader without lineage (the console) just writes; nothing it printed can be taken back.
+- A replayed batch without --diff `supersedes` its parent's batch: it is written first, then the parent batch's rows are
+  removed (`jetl.loaders.batch.load_replacing_parent`). Both steps are idempotent (dedup token / part file name;
+  deleting what is gone is a no-op), so a crash between them is repaired by the redelivery: never a gap, never a
+  duplicate once the batch is acked. This is the same for append and merge tables: a replay replaces its parent batch by
+  batch, including rows the new code no longer produces. A loader without lineage (the console) just writes; nothing it
+  printed can be taken back.
 
 A batch's `supersedes` comes over the bus, so before it deletes anything the loader checks it against the run
 state (`check_supersedes`): the batch's run is a replay, and `supersedes` is a batch of that replay's own parent.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from nats.js.kv import KeyValue
 
 from jetl.errors import ConfigError, TerminalError, TransientError
-from jetl.messages import Batch
+from jetl.messages.models import Batch
 from jetl.pipeline import Pipeline
 from jetl.protocols import LineageLoader, Loader
 from jetl.state import get_batch, get_run
@@ -53,14 +54,6 @@ class Shadows:
                 self._by_run.clear()
             self._by_run[key] = lineage(pipeline).shadow(batch.run_id)
         return self._by_run[key]
-
-
-def supersede(pipeline: Pipeline, batch: Batch) -> None:
-    """After a replayed batch is written to the real destination, remove the parent batch it replaces: once, with
-    the last part of a batch in parts (they are published in order, so that part usually comes last)."""
-    last = batch.part == batch.parts - 1
-    if batch.supersedes and last and not batch.shadow and isinstance(pipeline.loader, LineageLoader):
-        pipeline.loader.remove_batch(batch.pipeline, batch.supersedes)
 
 
 async def check_supersedes(kv: KeyValue | None, batch: Batch) -> None:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from jetl import metrics
 from jetl.logging import get_logger
-from jetl.messages import RunRequest
+from jetl.messages.models import RunRequest
 from jetl.pipeline import Pipeline
 from jetl.runtime.service import ServiceContext
 from jetl.schedule import Cron, run_id_for

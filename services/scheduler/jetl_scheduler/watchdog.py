@@ -24,7 +24,9 @@ from jetl import subjects
 from jetl.errors import TerminalError
 from jetl.events import BatchRejected, RunFailed
 from jetl.logging import get_logger
-from jetl.messages import DeadLetter, RunRequest, decode_batch, utcnow
+from jetl.messages.deadletter import DeadLetter
+from jetl.messages.models import RunRequest, utcnow
+from jetl.messages.wire import decode_batch
 from jetl.projection import RunState
 from jetl.runtime.service import ServiceContext
 from jetl.runtime.stage import decide_ack, gave_up

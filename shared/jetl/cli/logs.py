@@ -10,16 +10,16 @@ from jetl.cli._app import app, progress, run_async, settings
 from jetl.cli._output import console, die, err_console, print_json
 from jetl.ops.logs import read_logs
 
-_LOG_KEYS = ("timestamp", "service", "level", "event", "pipeline", "run_id")
+_LOG_KEYS = ("timestamp", "host", "service", "level", "event", "pipeline", "run_id")
 
 
 def format_log_line(line: dict[str, Any]) -> str:
-    """`2026-11-25T10:00:01.123Z extractor   info   run extracted  batches=3 records=2000`."""
+    """`2026-11-25T10:00:01.123Z host-a extractor   info   run extracted  batches=3 records=2000`: the host is the
+    one that wrote the line (a run's lines come from every host that ran a stage of it)."""
     extra = " ".join(f"{k}={v}" for k, v in line.items() if k not in _LOG_KEYS)
     ts = str(line.get("timestamp", ""))
-    return (
-        f"{ts:<27} {line.get('service', '?'):<11} {line.get('level', ''):<7} {line.get('event', '')}  {extra}".rstrip()
-    )
+    where = f"{line.get('host', '?')} {line.get('service', '?'):<11}"
+    return f"{ts:<27} {where} {line.get('level', ''):<7} {line.get('event', '')}  {extra}".rstrip()
 
 
 @app.command()

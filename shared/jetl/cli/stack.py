@@ -67,8 +67,9 @@ def up(
 
     Writes the stack context (<data>/context.json, owner-only), so commands in another shell, in this folder or
     below it, find the stack with nothing exported; keeps the NATS port from start to start while it is free.
-    A service that dies is restarted with backoff (its exit code and the end of its log are printed); a crash loop
-    (5 crashes in 60 s) stops the stack with exit 1. A pipeline module that fails to load is skipped and reported.
+    A service or nats-server that dies is restarted with backoff (its exit code and the end of its log are printed);
+    a crash loop (5 crashes in 60 s) stops the stack with exit 1. A pipeline module that fails to load is skipped
+    and reported.
 
     Scale the stage that limits throughput with --scale: its processes bind the same durable consumer.
 
@@ -139,6 +140,7 @@ def write_context(stack: Stack) -> Path:
         password=password,
         data_dir=stack.data_dir,
         pipelines_dir=stack.pipelines_dir.resolve(),
+        stream_replicas=int(stack.extra_env["JETL_NATS__STREAM_REPLICAS"]) if stack.cluster is not None else None,
     )
     return ctx.save()
 
@@ -158,7 +160,7 @@ def supervise(stack: Stack) -> None:
         while not stop:
             for r in supervisor.poll():
                 err_console.print(
-                    f"[red]service {r.name} exited with code {r.exit_code}[/red]; restarting it in {r.delay:.1f}s "
+                    f"[red]{r.what} exited with code {r.exit_code}[/red]; restarting it in {r.delay:.1f}s "
                     f"(restart {r.restarts}). The end of its log from this start:",
                     highlight=False,
                 )

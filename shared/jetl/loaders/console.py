@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jetl.errors import ConfigError
-from jetl.messages import dumps
+from jetl.messages.wire import dumps
 from jetl.protocols import Check, LoadContext, Record
 
 if TYPE_CHECKING:

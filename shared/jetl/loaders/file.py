@@ -42,7 +42,8 @@ from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError, DestinationUnavailable
 from jetl.loaders import versions
-from jetl.messages import dumps, split_batch_id
+from jetl.messages.ids import split_batch_id
+from jetl.messages.wire import dumps
 from jetl.protocols import DELETED, VERSION, Check, Diff, LoadContext, Loader, Record, RunView, WriteSpec
 from jetl.subjects import check_token
 
@@ -158,6 +159,12 @@ class FileLoader:
             return Check("error", f"{self.root} is a file, not a folder")
         return Check("ok", self.describe())
 
+    def reach(self) -> None:
+        """Raise OSError when neither the folder nor its parent exists (the first batch creates the folder)."""
+        probe = self.root if self.root.exists() else self.root.parent
+        if not probe.is_dir():
+            raise OSError("neither the folder nor its parent exists")
+
     def check_schema(self, model: type[BaseModel]) -> None:
         """Fail at start-up when the partition field is not in the model."""
         if self.partition_by and self.partition_by not in model.model_fields:
@@ -242,7 +249,9 @@ class FileLoader:
         import pyarrow.parquet as pq
 
         if schema is None:
-            table = pa.Table.from_pylist([{k: _plain(v) for k, v in r.items() if k != drop} for r in records])
+            plain = [{k: _plain(v) for k, v in r.items() if k not in (drop, VERSION)} for r in records]
+            table = pa.Table.from_pylist(plain)  # the versions may not fit int64, which Arrow would infer
+            table = table.append_column(VERSION, pa.array([r[VERSION] for r in records], type=pa.uint64()))
         else:
             fields = {
                 n: _arrow_field(f.annotation, list(f.metadata)) for n, f in schema.model_fields.items() if n != drop

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypedDict
 
-from jetl.messages import RunRequest
+from jetl.messages.models import RunRequest
 from jetl.projection import RunState
 from jetl.schedule import Slot
 

@@ -15,16 +15,13 @@ from jetl.settings import JetlSettings
 def check_pipeline(p: Pipeline, s: JetlSettings) -> list[tuple[str, str, str]]:
     """(check, ok|warn|error, detail) for one imported pipeline: schema chain, schedule, connectors."""
     from jetl.pipeline import output_fields, required_inputs
+    from jetl.protocols import declares_fields
     from jetl.schedule import run_id_for
 
     out: list[tuple[str, str, str]] = []
     fields = output_fields(p.transformers)
     if fields is None:
-        opaque = [
-            type(t).__name__
-            for t in p.transformers
-            if not callable(getattr(t, "output_fields", None)) and not callable(getattr(t, "output_schema", None))
-        ]
+        opaque = [type(t).__name__ for t in p.transformers if not declares_fields(t)]
         if opaque:
             out.append(("schema chain", "warn", f"not checkable before a run: opaque step(s) {', '.join(opaque)}"))
         elif p.transformers:

@@ -28,7 +28,8 @@ from jetl.errors import ConfigError, TransientError, WaitTimedOut, classify
 from jetl.eventlog import read_events, read_stream, tail
 from jetl.events import Event, OperatorAction, RunCancelled, RunCompleted, RunFailed, parse_event
 from jetl.loaders.versions import run_view
-from jetl.messages import DeadLetter, RunRequest, Trigger
+from jetl.messages.deadletter import DeadLetter
+from jetl.messages.models import RunRequest, Trigger
 from jetl.ops.backfill import BackfillOptions, run_slots
 from jetl.ops.deadletters import letters_at
 from jetl.ops.destination import DestinationCount, QueryResult, ask_loader

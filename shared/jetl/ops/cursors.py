@@ -16,6 +16,7 @@ from jetl.errors import ConfigError
 from jetl.events import CursorChanged
 from jetl.pipeline import Pipeline
 from jetl.positions import EACH
+from jetl.protocols import SeekableExtractor, keeps_cursor
 from jetl.state import delete_cursor, get_cursor, put_cursor, unfinished_runs
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def parse_value(text: str) -> Any:
 
 
 def _incremental(p: Pipeline) -> list[int]:
-    return [i for i, e in enumerate(p.extractors) if getattr(e, "keeps_cursor", False)]
+    return [i for i, e in enumerate(p.extractors) if keeps_cursor(e)]
 
 
 def pick_extractor(p: Pipeline, index: int | None) -> int:
@@ -74,7 +75,8 @@ def pick_extractor(p: Pipeline, index: int | None) -> int:
 
 def cursor_field(p: Pipeline, index: int) -> str:
     """The record field extractor `index`'s cursor follows (its `cursor_field`)."""
-    name = getattr(p.extractors[index], "cursor_field", None)
+    extractor = p.extractors[index]
+    name = extractor.cursor_field if isinstance(extractor, SeekableExtractor) else None
     if not isinstance(name, str):
         raise ConfigError(f"pipeline {p.name!r}: extractor {index} does not say which field its cursor follows")
     return name
@@ -151,10 +153,10 @@ async def set_cursor(
     """Seed extractor `extractor`'s cursor so its next run reads only what comes strictly after `value` (and
     `key`, the tie-breaker's value: None takes every row at `value` as read)."""
     index = pick_extractor(p, extractor)
-    make = getattr(p.extractors[index], "cursor_at", None)
-    if not callable(make):
+    seekable = p.extractors[index]
+    if not isinstance(seekable, SeekableExtractor):
         raise ConfigError(f"pipeline {p.name!r}: extractor {index} cannot be given a cursor value")
-    part = make(value, key)
+    part = seekable.cursor_at(value, key)
     stored = await get_cursor(await jc.kv(), p.name)
     return await _change(jc, p, "set", with_part(p, stored, index, part), by, reason)
 
@@ -167,7 +169,8 @@ async def set_from_destination(
     row at the largest value counts as loaded."""
     index = pick_extractor(p, extractor)
     name = cursor_field(p, index)
-    tie = getattr(p.extractors[index], "cursor_tie_breaker", None)
+    seekable = p.extractors[index]
+    tie = seekable.cursor_tie_breaker if isinstance(seekable, SeekableExtractor) else None
     if tie is None and len(p.primary_key) == 1:
         tie = p.primary_key[0]
     tie = tie if isinstance(tie, str) and tie in p.schema.model_fields else None

@@ -17,7 +17,7 @@ from nats.js.errors import NotFoundError
 from jetl import subjects
 from jetl.errors import RecordIssue
 from jetl.eventlog import read_from
-from jetl.messages import DeadLetter
+from jetl.messages.deadletter import DeadLetter, DeadRecord
 from jetl.subjects import Kind
 
 
@@ -53,16 +53,17 @@ def letter_rows(seq: int, dl: DeadLetter, why: str | None) -> list[dict[str, Any
     ]
 
 
-def record_reason(dl: DeadLetter, rec: dict[str, Any]) -> str:
+def record_reason(dl: DeadLetter, rec: DeadRecord) -> str:
     """One dead record's reason, as the letter would give it were that record its first (pipeline, origin, field)."""
-    if not rec.get("message"):
+    index, message = rec.get("index"), rec.get("message")
+    if not message:
         return dl.reason
-    if rec.get("index") is None:  # input that was never a record: where it was, and why
-        return f"pipeline {dl.pipeline!r}: {rec.get('origin') or dl.batch_id}: {rec['message']}"
-    return RecordIssue(rec["index"], rec.get("field") or "", rec["message"], rec.get("origin")).describe(dl.pipeline)
+    if index is None:  # input that was never a record: where it was, and why
+        return f"pipeline {dl.pipeline!r}: {rec.get('origin') or dl.batch_id}: {message}"
+    return RecordIssue(index, rec.get("field") or "", message, rec.get("origin")).describe(dl.pipeline)
 
 
-def reason_of(dl: DeadLetter, rec: dict[str, Any]) -> str:
+def reason_of(dl: DeadLetter, rec: DeadRecord) -> str:
     """What a record was rejected for, without where: the stage, the field and the message (what groups share)."""
     fld = rec.get("field")
     msg = str(rec.get("message") or dl.error_type)

@@ -11,7 +11,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from jetl.messages import MALFORMED_INPUT, OVERSIZED_RECORD, DeadLetter
+from jetl.messages.deadletter import MALFORMED_INPUT, OVERSIZED_RECORD, DeadLetter
 from jetl.projection import RunState
 from jetl.state import bucket_keys, get_run
 

@@ -10,7 +10,9 @@ from jetl import metrics
 from jetl.errors import TerminalError, classify
 from jetl.events import BatchRejected, RunFailed
 from jetl.logging import get_logger
-from jetl.messages import Batch, DeadLetter, decode_batch
+from jetl.messages.deadletter import DeadLetter
+from jetl.messages.models import Batch
+from jetl.messages.wire import decode_batch
 from jetl.runtime.service import ServiceContext
 from jetl.subjects import Kind, Stage, pattern
 from jetl.topology import MAX_DELIVER

@@ -16,15 +16,15 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from jetl.access import write_private
 from jetl.errors import ConfigError, TransientError
-from jetl.stack._process import free_port, nats_server_binary, stop_process, wait_listening
+from jetl.stack._process import Child, free_port, nats_server_binary, stop_process, wait_listening
 
 
 @dataclass
-class ClusterNode:
+class ClusterNode(Child):
     """One nats-server of a cluster; its ports and store survive a restart, so it rejoins as the same member."""
 
     name: str
@@ -36,6 +36,14 @@ class ClusterNode:
     prefix: list[str] = field(default_factory=list)
     """Prepended to the nats-server command line (e.g. `ip netns exec NS` to run it inside a namespace)."""
     proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+    """The node's own log file."""
+    log_offset: int = 0
+    _config: str = ""
+    """The config of its last start, which a restart reuses."""
+
+    def __post_init__(self) -> None:
+        self.log_path = self.store_dir / "nats-server.log"
 
     @property
     def url(self) -> str:
@@ -46,11 +54,6 @@ class ClusterNode:
     def route(self) -> str:
         """nats-route://<host>:<cluster port>, what the other nodes dial."""
         return f"nats-route://{self.host}:{self.cluster_port}"
-
-    @property
-    def log_path(self) -> Path:
-        """The node's own log file."""
-        return self.store_dir / "nats-server.log"
 
     def allocate(self) -> None:
         """Pick free ports once; a restart keeps them."""
@@ -76,18 +79,21 @@ class ClusterNode:
         self, cluster_name: str, routes: list[str], max_payload_mb: int, authorization: str = "", timeout: float = 15.0
     ) -> None:
         """Start (or restart) the process and wait until it accepts clients."""
+        self._config = self.config(cluster_name, routes, max_payload_mb, authorization)
+        self._launch(timeout)
+
+    def _launch(self, timeout: float) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats.conf"
-        write_private(conf, self.config(cluster_name, routes, max_payload_mb, authorization))  # may hold passwords
-        log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [*self.prefix, nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
-        )
+        write_private(conf, self._config)  # it may hold passwords
+        self.spawn([*self.prefix, nats_server_binary(), "-c", str(conf)])
+        assert self.proc is not None
         wait_listening(self.host, self.port, self.proc, timeout)
 
-    def alive(self) -> bool:
-        """The process is running."""
-        return self.proc is not None and self.proc.poll() is None
+    def restart(self, restarts: int) -> None:
+        """Start it again with the config of its last start: same ports and store, so it rejoins as the same member
+        and catches up from its peers."""
+        self._launch(15.0)
 
     def stop(self, kill: bool = False) -> None:
         """SIGTERM (lame-duck shutdown) or SIGKILL (a crash)."""

@@ -19,13 +19,13 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
 from jetl.errors import ConfigError, JetlError
 from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
-from jetl.stack._process import free_port, nats_server_binary, stop_process, wait_listening
+from jetl.stack._process import Child, free_port, nats_server_binary, stop_process, wait_listening
 from jetl.stack.cluster import NatsCluster
 from jetl.topology import Change, declare
 
@@ -38,7 +38,7 @@ SERVICES = ("extractor", "transformer", "loader", "scheduler")
 
 
 @dataclass
-class NatsServer:
+class NatsServer(Child):
     """A nats-server child process with JetStream in `store_dir` (its data survives a restart)."""
 
     store_dir: Path
@@ -49,7 +49,8 @@ class NatsServer:
     max_memory_store_mb: int = EmbeddedNatsSettings().max_memory_store_mb
     """JetStream memory store limit (MiB)."""
     proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
+    log_path: Path = field(init=False)
+    log_offset: int = 0
     authorization: str = ""
     """The config's `authorization {}` block (`Credentials.server_config()`); empty: open to anyone (test servers)."""
     memory_limit_mb: int = 0
@@ -59,6 +60,9 @@ class NatsServer:
     def url(self) -> str:
         """nats://127.0.0.1:<port>."""
         return f"nats://127.0.0.1:{self.port}"
+
+    def __post_init__(self) -> None:
+        self.log_path = self.store_dir / "nats-server.log"
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         """Start (or restart on the same port and store)."""
@@ -74,16 +78,17 @@ class NatsServer:
             f"  max_file_store: {self.max_file_store_mb * 1024 * 1024}\n"
             f"  max_memory_store: {self.max_memory_store_mb * 1024 * 1024}\n}}\n" + self.authorization,
         )
-        self.log_path = self.store_dir / "nats-server.log"
-        log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         env = dict(os.environ)
         if self.memory_limit_mb > 0:
             env["GOMEMLIMIT"] = f"{self.memory_limit_mb}MiB"
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True, env=env
-        )
+        self.spawn([nats_server_binary(), "-c", str(conf)], env)
+        assert self.proc is not None
         wait_listening("127.0.0.1", self.port, self.proc, timeout)
         return self
+
+    def restart(self, restarts: int) -> None:
+        """Start it again on the same port and store: clients reconnect to it and find their streams."""
+        self.start()
 
     def stop(self, kill: bool = False) -> None:
         """Stop it (SIGKILL with `kill`)."""
@@ -98,7 +103,7 @@ class NatsServer:
 
 
 @dataclass
-class ServiceProcess:
+class ServiceProcess(Child):
     """One service as an OS process: `python -m jetl serve <name>`."""
 
     name: str
@@ -107,35 +112,16 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
     log_offset: int = 0
-    """Where this start's lines begin in `log_path` (the file keeps earlier starts' lines above it)."""
 
     def start(self) -> ServiceProcess:
         """Spawn the process."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jetl", "serve", self.name, *self.extra_args],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
+        self.spawn([sys.executable, "-m", "jetl", "serve", self.name, *self.extra_args], self.env)
         return self
 
-    def alive(self) -> bool:
-        """Still running."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last `lines` lines this start wrote to its log (none from earlier starts)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self.log_offset)
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+    def restart(self, restarts: int) -> None:
+        """Start it again with `JETL_RESTARTS`, which its heartbeat carries, so `jetl health` shows the count."""
+        self.env = {**self.env, "JETL_RESTARTS": str(restarts)}
+        self.start()
 
     def stop(self, kill: bool = False, timeout: float = 15.0) -> None:
         """SIGTERM (graceful) or SIGKILL."""
@@ -346,11 +332,11 @@ class Stack:
         self.stop()
 
 
-def died_message(name: str, p: ServiceProcess) -> str:
-    """`service NAME exited with code N`, and the last lines of its log from its latest start."""
-    code = p.proc.returncode if p.proc is not None else None
+def died_message(name: str, p: Child) -> str:
+    """`service NAME exited with code N` (or `nats-server ...`), and the last lines of its log from its latest start."""
     return (
-        f"service {name} exited with code {code}; the end of its log ({p.log_path}), from this start:\n{p.log_tail()}"
+        f"{_what(name)} exited with code {p.exit_code}; the end of its log ({p.log_path}), from this start:\n"
+        f"{p.log_tail()}"
     )
 
 
@@ -371,7 +357,7 @@ def stable_port(previous: int | None) -> int:
 
 @dataclass
 class Restart:
-    """What the supervisor did about one service process that died."""
+    """What the supervisor did about one child process that died (a service, the embedded nats-server, a node)."""
 
     name: str
     exit_code: int | None
@@ -381,14 +367,21 @@ class Restart:
     delay: float
     """Seconds until the restart."""
 
+    @property
+    def what(self) -> str:
+        """`service NAME`, or the server's name (`nats-server`, `nats-n2`)."""
+        return _what(self.name)
+
 
 @dataclass
 class Supervisor:
-    """Restarts a stack's service processes when they die, with exponential backoff, and gives up on a crash loop
+    """Restarts a stack's child processes when they die, with exponential backoff, and gives up on a crash loop
     (`max_crashes` crashes of one process within `window` seconds).
 
-    Each restarted process gets `JETL_RESTARTS` (how many times it was restarted), which its heartbeat carries,
-    so `jetl health` shows the count from any host.
+    It watches the embedded nats-server (or each node of a local cluster) as it watches the services: a killed
+    server comes back on its port and store, and the services, which reconnect, go on where they were. Each
+    restarted service gets `JETL_RESTARTS` (how many times it was restarted), which its heartbeat carries, so
+    `jetl health` shows the count from any host.
     """
 
     stack: Stack
@@ -400,32 +393,43 @@ class Supervisor:
     _crashes: dict[str, list[float]] = field(default_factory=dict)
     _due: dict[str, float] = field(default_factory=dict)
 
+    def children(self) -> dict[str, Child]:
+        """Every process it watches, by name: the servers first, so a server is back before the services need it."""
+        servers: dict[str, Child] = {}
+        if self.stack.server is not None:
+            servers["nats-server"] = self.stack.server
+        if self.stack.cluster is not None:
+            servers |= {f"nats-{n.name}": n for n in self.stack.cluster.nodes}
+        return servers | dict(self.stack.procs)
+
     def poll(self, now: float | None = None) -> list[Restart]:
         """Notice processes that died (scheduling their restart) and restart those whose backoff is over.
 
         Returns what it noticed, for `jetl up` to print; raises ServiceDied on a crash loop."""
         now = time.monotonic() if now is None else now
         seen: list[Restart] = []
-        for key, p in self.stack.procs.items():
+        for key, p in self.children().items():
             if key in self._due:
                 if now >= self._due[key]:
                     del self._due[key]
                     n = self.restarts.get(key, 0) + 1
                     self.restarts[key] = n
-                    p.env = {**p.env, "JETL_RESTARTS": str(n)}
-                    p.start()
+                    p.restart(n)
                 continue
             if p.alive():
                 continue
             crashes = [t for t in self._crashes.get(key, []) if now - t < self.window] + [now]
             self._crashes[key] = crashes
-            code = p.proc.returncode if p.proc is not None else None
             if len(crashes) >= self.max_crashes:
                 raise ServiceDied(
-                    f"service {key} crashed {len(crashes)} times within {self.window:.0f}s; not restarting it. "
+                    f"{_what(key)} crashed {len(crashes)} times within {self.window:.0f}s; not restarting it. "
                     + died_message(key, p)
                 )
             delay = min(self.max_delay, self.base_delay * 2 ** (len(crashes) - 1))
             self._due[key] = now + delay
-            seen.append(Restart(key, code, p.log_tail(), self.restarts.get(key, 0) + 1, delay))
+            seen.append(Restart(key, p.exit_code, p.log_tail(), self.restarts.get(key, 0) + 1, delay))
         return seen
+
+
+def _what(key: str) -> str:
+    return key if key.startswith("nats-") else f"service {key}"

@@ -35,7 +35,8 @@ import pytest
 from pydantic import BaseModel
 
 from jetl.errors import RecordError
-from jetl.messages import batch_id, dumps
+from jetl.messages.ids import batch_id
+from jetl.messages.wire import dumps
 from jetl.protocols import (
     DISPOSITIONS,
     IS_CURRENT,
@@ -52,9 +53,12 @@ from jetl.protocols import (
     Loader,
     Record,
     RunView,
+    SchemaCheckingLoader,
     Transformer,
     VersionedLoader,
     WriteSpec,
+    declares_fields,
+    fields_out,
     log_version,
 )
 from jetl.settings import JetlSettings
@@ -256,16 +260,11 @@ class TransformerContract:
 
     def test_declared_output_fields_are_what_comes_out(self, transformer: Transformer, records: list[Record]) -> None:
         """If the transformer declares its output fields, every record it emits has exactly those."""
-        derive = getattr(transformer, "output_fields", None)
-        schema = getattr(transformer, "output_schema", None)
         keys = {frozenset(r) for r in records}
         given = next(iter(keys)) if len(keys) == 1 else None
-        if callable(derive):
-            declared = derive(given)
-        elif callable(schema) and isinstance(model := schema(), type) and issubclass(model, BaseModel):
-            declared = frozenset(model.model_fields)
-        else:
+        if not declares_fields(transformer):
             pytest.skip("the transformer declares no output fields")
+        declared = fields_out(transformer, given)
         if declared is None:
             pytest.skip("output fields cannot be known for this input")
         for r in transformer.transform(copy.deepcopy(records)):
@@ -305,9 +304,8 @@ class LoaderContract(_Checked):
         return LoadContext(pipeline="contract", run_id=run_id, batch_id=batch_id(run_id, seq), schema=schema)
 
     def _prepare(self, loader: Loader, schema: type[BaseModel] | None) -> None:
-        check = getattr(loader, "check_schema", None)
-        if schema is not None and callable(check):
-            check(schema)  # what Pipeline does at start-up
+        if schema is not None and isinstance(loader, SchemaCheckingLoader):
+            loader.check_schema(schema)  # what Pipeline does at start-up
 
     def test_implements_the_protocol(self, loader: Loader) -> None:
         """It is a Loader."""
@@ -470,9 +468,8 @@ class VersionedLoaderContract:
         loader = self.new_loader(spec, name)
         assert isinstance(loader, VersionedLoader), f"{loader!r} is not a jetl.protocols.VersionedLoader"
         loader.write_as(spec)
-        check = getattr(loader, "check_schema", None)
-        if callable(check):
-            check(VersionedItem)  # what Pipeline does at start-up
+        if isinstance(loader, SchemaCheckingLoader):
+            loader.check_schema(VersionedItem)  # what Pipeline does at start-up
         return loader, name
 
     @staticmethod

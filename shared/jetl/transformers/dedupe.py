@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from jetl.errors import ConfigError, RecordError, RecordIssue
-from jetl.messages import dumps
+from jetl.messages.wire import dumps
 from jetl.protocols import Record
 
 

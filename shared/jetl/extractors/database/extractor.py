@@ -51,8 +51,9 @@ from jetl.extractors.database.cursor import (
 )
 from jetl.extractors.database.partitions import _in_range, _plan
 from jetl.extractors.database.translate import _translate
+from jetl.extractors.incremental import Incremental
 from jetl.protocols import Check, Chunk, ExtractContext, Partition, Record
-from jetl.redact import redact_text, redact_url
+from jetl.redact import Secrets, redact_text, redact_url
 
 if TYPE_CHECKING:
     from jetl.settings import JetlSettings
@@ -108,13 +109,13 @@ class DatabaseExtractor:
     """Streams a table or a query from any SQLAlchemy database, in chunks of at most `chunk_size` rows.
 
     `query` takes bound parameters only (`:name`), from `params` plus `:data_interval_start` and
-    `:data_interval_end` (the run's data interval). With `incremental_column`, each run reads only rows
+    `:data_interval_end` (the run's data interval). With `incremental=Incremental(column)`, each run reads only rows
     strictly after the position the last completed run reached: the column's value plus a tie-breaker, so
     rows sharing a value are neither read twice nor skipped (`WHERE col > :v OR (col = :v AND key > :k)
-    ORDER BY col, key`; a query is wrapped as a subquery for this). The tie-breaker is `tie_breaker=`, a
-    column unique in the source, or else the table's single-column primary key; a query, or a table without
-    one, must declare it, or the run fails with a ConfigError. `tie_breaker` may name the incremental column
-    itself when that is unique on its own (an id, say): then the position is its value alone.
+    ORDER BY col, key`; a query is wrapped as a subquery for this). The tie-breaker is the Incremental's
+    `tie_breaker`, a column unique in the source, or else the table's single-column primary key; a query, or a
+    table without one, must declare it, or the run fails with a ConfigError. `tie_breaker` may name the incremental
+    column itself when that is unique on its own (an id, say): then the position is its value alone.
 
     Values are compared as the source stores and compares them: a text column's exact text, a timestamp with
     its time zone, SQLite dates and times as the text SQLite holds. Rows committed later with a position at
@@ -129,7 +130,7 @@ class DatabaseExtractor:
     time it is extracted. Planning reads the column through its index once (a row number every `partition_rows`).
 
     Example:
-        DatabaseExtractor("postgresql+psycopg://etl@db/shop", table="orders", incremental_column="updated_at")
+        DatabaseExtractor("postgresql+psycopg://etl@db/shop", table="orders", incremental=Incremental("updated_at"))
     """
 
     def __init__(
@@ -141,9 +142,7 @@ class DatabaseExtractor:
         query: str | None = None,
         params: Mapping[str, Any] | None = None,
         columns: Sequence[str] | None = None,
-        incremental_column: str | None = None,
-        tie_breaker: str | None = None,
-        initial: Any = None,
+        incremental: Incremental | None = None,
         chunk_size: int = 5000,
         partition_rows: int | None = None,
         partition_column: str | None = None,
@@ -152,6 +151,16 @@ class DatabaseExtractor:
     ) -> None:
         if (table is None) == (query is None):
             raise ConfigError("DatabaseExtractor: pass exactly one of table= or query=")
+        if incremental is not None and not isinstance(incremental, Incremental):
+            raise ConfigError(f"DatabaseExtractor: incremental={incremental!r} is not an Incremental")
+        if incremental is not None and incremental.param is not None:
+            raise ConfigError(
+                "DatabaseExtractor: Incremental(param=...) is for HTTP APIs; a database reads after the cursor in "
+                "its WHERE clause"
+            )
+        incremental_column = None if incremental is None else incremental.field
+        tie_breaker = None if incremental is None else incremental.tie_breaker
+        initial = None if incremental is None else incremental.initial
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError(f"DatabaseExtractor: chunk_size must be an integer of at least 1, not {chunk_size!r}")
         try:
@@ -164,10 +173,12 @@ class DatabaseExtractor:
             secret = password.get_secret_value() if isinstance(password, SecretStr) else password
             parsed = parsed.set(password=secret)
         self.url = parsed
+        Secrets([parsed.password])  # masked in every log line too, should a driver's message quote it bare
         self.table = table
         self.schema = schema
         self.params = dict(params or {})
         self.columns = list(columns) if columns is not None else None
+        self.incremental = incremental
         self.incremental_column = incremental_column
         self.tie_breaker = tie_breaker
         self.chunk_size = chunk_size
@@ -181,10 +192,6 @@ class DatabaseExtractor:
         taken = sorted(reserved & set(self.params))
         if taken:
             raise ConfigError(f"{self._where()}: params may not set {taken[0]!r}; jetl binds it")
-        if incremental_column is not None and not incremental_column:
-            raise ConfigError(f"{self._where()}: incremental_column is empty")
-        if tie_breaker is not None and (not tie_breaker or incremental_column is None):
-            raise ConfigError(f"{self._where()}: tie_breaker= needs incremental_column= and a column name")
         if partition_rows is not None and (
             isinstance(partition_rows, bool) or not isinstance(partition_rows, int) or partition_rows < 1
         ):
@@ -208,7 +215,9 @@ class DatabaseExtractor:
             if self.columns is not None and not self.columns:
                 raise ConfigError(f"{self._where()}: columns= is empty")
             if self.columns is not None and incremental_column and incremental_column not in self.columns:
-                raise ConfigError(f"{self._where()}: columns= must include incremental_column {incremental_column!r}")
+                raise ConfigError(
+                    f"{self._where()}: columns= must include the incremental column {incremental_column!r}"
+                )
         else:
             assert query is not None
             self.query = query.strip().rstrip(";").rstrip()
@@ -219,8 +228,9 @@ class DatabaseExtractor:
             self._text, self._interval_names = self._compile_query(self.query)
             if incremental_column is not None and tie_breaker is None:
                 raise ConfigError(
-                    f"{self._where()}: an incremental query needs tie_breaker=, a column unique among its rows "
-                    f"(or {incremental_column!r} itself if it is unique), so rows sharing a value are read once"
+                    f"{self._where()}: an incremental query needs Incremental(tie_breaker=...), a column unique "
+                    f"among its rows (or {incremental_column!r} itself if it is unique), so rows sharing a value are "
+                    "read once"
                 )
         self._initial = self._check_initial(initial)
         self._cursor: dict[str, Any] | None = None
@@ -250,12 +260,10 @@ class DatabaseExtractor:
     def _check_initial(self, initial: Any) -> Any:
         if initial is None:
             return None
-        if self.incremental_column is None:
-            raise ConfigError(f"{self._where()}: initial= needs incremental_column=")
         try:
             _dump(initial)
         except TypeError as exc:
-            raise ConfigError(f"{self._where()}: initial={initial!r}: {exc}") from exc
+            raise ConfigError(f"{self._where()}: Incremental(initial={initial!r}): {exc}") from exc
         return initial
 
     def _name(self) -> str:
@@ -513,8 +521,8 @@ class DatabaseExtractor:
         if key is None:
             raise ConfigError(
                 f"pipeline {pipeline!r}: {self._where()}: the table has no single-column primary key to order "
-                f"rows sharing a {self.incremental_column!r} value; declare tie_breaker=, a unique column (or "
-                f"{self.incremental_column!r} itself if it is unique)"
+                f"rows sharing a {self.incremental_column!r} value; declare Incremental(tie_breaker=...), a unique "
+                f"column (or {self.incremental_column!r} itself if it is unique)"
             )
         return key
 

@@ -1,7 +1,7 @@
 """One request and the redirects it leads to, followed by jetl rather than httpx: httpx keeps every header but
 Authorization on a redirect to another host, so an API-key header would go wherever the server points. Here
 credentials (auth, and `headers=` names that look like one) go only to the configured origin, and the body is read
-up to a byte limit."""
+up to a byte limit (`body`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from jetl.errors import TerminalError
+from jetl.extractors.http.body import read_body
 
 _SECRET_HEADER = re.compile(r"auth|token|key|secret|pass|cookie|session|credential|signature", re.IGNORECASE)
 """A `headers=` name that looks like it carries a credential: never sent to another origin on a redirect."""
@@ -55,23 +56,3 @@ async def fetch(
         if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
             method, payload = "GET", None  # as browsers and httpx do: the body is not sent on
     raise TerminalError(f"pipeline {pipeline!r}: {where}: more than max_redirects={max_redirects} redirects")
-
-
-async def read_body(response: httpx.Response, max_bytes: int, where: str, pipeline: str) -> bytes:
-    """The body, refused past `max_bytes` (`max_response_bytes`; streamed: a huge answer is never held whole)."""
-    size = response.headers.get("Content-Length", "")
-    if size.isdigit() and int(size) > max_bytes:
-        raise TerminalError(
-            f"pipeline {pipeline!r}: {where}: the response is {int(size)} bytes, more than "
-            f"max_response_bytes={max_bytes}"
-        )
-    parts: list[bytes] = []
-    total = 0
-    async for part in response.aiter_bytes():
-        total += len(part)
-        if total > max_bytes:
-            raise TerminalError(
-                f"pipeline {pipeline!r}: {where}: the response is larger than max_response_bytes={max_bytes}"
-            )
-        parts.append(part)
-    return b"".join(parts)

@@ -1,4 +1,5 @@
-"""Retries and pacing: which failures are retried, how long to wait (backoff, Retry-After), request spacing."""
+"""Retries and pacing: `Retry` (how often and how long to wait), which failures are retried, backoff and
+Retry-After, request spacing."""
 
 from __future__ import annotations
 
@@ -7,9 +8,52 @@ import email.utils
 import math
 import random
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
+
+from jetl.errors import ConfigError
+
+
+def _count(owner: str, name: str, number: object, low: int) -> None:
+    if isinstance(number, bool) or not isinstance(number, int) or number < low:
+        raise ConfigError(f"{owner}: {name} must be an integer of at least {low}, not {number!r}")
+
+
+def _seconds(owner: str, name: str, seconds: object, *, positive: bool = False) -> None:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds < 0
+        or (positive and seconds == 0)
+    ):
+        raise ConfigError(
+            f"{owner}: {name} must be a number of seconds {'> 0' if positive else '>= 0'}, not {seconds!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a failed request is retried: network errors, timeouts, HTTP 408, 429 and 5xx are retried up to
+    `max_retries` times, after an exponential backoff with jitter (`backoff` doubling up to `max_backoff`), never
+    sooner than the server's `Retry-After`. A `Retry-After` longer than `max_retry_after` hands the run back to the
+    bus at once (a TransientError): the bus waits, not the extractor.
+
+    Example:
+        HttpExtractor(url, retry=Retry(max_retries=3, backoff=1.0))
+    """
+
+    max_retries: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0
+
+    def __post_init__(self) -> None:
+        _count("Retry", "max_retries", self.max_retries, 0)
+        for name in ("backoff", "max_backoff", "max_retry_after"):
+            _seconds("Retry", name, getattr(self, name))
 
 
 class _Pacer:

@@ -190,6 +190,11 @@ class ClickHouseLoader:
         """Where rows go, the DSN's password masked (this lands in events, logs and `--json` output)."""
         return f"clickhouse:{redact_url(self.dsn)}#{self.table}"
 
+    def reach(self) -> None:
+        """`SELECT 1` on the destination (nothing before the loader service binds a DSN: `ReachableLoader`)."""
+        if self.dsn:
+            self.client().command("SELECT 1")
+
     def client(self) -> Any:
         """The connected client."""
         if not self.dsn:

@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError
 from jetl.loaders.clickhouse.sql import _literal
-from jetl.messages import dumps
+from jetl.messages.wire import dumps
 
 Convert = Callable[[Any], Any]
 _DATETIMES = (datetime, pydantic.AwareDatetime, pydantic.NaiveDatetime, pydantic.PastDatetime, pydantic.FutureDatetime)

@@ -37,6 +37,7 @@ from jetl.protocols import (
     VERSION,
     Check,
     Diff,
+    Disposition,
     LoadContext,
     Loader,
     Record,
@@ -96,8 +97,8 @@ class PostgresLoader:
         return f"{quote(self.schema)}.{quote(LOADS)}"
 
     @property
-    def mode(self) -> str:
-        """ "merge" when it keeps one row per key (merge), else the disposition."""
+    def mode(self) -> Disposition:
+        """The disposition ("merge" when it keeps one row per key)."""
         return self.spec.disposition
 
     def describe(self) -> str:

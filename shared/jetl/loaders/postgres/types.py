@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from jetl.errors import ConfigError
-from jetl.messages import dumps
+from jetl.messages.wire import dumps
 
 Convert = Callable[[Any], Any]
 
