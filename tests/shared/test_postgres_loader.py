@@ -6,12 +6,14 @@ Every test works in a schema of its own (`jetl_test_<random>`), dropped afterwar
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from decimal import Decimal
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,6 +24,7 @@ from jetl import PostgresLoader
 from jetl.errors import ConfigError, TerminalError
 from jetl.messages.ids import batch_id
 from jetl.protocols import LineageLoader, LoadContext, Loader, Record, VersionedLoader, WriteSpec, log_version
+from jetl.testing.cli import jetl
 from jetl.testing.contracts import LoaderContract, VersionedLoaderContract
 
 pytestmark = pytest.mark.integration
@@ -216,3 +219,58 @@ def test_a_table_changes_only_through_migrations(pg_dsn: str, pg_schema: str) ->
     grown.check_schema(Grown)
     with pytest.raises(TerminalError, match=r"city.*migrations/postgres"):
         grown.load([{**r, "city": "x"} for r in ROWS], _ctx("r2", 0, schema=Grown))
+
+
+def test_jetl_migrate_postgres_grows_the_table_then_the_grown_model_loads(
+    pg_dsn: str, pg_schema: str, tmp_path: Path
+) -> None:
+    """`jetl migrate --postgres`: each migration once, in one transaction with its record; a failing one leaves
+    nothing behind; after the migration that adds the column, the grown model loads."""
+    loader = PostgresLoader("orders", dsn=pg_dsn, schema=pg_schema)
+    loader.check_schema(Row)
+    loader.load([dict(r) for r in ROWS], _ctx("r1", 0))
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001_city.sql").write_text(f"ALTER TABLE \"{pg_schema}\".orders ADD COLUMN city text DEFAULT 'x';")
+
+    def migrate(*args: str) -> Any:
+        return jetl(
+            "migrate",
+            "--postgres",
+            pg_dsn,
+            "--schema",
+            pg_schema,
+            "--dir",
+            str(folder),
+            "--json",
+            *args,
+            nats_url="nats://127.0.0.1:1",
+            pipelines_dir=tmp_path,
+        )
+
+    first = migrate()
+    assert first.code == 0, first.stdout + first.stderr
+    assert [m["name"] for m in json.loads(first.stdout)["migrations"]] == ["city"]
+    assert json.loads(migrate().stdout)["migrations"] == []  # applied once
+
+    class Grown(Row):
+        city: str
+
+    grown = PostgresLoader("orders", dsn=pg_dsn, schema=pg_schema)
+    grown.check_schema(Grown)
+    assert grown.load([{**r, "city": "y"} for r in ROWS], _ctx("r2", 0, schema=Grown)) == len(ROWS)
+    assert grown.count() == 2 * len(ROWS)
+
+    (folder / "0002_broken.sql").write_text(
+        f'ALTER TABLE "{pg_schema}".orders ADD COLUMN zip text; SELECT no_such_function();'
+    )
+    broken = migrate()
+    assert broken.code != 0 and "0002_broken" in broken.stdout + broken.stderr
+    status = json.loads(migrate("--status").stdout)
+    assert [m["state"] for m in status["migrations"]] == ["applied", "pending"]
+    with psycopg.connect(pg_dsn) as conn:  # its first statement was rolled back with it
+        cols = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = 'orders'",
+            (pg_schema,),
+        ).fetchall()
+    assert "zip" not in {c[0] for c in cols}
