@@ -83,6 +83,7 @@ def declared(connector: object) -> set[str]:
         (
             lambda tmp: jetl.PostgresLoader("t", dsn="postgresql://postgres@127.0.0.1/test"),
             {
+                "ArrowLoader",
                 "CountingLoader",
                 "KeyedLoader",
                 "LineageLoader",

@@ -10,7 +10,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
@@ -23,7 +23,18 @@ from pydantic import BaseModel, Field
 from jetl import PostgresLoader
 from jetl.errors import ConfigError, TerminalError
 from jetl.messages.ids import batch_id
-from jetl.protocols import LineageLoader, LoadContext, Loader, Record, VersionedLoader, WriteSpec, log_version
+from jetl.protocols import (
+    VERSION,
+    ArrowLoader,
+    Deletes,
+    LineageLoader,
+    LoadContext,
+    Loader,
+    Record,
+    VersionedLoader,
+    WriteSpec,
+    log_version,
+)
 from jetl.testing.cli import jetl
 from jetl.testing.contracts import LoaderContract, VersionedLoaderContract
 
@@ -274,3 +285,41 @@ def test_jetl_migrate_postgres_grows_the_table_then_the_grown_model_loads(
             (pg_schema,),
         ).fetchall()
     assert "zip" not in {c[0] for c in cols}
+
+
+class Order(BaseModel):
+    id: int
+    ts: datetime
+    note: str
+    maybe: str | None = None
+    amount: float
+    deleted: bool = False
+
+
+def test_arrow_batches_copy_as_csv_exactly_once(pg_dsn: str, pg_schema: str) -> None:
+    """An Arrow batch (how batches travel to an ArrowLoader) lands value for value: awkward text, empty text apart
+    from null, aware times; redelivered, it adds nothing; delete markers come from its column."""
+    import pyarrow as pa
+
+    from jetl.records import records_adapter
+
+    loader = PostgresLoader("orders", dsn=pg_dsn, schema=pg_schema)
+    loader.write_as(WriteSpec("merge", ("id",), Deletes("deleted")))
+    loader.check_schema(Order)
+    ts = datetime(2026, 12, 7, 3, 4, 5, 123456, tzinfo=UTC)
+    rows = [
+        {"id": 1, "ts": ts, "note": 'a, "quoted"\nline', "maybe": "", "amount": 1.5, "deleted": False},
+        {"id": 2, "ts": ts, "note": "", "maybe": None, "amount": -0.25, "deleted": False},
+        {"id": 3, "ts": ts, "note": "gone", "maybe": None, "amount": 0.0, "deleted": True},
+    ]
+    adapter = records_adapter(Order)
+    table = pa.Table.from_pylist(rows, schema=adapter.arrow_schema)
+    adapter.check_arrow(table)
+    assert isinstance(loader, ArrowLoader)
+    ctx = _ctx("r1", 0, log_version(1), schema=Order)
+    assert loader.load_arrow(table, ctx) == 3
+    assert loader.load_arrow(table, ctx) == 3  # redelivered
+    assert loader.count() == 3
+    got = [{k: r[k] for k in ("id", "ts", "note", "maybe", "amount")} for r in loader.current_rows("p")]
+    assert got == [{k: r[k] for k in ("id", "ts", "note", "maybe", "amount")} for r in rows[:2]]
+    assert [r[VERSION] for r in loader.current_rows("p")] == [log_version(1), log_version(1) + 1]

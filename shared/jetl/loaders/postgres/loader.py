@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -28,7 +29,7 @@ from pydantic import BaseModel
 from jetl.errors import ConfigError, DestinationUnavailable, TerminalError
 from jetl.loaders.clickhouse.lineage import shadow_table
 from jetl.loaders.postgres.types import Convert, columns_for, quote
-from jetl.loaders.versions import LINEAGE, newest_source
+from jetl.loaders.versions import LINEAGE, newest_source, version_array
 from jetl.protocols import (
     DELETED,
     IS_CURRENT,
@@ -214,32 +215,76 @@ class PostgresLoader:
             None if f.is_required() else f.get_default(call_default_factory=True) for f in model.model_fields.values()
         ]
         deletes = self.spec.deletes
-        base = ctx.base_version
-        columns = ", ".join(quote(n) for n in [*names, VERSION, DELETED, LINEAGE])
+        base, batch = ctx.base_version, ctx.batch_id
+
+        def write(cp: Any) -> None:
+            for i, r in enumerate(records):
+                row = [
+                    r.get(n, d) if c is None else c(r.get(n, d)) for n, c, d in zip(names, convs, defaults, strict=True)
+                ]
+                row += [base + i, bool(deletes(r)) if deletes else False, batch]
+                cp.write_row(row)
+
+        return self._copy(ctx, len(records), write)
+
+    def _copy(self, ctx: LoadContext, n: int, write: Callable[[Any], None], options: str = "") -> int:
+        """In one transaction: claim the batch's token in `jetl_loads` (nothing more when it is taken), then COPY
+        what `write` writes into the table."""
+        columns = ", ".join(quote(c) for c in [*(name for name, *_ in self._columns), VERSION, DELETED, LINEAGE])
         conn = self._conn()
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(
                     f"INSERT INTO {self.loads} (tbl, token, batch_id, rows) VALUES (%s, %s, %s, %s)"
                     " ON CONFLICT DO NOTHING",
-                    (self.table, ctx.dedup_token, ctx.batch_id, len(records)),
+                    (self.table, ctx.dedup_token, ctx.batch_id, n),
                 )
                 if cur.rowcount == 0:
-                    return len(records)  # loaded before: a redelivery, or a replica got it first
-                with cur.copy(f"COPY {self.qualified} ({columns}) FROM STDIN") as cp:
-                    batch = ctx.batch_id
-                    for i, r in enumerate(records):
-                        row = [
-                            r.get(n, d) if c is None else c(r.get(n, d))
-                            for n, c, d in zip(names, convs, defaults, strict=True)
-                        ]
-                        row += [base + i, bool(deletes(r)) if deletes else False, batch]
-                        cp.write_row(row)
+                    return n  # loaded before: a redelivery, or a replica got it first
+                with cur.copy(f"COPY {self.qualified} ({columns}) FROM STDIN {options}") as cp:
+                    write(cp)
         except (TerminalError, ConfigError):
             raise
         except Exception as exc:
             raise _wrap(exc, f"loading batch {ctx.batch_id} into {self.qualified}") from exc
-        return len(records)
+        return n
+
+    def load_arrow(self, table: Any, ctx: LoadContext) -> int:
+        """`load` for a batch given as an Arrow table (checked against the model): written as CSV by Arrow and
+        COPYed in CSV format, in the same transaction as its token. 0.3 us a row instead of psycopg's 1.5 of
+        adapting each value (bench/postgres.py)."""
+        n = int(table.num_rows)
+        if n == 0:
+            return 0
+        model = ctx.schema or self._model
+        if model is None:
+            raise ConfigError(f"PostgresLoader({self.table}): no schema bound")
+        self.ensure_table(model)
+        if any(conv is not None for _, _, conv, _ in self._columns):
+            return self.load(table.to_pylist(), ctx)  # JSON or enum columns: their values need converting
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pacsv
+
+        names = [name for name, *_ in self._columns]
+        deletes = self.spec.deletes
+        if deletes is None:
+            deleted = pa.nulls(n, pa.bool_()).fill_null(False)
+        else:
+            deleted = pc.fill_null(pc.equal(table.column(deletes.field), pa.scalar(deletes.value)), False)
+        out = pa.Table.from_arrays(
+            [
+                *(table.column(name) for name in names),
+                version_array(ctx.base_version, n),
+                deleted,
+                pa.array([ctx.batch_id] * n, pa.string()),
+            ],
+            names=[*names, VERSION, DELETED, LINEAGE],
+        )
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(out, sink, pacsv.WriteOptions(include_header=False))
+        data = sink.getvalue()
+        return self._copy(ctx, n, lambda cp: cp.write(data), "(FORMAT csv)")
 
     # Reading: the rows as the destination means them (jetl.protocols.VersionedLoader)
 
