@@ -251,8 +251,8 @@ class PostgresLoader:
 
     def load_arrow(self, table: Any, ctx: LoadContext) -> int:
         """`load` for a batch given as an Arrow table (checked against the model): written as CSV by Arrow and
-        COPYed in CSV format, in the same transaction as its token. 0.3 us a row instead of psycopg's 1.5 of
-        adapting each value (bench/postgres.py)."""
+        COPYed in CSV format, in the same transaction as its token, with no Python object per value (bench/postgres.py:
+        1M records of the reference job through one loader replica in 7.3 s, a psycopg `write_row` script 7.9 s)."""
         n = int(table.num_rows)
         if n == 0:
             return 0
