@@ -68,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "ConsoleLoader": "jetl.loaders.console",
     "FileLoader": "jetl.loaders.file",
     "PostgresLoader": "jetl.loaders.postgres",
+    "IcebergLoader": "jetl.loaders.iceberg",
 }
 
 _CONNECTORS = ("jetl.extractors.", "jetl.loaders.", "jetl.transformers.")
@@ -78,6 +79,7 @@ _EXTRAS = {
     "jetl.extractors.database": "db",
     "jetl.loaders.clickhouse": "clickhouse",
     "jetl.loaders.postgres": "postgres",
+    "jetl.loaders.iceberg": "iceberg",
 }
 """Connector modules whose dependencies are an extra (`pip install 'jetl[<extra>]'`)."""
 
@@ -109,6 +111,7 @@ if _typing.TYPE_CHECKING:
     from jetl.loaders.clickhouse import Timezone as Timezone
     from jetl.loaders.console import ConsoleLoader as ConsoleLoader
     from jetl.loaders.file import FileLoader as FileLoader
+    from jetl.loaders.iceberg import IcebergLoader as IcebergLoader
     from jetl.loaders.postgres import PostgresLoader as PostgresLoader
     from jetl.messages import Batch as Batch
     from jetl.messages import DeadLetter as DeadLetter

@@ -94,6 +94,17 @@ def declared(connector: object) -> set[str]:
                 "VersionedLoader",
             },
         ),
+        (
+            lambda tmp: jetl.IcebergLoader("t", warehouse=tmp),
+            {
+                "CountingLoader",
+                "KeyedLoader",
+                "LineageLoader",
+                "ReachableLoader",
+                "SchemaCheckingLoader",
+                "VersionedLoader",
+            },
+        ),
         (lambda tmp: jetl.ConsoleLoader(), set()),
     ],
 )
