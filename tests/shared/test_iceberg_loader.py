@@ -1,6 +1,6 @@
 """IcebergLoader (pyiceberg, a SQLite SQL catalog and a warehouse folder): the loader and versioned-loader
 contracts, a redelivery skipped by the token in the snapshot summary, replays by lineage, a shadow diff, and the
-table read back by another engine (pyarrow over the Parquet files Iceberg's metadata lists)."""
+table read back by other engines (pyarrow and DuckDB over the Parquet files Iceberg's metadata lists)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,10 @@ def test_replay_redelivery_diff_and_another_engine_reads_the_table(tmp_path: Pat
     assert files
     rows = [r for f in files for r in pq.read_table(f.removeprefix("file://")).to_pylist()]
     assert sorted((r["id"], r["name"]) for r in rows) == sorted((r["id"], r["name"]) for r in changed)
+    duckdb = pytest.importorskip("duckdb")  # and DuckDB, over the same files
+    paths = [f.removeprefix("file://") for f in files]
+    got = duckdb.sql(f"SELECT id, name FROM read_parquet({paths!r}) ORDER BY id").fetchall()
+    assert got == sorted((r["id"], r["name"]) for r in changed)
 
 
 def test_two_replicas_racing_for_the_same_batches_append_each_once(tmp_path: Path) -> None:
