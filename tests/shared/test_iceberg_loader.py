@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from jetl import IcebergLoader
 from jetl.messages.ids import batch_id
 from jetl.protocols import LoadContext, Loader, Record, WriteSpec, log_version
-from jetl.testing.contracts import LoaderContract, VersionedLoaderContract
+from jetl.testing.contracts import LineageLoaderContract, LoaderContract, VersionedLoaderContract
 
 pytest.importorskip("pyiceberg")
 
@@ -53,6 +53,15 @@ class TestIcebergVersioned(VersionedLoaderContract):
         self.root = tmp_path
 
     def new_loader(self, spec: WriteSpec, name: str) -> Loader:
+        return IcebergLoader(name, warehouse=self.root / "wh")
+
+
+class TestIcebergLineage(LineageLoaderContract):
+    @pytest.fixture(autouse=True)
+    def _root(self, tmp_path: Path) -> None:
+        self.root = tmp_path
+
+    def new_loader(self, name: str) -> Loader:
         return IcebergLoader(name, warehouse=self.root / "wh")
 
 

@@ -36,7 +36,7 @@ from jetl.protocols import (
     log_version,
 )
 from jetl.testing.cli import jetl
-from jetl.testing.contracts import LoaderContract, VersionedLoaderContract
+from jetl.testing.contracts import LineageLoaderContract, LoaderContract, VersionedLoaderContract
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +91,15 @@ class TestPostgresVersioned(VersionedLoaderContract):
         self.dsn, self.schema = pg_dsn, pg_schema
 
     def new_loader(self, spec: WriteSpec, name: str) -> Loader:
+        return PostgresLoader(name, dsn=self.dsn, schema=self.schema)
+
+
+class TestPostgresLineage(LineageLoaderContract):
+    @pytest.fixture(autouse=True)
+    def _where(self, pg_dsn: str, pg_schema: str) -> None:
+        self.dsn, self.schema = pg_dsn, pg_schema
+
+    def new_loader(self, name: str) -> Loader:
         return PostgresLoader(name, dsn=self.dsn, schema=self.schema)
 
 
