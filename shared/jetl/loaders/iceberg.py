@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from jetl.errors import ConfigError, DestinationUnavailable, TerminalError
 from jetl.loaders import versions
 from jetl.loaders.clickhouse.lineage import shadow_table
-from jetl.loaders.file import _arrow_field, _column_changes, _plain_row
+from jetl.loaders.file import _arrow_field, _plain_row, whole_row_diff
 from jetl.protocols import DELETED, VERSION, Check, Diff, LoadContext, Loader, Record, RunView, WriteSpec
 from jetl.redact import redact_url
 from jetl.subjects import check_token
@@ -294,20 +294,7 @@ class IcebergLoader:
                 if versions.run_of(r) == run_id
             )
 
-        old, new = bag(self, parent_run_id), bag(twin, shadow_run_id)
-        added, removed = new - old, old - new
-        return Diff(
-            key=[],
-            added=added.total(),
-            removed=removed.total(),
-            unchanged=(old & new).total(),
-            columns=_column_changes(added, removed),
-            samples={
-                kind: [orjson.loads(r) for r in list(c)[:sample]]
-                for kind, c in (("added", added), ("removed", removed))
-                if c
-            },
-        )
+        return whole_row_diff(bag(self, parent_run_id), bag(twin, shadow_run_id), sample)
 
     def data_files(self) -> list[str]:
         """The Parquet files the table's current snapshot reads (for another engine to read them)."""
