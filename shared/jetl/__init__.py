@@ -67,9 +67,17 @@ _EXPORTS: dict[str, str] = {
     "Timezone": "jetl.loaders.clickhouse",
     "ConsoleLoader": "jetl.loaders.console",
     "FileLoader": "jetl.loaders.file",
+    "PostgresLoader": "jetl.loaders.postgres",
+    "IcebergLoader": "jetl.loaders.iceberg",
 }
 
-_EXTRAS = {"jetl.extractors.http": "http", "jetl.extractors.database": "db", "jetl.loaders.clickhouse": "clickhouse"}
+_EXTRAS = {
+    "jetl.extractors.http": "http",
+    "jetl.extractors.database": "db",
+    "jetl.loaders.clickhouse": "clickhouse",
+    "jetl.loaders.postgres": "postgres",
+    "jetl.loaders.iceberg": "iceberg",
+}
 """Connector modules whose dependencies are an extra (`pip install 'jetl[<extra>]'`)."""
 
 if _typing.TYPE_CHECKING:
@@ -100,6 +108,8 @@ if _typing.TYPE_CHECKING:
     from jetl.loaders.clickhouse import Timezone as Timezone
     from jetl.loaders.console import ConsoleLoader as ConsoleLoader
     from jetl.loaders.file import FileLoader as FileLoader
+    from jetl.loaders.iceberg import IcebergLoader as IcebergLoader
+    from jetl.loaders.postgres import PostgresLoader as PostgresLoader
     from jetl.messages import Batch as Batch
     from jetl.messages import DeadLetter as DeadLetter
     from jetl.messages import RunRequest as RunRequest

@@ -1,4 +1,5 @@
-"""Versioned SQL migrations for ClickHouse: `migrations/clickhouse/NNNN_name.sql`, applied in order, once each.
+"""Versioned SQL migrations for ClickHouse (`migrations/clickhouse/NNNN_name.sql`) and PostgreSQL
+(`migrations/postgres/`, `PostgresMigrator`), applied in order, once each.
 
 Each applied migration is recorded in `<database>.jetl_migrations` (version, name, checksum, applied_at), so running
 `jetl migrate` again applies only what is new. A file whose content changed after it was applied is reported and
@@ -194,22 +195,26 @@ class Migrator:
         if dry_run:
             return pending
         for m in pending:
-            statements = m.statements()
-            for i, sql in enumerate(statements, 1):
-                try:
-                    self.client.command(sql)
-                except Exception as exc:
-                    raise TerminalError(
-                        f"migration {m.label}: statement {i} of {len(statements)} failed: {str(exc)[:400]}"
-                    ) from exc
-                if on_step is not None:
-                    on_step(m, i, len(statements))
-            self.client.insert(
-                f"{self.database}.{TABLE}",
-                [[m.version, m.name, m.checksum, datetime.now(UTC)]],
-                column_names=["version", "name", "checksum", "applied_at"],
-            )
+            self._apply_one(m, on_step)
         return pending
+
+    def _apply_one(self, m: Migration, on_step: Callable[[Migration, int, int], None] | None) -> None:
+        """Run one migration's statements, then record it."""
+        statements = m.statements()
+        for i, sql in enumerate(statements, 1):
+            try:
+                self.client.command(sql)
+            except Exception as exc:
+                raise TerminalError(
+                    f"migration {m.label}: statement {i} of {len(statements)} failed: {str(exc)[:400]}"
+                ) from exc
+            if on_step is not None:
+                on_step(m, i, len(statements))
+        self.client.insert(
+            f"{self.database}.{TABLE}",
+            [[m.version, m.name, m.checksum, datetime.now(UTC)]],
+            column_names=["version", "name", "checksum", "applied_at"],
+        )
 
     def _command(self, sql: str) -> None:
         try:
@@ -222,6 +227,77 @@ class Migrator:
             return [tuple(r) for r in self.client.query(sql, parameters=params).result_rows]
         except Exception as exc:
             raise DestinationUnavailable(f"ClickHouse query failed: {exc}") from exc
+
+
+class PostgresMigrator(Migrator):
+    """Applies `migrations/postgres/` through psycopg, recording them in `<schema>.jetl_migrations`. PostgreSQL DDL
+    is transactional: each migration runs in one transaction with its record, so a failed one leaves nothing."""
+
+    def __init__(self, dsn: str, schema: str = "public") -> None:
+        if not _IDENT.match(schema):
+            raise ConfigError(f"invalid PostgreSQL schema name {schema!r}")
+        import psycopg
+
+        try:
+            self.conn = psycopg.connect(dsn.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise DestinationUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+        self.client = self.conn
+        self.database = schema
+
+    @property
+    def table(self) -> str:
+        """ "schema"."jetl_migrations"."""
+        return f'"{self.database}"."{TABLE}"'
+
+    def ensure_table(self) -> None:
+        """Create the schema and the tracking table if missing."""
+        self._command(f'CREATE SCHEMA IF NOT EXISTS "{self.database}"')
+        self._command(
+            f"CREATE TABLE IF NOT EXISTS {self.table} (version integer PRIMARY KEY, name text NOT NULL,"
+            " checksum text NOT NULL, applied_at timestamptz NOT NULL)"
+        )
+
+    def applied(self) -> dict[int, tuple[str, str, datetime]]:
+        """{version: (name, checksum, applied_at)} recorded so far (nothing when the table does not exist yet)."""
+        if not self._query("SELECT to_regclass(%s)", (self.table,))[0][0]:
+            return {}
+        rows = self._query(f"SELECT version, name, checksum, applied_at FROM {self.table} ORDER BY version")
+        return {int(v): (str(n), str(c), _aware(a)) for v, n, c, a in rows}
+
+    def _apply_one(self, m: Migration, on_step: Callable[[Migration, int, int], None] | None) -> None:
+        statements = m.statements()
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            for i, sql in enumerate(statements, 1):
+                try:
+                    cur.execute(sql.encode())
+                except Exception as exc:
+                    raise TerminalError(
+                        f"migration {m.label}: statement {i} of {len(statements)} failed (nothing of it is "
+                        f"applied): {str(exc)[:400]}"
+                    ) from exc
+                if on_step is not None:
+                    on_step(m, i, len(statements))
+            cur.execute(
+                f"INSERT INTO {self.table} (version, name, checksum, applied_at) VALUES (%s, %s, %s, %s)",
+                (m.version, m.name, m.checksum, datetime.now(UTC)),
+            )
+
+    def _command(self, sql: str) -> None:
+        try:
+            self.conn.execute(sql.encode())
+        except Exception as exc:
+            raise DestinationUnavailable(f"PostgreSQL refused {sql.split('(')[0].strip()!r}: {exc}") from exc
+
+    def _query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        try:
+            return [tuple(r) for r in self.conn.execute(sql.encode() if params is None else sql, params).fetchall()]
+        except Exception as exc:
+            raise DestinationUnavailable(f"PostgreSQL query failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
 
 
 def _aware(value: Any) -> datetime:

@@ -319,6 +319,16 @@ class VersionedLoader(Protocol):
 
 
 @runtime_checkable
+class ExclusiveLoader(Protocol):
+    """A loader whose destination only one process may open at a time (ClickHouseLoader on chdb): the stack runs
+    one loader process when a pipeline has one. A loader without it is written by any number of loader replicas."""
+
+    def exclusive(self, settings: JetlSettings) -> str | None:
+        """Why only one loader process may write its destination as configured (None: replicas may share it)."""
+        ...
+
+
+@runtime_checkable
 class QueryableLoader(Protocol):
     """A loader whose destination answers SQL (`jetl query`). Optional: ClickHouseLoader."""
 

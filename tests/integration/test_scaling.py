@@ -36,6 +36,18 @@ def register_pipelines():
                      loader=ClickHouseLoader("wide", order_by=["id"]), schema=Row, batch_size=50)]
 """
 
+POSTGRES_PIPELINE = """
+from pydantic import BaseModel
+from jetl import FileExtractor, Pipeline, PostgresLoader
+
+class Row(BaseModel):
+    id: int
+
+def register_pipelines():
+    return [Pipeline(name="pg", extractors=[FileExtractor("rows.jsonl")],
+                     loader=PostgresLoader("pg", dsn="postgresql://postgres@127.0.0.1:5432/test"), schema=Row)]
+"""
+
 
 async def run_collecting(nats: NatsHandle, pipeline: str, kind: type[Any]) -> tuple[Any, list[Any]]:
     """Run `pipeline` to its end; its state and its events of `kind`."""
@@ -80,13 +92,22 @@ def test_a_stack_scales_what_can_be_scaled_and_says_what_cannot(
         Stack(data_dir=tmp_path, pipelines_dir=tmp_path, replicas={"transform": 2})
     with pytest.raises(ConfigError, match="at least 1"):
         Stack(data_dir=tmp_path, pipelines_dir=tmp_path, replicas={"transformer": 0})
-    with pytest.raises(ConfigError, match="chdb"):  # one process may open a chdb folder
+    # the loaders say whether they allow replicas: a pipeline into chdb does not (one process may open its folder),
+    # the same pipeline into a ClickHouse server does, and so does one into PostgreSQL next to it
+    (tmp_path / "wide_pipeline.py").write_text(PIPELINE.replace("INPUT", str(tmp_path / "rows.jsonl")))
+    (tmp_path / "pg_pipeline.py").write_text(POSTGRES_PIPELINE)
+    assert Stack(data_dir=tmp_path, pipelines_dir=tmp_path / "none", replicas={"loader": 2}).replicas
+    with pytest.raises(ConfigError, match=r"pipeline 'wide'.*chdb"):
         Stack(data_dir=tmp_path, pipelines_dir=tmp_path, replicas={"loader": 2})
     server = {"JETL_CLICKHOUSE__DSN": "http://ch:8123"}
     assert Stack(data_dir=tmp_path, pipelines_dir=tmp_path, replicas={"loader": 2}, extra_env=server).replicas
+    (tmp_path / "wide_pipeline.py").unlink()
+    assert Stack(data_dir=tmp_path, pipelines_dir=tmp_path, replicas={"loader": 2}).replicas
 
     def up(*args: str) -> CliResult:
         return jetl("up", *args, nats_url="nats://127.0.0.1:1", pipelines_dir=tmp_path, data_dir=tmp_path)
+
+    (tmp_path / "wide_pipeline.py").write_text(PIPELINE.replace("INPUT", str(tmp_path / "rows.jsonl")))
 
     bad = up("--scale", "transformer")
     assert bad.code == 2 and "expected SERVICE=N" in bad.stdout + bad.stderr

@@ -65,6 +65,7 @@ def declared(connector: object) -> set[str]:
             {
                 "ArrowLoader",
                 "CountingLoader",
+                "ExclusiveLoader",
                 "KeyedLoader",
                 "LineageLoader",
                 "MergingLoader",
@@ -78,6 +79,31 @@ def declared(connector: object) -> set[str]:
         (
             lambda tmp: jetl.FileLoader(tmp),
             {"KeyedLoader", "LineageLoader", "ReachableLoader", "SchemaCheckingLoader", "VersionedLoader"},
+        ),
+        (
+            lambda tmp: jetl.PostgresLoader("t", dsn="postgresql://postgres@127.0.0.1/test"),
+            {
+                "ArrowLoader",
+                "CountingLoader",
+                "KeyedLoader",
+                "LineageLoader",
+                "MergingLoader",
+                "QueryableLoader",
+                "ReachableLoader",
+                "SchemaCheckingLoader",
+                "VersionedLoader",
+            },
+        ),
+        (
+            lambda tmp: jetl.IcebergLoader("t", warehouse=tmp),
+            {
+                "CountingLoader",
+                "KeyedLoader",
+                "LineageLoader",
+                "ReachableLoader",
+                "SchemaCheckingLoader",
+                "VersionedLoader",
+            },
         ),
         (lambda tmp: jetl.ConsoleLoader(), set()),
     ],

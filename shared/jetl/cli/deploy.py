@@ -52,16 +52,37 @@ def _migrations(folder: Path) -> list[Any]:
         die(str(exc), "migration files are named NNNN_name.sql, one version each", EXIT_USAGE)
 
 
-def run_migrations(s: JetlSettings, folder: Path, dsn: str | None, dry_run: bool, quiet: bool) -> list[dict[str, Any]]:
-    """Apply (or list, with dry_run) the pending migrations; returns what was applied as rows."""
-    from jetl.migrations import Migrator
+@contextmanager
+def migrator(s: JetlSettings, dsn: str | None, postgres: str | None = None, schema: str = "public") -> Iterator[Any]:
+    """The migrator of the destination: PostgreSQL at `postgres` (its `schema`), else ClickHouse."""
+    from jetl.migrations import Migrator, PostgresMigrator
 
-    migrations = _migrations(folder)
+    if postgres:
+        pg = PostgresMigrator(postgres, schema)
+        try:
+            yield pg
+        finally:
+            pg.close()
+        return
     with clickhouse_client(s, dsn) as client:
-        migrator = Migrator(client, s.clickhouse.database)
+        yield Migrator(client, s.clickhouse.database)
+
+
+def run_migrations(
+    s: JetlSettings,
+    folder: Path,
+    dsn: str | None,
+    dry_run: bool,
+    quiet: bool,
+    postgres: str | None = None,
+    schema: str = "public",
+) -> list[dict[str, Any]]:
+    """Apply (or list, with dry_run) the pending migrations; returns what was applied as rows."""
+    migrations = _migrations(folder)
+    with migrator(s, dsn, postgres, schema) as migrator_:
         total = sum(len(m.statements()) for m in migrations)
         with progress(not (dry_run or quiet), "migrating", total) as update:
-            done = migrator.apply(
+            done = migrator_.apply(
                 migrations,
                 dry_run=dry_run,
                 on_step=lambda m, i, n: update(advance=1, description=f"{m.label} ({i}/{n})"),
@@ -87,8 +108,15 @@ def migrate(
         None, "--dsn", help="ClickHouse DSN (default: JETL_CLICKHOUSE__DSN, else chdb in the data folder)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    postgres: str = typer.Option(
+        None,
+        "--postgres",
+        help="Migrate this PostgreSQL (postgresql:// URL) instead; --dir defaults to migrations/postgres.",
+    ),
+    schema: str = typer.Option("public", "--schema", help="The PostgreSQL schema that records the migrations."),
 ) -> None:
-    """Apply versioned SQL migrations to ClickHouse, in order, each once (recorded in jetl_migrations).
+    """Apply versioned SQL migrations to ClickHouse (or PostgreSQL with --postgres), in order, each once (recorded
+    in jetl_migrations).
 
     With chdb (the default) the folder opens in one process at a time: run this while the loader is stopped.
     Exit codes: 0 applied or nothing to do; 1 a statement failed or an applied file was edited (--status: a
@@ -99,14 +127,15 @@ def migrate(
     from rich.table import Table
 
     from jetl.errors import JetlError
-    from jetl.migrations import Migrator
 
     s = settings()
+    if postgres and folder == Path("migrations/clickhouse"):
+        folder = Path("migrations/postgres")
     try:
         if status:
             migrations = _migrations(folder)
-            with clickhouse_client(s, dsn) as client:
-                states = Migrator(client, s.clickhouse.database).status(migrations)
+            with migrator(s, dsn, postgres, schema) as migrator_:
+                states = migrator_.status(migrations)
             rows = [
                 {
                     "version": x.version,
@@ -137,7 +166,7 @@ def migrate(
             if bad:
                 raise typer.Exit(EXIT_FAILED)
             return
-        applied = run_migrations(s, folder, dsn, dry_run, json_out)
+        applied = run_migrations(s, folder, dsn, dry_run, json_out, postgres, schema)
     except JetlError as exc:
         die(str(exc), "fix the migration (ClickHouse DDL is not transactional: make statements re-runnable)")
     if json_out:

@@ -414,20 +414,24 @@ class FileLoader:
                 for r in loader._read_part(part, pipeline)
             )
 
-        old, new = bag(self, parent_run_id), bag(twin, shadow_run_id)
-        added, removed = new - old, old - new
-        return Diff(
-            key=[],
-            added=added.total(),
-            removed=removed.total(),
-            unchanged=(old & new).total(),
-            columns=_column_changes(added, removed),
-            samples={
-                kind: [orjson.loads(r) for r in list(c)[:sample]]
-                for kind, c in (("added", added), ("removed", removed))
-                if c
-            },
-        )
+        return whole_row_diff(bag(self, parent_run_id), bag(twin, shadow_run_id), sample)
+
+
+def whole_row_diff(old: Counter[bytes], new: Counter[bytes], sample: int) -> Diff:
+    """The diff of two bags of rows (as sorted-key JSON) matched whole: what loaders without a key compare."""
+    added, removed = new - old, old - new
+    return Diff(
+        key=[],
+        added=added.total(),
+        removed=removed.total(),
+        unchanged=(old & new).total(),
+        columns=_column_changes(added, removed),
+        samples={
+            kind: [orjson.loads(r) for r in list(c)[:sample]]
+            for kind, c in (("added", added), ("removed", removed))
+            if c
+        },
+    )
 
 
 def _key_text(row: Record, key: tuple[str, ...]) -> tuple[Any, ...]:

@@ -148,3 +148,19 @@ def _history(ordered: list[Record], spec: WriteSpec, key_of: Callable[[Record, t
             until = None if after is None else _version(after)
             out.append({**r, VALID_FROM: _version(r), VALID_TO: until, IS_CURRENT: until is None})
     return sorted(out, key=_version)
+
+
+def newest_source(tops: list[tuple[str, int]], runs: RunView) -> list[str]:
+    """The runs whose rows replace shows, given (run, its highest version) pairs: those of the complete source run
+    that reached the highest version (a replay counts as its parent; the choice `current` makes, for loaders that
+    read it in SQL)."""
+    best: dict[str, int] = {}
+    for run, top in tops:
+        if run in runs.incomplete or run in runs.superseded or runs.source(run) in runs.incomplete:
+            continue
+        best[runs.source(run)] = max(best.get(runs.source(run), -1), top)
+    if not best:
+        return []
+    newest = max(best, key=lambda src: (best[src], src))
+    skip = runs.incomplete | runs.superseded
+    return [run for run, _ in tops if run not in skip and runs.source(run) == newest]

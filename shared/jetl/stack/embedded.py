@@ -187,6 +187,29 @@ def deploy(nats: NatsSettings) -> list[Change]:
         return pool.submit(asyncio.run, _declare()).result()
 
 
+def exclusive_loaders(pipelines_dir: Path, extra_env: Mapping[str, str]) -> list[str]:
+    """Why the pipelines in `pipelines_dir` allow only one loader process: the reasons their loaders give
+    (`jetl.protocols.ExclusiveLoader`, as configured by the environment and `extra_env`). A module that does not
+    import is left out: the loader reports it."""
+    from jetl.protocols import ExclusiveLoader
+    from jetl.registry import load_module, pipeline_files
+
+    settings = JetlSettings()
+    dsn = extra_env.get("JETL_CLICKHOUSE__DSN")
+    if dsn:
+        settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"dsn": dsn})})
+    reasons: list[str] = []
+    for path in pipeline_files(Path(pipelines_dir)) if Path(pipelines_dir).is_dir() else []:
+        try:
+            pipelines = load_module(path)
+        except JetlError:
+            continue
+        for p in pipelines:
+            if isinstance(p.loader, ExclusiveLoader) and (why := p.loader.exclusive(settings)):
+                reasons.append(f"pipeline {p.name!r}: {why}")
+    return reasons
+
+
 @dataclass
 class Stack:
     """nats-server plus the four services, as `jetl up` runs them."""
@@ -222,12 +245,13 @@ class Stack:
                 raise ConfigError(f"cannot scale {name!r}: the services are {', '.join(self.services)}")
             if n < 1:
                 raise ConfigError(f"{name}: at least 1 process, not {n}")
-        dsn = self.extra_env.get("JETL_CLICKHOUSE__DSN") or JetlSettings().clickhouse.dsn or "chdb://"
-        if self.replicas.get("loader", 1) > 1 and dsn.startswith("chdb://"):
-            raise ConfigError(
-                "the embedded ClickHouse (chdb) opens in one process only: run one loader, or point "
-                "JETL_CLICKHOUSE__DSN at a ClickHouse server to scale loaders"
-            )
+        if self.replicas.get("loader", 1) > 1:
+            reasons = exclusive_loaders(self.pipelines_dir, self.extra_env)
+            if reasons:
+                raise ConfigError(
+                    f"{reasons[0]}: run one loader, or point JETL_CLICKHOUSE__DSN at a ClickHouse server to scale "
+                    "loaders"
+                )
 
     def start(self) -> Stack:
         """Start the embedded server (unless a URL is given), deploy the topology as the operator, then start every

@@ -63,7 +63,13 @@ from jetl.protocols import (
 )
 from jetl.settings import JetlSettings
 
-__all__ = ["ExtractorContract", "LoaderContract", "TransformerContract", "VersionedLoaderContract"]
+__all__ = [
+    "ExtractorContract",
+    "LineageLoaderContract",
+    "LoaderContract",
+    "TransformerContract",
+    "VersionedLoaderContract",
+]
 
 
 class _Checked:
@@ -615,3 +621,72 @@ class VersionedLoaderContract:
             self.check(spec, extraction, order, self.view(order))
 
         interleaving()
+
+
+class LineageLoaderContract:
+    """What a loader that knows which batch wrote each row must do (`jetl.protocols.LineageLoader`): count rows by
+    run, remove a batch (idempotently, every part of it), write a replay's shadow apart from the destination, and
+    diff the shadow against its parent run, whole rows matched (no key is configured here).
+
+    Method to provide: `new_loader(name)`, a fresh loader for pipeline `name` writing where nothing else does; the
+    suite binds the schema (`check_schema`) as a Pipeline does.
+    """
+
+    def new_loader(self, name: str) -> Loader:
+        """A fresh loader for pipeline `name`."""
+        raise NotImplementedError("provide new_loader(name)")
+
+    def _open(self) -> tuple[LineageLoader, str]:
+        name = f"l{uuid.uuid4().hex[:12]}"
+        loader = self.new_loader(name)
+        assert isinstance(loader, LineageLoader), f"{loader!r} is not a jetl.protocols.LineageLoader"
+        check = getattr(loader, "check_schema", None)
+        if callable(check):
+            check(VersionedItem)
+        return loader, name
+
+    @staticmethod
+    def _load(loader: Any, pipeline: str, run_id: str, seq: int, records: list[Record], part: str = "") -> None:
+        bid = batch_id(run_id, seq)
+        ctx = LoadContext(
+            pipeline,
+            run_id,
+            bid,
+            schema=VersionedItem,
+            part_id=f"{bid}-{part}" if part else "",
+            version=log_version(seq + 1),
+        )
+        assert isinstance(loader, Loader)
+        loader.load(copy.deepcopy(records), ctx)
+
+    @staticmethod
+    def _rows(n: int, start: int = 0) -> list[Record]:
+        return [{"id": i, "value": i * 10} for i in range(start, start + n)]
+
+    def test_rows_by_run_and_remove_batch(self) -> None:
+        """Rows are counted per run; removing a batch removes exactly its rows, every part, and twice is once."""
+        loader, name = self._open()
+        self._load(loader, name, "r1", 0, self._rows(3))
+        self._load(loader, name, "r1", 1, self._rows(2, 3), part="part0")
+        self._load(loader, name, "r1", 1, self._rows(2, 5), part="part1")
+        self._load(loader, name, "r2", 0, self._rows(4))
+        assert loader.rows_by_run(name) == {"r1": 7, "r2": 4}
+        loader.remove_batch(name, batch_id("r1", 1))
+        loader.remove_batch(name, batch_id("r1", 1))
+        assert loader.rows_by_run(name) == {"r1": 3, "r2": 4}
+
+    def test_a_shadow_is_apart_and_diffs_against_its_parent(self) -> None:
+        """A replay's shadow leaves the destination as it was; its diff against the parent run matches whole rows."""
+        loader, name = self._open()
+        self._load(loader, name, "r1", 0, self._rows(4))
+        self._load(loader, name, "r2", 0, self._rows(2, 10))
+        shadow = loader.shadow("r1x")
+        changed = self._rows(4)
+        changed[0]["value"] = -1  # one row changed (one removed, one added), one row new
+        self._load(shadow, name, "r1x", 0, [*changed, {"id": 99, "value": 0}])
+        assert loader.rows_by_run(name) == {"r1": 4, "r2": 2}
+        d = loader.diff(name, "r1", "r1x")
+        assert (d.added, d.removed, d.unchanged) == (2, 1, 3)
+        loader.drop_shadow(name, "r1x")
+        loader.drop_shadow(name, "r1x")  # idempotent
+        assert loader.rows_by_run(name) == {"r1": 4, "r2": 2}

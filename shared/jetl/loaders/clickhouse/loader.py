@@ -24,7 +24,7 @@ from jetl.loaders.clickhouse.client import _missing_table, _wrap, get_client
 from jetl.loaders.clickhouse.lineage import LINEAGE_COLUMN
 from jetl.loaders.clickhouse.sql import PARTITION, create_table, quote
 from jetl.loaders.clickhouse.types import Convert, _utc_if_naive, arrow_types_for, columns_for, converters_for
-from jetl.loaders.versions import version_array
+from jetl.loaders.versions import newest_source, version_array
 from jetl.protocols import (
     DELETED,
     VERSION,
@@ -161,6 +161,13 @@ class ClickHouseLoader:
             if not (folder.exists() or folder.parent.exists() or folder.parent.parent.exists()):
                 return Check("warn", f"chdb folder {folder} cannot be created (no parent folder)")
         return Check("ok", f"table {self.table} on {redact_url(dsn)}")
+
+    def exclusive(self, settings: JetlSettings) -> str | None:
+        """On chdb (the embedded default) one process opens the folder: the reason; on a server, None."""
+        dsn = self.dsn or settings.clickhouse_dsn
+        if dsn.startswith("chdb://"):
+            return f"{self!r} writes the embedded ClickHouse (chdb), which opens in one process only"
+        return None
 
     def check_schema(self, model: type[BaseModel]) -> None:
         """Fail at start-up when a key column is missing or nullable, or a field has no usable type."""
@@ -385,7 +392,7 @@ class ClickHouseLoader:
                 tops = self.client().query(versions.runs_by_version(self.qualified)).result_rows
             except Exception as exc:
                 raise _wrap(exc, f"reading the runs of {self.qualified}") from exc
-            only = _newest_source([(str(run), int(v)) for run, v in tops], runs)
+            only = newest_source([(str(run), int(v)) for run, v in tops], runs)
         return versions.current(
             self._table_ref(),
             list(self._model.model_fields),
@@ -539,21 +546,6 @@ class ClickHouseLoader:
                 raise _wrap(exc, f"diffing the columns of {twin.qualified} against run {parent_run_id}") from exc
             out.columns = {c: int(n) for c, n in zip(values, counts, strict=True) if n}
         return out
-
-
-def _newest_source(tops: list[tuple[str, int]], runs: RunView) -> list[str]:
-    """The runs whose rows replace shows: those of the complete source run that reached the highest version (a
-    replay counts as its parent; the same choice as `jetl.loaders.versions`)."""
-    best: dict[str, int] = {}
-    for run, top in tops:
-        if run in runs.incomplete or run in runs.superseded or runs.source(run) in runs.incomplete:
-            continue
-        best[runs.source(run)] = max(best.get(runs.source(run), -1), top)
-    if not best:
-        return []
-    newest = max(best, key=lambda src: (best[src], src))
-    skip = runs.incomplete | runs.superseded
-    return [run for run, _ in tops if run not in skip and runs.source(run) == newest]
 
 
 def _bare(sql: str) -> str:
