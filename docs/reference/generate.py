@@ -57,7 +57,19 @@ GROUPS = [
             "DedupeTransformer",
         ],
     ),
-    ("Loaders", ["FileLoader", "ClickHouseLoader", "ConsoleLoader", "LowCardinality", "Timezone"]),
+    (
+        "Loaders",
+        [
+            "FileLoader",
+            "ClickHouseLoader",
+            "PostgresLoader",
+            "IcebergLoader",
+            "ConsoleLoader",
+            "Deletes",
+            "LowCardinality",
+            "Timezone",
+        ],
+    ),
     ("Messages", ["Batch", "DeadLetter", "RunRequest"]),
     (
         "Errors",

@@ -80,7 +80,7 @@ def test_diff_page_shows_which_columns_changed_and_in_how_many_rows(app: Any) ->
 
 
 def test_diff_page_lists_only_kept_shadows_and_says_when_one_is_gone(app: Any) -> None:
-    http = TestClient(app)
+    http = TestClient(app, base_url="http://127.0.0.1:8420")
     listing = http.get("/diff").text
     assert "shop-replay" in listing and "shop-dropped" not in listing  # the CLI dropped it after its diff
     r = http.get("/diff", params={"pipeline": "shop", "run": "shop-dropped"})
@@ -166,7 +166,7 @@ def test_the_dashboard_renders_and_acts_on_its_one_connection(
 
     monkeypatch.setattr(nats_py, "connect", counting)
     settings = JetlSettings(nats=NatsSettings(url=nats.url), pipelines_dir=folder)
-    with TestClient(create_app(settings)) as http:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8420") as http:
         assert http.get("/").status_code == 200
         form = {CSRF_FIELD: http.cookies[CSRF_COOKIE]}
         assert http.post("/pipelines/shop/pause", data=form).status_code == 200  # its bus connects on this first one

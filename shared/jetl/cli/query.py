@@ -8,13 +8,15 @@ run) unless `--all` asks for every stored row.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
-from rich.table import Table
 
 from jetl.cli._app import app, client, load_pipelines, run_async, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_UNAVAILABLE, console, err_console, print_json
-from jetl.errors import JetlError, TransientError
-from jetl.ops.destination import QueryResult
+
+if TYPE_CHECKING:
+    from jetl.ops.destination import QueryResult
 
 
 @app.command()
@@ -32,6 +34,8 @@ def query(
 
     Example: jetl query orders "SELECT status, count() FROM orders GROUP BY status"
     """
+    from jetl.errors import JetlError, TransientError
+
     try:
         result = run_async(_ask(pipeline, sql, max_rows, seconds, not all_rows))
     except TransientError as exc:
@@ -51,6 +55,8 @@ def query(
             }
         )
         return
+    from rich.table import Table
+
     table = Table(*result.columns, title=result.destination)
     for row in result.rows:
         table.add_row(*("" if v is None else str(v) for v in row))
@@ -62,6 +68,7 @@ def query(
 async def _ask(pipeline: str, sql: str, max_rows: int, seconds: float, current: bool) -> QueryResult:
     """Through the loader, or straight to a ClickHouse server the pipeline writes to."""
     from jetl.loaders.clickhouse import ClickHouseLoader
+    from jetl.ops.destination import QueryResult
 
     s = settings()
     found, _ = load_pipelines(s)
