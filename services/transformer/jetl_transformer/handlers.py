@@ -16,7 +16,7 @@ from faststream.nats import NatsRouter
 
 from jetl.archive import Archive, placed
 from jetl.errors import SchemaMismatch, TerminalError, TransientError
-from jetl.events import BatchRejected, BatchTransformed
+from jetl.events import BatchRejected, BatchTransformed, SchemaDrift
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
 from jetl.messages.payload import PAYLOAD_HEADROOM, cut_body, too_large
@@ -28,6 +28,7 @@ from jetl.runtime.stage import open_batch, reject_batch, settle, stream_sequence
 from jetl.state import get_run
 from jetl.subjects import Kind
 from jetl.transformers.chain import arrow_path, run_transformers
+from jetl.transformers.drift import batch_drift
 from jetl_transformer.archiver import archive_batch
 from jetl_transformer.settings import TransformerSettings
 
@@ -58,6 +59,8 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
             for i in issues:
                 if i.index >= 0:
                     i.origin = batch.origin(i.index)
+            if not batch.transformed:  # a redrive's records passed the input model once: they drift no more
+                await _report_drift(ctx, batch, base, pipeline, body, whole=bool(issues))
             # A transform may grow a batch past what a message carries (the raw one fit): it is cut by bytes into
             # parts, in order, each its own message; a record too large for any message is dead-lettered by reference.
             room = ctx.bus.max_payload - PAYLOAD_HEADROOM
@@ -128,6 +131,20 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                 filtered=filtered,
                 parts=len(pieces),
             )
+
+
+async def _report_drift(
+    ctx: ServiceContext, batch: Any, base: dict[str, Any], pipeline: Any, body: bytes, *, whole: bool
+) -> None:
+    """Say how the batch's records differ from the pipeline's input model, if they do (`jetl.transformers.drift`):
+    looking at every record when some were rejected (the slow path already), else at its first and last."""
+    if whole:
+        fields, looked_at = await asyncio.to_thread(batch_drift, pipeline, body, batch.count, whole=True)
+    else:  # two records: less than the hop to a thread
+        fields, looked_at = batch_drift(pipeline, body, batch.count, whole=False)
+    if fields:
+        await ctx.bus.event(SchemaDrift(**base, fields=fields, looked_at=looked_at))
+        log.warning("schema drift", fields=[f"{f.kind} {f.path}" for f in fields][:10])
 
 
 async def _check_redrive(ctx: ServiceContext, batch: Any) -> None:

@@ -1,0 +1,122 @@
+"""Schema drift as a user meets it: a source adds a field mid-run, an int field turns float, a field disappears.
+The transformer says so in `schema.drift` events; `jetl schema diff`, `jetl status` and `jetl audit` report it, for
+the file loader and ClickHouse (chdb) alike, and the ledger still reconciles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from jetl.cli import app
+from jetl.ops.client import JetlClient
+from jetl.projection import RunState
+from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
+from jetl.testing import chdb
+from jetl.testing.servers import NatsHandle
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PIPELINE = """
+from pydantic import BaseModel
+from jetl import ClickHouseLoader, FileExtractor, FileLoader, Pipeline, TypeTransformer
+
+class Item(BaseModel):
+    id: int
+    name: str
+    qty: int
+    note: str | None = None
+
+def register_pipelines():
+    return [
+        Pipeline(name="drift_files", extractors=[FileExtractor("INPUT/*.jsonl")], transformers=[TypeTransformer(Item)],
+                 loader=FileLoader("OUTPUT"), schema=Item, batch_size=10),
+        Pipeline(name="drift_chdb", extractors=[FileExtractor("INPUT/*.jsonl")], transformers=[TypeTransformer(Item)],
+                 loader=ClickHouseLoader("drift_items", order_by=["id"]), schema=Item, batch_size=10),
+        Pipeline(name="steady", extractors=[FileExtractor("INPUT/a_*.jsonl")], transformers=[TypeTransformer(Item)],
+                 loader=FileLoader("OUTPUT"), schema=Item, batch_size=10),
+    ]
+"""
+
+
+def write_inputs(folder: Path) -> None:
+    """a: 20 records as the model has them; b: 20 with a new field `color`; c: 10 whose qty is a float (3 of them
+    2.5, which no int takes); d: 10 without `name`."""
+    folder.mkdir(parents=True)
+
+    def put(name: str, recs: list[dict[str, Any]]) -> None:
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    put("a_first.jsonl", [{"id": i, "name": f"n{i}", "qty": i} for i in range(1, 21)])
+    put("b_color.jsonl", [{"id": i, "name": f"n{i}", "qty": i, "color": "red"} for i in range(21, 41)])
+    put("c_float.jsonl", [{"id": i, "name": f"n{i}", "qty": 2.5 if i % 3 == 0 else i} for i in range(41, 51)])
+    put("d_noname.jsonl", [{"id": i, "qty": i} for i in range(51, 61)])
+
+
+def cli(*args: str) -> tuple[int, Any]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_drift_is_detected_and_reported(tmp_path: Path, nats: NatsHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs, output, pipelines, data = tmp_path / "in", tmp_path / "out", tmp_path / "pipelines", tmp_path / "data"
+    write_inputs(inputs)
+    pipelines.mkdir()
+    (pipelines / "drift_pipeline.py").write_text(PIPELINE.replace("INPUT", str(inputs)).replace("OUTPUT", str(output)))
+
+    async def run_all() -> dict[str, RunState]:
+        async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
+            reqs = {name: await jc.request_run(name) for name in ("drift_files", "drift_chdb", "steady")}
+            return {name: await jc.wait(name, r.run_id, timeout=120) for name, r in reqs.items()}
+
+    with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url) as stack:
+        states = asyncio.run(run_all())
+        stack.check()
+        monkeypatch.setenv("JETL_NATS__URL", nats.url)
+        diffs = {name: cli("schema", "diff", name, "--json") for name in states}
+        status = cli("status", "drift_files", "--json")
+        audit = cli("audit", states["drift_chdb"].run_id, "--pipeline", "drift_chdb", "--json")
+
+    for name in ("drift_files", "drift_chdb"):
+        st = states[name]
+        assert st.status == "completed" and st.reconciles, st.error
+        assert st.extracted == 60
+        assert st.rejected == 3 + 10  # the three 2.5s, the ten without a name
+        assert st.loaded == 60 - 13
+        code, out = diffs[name]
+        assert code == 0
+        drift = {(d["kind"], d["path"]): d for d in out["drift"]}
+        assert set(drift) == {("new", "color"), ("changed", "qty"), ("missing", "name")}
+        new, changed, missing = drift["new", "color"], drift["changed", "qty"], drift["missing", "name"]
+        assert new["seen"] == "str" and new["example"] == '"red"'
+        # b's 20 records are two clean batches: each sampled at its first and last record
+        assert new["batches"] == 2 and new["records"] == 4
+        assert new["first_batch"].startswith(st.run_id)
+        assert (changed["expected"], changed["seen"], changed["example"]) == ("int", "float", "2.5")
+        assert changed["records"] == 3 and changed["batches"] == 1  # a batch with rejects is looked at whole
+        assert (missing["expected"], missing["records"]) == ("str", 10)
+        assert out["drift"] and all(d["runs"] == [st.run_id] for d in out["drift"])
+
+    assert diffs["steady"] == (0, {"pipeline": "steady", "run_id": None, "drift": []})
+    assert states["steady"].loaded == 20
+
+    code, runs = status
+    assert code == 0
+    assert runs[0]["drift"] == ["changed qty: float", "missing name", "new color"]
+    code, timeline = audit
+    assert code == 0
+    assert {(d["kind"], d["path"]) for d in timeline["drift"]} == {
+        ("new", "color"),
+        ("changed", "qty"),
+        ("missing", "name"),
+    }
+
+    rows = chdb.query(data / "chdb", "SELECT count() AS n FROM drift_items")
+    assert rows[0]["n"] == 47
+    written = [json.loads(line) for p in output.glob("drift_files/*/*.jsonl") for line in p.read_text().splitlines()]
+    assert len(written) == 47 and "color" not in written[0]
