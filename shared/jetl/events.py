@@ -177,6 +177,10 @@ class SchemaDrift(_BatchEvent):
     looked_at: int = Field(ge=0)
     """Records of the batch the fields were counted over (the first and last of a clean batch, every record of one
     that had rejects)."""
+    discarded_rows: int = Field(default=0, ge=0)
+    """Records its pipeline's schema contract dropped ("discard_row"): the batch's ledger counts them filtered."""
+    discarded_values: int = Field(default=0, ge=0)
+    """Values its pipeline's schema contract dropped from records it kept ("discard_value")."""
 
 
 class RunCompleted(_Event):

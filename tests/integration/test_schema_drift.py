@@ -102,7 +102,10 @@ def test_drift_is_detected_and_reported(tmp_path: Path, nats: NatsHandle, monkey
         assert (missing["expected"], missing["records"]) == ("str", 10)
         assert out["drift"] and all(d["runs"] == [st.run_id] for d in out["drift"])
 
-    assert diffs["steady"] == (0, {"pipeline": "steady", "run_id": None, "drift": []})
+    assert diffs["steady"] == (
+        0,
+        {"pipeline": "steady", "run_id": None, "drift": [], "discarded_rows": 0, "discarded_values": 0},
+    )
     assert states["steady"].loaded == 20
 
     code, runs = status
@@ -110,7 +113,7 @@ def test_drift_is_detected_and_reported(tmp_path: Path, nats: NatsHandle, monkey
     assert runs[0]["drift"] == ["changed qty: float", "missing name", "new color"]
     code, timeline = audit
     assert code == 0
-    assert {(d["kind"], d["path"]) for d in timeline["drift"]} == {
+    assert {(d["kind"], d["path"]) for d in timeline["schema"]["drift"]} == {
         ("new", "color"),
         ("changed", "qty"),
         ("missing", "name"),
@@ -120,3 +123,93 @@ def test_drift_is_detected_and_reported(tmp_path: Path, nats: NatsHandle, monkey
     assert rows[0]["n"] == 47
     written = [json.loads(line) for p in output.glob("drift_files/*/*.jsonl") for line in p.read_text().splitlines()]
     assert len(written) == 47 and "color" not in written[0]
+
+
+CONTRACTS = """
+from pydantic import BaseModel
+from jetl import ClickHouseLoader, FileExtractor, FileLoader, Pipeline, TypeTransformer
+
+class Item(BaseModel):
+    id: int
+    name: str
+    qty: int
+    note: str | None = None
+
+def register_pipelines():
+    src = lambda: [FileExtractor("INPUT/*.jsonl")]
+    return [
+        Pipeline(name="frozen", extractors=src(), transformers=[TypeTransformer(Item)], loader=FileLoader("OUTPUT"),
+                 schema=Item, batch_size=10, schema_contract="freeze"),
+        Pipeline(name="rows", extractors=src(), transformers=[TypeTransformer(Item)],
+                 loader=ClickHouseLoader("rows_items", order_by=["id"]), schema=Item, batch_size=10,
+                 schema_contract="discard_row"),
+        Pipeline(name="values", extractors=src(), transformers=[TypeTransformer(Item)], loader=FileLoader("OUTPUT"),
+                 schema=Item, batch_size=10, schema_contract="discard_value"),
+    ]
+"""
+
+
+def test_each_contract_does_what_docs_schema_says(
+    tmp_path: Path, nats: NatsHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs, output, pipelines, data = tmp_path / "in", tmp_path / "out", tmp_path / "pipelines", tmp_path / "data"
+    write_inputs(inputs)
+    pipelines.mkdir()
+    (pipelines / "contracts_pipeline.py").write_text(
+        CONTRACTS.replace("INPUT", str(inputs)).replace("OUTPUT", str(output))
+    )
+
+    async def settled(jc: JetlClient, name: str, run_id: str) -> RunState:
+        """The run once its six batches are each loaded or rejected (a frozen run fails at its first held batch,
+        before the others settle)."""
+        await jc.wait(name, run_id, timeout=120)
+        async for _ in jc.follow(name, run_id):
+            st = await jc.run_state(name, run_id)
+            if st is not None and st.loaded + st.rejected + st.filtered == 60:
+                return st
+        raise AssertionError("the event log ended")
+
+    async def run_all() -> tuple[dict[str, RunState], list[Any]]:
+        async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
+            reqs = {name: await jc.request_run(name) for name in ("frozen", "rows", "values")}
+            states = {name: await settled(jc, name, r.run_id) for name, r in reqs.items()}
+            return states, await jc.dead_letters("frozen")
+
+    with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url) as stack:
+        states, held = asyncio.run(run_all())
+        stack.check()
+        monkeypatch.setenv("JETL_NATS__URL", nats.url)
+        diffs = {name: cli("schema", "diff", name, "--json")[1] for name in states}
+        counts = {name: cli("counts", name, "--json") for name in states}
+
+    # freeze: the clean file's two batches load; each drifted batch is held whole, and the run fails saying why
+    frozen = states["frozen"]
+    assert frozen.status == "failed"
+    assert frozen.error is not None and "schema contract freeze held batch" in frozen.error
+    assert (frozen.extracted, frozen.loaded, frozen.rejected, frozen.filtered) == (60, 20, 40, 0)
+    assert frozen.reconciles
+    assert sorted((dl.scope, dl.error_type, len(dl.records)) for dl in held) == [("batch", "SchemaFrozen", 10)] * 4
+    assert any("new field 'color'" in dl.reason for dl in held)
+    assert {d["kind"] for d in diffs["frozen"]["drift"]} == {"new", "changed", "missing"}
+    assert diffs["frozen"]["discarded_rows"] == diffs["frozen"]["discarded_values"] == 0
+
+    # discard_row: every drifted record dropped, counted as filtered; nothing dead-lettered
+    rows = states["rows"]
+    assert rows.status == "completed" and rows.reconciles
+    assert (rows.extracted, rows.loaded, rows.rejected, rows.filtered) == (60, 27, 0, 33)
+    got = chdb.query(data / "chdb", "SELECT count() AS n, max(id) AS hi FROM rows_items")
+    assert (got[0]["n"], got[0]["hi"]) == (27, 50)
+    assert (diffs["rows"]["discarded_rows"], diffs["rows"]["discarded_values"]) == (33, 0)
+
+    # discard_value: the new field and the 2.5s dropped from their records; a record left without a required value
+    # (qty) is dead-lettered as missing it, as is one the source sent without a name
+    values = states["values"]
+    assert values.status == "completed" and values.reconciles
+    assert (values.extracted, values.loaded, values.rejected, values.filtered) == (60, 47, 13, 0)
+    written = [json.loads(line) for p in output.glob("values/*/*.jsonl") for line in p.read_text().splitlines()]
+    assert len(written) == 47 and not any("color" in r for r in written)
+    assert (diffs["values"]["discarded_rows"], diffs["values"]["discarded_values"]) == (0, 23)
+
+    for name, (code, ledger) in counts.items():
+        assert code == 0, (name, ledger)
+        assert ledger["verdict"]["mismatched_runs"] == []

@@ -234,7 +234,7 @@ def audit(
     from jetl.events import SchemaDrift
     from jetl.ops.cursors import cursor_text
     from jetl.ops.ledger import audit_rows
-    from jetl.ops.schema import drift_json, drift_summary
+    from jetl.ops.schema import drift_json, drift_report
     from jetl.projection import fold
 
     state: RunState | None = None
@@ -250,7 +250,7 @@ def audit(
                 "code_hashes": hashes,
                 "steps": run_steps,
                 "batches": batches,
-                "drift": drift_json(drift_summary([ev for ev in events if isinstance(ev, SchemaDrift)])),
+                "schema": drift_json(drift_report([ev for ev in events if isinstance(ev, SchemaDrift)])),
             }
         )
         return
@@ -294,7 +294,8 @@ def audit(
             ),
         )
     console.print(b)
-    drift = drift_summary([ev for ev in events if isinstance(ev, SchemaDrift)])
+    report = drift_report([ev for ev in events if isinstance(ev, SchemaDrift)])
+    drift = report.fields
     if drift:
         d = Table(title="schema drift (see `jetl schema diff`)")
         for col in ("field", "drift", "model", "seen", "records", "batches", "example", "first batch"):
@@ -302,6 +303,10 @@ def audit(
         for f in drift:
             d.add_row(f.path, f.kind, f.expected, f.seen, str(f.records), str(f.batches), f.example, f.first_batch)
         console.print(d)
+        if report.discarded_rows or report.discarded_values:
+            console.print(
+                f"the schema contract discarded {report.discarded_rows} record(s), {report.discarded_values} value(s)"
+            )
     if len(hashes) > 1:
         console.print(f"[yellow]the pipeline code changed during this run: {', '.join(hashes)}[/yellow]")
     console.print(counts_table(state, title="ledger"))

@@ -29,15 +29,16 @@ def diff(
     """
     from rich.table import Table
 
-    from jetl.ops.schema import FieldDrift, drift_json, schema_drift
+    from jetl.ops.schema import DriftReport, drift_json, schema_drift
 
-    async def _go() -> list[FieldDrift]:
+    async def _go() -> DriftReport:
         async with client() as jc:
             return await schema_drift(jc, pipeline, run_id)
 
-    fields = run_async(_go())
+    report = run_async(_go())
+    fields = report.fields
     if json_out:
-        print_json({"pipeline": pipeline, "run_id": run_id, "drift": drift_json(fields)})
+        print_json({"pipeline": pipeline, "run_id": run_id} | drift_json(report))
         return
     if not fields:
         console.print(f"no schema drift seen for {pipeline}", highlight=False)
@@ -58,3 +59,8 @@ def diff(
             stamp(f.first_at),
         )
     console.print(t)
+    if report.discarded_rows or report.discarded_values:
+        console.print(
+            f"the schema contract discarded {report.discarded_rows} record(s) and {report.discarded_values} value(s)",
+            highlight=False,
+        )

@@ -67,12 +67,34 @@ def drift_summary(events: list[SchemaDrift]) -> list[FieldDrift]:
     return list(out.values())
 
 
-async def schema_drift(jc: JetlClient, pipeline: str, run_id: str | None = None) -> list[FieldDrift]:
+class DriftReport(BaseModel):
+    """A pipeline's (or run's) drift, and what its schema contract discarded for it."""
+
+    fields: list[FieldDrift]
+    discarded_rows: int
+    """Records a discard_row contract dropped (its runs' ledgers count them filtered)."""
+    discarded_values: int
+    """Values a discard_value contract dropped from records it kept."""
+
+
+def drift_report(events: list[SchemaDrift]) -> DriftReport:
+    """The drift events of a pipeline or run, summed."""
+    return DriftReport(
+        fields=drift_summary(events),
+        discarded_rows=sum(ev.discarded_rows for ev in events),
+        discarded_values=sum(ev.discarded_values for ev in events),
+    )
+
+
+async def schema_drift(jc: JetlClient, pipeline: str, run_id: str | None = None) -> DriftReport:
     """A pipeline's drift (one run's, with `run_id`), read from the event log."""
-    events = [ev async for ev in read_events(jc.conn, pipeline, run_id) if isinstance(ev, SchemaDrift)]
-    return drift_summary(events)
+    return drift_report([ev async for ev in read_events(jc.conn, pipeline, run_id) if isinstance(ev, SchemaDrift)])
 
 
-def drift_json(fields: list[FieldDrift]) -> list[dict[str, Any]]:
-    """The summary as JSON values."""
-    return [f.model_dump(mode="json") for f in fields]
+def drift_json(report: DriftReport) -> dict[str, Any]:
+    """The report as JSON values: `drift` (one entry a field), `discarded_rows`, `discarded_values`."""
+    return {
+        "drift": [f.model_dump(mode="json") for f in report.fields],
+        "discarded_rows": report.discarded_rows,
+        "discarded_values": report.discarded_values,
+    }

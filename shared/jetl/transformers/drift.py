@@ -25,7 +25,7 @@ import orjson
 from pydantic import BaseModel
 
 from jetl.events import DriftField
-from jetl.messages.wire import RAW_SEPARATOR, read_records
+from jetl.messages.wire import RAW_SEPARATOR, encode_records, read_records
 from jetl.pipeline import Pipeline
 from jetl.transformers.type_ import TypeTransformer
 
@@ -153,13 +153,20 @@ class DriftFinder:
 
     shape: dict[str, Shape]
     records: int = 0
+    values: list[tuple[dict[str, Any], str]] | None = None
     _found: dict[tuple[str, str, str], _Tally] = field(default_factory=dict)
 
     def add(self, records: list[Any]) -> None:
         for r in records:
-            if type(r) is dict:
-                self.records += 1
-                self._walk(r, self.shape, "")
+            self.check(r)
+
+    def check(self, record: Any) -> bool:
+        """Note one record's drift; whether it has any (a value that is no JSON object has none: the transformer
+        rejects it as unreadable)."""
+        if type(record) is not dict:
+            return False
+        self.records += 1
+        return self._walk(record, self.shape, "")
 
     def _note(self, kind: str, path: str, expected: str, seen: str, value: Any) -> None:
         t = self._found.get((kind, path, seen))
@@ -168,22 +175,30 @@ class DriftFinder:
             t = self._found[(kind, path, seen)] = _Tally(kind, path, expected, seen, example=example)
         t.count += 1
 
-    def _walk(self, record: dict[str, Any], shape: dict[str, Shape], prefix: str) -> None:
+    def _walk(self, record: dict[str, Any], shape: dict[str, Shape], prefix: str) -> bool:
+        """Note the record's drift; whether it has any. Each new or mistyped value's place goes on `self.values`
+        when it is a list (what discard_value removes)."""
+        drifted = False
         for key, value in record.items():
             path = prefix + key
             s = shape.get(key)
             if s is None:
                 self._note("new", path, "", json_kind(value), value)
-                continue
-            kind = json_kind(value)
-            if kind not in s.kinds:
+            elif (kind := json_kind(value)) not in s.kinds:
                 self._note("changed", path, s.name, kind, value)
-            elif s.nested is not None and kind == "object":
-                self._walk(value, s.nested, path + ".")
+            else:
+                if s.nested is not None and kind == "object":
+                    drifted = self._walk(value, s.nested, path + ".") or drifted
+                continue
+            drifted = True
+            if self.values is not None:
+                self.values.append((record, key))
         if len(record) < len(shape) or any(k not in record for k in shape):
             for key, s in shape.items():
                 if key not in record and s.required:
                     self._note("missing", prefix + key, s.name, "", None)
+                    drifted = True
+        return drifted
 
     def fields(self) -> list[DriftField]:
         """What was found, by kind and path. A field with a default the records lack is no drift: a source may
@@ -225,3 +240,75 @@ def batch_drift(pipeline: Pipeline, body: bytes, count: int | None, *, whole: bo
     else:
         finder.add(_ends(body, count or 0))
     return finder.fields(), finder.records
+
+
+@dataclass
+class Contracted:
+    """A raw batch after its pipeline's schema contract (`apply_contract`)."""
+
+    body: bytes
+    """The batch to transform: the raw one, less what the contract discarded."""
+    count: int
+    kept: list[int] | None
+    """Where each record of `body` was in the raw batch (None: all kept, in place)."""
+    fields: list[DriftField]
+    looked_at: int
+    discarded_rows: int = 0
+    discarded_values: int = 0
+
+    @property
+    def frozen(self) -> bool:
+        """A batch a freeze contract holds: it drifted."""
+        return bool(self.fields)
+
+    def describe(self) -> str:
+        """The drift in a line, for a run's error and a dead letter's reason."""
+        return "; ".join(
+            f"{f.kind} field {f.path!r}"
+            + (f" ({f.expected} -> {f.seen}, e.g. {f.example})" if f.kind == "changed" else "")
+            + f" in {f.count} record(s)"
+            for f in self.fields
+        )
+
+
+def apply_contract(pipeline: Pipeline, body: bytes, count: int | None) -> Contracted:
+    """Every record of a raw batch checked against the input model, and what the pipeline's `schema_contract`
+    does with those that drift: nothing yet under "freeze" (the caller holds a batch that drifted), drop them under
+    "discard_row", drop their new and mistyped values under "discard_value" (a required value dropped leaves its
+    record to be dead-lettered as missing it). A text that is no JSON object is kept as it was: the transformer
+    dead-letters it as unreadable."""
+    model = input_model(pipeline)
+    mode = pipeline.schema_contract
+    records, positions, unread = read_records(body, count)
+    n = len(records) + len(unread)
+    if model is None or mode is None:
+        return Contracted(body, n, None, [], 0)
+    finder = DriftFinder(model_shape(*model), values=[] if mode == "discard_value" else None)
+    drifted = [finder.check(r) for r in records]
+    fields = finder.fields()
+    if not fields or mode == "freeze":
+        return Contracted(body, n, None, fields, finder.records)
+    where = positions if positions is not None else list(range(len(records)))
+    items: dict[int, Any] = {u.position: _text(u.value) for u in unread}
+    dropped = values = 0
+    if mode == "discard_value":
+        assert finder.values is not None
+        for container, key in finder.values:
+            container.pop(key, None)
+        values = len(finder.values)
+        items.update(zip(where, records, strict=True))
+    else:
+        for pos, r, bad in zip(where, records, drifted, strict=True):
+            if bad:
+                dropped += 1
+            else:
+                items[pos] = r
+    kept = sorted(items)
+    return Contracted(
+        encode_records([items[i] for i in kept]), len(kept), kept, fields, finder.records, dropped, values
+    )
+
+
+def _text(value: Any) -> bytes:
+    """An unread JSON text back as bytes, to travel on as it came."""
+    return value.encode() if isinstance(value, str) else orjson.dumps(value)
