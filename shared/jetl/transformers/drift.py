@@ -111,7 +111,10 @@ def _kinds(annotation: Any) -> tuple[frozenset[str], dict[str, Shape] | None]:
 
 
 def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    """The annotation as people write it: `int`, `list[str]`, `str | None`."""
+    if typing.get_origin(annotation) is None and isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 @cache
