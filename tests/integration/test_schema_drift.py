@@ -63,6 +63,12 @@ def cli(*args: str) -> tuple[int, Any]:
     return result.exit_code, json.loads(result.stdout)
 
 
+def cli_text(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def test_drift_is_detected_and_reported(tmp_path: Path, nats: NatsHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     inputs, output, pipelines, data = tmp_path / "in", tmp_path / "out", tmp_path / "pipelines", tmp_path / "data"
     write_inputs(inputs)
@@ -81,6 +87,11 @@ def test_drift_is_detected_and_reported(tmp_path: Path, nats: NatsHandle, monkey
         diffs = {name: cli("schema", "diff", name, "--json") for name in states}
         status = cli("status", "drift_files", "--json")
         audit = cli("audit", states["drift_chdb"].run_id, "--pipeline", "drift_chdb", "--json")
+        texts = [
+            cli_text("schema", "diff", "drift_files"),
+            cli_text("status", "drift_files"),
+            cli_text("audit", states["drift_files"].run_id, "--pipeline", "drift_files"),
+        ]
 
     for name in ("drift_files", "drift_chdb"):
         st = states[name]
@@ -118,6 +129,9 @@ def test_drift_is_detected_and_reported(tmp_path: Path, nats: NatsHandle, monkey
         ("changed", "qty"),
         ("missing", "name"),
     }
+
+    for text in texts:  # what a person reads names the drifted fields too
+        assert "color" in text and "qty" in text, text
 
     rows = chdb.query(data / "chdb", "SELECT count() AS n FROM drift_items")
     assert rows[0]["n"] == 47
