@@ -22,7 +22,7 @@ from jetl.testing.servers import NatsHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PIPELINE = """
+MODEL = """
 from pydantic import BaseModel
 from jetl import ClickHouseLoader, FileExtractor, FileLoader, Pipeline, TypeTransformer
 
@@ -31,7 +31,11 @@ class Item(BaseModel):
     name: str
     qty: int
     note: str | None = None
+"""
 
+PIPELINE = (
+    MODEL
+    + """
 def register_pipelines():
     return [
         Pipeline(name="drift_files", extractors=[FileExtractor("INPUT/*.jsonl")], transformers=[TypeTransformer(Item)],
@@ -42,6 +46,7 @@ def register_pipelines():
                  loader=FileLoader("OUTPUT"), schema=Item, batch_size=10),
     ]
 """
+)
 
 
 def write_inputs(folder: Path) -> None:
@@ -139,16 +144,9 @@ def test_drift_is_detected_and_reported(tmp_path: Path, nats: NatsHandle, monkey
     assert len(written) == 47 and "color" not in written[0]
 
 
-CONTRACTS = """
-from pydantic import BaseModel
-from jetl import ClickHouseLoader, FileExtractor, FileLoader, Pipeline, TypeTransformer
-
-class Item(BaseModel):
-    id: int
-    name: str
-    qty: int
-    note: str | None = None
-
+CONTRACTS = (
+    MODEL
+    + """
 def register_pipelines():
     src = lambda: [FileExtractor("INPUT/*.jsonl")]
     return [
@@ -161,6 +159,7 @@ def register_pipelines():
                  schema=Item, batch_size=10, schema_contract="discard_value"),
     ]
 """
+)
 
 
 def test_each_contract_does_what_docs_schema_says(
