@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from jetl.eventlog import read_events
-from jetl.events import SchemaDrift
+from jetl.eventlog import read_stream
+from jetl.events import SchemaDrift, read_event
+from jetl.subjects import Kind, pattern
 
 if TYPE_CHECKING:
     from jetl.ops.client import JetlClient
@@ -87,8 +88,10 @@ def drift_report(events: list[SchemaDrift]) -> DriftReport:
 
 
 async def schema_drift(jc: JetlClient, pipeline: str, run_id: str | None = None) -> DriftReport:
-    """A pipeline's drift (one run's, with `run_id`), read from the event log."""
-    return drift_report([ev async for ev in read_events(jc.conn, pipeline, run_id) if isinstance(ev, SchemaDrift)])
+    """A pipeline's drift (one run's, with `run_id`), read from the event log: the transformers' events only."""
+    subject = pattern(Kind.EVENTS, pipeline, run_id, role="transformer")
+    read = [read_event(m.subject, m.data) async for m in read_stream(jc.conn, Kind.EVENTS, subject)]
+    return drift_report([ev for ev in read if isinstance(ev, SchemaDrift)])
 
 
 def drift_json(report: DriftReport) -> dict[str, Any]:
