@@ -90,6 +90,8 @@ def test_drift_is_detected_and_reported(tmp_path: Path, nats: NatsHandle, monkey
         stack.check()
         monkeypatch.setenv("JETL_NATS__URL", nats.url)
         diffs = {name: cli("schema", "diff", name, "--json") for name in states}
+        one_run = cli("schema", "diff", "drift_files", "--run", states["drift_files"].run_id, "--json")
+        other_run = cli("schema", "diff", "drift_files", "--run", "drift_files-none", "--json")
         status = cli("status", "drift_files", "--json")
         audit = cli("audit", states["drift_chdb"].run_id, "--pipeline", "drift_chdb", "--json")
         texts = [
@@ -123,6 +125,8 @@ def test_drift_is_detected_and_reported(tmp_path: Path, nats: NatsHandle, monkey
         {"pipeline": "steady", "run_id": None, "drift": [], "discarded_rows": 0, "discarded_values": 0},
     )
     assert states["steady"].loaded == 20
+
+    assert one_run[1]["drift"] == diffs["drift_files"][1]["drift"] and other_run[1]["drift"] == []
 
     code, runs = status
     assert code == 0
