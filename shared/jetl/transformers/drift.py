@@ -59,20 +59,17 @@ class Shape:
     name: str = ""
 
 
+_KIND = {type(None): "null", bool: "bool", int: "int", float: "float", str: "str", dict: "object", list: "array"}
+
+
 def json_kind(value: Any) -> str:
     """The JSON type of a parsed value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, dict):
-        return "object"
+    kind = _KIND.get(type(value))
+    if kind is not None:
+        return kind
+    for t, k in _KIND.items():  # a subclass (orjson gives none; a caller's records may)
+        if t is not type(None) and isinstance(value, t):
+            return k
     return "array"
 
 
