@@ -180,6 +180,14 @@ class SchemaMismatch(TerminalError):
     """A batch produced under another schema than the one the pipeline now declares."""
 
 
+class SchemaFrozen(TerminalError):
+    """A batch whose records drift from the input model of a pipeline under `schema_contract="freeze"`: it is held
+    whole in the dead-letter stream, and its run fails naming the drift."""
+
+    fails_run = True
+    """Its run fails with it (`jetl.runtime.stage.reject_batch`): the run's cursor must not move past what it held."""
+
+
 class ArchiveCorrupt(TerminalError):
     """An archived raw batch whose bytes do not match the checksum written with them (`jetl.archive`)."""
 

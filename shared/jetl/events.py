@@ -150,6 +150,39 @@ class BatchRejected(_BatchEvent):
         return f"{part_id(self.batch_id, self.part, self.parts)}/{self.type}/{self.stage}/{self.scope}"
 
 
+class DriftField(BaseModel):
+    """One way a batch's records differ from the pipeline's input model (`jetl.transformers.drift`)."""
+
+    kind: Literal["new", "missing", "changed"]
+    """new: a field the model does not know; missing: one it expects that records lack; changed: a value of a JSON
+    type the field does not take as it is (an int field given 1.5)."""
+    path: str
+    """The field's path in the record, nested fields joined by dots."""
+    expected: str = ""
+    """The model's type of the field ("" for a new field)."""
+    seen: str = ""
+    """The JSON type the records hold ("" for a missing field)."""
+    count: int = Field(ge=0)
+    """Records of the batch (of those looked at) showing it."""
+    example: str = ""
+    """A value seen, as JSON, cut short."""
+
+
+class SchemaDrift(_BatchEvent):
+    """A raw batch's records differ from the pipeline's input model: the transformer says how (`fields`). Counted in
+    no ledger: the batch's own events say what became of its records."""
+
+    type: Literal["schema.drift"] = "schema.drift"
+    fields: list[DriftField]
+    looked_at: int = Field(ge=0)
+    """Records of the batch the fields were counted over (the first and last of a clean batch, every record of one
+    that had rejects)."""
+    discarded_rows: int = Field(default=0, ge=0)
+    """Records its pipeline's schema contract dropped ("discard_row"): the batch's ledger counts them filtered."""
+    discarded_values: int = Field(default=0, ge=0)
+    """Values its pipeline's schema contract dropped from records it kept ("discard_value")."""
+
+
 class RunCompleted(_Event):
     """Every batch of the run is accounted for."""
 
@@ -238,6 +271,7 @@ Event = Annotated[
     | BatchTransformed
     | BatchLoaded
     | BatchRejected
+    | SchemaDrift
     | RunCompleted
     | RunFailed
     | RunCancelled
@@ -263,6 +297,7 @@ _FROM: dict[str, frozenset[Role]] = {
     "partition.extracted": frozenset({"extractor"}),
     "batch.transformed": frozenset({"transformer"}),
     "batch.loaded": frozenset({"loader"}),
+    "schema.drift": frozenset({"transformer"}),
     "run.completed": frozenset({"scheduler"}),
     # a stage fails its run; the watchdog a run whose batch no stage could finish; an operator by hand
     "run.failed": frozenset({"extractor", "transformer", "loader", "scheduler", "operator"}),

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -67,6 +67,11 @@ def required_inputs(model: type[BaseModel]) -> dict[str, frozenset[str]]:
     return out
 
 
+SchemaContract = Literal["evolve", "freeze", "discard_row", "discard_value"]
+SCHEMA_CONTRACTS: tuple[str, ...] = ("freeze", "discard_row", "discard_value")
+"""The contracts built so far (`Pipeline.schema_contract`; evolve is not)."""
+
+
 @dataclass
 class Pipeline:
     """One pipeline. Build it in `register_pipelines()` of a `pipelines/<name>_pipeline.py` module."""
@@ -91,6 +96,12 @@ class Pipeline:
     deletes: Deletes | str | None = None
     """Which records are delete markers (a bool field's name, or `Deletes(field, value)`): under merge a marker
     removes its key, under history it closes it."""
+    schema_contract: SchemaContract | None = None
+    """What a batch whose records drift from the input model becomes (docs/schema.md): None, drift is reported and
+    the model decides as ever (new fields are ignored, values it refuses are dead-lettered); "freeze", the batch is
+    held whole in the dead-letter stream and the run fails naming the drift; "discard_row", drifted records are
+    dropped (counted as filtered); "discard_value", new fields' and mistyped values are dropped, the records kept.
+    Every record of every batch is checked under a contract; without one, a clean batch is sampled."""
 
     def __post_init__(self) -> None:
         check_token(self.name, "pipeline name")
@@ -111,6 +122,7 @@ class Pipeline:
         if not 1 <= self.batch_size <= 1_000_000:
             raise ConfigError(f"pipeline {self.name!r}: batch_size must be between 1 and 1,000,000")
         self._merge_by_key()
+        self._check_contract()
         if isinstance(self.loader, SchemaCheckingLoader):
             self.loader.check_schema(self.schema)
         self._check_output_fields()
@@ -152,6 +164,25 @@ class Pipeline:
             raise ConfigError(
                 f"{where}: {self.loader!r} cannot keep one row per key or write the {spec.disposition!r} disposition; "
                 "use a ClickHouseLoader or a FileLoader, or declare no primary_key (append mode)"
+            )
+
+    def _check_contract(self) -> None:
+        """Fail at start-up on a contract that is not one, or one with no model to hold the records to."""
+        from jetl.transformers.type_ import TypeTransformer
+
+        where = f"pipeline {self.name!r}"
+        if self.schema_contract is None:
+            return
+        if self.schema_contract == "evolve":
+            raise ConfigError(f"{where}: schema_contract 'evolve' is not built yet (docs/schema.md)")
+        if self.schema_contract not in SCHEMA_CONTRACTS:
+            raise ConfigError(
+                f"{where}: schema_contract must be one of {list(SCHEMA_CONTRACTS)}, got {self.schema_contract!r}"
+            )
+        if self.transformers and not isinstance(self.transformers[0], TypeTransformer):
+            raise ConfigError(
+                f"{where}: a schema_contract holds raw records to the model of a leading TypeTransformer, or to the "
+                "schema when there are no transformers; this pipeline has neither"
             )
 
     def _check_output_fields(self) -> None:

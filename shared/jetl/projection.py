@@ -21,6 +21,7 @@ from jetl.events import (
     RunPartitioned,
     RunRequested,
     RunStarted,
+    SchemaDrift,
 )
 from jetl.messages.ids import split_batch_id
 
@@ -129,6 +130,9 @@ class RunState(BaseModel):
     partition_batches: dict[str, int] = Field(default_factory=dict)
     """Per partition that reported (partition.extracted), its batch count: the run's expected batches are their
     total once every partition has reported."""
+    drift: list[str] = Field(default_factory=list)
+    """The schema drift its batches showed (schema.drift), one `kind path` each ("new extra", "changed price:
+    float", "missing sku"), at most `DRIFT_KEPT`: `jetl schema diff` has the counts and examples."""
     _batches: dict[str, BatchState] = PrivateAttr(default_factory=dict)
 
     @property
@@ -270,6 +274,10 @@ def _partitions_extracted(state: RunState) -> None:
         state.expected_batches = sum(state.partition_batches.values())
 
 
+DRIFT_KEPT = 20
+"""How many drifted fields a run state names (it stays O(1) in size)."""
+
+
 def fold_run(state: RunState | None, ev: Event) -> RunState:
     """Apply the run-level part of one event (a batch event only counts as seen: its ledger is `fold_batch`'s)."""
     if state is None:
@@ -320,6 +328,11 @@ def fold_run(state: RunState | None, ev: Event) -> RunState:
                 state.status = "failed"
                 state.error = ev.error
                 state.finished_at = ev.at
+        case SchemaDrift():
+            for f in ev.fields:
+                seen = f"{f.kind} {f.path}" + (f": {f.seen}" if f.kind == "changed" else "")
+                if seen not in state.drift and len(state.drift) < DRIFT_KEPT:
+                    state.drift = sorted([*state.drift, seen])
         case RunCancelled():
             if state.status != "completed":
                 state.status, state.cancelled = "failed", True

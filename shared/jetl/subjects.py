@@ -230,16 +230,16 @@ def control(service: str, verb: str) -> str:
     return f"{PREFIX}.ctl.{check_token(service, 'service')}.{check_token(verb, 'verb')}"
 
 
-def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None) -> str:
+def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None, *, role: Role | None = None) -> str:
     """A wildcard filter over `kind` subjects, narrowed to a pipeline and run when given.
 
     A run id without a pipeline matches that run under any pipeline (`jetl.logs.*.<run>`). Event filters match
-    every role's events (`jetl.events.<pipeline>.<run>.*`).
+    every role's events (`jetl.events.<pipeline>.<run>.*`), or one `role`'s (with a pipeline).
     """
     if kind is Kind.ADVISORY:  # the server's subject, not jetl's: every stream and consumer (the watchdog filters)
         return max_deliveries_advisory()
     parts = [PREFIX, kind.value]
-    by = [ANY] if kind is Kind.EVENTS else []
+    by = [role or ANY] if kind is Kind.EVENTS else []
     if pipeline is None:
         if run_id is not None and kind is not Kind.RUN:
             return ".".join([*parts, ANY, check_token(run_id, "run id"), *by])

@@ -15,8 +15,8 @@ from typing import Any
 from faststream.nats import NatsRouter
 
 from jetl.archive import Archive, placed
-from jetl.errors import SchemaMismatch, TerminalError, TransientError
-from jetl.events import BatchRejected, BatchTransformed
+from jetl.errors import SchemaFrozen, SchemaMismatch, TerminalError, TransientError
+from jetl.events import BatchRejected, BatchTransformed, SchemaDrift
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
 from jetl.messages.payload import PAYLOAD_HEADROOM, cut_body, too_large
@@ -28,6 +28,7 @@ from jetl.runtime.stage import open_batch, reject_batch, settle, stream_sequence
 from jetl.state import get_run
 from jetl.subjects import Kind
 from jetl.transformers.chain import arrow_path, run_transformers
+from jetl.transformers.drift import Contracted, apply_contract, batch_drift
 from jetl_transformer.archiver import archive_batch
 from jetl_transformer.settings import TransformerSettings
 
@@ -52,12 +53,26 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                 )
             if batch.transformed:
                 await _check_redrive(ctx, batch)
+            work, count, kept, discarded = body, batch.count, None, 0
+            if pipeline.schema_contract is not None and not batch.transformed:
+                contracted = await _hold_to_contract(ctx, batch, base, pipeline, body)
+                work, count, kept, discarded = (
+                    contracted.body,
+                    contracted.count,
+                    contracted.kept,
+                    contracted.discarded_rows,
+                )
             clean, encoding, n_in, n_out, issues = await asyncio.to_thread(
-                partial(run_transformers, transform=not batch.transformed), pipeline, body, batch.count
+                partial(run_transformers, transform=not batch.transformed), pipeline, work, count
             )
+            n_in += discarded  # rows the contract dropped: filtered, in the ledger
             for i in issues:
+                if kept is not None:  # back to its place in the raw batch
+                    i.index = kept[i.index] if 0 <= i.index < len(kept) else -1
                 if i.index >= 0:
                     i.origin = batch.origin(i.index)
+            if pipeline.schema_contract is None and not batch.transformed:  # a redrive's records drift no more
+                await _report_drift(ctx, batch, base, pipeline, body, whole=bool(issues))
             # A transform may grow a batch past what a message carries (the raw one fit): it is cut by bytes into
             # parts, in order, each its own message; a record too large for any message is dead-lettered by reference.
             room = ctx.bus.max_payload - PAYLOAD_HEADROOM
@@ -128,6 +143,49 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                 filtered=filtered,
                 parts=len(pieces),
             )
+
+
+async def _report_drift(
+    ctx: ServiceContext, batch: Any, base: dict[str, Any], pipeline: Any, body: bytes, *, whole: bool
+) -> None:
+    """Say how the batch's records differ from the pipeline's input model, if they do (`jetl.transformers.drift`):
+    looking at every record when some were rejected (the slow path already), else at its first and last."""
+    if whole:
+        fields, looked_at = await asyncio.to_thread(batch_drift, pipeline, body, batch.count, whole=True)
+    else:  # two records: less than the hop to a thread
+        fields, looked_at = batch_drift(pipeline, body, batch.count, whole=False)
+    if fields:
+        await ctx.bus.event(SchemaDrift(**base, fields=fields, looked_at=looked_at))
+        log.warning("schema drift", fields=[f"{f.kind} {f.path}" for f in fields][:10])
+
+
+async def _hold_to_contract(
+    ctx: ServiceContext, batch: Any, base: dict[str, Any], pipeline: Any, body: bytes
+) -> Contracted:
+    """Check every record against the input model and apply the pipeline's schema contract (`apply_contract`),
+    saying what drifted and what was discarded; a batch a freeze contract holds raises SchemaFrozen (held whole in the
+    DLQ, its run failed naming the drift)."""
+    contracted = await asyncio.to_thread(apply_contract, pipeline, body, batch.count)
+    if contracted.fields:
+        await ctx.bus.event(
+            SchemaDrift(
+                **base,
+                fields=contracted.fields,
+                looked_at=contracted.looked_at,
+                discarded_rows=contracted.discarded_rows,
+                discarded_values=contracted.discarded_values,
+            )
+        )
+        log.warning(
+            "schema drift",
+            contract=pipeline.schema_contract,
+            fields=[f"{f.kind} {f.path}" for f in contracted.fields][:10],
+            discarded_rows=contracted.discarded_rows,
+            discarded_values=contracted.discarded_values,
+        )
+    if contracted.frozen and pipeline.schema_contract == "freeze":
+        raise SchemaFrozen(f"schema contract freeze held batch {batch.batch_id}: {contracted.describe()}")
+    return contracted
 
 
 async def _check_redrive(ctx: ServiceContext, batch: Any) -> None:

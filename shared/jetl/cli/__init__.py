@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Importing a module registers its commands; `jetl --help` lists them in this order.
 # isort: off
-from jetl.cli import runs, ledger, backfill, replay, dlq  # noqa: F401
+from jetl.cli import runs, ledger, backfill, replay, dlq, schema  # noqa: F401
 from jetl.cli import scaffold, pipelines, deploy, health, logs, schedule, stack, cursor, ui, context, query  # noqa: F401
 
 # isort: on

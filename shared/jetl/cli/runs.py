@@ -130,6 +130,8 @@ def _notes(st: RunState) -> str:
         notes.append(f"{len(st.redrive)} dead letter(s)")
     if st.start_cursor is not None or st.cursor is not None:
         notes.append(f"cursor {cursor_text(st.start_cursor)} -> {cursor_text(st.cursor)}")
+    if st.drift:
+        notes.append(f"schema drift: {'; '.join(st.drift[:3])}{' ...' if len(st.drift) > 3 else ''}")
     if st.error:
         notes.append(st.error[:60])
     return ", ".join(notes)
@@ -161,7 +163,9 @@ def status(
 
     refolded, runs = run_async(_go())
     if json_out:
-        print_json([state_json(r) | {"requested_at": r.requested_at, "shadow": r.shadow} for r in runs])
+        print_json(
+            [state_json(r) | {"requested_at": r.requested_at, "shadow": r.shadow, "drift": r.drift} for r in runs]
+        )
         return
     if refolded is not None:
         console.print(f"rebuilt the run state from {refolded} event(s)")
@@ -227,8 +231,10 @@ def audit(
     if not events:
         err_console.print(f"[red]error:[/red] no events for run {run_id!r} (see `jetl status`)")
         raise typer.Exit(EXIT_USAGE)
+    from jetl.events import SchemaDrift
     from jetl.ops.cursors import cursor_text
     from jetl.ops.ledger import audit_rows
+    from jetl.ops.schema import drift_json, drift_report
     from jetl.projection import fold
 
     state: RunState | None = None
@@ -238,7 +244,15 @@ def audit(
     run_steps, batches = audit_rows(events)
     hashes = sorted({ev.code_hash for ev in events if ev.code_hash})
     if json_out:
-        print_json({"run": state_json(state), "code_hashes": hashes, "steps": run_steps, "batches": batches})
+        print_json(
+            {
+                "run": state_json(state),
+                "code_hashes": hashes,
+                "steps": run_steps,
+                "batches": batches,
+                "schema": drift_json(drift_report([ev for ev in events if isinstance(ev, SchemaDrift)])),
+            }
+        )
         return
     console.print(
         f"[bold]{state.pipeline} {state.run_id}[/bold]: {state.status}, trigger {state.trigger}"
@@ -280,6 +294,19 @@ def audit(
             ),
         )
     console.print(b)
+    report = drift_report([ev for ev in events if isinstance(ev, SchemaDrift)])
+    drift = report.fields
+    if drift:
+        d = Table(title="schema drift (see `jetl schema diff`)")
+        for col in ("field", "drift", "model", "seen", "records", "batches", "example", "first batch"):
+            d.add_column(col)
+        for f in drift:
+            d.add_row(f.path, f.kind, f.expected, f.seen, str(f.records), str(f.batches), f.example, f.first_batch)
+        console.print(d)
+        if report.discarded_rows or report.discarded_values:
+            console.print(
+                f"the schema contract discarded {report.discarded_rows} record(s), {report.discarded_values} value(s)"
+            )
     if len(hashes) > 1:
         console.print(f"[yellow]the pipeline code changed during this run: {', '.join(hashes)}[/yellow]")
     console.print(counts_table(state, title="ledger"))

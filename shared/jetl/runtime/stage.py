@@ -64,13 +64,15 @@ async def reject_batch(
 
     A transient error gets here only when the batch has reached MAX_DELIVER: as when JetStream gives up on a message
     no stage acked (`jetl_scheduler.watchdog`), the run fails, naming the batch and the stage; the batch is in the
-    DLQ either way, for a redrive once the cause is mended."""
+    DLQ either way, for a redrive once the cause is mended. An error that `fails_run` (a batch a schema contract
+    froze: `jetl.errors.SchemaFrozen`) fails the run the same way, with its own message."""
     await ctx.bus.dead_letter(DeadLetter.of_batch(batch, body, stage, exc))
-    if classify(exc) == "transient":  # before the batch settles: a run whose last batch this was must not complete
+    transient = classify(exc) == "transient"
+    if transient or getattr(exc, "fails_run", False):  # before the batch settles: its run must not complete
         await ctx.bus.event(
             RunFailed(
                 **{k: fields[k] for k in ("pipeline", "run_id", "service", "instance", "code_hash") if k in fields},
-                error=gave_up(batch.batch_id, stage, f"{type(exc).__name__}: {exc}"),
+                error=gave_up(batch.batch_id, stage, f"{type(exc).__name__}: {exc}") if transient else str(exc),
                 stage=stage,
             )
         )

@@ -1,0 +1,314 @@
+"""Schema drift: how a raw batch's records differ from the pipeline's input model (`input_model`): fields the model
+does not know (new), fields it requires that the records lack (missing), values of a JSON type the field does not
+take as it is (changed: an int field that receives 1.5), each with its field path, how many records, an example.
+
+It costs nothing on the clean fast path: the transformer looks at two records of a batch (its first and last JSON
+texts, cut from the raw body without parsing the rest: `batch_drift`) unless the batch had rejected records, when it
+looks at all of them (those are parsed anyway). The `schema.drift` event carries what it found
+(`jetl.events.SchemaDrift`); `jetl schema diff` sums it up (`jetl.ops.schema`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import Enum
+from functools import cache
+from typing import Any
+from uuid import UUID
+
+import orjson
+from pydantic import BaseModel
+
+from jetl.events import DriftField
+from jetl.messages.wire import RAW_SEPARATOR, encode_records, read_records
+from jetl.pipeline import Pipeline
+from jetl.transformers.type_ import TypeTransformer
+
+EXAMPLE_CHARS = 40
+"""An example value is cut to this many characters: enough to see the drift, not a record's content."""
+
+_ANY = frozenset({"int", "float", "str", "bool", "object", "array", "null"})
+_SCALARS: dict[Any, frozenset[str]] = {
+    int: frozenset({"int"}),
+    float: frozenset({"int", "float"}),
+    Decimal: frozenset({"int", "float", "str"}),
+    str: frozenset({"str"}),
+    bool: frozenset({"bool"}),
+    bytes: frozenset({"str"}),
+    datetime: frozenset({"str", "int", "float"}),
+    date: frozenset({"str"}),
+    time: frozenset({"str"}),
+    timedelta: frozenset({"str", "int", "float"}),
+    UUID: frozenset({"str"}),
+    type(None): frozenset({"null"}),
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a field takes: its JSON types, whether a record must hold it, and a nested model's own shape."""
+
+    kinds: frozenset[str]
+    required: bool
+    nested: dict[str, Shape] | None = None
+    name: str = ""
+
+
+_KIND = {type(None): "null", bool: "bool", int: "int", float: "float", str: "str", dict: "object", list: "array"}
+
+
+def json_kind(value: Any) -> str:
+    """The JSON type of a parsed value."""
+    kind = _KIND.get(type(value))
+    if kind is not None:
+        return kind
+    for t, k in _KIND.items():  # a subclass (orjson gives none; a caller's records may)
+        if t is not type(None) and isinstance(value, t):
+            return k
+    return "array"
+
+
+def _kinds(annotation: Any) -> tuple[frozenset[str], dict[str, Shape] | None]:
+    """The JSON types an annotation takes as they are, and its model's shape when it is one."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _kinds(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        kinds: set[str] = set()
+        nested = None
+        for arg in typing.get_args(annotation):
+            k, n = _kinds(arg)
+            kinds |= k
+            nested = nested or n
+        return frozenset(kinds), nested
+    if origin is typing.Literal:
+        return frozenset(json_kind(v) for v in typing.get_args(annotation)), None
+    if origin in (list, tuple, set, frozenset):
+        return frozenset({"array"}), None
+    if origin is dict:
+        return frozenset({"object"}), None
+    if isinstance(annotation, type):
+        if issubclass(annotation, BaseModel):
+            return frozenset({"object"}), model_shape(annotation)
+        if issubclass(annotation, Enum):
+            return frozenset(json_kind(m.value) for m in annotation), None
+        for base, kinds_ in _SCALARS.items():
+            if issubclass(annotation, base):
+                return kinds_, None
+        if issubclass(annotation, (list, tuple, set, frozenset)):
+            return frozenset({"array"}), None
+        if issubclass(annotation, dict):
+            return frozenset({"object"}), None
+    return _ANY, None
+
+
+def _type_name(annotation: Any) -> str:
+    """The annotation as people write it: `int`, `list[str]`, `str | None`."""
+    if typing.get_origin(annotation) is None and isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+@cache
+def model_shape(model: type[BaseModel], by_alias: bool = False) -> dict[str, Shape]:
+    """Each field of `model` (by the key a record holds it under) and what it takes."""
+    out: dict[str, Shape] = {}
+    for name, f in model.model_fields.items():
+        key = (f.validation_alias if isinstance(f.validation_alias, str) else None) or (f.alias if by_alias else None)
+        kinds, nested = _kinds(f.annotation)
+        out[key or name] = Shape(kinds, f.is_required(), nested, _type_name(f.annotation))
+    return out
+
+
+def input_model(pipeline: Pipeline) -> tuple[type[BaseModel], bool] | None:
+    """The model a pipeline's raw records are checked against, with whether its fields are read by alias: its first
+    transformer's when that is a TypeTransformer, its schema's when it has no transformers; None otherwise (the
+    records are shaped by transformers before any model sees them, and no model says what they should be)."""
+    first = pipeline.transformers[0] if pipeline.transformers else None
+    if isinstance(first, TypeTransformer):
+        return first.model, first.by_alias
+    if not pipeline.transformers:
+        return pipeline.schema, False
+    return None
+
+
+@dataclass
+class _Tally:
+    kind: str
+    path: str
+    expected: str
+    seen: str
+    count: int = 0
+    example: str = ""
+
+
+@dataclass
+class DriftFinder:
+    """Drift over records, field by field (`add`, then `fields`)."""
+
+    shape: dict[str, Shape]
+    records: int = 0
+    values: list[tuple[dict[str, Any], str]] | None = None
+    _found: dict[tuple[str, str, str], _Tally] = field(default_factory=dict)
+
+    def add(self, records: list[Any]) -> None:
+        for r in records:
+            self.check(r)
+
+    def check(self, record: Any) -> bool:
+        """Note one record's drift; whether it has any (a value that is no JSON object has none: the transformer
+        rejects it as unreadable)."""
+        if type(record) is not dict:
+            return False
+        self.records += 1
+        return self._walk(record, self.shape, "")
+
+    def _note(self, kind: str, path: str, expected: str, seen: str, value: Any) -> None:
+        t = self._found.get((kind, path, seen))
+        if t is None:
+            example = "" if kind == "missing" else orjson.dumps(value, default=str).decode()[:EXAMPLE_CHARS]
+            t = self._found[(kind, path, seen)] = _Tally(kind, path, expected, seen, example=example)
+        t.count += 1
+
+    def _walk(self, record: dict[str, Any], shape: dict[str, Shape], prefix: str) -> bool:
+        """Note the record's drift; whether it has any. Each new or mistyped value's place goes on `self.values`
+        when it is a list (what discard_value removes)."""
+        drifted = False
+        for key, value in record.items():
+            path = prefix + key
+            s = shape.get(key)
+            if s is None:
+                self._note("new", path, "", json_kind(value), value)
+            elif (kind := json_kind(value)) not in s.kinds:
+                self._note("changed", path, s.name, kind, value)
+            else:
+                if s.nested is not None and kind == "object":
+                    drifted = self._walk(value, s.nested, path + ".") or drifted
+                continue
+            drifted = True
+            if self.values is not None:
+                self.values.append((record, key))
+        if len(record) < len(shape) or any(k not in record for k in shape):
+            for key, s in shape.items():
+                if key not in record and s.required:
+                    self._note("missing", prefix + key, s.name, "", None)
+                    drifted = True
+        return drifted
+
+    def fields(self) -> list[DriftField]:
+        """What was found, by kind and path. A field with a default the records lack is no drift: a source may
+        leave it out."""
+        return [
+            DriftField(kind=t.kind, path=t.path, expected=t.expected, seen=t.seen, count=t.count, example=t.example)  # type: ignore[arg-type]
+            for t in sorted(self._found.values(), key=lambda t: (t.kind, t.path, t.seen))
+        ]
+
+
+def _ends(body: bytes, count: int) -> list[Any]:
+    """The first and last records of a raw batch, cut from its body at `RAW_SEPARATOR` (a batch of texts an
+    extractor passed on unparsed); none when the body is not that (a batch of records encoded in one call)."""
+    if count < 1 or body[:1] != b"[" or body[-1:] != b"]":
+        return []
+    if count == 1:
+        texts = [body[1:-1]]
+    else:
+        first, last = body.find(RAW_SEPARATOR), body.rfind(RAW_SEPARATOR)
+        if first < 0:
+            return []
+        texts = [body[1:first], body[last + len(RAW_SEPARATOR) : -1]]
+    out = []
+    for t in texts:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            out.append(orjson.loads(t))
+    return out
+
+
+def batch_drift(pipeline: Pipeline, body: bytes, count: int | None, *, whole: bool) -> tuple[list[DriftField], int]:
+    """The drift of a raw batch from the pipeline's input model, and how many records were looked at: every record
+    with `whole` (a batch that had rejected records: the slow path already), else its first and last only."""
+    model = input_model(pipeline)
+    if model is None:
+        return [], 0
+    finder = DriftFinder(model_shape(*model))
+    if whole:
+        finder.add(read_records(body, count)[0])
+    else:
+        finder.add(_ends(body, count or 0))
+    return finder.fields(), finder.records
+
+
+@dataclass
+class Contracted:
+    """A raw batch after its pipeline's schema contract (`apply_contract`)."""
+
+    body: bytes
+    """The batch to transform: the raw one, less what the contract discarded."""
+    count: int
+    kept: list[int] | None
+    """Where each record of `body` was in the raw batch (None: all kept, in place)."""
+    fields: list[DriftField]
+    looked_at: int
+    discarded_rows: int = 0
+    discarded_values: int = 0
+
+    @property
+    def frozen(self) -> bool:
+        """A batch a freeze contract holds: it drifted."""
+        return bool(self.fields)
+
+    def describe(self) -> str:
+        """The drift in a line, for a run's error and a dead letter's reason."""
+        return "; ".join(
+            f"{f.kind} field {f.path!r}"
+            + (f" ({f.expected} -> {f.seen}, e.g. {f.example})" if f.kind == "changed" else "")
+            + f" in {f.count} record(s)"
+            for f in self.fields
+        )
+
+
+def apply_contract(pipeline: Pipeline, body: bytes, count: int | None) -> Contracted:
+    """Every record of a raw batch checked against the input model, and what the pipeline's `schema_contract`
+    does with those that drift: nothing yet under "freeze" (the caller holds a batch that drifted), drop them under
+    "discard_row", drop their new and mistyped values under "discard_value" (a required value dropped leaves its
+    record to be dead-lettered as missing it). A text that is no JSON object is kept as it was: the transformer
+    dead-letters it as unreadable."""
+    model = input_model(pipeline)
+    mode = pipeline.schema_contract
+    records, positions, unread = read_records(body, count)
+    n = len(records) + len(unread)
+    if model is None or mode is None:
+        return Contracted(body, n, None, [], 0)
+    finder = DriftFinder(model_shape(*model), values=[] if mode == "discard_value" else None)
+    drifted = [finder.check(r) for r in records]
+    fields = finder.fields()
+    if not fields or mode == "freeze":
+        return Contracted(body, n, None, fields, finder.records)
+    where = positions if positions is not None else list(range(len(records)))
+    items: dict[int, Any] = {u.position: _text(u.value) for u in unread}
+    dropped = values = 0
+    if mode == "discard_value":
+        assert finder.values is not None
+        for container, key in finder.values:
+            container.pop(key, None)
+        values = len(finder.values)
+        items.update(zip(where, records, strict=True))
+    else:
+        for pos, r, bad in zip(where, records, drifted, strict=True):
+            if bad:
+                dropped += 1
+            else:
+                items[pos] = r
+    kept = sorted(items)
+    return Contracted(
+        encode_records([items[i] for i in kept]), len(kept), kept, fields, finder.records, dropped, values
+    )
+
+
+def _text(value: Any) -> bytes:
+    """An unread JSON text back as bytes, to travel on as it came."""
+    return value.encode() if isinstance(value, str) else orjson.dumps(value)

@@ -1,0 +1,82 @@
+"""Drift of raw records from a pipeline's input model, and the contracts' work on a batch, without services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from jetl import ConfigError, FileExtractor, FileLoader, LambdaTransformer, Pipeline, TypeTransformer
+from jetl.messages.wire import encode_records, read_records
+from jetl.transformers.drift import DriftFinder, apply_contract, batch_drift, model_shape
+
+
+class Address(BaseModel):
+    city: str
+    zip: int
+
+
+class Customer(BaseModel):
+    id: int
+    price: float
+    address: Address
+    tags: list[str] = []
+
+
+def pipeline(tmp_path: Path, contract: str | None = None) -> Pipeline:
+    return Pipeline(
+        name="c",
+        extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
+        transformers=[TypeTransformer(Customer)],
+        loader=FileLoader(str(tmp_path / "out")),
+        schema=Customer,
+        schema_contract=contract,  # type: ignore[arg-type]
+    )
+
+
+def test_nested_fields_are_named_by_path_and_an_int_is_a_float() -> None:
+    finder = DriftFinder(model_shape(Customer))
+    finder.add([{"id": 1, "price": 3, "address": {"city": "x", "zip": "01234", "floor": 2}, "tags": "a"}])
+    got = {(f.kind, f.path, f.expected, f.seen, f.example) for f in finder.fields()}
+    assert got == {
+        ("changed", "address.zip", "int", "str", '"01234"'),
+        ("new", "address.floor", "", "int", "2"),
+        ("changed", "tags", "list[str]", "str", '"a"'),
+    }
+
+
+def test_a_clean_batch_is_sampled_at_its_ends(tmp_path: Path) -> None:
+    texts = [orjson.dumps({"id": i, "price": 1.0, "address": {"city": "x", "zip": 1}}) for i in range(5)]
+    texts[2] = orjson.dumps({"id": 2, "price": 1.0, "address": {"city": "x", "zip": 1}, "extra": 1})
+    body = encode_records(texts)
+    assert batch_drift(pipeline(tmp_path), body, 5, whole=False) == ([], 2)  # the middle one is not looked at
+    fields, looked = batch_drift(pipeline(tmp_path), body, 5, whole=True)
+    assert looked == 5 and [(f.kind, f.path, f.count) for f in fields] == [("new", "extra", 1)]
+
+
+def test_discard_row_keeps_unreadable_lines_and_says_where_records_were(tmp_path: Path) -> None:
+    good = orjson.dumps({"id": 1, "price": 1.0, "address": {"city": "x", "zip": 1}})
+    bad = orjson.dumps({"id": 2, "price": "free", "address": {"city": "x", "zip": 1}})
+    body = encode_records([bad, b'{"id": ', good])
+    out = apply_contract(pipeline(tmp_path, "discard_row"), body, 3)
+    assert (out.count, out.kept, out.discarded_rows) == (2, [1, 2], 1)
+    records, positions, unread = read_records(out.body, 2)
+    assert records == [orjson.loads(good)] and positions == [1] and unread[0].position == 0
+
+
+def test_contracts_are_checked_at_start_up(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not built yet"):
+        pipeline(tmp_path, "evolve")
+    with pytest.raises(ConfigError, match="must be one of"):
+        pipeline(tmp_path, "loose")
+    with pytest.raises(ConfigError, match="leading TypeTransformer"):
+        Pipeline(
+            name="c",
+            extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
+            transformers=[LambdaTransformer(lambda r: r), TypeTransformer(Customer)],
+            loader=FileLoader(str(tmp_path / "out")),
+            schema=Customer,
+            schema_contract="freeze",
+        )
