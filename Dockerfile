@@ -1,7 +1,7 @@
 # One image per service: `docker build --build-arg SERVICE=loader -t jetl-loader .` installs jetl and that service
 # only. Each service package asks for the jetl extras its stage needs (extractor: jetl[http,db]; transformer: jetl;
 # loader: jetl[clickhouse]; scheduler: jetl[http]), so only the loader image carries chdb and clickhouse-connect
-# (tests/shared/test_packaging.py checks the lock). Without SERVICE, the workspace and every extra are installed.
+# (tests/deploy/test_packaging.py checks the lock). Without SERVICE, the workspace and every extra are installed.
 # compose.yaml builds the four images from this file.
 
 ARG PYTHON=3.11

@@ -5,7 +5,7 @@ specification builder (`app.schema.to_specification()`, what `faststream docs ge
 app's real ones. The services publish through the nats-py connection underneath FastStream (`jetl.bus.Publisher`),
 which FastStream cannot see, so `PUBLISHES` declares those subjects here as documentation-only publishers, with the
 message models as payloads. Building an app connects to nothing; it discovers an empty pipelines folder, so the
-documents do not depend on the pipelines installed. tests/shared/test_asyncapi.py fails when the checked-in files
+documents do not depend on the pipelines installed. tests/docs/test_asyncapi.py fails when the checked-in files
 drift from the code.
 """
 

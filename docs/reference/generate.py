@@ -179,7 +179,7 @@ def render() -> str:
     out = [
         "# API reference",
         "",
-        "Generated from the code by `docs/reference/generate.py` (do not edit; `tests/shared/test_api_reference.py`",
+        "Generated from the code by `docs/reference/generate.py` (do not edit; `tests/docs/test_api_reference.py`",
         "fails when it is out of date). Everything here is importable from `jetl`.",
         "",
     ]

@@ -5,7 +5,7 @@ Every public name is written once, in `_EXPORTS` (name -> the module that define
 to import, pydantic and the core's models a few hundred ms, and a service or CLI command pays only for what it
 touches (`jetl --help` imports none of them: bench/cli_latency.py). A connector whose extra is not installed raises
 an ImportError that names the extra to install. The `TYPE_CHECKING` imports are for type checkers, which cannot read
-`_EXPORTS`; tests/shared/test_exported_members.py holds them to it.
+`_EXPORTS`; tests/jetl/test_exported_members.py holds them to it.
 """
 
 import importlib as _importlib

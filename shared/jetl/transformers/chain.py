@@ -4,7 +4,7 @@ batch; `bench/` runs it alone to measure it.
 
 A flat pipeline's batch may stay one Arrow table from the raw JSON lines to the clean body (`ArrowPath`); any batch
 that way cannot prove equal to the pydantic way goes the pydantic way (the differential property tests in
-tests/transformer/test_arrow_json.py hold the two together).
+tests/services/transformer/test_arrow_json.py hold the two together).
 """
 
 from __future__ import annotations

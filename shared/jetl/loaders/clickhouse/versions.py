@@ -13,7 +13,7 @@ carries that run's versions, so it never outranks a later one); two rows of one 
 written twice (a replay's batch and its parent's, a redelivery), which every engine here folds into one. A merge
 read with superseded runs to leave out takes the highest version among the rest (`LIMIT 1 BY`) instead of FINAL,
 which would pick before filtering. This SQL and `jetl.loaders.versions` (the merge on read) must agree; the
-property test in tests/shared/test_versions.py holds them to it.
+property test in tests/jetl/loaders/test_versions.py holds them to it.
 """
 
 from __future__ import annotations
