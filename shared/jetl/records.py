@@ -344,7 +344,8 @@ class RecordsAdapter:
         that is not certain: any line the reader refuses (a value pydantic would coerce, such as "12" for an int, or
         refuse), a null where the model allows none, a blank or `null` line, a line holding two objects, invalid
         UTF-8.
-        The caller then validates the batch with pydantic (tests/services/transformer/test_arrow_json.py compares the two).
+        The caller then validates the batch with pydantic (tests/services/transformer/test_arrow_json.py compares
+        the two).
 
             measured on 30k raw lines of the benchmark's input read into its 6-field RawOrder (a flat pipeline of
             one TypeTransformer into ClickHouse), CPU per record, run_transformers end to end, same process:

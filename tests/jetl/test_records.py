@@ -222,7 +222,7 @@ def test_arrow_and_python_inserts_load_the_same_rows(dsn: str) -> None:
                 loader.load(_rows(), ctx)
         tables[how] = loader.client().query(f"SELECT * FROM {name} ORDER BY id").result_rows
     assert tables["records"] == tables["arrow table"] == tables["python columns"]
-    assert len(tables["records"]) == 2 and tables["records"][0][-1] == "r/000001"
+    assert len(tables["records"]) == 2 and "r/000001" in tables["records"][0]  # the lineage column, by value
 
 
 def test_compiled_column_transformer_matches_the_generic_loop() -> None:

@@ -282,6 +282,12 @@ class IcebergLoader:
         except NoSuchTableError:
             return
 
+    def has_shadow(self, pipeline: str, run_id: str) -> bool:
+        """Whether the run's shadow table is in the catalog."""
+        twin = self.shadow(run_id)
+        assert isinstance(twin, IcebergLoader)
+        return bool(self.catalog().table_exists(twin.identifier))
+
     def diff(self, pipeline: str, parent_run_id: str, shadow_run_id: str, sample: int = 10) -> Diff:
         """The shadow's rows against the parent run's, matched as whole rows (as the file loader does)."""
         twin = self.shadow(shadow_run_id)

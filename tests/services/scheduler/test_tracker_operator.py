@@ -43,6 +43,6 @@ async def test_an_operator_action_is_acked_without_a_warning() -> None:
     raw = Raw(subjects.events(ev.pipeline, ev.run_id, "operator"), ev.model_dump_json().encode())
     ctx: Any = SimpleNamespace(kv=NoBucket(), settings=None, instance="t")
     with capture_logs() as logs:
-        await track(ctx, raw)
+        await track(ctx, [raw])
     assert raw.done == ["ack"]
     assert [e for e in logs if e.get("log_level") in ("warning", "error")] == []

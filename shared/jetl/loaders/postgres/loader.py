@@ -438,6 +438,18 @@ class PostgresLoader:
                 return
             raise _wrap(exc, f"dropping {twin.qualified}") from exc
 
+    def has_shadow(self, pipeline: str, run_id: str) -> bool:
+        """Whether the run's shadow table exists."""
+        twin = self.shadow(run_id)
+        assert isinstance(twin, PostgresLoader)
+        try:
+            with self._conn().cursor() as cur:
+                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (twin.qualified,))
+                found = cur.fetchone()
+        except Exception as exc:
+            raise _wrap(exc, f"looking for {twin.qualified}") from exc
+        return bool(found and found[0])
+
     def diff(self, pipeline: str, parent_run_id: str, shadow_run_id: str, sample: int = 10) -> Diff:
         """The shadow of `shadow_run_id` against the rows `parent_run_id` has in the table, matched by the
         primary key (whole rows, as a multiset, without one)."""

@@ -22,7 +22,7 @@ from jetl import ClickHouseLoader, ConsoleLoader, HttpExtractor, LoadContext, Pi
 from jetl.errors import ConfigError
 from jetl.extractors.http import Incremental, PageNumberPagination
 from jetl.loaders.clickhouse import close_clients
-from jetl.protocols import ExtractContext
+from jetl.protocols import ExtractContext, log_version
 from jetl.testing.api import json_api
 
 BASE = datetime(2025, 1, 4, 9, 0, tzinfo=UTC)
@@ -99,15 +99,24 @@ def extractor(url: str, tie_breaker: str | None = "id") -> HttpExtractor:
     )
 
 
+_LOG: list[str] = []
+"""The batches loaded so far, in order: each one's place in the log is its version."""
+
+
 async def run_once(ex: HttpExtractor, p: Pipeline, run: str, cursor: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """One run as the services do it: extract from the stored cursor (round-tripped as JSON), validate, load."""
+    """One run as the services do it: extract from the stored cursor (round-tripped as JSON), validate, load, each
+    batch at its place in the log (a later run's rows outrank an earlier run's, as the transformer's versions do)."""
     ctx = ExtractContext(pipeline=p.name, run_id=run, cursor=json.loads(json.dumps(cursor)) if cursor else None)
     taken: list[dict[str, Any]] = []
     seq = 0
     async for chunk in ex.extract(ctx):
         assert not chunk.rejected
         rows = [Row.model_validate(r).model_dump() for r in chunk.records]
-        p.loader.load(rows, LoadContext(pipeline=p.name, run_id=run, batch_id=f"{run}/{seq:06d}", schema=Row))
+        _LOG.append(run)
+        at = log_version(len(_LOG))
+        p.loader.load(
+            rows, LoadContext(pipeline=p.name, run_id=run, batch_id=f"{run}/{seq:06d}", schema=Row, version=at)
+        )
         taken.extend(chunk.records)
         seq += 1
     return taken
