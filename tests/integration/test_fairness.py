@@ -1,0 +1,78 @@
+"""Pipelines do not wait behind each other: a small run requested while another pipeline's big run is in flight
+completes before the big one does, since each pipeline has its own transformer and loader durables and the
+services pull from them in turn (`jetl.subjects.PER_PIPELINE`). With one durable per stage for every pipeline, in
+stream order, the small run's batch waited behind every batch the big run had put on the stream before it.
+
+Event-driven: the small run is requested once the big one has loaded its first batch, and the big run's state is
+read the moment the small one completes (how long each took is for bench/control_plane.py fairness).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from jetl.ops.client import JetlClient
+from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack
+from jetl.testing.servers import NatsHandle
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BIG, SMALL = 20_000, 100
+
+PIPELINE = """
+from pydantic import BaseModel
+from jetl import FileExtractor, FileLoader, LambdaTransformer, Pipeline
+
+class Row(BaseModel):
+    id: int
+
+def work(r):  # some work per record, so that the big run is still loading when the small one is asked for
+    sum(range(200))
+    return r
+
+def register_pipelines():
+    return [
+        Pipeline(name="big", extractors=[FileExtractor("INPUT/big.jsonl")], transformers=[LambdaTransformer(work)],
+                 loader=FileLoader("OUTPUT"), schema=Row, batch_size=50),
+        Pipeline(name="small", extractors=[FileExtractor("INPUT/small.jsonl")], loader=FileLoader("OUTPUT"),
+                 schema=Row, batch_size=50),
+    ]
+"""
+
+
+def test_a_small_run_completes_while_another_pipelines_big_run_is_still_loading(
+    tmp_path: Path, nats: NatsHandle
+) -> None:
+    inputs, output, pipelines = tmp_path / "in", tmp_path / "out", tmp_path / "pipelines"
+    for folder in (inputs, pipelines):
+        folder.mkdir()
+    for name, n in (("big", BIG), ("small", SMALL)):
+        (inputs / f"{name}.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(n)))
+    (pipelines / "two_pipeline.py").write_text(PIPELINE.replace("INPUT", str(inputs)).replace("OUTPUT", str(output)))
+
+    async def scenario() -> tuple[object, object, object]:
+        async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
+            big = await jc.request_run("big")
+            loading = asyncio.Event()
+            big_done = asyncio.create_task(
+                jc.wait("big", big.run_id, timeout=600, on_event=lambda _, st: st.loaded and loading.set())
+            )
+            await asyncio.wait({asyncio.create_task(loading.wait()), big_done}, return_when=asyncio.FIRST_COMPLETED)
+            small = await jc.request_run("small")
+            small_state = await jc.wait("small", small.run_id, timeout=600)
+            big_then = await jc.run_state("big", big.run_id)  # the moment the small run completed
+            return small_state, big_then, await big_done
+
+    with Stack(data_dir=tmp_path / "data", pipelines_dir=pipelines, nats_url=nats.url) as stack:
+        small_state, big_then, big_state = asyncio.run(scenario())
+        stack.check()
+
+    assert small_state.status == "completed" and small_state.loaded == SMALL  # type: ignore[attr-defined]
+    assert big_then is not None and big_then.status == "running", big_then  # type: ignore[attr-defined]
+    assert big_then.loaded < BIG  # type: ignore[attr-defined]
+    assert big_state.status == "completed" and big_state.loaded == BIG  # type: ignore[attr-defined]
