@@ -40,6 +40,16 @@ def register_pipelines():
 """
 
 
+@pytest.fixture
+def items(bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> NatsHandle:
+    """The operator's environment for `jetl deploy`: a bare server, and a pipelines folder with pipeline `items`
+    (whose transformer and loader durables deploy declares)."""
+    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
+    monkeypatch.setenv("JETL_PIPELINES_DIR", str(tmp_path))
+    (tmp_path / "items_pipeline.py").write_text(PIPELINE)
+    return bare_nats
+
+
 def deploy(*args: str) -> tuple[int, Any]:
     result = CliRunner().invoke(app, ["deploy", "--no-migrate", *args])
     try:
@@ -89,12 +99,7 @@ async def recreate_clean(url: str, **changes: Any) -> None:
         await nc.close()
 
 
-def test_deploy_is_idempotent_and_never_ignores_drift(
-    bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
-    monkeypatch.setenv("JETL_PIPELINES_DIR", str(tmp_path))
-    (tmp_path / "items_pipeline.py").write_text(PIPELINE)
+def test_deploy_is_idempotent_and_never_ignores_drift(items: NatsHandle, tmp_path: Path) -> None:
 
     code, report = deploy("--dry-run", "--json")
     assert code == 0 and actions(report)["JETL_RUNS"][0] == "would create"
@@ -105,7 +110,7 @@ def test_deploy_is_idempotent_and_never_ignores_drift(
     code, out = deploy()
     assert code == 0 and "nothing to change" in out
 
-    asyncio.run(tamper(bare_nats.url))
+    asyncio.run(tamper(items.url))
     code, report = deploy("--dry-run", "--json")
     a = actions(report)
     assert code == 0 and report["changed"] == 4
@@ -127,7 +132,7 @@ def test_deploy_is_idempotent_and_never_ignores_drift(
     assert code == 0 and report["changed"] == 0
 
     # a memory-backed stream (storage cannot be changed in place), within the server's memory store
-    asyncio.run(recreate_clean(bare_nats.url, storage=StorageType.MEMORY, max_bytes=1024 * 1024))
+    asyncio.run(recreate_clean(items.url, storage=StorageType.MEMORY, max_bytes=1024 * 1024))
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_CLEAN"]
     assert code == 1 and act == "differs" and "storage" in detail and "cannot be changed in place" in detail
@@ -204,15 +209,12 @@ async def clean_stream_after_loader_ack(url: str) -> tuple[int, int]:
 
 
 def test_a_clean_batch_goes_once_the_loader_acked_it_and_an_old_clean_stream_is_moved_in_place(
-    bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    items: NatsHandle, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
-    monkeypatch.setenv("JETL_PIPELINES_DIR", str(tmp_path))
-    (tmp_path / "items_pipeline.py").write_text(PIPELINE)
     assert deploy("--json")[0] == 0
-    assert asyncio.run(clean_stream_after_loader_ack(bare_nats.url)) == (1, 0)
+    assert asyncio.run(clean_stream_after_loader_ack(items.url)) == (1, 0)
 
-    asyncio.run(recreate_clean(bare_nats.url, retention=RetentionPolicy.LIMITS))  # as deployments before interest
+    asyncio.run(recreate_clean(items.url, retention=RetentionPolicy.LIMITS))  # as deployments before interest
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_CLEAN"]
     assert code == 0 and act == "updated" and "retention: limits -> interest" in detail, (act, detail)
@@ -253,18 +255,15 @@ async def raw_held(url: str) -> tuple[int, int, int]:
 
 
 def test_an_old_raw_stream_moves_to_interest_without_losing_a_batch_the_archiver_has_not_seen(
-    bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    items: NatsHandle, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
-    monkeypatch.setenv("JETL_PIPELINES_DIR", str(tmp_path))
-    (tmp_path / "items_pipeline.py").write_text(PIPELINE)
     assert deploy("--json")[0] == 0
-    asyncio.run(old_raw_deployment(bare_nats.url))
+    asyncio.run(old_raw_deployment(items.url))
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_RAW"]
     assert code == 0 and act == "updated" and "retention: limits -> interest" in detail, (act, detail)
     assert actions(report)["JETL_RAW/archiver"][0] == "created"
-    assert asyncio.run(raw_held(bare_nats.url)) == (1, 1, 0)  # kept for the archiver, created before the move
+    assert asyncio.run(raw_held(items.url)) == (1, 1, 0)  # kept for the archiver, created before the move
     # the shared transformer durable is gone, and the batch it transformed is not handed to the pipeline's again
     assert actions(report)["JETL_RAW/transformer"][0] == "deleted"
 
@@ -281,13 +280,10 @@ async def declare_shared_loader(url: str) -> None:
 
 
 def test_a_pipeline_added_later_gets_its_consumers_and_a_shared_one_left_behind_goes(
-    bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    items: NatsHandle, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
-    monkeypatch.setenv("JETL_PIPELINES_DIR", str(tmp_path))
-    (tmp_path / "items_pipeline.py").write_text(PIPELINE)
     assert deploy()[0] == 0
-    asyncio.run(declare_shared_loader(bare_nats.url))
+    asyncio.run(declare_shared_loader(items.url))
     (tmp_path / "orders_pipeline.py").write_text(PIPELINE.replace('"items"', '"orders"'))
 
     code, report = deploy("--json")
