@@ -18,7 +18,10 @@ import pytest
 from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import Stack
+from jetl.subjects import stage_durable
+from jetl.testing.cli import jetl
 from jetl.testing.servers import NatsHandle
+from jetl.testing.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,3 +79,55 @@ def test_a_small_run_completes_while_another_pipelines_big_run_is_still_loading(
     assert big_then is not None and big_then.status == "running", big_then  # type: ignore[attr-defined]
     assert big_then.loaded < BIG  # type: ignore[attr-defined]
     assert big_state.status == "completed" and big_state.loaded == BIG  # type: ignore[attr-defined]
+
+
+LATER = """
+from pydantic import BaseModel
+from jetl import FileExtractor, FileLoader, Pipeline
+
+class Row(BaseModel):
+    id: int
+
+def register_pipelines():
+    return [Pipeline(name="later", extractors=[FileExtractor("INPUT/small.jsonl")], loader=FileLoader("OUTPUT"),
+                     schema=Row, batch_size=50)]
+"""
+
+
+def test_a_pipeline_added_while_the_services_run_is_named_in_health_until_deployed_then_runs(
+    tmp_path: Path, nats: NatsHandle
+) -> None:
+    """Services may not create consumers: a pipeline whose durables no deploy declared yet waits (nothing crashes),
+    `jetl health` names what is missing and what to do, and after `jetl deploy` its runs go through."""
+    inputs, output, pipelines = tmp_path / "in", tmp_path / "out", tmp_path / "pipelines"
+    for folder in (inputs, pipelines):
+        folder.mkdir()
+    (inputs / "small.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(SMALL)))
+
+    def missing() -> list[dict[str, str]]:
+        checks = jetl("health", "--json", nats_url=nats.url, pipelines_dir=pipelines).json()["checks"]
+        return [c for c in checks if c["check"] == "consumer" and c["status"] == "fail" and "later" in c["name"]]
+
+    def both(rows: list[dict[str, str]]) -> list[dict[str, str]] | None:
+        return rows if len(rows) == 2 else None  # the transformer's and the loader's
+
+    async def run_later() -> object:
+        async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
+            req = await jc.request_run("later")
+            return await jc.wait("later", req.run_id, timeout=300)
+
+    with Stack(data_dir=tmp_path / "data", pipelines_dir=pipelines, nats_url=nats.url) as stack:
+        later = LATER.replace("INPUT", str(inputs)).replace("OUTPUT", str(output))
+        (pipelines / "later_pipeline.py").write_text(later)  # the services load it; no deploy has run since
+        rows = wait_for("health to name the new pipeline's missing consumers", lambda: both(missing()))
+        assert {r["name"] for r in rows} == {
+            f"JETL_RAW/{stage_durable('transformer', 'later')}",
+            f"JETL_CLEAN/{stage_durable('loader', 'later')}",
+        }
+        assert all("run `jetl deploy`" in r["detail"] for r in rows), rows
+        stack.check()  # no service died of it
+        assert jetl("deploy", "--no-migrate", nats_url=nats.url, pipelines_dir=pipelines).code == 0
+        state = asyncio.run(run_later())
+        stack.check()
+    assert state.status == "completed" and state.loaded == SMALL  # type: ignore[attr-defined]
+    wait_for("health to find nothing missing", lambda: not missing())
