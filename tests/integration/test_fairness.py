@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from jetl.ops.client import JetlClient
+from jetl.projection import RunState
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import Stack
 from jetl.subjects import stage_durable
@@ -58,13 +59,16 @@ def test_a_small_run_completes_while_another_pipelines_big_run_is_still_loading(
         (inputs / f"{name}.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(n)))
     (pipelines / "two_pipeline.py").write_text(PIPELINE.replace("INPUT", str(inputs)).replace("OUTPUT", str(output)))
 
-    async def scenario() -> tuple[object, object, object]:
+    async def scenario() -> tuple[RunState, RunState | None, RunState]:
         async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
             big = await jc.request_run("big")
             loading = asyncio.Event()
-            big_done = asyncio.create_task(
-                jc.wait("big", big.run_id, timeout=600, on_event=lambda _, st: st.loaded and loading.set())
-            )
+
+            def seen(_: object, st: RunState) -> None:
+                if st.loaded:
+                    loading.set()
+
+            big_done = asyncio.create_task(jc.wait("big", big.run_id, timeout=600, on_event=seen))
             await asyncio.wait({asyncio.create_task(loading.wait()), big_done}, return_when=asyncio.FIRST_COMPLETED)
             small = await jc.request_run("small")
             small_state = await jc.wait("small", small.run_id, timeout=600)
@@ -75,10 +79,10 @@ def test_a_small_run_completes_while_another_pipelines_big_run_is_still_loading(
         small_state, big_then, big_state = asyncio.run(scenario())
         stack.check()
 
-    assert small_state.status == "completed" and small_state.loaded == SMALL  # type: ignore[attr-defined]
-    assert big_then is not None and big_then.status == "running", big_then  # type: ignore[attr-defined]
-    assert big_then.loaded < BIG  # type: ignore[attr-defined]
-    assert big_state.status == "completed" and big_state.loaded == BIG  # type: ignore[attr-defined]
+    assert small_state.status == "completed" and small_state.loaded == SMALL
+    assert big_then is not None and big_then.status == "running", big_then
+    assert big_then.loaded < BIG
+    assert big_state.status == "completed" and big_state.loaded == BIG
 
 
 LATER = """
@@ -111,7 +115,7 @@ def test_a_pipeline_added_while_the_services_run_is_named_in_health_until_deploy
     def both(rows: list[dict[str, str]]) -> list[dict[str, str]] | None:
         return rows if len(rows) == 2 else None  # the transformer's and the loader's
 
-    async def run_later() -> object:
+    async def run_later() -> RunState:
         async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
             req = await jc.request_run("later")
             return await jc.wait("later", req.run_id, timeout=300)
@@ -129,5 +133,5 @@ def test_a_pipeline_added_while_the_services_run_is_named_in_health_until_deploy
         assert jetl("deploy", "--no-migrate", nats_url=nats.url, pipelines_dir=pipelines).code == 0
         state = asyncio.run(run_later())
         stack.check()
-    assert state.status == "completed" and state.loaded == SMALL  # type: ignore[attr-defined]
+    assert state.status == "completed" and state.loaded == SMALL
     wait_for("health to find nothing missing", lambda: not missing())
