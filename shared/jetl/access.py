@@ -126,6 +126,8 @@ def permissions(role: Role) -> Permissions:
     publish.extend(subjects.object_store_access(subjects.DLQ_BODIES_BUCKET))
     for kind, name in _consumed(role):
         publish.extend(subjects.js_consume_access(kind, name))
+    if role == "extractor":  # a run starts only once its pipeline's consumers exist (`jetl_extractor.handlers`)
+        publish.extend(subjects.consumer_info_access(CONSUMERS[d], subjects.ANY) for d in sorted(subjects.PER_PIPELINE))
     subscribe = [subjects.inbox(role), subjects.control_pattern(role)]
     return Permissions(publish=tuple(publish), subscribe=tuple(subscribe), allow_responses=True)
 

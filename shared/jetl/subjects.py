@@ -389,13 +389,18 @@ def stream_read_access(stream: str) -> list[str]:
     return [f"{_JS}.STREAM.MSG.GET.{stream}"]
 
 
+def consumer_info_access(kind: Kind, durable: str) -> str:
+    """What reading one durable consumer's info (whether it exists, its lag) publishes to."""
+    return f"{_JS}.CONSUMER.INFO.{stream_name(kind)}.{durable}"
+
+
 def js_consume_access(kind: Kind, durable: str) -> list[str]:
     """What pulling from, acking and reading the lag of one durable consumer publishes to."""
     stream = stream_name(kind)
     return [
         f"{_JS}.CONSUMER.MSG.NEXT.{stream}.{durable}",
         f"$JS.ACK.{stream}.{durable}.>",
-        f"{_JS}.CONSUMER.INFO.{stream}.{durable}",
+        consumer_info_access(kind, durable),
     ]
 
 
