@@ -26,6 +26,7 @@ from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import ServiceProcess, Stack, free_port, service_env
 from jetl.state import RunMark, bucket, last_ok_key
+from jetl.subjects import stage_durable
 from jetl.testing.servers import NatsHandle
 from jetl.testing.wait import wait_for
 from jetl.testing.webhook import Hook
