@@ -227,6 +227,22 @@ def _subscribe(
     return subscriber
 
 
+def bind_in_memory(ctx: ServiceContext) -> None:
+    """Subscribe every registered pipeline's per-pipeline durables on the broker before it starts, without asking a
+    server whether they exist: for an in-memory test broker (`faststream.nats.TestNatsBroker`), which has none."""
+    for stage in ctx.pipeline_stages:
+        for pipeline in sorted(ctx.pipelines):
+            _subscribe(
+                ctx.broker,
+                stage.durable,
+                pipeline,
+                stage.handle,
+                fetch_batch=stage.fetch_batch,
+                fetch_timeout=stage.fetch_timeout,
+            )
+            ctx.bound.add(subjects.stage_durable(stage.durable, pipeline))
+
+
 async def bind_pipelines(ctx: ServiceContext) -> None:
     """Start pulling from the per-pipeline consumer of every registered pipeline that has one and is not bound yet;
     note the pipelines whose consumer is not deployed yet (`ctx.unbound`, in the heartbeat and `jetl health`): their
