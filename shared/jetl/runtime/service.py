@@ -227,27 +227,34 @@ def _subscribe(
     return subscriber
 
 
+def _bind(ctx: ServiceContext, stage: PipelineStage, pipeline: str, **options: Any) -> Any:
+    """Subscribe `stage` to `pipeline`'s consumer on the broker (its subscriber)."""
+    sub = _subscribe(
+        ctx.broker,
+        stage.durable,
+        pipeline,
+        stage.handle,
+        fetch_batch=stage.fetch_batch,
+        fetch_timeout=stage.fetch_timeout,
+        **options,
+    )
+    ctx.bound.add(subjects.stage_durable(stage.durable, pipeline))
+    return sub
+
+
 def bind_in_memory(ctx: ServiceContext) -> None:
     """Subscribe every registered pipeline's per-pipeline durables on the broker before it starts, without asking a
     server whether they exist: for an in-memory test broker (`faststream.nats.TestNatsBroker`), which has none."""
     for stage in ctx.pipeline_stages:
         for pipeline in sorted(ctx.pipelines):
-            _subscribe(
-                ctx.broker,
-                stage.durable,
-                pipeline,
-                stage.handle,
-                fetch_batch=stage.fetch_batch,
-                fetch_timeout=stage.fetch_timeout,
-            )
-            ctx.bound.add(subjects.stage_durable(stage.durable, pipeline))
+            _bind(ctx, stage, pipeline)
 
 
 async def bind_pipelines(ctx: ServiceContext) -> None:
     """Start pulling from the per-pipeline consumer of every registered pipeline that has one and is not bound yet;
-    note the pipelines whose consumer is not deployed yet (`ctx.unbound`, in the heartbeat and `jetl health`): their
-    batches wait on the stream, nothing is lost, and the next `jetl deploy` lets them through. Services may not
-    create consumers (`jetl.access`); only the operator's deploy does."""
+    note the pipelines whose consumer is not deployed yet (`ctx.unbound`, in the heartbeat and `jetl health`; the
+    extractor refuses their runs until the next `jetl deploy`). Services may not create consumers (`jetl.access`);
+    only the operator's deploy does."""
     js = ctx.broker.connection.jetstream()
     missing: dict[str, str] = {}
     for stage in ctx.pipeline_stages:
@@ -261,17 +268,11 @@ async def bind_pipelines(ctx: ServiceContext) -> None:
             except Exception:  # not deployed yet (or the server is away): asked again at the next heartbeat
                 missing[pipeline] = f"{stream}/{name}"
                 continue
-            sub = _subscribe(
-                ctx.broker,
-                stage.durable,
-                pipeline,
-                stage.handle,
-                fetch_batch=stage.fetch_batch,
-                fetch_timeout=stage.fetch_timeout,
-                persistent=False,
-            )
-            await sub.start()
-            ctx.bound.add(name)
+            try:
+                await _bind(ctx, stage, pipeline, persistent=False).start()
+            except BaseException:
+                ctx.bound.discard(name)  # tried again at the next heartbeat
+                raise
     if missing.keys() - ctx.unbound.keys():
         get_logger(f"jetl.{ctx.name}").warning(
             "pipelines without their consumer wait (run `jetl deploy`)", consumers=sorted(missing.values())
