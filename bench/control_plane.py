@@ -337,7 +337,11 @@ def print_fairness(r: dict[str, float], big: int, small: int, batch: int) -> Non
         f"fairness: a {small}-record run took {r['solo']:.2f} s alone and {r['behind']:.2f} s behind a {big:,}-record "
         f"run of another pipeline (which took {r['big']:.1f} s): ratio {r['behind'] / r['solo']:.1f}"
     )
-    print(f"goal: within 2 x solo + 1 s = {goal:.2f} s: {r['behind']:.2f} s ({ok})")
+    print(
+        f"goal: within 2 x solo + 1 s = {goal:.2f} s (ratio {goal / r['solo']:.1f}): {r['behind']:.2f} s, ratio "
+        f"{r['behind'] / r['solo']:.1f} ({ok}); the big run was still in flight: "
+        f"{'yes' if r['behind'] < r['big'] else 'no'}"
+    )
     records = big + 7 * small
     batches = -(-big // batch) + 7 * -(-small // batch)
     print(f"what the stores hold after {records:,} records in {batches:,} batches ({7 + 1} runs):")

@@ -99,6 +99,14 @@ class Permissions:
         return block
 
 
+def _consumed(role: Role) -> list[tuple[Kind, str]]:
+    """The (stream kind, consumer name) pairs `role` pulls from: a stream with a per-pipeline durable of the role's
+    is granted by wildcard once (`subjects.durable_names`: the role alone consumes it), covering its shared ones."""
+    wild = {CONSUMERS[d] for d in _DURABLES[role] if subjects.durable_names(d) == subjects.ANY}
+    out = [(kind, subjects.ANY) for kind in dict.fromkeys(CONSUMERS[d] for d in _DURABLES[role]) if kind in wild]
+    return out + [(CONSUMERS[d], d) for d in _DURABLES[role] if CONSUMERS[d] not in wild]
+
+
 def permissions(role: Role) -> Permissions:
     """The permissions of one role, from the subject builder."""
     if role == "operator":
@@ -116,8 +124,10 @@ def permissions(role: Role) -> Permissions:
     # every service dead-letters, and keeps a body too large for a message in the bodies bucket (the extractor
     # reads them back for a redrive)
     publish.extend(subjects.object_store_access(subjects.DLQ_BODIES_BUCKET))
-    for durable in _DURABLES[role]:
-        publish.extend(subjects.js_consume_access(CONSUMERS[durable], durable))
+    for kind, name in _consumed(role):
+        publish.extend(subjects.js_consume_access(kind, name))
+    if role == "extractor":  # a run starts only once its pipeline's consumers exist (`jetl_extractor.handlers`)
+        publish.extend(subjects.consumer_info_access(CONSUMERS[d], subjects.ANY) for d in sorted(subjects.PER_PIPELINE))
     subscribe = [subjects.inbox(role), subjects.control_pattern(role)]
     return Permissions(publish=tuple(publish), subscribe=tuple(subscribe), allow_responses=True)
 

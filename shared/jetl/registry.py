@@ -12,6 +12,7 @@ registered before keep running.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import sys
@@ -86,6 +87,18 @@ def load_module(path: Path) -> list[Pipeline]:
 def pipeline_files(folder: Path) -> list[Path]:
     """The pipeline modules in `folder`, in name order."""
     return sorted(folder.glob("*_pipeline.py"))
+
+
+def pipeline_names(folder: Path | str) -> list[str]:
+    """The names of the pipelines the modules in `folder` define, with those this process registered, without
+    registering any (what `jetl deploy` and `jetl up` declare per-pipeline durables for); a broken module is
+    skipped (it has no pipeline to run until it is fixed and deployed again)."""
+    names = set(_REGISTRY)
+    folder = Path(folder)
+    for path in pipeline_files(folder) if folder.is_dir() else []:
+        with contextlib.suppress(DiscoveryError):
+            names.update(p.name for p in load_module(path))
+    return sorted(names)
 
 
 def register(pipelines: Iterable[Pipeline]) -> None:

@@ -131,6 +131,36 @@ DURABLE_ROLE: dict[str, Role] = {
 }
 """The role whose service binds each durable consumer."""
 
+PER_PIPELINE: frozenset[str] = frozenset({"transformer", "loader"})
+"""Durables declared once per pipeline, `<durable>-<pipeline>` (`stage_durable`), never shared by all pipelines: a
+service pulls from each of its pipelines' durables in turn, so a small run's batches do not wait behind every batch
+a big run of another pipeline put on the stream before them (docs/architecture.md, "Pipelines that do not wait
+behind each other"). The others stay shared: the extractor's run slots already take several runs at once, the
+archiver's and the tracker's work is short per message, and the watchdog's is rare."""
+
+
+def stage_durable(durable: str, pipeline: str) -> str:
+    """The name of `durable`'s consumer for one pipeline (`transformer-orders`); `durable` itself when it is shared."""
+    if durable not in PER_PIPELINE:
+        return durable
+    return f"{durable}-{check_token(pipeline, 'pipeline')}"
+
+
+def durable_of(consumer: str) -> str | None:
+    """The durable (a key of `CONSUMERS`) a consumer name belongs to: itself, or the `<durable>-` prefix of a
+    per-pipeline one; None for a consumer that is not jetl's (an operator's ephemeral reader)."""
+    if consumer in CONSUMERS:
+        return consumer
+    head, sep, _ = consumer.partition("-")
+    return head if sep and head in PER_PIPELINE else None
+
+
+def durable_names(durable: str) -> str:
+    """A NATS wildcard over every consumer name of `durable`, for its grants: a per-pipeline durable's stream is
+    consumed by its role alone, so `*` names its consumers (NATS wildcards match whole tokens: `transformer-*`
+    cannot be spelled)."""
+    return ANY if durable in PER_PIPELINE else durable
+
 
 def role(name: str) -> Role:
     """`name` as a role (a service's name is its role); ConfigError for anything else."""
@@ -359,13 +389,18 @@ def stream_read_access(stream: str) -> list[str]:
     return [f"{_JS}.STREAM.MSG.GET.{stream}"]
 
 
+def consumer_info_access(kind: Kind, durable: str) -> str:
+    """What reading one durable consumer's info (whether it exists, its lag) publishes to."""
+    return f"{_JS}.CONSUMER.INFO.{stream_name(kind)}.{durable}"
+
+
 def js_consume_access(kind: Kind, durable: str) -> list[str]:
     """What pulling from, acking and reading the lag of one durable consumer publishes to."""
     stream = stream_name(kind)
     return [
         f"{_JS}.CONSUMER.MSG.NEXT.{stream}.{durable}",
         f"$JS.ACK.{stream}.{durable}.>",
-        f"{_JS}.CONSUMER.INFO.{stream}.{durable}",
+        consumer_info_access(kind, durable),
     ]
 
 

@@ -77,12 +77,13 @@ def stream_config(kind: Kind, replicas: int = 1, max_bytes: dict[str, int] | Non
     )
 
 
-def consumer_config(service: str, ack_wait: float = ACK_WAIT_S) -> ConsumerConfig:
-    """The durable pull consumer that all replicas of `service` share (`ack_wait`: NatsSettings.ack_wait)."""
+def consumer_config(service: str, ack_wait: float = ACK_WAIT_S, pipeline: str | None = None) -> ConsumerConfig:
+    """The durable pull consumer that all replicas of `service` share (`ack_wait`: NatsSettings.ack_wait); for a
+    per-pipeline durable (`subjects.PER_PIPELINE`), `pipeline`'s, filtered on that pipeline's subjects."""
     kind = CONSUMERS[service]
     return ConsumerConfig(
-        durable_name=service,
-        filter_subject=subjects.pattern(kind),
+        durable_name=subjects.stage_durable(service, pipeline) if pipeline is not None else service,
+        filter_subject=subjects.pattern(kind, pipeline if service in subjects.PER_PIPELINE else None),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait,
@@ -126,8 +127,28 @@ def _diff(current: Any, wanted: Any, fields: Iterable[str]) -> list[str]:
     return out
 
 
-async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list[Change]:
+def _durables(pipelines: Iterable[str]) -> list[tuple[str, Kind, str | None]]:
+    """Every durable to declare: (durable, stream kind, pipeline or None for a shared one)."""
+    names = sorted(set(pipelines))
+    out: list[tuple[str, Kind, str | None]] = []
+    for service, kind in CONSUMERS.items():
+        if service in subjects.PER_PIPELINE:
+            out.extend((service, kind, p) for p in names)
+        else:
+            out.append((service, kind, None))
+    return out
+
+
+async def declare(
+    nc: Client, s: NatsSettings, *, pipelines: Iterable[str] | None = None, dry_run: bool = False
+) -> list[Change]:
     """Create or update every stream and consumer; idempotent. Returns what changed (or would).
+
+    `pipelines` (default: the pipelines this process registered) get their per-pipeline durables
+    (`subjects.PER_PIPELINE`); a pipeline added later gets them at the next deploy (`jetl deploy`, `jetl up`), and
+    durables of a pipeline no longer named are left alone (its unfinished runs keep draining). A shared durable of
+    a per-pipeline kind left by an older deployment is deleted: it would keep JETL_CLEAN's messages for ever
+    (interest retention) and take a share of JETL_RAW's.
 
     The durables of a stream that exists are declared before the stream is updated: JETL_RAW deployed under limits
     moves to interest retention, and a batch every durable then defined had acked would go at once, before the new
@@ -136,13 +157,19 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
     js = nc.jetstream()
     changes: list[Change] = []
     early: set[str] = set()
-    for service, kind in CONSUMERS.items():
+    if pipelines is None:
+        from jetl.registry import get_pipeline_registry
+
+        pipelines = list(get_pipeline_registry())
+    durables = _durables(pipelines)
+    floors = await _shared_floors(js)
+    for service, kind, pipeline in durables:
         try:
             await js.stream_info(STREAMS[kind].name)
         except NotFoundError:
             continue
-        early.add(service)
-        changes.append(await _declare_consumer(js, service, kind, s, dry_run=dry_run))
+        early.add(subjects.stage_durable(service, pipeline or ""))
+        changes.append(await _declare_consumer(js, service, kind, s, pipeline, floors, dry_run=dry_run))
     for kind in STREAMS:
         wanted = stream_config(kind, s.stream_replicas, s.stream_max_bytes)
         assert wanted.name is not None
@@ -171,22 +198,64 @@ async def declare(nc: Client, s: NatsSettings, *, dry_run: bool = False) -> list
                 changes.append(Change("stream", wanted.name, "differs", f"{'; '.join(diffs)} (update refused: {exc})"))
                 continue
         changes.append(Change("stream", wanted.name, "updated", "; ".join(diffs)))
-    for service, kind in CONSUMERS.items():
-        if service not in early:
-            changes.append(await _declare_consumer(js, service, kind, s, dry_run=dry_run))
+    for service, kind, pipeline in durables:
+        if subjects.stage_durable(service, pipeline or "") not in early:
+            changes.append(await _declare_consumer(js, service, kind, s, pipeline, floors, dry_run=dry_run))
+    for service in sorted(subjects.PER_PIPELINE):
+        changes.extend(await _drop_shared(js, service, STREAMS[CONSUMERS[service]].name, dry_run=dry_run))
     changes.append(await _declare_kv(js, s, dry_run=dry_run))
     changes.append(await _declare_object_store(js, s, dry_run=dry_run))
     return changes
 
 
-async def _declare_consumer(js: Any, service: str, kind: Kind, s: NatsSettings, *, dry_run: bool) -> Change:
-    """One durable: created if missing, its settings kept as declared."""
-    wanted = consumer_config(service, s.ack_wait)
-    stream = STREAMS[kind].name
-    name = f"{stream}/{service}"
+async def _shared_floors(js: Any) -> dict[str, int]:
+    """Per per-pipeline durable kind, where a shared durable an older deployment left has acked up to: the new
+    per-pipeline durables start after it, so no batch it settled is handed out again and none it had still to take
+    is skipped (at most the few it acked out of order come again; the stages' ledgers settle those)."""
+    floors: dict[str, int] = {}
+    for service in subjects.PER_PIPELINE:
+        try:
+            info = await js.consumer_info(STREAMS[CONSUMERS[service]].name, service)
+        except NotFoundError:
+            continue
+        floors[service] = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+    return floors
+
+
+async def _drop_shared(js: Any, service: str, stream: str, *, dry_run: bool) -> list[Change]:
+    """Delete the shared durable `service` that an older deployment declared for every pipeline."""
     try:
-        cinfo = await js.consumer_info(stream, service)
+        await js.consumer_info(stream, service)
     except NotFoundError:
+        return []
+    if not dry_run:
+        await js.delete_consumer(stream, service)
+    return [Change("consumer", f"{stream}/{service}", "deleted", "shared by every pipeline: one per pipeline now")]
+
+
+async def _declare_consumer(
+    js: Any,
+    service: str,
+    kind: Kind,
+    s: NatsSettings,
+    pipeline: str | None = None,
+    floors: dict[str, int] | None = None,
+    *,
+    dry_run: bool,
+) -> Change:
+    """One durable: created if missing (a per-pipeline one after its shared predecessor's ack floor), its settings
+    kept as declared."""
+    wanted = consumer_config(service, s.ack_wait, pipeline)
+    durable = wanted.durable_name
+    assert durable is not None
+    stream = STREAMS[kind].name
+    name = f"{stream}/{durable}"
+    try:
+        cinfo = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        if pipeline is not None and service in (floors or {}):
+            wanted.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            wanted.opt_start_seq = (floors or {})[service] + 1
         if not dry_run:
             await js.add_consumer(stream, wanted)
         return Change("consumer", name, "created")

@@ -19,7 +19,7 @@ from jetl import subjects
 from jetl.bus import connect
 from jetl.cli import app
 from jetl.settings import NatsSettings
-from jetl.subjects import Kind
+from jetl.subjects import Kind, stage_durable
 from jetl.testing.cli import jetl
 from jetl.testing.servers import NatsHandle
 from jetl.topology import consumer_config, stream_config
@@ -38,6 +38,16 @@ def register_pipelines():
     return [Pipeline(name="items", extractors=[FileExtractor("/nonexistent/*.jsonl")], loader=ConsoleLoader(),
                      schema=Row)]
 """
+
+
+@pytest.fixture
+def items(bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> NatsHandle:
+    """The operator's environment for `jetl deploy`: a bare server, and a pipelines folder with pipeline `items`
+    (whose transformer and loader durables deploy declares)."""
+    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
+    monkeypatch.setenv("JETL_PIPELINES_DIR", str(tmp_path))
+    (tmp_path / "items_pipeline.py").write_text(PIPELINE)
+    return bare_nats
 
 
 def deploy(*args: str) -> tuple[int, Any]:
@@ -64,7 +74,7 @@ async def tamper(url: str) -> None:
         logs = stream_config(Kind.LOGS)
         logs.max_bytes, logs.discard = 1024 * 1024, DiscardPolicy.NEW
         await js.update_stream(logs)
-        info = await js.consumer_info("JETL_CLEAN", "loader")
+        info = await js.consumer_info("JETL_CLEAN", stage_durable("loader", "items"))
         cfg = info.config
         cfg.max_ack_pending = 7
         await js.add_consumer("JETL_CLEAN", cfg)
@@ -89,23 +99,24 @@ async def recreate_clean(url: str, **changes: Any) -> None:
         await nc.close()
 
 
-def test_deploy_is_idempotent_and_never_ignores_drift(bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
+def test_deploy_is_idempotent_and_never_ignores_drift(items: NatsHandle, tmp_path: Path) -> None:
 
     code, report = deploy("--dry-run", "--json")
     assert code == 0 and actions(report)["JETL_RUNS"][0] == "would create"
     code, report = deploy("--json")
-    assert code == 0 and report["changed"] == 15 and report["differs"] == 0  # 7 streams, 6 consumers, KV, objects
+    # 7 streams, 6 consumers (4 shared, the transformer's and the loader's of pipeline "items"), KV, objects
+    assert code == 0 and report["changed"] == 15 and report["differs"] == 0
 
     code, out = deploy()
     assert code == 0 and "nothing to change" in out
 
-    asyncio.run(tamper(bare_nats.url))
+    asyncio.run(tamper(items.url))
     code, report = deploy("--dry-run", "--json")
     a = actions(report)
     assert code == 0 and report["changed"] == 4
     assert a["JETL_DLQ"][0] == "would update" and "max_age: 86400.0 -> 2592000" in a["JETL_DLQ"][1]
-    assert a["JETL_CLEAN/loader"][0] == "would update" and "max_ack_pending: 7 ->" in a["JETL_CLEAN/loader"][1]
+    loader = f"JETL_CLEAN/{stage_durable('loader', 'items')}"
+    assert a[loader][0] == "would update" and "max_ack_pending: 7 ->" in a[loader][1]
     assert a["JETL_STATE"][0] == "would update" and "max_msgs_per_subject: 5 -> 1" in a["JETL_STATE"][1]
     assert f"max_bytes: 1048576 -> {1024**3}" in a["JETL_STATE"][1]
     assert a["JETL_LOGS"][0] == "would update" and f"max_bytes: 1048576 -> {512 * 1024**2}" in a["JETL_LOGS"][1]
@@ -114,14 +125,14 @@ def test_deploy_is_idempotent_and_never_ignores_drift(bare_nats: NatsHandle, mon
     assert code == 0 and {k for k, (act, _) in actions(report).items() if act == "updated"} == {
         "JETL_DLQ",
         "JETL_LOGS",
-        "JETL_CLEAN/loader",
+        loader,
         "JETL_STATE",
     }
     code, report = deploy("--json")
     assert code == 0 and report["changed"] == 0
 
     # a memory-backed stream (storage cannot be changed in place), within the server's memory store
-    asyncio.run(recreate_clean(bare_nats.url, storage=StorageType.MEMORY, max_bytes=1024 * 1024))
+    asyncio.run(recreate_clean(items.url, storage=StorageType.MEMORY, max_bytes=1024 * 1024))
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_CLEAN"]
     assert code == 1 and act == "differs" and "storage" in detail and "cannot be changed in place" in detail
@@ -184,7 +195,7 @@ async def clean_stream_after_loader_ack(url: str) -> tuple[int, int]:
     try:
         await js.publish(subjects.clean("items", "r1"), b"{}\n[]")
         before = (await js.stream_info("JETL_CLEAN")).state.messages
-        sub = await js.pull_subscribe_bind("loader", "JETL_CLEAN")
+        sub = await js.pull_subscribe_bind(stage_durable("loader", "items"), "JETL_CLEAN")
         (msg,) = await sub.fetch(1, timeout=5)
         await msg.ack_sync()
         for _ in range(50):  # the server removes an acked message of an interest stream right after the ack
@@ -198,13 +209,12 @@ async def clean_stream_after_loader_ack(url: str) -> tuple[int, int]:
 
 
 def test_a_clean_batch_goes_once_the_loader_acked_it_and_an_old_clean_stream_is_moved_in_place(
-    bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch
+    items: NatsHandle, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
     assert deploy("--json")[0] == 0
-    assert asyncio.run(clean_stream_after_loader_ack(bare_nats.url)) == (1, 0)
+    assert asyncio.run(clean_stream_after_loader_ack(items.url)) == (1, 0)
 
-    asyncio.run(recreate_clean(bare_nats.url, retention=RetentionPolicy.LIMITS))  # as deployments before interest
+    asyncio.run(recreate_clean(items.url, retention=RetentionPolicy.LIMITS))  # as deployments before interest
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_CLEAN"]
     assert code == 0 and act == "updated" and "retention: limits -> interest" in detail, (act, detail)
@@ -231,26 +241,57 @@ async def old_raw_deployment(url: str) -> None:
         await nc.close()
 
 
-async def raw_held(url: str) -> tuple[int, int]:
-    """Messages JETL_RAW holds, and those the archiver has still to take."""
+async def raw_held(url: str) -> tuple[int, int, int]:
+    """Messages JETL_RAW holds, those the archiver has still to take, and those pipeline items' transformer has."""
     nc = await connect(NatsSettings(url=url))
     js = nc.jetstream()
     try:
         info = await js.stream_info("JETL_RAW")
         archiver = await js.consumer_info("JETL_RAW", "archiver")
-        return info.state.messages, archiver.num_pending or 0
+        transformer = await js.consumer_info("JETL_RAW", stage_durable("transformer", "items"))
+        return info.state.messages, archiver.num_pending or 0, transformer.num_pending or 0
     finally:
         await nc.close()
 
 
 def test_an_old_raw_stream_moves_to_interest_without_losing_a_batch_the_archiver_has_not_seen(
-    bare_nats: NatsHandle, monkeypatch: pytest.MonkeyPatch
+    items: NatsHandle, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("JETL_NATS__URL", bare_nats.url)
     assert deploy("--json")[0] == 0
-    asyncio.run(old_raw_deployment(bare_nats.url))
+    asyncio.run(old_raw_deployment(items.url))
     code, report = deploy("--json")
     act, detail = actions(report)["JETL_RAW"]
     assert code == 0 and act == "updated" and "retention: limits -> interest" in detail, (act, detail)
     assert actions(report)["JETL_RAW/archiver"][0] == "created"
-    assert asyncio.run(raw_held(bare_nats.url)) == (1, 1)  # kept for the archiver, created before the move
+    assert asyncio.run(raw_held(items.url)) == (1, 1, 0)  # kept for the archiver, created before the move
+    # the shared transformer durable is gone, and the batch it transformed is not handed to the pipeline's again
+    assert actions(report)["JETL_RAW/transformer"][0] == "deleted"
+
+
+async def declare_shared_loader(url: str) -> None:
+    """The loader's durable as an older deployment declared it: one for every pipeline."""
+    nc = await connect(NatsSettings(url=url))
+    try:
+        cfg = consumer_config("loader")
+        cfg.durable_name, cfg.filter_subject = "loader", subjects.pattern(Kind.CLEAN)
+        await nc.jetstream().add_consumer("JETL_CLEAN", cfg)
+    finally:
+        await nc.close()
+
+
+def test_a_pipeline_added_later_gets_its_consumers_and_a_shared_one_left_behind_goes(
+    items: NatsHandle, tmp_path: Path
+) -> None:
+    assert deploy()[0] == 0
+    asyncio.run(declare_shared_loader(items.url))
+    (tmp_path / "orders_pipeline.py").write_text(PIPELINE.replace('"items"', '"orders"'))
+
+    code, report = deploy("--json")
+    a = actions(report)
+    assert code == 0
+    assert a[f"JETL_RAW/{stage_durable('transformer', 'orders')}"][0] == "created"
+    assert a[f"JETL_CLEAN/{stage_durable('loader', 'orders')}"][0] == "created"
+    assert a[f"JETL_CLEAN/{stage_durable('loader', 'items')}"][0] == "unchanged"
+    assert a["JETL_CLEAN/loader"][0] == "deleted"  # interest retention: it would keep every clean batch for ever
+    code, report = deploy("--json")
+    assert code == 0 and report["changed"] == 0

@@ -26,6 +26,7 @@ from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import ServiceProcess, Stack, free_port, service_env
 from jetl.state import RunMark, bucket, last_ok_key
+from jetl.subjects import stage_durable
 from jetl.testing.servers import NatsHandle
 from jetl.testing.wait import wait_for
 from jetl.testing.webhook import Hook
@@ -120,7 +121,8 @@ def test_operations_toolkit_against_a_running_deployment(
     assert "jetl deploy" in rows(report, "stream")["JETL_RUNS"]["detail"]
 
     code, report = cli("deploy", "--no-migrate", "--json")
-    assert code == 0 and report["changed"] == 15  # 7 streams, 6 consumers, 1 KV bucket, 1 object store
+    # 7 streams, 1 KV bucket, 1 object store, 4 shared consumers and the transformer's and loader's of 3 pipelines
+    assert code == 0 and report["changed"] == 9 + 4 + 2 * 3
 
     metrics_port = free_port()
     extra = {"JETL_ALERT_WEBHOOK_URL": hook.url, "JETL_TICK_SECONDS": "0.2", "JETL_STALE_CHECK_SECONDS": "0.5"}
@@ -192,15 +194,17 @@ def test_operations_toolkit_against_a_running_deployment(
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
             assert 'jetl_records_loaded_total{service="loader"} 2.0' in text
             assert 'jetl_messages_settled_total{outcome="ack",service="loader"}' in text
-            assert 'jetl_consumer_pending{consumer="loader"}' in text
+            assert f'jetl_consumer_pending{{consumer="{stage_durable("loader", "good")}"}}' in text
             assert "faststream_received_messages_total" in text
             # labelled by kind and pipeline, never by run: a run id in a label is a new series per run
             assert good.run_id not in text and '"jetl.clean.good"' in text and '"jetl.events.good"' in text
 
-            # a pipeline module dropped into the folder runs without restarting anything
+            # a pipeline module dropped into the folder runs without restarting anything, once deployed (its
+            # consumers: only the operator may create them)
             (pipelines / "late_pipeline.py").write_text(
                 LATE_PIPELINE.replace("INPUT", str(inputs)).replace("OUTPUT", str(output))
             )
+            assert cli("deploy", "--no-migrate", "--json")[0] == 0
             late = asyncio.run(_run(settings, "late"))
             assert late.status == "completed" and late.loaded == 2
 

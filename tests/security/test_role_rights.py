@@ -33,6 +33,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 BEGIN, END = "<!-- rights: derived from the server by tests/security/test_role_rights.py -->", "<!-- end of rights -->"
 _JS = "$JS.API"
 SENTINEL = "no.role.may.publish.this"
+_LOADER, _TRANSFORMER = subjects.stage_durable("loader", "p"), subjects.stage_durable("transformer", "p")
 
 
 def _kv(key: str) -> str:
@@ -83,8 +84,12 @@ CAPABILITIES = [
     Capability("create a consumer", "pub", lambda r: f"{_JS}.CONSUMER.CREATE.{stream_name(Kind.CLEAN)}"),
     Capability("create a named consumer", "pub", lambda r: f"{_JS}.CONSUMER.CREATE.{stream_name(Kind.DLQ)}.x.jetl.>"),
     Capability("create a durable", "pub", lambda r: f"{_JS}.CONSUMER.DURABLE.CREATE.{stream_name(Kind.CLEAN)}.x"),
-    Capability("pull from the loader's durable", "pub", lambda r: f"{_JS}.CONSUMER.MSG.NEXT.JETL_CLEAN.loader"),
-    Capability("ack the loader's messages", "pub", lambda r: "$JS.ACK.JETL_CLEAN.loader.1.2.3.4.5.6.7"),
+    Capability("pull from the loader's durable", "pub", lambda r: f"{_JS}.CONSUMER.MSG.NEXT.JETL_CLEAN.{_LOADER}"),
+    Capability("ack the loader's messages", "pub", lambda r: f"$JS.ACK.JETL_CLEAN.{_LOADER}.1.2.3.4.5.6.7"),
+    Capability(
+        "pull from the transformer's durable", "pub", lambda r: f"{_JS}.CONSUMER.MSG.NEXT.JETL_RAW.{_TRANSFORMER}"
+    ),
+    Capability("pull from the extractor's durable", "pub", lambda r: f"{_JS}.CONSUMER.MSG.NEXT.JETL_RUNS.extractor"),
     Capability("create or delete a stream", "pub", lambda r: f"{_JS}.STREAM.DELETE.{stream_name(Kind.RAW)}"),
     Capability("publish to a reply inbox", "pub", lambda r: f"{subjects.inbox_prefix(_other(r))}.x.y"),
     Capability("hear its own replies", "sub", lambda r: subjects.inbox(r)),

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from faststream.nats import NatsRouter
+from nats.js.errors import NotFoundError
 
 from jetl import subjects
 from jetl.errors import JetlError, OverlappingRun, TerminalError, TransientError, classify
@@ -282,6 +283,25 @@ def publish_error(what: str, exc: BaseException) -> JetlError:
     return kind(f"{what} was not published: {type(exc).__name__}: {exc}")
 
 
+async def _require_consumers(ctx: ServiceContext, pipeline: str) -> None:
+    """Refuse a run of a pipeline whose transformer or loader consumer no deploy declared yet (a pipeline added
+    since): its clean batches would have no consumer to keep them (JETL_CLEAN is interest retention), and its raw
+    batches would leave JETL_RAW once archived, untransformed. Nothing is extracted; the failure says what to do."""
+    if ctx.kv is None:  # no deployment behind this context (an in-memory test broker): nothing to check
+        return
+    js = ctx.broker.connection.jetstream()
+    for durable in sorted(subjects.PER_PIPELINE):
+        stream = subjects.stream_name(subjects.CONSUMERS[durable])
+        name = subjects.stage_durable(durable, pipeline)
+        try:
+            await js.consumer_info(stream, name)
+        except NotFoundError:
+            raise TerminalError(
+                f"pipeline {pipeline!r} has no consumer {stream}/{name} yet: run `jetl deploy` (it declares the "
+                "consumers of every pipeline in the folder), then request the run again; nothing was extracted"
+            ) from None
+
+
 async def _refuse_overlap(ctx: ServiceContext, req: RunRequest) -> None:
     """Raise OverlappingRun when `req` would extract from the cursor an earlier, unfinished run of its pipeline is
     about to move (the cursor advances only when a run completes, so both would load the same rows); otherwise
@@ -404,6 +424,7 @@ async def handle_run_request(ctx: ServiceContext, raw: Any, concurrency: int) ->
             elif await _already_completed(ctx, req):
                 log.info("run already completed; request ignored (use --force to run it again)")
             else:
+                await _require_consumers(ctx, req.pipeline)
                 await _refuse_overlap(ctx, req)
                 # the run request is kept alive while this runs by its slot's in_progress() beats (RunSlots)
                 if req.replay_of is not None or req.redrive:

@@ -60,7 +60,7 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:
-    """The loader's one subscriber: the shared durable pull consumer on JETL_CLEAN."""
+    """The loader's subscriber: the durable pull consumers on JETL_CLEAN, one per pipeline, shared by replicas."""
     settings = ctx.settings if isinstance(ctx.settings, LoaderSettings) else LoaderSettings()
     heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
     open_loaders(ctx)
@@ -74,6 +74,7 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
         lambda raw: handle_clean_batch(ctx, raw, shadows),
         fetch_batch=settings.fetch_batch,
         fetch_timeout=settings.fetch_timeout,
+        ctx=ctx,
     )
 
     return router

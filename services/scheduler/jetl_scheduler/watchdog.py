@@ -56,12 +56,13 @@ async def on_max_deliveries(ctx: ServiceContext, data: bytes) -> RunFailed | Non
     """Turn one max-deliveries advisory into run.failed (after dead-lettering the batch); None when the message is
     not a stage's input of jetl's (the advisory is validated like any inbound message)."""
     adv = MaxDeliveries.model_validate_json(data)
-    stage = STAGES.get(adv.consumer)
-    if stage is None or adv.stream != subjects.stream_name(CONSUMERS[adv.consumer]):
+    durable = subjects.durable_of(adv.consumer)  # `transformer-<pipeline>` is the transformer's
+    stage = STAGES.get(durable) if durable is not None else None
+    if durable is None or stage is None or adv.stream != subjects.stream_name(CONSUMERS[durable]):
         log.warning("max deliveries reached outside jetl's stages", stream=adv.stream, consumer=adv.consumer)
         return None
     msg = await ctx.broker.connection.jetstream().get_msg(adv.stream, adv.stream_seq)
-    why = f"no {adv.consumer} acknowledged it in {adv.deliveries} deliveries (it crashed or stalled on it each time)"
+    why = f"no {durable} acknowledged it in {adv.deliveries} deliveries (it crashed or stalled on it each time)"
     base: dict[str, Any] = {"service": "scheduler", "instance": ctx.instance}
     if stage == "extract":
         req = RunRequest.model_validate_json(msg.data or b"null")

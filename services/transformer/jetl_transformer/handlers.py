@@ -227,8 +227,9 @@ def warm_up() -> None:
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:
-    """The transformer's subscribers, both durable pull consumers on JETL_RAW shared by every replica: the
-    transformer's, and the archiver's (`jetl_transformer.archiver`), which keeps every raw batch for good."""
+    """The transformer's subscribers, durable pull consumers on JETL_RAW shared by every replica: the
+    transformer's, one per pipeline (`jetl.subjects.PER_PIPELINE`), and the archiver's, one for all pipelines
+    (`jetl_transformer.archiver`), which keeps every raw batch for good."""
     settings = ctx.settings if isinstance(ctx.settings, TransformerSettings) else TransformerSettings()
     warm_up()
     heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
@@ -240,6 +241,7 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
         lambda raw: handle_raw_batch(ctx, raw),
         fetch_batch=settings.fetch_batch,
         fetch_timeout=settings.fetch_timeout,
+        ctx=ctx,
     )
     archive = Archive.of(ctx.settings)
     stage_subscriber(

@@ -197,6 +197,7 @@ def deploy(
 
     from jetl.bus import nats_connection
     from jetl.errors import JetlError
+    from jetl.registry import pipeline_names
     from jetl.topology import declare
 
     s = settings()
@@ -204,7 +205,7 @@ def deploy(
     async def _declare() -> list[Any]:
         nc = await nats_connection(s)
         try:
-            return await declare(nc, s.nats, dry_run=dry_run)
+            return await declare(nc, s.nats, pipelines=pipeline_names(s.pipelines_dir), dry_run=dry_run)
         finally:
             await nc.close()
 
@@ -214,7 +215,9 @@ def deploy(
     rows = [{"what": c.what, "name": c.name, "action": c.action, "detail": c.detail} for c in changes]
     if dry_run:
         for r in rows:
-            r["action"] = {"created": "would create", "updated": "would update"}.get(r["action"], r["action"])
+            r["action"] = {"created": "would create", "updated": "would update", "deleted": "would delete"}.get(
+                r["action"], r["action"]
+            )
     if not no_migrate:
         if migrations.is_dir():
             try:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
@@ -115,13 +116,19 @@ async def gather_health(
         add("stream", spec.name, *capacity(info.state.bytes, info.config.max_bytes, setting, info.state.messages))
     for durable, kind in CONSUMERS.items():
         stream = STREAMS[kind].name
-        try:
-            ci = await js.consumer_info(stream, durable)
+        infos = []
+        if durable in subjects.PER_PIPELINE:  # one per pipeline: each pipeline's lag (`subjects.stage_durable`)
+            with contextlib.suppress(NotFoundError):
+                infos = [ci for ci in await js.consumers_info(stream) if subjects.durable_of(ci.name) == durable]
+        else:
+            with contextlib.suppress(NotFoundError):
+                infos = [await js.consumer_info(stream, durable)]
+            if not infos:
+                add("consumer", f"{stream}/{durable}", "fail", "missing (run `jetl deploy`)")
+        for ci in sorted(infos, key=lambda ci: ci.name):
             pending, acking = ci.num_pending or 0, ci.num_ack_pending or 0
             status: Literal["ok", "fail"] = "fail" if max_lag is not None and pending > max_lag else "ok"
-            add("consumer", f"{stream}/{durable}", status, f"lag {pending} pending, {acking} awaiting ack")
-        except NotFoundError:
-            add("consumer", f"{stream}/{durable}", "fail", "missing (run `jetl deploy`)")
+            add("consumer", f"{stream}/{ci.name}", status, f"lag {pending} pending, {acking} awaiting ack")
     try:
         kv = await jc.kv()
         info = await js.stream_info(f"KV_{BUCKET}")
@@ -171,6 +178,14 @@ async def gather_health(
         for b in seen:
             if now - float(b.get("at", 0)) <= heartbeat_timeout:
                 broken.update(b.get("load_errors") or {})
+    unbound: dict[str, set[str]] = {}
+    for name, seen in beats.items():
+        for b in seen:
+            if now - float(b.get("at", 0)) <= heartbeat_timeout:
+                for pipeline, consumer in (b.get("unbound") or {}).items():
+                    unbound.setdefault(consumer, set()).add(f"{name} cannot take pipeline {pipeline}'s batches")
+    for consumer, why in sorted(unbound.items()):
+        add("consumer", consumer, "fail", f"missing: {'; '.join(sorted(why))} (run `jetl deploy`)")
     for file, error in sorted(broken.items()):
         add("module", file, "fail", f"failed to load, skipped by the services: {error}")
     try:

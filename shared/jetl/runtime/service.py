@@ -59,6 +59,12 @@ class ServiceContext:
     stats: dict[str, int] = field(default_factory=dict)
     health_checks: dict[str, HealthCheck] = field(default_factory=dict)
     """Checks this service answers `jetl health` with (the loader's: destination reachable)."""
+    pipeline_stages: list[PipelineStage] = field(default_factory=list)
+    """Its per-pipeline durables (`subjects.PER_PIPELINE`), bound for each pipeline once deployed (`bind_pipelines`)."""
+    bound: set[str] = field(default_factory=set)
+    """The per-pipeline consumers this instance pulls from."""
+    unbound: dict[str, str] = field(default_factory=dict)
+    """Pipeline -> the consumer it lacks (not deployed yet: `jetl deploy`): its batches wait, reported in health."""
 
     @property
     def pipelines(self) -> dict[str, Pipeline]:
@@ -128,6 +134,16 @@ async def keep_alive(msgs: Sequence[Any], ack_wait: float, settled: Callable[[],
             await task
 
 
+@dataclass(frozen=True)
+class PipelineStage:
+    """A per-pipeline durable's handler, bound to each pipeline's consumer as it appears (`bind_pipelines`)."""
+
+    durable: str
+    handle: Callable[[Any], Awaitable[None]]
+    fetch_batch: int
+    fetch_timeout: float
+
+
 def stage_subscriber(
     router: NatsRouter,
     durable: str,
@@ -136,31 +152,60 @@ def stage_subscriber(
     fetch_batch: int,
     fetch_timeout: float,
     handle_all: Callable[[list[Any]], Awaitable[None]] | None = None,
+    ctx: ServiceContext | None = None,
 ) -> None:
     """Bind `handle` to the durable pull consumer `durable` (see `jetl.subjects.CONSUMERS`), in batch mode.
 
-    Every replica of a service binds the same durable and so shares its work. The ack policy is MANUAL: `handle`
+    Every replica of a service binds the same durable and so shares its work. A per-pipeline durable
+    (`subjects.PER_PIPELINE`) is bound once per pipeline instead, when its consumer exists (`bind_pipelines`, with
+    `ctx`): each pipeline's pull loop takes its turn on the event loop, so one pipeline's backlog never holds
+    another's batches back. The ack policy is MANUAL: `handle`
     gets one raw JetStream message at a time (or `handle_all` every message of a fetch at once: the tracker folds
     them together) and decides its ack itself (`jetl.runtime.stage.settle`), so the error
     taxonomy, not FastStream's reject-on-error default, decides ack, nak or dead-letter. Bodies stay bytes.
     While a fetched batch is being handled, its unsettled messages get `in_progress()` beats well inside
     `ack_wait` (`keep_alive`, above): only a dead worker's messages wait out the ack wait.
     """
-    kind = CONSUMERS[durable]
     if (handle is None) == (handle_all is None):
         raise ValueError("stage_subscriber takes one of handle and handle_all")
+    if durable in subjects.PER_PIPELINE:
+        if ctx is None or handle is None:
+            raise ValueError(f"the per-pipeline durable {durable!r} takes ctx and handle")
+        ctx.pipeline_stages.append(PipelineStage(durable, handle, fetch_batch, fetch_timeout))
+        return
+    _subscribe(
+        router, durable, None, handle, fetch_batch=fetch_batch, fetch_timeout=fetch_timeout, handle_all=handle_all
+    )
 
-    @router.subscriber(
-        subjects.pattern(kind),
+
+def _subscribe(
+    registrar: NatsRouter | NatsBroker,
+    durable: str,
+    pipeline: str | None,
+    handle: Callable[[Any], Awaitable[None]] | None,
+    *,
+    fetch_batch: int,
+    fetch_timeout: float,
+    handle_all: Callable[[list[Any]], Awaitable[None]] | None = None,
+    **options: Any,
+) -> Any:
+    """The pull subscriber of `durable` (of `pipeline`'s consumer when per-pipeline) on a router or the broker."""
+    kind = CONSUMERS[durable]
+    name = subjects.stage_durable(durable, pipeline) if pipeline is not None else durable
+
+    subscriber: Any = registrar.subscriber(
+        subjects.pattern(kind, pipeline),
         stream=JStream(subjects.stream_name(kind), declare=False),
-        durable=durable,
+        durable=name,
         # FastStream's default is `_INBOX.`, whatever the connection's: pulls must come back on the role's own inboxes
         inbox_prefix=f"{subjects.inbox_prefix(subjects.DURABLE_ROLE[durable])}.".encode(),
         pull_sub=PullSub(batch_size=fetch_batch, timeout=fetch_timeout, batch=True),
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_decoder,
-        title=f"{durable}:{kind.value}",
+        title=f"{name}:{kind.value}",
+        **options,
     )
+
     async def consume(
         body: list[Any],
         message: Annotated[NatsBatchMessage, Context("message")],
@@ -177,6 +222,62 @@ def stage_subscriber(
             for raw in msgs:
                 await handle(raw)
                 done += 1
+
+    subscriber(consume)
+    return subscriber
+
+
+def _bind(ctx: ServiceContext, stage: PipelineStage, pipeline: str, **options: Any) -> Any:
+    """Subscribe `stage` to `pipeline`'s consumer on the broker (its subscriber)."""
+    sub = _subscribe(
+        ctx.broker,
+        stage.durable,
+        pipeline,
+        stage.handle,
+        fetch_batch=stage.fetch_batch,
+        fetch_timeout=stage.fetch_timeout,
+        **options,
+    )
+    ctx.bound.add(subjects.stage_durable(stage.durable, pipeline))
+    return sub
+
+
+def bind_in_memory(ctx: ServiceContext) -> None:
+    """Subscribe every registered pipeline's per-pipeline durables on the broker before it starts, without asking a
+    server whether they exist: for an in-memory test broker (`faststream.nats.TestNatsBroker`), which has none."""
+    for stage in ctx.pipeline_stages:
+        for pipeline in sorted(ctx.pipelines):
+            _bind(ctx, stage, pipeline)
+
+
+async def bind_pipelines(ctx: ServiceContext) -> None:
+    """Start pulling from the per-pipeline consumer of every registered pipeline that has one and is not bound yet;
+    note the pipelines whose consumer is not deployed yet (`ctx.unbound`, in the heartbeat and `jetl health`; the
+    extractor refuses their runs until the next `jetl deploy`). Services may not create consumers (`jetl.access`);
+    only the operator's deploy does."""
+    js = ctx.broker.connection.jetstream()
+    missing: dict[str, str] = {}
+    for stage in ctx.pipeline_stages:
+        stream = STREAMS[CONSUMERS[stage.durable]].name
+        for pipeline in sorted(ctx.pipelines):
+            name = subjects.stage_durable(stage.durable, pipeline)
+            if name in ctx.bound:
+                continue
+            try:
+                await js.consumer_info(stream, name)
+            except Exception:  # not deployed yet (or the server is away): asked again at the next heartbeat
+                missing[pipeline] = f"{stream}/{name}"
+                continue
+            try:
+                await _bind(ctx, stage, pipeline, persistent=False).start()
+            except BaseException:
+                ctx.bound.discard(name)  # tried again at the next heartbeat
+                raise
+    if missing.keys() - ctx.unbound.keys():
+        get_logger(f"jetl.{ctx.name}").warning(
+            "pipelines without their consumer wait (run `jetl deploy`)", consumers=sorted(missing.values())
+        )
+    ctx.unbound = missing
 
 
 SERVICE_RECONNECT: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 2}
@@ -320,6 +421,9 @@ async def _heartbeat(ctx: ServiceContext) -> None:
     """Tell `jetl health` this instance is alive, with its counters, its consumer's lag, the pipelines it loaded
     (name: code hash) and the modules it could not load."""
     while True:
+        if ctx.pipeline_stages:
+            with contextlib.suppress(Exception):  # the server away: bound at a later beat
+                await bind_pipelines(ctx)
         if ctx.kv is not None:
             lag = await _consumer_lag(ctx)
             body = orjson.dumps(
@@ -333,6 +437,7 @@ async def _heartbeat(ctx: ServiceContext) -> None:
                     "restarts": ctx.settings.restarts,
                     "load_errors": reload_errors(),
                     "paused": str(ctx.bus.paused) if ctx.bus.paused is not None else None,
+                    "unbound": ctx.unbound,
                     # what an operator may run (`jetl run` asks these, never importing a pipeline module itself)
                     "pipelines": {name: p.code_hash for name, p in get_pipeline_registry().items()},
                 }
@@ -344,17 +449,30 @@ async def _heartbeat(ctx: ServiceContext) -> None:
         await asyncio.sleep(HEARTBEAT_S)
 
 
-async def _consumer_lag(ctx: ServiceContext) -> dict[str, int] | None:
-    """num_pending / num_ack_pending of this service's durable (also exported as metrics)."""
+async def _consumer_lag(ctx: ServiceContext) -> dict[str, Any] | None:
+    """num_pending / num_ack_pending of this service's durable (also exported as metrics); of a per-pipeline one,
+    summed over the consumers it pulls from, with each under "pipelines"."""
     durable = ctx.consumer
     if durable is None:
         return None
-    try:
-        info = await ctx.broker.connection.jetstream().consumer_info(STREAMS[CONSUMERS[durable]].name, durable)
-    except Exception:
+    js = ctx.broker.connection.jetstream()
+    stream = STREAMS[CONSUMERS[durable]].name
+    names = sorted(ctx.bound) if durable in subjects.PER_PIPELINE else [durable]
+    per: dict[str, dict[str, int]] = {}
+    for name in names:
+        try:
+            info = await js.consumer_info(stream, name)
+        except Exception:
+            continue
+        metrics.lag(name, info.num_pending or 0, info.num_ack_pending or 0)
+        per[name] = {"pending": info.num_pending or 0, "ack_pending": info.num_ack_pending or 0}
+    if not per:
         return None
-    metrics.lag(durable, info.num_pending or 0, info.num_ack_pending or 0)
-    return {"pending": info.num_pending or 0, "ack_pending": info.num_ack_pending or 0}
+    total = {
+        "pending": sum(v["pending"] for v in per.values()),
+        "ack_pending": sum(v["ack_pending"] for v in per.values()),
+    }
+    return {**total, "pipelines": per} if durable in subjects.PER_PIPELINE else total
 
 
 async def _watch_pipelines(folder: Any, every: float) -> None:

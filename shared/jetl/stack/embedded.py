@@ -24,6 +24,7 @@ from typing import Any
 from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
 from jetl.errors import ConfigError, JetlError
+from jetl.registry import pipeline_names
 from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
 from jetl.stack._process import (
     Child,
@@ -170,8 +171,9 @@ def nats_settings(env: Mapping[str, str]) -> NatsSettings:
     return NatsSettings.model_validate(values)
 
 
-def deploy(nats: NatsSettings) -> list[Change]:
-    """Declare jetl's topology on `nats` (as whoever `nats` authenticates as: the operator), from sync code.
+def deploy(nats: NatsSettings, pipelines: list[str] | None = None) -> list[Change]:
+    """Declare jetl's topology on `nats` (as whoever `nats` authenticates as: the operator), from sync code, with
+    the per-pipeline durables of `pipelines` (default: those this process registered).
 
     Runs in a thread of its own, so it works inside or outside a running event loop.
     """
@@ -179,7 +181,7 @@ def deploy(nats: NatsSettings) -> list[Change]:
     async def _declare() -> list[Change]:
         nc = await connect(nats, allow_reconnect=False, max_reconnect_attempts=1)
         try:
-            return await declare(nc, nats)
+            return await declare(nc, nats, pipelines=pipelines)
         finally:
             await nc.close()
 
@@ -315,8 +317,9 @@ class Stack:
         return {"JETL_NATS__USER": role, "JETL_NATS__PASSWORD": self.credentials.password(role).get_secret_value()}
 
     def deploy(self) -> list[Change]:
-        """Declare streams, consumers and the state bucket as the operator (what `jetl deploy` does), idempotently."""
-        return deploy(self.operator)
+        """Declare streams, consumers and the state bucket as the operator (what `jetl deploy` does), idempotently,
+        with the per-pipeline durables of every pipeline in the pipelines folder."""
+        return deploy(self.operator, pipeline_names(self.pipelines_dir))
 
     def check(self) -> None:
         """Raise if a service process has died (with the last lines of its log from this start)."""

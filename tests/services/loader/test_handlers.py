@@ -14,7 +14,7 @@ from jetl.loaders.batch import supersede
 from jetl.messages.models import Batch
 from jetl.messages.wire import encode_batch
 from jetl.registry import register
-from jetl.runtime.service import make_context
+from jetl.runtime.service import bind_in_memory, make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
@@ -33,6 +33,7 @@ async def test_clean_batch_is_written_idempotently(tmp_path: Path) -> None:
     register([p])
     ctx = make_context("loader", JetlSettings())
     ctx.broker.include_router(make_router(ctx))
+    bind_in_memory(ctx)  # its per-pipeline consumers, on the in-memory broker
     got = capture(ctx.broker, [Kind.EVENTS, Kind.DLQ])
     good = Batch(
         pipeline="ld", run_id="r1", seq=0, schema_name="Row", schema_hash=p.schema_hash, count=2, version=7 << 24
@@ -65,6 +66,7 @@ async def test_a_batch_in_parts_writes_each_part_once_and_a_replay_removes_its_p
     register([p])
     ctx = make_context("loader", JetlSettings())
     ctx.broker.include_router(make_router(ctx))
+    bind_in_memory(ctx)  # its per-pipeline consumers, on the in-memory broker
     got = capture(ctx.broker, [Kind.EVENTS])
     rows = [[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], [{"id": 3, "name": "c"}]]
     parts = [

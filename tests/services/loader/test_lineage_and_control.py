@@ -14,7 +14,7 @@ from jetl.events import BatchLoaded, RunRequested
 from jetl.messages.models import Batch
 from jetl.messages.wire import encode_batch
 from jetl.registry import register
-from jetl.runtime.service import make_context
+from jetl.runtime.service import bind_in_memory, make_context
 from jetl.settings import JetlSettings
 from jetl.state import apply
 from jetl.testing.memory import MemoryKV
@@ -52,6 +52,7 @@ async def test_replay_supersedes_shadow_stays_aside_and_control_answers(tmp_path
     ctx.kv = kv = MemoryKV()  # type: ignore[assignment]
     await seed_runs(kv, "ld")
     ctx.broker.include_router(make_router(ctx))
+    bind_in_memory(ctx)  # its per-pipeline consumers, on the in-memory broker
     rows = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
     async with TestNatsBroker(ctx.broker) as br:
 
@@ -109,6 +110,7 @@ async def test_an_envelope_that_does_not_match_its_subject_is_not_loaded(tmp_pat
     register([p])
     ctx = make_context("loader", JetlSettings())
     ctx.broker.include_router(make_router(ctx))
+    bind_in_memory(ctx)  # its per-pipeline consumers, on the in-memory broker
     async with TestNatsBroker(ctx.broker) as br:
         body = encode_batch(batch(p, "r9", 0, 1), [{"id": 1, "name": "a"}])
         await br.publish(body, subjects.clean("ld", "r8"), stream="JETL_CLEAN")  # the run of another subject

@@ -22,7 +22,7 @@ from jetl.registry import register
 from jetl.runtime.service import ServiceContext, make_context
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import add_active, apply, bucket, get_run, heartbeat_key
-from jetl.subjects import STREAMS, Kind, stream_name
+from jetl.subjects import STREAMS, Kind, stage_durable, stream_name
 from jetl.testing.servers import NatsHandle
 from jetl.topology import declare
 from jetl_scheduler.watchdog import fail_stalled, on_max_deliveries, watch
@@ -120,7 +120,7 @@ async def test_an_advisory_sent_while_no_scheduler_ran_is_kept_and_fails_its_run
     await declare(nc, NatsSettings(url=ctx.settings.nats.url, ack_wait=0.5))  # the stages' ack wait, shortened
     batch = Batch(pipeline="quiet", run_id="quiet-late", seq=1, schema_name="Row", schema_hash="h", count=1)
     await ctx.bus.raw_batch(batch, [{"id": 7}])
-    stuck = await js.pull_subscribe_bind("transformer", stream_name(Kind.RAW))
+    stuck = await js.pull_subscribe_bind(stage_durable("transformer", "quiet"), stream_name(Kind.RAW))  # its own
     kept = STREAMS[Kind.ADVISORY].name
     for _ in range(60):  # a transformer that takes the batch and dies each time
         with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):

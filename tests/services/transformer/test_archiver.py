@@ -16,7 +16,7 @@ from jetl.archive import Archive
 from jetl.messages.models import Batch
 from jetl.messages.wire import encode_batch
 from jetl.registry import register
-from jetl.runtime.service import make_context
+from jetl.runtime.service import bind_in_memory, make_context
 from jetl.settings import ArchiveSettings, JetlSettings
 from jetl_transformer import archiver
 from jetl_transformer.handlers import make_router
@@ -37,6 +37,7 @@ async def test_a_raw_batch_is_archived_once_and_old_runs_leave_by_retention(tmp_
 
     ctx = make_context("transformer", settings)
     ctx.broker.include_router(make_router(ctx))
+    bind_in_memory(ctx)  # its per-pipeline consumers, on the in-memory broker
     batch = Batch(pipeline="unit", run_id="r1", seq=0, schema_name="Row", schema_hash="h", count=2)
     message = encode_batch(batch, b'{"id": 1}\n{"id": 2}\n')
     archiver._pruning.clear()

@@ -24,7 +24,7 @@ from jetl.errors import TerminalError
 from jetl.messages.models import Batch
 from jetl.messages.wire import decode_batch, encode_batch, encode_records
 from jetl.registry import register
-from jetl.runtime.service import make_context
+from jetl.runtime.service import bind_in_memory, make_context
 from jetl.settings import JetlSettings
 from jetl.subjects import Kind
 from jetl.testing.memory import capture
@@ -76,6 +76,7 @@ async def transform_in_memory(p: Pipeline, records: list[dict[str, Any]], kinds:
     published on each of `kinds`."""
     ctx = make_context("transformer", JetlSettings())
     ctx.broker.include_router(make_router(ctx))
+    bind_in_memory(ctx)  # its per-pipeline consumers, on the in-memory broker
     got = capture(ctx.broker, kinds)
     batch = Batch(
         pipeline=p.name,
@@ -190,6 +191,7 @@ async def test_a_clean_batch_larger_than_a_message_is_published_in_parts_in_orde
     register([p])
     ctx = make_context("transformer", JetlSettings())
     ctx.broker.include_router(make_router(ctx))
+    bind_in_memory(ctx)  # its per-pipeline consumers, on the in-memory broker
     got = capture(ctx.broker, [Kind.CLEAN, Kind.EVENTS, Kind.DLQ])
     records = [{"id": i, "name": f"n{i}", "at": "2026-11-25T00:00:00Z"} for i in range(30)]
     batch = Batch(pipeline="grows", run_id="r1", seq=4, schema_name="Raw", schema_hash="h", count=30)
