@@ -75,6 +75,7 @@ class JetlClient:
         self.nc: Client | None = None
         self.broker: Any = None
         self._bus: Bus | None = None
+        self._bus_lock = asyncio.Lock()
         self._kv: KeyValue | None = None
 
     async def __aenter__(self) -> JetlClient:
@@ -92,14 +93,16 @@ class JetlClient:
     async def bus(self) -> Bus:
         """The bus for publishing (runs, events): its broker connects on the first call, so a command that only
         reads never imports or connects it."""
-        if self._bus is None:
-            from jetl.bus import Bus, make_broker
+        async with self._bus_lock:  # callers in flight together (a backfill's slots) share one broker
+            if self._bus is None:
+                from jetl.bus import Bus, make_broker
 
-            # the broker's own log lines (a NATS restart: "Connection broken ...") go to stderr through the logging
-            # module, never to stdout, where `--json` output is
-            self.broker = make_broker(self.settings.nats, logger=logging.getLogger("jetl.client"))
-            await self.broker.connect()
-            self._bus = Bus(self.broker, "operator")
+                # the broker's own log lines (a NATS restart: "Connection broken ...") go to stderr through the
+                # logging module, never to stdout, where `--json` output is
+                broker = make_broker(self.settings.nats, logger=logging.getLogger("jetl.client"))
+                self.broker = broker
+                await broker.connect()
+                self._bus = Bus(broker, "operator")
         return self._bus
 
     async def __aexit__(self, *exc: object) -> None:
