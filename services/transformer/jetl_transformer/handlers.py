@@ -150,10 +150,14 @@ async def _report_drift(
 ) -> None:
     """Say how the batch's records differ from the pipeline's input model, if they do (`jetl.transformers.drift`):
     looking at every record when some were rejected (the slow path already), else at its first and last."""
-    if whole:
-        fields, looked_at = await asyncio.to_thread(batch_drift, pipeline, body, batch.count, whole=True)
-    else:  # two records: less than the hop to a thread
-        fields, looked_at = batch_drift(pipeline, body, batch.count, whole=False)
+    try:
+        if whole:
+            fields, looked_at = await asyncio.to_thread(batch_drift, pipeline, body, batch.count, whole=True)
+        else:  # two records: less than the hop to a thread
+            fields, looked_at = batch_drift(pipeline, body, batch.count, whole=False)
+    except Exception as exc:  # a report about the data never fails the data: the batch's records are already judged
+        log.warning("schema drift not computed", error=f"{type(exc).__name__}: {exc}")
+        return
     if fields:
         await ctx.bus.event(SchemaDrift(**base, fields=fields, looked_at=looked_at))
         log.warning("schema drift", fields=[f"{f.kind} {f.path}" for f in fields][:10])
