@@ -68,6 +68,29 @@ LIBRARY_LOGGERS = ("faststream", "nats", "asyncio")
 lines go through jetl's renderer instead, so a JSON log file holds JSON lines only and no file holds ANSI codes."""
 
 
+class _Stderr:
+    """The process's standard error as it is when a line is written, not when logging was configured: a test
+    harness (or a daemon that redirects its streams) may swap `sys.stderr`, and a line must follow it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler over the current `sys.stderr` (see `_Stderr`)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "console") -> None:
     """Configure structlog once per process, route the standard library's loggers (FastStream, nats-py) through the
     same renderer, and bind the service name and host."""
@@ -87,10 +110,10 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "console") -
     structlog.configure(
         processors=[*shared, _ship, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],

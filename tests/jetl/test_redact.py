@@ -55,3 +55,31 @@ def test_log_lines_mask_url_passwords_as_a_last_line_of_defence(capsys: pytest.C
     printed = capsys.readouterr().err
     assert "hunter2" not in printed and "hunter2" not in repr(shipped)
     assert "postgresql://app:***@db/x" in printed and "https://default:***@ch:8443/db" in printed
+
+
+def test_log_lines_follow_the_standard_error_that_is_current_when_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """A configured logger writes to `sys.stderr` as it is at each line, not as it was when logging was configured
+    (CI saw a test's lines vanish into an earlier test's captured stream)."""
+    import io
+    import logging
+    import sys
+
+    import structlog
+
+    from jetl.logging import configure_logging, get_logger
+
+    saved = structlog.get_config()
+    earlier = io.StringIO()
+    try:
+        real, sys.stderr = sys.stderr, earlier
+        try:
+            configure_logging("test")
+        finally:
+            sys.stderr = real
+        get_logger("t").warning("from structlog")
+        logging.getLogger("faststream").warning("from the standard library")
+    finally:
+        structlog.configure(**saved)
+    printed = capsys.readouterr().err
+    assert "from structlog" in printed and "from the standard library" in printed
+    assert earlier.getvalue() == ""
