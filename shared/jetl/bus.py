@@ -11,9 +11,7 @@ import asyncio
 import base64
 import hashlib
 import logging
-import re
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -22,7 +20,9 @@ from nats.errors import NoRespondersError
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from jetl import subjects
-from jetl.errors import IN_PROCESS, StoreFull, TerminalError, TransientError, note_refusal, refused_for_room
+from jetl.connection import _tls_context, connect_options, fail_fast_connection
+from jetl.connection import connect as connect
+from jetl.errors import IN_PROCESS, StoreFull, TerminalError, TransientError, refused_for_room
 from jetl.events import RunRequested, _Event
 from jetl.logging import get_logger
 from jetl.messages.deadletter import DeadLetter
@@ -80,81 +80,6 @@ def store_full(kind: Kind, exc: BaseException) -> StoreFull | None:
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 """NATS's default `max_payload`, assumed until a connection says otherwise (its server INFO)."""
-
-
-def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
-    t = s.tls
-    if not (t.ca_file or t.cert_file):
-        return None
-    ctx = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
-    if t.cert_file:
-        ctx.load_cert_chain(str(t.cert_file), str(t.key_file) if t.key_file else None)
-    return ctx
-
-
-ErrorCallback = Callable[[Exception], Awaitable[None]]
-
-
-def refusals_noted(user: str | None, then: ErrorCallback | None = None) -> ErrorCallback:
-    """A connection's error callback that records a permissions violation (`jetl.errors.note_refusal`), logged once
-    per subject, so that a command that then times out says which permission its user lacks instead of blaming an
-    outage; any other error goes to `then` (nats-py's logging by default)."""
-    seen: set[str] = set()
-
-    async def on_error(exc: Exception) -> None:
-        text = str(exc)
-        if "permissions violation" in text.lower():
-            # nats-py lowers the server's whole message: give the subject back its case
-            text = re.sub(r'"([^"]*)"', lambda m: f'"{subjects.restore_case(m.group(1))}"', text)
-            refused = note_refusal(text, user)
-            if text not in seen:
-                seen.add(text)
-                logging.getLogger("jetl.bus").warning(str(refused))
-            return
-        if then is not None:
-            await then(exc)
-        else:
-            logging.getLogger("nats.aio.client").error("nats: encountered error", exc_info=exc)
-
-    return on_error
-
-
-def connect_options(s: NatsSettings) -> dict[str, Any]:
-    """Options shared by nats-py and FastStream's broker: auth (user/password, token, NKey, creds) and TLS."""
-    opts: dict[str, Any] = {
-        "servers": s.servers,
-        "connect_timeout": int(max(1, s.connect_timeout)),
-        "ping_interval": max(1, int(s.ping_interval)),
-        "max_outstanding_pings": s.max_outstanding_pings,
-        # a role hears replies only on its own inboxes (`jetl.access`): requests must be sent from them
-        "inbox_prefix": s.inbox_prefix or subjects.inbox_prefix(s.user),
-        "error_cb": refusals_noted(s.user),
-    }
-    if s.user:
-        opts["user"] = s.user
-        if s.password:
-            opts["password"] = s.password.get_secret_value()
-    if s.token:
-        opts["token"] = s.token.get_secret_value()
-    if s.nkey_seed_file:
-        opts["nkeys_seed"] = str(s.nkey_seed_file)
-    if s.creds_file:
-        opts["user_credentials"] = str(s.creds_file)
-    tls = _tls_context(s)
-    if tls is not None:
-        opts["tls"] = tls
-        if s.tls.hostname:
-            opts["tls_hostname"] = s.tls.hostname
-    return opts
-
-
-async def connect(s: NatsSettings, **extra: Any) -> Client:
-    """A plain nats-py connection (CLI commands and administration)."""
-    opts = connect_options(s)
-    if "error_cb" in extra:  # the caller's callback still hears everything but permission violations
-        extra = {**extra, "error_cb": refusals_noted(s.user, extra["error_cb"])}
-    opts.update(extra)
-    return await nats.connect(**opts)
 
 
 async def raw_decoder(msg: Any) -> Any:
@@ -396,17 +321,7 @@ async def read_one_by_one(nc: Client, stream: str, subject: str) -> AsyncIterato
 
 async def nats_connection(s: JetlSettings) -> Any:
     """A nats-py connection that fails fast (no reconnect loop) with one clear error."""
-
-    async def quiet(exc: Exception) -> None:  # nats-py prints a traceback per failed attempt otherwise
-        return None
-
-    try:
-        # max_reconnect_attempts=0 would make nats-py retry forever; 1 fails fast
-        return await connect(
-            s.nats, allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet
-        )
-    except Exception as exc:
-        raise TransientError(f"cannot reach NATS at {s.nats.url}: {type(exc).__name__} {exc}") from exc
+    return await fail_fast_connection(s.nats)
 
 
 async def riding_connection(s: JetlSettings) -> Any:

@@ -23,9 +23,6 @@ from pydantic import BaseModel, SecretStr
 
 from jetl.access import write_private
 from jetl.errors import ConfigError
-from jetl.logging import get_logger
-
-log = get_logger("jetl.context")
 
 CONTEXT_FILE = "context.json"
 DEFAULT_DIR = ".jetl"
@@ -109,7 +106,7 @@ def find_context(
     `JETL_DATA_DIR`), else `.jetl/context.json` in `start` (the current folder) or its nearest parent. A file found
     that is not the user's own alone (`distrust`) is passed over with a warning (`warn`, else the log); one named
     explicitly is refused."""
-    say = warn or (lambda text: log.warning(text))
+    say = warn or _log_warning
     if explicit is not None:
         path = context_path(explicit)
         if not path.exists():
@@ -131,6 +128,12 @@ def find_context(
             return path
         say(f"ignoring the stack context: {why}")
     return None
+
+
+def _log_warning(text: str) -> None:
+    from jetl.logging import get_logger  # here: the CLI finds its context with a `warn` of its own, without structlog
+
+    get_logger("jetl.context").warning(text)
 
 
 def read_context(path: Path) -> StackContext:

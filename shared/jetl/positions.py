@@ -49,3 +49,15 @@ def joined_cursor(extractors: Sequence[Extractor]) -> dict[str, Any] | None:
         return extractors[0].next_cursor() or None
     each = {str(i): c for i, e in enumerate(extractors) if (c := e.next_cursor())}
     return {EACH: each} if each else None
+
+
+def cursor_text(cursor: dict[str, Any] | None) -> str:
+    """A cursor for people: `value` or `value/key` (each extractor's, `#i value`, when there are several)."""
+    if not cursor:
+        return "-"
+    if isinstance(cursor.get(EACH), dict):
+        return " ".join(f"#{i} {cursor_text(part)}" for i, part in sorted(cursor[EACH].items()))
+    if "value" not in cursor:
+        return f"{len(cursor)} entries"  # a file extractor's record of files loaded
+    key = cursor.get("key")
+    return f"{cursor['value']}" + ("" if key is None else f"/{key}")

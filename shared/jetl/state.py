@@ -36,9 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
-from nats.aio.client import Client
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -47,12 +45,17 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-from jetl.errors import Contention, NoDeployment
+from jetl.bucket import bucket as bucket
+from jetl.bucket import bucket_keys as bucket_keys
+from jetl.bucket import get_run as get_run
+from jetl.bucket import read_key as _read
+from jetl.bucket import run_key as run_key
+from jetl.bucket import run_states
+from jetl.connection import NatsSettings
+from jetl.errors import Contention
 from jetl.events import Event, is_run_event
 from jetl.projection import BATCH_EVENTS, BatchState, RunState, fold, fold_batch, fold_run
-from jetl.settings import NatsSettings
 from jetl.subjects import StateKey, check_token
-from jetl.topology import BUCKET, server_url
 
 RUN_TTL_S = NatsSettings().run_state_ttl_days * 86400
 """Seconds a run or batch key lives after its last write."""
@@ -60,32 +63,9 @@ RUN_TTL_S = NatsSettings().run_state_ttl_days * 86400
 T = TypeVar("T")
 
 
-async def bucket(nc: Client) -> KeyValue:
-    """The state bucket; NoDeployment when the server has none (only `jetl deploy` / `jetl up` create it)."""
-    js = nc.jetstream()
-    try:
-        return await js.key_value(BUCKET)
-    except (BucketNotFoundError, NotFoundError) as exc:
-        raise NoDeployment(server_url(nc)) from exc
-
-
-def run_key(pipeline: str, run_id: str) -> str:
-    """KV key of a run's state."""
-    return f"{StateKey.RUN}.{check_token(pipeline)}.{check_token(run_id)}"
-
-
 def cursor_key(pipeline: str) -> str:
     """KV key of a pipeline's incremental cursor."""
     return f"{StateKey.CURSOR}.{check_token(pipeline)}"
-
-
-async def get_run(kv: KeyValue, pipeline: str, run_id: str) -> RunState | None:
-    """A run's folded state, or None."""
-    try:
-        entry = await kv.get(run_key(pipeline, run_id))
-    except (KeyNotFoundError, NotFoundError):
-        return None
-    return RunState.model_validate_json(entry.value) if entry.value else None
 
 
 def batch_key(pipeline: str, run_id: str, batch_id: str) -> str:
@@ -118,15 +98,6 @@ async def compare_and_set(attempt: Callable[[], Awaitable[T]], what: str, tries:
             if not cas_conflict(exc):
                 raise
     raise Contention(f"could not update {what}: {tries} tries lost to concurrent writers")
-
-
-async def _read(kv: KeyValue, key: str) -> tuple[bytes | None, int | None]:
-    """(value, revision) of a key, (None, None) when it is missing."""
-    try:
-        entry = await kv.get(key)
-    except (KeyNotFoundError, KeyDeletedError, NotFoundError):
-        return None, None
-    return entry.value, entry.revision
 
 
 async def _write(kv: KeyValue, key: str, data: bytes, revision: int | None, ttl: float | None) -> int:
@@ -697,21 +668,8 @@ async def watch_values(kv: KeyValue, keys: str) -> dict[str, bytes]:
 
 
 async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]:
-    """Every run state kept, newest first."""
-    keys = await bucket_keys(kv)
-    prefix = f"run.{pipeline}." if pipeline else "run."
-    out: list[RunState] = []
-    for k in keys:
-        if k.startswith(prefix):
-            value, _ = await _read(kv, k)
-            if value:
-                out.append(RunState.model_validate_json(value))
-
-    def when(st: RunState) -> float:
-        moment = st.requested_at or st.started_at or st.finished_at
-        return moment.timestamp() if moment else 0.0
-
-    out.sort(key=when, reverse=True)
+    """Every run state kept, newest first, with the batch ledgers of replays and of the runs they replay."""
+    out = await run_states(kv, pipeline)
     # replay supersession is per batch (`expected_rows`, `dead_letter_status`): read the ledgers of replays and of
     # the runs they replay, and of no other run
     by_id = {r.run_id: r for r in out}
@@ -721,19 +679,3 @@ async def list_runs(kv: KeyValue, pipeline: str | None = None) -> list[RunState]
                 if one is not None and not one.batches:
                     await load_batches(kv, one)
     return out
-
-
-async def bucket_keys(kv: KeyValue, keys: str = ">") -> list[str]:
-    """Every key in the bucket that matches `keys` (deleted keys may be among them: read them with `_read`).
-
-    Read from the bucket stream's subject counts in one request, not with nats-py's `kv.keys()`: its watcher can
-    report "no keys" when the server delivers the entries before the consumer info it compares them with (seen
-    under load as `jetl counts` finding no runs beside a full bucket).
-    """
-    # nats-py keeps the bucket's stream and subject prefix on the KeyValue object and offers no public accessor
-    js, stream, prefix = kv._js, kv._stream, kv._pre
-    try:
-        info = await js.stream_info(stream, subjects_filter=f"{prefix}{keys}")
-    except NotFoundError:
-        return []
-    return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})

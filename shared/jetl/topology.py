@@ -26,9 +26,9 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from jetl import subjects
+from jetl.connection import NatsSettings
 from jetl.errors import NoDeployment, TransientError
 from jetl.redact import redact_url
-from jetl.settings import NatsSettings
 from jetl.subjects import CONSUMERS, STREAMS, Discard, Kind, Retention
 
 # Consumer tuning: a stage must ack within ACK_WAIT or call in_progress(); after MAX_DELIVER tries a message

@@ -181,3 +181,66 @@ def test_the_dashboard_renders_and_acts_on_its_one_connection(
         assert 'id="resume"' in http.get("/pipelines/shop").text
         assert http.post("/pipelines/shop/resume", data=form).status_code == 200
         assert len(opened) == connected
+
+
+async def _shadow_letters(url: str) -> tuple[str, str]:
+    """A run whose file had a line that is not JSON, two `jetl replay --diff` shadows of it that met the line again
+    (one folded into the state bucket, one the tracker has not folded yet: only its run.requested is in the log),
+    and the three dead letters of that one line; returns the shadows' run ids."""
+    from jetl import subjects
+    from jetl.bus import connect
+    from jetl.events import RunCompleted, RunRequested, RunStarted
+    from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
+    from jetl.settings import NatsSettings
+    from jetl.state import apply, bucket
+
+    folded, unfolded = "shop-rp20261207T060000ab12", "shop-rp20261207T060500cd34"
+    nc = await connect(NatsSettings(url=url))
+    try:
+        kv = await bucket(nc)
+        for ev in (
+            RunRequested(pipeline="shop", run_id="shop-first"),
+            RunStarted(pipeline="shop", run_id="shop-first"),
+            RunCompleted(pipeline="shop", run_id="shop-first", extracted=1, loaded=0, rejected=1, filtered=0),
+            RunRequested(pipeline="shop", run_id=folded, trigger="replay", parent_run_id="shop-first", shadow=True),
+        ):
+            await apply(kv, ev)
+        js = nc.jetstream()
+        late = RunRequested(pipeline="shop", run_id=unfolded, trigger="replay", parent_run_id="shop-first", shadow=True)
+        await js.publish(subjects.events("shop", unfolded, "operator"), late.model_dump_json().encode())
+        for run_id in ("shop-first", folded, unfolded):
+            dl = DeadLetter(
+                pipeline="shop",
+                run_id=run_id,
+                batch_id="shop-first/000000",
+                stage="transform",
+                reason="pipeline 'shop': orders.jsonl:7: not JSON",
+                error_type=MALFORMED_INPUT,
+                records=[{"index": None, "origin": "orders.jsonl:7", "field": None, "message": "not JSON"}],
+            )
+            await js.publish(subjects.dlq("shop", "transform"), dl.model_dump_json().encode())
+    finally:
+        await nc.close()
+    return folded, unfolded
+
+
+@pytest.mark.integration
+def test_a_shadows_dead_letters_read_as_the_shadows_and_are_counted_once(nats: Any, tmp_path: Any) -> None:
+    """`jetl replay --diff` meets its parent's malformed line again: the dashboard shows that letter as the shadow's
+    (not "unreadable", as if a run that loads had rejected it) and counts the line once, the parent's."""
+    import asyncio
+    import re
+
+    from jetl.settings import NatsSettings
+
+    folded, unfolded = asyncio.run(_shadow_letters(nats.url))
+    settings = JetlSettings(nats=NatsSettings(url=nats.url), pipelines_dir=tmp_path)
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8420") as http:
+        page = http.get("/dlq?pipeline=shop").text
+        statuses = re.findall(r"<td>(shadow [^<]*|unreadable|redrivable)</td>", page)
+        assert statuses == ["unreadable", f"shadow {folded}", f"shadow {unfolded}"]  # the parent's line is unreadable
+        assert "1 record(s) in 1 letter(s), and 2 of shadow replays" in page
+        groups = re.findall(r'<td>shop</td><td>([^<]*)</td><td class="num">(\d+)</td>', page)
+        assert [n for _, n in groups] == ["1"]  # the line, once
+        for run_id, total in (("shop-first", 1), (folded, 1)):  # each run's page lists its own letter
+            assert f"{total} letter(s)" in http.get(f"/runs/shop/{run_id}").text

@@ -21,6 +21,7 @@ from jetl.cli._output import EXIT_USAGE, console, debug, die, err_console, fail
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from jetl.connection import NatsSettings
     from jetl.context import StackContext
     from jetl.events import Event
     from jetl.ops.client import JetlClient
@@ -65,21 +66,40 @@ def _root(
 
 def stack_context() -> StackContext | None:
     """The stack context in force for this command, if any (see jetl.context for how it is found)."""
-    from jetl.context import find_context, read_context
-    from jetl.settings import JetlSettings
+    import os
 
-    env = JetlSettings()
-    data_dir = env.data_dir if "data_dir" in env.model_fields_set else None
-    path = find_context(_CONTEXT["explicit"], data_dir, warn=lambda text: err_console.print(f"warning: {text}"))
+    from jetl.connection import env_value
+    from jetl.context import find_context, read_context
+
+    data_dir = env_value(os.environ, "data_dir")  # as JetlSettings reads it, without pydantic-settings
+    path = find_context(
+        _CONTEXT["explicit"],
+        Path(data_dir) if data_dir is not None else None,
+        warn=lambda text: err_console.print(f"warning: {text}"),
+    )
     return read_context(path) if path is not None else None
 
 
-def settings() -> JetlSettings:
-    """The settings in force for CLI commands: environment variables over the stack context over defaults."""
+def settings(ctx: StackContext | None = None, *, found: bool = False) -> JetlSettings:
+    """The settings in force for CLI commands: environment variables over the stack context over defaults (`ctx`
+    with `found`: the context already found)."""
     from jetl.settings import JetlSettings, settings_with_context
 
-    ctx = stack_context()
+    ctx = ctx if found else stack_context()
     return settings_with_context(ctx.settings_values()) if ctx is not None else JetlSettings()
+
+
+def nats_settings() -> NatsSettings:
+    """`settings().nats`, read without pydantic-settings where the environment allows (`quick_nats_settings`): for
+    commands that only read from NATS (`jetl status`)."""
+    import os
+
+    from jetl.connection import quick_nats_settings
+
+    ctx = stack_context()
+    context_nats = ctx.settings_values()["nats"] if ctx is not None else None
+    quick = quick_nats_settings(os.environ, context_nats if isinstance(context_nats, dict) else None)
+    return quick if quick is not None else settings(ctx, found=True).nats
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from jetl.cli._app import app, client, follow, progress, run_async
+from jetl.cli._app import app, client, follow, nats_settings, progress, run_async
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_json, stamp
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def _duration(st: RunState) -> str:
 
 
 def _notes(st: RunState) -> str:
-    from jetl.ops.cursors import cursor_text
+    from jetl.positions import cursor_text
 
     notes = []
     if st.parent_run_id:
@@ -153,12 +153,14 @@ def status(
     from rich.table import Table
 
     async def _go() -> tuple[int | None, list[RunState]]:
-        async with client() as jc:
-            n = None
-            if rebuild:
-                from jetl.eventlog import rebuild as refold
+        if not rebuild:  # one plain connection, totals only: what the table shows (`jetl.ops.run_list`)
+            from jetl.ops.run_list import run_list
 
-                n = await refold(jc.conn, pipeline)
+            return None, (await run_list(nats_settings(), pipeline))[:limit]
+        from jetl.eventlog import rebuild as refold
+
+        async with client() as jc:
+            n = await refold(jc.conn, pipeline)
             return n, (await jc.runs(pipeline))[:limit]
 
     refolded, runs = run_async(_go())

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from jetl.errors import ConfigError
 from jetl.events import CursorChanged
 from jetl.positions import EACH
+from jetl.positions import cursor_text as cursor_text
 from jetl.protocols import SeekableExtractor, keeps_cursor
 from jetl.state import delete_cursor, get_cursor, put_cursor, unfinished_runs
 
@@ -29,18 +30,6 @@ def default_operator() -> str:
         return getpass.getuser()
     except Exception:  # no user name in the environment (a bare container): say so rather than guess
         return "unknown"
-
-
-def cursor_text(cursor: dict[str, Any] | None) -> str:
-    """A cursor for people: `value` or `value/key` (each extractor's, `#i value`, when there are several)."""
-    if not cursor:
-        return "-"
-    if isinstance(cursor.get(EACH), dict):
-        return " ".join(f"#{i} {cursor_text(part)}" for i, part in sorted(cursor[EACH].items()))
-    if "value" not in cursor:
-        return f"{len(cursor)} entries"  # a file extractor's record of files loaded
-    key = cursor.get("key")
-    return f"{cursor['value']}" + ("" if key is None else f"/{key}")
 
 
 def parse_value(text: str) -> Any:

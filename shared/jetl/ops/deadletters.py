@@ -14,13 +14,16 @@ from typing import TYPE_CHECKING, Any
 from nats.js.errors import NotFoundError
 
 from jetl import subjects
+from jetl.bucket import get_run
 from jetl.errors import RecordIssue
 from jetl.eventlog import read_from
 from jetl.messages.deadletter import DeadLetter, DeadRecord
+from jetl.ops.redrive import REPLAY_TAG
 from jetl.subjects import Kind
 
 if TYPE_CHECKING:
     from jetl.ops.handle import Handle
+    from jetl.runstate import RunState
 
 
 def redriven_by(why: str | None) -> str | None:
@@ -115,6 +118,10 @@ class DeadLetterSummary:
 
     Kept in memory by a long-running reader (the dashboard): each `refresh` reads at most `step` new letters, so
     a page never waits for the whole stream; `complete` says whether the summary has caught up.
+
+    The letters of a shadow replay (`jetl replay --diff`, a trial that loads nothing) are its run's (`per_run`), and
+    counted apart (`shadow_records`), never in the pipeline's counts and reasons: what the trial rejected again is
+    its parent's dead letter already, and would count twice.
     """
 
     last_seq: int = 0
@@ -125,13 +132,20 @@ class DeadLetterSummary:
     """Rejected records per pipeline."""
     per_run: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     """The sequences of each (pipeline, run)'s letters."""
+    shadow_records: int = 0
+    """Rejected records of shadow replays (in none of the counts above but `per_run`)."""
+    replays: dict[tuple[str, str], RunState | None] = field(default_factory=dict)
+    """Per replay (pipeline, run) whose letters were read, its state (`replay`)."""
     complete: bool = False
 
-    def add(self, seq: int, dl: DeadLetter) -> None:
-        """Count one letter."""
+    def add(self, seq: int, dl: DeadLetter, *, shadow: bool = False) -> None:
+        """Count one letter (`shadow`: of a shadow replay, counted apart)."""
         self.last_seq = max(self.last_seq, seq)
-        self.letters += 1
         self.per_run.setdefault((dl.pipeline, dl.run_id), []).append(seq)
+        if shadow:
+            self.shadow_records += len(dl.records or [{}])
+            return
+        self.letters += 1
         for rec in dl.records or [{}]:
             g = self.groups.get((dl.pipeline, reason := reason_of(dl, rec)))
             if g is None:
@@ -147,9 +161,35 @@ class DeadLetterSummary:
         dlq = subjects.stream_name(Kind.DLQ)
         msgs = await read_from(jc.conn, dlq, subjects.pattern(Kind.DLQ), self.last_seq + 1, step)
         for m in msgs:
-            self.add(m.metadata.sequence.stream, DeadLetter.read(m.subject, m.data))
+            dl = DeadLetter.read(m.subject, m.data)
+            self.add(m.metadata.sequence.stream, dl, shadow=await self._shadow(jc, dl))
         self.complete = len(msgs) < step
         return self.complete
+
+    async def _shadow(self, jc: Handle, dl: DeadLetter) -> bool:
+        """Whether the letter's run is a shadow replay."""
+        state = await self.replay(jc, dl.pipeline, dl.run_id)
+        return state is not None and state.shadow
+
+    async def replay(self, jc: Handle, pipeline: str, run_id: str) -> RunState | None:
+        """The state of a replay (None for a run that is none): replays are found by their run ids, as
+        `jetl.ops.redrive.status_runs` finds them, and each is asked once, of the state bucket, else of the log (a
+        replay the tracker has not folded, or whose state expired, is still a shadow or not)."""
+        if not run_id.startswith(f"{pipeline}{REPLAY_TAG}"):
+            return None
+        key = (pipeline, run_id)
+        if key not in self.replays:
+            state = await get_run(await jc.kv(), pipeline, run_id)
+            self.replays[key] = state if state is not None else await jc.run_state(pipeline, run_id)
+        return self.replays[key]
+
+    async def judging(self, jc: Handle, letters: list[tuple[int, DeadLetter]], runs: list[RunState]) -> list[RunState]:
+        """`runs` (`status_runs`) and the replays of these letters missing from them: what `dead_letter_status`
+        judges the letters by, so a shadow's letter reads as the shadow's even before its state is folded."""
+        known = {(r.pipeline, r.run_id) for r in runs}
+        missing = {(dl.pipeline, dl.run_id) for _, dl in letters} - known
+        found = [await self.replay(jc, *key) for key in sorted(missing)]
+        return runs + [st for st in found if st is not None]
 
     def top(self, pipeline: str | None = None, n: int = 50) -> list[ReasonGroup]:
         """The largest groups (of one pipeline, or all)."""

@@ -1,6 +1,6 @@
 """What an operator function needs of the one handle it is given (`jetl.ops.client.JetlClient`): the settings, the
-NATS connection, the state bucket and the bus. The read models below the client take this protocol, so the client
-can use them without an import cycle."""
+NATS connection, the state bucket, the bus and a run's state folded from the log. The read models below the client
+take this protocol, so the client can use them without an import cycle."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from nats.js.kv import KeyValue
 
     from jetl.bus import Bus
+    from jetl.runstate import RunState
     from jetl.settings import JetlSettings
 
 
@@ -30,4 +31,8 @@ class Handle(Protocol):
 
     async def bus(self) -> Bus:
         """The bus for publishing (connected on first use)."""
+        ...
+
+    async def run_state(self, pipeline: str, run_id: str) -> RunState | None:
+        """The folded state of one run, from the log itself."""
         ...

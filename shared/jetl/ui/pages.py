@@ -251,8 +251,8 @@ async def run_page(request: Request) -> Response:
         return render(request, "missing.html", what=f"run {run_id} of {pipeline}", status_code=404)
     letters = await d.refresh_letters()
     seqs = letters.per_run.get((pipeline, run_id), [])
-    related = await status_runs(d.client, pipeline)
     page = await letters_at(d.client, seqs[:PAGE])
+    related = await letters.judging(d.client, page, await status_runs(d.client, pipeline))
     why = dead_letter_status(page, related)
     rows, _ = rows_page(page, why, 0, PAGE, None)
     children = [r for r in related if r.parent_run_id == run_id or (set(r.redrive) & set(seqs))]
@@ -366,7 +366,7 @@ async def dead_letters(request: Request) -> Response:
         next_start = chosen[LETTER_ROWS] if len(chosen) > LETTER_ROWS else None
     else:
         page, next_start = await letter_page(d.client, pipeline, start, LETTER_ROWS)
-    why = dead_letter_status(page, await status_runs(d.client, pipeline))
+    why = dead_letter_status(page, await summary.judging(d.client, page, await status_runs(d.client, pipeline)))
     rows, next_at = rows_page(page, why, skip, LETTER_ROWS, next_start)
     return render(
         request,

@@ -129,7 +129,7 @@ def test_a_server_that_answers_too_late_is_not_a_server_without_jetl(monkeypatch
     answer (exit 3), never "this NATS has no jetl deployment", which sends people to `jetl deploy`."""
     import nats.errors
 
-    import jetl.ops.client
+    import jetl.ops.run_list
     import jetl.topology
 
     class Late:
@@ -149,7 +149,7 @@ def test_a_server_that_answers_too_late_is_not_a_server_without_jetl(monkeypatch
     async def connect(settings: Any) -> Connection:
         return Connection()
 
-    monkeypatch.setattr(jetl.ops.client, "riding_connection", connect)
+    monkeypatch.setattr(jetl.ops.run_list, "fail_fast_connection", connect)
     monkeypatch.setattr(jetl.topology, "DEPLOYMENT_SLOW_S", 0.01)
     monkeypatch.setenv("JETL_NATS__URL", "nats://127.0.0.1:1")
     result = CliRunner().invoke(app, ["status"])

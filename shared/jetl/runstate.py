@@ -1,0 +1,180 @@
+"""A run's folded state as the state bucket keeps it: `RunState` (totals, O(1) in size), its `Tally` and the
+per-batch `BatchState`. The models alone, without the events they are folded from (`jetl.projection` folds them), so
+a reader of the bucket (`jetl status`) does not import every event model.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+Status = Literal["requested", "running", "completed", "failed"]
+
+
+class BatchState(BaseModel):
+    """One batch's ledger (kept under its own KV key, `batch.<pipeline>.<run>.<batch>`)."""
+
+    seq: int
+    extracted: int = 0
+    extract_rejected: int = 0
+    transformed: int = 0
+    rejected: int = 0
+    """Records dead-lettered by the transformer (one by one, or the whole raw batch)."""
+    load_rejected: int = 0
+    """Records of the clean batch the destination refused. Kept apart from `rejected`: the loader's verdict may be
+    folded before the transformer's own event (it publishes the batch, then its event), and must not be lost."""
+    filtered: int = 0
+    loaded: int = 0
+    outcome: Literal["pending", "loaded", "rejected"] = "pending"
+    rejected_stage: str | None = None
+    parts: int = 1
+    """How many messages its clean batch travels in (a batch too large for one is cut by the transformer)."""
+    part_counts: dict[int, list[int]] | None = None
+    """Only for a batch in parts: per part that reached the destination or the DLQ, [loaded, load_rejected];
+    `loaded` and `load_rejected` are their sums, and the batch is settled once every part is here."""
+    v: int = 0
+    """Times it changed: a write of an older version never replaces a newer one."""
+
+
+class Tally(BaseModel):
+    """A run's ledger totals, summed over its batches: the run state keeps these, not the batches (O(1) per run)."""
+
+    extracted: int = 0
+    extract_rejected: int = 0
+    transformed: int = 0
+    rejected: int = 0
+    load_rejected: int = 0
+    filtered: int = 0
+    loaded: int = 0
+    batches: int = 0
+    """Batches any event has named."""
+    settled: int = 0
+    """Batches that reached the destination or the DLQ."""
+
+    def add(self, old: BatchState | None, new: BatchState) -> None:
+        """Count `new` instead of `old` (the same batch before and after one event)."""
+        # the tracker's per-event arithmetic: straight into the fields (plain ints), past pydantic's __setattr__,
+        # which cost most of the time of a million-batch fold
+        d = self.__dict__
+        for name in _COUNTED:
+            d[name] += getattr(new, name) - (getattr(old, name) if old is not None else 0)
+        d["batches"] += old is None
+        d["settled"] += (new.outcome != "pending") - (old is not None and old.outcome != "pending")
+
+
+_COUNTED = ("extracted", "extract_rejected", "transformed", "rejected", "load_rejected", "filtered", "loaded")
+
+
+class RunState(BaseModel):
+    """One run as the log tells it: O(1) in size, whatever the number of batches (their ledgers are kept apart)."""
+
+    pipeline: str
+    run_id: str
+    status: Status = "requested"
+    trigger: str = "manual"
+    parent_run_id: str | None = None
+    data_interval_start: datetime | None = None
+    data_interval_end: datetime | None = None
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expected_batches: int | None = None
+    extracted_claimed: int | None = None
+    """Records (read and unreadable) run.extracted says the run extracted: the batches must add up to it."""
+    last_event_at: datetime | None = None
+    """When the run last made progress (its newest event): a run silent for too long is failed as stalled."""
+    cancelled: bool = False
+    """Ended by `jetl runs cancel` (its status is `failed`, its error the reason)."""
+    cursor: dict[str, Any] | None = None
+    """The cursor the run moves to once it completes (from run.extracted)."""
+    start_cursor: dict[str, Any] | None = None
+    """The cursor the run started from (from run.started)."""
+    code_hash: str = ""
+    error: str | None = None
+    tally: Tally = Field(default_factory=Tally)
+    """The totals over every batch the run's events named."""
+    pending: dict[str, BatchState] = Field(default_factory=dict)
+    """Batch ledgers counted in `tally` whose own key is not written yet (`jetl.state.apply`): as many as events in
+    flight, empty between them. A delivery that stopped half way finds its batch here and finishes the write."""
+    events: int = 0
+    shadow: bool = False
+    """A replay into the destination's shadow: its rows are not in the real destination."""
+    redrive: list[int] = Field(default_factory=list)
+    """The JETL_DLQ sequences this run redrives."""
+    partitions: int | None = None
+    """How many partitions a partitioned run's extraction has (from run.partitioned); None: not partitioned."""
+    summary: int = 0
+    """How many summary keys hold this finished run's batch ledgers (`jetl.state.compact`); 0: they are in their own
+    keys."""
+    partition_batches: dict[str, int] = Field(default_factory=dict)
+    """Per partition that reported (partition.extracted), its batch count: the run's expected batches are their
+    total once every partition has reported."""
+    drift: list[str] = Field(default_factory=list)
+    """The schema drift its batches showed (schema.drift), one `kind path` each ("new extra", "changed price:
+    float", "missing sku"), at most `DRIFT_KEPT`: `jetl schema diff` has the counts and examples."""
+    _batches: dict[str, BatchState] = PrivateAttr(default_factory=dict)
+
+    @property
+    def batches(self) -> dict[str, BatchState]:
+        """Batch ledgers by batch id, where they were folded in memory or loaded (`jetl.state.load_batches`); a
+        state read from KV alone has none (its totals are in `tally`)."""
+        return self._batches
+
+    @property
+    def extracted(self) -> int:
+        """Everything the extractor read, good or malformed."""
+        return self.tally.extracted + self.tally.extract_rejected
+
+    @property
+    def loaded(self) -> int:
+        """Rows written to the destination."""
+        return self.tally.loaded
+
+    @property
+    def rejected(self) -> int:
+        """Records dead-lettered at any stage."""
+        return self.tally.extract_rejected + self.tally.rejected + self.tally.load_rejected
+
+    @property
+    def filtered(self) -> int:
+        """Records a transformer dropped on purpose (negative when one fanned out)."""
+        return self.tally.filtered
+
+    @property
+    def reconciles(self) -> bool:
+        """extracted = loaded + rejected + filtered, over every batch the run announced, each of them settled, and as
+        many batches and records as run.extracted counted. A batch lost on the way, or one still in flight, makes the
+        ledger not reconcile: equal sums over what arrived are not enough (a lost batch is in neither side)."""
+        if self.tally.settled != self.tally.batches:  # a batch still in flight
+            return False
+        if self.expected_batches is not None and self.tally.batches < self.expected_batches:  # a batch never seen
+            return False
+        if self.extracted_claimed is not None and self.extracted_claimed != self.extracted:
+            return False
+        return self.extracted == self.loaded + self.rejected + self.filtered
+
+    @property
+    def settled_batches(self) -> int:
+        """Batches that reached the destination or the DLQ."""
+        return self.tally.settled
+
+    @property
+    def settled(self) -> bool:
+        """Every batch of a fully extracted run has reached the destination or the DLQ."""
+        return (
+            self.expected_batches is not None
+            and self.tally.batches >= self.expected_batches
+            and self.tally.settled == self.tally.batches
+        )
+
+    def counts(self) -> dict[str, int]:
+        """The ledger totals."""
+        return {
+            "extracted": self.extracted,
+            "loaded": self.loaded,
+            "rejected": self.rejected,
+            "filtered": self.filtered,
+            "batches": self.tally.batches,
+        }
