@@ -435,11 +435,16 @@ def consumer_info_access(kind: Kind, durable: str) -> str:
     return f"{_JS}.CONSUMER.INFO.{stream_name(kind)}.{durable}"
 
 
+def consumer_next(kind: Kind, durable: str) -> str:
+    """Where a pull request for one durable consumer's next messages goes."""
+    return f"{_JS}.CONSUMER.MSG.NEXT.{stream_name(kind)}.{durable}"
+
+
 def js_consume_access(kind: Kind, durable: str) -> list[str]:
     """What pulling from, acking and reading the lag of one durable consumer publishes to."""
     stream = stream_name(kind)
     return [
-        f"{_JS}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        consumer_next(kind, durable),
         f"$JS.ACK.{stream}.{durable}.>",
         consumer_info_access(kind, durable),
     ]
