@@ -9,6 +9,7 @@ test runs the scheduler alone: what it checks is the fold, not the stages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,15 @@ async def holders(kv: Any) -> dict[str, str]:
     """Shard lease key -> the instance holding it."""
     leases = await watch_values(kv, state_keys(StateKey.SHARD))
     return {k: orjson.loads(v)["instance"] for k, v in leases.items()}
+
+
+async def shard_of(nc: Any, pipeline: str, run_id: str) -> int:
+    """The tracker shard a run's events are stored in (the token JETL_EVENTS's subject transform appended)."""
+    stored = read_stream(nc, Kind.EVENTS, subjects.pattern(Kind.EVENTS, pipeline, run_id))
+    async with contextlib.aclosing(stored) as log:
+        async for m in log:
+            return int(m.subject.split(".")[-1])
+    raise AssertionError(f"no event of {run_id} in the log")
 
 
 async def until(check: Any, timeout: float, what: str) -> Any:
@@ -170,17 +180,23 @@ def test_two_replicas_share_the_fold_and_one_takes_over_when_the_other_is_killed
             assert not wrong, wrong
             assert len(by) == 2, by  # both replicas folded some of them
 
-            # a SIGKILL of one replica while the runs are being folded
+            # a SIGKILL of a replica while it is folding a run: one of its shards' runs is part way folded
             second = [(f"shard{p}", f"second-{p}-{n}") for p in "abcd" for n in range(3)]
             batches = 150
             await publish(nc, interleaved(second, batches))
+            pids = {f":{p.proc.pid}": name for name, p in stack.procs.items() if p.proc is not None}
 
-            async def folding() -> bool:
-                states = [await get_run(kv, p, r) for p, r in second]
-                return any(st is not None and 0 < st.loaded < batches * RECORDS for st in states)
+            async def folding() -> str | None:
+                """The replica folding a run that is part way folded (by its shard's lease)."""
+                held = await holders(kv)
+                for p, r in second:
+                    st = await get_run(kv, p, r)
+                    if st is not None and 0 < st.loaded < batches * RECORDS:
+                        holder = held.get(state_keys(StateKey.SHARD, str(await shard_of(nc, p, r))), "")
+                        return next((name for pid, name in pids.items() if holder.endswith(pid)), None)
+                return None
 
-            await until(folding, 60, "the runs to be mid-fold")
-            victim = stack.procs["scheduler2"]
+            victim = stack.procs[await until(folding, 60, "a run to be part way folded")]
             assert victim.proc is not None
             gone = f":{victim.proc.pid}"
             victim.stop(kill=True)
