@@ -79,6 +79,11 @@ class Shards:
         """Another replica's lease -> (its revision, when this replica first saw that revision, monotonic)."""
 
     @property
+    def key_ttl(self) -> float:
+        """A lease key outlives its last renewal by ten lease periods (every key but a cursor has a TTL)."""
+        return 10 * self.lease_s
+
+    @property
     def me(self) -> bytes:
         return orjson.dumps({"instance": self.ctx.instance})
 
@@ -104,7 +109,8 @@ class Shards:
         for k in sorted(self.held):
             revision, _ = self.held[k]
             try:
-                self.held[k] = (await kv.update(lease_key(k), self.me, last=revision), self.held[k][1])
+                renewed = await kv.update(lease_key(k), self.me, last=revision, msg_ttl=self.key_ttl)
+                self.held[k] = (renewed, self.held[k][1])
             except KeyWrongLastSequenceError:  # paused past the lease: another replica holds it now
                 log.warning("shard lease lost", shard=k)
                 await self._stop_pulling(k)
@@ -147,7 +153,7 @@ class Shards:
             entry = await kv.get(key)
         except KeyNotFoundError:  # never held, or given back
             with contextlib.suppress(KeyWrongLastSequenceError):  # another replica created it first
-                return await kv.create(key, self.me)
+                return await kv.create(key, self.me, msg_ttl=self.key_ttl)
             return None
         assert entry.revision is not None
         seen = self._seen.get(k)
@@ -157,7 +163,7 @@ class Shards:
         if now - seen[1] < self.lease_s:
             return None
         with contextlib.suppress(KeyWrongLastSequenceError):  # its holder renewed it, or another replica took it
-            revision = await kv.update(key, self.me, last=entry.revision)
+            revision = await kv.update(key, self.me, last=entry.revision, msg_ttl=self.key_ttl)
             log.warning("stale shard lease taken over", shard=k, holder=(entry.value or b"").decode(errors="replace"))
             return revision
         return None
