@@ -59,13 +59,18 @@ def run_events(pipeline: str, run_id: str, batches: int) -> tuple[list[Any], lis
 async def publish_all(nc: Any, events: list[Any], window: int = 512) -> float:
     """Publish `events` in order, `window` in flight at a time; returns when the last was stored."""
     from jetl import subjects
+    from jetl.events import _FROM
 
     js = nc.jetstream()
     for i in range(0, len(events), window):
         chunk = events[i : i + window]
         await asyncio.gather(
-            *(
-                js.publish(subjects.events(ev.pipeline, ev.run_id), ev.model_dump_json().encode(), headers=None)
+            *(  # on the subject of a role the tracker trusts with the event (the operator user may say any)
+                js.publish(
+                    subjects.events(ev.pipeline, ev.run_id, sorted(_FROM[ev.type])[0]),
+                    ev.model_dump_json().encode(),
+                    headers=None,
+                )
                 for ev in chunk
             )
         )
@@ -159,7 +164,7 @@ async def backlog_round(stack: Any, runs: int, batches: int) -> dict[str, Any]:
     """The tracker's capacity: the scheduler(s) stopped, `runs` runs of `batches` batches published, the scheduler(s)
     started again; timed from the tracker's first delivery of them to the last run.completed (every fetch full)."""
     from jetl.bus import connect
-    from jetl.subjects import STREAMS, Kind
+    from jetl.subjects import STREAMS, TRACKER_DURABLES, Kind
 
     for p in stack.procs.values():
         p.stop()
@@ -174,10 +179,15 @@ async def backlog_round(stack: Any, runs: int, batches: int) -> dict[str, Any]:
         await publish_all(nc, events)
         done, finished, sub = await completions(nc, ids)
         js = nc.jetstream()
-        before = (await js.consumer_info(STREAMS[Kind.EVENTS].name, "tracker")).delivered.consumer_seq
+
+        async def delivered() -> int:  # over every tracker shard
+            infos = [await js.consumer_info(STREAMS[Kind.EVENTS].name, d) for d in TRACKER_DURABLES]
+            return sum(i.delivered.consumer_seq for i in infos)
+
+        before = await delivered()
         for p in stack.procs.values():
             p.start()
-        while (await js.consumer_info(STREAMS[Kind.EVENTS].name, "tracker")).delivered.consumer_seq == before:  # noqa: ASYNC110
+        while await delivered() == before:  # noqa: ASYNC110
             await asyncio.sleep(0.005)  # the server is asked: nothing here to wait on
         t0 = time.perf_counter()
         pids = [p.proc.pid for p in stack.procs.values() if p.proc is not None]

@@ -74,6 +74,7 @@ _STATE_WRITES: dict[Role, tuple[str, ...]] = {
             StateKey.FAILED,
             StateKey.SCHED,
             StateKey.ALERT,
+            StateKey.SHARD,
         )
     ),
 }

@@ -7,7 +7,8 @@ Every subject jetl publishes or subscribes to is built here; no other module spe
 | JETL_RUNS   | jetl.run.<pipeline>           | work queue | new           | (and jetl.run.<pipeline>.<run>.<partition>)
 | JETL_RAW    | jetl.raw.<pipeline>.<run>     | interest   | new           | (a batch goes once transformed + archived)
 | JETL_CLEAN  | jetl.clean.<pipeline>.<run>   | interest   | new           | (a batch goes once the loader acked it)
-| JETL_EVENTS | jetl.events.<pipeline>.<run>.<role> | limits | old         | (the role that said it: `Role`)
+| JETL_EVENTS | jetl.events.<pipeline>.<run>.<role> | limits | old         | (the role that said it: `Role`; stored
+|             |   with a shard token appended, `.<k>`, by the stream's subject transform: `tracker_shard`)
 | JETL_DLQ    | jetl.dlq.<pipeline>.<stage>   | limits     | new           |
 | JETL_LOGS   | jetl.logs.<pipeline>.<run>    | limits     | old           |
 | JETL_ADVISORIES | $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*.* | limits | old | (the server's, for the watchdog)
@@ -110,13 +111,32 @@ STREAMS: dict[Kind, StreamSpec] = {
     Kind.ADVISORY: StreamSpec("JETL_ADVISORIES", Kind.ADVISORY, Retention.LIMITS, 7, 120, 16 * MiB, Discard.OLD),
 }
 
-# The durable consumer each service binds to; N replicas of a service share it.
+TRACKER_SHARDS = 8
+"""Shards of the run tracker's fold. JETL_EVENTS stores each event with a shard token appended, a hash of its
+pipeline and run (the stream's subject transform, `{{partition(8,1,2)}}`: every event of a run in one shard, in log
+order), and each shard has its own durable, `tracker-<k>`, which one scheduler replica at a time pulls from (it holds
+the shard's lease, `jetl_scheduler.shards`): two replicas never fold the same run. Eight lets up to eight replicas
+share the fold; changing it re-partitions the runs in flight (deploy when the log is drained)."""
+
+
+def tracker_shard(k: int) -> str:
+    """The durable of the tracker's shard `k` (`tracker-<k>`)."""
+    if not 0 <= k < TRACKER_SHARDS:
+        raise ConfigError(f"tracker shard {k} is not one of 0..{TRACKER_SHARDS - 1}")
+    return f"tracker-{k}"
+
+
+TRACKER_DURABLES: tuple[str, ...] = tuple(tracker_shard(k) for k in range(TRACKER_SHARDS))
+"""Every shard durable of the tracker, in shard order."""
+
+# The durable consumer each service binds to; N replicas of a service share it (the tracker's shards: one replica
+# each at a time).
 CONSUMERS: dict[str, Kind] = {
     "extractor": Kind.RUN,
     "transformer": Kind.RAW,
     "archiver": Kind.RAW,  # writes each raw batch to the archive before it may leave JETL_RAW (the transformer runs it)
     "loader": Kind.CLEAN,
-    "tracker": Kind.EVENTS,
+    **dict.fromkeys(TRACKER_DURABLES, Kind.EVENTS),
     "watchdog": Kind.ADVISORY,
 }
 
@@ -126,7 +146,7 @@ DURABLE_ROLE: dict[str, Role] = {
     "transformer": "transformer",
     "archiver": "transformer",
     "loader": "loader",
-    "tracker": "scheduler",
+    **dict.fromkeys(TRACKER_DURABLES, "scheduler"),
     "watchdog": "scheduler",
 }
 """The role whose service binds each durable consumer."""
@@ -233,11 +253,29 @@ def events_by(role: Role) -> str:
 
 
 def event_role(subject: str) -> str | None:
-    """The role an event subject names (its last token), None for a subject that is no event subject."""
+    """The role an event subject names (its fifth token: as published, or as stored with its shard token after it),
+    None for a subject that is no event subject."""
     parts = subject.split(".")
-    if len(parts) != 5 or parts[0] != PREFIX or parts[1] != Kind.EVENTS.value or parts[4] not in ROLES:
+    if len(parts) not in (5, 6) or parts[0] != PREFIX or parts[1] != Kind.EVENTS.value or parts[4] not in ROLES:
         return None
     return parts[4]
+
+
+def events_transform() -> tuple[str, str]:
+    """JETL_EVENTS's subject transform (source, destination): each event is stored with its tracker shard appended,
+    `jetl.events.<pipeline>.<run>.<role>.<k>`, k a hash of the pipeline and run tokens (nats-server 2.10+)."""
+    events_of = f"{PREFIX}.{Kind.EVENTS.value}"
+    dest = f"{events_of}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}"
+    return f"{events_of}.*.*.*", f"{dest}.{{{{partition({TRACKER_SHARDS},1,2)}}}}"
+
+
+def consumer_filter(durable: str, pipeline: str | None = None) -> str:
+    """The filter subject of a durable: a tracker shard's stored events (`jetl.events.*.*.*.<k>`), a per-pipeline
+    durable's pipeline's subjects, or its whole stream's."""
+    if durable in TRACKER_DURABLES:
+        return f"{PREFIX}.{Kind.EVENTS.value}.*.*.*.{TRACKER_DURABLES.index(durable)}"
+    kind = CONSUMERS[durable]
+    return pattern(kind, pipeline if durable in PER_PIPELINE else None)
 
 
 def dlq(pipeline: str, stage: Stage) -> str:
@@ -264,12 +302,13 @@ def pattern(kind: Kind, pipeline: str | None = None, run_id: str | None = None, 
     """A wildcard filter over `kind` subjects, narrowed to a pipeline and run when given.
 
     A run id without a pipeline matches that run under any pipeline (`jetl.logs.*.<run>`). Event filters match
-    every role's events (`jetl.events.<pipeline>.<run>.*`), or one `role`'s (with a pipeline).
+    every role's events (`jetl.events.<pipeline>.<run>.>`: as published, and as JETL_EVENTS stores them, with their
+    tracker shard appended), or one `role`'s as stored (`jetl.events.<pipeline>.<run>.<role>.*`).
     """
     if kind is Kind.ADVISORY:  # the server's subject, not jetl's: every stream and consumer (the watchdog filters)
         return max_deliveries_advisory()
     parts = [PREFIX, kind.value]
-    by = [role or ANY] if kind is Kind.EVENTS else []
+    by = ([role, ANY] if role else [">"]) if kind is Kind.EVENTS else []
     if pipeline is None:
         if run_id is not None and kind is not Kind.RUN:
             return ".".join([*parts, ANY, check_token(run_id, "run id"), *by])
@@ -344,6 +383,8 @@ class StateKey(StrEnum):
     FAILED = "failed"
     SVC = "svc"
     ALERT = "alert"
+    SHARD = "shard"
+    """`shard.<k>`: which scheduler replica folds the tracker's shard k (a lease, `jetl_scheduler.shards`)."""
 
 
 def state_keys(prefix: StateKey, *tokens: str) -> str:
@@ -394,11 +435,16 @@ def consumer_info_access(kind: Kind, durable: str) -> str:
     return f"{_JS}.CONSUMER.INFO.{stream_name(kind)}.{durable}"
 
 
+def consumer_next(kind: Kind, durable: str) -> str:
+    """Where a pull request for one durable consumer's next messages goes."""
+    return f"{_JS}.CONSUMER.MSG.NEXT.{stream_name(kind)}.{durable}"
+
+
 def js_consume_access(kind: Kind, durable: str) -> list[str]:
     """What pulling from, acking and reading the lag of one durable consumer publishes to."""
     stream = stream_name(kind)
     return [
-        f"{_JS}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        consumer_next(kind, durable),
         f"$JS.ACK.{stream}.{durable}.>",
         consumer_info_access(kind, durable),
     ]

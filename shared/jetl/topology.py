@@ -22,6 +22,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    SubjectTransform,
 )
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
@@ -64,9 +65,14 @@ _RETENTION_UPDATES = {
 def stream_config(kind: Kind, replicas: int = 1, max_bytes: dict[str, int] | None = None) -> StreamConfig:
     """The declared configuration of one stream (`max_bytes`: NatsSettings.stream_max_bytes, by kind)."""
     spec = STREAMS[kind]
+    transform = None
+    if kind is Kind.EVENTS:  # every event stored with its tracker shard appended (`subjects.events_transform`)
+        src, dest = subjects.events_transform()
+        transform = SubjectTransform(src=src, dest=dest)
     return StreamConfig(
         name=spec.name,
         subjects=spec.subjects,
+        subject_transform=transform,
         retention=_RETENTION[spec.retention],
         max_age=spec.max_age_days * 86400,
         duplicate_window=spec.duplicate_window_s,
@@ -80,10 +86,9 @@ def stream_config(kind: Kind, replicas: int = 1, max_bytes: dict[str, int] | Non
 def consumer_config(service: str, ack_wait: float = ACK_WAIT_S, pipeline: str | None = None) -> ConsumerConfig:
     """The durable pull consumer that all replicas of `service` share (`ack_wait`: NatsSettings.ack_wait); for a
     per-pipeline durable (`subjects.PER_PIPELINE`), `pipeline`'s, filtered on that pipeline's subjects."""
-    kind = CONSUMERS[service]
     return ConsumerConfig(
         durable_name=subjects.stage_durable(service, pipeline) if pipeline is not None else service,
-        filter_subject=subjects.pattern(kind, pipeline if service in subjects.PER_PIPELINE else None),
+        filter_subject=subjects.consumer_filter(service, pipeline),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait,
@@ -102,7 +107,17 @@ class Change:
     detail: str = ""
 
 
-_COMPARED = ("subjects", "retention", "max_age", "duplicate_window", "max_bytes", "discard", "num_replicas", "storage")
+_COMPARED = (
+    "subjects",
+    "subject_transform",
+    "retention",
+    "max_age",
+    "duplicate_window",
+    "max_bytes",
+    "discard",
+    "num_replicas",
+    "storage",
+)
 _COMPARED_CONSUMER = ("filter_subject", "ack_policy", "ack_wait", "max_deliver", "max_ack_pending")
 
 
@@ -203,6 +218,11 @@ async def declare(
             changes.append(await _declare_consumer(js, service, kind, s, pipeline, floors, dry_run=dry_run))
     for service in sorted(subjects.PER_PIPELINE):
         changes.extend(await _drop_shared(js, service, STREAMS[CONSUMERS[service]].name, dry_run=dry_run))
+    changes.extend(
+        await _drop_shared(
+            js, "tracker", STREAMS[Kind.EVENTS].name, dry_run=dry_run, why="one folder of every run: sharded now"
+        )
+    )
     changes.append(await _declare_kv(js, s, dry_run=dry_run))
     changes.append(await _declare_object_store(js, s, dry_run=dry_run))
     return changes
@@ -222,15 +242,18 @@ async def _shared_floors(js: Any) -> dict[str, int]:
     return floors
 
 
-async def _drop_shared(js: Any, service: str, stream: str, *, dry_run: bool) -> list[Change]:
-    """Delete the shared durable `service` that an older deployment declared for every pipeline."""
+async def _drop_shared(
+    js: Any, service: str, stream: str, *, dry_run: bool, why: str = "shared by every pipeline: one per pipeline now"
+) -> list[Change]:
+    """Delete the shared durable `service` that an older deployment declared for every pipeline (or, the tracker's,
+    before its fold was sharded: the events it had not folded yet are folded by `jetl status --rebuild`)."""
     try:
         await js.consumer_info(stream, service)
     except NotFoundError:
         return []
     if not dry_run:
         await js.delete_consumer(stream, service)
-    return [Change("consumer", f"{stream}/{service}", "deleted", "shared by every pipeline: one per pipeline now")]
+    return [Change("consumer", f"{stream}/{service}", "deleted", why)]
 
 
 async def _declare_consumer(

@@ -104,8 +104,9 @@ def test_deploy_is_idempotent_and_never_ignores_drift(items: NatsHandle, tmp_pat
     code, report = deploy("--dry-run", "--json")
     assert code == 0 and actions(report)["JETL_RUNS"][0] == "would create"
     code, report = deploy("--json")
-    # 7 streams, 6 consumers (4 shared, the transformer's and the loader's of pipeline "items"), KV, objects
-    assert code == 0 and report["changed"] == 15 and report["differs"] == 0
+    # 7 streams, 13 consumers (3 shared, 8 tracker shards, the transformer's and the loader's of pipeline "items"),
+    # KV, objects
+    assert code == 0 and report["changed"] == 22 and report["differs"] == 0
 
     code, out = deploy()
     assert code == 0 and "nothing to change" in out

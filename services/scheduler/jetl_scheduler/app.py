@@ -14,6 +14,8 @@ from jetl_scheduler.alerts import Alerter
 from jetl_scheduler.cron import is_paused, make_clock, tick
 from jetl_scheduler.handlers import make_router
 from jetl_scheduler.settings import SchedulerSettings
+from jetl_scheduler.shards import Shards
+from jetl_scheduler.tracker import track
 from jetl_scheduler.watch import PipelineWatcher
 from jetl_scheduler.watchdog import fail_stalled
 
@@ -56,18 +58,30 @@ def create_app(settings: SchedulerSettings | None = None) -> FastStream:
     """Build the scheduler app."""
     settings = settings or SchedulerSettings()
     alerter = Alerter(settings)  # one per app: the tracker alerts through it, the cron loop too, shutdown drains it
-    app = build_app("scheduler", settings, lambda ctx: make_router(ctx, alerter))
+    app = build_app("scheduler", settings, make_router)
     ctx: ServiceContext = app.context.get("jetl_service")
     tasks: list[asyncio.Task[None]] = []
+    shards = Shards(
+        ctx,
+        lambda msgs, ledgers: track(ctx, msgs, alerter, ledgers),
+        lease_s=settings.shard_lease_seconds,
+        fetch_batch=settings.fetch_batch,
+        fetch_wait=settings.idle_wait,
+    )
 
     @app.after_startup
     async def _start_cron() -> None:
+        tasks.append(asyncio.create_task(shards.run()))
         if settings.cron_enabled:
             tasks.append(asyncio.create_task(_cron_loop(ctx, settings, alerter)))
         tasks.append(asyncio.create_task(_watchdog_loop(ctx, settings)))
 
     @app.on_shutdown
     async def _stop_cron() -> None:
+        tasks[0].cancel()  # no more balancing: then every shard held is given back
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks[0]
+        await shards.stop()
         for t in tasks:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):

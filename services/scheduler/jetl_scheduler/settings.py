@@ -15,11 +15,17 @@ class SchedulerSettings(JetlSettings):
     cron_enabled: bool = True
     """Turn cron scheduling off (the tracker still folds events)."""
     fetch_batch: int = 256
-    """Events pulled per fetch by the run tracker, folded together: one state write per run per fetch, so the
-    tracker keeps up with every stage at once. A pull takes what is there at once; only when the stream is idle does
-    it wait up to `fetch_timeout` for more after the first event."""
+    """Events pulled per fetch by the run tracker (from each shard it holds), folded together: one state write per
+    run per fetch, so the tracker keeps up with every stage at once. A pull takes what is there at once; only when
+    the shard is idle does it wait (up to `fetch_timeout`) for its next event."""
     fetch_timeout: float = 0.05
-    """Seconds an idle tracker pull waits to fill a fetch after its first event (what it adds to run.completed)."""
+    """Seconds an idle watchdog pull waits to fill a fetch after its first advisory."""
+    idle_wait: float = 1.0
+    """Seconds an idle tracker shard's pull waits for an event before asking again (an event that comes meanwhile
+    is handed over at once: this adds nothing to run.completed)."""
+    shard_lease_seconds: float = 15.0
+    """A tracker shard's lease (`jetl_scheduler.shards`): renewed every third of it by its holder; a replica that
+    stops renewing (killed, cut off) has its shards taken by the others after this long."""
     catch_up_grace_seconds: float = 300.0
     """With `catch_up="none"`, a slot that ended longer ago than this is skipped, not run late."""
     max_slots_per_tick: int = 100

@@ -62,7 +62,7 @@ class ServiceContext:
     pipeline_stages: list[PipelineStage] = field(default_factory=list)
     """Its per-pipeline durables (`subjects.PER_PIPELINE`), bound for each pipeline once deployed (`bind_pipelines`)."""
     bound: set[str] = field(default_factory=set)
-    """The per-pipeline consumers this instance pulls from."""
+    """The per-pipeline consumers this instance pulls from (the scheduler's: the tracker shards it holds)."""
     unbound: dict[str, str] = field(default_factory=dict)
     """Pipeline -> the consumer it lacks (not deployed yet: `jetl deploy`): its batches wait, reported in health."""
 
@@ -73,9 +73,9 @@ class ServiceContext:
 
     @property
     def consumer(self) -> str | None:
-        """The durable consumer this service binds to (the scheduler's tracker), if any."""
-        durable = "tracker" if self.name == "scheduler" else self.name
-        return durable if durable in CONSUMERS else None
+        """The durable consumer this service binds to, if any (the scheduler pulls the tracker shards it holds, which
+        it keeps in `bound`)."""
+        return self.name if self.name in CONSUMERS else None
 
     def event_fields(self, pipeline: str, run_id: str, code_hash: str = "") -> dict[str, Any]:
         """The fields every lifecycle event this service emits for a run carries."""
@@ -451,13 +451,14 @@ async def _heartbeat(ctx: ServiceContext) -> None:
 
 async def _consumer_lag(ctx: ServiceContext) -> dict[str, Any] | None:
     """num_pending / num_ack_pending of this service's durable (also exported as metrics); of a per-pipeline one,
-    summed over the consumers it pulls from, with each under "pipelines"."""
+    summed over the consumers it pulls from, with each under "pipelines"; the scheduler's, over the tracker shards
+    it holds, under "shards"."""
     durable = ctx.consumer
-    if durable is None:
+    names = sorted(ctx.bound) if durable is None or durable in subjects.PER_PIPELINE else [durable]
+    if not names:
         return None
     js = ctx.broker.connection.jetstream()
-    stream = STREAMS[CONSUMERS[durable]].name
-    names = sorted(ctx.bound) if durable in subjects.PER_PIPELINE else [durable]
+    stream = STREAMS[CONSUMERS[names[0]]].name
     per: dict[str, dict[str, int]] = {}
     for name in names:
         try:
@@ -472,6 +473,8 @@ async def _consumer_lag(ctx: ServiceContext) -> dict[str, Any] | None:
         "pending": sum(v["pending"] for v in per.values()),
         "ack_pending": sum(v["ack_pending"] for v in per.values()),
     }
+    if durable is None:  # the tracker shards the scheduler holds
+        return {**total, "shards": per}
     return {**total, "pipelines": per} if durable in subjects.PER_PIPELINE else total
 
 

@@ -23,7 +23,7 @@ from jetl.subjects import Kind
 def test_subjects_are_built_from_tokens() -> None:
     assert subjects.raw("orders", "orders-20261125T0000Z") == "jetl.raw.orders.orders-20261125T0000Z"
     assert subjects.dlq("orders", "transform") == "jetl.dlq.orders.transform"
-    assert subjects.pattern(Kind.EVENTS, "orders") == "jetl.events.orders.*.*"
+    assert subjects.pattern(Kind.EVENTS, "orders") == "jetl.events.orders.*.>"  # as published and as stored
     assert subjects.pattern(Kind.RUN) == "jetl.run.>"
     for bad in ("a.b", "a b", "a*", "a>", ""):
         with pytest.raises(ConfigError):
