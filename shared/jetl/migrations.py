@@ -11,12 +11,22 @@ applied and is not recorded, so the next run executes it again from the top. Wri
 
 chdb (the embedded default, `chdb://<folder>`): a folder can be opened by one process at a time, so migrate while the
 loader is stopped (`jetl deploy` before `jetl up`). Against a ClickHouse server it runs at any time.
+
+Schema evolution (`schema_contract="evolve"`, `jetl.evolution`) writes its DDL into the same history: each change
+the loader applies is a migration `evolve_<table>` numbered from `EVOLVE_FROM` up (`Migrator.evolve`), so it never
+takes a version a file will have; `status` shows those as `evolved`. On PostgreSQL the change is planned, applied
+and recorded in one transaction under the advisory lock the loader takes to create tables (`jetl:<schema>`), so
+several loader replicas apply it once: the second finds the columns there and plans nothing. On ClickHouse (no
+transactions) a process applies one change at a time and every statement is idempotent (`ADD COLUMN IF NOT EXISTS`,
+`MODIFY COLUMN` to the type it has); two loader processes against one server that evolve at the same moment may
+record the same change twice (applied once: the second statement changes nothing).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +39,11 @@ TABLE = "jetl_migrations"
 _FILE = re.compile(r"^(\d{4,})_([A-Za-z0-9_\-]+)\.sql$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-State = Literal["applied", "pending", "changed", "missing"]
+State = Literal["applied", "pending", "changed", "missing", "evolved"]
+
+EVOLVE_FROM = 1_000_000
+"""Migrations that schema evolution applies are numbered from here up (files are numbered below)."""
+_EVOLVING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -168,7 +182,9 @@ class Migrator:
                 out.append(MigrationStatus(m.version, m.name, "applied", checksum, at))
         known = {m.version for m in migrations}
         for version, (name, checksum, at) in done.items():
-            if version not in known:
+            if version not in known and version >= EVOLVE_FROM:
+                out.append(MigrationStatus(version, name, "evolved", checksum, at, "applied by schema evolution"))
+            elif version not in known:
                 out.append(MigrationStatus(version, name, "missing", checksum, at, "applied, but its file is gone"))
         return sorted(out, key=lambda s: s.version)
 
@@ -197,6 +213,22 @@ class Migrator:
         for m in pending:
             self._apply_one(m, on_step)
         return pending
+
+    def evolve(self, plan: Callable[[Migrator], tuple[str, list[str]]]) -> Migration | None:
+        """Apply what `plan` says the destination lacks (it reads the destination through `read` and names the
+        change: `evolve_<table>__<changes>`) as the next evolution migration; None when it lacks nothing."""
+        with _EVOLVING:
+            name, statements = plan(self)
+            if not statements:
+                return None
+            self.ensure_table()
+            m = evolution(max([EVOLVE_FROM - 1, *self.applied()]) + 1, name, statements)
+            self._apply_one(m, None)
+            return m
+
+    def read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Rows of a query on the destination (for an evolution's plan)."""
+        return self._query(sql, params)
 
     def _apply_one(self, m: Migration, on_step: Callable[[Migration, int, int], None] | None) -> None:
         """Run one migration's statements, then record it."""
@@ -265,6 +297,19 @@ class PostgresMigrator(Migrator):
         rows = self._query(f"SELECT version, name, checksum, applied_at FROM {self.table} ORDER BY version")
         return {int(v): (str(n), str(c), _aware(a)) for v, n, c, a in rows}
 
+    def evolve(self, plan: Callable[[Migrator], tuple[str, list[str]]]) -> Migration | None:
+        """`Migrator.evolve` in one transaction under the advisory lock the loader creates tables under: a replica
+        that waited plans again and finds nothing to do."""
+        self.ensure_table()
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"jetl:{self.database}",))
+            name, statements = plan(self)
+            if not statements:
+                return None
+            m = evolution(max([EVOLVE_FROM - 1, *self.applied()]) + 1, name, statements)
+            self._apply_one(m, None)
+            return m
+
     def _apply_one(self, m: Migration, on_step: Callable[[Migration, int, int], None] | None) -> None:
         statements = m.statements()
         with self.conn.transaction(), self.conn.cursor() as cur:
@@ -298,6 +343,12 @@ class PostgresMigrator(Migrator):
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+
+def evolution(version: int, name: str, statements: list[str]) -> Migration:
+    """The migration of an evolution's statements (no file: it is written to the history only)."""
+    sql = "".join(f"{s};\n" for s in statements)
+    return Migration(version, name[:200], Path(f"{version:07d}_{name[:200]}.sql"), sql)
 
 
 def _aware(value: Any) -> datetime:

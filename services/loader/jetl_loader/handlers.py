@@ -9,9 +9,9 @@ from faststream.nats import NatsRouter
 
 from jetl.errors import SchemaMismatch
 from jetl.events import BatchLoaded
-from jetl.loaders.batch import load_replacing_parent
+from jetl.loaders.batch import batch_model, load_replacing_parent
 from jetl.logging import bound_contextvars, get_logger
-from jetl.pipeline import Pipeline
+from jetl.pipeline import Pipeline, schema_hash
 from jetl.protocols import OpenableLoader
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
@@ -44,10 +44,11 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
         async with settle(raw, lambda exc: reject_batch(ctx, batch, body, "load", exc, base)):
             pipeline = get_pipeline(batch.pipeline)
             base["code_hash"] = pipeline.code_hash
-            if batch.schema_hash != pipeline.schema_hash:
+            expected = schema_hash(batch_model(pipeline, batch)) if batch.evolved else pipeline.schema_hash
+            if batch.schema_hash != expected:
                 raise SchemaMismatch(
                     f"pipeline {batch.pipeline!r}: batch {batch.batch_id} has schema "
-                    f"{batch.schema_hash}, the pipeline declares {pipeline.schema_hash}"
+                    f"{batch.schema_hash}, the pipeline declares {expected}" + (" (evolved)" if batch.evolved else "")
                 )
             await lineage.check_supersedes(ctx.kv, batch)  # before anything is written: a forgery deletes nothing
             n = await asyncio.to_thread(
