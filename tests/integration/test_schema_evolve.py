@@ -231,6 +231,11 @@ def test_evolve_and_freeze_then_accept_and_replay(
     code, runs = status
     assert code == 0 and any("new color" in r.get("drift", []) for r in runs), runs
 
+    code, out = cli("migrate", "--status", "--postgres", dsn, "--schema", schema, "--json")
+    assert code == 0, out
+    evolved = [(m["name"], m["state"]) for m in out["migrations"] if m["name"].startswith("evolve_ev_items")]
+    assert len(evolved) == 3 and {state for _, state in evolved} == {"evolved"}
+
     code, out = replayed
     assert code == 0, out
     got = chdb.query(data / "chdb", "SELECT id, color FROM later_items FINAL ORDER BY id")
