@@ -24,12 +24,13 @@ The lattice (a column only ever moves up; one that is already wider stays as it 
 
 What evolve does not change, it holds as freeze does (`SchemaFrozen`, the run fails saying why): drift inside a
 nested model (`address.zip`), a field of a type off the lattice (datetime, list, a nested model...) that drifts, a
-primary key field that drifts.
+primary key field that drifts, a new field whose name is no column name (`my field`).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from functools import cache
@@ -42,6 +43,8 @@ from jetl.errors import SchemaFrozen, TerminalError
 from jetl.messages.models import Evolution
 from jetl.pipeline import Pipeline
 
+_COLUMN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+"""A field evolve makes a column of: a name every destination takes as it is (and a pydantic field can have)."""
 _RANK = {"bigint": 0, "float": 1, "decimal": 2, "text": 3}
 _FROM_JSON = {"int": "bigint", "float": "float", "str": "text", "bool": "bool", "object": "text", "array": "text"}
 _FROM_TYPE: dict[Any, str] = {bool: "bool", int: "bigint", float: "float", Decimal: "decimal", str: "text"}
@@ -88,6 +91,8 @@ def evolution_of(model: type[BaseModel], fields: list[Any], key: tuple[str, ...]
     for f in fields:
         if "." in f.path:
             raise SchemaFrozen(f"evolve does not change nested fields: {f.kind} field {f.path!r}")
+        if f.kind == "new" and not _COLUMN.match(f.path):
+            raise SchemaFrozen(f"evolve names columns by the field; {f.path!r} is no column name (letters, digits, _)")
         if f.path in key:
             raise SchemaFrozen(f"evolve does not change the primary key: {f.kind} field {f.path!r}")
         if f.kind == "new":

@@ -78,6 +78,8 @@ def test_what_evolve_does_not_change_is_held() -> None:
         evolution_of(Item, drift({"id": 1, "name": "a", "qty": 1, "inner": {"zip": "x"}}))
     with pytest.raises(SchemaFrozen, match="primary key"):
         evolution_of(Item, drift({"id": 1.5, "name": "a", "qty": 1}), ("id",))
+    with pytest.raises(SchemaFrozen, match="no column name"):
+        evolution_of(Item, drift({"id": 1, "name": "a", "qty": 1, "my field": 5}))
     with pytest.raises(SchemaFrozen, match="widens"):
         evolution_of(Item, drift({"id": 1, "name": "a", "qty": 1, "inner": 5}))
 
