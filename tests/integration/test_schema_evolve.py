@@ -2,8 +2,8 @@
 float, a field disappears, a string field receives objects. Under `evolve` every record lands, the table grows a
 column, widens one and makes one nullable, each change a migration in `jetl_migrations`; under `freeze` the drifted
 batches are held, and `jetl schema accept` releases them once the pipeline evolves. A run loaded before the pipeline
-evolved is replayed from the raw log, its input gone, and the new column is filled for its rows. For the file
-loader, ClickHouse (chdb) and PostgreSQL; every ledger reconciles."""
+evolved is replayed from the archive, its input gone and JETL_RAW purged of it, and the new column is filled for its
+rows. For the file loader, ClickHouse (chdb) and PostgreSQL; every ledger reconciles."""
 
 from __future__ import annotations
 
@@ -19,11 +19,15 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from jetl import subjects
+from jetl.archive import Archive
+from jetl.bus import connect
 from jetl.cli import app
 from jetl.ops.client import JetlClient
 from jetl.projection import RunState
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import Stack
+from jetl.subjects import Kind
 from jetl.testing import chdb
 from jetl.testing.servers import NatsHandle
 
@@ -153,6 +157,26 @@ async def settled(jc: JetlClient, name: str, run_id: str, total: int) -> RunStat
     raise AssertionError("the event log ended")
 
 
+async def only_in_archive(url: str, folder: Path, pipeline: str, run_id: str, batches: int) -> int:
+    """Once the archive keeps the run's raw batches, purge them from JETL_RAW (as its limits would in time): a replay
+    then reads the archive. Returns the batches archived."""
+    archive = Archive(str(folder.resolve()))
+    deadline = asyncio.get_running_loop().time() + 120
+    while len(archive.batches(pipeline, run_id)) < batches:  # the archiver acks beside the loader: it may lag
+        assert asyncio.get_running_loop().time() < deadline, archive.batches(pipeline, run_id)
+        await asyncio.sleep(0.1)
+    nc = await connect(NatsSettings(url=url))
+    try:
+        js = nc.jetstream()
+        subject = subjects.raw(pipeline, run_id)
+        await js.purge_stream(subjects.stream_name(Kind.RAW), subject=subject)
+        info = await js.stream_info(subjects.stream_name(Kind.RAW), subjects_filter=subject)
+        assert not (info.state.subjects or {}).get(subject)
+    finally:
+        await nc.close()
+    return len(archive.batches(pipeline, run_id))
+
+
 def test_evolve_and_freeze_then_accept_and_replay(
     tmp_path: Path, nats: NatsHandle, pg: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -204,10 +228,11 @@ def test_evolve_and_freeze_then_accept_and_replay(
         assert code == 0 and ledger["verdict"]["mismatched_runs"] == [], (name, ledger)
 
     # 2. the pipelines evolve now; the source is gone. Accept releases what freeze held; a replay of `later`'s run
-    # fills the new column from the raw log
+    # fills the new column from the raw log: from the archive, once JETL_RAW no longer holds the run
     write('"evolve"', '"evolve"')
     shutil.rmtree(inputs)
     with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url) as stack:
+        archived = asyncio.run(only_in_archive(nats.url, data / "archive", "later", later.run_id, 2))
         accepted = {kind: cli("schema", "accept", f"fz_{kind}", "--json") for kind in KINDS}
         again = cli("schema", "accept", "fz_files", "--json")
         replayed = cli("replay", "later", "--run", later.run_id, "--json")
@@ -236,8 +261,9 @@ def test_evolve_and_freeze_then_accept_and_replay(
     evolved = [(m["name"], m["state"]) for m in out["migrations"] if m["name"].startswith("evolve_ev_items")]
     assert len(evolved) == 3 and {state for _, state in evolved} == {"evolved"}
 
+    assert archived == 2
     code, out = replayed
-    assert code == 0, out
+    assert code == 0 and out["status"] == "completed", out
     got = chdb.query(data / "chdb", "SELECT id, color FROM later_items FINAL ORDER BY id")
     assert got == [{"id": i, "color": "red"} for i in range(21, 41)]
     assert changes(migrations_of("chdb", "later_items", data=data, pg=pg)) == {"add_color"}
