@@ -22,6 +22,7 @@ from jetl.events import (
     RunRequested,
     RunStarted,
     SchemaDrift,
+    SchemaEvolved,
 )
 from jetl.messages.ids import split_batch_id
 
@@ -133,6 +134,9 @@ class RunState(BaseModel):
     drift: list[str] = Field(default_factory=list)
     """The schema drift its batches showed (schema.drift), one `kind path` each ("new extra", "changed price:
     float", "missing sku"), at most `DRIFT_KEPT`: `jetl schema diff` has the counts and examples."""
+    evolved: list[str] = Field(default_factory=list)
+    """What `schema_contract="evolve"` changed in the destination for its batches (schema.evolved), one `field
+    evolution` each ("color text", "qty float", "name nullable"), at most `DRIFT_KEPT`."""
     _batches: dict[str, BatchState] = PrivateAttr(default_factory=dict)
 
     @property
@@ -333,6 +337,11 @@ def fold_run(state: RunState | None, ev: Event) -> RunState:
                 seen = f"{f.kind} {f.path}" + (f": {f.seen}" if f.kind == "changed" else "")
                 if seen not in state.drift and len(state.drift) < DRIFT_KEPT:
                     state.drift = sorted([*state.drift, seen])
+        case SchemaEvolved():
+            for field, evolution in ev.evolution.items():
+                seen = f"{field} {evolution}"
+                if seen not in state.evolved and len(state.evolved) < DRIFT_KEPT:
+                    state.evolved = sorted([*state.evolved, seen])
         case RunCancelled():
             if state.status != "completed":
                 state.status, state.cancelled = "failed", True

@@ -157,10 +157,10 @@ async def settled(jc: JetlClient, name: str, run_id: str, total: int) -> RunStat
     raise AssertionError("the event log ended")
 
 
-async def only_in_archive(url: str, folder: Path, pipeline: str, run_id: str, batches: int) -> int:
+async def only_in_archive(url: str, folder: str, pipeline: str, run_id: str, batches: int) -> int:
     """Once the archive keeps the run's raw batches, purge them from JETL_RAW (as its limits would in time): a replay
     then reads the archive. Returns the batches archived."""
-    archive = Archive(str(folder.resolve()))
+    archive = Archive(folder)
     deadline = asyncio.get_running_loop().time() + 120
     while len(archive.batches(pipeline, run_id)) < batches:  # the archiver acks beside the loader: it may lag
         assert asyncio.get_running_loop().time() < deadline, archive.batches(pipeline, run_id)
@@ -207,6 +207,8 @@ def test_evolve_and_freeze_then_accept_and_replay(
         stack.check()
         refused = cli("schema", "accept", "fz_files", "--json")  # the model still freezes: nothing released
         counts = {name: cli("counts", name, "--json") for name in states}
+        status = cli("status", "ev_chdb", "--json")
+        audit = cli("audit", states["ev_pg"].run_id, "--pipeline", "ev_pg", "--json")
 
     for kind in KINDS:
         ev, fz = states[f"ev_{kind}"], states[f"fz_{kind}"]
@@ -219,6 +221,11 @@ def test_evolve_and_freeze_then_accept_and_replay(
         migrations = migrations_of(kind, "ev_items", data=data, pg=pg)
         assert changes(migrations) == EVOLUTIONS and len(migrations) == 3, (kind, migrations)
         assert [v for v, _ in migrations] == [1_000_000, 1_000_001, 1_000_002], (kind, migrations)
+    code, runs = status  # what evolve changed shows beside the drift, in status and audit
+    assert code == 0 and runs[0]["evolved"] == ["color text", "name nullable", "qty float"], runs
+    code, timeline = audit
+    assert code == 0 and len(timeline["evolved"]) == 3, timeline["evolved"]
+    assert sum(len(e["statements"]) for e in timeline["evolved"]) == 4  # add; alter type + drop not null; drop not null
     code, out = refused
     assert code == 1 and out["released"] == [] and len(out["refused"]) == 5 and out["run"] is None
     assert any("new field 'color'" in r["reason"] for r in out["refused"])
@@ -232,7 +239,7 @@ def test_evolve_and_freeze_then_accept_and_replay(
     write('"evolve"', '"evolve"')
     shutil.rmtree(inputs)
     with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url) as stack:
-        archived = asyncio.run(only_in_archive(nats.url, data / "archive", "later", later.run_id, 2))
+        archived = asyncio.run(only_in_archive(nats.url, str((data / "archive").resolve()), "later", later.run_id, 2))
         accepted = {kind: cli("schema", "accept", f"fz_{kind}", "--json") for kind in KINDS}
         again = cli("schema", "accept", "fz_files", "--json")
         replayed = cli("replay", "later", "--run", later.run_id, "--json")

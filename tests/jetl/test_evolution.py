@@ -139,3 +139,34 @@ def test_evolutions_share_the_history_above_the_files(tmp_path: Path) -> None:
     states = {s.version: s.state for s in migrator.status(discover_migrations(tmp_path))}
     assert states == {1: "applied", EVOLVE_FROM: "evolved", EVOLVE_FROM + 1: "evolved"}
     assert evolution(7, "evolve_t", ["A", "B"]).statements() == ["A", "B"]
+
+
+def test_accept_checks_held_records_against_the_pipeline_as_it_is_now(tmp_path: Path) -> None:
+    """`jetl schema accept` releases nothing that the pipeline would hold again: under freeze, until the model takes
+    the drift; under evolve, unless evolve cannot change it."""
+    from jetl import FileExtractor, FileLoader, Pipeline, TypeTransformer
+    from jetl.ops.schema import held_refusal
+
+    class Wider(BaseModel):
+        id: int
+        name: str | None = None
+        qty: float
+        color: str | None = None
+
+    def pipeline(model: type[BaseModel], contract: str) -> Pipeline:
+        return Pipeline(
+            name="items",
+            extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
+            transformers=[TypeTransformer(model)],
+            loader=FileLoader(str(tmp_path / "out")),
+            schema=model,
+            schema_contract=contract,  # type: ignore[arg-type]
+        )
+
+    held = ['{"id": 1, "qty": 2.5, "color": "red"}', {"id": 2, "name": "b", "qty": 1}]
+    why = "changed field 'qty'; missing field 'name'; new field 'color'"
+    assert held_refusal(pipeline(Item, "freeze"), held) == why
+    assert held_refusal(pipeline(Wider, "freeze"), held) is None  # the model was changed to take them
+    assert held_refusal(pipeline(Item, "evolve"), held) is None
+    assert "nested" in str(held_refusal(pipeline(Item, "evolve"), [{"id": 1, "name": "a", "qty": 1, "inner": {}}]))
+    assert held_refusal(pipeline(Item, "discard_row"), held) is None
