@@ -113,7 +113,7 @@ def evolution_of(model: type[BaseModel], fields: list[Any], key: tuple[str, ...]
     return {k: v for k, v in sorted(out.items())}  # type: ignore[misc]
 
 
-@cache
+@cache  # unbounded on purpose: one class per evolution, which the loaders' and validators' caches are keyed on
 def _evolved(model: type[BaseModel], spec: tuple[tuple[str, str], ...]) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     annotation: Any
@@ -140,6 +140,7 @@ def describe(evolution: dict[str, Evolution]) -> str:
     return ", ".join(f"{k} {v}" for k, v in evolution.items())
 
 
+_KEPT = 256
 _PIPELINES: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Pipeline, Pipeline]] = {}
 
 
@@ -152,6 +153,8 @@ def evolved_pipeline(pipeline: Pipeline, evolution: dict[str, Evolution]) -> Pip
     found = _PIPELINES.get(key)
     if found is not None and found[0] is pipeline:
         return found[1]
+    if len(_PIPELINES) >= _KEPT:  # a bound: each evolution a batch can make is one entry
+        _PIPELINES.clear()
     model = evolved_model(pipeline.schema, evolution)
     twin = copy.copy(pipeline)
     for cached in ("schema_hash", "trusted_fields", "adapter"):
