@@ -17,9 +17,11 @@ the loader applies is a migration `evolve_<table>` numbered from `EVOLVE_FROM` u
 takes a version a file will have; `status` shows those as `evolved`. On PostgreSQL the change is planned, applied
 and recorded in one transaction under the advisory lock the loader takes to create tables (`jetl:<schema>`), so
 several loader replicas apply it once: the second finds the columns there and plans nothing. On ClickHouse (no
-transactions) a process applies one change at a time and every statement is idempotent (`ADD COLUMN IF NOT EXISTS`,
-`MODIFY COLUMN` to the type it has); two loader processes against one server that evolve at the same moment may
-record the same change twice (applied once: the second statement changes nothing).
+transactions) a process applies one change at a time, every statement is idempotent (`ADD COLUMN IF NOT EXISTS`,
+`MODIFY COLUMN` to the type it has), and the record's insert is deduplicated on the change (its name and SQL): two
+loader processes on one server that planned the same change at the same moment apply it twice (the second changes
+nothing) and record it once. The same change planned again later (after a hand-written migration narrowed the
+column back) is applied but, within the table's last 1,000 inserts, not recorded again.
 """
 
 from __future__ import annotations
@@ -222,16 +224,21 @@ class Migrator:
             if not statements:
                 return None
             self.ensure_table()
+            # two loader processes that planned the same change before either applied it record it once: the
+            # record's insert is deduplicated on the change (its name and SQL), whatever version each one chose
+            self._command(f"ALTER TABLE {self.table} MODIFY SETTING non_replicated_deduplication_window = 1000")
             m = evolution(max([EVOLVE_FROM - 1, *self.applied()]) + 1, name, statements)
-            self._apply_one(m, None)
+            self._apply_one(m, None, token=f"{m.name}:{m.checksum}")
             return m
 
     def read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """Rows of a query on the destination (for an evolution's plan)."""
         return self._query(sql, params)
 
-    def _apply_one(self, m: Migration, on_step: Callable[[Migration, int, int], None] | None) -> None:
-        """Run one migration's statements, then record it."""
+    def _apply_one(
+        self, m: Migration, on_step: Callable[[Migration, int, int], None] | None, token: str | None = None
+    ) -> None:
+        """Run one migration's statements, then record it (deduplicated on `token` when given)."""
         statements = m.statements()
         for i, sql in enumerate(statements, 1):
             try:
@@ -246,6 +253,7 @@ class Migrator:
             f"{self.database}.{TABLE}",
             [[m.version, m.name, m.checksum, datetime.now(UTC)]],
             column_names=["version", "name", "checksum", "applied_at"],
+            **({"settings": {"insert_deduplication_token": token}} if token else {}),
         )
 
     def _command(self, sql: str) -> None:
@@ -310,7 +318,9 @@ class PostgresMigrator(Migrator):
             self._apply_one(m, None)
             return m
 
-    def _apply_one(self, m: Migration, on_step: Callable[[Migration, int, int], None] | None) -> None:
+    def _apply_one(
+        self, m: Migration, on_step: Callable[[Migration, int, int], None] | None, token: str | None = None
+    ) -> None:
         statements = m.statements()
         with self.conn.transaction(), self.conn.cursor() as cur:
             for i, sql in enumerate(statements, 1):

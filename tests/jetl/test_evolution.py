@@ -111,7 +111,7 @@ class FakeClient:
     def command(self, sql: str) -> None:
         self.commands.append(sql)
 
-    def insert(self, table: str, rows: list[list[object]], column_names: list[str]) -> None:
+    def insert(self, table: str, rows: list[list[object]], column_names: list[str], settings: object = None) -> None:
         self.history += rows
 
     def query(self, sql: str, parameters: object = None) -> object:

@@ -345,5 +345,9 @@ def test_evolve_adds_widens_and_makes_nullable_once_and_never_narrows(dsn: str, 
     )
     rows = client.query(f"SELECT id, version, name, extra FROM {table} ORDER BY id").result_rows
     assert [tuple(r) for r in rows] == [(1, 1.0, "a", None), (2, 1.5, "b", "7"), (3, 2.0, None, '{"k":1}')]
+    # two processes that planned the same change before either applied it: applied by both, recorded once
+    change = (f"evolve_{table}__add_late", [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS late Nullable(String)"])
+    assert Migrator(client).evolve(lambda m: change) is not None
+    assert Migrator(client).evolve(lambda m: change) is not None
     history = [s for s in Migrator(client).status([]) if s.name.startswith(f"evolve_{table}__")]
-    assert [(s.version, s.state) for s in history] == [(EVOLVE_FROM, "evolved"), (EVOLVE_FROM + 1, "evolved")]
+    assert [(s.version, s.state) for s in history] == [(EVOLVE_FROM + i, "evolved") for i in range(3)]
