@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -74,6 +75,25 @@ def test_contracts_are_checked_at_start_up(tmp_path: Path) -> None:
             extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
             transformers=[TypeTransformer(Customer), TypeTransformer(Customer)],
             loader=FileLoader(str(tmp_path / "out")),
+            schema=Customer,
+            schema_contract="evolve",
+        )
+
+    class Fixed:  # a loader whose destination cannot evolve (as Iceberg's, for now)
+        def load(self, records: list[Any], ctx: Any) -> int:
+            return len(records)
+
+        def describe(self) -> str:
+            return "fixed"
+
+        def check(self, settings: Any) -> Any:
+            return None
+
+    with pytest.raises(ConfigError, match="cannot evolve its destination"):
+        Pipeline(
+            name="c",
+            extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
+            loader=Fixed(),
             schema=Customer,
             schema_contract="evolve",
         )
