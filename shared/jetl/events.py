@@ -183,6 +183,20 @@ class SchemaDrift(_BatchEvent):
     """Values its pipeline's schema contract dropped from records it kept ("discard_value")."""
 
 
+class SchemaEvolved(_BatchEvent):
+    """The loader changed the destination's table for an evolved batch (`schema_contract="evolve"`,
+    `jetl.evolution`): what evolve made of the fields, and the DDL applied, recorded as a migration in the
+    destination's `jetl_migrations`. Published by the replica that applied it (the others found nothing to do);
+    counted in no ledger."""
+
+    type: Literal["schema.evolved"] = "schema.evolved"
+    evolution: dict[str, str]
+    """Per field, what evolve made of it: its column's new type, or `nullable`."""
+    statements: list[str]
+    """The DDL applied, in order."""
+    destination: str = ""
+
+
 class RunCompleted(_Event):
     """Every batch of the run is accounted for."""
 
@@ -272,6 +286,7 @@ Event = Annotated[
     | BatchLoaded
     | BatchRejected
     | SchemaDrift
+    | SchemaEvolved
     | RunCompleted
     | RunFailed
     | RunCancelled
@@ -298,6 +313,7 @@ _FROM: dict[str, frozenset[Role]] = {
     "batch.transformed": frozenset({"transformer"}),
     "batch.loaded": frozenset({"loader"}),
     "schema.drift": frozenset({"transformer"}),
+    "schema.evolved": frozenset({"loader"}),
     "run.completed": frozenset({"scheduler"}),
     # a stage fails its run; the watchdog a run whose batch no stage could finish; an operator by hand
     "run.failed": frozenset({"extractor", "transformer", "loader", "scheduler", "operator"}),

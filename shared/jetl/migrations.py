@@ -11,12 +11,24 @@ applied and is not recorded, so the next run executes it again from the top. Wri
 
 chdb (the embedded default, `chdb://<folder>`): a folder can be opened by one process at a time, so migrate while the
 loader is stopped (`jetl deploy` before `jetl up`). Against a ClickHouse server it runs at any time.
+
+Schema evolution (`schema_contract="evolve"`, `jetl.evolution`) writes its DDL into the same history: each change
+the loader applies is a migration `evolve_<table>` numbered from `EVOLVE_FROM` up (`Migrator.evolve`), so it never
+takes a version a file will have; `status` shows those as `evolved`. On PostgreSQL the change is planned, applied
+and recorded in one transaction under the advisory lock the loader takes to create tables (`jetl:<schema>`), so
+several loader replicas apply it once: the second finds the columns there and plans nothing. On ClickHouse (no
+transactions) a process applies one change at a time, every statement is idempotent (`ADD COLUMN IF NOT EXISTS`,
+`MODIFY COLUMN` to the type it has), and the record's insert is deduplicated on the change (its name and SQL): two
+loader processes on one server that planned the same change at the same moment apply it twice (the second changes
+nothing) and record it once. The same change planned again later (after a hand-written migration narrowed the
+column back) is applied but, within the table's last 1,000 inserts, not recorded again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +41,11 @@ TABLE = "jetl_migrations"
 _FILE = re.compile(r"^(\d{4,})_([A-Za-z0-9_\-]+)\.sql$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-State = Literal["applied", "pending", "changed", "missing"]
+State = Literal["applied", "pending", "changed", "missing", "evolved"]
+
+EVOLVE_FROM = 1_000_000
+"""Migrations that schema evolution applies are numbered from here up (files are numbered below)."""
+_EVOLVING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -168,7 +184,9 @@ class Migrator:
                 out.append(MigrationStatus(m.version, m.name, "applied", checksum, at))
         known = {m.version for m in migrations}
         for version, (name, checksum, at) in done.items():
-            if version not in known:
+            if version not in known and version >= EVOLVE_FROM:
+                out.append(MigrationStatus(version, name, "evolved", checksum, at, "applied by schema evolution"))
+            elif version not in known:
                 out.append(MigrationStatus(version, name, "missing", checksum, at, "applied, but its file is gone"))
         return sorted(out, key=lambda s: s.version)
 
@@ -198,8 +216,29 @@ class Migrator:
             self._apply_one(m, on_step)
         return pending
 
-    def _apply_one(self, m: Migration, on_step: Callable[[Migration, int, int], None] | None) -> None:
-        """Run one migration's statements, then record it."""
+    def evolve(self, plan: Callable[[Migrator], tuple[str, list[str]]]) -> Migration | None:
+        """Apply what `plan` says the destination lacks (it reads the destination through `read` and names the
+        change: `evolve_<table>__<changes>`) as the next evolution migration; None when it lacks nothing."""
+        with _EVOLVING:
+            name, statements = plan(self)
+            if not statements:
+                return None
+            self.ensure_table()
+            # two loader processes that planned the same change before either applied it record it once: the
+            # record's insert is deduplicated on the change (its name and SQL), whatever version each one chose
+            self._command(f"ALTER TABLE {self.table} MODIFY SETTING non_replicated_deduplication_window = 1000")
+            m = evolution(max([EVOLVE_FROM - 1, *self.applied()]) + 1, name, statements)
+            self._apply_one(m, None, token=f"{m.name}:{m.checksum}")
+            return m
+
+    def read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Rows of a query on the destination (for an evolution's plan)."""
+        return self._query(sql, params)
+
+    def _apply_one(
+        self, m: Migration, on_step: Callable[[Migration, int, int], None] | None, token: str | None = None
+    ) -> None:
+        """Run one migration's statements, then record it (deduplicated on `token` when given)."""
         statements = m.statements()
         for i, sql in enumerate(statements, 1):
             try:
@@ -214,6 +253,7 @@ class Migrator:
             f"{self.database}.{TABLE}",
             [[m.version, m.name, m.checksum, datetime.now(UTC)]],
             column_names=["version", "name", "checksum", "applied_at"],
+            **({"settings": {"insert_deduplication_token": token}} if token else {}),
         )
 
     def _command(self, sql: str) -> None:
@@ -265,7 +305,22 @@ class PostgresMigrator(Migrator):
         rows = self._query(f"SELECT version, name, checksum, applied_at FROM {self.table} ORDER BY version")
         return {int(v): (str(n), str(c), _aware(a)) for v, n, c, a in rows}
 
-    def _apply_one(self, m: Migration, on_step: Callable[[Migration, int, int], None] | None) -> None:
+    def evolve(self, plan: Callable[[Migrator], tuple[str, list[str]]]) -> Migration | None:
+        """`Migrator.evolve` in one transaction under the advisory lock the loader creates tables under: a replica
+        that waited plans again and finds nothing to do."""
+        self.ensure_table()
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"jetl:{self.database}",))
+            name, statements = plan(self)
+            if not statements:
+                return None
+            m = evolution(max([EVOLVE_FROM - 1, *self.applied()]) + 1, name, statements)
+            self._apply_one(m, None)
+            return m
+
+    def _apply_one(
+        self, m: Migration, on_step: Callable[[Migration, int, int], None] | None, token: str | None = None
+    ) -> None:
         statements = m.statements()
         with self.conn.transaction(), self.conn.cursor() as cur:
             for i, sql in enumerate(statements, 1):
@@ -298,6 +353,12 @@ class PostgresMigrator(Migrator):
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+
+def evolution(version: int, name: str, statements: list[str]) -> Migration:
+    """The migration of an evolution's statements (no file: it is written to the history only)."""
+    sql = "".join(f"{s};\n" for s in statements)
+    return Migration(version, name[:200], Path(f"{version:07d}_{name[:200]}.sql"), sql)
 
 
 def _aware(value: Any) -> datetime:

@@ -16,6 +16,7 @@ from jetl.protocols import (
     DISPOSITIONS,
     Deletes,
     Disposition,
+    EvolvingLoader,
     Extractor,
     KeyedLoader,
     Loader,
@@ -68,8 +69,8 @@ def required_inputs(model: type[BaseModel]) -> dict[str, frozenset[str]]:
 
 
 SchemaContract = Literal["evolve", "freeze", "discard_row", "discard_value"]
-SCHEMA_CONTRACTS: tuple[str, ...] = ("freeze", "discard_row", "discard_value")
-"""The contracts built so far (`Pipeline.schema_contract`; evolve is not)."""
+SCHEMA_CONTRACTS: tuple[str, ...] = ("evolve", "freeze", "discard_row", "discard_value")
+"""The contracts (`Pipeline.schema_contract`, docs/schema.md)."""
 
 
 @dataclass
@@ -100,7 +101,8 @@ class Pipeline:
     """What a batch whose records drift from the input model becomes (docs/schema.md): None, drift is reported and
     the model decides as ever (new fields are ignored, values it refuses are dead-lettered); "freeze", the batch is
     held whole in the dead-letter stream and the run fails naming the drift; "discard_row", drifted records are
-    dropped (counted as filtered); "discard_value", new fields' and mistyped values are dropped, the records kept.
+    dropped (counted as filtered); "discard_value", new fields' and mistyped values are dropped, the records kept;
+    "evolve", new fields become columns and types widen (`jetl.evolution`), each change a migration.
     Every record of every batch is checked under a contract; without one, a clean batch is sampled."""
 
     def __post_init__(self) -> None:
@@ -173,8 +175,6 @@ class Pipeline:
         where = f"pipeline {self.name!r}"
         if self.schema_contract is None:
             return
-        if self.schema_contract == "evolve":
-            raise ConfigError(f"{where}: schema_contract 'evolve' is not built yet (docs/schema.md)")
         if self.schema_contract not in SCHEMA_CONTRACTS:
             raise ConfigError(
                 f"{where}: schema_contract must be one of {list(SCHEMA_CONTRACTS)}, got {self.schema_contract!r}"
@@ -184,6 +184,18 @@ class Pipeline:
                 f"{where}: a schema_contract holds raw records to the model of a leading TypeTransformer, or to the "
                 "schema when there are no transformers; this pipeline has neither"
             )
+        if self.schema_contract == "evolve":
+            t = self.transformers
+            first = t[0] if t else None
+            if isinstance(first, TypeTransformer) and (len(t) > 1 or first.model is not self.schema or first.by_alias):
+                raise ConfigError(
+                    f"{where}: schema_contract 'evolve' evolves the schema, so the records must be read by it: no "
+                    "transformers, or one TypeTransformer of the schema (without by_alias)"
+                )
+            if any(f.alias or f.validation_alias for f in self.schema.model_fields.values()):
+                raise ConfigError(f"{where}: schema_contract 'evolve' names columns by the records' keys: no aliases")
+            if not isinstance(self.loader, EvolvingLoader):
+                raise ConfigError(f"{where}: schema_contract 'evolve': {self.loader!r} cannot evolve its destination")
 
     def _check_output_fields(self) -> None:
         """Fail at start-up when the transformers' last known output lacks a field the schema requires."""

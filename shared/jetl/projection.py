@@ -19,6 +19,7 @@ from jetl.events import (
     RunRequested,
     RunStarted,
     SchemaDrift,
+    SchemaEvolved,
 )
 from jetl.messages.ids import split_batch_id
 from jetl.runstate import BatchState, RunState, Status, Tally
@@ -175,6 +176,11 @@ def fold_run(state: RunState | None, ev: Event) -> RunState:
                 seen = f"{f.kind} {f.path}" + (f": {f.seen}" if f.kind == "changed" else "")
                 if seen not in state.drift and len(state.drift) < DRIFT_KEPT:
                     state.drift = sorted([*state.drift, seen])
+        case SchemaEvolved():
+            for field, evolution in ev.evolution.items():
+                seen = f"{field} {evolution}"
+                if seen not in state.evolved and len(state.evolved) < DRIFT_KEPT:
+                    state.evolved = sorted([*state.evolved, seen])
         case RunCancelled():
             if state.status != "completed":
                 state.status, state.cancelled = "failed", True

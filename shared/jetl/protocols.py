@@ -516,6 +516,17 @@ class SchemaCheckingLoader(Protocol):
 
 
 @runtime_checkable
+class EvolvingLoader(Protocol):
+    """A loader whose destination follows `schema_contract="evolve"` (`jetl.evolution`): new columns, wider types,
+    columns made nullable, each change recorded as a migration; never a drop or a narrowing."""
+
+    def evolve(self, model: type[BaseModel], evolution: dict[str, str]) -> list[str]:
+        """Bring the destination up to `model` (the pipeline's schema evolved by `evolution`) before a batch of it is
+        written: idempotent, once across replicas; return the DDL applied (none when it was there already)."""
+        ...
+
+
+@runtime_checkable
 class OpenableLoader(Protocol):
     """A loader the loader service binds to its configured destination (the ClickHouse DSN and credentials)."""
 

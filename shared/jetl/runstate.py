@@ -114,6 +114,9 @@ class RunState(BaseModel):
     drift: list[str] = Field(default_factory=list)
     """The schema drift its batches showed (schema.drift), one `kind path` each ("new extra", "changed price:
     float", "missing sku"), at most `DRIFT_KEPT`: `jetl schema diff` has the counts and examples."""
+    evolved: list[str] = Field(default_factory=list)
+    """What `schema_contract="evolve"` changed in the destination for its batches (schema.evolved), one `field
+    evolution` each ("color text", "qty float", "name nullable"), at most `DRIFT_KEPT`."""
     _batches: dict[str, BatchState] = PrivateAttr(default_factory=dict)
 
     @property

@@ -8,11 +8,11 @@ from typing import Any
 from faststream.nats import NatsRouter
 
 from jetl.errors import SchemaMismatch
-from jetl.events import BatchLoaded
-from jetl.loaders.batch import load_replacing_parent
+from jetl.events import BatchLoaded, SchemaEvolved
+from jetl.loaders.batch import batch_model, load_replacing_parent
 from jetl.logging import bound_contextvars, get_logger
-from jetl.pipeline import Pipeline
-from jetl.protocols import OpenableLoader
+from jetl.pipeline import Pipeline, schema_hash
+from jetl.protocols import EvolvingLoader, Loader, OpenableLoader
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
@@ -44,12 +44,15 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
         async with settle(raw, lambda exc: reject_batch(ctx, batch, body, "load", exc, base)):
             pipeline = get_pipeline(batch.pipeline)
             base["code_hash"] = pipeline.code_hash
-            if batch.schema_hash != pipeline.schema_hash:
+            expected = schema_hash(batch_model(pipeline, batch)) if batch.evolved else pipeline.schema_hash
+            if batch.schema_hash != expected:
                 raise SchemaMismatch(
                     f"pipeline {batch.pipeline!r}: batch {batch.batch_id} has schema "
-                    f"{batch.schema_hash}, the pipeline declares {pipeline.schema_hash}"
+                    f"{batch.schema_hash}, the pipeline declares {expected}" + (" (evolved)" if batch.evolved else "")
                 )
             await lineage.check_supersedes(ctx.kv, batch)  # before anything is written: a forgery deletes nothing
+            if batch.evolved:  # the table is brought up to the evolved model first: each change a migration
+                await _evolve(ctx, base, pipeline, batch, shadows.destination(pipeline, batch))
             n = await asyncio.to_thread(
                 lambda: load_replacing_parent(pipeline, batch, body, shadows.destination(pipeline, batch))
             )
@@ -57,6 +60,26 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
             ctx.count("batches_loaded")
             ctx.count("records_loaded", n)
             log.info("batch loaded", records=n, destination=pipeline.loader.describe())
+
+
+async def _evolve(ctx: ServiceContext, base: dict[str, Any], pipeline: Pipeline, batch: Any, dest: Any) -> None:
+    """Bring `dest` up to the batch's evolved model (`EvolvingLoader.evolve`: once across replicas, a no-op when it
+    is there already) and say so in a `schema.evolved` event when this replica changed it."""
+    batch_model(pipeline, batch)  # refuses an evolved batch of a pipeline that does not evolve
+    if not isinstance(dest, EvolvingLoader) or batch.evolved is None:
+        return
+    evolution = dict(batch.evolved)
+    statements = await asyncio.to_thread(dest.evolve, pipeline.schema, evolution)
+    if statements:
+        await ctx.bus.event(
+            SchemaEvolved(
+                **base,
+                evolution=evolution,
+                statements=statements,
+                destination=dest.describe() if isinstance(dest, Loader) else "",
+            )
+        )
+        log.warning("schema evolved", evolution=evolution, statements=len(statements))
 
 
 def make_router(ctx: ServiceContext) -> NatsRouter:

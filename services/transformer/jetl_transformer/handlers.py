@@ -17,6 +17,7 @@ from faststream.nats import NatsRouter
 from jetl.archive import Archive, placed
 from jetl.errors import SchemaFrozen, SchemaMismatch, TerminalError, TransientError
 from jetl.events import BatchRejected, BatchTransformed, SchemaDrift
+from jetl.evolution import evolution_of, evolved_pipeline
 from jetl.logging import bound_contextvars, get_logger
 from jetl.messages.deadletter import MALFORMED_INPUT, DeadLetter
 from jetl.messages.payload import PAYLOAD_HEADROOM, cut_body, too_large
@@ -54,7 +55,9 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
             if batch.transformed:
                 await _check_redrive(ctx, batch)
             work, count, kept, discarded = body, batch.count, None, 0
-            if pipeline.schema_contract is not None and not batch.transformed:
+            evolution: dict[str, Any] | None = None
+            # a redrive of what the loader rejected (`transformed`) is evolved again: its records hold the new fields
+            if pipeline.schema_contract is not None and (not batch.transformed or pipeline.schema_contract == "evolve"):
                 contracted = await _hold_to_contract(ctx, batch, base, pipeline, body)
                 work, count, kept, discarded = (
                     contracted.body,
@@ -62,8 +65,12 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                     contracted.kept,
                     contracted.discarded_rows,
                 )
+                if pipeline.schema_contract == "evolve" and contracted.fields:
+                    evolution = evolution_of(pipeline.schema, contracted.fields, tuple(pipeline.primary_key))
+            # under evolve, the batch is validated by the evolved model (new columns, wider types: jetl.evolution)
+            runner = evolved_pipeline(pipeline, evolution) if evolution else pipeline
             clean, encoding, n_in, n_out, issues = await asyncio.to_thread(
-                partial(run_transformers, transform=not batch.transformed), pipeline, work, count
+                partial(run_transformers, transform=not batch.transformed), runner, work, count
             )
             n_in += discarded  # rows the contract dropped: filtered, in the ledger
             for i in issues:
@@ -113,8 +120,9 @@ async def handle_raw_batch(ctx: ServiceContext, raw: Any) -> None:
                         "encoding": encoding,
                         "origins": None,
                         "origin_runs": None,
-                        "schema_hash": pipeline.schema_hash,
+                        "schema_hash": runner.schema_hash,
                         "schema_name": pipeline.schema.__name__,
+                        "evolved": evolution or None,
                         "part": part,
                         "parts": len(pieces),
                         "version": None if version is None else version + offset,

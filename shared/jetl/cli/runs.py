@@ -132,6 +132,8 @@ def _notes(st: RunState) -> str:
         notes.append(f"cursor {cursor_text(st.start_cursor)} -> {cursor_text(st.cursor)}")
     if st.drift:
         notes.append(f"schema drift: {'; '.join(st.drift[:3])}{' ...' if len(st.drift) > 3 else ''}")
+    if st.evolved:
+        notes.append(f"schema evolved: {'; '.join(st.evolved[:3])}{' ...' if len(st.evolved) > 3 else ''}")
     if st.error:
         notes.append(st.error[:60])
     return ", ".join(notes)
@@ -166,7 +168,11 @@ def status(
     refolded, runs = run_async(_go())
     if json_out:
         print_json(
-            [state_json(r) | {"requested_at": r.requested_at, "shadow": r.shadow, "drift": r.drift} for r in runs]
+            [
+                state_json(r)
+                | {"requested_at": r.requested_at, "shadow": r.shadow, "drift": r.drift, "evolved": r.evolved}
+                for r in runs
+            ]
         )
         return
     if refolded is not None:
@@ -233,7 +239,7 @@ def audit(
     if not events:
         err_console.print(f"[red]error:[/red] no events for run {run_id!r} (see `jetl status`)")
         raise typer.Exit(EXIT_USAGE)
-    from jetl.events import SchemaDrift
+    from jetl.events import SchemaDrift, SchemaEvolved
     from jetl.ops.cursors import cursor_text
     from jetl.ops.ledger import audit_rows
     from jetl.ops.schema import drift_json, drift_report
@@ -253,6 +259,11 @@ def audit(
                 "steps": run_steps,
                 "batches": batches,
                 "schema": drift_json(drift_report([ev for ev in events if isinstance(ev, SchemaDrift)])),
+                "evolved": [
+                    {"batch_id": ev.batch_id, "evolution": ev.evolution, "statements": ev.statements}
+                    for ev in events
+                    if isinstance(ev, SchemaEvolved)
+                ],
             }
         )
         return
@@ -309,6 +320,14 @@ def audit(
             console.print(
                 f"the schema contract discarded {report.discarded_rows} record(s), {report.discarded_values} value(s)"
             )
+    evolved = [ev for ev in events if isinstance(ev, SchemaEvolved)]
+    if evolved:
+        e = Table(title="schema evolved (each a migration in jetl_migrations)")
+        for col in ("batch", "evolution", "DDL"):
+            e.add_column(col)
+        for ev in evolved:
+            e.add_row(ev.batch_id, ", ".join(f"{k} {v}" for k, v in ev.evolution.items()), ";\n".join(ev.statements))
+        console.print(e)
     if len(hashes) > 1:
         console.print(f"[yellow]the pipeline code changed during this run: {', '.join(hashes)}[/yellow]")
     console.print(counts_table(state, title="ledger"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
-from typing import IO, TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -57,6 +57,10 @@ class ConsoleLoader:
 
     def _out(self) -> IO[str]:
         return self.file if self.file is not None else sys.stdout  # looked up per call: tests swap sys.stdout
+
+    def evolve(self, schema: type[Any], evolution: dict[str, Any]) -> list[str]:
+        """Nothing to change: every record is printed with the fields it has (`jetl.evolution`)."""
+        return []
 
     def load(self, records: list[Record], ctx: LoadContext) -> int:
         """Print up to `max_rows` records of the batch (once per batch id); all count as loaded."""

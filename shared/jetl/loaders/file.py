@@ -170,6 +170,11 @@ class FileLoader:
         if self.partition_by and self.partition_by not in model.model_fields:
             raise ConfigError(f"FileLoader: partition_by {self.partition_by!r} is not a field of {model.__name__}")
 
+    def evolve(self, schema: type[BaseModel], evolution: dict[str, Any]) -> list[str]:
+        """Nothing to change (`jetl.evolution`): each part file holds the columns of the batch that wrote it, so a
+        part written after a field appeared has its column and earlier parts do not (readers take the union)."""
+        return []
+
     def part_path(self, ctx: LoadContext, partition: str | None = None) -> Path:
         """The part file of one batch, or of one part of a batch in parts (in one partition folder), confined to the
         root."""

@@ -13,6 +13,9 @@ from jetl.messages.ids import BatchId, Token, batch_id, part_id
 from jetl.subjects import check_token
 
 Encoding = Literal["json", "arrow"]
+Evolution = Literal["bigint", "float", "decimal", "text", "bool", "nullable"]
+"""What schema evolution makes of one field (`jetl.evolution`): its column's new type, or `nullable` (its type as it
+was, made optional)."""
 Trigger = Literal["manual", "schedule", "backfill", "replay", "redrive"]
 
 
@@ -92,6 +95,10 @@ class Batch(BaseModel):
     """Where the batch's records stand in the source's log: the version of its first record (record i has version +
     i), set by the transformer from the raw batch's JETL_RAW sequence (`jetl.protocols.log_version`). A replay keeps
     its parent's (so it never outranks a later run's rows), a redelivery its own; None: not known (every record 0)."""
+    evolved: dict[Token, Evolution] | None = None
+    """A clean batch of a pipeline under `schema_contract="evolve"` whose records drifted: per field, what evolve made
+    of it (`jetl.evolution`). The loader validates the batch under the evolved model and brings its table up to it
+    first; `schema_hash` is the evolved model's."""
 
     def model_post_init(self, __context: Any) -> None:
         if self.partition is not None:

@@ -15,7 +15,9 @@ from jetl.events import SchemaDrift, read_event
 from jetl.subjects import Kind, pattern
 
 if TYPE_CHECKING:
+    from jetl.messages.models import RunRequest
     from jetl.ops.client import JetlClient
+    from jetl.pipeline import Pipeline
 
 
 class FieldDrift(BaseModel):
@@ -101,3 +103,58 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
         "discarded_rows": report.discarded_rows,
         "discarded_values": report.discarded_values,
     }
+
+
+HELD = "SchemaFrozen"
+"""The error type of a batch a freeze contract (or evolve, for drift it does not change) held whole."""
+
+
+def held_refusal(pipeline: Pipeline, records: list[Any]) -> str | None:
+    """Why the pipeline as it is now would hold a held batch's records again (None: it takes them): under freeze,
+    any drift from its input model; under evolve, drift evolve does not change."""
+    import orjson
+
+    from jetl.errors import SchemaFrozen
+    from jetl.evolution import evolution_of
+    from jetl.transformers.drift import DriftFinder, input_model, model_shape
+
+    model = input_model(pipeline)
+    if model is None or pipeline.schema_contract not in ("freeze", "evolve"):
+        return None
+    finder = DriftFinder(model_shape(*model))
+    for r in records:
+        if isinstance(r, str):
+            try:
+                r = orjson.loads(r)
+            except orjson.JSONDecodeError:
+                continue
+        finder.check(r)
+    fields = finder.fields()
+    if pipeline.schema_contract == "freeze":
+        return "; ".join(f"{f.kind} field {f.path!r}" for f in fields) or None
+    try:
+        evolution_of(pipeline.schema, fields, tuple(pipeline.primary_key))
+    except SchemaFrozen as exc:
+        return str(exc)
+    return None
+
+
+async def accept_held(
+    jc: JetlClient, pipeline: Pipeline, *, run_id: str | None = None
+) -> tuple[list[int], list[tuple[int, str]], RunRequest | None]:
+    """Release the batches a schema contract held (`SchemaFrozen` dead letters, of one run or all) once the pipeline
+    as it is now takes them: a redrive of exactly those letters (`JetlClient.request_redrive`), not a path of its
+    own. Returns (the letters released, the letters refused with why, the redrive's request). Nothing is released
+    while any is refused: accepting half a model's drift would load the run in an order no source sent."""
+    from jetl.ops.redrive import redrivable
+
+    letters = await jc.dead_letter_log(pipeline.name)
+    runs = await jc.runs(pipeline.name)
+    free = set(redrivable(letters, runs, run_id=run_id))
+    held = [(seq, dl) for seq, dl in letters if dl.error_type == HELD and seq in free]
+    refused = [(seq, why) for seq, dl in held if (why := held_refusal(pipeline, [r.get("record") for r in dl.records]))]
+    seqs = [seq for seq, _ in held]
+    if refused or not seqs:
+        return ([] if refused else seqs), refused, None
+    request = await jc.request_redrive(pipeline.name, seqs=seqs, code_hash=pipeline.code_hash)
+    return seqs, [], request

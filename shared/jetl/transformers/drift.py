@@ -273,7 +273,8 @@ class Contracted:
 
 def apply_contract(pipeline: Pipeline, body: bytes, count: int | None) -> Contracted:
     """Every record of a raw batch checked against the input model, and what the pipeline's `schema_contract`
-    does with those that drift: nothing yet under "freeze" (the caller holds a batch that drifted), drop them under
+    does with those that drift: nothing yet under "freeze" (the caller holds a batch that drifted) and "evolve" (the
+    caller evolves the model: `jetl.evolution`), drop them under
     "discard_row", drop their new and mistyped values under "discard_value" (a required value dropped leaves its
     record to be dead-lettered as missing it). A text that is no JSON object is kept as it was: the transformer
     dead-letters it as unreadable."""
@@ -286,7 +287,7 @@ def apply_contract(pipeline: Pipeline, body: bytes, count: int | None) -> Contra
     finder = DriftFinder(model_shape(*model), values=[] if mode == "discard_value" else None)
     drifted = [finder.check(r) for r in records]
     fields = finder.fields()
-    if not fields or mode == "freeze":
+    if not fields or mode in ("freeze", "evolve"):
         return Contracted(body, n, None, fields, finder.records)
     where = positions if positions is not None else list(range(len(records)))
     items: dict[int, Any] = {u.position: _text(u.value) for u in unread}

@@ -332,3 +332,47 @@ def test_arrow_batches_copy_as_csv_exactly_once(pg_dsn: str, pg_schema: str) -> 
     got = [{k: r[k] for k in ("id", "ts", "note", "maybe", "amount")} for r in loader.current_rows("p")]
     assert got == [{k: r[k] for k in ("id", "ts", "note", "maybe", "amount")} for r in rows[:2]]
     assert [r[VERSION] for r in loader.current_rows("p")] == [log_version(1), log_version(1) + 1]
+
+
+class Item(BaseModel):
+    id: int
+    name: str
+    qty: int
+
+
+def test_replicas_evolving_at_once_change_the_table_once_and_record_it_once(pg_dsn: str, pg_schema: str) -> None:
+    """Four replicas handed the same evolution at once (`schema_contract="evolve"`): the table gains its column, widens
+    and drops a NOT NULL once, one migration is recorded, and each replica then loads its rows under the evolved
+    model; a narrower batch after that loads into the wider table, and nothing ever narrows it back."""
+    from jetl.evolution import evolved_model
+
+    evolution: dict[str, Any] = {"color": "text", "qty": "float", "name": "nullable"}
+    model = evolved_model(Item, evolution)
+    replicas = [PostgresLoader("items", dsn=pg_dsn, schema=pg_schema) for _ in range(4)]
+    for r in replicas:
+        r.check_schema(Item)
+    replicas[0].load([{"id": 0, "name": "a", "qty": 1}], _ctx("r0", 0, schema=Item))
+
+    def evolve_and_load(i: int) -> list[str]:
+        applied = replicas[i].evolve(Item, evolution)
+        replicas[i].load([{"id": i + 1, "name": None, "qty": 2.5, "color": "red"}], _ctx("r1", i, schema=model))
+        return applied
+
+    with ThreadPoolExecutor(4) as pool:
+        applied = list(pool.map(evolve_and_load, range(4)))
+    assert sorted(len(a) for a in applied) == [0, 0, 0, 4]  # add, alter type, drop not null (of qty), drop not null
+    replicas[1].load([{"id": 9, "name": "b", "qty": 3}], _ctx("r2", 0, schema=Item))
+    assert replicas[2].evolve(Item, {"qty": "bigint"}) == []  # a float column stays float
+    with psycopg.connect(pg_dsn) as conn:
+        history = conn.execute(f'SELECT version, name FROM "{pg_schema}".jetl_migrations').fetchall()
+        types = dict(
+            conn.execute(
+                "SELECT column_name, data_type || ' ' || is_nullable FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = 'items'",
+                (pg_schema,),
+            ).fetchall()
+        )
+        rows = conn.execute(f'SELECT id, name, qty, color FROM "{pg_schema}".items ORDER BY id').fetchall()
+    assert history == [(1_000_000, "evolve_items__add_color__widen_qty__nullable_name")]
+    assert (types["color"], types["qty"], types["name"]) == ("text YES", "double precision YES", "text YES")
+    assert rows == [(0, "a", 1.0, None), *((i, None, 2.5, "red") for i in range(1, 5)), (9, "b", 3.0, None)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -67,8 +68,35 @@ def test_discard_row_keeps_unreadable_lines_and_says_where_records_were(tmp_path
 
 
 def test_contracts_are_checked_at_start_up(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not built yet"):
-        pipeline(tmp_path, "evolve")
+    assert pipeline(tmp_path, "evolve").schema_contract == "evolve"
+    with pytest.raises(ConfigError, match="'evolve' evolves the schema"):
+        Pipeline(
+            name="c",
+            extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
+            transformers=[TypeTransformer(Customer), TypeTransformer(Customer)],
+            loader=FileLoader(str(tmp_path / "out")),
+            schema=Customer,
+            schema_contract="evolve",
+        )
+
+    class Fixed:  # a loader whose destination cannot evolve (as Iceberg's, for now)
+        def load(self, records: list[Any], ctx: Any) -> int:
+            return len(records)
+
+        def describe(self) -> str:
+            return "fixed"
+
+        def check(self, settings: Any) -> Any:
+            return None
+
+    with pytest.raises(ConfigError, match="cannot evolve its destination"):
+        Pipeline(
+            name="c",
+            extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
+            loader=Fixed(),
+            schema=Customer,
+            schema_contract="evolve",
+        )
     with pytest.raises(ConfigError, match="must be one of"):
         pipeline(tmp_path, "loose")
     with pytest.raises(ConfigError, match="leading TypeTransformer"):

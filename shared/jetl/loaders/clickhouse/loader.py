@@ -90,6 +90,7 @@ class ClickHouseLoader:
         self._model: type[BaseModel] | None = None
         self._converters: dict[type[BaseModel], list[tuple[str, Convert | None]]] = {}
         self._arrow_types: dict[type[BaseModel], list[Any] | None] = {}
+        self._evolved: set[tuple[str, tuple[tuple[str, Any], ...]]] = set()
 
     def __repr__(self) -> str:
         return f"ClickHouseLoader({self.table!r})"
@@ -181,6 +182,40 @@ class ClickHouseLoader:
             if "Nullable(" in types_[col]:
                 raise ConfigError(f"ClickHouseLoader({self.table}): key column {col!r} may not be optional")
         self._model = model
+
+    def evolve(self, schema: type[BaseModel], evolution: dict[str, Any]) -> list[str]:
+        """Bring the table up to `schema` evolved by `evolution` (`jetl.evolution`): new columns added, columns
+        widened or made Nullable, each change a migration in `jetl_migrations` (`Migrator.evolve`)."""
+        from jetl.evolution import evolved_model, label, plan
+        from jetl.migrations import Migrator
+
+        self.ensure_table(schema)
+        done = (self.qualified, tuple(sorted(evolution.items())))
+        if done in self._evolved:
+            return []
+        wanted = {n: _bare_type(t) for n, t in columns_for(evolved_model(schema, evolution)) if n in evolution}
+        database = f"'{self.database}'" if self.database else "currentDatabase()"
+
+        def planned(m: Migrator) -> tuple[str, list[str]]:
+            rows = m.read(
+                f"SELECT name, type FROM system.columns WHERE database = {database} AND table = '{self.table}'"
+            )
+            existing = {str(n): (_bare_type(str(t)), str(t).startswith("Nullable(")) for n, t in rows}
+            changes = plan(evolution, existing, wanted, _lattice, _CH_TYPES)
+            return label(self.table, changes), [
+                f"ALTER TABLE {self.qualified} {'ADD COLUMN IF NOT EXISTS' if what == 'add' else 'MODIFY COLUMN'} "
+                f"{quote(name)} Nullable({type_})"
+                for name, what, type_ in changes
+            ]
+
+        try:
+            applied = Migrator(self.client(), self.database or "default").evolve(planned)
+        except (TerminalError, ConfigError):
+            raise
+        except Exception as exc:
+            raise _wrap(exc, f"evolving {self.qualified}") from exc
+        self._evolved.add(done)
+        return applied.statements() if applied else []
 
     @property
     def qualified(self) -> str:
@@ -546,6 +581,27 @@ class ClickHouseLoader:
                 raise _wrap(exc, f"diffing the columns of {twin.qualified} against run {parent_run_id}") from exc
             out.columns = {c: int(n) for c, n in zip(values, counts, strict=True) if n}
         return out
+
+
+_CH_TYPES = {"bigint": "Int64", "float": "Float64", "decimal": "Decimal(38, 9)", "text": "String", "bool": "Bool"}
+"""The column type of each lattice type (`jetl.evolution`)."""
+
+
+def _bare_type(type_: str) -> str:
+    """A column type without `Nullable(...)`."""
+    return type_[9:-1] if type_.startswith("Nullable(") else type_
+
+
+def _lattice(type_: str) -> str | None:
+    """A ClickHouse column type's place on the evolution lattice (None: off it)."""
+    t = type_.removeprefix("LowCardinality(").removesuffix(")") if type_.startswith("LowCardinality(") else type_
+    if t in ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32"):
+        return "bigint"
+    if t in ("Float32", "Float64"):
+        return "float"
+    if t.startswith("Decimal"):
+        return "decimal"
+    return {"String": "text", "Bool": "bool"}.get(t)
 
 
 def _bare(sql: str) -> str:

@@ -73,6 +73,7 @@ class PostgresLoader:
         self._ready: set[str] = set()
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._evolved: set[tuple[str, tuple[tuple[str, Any], ...]]] = set()
 
     def __repr__(self) -> str:
         return f"PostgresLoader({self.table!r})"
@@ -198,6 +199,46 @@ class PostgresLoader:
             )
         self._ready.add(self.qualified)
 
+    def evolve(self, schema: type[BaseModel], evolution: dict[str, Any]) -> list[str]:
+        """Bring the table up to `schema` evolved by `evolution` (`jetl.evolution`): new columns added, columns
+        widened or their NOT NULL dropped, planned, applied and recorded in `jetl_migrations` in one transaction
+        under the advisory lock the table was created under (`PostgresMigrator.evolve`): once across replicas."""
+        from jetl.evolution import evolved_model, label, plan
+        from jetl.migrations import Migrator, PostgresMigrator
+
+        self.ensure_table(schema)
+        done = (self.qualified, tuple(sorted(evolution.items())))
+        if done in self._evolved:
+            return []
+        wanted = {n: t for n, t, _, _ in columns_of(evolved_model(schema, evolution)) if n in evolution}
+
+        def planned(m: Migrator) -> tuple[str, list[str]]:
+            rows = m.read(
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_schema = %s"
+                " AND table_name = %s",
+                (self.schema, self.table),
+            )
+            existing = {str(n): (str(t), nullable == "YES") for n, t, nullable in rows}
+            changes = plan(evolution, existing, wanted, _lattice, _PG_TYPES)
+            statements = []
+            for name, what, type_ in changes:
+                col = f"ALTER TABLE {self.qualified} ALTER COLUMN {quote(name)}"
+                if what == "add":
+                    statements.append(f"ALTER TABLE {self.qualified} ADD COLUMN IF NOT EXISTS {quote(name)} {type_}")
+                elif what == "widen":
+                    statements += [f"{col} TYPE {type_} USING {quote(name)}::{type_}", f"{col} DROP NOT NULL"]
+                else:
+                    statements.append(f"{col} DROP NOT NULL")
+            return label(self.table, changes), statements
+
+        migrator = PostgresMigrator(self.dsn, self.schema)
+        try:
+            applied = migrator.evolve(planned)
+        finally:
+            migrator.close()
+        self._evolved.add(done)
+        return applied.statements() if applied else []
+
     # Writing
 
     def load(self, records: list[Record], ctx: LoadContext) -> int:
@@ -209,8 +250,9 @@ class PostgresLoader:
         if model is None:
             raise ConfigError(f"PostgresLoader({self.table}): no schema bound")
         self.ensure_table(model)
-        names = [n for n, *_ in self._columns]
-        convs = [c for _, _, c, _ in self._columns]
+        cols = columns_of(model)
+        names = [n for n, *_ in cols]
+        convs = [c for _, _, c, _ in cols]
         defaults = [
             None if f.is_required() else f.get_default(call_default_factory=True) for f in model.model_fields.values()
         ]
@@ -225,12 +267,12 @@ class PostgresLoader:
                 row += [base + i, bool(deletes(r)) if deletes else False, batch]
                 cp.write_row(row)
 
-        return self._copy(ctx, len(records), write)
+        return self._copy(ctx, len(records), write, names)
 
-    def _copy(self, ctx: LoadContext, n: int, write: Callable[[Any], None], options: str = "") -> int:
+    def _copy(self, ctx: LoadContext, n: int, write: Callable[[Any], None], names: list[str], options: str = "") -> int:
         """In one transaction: claim the batch's token in `jetl_loads` (nothing more when it is taken), then COPY
-        what `write` writes into the table."""
-        columns = ", ".join(quote(c) for c in [*(name for name, *_ in self._columns), VERSION, DELETED, LINEAGE])
+        what `write` writes into the table's columns `names` (and jetl's own)."""
+        columns = ", ".join(quote(c) for c in [*names, VERSION, DELETED, LINEAGE])
         conn = self._conn()
         try:
             with conn.transaction(), conn.cursor() as cur:
@@ -260,13 +302,14 @@ class PostgresLoader:
         if model is None:
             raise ConfigError(f"PostgresLoader({self.table}): no schema bound")
         self.ensure_table(model)
-        if any(conv is not None for _, _, conv, _ in self._columns):
+        cols = columns_of(model)
+        if any(conv is not None for _, _, conv, _ in cols):
             return self.load(table.to_pylist(), ctx)  # JSON or enum columns: their values need converting
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.csv as pacsv
 
-        names = [name for name, *_ in self._columns]
+        names = [name for name, *_ in cols]
         deletes = self.spec.deletes
         if deletes is None:
             deleted = pa.nulls(n, pa.bool_()).fill_null(False)
@@ -284,7 +327,7 @@ class PostgresLoader:
         sink = pa.BufferOutputStream()
         pacsv.write_csv(out, sink, pacsv.WriteOptions(include_header=False))
         data = sink.getvalue()
-        return self._copy(ctx, n, lambda cp: cp.write(data), "(FORMAT csv)")
+        return self._copy(ctx, n, lambda cp: cp.write(data), names, "(FORMAT csv)")
 
     # Reading: the rows as the destination means them (jetl.protocols.VersionedLoader)
 
@@ -516,6 +559,32 @@ def _array(values: list[str]) -> str:
     """A text[] literal of `values`."""
     inner = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
     return f"ARRAY[{inner}]::text[]"
+
+
+_PG_TYPES = {"bigint": "bigint", "float": "double precision", "decimal": "numeric", "text": "text", "bool": "boolean"}
+"""The column type of each lattice type (`jetl.evolution`)."""
+
+
+def _lattice(type_: str) -> str | None:
+    """A PostgreSQL column type's place on the evolution lattice (None: off it)."""
+    if type_ in ("smallint", "integer", "bigint"):
+        return "bigint"
+    if type_ in ("real", "double precision"):
+        return "float"
+    if type_.startswith("numeric"):
+        return "decimal"
+    return {"text": "text", "character varying": "text", "boolean": "bool"}.get(type_)
+
+
+_COLUMNS: dict[Any, list[tuple[str, str, Convert | None, bool]]] = {}
+
+
+def columns_of(model: Any) -> list[tuple[str, str, Convert | None, bool]]:
+    """`columns_for`, once per model (a batch's model: the schema, or the schema evolved)."""
+    found = _COLUMNS.get(model)
+    if found is None:
+        found = _COLUMNS[model] = columns_for(model)
+    return found
 
 
 def _first_line(exc: BaseException) -> str:

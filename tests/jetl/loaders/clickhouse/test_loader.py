@@ -311,3 +311,43 @@ def test_a_server_that_cannot_be_reached_is_named_without_its_password() -> None
     with pytest.raises(DestinationUnavailable, match=r"cannot open ClickHouse at http://jetl:\*\*\*@127\.0\.0\.1") as e:
         get_client(dsn, settings)
     assert "s3cret" not in str(e.value) and "hunter2" not in str(e.value) and e.value.__cause__ is None
+
+
+def test_evolve_adds_widens_and_makes_nullable_once_and_never_narrows(dsn: str, table: str) -> None:
+    """`schema_contract="evolve"` on chdb: the table gains a column, widens one to Float64 and one to String, makes
+    one Nullable, each evolution a migration numbered from 1000000; the same evolution again changes nothing, and a
+    narrower one leaves the wider column as it is. Rows of every model load beside each other."""
+    from jetl.evolution import evolved_model
+    from jetl.loaders.clickhouse import get_client
+    from jetl.migrations import EVOLVE_FROM, Migrator
+    from jetl.records import records_adapter
+
+    loader = ClickHouseLoader(table, dsn=dsn, order_by=["id"])
+    loader.check_schema(Item)
+    loader.load([{"id": 1, "version": 1, "name": "a"}], ctx(Item, seq=1))
+    first: dict[str, Any] = {"version": "float", "extra": "bigint"}
+    assert len(loader.evolve(Item, first)) == 2
+    loader.load([{"id": 2, "version": 1.5, "name": "b", "extra": 7}], ctx(evolved_model(Item, first), seq=2))
+    second: dict[str, Any] = {"extra": "text", "name": "nullable", "version": "bigint"}
+    assert len(loader.evolve(Item, second)) == 2  # extra widens to String, name made Nullable; version stays Float64
+    model = evolved_model(Item, second)
+    rows = records_adapter(model).validate_python([{"id": 3, "version": 2, "extra": {"k": 1}}])  # as load_batch does
+    loader.load(rows, ctx(model, seq=3))
+    twin = ClickHouseLoader(table, dsn=dsn, order_by=["id"])  # another process's loader: it plans, finds nothing
+    twin.check_schema(Item)
+    assert twin.evolve(Item, first) == [] and twin.evolve(Item, second) == []
+    client = get_client(dsn)
+    types = dict(client.query(f"SELECT name, type FROM system.columns WHERE table = '{table}'").result_rows)
+    assert (types["version"], types["extra"], types["name"]) == (
+        "Nullable(Float64)",
+        "Nullable(String)",
+        "Nullable(String)",
+    )
+    rows = client.query(f"SELECT id, version, name, extra FROM {table} ORDER BY id").result_rows
+    assert [tuple(r) for r in rows] == [(1, 1.0, "a", None), (2, 1.5, "b", "7"), (3, 2.0, None, '{"k":1}')]
+    # two processes that planned the same change before either applied it: applied by both, recorded once
+    change = (f"evolve_{table}__add_late", [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS late Nullable(String)"])
+    assert Migrator(client).evolve(lambda m: change) is not None
+    assert Migrator(client).evolve(lambda m: change) is not None
+    history = [s for s in Migrator(client).status([]) if s.name.startswith(f"evolve_{table}__")]
+    assert [(s.version, s.state) for s in history] == [(EVOLVE_FROM + i, "evolved") for i in range(3)]
