@@ -34,7 +34,7 @@ from jetl.extractors.file.sources import (
     _open_range,
     _read_errors,
 )
-from jetl.protocols import Check, Chunk, ExtractContext, Partition, Record
+from jetl.protocols import Check, Chunk, ExtractContext, Partition, Record, Unreadable
 
 if TYPE_CHECKING:
     from jetl.settings import JetlSettings
@@ -46,6 +46,92 @@ async def _pump(chunks: Iterator[Chunk]) -> AsyncIterator[Chunk]:
     file went out after 0.5 s)."""
     while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
         yield chunk
+
+
+class _Lines:
+    """A CSV file's physical lines, as `csv.reader` takes them one by one: the lines a row was read from are
+    `taken` (a quoted field may span several), and a read error (a corrupt or truncated file) ends them, kept."""
+
+    def __init__(self, text: Iterator[str]) -> None:
+        self.text = text
+        self.taken: list[str] = []
+        self.read = 0
+        """Lines read so far (of a partition: since its first line)."""
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            line = next(self.text)
+        except (UnicodeDecodeError, *_read_errors()) as exc:  # type: ignore[misc]
+            self.error = exc
+            raise StopIteration from exc
+        self.taken.append(line)
+        self.read += 1
+        return line
+
+
+CsvRow = tuple[int, list[str] | None, str, str | None]
+"""(line number, the fields or None, the input as read, why it is rejected or None)."""
+
+
+def _csv_records(lines: _Lines, delimiter: str, width: int, first: int) -> Iterator[CsvRow]:
+    """The rows of `lines` (from line number `first`), read strictly (RFC 4180: a quote opens and closes a field).
+
+    A row is one line unless a quoted field holds a line break. A stray quote makes a "field" of every line up to the
+    next quote (or the end): such a row is read again line by line, each line a row of its own (loaded or rejected,
+    with its body and line), whenever it failed (a quote then no delimiter, a file or range ending inside quotes,
+    the wrong number of fields) or whenever a line inside it reads alone as a whole row, which a line of a real
+    multi-line field does not. So every line of the file is a record or a dead letter, none vanishes inside another.
+    """
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    start = first
+    while True:
+        problem: str | None = None
+        try:
+            row: list[str] | None = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            row, problem = None, f"malformed CSV: {exc}"
+        taken, lines.taken = lines.taken, []
+        if len(taken) > 1 and (problem is not None or len(row or []) != width or _rows_inside(taken, delimiter, width)):
+            for k, line in enumerate(taken):
+                if line.strip("\r\n"):
+                    yield _csv_line(start + k, line, delimiter, width)
+        elif row is not None or problem is not None:
+            raw = "".join(taken)
+            if problem is None and row is not None and row and len(row) != width:
+                problem = f"expected {width} fields, got {len(row)}"
+            if row or problem is not None:  # a blank line is no row
+                yield start, row, raw.rstrip("\r\n"), problem
+        start += len(taken)
+
+
+def _csv_line(n: int, line: str, delimiter: str, width: int) -> CsvRow:
+    """One physical line read as a row on its own."""
+    raw = line.rstrip("\r\n")
+    try:
+        row = next(csv.reader([line], delimiter=delimiter, strict=True), [])
+    except csv.Error as exc:
+        return n, None, raw, f"malformed CSV (a stray quote?): {exc}"
+    if len(row) != width:
+        return n, None, raw, f"expected {width} fields, got {len(row)}" + (" (a stray quote?)" if '"' in raw else "")
+    return n, row, raw, None
+
+
+def _rows_inside(taken: list[str], delimiter: str, width: int) -> bool:
+    """Whether a line of a multi-line row, read alone, is a whole row of `width` fields (a stray quote swallowed it)."""
+    for line in taken[1:-1] if len(taken) > 2 else taken[1:]:
+        try:
+            row = next(csv.reader([line], delimiter=delimiter, strict=True), [])
+        except csv.Error:
+            continue
+        if len(row) == width and '"' not in line:
+            return True
+    return False
 
 
 def _root(path: str) -> Path:
@@ -349,10 +435,16 @@ class FileExtractor:
             try:
                 value = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                rejected.append((f"{prefix}{i}", f"malformed JSON: {exc}"))
+                rejected.append(Unreadable(f"{prefix}{i}", f"malformed JSON: {exc}", line.decode("utf-8", "replace")))
                 continue
             if not isinstance(value, dict):
-                rejected.append((f"{prefix}{i}", f"expected a JSON object, got {type(value).__name__}"))
+                rejected.append(
+                    Unreadable(
+                        f"{prefix}{i}",
+                        f"expected a JSON object, got {type(value).__name__}",
+                        line.decode("utf-8", "replace"),
+                    )
+                )
                 continue
             records.append(self._select(value))
             origins.append(f"{prefix}{i}")
@@ -382,10 +474,10 @@ class FileExtractor:
         base = 0 if span is None else span[2] - 1
         with _open(path, self.compression) if span is None else _open_range(path, span[0], span[1]) as fh:
             text = io.TextIOWrapper(fh, encoding="utf-8-sig" if span is None else "utf-8", newline="")
-            reader = csv.reader(text, delimiter=self.csv_delimiter)
+            lines = _Lines(text)
             try:
                 if span is None:
-                    header = next(reader, None)
+                    header = next(csv.reader(lines, delimiter=self.csv_delimiter), None)
                 else:
                     with open(path, "rb") as head:
                         first = head.readline().decode("utf-8-sig")
@@ -393,6 +485,7 @@ class FileExtractor:
             except (csv.Error, UnicodeDecodeError, *_read_errors()) as exc:  # type: ignore[misc]
                 yield Chunk([], [], {"file": str(path), "line": 1}, [(f"{path}:1", f"unreadable header: {exc}")])
                 return
+            lines.taken.clear()
             if header is None:
                 return
             if len(set(header)) != len(header):
@@ -410,37 +503,25 @@ class FileExtractor:
             width = len(header)
             chunk = Chunk([], [], None, [])
             assert chunk.origins is not None
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as exc:
-                    chunk.rejected.append((f"{path}:{(base + reader.line_num)}", f"malformed CSV: {exc}"))
-                    continue
-                except (UnicodeDecodeError, *_read_errors()) as exc:  # type: ignore[misc]
-                    where = f"{path}:{(base + reader.line_num) + 1}"
-                    chunk.rejected.append((where, f"cannot read past this line: {type(exc).__name__}: {exc}"))
-                    break
-                n = base + reader.line_num
-                if not row:
-                    continue
-                if len(row) != width:
-                    chunk.rejected.append((f"{path}:{n}", f"expected {width} fields, got {len(row)}"))
-                else:
+            n = base + lines.read
+            for n, row, raw, problem in _csv_records(lines, self.csv_delimiter, width, base + lines.read + 1):
+                if problem is None and row is not None:
                     record, problem = self._convert(dict(zip(header, row, strict=True)))
-                    if record is None:
-                        chunk.rejected.append((f"{path}:{n}", problem or "invalid row"))
-                    else:
+                    if record is not None:
                         chunk.records.append(self._select(record))
                         chunk.origins.append(f"{path}:{n}")
+                if problem is not None:
+                    chunk.rejected.append(Unreadable(f"{path}:{n}", problem, raw))
                 if len(chunk.records) >= self.chunk_size or len(chunk.rejected) >= self.chunk_size:
                     chunk.position = {"file": str(path), "line": n}
                     yield chunk
                     chunk = Chunk([], [], None, [])
                     assert chunk.origins is not None
+            if lines.error is not None:
+                reason = f"cannot read past this line: {type(lines.error).__name__}: {lines.error}"
+                chunk.rejected.append((f"{path}:{base + lines.read + 1}", reason))
             if chunk.records or chunk.rejected:
-                chunk.position = {"file": str(path), "line": (base + reader.line_num)}
+                chunk.position = {"file": str(path), "line": max(n, base + lines.read)}
                 yield chunk
 
     def _parquet(self, path: Path) -> Iterator[Chunk]:
