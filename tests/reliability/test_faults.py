@@ -91,6 +91,8 @@ def register_pipelines():
                  loader=FileLoader("OUT"), schema=Row, batch_size=40),
         Pipeline(name="stall", extractors=[FileExtractor("IN/stall/*.jsonl", chunk_size=25)],
                  transformers=[Stall()], loader=FileLoader("OUT"), schema=Row, batch_size=25),
+        Pipeline(name="csvs", extractors=[FileExtractor("IN/csvs/*.csv", columns=["id", "name"])],
+                 loader=FileLoader("OUT"), schema=Row, batch_size=40),
         Pipeline(name="dest", extractors=[FileExtractor("IN/dest/*.jsonl", chunk_size=25)],
                  loader=Destination("OUT"), schema=Row, batch_size=25),
     ]
@@ -122,7 +124,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("faults")
-    for sub in ("in/big", "in/fuzz", "in/stall", "in/dest", "out", "marks", "pipelines"):
+    for sub in ("in/big", "in/fuzz", "in/stall", "in/dest", "in/csvs", "out", "marks", "pipelines"):
         (root / sub).mkdir(parents=True)
     code = (
         PIPELINES.replace("IN/", f"{root / 'in'}/")
@@ -448,6 +450,19 @@ def test_a_cancel_that_reaches_the_tracker_after_the_run_completed_is_refused_an
     env.write("dest", [good(i) for i in more])
     nxt = asyncio.run(run_to_end(env, "dest"))
     assert sorted(r["id"] for r in env.rows("dest", nxt.run_id)) == more
+
+
+def test_a_csv_with_a_stray_quote_loads_every_other_row_and_dead_letters_the_bad_one_with_its_body(env: Env) -> None:
+    rows = [f'{i},"bad name' if i == 30 else f'{i},he said "hi"' if i == 75 else f"{i},n{i}" for i in range(1, 123)]
+    src = env.inputs / "csvs" / "stray.csv"
+    src.write_text("id,name\n" + "".join(f"{row}\n" for row in rows))
+    st = asyncio.run(run_to_end(env, "csvs"))
+    assert st.status == "completed", st.error
+    assert (st.extracted, st.loaded, st.rejected) == (122, 121, 1) and st.reconciles  # the file's 122 rows
+    got = sorted(r["id"] for r in env.rows("csvs", st.run_id))
+    assert got == [i for i in range(1, 123) if i != 30]
+    dead = asyncio.run(dead_records(env, "csvs", st.run_id))
+    assert [(d["origin"], d["record"]) for d in dead] == [(f"{src}:31", '30,"bad name')]
 
 
 # Lines a user's file may hold. Each kind says whether it loads (and as which id) or is dead-lettered.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from jetl.errors import ConfigError, TerminalError, TransientError
-from jetl.extractors.file.cursor import _bounded, _file_key, _mtime
+from jetl.extractors.file.cursor import _bounded, _file_key, _fingerprint, _mtime, _name, _size
 from jetl.extractors.file.partitions import _plan
 from jetl.extractors.file.sources import (
     Compression,
@@ -261,10 +261,21 @@ class FileExtractor:
             for path in files
             if (key := self._key(path)) not in done and (watermark is None or _mtime(key) >= watermark)
         ]
-        self._cursor = self._bounded(done | {key for _, key in todo}, watermark)
-        if not todo:
-            return []
-        return _plan(todo, self.format, self.compression, self.partition_bytes, self.partition_files)
+        tails = self._tails(ctx)
+        rest: list[Partition] = []
+        fresh: list[tuple[Path, str]] = []
+        read_before = self._read_before(done, tails)
+        for path, key in todo:
+            grown = self._grown(path, key, read_before, tails)
+            if grown is None:
+                fresh.append((path, key))
+            else:
+                start, line = grown
+                rest.append(Partition({"file": str(path), "key": key, "start": start, "end": _size(key), "line": line}))
+        self._cursor = self._bounded(done | {key for _, key in todo}, watermark, self._fingerprints(todo, tails))
+        if not fresh:
+            return rest
+        return rest + _plan(fresh, self.format, self.compression, self.partition_bytes, self.partition_files)
 
     async def extract_partition(self, ctx: ExtractContext, partition: Partition) -> AsyncIterator[Chunk]:
         """Yield the records of one partition planned by `partitions` (whole files, or a byte range of one).
@@ -274,8 +285,8 @@ class FileExtractor:
         inside one; anything else is refused with an error that names no file."""
         files, span = self._admit(partition.spec)
         if span is None:
-            for path in files:
-                async for chunk in self._read(path, ctx.raw_json):
+            for path, (_, key) in zip(files, partition.spec["files"], strict=True):
+                async for chunk in self._read(path, ctx.raw_json, _size(str(key))):
                     yield chunk
             return
         path = files[0]
@@ -318,15 +329,23 @@ class FileExtractor:
             now = self._key(path)
         except OSError as exc:
             raise TransientError(f"{path}: cannot read it: {type(exc).__name__}") from exc
-        if now != key:  # the keys stay out of the error: they tell a file's size and time
+        grew = self._appendable(path) and _name(now) == _name(key) and _size(now) > _size(key) >= 0
+        if now != key and not (grew and _mtime(now) >= _mtime(key)):  # appended to: read as far as planned
+            # the keys stay out of the error: they tell a file's size and time
             raise TerminalError(f"{path} changed since its run was planned: run it again")
 
-    async def _read(self, path: Path, raw_json: bool) -> AsyncIterator[Chunk]:
+    async def _read(self, path: Path, raw_json: bool, size: int | None = None) -> AsyncIterator[Chunk]:
+        """A whole file's chunks; an uncompressed one up to `size`, the size its run planned (what a writer appends
+        meanwhile is read by the next run, from there: `_grown`)."""
         fmt = _format_of(path, self.format)
         if fmt == "parquet" and _compression_of(path, self.compression) != "none":
             raise ConfigError(f"{path}: Parquet compresses inside the file; a .gz/.zst wrapper is not supported")
         chunks = (
-            self._jsonl(path, raw_json) if fmt == "jsonl" else self._csv(path) if fmt == "csv" else self._parquet(path)
+            self._jsonl(path, raw_json, size=size)
+            if fmt == "jsonl"
+            else self._csv(path, size=size)
+            if fmt == "csv"
+            else self._parquet(path)
         )
         async for chunk in _pump(chunks):
             yield chunk
@@ -335,14 +354,73 @@ class FileExtractor:
         """Yield the records of every file not yet loaded, chunk by chunk."""
         done, watermark, files = self._listing(ctx)
         loaded = set(done)
+        tails = self._tails(ctx)
+        read_before = self._read_before(done, tails)
+        read: list[tuple[Path, str]] = []
         for path in files:
             key = self._key(path)
             if key in done or (watermark is not None and _mtime(key) < watermark):
                 continue
-            async for chunk in self._read(path, ctx.raw_json):
+            grown = self._grown(path, key, read_before, tails)
+            if grown is None:
+                chunks = self._read(path, ctx.raw_json, _size(key))
+            else:
+                span = (grown[0], _size(key), grown[1])
+                fmt = _format_of(path, self.format)
+                chunks = _pump(self._jsonl(path, ctx.raw_json, span) if fmt == "jsonl" else self._csv(path, span))
+            async for chunk in chunks:
                 yield chunk
             loaded.add(key)
-        self._cursor = self._bounded(loaded, watermark)
+            read.append((path, key))
+        self._cursor = self._bounded(loaded, watermark, self._fingerprints(read, tails))
+
+    def _tails(self, ctx: ExtractContext) -> dict[str, str]:
+        """The cursor's fingerprints of the files earlier runs read (`jetl.extractors.file.cursor`)."""
+        cursor = (ctx.cursor or {}) if self.skip_loaded and not ctx.force else {}
+        return dict(cursor.get("tails") or {})
+
+    @staticmethod
+    def _read_before(done: set[str], tails: dict[str, str]) -> dict[str, str]:
+        """Per file name, the key of the most of it an earlier run read (of those with a fingerprint)."""
+        out: dict[str, str] = {}
+        for key in done:
+            if key in tails and ((was := out.get(_name(key))) is None or _size(key) > _size(was)):
+                out[_name(key)] = key
+        return out
+
+    def _appendable(self, path: Path) -> bool:
+        """JSONL and CSV read uncompressed: a file of them may grow by whole lines, and be read from where it was."""
+        return _compression_of(path, self.compression) == "none" and _format_of(path, self.format) != "parquet"
+
+    def _grown(
+        self, path: Path, key: str, read_before: dict[str, str], tails: dict[str, str]
+    ) -> tuple[int, int] | None:
+        """Where to start reading a file an earlier run read up to a smaller size, when only appended to since
+        (its bytes up to there fingerprint as they did): (byte offset, line number there). None: read it whole (a
+        new or rewritten file, or one that is not JSONL or CSV uncompressed)."""
+        was = read_before.get(_name(key))
+        if was is None or not self._appendable(path) or not 0 < _size(was) < _size(key):
+            return None
+        upto = _size(was)
+        try:
+            if _fingerprint(path, upto) != tails.get(was):
+                return None
+            with open(path, "rb") as fh:
+                lines, left = 0, upto
+                while left > 0 and (block := fh.read(min(4 << 20, left))):
+                    lines, left = lines + block.count(b"\n"), left - len(block)
+        except OSError:
+            return None
+        return upto, lines + 1
+
+    def _fingerprints(self, read: list[tuple[Path, str]], tails: dict[str, str]) -> dict[str, str]:
+        """The fingerprints the next cursor keeps: of each file read now (as far as its key's size) and before."""
+        out = dict(tails)
+        for path, key in read:
+            if self._appendable(path):
+                with contextlib.suppress(OSError):
+                    out[key] = _fingerprint(path, _size(key))
+        return out
 
     def _listing(self, ctx: ExtractContext) -> tuple[set[str], int | None, list[Path]]:
         """The files the cursor counts as loaded, its watermark, and the matching files (TransientError: none)."""
@@ -352,8 +430,8 @@ class FileExtractor:
             raise TransientError(f"no files match {self.path!r}")
         return set(cursor.get("files", [])), cursor.get("watermark"), files
 
-    def _bounded(self, loaded: set[str], watermark: int | None) -> dict[str, Any]:
-        return _bounded(loaded, watermark, self.cursor_grace_s, self.cursor_max_files)
+    def _bounded(self, loaded: set[str], watermark: int | None, tails: dict[str, str] | None = None) -> dict[str, Any]:
+        return _bounded(loaded, watermark, self.cursor_grace_s, self.cursor_max_files, tails)
 
     @property
     def keeps_cursor(self) -> bool:
@@ -369,13 +447,15 @@ class FileExtractor:
             return record
         return {c: record.get(c) for c in self.columns}
 
-    def _jsonl(self, path: Path, raw: bool = False, span: tuple[int, int, int] | None = None) -> Iterator[Chunk]:
+    def _jsonl(
+        self, path: Path, raw: bool = False, span: tuple[int, int, int] | None = None, size: int | None = None
+    ) -> Iterator[Chunk]:
         # Lines are read a chunk at a time (islice: 0.35 us a line, against 0.73 reading, stripping and collecting
         # line by line). With `raw` (ExtractContext.raw_json) they are not parsed here at all: see `_jsonl_chunk`.
         # `span`: a partition's (start, end, first line number), newline-aligned by `partitions`.
         prefix = f"{path}:"
         n = 0 if span is None else span[2] - 1  # lines read so far
-        with _open(path, self.compression) if span is None else _open_range(path, span[0], span[1]) as fh:
+        with _open(path, self.compression, size) if span is None else _open_range(path, span[0], span[1]) as fh:
             while True:
                 raws: list[bytes] = []
                 error: BaseException | None = None
@@ -468,11 +548,11 @@ class FileExtractor:
                 )
         return row, None
 
-    def _csv(self, path: Path, span: tuple[int, int, int] | None = None) -> Iterator[Chunk]:
+    def _csv(self, path: Path, span: tuple[int, int, int] | None = None, size: int | None = None) -> Iterator[Chunk]:
         # `span`: a partition's byte range after the header, (start, end, line number at start); the header is read
         # from the file's first line, and line numbers count from the range's first line.
         base = 0 if span is None else span[2] - 1
-        with _open(path, self.compression) if span is None else _open_range(path, span[0], span[1]) as fh:
+        with _open(path, self.compression, size) if span is None else _open_range(path, span[0], span[1]) as fh:
             text = io.TextIOWrapper(fh, encoding="utf-8-sig" if span is None else "utf-8", newline="")
             lines = _Lines(text)
             try:
