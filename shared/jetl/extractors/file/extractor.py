@@ -152,7 +152,9 @@ class FileExtractor:
 
     With `skip_loaded`, the cursor is a watermark plus a bounded set: files modified before the watermark (the
     newest loaded file's mtime less `cursor_grace_s`) count as loaded, and the files loaded at or after it are
-    listed (`path:size:mtime`, so a changed file loads again), at most `cursor_max_files` of them. A file that
+    listed (`path:size:mtime`, so a changed file loads again), at most `cursor_max_files` of them. A JSONL or CSV
+    file (uncompressed) that was only appended to since is read from where the last run stopped: each run reads a
+    file up to the size it planned, and the cursor keeps a fingerprint of those bytes. A file that
     turns up later with an mtime older than the watermark (copied with its old time kept) is not read: raise
     `cursor_grace_s` where files arrive that way.
     """
