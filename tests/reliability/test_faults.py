@@ -91,6 +91,8 @@ def register_pipelines():
                  loader=FileLoader("OUT"), schema=Row, batch_size=40),
         Pipeline(name="stall", extractors=[FileExtractor("IN/stall/*.jsonl", chunk_size=25)],
                  transformers=[Stall()], loader=FileLoader("OUT"), schema=Row, batch_size=25),
+        Pipeline(name="grow", extractors=[FileExtractor("IN/grow/*.jsonl")], loader=FileLoader("OUT"), schema=Row,
+                 batch_size=40),
         Pipeline(name="csvs", extractors=[FileExtractor("IN/csvs/*.csv", columns=["id", "name"])],
                  loader=FileLoader("OUT"), schema=Row, batch_size=40),
         Pipeline(name="dest", extractors=[FileExtractor("IN/dest/*.jsonl", chunk_size=25)],
@@ -124,7 +126,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("faults")
-    for sub in ("in/big", "in/fuzz", "in/stall", "in/dest", "in/csvs", "out", "marks", "pipelines"):
+    for sub in ("in/big", "in/fuzz", "in/stall", "in/dest", "in/csvs", "in/grow", "out", "marks", "pipelines"):
         (root / sub).mkdir(parents=True)
     code = (
         PIPELINES.replace("IN/", f"{root / 'in'}/")
@@ -463,6 +465,19 @@ def test_a_csv_with_a_stray_quote_loads_every_other_row_and_dead_letters_the_bad
     assert got == [i for i in range(1, 123) if i != 30]
     dead = asyncio.run(dead_records(env, "csvs", st.run_id))
     assert [(d["origin"], d["record"]) for d in dead] == [(f"{src}:31", '30,"bad name')]
+
+
+def test_a_file_appended_to_between_runs_loads_only_what_was_appended(env: Env) -> None:
+    log = env.inputs / "grow" / "events.jsonl"
+    log.write_bytes(b"".join(good(i) + b"\n" for i in range(70_000, 70_100)))
+    first = asyncio.run(run_to_end(env, "grow"))
+    assert_exact(env, first, list(range(70_000, 70_100)), rejected=0)
+    with log.open("ab") as fh:  # a writer appends, as to a log file
+        fh.write(b"".join(good(i) + b"\n" for i in range(70_100, 70_130)) + b"{broken\n")
+    second = asyncio.run(run_to_end(env, "grow"))
+    assert_exact(env, second, list(range(70_100, 70_130)), rejected=1)  # none of the first 100 again
+    dead = asyncio.run(dead_records(env, "grow", second.run_id))
+    assert [d["origin"] for d in dead] == [f"{log}:131"]  # its line in the whole file
 
 
 # Lines a user's file may hold. Each kind says whether it loads (and as which id) or is dead-lettered.
