@@ -392,6 +392,8 @@ def test_a_destination_away_for_30_s_is_ridden_out_and_the_run_loads_exactly(env
                 if tries and tries[-1] - tries[0] >= OUTAGE_S:
                     break
                 assert time.monotonic() < deadline, "the loader never met the outage for long"
+                now = await jc.run_state("dest", req.run_id)
+                assert now is None or now.status not in ("completed", "failed"), f"ended in the outage: {now.error}"
                 await asyncio.sleep(0.5)
             (env.marks / "outage").unlink()
             return await jc.wait("dest", req.run_id, timeout=240)
