@@ -25,7 +25,17 @@ GROUPS = [
     ),
     (
         "Plugin contracts",
-        ["Extractor", "Transformer", "Loader", "Chunk", "ExtractContext", "LoadContext", "Check", "Partition"],
+        [
+            "Extractor",
+            "Transformer",
+            "Loader",
+            "Chunk",
+            "Unreadable",
+            "ExtractContext",
+            "LoadContext",
+            "Check",
+            "Partition",
+        ],
     ),
     (
         "Extractors",

@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "Loader": "jetl.protocols",
     "Partition": "jetl.protocols",
     "Transformer": "jetl.protocols",
+    "Unreadable": "jetl.protocols",
     "clear_registry": "jetl.registry",
     "discover": "jetl.registry",
     "get_pipeline": "jetl.registry",
@@ -123,6 +124,7 @@ if _typing.TYPE_CHECKING:
     from jetl.protocols import Loader as Loader
     from jetl.protocols import Partition as Partition
     from jetl.protocols import Transformer as Transformer
+    from jetl.protocols import Unreadable as Unreadable
     from jetl.registry import clear_registry as clear_registry
     from jetl.registry import discover as discover
     from jetl.registry import get_pipeline as get_pipeline

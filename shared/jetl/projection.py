@@ -160,7 +160,9 @@ def fold_run(state: RunState | None, ev: Event) -> RunState:
             state.partition_batches[ev.partition] = ev.batches
             _partitions_extracted(state)
         case RunCompleted():
-            state.status = "completed"
+            # the tracker completes only a run it has not folded a cancel (or failure) of: one that reached the log
+            # before run.completed came too late for it, and was refused (`JetlClient.cancel`)
+            state.status, state.cancelled, state.error = "completed", False, None
             state.finished_at = ev.at
             if ev.cursor is not None:
                 state.cursor = ev.cursor
@@ -171,6 +173,8 @@ def fold_run(state: RunState | None, ev: Event) -> RunState:
                 state.status = "failed"
                 state.error = ev.error
                 state.finished_at = ev.at
+        case BatchRejected() if ev.stage == "load" and state.load_error is None:
+            state.load_error = ev.reason[:500]
         case SchemaDrift():
             for f in ev.fields:
                 seen = f"{f.kind} {f.path}" + (f": {f.seen}" if f.kind == "changed" else "")

@@ -34,6 +34,18 @@ if TYPE_CHECKING:
 Record = dict[str, Any]
 
 
+class Unreadable(tuple[str, str]):
+    """(origin, reason) of input an extractor could not read as a record, with the input as read (`input`) where it
+    has it (a CSV or JSON line): its dead letter keeps that body. It unpacks as the pair a plain tuple is."""
+
+    input: str | None
+
+    def __new__(cls, origin: str, reason: str, input: str | None = None) -> Unreadable:
+        self = super().__new__(cls, (origin, reason))
+        self.input = input
+        return self
+
+
 @dataclass
 class Chunk:
     """A bounded slice of extracted records, with where each came from when known."""
@@ -43,7 +55,8 @@ class Chunk:
     position: dict[str, Any] | None = None
     """Where the extractor stands after this chunk (file and line, page, high-water mark)."""
     rejected: list[tuple[str, str]] = field(default_factory=list)
-    """Input the extractor could not read at all: (origin, reason). Goes to the DLQ, never dropped."""
+    """Input the extractor could not read at all: (origin, reason), an `Unreadable` where the input itself is kept.
+    Goes to the DLQ (with that input), never dropped."""
     raw: list[bytes] | None = None
     """The records as JSON texts not yet parsed, one object each on one line, given instead of `records` when
     `ExtractContext.raw_json` asks for them. They travel as they are; the transformer parses them together with

@@ -93,6 +93,8 @@ class RunState(BaseModel):
     """The cursor the run started from (from run.started)."""
     code_hash: str = ""
     error: str | None = None
+    load_error: str | None = None
+    """Why the destination refused the first batch it refused (its batch.rejected at the load stage), if any did."""
     tally: Tally = Field(default_factory=Tally)
     """The totals over every batch the run's events named."""
     pending: dict[str, BatchState] = Field(default_factory=dict)
@@ -170,6 +172,19 @@ class RunState(BaseModel):
             self.expected_batches is not None
             and self.tally.batches >= self.expected_batches
             and self.tally.settled == self.tally.batches
+        )
+
+    def refused_by_destination(self) -> str | None:
+        """Why a settled run fails rather than completes: the destination refused every record that reached it (none
+        loaded, some dead-lettered by the loader: a table whose schema changed, a destination that stayed away). A run
+        that loaded nothing of what it extracted because the destination said no has not completed, and must not move
+        its cursor past that input. None: the run completes (with its dead letters, if some records were refused)."""
+        if self.tally.loaded or not self.tally.load_rejected:
+            return None
+        why = f": {self.load_error}" if self.load_error else ""
+        return (
+            f"the destination refused every record that reached it ({self.tally.load_rejected} dead-lettered by the "
+            f"loader, none loaded; `jetl dlq` has them, `jetl dlq redrive` once it is mended){why}"
         )
 
     def counts(self) -> dict[str, int]:

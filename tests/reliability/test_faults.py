@@ -46,8 +46,23 @@ import pathlib
 import time
 from pydantic import BaseModel
 from jetl import FileExtractor, FileLoader, Pipeline
+from jetl.errors import DestinationUnavailable, TerminalError
 
 MARKS = pathlib.Path("MARKS")
+
+
+class Destination(FileLoader):
+    '''A file destination that is away while MARKS/outage exists (each try noted in MARKS/tries), and refuses
+    every row, as a table whose schema changed does, while MARKS/refuse exists.'''
+
+    def load(self, records, ctx):
+        if (MARKS / "refuse").exists():
+            raise TerminalError("table dest has no column 'name' (its schema changed): the insert was refused")
+        if (MARKS / "outage").exists():
+            with open(MARKS / "tries", "a") as f:
+                f.write(f"{time.time()}\\n")
+            raise DestinationUnavailable("dest: connection refused")
+        return super().load(records, ctx)
 
 class Row(BaseModel):
     id: int
@@ -76,6 +91,12 @@ def register_pipelines():
                  loader=FileLoader("OUT"), schema=Row, batch_size=40),
         Pipeline(name="stall", extractors=[FileExtractor("IN/stall/*.jsonl", chunk_size=25)],
                  transformers=[Stall()], loader=FileLoader("OUT"), schema=Row, batch_size=25),
+        Pipeline(name="grow", extractors=[FileExtractor("IN/grow/*.jsonl")], loader=FileLoader("OUT"), schema=Row,
+                 batch_size=40),
+        Pipeline(name="csvs", extractors=[FileExtractor("IN/csvs/*.csv", columns=["id", "name"])],
+                 loader=FileLoader("OUT"), schema=Row, batch_size=40),
+        Pipeline(name="dest", extractors=[FileExtractor("IN/dest/*.jsonl", chunk_size=25)],
+                 loader=Destination("OUT"), schema=Row, batch_size=25),
     ]
 """
 
@@ -105,7 +126,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("faults")
-    for sub in ("in/big", "in/fuzz", "in/stall", "out", "marks", "pipelines"):
+    for sub in ("in/big", "in/fuzz", "in/stall", "in/dest", "in/csvs", "in/grow", "out", "marks", "pipelines"):
         (root / sub).mkdir(parents=True)
     code = (
         PIPELINES.replace("IN/", f"{root / 'in'}/")
@@ -346,6 +367,119 @@ def test_cancel_ends_a_stuck_run_and_releases_the_overlap_guard(env: Env) -> Non
 
     st = asyncio.run(final(stuck))
     assert st is not None and st.status == "failed" and st.cancelled
+
+
+OUTAGE_S = 30.0
+"""How long the destination stays away: well past the ack rule's own backoff (about 4 s over MAX_DELIVER)."""
+
+
+def test_a_destination_away_for_30_s_is_ridden_out_and_the_run_loads_exactly(env: Env) -> None:
+    (env.marks / "outage").write_text("x")
+    (env.marks / "tries").unlink(missing_ok=True)
+    ids = list(range(50_000, 50_060))
+    env.write("dest", [good(i) for i in ids])
+
+    async def through_outage() -> RunState:
+        async with JetlClient(env.settings) as jc:
+            req = await jc.request_run("dest")
+            deadline = time.monotonic() + 120
+            while True:  # the outage ends once the loader has met it for OUTAGE_S (by its own tries' clock)
+                tries = (
+                    [float(t) for t in (env.marks / "tries").read_text().split()]
+                    if (env.marks / "tries").exists()
+                    else []
+                )
+                if tries and tries[-1] - tries[0] >= OUTAGE_S:
+                    break
+                assert time.monotonic() < deadline, "the loader never met the outage for long"
+                now = await jc.run_state("dest", req.run_id)
+                assert now is None or now.status not in ("completed", "failed"), f"ended in the outage: {now.error}"
+                await asyncio.sleep(0.5)
+            (env.marks / "outage").unlink()
+            return await jc.wait("dest", req.run_id, timeout=240)
+
+    st = asyncio.run(through_outage())
+    assert_exact(env, st, ids, rejected=0)
+
+
+def test_a_run_whose_every_record_the_destination_refused_fails_and_keeps_its_cursor(env: Env) -> None:
+    (env.marks / "refuse").write_text("x")
+    ids = list(range(60_000, 60_030))
+    env.write("dest", [good(i) for i in ids])
+    try:
+        st = asyncio.run(run_to_end(env, "dest"))
+    finally:
+        (env.marks / "refuse").unlink()
+    assert st.status == "failed" and st.loaded == 0 and st.rejected == 30 and st.reconciles
+    assert "refused every record" in (st.error or "") and "no column 'name'" in (st.error or "")
+    out = CliRunner().invoke(app, ["status", "dest", "--json"], env=_cli_env(env))
+    assert out.exit_code == 0, out.output
+    shown = [r for r in json.loads(out.output) if r["run_id"] == st.run_id]
+    assert shown and shown[0]["status"] == "failed", out.output
+    # its cursor did not move: the next run reads the refused file again, with a new one
+    more = list(range(61_000, 61_010))
+    env.write("dest", [good(i) for i in more])
+    after = asyncio.run(run_to_end(env, "dest"))
+    assert after.status == "completed", after.error
+    assert sorted(r["id"] for r in env.rows("dest", after.run_id)) == sorted([*ids, *more])
+
+
+def test_a_cancel_that_reaches_the_tracker_after_the_run_completed_is_refused_and_the_run_stays_completed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = list(range(62_000, 62_010))
+    env.write("dest", [good(i) for i in ids])
+    done = asyncio.run(run_to_end(env, "dest"))
+    assert done.status == "completed", done.error
+    # the race: `jetl runs cancel` read the log just before run.completed reached it, so it saw the run unfinished
+    seen = JetlClient.events
+
+    async def before_it_completed(self: JetlClient, run_id: str, pipeline: str | None = None) -> list[Any]:
+        return [ev for ev in await seen(self, run_id, pipeline) if ev.type != "run.completed"]
+
+    monkeypatch.setattr(JetlClient, "events", before_it_completed)
+    out = CliRunner().invoke(app, ["runs", "cancel", done.run_id, "--reason", "too late"], env=_cli_env(env))
+    monkeypatch.undo()
+    assert out.exit_code == 1 and "completed before the cancel reached the tracker" in out.output, out.output
+
+    async def after() -> tuple[RunState | None, RunState]:
+        async with JetlClient(env.settings) as jc:
+            return await jc.verdict("dest", done.run_id), await jc.wait("dest", done.run_id, timeout=30)
+
+    folded, followed = asyncio.run(after())
+    assert folded is not None and folded.status == "completed" and not folded.cancelled
+    assert followed.status == "completed" and followed.error is None  # a client following the run agrees
+    # the cursor moved with the completion: the next run reads only a new file
+    more = list(range(62_100, 62_105))
+    env.write("dest", [good(i) for i in more])
+    nxt = asyncio.run(run_to_end(env, "dest"))
+    assert sorted(r["id"] for r in env.rows("dest", nxt.run_id)) == more
+
+
+def test_a_csv_with_a_stray_quote_loads_every_other_row_and_dead_letters_the_bad_one_with_its_body(env: Env) -> None:
+    rows = [f'{i},"bad name' if i == 30 else f'{i},he said "hi"' if i == 75 else f"{i},n{i}" for i in range(1, 123)]
+    src = env.inputs / "csvs" / "stray.csv"
+    src.write_text("id,name\n" + "".join(f"{row}\n" for row in rows))
+    st = asyncio.run(run_to_end(env, "csvs"))
+    assert st.status == "completed", st.error
+    assert (st.extracted, st.loaded, st.rejected) == (122, 121, 1) and st.reconciles  # the file's 122 rows
+    got = sorted(r["id"] for r in env.rows("csvs", st.run_id))
+    assert got == [i for i in range(1, 123) if i != 30]
+    dead = asyncio.run(dead_records(env, "csvs", st.run_id))
+    assert [(d["origin"], d["record"]) for d in dead] == [(f"{src}:31", '30,"bad name')]
+
+
+def test_a_file_appended_to_between_runs_loads_only_what_was_appended(env: Env) -> None:
+    log = env.inputs / "grow" / "events.jsonl"
+    log.write_bytes(b"".join(good(i) + b"\n" for i in range(70_000, 70_100)))
+    first = asyncio.run(run_to_end(env, "grow"))
+    assert_exact(env, first, list(range(70_000, 70_100)), rejected=0)
+    with log.open("ab") as fh:  # a writer appends, as to a log file
+        fh.write(b"".join(good(i) + b"\n" for i in range(70_100, 70_130)) + b"{broken\n")
+    second = asyncio.run(run_to_end(env, "grow"))
+    assert_exact(env, second, list(range(70_100, 70_130)), rejected=1)  # none of the first 100 again
+    dead = asyncio.run(dead_records(env, "grow", second.run_id))
+    assert [d["origin"] for d in dead] == [f"{log}:131"]  # its line in the whole file
 
 
 # Lines a user's file may hold. Each kind says whether it loads (and as which id) or is dead-lettered.

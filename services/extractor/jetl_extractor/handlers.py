@@ -36,7 +36,7 @@ from jetl.messages.models import Batch, PartitionWork, RunRequest, utcnow
 from jetl.messages.payload import too_large
 from jetl.messages.wire import dumps
 from jetl.positions import cursor_of, joined_cursor
-from jetl.protocols import Chunk, ExtractContext, Partition, PartitionedExtractor
+from jetl.protocols import Chunk, ExtractContext, Partition, PartitionedExtractor, Unreadable
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, keep_alive, stage_subscriber
@@ -228,7 +228,16 @@ class Extraction:
                         stage="extract",
                         reason=f"{len(bad)} unreadable record(s); first: {bad[0][0]}: {bad[0][1]}",
                         error_type=MALFORMED_INPUT,
-                        records=[DeadRecord(index=None, origin=o, field=None, message=m, record=None) for o, m in bad],
+                        records=[
+                            DeadRecord(
+                                index=None,
+                                origin=u[0],
+                                field=None,
+                                message=u[1],
+                                record=u.input if isinstance(u, Unreadable) else None,
+                            )
+                            for u in bad
+                        ],
                     )
                 )
             if rejected:

@@ -16,7 +16,7 @@ from jetl.protocols import EvolvingLoader, Loader, OpenableLoader
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, stage_subscriber
-from jetl.runtime.stage import open_batch, reject_batch, settle
+from jetl.runtime.stage import delivery_count, open_batch, reject_batch, ride_out_outage, settle
 from jetl.subjects import Kind
 from jetl_loader import lineage
 from jetl_loader.control import make_control_router
@@ -32,8 +32,11 @@ def open_loaders(ctx: ServiceContext) -> None:
             p.loader.open(ctx.settings.clickhouse_dsn, ctx.settings.clickhouse)
 
 
-async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Shadows) -> None:
-    """Load one clean batch and decide its message's ack."""
+async def handle_clean_batch(
+    ctx: ServiceContext, raw: Any, shadows: lineage.Shadows, outage_budget_s: float = 0.0
+) -> None:
+    """Load one clean batch and decide its message's ack; a destination outage is ridden out for `outage_budget_s`
+    (LoaderSettings.outage_budget_s) over the deliveries."""
     opened = await open_batch(raw, "clean batch", Kind.CLEAN)
     if opened is None:
         return
@@ -53,8 +56,12 @@ async def handle_clean_batch(ctx: ServiceContext, raw: Any, shadows: lineage.Sha
             await lineage.check_supersedes(ctx.kv, batch)  # before anything is written: a forgery deletes nothing
             if batch.evolved:  # the table is brought up to the evolved model first: each change a migration
                 await _evolve(ctx, base, pipeline, batch, shadows.destination(pipeline, batch))
-            n = await asyncio.to_thread(
-                lambda: load_replacing_parent(pipeline, batch, body, shadows.destination(pipeline, batch))
+            n = await ride_out_outage(
+                lambda: asyncio.to_thread(
+                    load_replacing_parent, pipeline, batch, body, shadows.destination(pipeline, batch)
+                ),
+                outage_budget_s,
+                delivery_count(raw),
             )
             await ctx.bus.event(BatchLoaded(**base, records=n, destination=pipeline.loader.describe()))
             ctx.count("batches_loaded")
@@ -94,7 +101,7 @@ def make_router(ctx: ServiceContext) -> NatsRouter:
     stage_subscriber(
         router,
         "loader",
-        lambda raw: handle_clean_batch(ctx, raw, shadows),
+        lambda raw: handle_clean_batch(ctx, raw, shadows, settings.outage_budget_s),
         fetch_batch=settings.fetch_batch,
         fetch_timeout=settings.fetch_timeout,
         ctx=ctx,

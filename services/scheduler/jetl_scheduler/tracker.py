@@ -1,10 +1,12 @@
 """The run tracker: folds JETL_EVENTS into the state bucket and declares a run complete when it settles.
 
 Completion is derived, never asserted: a run completes when the extractor said how many batches it made and each
-of them reached the destination or the DLQ. Only then does the extractor cursor advance, and it advances before
-run.completed is published: whoever sees run.completed and asks for the next run gets the new cursor (the other
-order let a next run re-extract what the last one loaded). A crash between the two re-derives run.completed when
-the event is redelivered; the cursor write is idempotent.
+of them reached the destination or the DLQ, unless the destination refused every record that reached it (none
+loaded, some dead-lettered by the loader: `RunState.refused_by_destination`): that run fails, and its cursor stays.
+Only on completion does the extractor cursor advance, and it advances before run.completed is published: whoever
+sees run.completed and asks for the next run gets the new cursor (the other order let a next run re-extract what
+the last one loaded). A crash between the two re-derives run.completed when the event is redelivered; the cursor
+write is idempotent.
 
 Events come over the bus, so the tracker trusts each event type only from the roles whose work it reports (the
 role token of its subject, which NATS permissions hold each user to: `jetl.events.trusted`); an event from another
@@ -106,6 +108,22 @@ async def advance_cursor(kv: KeyValue, state: RunState) -> None:
     await put_cursor(kv, state.pipeline, state.cursor)
 
 
+def verdict(ctx: ServiceContext, state: RunState) -> RunCompleted | RunFailed:
+    """What a settled run's end is: run.completed, or run.failed when the destination refused all it was given."""
+    refused = state.refused_by_destination()
+    if refused is None:
+        return completion(ctx, state)
+    return RunFailed(
+        pipeline=state.pipeline,
+        run_id=state.run_id,
+        service="scheduler",
+        instance=ctx.instance,
+        code_hash=state.code_hash,
+        error=refused,
+        stage="load",
+    )
+
+
 def completion(ctx: ServiceContext, state: RunState) -> RunCompleted:
     """The run.completed event of a settled run."""
     c = state.counts()
@@ -190,26 +208,31 @@ async def _track_run(
             log.warning("run not settled", pipeline=state.pipeline, run_id=state.run_id, why=refused)
         elif state.settled and state.status not in ("completed", "failed"):
             c = state.counts()
-            await advance_cursor(ctx.kv, state)
-            done = completion(ctx, state)
-            # The run's state says completed, and it leaves the unfinished index, before anyone hears of it: whoever
-            # sees run.completed and asks for the next run finds nothing in its way (the extractor refuses a run
-            # that would overlap an unfinished one of a pipeline that keeps a cursor).
+            done = verdict(ctx, state)
+            if isinstance(done, RunCompleted):
+                await advance_cursor(ctx.kv, state)
+            # The run's state says completed (or failed), and it leaves the unfinished index, before anyone hears of
+            # it: whoever sees the end and asks for the next run finds nothing in its way (the extractor refuses a
+            # run that would overlap an unfinished one of a pipeline that keeps a cursor).
             state = await apply_many(ctx.kv, [done], ttl=ttl, ledgers=ledgers)
             await record_outcome(ctx, done, state, alerter)
             await ctx.bus.event(done)
-            log.info(
-                "run completed",
+            ended = isinstance(done, RunCompleted)
+            (log.info if ended else log.error)(
+                "run completed" if ended else "run failed: the destination refused every record",
                 pipeline=state.pipeline,
                 run_id=state.run_id,
                 cursor_from=state.start_cursor,
                 cursor_to=state.cursor,
                 **c,
             )
-        elif state.settled and state.status == "completed" and not any(isinstance(e, RunCompleted) for e in events):
-            # a settling event delivered again: the last delivery may have stopped between folding the completion
-            # and announcing it, so announce it (deduplicated by its message id if it went out)
-            await ctx.bus.event(completion(ctx, state))
+        elif state.settled and not any(isinstance(e, (RunCompleted, RunFailed)) for e in events):
+            # a settling event delivered again: the last delivery may have stopped between folding the end and
+            # announcing it, so announce it (deduplicated by its message id if it went out)
+            done = verdict(ctx, state)
+            said = "completed" if isinstance(done, RunCompleted) else "failed"
+            if state.status == said and (isinstance(done, RunCompleted) or state.error == done.error):
+                await ctx.bus.event(done)
         if state.status in ("completed", "failed"):
             if ledgers is not None:
                 ledgers.forget(run_key(state.pipeline, state.run_id))

@@ -355,27 +355,22 @@ def runs_cancel(
     """
 
     async def _go() -> RunState | None:
-        import asyncio
-
-        from jetl.state import bucket, get_run
-
         async with client() as jc:
             state = await jc.cancel(run_id, reason, pipeline, by)
-            kv = await bucket(jc.conn)
-            deadline = asyncio.get_running_loop().time() + wait
-            while True:  # the overlap guard reads the folded state: done once the tracker has folded it
-                folded = await get_run(kv, state.pipeline, run_id)
-                if folded is not None and folded.cancelled:
-                    return folded
-                if asyncio.get_running_loop().time() >= deadline:
-                    return None
-                await asyncio.sleep(0.2)
+            # the overlap guard reads the folded state: done once the tracker has folded the run's end
+            return await jc.verdict(state.pipeline, run_id, timeout=wait)
 
     folded = run_async(_go())
     if folded is None:
         err_console.print(
             f"[yellow]run.cancelled is logged for {run_id}, but the tracker has not folded it within {wait:.0f}s "
             "(is the scheduler running? `jetl health`)[/yellow]"
+        )
+        raise typer.Exit(EXIT_FAILED)
+    if folded.status == "completed":
+        err_console.print(
+            f"[red]refused: run {run_id} of {folded.pipeline} completed before the cancel reached the tracker; it "
+            "stays completed (its rows are loaded and its cursor moved)[/red]"
         )
         raise typer.Exit(EXIT_FAILED)
     if json_out:

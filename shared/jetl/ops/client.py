@@ -37,7 +37,7 @@ from jetl.projection import RunState, fold
 from jetl.protocols import Diff, RunView
 from jetl.schedule import Slot
 from jetl.settings import JetlSettings
-from jetl.state import bucket, list_runs
+from jetl.state import bucket, get_run, list_runs
 from jetl.subjects import Kind
 from jetl.topology import require_deployment
 
@@ -59,6 +59,8 @@ def manual_run_id(pipeline: str) -> str:
 
 
 SETTLE_GRACE_S = 2.0
+VERDICT_WAIT_S = 15.0
+"""Seconds a client waits for the tracker to fold a run's end (`JetlClient.verdict`), as `jetl runs cancel` does."""
 """How long `JetlClient.wait` keeps reading a failed run's events for its batches to settle."""
 
 
@@ -213,6 +215,14 @@ class JetlClient:
                         on_event(ev, state)
                     if isinstance(ev, (RunCompleted, RunFailed, RunCancelled)):
                         break
+                if isinstance(ev, RunCancelled) and (judged := await self.verdict(pipeline, run_id)) is not None:
+                    # a cancel the tracker folded after it had completed the run is refused: the completion stands,
+                    # and its run.completed is on its way to the log (it may come after the cancel there)
+                    while judged.status == "completed" and not isinstance(ev, RunCompleted):
+                        ev = await anext(events)
+                        state, last = fold(state, ev), (ev, time.monotonic())
+                        if on_event is not None:
+                            on_event(ev, state)
                 # run.failed goes on the log before the batch.rejected of the batch that failed it (so the run
                 # cannot complete first: `jetl.runtime.stage.reject_batch`): wait a moment for that to settle too
                 grace = time.monotonic() + SETTLE_GRACE_S
@@ -236,6 +246,20 @@ class JetlClient:
                 wait_message(pipeline, run_id, timeout, state, last, None if nats_up else self.settings.nats.url),
                 nats_up=nats_up,
             ) from exc
+
+    async def verdict(self, pipeline: str, run_id: str, timeout: float = VERDICT_WAIT_S) -> RunState | None:
+        """The run's state as the tracker folded it, once finished: whichever of a cancel and the run's completion
+        the tracker folded first stands (a cancel that reached it after the run completed is refused, the completion
+        and its cursor stand). None: the tracker has not finished the run within `timeout` seconds."""
+        kv = await self.kv()
+        deadline = time.monotonic() + timeout
+        while True:
+            folded = await get_run(kv, pipeline, run_id)
+            if folded is not None and folded.status in ("completed", "failed"):
+                return folded
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.2)
 
     async def nats_answers(self) -> bool:
         """Whether NATS answers right now (this connection is up, or a fresh one gets through)."""

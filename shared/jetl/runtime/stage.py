@@ -3,19 +3,25 @@
 Every consumer (the extractor, transformer and loader, the scheduler's tracker and watchdog) handles its messages in
 `async with settle(msg, dead_letter):`, the one ack rule: ack on success; a transient error naks with backoff until
 `MAX_DELIVER`; a terminal one (or the last delivery of a transient one) is dead-lettered, then term'ed.
+
+An outage (`jetl.errors.DestinationUnavailable`: a destination that is down or unreachable) lasts longer than that
+backoff (about 4 s over the deliveries), so the loader rides one out first (`ride_out_outage`): each delivery retries
+the write in place, its ack wait beaten, for a share of the outage budget, before the ack rule takes the error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from nats.errors import NotJSMessageError
 
 from jetl import metrics
-from jetl.errors import StoreFull, TerminalError, classify, refused_for_room
+from jetl.errors import DestinationUnavailable, StoreFull, TerminalError, classify, refused_for_room
 from jetl.events import BatchRejected, RunFailed
 from jetl.logging import get_logger
 from jetl.messages.deadletter import DeadLetter
@@ -104,6 +110,39 @@ def stream_sequence(msg: Any) -> int | None:
 def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Exponential backoff with full jitter."""
     return float(random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1))))
+
+
+T = TypeVar("T")
+OUTAGE_STEP_CAP_S = 5.0
+"""The longest pause between two tries of a write during an outage: a destination that is back is written within
+about this long."""
+
+
+async def ride_out_outage(work: Callable[[], Awaitable[T]], budget_s: float, attempt: int = 1) -> T:
+    """`work()`, tried again while it raises DestinationUnavailable, with capped exponential backoff (1, 2, 4, 5, 5...
+    seconds, jittered), for this delivery's share of `budget_s`: budget_s / MAX_DELIVER each, so the deliveries
+    JetStream allows ride out an outage of about `budget_s` in all (a process that dies mid-way gives its share back
+    to the next delivery). Past its share the error goes to the ack rule (`decide_ack`): nak until MAX_DELIVER, then
+    the DLQ and a failed run, naming the batch. The caller's ack wait is beaten meanwhile (`keep_alive`)."""
+    deadline = time.monotonic() + max(0.0, budget_s) / MAX_DELIVER
+    tries = 0
+    while True:
+        try:
+            return await work()
+        except DestinationUnavailable as exc:
+            tries += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            pause = min(left, OUTAGE_STEP_CAP_S, 2.0 ** (tries - 1)) * random.uniform(0.8, 1.0)
+            log.warning(
+                "destination unavailable, retrying",
+                error=str(exc),
+                delivery=attempt,
+                tries=tries,
+                retry_in_s=round(pause, 2),
+            )
+            await asyncio.sleep(pause)
 
 
 async def decide_ack(msg: Any, exc: BaseException | None, dead_letter: DeadLetterFn) -> Outcome:

@@ -10,6 +10,8 @@ from jetl.events import (
     BatchExtracted,
     BatchLoaded,
     BatchRejected,
+    RunCancelled,
+    RunCompleted,
     RunExtracted,
     RunRequested,
     RunStarted,
@@ -79,3 +81,36 @@ def test_each_event_type_is_trusted_only_from_the_roles_whose_work_it_reports() 
     assert read_event(subjects.events("p", "r", "extractor"), loaded.model_dump_json().encode()) is None
     assert read_event(subjects.events("p", "r", "loader"), loaded.model_dump_json().encode()) == loaded
     assert read_event("jetl.events.p.r", loaded.model_dump_json().encode()) is None  # no role: not believed
+
+
+def test_a_completion_the_tracker_announced_stands_over_a_cancel_it_folded_too_late() -> None:
+    run = [RunRequested(pipeline="p", run_id="r"), RunStarted(pipeline="p", run_id="r")]
+    late = RunCancelled(pipeline="p", run_id="r", reason="too late")
+    done = RunCompleted(pipeline="p", run_id="r", extracted=1, loaded=1, rejected=0, filtered=0)
+    for order in ((late, done), (done, late)):  # either order in the log: the tracker completed it first
+        st = state_of(*run, *order)
+        assert (st.status, st.cancelled, st.error) == ("completed", False, None)
+
+
+def test_a_settled_run_whose_every_record_the_destination_refused_fails_naming_why() -> None:
+    refused = BatchRejected(
+        pipeline="p",
+        run_id="r",
+        batch_id="r/000000",
+        seq=0,
+        stage="load",
+        records=3,
+        reason="no column 'x'",
+        scope="batch",
+    )
+    st = state_of(
+        RunRequested(pipeline="p", run_id="r"),
+        RunStarted(pipeline="p", run_id="r"),
+        BatchExtracted(pipeline="p", run_id="r", batch_id="r/000000", seq=0, records=3),
+        refused,
+        RunExtracted(pipeline="p", run_id="r", batches=1, records=3),
+    )
+    assert st.settled and st.reconciles and "refused every record" in str(st.refused_by_destination())
+    assert "no column 'x'" in str(st.refused_by_destination())
+    loaded = BatchLoaded(pipeline="p", run_id="r", batch_id="r/000001", seq=1, records=1)
+    assert fold(st, loaded).refused_by_destination() is None  # some rows loaded: it completes, with dead letters

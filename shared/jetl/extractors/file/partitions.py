@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from jetl.extractors.file.cursor import _size
 from jetl.extractors.file.sources import Compression, Format, _compression_of, _format_of
 from jetl.protocols import Partition
 
@@ -19,7 +20,7 @@ def _plan(
 ) -> list[Partition]:
     """The partitions of the files `todo` (path, loaded-file key): one of them all when every file is at most
     `partition_bytes` (and not `partition_files`), else one per file, a large JSONL or CSV file in byte ranges."""
-    sizes = {key: path.stat().st_size for path, key in todo}
+    sizes = {key: _size(key) for _, key in todo}  # as planned: what a writer appends meanwhile is the next run's
     if not partition_files and all(size <= partition_bytes for size in sizes.values()):
         return [Partition({"files": [[str(path), key] for path, key in todo]})]
     out: list[Partition] = []

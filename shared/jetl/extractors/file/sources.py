@@ -27,7 +27,9 @@ def _compression_of(path: Path, compression: Compression) -> Literal["gzip", "zs
     return "none"
 
 
-def _open(path: Path, compression: Compression = "auto") -> IO[bytes]:
+def _open(path: Path, compression: Compression = "auto", size: int | None = None) -> IO[bytes]:
+    """The file's bytes, decompressed; an uncompressed file only up to `size` when given (the size its run planned:
+    what a writer appends meanwhile is the next run's)."""
     kind = _compression_of(path, compression)
     if kind == "gzip":
         return gzip.open(path, "rb")  # type: ignore[return-value]
@@ -37,7 +39,7 @@ def _open(path: Path, compression: Compression = "auto") -> IO[bytes]:
         # The zstd stream reader cannot iterate lines; a BufferedReader over it can.
         raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # noqa: SIM115
         return io.BufferedReader(raw)  # type: ignore[arg-type]
-    return open(path, "rb")
+    return open(path, "rb") if size is None else _open_range(path, 0, size)
 
 
 class _Limited(io.RawIOBase):

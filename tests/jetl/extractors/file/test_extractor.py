@@ -241,11 +241,11 @@ async def test_the_cursor_is_a_watermark_and_a_bounded_set_however_many_files_we
     late = tmp_path / "late.jsonl"  # copied in later with an old mtime kept: older than the watermark
     late.write_bytes(jsonl([{"id": -1}]))
     os.utime(late, (1_700_000_000, 1_700_000_000))
-    changed = tmp_path / "39.jsonl"  # the newest file rewritten: a new mtime, so it loads again
-    changed.write_bytes(jsonl([{"id": 39}, {"id": 390}]))
+    changed = tmp_path / "39.jsonl"  # the newest file rewritten (not appended to): a new key, so it loads again
+    changed.write_bytes(jsonl([{"id": 391}, {"id": 390}]))
     again = FileExtractor(tmp_path / "*.jsonl", cursor_grace_s=3 * day, cursor_max_files=2)
     got = sorted(r["id"] for r in records(await collect(again, ctx(cursor))))
-    assert got == [39, 40, 390]  # nothing of the forty again, nothing older than the watermark
+    assert got == [40, 390, 391]  # nothing of the forty again, nothing older than the watermark
     assert len(again.next_cursor()["files"]) <= 2  # type: ignore[index]
 
 

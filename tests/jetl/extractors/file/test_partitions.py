@@ -9,7 +9,7 @@ import pytest
 
 from jetl.errors import TerminalError
 from jetl.extractors.file import FileExtractor
-from jetl.protocols import ExtractContext, Partition
+from jetl.protocols import ExtractContext, Partition, Unreadable
 
 
 def _read_all(ex: FileExtractor, ctx: ExtractContext) -> tuple[int, list[str], list[str]]:
@@ -53,7 +53,7 @@ def test_a_file_changed_after_planning_is_refused(tmp_path: Path) -> None:
     ex = FileExtractor(src, partition_bytes=100)
     ctx = ExtractContext(pipeline="p", run_id="r")
     part = ex.partitions(ctx)[0]
-    src.write_text('{"id": 1}\n' * 101)
+    src.write_text('{"id": 2}\n' * 90)  # rewritten (a file appended to is read as planned: the test below)
 
     async def go() -> None:
         async for _ in ex.extract_partition(ctx, part):
@@ -139,3 +139,83 @@ def test_a_listed_file_replaced_by_a_link_out_is_refused_though_the_listing_is_k
     forged = Partition({"files": [[str(src), FileExtractor._key(src)]]})
     with pytest.raises(TerminalError, match="refused"):
         asyncio.run(read(forged))
+
+
+def _stray(tmp_path: Path, closing: str) -> tuple[Path, list[str]]:
+    """A CSV of 122 rows where row 30 opens a quote it never closes, and row 75 holds `closing`."""
+    src = tmp_path / "stray.csv"
+    lines = []
+    for i in range(1, 123):
+        lines.append(f'{i},"bad name,1.5' if i == 30 else f"{i},{closing},2.0" if i == 75 else f"{i},n{i},1.5")
+    src.write_text("id,name,price\n" + "".join(f"{line}\n" for line in lines))
+    return src, lines
+
+
+@pytest.mark.parametrize("closing", ['he said "hi"', 'name"', "no quote"])
+@pytest.mark.parametrize("partition_bytes", [100, 1 << 20])
+def test_a_stray_quote_swallows_no_row_each_line_is_a_record_or_a_dead_letter_with_its_body(
+    tmp_path: Path, closing: str, partition_bytes: int
+) -> None:
+    src, lines = _stray(tmp_path, closing)
+    ex = FileExtractor(src, partition_bytes=partition_bytes)
+    ctx = ExtractContext(pipeline="p", run_id="r")
+
+    async def go() -> tuple[list[dict[str, str]], list[str], list[tuple[str, str]]]:
+        records, origins, rejected = [], [], []
+        for part in ex.partitions(ctx):
+            async for chunk in ex.extract_partition(ctx, part):
+                records.extend(chunk.records)
+                origins.extend(chunk.origin_list())
+                rejected.extend(chunk.rejected)
+        return records, origins, rejected
+
+    records, origins, rejected = asyncio.run(go())
+    assert len(records) + len(rejected) == 122  # every row of the file is counted: none vanished inside another
+    assert sorted([*origins, *(o for o, _ in rejected)], key=lambda o: int(o.rsplit(":", 1)[1])) == [
+        f"{src}:{n}" for n in range(2, 124)
+    ]
+    assert all("\n" not in r["name"] for r in records)  # no row holds the lines after it
+    bad = {o: u for o, u in ((u[0], u) for u in rejected)}
+    assert f"{src}:31" in bad and "stray quote" in bad[f"{src}:31"][1]
+    for origin, u in bad.items():  # each dead letter keeps its line as read
+        assert isinstance(u, Unreadable) and u.input == lines[int(origin.rsplit(":", 1)[1]) - 2]
+    assert {r["id"] for r in records} >= {str(i) for i in range(31, 75)}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("partition_bytes", [64, 1 << 20])
+def test_a_file_appended_to_during_a_run_is_read_as_planned_and_the_next_run_reads_only_the_rest(
+    tmp_path: Path, fmt: str, partition_bytes: int
+) -> None:
+    src = tmp_path / f"grow.{fmt}"
+    head = "id,name\n" if fmt == "csv" else ""
+
+    def line(i: int) -> str:
+        return f"{i},n{i}\n" if fmt == "csv" else f'{{"id": {i}, "name": "n{i}"}}\n'
+
+    src.write_text(head + "".join(line(i) for i in range(40)))
+    ex = FileExtractor(src, partition_bytes=partition_bytes)
+
+    async def run(cursor: dict[str, object] | None, append: range | None) -> tuple[list[str], list[str], object]:
+        ctx = ExtractContext(pipeline="p", run_id="r", cursor=cursor)
+        parts = ex.partitions(ctx)
+        if append is not None:  # a writer appends while the run reads
+            with src.open("a") as fh:
+                fh.write("".join(line(i) for i in append))
+        ids, origins = [], []
+        for part in parts:
+            async for chunk in ex.extract_partition(ctx, part):
+                ids.extend(str(r["id"]) for r in chunk.records)
+                origins.extend(chunk.origin_list())
+                assert not chunk.rejected, chunk.rejected
+        return ids, origins, ex.next_cursor()
+
+    first, _, cursor = asyncio.run(run(None, range(40, 70)))
+    assert first == [str(i) for i in range(40)]  # as planned: not what was appended meanwhile
+    second, origins, cursor = asyncio.run(run(cursor, None))  # type: ignore[arg-type]
+    assert second == [str(i) for i in range(40, 70)]  # only the rest, with its own line numbers
+    skip = 2 if fmt == "csv" else 1
+    assert origins == [f"{src}:{i + skip}" for i in range(40, 70)]
+    assert asyncio.run(run(cursor, None))[0] == []  # type: ignore[arg-type]
+    src.write_text(head + "".join(line(i) for i in range(100, 180)))  # rewritten, larger: read whole again
+    assert asyncio.run(run(cursor, None))[0] == [str(i) for i in range(100, 180)]  # type: ignore[arg-type]
