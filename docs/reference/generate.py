@@ -21,7 +21,16 @@ OUT = Path(__file__).parent / "api.md"
 GROUPS = [
     (
         "Pipelines and settings",
-        ["Pipeline", "Cron", "JetlSettings", "discover", "get_pipeline", "get_pipeline_registry", "clear_registry"],
+        [
+            "Pipeline",
+            "Contract",
+            "Cron",
+            "JetlSettings",
+            "discover",
+            "get_pipeline",
+            "get_pipeline_registry",
+            "clear_registry",
+        ],
     ),
     (
         "Plugin contracts",

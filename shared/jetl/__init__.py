@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "Batch": "jetl.messages",
     "DeadLetter": "jetl.messages",
     "RunRequest": "jetl.messages",
+    "Contract": "jetl.pipeline",
     "Pipeline": "jetl.pipeline",
     "Check": "jetl.protocols",
     "Chunk": "jetl.protocols",
@@ -114,6 +115,7 @@ if _typing.TYPE_CHECKING:
     from jetl.messages import Batch as Batch
     from jetl.messages import DeadLetter as DeadLetter
     from jetl.messages import RunRequest as RunRequest
+    from jetl.pipeline import Contract as Contract
     from jetl.pipeline import Pipeline as Pipeline
     from jetl.protocols import Check as Check
     from jetl.protocols import Chunk as Chunk

@@ -181,8 +181,9 @@ class SchemaMismatch(TerminalError):
 
 
 class SchemaFrozen(TerminalError):
-    """A batch whose records drift from the input model of a pipeline under `schema_contract="freeze"`: it is held
-    whole in the dead-letter stream, and its run fails naming the drift."""
+    """A batch whose records drift from the input model of a pipeline under `schema_contract="freeze"` (or in a
+    field a per-field `Contract` freezes): it is held whole in the dead-letter stream, and its run fails naming the
+    drift."""
 
     fails_run = True
     """Its run fails with it (`jetl.runtime.stage.reject_batch`): the run's cursor must not move past what it held."""

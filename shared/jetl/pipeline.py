@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -73,6 +73,32 @@ SCHEMA_CONTRACTS: tuple[str, ...] = ("evolve", "freeze", "discard_row", "discard
 """The contracts (`Pipeline.schema_contract`, docs/schema.md)."""
 
 
+@dataclass(frozen=True)
+class Contract:
+    """A schema contract per field: `default` for the pipeline's drift, `fields` for some fields of its input model
+    (by path, nested ones joined by dots; a field's mode covers what is nested in it). A field a record holds that
+    the model does not know (a new one) takes the mode of the model field it is nested in, else `default`.
+
+    `Contract("freeze", {"notes": "discard_value"})`: a batch is held when any field but `notes` drifts, and a
+    mistyped `notes` value is dropped from its record. A mode of None reports the field's drift only. `evolve` is
+    the whole pipeline's (`schema_contract="evolve"`), never one field's."""
+
+    default: SchemaContract | None = None
+    fields: Mapping[str, SchemaContract | None] = field(default_factory=dict)
+
+    def mode_of(self, path: str) -> SchemaContract | None:
+        """The mode of the drift at `path`: its own, else the nearest enclosing field's, else the default."""
+        while True:
+            if path in self.fields:
+                return self.fields[path]
+            if "." not in path:
+                return self.default
+            path = path.rsplit(".", 1)[0]
+
+    def __str__(self) -> str:
+        return "; ".join([str(self.default), *(f"{k}: {v}" for k, v in self.fields.items())])
+
+
 @dataclass
 class Pipeline:
     """One pipeline. Build it in `register_pipelines()` of a `pipelines/<name>_pipeline.py` module."""
@@ -97,12 +123,13 @@ class Pipeline:
     deletes: Deletes | str | None = None
     """Which records are delete markers (a bool field's name, or `Deletes(field, value)`): under merge a marker
     removes its key, under history it closes it."""
-    schema_contract: SchemaContract | None = None
+    schema_contract: SchemaContract | Contract | None = None
     """What a batch whose records drift from the input model becomes (docs/schema.md): None, drift is reported and
     the model decides as ever (new fields are ignored, values it refuses are dead-lettered); "freeze", the batch is
     held whole in the dead-letter stream and the run fails naming the drift; "discard_row", drifted records are
     dropped (counted as filtered); "discard_value", new fields' and mistyped values are dropped, the records kept;
-    "evolve", new fields become columns and types widen (`jetl.evolution`), each change a migration.
+    "evolve", new fields become columns and types widen (`jetl.evolution`), each change a migration. A `Contract`
+    gives fields their own mode beside the pipeline's.
     Every record of every batch is checked under a contract; without one, a clean batch is sampled."""
 
     def __post_init__(self) -> None:
@@ -128,6 +155,12 @@ class Pipeline:
         if isinstance(self.loader, SchemaCheckingLoader):
             self.loader.check_schema(self.schema)
         self._check_output_fields()
+
+    @property
+    def contract(self) -> Contract | None:
+        """The schema contract, per field (a pipeline-wide mode is a `Contract` with no fields)."""
+        c = self.schema_contract
+        return c if isinstance(c, Contract) or c is None else Contract(c)
 
     @property
     def write_spec(self) -> WriteSpec:
@@ -173,11 +206,21 @@ class Pipeline:
         from jetl.transformers.type_ import TypeTransformer
 
         where = f"pipeline {self.name!r}"
-        if self.schema_contract is None:
+        if isinstance(self.schema_contract, Contract) and not self.schema_contract.fields:
+            self.schema_contract = self.schema_contract.default  # one mode for the pipeline: said as its name
+        contract = self.contract
+        if contract is None:
             return
-        if self.schema_contract not in SCHEMA_CONTRACTS:
+        modes = [contract.default, *contract.fields.values()]
+        bad = next((m for m in modes if m is not None and m not in SCHEMA_CONTRACTS), None)
+        if bad is not None:
             raise ConfigError(
-                f"{where}: schema_contract must be one of {list(SCHEMA_CONTRACTS)}, got {self.schema_contract!r}"
+                f"{where}: schema_contract must be one of {list(SCHEMA_CONTRACTS)} or a Contract of them, got {bad!r}"
+            )
+        if contract.fields and "evolve" in modes:
+            raise ConfigError(
+                f"{where}: 'evolve' is the whole pipeline's contract (schema_contract=\"evolve\"), not one field's "
+                "beside others"
             )
         if self.transformers and not isinstance(self.transformers[0], TypeTransformer):
             raise ConfigError(
@@ -196,6 +239,23 @@ class Pipeline:
                 raise ConfigError(f"{where}: schema_contract 'evolve' names columns by the records' keys: no aliases")
             if not isinstance(self.loader, EvolvingLoader):
                 raise ConfigError(f"{where}: schema_contract 'evolve': {self.loader!r} cannot evolve its destination")
+        if contract.fields:
+            self._check_contract_fields(contract)
+
+    def _check_contract_fields(self, contract: Contract) -> None:
+        """Fail at start-up on a per-field mode for a field the input model does not have (a typo would otherwise
+        leave the field under the default mode without a word)."""
+        from jetl.transformers.drift import input_model, model_paths
+
+        model = input_model(self)
+        assert model is not None  # _check_contract refused a contract without one
+        known = model_paths(*model)
+        for path in contract.fields:
+            if path not in known:
+                raise ConfigError(
+                    f"pipeline {self.name!r}: schema_contract names field {path!r}, which its input model "
+                    f"{model[0].__name__} does not have (its fields: {', '.join(known)})"
+                )
 
     def _check_output_fields(self) -> None:
         """Fail at start-up when the transformers' last known output lacks a field the schema requires."""

@@ -230,3 +230,71 @@ def test_each_contract_does_what_docs_schema_says(
     for name, (code, ledger) in counts.items():
         assert code == 0, (name, ledger)
         assert ledger["verdict"]["mismatched_runs"] == []
+
+
+PER_FIELD = (
+    MODEL.replace("TypeTransformer", "TypeTransformer, Contract")
+    + """
+def register_pipelines():
+    return [
+        Pipeline(name="mixed", extractors=[FileExtractor("INPUT/*.jsonl")], transformers=[TypeTransformer(Item)],
+                 loader=FileLoader("OUTPUT"), schema=Item, batch_size=10,
+                 schema_contract=Contract("freeze", fields={"note": "discard_value"})),
+    ]
+"""
+)
+
+
+def test_a_field_discards_its_drifted_values_while_the_rest_freezes(
+    tmp_path: Path, nats: NatsHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Contract("freeze", fields={"note": "discard_value"})`: a batch whose `note` is an object in some records
+    loads whole, those notes dropped (note is optional: the records load with none); a batch with a new field is held
+    whole as under freeze, its reason naming that field only; the ledger reconciles."""
+    inputs, output, pipelines, data = tmp_path / "in", tmp_path / "out", tmp_path / "pipelines", tmp_path / "data"
+    inputs.mkdir()
+    lines = {
+        "a_clean.jsonl": [{"id": i, "name": f"n{i}", "qty": i, "note": "ok"} for i in range(1, 11)],
+        "b_note.jsonl": [
+            {"id": i, "name": f"n{i}", "qty": i, "note": {"k": i} if i % 3 == 0 else "ok"} for i in range(11, 21)
+        ],
+        "c_color.jsonl": [
+            {"id": i, "name": f"n{i}", "qty": i, "color": "red", "note": {"k": i}} for i in range(21, 31)
+        ],
+    }
+    for name, recs in lines.items():
+        (inputs / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    pipelines.mkdir()
+    (pipelines / "mixed_pipeline.py").write_text(PER_FIELD.replace("INPUT", str(inputs)).replace("OUTPUT", str(output)))
+
+    async def run() -> tuple[RunState, list[Any]]:
+        async with JetlClient(JetlSettings(nats=NatsSettings(url=nats.url))) as jc:
+            req = await jc.request_run("mixed")
+            await jc.wait("mixed", req.run_id, timeout=120)
+            async for _ in jc.follow("mixed", req.run_id):
+                st = await jc.run_state("mixed", req.run_id)
+                if st is not None and st.loaded + st.rejected + st.filtered == 30:
+                    return st, await jc.dead_letters("mixed")
+            raise AssertionError("the event log ended")
+
+    with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url) as stack:
+        st, held = asyncio.run(run())
+        stack.check()
+        monkeypatch.setenv("JETL_NATS__URL", nats.url)
+        _, diff = cli("schema", "diff", "mixed", "--json")
+        code, ledger = cli("counts", "mixed", "--json")
+
+    assert (st.extracted, st.loaded, st.rejected, st.filtered) == (30, 20, 10, 0)
+    assert st.reconciles and st.status == "failed"
+    assert st.error is not None and "new field 'color'" in st.error and "note" not in st.error
+    assert [(dl.scope, dl.error_type, len(dl.records)) for dl in held] == [("batch", "SchemaFrozen", 10)]
+    written = sorted(
+        (json.loads(line) for p in output.glob("mixed/*/*.jsonl") for line in p.read_text().splitlines()),
+        key=lambda r: r["id"],
+    )
+    assert [r["id"] for r in written] == list(range(1, 21))
+    assert [r["note"] for r in written if r["id"] in (12, 15, 18)] == [None, None, None]  # the objects, dropped
+    assert all(r["note"] == "ok" for r in written if r["id"] not in (12, 15, 18))
+    assert diff["discarded_values"] == 3 and diff["discarded_rows"] == 0
+    assert {(d["kind"], d["path"]) for d in diff["drift"]} == {("changed", "note"), ("new", "color")}
+    assert code == 0 and ledger["verdict"]["mismatched_runs"] == []

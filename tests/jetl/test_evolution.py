@@ -144,7 +144,7 @@ def test_evolutions_share_the_history_above_the_files(tmp_path: Path) -> None:
 def test_accept_checks_held_records_against_the_pipeline_as_it_is_now(tmp_path: Path) -> None:
     """`jetl schema accept` releases nothing that the pipeline would hold again: under freeze, until the model takes
     the drift; under evolve, unless evolve cannot change it."""
-    from jetl import FileExtractor, FileLoader, Pipeline, TypeTransformer
+    from jetl import Contract, FileExtractor, FileLoader, Pipeline, TypeTransformer
     from jetl.ops.schema import held_refusal
 
     class Wider(BaseModel):
@@ -153,7 +153,7 @@ def test_accept_checks_held_records_against_the_pipeline_as_it_is_now(tmp_path: 
         qty: float
         color: str | None = None
 
-    def pipeline(model: type[BaseModel], contract: str) -> Pipeline:
+    def pipeline(model: type[BaseModel], contract: str | Contract) -> Pipeline:
         return Pipeline(
             name="items",
             extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
@@ -170,3 +170,7 @@ def test_accept_checks_held_records_against_the_pipeline_as_it_is_now(tmp_path: 
     assert held_refusal(pipeline(Item, "evolve"), held) is None
     assert "nested" in str(held_refusal(pipeline(Item, "evolve"), [{"id": 1, "name": "a", "qty": 1, "inner": {}}]))
     assert held_refusal(pipeline(Item, "discard_row"), held) is None
+    # per field: only the fields still under freeze hold the batch again
+    only_color = Contract("freeze", {"qty": "discard_value", "name": None})
+    assert held_refusal(pipeline(Item, only_color), held) == "new field 'color'"
+    assert held_refusal(pipeline(Wider, Contract("freeze", {"qty": "discard_value"})), held) is None

@@ -190,12 +190,12 @@ async def _hold_to_contract(
         )
         log.warning(
             "schema drift",
-            contract=pipeline.schema_contract,
+            contract=str(pipeline.schema_contract),
             fields=[f"{f.kind} {f.path}" for f in contracted.fields][:10],
             discarded_rows=contracted.discarded_rows,
             discarded_values=contracted.discarded_values,
         )
-    if contracted.frozen and pipeline.schema_contract == "freeze":
+    if contracted.frozen:
         raise SchemaFrozen(f"schema contract freeze held batch {batch.batch_id}: {contracted.describe()}")
     return contracted
 

@@ -110,8 +110,8 @@ HELD = "SchemaFrozen"
 
 
 def held_refusal(pipeline: Pipeline, records: list[Any]) -> str | None:
-    """Why the pipeline as it is now would hold a held batch's records again (None: it takes them): under freeze,
-    any drift from its input model; under evolve, drift evolve does not change."""
+    """Why the pipeline as it is now would hold a held batch's records again (None: it takes them): drift from its
+    input model of a field under freeze; under evolve, drift evolve does not change."""
     import orjson
 
     from jetl.errors import SchemaFrozen
@@ -119,7 +119,8 @@ def held_refusal(pipeline: Pipeline, records: list[Any]) -> str | None:
     from jetl.transformers.drift import DriftFinder, input_model, model_shape
 
     model = input_model(pipeline)
-    if model is None or pipeline.schema_contract not in ("freeze", "evolve"):
+    contract = pipeline.contract
+    if model is None or contract is None:
         return None
     finder = DriftFinder(model_shape(*model))
     for r in records:
@@ -130,8 +131,8 @@ def held_refusal(pipeline: Pipeline, records: list[Any]) -> str | None:
                 continue
         finder.check(r)
     fields = finder.fields()
-    if pipeline.schema_contract == "freeze":
-        return "; ".join(f"{f.kind} field {f.path!r}" for f in fields) or None
+    if contract.default != "evolve":  # the fields under freeze (all of them under a pipeline-wide freeze)
+        return "; ".join(f"{f.kind} field {f.path!r}" for f in fields if contract.mode_of(f.path) == "freeze") or None
     try:
         evolution_of(pipeline.schema, fields, tuple(pipeline.primary_key))
     except SchemaFrozen as exc:

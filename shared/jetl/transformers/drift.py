@@ -125,6 +125,21 @@ def model_shape(model: type[BaseModel], by_alias: bool = False) -> dict[str, Sha
     return out
 
 
+def model_paths(model: type[BaseModel], by_alias: bool = False) -> list[str]:
+    """Every field path of `model` as records hold it, nested models' fields joined by dots (what a per-field
+    `Contract` may name)."""
+
+    def walk(shape: dict[str, Shape], prefix: str) -> list[str]:
+        out = []
+        for key, s in shape.items():
+            out.append(prefix + key)
+            if s.nested is not None:
+                out += walk(s.nested, prefix + key + ".")
+        return out
+
+    return walk(model_shape(model, by_alias), "")
+
+
 def input_model(pipeline: Pipeline) -> tuple[type[BaseModel], bool] | None:
     """The model a pipeline's raw records are checked against, with whether its fields are read by alias: its first
     transformer's when that is a TypeTransformer, its schema's when it has no transformers; None otherwise (the
@@ -147,13 +162,25 @@ class _Tally:
     example: str = ""
 
 
+@dataclass(frozen=True)
+class Place:
+    """One drifted place in a record: the dict holding it (the record, or a nested object of it), the key, its
+    path and kind of drift. A missing field's place is where it should have been."""
+
+    container: dict[str, Any]
+    key: str
+    path: str
+    kind: str
+
+
 @dataclass
 class DriftFinder:
     """Drift over records, field by field (`add`, then `fields`)."""
 
     shape: dict[str, Shape]
     records: int = 0
-    values: list[tuple[dict[str, Any], str]] | None = None
+    places: list[Place] | None = None
+    """When a list, each drifted place of the records checked goes on it, in order (what a contract acts on)."""
     _found: dict[tuple[str, str, str], _Tally] = field(default_factory=dict)
 
     def add(self, records: list[Any]) -> None:
@@ -176,28 +203,32 @@ class DriftFinder:
         t.count += 1
 
     def _walk(self, record: dict[str, Any], shape: dict[str, Shape], prefix: str) -> bool:
-        """Note the record's drift; whether it has any. Each new or mistyped value's place goes on `self.values`
-        when it is a list (what discard_value removes)."""
+        """Note the record's drift; whether it has any. Each drifted place goes on `self.places` when it is a
+        list."""
         drifted = False
         for key, value in record.items():
             path = prefix + key
             s = shape.get(key)
             if s is None:
-                self._note("new", path, "", json_kind(value), value)
+                drift = "new"
+                self._note(drift, path, "", json_kind(value), value)
             elif (kind := json_kind(value)) not in s.kinds:
-                self._note("changed", path, s.name, kind, value)
+                drift = "changed"
+                self._note(drift, path, s.name, kind, value)
             else:
                 if s.nested is not None and kind == "object":
                     drifted = self._walk(value, s.nested, path + ".") or drifted
                 continue
             drifted = True
-            if self.values is not None:
-                self.values.append((record, key))
+            if self.places is not None:
+                self.places.append(Place(record, key, path, drift))
         if len(record) < len(shape) or any(k not in record for k in shape):
             for key, s in shape.items():
                 if key not in record and s.required:
                     self._note("missing", prefix + key, s.name, "", None)
                     drifted = True
+                    if self.places is not None:
+                        self.places.append(Place(record, key, prefix + key, "missing"))
         return drifted
 
     def fields(self) -> list[DriftField]:
@@ -255,55 +286,65 @@ class Contracted:
     looked_at: int
     discarded_rows: int = 0
     discarded_values: int = 0
+    held: list[DriftField] = field(default_factory=list)
+    """The drift a freeze mode holds the batch for (empty: it goes on)."""
 
     @property
     def frozen(self) -> bool:
-        """A batch a freeze contract holds: it drifted."""
-        return bool(self.fields)
+        """A batch its contract holds: a field under freeze drifted."""
+        return bool(self.held)
 
     def describe(self) -> str:
-        """The drift in a line, for a run's error and a dead letter's reason."""
+        """The drift that holds the batch in a line, for a run's error and a dead letter's reason."""
         return "; ".join(
             f"{f.kind} field {f.path!r}"
             + (f" ({f.expected} -> {f.seen}, e.g. {f.example})" if f.kind == "changed" else "")
             + f" in {f.count} record(s)"
-            for f in self.fields
+            for f in self.held
         )
 
 
 def apply_contract(pipeline: Pipeline, body: bytes, count: int | None) -> Contracted:
-    """Every record of a raw batch checked against the input model, and what the pipeline's `schema_contract`
-    does with those that drift: nothing yet under "freeze" (the caller holds a batch that drifted) and "evolve" (the
-    caller evolves the model: `jetl.evolution`), drop them under
-    "discard_row", drop their new and mistyped values under "discard_value" (a required value dropped leaves its
-    record to be dead-lettered as missing it). A text that is no JSON object is kept as it was: the transformer
-    dead-letters it as unreadable."""
+    """Every record of a raw batch checked against the input model, and what the pipeline's contract does with each
+    drifted place, by the mode of its field (`Contract.mode_of`): "freeze" holds the batch (the caller raises, nothing
+    is discarded), "discard_row" drops its record, "discard_value" drops a new or mistyped value (a required value
+    dropped, or never sent, leaves its record to be dead-lettered as missing it), None leaves it to the model; under
+    "evolve" (the whole pipeline's) nothing yet: the caller evolves the model (`jetl.evolution`). A text that is no
+    JSON object is kept as it was: the transformer dead-letters it as unreadable."""
     model = input_model(pipeline)
-    mode = pipeline.schema_contract
+    contract = pipeline.contract
     records, positions, unread = read_records(body, count)
     n = len(records) + len(unread)
-    if model is None or mode is None:
+    if model is None or contract is None:
         return Contracted(body, n, None, [], 0)
-    finder = DriftFinder(model_shape(*model), values=[] if mode == "discard_value" else None)
-    drifted = [finder.check(r) for r in records]
+    places: list[Place] = []
+    finder = DriftFinder(model_shape(*model), places=places)
+    per_record = []
+    for r in records:
+        start = len(places)
+        finder.check(r)
+        per_record.append((start, len(places)))
     fields = finder.fields()
-    if not fields or mode in ("freeze", "evolve"):
+    if not fields or contract.default == "evolve":
         return Contracted(body, n, None, fields, finder.records)
+    held = [f for f in fields if contract.mode_of(f.path) == "freeze"]
+    if held:
+        return Contracted(body, n, None, fields, finder.records, held=held)
     where = positions if positions is not None else list(range(len(records)))
     items: dict[int, Any] = {u.position: _text(u.value) for u in unread}
     dropped = values = 0
-    if mode == "discard_value":
-        assert finder.values is not None
-        for container, key in finder.values:
-            container.pop(key, None)
-        values = len(finder.values)
-        items.update(zip(where, records, strict=True))
-    else:
-        for pos, r, bad in zip(where, records, drifted, strict=True):
-            if bad:
-                dropped += 1
-            else:
-                items[pos] = r
+    for pos, r, (a, z) in zip(where, records, per_record, strict=True):
+        modes = [contract.mode_of(p.path) for p in places[a:z]]
+        if "discard_row" in modes:
+            dropped += 1
+            continue
+        for p, mode in zip(places[a:z], modes, strict=True):
+            if mode == "discard_value" and p.kind != "missing":
+                p.container.pop(p.key, None)
+                values += 1
+        items[pos] = r
+    if not dropped and not values:  # drift of fields left to the model: the batch goes on as it came
+        return Contracted(body, n, None, fields, finder.records)
     kept = sorted(items)
     return Contracted(
         encode_records([items[i] for i in kept]), len(kept), kept, fields, finder.records, dropped, values

@@ -14,13 +14,14 @@ from starlette.templating import Jinja2Templates
 
 from jetl.errors import ConfigError, JetlError
 from jetl.eventlog import recent_runs
-from jetl.events import Event, RunStarted
+from jetl.events import Event, RunStarted, SchemaDrift, SchemaEvolved
 from jetl.ops.deadletters import letter_page, letter_rows, letters_at
 from jetl.ops.destination import QueryResult
 from jetl.ops.health import SERVICE_NAMES, ago, freshness, gather_health, service_beats
 from jetl.ops.ledger import audit_rows, ledger_report
 from jetl.ops.redrive import dead_letter_status, status_runs
 from jetl.ops.schedule_state import schedule_rows
+from jetl.ops.schema import drift_report
 from jetl.projection import RunState
 from jetl.state import get_run
 from jetl.ui.security import csrf_token
@@ -239,6 +240,15 @@ def timeline(events: list[Event]) -> dict[str, Any]:
     }
 
 
+def schema_changes(events: list[Event]) -> dict[str, Any]:
+    """A run's schema drift (`schema.drift`, summed per field as `jetl audit` does) and what evolve changed in the
+    destination for it (`schema.evolved`, each change with its batch and DDL)."""
+    return {
+        "drift": drift_report([e for e in events if isinstance(e, SchemaDrift)]),
+        "evolved": [e for e in events if isinstance(e, SchemaEvolved)],
+    }
+
+
 async def run_page(request: Request) -> Response:
     """One run: ledger, cursor, Gantt timeline, records/s, logs (live), dead letters, related runs."""
     d = dash(request)
@@ -264,6 +274,7 @@ async def run_page(request: Request) -> Response:
         counts=stage_counts(st),
         report=report,
         tl=timeline(events),
+        schema=schema_changes(events),
         letters=rows,
         letters_total=len(seqs),
         children=children,
@@ -297,6 +308,9 @@ async def pipeline_page(request: Request) -> Response:
         "rejected": [st.rejected for st in last],
         "duration": [duration(st) for st in last],
     }
+    # the newest run whose records drifted or whose table evolved (the run state names it), read whole like its page
+    changed = next((st for st in reversed(last) if st.drift or st.evolved), None)
+    schema = schema_changes(await d.client.events(changed.run_id, name)) if changed is not None else None
     sched = (await schedule_rows(d.client, [p], 5)) if p.schedule is not None else []
     f = await freshness(d.client, p, datetime.now(UTC), 2.0)
     slots: list[Any] = []
@@ -322,6 +336,8 @@ async def pipeline_page(request: Request) -> Response:
         chart=chart,
         sched=sched[0] if sched else None,
         runs=list(reversed(last))[:10],
+        schema_run=changed,
+        schema=schema,
         slots=slots,
         start=start,
         end=end,

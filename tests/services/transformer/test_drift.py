@@ -9,7 +9,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from jetl import ConfigError, FileExtractor, FileLoader, LambdaTransformer, Pipeline, TypeTransformer
+from jetl import ConfigError, Contract, FileExtractor, FileLoader, LambdaTransformer, Pipeline, TypeTransformer
 from jetl.messages.wire import encode_records, read_records
 from jetl.transformers.drift import DriftFinder, apply_contract, batch_drift, model_shape
 
@@ -26,7 +26,7 @@ class Customer(BaseModel):
     tags: list[str] = []
 
 
-def pipeline(tmp_path: Path, contract: str | None = None) -> Pipeline:
+def pipeline(tmp_path: Path, contract: str | Contract | None = None) -> Pipeline:
     return Pipeline(
         name="c",
         extractors=[FileExtractor(str(tmp_path / "*.jsonl"))],
@@ -108,3 +108,54 @@ def test_contracts_are_checked_at_start_up(tmp_path: Path) -> None:
             schema=Customer,
             schema_contract="freeze",
         )
+
+
+def test_a_field_mode_covers_its_nested_fields_and_new_fields_take_the_default() -> None:
+    c = Contract("freeze", {"address": "discard_row", "tags": None})
+    assert [c.mode_of(p) for p in ("address.zip", "address.floor", "tags", "price", "color")] == [
+        "discard_row",
+        "discard_row",
+        None,
+        "freeze",
+        "freeze",
+    ]
+
+
+def test_per_field_modes_act_on_their_own_fields(tmp_path: Path) -> None:
+    ok = {"id": 1, "price": 1.0, "address": {"city": "x", "zip": 1}}
+    moved = {"id": 2, "price": 1.0, "address": {"city": "x", "zip": "01234"}}  # a nested field mistyped
+    tagged = {"id": 3, "price": 1.0, "address": {"city": "x", "zip": 1}, "tags": "a"}  # a list field given a string
+    body = encode_records([orjson.dumps(r) for r in (ok, moved, tagged)])
+
+    out = apply_contract(
+        pipeline(tmp_path, Contract("freeze", {"address": "discard_row", "tags": "discard_value"})), body, 3
+    )
+    assert not out.frozen and (out.discarded_rows, out.discarded_values, out.kept) == (1, 1, [0, 2])
+    assert read_records(out.body, 2)[0] == [ok, {k: v for k, v in tagged.items() if k != "tags"}]
+
+    # the same drift under a freeze of `tags` holds the batch, naming only the frozen field
+    held = apply_contract(pipeline(tmp_path, Contract("discard_row", {"tags": "freeze"})), body, 3)
+    assert held.frozen and held.body == body and held.discarded_rows == 0
+    assert "'tags'" in held.describe() and "address" not in held.describe()
+    assert {f.path for f in held.fields} == {"address.zip", "tags"}  # the event still says all that drifted
+
+    # a field left to the model (None): reported, nothing discarded, the batch goes on as it came
+    told = apply_contract(pipeline(tmp_path, Contract(None, {"tags": "discard_value"})), body, 3)
+    assert (told.discarded_rows, told.discarded_values, told.kept) == (0, 1, [0, 1, 2])
+    assert read_records(told.body, 3)[0][1] == moved  # its drift left to the model, which dead-letters it
+    reported = apply_contract(pipeline(tmp_path, Contract("discard_value", {"address": None, "tags": None})), body, 3)
+    assert reported.body == body and reported.kept is None and len(reported.fields) == 2
+
+
+def test_per_field_contracts_are_checked_at_start_up(tmp_path: Path) -> None:
+    assert pipeline(tmp_path, Contract("freeze")).schema_contract == "freeze"  # no fields: the pipeline's mode
+    with pytest.raises(
+        ConfigError,
+        match=r"pipeline 'c': schema_contract names field 'adress\.zip', which its input model Customer does not have",
+    ):
+        pipeline(tmp_path, Contract("freeze", {"adress.zip": "discard_value"}))
+    assert pipeline(tmp_path, Contract("freeze", {"address.zip": "discard_value"})).contract is not None
+    with pytest.raises(ConfigError, match=r"must be one of .* got 'drop'"):
+        pipeline(tmp_path, Contract("freeze", {"tags": "drop"}))  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="'evolve' is the whole pipeline's contract"):
+        pipeline(tmp_path, Contract("evolve", {"tags": "discard_value"}))
