@@ -121,8 +121,9 @@ def test_operations_toolkit_against_a_running_deployment(
     assert "jetl deploy" in rows(report, "stream")["JETL_RUNS"]["detail"]
 
     code, report = cli("deploy", "--no-migrate", "--json")
-    # 7 streams, 1 KV bucket, 1 object store, 4 shared consumers and the transformer's and loader's of 3 pipelines
-    assert code == 0 and report["changed"] == 9 + 4 + 2 * 3
+    # 7 streams, 1 KV bucket, 1 object store, 3 shared consumers, 8 tracker shards and the transformer's and loader's
+    # of 3 pipelines
+    assert code == 0 and report["changed"] == 9 + 3 + 8 + 2 * 3
 
     metrics_port = free_port()
     extra = {"JETL_ALERT_WEBHOOK_URL": hook.url, "JETL_TICK_SECONDS": "0.2", "JETL_STALE_CHECK_SECONDS": "0.5"}

@@ -458,7 +458,7 @@ async def _consumer_lag(ctx: ServiceContext) -> dict[str, Any] | None:
     if not names:
         return None
     js = ctx.broker.connection.jetstream()
-    stream = STREAMS[CONSUMERS[names[0]]].name
+    stream = STREAMS[CONSUMERS[durable or names[0]]].name  # a per-pipeline durable's, or the tracker shards'
     per: dict[str, dict[str, int]] = {}
     for name in names:
         try:
