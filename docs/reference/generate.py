@@ -33,6 +33,7 @@ GROUPS = [
             "FileExtractor",
             "HttpExtractor",
             "DatabaseExtractor",
+            "PostgresCDCExtractor",
             "Incremental",
             "BearerAuth",
             "BasicAuth",

@@ -53,6 +53,12 @@ class Chunk:
     """`origins` as runs of (prefix, first, count): `("f.jsonl:", 1, 3)` is f.jsonl:1, :2 and :3 (`Batch.origin_runs`).
     An extractor that numbers its records gives these instead of a string per record."""
 
+    version: int | None = None
+    """The version of its first record in the source's own log (record i has `version + i`), given by an extractor
+    that reads a log (`PostgresCDCExtractor`: the commit's LSN): the batch cut from it carries it (`Batch.version`)
+    instead of its JETL_RAW sequence. The chunks of a run must then each be consecutive and increasing (a chunk's
+    first version above the previous chunk's last), so that any cut of them into batches keeps the order."""
+
     @property
     def count(self) -> int:
         """How many records (or JSON texts) the chunk holds."""
@@ -227,7 +233,8 @@ class Extractor(Protocol):
         """Whether its configuration can work (paths, URLs, credentials present), without extracting anything."""
         ...
 
-    # Optional capabilities: `PartitionedExtractor`, `IncrementalExtractor`, `SeekableExtractor` (below).
+    # Optional capabilities: `PartitionedExtractor`, `IncrementalExtractor`, `SeekableExtractor`,
+    # `ConfirmingExtractor` (below).
 
 
 @runtime_checkable
@@ -422,6 +429,18 @@ class SeekableExtractor(Protocol):
 
     def cursor_at(self, value: Any, key: Any = None) -> dict[str, Any]:
         """The cursor of the position strictly after (`value`, `key`)."""
+        ...
+
+
+@runtime_checkable
+class ConfirmingExtractor(Protocol):
+    """An extractor that tells its source what the run has published: a log reader whose source keeps changes until
+    told (a PostgreSQL replication slot). The extractor service calls `confirm` once every batch of the run is
+    acknowledged by JetStream, and never before: a kill between publish and confirm reads the same changes again,
+    into batches with the same ids, which JetStream drops as duplicates."""
+
+    async def confirm(self, ctx: ExtractContext) -> None:
+        """Let the source forget what the run `ctx` extracted (every batch of it is on JETL_RAW)."""
         ...
 
 
