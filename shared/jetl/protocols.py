@@ -444,6 +444,27 @@ class ConfirmingExtractor(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SourceLag:
+    """How far a log source is ahead of what a pipeline has read of it (`LagExtractor`)."""
+
+    bytes: int
+    """Log bytes the source keeps for the pipeline (written since its confirmed position)."""
+    seconds: float | None
+    """Age of the oldest change not yet read (0 when none waits; None when it cannot be told now)."""
+    detail: str = ""
+    """Where, for people: the slot and its positions."""
+
+
+@runtime_checkable
+class LagExtractor(Protocol):
+    """An extractor that reads a log and can tell how far behind it is (`jetl health`, `jetl status`)."""
+
+    async def lag(self, pipeline: str) -> SourceLag:
+        """The pipeline's lag behind its source now (raise when the source cannot tell: no slot, no server)."""
+        ...
+
+
 # Optional capabilities of a transformer.
 
 

@@ -3,7 +3,8 @@
 table's snapshot; the second carries inserts, updates and deletes, and its extractor is SIGKILLed after JetStream
 acknowledged every batch of the run and before the slot's confirm (the pipeline's extractor kills itself there,
 once). The run request comes back, the run reads the same changes into the same batches, and the destination ends
-equal to the table, once per key; once caught up, the slot retains almost no WAL.
+equal to the table, once per key; once caught up, the slot retains almost no WAL, and `jetl health` and
+`jetl status` show the pipeline's lag behind the slot.
 """
 
 from __future__ import annotations
@@ -149,6 +150,11 @@ def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal
                     (table,),
                 ).fetchone()
             assert retained is not None and retained[0] < 1024 * 1024
+            _, out = cli("health", "--json")
+            source = [c for c in out["checks"] if c["check"] == "source"]
+            assert [(c["name"], c["status"]) for c in source] == [("items", "ok")], source
+            assert f"slot {table}" in source[0]["detail"] and "behind" in source[0]["detail"]
+            assert "source lag:" in CliRunner().invoke(app, ["status", "items"]).stdout
             stack.check()
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:

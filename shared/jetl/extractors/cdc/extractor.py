@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,7 @@ from jetl.extractors.cdc.pgoutput import (
     lsn_text,
     parse,
 )
-from jetl.protocols import VERSION_STRIDE, Check, Chunk, ExtractContext, Record
+from jetl.protocols import VERSION_STRIDE, Check, Chunk, ExtractContext, Record, SourceLag
 from jetl.redact import redact_text
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ SNAPSHOT_SPAN = 1 << 40
 """Versions a snapshot's rows take, just below its log position's (up to 2**40 rows)."""
 MAX_LSN = (1 << 63) // VERSION_STRIDE
 """The log positions versions can order: 2**39 bytes of WAL since the cluster's initdb (512 GiB)."""
+POSTGRES_EPOCH = 946_684_800
+"""2000-01-01 UTC as a Unix time: where PostgreSQL's timestamps count from."""
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 
@@ -174,6 +177,39 @@ class PostgresCDCExtractor:
             raise TransientError(self._where(slot, exc)) from exc
         except psycopg.Error as exc:
             raise TerminalError(self._where(slot, exc)) from exc
+
+    async def lag(self, pipeline: str) -> SourceLag:
+        """WAL the slot keeps (bytes since its confirmed position) and the age of the oldest transaction in it."""
+        import psycopg
+
+        slot = self.slot_for(pipeline)
+        try:
+            async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                cur = await conn.execute(
+                    "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, confirmed_flush_lsn::text, active "
+                    "FROM pg_replication_slots WHERE slot_name = %s",
+                    (slot,),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    raise ConfigError(f"no replication slot {slot} (the pipeline's first run creates it)")
+                behind, at, active = int(row[0]), row[1], bool(row[2])
+                detail = f"slot {slot} at {at}"
+                if active:  # a run is reading it: only the bytes can be told without waiting for it
+                    return SourceLag(behind, None, detail + ", a run is reading it")
+                cur = await conn.execute(
+                    "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, 1, 'proto_version', '1', "
+                    "'publication_names', %s)",
+                    (slot, self.publication_for(pipeline)),
+                )
+                for (data,) in await cur.fetchall():
+                    msg = parse(bytes(data))
+                    if isinstance(msg, Begin):  # commit_time: microseconds since 2000-01-01 UTC
+                        age = time.time() - (POSTGRES_EPOCH + msg.commit_time / 1e6)
+                        return SourceLag(behind, max(0.0, age), detail)
+                return SourceLag(behind, 0.0, detail)
+        except psycopg.Error as exc:
+            raise TransientError(self._where(slot, exc)) from exc
 
     # -- a run ------------------------------------------------------------------------------------
 

@@ -176,3 +176,15 @@ def test_versions_follow_commit_order_across_interleaved_transactions(source: tu
     assert [r["note"] for _, r in out] == ["t2", "t1", "t1b"]
     assert [v for v, _ in out] == sorted(v for v, _ in out)
     assert out[1][0] // VERSION_STRIDE == out[2][0] // VERSION_STRIDE  # one transaction: one commit position
+
+
+def test_lag_counts_the_bytes_and_the_age_of_what_waits_in_the_slot(source: tuple[str, str]) -> None:
+    dsn, table = source
+    d = Driver(dsn, table)
+    d.run("r1")
+    sql(dsn, f"INSERT INTO {table} VALUES (1, 'x', 1)")
+    waiting = asyncio.run(d.extractor().lag("items"))
+    assert waiting.bytes > 0 and waiting.seconds is not None and waiting.seconds >= 0
+    assert f"slot {table}" in waiting.detail
+    d.run("r2")
+    assert asyncio.run(d.extractor().lag("items")).seconds == 0.0  # nothing waits
