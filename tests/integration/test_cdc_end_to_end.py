@@ -10,7 +10,7 @@ equal to the table, once per key; once caught up, the slot retains almost no WAL
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,13 +20,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from typer.testing import CliRunner
 
-from jetl.cli import app
 from jetl.ops.client import JetlClient
 from jetl.projection import RunState
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import Stack, Supervisor
+from jetl.testing.cli import jetl
 from jetl.testing.servers import NatsHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -58,14 +57,6 @@ def register_pipelines():
                  schema=Item, primary_key=["id"], deletes="deleted", batch_size=40),
     ]
 """
-
-
-def cli(*args: str) -> tuple[int, Any]:
-    result = CliRunner().invoke(app, list(args))
-    try:
-        return result.exit_code, json.loads(result.stdout)
-    except json.JSONDecodeError:
-        return result.exit_code, result.stdout + result.stderr
 
 
 def run(settings: JetlSettings) -> RunState:
@@ -104,7 +95,7 @@ def source_rows(dsn: str, table: str) -> dict[int, tuple[Any, ...]]:
 
 
 def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal_to_the_table(
-    tmp_path: Path, nats: NatsHandle, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, nats: NatsHandle, pg_url: str
 ) -> None:
     dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
     table = f"cdc_e2e_{uuid.uuid4().hex[:8]}"
@@ -117,8 +108,7 @@ def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal
     pipelines.mkdir()
     text = PIPELINE.replace("DSN", repr(dsn)).replace("TABLE", repr(table)).replace("FLAG", repr(str(flag)))
     (pipelines / "items_pipeline.py").write_text(text)
-    for k, v in {"JETL_NATS__URL": nats.url, "JETL_PIPELINES_DIR": str(pipelines), "JETL_DATA_DIR": str(data)}.items():
-        monkeypatch.setenv(k, v)
+    cli = functools.partial(jetl, nats_url=nats.url, pipelines_dir=pipelines, data_dir=data)
     settings = JetlSettings(nats=NatsSettings(url=nats.url))
     try:
         with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url) as stack, supervised(stack) as sup:
@@ -137,11 +127,11 @@ def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal
             assert changes.extracted == 100 + 66 + 40 + 33 + 1
 
             sql = "SELECT id, note, n FROM items ORDER BY id"
-            code, out = cli("query", "items", sql, "--max-rows", "1000", "--json")
-            assert code == 0, out
-            assert {int(i): (note, n) for i, note, n in out["rows"]} == source_rows(dsn, table)
-            code, out = cli("query", "items", "SELECT count() FROM items", "--json")
-            assert code == 0 and out["rows"] == [[len(source_rows(dsn, table))]], out  # one row per key
+            got = cli("query", "items", sql, "--max-rows", "1000", "--json")
+            assert got.code == 0, got
+            assert {int(i): (note, n) for i, note, n in got.json()["rows"]} == source_rows(dsn, table)
+            count = cli("query", "items", "SELECT count() FROM items", "--json")
+            assert count.json()["rows"] == [[len(source_rows(dsn, table))]], count  # one row per key
 
             run(settings)  # caught up: the slot moves to this run's marker
             with psycopg.connect(dsn) as conn:
@@ -150,11 +140,10 @@ def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal
                     (table,),
                 ).fetchone()
             assert retained is not None and retained[0] < 1024 * 1024
-            _, out = cli("health", "--json")
-            source = [c for c in out["checks"] if c["check"] == "source"]
+            source = [c for c in cli("health", "--json").json()["checks"] if c["check"] == "source"]
             assert [(c["name"], c["status"]) for c in source] == [("items", "ok")], source
             assert f"slot {table}" in source[0]["detail"] and "behind" in source[0]["detail"]
-            assert "source lag:" in CliRunner().invoke(app, ["status", "items"]).stdout
+            assert "source lag:" in cli("status", "items").stdout
             stack.check()
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:

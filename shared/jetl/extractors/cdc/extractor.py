@@ -60,6 +60,8 @@ SNAPSHOT_SPAN = 1 << 40
 """Versions a snapshot's rows take, just below its log position's (up to 2**40 rows)."""
 MAX_LSN = (1 << 63) // VERSION_STRIDE
 """The log positions versions can order: 2**39 bytes of WAL since the cluster's initdb (512 GiB)."""
+MARKER_FLUSH_S = 30.0
+"""How long a run waits for its marker to reach disk (the WAL writer flushes every wal_writer_delay, 200 ms)."""
 POSTGRES_EPOCH = 946_684_800
 """2000-01-01 UTC as a Unix time: where PostgreSQL's timestamps count from."""
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
@@ -275,11 +277,24 @@ class PostgresCDCExtractor:
         return confirmed
 
     async def _mark(self, conn: psycopg.AsyncConnection[Any], content: str) -> int:
-        """Write a marker into the log; its position."""
+        """Write a marker into the log; where it ends, once flushed.
+
+        Logical decoding reads only flushed WAL (the peek stops at the flush position it finds when it starts), and
+        a marker outside a transaction is flushed by the WAL writer a moment later (wal_writer_delay): a run that
+        read before then would stop short of its marker, somewhere its next attempt would not."""
         cur = await conn.execute("SELECT pg_logical_emit_message(false, %s, %s)::text", (MARKER_PREFIX, content))
         row = await cur.fetchone()
         assert row is not None
-        return lsn_int(row[0])
+        end = lsn_int(row[0])
+        deadline = time.monotonic() + MARKER_FLUSH_S
+        while True:
+            cur = await conn.execute("SELECT pg_current_wal_flush_lsn()::text")
+            flushed = await cur.fetchone()
+            if flushed is not None and lsn_int(flushed[0]) >= end:
+                return end
+            if time.monotonic() > deadline:
+                raise TransientError(f"the marker at {lsn_text(end)} was not flushed within {MARKER_FLUSH_S:.0f}s")
+            await asyncio.sleep(0.02)
 
     async def _peek(
         self, conn: psycopg.AsyncConnection[Any], ctx: ExtractContext, upto: int, changes: int | None
@@ -373,6 +388,11 @@ class PostgresCDCExtractor:
         """The changes committed before this run's marker (at most `max_changes`, whole transactions)."""
         cursor = dict(ctx.cursor or {})
         expected = [list(c) for c in cursor.get("columns", [])]
+        # every transaction committed before the position the last completed run confirmed is on JETL_RAW already:
+        # a slot that PostgreSQL's crash recovery took back (an advance is written at the next checkpoint) reads
+        # them again, and each attempt of this run skips them alike, so its batches stay the same
+        floor = lsn_int(cursor["confirmed"]) if cursor.get("confirmed") else 0
+        skip = False
         mine = f"run {ctx.pipeline} {ctx.run_id}"
         upto = await self._mark(conn, mine)
         relation: Relation | None = None
@@ -387,10 +407,11 @@ class PostgresCDCExtractor:
                     if msg.final_lsn >= MAX_LSN:
                         raise TerminalError(f"log position {lsn_text(msg.final_lsn)} is past what versions can order")
                     version, index = msg.final_lsn * VERSION_STRIDE, 0
+                    skip = msg.final_lsn < floor
                 elif isinstance(msg, Relation):
                     if (msg.namespace, msg.name) == (self.schema_name, self.table_name):
                         shape = [[c.name, c.type_oid] for c in msg.columns]
-                        if expected and shape != expected:
+                        if expected and shape != expected and not skip:
                             raise TerminalError(
                                 f"the columns of {msg.qualified} changed (was {expected}, now {shape}): the pipeline "
                                 f"stops here, before the first change in the new shape. Update the pipeline's schema, "
@@ -398,7 +419,7 @@ class PostgresCDCExtractor:
                             )
                         relation = msg
                 elif isinstance(msg, Change):
-                    if relation is None or msg.relation != relation.oid:
+                    if skip or relation is None or msg.relation != relation.oid:
                         continue
                     if index >= VERSION_STRIDE:
                         raise TerminalError(f"a transaction of over {VERSION_STRIDE - 1} changes: versions overflow")
@@ -410,12 +431,12 @@ class PostgresCDCExtractor:
                         yield Chunk(records, version=first)
                         records = []
                 elif isinstance(msg, Commit):
-                    target = msg.end_lsn
+                    target = max(target or 0, msg.end_lsn)
                     if records:  # a chunk never spans two transactions: its versions are consecutive
                         yield Chunk(records, version=first, position={"lsn": lsn_text(msg.end_lsn)})
                         records = []
                 elif isinstance(msg, Truncate):
-                    if relation is not None and relation.oid in msg.relations:
+                    if relation is not None and relation.oid in msg.relations and not skip:
                         raise TerminalError(
                             f"TRUNCATE of {relation.qualified}: the pipeline stops here (nothing after it was read). "
                             f"Empty the destination as you mean to, then take a new snapshot: jetl cursor reset "

@@ -112,7 +112,10 @@ def test_snapshot_then_inserts_updates_deletes_in_log_order(source: tuple[str, s
     assert changes[1][1]["n"] == 10  # ints arrive as ints
     versions = [v for v, _ in changes]
     assert versions == sorted(set(versions)) and versions[0] > max(v for v, _ in snapshot)
+    with psycopg.connect(dsn) as conn:
+        before = lsn_int(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
     assert d.run("r3") == []  # caught up: nothing twice
+    assert confirmed(dsn, table) >= before  # and the slot moved to r3's marker, past everything written before it
 
 
 def test_a_run_killed_between_publish_and_confirm_reads_the_same_changes_again_and_the_slot_waits(
@@ -188,3 +191,23 @@ def test_lag_counts_the_bytes_and_the_age_of_what_waits_in_the_slot(source: tupl
     assert f"slot {table}" in waiting.detail
     d.run("r2")
     assert asyncio.run(d.extractor().lag("items")).seconds == 0.0  # nothing waits
+
+
+def test_a_slot_taken_back_by_crash_recovery_reads_nothing_twice(source: tuple[str, str]) -> None:
+    """After a crash PostgreSQL may bring a slot back to its last checkpointed position; transactions before the
+    position the cursor holds are skipped, so a run reads what it would have read anyway. The slot "as it was" is a
+    copy taken earlier (pg_copy_logical_replication_slot)."""
+    dsn, table = source
+    d = Driver(dsn, table)
+    d.run("r1")
+    back = f"{table}_back"
+    sql(dsn, f"SELECT pg_copy_logical_replication_slot('{table}', '{back}')")
+    try:
+        sql(dsn, f"INSERT INTO {table} VALUES (1, 'x', 1)")
+        assert [r["id"] for _, r in d.run("r2")] == [1]
+        sql(dsn, f"INSERT INTO {table} VALUES (2, 'y', 2)")
+        taken_back = PostgresCDCExtractor(dsn, table, slot=back, publication=table)
+        _, out = d.extract("r3", taken_back)
+        assert [r["id"] for _, r in out] == [2]  # not 1 again
+    finally:
+        sql(dsn, f"SELECT pg_drop_replication_slot('{back}')")
