@@ -181,3 +181,45 @@ def test_the_dashboard_renders_and_acts_on_its_one_connection(
         assert 'id="resume"' in http.get("/pipelines/shop").text
         assert http.post("/pipelines/shop/resume", data=form).status_code == 200
         assert len(opened) == connected
+
+
+LAGGING = '''
+from pydantic import BaseModel
+from jetl import ConsoleLoader, Pipeline
+from jetl.protocols import Check, SourceLag
+
+class Row(BaseModel):
+    id: int
+
+class Behind:
+    """A log-reading extractor that says how far behind it is."""
+
+    async def extract(self, ctx):
+        return
+        yield
+
+    def next_cursor(self):
+        return None
+
+    def check(self, settings):
+        return Check("ok", "fake")
+
+    async def lag(self, pipeline):
+        return SourceLag(3 * 1024 * 1024, 42.0, "slot jetl_" + pipeline)
+
+def register_pipelines():
+    return [Pipeline(name="orders", extractors=[Behind()], loader=ConsoleLoader(), schema=Row)]
+'''
+
+
+@pytest.mark.integration
+def test_the_overview_shows_how_far_a_log_reading_pipeline_is_behind_its_source(nats: Any, tmp_path: Any) -> None:
+    from jetl.settings import NatsSettings
+
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "orders_pipeline.py").write_text(LAGGING)
+    settings = JetlSettings(nats=NatsSettings(url=nats.url), pipelines_dir=folder)
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8420") as http:
+        page = http.get("/").text
+    assert "source lag" in page and "3.0 MiB, 42s behind (slot jetl_orders)" in page
