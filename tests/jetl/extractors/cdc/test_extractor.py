@@ -211,3 +211,27 @@ def test_a_slot_taken_back_by_crash_recovery_reads_nothing_twice(source: tuple[s
         assert [r["id"] for _, r in out] == [2]  # not 1 again
     finally:
         sql(dsn, f"SELECT pg_drop_replication_slot('{back}')")
+
+
+def test_an_interrupted_snapshot_is_taken_again_by_the_next_run_and_deletes_since_reach_the_destination(
+    source: tuple[str, str],
+) -> None:
+    dsn, table = source
+    sql(dsn, f"INSERT INTO {table} SELECT i, 'a', i FROM generate_series(1, 7) i")
+    d = Driver(dsn, table)
+
+    async def first_chunk_then_killed() -> list[Any]:
+        chunks = d.extractor().extract(ExtractContext("items", "r1", cursor=None))
+        chunk = await anext(chunks)  # published, then the extractor dies
+        await chunks.aclose()
+        return chunk.records
+
+    published = asyncio.run(first_chunk_then_killed())
+    gone = published[0]["id"]
+    sql(dsn, f"DELETE FROM {table} WHERE id = {gone}")  # a row that attempt published, deleted since
+    with pytest.raises(TerminalError, match="began a snapshot"):
+        d.extract("r1")  # the same run again: its batch ids hold the first attempt's rows
+    snapshot = d.run("r2")  # the next run takes a new snapshot
+    assert sorted(r["id"] for _, r in snapshot) == [i for i in range(1, 8) if i != gone]
+    changes = d.run("r3")
+    assert [(r["id"], r["deleted"]) for _, r in changes] == [(gone, True)]  # the earlier attempt's row goes
