@@ -444,6 +444,16 @@ class ConfirmingExtractor(Protocol):
         ...
 
 
+@runtime_checkable
+class WriteCheckingExtractor(Protocol):
+    """An extractor whose records mean something only under some dispositions (a change log: merge by key, deletes
+    marked as it marks them): the pipeline asks it at start-up."""
+
+    def check_write(self, spec: WriteSpec) -> None:
+        """Raise ConfigError when the pipeline's `spec` would load its records wrongly."""
+        ...
+
+
 @dataclass(frozen=True)
 class SourceLag:
     """How far a log source is ahead of what a pipeline has read of it (`LagExtractor`)."""

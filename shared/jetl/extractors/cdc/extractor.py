@@ -46,7 +46,7 @@ from jetl.extractors.cdc.pgoutput import (
     lsn_text,
     parse,
 )
-from jetl.protocols import VERSION_STRIDE, Check, Chunk, ExtractContext, Record, SourceLag
+from jetl.protocols import VERSION_STRIDE, Check, Chunk, ExtractContext, Record, SourceLag, WriteSpec
 from jetl.redact import redact_text
 
 if TYPE_CHECKING:
@@ -127,6 +127,19 @@ class PostgresCDCExtractor:
     def check(self, settings: JetlSettings) -> Check:
         """ok once constructed; it connects only when a run starts."""
         return Check("ok", f"{self.schema_name}.{self.table_name} (logical replication, pgoutput)")
+
+    def check_write(self, spec: WriteSpec) -> None:
+        """Changes load only by key, newest version winning, deletes deleting: merge, with its delete field."""
+        if spec.disposition != "merge" or not spec.key:
+            raise ConfigError(
+                f"PostgresCDCExtractor({self.table!r}) needs a primary_key and the merge disposition: a run read again "
+                f"after a crash would load its changes twice under {spec.disposition!r}"
+            )
+        if spec.deletes is None or spec.deletes.field != self.delete_field or spec.deletes.value is not True:
+            raise ConfigError(
+                f"PostgresCDCExtractor({self.table!r}) marks deletes with {self.delete_field!r}: give the pipeline "
+                f"deletes={self.delete_field!r} (and its schema `{self.delete_field}: bool = False`)"
+            )
 
     def slot_for(self, pipeline: str) -> str:
         """The slot a pipeline's runs read."""

@@ -235,3 +235,24 @@ def test_an_interrupted_snapshot_is_taken_again_by_the_next_run_and_deletes_sinc
     assert sorted(r["id"] for _, r in snapshot) == [i for i in range(1, 8) if i != gone]
     changes = d.run("r3")
     assert [(r["id"], r["deleted"]) for _, r in changes] == [(gone, True)]  # the earlier attempt's row goes
+
+
+def test_a_cdc_pipeline_that_would_not_merge_by_key_with_its_deletes_fails_at_start_up() -> None:
+    from pydantic import BaseModel
+
+    from jetl import FileLoader, Pipeline
+    from jetl.errors import ConfigError
+
+    class Row(BaseModel):
+        id: int
+        deleted: bool = False
+
+    def pipeline(**kw: Any) -> Pipeline:
+        ex = PostgresCDCExtractor("postgresql://u@h/db", "items")
+        return Pipeline(name="items", extractors=[ex], loader=FileLoader("/tmp/never"), schema=Row, **kw)
+
+    with pytest.raises(ConfigError, match="primary_key and the merge"):
+        pipeline()
+    with pytest.raises(ConfigError, match="deletes='deleted'"):
+        pipeline(primary_key=["id"])
+    assert pipeline(primary_key=["id"], deletes="deleted").write_spec.disposition == "merge"
