@@ -52,6 +52,7 @@ GROUPS = [
             "FileExtractor",
             "HttpExtractor",
             "DatabaseExtractor",
+            "PostgresCDCExtractor",
             "Incremental",
             "BearerAuth",
             "BasicAuth",

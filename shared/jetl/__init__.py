@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "PageNumberPagination": "jetl.extractors.http",
     "Retry": "jetl.extractors.http",
     "DatabaseExtractor": "jetl.extractors.database",
+    "PostgresCDCExtractor": "jetl.extractors.cdc",
     "ArrowExpression": "jetl.transformers.column",
     "ColumnTransformer": "jetl.transformers.column",
     "DedupeTransformer": "jetl.transformers.dedupe",
@@ -91,6 +92,7 @@ if _typing.TYPE_CHECKING:
     from jetl.errors import RecordIssue as RecordIssue
     from jetl.errors import TerminalError as TerminalError
     from jetl.errors import TransientError as TransientError
+    from jetl.extractors.cdc import PostgresCDCExtractor as PostgresCDCExtractor
     from jetl.extractors.database import DatabaseExtractor as DatabaseExtractor
     from jetl.extractors.file import FileExtractor as FileExtractor
     from jetl.extractors.http import ApiKeyAuth as ApiKeyAuth

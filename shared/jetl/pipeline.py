@@ -24,6 +24,7 @@ from jetl.protocols import (
     SchemaCheckingLoader,
     Transformer,
     VersionedLoader,
+    WriteCheckingExtractor,
     WriteSpec,
     fields_out,
     keeps_cursor,
@@ -191,6 +192,9 @@ class Pipeline:
                 raise ConfigError(
                     f"{where}: the delete marker {spec.deletes.field!r} is not a field of {self.schema.__name__}"
                 )
+        for extractor in self.extractors:
+            if isinstance(extractor, WriteCheckingExtractor):
+                extractor.check_write(spec)
         if isinstance(self.loader, VersionedLoader):
             self.loader.write_as(spec)
         elif spec.disposition == "merge" and spec.deletes is None and isinstance(self.loader, KeyedLoader):

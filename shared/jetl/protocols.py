@@ -66,6 +66,12 @@ class Chunk:
     """`origins` as runs of (prefix, first, count): `("f.jsonl:", 1, 3)` is f.jsonl:1, :2 and :3 (`Batch.origin_runs`).
     An extractor that numbers its records gives these instead of a string per record."""
 
+    version: int | None = None
+    """The version of its first record in the source's own log (record i has `version + i`), given by an extractor
+    that reads a log (`PostgresCDCExtractor`: the commit's LSN): the batch cut from it carries it (`Batch.version`)
+    instead of its JETL_RAW sequence. The chunks of a run must then each be consecutive and increasing (a chunk's
+    first version above the previous chunk's last), so that any cut of them into batches keeps the order."""
+
     @property
     def count(self) -> int:
         """How many records (or JSON texts) the chunk holds."""
@@ -240,7 +246,8 @@ class Extractor(Protocol):
         """Whether its configuration can work (paths, URLs, credentials present), without extracting anything."""
         ...
 
-    # Optional capabilities: `PartitionedExtractor`, `IncrementalExtractor`, `SeekableExtractor` (below).
+    # Optional capabilities: `PartitionedExtractor`, `IncrementalExtractor`, `SeekableExtractor`,
+    # `ConfirmingExtractor` (below).
 
 
 @runtime_checkable
@@ -435,6 +442,49 @@ class SeekableExtractor(Protocol):
 
     def cursor_at(self, value: Any, key: Any = None) -> dict[str, Any]:
         """The cursor of the position strictly after (`value`, `key`)."""
+        ...
+
+
+@runtime_checkable
+class ConfirmingExtractor(Protocol):
+    """An extractor that tells its source what the run has published: a log reader whose source keeps changes until
+    told (a PostgreSQL replication slot). The extractor service calls `confirm` once every batch of the run is
+    acknowledged by JetStream, and never before: a kill between publish and confirm reads the same changes again,
+    into batches with the same ids, which JetStream drops as duplicates."""
+
+    async def confirm(self, ctx: ExtractContext) -> None:
+        """Let the source forget what the run `ctx` extracted (every batch of it is on JETL_RAW)."""
+        ...
+
+
+@runtime_checkable
+class WriteCheckingExtractor(Protocol):
+    """An extractor whose records mean something only under some dispositions (a change log: merge by key, deletes
+    marked as it marks them): the pipeline asks it at start-up."""
+
+    def check_write(self, spec: WriteSpec) -> None:
+        """Raise ConfigError when the pipeline's `spec` would load its records wrongly."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourceLag:
+    """How far a log source is ahead of what a pipeline has read of it (`LagExtractor`)."""
+
+    bytes: int
+    """Log bytes the source keeps for the pipeline (written since its confirmed position)."""
+    seconds: float | None
+    """Age of the oldest change not yet read (0 when none waits; None when it cannot be told now)."""
+    detail: str = ""
+    """Where, for people: the slot and its positions."""
+
+
+@runtime_checkable
+class LagExtractor(Protocol):
+    """An extractor that reads a log and can tell how far behind it is (`jetl health`, `jetl status`)."""
+
+    async def lag(self, pipeline: str) -> SourceLag:
+        """The pipeline's lag behind its source now (raise when the source cannot tell: no slot, no server)."""
         ...
 
 

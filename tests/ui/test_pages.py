@@ -244,3 +244,45 @@ def test_a_shadows_dead_letters_read_as_the_shadows_and_are_counted_once(nats: A
         assert [n for _, n in groups] == ["1"]  # the line, once
         for run_id, total in (("shop-first", 1), (folded, 1)):  # each run's page lists its own letter
             assert f"{total} letter(s)" in http.get(f"/runs/shop/{run_id}").text
+
+
+LAGGING = '''
+from pydantic import BaseModel
+from jetl import ConsoleLoader, Pipeline
+from jetl.protocols import Check, SourceLag
+
+class Row(BaseModel):
+    id: int
+
+class Behind:
+    """A log-reading extractor that says how far behind it is."""
+
+    async def extract(self, ctx):
+        return
+        yield
+
+    def next_cursor(self):
+        return None
+
+    def check(self, settings):
+        return Check("ok", "fake")
+
+    async def lag(self, pipeline):
+        return SourceLag(3 * 1024 * 1024, 42.0, "slot jetl_" + pipeline)
+
+def register_pipelines():
+    return [Pipeline(name="orders", extractors=[Behind()], loader=ConsoleLoader(), schema=Row)]
+'''
+
+
+@pytest.mark.integration
+def test_the_overview_shows_how_far_a_log_reading_pipeline_is_behind_its_source(nats: Any, tmp_path: Any) -> None:
+    from jetl.settings import NatsSettings
+
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "orders_pipeline.py").write_text(LAGGING)
+    settings = JetlSettings(nats=NatsSettings(url=nats.url), pipelines_dir=folder)
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8420") as http:
+        page = http.get("/").text
+    assert "source lag" in page and "3.0 MiB, 42s behind (slot jetl_orders)" in page

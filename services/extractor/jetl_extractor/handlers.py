@@ -36,7 +36,7 @@ from jetl.messages.models import Batch, PartitionWork, RunRequest, utcnow
 from jetl.messages.payload import too_large
 from jetl.messages.wire import dumps
 from jetl.positions import cursor_of, joined_cursor
-from jetl.protocols import Chunk, ExtractContext, Partition, PartitionedExtractor, Unreadable
+from jetl.protocols import Chunk, ConfirmingExtractor, ExtractContext, Partition, PartitionedExtractor, Unreadable
 from jetl.registry import get_pipeline
 from jetl.runtime import heap
 from jetl.runtime.service import ServiceContext, keep_alive, stage_subscriber
@@ -113,6 +113,9 @@ class Extraction:
                 await self._add(chunk)
         await self._flush(final=True)
         await self._drain()
+        for extractor in p.extractors:  # every batch is on JETL_RAW: now the source may forget what they hold
+            if isinstance(extractor, ConfirmingExtractor):
+                await extractor.confirm(ectx)
         reached = joined_cursor(p.extractors)
         await self.ctx.bus.event(
             RunExtracted(
@@ -170,12 +173,13 @@ class Extraction:
         bad: list[tuple[str, str]],
         count: int,
         oversized: list[tuple[str, Any, int]],
+        version: int | None = None,
     ) -> None:
         """Take the next seq and publish one batch in the background, a bounded number at a time."""
         seq = self.seq
         self.seq += 1
         await self.sem.acquire()
-        task = asyncio.create_task(self._publish(seq, count, body, origins, runs, bad, oversized))
+        task = asyncio.create_task(self._publish(seq, count, body, origins, runs, bad, oversized, version))
         self.pending.add(task)
         task.add_done_callback(self._published)
 
@@ -199,6 +203,7 @@ class Extraction:
         runs: list[tuple[str, int, int]] | None,
         bad: list[tuple[str, str]],
         oversized: list[tuple[str, Any, int]],
+        version: int | None = None,
     ) -> None:
         p = self.pipeline
         batch = Batch(
@@ -211,6 +216,7 @@ class Extraction:
             origins=origins if origins and any(origins) and runs is None else None,
             origin_runs=runs,
             partition=self.partition,
+            version=version,
         )
         step = "its dead letter"
         try:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from jetl.cli._app import app, client, follow, nats_settings, progress, run_async
+from jetl.cli._app import app, client, follow, load_pipelines, nats_settings, progress, run_async, settings
 from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_json, stamp
 
 if TYPE_CHECKING:
@@ -206,6 +206,28 @@ def status(
             _notes(r),
         )
     console.print(t if runs else "no runs yet")
+    if pipeline:
+        _print_source_lag(pipeline)
+
+
+def _print_source_lag(pipeline: str) -> None:
+    """The lag of a pipeline that reads a log (a CDC slot) behind its source, when its file is here to ask."""
+    from pathlib import Path
+
+    from jetl.ops.health import lag_text, source_lags
+    from jetl.protocols import SourceLag
+
+    s = settings()
+    if not Path(s.pipelines_dir).is_dir():
+        return
+    p = load_pipelines(s)[0].get(pipeline)
+    if p is None:
+        return
+    for lag in run_async(source_lags(p, 10.0)):
+        if isinstance(lag, SourceLag):
+            console.print(f"source lag: {lag_text(lag)} ({lag.detail})")
+        else:
+            console.print(f"[red]source lag unknown[/red]: {lag}")
 
 
 def _step_text(steps: list[dict[str, Any]] | None, fmt: Callable[[dict[str, Any]], str]) -> str:

@@ -1,5 +1,6 @@
 """The health of a deployment as data: NATS, streams, consumers and their lag, service heartbeats, the destination
-(asked of a running loader) and each scheduled pipeline's freshness against its schedule.
+(asked of a running loader), each scheduled pipeline's freshness against its schedule, and how far each pipeline
+that reads a log (`LagExtractor`: a CDC slot) is behind its source.
 
 `jetl health` prints these checks; a dashboard can show the same list.
 """
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 
 from jetl import subjects
 from jetl.archive import Archive
+from jetl.protocols import LagExtractor, SourceLag
 from jetl.state import HEARTBEAT_PREFIX, RunMark, get_mark, get_paused, last_failed_key, last_ok_key, watch_values
 from jetl.subjects import CONSUMERS, STREAMS
 from jetl.topology import BUCKET
@@ -222,7 +224,33 @@ async def gather_health(
                 add("pipeline", p.name, "fail", f"never succeeded; last failure {failed.run_id}: {failed.error}")
             else:
                 add("pipeline", p.name, "warn", "no run yet")
+        for p in sorted(pipelines.values(), key=lambda p: p.name):
+            for lag in await source_lags(p, timeout):
+                if isinstance(lag, SourceLag):
+                    add("source", p.name, "ok", f"lag {lag_text(lag)} ({lag.detail})")
+                elif lag.startswith("TimeoutError"):  # a slow answer is not a broken source
+                    add("source", p.name, "warn", f"lag not told within {timeout:g}s")
+                else:
+                    add("source", p.name, "fail", f"lag unknown: {lag}")
     return rows
+
+
+async def source_lags(p: Pipeline, timeout: float) -> list[SourceLag | str]:
+    """How far each of `p`'s log-reading extractors (`LagExtractor`) is behind its source, or why it cannot tell."""
+    out: list[SourceLag | str] = []
+    for extractor in p.extractors:
+        if isinstance(extractor, LagExtractor):
+            try:
+                out.append(await asyncio.wait_for(extractor.lag(p.name), timeout))
+            except Exception as exc:  # the source's own words, redacted by the extractor
+                out.append(f"{type(exc).__name__}: {exc}")
+    return out
+
+
+def lag_text(lag: SourceLag) -> str:
+    """`12.0 MiB, 3s behind`: a log source's lag for people."""
+    seconds = "?" if lag.seconds is None else ago(lag.seconds)
+    return f"{size(lag.bytes)}, {seconds} behind"
 
 
 class Freshness(BaseModel):

@@ -161,6 +161,7 @@ async def overview(request: Request) -> Response:
         broken=broken,
         nats=[c for c in checks if c.check in ("nats", "kv", "destination")],
         consumers=[c for c in checks if c.check == "consumer"],
+        sources=[c for c in checks if c.check == "source"],
         services=services,
         now=time.time(),
     )

@@ -175,3 +175,45 @@ async def test_a_failed_run_names_its_service_and_code(tmp_path: Path) -> None:
     failed = [e for e in map(orjson.loads, got[Kind.EVENTS]) if e["type"] == "run.failed"]
     assert len(failed) == 1 and "source credentials rejected" in failed[0]["error"]
     assert failed[0]["service"] == "extractor" and failed[0]["code_hash"] == "0123456789ab"
+
+
+class LogReader:
+    """A log-reading extractor (as PostgresCDCExtractor): versioned chunks, and a confirm that records what was
+    already on the bus when it was called."""
+
+    def __init__(self, published: dict[Kind, list[bytes]] | None = None) -> None:
+        self.published = published
+        self.confirmed: list[tuple[int, list[str]]] = []
+
+    async def extract(self, ctx: ExtractContext) -> AsyncIterator[Chunk]:
+        yield Chunk([{"id": i} for i in range(12)], version=1000)
+        yield Chunk([{"id": i} for i in range(12, 20)], version=5000)
+
+    def next_cursor(self) -> dict[str, Any] | None:
+        return {"lsn": "0/1"}
+
+    def check(self, settings: JetlSettings) -> Check:
+        return Check("ok", "fake")
+
+    async def confirm(self, ctx: ExtractContext) -> None:
+        assert self.published is not None
+        events = [orjson.loads(e)["type"] for e in self.published[Kind.EVENTS]]
+        self.confirmed.append((len(self.published[Kind.RAW]), events))
+
+
+async def test_a_log_source_is_confirmed_once_every_batch_is_acknowledged_and_before_run_extracted() -> None:
+    reader = LogReader()
+    register([Pipeline(name="log", extractors=[reader], loader=ConsoleLoader(), schema=Row, batch_size=8)])
+    ctx = make_context("extractor", JetlSettings())
+    slots = RunSlots(1, ack_wait=10)
+    ctx.broker.include_router(make_router(ctx, slots))
+    reader.published = capture(ctx.broker, [Kind.RAW, Kind.EVENTS])
+    async with TestNatsBroker(ctx.broker) as br:
+        req = RunRequest(pipeline="log", run_id="log-r1")
+        await br.publish(req.model_dump_json().encode(), subjects.run_request("log"), stream="JETL_RUNS")
+        await slots.idle()
+    [(batches, events)] = reader.confirmed
+    assert batches == 3 and events.count("batch.extracted") == 3 and "run.extracted" not in events
+    raw = sorted((decode_batch(b)[0] for b in reader.published[Kind.RAW]), key=lambda b: b.seq)
+    # the chunks' versions travel in the batches, numbered on across the cut: 1000.., then 1008.., then 5004..
+    assert [(b.count, b.version) for b in raw] == [(8, 1000), (8, 1008), (4, 5004)]

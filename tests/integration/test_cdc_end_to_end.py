@@ -1,0 +1,162 @@
+"""Change data capture end to end, as a user runs it: a pipeline file with PostgresCDCExtractor, the four services
+(a Stack over the test's nats-server), ClickHouse (chdb) merging by key with deletes. The first run takes the
+table's snapshot; the second carries inserts, updates and deletes, and its extractor is SIGKILLed after JetStream
+acknowledged every batch of the run and before the slot's confirm (the pipeline's extractor kills itself there,
+once). The run request comes back, the run reads the same changes into the same batches, and the destination ends
+equal to the table, once per key; once caught up, the slot retains almost no WAL, and `jetl health` and
+`jetl status` show the pipeline's lag behind the slot; `jetl cursor reset` takes a new snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from jetl.ops.client import JetlClient
+from jetl.projection import RunState
+from jetl.settings import JetlSettings, NatsSettings
+from jetl.stack.embedded import Stack, Supervisor
+from jetl.testing.cli import jetl
+from jetl.testing.servers import NatsHandle
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PIPELINE = """
+import os
+import signal
+from pydantic import BaseModel
+from jetl import ClickHouseLoader, Pipeline, PostgresCDCExtractor
+
+class Item(BaseModel):
+    id: int
+    note: str | None = None
+    n: int | None = None
+    deleted: bool = False
+
+class KilledOnce(PostgresCDCExtractor):
+    '''SIGKILLs its process in the first confirm after FLAG appears: every batch is acknowledged, the slot not moved.'''
+
+    async def confirm(self, ctx):
+        if os.path.exists(FLAG):
+            os.remove(FLAG)
+            os.kill(os.getpid(), signal.SIGKILL)
+        await super().confirm(ctx)
+
+def register_pipelines():
+    return [
+        Pipeline(name="items", extractors=[KilledOnce(DSN, TABLE, slot=TABLE)], loader=ClickHouseLoader("items"),
+                 schema=Item, primary_key=["id"], deletes="deleted", batch_size=40),
+    ]
+"""
+
+
+def run(settings: JetlSettings) -> RunState:
+    async def go() -> RunState:
+        async with JetlClient(settings) as jc:
+            req = await jc.request_run("items")
+            return await jc.wait("items", req.run_id, timeout=180)
+
+    state = asyncio.run(go())
+    assert state.status == "completed", state.error
+    return state
+
+
+@contextmanager
+def supervised(stack: Stack) -> Iterator[Supervisor]:
+    """Restart the stack's processes when they die (as `jetl up` does), until the block ends."""
+    sup = Supervisor(stack)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(0.2):
+            sup.poll()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield sup
+    finally:
+        stop.set()
+        t.join()
+
+
+def source_rows(dsn: str, table: str) -> dict[int, tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return {r[0]: (r[1], r[2]) for r in conn.execute(f"SELECT id, note, n FROM {table}")}
+
+
+def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal_to_the_table(
+    tmp_path: Path, nats: NatsHandle, pg_url: str
+) -> None:
+    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    table = f"cdc_e2e_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SHOW wal_level").fetchone() != ("logical",):
+            pytest.skip("PostgreSQL runs without wal_level=logical (.ci/run sets it)")
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, note text, n int)")
+        conn.execute(f"INSERT INTO {table} SELECT i, 'snap', i FROM generate_series(1, 300) i")
+    pipelines, data, flag = tmp_path / "pipelines", tmp_path / "data", tmp_path / "kill-in-confirm"
+    pipelines.mkdir()
+    text = PIPELINE.replace("DSN", repr(dsn)).replace("TABLE", repr(table)).replace("FLAG", repr(str(flag)))
+    (pipelines / "items_pipeline.py").write_text(text)
+    cli = functools.partial(jetl, nats_url=nats.url, pipelines_dir=pipelines, data_dir=data)
+    settings = JetlSettings(nats=NatsSettings(url=nats.url))
+    try:
+        with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url) as stack, supervised(stack) as sup:
+            assert run(settings).extracted == 300  # the snapshot
+
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"INSERT INTO {table} SELECT i, 'new', i FROM generate_series(301, 400) i")
+                conn.execute(f"UPDATE {table} SET note = 'upd', n = n * 10 WHERE id % 6 = 0")
+                with conn.transaction():
+                    conn.execute(f"DELETE FROM {table} WHERE id % 10 = 3")
+                    conn.execute(f"UPDATE {table} SET note = 'upd2' WHERE id % 12 = 0")
+                conn.execute(f"INSERT INTO {table} VALUES (13, 'back', 13)")  # deleted above, inserted again
+            flag.touch()
+            changes = run(settings)  # killed in confirm, delivered again, completed by the restarted extractor
+            assert not flag.exists() and sup.restarts.get("extractor", 0) >= 1
+            assert changes.extracted == 100 + 66 + 40 + 33 + 1
+
+            sql = "SELECT id, note, n FROM items ORDER BY id"
+            got = cli("query", "items", sql, "--max-rows", "1000", "--json")
+            assert got.code == 0, got
+            assert {int(i): (note, n) for i, note, n in got.json()["rows"]} == source_rows(dsn, table)
+            count = cli("query", "items", "SELECT count() FROM items", "--json")
+            assert count.json()["rows"] == [[len(source_rows(dsn, table))]], count  # one row per key
+
+            run(settings)  # caught up: the slot moves to this run's marker
+            with psycopg.connect(dsn) as conn:
+                retained = conn.execute(
+                    "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                    (table,),
+                ).fetchone()
+            assert retained is not None and retained[0] < 1024 * 1024
+            source = [c for c in cli("health", "--json").json()["checks"] if c["check"] == "source"]
+            assert [(c["name"], c["status"]) for c in source] == [("items", "ok")], source
+            assert f"slot {table}" in source[0]["detail"] and "behind" in source[0]["detail"]
+            assert "source lag:" in cli("status", "items").stdout
+
+            # a new snapshot of the table: forget the cursor; the next run reads the table again, the slot stays
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"UPDATE {table} SET note = 'before-resnapshot' WHERE id = 1")
+            reset = cli("cursor", "reset", "items", "--reason", "re-snapshot")
+            assert reset.code == 0, reset
+            assert run(settings).extracted == len(source_rows(dsn, table))
+            again = cli("query", "items", sql, "--max-rows", "1000", "--json").json()["rows"]
+            assert {int(i): (note, n) for i, note, n in again} == source_rows(dsn, table)
+            stack.check()
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            drop = "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
+            conn.execute(drop, (table,))
+            conn.execute(f"DROP PUBLICATION IF EXISTS {table}")
+            conn.execute(f"DROP TABLE IF EXISTS {table}")

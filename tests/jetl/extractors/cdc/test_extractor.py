@@ -1,0 +1,258 @@
+"""PostgresCDCExtractor against the machine's PostgreSQL (wal_level=logical: .ci/run sets it), driven as the
+extractor service drives it: extract, then `confirm` once every batch is acknowledged, the cursor round-tripped
+through JSON as the state store keeps it. Each test has its own table, publication and slot, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from jetl.errors import TerminalError
+from jetl.extractors.cdc import PostgresCDCExtractor
+from jetl.extractors.cdc.pgoutput import lsn_int
+from jetl.protocols import VERSION_STRIDE, ExtractContext
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def source(pg_url: str) -> Iterator[tuple[str, str]]:
+    """(conninfo, table) of a fresh table `items(id int primary key, note text, n int)`."""
+    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    table = f"cdc_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SHOW wal_level").fetchone() != ("logical",):
+            pytest.skip("PostgreSQL runs without wal_level=logical (.ci/run sets it)")
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, note text, n int)")
+    yield dsn, table
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        drop = "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
+        conn.execute(drop, (table,))
+        conn.execute(f"DROP PUBLICATION IF EXISTS {table}")
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def sql(dsn: str, *statements: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for s in statements:
+            conn.execute(s)
+
+
+def confirmed(dsn: str, slot: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        return lsn_int(row.fetchone()[0])  # type: ignore[index]
+
+
+class Driver:
+    """Runs the extractor the way the extractor service does; `cursor` is what the last completed run left."""
+
+    def __init__(self, dsn: str, table: str) -> None:
+        self.dsn, self.table = dsn, table
+        self.cursor: dict[str, Any] | None = None
+
+    def extractor(self) -> PostgresCDCExtractor:
+        return PostgresCDCExtractor(self.dsn, self.table, slot=self.table, chunk_size=3)
+
+    def extract(self, run_id: str, ex: PostgresCDCExtractor | None = None) -> tuple[PostgresCDCExtractor, list[Any]]:
+        """(the extractor, [(version, record)]) of one run's extraction, not confirmed."""
+        ex = ex or self.extractor()
+        ctx = ExtractContext("items", run_id, cursor=self.cursor)
+
+        async def go() -> list[Any]:
+            out = []
+            async for chunk in ex.extract(ctx):
+                assert chunk.version is not None
+                out += [(chunk.version + i, r) for i, r in enumerate(chunk.records)]
+            return out
+
+        return ex, asyncio.run(go())
+
+    def confirm(self, ex: PostgresCDCExtractor, run_id: str) -> None:
+        asyncio.run(ex.confirm(ExtractContext("items", run_id, cursor=self.cursor)))
+
+    def run(self, run_id: str) -> list[Any]:
+        """A whole run: extract, confirm, the cursor moves (as when the run completes)."""
+        ex, out = self.extract(run_id)
+        self.confirm(ex, run_id)
+        self.cursor = json.loads(json.dumps(ex.next_cursor()))
+        return out
+
+
+def test_snapshot_then_inserts_updates_deletes_in_log_order(source: tuple[str, str]) -> None:
+    dsn, table = source
+    sql(dsn, f"INSERT INTO {table} SELECT i, 'first', i FROM generate_series(1, 7) i")
+    d = Driver(dsn, table)
+    snapshot = d.run("r1")
+    assert sorted(r["id"] for _, r in snapshot) == list(range(1, 8))
+    assert all(r["note"] == "first" and r["deleted"] is False for _, r in snapshot)
+
+    sql(
+        dsn,
+        f"INSERT INTO {table} VALUES (8, 'new', 8)",
+        f"UPDATE {table} SET note = 'second', n = n * 10 WHERE id <= 2",
+        f"DELETE FROM {table} WHERE id = 3",
+        f"UPDATE {table} SET note = 'third' WHERE id = 1",
+    )
+    changes = d.run("r2")
+    assert [(r["id"], r["note"], r["deleted"]) for _, r in changes] == [
+        (8, "new", False),
+        (1, "second", False),
+        (2, "second", False),
+        (3, None, True),  # a delete carries the key (replica identity default)
+        (1, "third", False),
+    ]
+    assert changes[1][1]["n"] == 10  # ints arrive as ints
+    versions = [v for v, _ in changes]
+    assert versions == sorted(set(versions)) and versions[0] > max(v for v, _ in snapshot)
+    with psycopg.connect(dsn) as conn:
+        before = lsn_int(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
+    assert d.run("r3") == []  # caught up: nothing twice
+    assert confirmed(dsn, table) >= before  # and the slot moved to r3's marker, past everything written before it
+
+
+def test_a_run_killed_between_publish_and_confirm_reads_the_same_changes_again_and_the_slot_waits(
+    source: tuple[str, str],
+) -> None:
+    dsn, table = source
+    sql(dsn, f"INSERT INTO {table} SELECT i, 'a', i FROM generate_series(1, 4) i")
+    d = Driver(dsn, table)
+    d.run("r1")
+    sql(dsn, f"UPDATE {table} SET note = 'b' WHERE id < 3", f"DELETE FROM {table} WHERE id = 4")
+    before = confirmed(dsn, table)
+    _, first = d.extract("r2")  # published, then killed: no confirm
+    assert confirmed(dsn, table) == before  # the slot did not move
+    sql(dsn, f"INSERT INTO {table} VALUES (9, 'later', 9)")  # committed after r2's first attempt
+    ex, again = d.extract("r2")  # the run request, delivered again, to a new process
+    assert again == first  # the same changes with the same versions: the same batches, dropped as duplicates
+    assert confirmed(dsn, table) == before
+    d.confirm(ex, "r2")
+    d.cursor = json.loads(json.dumps(ex.next_cursor()))
+    assert confirmed(dsn, table) > before
+    assert [(r["id"], r["note"]) for _, r in d.run("r3")] == [(9, "later")]  # once, in the next run
+
+
+def test_a_run_that_died_after_confirming_reads_nothing_again(source: tuple[str, str]) -> None:
+    dsn, table = source
+    d = Driver(dsn, table)
+    d.run("r1")
+    sql(dsn, f"INSERT INTO {table} VALUES (1, 'x', 1)")
+    ex, out = d.extract("r2")
+    assert len(out) == 1
+    d.confirm(ex, "r2")  # confirmed, then killed before the run completed: the cursor did not move
+    assert d.extract("r2")[1] == []  # its batches are on JETL_RAW already
+    assert d.run("r3") == []
+
+
+def test_truncate_and_a_new_column_stop_the_pipeline_with_what_to_do(source: tuple[str, str]) -> None:
+    dsn, table = source
+    d = Driver(dsn, table)
+    d.run("r1")
+    sql(dsn, f"ALTER TABLE {table} ADD COLUMN extra text", f"INSERT INTO {table} VALUES (1, 'x', 1, 'e')")
+    with pytest.raises(TerminalError, match=r"columns of .* changed.*jetl cursor reset items"):
+        d.extract("r2")
+    d.cursor = None  # jetl cursor reset: a new snapshot
+    assert [r["extra"] for _, r in d.run("r3")] == ["e"]
+    sql(dsn, f"TRUNCATE {table}")
+    with pytest.raises(TerminalError, match="TRUNCATE"):
+        d.extract("r4")
+
+
+def test_versions_follow_commit_order_across_interleaved_transactions(source: tuple[str, str]) -> None:
+    dsn, table = source
+    d = Driver(dsn, table)
+    d.run("r1")
+    with psycopg.connect(dsn) as t1, psycopg.connect(dsn) as t2:
+        t1.execute(f"INSERT INTO {table} VALUES (1, 't1', 1)")  # written first, committed last
+        t2.execute(f"INSERT INTO {table} VALUES (2, 't2', 2)")
+        t2.commit()
+        t1.execute(f"UPDATE {table} SET note = 't1b' WHERE id = 1")
+        t1.commit()
+    out = d.run("r2")
+    assert [r["note"] for _, r in out] == ["t2", "t1", "t1b"]
+    assert [v for v, _ in out] == sorted(v for v, _ in out)
+    assert out[1][0] // VERSION_STRIDE == out[2][0] // VERSION_STRIDE  # one transaction: one commit position
+
+
+def test_lag_counts_the_bytes_and_the_age_of_what_waits_in_the_slot(source: tuple[str, str]) -> None:
+    dsn, table = source
+    d = Driver(dsn, table)
+    d.run("r1")
+    sql(dsn, f"INSERT INTO {table} VALUES (1, 'x', 1)")
+    waiting = asyncio.run(d.extractor().lag("items"))
+    assert waiting.bytes > 0 and waiting.seconds is not None and waiting.seconds >= 0
+    assert f"slot {table}" in waiting.detail
+    d.run("r2")
+    assert asyncio.run(d.extractor().lag("items")).seconds == 0.0  # nothing waits
+
+
+def test_a_slot_taken_back_by_crash_recovery_reads_nothing_twice(source: tuple[str, str]) -> None:
+    """After a crash PostgreSQL may bring a slot back to its last checkpointed position; transactions before the
+    position the cursor holds are skipped, so a run reads what it would have read anyway. The slot "as it was" is a
+    copy taken earlier (pg_copy_logical_replication_slot)."""
+    dsn, table = source
+    d = Driver(dsn, table)
+    d.run("r1")
+    back = f"{table}_back"
+    sql(dsn, f"SELECT pg_copy_logical_replication_slot('{table}', '{back}')")
+    try:
+        sql(dsn, f"INSERT INTO {table} VALUES (1, 'x', 1)")
+        assert [r["id"] for _, r in d.run("r2")] == [1]
+        sql(dsn, f"INSERT INTO {table} VALUES (2, 'y', 2)")
+        taken_back = PostgresCDCExtractor(dsn, table, slot=back, publication=table)
+        _, out = d.extract("r3", taken_back)
+        assert [r["id"] for _, r in out] == [2]  # not 1 again
+    finally:
+        sql(dsn, f"SELECT pg_drop_replication_slot('{back}')")
+
+
+def test_an_interrupted_snapshot_is_taken_again_by_the_next_run_and_deletes_since_reach_the_destination(
+    source: tuple[str, str],
+) -> None:
+    dsn, table = source
+    sql(dsn, f"INSERT INTO {table} SELECT i, 'a', i FROM generate_series(1, 7) i")
+    d = Driver(dsn, table)
+
+    async def first_chunk_then_killed() -> list[Any]:
+        chunks = d.extractor().extract(ExtractContext("items", "r1", cursor=None))
+        chunk = await anext(chunks)  # published, then the extractor dies
+        await chunks.aclose()
+        return chunk.records
+
+    published = asyncio.run(first_chunk_then_killed())
+    gone = published[0]["id"]
+    sql(dsn, f"DELETE FROM {table} WHERE id = {gone}")  # a row that attempt published, deleted since
+    with pytest.raises(TerminalError, match="began a snapshot"):
+        d.extract("r1")  # the same run again: its batch ids hold the first attempt's rows
+    snapshot = d.run("r2")  # the next run takes a new snapshot
+    assert sorted(r["id"] for _, r in snapshot) == [i for i in range(1, 8) if i != gone]
+    changes = d.run("r3")
+    assert [(r["id"], r["deleted"]) for _, r in changes] == [(gone, True)]  # the earlier attempt's row goes
+
+
+def test_a_cdc_pipeline_that_would_not_merge_by_key_with_its_deletes_fails_at_start_up() -> None:
+    from pydantic import BaseModel
+
+    from jetl import FileLoader, Pipeline
+    from jetl.errors import ConfigError
+
+    class Row(BaseModel):
+        id: int
+        deleted: bool = False
+
+    def pipeline(**kw: Any) -> Pipeline:
+        ex = PostgresCDCExtractor("postgresql://u@h/db", "items")
+        return Pipeline(name="items", extractors=[ex], loader=FileLoader("/tmp/never"), schema=Row, **kw)
+
+    with pytest.raises(ConfigError, match="primary_key and the merge"):
+        pipeline()
+    with pytest.raises(ConfigError, match="deletes='deleted'"):
+        pipeline(primary_key=["id"])
+    assert pipeline(primary_key=["id"], deletes="deleted").write_spec.disposition == "merge"
