@@ -246,12 +246,26 @@ class Pipeline:
         if contract.fields:
             self._check_contract_fields(contract)
 
+    def input_model(self) -> tuple[type[BaseModel], bool] | None:
+        """The model the raw records are checked against (schema drift, contracts), with whether its fields are read
+        by alias: the first transformer's when that is a TypeTransformer, the schema's when there are no
+        transformers; None otherwise (transformers shape the records before any model sees them, and no model says
+        what they should be)."""
+        from jetl.transformers.type_ import TypeTransformer
+
+        first = self.transformers[0] if self.transformers else None
+        if isinstance(first, TypeTransformer):
+            return first.model, first.by_alias
+        if not self.transformers:
+            return self.schema, False
+        return None
+
     def _check_contract_fields(self, contract: Contract) -> None:
         """Fail at start-up on a per-field mode for a field the input model does not have (a typo would otherwise
         leave the field under the default mode without a word)."""
-        from jetl.transformers.drift import input_model, model_paths
+        from jetl.transformers.shape import model_paths
 
-        model = input_model(self)
+        model = self.input_model()
         assert model is not None  # _check_contract refused a contract without one
         known = model_paths(*model)
         for path in contract.fields:

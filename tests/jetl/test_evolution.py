@@ -13,7 +13,8 @@ from jetl.errors import SchemaFrozen, TerminalError
 from jetl.evolution import evolution_of, evolved_model, label, meet, plan
 from jetl.migrations import EVOLVE_FROM, Migrator, discover_migrations, evolution
 from jetl.records import records_adapter
-from jetl.transformers.drift import DriftFinder, model_shape
+from jetl.transformers.drift import DriftFinder
+from jetl.transformers.shape import model_shape
 
 
 class Inner(BaseModel):

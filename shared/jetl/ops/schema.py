@@ -116,9 +116,10 @@ def held_refusal(pipeline: Pipeline, records: list[Any]) -> str | None:
 
     from jetl.errors import SchemaFrozen
     from jetl.evolution import evolution_of
-    from jetl.transformers.drift import DriftFinder, input_model, model_shape
+    from jetl.transformers.drift import DriftFinder
+    from jetl.transformers.shape import model_shape
 
-    model = input_model(pipeline)
+    model = pipeline.input_model()
     contract = pipeline.contract
     if model is None or contract is None:
         return None

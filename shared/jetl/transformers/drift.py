@@ -1,6 +1,7 @@
-"""Schema drift: how a raw batch's records differ from the pipeline's input model (`input_model`): fields the model
-does not know (new), fields it requires that the records lack (missing), values of a JSON type the field does not
-take as it is (changed: an int field that receives 1.5), each with its field path, how many records, an example.
+"""Schema drift: how a raw batch's records differ from the pipeline's input model (`Pipeline.input_model`): fields
+the model does not know (new), fields it requires that the records lack (missing), values of a JSON type the field
+does not take as it is (changed: an int field that receives 1.5), each with its field path, how many records, an
+example.
 
 It costs nothing on the clean fast path: the transformer looks at two records of a batch (its first and last JSON
 texts, cut from the raw body without parsing the rest: `batch_drift`) unless the batch had rejected records, when it
@@ -11,145 +12,18 @@ looks at all of them (those are parsed anyway). The `schema.drift` event carries
 from __future__ import annotations
 
 import contextlib
-import types
-import typing
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
-from decimal import Decimal
-from enum import Enum
-from functools import cache
 from typing import Any
-from uuid import UUID
 
 import orjson
-from pydantic import BaseModel
 
 from jetl.events import DriftField
 from jetl.messages.wire import RAW_SEPARATOR, encode_records, read_records
 from jetl.pipeline import Pipeline
-from jetl.transformers.type_ import TypeTransformer
+from jetl.transformers.shape import Shape, json_kind, model_shape
 
 EXAMPLE_CHARS = 40
 """An example value is cut to this many characters: enough to see the drift, not a record's content."""
-
-_ANY = frozenset({"int", "float", "str", "bool", "object", "array", "null"})
-_SCALARS: dict[Any, frozenset[str]] = {
-    int: frozenset({"int"}),
-    float: frozenset({"int", "float"}),
-    Decimal: frozenset({"int", "float", "str"}),
-    str: frozenset({"str"}),
-    bool: frozenset({"bool"}),
-    bytes: frozenset({"str"}),
-    datetime: frozenset({"str", "int", "float"}),
-    date: frozenset({"str"}),
-    time: frozenset({"str"}),
-    timedelta: frozenset({"str", "int", "float"}),
-    UUID: frozenset({"str"}),
-    type(None): frozenset({"null"}),
-}
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What a field takes: its JSON types, whether a record must hold it, and a nested model's own shape."""
-
-    kinds: frozenset[str]
-    required: bool
-    nested: dict[str, Shape] | None = None
-    name: str = ""
-
-
-_KIND = {type(None): "null", bool: "bool", int: "int", float: "float", str: "str", dict: "object", list: "array"}
-
-
-def json_kind(value: Any) -> str:
-    """The JSON type of a parsed value."""
-    kind = _KIND.get(type(value))
-    if kind is not None:
-        return kind
-    for t, k in _KIND.items():  # a subclass (orjson gives none; a caller's records may)
-        if t is not type(None) and isinstance(value, t):
-            return k
-    return "array"
-
-
-def _kinds(annotation: Any) -> tuple[frozenset[str], dict[str, Shape] | None]:
-    """The JSON types an annotation takes as they are, and its model's shape when it is one."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _kinds(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        kinds: set[str] = set()
-        nested = None
-        for arg in typing.get_args(annotation):
-            k, n = _kinds(arg)
-            kinds |= k
-            nested = nested or n
-        return frozenset(kinds), nested
-    if origin is typing.Literal:
-        return frozenset(json_kind(v) for v in typing.get_args(annotation)), None
-    if origin in (list, tuple, set, frozenset):
-        return frozenset({"array"}), None
-    if origin is dict:
-        return frozenset({"object"}), None
-    if isinstance(annotation, type):
-        if issubclass(annotation, BaseModel):
-            return frozenset({"object"}), model_shape(annotation)
-        if issubclass(annotation, Enum):
-            return frozenset(json_kind(m.value) for m in annotation), None
-        for base, kinds_ in _SCALARS.items():
-            if issubclass(annotation, base):
-                return kinds_, None
-        if issubclass(annotation, (list, tuple, set, frozenset)):
-            return frozenset({"array"}), None
-        if issubclass(annotation, dict):
-            return frozenset({"object"}), None
-    return _ANY, None
-
-
-def _type_name(annotation: Any) -> str:
-    """The annotation as people write it: `int`, `list[str]`, `str | None`."""
-    if typing.get_origin(annotation) is None and isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-@cache
-def model_shape(model: type[BaseModel], by_alias: bool = False) -> dict[str, Shape]:
-    """Each field of `model` (by the key a record holds it under) and what it takes."""
-    out: dict[str, Shape] = {}
-    for name, f in model.model_fields.items():
-        key = (f.validation_alias if isinstance(f.validation_alias, str) else None) or (f.alias if by_alias else None)
-        kinds, nested = _kinds(f.annotation)
-        out[key or name] = Shape(kinds, f.is_required(), nested, _type_name(f.annotation))
-    return out
-
-
-def model_paths(model: type[BaseModel], by_alias: bool = False) -> list[str]:
-    """Every field path of `model` as records hold it, nested models' fields joined by dots (what a per-field
-    `Contract` may name)."""
-
-    def walk(shape: dict[str, Shape], prefix: str) -> list[str]:
-        out = []
-        for key, s in shape.items():
-            out.append(prefix + key)
-            if s.nested is not None:
-                out += walk(s.nested, prefix + key + ".")
-        return out
-
-    return walk(model_shape(model, by_alias), "")
-
-
-def input_model(pipeline: Pipeline) -> tuple[type[BaseModel], bool] | None:
-    """The model a pipeline's raw records are checked against, with whether its fields are read by alias: its first
-    transformer's when that is a TypeTransformer, its schema's when it has no transformers; None otherwise (the
-    records are shaped by transformers before any model sees them, and no model says what they should be)."""
-    first = pipeline.transformers[0] if pipeline.transformers else None
-    if isinstance(first, TypeTransformer):
-        return first.model, first.by_alias
-    if not pipeline.transformers:
-        return pipeline.schema, False
-    return None
 
 
 @dataclass
@@ -262,7 +136,7 @@ def _ends(body: bytes, count: int) -> list[Any]:
 def batch_drift(pipeline: Pipeline, body: bytes, count: int | None, *, whole: bool) -> tuple[list[DriftField], int]:
     """The drift of a raw batch from the pipeline's input model, and how many records were looked at: every record
     with `whole` (a batch that had rejected records: the slow path already), else its first and last only."""
-    model = input_model(pipeline)
+    model = pipeline.input_model()
     if model is None:
         return [], 0
     finder = DriftFinder(model_shape(*model))
@@ -311,7 +185,7 @@ def apply_contract(pipeline: Pipeline, body: bytes, count: int | None) -> Contra
     dropped, or never sent, leaves its record to be dead-lettered as missing it), None leaves it to the model; under
     "evolve" (the whole pipeline's) nothing yet: the caller evolves the model (`jetl.evolution`). A text that is no
     JSON object is kept as it was: the transformer dead-letters it as unreadable."""
-    model = input_model(pipeline)
+    model = pipeline.input_model()
     contract = pipeline.contract
     records, positions, unread = read_records(body, count)
     n = len(records) + len(unread)

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from jetl import ConfigError, Contract, FileExtractor, FileLoader, LambdaTransformer, Pipeline, TypeTransformer
 from jetl.messages.wire import encode_records, read_records
-from jetl.transformers.drift import DriftFinder, apply_contract, batch_drift, model_shape
+from jetl.transformers.drift import DriftFinder, apply_contract, batch_drift
+from jetl.transformers.shape import model_shape
 
 
 class Address(BaseModel):
