@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from jetl.events import Event
     from jetl.projection import RunState
+    from jetl.runsummary import RunSummary
 
 
 def counts_table(state: RunState, title: str | None = None) -> Table:
@@ -36,7 +37,7 @@ def counts_table(state: RunState, title: str | None = None) -> Table:
     return t
 
 
-def state_json(state: RunState) -> dict[str, Any]:
+def state_json(state: RunState | RunSummary) -> dict[str, Any]:
     """A run's state for `--json` output."""
     return {
         "pipeline": state.pipeline,
@@ -111,14 +112,14 @@ def run(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _duration(st: RunState) -> str:
+def _duration(st: RunState | RunSummary) -> str:
     if st.started_at is None:
         return "-"
     end = st.finished_at or datetime.now(UTC)
     return f"{(end - st.started_at).total_seconds():.1f}s"
 
 
-def _notes(st: RunState) -> str:
+def _notes(st: RunState | RunSummary) -> str:
     from jetl.positions import cursor_text
 
     notes = []
@@ -152,7 +153,7 @@ def status(
     """
     from rich.table import Table
 
-    async def _go() -> tuple[int | None, list[RunState]]:
+    async def _go() -> tuple[int | None, list[RunState | RunSummary]]:
         if not rebuild:  # one plain connection, totals only: what the table shows (`jetl.ops.run_list`)
             from jetl.ops.run_list import run_list
 
@@ -161,7 +162,8 @@ def status(
 
         async with client() as jc:
             n = await refold(jc.conn, pipeline)
-            return n, (await jc.runs(pipeline))[:limit]
+            states: list[RunState | RunSummary] = [*(await jc.runs(pipeline))[:limit]]
+            return n, states
 
     refolded, runs = run_async(_go())
     if json_out:
