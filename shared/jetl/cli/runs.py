@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from jetl.cli._app import app, client, follow, nats_settings, progress, run_async
-from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_json, stamp
+from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, Rows, console, err_console, print_json, print_table, stamp
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -151,7 +151,6 @@ def status(
 
     Example: jetl status orders --limit 5
     """
-    from rich.table import Table
 
     async def _go() -> tuple[int | None, list[RunState | RunSummary]]:
         if not rebuild:  # one plain connection, totals only: what the table shows (`jetl.ops.run_list`)
@@ -173,7 +172,7 @@ def status(
         return
     if refolded is not None:
         console.print(f"rebuilt the run state from {refolded} event(s)")
-    t = Table(title=f"runs of {pipeline}" if pipeline else "runs")
+    t = Rows(title=f"runs of {pipeline}" if pipeline else "runs")
     for col in (
         "run",
         "trigger",
@@ -201,7 +200,10 @@ def status(
             "ok" if r.reconciles else "[red]NO[/red]",
             _notes(r),
         )
-    console.print(t if runs else "no runs yet")
+    if runs:
+        print_table(t)
+    else:
+        console.print("no runs yet")
 
 
 def _step_text(steps: list[dict[str, Any]] | None, fmt: Callable[[dict[str, Any]], str]) -> str:

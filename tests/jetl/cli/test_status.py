@@ -113,7 +113,7 @@ def test_status_imports_neither_pydantic_nor_what_only_publishing_or_folding_nee
         "from jetl.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "heavy = {'pydantic', 'pydantic_settings', 'faststream', 'structlog', 'croniter', 'jetl.events', 'jetl.bus',\n"
-        "    'jetl.ops.client', 'jetl.runstate'}\n"
+        "    'jetl.ops.client', 'jetl.runstate', 'rich'}\n"
         "print(sorted(set(sys.modules) & heavy), file=sys.stderr)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETL_")} | {"JETL_NATS__URL": nats.url}
