@@ -19,13 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jetl.contextfile import CONTEXT_FILE as CONTEXT_FILE
+from jetl.contextfile import DEFAULT_DIR as DEFAULT_DIR
 from jetl.errors import ConfigError
 
 if TYPE_CHECKING:
     from jetl.stackcontext import StackContext as StackContext
-
-CONTEXT_FILE = "context.json"
-DEFAULT_DIR = ".jetl"
 
 
 def __getattr__(name: str) -> Any:  # the pydantic model, imported when asked for (`jetl.stackcontext`)

@@ -12,8 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, PrivateAttr
 
 from jetl.runsummary import Ledger
-
-Status = Literal["requested", "running", "completed", "failed"]
+from jetl.runsummary import Status as Status
 
 
 class BatchState(BaseModel):

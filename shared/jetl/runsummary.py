@@ -13,12 +13,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
-if TYPE_CHECKING:
-    from jetl.runstate import Status
+Status = Literal["requested", "running", "completed", "failed"]
 
 
 class _Totals(Protocol):
@@ -136,7 +135,7 @@ class RunSummary(Ledger):
     drift: list[str] = field(default_factory=list)
 
 
-STATUSES = ("requested", "running", "completed", "failed")
+STATUSES: tuple[Status, ...] = ("requested", "running", "completed", "failed")
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})")
 """A time as pydantic writes an aware datetime; fromisoformat reads it the same."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, SecretStr
 
 from jetl.access import write_private
-from jetl.context import CONTEXT_FILE
+from jetl.contextfile import CONTEXT_FILE
 
 
 class StackContext(BaseModel):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from jetl.cli import _coerce
+from jetl.cli._coerce import install as install_plain_coercion
 from jetl.cli._output import EXIT_USAGE, console, debug, die, err_console, fail
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_coerce.install()  # plain options without typer's pydantic adapters (jetl.cli._coerce)
+install_plain_coercion()  # plain options without typer's pydantic adapters (jetl.cli._coerce)
 
 app = typer.Typer(
     name="jetl",

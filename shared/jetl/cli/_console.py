@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from jetl.cli._output import tsv_lines
+from jetl.cli._tsv import tsv_lines
 
 WIDE = 100
 """Terminals narrower than this get tables as one field a line."""

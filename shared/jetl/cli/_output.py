@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 import typer
 
+from jetl.cli._tsv import tsv_lines
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -174,14 +176,6 @@ def short_stamp(at: datetime, now: datetime | None = None) -> str:
     at = at.astimezone(UTC)
     year = (now or datetime.now(UTC)).astimezone(UTC).year
     return at.strftime("%m-%d %H:%M" if at.year == year else "%Y-%m-%d %H:%M")
-
-
-def tsv_lines(title: str, headers: list[str], rows: list[tuple[str, ...]]) -> list[str]:
-    """A table of plain cells as TSV lines: a `# title` line (if any), the header line, one line per row."""
-    lines = [f"# {title}"] if title else []
-    lines.append("\t".join(headers))
-    lines.extend("\t".join(row) for row in rows)
-    return lines
 
 
 _STYLED = re.compile(r"\[([a-z]+)\]([^\[\]\\]*)\[/\1?\]")
