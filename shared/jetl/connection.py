@@ -12,81 +12,81 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 import nats
 from nats.aio.client import Client
-from pydantic import BaseModel, Field, SecretStr
 
 from jetl import subjects
 from jetl.errors import TransientError, note_refusal
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-class TlsSettings(BaseModel):
-    """TLS for a client connection."""
+    from jetl.natssettings import NatsSettings as NatsSettings
+    from jetl.natssettings import TlsSettings as TlsSettings
+
+
+def __getattr__(name: str) -> Any:  # the pydantic models, imported when asked for (`jetl.natssettings`)
+    if name not in ("NatsSettings", "TlsSettings"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import jetl.natssettings
+
+    return getattr(jetl.natssettings, name)
+
+
+class Secret:
+    """A password or token read by `plain_nats_settings`: shown masked, as pydantic's `SecretStr` is."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+@dataclass(frozen=True)
+class PlainTls:
+    """`TlsSettings` unset (`PlainNats` has no TLS)."""
 
     ca_file: Path | None = None
-    """CA bundle that signs the server certificate."""
     cert_file: Path | None = None
-    """Client certificate, for mutual TLS."""
     key_file: Path | None = None
-    """Client private key, for mutual TLS."""
     hostname: str | None = None
-    """Server name to verify, when it differs from the URL's host."""
 
 
-class NatsSettings(BaseModel):
-    """How to reach NATS JetStream."""
+@dataclass(frozen=True)
+class PlainNats:
+    """The part of `NatsSettings` a connection is made from, with its defaults, for `plain_nats_settings`: a
+    test holds the defaults to NatsSettings' own (tests/jetl/test_connection.py)."""
 
     url: str = "nats://127.0.0.1:4222"
-    """One or more server URLs, comma-separated."""
     user: str | None = None
-    """User name, with `password`."""
-    password: SecretStr | None = None
-    """Password for `user`."""
-    token: SecretStr | None = None
-    """Auth token."""
+    password: Secret | None = None
+    token: Secret | None = None
     nkey_seed_file: Path | None = None
-    """NKey seed file."""
     creds_file: Path | None = None
-    """JWT credentials file."""
     inbox_prefix: str | None = None
-    """Prefix of this client's reply inboxes. Default: `_INBOX.<user>` for a user named as a jetl role (the only
-    inboxes its permissions let it hear: `jetl.access`), `_INBOX` otherwise. Set it to `_INBOX.<role>` where a
-    service's user is not named as its role (an NKey or creds file)."""
-    tls: TlsSettings = Field(default_factory=TlsSettings)
-    """TLS options; any file set here turns TLS on."""
+    tls: PlainTls = field(default_factory=PlainTls)
     connect_timeout: float = 5.0
-    """Seconds to wait for a connection."""
     ping_interval: float = 5.0
-    """Seconds between a client's PINGs to its server. After `max_outstanding_pings` unanswered ones the connection
-    is stale and the client moves to another server of the seed list: a server cut off from the network (its
-    process alive, its packets dropped) is left in about `ping_interval * (max_outstanding_pings + 1)` seconds, not
-    nats-py's default of minutes. A PING is a few bytes."""
     max_outstanding_pings: int = 2
-    """Unanswered PINGs after which the connection counts as stale (see `ping_interval`)."""
-    stream_replicas: int = 1
-    """Replicas of each stream (3 on a cluster)."""
-    ack_wait: float = 10.0
-    """Seconds a stage may hold a message without an ack or an in_progress() beat before JetStream redelivers it:
-    a crashed worker's messages come back after this; live workers beat every third of it. A consumer setting:
-    `jetl deploy` / `jetl up` apply it, so set it where they run."""
-    deployment_wait: float = 120.0
-    """Seconds a starting service waits for `jetl deploy` to have declared the streams before it gives up."""
-    stream_max_bytes: dict[str, int] = Field(default_factory=dict)
-    """Byte limit per stream kind (`raw`, `clean`, `events`, `dlq`, `logs`, `run`), overriding jetl.subjects.STREAMS."""
-    state_max_bytes: int = 1024 * 1024 * 1024
-    """Byte limit of the run-state KV bucket (full: writes are refused, never old state dropped)."""
-    run_state_ttl_days: float = 90.0
-    """Days a run's state and batch keys live after their last write (rebuildable from JETL_EVENTS); cursors,
-    pause flags and schedule marks never expire."""
-    full_wait: float = 86400.0
-    """Seconds a service's publish to a full stream (or a full JetStream store) waits for room, its input kept alive,
-    before the input is retried as a failure: ingestion pauses, and resumes by itself when the consumers downstream
-    catch up or disk is freed. Commands (`jetl run`, ...) never wait: they report the full stream at once."""
-    heartbeat_ttl_s: float = 3600.0
-    """Seconds a service instance's heartbeat key outlives its last beat (a dead instance's key goes away)."""
 
     @property
     def servers(self) -> list[str]:
@@ -94,7 +94,7 @@ class NatsSettings(BaseModel):
         return [u.strip() for u in self.url.split(",") if u.strip()]
 
 
-def _tls_context(s: NatsSettings) -> ssl.SSLContext | None:
+def _tls_context(s: NatsSettings | PlainNats) -> ssl.SSLContext | None:
     t = s.tls
     if not (t.ca_file or t.cert_file):
         return None
@@ -131,7 +131,7 @@ def refusals_noted(user: str | None, then: ErrorCallback | None = None) -> Error
     return on_error
 
 
-def connect_options(s: NatsSettings) -> dict[str, Any]:
+def connect_options(s: NatsSettings | PlainNats) -> dict[str, Any]:
     """Options shared by nats-py and FastStream's broker: auth (user/password, token, NKey, creds) and TLS."""
     opts: dict[str, Any] = {
         "servers": s.servers,
@@ -160,7 +160,7 @@ def connect_options(s: NatsSettings) -> dict[str, Any]:
     return opts
 
 
-async def connect(s: NatsSettings, **extra: Any) -> Client:
+async def connect(s: NatsSettings | PlainNats, **extra: Any) -> Client:
     """A plain nats-py connection (CLI commands and administration)."""
     opts = connect_options(s)
     if "error_cb" in extra:  # the caller's callback still hears everything but permission violations
@@ -169,7 +169,7 @@ async def connect(s: NatsSettings, **extra: Any) -> Client:
     return await nats.connect(**opts)
 
 
-async def fail_fast_connection(s: NatsSettings) -> Client:
+async def fail_fast_connection(s: NatsSettings | PlainNats) -> Client:
     """A nats-py connection that fails fast (no reconnect loop) with one clear error."""
 
     async def quiet(exc: Exception) -> None:  # nats-py prints a traceback per failed attempt otherwise
@@ -192,6 +192,8 @@ NESTED = "__"
 
 def _scalar(cls: type[BaseModel], name: str) -> bool:
     """Whether `name` is a field of `cls` that pydantic-settings reads from one variable as text (not as JSON)."""
+    from pydantic import BaseModel
+
     field = cls.model_fields.get(name)
     if field is None:
         return False
@@ -220,6 +222,8 @@ def quick_nats_settings(environ: Mapping[str, str], context: Mapping[str, Any] |
     The same class validates the values, so types, defaults and secrets are NatsSettings' own; a differential test
     holds this to pydantic-settings on generated environments (tests/jetl/test_connection.py).
     """
+    from jetl.natssettings import NatsSettings, TlsSettings
+
     env: dict[str, Any] = {}
     prefix = f"{ENV_PREFIX}nats"
     for key, value in environ.items():
@@ -246,3 +250,22 @@ def quick_nats_settings(environ: Mapping[str, str], context: Mapping[str, Any] |
         else:
             values[key] = value
     return NatsSettings.model_validate(values)
+
+
+PLAIN_FIELDS = ("url", "user", "password", "token", "inbox_prefix")
+"""The NATS settings `plain_nats_settings` takes: text as it is, which `NatsSettings` takes as it is too."""
+
+
+def plain_nats_settings(environ: Mapping[str, str]) -> PlainNats | None:
+    """`quick_nats_settings(environ, None)` without pydantic, for an environment that sets no NATS setting but
+    `PLAIN_FIELDS` (`JETL_NATS__URL`, ...: any text is valid there); None otherwise, and the caller reads it with
+    `quick_nats_settings`. Only without a stack context (whose credentials a command reads with its model)."""
+    values: dict[str, Any] = {}
+    for key, value in environ.items():
+        path = key.lower()[len(ENV_PREFIX) :].split(NESTED) if key.lower().startswith(f"{ENV_PREFIX}nats") else []
+        if not path or path[0] != "nats":  # another setting (`JETL_NATSY`)
+            continue
+        if len(path) != 2 or path[1] not in PLAIN_FIELDS:
+            return None
+        values[path[1]] = Secret(value) if path[1] in ("password", "token") else value
+    return PlainNats(**values)

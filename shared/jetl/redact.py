@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
-from pydantic import SecretStr
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 MASK = "***"
 _SECRET_PARAMS = re.compile(r"(pass|pwd|secret|token|key|auth|credential|signature|sig)", re.IGNORECASE)
@@ -27,6 +29,13 @@ _QUERY_SECRET = re.compile(
 )
 
 
+def _secret_text(value: Any) -> str:
+    """A `SecretStr`'s value (anything with its `get_secret_value`), else `value` as text: told apart without
+    importing pydantic, which the commands that only read (`jetl status`) do without."""
+    reveal = getattr(value, "get_secret_value", None)
+    return str(reveal()) if callable(reveal) else str(value)
+
+
 def redact_url(url: str | SecretStr | None) -> str:
     """`url` with the password of its user info and secret-looking query values replaced by `***`.
 
@@ -34,7 +43,7 @@ def redact_url(url: str | SecretStr | None) -> str:
     """
     if url is None:
         return ""
-    text = url.get_secret_value() if isinstance(url, SecretStr) else str(url)
+    text = _secret_text(url)
     try:
         parts = urlsplit(text)
         _ = parts.port  # raises on a malformed port: the text is not a URL we can show safely in parts
@@ -74,7 +83,7 @@ def _forms(values: Iterable[str | SecretStr | None]) -> list[str]:
     """Each value as it may be quoted back: as is, URL-encoded, JSON-escaped."""
     out: set[str] = set()
     for secret in values:
-        value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+        value = secret if secret is None or isinstance(secret, str) else _secret_text(secret)
         if value:
             out.update((value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]))
     return sorted(out, key=len, reverse=True)
@@ -125,7 +134,7 @@ def url_password(url: str | SecretStr | None) -> str | None:
     must also mask where a driver quotes it without the URL around it."""
     if url is None:
         return None
-    text = url.get_secret_value() if isinstance(url, SecretStr) else str(url)
+    text = _secret_text(url)
     try:
         return urlsplit(text).password or None
     except ValueError:

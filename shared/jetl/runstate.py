@@ -1,6 +1,7 @@
 """A run's folded state as the state bucket keeps it: `RunState` (totals, O(1) in size), its `Tally` and the
 per-batch `BatchState`. The models alone, without the events they are folded from (`jetl.projection` folds them), so
-a reader of the bucket (`jetl status`) does not import every event model.
+a reader of the bucket does not import every event model (`jetl status` reads `jetl.runsummary`'s summaries, which
+share `Ledger`'s arithmetic over the totals).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-Status = Literal["requested", "running", "completed", "failed"]
+from jetl.runsummary import Ledger
+from jetl.runsummary import Status as Status
 
 
 class BatchState(BaseModel):
@@ -67,7 +69,7 @@ class Tally(BaseModel):
 _COUNTED = ("extracted", "extract_rejected", "transformed", "rejected", "load_rejected", "filtered", "loaded")
 
 
-class RunState(BaseModel):
+class RunState(Ledger, BaseModel):
     """One run as the log tells it: O(1) in size, whatever the number of batches (their ledgers are kept apart)."""
 
     pipeline: str
@@ -127,53 +129,6 @@ class RunState(BaseModel):
         state read from KV alone has none (its totals are in `tally`)."""
         return self._batches
 
-    @property
-    def extracted(self) -> int:
-        """Everything the extractor read, good or malformed."""
-        return self.tally.extracted + self.tally.extract_rejected
-
-    @property
-    def loaded(self) -> int:
-        """Rows written to the destination."""
-        return self.tally.loaded
-
-    @property
-    def rejected(self) -> int:
-        """Records dead-lettered at any stage."""
-        return self.tally.extract_rejected + self.tally.rejected + self.tally.load_rejected
-
-    @property
-    def filtered(self) -> int:
-        """Records a transformer dropped on purpose (negative when one fanned out)."""
-        return self.tally.filtered
-
-    @property
-    def reconciles(self) -> bool:
-        """extracted = loaded + rejected + filtered, over every batch the run announced, each of them settled, and as
-        many batches and records as run.extracted counted. A batch lost on the way, or one still in flight, makes the
-        ledger not reconcile: equal sums over what arrived are not enough (a lost batch is in neither side)."""
-        if self.tally.settled != self.tally.batches:  # a batch still in flight
-            return False
-        if self.expected_batches is not None and self.tally.batches < self.expected_batches:  # a batch never seen
-            return False
-        if self.extracted_claimed is not None and self.extracted_claimed != self.extracted:
-            return False
-        return self.extracted == self.loaded + self.rejected + self.filtered
-
-    @property
-    def settled_batches(self) -> int:
-        """Batches that reached the destination or the DLQ."""
-        return self.tally.settled
-
-    @property
-    def settled(self) -> bool:
-        """Every batch of a fully extracted run has reached the destination or the DLQ."""
-        return (
-            self.expected_batches is not None
-            and self.tally.batches >= self.expected_batches
-            and self.tally.settled == self.tally.batches
-        )
-
     def refused_by_destination(self) -> str | None:
         """Why a settled run fails rather than completes: the destination refused every record that reached it (none
         loaded, some dead-lettered by the loader: a table whose schema changed, a destination that stayed away). A run
@@ -186,13 +141,3 @@ class RunState(BaseModel):
             f"the destination refused every record that reached it ({self.tally.load_rejected} dead-lettered by the "
             f"loader, none loaded; `jetl dlq` has them, `jetl dlq redrive` once it is mended){why}"
         )
-
-    def counts(self) -> dict[str, int]:
-        """The ledger totals."""
-        return {
-            "extracted": self.extracted,
-            "loaded": self.loaded,
-            "rejected": self.rejected,
-            "filtered": self.filtered,
-            "batches": self.tally.batches,
-        }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client
 from nats.js.api import (
@@ -27,10 +27,12 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from jetl import subjects
-from jetl.connection import NatsSettings
 from jetl.errors import NoDeployment, TransientError
 from jetl.redact import redact_url
 from jetl.subjects import CONSUMERS, STREAMS, Discard, Kind, Retention
+
+if TYPE_CHECKING:
+    from jetl.connection import NatsSettings
 
 # Consumer tuning: a stage must ack within ACK_WAIT or call in_progress(); after MAX_DELIVER tries a message
 # is dead-lettered by the stage itself (see jetl.runtime.stage). The ack wait is short because it is how long a
@@ -387,12 +389,12 @@ async def _declare_kv(js: Any, s: NatsSettings, *, dry_run: bool) -> Change:
 BUCKET = subjects.STATE_BUCKET
 
 
-STATE_MAX_BYTES = NatsSettings().state_max_bytes
-
-
-def kv_config(replicas: int = 1, max_bytes: int = STATE_MAX_BYTES) -> KeyValueConfig:
-    """The declared configuration of the state bucket (`jetl deploy` keeps it so). No bucket-wide TTL: cursors must
-    never expire, so run and batch keys carry their own (`jetl.state`, `NatsSettings.run_state_ttl_days`)."""
+def kv_config(replicas: int = 1, max_bytes: int | None = None) -> KeyValueConfig:
+    """The declared configuration of the state bucket (`jetl deploy` keeps it so; `max_bytes`: NatsSettings' default
+    when not given). No bucket-wide TTL: cursors must never expire, so run and batch keys carry their own
+    (`jetl.state`, `NatsSettings.run_state_ttl_days`)."""
+    if max_bytes is None:
+        max_bytes = NatsSettings().state_max_bytes
     return KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=replicas, max_bytes=max_bytes)
 
 

@@ -4,6 +4,7 @@ read declines and the command takes the full path."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 from unittest import mock
@@ -13,7 +14,17 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
 
-from jetl.connection import NatsSettings, env_value, quick_nats_settings
+from jetl.connection import (
+    PLAIN_FIELDS,
+    NatsSettings,
+    PlainNats,
+    PlainTls,
+    Secret,
+    connect_options,
+    env_value,
+    plain_nats_settings,
+    quick_nats_settings,
+)
 from jetl.context import StackContext
 from jetl.settings import JetlSettings, settings_with_context
 
@@ -114,3 +125,36 @@ def test_a_top_level_setting_is_read_as_pydantic_settings_reads_it() -> None:
     assert env_value({"JETL_DATA_DIR": "/a", "PATH": "/bin"}, "data_dir") == "/a"
     assert env_value({"jetl_data_dir": "/b"}, "data_dir") == "/b"  # any case, as pydantic-settings reads it
     assert env_value({"JETL_DATA_DIRS": "/c"}, "data_dir") is None
+
+
+def _options(s: Any) -> dict[str, Any]:
+    out = connect_options(s)
+    out.pop("error_cb")  # a closure of its own per call
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(env=st.dictionaries(st.sampled_from(NAMES), VALUES, max_size=6))
+def test_the_plain_read_connects_as_pydantic_settings_would_or_declines(env: dict[str, str]) -> None:
+    """`plain_nats_settings` (no pydantic, no context): where it reads the environment, the connection it makes is
+    the one `JetlSettings().nats` makes; it declines any NATS setting but plain text ones."""
+    with mock.patch.dict(os.environ, env, clear=True):
+        plain = plain_nats_settings(os.environ)
+        if plain is None:
+            assert {k.upper().removeprefix("JETL_NATS__") for k in env if k.upper().startswith("JETL_NATS")} - {
+                f.upper() for f in PLAIN_FIELDS
+            }
+            return
+        full = JetlSettings().nats
+    assert _options(plain) == _options(full)
+    assert (plain.url, plain.user, plain.inbox_prefix) == (full.url, full.user, full.inbox_prefix)
+
+
+def test_plain_settings_have_natssettings_defaults() -> None:
+    full = NatsSettings()
+    for f in dataclasses.fields(PlainNats):
+        if f.name != "tls":
+            assert getattr(PlainNats(), f.name) == getattr(full, f.name), f.name
+    assert dataclasses.asdict(PlainTls()) == full.tls.model_dump()
+    assert PlainNats().servers == full.servers
+    assert "pw" not in repr(PlainNats(password=Secret("pw")))

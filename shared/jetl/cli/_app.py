@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from jetl.cli._coerce import install as install_plain_coercion
 from jetl.cli._output import EXIT_USAGE, console, debug, die, err_console, fail
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from jetl.connection import NatsSettings
+    from jetl.connection import NatsSettings, PlainNats
     from jetl.context import StackContext
     from jetl.events import Event
     from jetl.ops.client import JetlClient
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from jetl.settings import JetlSettings
 
 T = TypeVar("T")
+
+install_plain_coercion()  # plain options without typer's pydantic adapters (jetl.cli._coerce)
 
 app = typer.Typer(
     name="jetl",
@@ -89,14 +92,18 @@ def settings(ctx: StackContext | None = None, *, found: bool = False) -> JetlSet
     return settings_with_context(ctx.settings_values()) if ctx is not None else JetlSettings()
 
 
-def nats_settings() -> NatsSettings:
-    """`settings().nats`, read without pydantic-settings where the environment allows (`quick_nats_settings`): for
-    commands that only read from NATS (`jetl status`)."""
+def nats_settings() -> NatsSettings | PlainNats:
+    """`settings().nats`, read without pydantic where the environment allows (`plain_nats_settings`: no context,
+    only plain text settings), else without pydantic-settings where it allows (`quick_nats_settings`): for commands
+    that only read from NATS (`jetl status`)."""
     import os
 
-    from jetl.connection import quick_nats_settings
+    from jetl.connection import plain_nats_settings, quick_nats_settings
 
     ctx = stack_context()
+    plain = plain_nats_settings(os.environ) if ctx is None else None
+    if plain is not None:
+        return plain
     context_nats = ctx.settings_values()["nats"] if ctx is not None else None
     quick = quick_nats_settings(os.environ, context_nats if isinstance(context_nats, dict) else None)
     return quick if quick is not None else settings(ctx, found=True).nats

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from jetl.cli._tsv import tsv_lines
+
 WIDE = 100
 """Terminals narrower than this get tables as one field a line."""
 
@@ -33,10 +35,7 @@ def table_lines(table: Table, *, vertical: bool) -> list[str]:
             lines.append("")
             lines.extend(f"{h.ljust(width)}  {v}" for h, v in zip(headers, row, strict=True))
         return lines
-    lines = [f"# {title}"] if title else []
-    lines.append("\t".join(headers))
-    lines.extend("\t".join(row) for row in rows)
-    return lines
+    return tsv_lines(title, headers, rows)
 
 
 class JetlConsole(Console):

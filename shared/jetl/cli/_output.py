@@ -12,6 +12,10 @@ nothing is cut to `cus…` and `cut -f` works. Errors are one line whatever the 
 
 from __future__ import annotations
 
+import itertools
+import os
+import re
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,8 +24,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 import typer
 
+from jetl.cli._tsv import tsv_lines
+
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
     from jetl.cli._console import JetlConsole
 
@@ -169,3 +176,79 @@ def short_stamp(at: datetime, now: datetime | None = None) -> str:
     at = at.astimezone(UTC)
     year = (now or datetime.now(UTC)).astimezone(UTC).year
     return at.strftime("%m-%d %H:%M" if at.year == year else "%Y-%m-%d %H:%M")
+
+
+_STYLED = re.compile(r"\[([a-z]+)\]([^\[\]\\]*)\[/\1?\]")
+"""A cell of one markup style around plain text (`[green]completed[/]`, `[red]NO[/red]`)."""
+
+
+def plain_cell(value: str) -> str | None:
+    """A table cell as `jetl.cli._console` prints it in TSV (rich markup dropped, whitespace folded), without
+    rich: for printable text with no markup, or one style around such text; None for anything else (rich reads it,
+    and drops control characters)."""
+    if not value.replace("\t", " ").replace("\n", " ").isprintable():
+        return None
+    if "[" in value or "\\" in value:
+        m = _STYLED.fullmatch(value)
+        if m is None:
+            return None
+        value = m.group(2)
+    return " ".join(value.split())
+
+
+class Rows:
+    """A table of text cells (rich markup allowed) for `print_table`: the columns and rows of a rich `Table`, built
+    without importing rich."""
+
+    def __init__(self, title: str | None = None) -> None:
+        self.title = title
+        self.columns: list[tuple[str, str]] = []
+        self.rows: list[tuple[str, ...]] = []
+
+    def add_column(self, header: str, justify: str = "left") -> None:
+        self.columns.append((header, justify))
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+    def table(self) -> Table:
+        """The rich Table of these rows."""
+        from rich.table import Table
+
+        t = Table(title=self.title)
+        for header, justify in self.columns:
+            t.add_column(header, justify=justify)  # type: ignore[arg-type]
+        for row in self.rows:
+            t.add_row(*row)
+        return t
+
+    def tsv(self) -> list[str] | None:
+        """The TSV lines `console` prints for `table()` where stdout is no terminal; None when a cell holds markup
+        that only rich reads (`plain_cell`)."""
+        cells = [plain_cell(v) for v in (self.title or "", *(h for h, _ in self.columns), *itertools.chain(*self.rows))]
+        if any(c is None for c in cells):
+            return None
+        plain = [c or "" for c in cells]
+        n = len(self.columns)
+        rows = [tuple(plain[1 + n + i * n : 1 + n + (i + 1) * n]) for i in range(len(self.rows))]
+        return tsv_lines(plain[0], plain[1 : 1 + n], rows)
+
+
+def _no_terminal() -> bool:
+    """Whether stdout is surely no terminal as rich's Console judges it (then tables are TSV: `JetlConsole`)."""
+    if os.environ.get("TTY_COMPATIBLE") or os.environ.get("FORCE_COLOR") is not None:
+        return False
+    try:
+        return not sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def print_table(rows: Rows) -> None:
+    """Print `rows` as `console.print(rows.table())` does, without importing rich where stdout is no terminal."""
+    lines = rows.tsv() if _no_terminal() else None
+    if lines is None:
+        console.print(rows.table())
+        return
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    sys.stdout.flush()

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from jetl.cli._app import app, client, follow, load_pipelines, nats_settings, progress, run_async, settings
-from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, console, err_console, print_json, stamp
+from jetl.cli._output import EXIT_FAILED, EXIT_USAGE, Rows, console, err_console, print_json, print_table, stamp
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from jetl.events import Event
     from jetl.projection import RunState
+    from jetl.runsummary import RunSummary
 
 
 def counts_table(state: RunState, title: str | None = None) -> Table:
@@ -36,7 +37,7 @@ def counts_table(state: RunState, title: str | None = None) -> Table:
     return t
 
 
-def state_json(state: RunState) -> dict[str, Any]:
+def state_json(state: RunState | RunSummary) -> dict[str, Any]:
     """A run's state for `--json` output."""
     return {
         "pipeline": state.pipeline,
@@ -111,14 +112,14 @@ def run(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _duration(st: RunState) -> str:
+def _duration(st: RunState | RunSummary) -> str:
     if st.started_at is None:
         return "-"
     end = st.finished_at or datetime.now(UTC)
     return f"{(end - st.started_at).total_seconds():.1f}s"
 
 
-def _notes(st: RunState) -> str:
+def _notes(st: RunState | RunSummary) -> str:
     from jetl.positions import cursor_text
 
     notes = []
@@ -152,9 +153,8 @@ def status(
 
     Example: jetl status orders --limit 5
     """
-    from rich.table import Table
 
-    async def _go() -> tuple[int | None, list[RunState]]:
+    async def _go() -> tuple[int | None, list[RunState | RunSummary]]:
         if not rebuild:  # one plain connection, totals only: what the table shows (`jetl.ops.run_list`)
             from jetl.ops.run_list import run_list
 
@@ -163,7 +163,8 @@ def status(
 
         async with client() as jc:
             n = await refold(jc.conn, pipeline)
-            return n, (await jc.runs(pipeline))[:limit]
+            states: list[RunState | RunSummary] = [*(await jc.runs(pipeline))[:limit]]
+            return n, states
 
     refolded, runs = run_async(_go())
     if json_out:
@@ -177,7 +178,7 @@ def status(
         return
     if refolded is not None:
         console.print(f"rebuilt the run state from {refolded} event(s)")
-    t = Table(title=f"runs of {pipeline}" if pipeline else "runs")
+    t = Rows(title=f"runs of {pipeline}" if pipeline else "runs")
     for col in (
         "run",
         "trigger",
@@ -205,7 +206,10 @@ def status(
             "ok" if r.reconciles else "[red]NO[/red]",
             _notes(r),
         )
-    console.print(t if runs else "no runs yet")
+    if runs:
+        print_table(t)
+    else:
+        console.print("no runs yet")
     if pipeline:
         _print_source_lag(pipeline)
 

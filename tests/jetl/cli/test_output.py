@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from rich.table import Table
 from typer.testing import CliRunner
@@ -226,3 +228,41 @@ def test_the_supervisor_restarts_a_killed_nats_server_on_its_port_and_store(tmp_
         assert stack.server.alive() and stack.server.port == port and sup.restarts == {"nats-server": 1}
     finally:
         stack.stop()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cells=st.lists(
+        st.one_of(
+            st.text(alphabet="ab [/]\\\t\n-", max_size=12),
+            st.builds(
+                lambda s, v, c: f"[{s}]{v}[/{c}]",
+                st.sampled_from(["red", "green", "dim"]),
+                st.text(max_size=6),
+                st.sampled_from(["", "red", "green"]),
+            ),
+        ),
+        min_size=2,
+        max_size=6,
+    ),
+    title=st.sampled_from([None, "", "runs", "runs of [b]x[/b]"]),
+)
+def test_rows_print_as_tsv_without_rich_as_rich_prints_them_or_leave_it_to_rich(
+    cells: list[str], title: str | None
+) -> None:
+    """`Rows.tsv` (`jetl status` in a pipe, without importing rich) is the TSV `JetlConsole` prints for the same rich
+    Table, or None (then rich prints it)."""
+    from jetl.cli._console import _cell, table_lines
+    from jetl.cli._output import Rows, plain_cell
+
+    for c in cells:
+        plain = plain_cell(c)
+        assert plain is None or plain == _cell(c)  # rich may refuse what it declines ('[red]x[/green]')
+    rows = Rows(title)
+    rows.add_column("a")
+    rows.add_column("b", justify="right")
+    for i in range(0, len(cells) - 1, 2):
+        rows.add_row(cells[i], cells[i + 1])
+    tsv = rows.tsv()
+    if tsv is not None:
+        assert tsv == table_lines(rows.table(), vertical=False)

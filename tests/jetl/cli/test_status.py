@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,18 +103,23 @@ def test_status_shows_what_the_operator_client_reads(nats: NatsHandle, monkeypat
 
 
 @pytest.mark.integration
-def test_status_imports_nothing_that_only_publishing_or_folding_needs(nats: NatsHandle) -> None:
+def test_status_imports_neither_pydantic_nor_what_only_publishing_or_folding_needs(
+    nats: NatsHandle, tmp_path: Path
+) -> None:
     asyncio.run(_seed(nats.url))
     code = (
         "import sys\n"
         "sys.argv = ['jetl', 'status']\n"
         "from jetl.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = {'pydantic_settings', 'faststream', 'structlog', 'croniter', 'jetl.events', 'jetl.bus',\n"
-        "    'jetl.ops.client'}\n"
+        "heavy = {'pydantic', 'pydantic_settings', 'faststream', 'structlog', 'croniter', 'jetl.events', 'jetl.bus',\n"
+        "    'jetl.ops.client', 'jetl.runstate', 'rich'}\n"
         "print(sorted(set(sys.modules) & heavy), file=sys.stderr)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETL_")} | {"JETL_NATS__URL": nats.url}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    # from a folder with no stack context (`jetl.context`): reading one takes its pydantic model
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=tmp_path
+    )
     assert "orders/orders-done" in done.stdout
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
