@@ -11,8 +11,8 @@ import pytest
 
 from jetl import ClickHouseLoader, FileLoader
 from jetl.loaders.clickhouse import close_clients
-from jetl.protocols import Loader, WriteSpec
-from jetl.testing.contracts import VersionedLoaderContract
+from jetl.protocols import Loader, VersionedLoader, WriteSpec
+from jetl.testing.contracts import Delivery, VersionedLoaderContract
 
 
 class TestFileLoaderJsonl(VersionedLoaderContract):
@@ -49,18 +49,23 @@ class TestClickHouse(VersionedLoaderContract):
     max_examples = 8  # each example is a fresh table in chdb
 
     @pytest.fixture(autouse=True)
-    def _dsn(self, dsn: str, request: pytest.FixtureRequest) -> None:
+    def _dsn(self, dsn: str) -> None:
         self.dsn = dsn
-        if request.node.originalname == "test_any_interleaving_ends_at_the_newest_version":
-            # Open, found by this test in December 2026 once the suites ran together: on chdb, some interleavings
-            # where a parent batch is delivered again after the replay that superseded it end with that parent's
-            # rows beside the replay's (seen under append and replace). The file loader, PostgreSQL and Iceberg
-            # pass the same interleavings; the fixed cases below (replay never reverts a newer row, deletes,
-            # history, superseded attempts) pass on ClickHouse too.
-            request.applymarker(pytest.mark.xfail(reason="chdb: a parent batch redelivered after its replay"))
 
     def new_loader(self, spec: WriteSpec, name: str) -> Loader:
         return ClickHouseLoader(name, dsn=self.dsn)
+
+
+class TestClickHouseMergedAfterEveryBatch(TestClickHouse):
+    """The same suite with the table merged (`OPTIMIZE ... FINAL`) after every delivery: the background merges a
+    busy server may run at any moment, run at every moment. A merge folds the copies of one version into one, so
+    which copy survives (and what a later `remove_batch` then takes away) must never depend on when merges run."""
+
+    @staticmethod
+    def deliver(loader: VersionedLoader, pipeline: str, d: Delivery) -> None:
+        VersionedLoaderContract.deliver(loader, pipeline, d)
+        assert isinstance(loader, ClickHouseLoader)
+        loader.client().command(f"OPTIMIZE TABLE {loader.qualified} FINAL")
 
 
 def test_the_run_view_knows_replays_incomplete_runs_and_attempts_a_later_run_read_again() -> None:

@@ -4,6 +4,12 @@
 It is what lets a replay replace exactly its parent's batches (`remove_batch`), a `--diff` compare a shadow table
 with exactly the rows the parent run loaded, and `jetl counts` check the destination per run. This module holds the
 column, its Arrow values and the SQL that reads and deletes by it; `ClickHouseLoader` runs them.
+
+A removed batch is also written down, in `jetl_superseded` (one table per database, like PostgreSQL's `jetl_loads`),
+and never inserted again: a parent batch that arrives after the replay that superseded it (late, or redelivered) must
+not come back. On a ReplacingMergeTree it would not merely come back: a merge folds the copies of one version into the
+last one inserted, the parent's, and the replay's next removal of the parent batch (its redelivery, or another replay
+of the same run) would then delete the record itself.
 """
 
 from __future__ import annotations
@@ -51,6 +57,28 @@ def rows_by_run(table: str) -> str:
 def remove_batch(table: str, batch_id: str) -> str:
     """DELETE the rows one batch wrote (a lightweight DELETE)."""
     return f"DELETE FROM {table} WHERE {quote(LINEAGE)} = {_literal(batch_id)}"
+
+
+SUPERSEDED = "jetl_superseded"
+"""The table naming the batches a replay removed, per table: `(tbl, batch_id)`; the loader does not insert them."""
+
+
+def create_superseded(table: str) -> str:
+    """CREATE the table of superseded batches (`table` quoted; one row per removed batch, repeats folded)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} (tbl String, batch_id String, at DateTime DEFAULT now())"
+        " ENGINE = ReplacingMergeTree ORDER BY (tbl, batch_id)"
+    )
+
+
+def mark_superseded(table: str, name: str, batch_id: str) -> str:
+    """INSERT that batch `batch_id` of table `name` is superseded."""
+    return f"INSERT INTO {table} (tbl, batch_id) VALUES ({_literal(name)}, {_literal(batch_id)})"
+
+
+def is_superseded(table: str, name: str, batch_id: str) -> str:
+    """SELECT 1 when batch `batch_id` of table `name` is superseded (no row otherwise)."""
+    return f"SELECT 1 FROM {table} WHERE tbl = {_literal(name)} AND batch_id = {_literal(batch_id)} LIMIT 1"
 
 
 def column_diff(table: str, shadow: str, columns: Sequence[str], key: Sequence[str], parent_run_id: str) -> str:

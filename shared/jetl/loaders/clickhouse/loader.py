@@ -6,7 +6,9 @@ loaded twice. Every row carries its version (its place in the source's log) and 
 (`jetl.loaders.clickhouse.versions`): under merge a ReplacingMergeTree keyed on the primary key keeps the row of the
 highest version, whatever order batches arrive in, and `current_rows` / `query` read rows as the destination means
 them (`FINAL`). It is a `LineageLoader` too: rows per run, removing a batch, shadow tables and diffs, all by the
-lineage column (`jetl.loaders.clickhouse.lineage`).
+lineage column (`jetl.loaders.clickhouse.lineage`). A batch a replay removed is written down and never inserted
+again (`jetl_superseded`): a merge would otherwise fold a late parent's copy over the replay's, and the parent
+batch's next removal would take the record with it.
 """
 
 from __future__ import annotations
@@ -222,6 +224,29 @@ class ClickHouseLoader:
         """`db`.`table`."""
         return f"{quote(self.database)}.{quote(self.table)}" if self.database else quote(self.table)
 
+    @property
+    def _superseded(self) -> str:
+        """`db`.`jetl_superseded`: the batches removed from this database's tables (`lineage.SUPERSEDED`)."""
+        table = quote(lineage.SUPERSEDED)
+        return f"{quote(self.database)}.{table}" if self.database else table
+
+    def _ensure_superseded(self, c: Any) -> None:
+        """Create the database's table of superseded batches if missing (once per loader)."""
+        if self._superseded in self._ready:
+            return
+        if self.database:
+            c.command(f"CREATE DATABASE IF NOT EXISTS {quote(self.database)}")
+        c.command(lineage.create_superseded(self._superseded))
+        self._ready.add(self._superseded)
+
+    def superseded(self, batch_id: str) -> bool:
+        """Whether a replay removed batch `batch_id` from this table (it is not inserted again)."""
+        try:
+            rows = self.client().query(lineage.is_superseded(self._superseded, self.table, batch_id)).result_rows
+        except Exception as exc:
+            raise _wrap(exc, f"looking up batch {batch_id} of {self.qualified}") from exc
+        return bool(rows)
+
     def describe(self) -> str:
         """Where rows go, the DSN's password masked (this lands in events, logs and `--json` output)."""
         return f"clickhouse:{redact_url(self.dsn)}#{self.table}"
@@ -257,6 +282,7 @@ class ClickHouseLoader:
             if self.database:
                 c.command(f"CREATE DATABASE IF NOT EXISTS {quote(self.database)}")
             c.command(self.ddl(model))
+            self._ensure_superseded(c)
             self._check_engine(c)
             # a table created before the lineage or version columns existed gets them (old rows read as "" and 0)
             c.command(lineage.add_column(key))
@@ -346,6 +372,8 @@ class ClickHouseLoader:
         self.ensure_table(model)
         if not table.num_rows:
             return 0
+        if self.superseded(ctx.batch_id):
+            return int(table.num_rows)  # a parent batch after the replay that removed it: loaded as the replay's
         try:
             self.client().insert_arrow(
                 self.qualified,
@@ -369,6 +397,8 @@ class ClickHouseLoader:
         self.ensure_table(model)
         if not records:
             return 0
+        if self.superseded(ctx.batch_id):
+            return len(records)  # a parent batch after the replay that removed it: loaded as the replay's
         table = self.arrow(records, model, ctx.batch_id)
         if table is None:
             names, columns = self.columns(records, model)
@@ -511,9 +541,15 @@ class ClickHouseLoader:
             raise _wrap(exc, f"counting {self.qualified} by run") from exc
 
     def remove_batch(self, pipeline: str, batch_id: str) -> None:
-        """Delete the rows one batch wrote (a lightweight DELETE; deleting nothing is fine)."""
+        """Delete the rows one batch wrote (a lightweight DELETE; deleting nothing is fine), having first written it
+        down as superseded, so that it is not inserted again: a parent batch delivered after its replay (late, or
+        again) would otherwise be, and a merge could keep its copy of a record instead of the replay's, which the
+        next removal of the batch then deletes."""
         try:
-            self.client().command(lineage.remove_batch(self.qualified, batch_id))
+            c = self.client()
+            self._ensure_superseded(c)
+            c.command(lineage.mark_superseded(self._superseded, self.table, batch_id))
+            c.command(lineage.remove_batch(self.qualified, batch_id))
         except Exception as exc:
             if _missing_table(exc):
                 return
