@@ -65,6 +65,7 @@ def declared(connector: object) -> set[str]:
             {
                 "ArrowLoader",
                 "CountingLoader",
+                "EvolvingLoader",
                 "ExclusiveLoader",
                 "KeyedLoader",
                 "LineageLoader",
@@ -78,13 +79,21 @@ def declared(connector: object) -> set[str]:
         ),
         (
             lambda tmp: jetl.FileLoader(tmp),
-            {"KeyedLoader", "LineageLoader", "ReachableLoader", "SchemaCheckingLoader", "VersionedLoader"},
+            {
+                "EvolvingLoader",
+                "KeyedLoader",
+                "LineageLoader",
+                "ReachableLoader",
+                "SchemaCheckingLoader",
+                "VersionedLoader",
+            },
         ),
         (
             lambda tmp: jetl.PostgresLoader("t", dsn="postgresql://postgres@127.0.0.1/test"),
             {
                 "ArrowLoader",
                 "CountingLoader",
+                "EvolvingLoader",
                 "KeyedLoader",
                 "LineageLoader",
                 "MergingLoader",
@@ -105,7 +114,7 @@ def declared(connector: object) -> set[str]:
                 "VersionedLoader",
             },
         ),
-        (lambda tmp: jetl.ConsoleLoader(), set()),
+        (lambda tmp: jetl.ConsoleLoader(), {"EvolvingLoader"}),
     ],
 )
 def test_each_connector_declares_what_it_implements(make: object, expected: set[str], tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 async def snapshot(stack: Stack) -> dict[str, Any]:
     """Everything an attack could change: each stream's last sequence and consumers, and every state key's revision
-    but the heartbeats (they beat on their own)."""
+    but the heartbeats (they beat on their own), and who holds each of the tracker's shard leases."""
     nc = await connect(stack.operator)
     try:
         js = nc.jetstream()
@@ -97,7 +97,12 @@ async def snapshot(stack: Stack) -> dict[str, Any]:
                 streams[spec.name] = (info.state.last_seq, consumers)
         kv = await bucket(nc)
         keys = [k for k in await bucket_keys(kv) if not k.startswith(f"{subjects.StateKey.SVC}.")]
-        revisions = {k: (await kv.get(k)).revision for k in keys}
+        # a shard lease is renewed on its own: what an attack could change is who holds it
+        revisions = {
+            k: e.value if k.startswith(f"{subjects.StateKey.SHARD}.") else e.revision
+            for k in keys
+            if (e := await kv.get(k)) is not None
+        }
         return {"streams": streams, "state": revisions}
     finally:
         await nc.close()
