@@ -58,6 +58,21 @@ FULL_RETRY_S = (0.25, 5.0)
 """First and longest pause between tries of a publish refused for want of room (the pause doubles up to the cap)."""
 
 
+UNANSWERED_S = 5.0
+"""Seconds a stream leaves publishes unanswered before publishers report it (`unanswered`) while they retry."""
+
+
+def unanswered(kind: Kind, seconds: float) -> TransientError:
+    """Why publishes to `kind`'s stream wait: it has not answered for `seconds`. An election ends within seconds; a
+    server whose JetStream store filled its disk ("no space left on device" in its log) does not answer that stream
+    again until restarted, which `jetl up` does by itself once there is room, and a server run otherwise needs."""
+    return TransientError(
+        f"stream {STREAMS[kind].name} has not answered publishes for {seconds:.0f}s: a leader election, or the disk "
+        "under its server's JetStream store is full (its log says 'no space left on device'): free room there, then "
+        "restart nats-server (`jetl up` restarts its own once there is room)"
+    )
+
+
 def store_full(kind: Kind, exc: BaseException) -> StoreFull | None:
     """`exc` as the store that is full, named with the setting that raises its limit; None when it is not that."""
     said = refused_for_room(exc)
@@ -135,8 +150,9 @@ class Bus:
         self.role = role
         self.full_wait = full_wait
         """Seconds a publish to a full stream waits for room before it raises StoreFull (`NatsSettings.full_wait`)."""
-        self.paused: StoreFull | None = None
-        """Why publishing is paused right now (a full stream or store), for health and logs; None when it is not."""
+        self.paused: TransientError | None = None
+        """Why publishing is paused right now (a full stream or store, or a stream that does not answer:
+        `unanswered`), for health and logs; None when it is not."""
 
     async def _publish(self, body: bytes, subject: str, msg_id: str, kind: Kind) -> bool:
         """Publish and wait for the stream's ack; True when the stream dropped it as a duplicate of `msg_id`.
@@ -160,6 +176,8 @@ class Bus:
         while True:
             try:
                 ack = await self.broker.publish(body, subject, headers={MSG_ID: msg_id}, stream=STREAMS[kind].name)
+                if self.paused is not None and not isinstance(self.paused, StoreFull):
+                    self.paused = None  # an unanswered stream answers again
                 if full_since is not None:
                     log.info(
                         "publishing resumed", stream=STREAMS[kind].name, paused_s=round(loop.time() - full_since, 1)
@@ -181,7 +199,9 @@ class Bus:
                     deadline = loop.time() + LEADERLESS_S
                     continue
                 if not leaderless(exc) or loop.time() >= deadline:
-                    raise
+                    raise  # `paused` stays until a publish is answered: health keeps saying why
+                if loop.time() - (deadline - LEADERLESS_S) >= UNANSWERED_S:
+                    self.paused = unanswered(kind, loop.time() - (deadline - LEADERLESS_S))
                 await asyncio.sleep(LEADERLESS_RETRY_S)
 
     async def run_request(self, req: RunRequest) -> bool:
