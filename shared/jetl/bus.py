@@ -168,10 +168,17 @@ class Bus:
         back as the consumers downstream ack (JETL_RAW and JETL_CLEAN keep only what is not yet done) or as disk is
         freed, and the publish goes on by itself. Past `full_wait` it raises StoreFull, naming the store and the
         setting to raise, never as a leader election.
+
+        A stream that leaves publishes unanswered past `LEADERLESS_S` while it answers its info with a leader is no
+        election: its server's store hit a full disk ("no space left on device") and takes no writes to it until
+        restarted (`jetl up` does so once there is room: `jetl.stack.disk`). The publish then waits for it like a
+        full store, up to `full_wait`, and `paused` names it (`unanswered`) from `UNANSWERED_S` on.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEADERLESS_S
         full_since: float | None = None
+        stalled_since: float | None = None
+        """Since when publishes went unanswered (`leaderless`)."""
         pause = FULL_RETRY_S[0]
         while True:
             try:
@@ -196,13 +203,31 @@ class Bus:
                         raise full from exc
                     await asyncio.sleep(pause)
                     pause = min(FULL_RETRY_S[1], pause * 2)
-                    deadline = loop.time() + LEADERLESS_S
+                    deadline, stalled_since = loop.time() + LEADERLESS_S, None
                     continue
-                if not leaderless(exc) or loop.time() >= deadline:
-                    raise  # `paused` stays until a publish is answered: health keeps saying why
-                if loop.time() - (deadline - LEADERLESS_S) >= UNANSWERED_S:
-                    self.paused = unanswered(kind, loop.time() - (deadline - LEADERLESS_S))
+                if not leaderless(exc):
+                    raise
+                stalled_since = loop.time() if stalled_since is None else stalled_since
+                stalled = loop.time() - stalled_since
+                if stalled >= UNANSWERED_S:  # it stays until a publish is answered: health keeps saying why
+                    self.paused = unanswered(kind, stalled)
+                if loop.time() >= deadline:
+                    # An election is over by now. A stream that answers its info but not publishes has a leader that
+                    # stores nothing (its disk filled): the publish waits for it as for a full store.
+                    if stalled >= self.full_wait or not await self._has_leader(kind):
+                        raise
+                    if deadline - LEADERLESS_S <= stalled_since:
+                        log.warning("publishing paused", reason=str(self.paused), wait_s=self.full_wait)
+                    deadline = loop.time() + LEADERLESS_S
                 await asyncio.sleep(LEADERLESS_RETRY_S)
+
+    async def _has_leader(self, kind: Kind) -> bool:
+        """Whether `kind`'s stream answers its info with a leader (False when it cannot be asked)."""
+        try:
+            info = await self.broker.connection.jetstream().stream_info(STREAMS[kind].name)
+        except Exception:
+            return False
+        return info.cluster is None or info.cluster.leader is not None
 
     async def run_request(self, req: RunRequest) -> bool:
         """Queue a run request for the extractor; True when this run id was already queued (deduplicated)."""
