@@ -183,6 +183,10 @@ class Bus:
         while True:
             try:
                 ack = await self.broker.publish(body, subject, headers={MSG_ID: msg_id}, stream=STREAMS[kind].name)
+                if stalled_since is not None and loop.time() - stalled_since >= UNANSWERED_S:
+                    log.info(
+                        "publishing resumed", stream=STREAMS[kind].name, paused_s=round(loop.time() - stalled_since, 1)
+                    )
                 if self.paused is not None and not isinstance(self.paused, StoreFull):
                     self.paused = None  # an unanswered stream answers again
                 if full_since is not None:

@@ -2,8 +2,9 @@
 
 The stack's store folder (`<data>/nats/js`) is a 64 MB tmpfs; a filler file leaves a few MB, and a run's batches
 fill the rest. nats-server then stops answering publishes to the stream that hit it ("no space left on device" in
-its log) until restarted. `jetl up` says so, `jetl health` reports it while it waits for room; the filler is
-deleted, the supervisor restarts nats-server on its port and store, and the run completes with exact counts and a
+its log) until restarted. `jetl up` says so, `jetl health` reports it while it waits for room (and the services
+report the stream that does not answer), past the point where a publish used to give up; the filler is deleted,
+the supervisor restarts nats-server on its port and store, and the run completes with exact counts and a
 reconciled ledger. Needs root for `mount` (these tests run as root): fails under CI=true without it, skips otherwise.
 """
 
@@ -120,6 +121,22 @@ def test_a_full_store_disk_pauses_and_resumes_by_itself(tmp_path: Path, store: P
 
         reported = wait_for(health_says, 60, "jetl health to report the full disk", said)
         assert "nats-server will be restarted when room returns" in said()
+
+        def services_say() -> bool:  # what `jetl health` says of a server jetl does not run, too
+            h = jetl("health", "--json", cwd=tmp_path)
+            rows = json.loads(h.stdout)["checks"] if h.stdout.startswith("{") else []
+            return any(
+                r["check"] == "service"
+                and "has not answered publishes" in r["detail"]
+                and "restart nats-server" in r["detail"]
+                for r in rows
+            )
+
+        wait_for(services_say, 60, "the services to report the stream that does not answer", said)
+        logs = tmp_path / ".jetl" / "logs"
+        waiting = lambda: any("publishing paused" in f.read_text(errors="replace") for f in logs.glob("*.log"))  # noqa: E731
+        # past the 15 s a publish used to fail after (which spent deliveries and failed the run): it waits instead
+        wait_for(waiting, 90, "a publisher to wait for the stream instead of failing", said)
         filler.unlink()
         freed = time.monotonic()
         restarted = wait_for(lambda: "has room again" in said(), 60, "the restart", said)
