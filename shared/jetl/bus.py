@@ -58,6 +58,21 @@ FULL_RETRY_S = (0.25, 5.0)
 """First and longest pause between tries of a publish refused for want of room (the pause doubles up to the cap)."""
 
 
+UNANSWERED_S = 5.0
+"""Seconds a stream leaves publishes unanswered before publishers report it (`unanswered`) while they retry."""
+
+
+def unanswered(kind: Kind, seconds: float) -> TransientError:
+    """Why publishes to `kind`'s stream wait: it has not answered for `seconds`. An election ends within seconds; a
+    server whose JetStream store filled its disk ("no space left on device" in its log) does not answer that stream
+    again until restarted, which `jetl up` does by itself once there is room, and a server run otherwise needs."""
+    return TransientError(
+        f"stream {STREAMS[kind].name} has not answered publishes for {seconds:.0f}s: a leader election, or the disk "
+        "under its server's JetStream store is full (its log says 'no space left on device'): free room there, then "
+        "restart nats-server (`jetl up` restarts its own once there is room)"
+    )
+
+
 def store_full(kind: Kind, exc: BaseException) -> StoreFull | None:
     """`exc` as the store that is full, named with the setting that raises its limit; None when it is not that."""
     said = refused_for_room(exc)
@@ -135,8 +150,9 @@ class Bus:
         self.role = role
         self.full_wait = full_wait
         """Seconds a publish to a full stream waits for room before it raises StoreFull (`NatsSettings.full_wait`)."""
-        self.paused: StoreFull | None = None
-        """Why publishing is paused right now (a full stream or store), for health and logs; None when it is not."""
+        self.paused: TransientError | None = None
+        """Why publishing is paused right now (a full stream or store, or a stream that does not answer:
+        `unanswered`), for health and logs; None when it is not."""
 
     async def _publish(self, body: bytes, subject: str, msg_id: str, kind: Kind) -> bool:
         """Publish and wait for the stream's ack; True when the stream dropped it as a duplicate of `msg_id`.
@@ -152,14 +168,27 @@ class Bus:
         back as the consumers downstream ack (JETL_RAW and JETL_CLEAN keep only what is not yet done) or as disk is
         freed, and the publish goes on by itself. Past `full_wait` it raises StoreFull, naming the store and the
         setting to raise, never as a leader election.
+
+        A stream that leaves publishes unanswered past `LEADERLESS_S` while it answers its info with a leader is no
+        election: its server's store hit a full disk ("no space left on device") and takes no writes to it until
+        restarted (`jetl up` does so once there is room: `jetl.stack.disk`). The publish then waits for it like a
+        full store, up to `full_wait`, and `paused` names it (`unanswered`) from `UNANSWERED_S` on.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEADERLESS_S
         full_since: float | None = None
+        stalled_since: float | None = None
+        """Since when publishes went unanswered (`leaderless`)."""
         pause = FULL_RETRY_S[0]
         while True:
             try:
                 ack = await self.broker.publish(body, subject, headers={MSG_ID: msg_id}, stream=STREAMS[kind].name)
+                if stalled_since is not None and loop.time() - stalled_since >= UNANSWERED_S:
+                    log.info(
+                        "publishing resumed", stream=STREAMS[kind].name, paused_s=round(loop.time() - stalled_since, 1)
+                    )
+                if self.paused is not None and not isinstance(self.paused, StoreFull):
+                    self.paused = None  # an unanswered stream answers again
                 if full_since is not None:
                     log.info(
                         "publishing resumed", stream=STREAMS[kind].name, paused_s=round(loop.time() - full_since, 1)
@@ -178,11 +207,31 @@ class Bus:
                         raise full from exc
                     await asyncio.sleep(pause)
                     pause = min(FULL_RETRY_S[1], pause * 2)
-                    deadline = loop.time() + LEADERLESS_S
+                    deadline, stalled_since = loop.time() + LEADERLESS_S, None
                     continue
-                if not leaderless(exc) or loop.time() >= deadline:
+                if not leaderless(exc):
                     raise
+                stalled_since = loop.time() if stalled_since is None else stalled_since
+                stalled = loop.time() - stalled_since
+                if stalled >= UNANSWERED_S:  # it stays until a publish is answered: health keeps saying why
+                    self.paused = unanswered(kind, stalled)
+                if loop.time() >= deadline:
+                    # An election is over by now. A stream that answers its info but not publishes has a leader that
+                    # stores nothing (its disk filled): the publish waits for it as for a full store.
+                    if stalled >= self.full_wait or not await self._has_leader(kind):
+                        raise
+                    if deadline - LEADERLESS_S <= stalled_since:
+                        log.warning("publishing paused", reason=str(self.paused), wait_s=self.full_wait)
+                    deadline = loop.time() + LEADERLESS_S
                 await asyncio.sleep(LEADERLESS_RETRY_S)
+
+    async def _has_leader(self, kind: Kind) -> bool:
+        """Whether `kind`'s stream answers its info with a leader (False when it cannot be asked)."""
+        try:
+            info = await self.broker.connection.jetstream().stream_info(STREAMS[kind].name)
+        except Exception:
+            return False
+        return info.cluster is None or info.cluster.leader is not None
 
     async def run_request(self, req: RunRequest) -> bool:
         """Queue a run request for the extractor; True when this run id was already queued (deduplicated)."""

@@ -32,6 +32,10 @@ class EmbeddedNatsSettings(BaseModel):
     memory_limit_mb: int = Field(default=384, ge=0)
     """Soft memory limit of the server process (Go's GOMEMLIMIT), MiB; 0 for none. Under it the server's garbage
     collector works harder instead of growing: its peak RSS stays near this on any input."""
+    restart_free_mb: int = Field(default=64, ge=0)
+    """Free MiB the file system under the JetStream store must have again before `jetl up` restarts a server whose
+    store filled the disk (`jetl.stack.disk`): a server that hit "no space left on device" takes no writes to that
+    stream until it is restarted."""
 
 
 class ArchiveSettings(BaseModel):

@@ -183,6 +183,9 @@ def supervise(stack: Stack) -> None:
                     highlight=False,
                 )
                 err_console.print(r.log_tail or "(nothing)", markup=False, highlight=False)
+            for note in supervisor.notes:
+                err_console.print(f"[yellow]{note}[/yellow]", highlight=False)
+            supervisor.notes.clear()
             time.sleep(0.5)
     except Exception as exc:
         stack.stop()

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from jetl import subjects
 from jetl.archive import Archive
 from jetl.protocols import LagExtractor, SourceLag
+from jetl.stack.disk import disk_full_status
 from jetl.state import HEARTBEAT_PREFIX, RunMark, get_mark, get_paused, last_failed_key, last_ok_key, watch_values
 from jetl.subjects import CONSUMERS, STREAMS
 from jetl.topology import BUCKET
@@ -147,6 +148,9 @@ async def gather_health(
     account = await js.account_info()
     store_limit = account.limits.max_storage if account.limits is not None else None
     add("jetstream", "file store", *capacity(account.storage, store_limit, "the account's or server's max_file_store"))
+    disk_full = disk_full_status(s.data_dir / "nats")  # what the supervisor of a `jetl up` here waits for
+    if disk_full:
+        add("jetstream", "store disk", "fail", disk_full)
     archive = Archive.of(s)
     try:
         use = await asyncio.to_thread(archive.usage)

@@ -10,6 +10,7 @@ as the operator user, then starts each service as its own role's user (replicas 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 
 from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
-from jetl.errors import ConfigError, JetlError
+from jetl.errors import ConfigError, JetlError, TransientError
 from jetl.registry import pipeline_names
 from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
 from jetl.stack._process import (
@@ -36,6 +37,7 @@ from jetl.stack._process import (
     wait_listening,
 )
 from jetl.stack.cluster import NatsCluster
+from jetl.stack.disk import STATUS_FILE, DiskWatch
 from jetl.topology import Change, declare
 
 
@@ -64,6 +66,8 @@ class NatsServer(Child):
     """The config's `authorization {}` block (`Credentials.server_config()`); empty: open to anyone (test servers)."""
     memory_limit_mb: int = 0
     """GOMEMLIMIT of the server process, in MB (`EmbeddedNatsSettings.memory_limit_mb`); 0: none."""
+    restart_free_mb: int = EmbeddedNatsSettings().restart_free_mb
+    """Free MiB its store's file system needs before a server that filled it is restarted (`jetl.stack.disk`)."""
 
     @property
     def url(self) -> str:
@@ -96,6 +100,15 @@ class NatsServer(Child):
     def restart(self, restarts: int) -> None:
         """Start it again on the same port and store: clients reconnect to it and find their streams."""
         self.start()
+
+    def disk_watch(self) -> DiskWatch:
+        """What tells its supervisor that its store filled the disk, and when there is room to restart it."""
+        return DiskWatch(
+            self.store_dir / "js",
+            self.log_path,
+            self.store_dir / STATUS_FILE,
+            self.restart_free_mb * 1024 * 1024,
+        )
 
     def stop(self, kill: bool = False) -> None:
         """Stop it (SIGKILL with `kill`)."""
@@ -277,6 +290,7 @@ class Stack:
                 max_file_store_mb=limits.max_file_store_mb,
                 max_memory_store_mb=limits.max_memory_store_mb,
                 memory_limit_mb=limits.memory_limit_mb,
+                restart_free_mb=limits.restart_free_mb,
                 authorization=self.credentials.server_config(),
             ).start()
             self.nats_url = self.server.url
@@ -393,6 +407,10 @@ class Supervisor:
     server comes back on its port and store, and the services, which reconnect, go on where they were. Each
     restarted service gets `JETL_RESTARTS` (how many times it was restarted), which its heartbeat carries, so
     `jetl health` shows the count from any host.
+
+    It also reads the embedded server's log (`jetl.stack.disk.DiskWatch`): a server whose store filled its disk takes
+    no writes to that stream until restarted, so once the disk has room again it is restarted the same way, and until
+    then `notes` (and `jetl health`) say what it waits for.
     """
 
     stack: Stack
@@ -403,6 +421,9 @@ class Supervisor:
     restarts: dict[str, int] = field(default_factory=dict)
     _crashes: dict[str, list[float]] = field(default_factory=dict)
     _due: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Lines for the stack's log beside the restarts (a full store, its restart); `jetl up` prints and clears them."""
+    _disk: DiskWatch | None = None
 
     def children(self) -> dict[str, Child]:
         """Every process it watches, by name: the servers first, so a server is back before the services need it."""
@@ -439,7 +460,24 @@ class Supervisor:
             delay = min(self.max_delay, self.base_delay * 2 ** (len(crashes) - 1))
             self._due[key] = now + delay
             seen.append(Restart(key, p.exit_code, p.log_tail(), self.restarts.get(key, 0) + 1, delay))
+        self._watch_disk(now)
         return seen
+
+    def _watch_disk(self, now: float) -> None:
+        """Restart the embedded server once the disk its store filled has room again (`DiskWatch`)."""
+        server = self.stack.server
+        if server is None or not server.alive() or "nats-server" in self._due:
+            return
+        if self._disk is None:
+            self._disk = server.disk_watch()
+        say, restart = self._disk.poll(now)
+        if say:
+            self.notes.append(say)
+        if restart:
+            server.stop()
+            self.restarts["nats-server"] = self.restarts.get("nats-server", 0) + 1
+            with contextlib.suppress(TransientError):  # not listening: the next poll restarts it as a dead one
+                server.start()
 
 
 def _what(key: str) -> str:

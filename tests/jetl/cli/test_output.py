@@ -230,6 +230,37 @@ def test_the_supervisor_restarts_a_killed_nats_server_on_its_port_and_store(tmp_
         stack.stop()
 
 
+def test_the_supervisor_restarts_a_server_whose_store_filled_its_disk_once_there_is_room(tmp_path: Path) -> None:
+    from jetl.stack.disk import disk_full_status
+
+    stack = Stack(data_dir=tmp_path, pipelines_dir=tmp_path)
+    stack.server = NatsServer(tmp_path / "nats", restart_free_mb=10**9).start()  # more room than any disk has
+    port, pid = stack.server.port, stack.server.proc.pid  # type: ignore[union-attr]
+    sup = Supervisor(stack)
+    try:
+        assert sup.poll(now=10.0) == [] and sup.notes == []
+        with stack.server.log_path.open("a") as log:  # what nats-server 2.15 logs when its store's disk is full
+            log.write(
+                "[ERR] JetStream failed to store a msg on stream 'JETL_RAW': write x.blk: no space left on device\n"
+            )
+        sup.poll(now=11.0)
+        assert len(sup.notes) == 1 and sup.notes[0].startswith("JetStream store disk full: ")
+        assert "nats-server will be restarted when room returns" in sup.notes[0]
+        assert disk_full_status(tmp_path / "nats") == sup.notes[0]  # what `jetl health` shows
+        sup.poll(now=12.0)
+        assert len(sup.notes) == 1 and stack.server.proc.pid == pid  # still no room: it waits  # type: ignore[union-attr]
+        stack.server.restart_free_mb = 0
+        sup._disk.restart_free = 0  # type: ignore[union-attr]
+        sup.poll(now=13.0)
+        assert "has room again" in sup.notes[-1] and "restarting nats-server" in sup.notes[-1]
+        assert stack.server.alive() and stack.server.port == port and stack.server.proc.pid != pid  # type: ignore[union-attr]
+        assert disk_full_status(tmp_path / "nats") is None and sup.restarts == {"nats-server": 1}
+        sup.poll(now=14.0)
+        assert len(sup.notes) == 2  # the old line is not read again
+    finally:
+        stack.stop()
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     cells=st.lists(

@@ -3,6 +3,7 @@ options, and publishes that wait out a stream's leader election."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -85,3 +86,43 @@ async def test_a_stream_that_stays_leaderless_fails_the_publish(monkeypatch: pyt
     with pytest.raises(NoStreamResponseError):
         await Bus(broker, "scheduler").event(_event())  # type: ignore[arg-type]
     assert broker.tries > 1
+
+
+class StorelessBroker(LeaderlessBroker):
+    """A stream whose leader answers its info but not publishes, as a server whose store filled its disk."""
+
+    @property
+    def connection(self) -> Any:
+        info = type("Info", (), {"cluster": None})()
+
+        async def stream_info(name: str) -> Any:
+            return info
+
+        return type(
+            "Conn", (), {"jetstream": lambda self: type("JS", (), {"stream_info": staticmethod(stream_info)})()}
+        )()
+
+
+async def test_a_stream_that_stores_nothing_pauses_the_publish_until_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bus, "LEADERLESS_RETRY_S", 0.01)
+    monkeypatch.setattr(bus, "LEADERLESS_S", 0.05)
+    monkeypatch.setattr(bus, "UNANSWERED_S", 0.02)
+    broker = StorelessBroker(silent=40)
+    b = Bus(broker, "scheduler", full_wait=3600)  # type: ignore[arg-type]
+    seen: list[str] = []
+
+    async def watch() -> None:
+        while broker.tries <= broker.silent:
+            if b.paused is not None:
+                seen.append(str(b.paused))
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    await b.event(_event())  # past LEADERLESS_S: it has a leader, so it waits instead of failing
+    await watcher
+    assert broker.tries == 41 and b.paused is None
+    assert seen and "has not answered publishes" in seen[-1] and "restart nats-server" in seen[-1]
+    with pytest.raises(NoStreamResponseError):  # a client that may not wait (full_wait 0) fails as before
+        await Bus(StorelessBroker(silent=10**6), "scheduler").event(_event())  # type: ignore[arg-type]
