@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import orjson
@@ -19,10 +20,28 @@ from pydantic import BaseModel
 from jetl import subjects
 from jetl.archive import Archive
 from jetl.protocols import LagExtractor, SourceLag
-from jetl.stack.disk import disk_full_status
 from jetl.state import HEARTBEAT_PREFIX, RunMark, get_mark, get_paused, last_failed_key, last_ok_key, watch_values
 from jetl.subjects import CONSUMERS, STREAMS
 from jetl.topology import BUCKET
+
+STATUS_FILE = "disk-full.json"
+"""Written by the supervisor of `jetl up` (`jetl.stack.disk.DiskWatch`) in the embedded server's folder
+(`<data>/nats`): the state of a full store while the supervisor waits for room."""
+
+STATUS_FRESH_S = 30.0
+"""A status file older than this was left by a stack that is gone: `jetl health` ignores it."""
+
+
+def disk_full_status(server_dir: Path) -> str | None:
+    """What a running `jetl up` says of its server's full store (`STATUS_FILE` in `server_dir`), or None."""
+    try:
+        body = orjson.loads((server_dir / STATUS_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(body, dict) or time.time() - float(body.get("at", 0)) > STATUS_FRESH_S:
+        return None
+    return str(body.get("detail") or "")
+
 
 if TYPE_CHECKING:
     from typing import Any

@@ -5,7 +5,7 @@ its log says "no space left on device", and it keeps failing them after space is
 `DiskWatch` reads the server's log as it grows (the supervisor of `jetl up` owns it); once it has seen the line, it
 waits until the store's file system has room again (`EmbeddedNatsSettings.restart_free_mb`, by `os.statvfs`) and
 then has the server restarted on its port and store, as a killed one is. While it waits it says so, in the stack's
-log and in a status file beside the store that `jetl health` reads (`disk_full_status`).
+log and in a status file beside the store that `jetl health` reads (`jetl.ops.health.disk_full_status`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,6 @@ from pathlib import Path
 
 DISK_FULL_MARKS = ("no space left on device", "out of storage resources, will be disabled")
 """What nats-server's log says when a write to its store failed for want of disk (lower case)."""
-
-STATUS_FILE = "disk-full.json"
-"""In the embedded server's folder (`<data>/nats`): the state of a full store while the supervisor waits for room."""
-
-STATUS_FRESH_S = 30.0
-"""A status file older than this was left by a stack that is gone: `jetl health` ignores it."""
 
 MB = 1024 * 1024
 
@@ -112,14 +106,3 @@ class DiskWatch:
         # the status folder may be on the full disk too: the stack's log still says it
         with contextlib.suppress(OSError):
             self.status_path.write_text(json.dumps(body))
-
-
-def disk_full_status(server_dir: Path) -> str | None:
-    """What a running `jetl up` says of its server's full store (`STATUS_FILE` in `server_dir`), or None."""
-    try:
-        body = json.loads((server_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if time.time() - float(body.get("at", 0)) > STATUS_FRESH_S:
-        return None
-    return str(body.get("detail") or "")

@@ -25,6 +25,7 @@ from typing import Any
 from jetl.access import SERVICE_ROLES, Credentials, write_private
 from jetl.bus import connect
 from jetl.errors import ConfigError, JetlError, TransientError
+from jetl.ops.health import STATUS_FILE
 from jetl.registry import pipeline_names
 from jetl.settings import EmbeddedNatsSettings, JetlSettings, NatsSettings
 from jetl.stack._process import (
@@ -37,7 +38,7 @@ from jetl.stack._process import (
     wait_listening,
 )
 from jetl.stack.cluster import NatsCluster
-from jetl.stack.disk import STATUS_FILE, DiskWatch
+from jetl.stack.disk import DiskWatch
 from jetl.topology import Change, declare
 
 

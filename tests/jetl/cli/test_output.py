@@ -231,7 +231,7 @@ def test_the_supervisor_restarts_a_killed_nats_server_on_its_port_and_store(tmp_
 
 
 def test_the_supervisor_restarts_a_server_whose_store_filled_its_disk_once_there_is_room(tmp_path: Path) -> None:
-    from jetl.stack.disk import disk_full_status
+    from jetl.ops.health import disk_full_status
 
     stack = Stack(data_dir=tmp_path, pipelines_dir=tmp_path)
     stack.server = NatsServer(tmp_path / "nats", restart_free_mb=10**9).start()  # more room than any disk has
