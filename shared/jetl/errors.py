@@ -133,6 +133,12 @@ def note_refusal(violation: str, user: str | None) -> PermissionRefused:
     return refused
 
 
+def forget_refusals() -> None:
+    """Forget the violations noted so far: a command starting judges its own connections' answers, not those of an
+    earlier command of the same process (a test session, the dashboard)."""
+    _REFUSED.clear()
+
+
 def last_refusal() -> PermissionRefused | None:
     """The latest permissions violation a connection of this process was told of, if any."""
     return _REFUSED[-1] if _REFUSED else None

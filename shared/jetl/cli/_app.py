@@ -61,6 +61,9 @@ def _root(
         "(default: JETL_DATA_DIR's, else .jetl/ here or in a parent folder).",
     ),
 ) -> None:
+    from jetl.errors import forget_refusals
+
+    forget_refusals()  # a refusal another command of this process was told of is not this command's
     debug["on"] = debug_
     _CONTEXT["explicit"] = context_
     if not debug_:  # nats-py logs a traceback per failed connect through its error callback: fail() says it once
