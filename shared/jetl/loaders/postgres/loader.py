@@ -241,15 +241,20 @@ class PostgresLoader:
 
     # Writing
 
+    def _ready_model(self, ctx: LoadContext) -> type[BaseModel]:
+        """The model a batch is written with (its own, else the bound one), its table created if need be."""
+        model = ctx.schema or self._model
+        if model is None:
+            raise ConfigError(f"PostgresLoader({self.table}): no schema bound")
+        self.ensure_table(model)
+        return model
+
     def load(self, records: list[Record], ctx: LoadContext) -> int:
         """In one transaction: claim the batch's token in `jetl_loads` (skip if it is taken: a redelivery), then
         COPY the rows with their version, delete flag and lineage."""
         if not records:
             return 0
-        model = ctx.schema or self._model
-        if model is None:
-            raise ConfigError(f"PostgresLoader({self.table}): no schema bound")
-        self.ensure_table(model)
+        model = self._ready_model(ctx)
         cols = columns_of(model)
         names = [n for n, *_ in cols]
         convs = [c for _, _, c, _ in cols]
@@ -298,10 +303,7 @@ class PostgresLoader:
         n = int(table.num_rows)
         if n == 0:
             return 0
-        model = ctx.schema or self._model
-        if model is None:
-            raise ConfigError(f"PostgresLoader({self.table}): no schema bound")
-        self.ensure_table(model)
+        model = self._ready_model(ctx)
         cols = columns_of(model)
         if any(conv is not None for _, _, conv, _ in cols):
             return self.load(table.to_pylist(), ctx)  # JSON or enum columns: their values need converting
