@@ -456,6 +456,11 @@ class ConfirmingExtractor(Protocol):
         """Let the source forget what the run `ctx` extracted (every batch of it is on JETL_RAW)."""
         ...
 
+    async def release(self, ctx: ExtractContext) -> None:
+        """Free what the run `ctx` holds without confirming it: a partitioned run that failed (the replica that
+        planned it calls `confirm` once every partition is extracted, `release` when the run failed instead)."""
+        ...
+
 
 @runtime_checkable
 class WriteCheckingExtractor(Protocol):

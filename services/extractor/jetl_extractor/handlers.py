@@ -13,7 +13,7 @@ Planning and publishing partitions is `partitions`; cutting output into batches 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -43,7 +43,7 @@ from jetl.runtime.service import ServiceContext, keep_alive, stage_subscriber
 from jetl.runtime.stage import settle
 from jetl.state import add_active, get_cursor, get_run, unfinished_runs
 from jetl_extractor.batching import Batcher
-from jetl_extractor.partitions import plan_partitions, publish_plan
+from jetl_extractor.partitions import confirm_when_extracted, plan_partitions, publish_plan, release_all
 from jetl_extractor.resend import Resend
 from jetl_extractor.settings import ExtractorSettings
 
@@ -106,7 +106,12 @@ class Extraction:
             return
         plan = await plan_partitions(p.extractors, ectx, cursor)
         if len(plan) > 1:
-            await publish_plan(self.ctx.bus, self._event_base(), p, req, plan, cursor)
+            try:
+                await publish_plan(self.ctx.bus, self._event_base(), p, req, plan, cursor)
+            except BaseException:
+                await release_all(p, ectx)
+                raise
+            _background(confirm_when_extracted(self.ctx.kv, p, ectx))
             return
         for index, extractor in enumerate(p.extractors):
             async for chunk in extractor.extract(replace(ectx, cursor=cursor_of(cursor, index))):
@@ -287,6 +292,16 @@ class Extraction:
         self._check_publishes()
         if self.acked_batches != self.seq:  # cannot happen without a failure above: never announce a lost batch
             raise TerminalError(f"{self.seq - self.acked_batches} of {self.seq} batches were not acknowledged")
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+"""Tasks that outlive the run request that started them (a partitioned run's confirm): kept until done."""
+
+
+def _background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 def publish_error(what: str, exc: BaseException) -> JetlError:

@@ -200,6 +200,9 @@ class LogReader:
         events = [orjson.loads(e)["type"] for e in self.published[Kind.EVENTS]]
         self.confirmed.append((len(self.published[Kind.RAW]), events))
 
+    async def release(self, ctx: ExtractContext) -> None:
+        raise AssertionError("a whole run that extracted is confirmed, never released")
+
 
 async def test_a_log_source_is_confirmed_once_every_batch_is_acknowledged_and_before_run_extracted() -> None:
     reader = LogReader()

@@ -4,7 +4,9 @@ slot, in rolling runs (docs/cdc.md).
 A run is what the schedule (or `jetl run`) asks for; each reads the slot up to a bound and stops:
 
 - the first run takes a consistent snapshot of the table (a temporary slot's exported snapshot), versioned below the
-  snapshot's log position, and lets the pipeline's slot forget what the snapshot already holds;
+  snapshot's log position, and lets the pipeline's slot forget what the snapshot already holds; a table larger than
+  `partition_bytes` is read in shares of heap blocks by any extractor replica, each importing that one snapshot
+  while the replica that exported it holds it open (`partitions`, `extract_partition`);
 - every later run writes a marker into the log (`pg_logical_emit_message`), reads the slot's changes up to the first
   marker of its own run id (at most `max_changes`, whole transactions) and stops there. A run delivered again after
   a kill finds the marker its first attempt wrote, so it reads exactly the same changes into the same batches (same
@@ -29,7 +31,9 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from jetl.errors import ConfigError, TerminalError, TransientError
 from jetl.extractors.cdc.pgoutput import (
@@ -46,7 +50,7 @@ from jetl.extractors.cdc.pgoutput import (
     lsn_text,
     parse,
 )
-from jetl.protocols import VERSION_STRIDE, Check, Chunk, ExtractContext, Record, SourceLag, WriteSpec
+from jetl.protocols import VERSION_STRIDE, Check, Chunk, ExtractContext, Partition, Record, SourceLag, WriteSpec
 from jetl.redact import redact_text
 
 if TYPE_CHECKING:
@@ -58,6 +62,10 @@ MARKER_PREFIX = "jetl"
 """The prefix of the log messages that bound runs."""
 SNAPSHOT_SPAN = 1 << 40
 """Versions a snapshot's rows take, just below its log position's (up to 2**40 rows)."""
+ROWS_PER_BLOCK = 1 << 11
+"""Versions a heap block's rows take in a snapshot (a block holds at most 1,163 rows, at 32 kB pages)."""
+MAX_PARTITIONS = 256
+"""Shares a snapshot is split into at most."""
 MAX_LSN = (1 << 63) // VERSION_STRIDE
 """The log positions versions can order: 2**39 bytes of WAL since the cluster's initdb (512 GiB)."""
 MARKER_FLUSH_S = 30.0
@@ -65,6 +73,18 @@ MARKER_FLUSH_S = 30.0
 POSTGRES_EPOCH = 946_684_800
 """2000-01-01 UTC as a Unix time: where PostgreSQL's timestamps count from."""
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+
+class _Share(BaseModel):
+    """One share of a partitioned snapshot (`Partition.spec`): the snapshot to import, its position, the columns the
+    plan saw and the heap blocks to read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    snapshot: Annotated[str, StringConstraints(pattern=r"^[0-9A-F]{8}-[0-9A-F]{8}-[0-9]{1,10}$")]
+    at: Annotated[str, StringConstraints(pattern=r"^[0-9A-F]{1,8}/[0-9A-F]{1,8}$")]
+    columns: list[tuple[str, int]]
+    first: Annotated[int, Field(ge=0, lt=1 << 32)]
+    last: Annotated[int, Field(gt=0, le=1 << 32)] | None
 
 
 @dataclass
@@ -98,7 +118,13 @@ class PostgresCDCExtractor:
     max_changes: int = 1_000_000
     """Changes one run reads at most (whole transactions); the rest waits for the next run."""
     chunk_size: int = 5_000
+    partition_bytes: int = 256 << 20
+    """A snapshot of a table larger than this (its heap, `pg_relation_size`) is read in shares of about this size,
+    one per extractor replica that is free (`partitions`); changes are read by one replica, in log order."""
     _runs: dict[str, _Run] = field(default_factory=dict, repr=False)
+    _exports: dict[str, psycopg.Connection[Any]] = field(default_factory=dict, repr=False)
+    """The exporting connection of each partitioned snapshot this process planned, by run: its snapshot can be
+    imported while it is open (until `confirm` or `release`)."""
     _cursor: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,8 +135,8 @@ class PostgresCDCExtractor:
                 raise ConfigError(f"PostgresCDCExtractor: {ident!r} is not a plain PostgreSQL identifier")
         if self.slot is not None and not re.fullmatch(r"[a-z0-9_]+", self.slot):
             raise ConfigError(f"PostgresCDCExtractor: slot {self.slot!r}: lower-case letters, digits and _ only")
-        if self.max_changes < 1 or self.chunk_size < 1:
-            raise ConfigError("PostgresCDCExtractor: max_changes and chunk_size are at least 1")
+        if self.max_changes < 1 or self.chunk_size < 1 or self.partition_bytes < 1:
+            raise ConfigError("PostgresCDCExtractor: max_changes, chunk_size and partition_bytes are at least 1")
         self.conninfo = re.sub(r"^postgresql\+psycopg2?://", "postgresql://", self.dsn)
 
     # -- the Extractor contract -------------------------------------------------------------------
@@ -171,10 +197,57 @@ class PostgresCDCExtractor:
         except psycopg.Error as exc:
             raise TerminalError(self._where(slot, exc)) from exc
 
+    def partitions(self, ctx: ExtractContext) -> list[Partition] | None:
+        """A snapshot run of a table larger than `partition_bytes`: its heap's blocks in shares of about that size,
+        all read in one snapshot, which this process exports and keeps importable until the run's `confirm` (or
+        `release`). None for any other run: it is read whole, by `extract`.
+
+        The snapshot is exported here, the pipeline's slot made first, as `extract` does; the cursor the run
+        reaches (`next_cursor`) is known at once: the snapshot's position. Blocking: the extractor service calls it
+        in a worker thread."""
+        if (ctx.cursor or {}).get("snapshot"):
+            return None
+        return asyncio.run(self._plan(ctx))
+
+    async def extract_partition(self, ctx: ExtractContext, partition: Partition) -> AsyncIterator[Chunk]:
+        """The rows of one share of a partitioned snapshot, read in the snapshot the planning replica exported."""
+        import psycopg
+
+        share = _Share.model_validate(partition.spec)  # from the bus: checked before it reaches SQL
+        slot = self.slot_for(ctx.pipeline)
+        try:
+            async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as data:
+                try:
+                    columns = await self._import(data, share.snapshot)
+                except psycopg.errors.InvalidParameterValue as exc:  # "invalid snapshot identifier"
+                    raise TerminalError(
+                        f"the snapshot {share.snapshot} of {self.schema_name}.{self.table_name} is gone (the "
+                        f"extractor that exported it for run {ctx.run_id} stopped before this share began): the run "
+                        "fails, and the next run takes a new snapshot"
+                    ) from exc
+                if [tuple(c) for c in columns] != share.columns:
+                    raise TerminalError(f"the columns of {self.schema_name}.{self.table_name} differ from the plan's")
+                async for chunk in self._rows(data, columns, lsn_int(share.at), share.first, share.last):
+                    yield chunk
+        except psycopg.OperationalError as exc:
+            raise TransientError(self._where(slot, exc)) from exc
+        except psycopg.Error as exc:
+            raise TerminalError(self._where(slot, exc)) from exc
+
+    async def release(self, ctx: ExtractContext) -> None:
+        """Forget the run `ctx` without moving the slot (its run failed): close the snapshot it exported."""
+        self._runs.pop(ctx.run_id, None)
+        exporter = self._exports.pop(ctx.run_id, None)
+        if exporter is not None:
+            await asyncio.to_thread(exporter.close)  # drops the temporary slot
+
     async def confirm(self, ctx: ExtractContext) -> None:
         """Move the slot to where the run `ctx` read (every batch of it is on JETL_RAW)."""
         import psycopg
 
+        exporter = self._exports.pop(ctx.run_id, None)
+        if exporter is not None:  # a partitioned snapshot: every share is read, its snapshot is no longer needed
+            await asyncio.to_thread(exporter.close)
         run = self._runs.pop(ctx.run_id, None)
         if run is None:
             return
@@ -332,9 +405,71 @@ class PostgresCDCExtractor:
         """Every row of the table as of one exported snapshot, versioned just below that snapshot's position."""
         import psycopg
 
+        keep_stream = await self._begin_snapshot(conn, ctx)
+        exporter, at, name = await self._export(ctx)
+        try:
+            async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as data:
+                columns = await self._import(data, name)
+                async for chunk in self._rows(data, columns, at, 0, None):
+                    yield chunk
+        finally:
+            await asyncio.to_thread(exporter.close)  # drops the temporary slot
+        self._snapshot_taken(ctx, at, confirmed, columns, keep_stream)
+
+    async def _plan(self, ctx: ExtractContext) -> list[Partition] | None:
+        import psycopg
+
+        slot = self.slot_for(ctx.pipeline)
+        try:
+            async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                confirmed = await self._prepare(conn, ctx)
+                cur = await conn.execute(
+                    "SELECT pg_relation_size(%s::regclass), current_setting('block_size')::int",
+                    (f'"{self.schema_name}"."{self.table_name}"',),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                size, block = int(row[0]), int(row[1])
+                if size <= self.partition_bytes:
+                    return None  # one share: `extract` reads it whole
+                keep_stream = await self._begin_snapshot(conn, ctx)
+            exporter, at, name = await self._export(ctx)
+            try:
+                async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as data:
+                    columns = await self._import(data, name)
+                    await data.execute("COMMIT")
+            except BaseException:
+                await asyncio.to_thread(exporter.close)
+                raise
+        except psycopg.OperationalError as exc:
+            raise TransientError(self._where(slot, exc)) from exc
+        except psycopg.Error as exc:
+            raise TerminalError(self._where(slot, exc)) from exc
+        self._exports[ctx.run_id] = exporter
+        self._snapshot_taken(ctx, at, confirmed, columns, keep_stream)
+        # the heap only grows while the snapshot is held (VACUUM cannot cut blocks holding rows it sees), and rows
+        # written since are not in it: the last share runs to the end, wherever that is by then
+        shares = min(MAX_PARTITIONS, -(-size // self.partition_bytes))
+        step = -(-(size // block) // shares)
+        return [
+            Partition(
+                _Share(
+                    snapshot=name,
+                    at=lsn_text(at),
+                    columns=columns,
+                    first=i * step,
+                    last=(i + 1) * step if i < shares - 1 else None,
+                ).model_dump()
+            )
+            for i in range(shares)
+        ]
+
+    async def _begin_snapshot(self, conn: psycopg.AsyncConnection[Any], ctx: ExtractContext) -> bool:
+        """Mark the snapshot run in the log and refuse a run that began one before; whether an earlier snapshot
+        that did not complete is out there (its rows may need the deletes since it, which only the stream has)."""
         mine = f"snapshot {ctx.pipeline} {ctx.run_id}"
         upto = await self._mark(conn, mine)
-        keep_stream = False  # an earlier snapshot that did not complete: its rows may need the deletes after it
+        keep_stream = False
         seen = 0  # markers of this run: the one just written, and one of each earlier attempt
         async with contextlib.aclosing(self._peek(conn, ctx, upto, None)) as messages:
             async for msg in messages:
@@ -348,6 +483,13 @@ class PostgresCDCExtractor:
                 "stopped; its batches keep their ids, so it is not taken again under this run: the next run takes "
                 "a new snapshot"
             )
+        return keep_stream
+
+    async def _export(self, ctx: ExtractContext) -> tuple[psycopg.Connection[Any], int, str]:
+        """A temporary slot that exports a snapshot: (its connection, which keeps the snapshot importable until it
+        closes, the snapshot's log position, the snapshot's name)."""
+        import psycopg
+
         # the replication protocol's CREATE_REPLICATION_SLOT exports a snapshot; SQL's function cannot
         exporter: psycopg.Connection[Any] = await asyncio.to_thread(
             lambda: psycopg.connect(self.conninfo, replication="database", autocommit=True)
@@ -364,30 +506,51 @@ class PostgresCDCExtractor:
             name = (res.get_value(0, 2) or b"").decode()
             if at >= MAX_LSN:
                 raise TerminalError(f"log position {lsn_text(at)} is past what versions can order ({MAX_LSN})")
-            async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as data:
-                await data.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                await data.execute(f"SET TRANSACTION SNAPSHOT '{name}'")
-                columns = await self._columns(data)
-                select = ", ".join(f'"{c}"::text' for c, _ in columns)
-                cur = data.cursor(name="jetl_cdc_snapshot")
-                await cur.execute(f'SELECT {select} FROM "{self.schema_name}"."{self.table_name}"')
-                version = max(0, at * VERSION_STRIDE - SNAPSHOT_SPAN)
-                types = [oid for _, oid in columns]
-                names = [c for c, _ in columns]
-                while rows := await cur.fetchmany(self.chunk_size):
-                    records: list[Record] = []
-                    for row in rows:
-                        record = {n: decode_value(t, v) for n, t, v in zip(names, types, row, strict=True)}
-                        record[self.delete_field] = False
-                        records.append(record)
-                    yield Chunk(records, position={"snapshot": lsn_text(at)}, version=version)
-                    version += len(records)
-                await cur.close()
-                await data.execute("COMMIT")
-        finally:
-            await asyncio.to_thread(exporter.close)  # drops the temporary slot
-        # the snapshot holds every change committed before `at`: the slot may forget them, unless an earlier
-        # snapshot's rows are out there, whose deletes since it only the stream carries
+        except BaseException:
+            await asyncio.to_thread(exporter.close)
+            raise
+        return exporter, at, name
+
+    async def _import(self, data: psycopg.AsyncConnection[Any], name: str) -> list[list[Any]]:
+        """Begin a read-only transaction on the exported snapshot `name`; the table's columns in it."""
+        from psycopg import sql
+
+        await data.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        await data.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(name)))
+        return await self._columns(data)
+
+    async def _rows(
+        self, data: psycopg.AsyncConnection[Any], columns: list[list[Any]], at: int, first: int, last: int | None
+    ) -> AsyncIterator[Chunk]:
+        """The rows of the snapshot `data` holds in heap blocks `first` up to `last` (None: to the end; a row's
+        block is where it was stored when the snapshot was taken), versioned below `at` from the block's number:
+        the rows of any share of the table take versions of their own."""
+        select = ", ".join(f'"{c}"::text' for c, _ in columns)
+        query = f'SELECT {select} FROM "{self.schema_name}"."{self.table_name}"'
+        if first or last is not None:  # a TID range scan (PostgreSQL 14+): reads only those blocks
+            query += f" WHERE ctid >= '({int(first)},0)'::tid"
+            query += f" AND ctid < '({int(last)},0)'::tid" if last is not None else ""
+        cur = data.cursor(name="jetl_cdc_snapshot")
+        await cur.execute(query)  # type: ignore[arg-type]  # built from checked identifiers and ints
+        version = max(0, at * VERSION_STRIDE - SNAPSHOT_SPAN) + first * ROWS_PER_BLOCK
+        types = [oid for _, oid in columns]
+        names = [c for c, _ in columns]
+        while rows := await cur.fetchmany(self.chunk_size):
+            records: list[Record] = []
+            for row in rows:
+                record = {n: decode_value(t, v) for n, t, v in zip(names, types, row, strict=True)}
+                record[self.delete_field] = False
+                records.append(record)
+            yield Chunk(records, position={"snapshot": lsn_text(at)}, version=version)
+            version += len(records)
+        await cur.close()
+        await data.execute("COMMIT")
+
+    def _snapshot_taken(
+        self, ctx: ExtractContext, at: int, confirmed: int, columns: list[list[Any]], keep_stream: bool
+    ) -> None:
+        """The snapshot at `at` holds every change committed before it: the slot may forget them, unless an earlier
+        snapshot's rows are out there, whose deletes since it only the stream carries."""
         target = None if keep_stream else at
         cursor = {
             "slot": self.slot_for(ctx.pipeline),
