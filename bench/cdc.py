@@ -9,6 +9,10 @@ from the request to run.completed (every batch loaded, the slot confirmed), give
 extracted count must equal the changes made, the destination must equal the table (count and a checksum), and the
 slot's retained WAL once caught up is printed. The stack runs on an embedded nats-server in a temporary folder; the
 table, its publication and its slot are dropped afterwards.
+
+Then (unless `--shares 0`) a second table of the same rows is snapshotted by `--replicas` extractor replicas in
+`--shares` shares of one exported snapshot (`partition_bytes` = the table's heap / shares), and the ratio of the two
+snapshot rates is printed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -35,7 +40,8 @@ class Row(BaseModel):
     deleted: bool = False
 
 def register_pipelines():
-    return [Pipeline(name="bench_cdc", extractors=[PostgresCDCExtractor(DSN, TABLE, slot=TABLE, chunk_size=5000)],
+    return [Pipeline(name="bench_cdc", extractors=[PostgresCDCExtractor(DSN, TABLE, slot=TABLE, chunk_size=5000,
+                                                                                partition_bytes=SHARE)],
                      loader=ClickHouseLoader("bench_cdc"), schema=Row, primary_key=["id"], deletes="deleted",
                      batch_size=BATCH)]
 """
@@ -81,46 +87,108 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=20_000)
     ap.add_argument("--deletes", type=int, default=5_000)
     ap.add_argument("--batch", type=int, default=10_000)
+    ap.add_argument("--shares", type=int, default=8, help="shares of the second snapshot (0: none)")
+    ap.add_argument("--replicas", type=int, default=2, help="extractor replicas reading them")
     args = ap.parse_args()
+    snap_rate = changes(args)
+    if args.shares:
+        shares(args, snap_rate)
 
-    from jetl.cli.demo import wait_ready
-    from jetl.ops.client import JetlClient
-    from jetl.settings import JetlSettings
-    from jetl.stack.embedded import Stack
-    from jetl.testing import chdb
 
+def fresh(args: argparse.Namespace, work: Path, share: int) -> str:
+    """A new table of `--rows` rows and the pipeline reading it (its snapshot in shares of `share` bytes); its name."""
     table = f"bench_cdc_{uuid.uuid4().hex[:8]}"
-    work = Path(tempfile.mkdtemp(prefix="jetl-bench-cdc-"))
     (work / "pipelines").mkdir()
     text = PIPELINE.replace("DSN", repr(args.dsn)).replace("TABLE", repr(table)).replace("BATCH", str(args.batch))
-    (work / "pipelines" / "bench_cdc_pipeline.py").write_text(text)
     with psycopg.connect(args.dsn, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, note text, amount bigint)")
         conn.execute(f"INSERT INTO {table} SELECT i, 'snap', i FROM generate_series(0, %s::bigint) i", (args.rows - 1,))
-    stack = Stack(data_dir=work / "data", pipelines_dir=work / "pipelines", extra_env={"JETL_LOG_LEVEL": "WARNING"})
+        if share == 0:
+            share = 1 << 62
+        elif share < 0:  # so many shares: the heap's size over them
+            row = conn.execute("SELECT pg_relation_size(%s::regclass)", (table,)).fetchone()
+            assert row is not None
+            share = max(8192, int(row[0]) // -share + 1)
+    (work / "pipelines" / "bench_cdc_pipeline.py").write_text(text.replace("SHARE", str(share)))
+    return table
 
-    async def one_run() -> tuple[float, int]:
-        async with JetlClient(JetlSettings(nats=stack.operator)) as jc:
-            req = await jc.request_run("bench_cdc")
-            t0 = time.perf_counter()
-            state = await jc.wait("bench_cdc", req.run_id, timeout=3600)
-            seconds = time.perf_counter() - t0
-            if state.status != "completed":
-                raise RuntimeError(f"run {state.run_id} ended {state.status}: {state.error}")
-            return seconds, state.extracted
+
+def drop(args: argparse.Namespace, table: str) -> None:
+    with psycopg.connect(args.dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (table,)
+        )
+        conn.execute(f"DROP PUBLICATION IF EXISTS {table}")
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+async def one_run(stack: Any) -> tuple[float, int, int | None]:
+    """(seconds from request to completed, records extracted, partitions) of one run."""
+    from jetl.ops.client import JetlClient
+    from jetl.settings import JetlSettings
+
+    async with JetlClient(JetlSettings(nats=stack.operator)) as jc:
+        req = await jc.request_run("bench_cdc")
+        t0 = time.perf_counter()
+        state = await jc.wait("bench_cdc", req.run_id, timeout=3600)
+        seconds = time.perf_counter() - t0
+        if state.status != "completed":
+            raise RuntimeError(f"run {state.run_id} ended {state.status}: {state.error}")
+        return seconds, state.extracted, state.partitions
+
+
+def shares(args: argparse.Namespace, whole_rate: float) -> None:
+    """The same snapshot by `--replicas` extractors in `--shares` shares; the ratio to the whole one's rate."""
+    from jetl.cli.demo import wait_ready
+    from jetl.stack.embedded import Stack
+
+    work = Path(tempfile.mkdtemp(prefix="jetl-bench-cdc-"))
+    table = fresh(args, work, -args.shares)
+    stack = Stack(
+        data_dir=work / "data",
+        pipelines_dir=work / "pipelines",
+        replicas={"extractor": args.replicas},
+        extra_env={"JETL_LOG_LEVEL": "WARNING"},
+    )
+    try:
+        stack.start()
+        asyncio.run(wait_ready(stack))
+        seconds, n, parts = asyncio.run(one_run(stack))
+        assert n == args.rows, f"the snapshot extracted {n} rows of {args.rows}"
+        rate = n / seconds
+        print(
+            f"snapshot in {parts} shares by {args.replicas} extractors: {n} rows in {seconds:.1f} s = "
+            f"{rate:,.0f} rows/s ({rate / whole_rate:.2f}x the whole snapshot's rate)"
+        )
+    finally:
+        stack.stop()
+        drop(args, table)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def changes(args: argparse.Namespace) -> float:
+    """The snapshot read whole, then the changes; the snapshot's rate (rows/s)."""
+
+    from jetl.cli.demo import wait_ready
+    from jetl.stack.embedded import Stack
+    from jetl.testing import chdb
+
+    work = Path(tempfile.mkdtemp(prefix="jetl-bench-cdc-"))
+    table = fresh(args, work, 0)
+    stack = Stack(data_dir=work / "data", pipelines_dir=work / "pipelines", extra_env={"JETL_LOG_LEVEL": "WARNING"})
 
     try:
         stack.start()
         asyncio.run(wait_ready(stack))
-        snap_s, snap_n = asyncio.run(one_run())
+        snap_s, snap_n, _ = asyncio.run(one_run(stack))
         print(f"snapshot: {snap_n} rows in {snap_s:.1f} s = {snap_n / snap_s:,.0f} rows/s")
         t0 = time.perf_counter()
         made = make_changes(args.dsn, table, args.rows, args.updates, args.deletes)
         print(f"changes made in PostgreSQL: {made} in {time.perf_counter() - t0:.1f} s")
-        run_s, run_n = asyncio.run(one_run())
+        run_s, run_n, _ = asyncio.run(one_run(stack))
         assert run_n == made, f"the run extracted {run_n} changes, {made} were made"
         print(f"changes: {run_n} in {run_s:.1f} s = {run_n / run_s:,.0f} changes/s end to end (request to loaded)")
-        asyncio.run(one_run())  # caught up: the slot moves to this run's marker
+        asyncio.run(one_run(stack))  # caught up: the slot moves to this run's marker
         with psycopg.connect(args.dsn) as conn:
             row = conn.execute(f"SELECT count(*), coalesce(sum(amount), 0) FROM {table}").fetchone()
             retained = conn.execute(
@@ -137,13 +205,9 @@ def main() -> None:
         print(f"slot retained WAL once caught up: {int(retained[0]):,} bytes")
     finally:
         stack.stop()
-        with psycopg.connect(args.dsn, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (table,)
-            )
-            conn.execute(f"DROP PUBLICATION IF EXISTS {table}")
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        drop(args, table)
         shutil.rmtree(work, ignore_errors=True)
+    return snap_n / snap_s
 
 
 if __name__ == "__main__":
