@@ -4,7 +4,7 @@ table's snapshot; the second carries inserts, updates and deletes, and its extra
 acknowledged every batch of the run and before the slot's confirm (the pipeline's extractor kills itself there,
 once). The run request comes back, the run reads the same changes into the same batches, and the destination ends
 equal to the table, once per key; once caught up, the slot retains almost no WAL, and `jetl health` and
-`jetl status` show the pipeline's lag behind the slot; `jetl cursor reset` takes a new snapshot.
+`jetl status` show the pipeline's lag behind the slot; `jetl resnapshot` takes a new snapshot.
 """
 
 from __future__ import annotations
@@ -61,7 +61,13 @@ def register_pipelines():
 
 
 def run(settings: JetlSettings, extracted: list[BatchExtracted] | None = None) -> RunState:
-    """Run the pipeline to its end (its batch.extracted events into `extracted`)."""
+    """Run items to its end (its batch.extracted events into `extracted`)."""
+    return wait_for(settings, None, extracted)
+
+
+def wait_for(settings: JetlSettings, run_id: str | None, extracted: list[BatchExtracted] | None = None) -> RunState:
+    """The run `run_id` of items (None: one requested here), once it completed; its batch.extracted events into
+    `extracted`."""
 
     def seen(ev: Any, _: Any) -> None:
         if extracted is not None and isinstance(ev, BatchExtracted):
@@ -69,8 +75,8 @@ def run(settings: JetlSettings, extracted: list[BatchExtracted] | None = None) -
 
     async def go() -> RunState:
         async with JetlClient(settings) as jc:
-            req = await jc.request_run("items")
-            return await jc.wait("items", req.run_id, timeout=180, on_event=seen)
+            rid = run_id if run_id is not None else (await jc.request_run("items")).run_id
+            return await jc.wait("items", rid, timeout=180, on_event=seen)
 
     state = asyncio.run(go())
     assert state.status == "completed", state.error
@@ -152,12 +158,14 @@ def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal
             assert f"slot {table}" in source[0]["detail"] and "behind" in source[0]["detail"]
             assert "source lag:" in cli("status", "items").stdout
 
-            # a new snapshot of the table: forget the cursor; the next run reads the table again, the slot stays
+            # a new snapshot of the table: `jetl resnapshot` forgets the cursor and requests the run that reads the
+            # table again; the slot stays
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(f"UPDATE {table} SET note = 'before-resnapshot' WHERE id = 1")
-            reset = cli("cursor", "reset", "items", "--reason", "re-snapshot")
-            assert reset.code == 0, reset
-            assert run(settings).extracted == len(source_rows(dsn, table))
+            asked = cli("resnapshot", "items", "--reason", "re-snapshot", "--json")
+            assert asked.code == 0, asked
+            assert asked.json()["table"] == f"public.{table}" and asked.json()["reason"] == "re-snapshot"
+            assert wait_for(settings, asked.json()["run_id"]).extracted == len(source_rows(dsn, table))
             again = cli("query", "items", sql, "--max-rows", "1000", "--json").json()["rows"]
             assert {int(i): (note, n) for i, note, n in again} == source_rows(dsn, table)
             stack.check()
