@@ -355,7 +355,7 @@ class PostgresCDCExtractor:
             if (ctx.cursor or {}).get("snapshot"):
                 raise TerminalError(
                     f"replication slot {slot} is gone (dropped by hand, or by max_slot_wal_keep_size): the changes "
-                    "since the last run are lost to it. Take a new snapshot: jetl cursor reset " + ctx.pipeline
+                    "since the last run are lost to it. Take a new snapshot: jetl resnapshot " + ctx.pipeline
                 )
             await conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             confirmed = await self._confirmed(conn, slot)
@@ -465,14 +465,21 @@ class PostgresCDCExtractor:
         ]
 
     async def _begin_snapshot(self, conn: psycopg.AsyncConnection[Any], ctx: ExtractContext) -> bool:
-        """Mark the snapshot run in the log and refuse a run that began one before; whether an earlier snapshot
-        that did not complete is out there (its rows may need the deletes since it, which only the stream has)."""
+        """Mark the snapshot run in the log and refuse a run that began one before; whether the slot must keep what
+        it holds (the next run reads it again) rather than move to the snapshot.
+
+        It must when the slot holds changes (a re-snapshot: rows deleted since the last run are in no snapshot, and
+        the destination's rows from earlier runs may carry versions above the new snapshot's, which sit just below
+        its position) or when an earlier snapshot that did not complete is out there (its rows need the deletes since
+        it). Read again, every change before the snapshot is a state the table had, each versioned by its place in
+        the log: for every key the highest version, of those and of the snapshot's row, is the table's."""
         mine = f"snapshot {ctx.pipeline} {ctx.run_id}"
         upto = await self._mark(conn, mine)
         keep_stream = False
         seen = 0  # markers of this run: the one just written, and one of each earlier attempt
         async with contextlib.aclosing(self._peek(conn, ctx, upto, None)) as messages:
             async for msg in messages:
+                keep_stream |= isinstance(msg, (Change, Truncate))
                 if isinstance(msg, Message) and msg.prefix == MARKER_PREFIX:
                     text = msg.content.decode(errors="replace")
                     seen += text == mine
@@ -568,7 +575,10 @@ class PostgresCDCExtractor:
         # a slot that PostgreSQL's crash recovery took back (an advance is written at the next checkpoint) reads
         # them again, and each attempt of this run skips them alike, so its batches stay the same
         floor = lsn_int(cursor["confirmed"]) if cursor.get("confirmed") else 0
-        skip = False
+        # what the slot kept from before the snapshot (`_begin_snapshot`) is read again as it was: the snapshot
+        # already shows its TRUNCATE and its column changes, which stop the pipeline only after the snapshot
+        snapshot = lsn_int(cursor["snapshot"]) if cursor.get("snapshot") else 0
+        skip = before = False
         mine = f"run {ctx.pipeline} {ctx.run_id}"
         upto = await self._mark(conn, mine)
         relation: Relation | None = None
@@ -583,15 +593,15 @@ class PostgresCDCExtractor:
                     if msg.final_lsn >= MAX_LSN:
                         raise TerminalError(f"log position {lsn_text(msg.final_lsn)} is past what versions can order")
                     version, index = msg.final_lsn * VERSION_STRIDE, 0
-                    skip = msg.final_lsn < floor
+                    skip, before = msg.final_lsn < floor, msg.final_lsn < snapshot
                 elif isinstance(msg, Relation):
                     if (msg.namespace, msg.name) == (self.schema_name, self.table_name):
                         shape = [[c.name, c.type_oid] for c in msg.columns]
-                        if expected and shape != expected and not skip:
+                        if expected and shape != expected and not skip and not before:
                             raise TerminalError(
                                 f"the columns of {msg.qualified} changed (was {expected}, now {shape}): the pipeline "
                                 f"stops here, before the first change in the new shape. Update the pipeline's schema, "
-                                f"then take a new snapshot: jetl cursor reset {ctx.pipeline}"
+                                f"then take a new snapshot: jetl resnapshot {ctx.pipeline}"
                             )
                         relation = msg
                 elif isinstance(msg, Change):
@@ -612,10 +622,10 @@ class PostgresCDCExtractor:
                         yield Chunk(records, version=first, position={"lsn": lsn_text(msg.end_lsn)})
                         records = []
                 elif isinstance(msg, Truncate):
-                    if relation is not None and relation.oid in msg.relations and not skip:
+                    if relation is not None and relation.oid in msg.relations and not skip and not before:
                         raise TerminalError(
                             f"TRUNCATE of {relation.qualified}: the pipeline stops here (nothing after it was read). "
-                            f"Empty the destination as you mean to, then take a new snapshot: jetl cursor reset "
+                            f"Empty the destination as you mean to, then take a new snapshot: jetl resnapshot "
                             f"{ctx.pipeline}"
                         )
                 elif isinstance(msg, Message) and msg.prefix == MARKER_PREFIX and msg.content.decode() == mine:
