@@ -55,7 +55,7 @@ class KilledOnce(PostgresCDCExtractor):
 def register_pipelines():
     return [
         Pipeline(name="items", extractors=[KilledOnce(DSN, TABLE, slot=TABLE)], loader=ClickHouseLoader("items"),
-                 schema=Item, primary_key=["id"], deletes="deleted", batch_size=40),
+                 schema=Item, primary_key=["id"], deletes="deleted", batch_size=40, schema_contract="evolve"),
     ]
 """
 
@@ -145,6 +145,18 @@ def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal
             assert {int(i): (note, n) for i, note, n in got.json()["rows"]} == source_rows(dsn, table)
             count = cli("query", "items", "SELECT count() FROM items", "--json")
             assert count.json()["rows"] == [[len(source_rows(dsn, table))]], count  # one row per key
+
+            # a column added with no default goes through the schema contract: evolve adds it to the destination
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN tag text")
+                conn.execute(f"UPDATE {table} SET tag = 'x' || id WHERE id % 50 = 0")
+            evolved = run(settings)
+            assert evolved.extracted == 8 and evolved.evolved == ["tag text"], evolved.evolved
+            tags = cli("query", "items", "SELECT id, tag FROM items WHERE tag IS NOT NULL ORDER BY id", "--json")
+            with psycopg.connect(dsn) as conn:
+                want = [list(r) for r in conn.execute(f"SELECT id, tag FROM {table} WHERE tag IS NOT NULL ORDER BY id")]
+            assert tags.code == 0, tags
+            assert tags.json()["rows"] == want and len(want) == 8, tags
 
             run(settings)  # caught up: the slot moves to this run's marker
             with psycopg.connect(dsn) as conn:

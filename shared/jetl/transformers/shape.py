@@ -83,6 +83,9 @@ def _kinds(annotation: Any) -> tuple[frozenset[str], dict[str, Shape] | None]:
             return frozenset({"object"}), model_shape(annotation)
         if issubclass(annotation, Enum):
             return frozenset(json_kind(m.value) for m in annotation), None
+        exact = _SCALARS.get(annotation)  # before the subclass walk: bool is an int subclass, and takes no int
+        if exact is not None:
+            return exact, None
         for base, kinds_ in _SCALARS.items():
             if issubclass(annotation, base):
                 return kinds_, None

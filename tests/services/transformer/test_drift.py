@@ -49,6 +49,21 @@ def test_nested_fields_are_named_by_path_and_an_int_is_a_float() -> None:
     }
 
 
+def test_a_bool_field_takes_true_and_false_and_no_number() -> None:
+    """bool is an int subclass in Python: its field once took JSON numbers only, so every true/false drifted (and a
+    frozen pipeline held every batch of a model with a bool field)."""
+
+    class Flagged(BaseModel):
+        id: int
+        deleted: bool = False
+
+    finder = DriftFinder(model_shape(Flagged))
+    finder.add([{"id": 1, "deleted": False}, {"id": 2, "deleted": True}])
+    assert finder.fields() == []
+    finder.add([{"id": 3, "deleted": 1}])
+    assert [(f.kind, f.path, f.seen) for f in finder.fields()] == [("changed", "deleted", "int")]
+
+
 def test_a_clean_batch_is_sampled_at_its_ends(tmp_path: Path) -> None:
     texts = [orjson.dumps({"id": i, "price": 1.0, "address": {"city": "x", "zip": 1}}) for i in range(5)]
     texts[2] = orjson.dumps({"id": 2, "price": 1.0, "address": {"city": "x", "zip": 1}, "extra": 1})

@@ -598,11 +598,8 @@ class PostgresCDCExtractor:
                     if (msg.namespace, msg.name) == (self.schema_name, self.table_name):
                         shape = [[c.name, c.type_oid] for c in msg.columns]
                         if expected and shape != expected and not skip and not before:
-                            raise TerminalError(
-                                f"the columns of {msg.qualified} changed (was {expected}, now {shape}): the pipeline "
-                                f"stops here, before the first change in the new shape. Update the pipeline's schema, "
-                                f"then take a new snapshot: jetl resnapshot {ctx.pipeline}"
-                            )
+                            await self._column_change(ctx, msg.qualified, expected, shape)
+                            expected = cursor["columns"] = shape  # added columns: the schema contract decides
                         relation = msg
                 elif isinstance(msg, Change):
                     if skip or relation is None or msg.relation != relation.oid:
@@ -633,6 +630,40 @@ class PostgresCDCExtractor:
                     break
         cursor["confirmed"] = lsn_text(target) if target is not None else cursor.get("confirmed")
         self._done(ctx, target, cursor)
+
+    async def _column_change(self, ctx: ExtractContext, table: str, was: list[list[Any]], now: list[list[Any]]) -> None:
+        """Let a column change through when it only added columns that rows already in the table hold no value of
+        (no DEFAULT, not generated): their records carry the new fields, and the pipeline's schema contract decides
+        what becomes of them (docs/schema.md: `evolve` adds the columns, `freeze` holds the batch, None ignores them),
+        as it does for any source's drift. Otherwise raise TerminalError: rows the slot never saw change took values
+        (a DEFAULT, a retyped or renamed or dropped column), which only a new snapshot reads."""
+        import psycopg
+
+        added = [name for name, _ in now[len(was) :]] if now[: len(was)] == was else []
+        filled: list[str] = []
+        if added:
+            async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                cur = await conn.execute(
+                    "SELECT a.attname FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid "
+                    "AND d.adnum = a.attnum WHERE a.attrelid = %s::regclass AND a.attname = ANY(%s) "
+                    "AND NOT a.attisdropped AND NOT a.atthasmissing AND d.adbin IS NULL AND a.attgenerated = ''",
+                    (f'"{self.schema_name}"."{self.table_name}"', added),
+                )
+                plain = {row[0] for row in await cur.fetchall()}
+            filled = [name for name in added if name not in plain]
+            if not filled:
+                return
+        what = (
+            f"column(s) {', '.join(filled)} were added with a DEFAULT (or generated): the rows already in the table "
+            "took values that no change carried"
+            if filled
+            else f"was {was}, now {now}"
+        )
+        raise TerminalError(
+            f"the columns of {table} changed ({what}): the pipeline stops here, before the first change in the new "
+            f"shape. Update the pipeline's schema, then take a new snapshot: jetl resnapshot {ctx.pipeline} (a column "
+            "added with no default goes on, through the pipeline's schema contract)"
+        )
 
     def _record(self, relation: Relation, change: Change) -> Record:
         values = change.new if change.new is not None else change.old

@@ -460,7 +460,7 @@ class ClickHouseLoader:
             only = newest_source([(str(run), int(v)) for run, v in tops], runs)
         return versions.current(
             self._table_ref(),
-            list(self._model.model_fields),
+            [*self._model.model_fields, *self._evolved_columns()],
             self.mode,
             self.spec.key,
             final=self._folds,
@@ -468,6 +468,27 @@ class ClickHouseLoader:
             only=only,
             leave_out=sorted(runs.superseded),
         )
+
+    def _evolved_columns(self) -> list[str]:
+        """Columns the table has beyond the schema's fields and jetl's own (`_jetl_*`): those `schema_contract=
+        "evolve"` added (docs/schema.md), which the current rows show too (none before the table exists)."""
+        model = self._model.model_fields if self._model is not None else {}
+        try:
+            names = self.client().query(
+                "SELECT name FROM system.columns WHERE database = {d:String} AND table = {t:String} ORDER BY position",
+                parameters={"d": self._database_name(), "t": self.table},
+            )
+        except Exception as exc:
+            raise _wrap(exc, f"reading the columns of {self.qualified}") from exc
+        return [n for (n,) in names.result_rows if n not in model and not str(n).startswith("_jetl_")]
+
+    def _database_name(self) -> str:
+        """The table's database: the configured one, else the connection's current one."""
+        if self.database:
+            return self.database
+        self._table_ref()
+        assert self._database is not None
+        return self._database
 
     def _table_ref(self) -> str:
         """The table, qualified by its database even when none is configured (a query's WITH clause named as the

@@ -151,18 +151,34 @@ def test_a_run_that_died_after_confirming_reads_nothing_again(source: tuple[str,
     assert d.run("r3") == []
 
 
-def test_truncate_and_a_new_column_stop_the_pipeline_with_what_to_do(source: tuple[str, str]) -> None:
+def test_a_column_added_without_a_default_goes_on_and_other_column_changes_and_truncate_stop(
+    source: tuple[str, str],
+) -> None:
     dsn, table = source
     d = Driver(dsn, table)
     d.run("r1")
     sql(dsn, f"ALTER TABLE {table} ADD COLUMN extra text", f"INSERT INTO {table} VALUES (1, 'x', 1, 'e')")
-    with pytest.raises(TerminalError, match=r"columns of .* changed.*jetl resnapshot items"):
-        d.extract("r2")
-    d.cursor = None  # jetl cursor reset: a new snapshot
-    assert [r["extra"] for _, r in d.run("r3")] == ["e"]
+    # the new field reaches the pipeline, whose schema contract decides (evolve adds the column)
+    assert [(r["id"], r["extra"]) for _, r in d.run("r2")] == [(1, "e")]
+    assert d.cursor is not None and d.cursor["columns"][-1][0] == "extra"  # the next runs expect the new shape
+    sql(dsn, f"INSERT INTO {table} VALUES (2, 'y', 2, 'f')")
+    assert [r["extra"] for _, r in d.run("r3")] == ["f"]
+
+    sql(dsn, f"ALTER TABLE {table} ADD COLUMN flag int DEFAULT 7", f"INSERT INTO {table} VALUES (3, 'z', 3, 'g', 1)")
+    with pytest.raises(TerminalError, match=r"flag were added with a DEFAULT.*jetl resnapshot items"):
+        d.extract("r4")  # rows 1 and 2 hold flag = 7, which no change carried
+    d.cursor = None  # jetl resnapshot
+    assert sorted((r["id"], r["flag"]) for _, r in d.run("r5")) == [(1, 7), (2, 7), (3, 1)]
+    d.run("r6")
+
+    sql(dsn, f"ALTER TABLE {table} ALTER COLUMN n TYPE bigint", f"INSERT INTO {table} VALUES (4, 'w', 4, 'h', 2)")
+    with pytest.raises(TerminalError, match=r"columns of .* changed \(was .*jetl resnapshot items"):
+        d.extract("r7")  # retyped: the table was rewritten, unseen by the slot
+    d.cursor = None
+    d.run("r8")
     sql(dsn, f"TRUNCATE {table}")
     with pytest.raises(TerminalError, match="TRUNCATE"):
-        d.extract("r4")
+        d.extract("r9")
 
 
 def test_versions_follow_commit_order_across_interleaved_transactions(source: tuple[str, str]) -> None:
@@ -378,7 +394,7 @@ def test_a_resnapshot_after_a_truncate_or_a_column_change_does_not_stop_on_it_ag
     sql(dsn, f"INSERT INTO {table} SELECT i, 'a', i FROM generate_series(1, 5) i")
     d = Driver(dsn, table)
     runs = [d.run("r1")]
-    sql(dsn, f"UPDATE {table} SET note = 'b' WHERE id = 1", f"ALTER TABLE {table} ADD COLUMN extra int")
+    sql(dsn, f"UPDATE {table} SET note = 'b' WHERE id = 1", f"ALTER TABLE {table} ADD COLUMN extra int DEFAULT 0")
     sql(dsn, f"UPDATE {table} SET note = 'c', extra = 1 WHERE id = 2")
     with pytest.raises(TerminalError, match="columns of"):
         d.extract("r2")
