@@ -1,10 +1,11 @@
 """Change data capture under faults (issue 26's "done when"): two tables on a private PostgreSQL 15 (initdb in a
 temporary folder, wal_level=logical, so restarting it disturbs no one else), two CDC pipelines into ClickHouse (chdb),
-100,000 inserts, 20,000 updates and 5,000 deletes in all. The changes come in five rounds; in each, both pipelines
-run at once and one fault strikes the first pipeline's run at its first batch.extracted: a SIGKILL of the extractor,
-the transformer, the loader, the scheduler, then a crash and restart of PostgreSQL (immediate shutdown: the slot
-may come back at its last checkpointed position). At the end both destinations equal their tables, row for row, and
-each slot, caught up, retains under 1 MB of WAL.
+100,000 inserts, 20,000 updates and 5,000 deletes in all; both tables (and one no pipeline chose) are in one
+publication, each pipeline reading its own table through its own slot. The changes come in five rounds; in each,
+both pipelines run at once and one fault strikes the first pipeline's run at its first batch.extracted: a SIGKILL of
+the extractor, the transformer, the loader, the scheduler, then a crash and restart of PostgreSQL (immediate
+shutdown: the slot may come back at its last checkpointed position). At the end both destinations equal their
+tables, row for row, and each slot, caught up, retains under 1 MB of WAL.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Row(BaseModel):
 
 def register_pipelines():
     return [
-        Pipeline(name=f"cdc_{t}", extractors=[PostgresCDCExtractor(DSN, t, max_changes=12000)],
+        Pipeline(name=f"cdc_{t}", extractors=[PostgresCDCExtractor(DSN, t, publication="app", max_changes=12000)],
                  loader=ClickHouseLoader(f"cdc_{t}"), schema=Row, primary_key=["id"], deletes="deleted",
                  batch_size=2000)
         for t in ("a", "b")
@@ -132,7 +133,9 @@ def change(dsn: str, table: str, rnd: int) -> None:
                 (k, k + 499),
             )
         spread = f"SELECT i * {stride * 4} + {rnd + 1} FROM generate_series(0, {DELETES - 1}) i"
-        conn.execute(f"DELETE FROM {table} WHERE id IN ({spread})")
+        with conn.transaction():  # with a change of a table of the publication that no pipeline reads
+            conn.execute(f"DELETE FROM {table} WHERE id IN ({spread})")
+            conn.execute("INSERT INTO other VALUES (%s)", (rnd * len(TABLES) + TABLES.index(table),))
 
 
 def wal_now(dsn: str) -> int:
@@ -173,6 +176,8 @@ def test_two_tables_of_changes_under_a_sigkill_of_each_service_and_a_postgres_cr
         for t in TABLES:
             conn.execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, note text, n bigint)")
             conn.execute(f"INSERT INTO {t} SELECT i, 'snap', i FROM generate_series(0, {INITIAL - 1}) i")
+        conn.execute("CREATE TABLE other (id bigint PRIMARY KEY)")  # published, chosen by no pipeline
+        conn.execute(f"CREATE PUBLICATION app FOR TABLE {', '.join(TABLES)}, other")  # the tables of one publication
     pipelines, data = tmp_path / "pipelines", tmp_path / "data"
     pipelines.mkdir()
     (pipelines / "cdc_pipeline.py").write_text(PIPELINE.replace("DSN", repr(dsn)))
