@@ -17,7 +17,8 @@ CatchUp = Literal["none", "latest", "all"]
 
 @dataclass(frozen=True)
 class Cron:
-    """A cron schedule: `Cron("0 * * * *", tz="Europe/Berlin", catch_up="latest")`."""
+    """A cron schedule: `Cron("0 * * * *", tz="Europe/Berlin", catch_up="latest")`. A sixth field gives seconds:
+    `Cron("* * * * * */10")` has a slot every 10 seconds (the scheduler looks every `tick_seconds`)."""
 
     expression: str
     tz: str = "UTC"
@@ -35,6 +36,11 @@ class Cron:
             raise ConfigError(f"unknown time zone {self.tz!r}") from exc
         if self.max_active_runs < 1:
             raise ConfigError("max_active_runs must be at least 1")
+
+    @property
+    def has_seconds(self) -> bool:
+        """The expression has a sixth field, of seconds: slots may start inside a minute."""
+        return not self.expression.startswith("@") and len(self.expression.split()) == 6
 
     @property
     def zone(self) -> ZoneInfo:
@@ -77,7 +83,9 @@ class Cron:
         local = moment.astimezone(self.zone)
         it = croniter(self.expression, local)
         if croniter.match(self.expression, local):
-            slot = local.astimezone(UTC).replace(second=0, microsecond=0)
+            slot = local.astimezone(UTC).replace(microsecond=0)
+            if not self.has_seconds:
+                slot = slot.replace(second=0)
             if not self._repeated(slot):
                 return slot
         prev: datetime = it.get_prev(datetime)
@@ -110,8 +118,10 @@ class Cron:
 
 
 def run_id_for(pipeline: str, interval_start: datetime, prefix: str = "") -> str:
-    """Deterministic run id for a scheduled slot, e.g. `daily_sales-20261125T0000Z`."""
-    stamp = interval_start.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
+    """Deterministic run id for a scheduled slot, e.g. `daily_sales-20261125T0000Z` (with its seconds when a slot
+    starts inside a minute: `cdc-20261125T000010Z`)."""
+    start = interval_start.astimezone(UTC)
+    stamp = start.strftime("%Y%m%dT%H%M%SZ" if start.second else "%Y%m%dT%H%MZ")
     return f"{prefix}{pipeline}-{stamp}"
 
 

@@ -57,6 +57,19 @@ def test_all_drains_a_long_backlog_a_bounded_number_per_tick() -> None:
     assert len(due) == 400 and due[-1] == (at(499), at(500)) and marker == at(500)
 
 
+def test_a_cron_with_seconds_has_slots_inside_a_minute_each_with_its_own_run_id() -> None:
+    every10 = Cron("* * * * * */10", catch_up="all")
+    due, marker = due_slots(every10, T0, T0 + timedelta(seconds=35))
+    assert due == [(T0 + timedelta(seconds=s), T0 + timedelta(seconds=s + 10)) for s in (0, 10, 20)]
+    assert marker == T0 + timedelta(seconds=30)
+    ids = [run_id_for("cdc", start) for start, _ in due]
+    assert ids == ["cdc-20261125T1000Z", "cdc-20261125T100010Z", "cdc-20261125T100020Z"]
+    assert every10.prev_at_or_before(T0 + timedelta(seconds=20)) == T0 + timedelta(seconds=20)
+    latest = due_slots(Cron("* * * * * */10", catch_up="latest"), T0, T0 + timedelta(seconds=35))
+    assert latest == ([(T0 + timedelta(seconds=20), T0 + timedelta(seconds=30))], T0 + timedelta(seconds=30))
+    assert run_id_for("daily", T0) == "daily-20261125T1000Z"  # minute slots keep their ids
+
+
 def test_latest_skips_missed_slots_however_late() -> None:
     due, marker = due_slots(Cron("*/10 * * * *", catch_up="latest"), T0, at(3 * 60 + 5))
     assert due == [(at(170), at(180))] and marker == at(180)
@@ -175,6 +188,17 @@ async def test_first_sight_marks_the_current_slot_then_each_ended_slot_is_reques
     assert await tick(h.ctx, at(61)) == []  # the marker moved: the same slot is not asked again
     assert await read_marker(h.ctx, "hourly") == at(60)
     assert await h.runs_queued() == 1
+
+
+@pytest.mark.integration
+async def test_a_cron_with_seconds_requests_a_run_per_slot_inside_a_minute(h: Harness) -> None:
+    register([pipeline("often", Cron("* * * * * */10", catch_up="all", max_active_runs=5))])
+    sec = timedelta(seconds=1)
+    assert await tick(h.ctx, T0 + 5 * sec) == []  # first sight
+    assert await tick(h.ctx, T0 + 10 * sec) == [run_id_for("often", T0)]
+    assert await tick(h.ctx, T0 + 25 * sec) == [run_id_for("often", T0 + 10 * sec)]
+    assert await tick(h.ctx, T0 + 31 * sec) == [run_id_for("often", T0 + 20 * sec)]
+    assert await h.runs_queued() == 3  # three run ids within one minute, none taken for another
 
 
 @pytest.mark.integration
