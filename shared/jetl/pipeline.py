@@ -14,6 +14,7 @@ from pydantic import BaseModel, TypeAdapter
 from jetl.errors import ConfigError
 from jetl.protocols import (
     DISPOSITIONS,
+    ConfirmingExtractor,
     Deletes,
     Disposition,
     EvolvingLoader,
@@ -195,6 +196,13 @@ class Pipeline:
         for extractor in self.extractors:
             if isinstance(extractor, WriteCheckingExtractor):
                 extractor.check_write(spec)
+            if isinstance(extractor, ConfirmingExtractor) and len(self.extractors) > 1:
+                # its run reads a log up to a marker and tells the source once every batch is published: a sibling
+                # that reads whole (or plans its shares apart) would split what one run confirms (docs/cdc.md)
+                raise ConfigError(
+                    f"{where}: {type(extractor).__name__} reads a change log and must be the pipeline's only "
+                    "extractor: one pipeline per table (docs/cdc.md)"
+                )
         if isinstance(self.loader, VersionedLoader):
             self.loader.write_as(spec)
         elif spec.disposition == "merge" and spec.deletes is None and isinstance(self.loader, KeyedLoader):

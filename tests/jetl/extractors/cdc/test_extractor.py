@@ -264,14 +264,17 @@ def test_a_cdc_pipeline_that_would_not_merge_by_key_with_its_deletes_fails_at_st
         deleted: bool = False
 
     def pipeline(**kw: Any) -> Pipeline:
-        ex = PostgresCDCExtractor("postgresql://u@h/db", "items")
-        return Pipeline(name="items", extractors=[ex], loader=FileLoader("/tmp/never"), schema=Row, **kw)
+        kw.setdefault("extractors", [PostgresCDCExtractor("postgresql://u@h/db", "items")])
+        return Pipeline(name="items", loader=FileLoader("/tmp/never"), schema=Row, **kw)
 
     with pytest.raises(ConfigError, match="primary_key and the merge"):
         pipeline()
     with pytest.raises(ConfigError, match="deletes='deleted'"):
         pipeline(primary_key=["id"])
     assert pipeline(primary_key=["id"], deletes="deleted").write_spec.disposition == "merge"
+    two = [PostgresCDCExtractor("postgresql://u@h/db", "items"), PostgresCDCExtractor("postgresql://u@h/db", "more")]
+    with pytest.raises(ConfigError, match="must be the pipeline's only extractor: one pipeline per table"):
+        pipeline(primary_key=["id"], deletes="deleted", extractors=two)
 
 
 def share_records(ex: PostgresCDCExtractor, run_id: str, spec: dict[str, Any]) -> list[Any]:
