@@ -196,8 +196,8 @@ def resnapshot(
     who and why) and request the run that reads the table again, at once (--no-run: its next scheduled run does).
 
     Refused while a run of the pipeline is unfinished (it would undo the change when it completes). The replication
-    slot stays and moves to the new snapshot. The snapshot loads the rows the table has and deletes none: a row
-    deleted since the last run read the slot stays in the destination (docs/cdc.md).
+    slot stays, and the run after the snapshot reads again what it held, so rows deleted since the last run leave
+    the destination too. After a TRUNCATE, empty the destination first (docs/cdc.md).
 
     Example: jetl resnapshot items --reason "column added"
     """

@@ -77,13 +77,7 @@ def resnapshot_target(p: Pipeline) -> int:
             f"pipeline {p.name!r} reads no table by change data capture ({kinds}): there is no snapshot to take again",
             hint=f"`jetl cursor reset {p.name} --reason ...` makes an incremental pipeline read from the beginning",
         )
-    if len(readers) > 1:
-        raise ConfigError(
-            f"pipeline {p.name!r} has {len(readers)} change-data-capture extractors (indexes {readers}): "
-            "a re-snapshot is of one table",
-            hint=f"`jetl cursor reset {p.name} --extractor N --reason ...` forgets one of them",
-        )
-    return readers[0]
+    return readers[0]  # the only one: a log reader is its pipeline's only extractor (Pipeline refuses others)
 
 
 async def refuse_unfinished(jc: JetlClient, p: Pipeline) -> None:
@@ -107,7 +101,7 @@ async def resnapshot(jc: JetlClient, p: Pipeline, *, by: str, reason: str, run: 
     """Make `p`'s next run take a new snapshot of its table: refuse a pipeline that reads no table by change data
     capture, or one with an unfinished run; forget its cursor (`cursors.reset_cursor`: a cursor.changed event with
     who and why, `DEFAULT_REASON` when `reason` is blank); with `run`, request that run at once, as `jetl run` does.
-    The replication slot stays, and moves to the new snapshot when that run confirms."""
+    The replication slot stays; the run after the snapshot reads again what it held (docs/cdc.md)."""
     from jetl.ops import cursors
     from jetl.ops.health import served_pipelines
 
