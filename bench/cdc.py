@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -122,22 +123,32 @@ def drop(args: argparse.Namespace, table: str) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
-async def one_run(stack: Any) -> tuple[float, int, int | None]:
-    """(seconds from request to completed, records extracted, partitions) of one run."""
+async def one_run(stack: Any) -> tuple[float, int, int | None, float]:
+    """(seconds from request to completed, records extracted, partitions, seconds from request to the last batch
+    extracted) of one run."""
+    from jetl.events import BatchExtracted
     from jetl.ops.client import JetlClient
     from jetl.settings import JetlSettings
 
+    last: list[datetime] = []
+
+    def seen(ev: Any, _: Any) -> None:
+        if isinstance(ev, BatchExtracted):
+            last.append(ev.at)
+
     async with JetlClient(JetlSettings(nats=stack.operator)) as jc:
+        asked = datetime.now(UTC)
         req = await jc.request_run("bench_cdc")
         t0 = time.perf_counter()
-        state = await jc.wait("bench_cdc", req.run_id, timeout=3600)
+        state = await jc.wait("bench_cdc", req.run_id, timeout=3600, on_event=seen)
         seconds = time.perf_counter() - t0
         if state.status != "completed":
             raise RuntimeError(f"run {state.run_id} ended {state.status}: {state.error}")
-        return seconds, state.extracted, state.partitions
+        extracted = (max(last) - asked).total_seconds() if last else 0.0
+        return seconds, state.extracted, state.partitions, extracted
 
 
-def shares(args: argparse.Namespace, whole_rate: float) -> None:
+def shares(args: argparse.Namespace, whole_rate: tuple[float, float]) -> None:
     """The same snapshot by `--replicas` extractors in `--shares` shares; the ratio to the whole one's rate."""
     from jetl.cli.demo import wait_ready
     from jetl.stack.embedded import Stack
@@ -153,12 +164,13 @@ def shares(args: argparse.Namespace, whole_rate: float) -> None:
     try:
         stack.start()
         asyncio.run(wait_ready(stack))
-        seconds, n, parts = asyncio.run(one_run(stack))
+        seconds, n, parts, extract_s = asyncio.run(one_run(stack))
         assert n == args.rows, f"the snapshot extracted {n} rows of {args.rows}"
         rate = n / seconds
         print(
             f"snapshot in {parts} shares by {args.replicas} extractors: {n} rows in {seconds:.1f} s = "
-            f"{rate:,.0f} rows/s ({rate / whole_rate:.2f}x the whole snapshot's rate)"
+            f"{rate:,.0f} rows/s ({rate / whole_rate[0]:.2f}x the whole snapshot's rate); extracted in "
+            f"{extract_s:.1f} s ({whole_rate[1] / extract_s:.2f}x the whole snapshot's extraction rate)"
         )
     finally:
         stack.stop()
@@ -166,8 +178,8 @@ def shares(args: argparse.Namespace, whole_rate: float) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def changes(args: argparse.Namespace) -> float:
-    """The snapshot read whole, then the changes; the snapshot's rate (rows/s)."""
+def changes(args: argparse.Namespace) -> tuple[float, float]:
+    """The snapshot read whole, then the changes; the snapshot's rates (rows/s loaded, extraction seconds)."""
 
     from jetl.cli.demo import wait_ready
     from jetl.stack.embedded import Stack
@@ -180,12 +192,14 @@ def changes(args: argparse.Namespace) -> float:
     try:
         stack.start()
         asyncio.run(wait_ready(stack))
-        snap_s, snap_n, _ = asyncio.run(one_run(stack))
-        print(f"snapshot: {snap_n} rows in {snap_s:.1f} s = {snap_n / snap_s:,.0f} rows/s")
+        snap_s, snap_n, _, snap_x = asyncio.run(one_run(stack))
+        print(
+            f"snapshot: {snap_n} rows in {snap_s:.1f} s = {snap_n / snap_s:,.0f} rows/s (extracted in {snap_x:.1f} s)"
+        )
         t0 = time.perf_counter()
         made = make_changes(args.dsn, table, args.rows, args.updates, args.deletes)
         print(f"changes made in PostgreSQL: {made} in {time.perf_counter() - t0:.1f} s")
-        run_s, run_n, _ = asyncio.run(one_run(stack))
+        run_s, run_n, _, _ = asyncio.run(one_run(stack))
         assert run_n == made, f"the run extracted {run_n} changes, {made} were made"
         print(f"changes: {run_n} in {run_s:.1f} s = {run_n / run_s:,.0f} changes/s end to end (request to loaded)")
         asyncio.run(one_run(stack))  # caught up: the slot moves to this run's marker
@@ -207,7 +221,7 @@ def changes(args: argparse.Namespace) -> float:
         stack.stop()
         drop(args, table)
         shutil.rmtree(work, ignore_errors=True)
-    return snap_n / snap_s
+    return snap_n / snap_s, snap_x
 
 
 if __name__ == "__main__":
