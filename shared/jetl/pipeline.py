@@ -306,6 +306,21 @@ class Pipeline:
         pipeline never overlap (the scheduler starts one at a time, the extractor refuses one that would)."""
         return any(keeps_cursor(e) for e in self.extractors)
 
+    @property
+    def cursor_at_extraction(self) -> bool:
+        """Whether the cursor moves when a run is extracted rather than when it completes: its extractor reads a log
+        whose source forgets what a run read once every batch of it is on JETL_RAW (`ConfirmingExtractor`: a CDC
+        slot), so from then on the log, not the source, holds the run. The next run may read on while this one still
+        loads (the versions order the merge, whatever order runs load in): with the loaders down, runs go on and
+        the source keeps nothing (docs/cdc.md). Runs still never overlap in extraction."""
+        return any(isinstance(e, ConfirmingExtractor) for e in self.extractors)
+
+    def holds_cursor(self, state: Any) -> bool:
+        """Whether an unfinished run (its `RunState`, None before the tracker folded any of it) still holds the
+        pipeline's cursor, so that a run after it must wait: until it completes, or under `cursor_at_extraction`
+        until it is extracted (its batch count known)."""
+        return not (self.cursor_at_extraction and state is not None and state.expected_batches is not None)
+
     @cached_property
     def trusted_fields(self) -> frozenset[str]:
         """Schema fields whose values the transformers validated under the same field type (`output_types`): the

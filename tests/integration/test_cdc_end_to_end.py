@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,11 +22,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from jetl.events import BatchExtracted
+from jetl.events import BatchExtracted, RunExtracted, RunFailed
+from jetl.extractors.cdc.pgoutput import lsn_int
 from jetl.ops.client import JetlClient
 from jetl.projection import RunState
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import Stack, Supervisor
+from jetl.state import get_cursor
 from jetl.testing.cli import jetl
 from jetl.testing.servers import NatsHandle
 
@@ -189,6 +192,41 @@ def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal
             conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
+def retained_wal(dsn: str, slot: str) -> int:
+    """The WAL bytes the slot keeps (written since its confirmed position)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def slot_confirmed(dsn: str, slot: str) -> int:
+    """The slot's confirmed position."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        found = row.fetchone()
+    assert found is not None
+    return lsn_int(found[0])
+
+
+async def extracted_only(settings: JetlSettings) -> str:
+    """Request a run of items and return its id once it is extracted and the pipeline's cursor has moved to it
+    (`Pipeline.cursor_at_extraction`): the run may still be loading."""
+    async with JetlClient(settings) as jc:
+        req = await jc.request_run("items")
+        async for ev in jc.follow("items", req.run_id):
+            assert not isinstance(ev, RunFailed), ev.error
+            if isinstance(ev, RunExtracted):
+                break
+        kv, deadline = await jc.kv(), time.monotonic() + 120
+        while await get_cursor(kv, "items") != ev.cursor:  # the tracker moves it once it folds run.extracted
+            assert time.monotonic() < deadline, "the cursor did not move to the extracted run's"
+            await asyncio.sleep(0.05)
+        return req.run_id
+
+
 PARTITIONED = """
 import asyncio
 import os
@@ -246,39 +284,52 @@ def test_a_large_table_is_snapshotted_in_shares_by_two_extractors_one_killed_mid
     settings = JetlSettings(nats=NatsSettings(url=nats.url))
     sql = "SELECT id, note, n FROM items ORDER BY id"
     try:
-        with (
-            Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, replicas={"extractor": 2}) as stack,
-            supervised(stack) as sup,
-        ):
-            flag.touch()
-            extracted: list[BatchExtracted] = []
-            snapshot = run(settings, extracted)
-            assert snapshot.partitions is not None and snapshot.partitions >= 10, snapshot.partitions
-            assert snapshot.loaded == 6000 and snapshot.reconciles  # type: ignore[attr-defined]
-            assert not flag.exists() and sum(sup.restarts.values()) >= 1, sup.restarts
-            assert len({ev.instance for ev in extracted}) >= 2, "one extractor read every share"
-            got = cli("query", "items", sql, "--max-rows", "10000", "--json")
-            assert {int(i): (note, n) for i, note, n in got.json()["rows"]} == source_rows(dsn, table)
+        with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, replicas={"extractor": 2}) as stack:
+            with supervised(stack) as sup:
+                flag.touch()
+                extracted: list[BatchExtracted] = []
+                snapshot = run(settings, extracted)
+                assert snapshot.partitions is not None and snapshot.partitions >= 10, snapshot.partitions
+                assert snapshot.loaded == 6000 and snapshot.reconciles  # type: ignore[attr-defined]
+                assert not flag.exists() and sum(sup.restarts.values()) >= 1, sup.restarts
+                assert len({ev.instance for ev in extracted}) >= 2, "one extractor read every share"
+                got = cli("query", "items", sql, "--max-rows", "10000", "--json")
+                assert {int(i): (note, n) for i, note, n in got.json()["rows"]} == source_rows(dsn, table)
 
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(f"UPDATE {table} SET note = 'upd' WHERE id % 7 = 0")
-                conn.execute(f"DELETE FROM {table} WHERE id % 11 = 0")
-                conn.execute(f"INSERT INTO {table} SELECT i, 'new', i FROM generate_series(6001, 6100) i")
-            changes = run(settings)
-            assert changes.partitions is None and changes.extracted == 857 + 545 + 100
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f"UPDATE {table} SET note = 'upd' WHERE id % 7 = 0")
+                    conn.execute(f"DELETE FROM {table} WHERE id % 11 = 0")
+                    conn.execute(f"INSERT INTO {table} SELECT i, 'new', i FROM generate_series(6001, 6100) i")
+                changes = run(settings)
+                assert changes.partitions is None and changes.extracted == 857 + 545 + 100
+                got = cli("query", "items", sql, "--max-rows", "10000", "--json")
+                assert {int(i): (note, n) for i, note, n in got.json()["rows"]} == source_rows(dsn, table)
+
+            # the loader away: runs go on, each confirmed once its batches are on JETL_RAW: the slot moves past
+            # every change made before the run, while nothing loads (the log buffers, not the database)
+            stack.procs["loader"].stop()
+            waiting = []
+            for rnd in range(3):
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f"UPDATE {table} SET note = 'away{rnd}' WHERE id % 13 = {rnd}")
+                    conn.execute(
+                        f"INSERT INTO {table} SELECT i, 'away', i FROM generate_series(%s::int, %s::int) i",
+                        (7000 + rnd * 100, 7099 + rnd * 100),
+                    )
+                    written = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+                waiting.append(asyncio.run(extracted_only(settings)))
+                assert written is not None and slot_confirmed(dsn, table) >= lsn_int(written[0])
+            stack.procs["loader"].start()
+            assert all(wait_for(settings, run_id).status == "completed" for run_id in waiting)
             got = cli("query", "items", sql, "--max-rows", "10000", "--json")
             assert {int(i): (note, n) for i, note, n in got.json()["rows"]} == source_rows(dsn, table)
 
             run(settings)  # caught up
             with psycopg.connect(dsn) as conn:
-                retained = conn.execute(
-                    "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
-                    (table,),
-                ).fetchone()
                 temporary = conn.execute(
                     "SELECT count(*) FROM pg_replication_slots WHERE temporary AND slot_name LIKE 'jetl_snap_%'"
                 ).fetchone()
-            assert retained is not None and retained[0] < 1024 * 1024
+            assert retained_wal(dsn, table) < 1024 * 1024
             assert temporary == (0,)  # the exported snapshot was closed once every share was read
             stack.check()
     finally:

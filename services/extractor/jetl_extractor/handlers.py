@@ -347,6 +347,8 @@ async def _refuse_overlap(ctx: ServiceContext, req: RunRequest) -> None:
             break
         if other is not None and other.trigger in ("replay", "redrive"):
             continue  # resends batches from the log: they neither read nor move the cursor
+        if not get_pipeline(req.pipeline).holds_cursor(other):
+            continue  # extracted, and its cursor moved then (`Pipeline.cursor_at_extraction`): it only loads now
         raise OverlappingRun(
             f"pipeline {req.pipeline!r} keeps a cursor, and its run {run_id} (requested {at:%Y-%m-%d %H:%M:%S}) "
             "has not finished: "

@@ -127,8 +127,9 @@ async def _room(ctx: ServiceContext, p: Pipeline, now: datetime) -> int:
     running, finished = await unfinished_runs(ctx.kv, p.name, now)
     if finished:
         await remove_active(ctx.kv, p.name, finished)
-    limit = 1 if p.keeps_cursor else p.schedule.max_active_runs
-    return max(0, limit - len(running))
+    if p.keeps_cursor:  # one run at a time holds the cursor (until extracted, under `cursor_at_extraction`)
+        return max(0, 1 - sum(p.holds_cursor(state) for _, state in running.values()))
+    return max(0, p.schedule.max_active_runs - len(running))
 
 
 async def _tick_pipeline(ctx: ServiceContext, p: Pipeline, now: datetime, grace: timedelta, limit: int) -> list[str]:

@@ -6,7 +6,9 @@ loaded, some dead-lettered by the loader: `RunState.refused_by_destination`): th
 Only on completion does the extractor cursor advance, and it advances before run.completed is published: whoever
 sees run.completed and asks for the next run gets the new cursor (the other order let a next run re-extract what
 the last one loaded). A crash between the two re-derives run.completed when the event is redelivered; the cursor
-write is idempotent.
+write is idempotent. A pipeline whose source forgets what a run read once it is on JETL_RAW (a CDC slot:
+`Pipeline.cursor_at_extraction`) moves its cursor when the run is extracted instead, so its runs go on while the
+loaders are away.
 
 Events come over the bus, so the tracker trusts each event type only from the roles whose work it reports (the
 role token of its subject, which NATS permissions hold each user to: `jetl.events.trusted`); an event from another
@@ -23,11 +25,13 @@ from typing import Any
 
 from nats.js.kv import KeyValue
 
-from jetl.errors import TransientError
+from jetl.errors import JetlError, TransientError
 from jetl.events import (
     Event,
+    PartitionExtracted,
     RunCancelled,
     RunCompleted,
+    RunExtracted,
     RunFailed,
     RunRequested,
     is_run_event,
@@ -37,6 +41,7 @@ from jetl.events import (
 from jetl.logging import get_logger
 from jetl.positions import order_key
 from jetl.projection import RunState
+from jetl.registry import get_pipeline
 from jetl.runtime.service import ServiceContext
 from jetl.runtime.stage import settle
 from jetl.state import (
@@ -78,6 +83,15 @@ def untrusted(state: RunState) -> str | None:
     if state.expected_batches is not None and len(state.batches) > state.expected_batches:
         return f"run.extracted says {state.expected_batches} batches, but {len(state.batches)} were seen"
     return None
+
+
+def _cursor_at_extraction(pipeline: str) -> bool:
+    """Whether the pipeline's cursor moves when a run is extracted (`Pipeline.cursor_at_extraction`); False for a
+    pipeline this scheduler does not know."""
+    try:
+        return get_pipeline(pipeline).cursor_at_extraction
+    except JetlError:
+        return False
 
 
 def _behind(old: Any, new: Any) -> bool:
@@ -204,12 +218,20 @@ async def _track_run(
         for ev in events:
             await record_outcome(ctx, ev, state, alerter)
         refused = untrusted(state)
+        if (
+            refused is None
+            and state.expected_batches is not None
+            and state.status not in ("completed", "failed")
+            and any(isinstance(ev, (RunExtracted, PartitionExtracted)) for ev in events)
+            and _cursor_at_extraction(state.pipeline)
+        ):  # extracted (every batch on JETL_RAW, the source told): the next run reads on from here
+            await advance_cursor(ctx.kv, state)
         if state.settled and refused is not None and state.status not in ("completed", "failed"):
             log.warning("run not settled", pipeline=state.pipeline, run_id=state.run_id, why=refused)
         elif state.settled and state.status not in ("completed", "failed"):
             c = state.counts()
             done = verdict(ctx, state)
-            if isinstance(done, RunCompleted):
+            if isinstance(done, RunCompleted) and not _cursor_at_extraction(state.pipeline):
                 await advance_cursor(ctx.kv, state)
             # The run's state says completed (or failed), and it leaves the unfinished index, before anyone hears of
             # it: whoever sees the end and asks for the next run finds nothing in its way (the extractor refuses a

@@ -121,26 +121,35 @@ PAUSE_FRESH_S = 30.0
 """A heartbeat saying "paused" counts this long (heartbeats come every 5 s; a dead instance's last one lingers)."""
 
 
-async def paused_for_room(kv: Any) -> list[str]:
-    """Why services say their publishing is paused right now (a full stream or store), from fresh heartbeats."""
+async def fresh_beats(kv: Any) -> list[dict[str, Any]]:
+    """The services' heartbeats of the last `PAUSE_FRESH_S` seconds."""
     now = time.time()
-    reasons = set()
-    for raw in (await watch_values(kv, f"{HEARTBEAT_PREFIX}.>")).values():
-        beat = orjson.loads(raw)
-        if beat.get("paused") and now - float(beat.get("at", 0)) <= PAUSE_FRESH_S:
-            reasons.add(f"{beat.get('service')}: {beat['paused']}")
-    return sorted(reasons)
+    beats = [orjson.loads(raw) for raw in (await watch_values(kv, f"{HEARTBEAT_PREFIX}.>")).values()]
+    return [b for b in beats if isinstance(b, dict) and now - float(b.get("at", 0)) <= PAUSE_FRESH_S]
+
+
+def paused_for_room(beats: list[dict[str, Any]]) -> list[str]:
+    """Why services say their publishing is paused right now (a full stream or store), from fresh heartbeats."""
+    return sorted({f"{b.get('service')}: {b['paused']}" for b in beats if b.get("paused")})
+
+
+WAITS_ON: dict[Stage, str] = {"transform": "transformer", "load": "loader"}
+"""The service a run stuck at a stage after extraction waits for: with none alive, its batches wait in their stream
+(the log buffers them) and go on when one comes; the run is not stalled, the service is down (`jetl health`)."""
 
 
 async def fail_stalled(ctx: ServiceContext, stall_seconds: float, now: datetime | None = None) -> list[RunFailed]:
     """Fail every started, unfinished run whose newest event is older than `stall_seconds`; none while a service is
-    paused for want of room (its runs wait for room, they are not stuck)."""
+    paused for want of room (its runs wait for room, they are not stuck), nor one whose batches wait for a stage
+    with no live service (`WAITS_ON`)."""
     assert ctx.kv is not None
     now = now or utcnow()
-    paused = await paused_for_room(ctx.kv)
+    beats = await fresh_beats(ctx.kv)
+    paused = paused_for_room(beats)
     if paused:
         log.warning("stall check skipped: publishing is paused for room", paused=paused)
         return []
+    alive = {b.get("service") for b in beats}
     failed: list[RunFailed] = []
     for pipeline in sorted(ctx.pipelines):
         running, _ = await unfinished_runs(ctx.kv, pipeline, now)
@@ -152,6 +161,9 @@ async def fail_stalled(ctx: ServiceContext, stall_seconds: float, now: datetime 
             if idle <= stall_seconds:
                 continue
             stage = stalled_stage(state)
+            if stage in WAITS_ON and WAITS_ON[stage] not in alive:
+                log.warning("run waits: no live service for its stage", pipeline=pipeline, run_id=run_id, stage=stage)
+                continue
             settled = sum(1 for b in state.batches.values() if b.outcome != "pending")
             of = state.expected_batches if state.expected_batches is not None else "?"
             ev = RunFailed(

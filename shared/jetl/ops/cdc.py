@@ -84,7 +84,8 @@ async def refuse_unfinished(jc: JetlClient, p: Pipeline) -> None:
     """A ConfigError naming the pipeline's unfinished run, if it has one: that run moves the cursor when it
     completes, so a re-snapshot asked for now would be undone."""
     running, _ = await unfinished_runs(await jc.kv(), p.name, datetime.now(UTC))
-    if not running:
+    running = {run_id: (at, state) for run_id, (at, state) in running.items() if p.holds_cursor(state)}
+    if not running:  # (a run that is extracted only loads now: its cursor moved when it was extracted)
         return
     run_id, (at, state) = min(running.items(), key=lambda item: item[1][0])
     status = state.status if state is not None else "not started"

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from jetl import ConsoleLoader, FileExtractor, Pipeline
 from jetl.bus import connect
-from jetl.events import BatchExtracted, RunRequested, RunStarted
+from jetl.events import BatchExtracted, BatchTransformed, RunExtracted, RunRequested, RunStarted
 from jetl.messages.models import Batch
 from jetl.ops.client import JetlClient
 from jetl.registry import register
@@ -152,3 +152,32 @@ async def test_no_run_fails_as_stalled_while_a_service_is_paused_on_a_full_strea
 
     await ctx.kv.put(key, orjson.dumps({**beat, "paused": None}))  # room came back, yet the run never moved
     assert [f.run_id for f in await fail_stalled(ctx, stall_seconds=900, now=NOW)] == ["quiet-waiting"]
+
+
+async def test_a_run_waiting_for_a_loader_when_none_is_alive_waits_and_fails_as_stalled_once_one_is(
+    ctx: ServiceContext,
+) -> None:
+    """Its batches are extracted and transformed: they wait in JETL_CLEAN for a loader. With no loader alive the run is
+    not stuck, the loader is down (the log buffers the batches, `jetl health` says the loader is missing); with a
+    loader alive and still no progress, it is."""
+    assert ctx.kv is not None
+    run_id, last = "quiet-loading", NOW - timedelta(minutes=20)
+    await add_active(ctx.kv, "quiet", run_id, last)
+    batch = f"{run_id}/000000"
+    for ev in (
+        RunRequested(pipeline="quiet", run_id=run_id, at=last),
+        RunStarted(pipeline="quiet", run_id=run_id, at=last),
+        BatchExtracted(pipeline="quiet", run_id=run_id, batch_id=batch, seq=0, records=3, at=last),
+        RunExtracted(pipeline="quiet", run_id=run_id, batches=1, records=3, at=last),
+        BatchTransformed(pipeline="quiet", run_id=run_id, batch_id=batch, seq=0, records_in=3, records_out=3, at=last),
+    ):
+        await apply(ctx.kv, ev)
+    transformer = {"service": "transformer", "instance": "h:2", "at": time.time()}
+    await ctx.kv.put(heartbeat_key("transformer", "h:2"), orjson.dumps(transformer))
+
+    assert await fail_stalled(ctx, stall_seconds=900, now=NOW) == []  # no loader alive: the run waits for one
+
+    loader = {"service": "loader", "instance": "h:3", "at": time.time()}
+    await ctx.kv.put(heartbeat_key("loader", "h:3"), orjson.dumps(loader))
+    failed = await fail_stalled(ctx, stall_seconds=900, now=NOW)
+    assert [(f.run_id, f.stage) for f in failed] == [(run_id, "load")]
