@@ -10,12 +10,10 @@ call these; a dashboard can call the same functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from jetl.errors import ConfigError
 from jetl.protocols import ConfirmingExtractor, SourceLag
-from jetl.state import unfinished_runs
 
 if TYPE_CHECKING:
     from jetl.events import CursorChanged
@@ -83,9 +81,10 @@ def resnapshot_target(p: Pipeline) -> int:
 async def refuse_unfinished(jc: JetlClient, p: Pipeline) -> None:
     """A ConfigError naming the pipeline's unfinished run, if it has one: that run moves the cursor when it
     completes, so a re-snapshot asked for now would be undone."""
-    running, _ = await unfinished_runs(await jc.kv(), p.name, datetime.now(UTC))
-    running = {run_id: (at, state) for run_id, (at, state) in running.items() if p.holds_cursor(state)}
-    if not running:  # (a run that is extracted only loads now: its cursor moved when it was extracted)
+    from jetl.ops.cursors import holding_runs
+
+    running = await holding_runs(jc, p)  # (a run that is extracted only loads now: its cursor moved then)
+    if not running:
         return
     run_id, (at, state) = min(running.items(), key=lambda item: item[1][0])
     status = state.status if state is not None else "not started"

@@ -87,11 +87,18 @@ def with_part(
     return {EACH: each} if each else None
 
 
-async def _refuse_unfinished(jc: JetlClient, pipeline: str) -> None:
-    running, _ = await unfinished_runs(await jc.kv(), pipeline, datetime.now(UTC))
+async def holding_runs(jc: JetlClient, p: Pipeline) -> dict[str, tuple[datetime, Any]]:
+    """{run_id: (requested_at, its state or None)} of `p`'s unfinished runs that will still move its cursor: all of
+    them, or under `Pipeline.cursor_at_extraction` those not extracted yet."""
+    running, _ = await unfinished_runs(await jc.kv(), p.name, datetime.now(UTC))
+    return {run_id: (at, state) for run_id, (at, state) in running.items() if p.holds_cursor(state)}
+
+
+async def _refuse_unfinished(jc: JetlClient, p: Pipeline) -> None:
+    running = await holding_runs(jc, p)
     if running:
         raise ConfigError(
-            f"pipeline {pipeline!r} has unfinished runs ({', '.join(sorted(running))}): a run moves the cursor "
+            f"pipeline {p.name!r} has unfinished runs ({', '.join(sorted(running))}): a run moves the cursor "
             "when it completes and would overwrite this change; wait for it (jetl status) and try again"
         )
 
@@ -101,7 +108,7 @@ async def _change(
 ) -> CursorChanged:
     if not reason.strip():
         raise ConfigError("a cursor change needs a reason (--reason)", hint="")
-    await _refuse_unfinished(jc, p.name)
+    await _refuse_unfinished(jc, p)
     kv = await jc.kv()
     previous = await get_cursor(kv, p.name)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
