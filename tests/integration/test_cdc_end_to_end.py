@@ -13,7 +13,6 @@ import asyncio
 import functools
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +29,7 @@ from jetl.settings import JetlSettings, NatsSettings
 from jetl.stack.embedded import Stack, Supervisor
 from jetl.state import get_cursor
 from jetl.testing.cli import jetl
-from jetl.testing.servers import NatsHandle
+from jetl.testing.servers import NatsHandle, cdc_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -113,20 +112,15 @@ def source_rows(dsn: str, table: str) -> dict[int, tuple[Any, ...]]:
 def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal_to_the_table(
     tmp_path: Path, nats: NatsHandle, pg_url: str
 ) -> None:
-    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
-    table = f"cdc_e2e_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if conn.execute("SHOW wal_level").fetchone() != ("logical",):
-            pytest.skip("PostgreSQL runs without wal_level=logical (.ci/run sets it)")
-        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, note text, n int)")
-        conn.execute(f"INSERT INTO {table} SELECT i, 'snap', i FROM generate_series(1, 300) i")
-    pipelines, data, flag = tmp_path / "pipelines", tmp_path / "data", tmp_path / "kill-in-confirm"
-    pipelines.mkdir()
-    text = PIPELINE.replace("DSN", repr(dsn)).replace("TABLE", repr(table)).replace("FLAG", repr(str(flag)))
-    (pipelines / "items_pipeline.py").write_text(text)
-    cli = functools.partial(jetl, nats_url=nats.url, pipelines_dir=pipelines, data_dir=data)
-    settings = JetlSettings(nats=NatsSettings(url=nats.url))
-    try:
+    with cdc_table(pg_url, "cdc_e2e") as (dsn, table):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"INSERT INTO {table} SELECT i, 'snap', i FROM generate_series(1, 300) i")
+        pipelines, data, flag = tmp_path / "pipelines", tmp_path / "data", tmp_path / "kill-in-confirm"
+        pipelines.mkdir()
+        text = PIPELINE.replace("DSN", repr(dsn)).replace("TABLE", repr(table)).replace("FLAG", repr(str(flag)))
+        (pipelines / "items_pipeline.py").write_text(text)
+        cli = functools.partial(jetl, nats_url=nats.url, pipelines_dir=pipelines, data_dir=data)
+        settings = JetlSettings(nats=NatsSettings(url=nats.url))
         with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url) as stack, supervised(stack) as sup:
             assert run(settings).extracted == 300  # the snapshot
 
@@ -184,12 +178,6 @@ def test_snapshot_then_changes_with_a_kill_between_publish_and_confirm_end_equal
             again = cli("query", "items", sql, "--max-rows", "1000", "--json").json()["rows"]
             assert {int(i): (note, n) for i, note, n in again} == source_rows(dsn, table)
             stack.check()
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            drop = "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
-            conn.execute(drop, (table,))
-            conn.execute(f"DROP PUBLICATION IF EXISTS {table}")
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def retained_wal(dsn: str, slot: str) -> int:
@@ -269,21 +257,18 @@ def test_a_large_table_is_snapshotted_in_shares_by_two_extractors_one_killed_mid
     two extractor replicas read them, one is SIGKILLed half way through a share (delivered again, read again in the
     same snapshot); the destination equals the table, then the changes since the snapshot land, and the slot, once
     caught up, keeps under 1 MB."""
-    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
-    table = f"cdc_part_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if conn.execute("SHOW wal_level").fetchone() != ("logical",):
-            pytest.skip("PostgreSQL runs without wal_level=logical (.ci/run sets it)")
-        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, note text, n int)")
-        conn.execute(f"INSERT INTO {table} SELECT i, repeat('s', 200), i FROM generate_series(1, 6000) i")  # ~1.4 MB
-    pipelines, data, flag = tmp_path / "pipelines", tmp_path / "data", tmp_path / "kill-in-share"
-    pipelines.mkdir()
-    text = PARTITIONED.replace("DSN", repr(dsn)).replace("TABLE", repr(table)).replace("FLAG", repr(str(flag)))
-    (pipelines / "items_pipeline.py").write_text(text)
-    cli = functools.partial(jetl, nats_url=nats.url, pipelines_dir=pipelines, data_dir=data)
-    settings = JetlSettings(nats=NatsSettings(url=nats.url))
-    sql = "SELECT id, note, n FROM items ORDER BY id"
-    try:
+    with cdc_table(pg_url, "cdc_part") as (dsn, table):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                f"INSERT INTO {table} SELECT i, repeat('s', 200), i FROM generate_series(1, 6000) i"
+            )  # ~1.4 MB
+        pipelines, data, flag = tmp_path / "pipelines", tmp_path / "data", tmp_path / "kill-in-share"
+        pipelines.mkdir()
+        text = PARTITIONED.replace("DSN", repr(dsn)).replace("TABLE", repr(table)).replace("FLAG", repr(str(flag)))
+        (pipelines / "items_pipeline.py").write_text(text)
+        cli = functools.partial(jetl, nats_url=nats.url, pipelines_dir=pipelines, data_dir=data)
+        settings = JetlSettings(nats=NatsSettings(url=nats.url))
+        sql = "SELECT id, note, n FROM items ORDER BY id"
         with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, replicas={"extractor": 2}) as stack:
             with supervised(stack) as sup:
                 flag.touch()
@@ -332,9 +317,3 @@ def test_a_large_table_is_snapshotted_in_shares_by_two_extractors_one_killed_mid
             assert retained_wal(dsn, table) < 1024 * 1024
             assert temporary == (0,)  # the exported snapshot was closed once every share was read
             stack.check()
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            drop = "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
-            conn.execute(drop, (table,))
-            conn.execute(f"DROP PUBLICATION IF EXISTS {table}")
-            conn.execute(f"DROP TABLE IF EXISTS {table}")

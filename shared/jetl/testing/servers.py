@@ -260,3 +260,31 @@ def postgres_url() -> Iterator[str]:
     if not _reachable(u.host or "127.0.0.1", u.port or 5432):
         unavailable(f"PostgreSQL not reachable at {u.host}:{u.port} (set JETL_TEST_POSTGRES_URL)")
     yield url
+
+
+@contextmanager
+def cdc_table(
+    pg_url: str, prefix: str, columns: str = "id int PRIMARY KEY, note text, n int"
+) -> Iterator[tuple[str, str]]:
+    """(libpq DSN, name) of a fresh table `<prefix>_<random>` for a change-data-capture test on the PostgreSQL at
+    `pg_url`, which must decode logically (`wal_level=logical`; `.ci/run` sets it: otherwise `unavailable`). On
+    leaving: the slot named as the table, the publication named as the table and the table are dropped (the
+    extractor's `slot=`/`publication=` in the tests are the table's name)."""
+    import uuid
+
+    import psycopg
+
+    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SHOW wal_level").fetchone() != ("logical",):
+            unavailable("PostgreSQL runs without wal_level=logical (.ci/run sets it)")
+        conn.execute(f"CREATE TABLE {name} ({columns})")
+    try:
+        yield dsn, name
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            drop = "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
+            conn.execute(drop, (name,))
+            conn.execute(f"DROP PUBLICATION IF EXISTS {name}")
+            conn.execute(f"DROP TABLE IF EXISTS {name}")

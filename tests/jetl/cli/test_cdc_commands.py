@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from jetl.ops.client import JetlClient
 from jetl.settings import JetlSettings, NatsSettings
 from jetl.state import add_active, get_cursor, put_cursor
 from jetl.testing.cli import CliResult, jetl
-from jetl.testing.servers import NatsHandle
+from jetl.testing.servers import NatsHandle, cdc_table
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +52,10 @@ SNAPSHOT_CURSOR = {"slot": "s", "snapshot": "0/16B3748", "confirmed": "0/16B3800
 @pytest.fixture
 def table(pg_url: str) -> Iterator[tuple[str, str]]:
     """(conninfo, name) of a fresh table with its publication (the slot is the test's to create)."""
-    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
-    name = f"cdc_cli_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if conn.execute("SHOW wal_level").fetchone() != ("logical",):
-            pytest.skip("PostgreSQL runs without wal_level=logical (.ci/run sets it)")
-        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, note text)")
-        conn.execute(f"CREATE PUBLICATION {name} FOR TABLE {name}")
-    yield dsn, name
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        drop = "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
-        conn.execute(drop, (name,))
-        conn.execute(f"DROP PUBLICATION IF EXISTS {name}")
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
+    with cdc_table(pg_url, "cdc_cli", "id int PRIMARY KEY, note text") as (dsn, name):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE PUBLICATION {name} FOR TABLE {name}")
+        yield dsn, name
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from jetl.errors import TerminalError
 from jetl.extractors.cdc import PostgresCDCExtractor
 from jetl.extractors.cdc.pgoutput import lsn_int
 from jetl.protocols import VERSION_STRIDE, ExtractContext
+from jetl.testing.servers import cdc_table
 
 pytestmark = pytest.mark.integration
 
@@ -25,18 +25,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def source(pg_url: str) -> Iterator[tuple[str, str]]:
     """(conninfo, table) of a fresh table `items(id int primary key, note text, n int)`."""
-    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
-    table = f"cdc_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if conn.execute("SHOW wal_level").fetchone() != ("logical",):
-            pytest.skip("PostgreSQL runs without wal_level=logical (.ci/run sets it)")
-        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, note text, n int)")
-    yield dsn, table
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        drop = "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
-        conn.execute(drop, (table,))
-        conn.execute(f"DROP PUBLICATION IF EXISTS {table}")
-        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    with cdc_table(pg_url, "cdc") as made:
+        yield made
 
 
 def sql(dsn: str, *statements: str) -> None:
