@@ -77,6 +77,8 @@ class Shards:
         """Shard -> (its lease's revision as this replica wrote it, its pull loop)."""
         self._seen: dict[int, tuple[int, float]] = {}
         """Another replica's lease -> (its revision, when this replica first saw that revision, monotonic)."""
+        self._silent: dict[str, float] = {}
+        """Replicas whose leases stood still for a lease period -> their heartbeat's `at` then (`live`)."""
 
     @property
     def key_ttl(self) -> float:
@@ -138,19 +140,25 @@ class Shards:
         return [(start + i) % TRACKER_SHARDS for i in range(TRACKER_SHARDS)]
 
     async def live(self, kv: KeyValue, silent: set[str] | frozenset[str] = frozenset()) -> int:
-        """Scheduler replicas alive: a heartbeat in the last three beats (this one counts, written or not), and no
-        lease of theirs left standing still for a lease period (`silent`): a SIGKILLed replica's heartbeat stays
-        fresh for up to three beats, and counting it kept its restarted successor (or the others) at a share that
-        left some of its shards unpulled until that heartbeat aged, after its leases had gone stale."""
+        """Scheduler replicas alive: a heartbeat in the last three beats (this one counts, written or not), but not one
+        whose leases were found standing still for a lease period (`silent`, remembered with the beat it had then)
+        until it beats again: a SIGKILLed replica's last heartbeat stays fresh for up to three beats, and counting it
+        kept its successor (or the others) at a share that left some of its shards unpulled until that beat aged,
+        after its leases had gone stale. A paused replica that comes back beats again and counts once more."""
         beats = await watch_values(kv, state_keys(StateKey.SVC, "scheduler", "*"))
-        instances = {self.ctx.instance}
-        fresh = time.time() - 3 * HEARTBEAT_S
+        beating: dict[str, float] = {}
         for raw in beats.values():
             with contextlib.suppress(Exception):
                 beat = orjson.loads(raw)
-                if float(beat.get("at", 0)) >= fresh:
-                    instances.add(str(beat.get("instance")))
-        return len(instances - (set(silent) - {self.ctx.instance}))
+                beating[str(beat.get("instance"))] = float(beat.get("at", 0))
+        fresh = time.time() - 3 * HEARTBEAT_S
+        for instance in silent:
+            self._silent.setdefault(instance, beating.get(instance, 0.0))
+        for instance, at in list(self._silent.items()):
+            if at < fresh or beating.get(instance, 0.0) > at:  # its beat aged out (not live anyway), or it beat again
+                del self._silent[instance]
+        alive = {i for i, at in beating.items() if at >= fresh and i not in self._silent}
+        return len(alive | {self.ctx.instance})
 
     async def _watch(self, kv: KeyValue, k: int, now: float) -> str | None:
         """Note the revision of shard `k`'s lease (held by another replica) every round, whether or not this replica
