@@ -139,6 +139,17 @@ def register_pipelines():
 
 SERVICES = ("extractor", "transformer", "loader", "scheduler")
 
+ACK_WAIT = 5.0
+"""The lab's ack wait (the default is 10 s): a SIGKILLed stage's messages come back after it, so each kill point
+costs about this much less waiting. Live workers beat every third of it (`jetl.runtime.service.keep_alive`), so a
+beat may be over 3 s late on a loaded host before its batch is handed out again; and a redelivery to a live worker
+would still have to end exact (test_faults stalls one past the ack wait on purpose)."""
+SHARD_LEASE_S = 3.0
+"""The scheduler's tracker-shard lease (the default is 15 s): a restarted scheduler takes the shards its SIGKILLed
+predecessor held once their leases have stood still this long, the same takeover as after 15 s. The lab runs one
+scheduler, so a late renewal is never lost to another replica."""
+LAB_ENV = {"JETL_NATS__ACK_WAIT": str(ACK_WAIT), "JETL_SHARD_LEASE_SECONDS": str(SHARD_LEASE_S)}
+
 KillPlan = Callable[[int, RunState, list[str]], str | None]
 """Which service to SIGKILL after a run's n-th event (given n, the run's state and its event types so far)."""
 
@@ -169,13 +180,14 @@ class CrashLab:
         text = PIPELINE.replace("INPUT", str(self.inputs)).replace("BATCH", str(BATCH))
         (self.pipelines / "crash_pipeline.py").write_text(text)
         self.nats = nats
-        self.settings = JetlSettings(nats=NatsSettings(url=nats.url))
+        self.settings = JetlSettings(nats=NatsSettings(url=nats.url, ack_wait=ACK_WAIT))
         self.rows = 0
         """Rows written to inputs so far (ids 0 .. rows-1)."""
 
     def stack(self) -> Stack:
-        """The four services over the lab's NATS (a context manager)."""
-        return Stack(data_dir=self.data, pipelines_dir=self.pipelines, nats_url=self.nats.url)
+        """The four services over the lab's NATS (a context manager), with the lab's ack wait (deployed by the
+        stack's start) and shard lease."""
+        return Stack(data_dir=self.data, pipelines_dir=self.pipelines, nats_url=self.nats.url, extra_env=dict(LAB_ENV))
 
     def add_input(self, rows: int) -> range:
         """A new input file of `rows` new ids (the pipeline's cursor skips the files earlier runs loaded)."""

@@ -3,7 +3,9 @@ turn in the middle of a run (judged from the run's events), restarted, and the r
 holding exactly the source rows: nothing lost, nothing twice.
 
 Each killed run's delay against an unkilled baseline run is the recovery the fault matrix reports: a dead worker's
-messages come back after the ack wait (10 s), while live workers keep theirs with in_progress() beats.
+messages come back after the ack wait (the crash lab's 5 s), while live workers keep theirs with in_progress() beats;
+a killed scheduler's tracker shards are taken over by its restarted process once their leases are stale (the lab's
+3 s).
 """
 
 from __future__ import annotations

@@ -35,6 +35,16 @@ def _wait(what: str, check: Any, timeout: float = 90.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+SERVICES = ("extractor", "transformer", "loader", "scheduler")
+
+
+def _module_loads(dash: Dash, service: str) -> int:
+    """How often `service` has logged loading shop_pipeline.py (at start-up or a reload)."""
+    log = dash.data / "logs" / f"{service}.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return sum(1 for line in lines if "pipeline module loaded" in line and "shop_pipeline.py" in line)
+
+
 def _counts(dash: Dash) -> dict[str, dict[str, Any]]:
     out = dash.jetl("counts", "shop", "--json")
     assert out.stdout, out.stderr  # exit 1 says something does not reconcile: the rows tell which
@@ -103,8 +113,10 @@ def test_dead_letters_page_lists_rejects_and_a_redrive_changes_the_ledger(
     # the fix: ids like "seven" are accepted as text now; the services pick the module up without a restart
     fixed = PIPELINE.replace("    id: int\n", "    id: int | str\n")
     code = fixed.replace("INPUT", str(dash.data / "input")).replace("OUTPUT", str(dash.data / "out"))
+    loads = {s: _module_loads(dash, s) for s in SERVICES}
     (dash.pipelines / "shop_pipeline.py").write_text(code.replace("CHUNK", "100"))
-    time.sleep(6)  # the services poll the pipelines folder every 2 s
+    # the services poll the pipelines folder (every 2 s): each has loaded the changed module once its log says so
+    _wait("every service to load the changed module", lambda: all(_module_loads(dash, s) > n for s, n in loads.items()))
     before = _counts(dash)
     page.locator("table.dlq input[name=seq]").first.check()
     page.locator("table.dlq input[name=seq]").nth(1).check()

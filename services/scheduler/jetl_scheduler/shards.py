@@ -10,9 +10,9 @@ not acked comes back to the new holder after the ack wait, and its batch ledgers
 
 Expiry is judged without comparing clocks: a lease is stale when its revision has not moved for `shard_lease_seconds`
 as this replica's monotonic clock measures it. Shares are even: each replica holds at most its fair share,
-ceil(shards / live replicas), where a replica is live when its heartbeat (`svc.scheduler.<instance>`) is recent, and
-gives back the excess when a replica joins; when one dies, its leases go stale and its heartbeat old, and the others
-take its shards.
+ceil(shards / live replicas), where a replica is live when its heartbeat (`svc.scheduler.<instance>`) is recent and
+no lease of its has stood still for a lease period, and gives back the excess when a replica joins; when one dies, its
+leases go stale, and the others take its shards (without waiting for its heartbeat to age as well).
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ class Shards:
         """Shard -> (its lease's revision as this replica wrote it, its pull loop)."""
         self._seen: dict[int, tuple[int, float]] = {}
         """Another replica's lease -> (its revision, when this replica first saw that revision, monotonic)."""
+        self._silent: dict[str, float] = {}
+        """Replicas whose leases stood still for a lease period -> their heartbeat's `at` then (`live`)."""
 
     @property
     def key_ttl(self) -> float:
@@ -114,10 +116,13 @@ class Shards:
             except KeyWrongLastSequenceError:  # paused past the lease: another replica holds it now
                 log.warning("shard lease lost", shard=k)
                 await self._stop_pulling(k)
-        fair = fair_share(await self.live(kv))
+        now = time.monotonic()
+        silent = {
+            holder for k in range(TRACKER_SHARDS) if k not in self.held and (holder := await self._watch(kv, k, now))
+        }
+        fair = fair_share(await self.live(kv, silent))
         for k in sorted(self.held, reverse=True)[: max(0, len(self.held) - fair)]:
             await self._release(k)
-        now = time.monotonic()
         for k in self._order():
             if len(self.held) >= fair:
                 break
@@ -134,17 +139,47 @@ class Shards:
         start = hash(self.ctx.instance) % TRACKER_SHARDS
         return [(start + i) % TRACKER_SHARDS for i in range(TRACKER_SHARDS)]
 
-    async def live(self, kv: KeyValue) -> int:
-        """Scheduler replicas alive: a heartbeat in the last three beats (this one counts, written or not)."""
+    async def live(self, kv: KeyValue, silent: set[str] | frozenset[str] = frozenset()) -> int:
+        """Scheduler replicas alive: a heartbeat in the last three beats (this one counts, written or not), but not one
+        whose leases were found standing still for a lease period (`silent`, remembered with the beat it had then)
+        until it beats again: a SIGKILLed replica's last heartbeat stays fresh for up to three beats, and counting it
+        kept its successor (or the others) at a share that left some of its shards unpulled until that beat aged,
+        after its leases had gone stale. A paused replica that comes back beats again and counts once more."""
         beats = await watch_values(kv, state_keys(StateKey.SVC, "scheduler", "*"))
-        instances = {self.ctx.instance}
-        fresh = time.time() - 3 * HEARTBEAT_S
+        beating: dict[str, float] = {}
         for raw in beats.values():
             with contextlib.suppress(Exception):
                 beat = orjson.loads(raw)
-                if float(beat.get("at", 0)) >= fresh:
-                    instances.add(str(beat.get("instance")))
-        return len(instances)
+                beating[str(beat.get("instance"))] = float(beat.get("at", 0))
+        fresh = time.time() - 3 * HEARTBEAT_S
+        for instance in silent:
+            self._silent.setdefault(instance, beating.get(instance, 0.0))
+        for instance, at in list(self._silent.items()):
+            if at < fresh or beating.get(instance, 0.0) > at:  # its beat aged out (not live anyway), or it beat again
+                del self._silent[instance]
+        alive = {i for i, at in beating.items() if at >= fresh and i not in self._silent}
+        return len(alive | {self.ctx.instance})
+
+    async def _watch(self, kv: KeyValue, k: int, now: float) -> str | None:
+        """Note the revision of shard `k`'s lease (held by another replica) every round, whether or not this replica
+        has room to take it, so the time it has stood still is known the moment room comes; returns its holder's
+        instance when it has stood still for a lease period (the holder stopped renewing: killed, paused, cut off)."""
+        try:
+            entry = await kv.get(lease_key(k))
+        except KeyNotFoundError:  # free
+            self._seen.pop(k, None)
+            return None
+        assert entry.revision is not None
+        seen = self._seen.get(k)
+        if seen is None or seen[0] != entry.revision:
+            self._seen[k] = (entry.revision, now)
+            return None
+        if now - seen[1] < self.lease_s:
+            return None
+        try:
+            return str(orjson.loads(entry.value or b"{}")["instance"])
+        except Exception:  # not a lease this version wrote: its shard is taken over as stale all the same
+            return None
 
     async def _take(self, kv: KeyValue, k: int, now: float) -> int | None:
         """Shard `k`'s lease for this replica if it is free or stale (its new revision), else None."""

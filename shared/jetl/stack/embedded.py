@@ -35,6 +35,7 @@ from jetl.stack._process import (
     private_dir,
     server_env,
     stop_process,
+    stop_processes,
     wait_listening,
 )
 from jetl.stack.cluster import NatsCluster
@@ -343,9 +344,10 @@ class Stack:
                 raise ServiceDied(died_message(name, p))
 
     def stop(self) -> None:
-        """Stop services, then the server."""
+        """Stop services (all at once), then the server."""
+        stop_processes([p.proc for p in self.procs.values()])
         for p in self.procs.values():
-            p.stop()
+            p.proc = None
         if self.server is not None:
             self.server.stop()
         if self.cluster is not None:
