@@ -33,6 +33,8 @@ from jetl.stack.embedded import Stack
 from jetl.testing.cli import jetl
 from jetl.testing.servers import NatsHandle
 
+from .conftest import ACK_WAIT, LAB_ENV  # the crash lab's shorter ack wait and shard lease
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BIN = Path("/usr/lib/postgresql/15/bin")
@@ -182,7 +184,7 @@ def test_two_tables_of_changes_under_a_sigkill_of_each_service_and_a_postgres_cr
     pipelines.mkdir()
     (pipelines / "cdc_pipeline.py").write_text(PIPELINE.replace("DSN", repr(dsn)))
     cli = functools.partial(jetl, nats_url=nats.url, pipelines_dir=pipelines, data_dir=data)
-    settings = JetlSettings(nats=NatsSettings(url=nats.url))
+    settings = JetlSettings(nats=NatsSettings(url=nats.url, ack_wait=ACK_WAIT))
 
     async def scenario(stack: Stack) -> tuple[list[list[RunState]], int]:
         rounds = []
@@ -201,7 +203,7 @@ def test_two_tables_of_changes_under_a_sigkill_of_each_service_and_a_postgres_cr
                     break
         return rounds, before
 
-    with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url) as stack:
+    with Stack(data_dir=data, pipelines_dir=pipelines, nats_url=nats.url, extra_env=dict(LAB_ENV)) as stack:
         rounds, before_last = asyncio.run(scenario(stack))
         failed = [(s.pipeline, s.run_id, s.error) for r in rounds for s in r if s.status != "completed"]
         # a run may fail (PostgreSQL gone mid-run past its retries); the next run reads on from the slot
