@@ -9,6 +9,7 @@ dead-lettered whole.
 from __future__ import annotations
 
 import asyncio
+import threading
 from functools import partial
 from typing import Any
 
@@ -216,7 +217,9 @@ def warm_up() -> None:
     through its conversion of time-zone aware datetimes, pandas (2.3 s on the loaded 2-core bench host, ~0.6 s on a
     quiet 16-core one), and each registered pipeline's validators and Arrow schemas. With N replicas sharing a
     consumer, each replica paid this on the first batch it happened to take: that was the p99 of 600+ ms from 4
-    replicas up (bench/README.md). Never fatal: a pipeline that cannot be prepared fails on its batch, as before."""
+    replicas up (bench/README.md). It runs in a thread beside the start-up (`make_router`), which it delayed by its
+    whole length: every stack start paid ~2 s more before its transformer took a batch (the test suite starts about
+    60). Never fatal: a pipeline that cannot be prepared fails on its batch, as before."""
     from datetime import UTC, datetime
 
     import pyarrow as pa
@@ -238,13 +241,19 @@ def warm_up() -> None:
             log.debug("warm-up skipped a pipeline", pipeline=pipeline.name, error=str(exc))
 
 
+def _warm_up_then_freeze() -> None:
+    warm_up()
+    heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often
+
+
 def make_router(ctx: ServiceContext) -> NatsRouter:
     """The transformer's subscribers, durable pull consumers on JETL_RAW shared by every replica: the
     transformer's, one per pipeline (`jetl.subjects.PER_PIPELINE`), and the archiver's, one for all pipelines
     (`jetl_transformer.archiver`), which keeps every raw batch for good."""
     settings = ctx.settings if isinstance(ctx.settings, TransformerSettings) else TransformerSettings()
-    warm_up()
-    heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often (jetl.runtime.heap)
+    # beside the start-up, not before it: the consumers bind while pyarrow imports (a first batch that needs it waits
+    # for the import either way), then the heap is frozen (jetl.runtime.heap)
+    threading.Thread(target=_warm_up_then_freeze, name="jetl-warm-up", daemon=True).start()
     router = NatsRouter()
 
     stage_subscriber(
