@@ -242,7 +242,11 @@ def warm_up() -> None:
 
 
 def _warm_up_then_freeze() -> None:
-    warm_up()
+    try:
+        warm_up()
+    except Exception as exc:  # never fatal, and quiet when the service stops meanwhile (imports fail at exit)
+        log.debug("warm-up stopped", error=f"{type(exc).__name__}: {exc}")
+        return
     heap.freeze_heap()  # start-up is done: freeze what it built, collect young objects less often
 
 
