@@ -337,7 +337,8 @@ async def _refuse_overlap(ctx: ServiceContext, req: RunRequest) -> None:
     about to move (the cursor advances only when a run completes, so both would load the same rows); otherwise
     enter `req` in the unfinished index itself, so that the next run sees it even before the tracker folds its
     run.requested (a stack that has just started)."""
-    if ctx.kv is None or req.replay_of is not None or req.redrive or not get_pipeline(req.pipeline).keeps_cursor:
+    pipeline = get_pipeline(req.pipeline)
+    if ctx.kv is None or req.replay_of is not None or req.redrive or not pipeline.keeps_cursor:
         return
     running, _ = await unfinished_runs(ctx.kv, req.pipeline, utcnow())
     for run_id, (at, other) in sorted(running.items(), key=lambda item: item[1][0]):
@@ -347,7 +348,7 @@ async def _refuse_overlap(ctx: ServiceContext, req: RunRequest) -> None:
             break
         if other is not None and other.trigger in ("replay", "redrive"):
             continue  # resends batches from the log: they neither read nor move the cursor
-        if not get_pipeline(req.pipeline).holds_cursor(other):
+        if not pipeline.holds_cursor(other):
             continue  # extracted, and its cursor moved then (`Pipeline.cursor_at_extraction`): it only loads now
         raise OverlappingRun(
             f"pipeline {req.pipeline!r} keeps a cursor, and its run {run_id} (requested {at:%Y-%m-%d %H:%M:%S}) "

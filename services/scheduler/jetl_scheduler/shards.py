@@ -117,9 +117,8 @@ class Shards:
                 log.warning("shard lease lost", shard=k)
                 await self._stop_pulling(k)
         now = time.monotonic()
-        silent = {
-            holder for k in range(TRACKER_SHARDS) if k not in self.held and (holder := await self._watch(kv, k, now))
-        }
+        leases = {k: await self._watch(kv, k, now) for k in range(TRACKER_SHARDS) if k not in self.held}
+        silent = {holder for _, stale, holder in leases.values() if stale and holder is not None}
         fair = fair_share(await self.live(kv, silent))
         for k in sorted(self.held, reverse=True)[: max(0, len(self.held) - fair)]:
             await self._release(k)
@@ -128,7 +127,8 @@ class Shards:
                 break
             if k in self.held:
                 continue
-            taken = await self._take(kv, k, now)
+            entry, stale, _ = leases[k]
+            taken = await self._take(kv, k, entry, stale)
             if taken is not None:
                 self.held[k] = (taken, asyncio.create_task(self._pull(k)))
                 self.ctx.bound.add(subjects.tracker_shard(k))
@@ -160,42 +160,39 @@ class Shards:
         alive = {i for i, at in beating.items() if at >= fresh and i not in self._silent}
         return len(alive | {self.ctx.instance})
 
-    async def _watch(self, kv: KeyValue, k: int, now: float) -> str | None:
-        """Note the revision of shard `k`'s lease (held by another replica) every round, whether or not this replica
-        has room to take it, so the time it has stood still is known the moment room comes; returns its holder's
-        instance when it has stood still for a lease period (the holder stopped renewing: killed, paused, cut off)."""
+    async def _watch(self, kv: KeyValue, k: int, now: float) -> tuple[Any, bool, str | None]:
+        """Shard `k`'s lease (held by another replica; None: free), whether it is stale, and its holder's instance.
+
+        The lease's revision is noted every round, whether or not this replica has room to take it, so the time it
+        has stood still is known the moment room comes; it is stale once it has stood still for a lease period (its
+        holder stopped renewing: killed, paused, cut off)."""
         try:
             entry = await kv.get(lease_key(k))
-        except KeyNotFoundError:  # free
+        except KeyNotFoundError:  # never held, or given back
             self._seen.pop(k, None)
-            return None
+            return None, False, None
         assert entry.revision is not None
         seen = self._seen.get(k)
         if seen is None or seen[0] != entry.revision:
             self._seen[k] = (entry.revision, now)
-            return None
+            return entry, False, None
         if now - seen[1] < self.lease_s:
-            return None
+            return entry, False, None
         try:
-            return str(orjson.loads(entry.value or b"{}")["instance"])
+            holder: str | None = str(orjson.loads(entry.value or b"{}")["instance"])
         except Exception:  # not a lease this version wrote: its shard is taken over as stale all the same
-            return None
+            holder = None
+        return entry, True, holder
 
-    async def _take(self, kv: KeyValue, k: int, now: float) -> int | None:
-        """Shard `k`'s lease for this replica if it is free or stale (its new revision), else None."""
+    async def _take(self, kv: KeyValue, k: int, entry: Any, stale: bool) -> int | None:
+        """Shard `k`'s lease for this replica if it is free (`entry` None) or stale (as `_watch` read it this round):
+        its new revision, else None."""
         key = lease_key(k)
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:  # never held, or given back
+        if entry is None:
             with contextlib.suppress(KeyWrongLastSequenceError):  # another replica created it first
                 return await kv.create(key, self.me, msg_ttl=self.key_ttl)
             return None
-        assert entry.revision is not None
-        seen = self._seen.get(k)
-        if seen is None or seen[0] != entry.revision:
-            self._seen[k] = (entry.revision, now)
-            return None
-        if now - seen[1] < self.lease_s:
+        if not stale:
             return None
         with contextlib.suppress(KeyWrongLastSequenceError):  # its holder renewed it, or another replica took it
             revision = await kv.update(key, self.me, last=entry.revision, msg_ttl=self.key_ttl)
